@@ -1,0 +1,381 @@
+#include "engine/engine.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <random>
+
+#include "common/error.h"
+#include "common/numeric.h"
+#include "engine/sampler.h"
+
+namespace vlm {
+namespace {
+
+int64_t available_memory_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  int64_t kb = 0;
+  std::string unit;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 0;
+}
+
+int resolve_kv_dtype(int dtype) { return dtype == VLM_DTYPE_AUTO ? VLM_DTYPE_F32 : dtype; }
+
+}  // namespace
+
+Engine::Engine(std::shared_ptr<const Model> model, const vlm_engine_params& p)
+    : model_(std::move(model)), params_(p) {
+  const vlm_model_params& mp = model_->params();
+  VLM_CHECK(model_->finalized(), VLM_ERR_FAILED_PRECONDITION, "model is not finalized");
+  VLM_CHECK_ARG(p.kv_dtype == VLM_DTYPE_AUTO || p.kv_dtype == VLM_DTYPE_F32 || p.kv_dtype == VLM_DTYPE_F16 ||
+                    p.kv_dtype == VLM_DTYPE_BF16 || p.kv_dtype == VLM_DTYPE_I8 || p.kv_dtype == VLM_DTYPE_I4,
+                "unsupported kv_dtype " << p.kv_dtype);
+  VLM_CHECK_ARG(p.block_size >= 1 && p.block_size <= 1024 && (p.block_size & (p.block_size - 1)) == 0,
+                "block_size must be a power of two in [1, 1024], got " << p.block_size);
+  VLM_CHECK_ARG(p.max_batch_size >= 1, "max_batch_size must be >= 1, got " << p.max_batch_size);
+  VLM_CHECK_ARG(p.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1");
+  VLM_CHECK_ARG(p.max_model_len >= 0, "max_model_len must be >= 0");
+  VLM_CHECK_ARG(p.num_blocks >= 0, "num_blocks must be >= 0");
+  VLM_CHECK_ARG(p.num_blocks > 0 || (p.cache_max_entry_count > 0.f && p.cache_max_entry_count <= 1.f),
+                "cache_max_entry_count must be in (0, 1] when num_blocks is 0");
+  max_model_len_ = p.max_model_len > 0 ? p.max_model_len : mp.max_position_embeddings;
+
+  const int kv_dtype = resolve_kv_dtype(p.kv_dtype);
+  const int64_t per_block =
+      KvCache::bytes_per_block(mp.num_layers, p.block_size, mp.num_kv_heads, mp.head_dim, kv_dtype);
+  const int64_t blocks_per_seq = (max_model_len_ + p.block_size - 1) / p.block_size;
+  int64_t num_blocks = p.num_blocks;
+  if (num_blocks == 0) {
+    num_blocks = static_cast<int64_t>(available_memory_bytes() * (double)p.cache_max_entry_count) / per_block;
+    // Blocks beyond what max_batch_size full-length requests can use would never be touched.
+    num_blocks = std::min(num_blocks, blocks_per_seq * p.max_batch_size);
+  }
+  VLM_CHECK(num_blocks >= 1, VLM_ERR_OUT_OF_MEMORY,
+            "the KV cache budget holds no block (" << per_block << " bytes per block)");
+  cache_ = std::make_unique<KvCache>(mp.num_layers, num_blocks, p.block_size, mp.num_kv_heads, mp.head_dim, kv_dtype);
+  blocks_ = std::make_unique<BlockManager>(num_blocks);
+  scheduler_ = std::make_unique<Scheduler>(*blocks_, p.block_size, p.max_batch_size, p.max_num_batched_tokens);
+  runner_ = std::make_unique<ModelRunner>(*model_);
+  free_blocks_ = num_blocks;
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  work_cv_.notify_all();
+  event_cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::unique_ptr<Request> Engine::build_request(const vlm_request_params& p) const {
+  const vlm_model_params& mp = model_->params();
+  VLM_CHECK_ARG(p.prompt != nullptr && p.prompt_len >= 1, "prompt must hold at least one token");
+  VLM_CHECK(p.prompt_len < max_model_len_, VLM_ERR_OUT_OF_RANGE,
+            "prompt of " << p.prompt_len << " tokens leaves no room to generate within max_model_len "
+                         << max_model_len_);
+  VLM_CHECK_ARG(p.max_new_tokens >= 1, "max_new_tokens must be >= 1, got " << p.max_new_tokens);
+  for (int i = 0; i < p.prompt_len; ++i)
+    VLM_CHECK(p.prompt[i] >= 0 && p.prompt[i] < mp.vocab_size, VLM_ERR_OUT_OF_RANGE,
+              "prompt token " << p.prompt[i] << " at position " << i << " is outside the vocabulary [0, "
+                              << mp.vocab_size << ")");
+  validate_sampling(p.sampling);
+  VLM_CHECK_ARG(p.num_eos_ids >= 0 && p.num_eos_ids <= VLM_MAX_EOS_IDS, "num_eos_ids must be in [0, 8]");
+  VLM_CHECK_ARG(p.num_stop_sequences >= 0 && p.num_stop_sequences <= VLM_MAX_STOP_SEQUENCES,
+                "num_stop_sequences must be in [0, 16]");
+  VLM_CHECK_ARG(p.logprobs >= -1 && p.logprobs <= VLM_MAX_TOP_LOGPROBS, "logprobs must be in [-1, 20]");
+  VLM_CHECK_ARG(p.num_spans >= 0 && (p.num_spans == 0 || p.spans != nullptr), "spans missing");
+
+  auto r = std::make_unique<Request>();
+  r->prompt.assign(p.prompt, p.prompt + p.prompt_len);
+  r->max_new_tokens = p.max_new_tokens;
+  r->sampling = p.sampling;
+  for (int i = 0; i < p.num_eos_ids; ++i) r->eos_ids.push_back(p.eos_ids[i]);
+  r->ignore_eos = p.ignore_eos != 0;
+  for (int i = 0; i < p.num_stop_sequences; ++i) {
+    const int n = p.stop_sequence_lens[i];
+    VLM_CHECK_ARG(n >= 1 && n <= VLM_MAX_STOP_SEQUENCE_LEN, "stop sequence " << i << " has length " << n);
+    r->stop_sequences.emplace_back(p.stop_sequences[i], p.stop_sequences[i] + n);
+  }
+  r->logprobs = p.logprobs;
+  r->prompt_logprobs = p.prompt_logprobs != 0;
+  r->return_logits = p.return_logits != 0;
+
+  std::vector<std::pair<int, int>> ranges;
+  for (int i = 0; i < p.num_spans; ++i) {
+    const vlm_embedding_span& s = p.spans[i];
+    VLM_CHECK_ARG(s.data != nullptr && s.num_rows >= 1, "embedding span " << i << " is empty");
+    VLM_CHECK_ARG(s.dtype == VLM_DTYPE_F32 || s.dtype == VLM_DTYPE_F16 || s.dtype == VLM_DTYPE_BF16,
+                  "embedding span " << i << " must be F32, F16 or BF16");
+    VLM_CHECK(s.position >= 0 && s.position + s.num_rows <= p.prompt_len, VLM_ERR_OUT_OF_RANGE,
+              "embedding span " << i << " covers positions [" << s.position << ", " << s.position + s.num_rows
+                                << ") outside the prompt of " << p.prompt_len << " tokens");
+    ranges.emplace_back(s.position, s.position + s.num_rows);
+    EmbeddingSpan span;
+    span.position = s.position;
+    span.rows = s.num_rows;
+    span.data.resize((size_t)s.num_rows * mp.hidden_size);
+    for (size_t j = 0; j < span.data.size(); ++j) span.data[j] = load_as_f32(s.dtype, s.data, (int64_t)j);
+    r->spans.push_back(std::move(span));
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    VLM_CHECK_ARG(ranges[i].first >= ranges[i - 1].second, "embedding spans overlap");
+
+  // A request must fit the whole cache on its own, or it could never finish.
+  const int64_t worst = std::min<int64_t>((int64_t)p.prompt_len + p.max_new_tokens, max_model_len_);
+  const int64_t capacity = blocks_->total() * params_.block_size;
+  VLM_CHECK(worst <= capacity, VLM_ERR_OUT_OF_MEMORY,
+            "request needs up to " << worst << " tokens of KV cache but the cache holds " << capacity);
+  if (p.sampling.has_seed) r->rng.seed(p.sampling.seed);
+  else r->rng.seed(std::random_device{}());
+  return r;
+}
+
+uint64_t Engine::enqueue(const vlm_request_params& p) {
+  std::unique_ptr<Request> r = build_request(p);
+  r->enqueue_ns = now_ns();
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    id = r->id = next_id_++;
+    live_.insert(id);
+    incoming_.push_back(std::move(r));
+    waiting_ += 1;
+  }
+  work_cv_.notify_one();
+  return id;
+}
+
+void Engine::cancel(uint64_t id) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    VLM_CHECK(live_.count(id), VLM_ERR_NOT_FOUND, "no running or queued request with id " << id);
+    cancels_.insert(id);
+  }
+  work_cv_.notify_one();
+}
+
+void Engine::emit(Event&& e) {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (e.ev.kind == VLM_EVENT_FINISH) live_.erase(e.ev.request_id);
+    events_.push_back(std::move(e));
+  }
+  event_cv_.notify_all();
+}
+
+int Engine::poll(int timeout_ms, vlm_event* out, int max_events) {
+  VLM_CHECK_ARG(out != nullptr && max_events >= 1, "poll needs room for at least one event");
+  std::unique_lock<std::mutex> lk(mu_);
+  auto ready = [this] { return !events_.empty() || stop_; };
+  if (timeout_ms < 0) event_cv_.wait(lk, ready);
+  else if (timeout_ms > 0) event_cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), ready);
+  delivered_.clear();
+  while (!events_.empty() && (int)delivered_.size() < max_events) {
+    delivered_.push_back(std::move(events_.front()));
+    events_.pop_front();
+  }
+  for (size_t i = 0; i < delivered_.size(); ++i) {
+    Event& e = delivered_[i];
+    out[i] = e.ev;
+    out[i].data = e.data.empty() ? nullptr : e.data.data();
+    out[i].data_len = (int64_t)e.data.size();
+    out[i].error = e.error.empty() ? nullptr : e.error.c_str();
+  }
+  return (int)delivered_.size();
+}
+
+vlm_engine_stats Engine::stats() const {
+  vlm_engine_stats s{};
+  s.running_requests = running_;
+  s.waiting_requests = waiting_;
+  s.total_blocks = blocks_->total();
+  s.free_blocks = free_blocks_;
+  s.block_size = params_.block_size;
+  s.max_model_len = max_model_len_;
+  s.steps = steps_;
+  s.preemptions = preemptions_;
+  s.kv_cache_bytes = cache_->total_bytes();
+  return s;
+}
+
+void Engine::finish(Request* r, int reason, int stop_len, const std::string& error) {
+  Event e;
+  e.ev.request_id = r->id;
+  e.ev.kind = VLM_EVENT_FINISH;
+  e.ev.finish_reason = reason;
+  e.ev.stop_len = stop_len;
+  e.ev.prompt_tokens = (int)r->prompt.size();
+  e.ev.output_tokens = (int)r->output.size();
+  e.ev.num_preemptions = r->preemptions;
+  const int64_t t = now_ns();
+  if (r->first_scheduled_ns) e.ev.queue_ns = r->first_scheduled_ns - r->enqueue_ns;
+  if (r->first_token_ns) {
+    e.ev.prefill_ns = r->first_token_ns - r->first_scheduled_ns;
+    e.ev.decode_ns = t - r->first_token_ns;
+  }
+  e.error = error;
+  scheduler_->remove(r);
+  const uint64_t id = r->id;
+  requests_.erase(id);  // r is gone from here on
+  publish_stats();      // before the event, so a caller woken by it sees the freed blocks
+  emit(std::move(e));
+}
+
+int Engine::check_stop(const Request& r, int* stop_len) const {
+  const int32_t last = r.output.back();
+  *stop_len = 0;
+  if (!r.ignore_eos && std::find(r.eos_ids.begin(), r.eos_ids.end(), last) != r.eos_ids.end()) {
+    *stop_len = 1;
+    return VLM_FINISH_STOP;
+  }
+  for (const auto& seq : r.stop_sequences) {
+    if (seq.size() > r.output.size()) continue;
+    if (std::equal(seq.begin(), seq.end(), r.output.end() - seq.size())) {
+      *stop_len = (int)seq.size();
+      return VLM_FINISH_STOP;
+    }
+  }
+  if ((int)r.output.size() >= r.max_new_tokens || r.length() >= max_model_len_) return VLM_FINISH_LENGTH;
+  return VLM_FINISH_NONE;
+}
+
+void Engine::loop() {
+  if (model_->params().num_threads > 0) omp_set_num_threads(model_->params().num_threads);
+  for (;;) {
+    std::vector<std::unique_ptr<Request>> incoming;
+    std::unordered_set<uint64_t> cancels;
+    {
+      std::unique_lock<std::mutex> lk(mu_);
+      work_cv_.wait(lk, [this] {
+        return stop_ || !incoming_.empty() || !cancels_.empty() || !scheduler_->idle();
+      });
+      if (stop_) return;
+      incoming.swap(incoming_);
+      cancels.swap(cancels_);
+    }
+    for (auto& r : incoming) {
+      scheduler_->add(r.get());
+      requests_[r->id] = std::move(r);
+    }
+    for (uint64_t id : cancels) {
+      auto it = requests_.find(id);
+      if (it != requests_.end()) finish(it->second.get(), VLM_FINISH_CANCELLED, 0);
+    }
+    if (!scheduler_->idle()) step();
+    publish_stats();
+  }
+}
+
+void Engine::publish_stats() {
+  running_ = scheduler_->num_running();
+  waiting_ = scheduler_->num_waiting() + (int)pending_incoming();
+  free_blocks_ = blocks_->num_free();
+}
+
+size_t Engine::pending_incoming() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return incoming_.size();
+}
+
+void Engine::step() {
+  std::vector<Request*> preempted;
+  const std::vector<ScheduledWork> work = scheduler_->schedule(preempted);
+  preemptions_ += (int64_t)preempted.size();
+  if (work.empty()) return;
+  const int64_t t0 = now_ns();
+  batch_.clear();
+  for (const ScheduledWork& w : work) {
+    Request* r = w.request;
+    if (!r->first_scheduled_ns) r->first_scheduled_ns = t0;
+    const int row0 = (int)batch_.tokens.size();
+    batch_.segments.push_back({r->block_table.data(), r->num_computed, w.count, row0});
+    for (int i = 0; i < w.count; ++i) {
+      const int pos = r->num_computed + i;
+      batch_.tokens.push_back(r->token_at(pos));
+      batch_.positions.push_back(pos);
+      for (const EmbeddingSpan& s : r->spans)
+        if (pos >= s.position && pos < s.position + s.rows)
+          batch_.embedding_rows.emplace_back(row0 + i, &s.data[(size_t)(pos - s.position) * model_->params().hidden_size]);
+      // Logits for prompt positions only when asked, and once each (not again after a preemption).
+      const bool wants_prompt_row = (r->prompt_logprobs || r->return_logits) && pos >= r->logits_emitted &&
+                                    pos < (int)r->prompt.size() - 1;
+      if (wants_prompt_row || pos == r->length() - 1) batch_.logit_rows.push_back(row0 + i);
+    }
+  }
+  try {
+    runner_->forward(batch_, *cache_, logits_);
+  } catch (const std::exception& ex) {
+    for (const ScheduledWork& w : work) finish(w.request, VLM_FINISH_ERROR, 0, ex.what());
+    return;
+  }
+  steps_ += 1;
+  postprocess(work, logits_);
+}
+
+void Engine::postprocess(const std::vector<ScheduledWork>& work, const std::vector<float>& logits) {
+  const int V = model_->params().vocab_size;
+  size_t li = 0;  // walks logits rows in the order step() requested them
+  for (const ScheduledWork& w : work) {
+    Request* r = w.request;
+    const int first = r->num_computed, end = first + w.count;
+    r->num_computed = end;
+    for (int pos = first; pos < end; ++pos) {
+      const bool prompt_row = (r->prompt_logprobs || r->return_logits) && pos >= r->logits_emitted &&
+                              pos < (int)r->prompt.size() - 1;
+      const bool sample_row = pos == r->length() - 1;
+      if (!prompt_row && !sample_row) continue;
+      const float* row = &logits[li++ * (size_t)V];
+      if (r->return_logits && pos >= r->logits_emitted) r->logits_buf.insert(r->logits_buf.end(), row, row + V);
+      if (prompt_row && r->prompt_logprobs)
+        r->prompt_logprob_buf.push_back(log_softmax_at(row, V, r->prompt[pos + 1]));
+      r->logits_emitted = std::max(r->logits_emitted, pos + 1);
+      if (!sample_row) continue;
+      if (r->prompt_logprobs && r->output.empty()) {
+        Event pe;
+        pe.ev.request_id = r->id;
+        pe.ev.kind = VLM_EVENT_PROMPT_LOGPROBS;
+        pe.data = std::move(r->prompt_logprob_buf);
+        r->prompt_logprob_buf.clear();
+        emit(std::move(pe));
+      }
+      if (!r->logits_buf.empty()) {
+        Event le;
+        le.ev.request_id = r->id;
+        le.ev.kind = VLM_EVENT_LOGITS;
+        le.ev.token = (int)(r->logits_buf.size() / V);
+        le.data = std::move(r->logits_buf);
+        r->logits_buf.clear();
+        emit(std::move(le));
+      }
+      SampleResult s = sample_token(*r, row, V, sample_scratch_);
+      r->output.push_back(s.token);
+      if (!r->first_token_ns) r->first_token_ns = now_ns();
+      Event te;
+      te.ev.request_id = r->id;
+      te.ev.kind = VLM_EVENT_TOKEN;
+      te.ev.token = s.token;
+      te.ev.logprob = s.logprob;
+      te.ev.num_top = (int)s.top_tokens.size();
+      std::copy(s.top_tokens.begin(), s.top_tokens.end(), te.ev.top_tokens);
+      std::copy(s.top_logprobs.begin(), s.top_logprobs.end(), te.ev.top_logprobs);
+      emit(std::move(te));
+      int stop_len = 0;
+      const int reason = check_stop(*r, &stop_len);
+      if (reason != VLM_FINISH_NONE) {
+        finish(r, reason, stop_len);
+        break;  // r is freed
+      }
+    }
+  }
+}
+
+}  // namespace vlm

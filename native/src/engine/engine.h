@@ -1,0 +1,82 @@
+// The engine: owns the KV cache, the scheduler and a decoding thread that
+// repeats schedule -> run -> postprocess while there is work. Callers talk to
+// it only through enqueue / cancel / poll / stats (see engine/README.md for
+// the invariants).
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "engine/block_manager.h"
+#include "engine/kv_cache.h"
+#include "engine/model_runner.h"
+#include "engine/request.h"
+#include "engine/scheduler.h"
+#include "model/model.h"
+
+namespace vlm {
+
+class Engine {
+ public:
+  Engine(std::shared_ptr<const Model> model, const vlm_engine_params& params);
+  ~Engine();
+
+  uint64_t enqueue(const vlm_request_params& params);
+  void cancel(uint64_t id);
+  int poll(int timeout_ms, vlm_event* out, int max_events);
+  vlm_engine_stats stats() const;
+
+ private:
+  struct Event {
+    vlm_event ev{};
+    std::vector<float> data;
+    std::string error;
+  };
+
+  std::unique_ptr<Request> build_request(const vlm_request_params& params) const;
+  void loop();
+  void step();
+  void postprocess(const std::vector<ScheduledWork>& work, const std::vector<float>& logits);
+  void finish(Request* r, int reason, int stop_len, const std::string& error = "");
+  void emit(Event&& e);
+  int check_stop(const Request& r, int* stop_len) const;
+  void publish_stats();
+  size_t pending_incoming();
+
+  std::shared_ptr<const Model> model_;
+  vlm_engine_params params_;
+  int max_model_len_;
+  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<BlockManager> blocks_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ModelRunner> runner_;
+
+  // Owned by the decoding thread.
+  std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
+  StepBatch batch_;
+  std::vector<float> logits_, sample_scratch_;
+
+  // Shared with callers, guarded by mu_.
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_, event_cv_;
+  std::vector<std::unique_ptr<Request>> incoming_;
+  std::unordered_set<uint64_t> cancels_;
+  std::unordered_set<uint64_t> live_;
+  std::deque<Event> events_;
+  std::vector<Event> delivered_;  // keeps data/error of the last poll alive
+  uint64_t next_id_ = 1;
+  bool stop_ = false;
+
+  std::atomic<int> running_{0}, waiting_{0};
+  std::atomic<int64_t> free_blocks_{0}, steps_{0}, preemptions_{0};
+  std::thread thread_;
+};
+
+}  // namespace vlm

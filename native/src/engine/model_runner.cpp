@@ -1,0 +1,86 @@
+#include "engine/model_runner.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace vlm {
+namespace {
+
+void rms_norm(const float* x, const float* w, int rows, int dim, float eps, float* out) {
+#pragma omp parallel for if (rows > 4)
+  for (int r = 0; r < rows; ++r) {
+    const float* xr = x + (int64_t)r * dim;
+    float* o = out + (int64_t)r * dim;
+    float ss = 0.f;
+    for (int i = 0; i < dim; ++i) ss += xr[i] * xr[i];
+    const float inv = 1.0f / std::sqrt(ss / dim + eps);
+    for (int i = 0; i < dim; ++i) o[i] = w[i] * (xr[i] * inv);
+  }
+}
+
+}  // namespace
+
+void ModelRunner::forward(const StepBatch& b, KvCache& cache, std::vector<float>& logits) {
+  const vlm_model_params& p = m_.params();
+  const int T = (int)b.tokens.size();
+  const int H = p.hidden_size, hd = p.head_dim, nq = p.num_heads * hd, nkv = p.num_kv_heads * hd;
+  const int F = p.intermediate_size, half = hd / 2;
+  h_.resize((size_t)T * H);
+  x_.resize((size_t)T * H);
+  q_.resize((size_t)T * nq);
+  attn_.resize((size_t)T * nq);
+  k_.resize((size_t)T * nkv);
+  v_.resize((size_t)T * nkv);
+  gate_.resize((size_t)T * F);
+  up_.resize((size_t)T * F);
+  cos_.resize((size_t)T * half);
+  sin_.resize((size_t)T * half);
+
+#pragma omp parallel for if (T > 4)
+  for (int t = 0; t < T; ++t) m_.embed(b.tokens[t], &h_[(size_t)t * H]);
+  for (const auto& [row, data] : b.embedding_rows) std::memcpy(&h_[(size_t)row * H], data, sizeof(float) * H);
+  m_.rope().tables(b.positions.data(), T, cos_.data(), sin_.data());
+
+  const AttentionShape shape{p.num_heads, p.num_kv_heads, hd, p.sliding_window};
+  for (int l = 0; l < p.num_layers; ++l) {
+    const LayerWeights& w = m_.layer(l);
+    rms_norm(h_.data(), w.input_norm.data(), T, H, p.rms_norm_eps, x_.data());
+    linear_forward(w.q, x_.data(), T, q_.data());
+    linear_forward(w.k, x_.data(), T, k_.data());
+    linear_forward(w.v, x_.data(), T, v_.data());
+    for (int t = 0; t < T; ++t) {
+      m_.rope().apply(&q_[(size_t)t * nq], p.num_heads, &cos_[(size_t)t * half], &sin_[(size_t)t * half]);
+      m_.rope().apply(&k_[(size_t)t * nkv], p.num_kv_heads, &cos_[(size_t)t * half], &sin_[(size_t)t * half]);
+    }
+    for (const AttentionSegment& s : b.segments)
+      for (int i = 0; i < s.count; ++i) {
+        const int pos = s.start + i, row = s.row + i;
+        cache.write(l, s.block_table[pos / cache.block_size()], pos % cache.block_size(),
+                    &k_[(size_t)row * nkv], &v_[(size_t)row * nkv]);
+      }
+    paged_attention(cache, l, shape, b.segments, q_.data(), attn_.data());
+    linear_forward(w.o, attn_.data(), T, x_.data());
+    for (size_t i = 0; i < (size_t)T * H; ++i) h_[i] += x_[i];
+
+    rms_norm(h_.data(), w.post_attention_norm.data(), T, H, p.rms_norm_eps, x_.data());
+    linear_forward(w.gate, x_.data(), T, gate_.data());
+    linear_forward(w.up, x_.data(), T, up_.data());
+#pragma omp parallel for if (T > 4)
+    for (int64_t i = 0; i < (int64_t)T * F; ++i) {
+      const float g = gate_[i];
+      gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
+    }
+    linear_forward(w.down, gate_.data(), T, x_.data());
+    for (size_t i = 0; i < (size_t)T * H; ++i) h_[i] += x_[i];
+  }
+
+  const int R = (int)b.logit_rows.size();
+  sel_.resize((size_t)R * H);
+  for (int i = 0; i < R; ++i)
+    std::memcpy(&sel_[(size_t)i * H], &h_[(size_t)b.logit_rows[i] * H], sizeof(float) * H);
+  rms_norm(sel_.data(), m_.final_norm().data(), R, H, p.rms_norm_eps, x_.data());
+  logits.resize((size_t)R * p.vocab_size);
+  if (R > 0) linear_forward(m_.lm_head(), x_.data(), R, logits.data());
+}
+
+}  // namespace vlm

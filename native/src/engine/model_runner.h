@@ -1,0 +1,38 @@
+// Runs the decoder over one step's flattened tokens (prefill chunks and
+// decode tokens of many requests together) and returns the logits rows the
+// scheduler asked for. Knows nothing of requests: only rows, positions and
+// block tables.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "cpu/attention.h"
+#include "engine/kv_cache.h"
+#include "model/model.h"
+
+namespace vlm {
+
+struct StepBatch {
+  std::vector<int32_t> tokens;                 // one per row
+  std::vector<int> positions;                  // one per row
+  std::vector<AttentionSegment> segments;      // one per request, rows contiguous
+  std::vector<std::pair<int, const float*>> embedding_rows;  // (row, [hidden] fp32) overrides
+  std::vector<int> logit_rows;                 // rows whose logits are returned, in this order
+
+  void clear() {
+    tokens.clear(); positions.clear(); segments.clear(); embedding_rows.clear(); logit_rows.clear();
+  }
+};
+
+class ModelRunner {
+ public:
+  explicit ModelRunner(const Model& model) : m_(model) {}
+  // logits: [logit_rows.size()][vocab]
+  void forward(const StepBatch& batch, KvCache& cache, std::vector<float>& logits);
+
+ private:
+  const Model& m_;
+  std::vector<float> h_, x_, q_, k_, v_, attn_, gate_, up_, cos_, sin_, sel_;
+};
+
+}  // namespace vlm

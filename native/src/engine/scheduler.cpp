@@ -1,0 +1,67 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+namespace vlm {
+
+int64_t Scheduler::blocks_to_cover(const Request* r, int count) const {
+  const int64_t need = (r->num_computed + count + block_size_ - 1) / block_size_;
+  return std::max<int64_t>(0, need - (int64_t)r->block_table.size());
+}
+
+void Scheduler::preempt(Request* r) {
+  blocks_.release(r->block_table);
+  r->num_computed = 0;
+  r->preemptions += 1;
+  running_.erase(std::find(running_.begin(), running_.end(), r));
+  waiting_.push_front(r);
+}
+
+void Scheduler::remove(Request* r) {
+  blocks_.release(r->block_table);
+  auto it = std::find(running_.begin(), running_.end(), r);
+  if (it != running_.end()) running_.erase(it);
+  auto wt = std::find(waiting_.begin(), waiting_.end(), r);
+  if (wt != waiting_.end()) waiting_.erase(wt);
+}
+
+std::vector<ScheduledWork> Scheduler::schedule(std::vector<Request*>& preempted) {
+  std::vector<ScheduledWork> work;
+  int budget = budget_;
+
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Request* r = running_[i];
+    const int count = std::min(r->length() - r->num_computed, budget);
+    int64_t need = blocks_to_cover(r, count);
+    bool self_preempted = false;
+    while (need > blocks_.num_free()) {
+      Request* victim = running_.back();
+      preempted.push_back(victim);
+      preempt(victim);
+      if (victim == r) { self_preempted = true; break; }
+    }
+    if (self_preempted) break;  // r was the last running request: nothing after it to plan
+    blocks_.allocate(need, r->block_table);
+    work.push_back({r, count});
+    budget -= count;
+    ++i;
+  }
+
+  // Admission keeps one free block per running request in reserve, so the
+  // requests just admitted do not force an immediate preemption.
+  while (!waiting_.empty() && budget > 0 && (int)running_.size() < max_batch_) {
+    Request* r = waiting_.front();
+    const int count = std::min(r->length() - r->num_computed, budget);
+    const int64_t need = blocks_to_cover(r, count);
+    if (need + (int64_t)running_.size() > blocks_.num_free() && !running_.empty()) break;
+    if (need > blocks_.num_free()) break;
+    waiting_.pop_front();
+    blocks_.allocate(need, r->block_table);
+    running_.push_back(r);
+    work.push_back({r, count});
+    budget -= count;
+  }
+  return work;
+}
+
+}  // namespace vlm
