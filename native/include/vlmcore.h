@@ -86,6 +86,15 @@ VLM_API const char* vlm_status_name(int status);
  * GPU present). Never fails. */
 VLM_API int vlm_cuda_device_count(void);
 
+/* The KV cache's quantizer, exposed so clients and tests can reproduce it
+ * bit for bit: x[n] -> codes with x ~= code * scale + zero, where
+ * scale = fp16((max - min) / (2^bits - 1)) (1.0 if that rounds to 0),
+ * zero = fp16(min), code = clamp(rint((x - zero) * (1 / scale)), 0, 2^bits - 1).
+ * bits 8: `codes` holds n bytes; bits 4: (n + 1) / 2 bytes, element 2i in the
+ * low nibble of byte i. scale and zero are fp16 bit patterns. */
+VLM_API int vlm_kv_quantize(const float* x, int32_t n, int32_t bits, uint8_t* codes,
+                            uint16_t* scale_f16, uint16_t* zero_f16);
+
 /* -------------------------------------------------------------------- model */
 
 typedef struct vlm_model vlm_model;

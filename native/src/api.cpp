@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "engine/engine.h"
+#include "engine/kv_cache.h"
 #include "model/model.h"
 #include "vlmcore.h"
 
@@ -80,6 +81,16 @@ const char* vlm_status_name(int s) {
     case VLM_ERR_INTERNAL: return "INTERNAL";
   }
   return "UNKNOWN";
+}
+
+int vlm_kv_quantize(const float* x, int32_t n, int32_t bits, uint8_t* codes, uint16_t* scale_f16,
+                    uint16_t* zero_f16) {
+  return guarded([&] {
+    VLM_CHECK_ARG(x && codes && scale_f16 && zero_f16, "NULL argument");
+    VLM_CHECK_ARG(n >= 1, "n must be >= 1");
+    VLM_CHECK_ARG(bits == 8 || bits == 4, "bits must be 8 or 4, got " << bits);
+    vlm::kv_quantize(x, n, bits, codes, scale_f16, zero_f16);
+  });
 }
 
 vlm_model_params vlm_model_default_params(void) {

@@ -160,6 +160,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vlm_last_error": (c.c_char_p, []),
         "vlm_status_name": (c.c_char_p, [c.c_int]),
         "vlm_cuda_device_count": (c.c_int, []),
+        "vlm_kv_quantize": (c.c_int, [c.c_void_p, c.c_int32, c.c_int32, c.c_void_p, c.POINTER(c.c_uint16),
+                                      c.POINTER(c.c_uint16)]),
         "vlm_model_default_params": (ModelParams, []),
         "vlm_model_create": (c.c_int, [c.POINTER(ModelParams), c.POINTER(c.c_void_p)]),
         "vlm_model_free": (None, [c.c_void_p]),

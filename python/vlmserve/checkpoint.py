@@ -123,7 +123,11 @@ class Checkpoint:
         return SAFETENSORS_DTYPES[self.ref(name).dtype][1]
 
     def close(self) -> None:
+        """Unmaps the files; a map still viewed by a live array stays until that array is gone."""
         for m in self._maps.values():
             if m is not None:
-                m.close()
+                try:
+                    m.close()
+                except BufferError:
+                    pass
         self._maps.clear()

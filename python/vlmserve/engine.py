@@ -260,7 +260,8 @@ class Engine:
         elif ev.kind == _native.EVENT_PROMPT_LOGPROBS:
             r.prompt_logprobs = _copy_floats(ev)
         elif ev.kind == _native.EVENT_LOGITS:
-            r.logits = _copy_floats(ev).reshape(ev.token, -1)
+            rows = _copy_floats(ev).reshape(ev.token, -1)
+            r.logits = rows if r.logits is None else np.concatenate([r.logits, rows])
         elif ev.kind == _native.EVENT_FINISH:
             r.finish_reason = FINISH_REASONS.get(ev.finish_reason, "error")
             r.stop_len = ev.stop_len
