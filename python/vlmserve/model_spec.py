@@ -28,7 +28,7 @@ class ModelSpec:
     text_config: dict       # the language model's part
     family: str             # "causal_lm", "llava", "internvl", "idefics3"
     decoder_prefix: str
-    lm_head_key: str | None  # None: tied to the embeddings
+    lm_head_key: str | None  # None: tied to the embeddings (no lm_head tensor in the checkpoint)
     awq_group_size: int     # 0: dense
     eos_token_ids: list[int]
 
@@ -120,10 +120,9 @@ def load_spec(directory: str | Path, checkpoint: Checkpoint, model_format: str =
     if prefix is None:
         raise ModelLoadError(f"no language-model embeddings found in {directory} (looked for "
                              f"{[p + 'embed_tokens.weight' for p in DECODER_PREFIXES]})")
+    # save_pretrained leaves a tied lm_head out, so its presence decides (configs of
+    # composite models disagree on which level's tie_word_embeddings counts).
     lm_head = next((k for k in LM_HEAD_KEYS if k in checkpoint), None)
-    tie = bool(text.get("tie_word_embeddings", cfg.get("tie_word_embeddings", False)))
-    if tie or lm_head is None:
-        lm_head = None
     group = _awq_group_size(cfg, text)
     if model_format == "awq" and not group:
         raise ModelLoadError(f"model_format='awq' but {directory} has no AWQ quantization_config")
