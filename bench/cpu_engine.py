@@ -10,13 +10,13 @@ every run gets fresh WikiText token ids, so no run can reuse another's work):
   prefill  wall time to the first generated token for one 512-token prompt.
            engine: add_request(max_new_tokens=1) until the stream yields its first token.
            transformers: model.generate(max_new_tokens=1), i.e. what a user waits for
-           (a bare model(input_ids) forward is recorded in the JSON as hf_forward_ms).
+           (not a bare model(input_ids): that also computes logits for all 512 positions).
   decode   generated tokens after the first / time from first token to the last, for batch 1
            and 8 prompts of 32 tokens each, 128 new tokens, EOS ignored.
-           engine: from RequestOutput timings (enqueue time + queue_s + prefill_s = first token),
-           window = earliest first token .. latest finish. A 1-token "gate" request is queued
-           just before a batch so the engine thread is busy while the batch is enqueued;
-           otherwise it starts the first request alone and the batch prefill is split.
+           engine: batch * (N - 1) / median over the batch of RequestOutput.decode_s (first
+           token -> finish, timed inside the engine). The median, because back-to-back
+           add_request calls often start the first request one step before the rest (its
+           decode_s then includes the others' prefill); the rest decode side by side.
            transformers: generate(do_sample=False, max_new_tokens=N, min_new_tokens=N) with a
            logits processor that timestamps each step; decode time = generate's return minus the
            first timestamp (taken right after the prefill forward), tokens = batch * (N - 1).
@@ -46,7 +46,6 @@ VARIANTS = ("engine-fp32", "engine-fp16", "engine-awq", "hf-fp32")
 BASELINE = "hf-fp32"
 THREADS = 2
 BATCHES = (1, 8)
-GATE_LEN = 256  # long enough that enqueueing a batch (~1 ms) ends well before its prefill does
 
 
 def log(msg: str) -> None:
@@ -63,17 +62,22 @@ def fp16_checkpoint(src: Path, dst: Path) -> None:
     import numpy as np
     from safetensors.numpy import load_file, save_file
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))  # rename when whole
-    tensors = {k: v.astype(np.float16) if v.dtype.kind == "f" else v
-               for k, v in load_file(src / "model.safetensors").items()}
-    save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    for f in src.iterdir():
-        if f.is_file() and f.suffix != ".safetensors":
-            shutil.copy2(f, tmp / f.name)
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["torch_dtype"] = cfg["dtype"] = "float16"
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    os.replace(tmp, dst)
+    # Built under a temporary name and renamed when whole: an interrupted run leaves no half model.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    try:
+        tensors = {k: v.astype(np.float16) if v.dtype.kind == "f" else v
+                   for k, v in load_file(src / "model.safetensors").items()}
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        for f in src.iterdir():
+            if f.is_file() and f.suffix != ".safetensors":
+                shutil.copy2(f, tmp / f.name)
+        cfg = json.loads((src / "config.json").read_text())
+        cfg["torch_dtype"] = cfg["dtype"] = "float16"
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        os.replace(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def checkpoint_for(variant: str, src: Path) -> tuple[Path, str]:
@@ -106,9 +110,9 @@ def engine_worker(job: dict, say) -> dict:
     from vlmserve import Engine, EngineConfig, GenerationConfig
 
     s = job["settings"]
-    bs = 64
-    per_req = -(-(s["short_len"] + s["new_tokens"]) // bs)
-    blocks = -(-(s["prefill_len"] + 1) // bs) + -(-(GATE_LEN + 1) // bs) + max(BATCHES) * per_req + 4
+    bs, ceil = 64, lambda n: -(-n // 64)  # noqa: E731
+    # A fixed KV cache twice the largest need, so no request is ever preempted mid-measurement.
+    blocks = 2 * max(ceil(s["prefill_len"] + 1), max(BATCHES) * ceil(s["short_len"] + s["new_tokens"]))
     engine = Engine(job["path"], EngineConfig(device="cpu", threads=THREADS, model_format="auto",
                                               max_batch_size=max(BATCHES), num_kv_blocks=blocks, block_size=bs))
     first_only = GenerationConfig(max_new_tokens=1, ignore_eos=True)
@@ -122,19 +126,11 @@ def engine_worker(job: dict, say) -> dict:
         stream.wait()
         return wall * 1e3
 
-    def decode(prompts, gate):
-        gate_stream = engine.add_request(gate, first_only) if len(prompts) > 1 else None
-        enq, streams = [], []
-        for p in prompts:
-            enq.append(time.perf_counter())
-            streams.append(engine.add_request(p, gen))
-        outs = [st.wait() for st in streams]
-        if gate_stream is not None:
-            gate_stream.wait()
-        assert all(len(o.token_ids) == s["new_tokens"] for o in outs), "engine stopped early"
-        first = [t + o.queue_s + o.prefill_s for t, o in zip(enq, outs)]
-        end = [f + o.decode_s for f, o in zip(first, outs)]
-        return sum(len(o.token_ids) - 1 for o in outs) / (max(end) - min(first))
+    def decode(prompts):
+        outs = [st.wait() for st in [engine.add_request(p, gen) for p in prompts]]
+        assert all(len(o.token_ids) == s["new_tokens"] and o.num_preemptions == 0 for o in outs), \
+            "a request stopped early or was preempted"
+        return len(prompts) * (s["new_tokens"] - 1) / statistics.median(o.decode_s for o in outs)
 
     try:
         return measure(job, say, prefill, decode)
@@ -170,22 +166,14 @@ def hf_worker(job: dict, say) -> dict:
         generate([ids], 1)
         return (time.perf_counter() - t0) * 1e3
 
-    def decode(prompts, gate):
+    def decode(prompts):
         clock = StepClock()
         out = generate(prompts, s["new_tokens"], clock)
         t_end = time.perf_counter()
         assert out.shape[1] - len(prompts[0]) == s["new_tokens"], "transformers stopped early"
         return len(prompts) * (s["new_tokens"] - 1) / (t_end - clock.times[0])
 
-    result = measure(job, say, prefill, decode)
-    with torch.inference_mode():  # the bare forward pass, for reference only
-        runs = []
-        for ids in job["prompts"]["prefill"]:
-            t0 = time.perf_counter()
-            model(torch.tensor([ids]))
-            runs.append((time.perf_counter() - t0) * 1e3)
-        result["hf_forward_ms"] = statistics.median(runs[1:])  # runs[0] is the warm-up
-    return result
+    return measure(job, say, prefill, decode)
 
 
 def measure(job: dict, say, prefill, decode) -> dict:
@@ -198,7 +186,7 @@ def measure(job: dict, say, prefill, decode) -> dict:
     for b in BATCHES:
         runs = []
         for i, prompts in enumerate(p[f"decode_b{b}"]):
-            tps = decode(prompts, p["gate"])
+            tps = decode(prompts)
             if i:
                 say(f"decode batch {b} rep {i}/{len(p[f'decode_b{b}']) - 1}: {tps:.1f} tok/s")
                 runs.append(tps)
@@ -224,7 +212,7 @@ def make_prompts(ckpt: Path, s: dict) -> dict:
     tokens = iter(AutoTokenizer.from_pretrained(ckpt)(text, add_special_tokens=False)["input_ids"])
     take = lambda n: [next(tokens) for _ in range(n)]  # noqa: E731
     runs = s["repeats"] + 1
-    out = {"prefill": [take(s["prefill_len"]) for _ in range(runs)], "gate": take(GATE_LEN)}
+    out = {"prefill": [take(s["prefill_len"]) for _ in range(runs)]}
     for b in BATCHES:
         out[f"decode_b{b}"] = [[take(s["short_len"]) for _ in range(b)] for _ in range(runs)]
     return out
@@ -291,8 +279,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run: short prompts, 16 new tokens, 1 repeat")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {','.join(VARIANTS)}")
-    ap.add_argument("--out-json", type=Path, default=ROOT / "bench/results/cpu_engine.json")
-    ap.add_argument("--out-md", type=Path, default=ROOT / "docs/benchmarks/cpu_engine.md")
+    ap.add_argument("--out-json", type=Path, help="default bench/results/cpu_engine.json")
+    ap.add_argument("--out-md", type=Path, help="default docs/benchmarks/cpu_engine.md")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--job", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
@@ -300,6 +288,11 @@ def main() -> None:
     if args.worker:
         return worker_main(args.worker, args.job, args.result)
 
+    # A smoke run must never overwrite the real results, so --quick has its own default paths.
+    suffix = "-quick" if args.quick else ""
+    args.out_json = args.out_json or ROOT / f"bench/results/cpu_engine{suffix}.json"
+    args.out_md = args.out_md or ROOT / ("bench/results/cpu_engine-quick.md" if args.quick
+                                         else "docs/benchmarks/cpu_engine.md")
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = set(variants) - set(VARIANTS)
     if unknown:
@@ -326,6 +319,8 @@ def main() -> None:
                            env=env, check=True)
             results[v] = {"weights": weights, "checkpoint": str(path), **json.loads(out.read_text())}
 
+    cfg = json.loads((src / "config.json").read_text())
+    group = awq_group_size(cfg)
     ratios = speedups(results)
     goals = targets(results, ratios)
     command = shlex.join([os.path.relpath(sys.executable, ROOT), os.path.relpath(__file__, ROOT), *sys.argv[1:]])
@@ -347,6 +342,7 @@ def main() -> None:
 - torch {meta['torch']}, transformers {meta['transformers']}; vlmserve revision {meta['vlmserve_git']}
 - Settings: {settings['prefill_len']}-token prefill prompt; decode {settings['new_tokens']} new tokens after \
 {settings['short_len']}-token prompts; median of {settings['repeats']} runs after a warm-up
+- AWQ: 4-bit round-to-nearest, group size {group} (128 is used only when it divides hidden_size {cfg['hidden_size']} and intermediate_size {cfg['intermediate_size']})
 
 Prefill is wall time to the first token (engine: first streamed token; transformers:
 `generate(max_new_tokens=1)`). Decode tok/s counts tokens after the first over the time from the

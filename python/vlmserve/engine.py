@@ -9,6 +9,7 @@ import asyncio
 import ctypes
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -88,10 +89,15 @@ class RequestStream:
             yield out
 
     def wait(self, timeout: float | None = None) -> RequestOutput:
-        """Drains the stream and returns the final RequestOutput."""
-        for _ in self:
-            pass
-        return self.result
+        """Drains the stream and returns the final RequestOutput; TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                item = self._queue.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"request {self.request_id} did not finish within {timeout} s") from None
+            if self._take(item) is None:
+                return self.result
 
     def cancel(self) -> None:
         self.engine.abort(self.request_id)

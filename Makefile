@@ -1,0 +1,40 @@
+# Everything a fresh machine needs: a virtualenv with the Python package and
+# its dependencies, and the native library built by CMake.
+#   make run   - set up, then generate text with the engine on the default model
+#   make test  - set up, then run the native unit tests and the Python test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+NATIVE_SOURCES := CMakeLists.txt $(shell find native -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' \))
+
+.PHONY: setup native run test bench clean
+
+setup: $(VENV)/.installed native
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The CPU build of torch (the registry's default build pulls several GB of CUDA packages).
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+native: build/libvlmcore.so
+
+build/libvlmcore.so: $(NATIVE_SOURCES)
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+	cmake --build build -j $(JOBS)
+
+run: setup
+	$(BIN)/vlmserve generate "What is the capital of France?"
+
+test: setup
+	cd build && ctest --output-on-failure
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/cpu_engine.py
+
+clean:
+	rm -rf build $(VENV)
