@@ -6,6 +6,7 @@
 #include <string>
 #include <unordered_set>
 
+#include "api_guard.h"
 #include "common/error.h"
 #include "engine/engine.h"
 #include "engine/kv_cache.h"
@@ -19,9 +20,14 @@ struct vlm_engine {
   std::unique_ptr<vlm::Engine> impl;
 };
 
-namespace {
+namespace vlm {
+std::string& last_error() {
+  thread_local std::string message;
+  return message;
+}
+}  // namespace vlm
 
-thread_local std::string g_last_error;
+namespace {
 
 // Live handles: a freed or foreign pointer is reported instead of dereferenced.
 std::mutex g_handles_mu;
@@ -41,32 +47,12 @@ void check_handle(const void* h, const char* what) {
   VLM_CHECK(g_handles.count(h), VLM_ERR_INVALID_HANDLE, what << " handle is not live (freed or never created)");
 }
 
-template <class F>
-int guarded(F&& f) {
-  try {
-    f();
-    return VLM_OK;
-  } catch (const vlm::Error& e) {
-    g_last_error = e.what();
-    return e.status;
-  } catch (const std::bad_alloc&) {
-    g_last_error = "out of memory";
-    return VLM_ERR_OUT_OF_MEMORY;
-  } catch (const std::exception& e) {
-    g_last_error = std::string("internal error: ") + e.what();
-    return VLM_ERR_INTERNAL;
-  } catch (...) {
-    g_last_error = "internal error: unknown exception";
-    return VLM_ERR_INTERNAL;
-  }
-}
-
 }  // namespace
 
 extern "C" {
 
 int vlm_abi_version(void) { return VLM_ABI_VERSION; }
-const char* vlm_last_error(void) { return g_last_error.c_str(); }
+const char* vlm_last_error(void) { return vlm::last_error().c_str(); }
 
 const char* vlm_status_name(int s) {
   switch (s) {
@@ -85,7 +71,7 @@ const char* vlm_status_name(int s) {
 
 int vlm_kv_quantize(const float* x, int32_t n, int32_t bits, uint8_t* codes, uint16_t* scale_f16,
                     uint16_t* zero_f16) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     VLM_CHECK_ARG(x && codes && scale_f16 && zero_f16, "NULL argument");
     VLM_CHECK_ARG(n >= 1, "n must be >= 1");
     VLM_CHECK_ARG(bits == 8 || bits == 4, "bits must be 8 or 4, got " << bits);
@@ -115,7 +101,7 @@ vlm_model_params vlm_model_default_params(void) {
 }
 
 int vlm_model_create(const vlm_model_params* params, vlm_model** out) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     VLM_CHECK_ARG(params != nullptr && out != nullptr, "params and out must not be NULL");
     *out = nullptr;
     vlm_model_params p = *params;
@@ -136,7 +122,7 @@ void vlm_model_free(vlm_model* model) {
 
 int vlm_model_set_tensor(vlm_model* model, const char* name, int dtype, int ndim, const int64_t* shape,
                          const void* data) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     check_handle(model, "model");
     VLM_CHECK_ARG(name != nullptr, "tensor name is NULL");
     model->impl->set_tensor(name, dtype, ndim, shape, data);
@@ -144,14 +130,14 @@ int vlm_model_set_tensor(vlm_model* model, const char* name, int dtype, int ndim
 }
 
 int vlm_model_finalize(vlm_model* model) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     check_handle(model, "model");
     model->impl->finalize();
   });
 }
 
 int vlm_model_weight_bytes(const vlm_model* model, int64_t* out) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     check_handle(model, "model");
     VLM_CHECK_ARG(out != nullptr, "out is NULL");
     *out = model->impl->weight_bytes();
@@ -171,7 +157,7 @@ vlm_engine_params vlm_engine_default_params(void) {
 }
 
 int vlm_engine_create(vlm_model* model, const vlm_engine_params* params, vlm_engine** out) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     check_handle(model, "model");
     VLM_CHECK_ARG(params != nullptr && out != nullptr, "params and out must not be NULL");
     *out = nullptr;
@@ -197,7 +183,7 @@ vlm_request_params vlm_request_default_params(void) {
 }
 
 int vlm_engine_enqueue(vlm_engine* engine, const vlm_request_params* params, uint64_t* out_id) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     check_handle(engine, "engine");
     VLM_CHECK_ARG(params != nullptr && out_id != nullptr, "params and out_id must not be NULL");
     *out_id = engine->impl->enqueue(*params);
@@ -205,7 +191,7 @@ int vlm_engine_enqueue(vlm_engine* engine, const vlm_request_params* params, uin
 }
 
 int vlm_engine_cancel(vlm_engine* engine, uint64_t request_id) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     check_handle(engine, "engine");
     engine->impl->cancel(request_id);
   });
@@ -213,7 +199,7 @@ int vlm_engine_cancel(vlm_engine* engine, uint64_t request_id) {
 
 int vlm_engine_poll(vlm_engine* engine, int32_t timeout_ms, vlm_event* events, int32_t max_events,
                     int32_t* num_events) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     check_handle(engine, "engine");
     VLM_CHECK_ARG(num_events != nullptr, "num_events is NULL");
     *num_events = 0;
@@ -222,7 +208,7 @@ int vlm_engine_poll(vlm_engine* engine, int32_t timeout_ms, vlm_event* events, i
 }
 
 int vlm_engine_get_stats(vlm_engine* engine, vlm_engine_stats* out) {
-  return guarded([&] {
+  return vlm::guarded([&] {
     check_handle(engine, "engine");
     VLM_CHECK_ARG(out != nullptr, "out is NULL");
     *out = engine->impl->stats();

@@ -178,6 +178,15 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vlm_engine_poll": (c.c_int, [c.c_void_p, c.c_int32, c.POINTER(Event), c.c_int32,
                                       c.POINTER(c.c_int32)]),
         "vlm_engine_get_stats": (c.c_int, [c.c_void_p, c.POINTER(EngineStats)]),
+        # vlmcore_kernels.h: single kernels for tests and benchmarks
+        "vlm_w4a16_packed_sizes": (c.c_int, [c.c_int32, c.c_int32, c.c_int32, c.POINTER(c.c_int64),
+                                             c.POINTER(c.c_int64)]),
+        "vlm_w4a16_pack": (c.c_int, [c.c_void_p, c.c_void_p, c.c_void_p, c.c_int32, c.c_int32, c.c_int32,
+                                     c.c_int32, c.c_void_p, c.c_void_p]),
+        "vlm_w4a16_workspace_bytes": (c.c_int, [c.c_int32, c.c_int32, c.c_int32, c.c_int32,
+                                                c.POINTER(c.c_int64)]),
+        "vlm_w4a16_gemm": (c.c_int, [c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int32,
+                                     c.c_int32, c.c_int32, c.c_int32, c.c_int32, c.c_void_p, c.c_void_p]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(lib, name)

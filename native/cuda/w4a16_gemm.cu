@@ -1,0 +1,312 @@
+// w4a16 GEMM on tensor cores: C = A · dequant(W)ᵀ with 4-bit weights (AWQ,
+// per-group fp16/bf16 scale and zero), fp16/bf16 activations, fp32
+// accumulation, mma.sync m16n8k16.
+//
+// Work split: a warp owns a strip of 64 output columns and a K slice; a
+// block holds 4 warps (256 columns) and up to 64 rows of A staged in shared
+// memory. Weights stream from global memory exactly once per row tile in
+// the layout of cpu/w4a16_pack.h (16-byte loads, 512 contiguous bytes per
+// warp step). Dequantization happens in registers: the code bits are placed
+// into the mantissa of (magic + q), the zero point (stored as magic + z) is
+// subtracted exactly and the scale multiplied. Small M fills the GPU with
+// split-K: each K slice writes fp32 partials that a second kernel sums in a
+// fixed order (deterministic), adding the optional residual.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cpu/w4a16_pack.h"
+#include "cuda/cuda_check.cuh"
+#include "cuda/w4a16_gemm.h"
+
+namespace vlm {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kBlockN = kWarps * kW4StripN;  // 256
+constexpr int kSmemPad = 8;                   // halves per A row: keeps ldmatrix rows in distinct banks
+constexpr int kUnroll = 4;                    // k16 steps whose weights are in flight together
+constexpr int kMaxSmem = 160 * 1024;          // A slice staged per block (Hopper/Ampere allow more)
+
+template <class T> struct Act;
+template <> struct Act<__half> {
+  static constexpr uint32_t kMagic = 0x64006400u;  // half2(1024, 1024)
+  __device__ static void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ static uint32_t dequant(uint32_t bits, uint32_t zero2, uint32_t scale2) {
+    __half2 h = __hsub2(*reinterpret_cast<__half2*>(&bits), *reinterpret_cast<__half2*>(&zero2));
+    h = __hmul2(h, *reinterpret_cast<__half2*>(&scale2));
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+  __device__ static __half from_float(float x) { return __float2half_rn(x); }
+  __device__ static float to_float(__half x) { return __half2float(x); }
+};
+template <> struct Act<__nv_bfloat16> {
+  static constexpr uint32_t kMagic = 0x43004300u;  // bfloat162(128, 128)
+  __device__ static void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  __device__ static uint32_t dequant(uint32_t bits, uint32_t zero2, uint32_t scale2) {
+    __nv_bfloat162 h = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&bits), *reinterpret_cast<__nv_bfloat162*>(&zero2));
+    h = __hmul2(h, *reinterpret_cast<__nv_bfloat162*>(&scale2));
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+  __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+};
+
+__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// Two 16-byte halves of a lane's (scale, zero) values for one group: 8 columns each.
+struct GroupParams {
+  uint4 scale, zero;
+};
+
+__device__ __forceinline__ uint32_t pair(uint32_t packed16x2, int j) {
+  // Replicates the j-th (0/1) 16-bit value of a word into both halves of a 2-vector.
+  const uint32_t v = j ? (packed16x2 >> 16) : (packed16x2 & 0xFFFFu);
+  return v | (v << 16);
+}
+
+// grid: (N / 256, splits, ceil(M / (16 * MT))); block: 128 threads.
+template <class T, int MT>
+__global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
+                                                          const uint4* __restrict__ sz, T* __restrict__ c,
+                                                          float* __restrict__ partial, int M, int N, int K,
+                                                          int group, int k_slice) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  T* sa = reinterpret_cast<T*>(smem_raw);
+  const int lda_s = k_slice + kSmemPad;
+  const int m0 = blockIdx.z * 16 * MT;
+  const int k0 = blockIdx.y * k_slice;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int strip = blockIdx.x * kWarps + warp;
+
+  // Stage A[m0 : m0+16MT][k0 : k0+k_slice] (rows past M are zero).
+  const int vec_per_row = k_slice / 8;
+  for (int i = threadIdx.x; i < 16 * MT * vec_per_row; i += kThreads) {
+    const int r = i / vec_per_row, v = i % vec_per_row;
+    uint4 val = make_uint4(0, 0, 0, 0);
+    if (m0 + r < M) val = *reinterpret_cast<const uint4*>(a + (int64_t)(m0 + r) * K + k0 + v * 8);
+    *reinterpret_cast<uint4*>(sa + r * lda_s + v * 8) = val;
+  }
+  __syncthreads();
+
+  float acc[MT][8][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.f;
+
+  const int ksteps_total = K / 16;
+  const int groups = K / group;
+  const uint4* wp = w + ((int64_t)strip * ksteps_total + k0 / 16) * 32 + lane;
+  const uint4* szp = sz + (int64_t)strip * groups * 16 + (lane / 4);  // 16 uint4 per (strip, group)
+  const int steps = k_slice / 16;
+  const int steps_per_group = group / 16;
+  GroupParams gp;
+
+  for (int s0 = 0; s0 < steps; s0 += kUnroll) {
+    uint4 wv[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) wv[u] = load_streaming(wp + (int64_t)(s0 + u) * 32);
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int s = s0 + u;
+      if (s % steps_per_group == 0) {
+        const int gi = (k0 + s * 16) / group;
+        gp.scale = szp[(int64_t)gi * 16];
+        gp.zero = szp[(int64_t)gi * 16 + 8];
+      }
+      uint32_t b[8][2];
+      const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+      const uint32_t sc[4] = {gp.scale.x, gp.scale.y, gp.scale.z, gp.scale.w};
+      const uint32_t zr[4] = {gp.zero.x, gp.zero.y, gp.zero.z, gp.zero.w};
+#pragma unroll
+      for (int wi = 0; wi < 4; ++wi)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int tile = 2 * wi + j;  // scale/zero of column 8*tile + g: 16-bit value `tile` of the lane's 8
+          const uint32_t s2 = pair(sc[tile / 2], tile % 2), z2 = pair(zr[tile / 2], tile % 2);
+          const uint32_t lo = ((words[wi] >> (8 * j)) & 0x000F000Fu) | Act<T>::kMagic;
+          const uint32_t hi = ((words[wi] >> (8 * j + 4)) & 0x000F000Fu) | Act<T>::kMagic;
+          b[tile][0] = Act<T>::dequant(lo, z2, s2);
+          b[tile][1] = Act<T>::dequant(hi, z2, s2);
+        }
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        uint32_t af[4];
+        ldmatrix_x4(af, sa + (mt * 16 + (lane % 16)) * lda_s + s * 16 + (lane / 16) * 8);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) Act<T>::mma(acc[mt][j], af, b[j][0], b[j][1]);
+      }
+    }
+  }
+
+  // Epilogue: fragment c0,c1 -> row g, cols 2t,2t+1; c2,c3 -> row g+8.
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int row = m0 + mt * 16 + g + half * 8;
+        if (row >= M) continue;
+        const int col = strip * kW4StripN + j * 8 + 2 * t;
+        const float v0 = acc[mt][j][half * 2], v1 = acc[mt][j][half * 2 + 1];
+        if (partial) {
+          float* p = partial + ((int64_t)blockIdx.y * M + row) * N + col;
+          *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+        } else {
+          T* p = c + (int64_t)row * N + col;
+          p[0] = Act<T>::from_float(v0);
+          p[1] = Act<T>::from_float(v1);
+        }
+      }
+}
+
+// Sums split-K partials in slice order (deterministic) and adds the residual.
+template <class T>
+__global__ void splitk_reduce_kernel(const float* __restrict__ partial, const T* __restrict__ residual,
+                                     T* __restrict__ c, int64_t mn, int splits) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= mn) return;
+  float s = 0.f;
+  for (int k = 0; k < splits; ++k) s += partial[(int64_t)k * mn + i];
+  if (residual) s += Act<T>::to_float(residual[i]);
+  c[i] = Act<T>::from_float(s);
+}
+
+template <class T>
+__global__ void add_residual_kernel(const T* __restrict__ residual, T* __restrict__ c, int64_t mn) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < mn) c[i] = Act<T>::from_float(Act<T>::to_float(c[i]) + Act<T>::to_float(residual[i]));
+}
+
+struct Plan {
+  int mt, m_tiles, splits, k_slice;
+  size_t smem;
+};
+
+int num_sms() {
+  static int sms = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n > 0 ? n : 100;
+  }();
+  return sms;
+}
+
+Plan make_plan(int M, int N, int K, int group) {
+  Plan p{};
+  p.mt = M <= 16 ? 1 : (M <= 32 ? 2 : 4);
+  p.m_tiles = (M + 16 * p.mt - 1) / (16 * p.mt);
+  const int blocks = (N / kBlockN) * p.m_tiles;
+  // Enough blocks for ~4 resident per SM, without slices shorter than one group
+  // or one unrolled step, and with A's slice fitting shared memory.
+  const int max_splits = K / std::max(group, 16 * kUnroll);
+  int splits = std::max(1, std::min(max_splits, (4 * num_sms() + blocks - 1) / blocks));
+  while (K % splits || (K / splits) % group || (K / splits) % (16 * kUnroll)) --splits;
+  while ((size_t)16 * p.mt * (K / splits + kSmemPad) * 2 > kMaxSmem) {
+    int next = splits + 1;
+    while (next <= max_splits && (K % next || (K / next) % group || (K / next) % (16 * kUnroll))) ++next;
+    VLM_CHECK(next <= max_splits, VLM_ERR_UNSUPPORTED, "w4a16: K " << K << " too large for one slice");
+    splits = next;
+  }
+  p.splits = splits;
+  p.k_slice = K / splits;
+  p.smem = (size_t)16 * p.mt * (p.k_slice + kSmemPad) * 2;
+  return p;
+}
+
+template <class T, int MT>
+void launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
+            int N, int K, int group, float* partial, cudaStream_t stream) {
+  auto kernel = w4a16_kernel<T, MT>;
+  static size_t smem_granted = 0;  // per instantiation; raised once, not on every (graph-captured) call
+  if (p.smem > smem_granted) {
+    VLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    smem_granted = kMaxSmem;
+  }
+  dim3 grid(N / kBlockN, p.splits, p.m_tiles);
+  kernel<<<grid, kThreads, p.smem, stream>>>(static_cast<const T*>(a), static_cast<const uint4*>(w),
+                                             static_cast<const uint4*>(sz), static_cast<T*>(c),
+                                             p.splits > 1 ? partial : nullptr, M, N, K, group, p.k_slice);
+  VLM_CUDA_CHECK(cudaGetLastError());
+  const int64_t mn = (int64_t)M * N;
+  const int threads = 256;
+  const int blocks = (int)((mn + threads - 1) / threads);
+  if (p.splits > 1) {
+    splitk_reduce_kernel<T><<<blocks, threads, 0, stream>>>(partial, static_cast<const T*>(residual),
+                                                             static_cast<T*>(c), mn, p.splits);
+  } else if (residual) {
+    add_residual_kernel<T><<<blocks, threads, 0, stream>>>(static_cast<const T*>(residual), static_cast<T*>(c), mn);
+  }
+  VLM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <class T>
+void dispatch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
+              int N, int K, int group, float* partial, cudaStream_t stream) {
+  switch (p.mt) {
+    case 1: launch<T, 1>(p, a, w, sz, residual, c, M, N, K, group, partial, stream); break;
+    case 2: launch<T, 2>(p, a, w, sz, residual, c, M, N, K, group, partial, stream); break;
+    default: launch<T, 4>(p, a, w, sz, residual, c, M, N, K, group, partial, stream); break;
+  }
+}
+
+}  // namespace
+
+void check_w4a16_shape(int M, int N, int K, int group) {
+  VLM_CHECK_ARG(M >= 1 && N >= 1 && K >= 1, "w4a16: M, N, K must be positive");
+  VLM_CHECK_ARG(N % kBlockN == 0, "w4a16: N (" << N << ") must be a multiple of " << kBlockN);
+  VLM_CHECK_ARG(group == 64 || group == 128, "w4a16: group size must be 64 or 128, got " << group);
+  VLM_CHECK_ARG(K % group == 0 && K % (16 * kUnroll) == 0, "w4a16: K (" << K << ") must be a multiple of the group size");
+}
+
+int64_t w4a16_workspace_bytes(int M, int N, int K, int group) {
+  check_w4a16_shape(M, N, K, group);
+  const Plan p = make_plan(M, N, K, group);
+  return p.splits > 1 ? (int64_t)p.splits * M * N * 4 : 0;
+}
+
+void w4a16_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N, int K,
+                int group, bool bf16, void* workspace, cudaStream_t stream) {
+  check_w4a16_shape(M, N, K, group);
+  const Plan p = make_plan(M, N, K, group);
+  VLM_CHECK_ARG(p.splits == 1 || workspace != nullptr, "w4a16: this shape needs a workspace");
+  float* partial = static_cast<float*>(workspace);
+  if (bf16) dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, partial, stream);
+  else dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, partial, stream);
+}
+
+}  // namespace vlm

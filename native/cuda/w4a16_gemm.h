@@ -1,0 +1,15 @@
+// Host entry points of the w4a16 tensor-core GEMM (w4a16_gemm.cu).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace vlm {
+
+void check_w4a16_shape(int M, int N, int K, int group);
+int64_t w4a16_workspace_bytes(int M, int N, int K, int group);
+// C = A · dequant(W)ᵀ (+ residual). See vlmcore_kernels.h.
+void w4a16_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c, int M, int N,
+                int K, int group, bool bf16, void* workspace, cudaStream_t stream);
+
+}  // namespace vlm

@@ -1,0 +1,44 @@
+/*
+ * vlmcore_kernels.h — direct entry points to single kernels, for kernel tests
+ * and benchmarks (the engine reaches them through vlmcore.h). Same
+ * conventions: int status, vlm_last_error(), no exception crosses.
+ * Pointers marked "device" are CUDA device pointers; `stream` is a
+ * cudaStream_t (NULL: the default stream). Not for serving code: these calls
+ * check shapes but cannot check that device buffers are large enough.
+ */
+#ifndef VLMCORE_KERNELS_H
+#define VLMCORE_KERNELS_H
+
+#include "vlmcore.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Sizes of the w4a16 tensor-core weight layout for an [N out, K in] layer. */
+VLM_API int vlm_w4a16_packed_sizes(int32_t n, int32_t k, int32_t group_size, int64_t* weight_bytes,
+                                   int64_t* scale_zero_bytes);
+
+/* Host-side repack of AutoAWQ "gemm" tensors (qweight int32 [K][N/8],
+ * qzeros int32 [K/g][N/8], scales fp16 [K/g][N]) into the kernel's fragment
+ * order. act_dtype (F16 or BF16) selects the precision of the stored scales
+ * and zero points. Outputs are host buffers of the sizes above. */
+VLM_API int vlm_w4a16_pack(const int32_t* qweight, const int32_t* qzeros, const uint16_t* scales,
+                           int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
+                           void* packed_weight, void* packed_scale_zero);
+
+/* Workspace bytes vlm_w4a16_gemm needs for this shape (0 if none). */
+VLM_API int vlm_w4a16_workspace_bytes(int32_t m, int32_t n, int32_t k, int32_t group_size, int64_t* bytes);
+
+/* C[M][N] = A[M][K] · dequant(W)ᵀ (+ residual[M][N] if not NULL), A/C/residual
+ * row-major in act_dtype (F16 or BF16), fp32 accumulation. All device
+ * pointers; workspace of vlm_w4a16_workspace_bytes. Asynchronous on `stream`;
+ * launch errors are reported. CUDA builds only (else VLM_ERR_UNSUPPORTED). */
+VLM_API int vlm_w4a16_gemm(const void* a, const void* packed_weight, const void* packed_scale_zero,
+                           const void* residual, void* c, int32_t m, int32_t n, int32_t k, int32_t group_size,
+                           int32_t act_dtype, void* workspace, void* stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* VLMCORE_KERNELS_H */

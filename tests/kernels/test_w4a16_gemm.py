@@ -1,0 +1,75 @@
+"""w4a16 tensor-core GEMM against a float32 reference on fresh random inputs,
+with a poisoned output, many shapes (ragged M), both group sizes, fp16/bf16,
+with and without the residual epilogue. Needs a CUDA GPU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmserve.awq_format import dequantize, quantize_rtn
+from vlmserve.kernels import pack_w4a16, w4a16_gemm
+
+pytestmark = pytest.mark.gpu
+
+# Relative Frobenius error vs the fp32 reference: fp16 products of (q - z) * s
+# round once (2^-11), fp32 accumulation, one rounding of the output.
+TOL = {"float16": 2e-3, "bfloat16": 1e-2}
+
+SHAPES = [(1, 256, 128, 64), (3, 512, 256, 128), (16, 256, 1024, 128), (17, 768, 512, 64), (33, 1280, 256, 64),
+          (64, 512, 2048, 128), (100, 256, 384, 128), (257, 512, 1024, 64), (1, 4096, 4096, 128),
+          (2048, 1024, 1024, 128), (5, 2048, 11008 // 128 * 128, 128)]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("m,n,k,group", SHAPES)
+def test_matches_reference(m, n, k, group, dtype):
+    import torch
+
+    seed = hash((m, n, k, group, dtype)) % 2**31
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(n, k)).astype(np.float32) * 0.05
+    qweight, qzeros, scales = quantize_rtn(w, group)
+    packed, sz = pack_w4a16(qweight, qzeros, scales, group, bf16=dtype == "bfloat16")
+    dev = torch.device("cuda")
+    tdtype = getattr(torch, dtype)
+    a = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)).to(dev, tdtype)
+    residual = torch.randn(m, n, generator=torch.Generator().manual_seed(seed + 1)).to(dev, tdtype)
+    w_ref = torch.from_numpy(dequantize(qweight, qzeros, scales)).to(dev)
+    packed_t, sz_t = torch.from_numpy(packed).to(dev), torch.from_numpy(sz.view(np.int16)).to(dev)
+    for res in (None, residual):
+        out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)  # poisoned
+        w4a16_gemm(a, packed_t, sz_t, n, group, residual=res, out=out)
+        torch.cuda.synchronize()
+        ref = a.float() @ w_ref.T + (res.float() if res is not None else 0)
+        assert not torch.isnan(out).any(), "some outputs were never written"
+        err = ((out.float() - ref).norm() / ref.norm()).item()
+        assert err < TOL[dtype], f"relative error {err:.2e}"
+
+
+def test_results_are_deterministic():
+    import torch
+
+    m, n, k, group = 4, 1024, 4096, 128
+    rng = np.random.default_rng(0)
+    qweight, qzeros, scales = quantize_rtn(rng.normal(size=(n, k)).astype(np.float32), group)
+    packed, sz = pack_w4a16(qweight, qzeros, scales, group)
+    dev = torch.device("cuda")
+    a = torch.randn(m, k, device=dev, dtype=torch.float16)
+    p, s = torch.from_numpy(packed).to(dev), torch.from_numpy(sz.view(np.int16)).to(dev)
+    first = w4a16_gemm(a, p, s, n, group)
+    for _ in range(5):
+        assert torch.equal(w4a16_gemm(a, p, s, n, group), first)
+
+
+def test_bad_shapes_are_refused():
+    import torch
+
+    from vlmserve.errors import InvalidArgumentError
+
+    dev = torch.device("cuda")
+    a = torch.randn(2, 128, device=dev, dtype=torch.float16)
+    junk = torch.zeros(1024, dtype=torch.uint8, device=dev)
+    with pytest.raises(InvalidArgumentError, match="multiple of 256"):
+        w4a16_gemm(a, junk, junk, 100, 64)
+    with pytest.raises(InvalidArgumentError, match="group size"):
+        w4a16_gemm(a, junk, junk, 256, 32)
