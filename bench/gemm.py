@@ -106,7 +106,7 @@ def bench_layer(n: int, k: int, ms, rng) -> list[dict]:
     for m in ms:
         x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
         out = torch.empty(m, n, device=dev, dtype=torch.float16)
-        ws = torch.empty(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
+        ws = torch.zeros(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
         t_ours = time_graph(lambda i: w4a16_gemm(x16, ours_w[i % len(ours_w)], ours_sz, n, GROUP, out=out,
                                                  workspace=ws))
         t_fp16 = time_graph(lambda i: torch.nn.functional.linear(x16, fp16_w[i % len(fp16_w)]))
@@ -130,6 +130,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two layers, M = 1 and 64")
     ap.add_argument("--out-dir", default="bench/results")
+    ap.add_argument("--ms", default=None, help="comma-separated M values (default: 1,16,64,256,2048)")
     a = ap.parse_args()
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +138,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     layers = {k: LAYERS[k] for k in (["2B.o", "7B.qkv"] if a.quick else LAYERS)}
     ms = (1, 64) if a.quick else MS
+    if a.ms:
+        ms = tuple(int(x) for x in a.ms.split(","))
     results = []
     for name, (n, k) in layers.items():
         print(f"{name} ({n}x{k})", file=sys.stderr)

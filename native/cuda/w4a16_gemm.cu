@@ -10,15 +10,16 @@
 // into the mantissa of (magic + q), the zero point (stored as magic + z) is
 // subtracted exactly and the scale multiplied. Small M fills the GPU with
 // split-K: each K slice writes fp32 partials that a second kernel sums in a
-// fixed order (deterministic), adding the optional residual.
+// fixed order (deterministic), adding the optional residual. This file never
+// throws: errors return as cudaError_t.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "cpu/w4a16_pack.h"
-#include "cuda/cuda_check.cuh"
 #include "cuda/w4a16_gemm.h"
 
 namespace vlm {
@@ -28,7 +29,7 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kBlockN = kWarps * kW4StripN;  // 256
 constexpr int kSmemPad = 8;                   // halves per A row: keeps ldmatrix rows in distinct banks
-constexpr int kUnroll = 4;                    // k16 steps whose weights are in flight together
+constexpr int kUnroll = 4;                    // k16 steps whose weights are in flight together (8 for M <= 16)
 constexpr int kMaxSmem = 160 * 1024;          // A slice staged per block (Hopper/Ampere allow more)
 
 template <class T> struct Act;
@@ -94,10 +95,12 @@ __device__ __forceinline__ uint32_t pair(uint32_t packed16x2, int j) {
 }
 
 // grid: (N / 256, splits, ceil(M / (16 * MT))); block: 128 threads.
-template <class T, int MT>
+// With splits > 1 every block writes fp32 partials for splitk_reduce_kernel.
+template <class T, int MT, int UNROLL>
 __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
-                                                          const uint4* __restrict__ sz, T* __restrict__ c,
-                                                          float* __restrict__ partial, int M, int N, int K,
+                                                          const uint4* __restrict__ sz, const T* __restrict__ residual,
+                                                          T* __restrict__ c, float* __restrict__ partial, int M,
+                                                          int N, int K,
                                                           int group, int k_slice) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sa = reinterpret_cast<T*>(smem_raw);
@@ -106,6 +109,13 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   const int k0 = blockIdx.y * k_slice;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int strip = blockIdx.x * kWarps + warp;
+  const int ksteps_total = K / 16;
+  const uint4* wp = w + ((int64_t)strip * ksteps_total + k0 / 16) * 32 + lane;
+
+  // The first weights are requested before A is staged, so both latencies overlap.
+  uint4 wv[UNROLL];
+#pragma unroll
+  for (int u = 0; u < UNROLL; ++u) wv[u] = load_streaming(wp + (int64_t)u * 32);
 
   // Stage A[m0 : m0+16MT][k0 : k0+k_slice] (rows past M are zero).
   const int vec_per_row = k_slice / 8;
@@ -125,20 +135,19 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
 #pragma unroll
       for (int q = 0; q < 4; ++q) acc[mt][j][q] = 0.f;
 
-  const int ksteps_total = K / 16;
   const int groups = K / group;
-  const uint4* wp = w + ((int64_t)strip * ksteps_total + k0 / 16) * 32 + lane;
   const uint4* szp = sz + (int64_t)strip * groups * 16 + (lane / 4);  // 16 uint4 per (strip, group)
   const int steps = k_slice / 16;
   const int steps_per_group = group / 16;
   GroupParams gp;
 
-  for (int s0 = 0; s0 < steps; s0 += kUnroll) {
-    uint4 wv[kUnroll];
+  for (int s0 = 0; s0 < steps; s0 += UNROLL) {
+    if (s0 > 0) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) wv[u] = load_streaming(wp + (int64_t)(s0 + u) * 32);
+      for (int u = 0; u < UNROLL; ++u) wv[u] = load_streaming(wp + (int64_t)(s0 + u) * 32);
+    }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < UNROLL; ++u) {
       const int s = s0 + u;
       if (s % steps_per_group == 0) {
         const int gi = (k0 + s * 16) / group;
@@ -181,11 +190,15 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
         const int row = m0 + mt * 16 + g + half * 8;
         if (row >= M) continue;
         const int col = strip * kW4StripN + j * 8 + 2 * t;
-        const float v0 = acc[mt][j][half * 2], v1 = acc[mt][j][half * 2 + 1];
+        float v0 = acc[mt][j][half * 2], v1 = acc[mt][j][half * 2 + 1];
         if (partial) {
           float* p = partial + ((int64_t)blockIdx.y * M + row) * N + col;
           *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
         } else {
+          if (residual) {
+            v0 += Act<T>::to_float(residual[(int64_t)row * N + col]);
+            v1 += Act<T>::to_float(residual[(int64_t)row * N + col + 1]);
+          }
           T* p = c + (int64_t)row * N + col;
           p[0] = Act<T>::from_float(v0);
           p[1] = Act<T>::from_float(v1);
@@ -205,15 +218,10 @@ __global__ void splitk_reduce_kernel(const float* __restrict__ partial, const T*
   c[i] = Act<T>::from_float(s);
 }
 
-template <class T>
-__global__ void add_residual_kernel(const T* __restrict__ residual, T* __restrict__ c, int64_t mn) {
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < mn) c[i] = Act<T>::from_float(Act<T>::to_float(c[i]) + Act<T>::to_float(residual[i]));
-}
-
 struct Plan {
-  int mt, m_tiles, splits, k_slice;
+  int mt, m_tiles, splits, k_slice, unroll;
   size_t smem;
+  bool ok;
 };
 
 int num_sms() {
@@ -226,20 +234,41 @@ int num_sms() {
   return sms;
 }
 
+// Split-K aims at this many resident blocks per SM (VLM_W4A16_BLOCKS_PER_SM overrides it, for tuning).
+int blocks_per_sm() {
+  static int v = [] {
+    const char* e = std::getenv("VLM_W4A16_BLOCKS_PER_SM");
+    const int x = e ? std::atoi(e) : 0;
+    return x > 0 ? x : 4;
+  }();
+  return v;
+}
+
 Plan make_plan(int M, int N, int K, int group) {
   Plan p{};
   p.mt = M <= 16 ? 1 : (M <= 32 ? 2 : 4);
+  p.unroll = p.mt == 1 ? 8 : kUnroll;  // one row tile: more weight bytes in flight per warp
   p.m_tiles = (M + 16 * p.mt - 1) / (16 * p.mt);
   const int blocks = (N / kBlockN) * p.m_tiles;
   // Enough blocks for ~4 resident per SM, without slices shorter than one group
   // or one unrolled step, and with A's slice fitting shared memory.
-  const int max_splits = K / std::max(group, 16 * kUnroll);
-  int splits = std::max(1, std::min(max_splits, (4 * num_sms() + blocks - 1) / blocks));
-  while (K % splits || (K / splits) % group || (K / splits) % (16 * kUnroll)) --splits;
+  const int step = std::max(group, 16 * p.unroll);  // a slice is whole groups and whole unrolled steps
+  const int max_splits = std::max(1, K / step);
+  auto fits = [&](int sp) { return K % sp == 0 && (K / sp) % step == 0; };
+  int splits = std::max(1, std::min(max_splits, (blocks_per_sm() * num_sms() + blocks - 1) / blocks));
+  while (splits > 1 && !fits(splits)) --splits;
+  if (!fits(splits)) {  // K is not a multiple of 16*unroll: fall back to the shorter unroll
+    p.unroll = kUnroll;
+    splits = 1;
+  }
+  p.ok = true;
   while ((size_t)16 * p.mt * (K / splits + kSmemPad) * 2 > kMaxSmem) {
     int next = splits + 1;
-    while (next <= max_splits && (K % next || (K / next) % group || (K / next) % (16 * kUnroll))) ++next;
-    VLM_CHECK(next <= max_splits, VLM_ERR_UNSUPPORTED, "w4a16: K " << K << " too large for one slice");
+    while (next <= max_splits && !fits(next)) ++next;
+    if (next > max_splits) {
+      p.ok = false;
+      break;
+    }
     splits = next;
   }
   p.splits = splits;
@@ -248,65 +277,54 @@ Plan make_plan(int M, int N, int K, int group) {
   return p;
 }
 
-template <class T, int MT>
-void launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
-            int N, int K, int group, float* partial, cudaStream_t stream) {
-  auto kernel = w4a16_kernel<T, MT>;
-  static size_t smem_granted = 0;  // per instantiation; raised once, not on every (graph-captured) call
-  if (p.smem > smem_granted) {
-    VLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
-    smem_granted = kMaxSmem;
+template <class T, int MT, int UNROLL>
+cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
+                   int M, int N, int K, int group, void* workspace, cudaStream_t stream) {
+  auto kernel = w4a16_kernel<T, MT, UNROLL>;
+  static bool smem_granted = false;  // per instantiation; raised once, not on every (graph-captured) call
+  if (!smem_granted) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+    if (e != cudaSuccess) return e;
+    smem_granted = true;
   }
+  float* partial = static_cast<float*>(workspace);
   dim3 grid(N / kBlockN, p.splits, p.m_tiles);
   kernel<<<grid, kThreads, p.smem, stream>>>(static_cast<const T*>(a), static_cast<const uint4*>(w),
-                                             static_cast<const uint4*>(sz), static_cast<T*>(c),
-                                             p.splits > 1 ? partial : nullptr, M, N, K, group, p.k_slice);
-  VLM_CUDA_CHECK(cudaGetLastError());
+                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
+                                             static_cast<T*>(c), p.splits > 1 ? partial : nullptr, M, N, K, group,
+                                             p.k_slice);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess || p.splits == 1) return e;
   const int64_t mn = (int64_t)M * N;
-  const int threads = 256;
-  const int blocks = (int)((mn + threads - 1) / threads);
-  if (p.splits > 1) {
-    splitk_reduce_kernel<T><<<blocks, threads, 0, stream>>>(partial, static_cast<const T*>(residual),
-                                                             static_cast<T*>(c), mn, p.splits);
-  } else if (residual) {
-    add_residual_kernel<T><<<blocks, threads, 0, stream>>>(static_cast<const T*>(residual), static_cast<T*>(c), mn);
-  }
-  VLM_CUDA_CHECK(cudaGetLastError());
+  splitk_reduce_kernel<T><<<(unsigned)((mn + 255) / 256), 256, 0, stream>>>(partial, static_cast<const T*>(residual),
+                                                                            static_cast<T*>(c), mn, p.splits);
+  return cudaGetLastError();
 }
 
 template <class T>
-void dispatch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
-              int N, int K, int group, float* partial, cudaStream_t stream) {
-  switch (p.mt) {
-    case 1: launch<T, 1>(p, a, w, sz, residual, c, M, N, K, group, partial, stream); break;
-    case 2: launch<T, 2>(p, a, w, sz, residual, c, M, N, K, group, partial, stream); break;
-    default: launch<T, 4>(p, a, w, sz, residual, c, M, N, K, group, partial, stream); break;
-  }
+cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
+                     int M, int N, int K, int group, void* workspace, cudaStream_t stream) {
+  if (p.mt == 1 && p.unroll == 8) return launch<T, 1, 8>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+  if (p.mt == 1) return launch<T, 1, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+  if (p.mt == 2) return launch<T, 2, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+  return launch<T, 4, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
 }
 
 }  // namespace
 
-void check_w4a16_shape(int M, int N, int K, int group) {
-  VLM_CHECK_ARG(M >= 1 && N >= 1 && K >= 1, "w4a16: M, N, K must be positive");
-  VLM_CHECK_ARG(N % kBlockN == 0, "w4a16: N (" << N << ") must be a multiple of " << kBlockN);
-  VLM_CHECK_ARG(group == 64 || group == 128, "w4a16: group size must be 64 or 128, got " << group);
-  VLM_CHECK_ARG(K % group == 0 && K % (16 * kUnroll) == 0, "w4a16: K (" << K << ") must be a multiple of the group size");
-}
-
 int64_t w4a16_workspace_bytes(int M, int N, int K, int group) {
-  check_w4a16_shape(M, N, K, group);
   const Plan p = make_plan(M, N, K, group);
-  return p.splits > 1 ? (int64_t)p.splits * M * N * 4 : 0;
+  if (!p.ok) return -1;
+  if (p.splits == 1) return 0;
+  return (int64_t)p.splits * M * N * 4;
 }
 
-void w4a16_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N, int K,
-                int group, bool bf16, void* workspace, cudaStream_t stream) {
-  check_w4a16_shape(M, N, K, group);
+cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
+                       int K, int group, bool bf16, void* workspace, cudaStream_t stream) {
   const Plan p = make_plan(M, N, K, group);
-  VLM_CHECK_ARG(p.splits == 1 || workspace != nullptr, "w4a16: this shape needs a workspace");
-  float* partial = static_cast<float*>(workspace);
-  if (bf16) dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, partial, stream);
-  else dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, partial, stream);
+  if (!p.ok || (p.splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
+  if (bf16) return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+  return dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
 }
 
 }  // namespace vlm

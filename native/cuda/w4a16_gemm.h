@@ -1,4 +1,5 @@
-// Host entry points of the w4a16 tensor-core GEMM (w4a16_gemm.cu).
+// Host entry points of the w4a16 tensor-core GEMM (w4a16_gemm.cu). Nothing
+// here throws; shapes are validated by the caller (check_w4a16_shape).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -6,10 +7,11 @@
 
 namespace vlm {
 
-void check_w4a16_shape(int M, int N, int K, int group);
+// Bytes of workspace for this shape (fp32 split-K partials); -1: the shape
+// cannot be planned (K too large).
 int64_t w4a16_workspace_bytes(int M, int N, int K, int group);
 // C = A · dequant(W)ᵀ (+ residual). See vlmcore_kernels.h.
-void w4a16_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c, int M, int N,
-                int K, int group, bool bf16, void* workspace, cudaStream_t stream);
+cudaError_t w4a16_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c, int M,
+                       int N, int K, int group, bool bf16, void* workspace, cudaStream_t stream);
 
 }  // namespace vlm

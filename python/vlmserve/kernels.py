@@ -44,7 +44,7 @@ def w4a16_gemm(a, packed, scale_zero, n: int, group_size: int, residual=None, ou
         out = torch.empty(m, n, dtype=a.dtype, device=a.device)
     if workspace is None:
         ws = w4a16_workspace_bytes(m, n, k, group_size)
-        workspace = torch.empty(max(ws, 1), dtype=torch.uint8, device=a.device)
+        workspace = torch.zeros(max(ws, 1), dtype=torch.uint8, device=a.device)
     check(_native.lib().vlm_w4a16_gemm(
         a.data_ptr(), packed.data_ptr(), scale_zero.data_ptr(),
         residual.data_ptr() if residual is not None else None, out.data_ptr(), m, n, k, group_size,

@@ -19,6 +19,8 @@ namespace vlm {
 
 constexpr int kW4StripN = 64;
 
+// Shapes the tensor-core kernel accepts (throws vlm::Error otherwise).
+void check_w4a16_shape(int M, int N, int K, int group);
 int64_t w4a16_weight_bytes(int n, int k);
 int64_t w4a16_scale_zero_bytes(int n, int k, int group_size);
 void w4a16_pack(const int32_t* qweight, const int32_t* qzeros, const uint16_t* scales, int n, int k,
