@@ -60,3 +60,78 @@ def smollm2_checkpoint() -> Path:
             shutil.rmtree(target)
         os.replace(out, target)
     return target
+
+
+# A chat template that renders image parts as the "<image>" placeholder the
+# LLaVA processor (and the LM service) expands; otherwise SmolLM2's own.
+VLM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<image>' }}{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+VLM_SEED = 20261124
+
+
+def default_vlm_checkpoint() -> Path:
+    """The default VLM: a LLaVA-style model whose language model is
+    SmolLM2-135M-Instruct (real weights: text answers are real) and whose
+    vision tower (CLIP ViT, 224 px, 256 image tokens) and projector are
+    seeded random (image answers are meaningless)."""
+    target = cache_dir() / "models" / "SmolLM2-135M-LLaVA-random-vision"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig,
+                              LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
+
+    lm_dir = smollm2_checkpoint()
+    tok = AutoTokenizer.from_pretrained(lm_dir)
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    lm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
+    text_config = lm.config
+    image_token = tok.convert_tokens_to_ids("<image>")
+    vision = CLIPVisionConfig(hidden_size=384, intermediate_size=1536, num_hidden_layers=6, num_attention_heads=6,
+                              image_size=224, patch_size=14, projection_dim=384)
+    config = LlavaConfig(vision_config=vision, text_config=text_config, image_token_index=image_token,
+                         vision_feature_layer=-2, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu", tie_word_embeddings=True)
+    torch.manual_seed(VLM_SEED)
+    model = LlavaForConditionalGeneration(config)
+    g = torch.Generator().manual_seed(VLM_SEED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # seeded random vision tower and projector
+            if "language_model" not in name and "lm_head" not in name:
+                if p.ndim >= 2:
+                    p.copy_(torch.randn(p.shape, generator=g) / p.shape[-1] ** 0.5)
+                elif "weight" in name and ("norm" in name or "layer_norm" in name):
+                    p.fill_(1.0)
+                else:
+                    p.zero_()
+        model.model.language_model.load_state_dict(lm.model.state_dict())
+        model.resize_token_embeddings(len(tok))  # one new row, for <image> (always overwritten by embeddings)
+    model.config.text_config.tie_word_embeddings = True
+    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 224},
+                                                                  crop_size={"height": 224, "width": 224}),
+                               tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
+                               num_additional_image_tokens=1, image_token="<image>",
+                               chat_template=VLM_CHAT_TEMPLATE)
+    tok.chat_template = VLM_CHAT_TEMPLATE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        out = Path(work) / "model"
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        tok.save_pretrained(out)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    return target
