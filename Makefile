@@ -8,19 +8,25 @@ BIN    := $(VENV)/bin
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 NATIVE_SOURCES := CMakeLists.txt $(shell find native -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' \))
 
-.PHONY: setup native run test bench clean
+.PHONY: setup native proto run test bench clean
 
-setup: $(VENV)/.installed native
+setup: $(VENV)/.installed native proto
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU build of torch (the registry's default build pulls several GB of CUDA packages).
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,proto]"
 	touch $@
 
 native: build/libvlmcore.so
+
+# The gRPC modules (python/vlmserve/_proto/, not committed) are generated from protos/.
+proto: python/vlmserve/_proto/__init__.py
+
+python/vlmserve/_proto/__init__.py: $(wildcard protos/vlm/v1/*.proto) python/vlmserve/proto_build.py $(VENV)/.installed
+	$(BIN)/python python/vlmserve/proto_build.py
 
 build/libvlmcore.so: $(NATIVE_SOURCES)
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release

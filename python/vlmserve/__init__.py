@@ -3,6 +3,7 @@ from vlmserve.config import EngineConfig, GenerationConfig
 from vlmserve.engine import Embeddings, Engine, RequestStream
 from vlmserve.errors import VlmError
 from vlmserve.outputs import EngineStats, RequestOutput, TokenOutput
+from vlmserve.pipeline import Pipeline, Response, load_image, pipeline
 
 __all__ = [
     "Embeddings",
@@ -10,6 +11,10 @@ __all__ = [
     "EngineConfig",
     "EngineStats",
     "GenerationConfig",
+    "Pipeline",
+    "Response",
+    "load_image",
+    "pipeline",
     "RequestOutput",
     "RequestStream",
     "TokenOutput",

@@ -91,6 +91,8 @@ class RequestStream:
     def wait(self, timeout: float | None = None) -> RequestOutput:
         """Drains the stream and returns the final RequestOutput; TimeoutError after `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self._done.is_set():  # already drained by iteration
+            return self.result
         while True:
             try:
                 item = self._queue.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))

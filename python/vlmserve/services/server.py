@@ -1,0 +1,138 @@
+"""What every vlmserve gRPC server has, whatever it serves: the grpc.aio server
+with message-size and keepalive options, optional TLS, the interceptors, the
+standard health service (NOT_SERVING until the owner says it is ready), server
+reflection, the Prometheus endpoint, and a graceful stop on SIGTERM/SIGINT
+(health goes NOT_SERVING, new calls are refused, calls in flight get
+shutdown_grace_s to finish)."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry
+
+from vlmserve.errors import InvalidArgumentError
+from vlmserve.services.interceptors import BearerAuthInterceptor, ErrorStatusInterceptor, ObservabilityInterceptor
+from vlmserve.services.metrics import RpcMetrics, serve_http
+
+log = logging.getLogger("vlmserve.server")
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise InvalidArgumentError(message)
+
+
+@dataclass
+class ServerConfig:
+    """port 0 binds an ephemeral port; metrics_port None turns the endpoint off."""
+
+    host: str = "0.0.0.0"
+    port: int = 50052
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int | None = 9092
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    bearer_token: str | None = None
+    max_message_bytes: int = 64 * 1024 * 1024
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    shutdown_grace_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.port, int) and 0 <= self.port < 65536,
+                 f"port must be in [0, 65535], got {self.port!r}")
+        _require(self.metrics_port is None or (isinstance(self.metrics_port, int) and 0 <= self.metrics_port < 65536),
+                 f"metrics_port must be in [0, 65535], got {self.metrics_port!r}")
+        _require((self.tls_cert is None) == (self.tls_key is None), "TLS needs both a certificate and a key")
+        for path in (self.tls_cert, self.tls_key):
+            _require(path is None or Path(path).is_file(), f"TLS file {path} does not exist")
+        _require(self.bearer_token is None or len(self.bearer_token) > 0, "the bearer token must not be empty")
+        _require(isinstance(self.max_message_bytes, int) and self.max_message_bytes >= 1024,
+                 f"max_message_bytes must be >= 1024, got {self.max_message_bytes!r}")
+        _require(self.keepalive_time_s > 0 and self.keepalive_timeout_s > 0, "keepalive times must be > 0")
+        _require(self.shutdown_grace_s >= 0, f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
+
+
+class GrpcServer:
+    """Owners add their servicers to `.server` before start(), then call set_serving()."""
+
+    def __init__(self, config: ServerConfig, service_names: list[str], registry: CollectorRegistry):
+        self.config = config
+        self.service_names = service_names
+        self.registry = registry
+        interceptors = [ObservabilityInterceptor(RpcMetrics(registry))]
+        if config.bearer_token:
+            interceptors.append(BearerAuthInterceptor(config.bearer_token))
+        interceptors.append(ErrorStatusInterceptor())
+        ms = config.max_message_bytes
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", ms),
+            ("grpc.max_send_message_length", ms),
+            ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            # Let clients ping as often as every 10 s without being sent GOAWAY.
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ("grpc.so_reuseport", 0),
+        ])
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._metrics_http = None
+
+    async def start(self) -> int:
+        """Binds and starts serving (health NOT_SERVING); returns the bound port."""
+        c = self.config
+        address = f"{c.host}:{c.port}"
+        if c.tls_cert:
+            creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if not self.port:
+            raise InvalidArgumentError(f"cannot bind {address}")
+        await self.set_serving(False)
+        await self.server.start()
+        if c.metrics_port is not None:
+            self._metrics_http, self.metrics_port = serve_http(self.registry, c.metrics_port, c.metrics_host)
+        log.info("listening", extra={"fields": {"port": self.port, "metrics_port": self.metrics_port,
+                                                "tls": bool(c.tls_cert), "auth": bool(c.bearer_token),
+                                                "services": self.service_names}})
+        return self.port
+
+    async def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    async def stop(self) -> None:
+        """Health NOT_SERVING, refuse new calls, give calls in flight the grace period."""
+        await self.health.enter_graceful_shutdown()
+        log.info("draining", extra={"fields": {"grace_s": self.config.shutdown_grace_s}})
+        await self.server.stop(self.config.shutdown_grace_s)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http = None
+
+
+async def wait_for_signal() -> signal.Signals:
+    """Returns when SIGTERM or SIGINT arrives."""
+    loop = asyncio.get_running_loop()
+    received: asyncio.Future = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda s=sig: received.done() or received.set_result(s))
+    try:
+        return await received
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,114 @@
+"""The vision encoder service's lifecycle: bind (health NOT_SERVING), load the
+vision tower and projector and run a warm-up forward off the event loop, start
+the batcher, go SERVING; on SIGTERM drain and stop.
+
+    server = VisionServer("/ckpt", VisionConfig(), ServerConfig(port=0))   # inside the running loop
+    await server.start(); await server.load()      # or: await server.run()
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from vlmserve.errors import InvalidArgumentError
+from vlmserve.services import protos
+from vlmserve.services.metrics import VisionMetrics
+from vlmserve.services.server import GrpcServer, ServerConfig, wait_for_signal
+from vlmserve.services.status import UnavailableError
+from vlmserve.services.vision_servicer import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES, VisionServicer
+from vlmserve.vision.batcher import TileBatcher
+from vlmserve.vision.config import VisionConfig
+from vlmserve.vision.encoder import VisionEncoder
+
+log = logging.getLogger("vlmserve.vision")
+
+SERVICE_NAME = "vlm.v1.VisionService"
+
+
+class VisionServer:
+    def __init__(self, model: str | Path, vision_config: VisionConfig | None = None,
+                 server_config: ServerConfig | None = None, max_chunk_bytes: int = DEFAULT_CHUNK_BYTES):
+        self.model = Path(model)
+        self.vision_config = vision_config or VisionConfig()
+        self.server_config = server_config or ServerConfig()
+        if max_chunk_bytes < MIN_CHUNK_BYTES:
+            raise InvalidArgumentError(f"max_chunk_bytes must be >= {MIN_CHUNK_BYTES}, got {max_chunk_bytes}")
+        # A chunk and its message framing must fit the message size limit.
+        self.max_chunk_bytes = min(max_chunk_bytes, self.server_config.max_message_bytes - MIN_CHUNK_BYTES)
+        self.registry = CollectorRegistry()
+        self.metrics = VisionMetrics(self.registry)
+        self.grpc = GrpcServer(self.server_config, [SERVICE_NAME], self.registry)
+        protos.vision_grpc().add_VisionServiceServicer_to_server(VisionServicer(self), self.grpc.server)
+        self.preprocess_pool = concurrent.futures.ThreadPoolExecutor(
+            self.vision_config.preprocess_threads, thread_name_prefix="vision-preprocess")
+        self.encoder: VisionEncoder | None = None
+        self.batcher: TileBatcher | None = None
+
+    @property
+    def port(self) -> int | None:
+        return self.grpc.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.grpc.metrics_port
+
+    def ready_parts(self) -> tuple[VisionEncoder, TileBatcher]:
+        if self.encoder is None or self.batcher is None:
+            raise UnavailableError("the vision model is still loading; health reports SERVING once it is ready")
+        return self.encoder, self.batcher
+
+    async def start(self) -> int:
+        return await self.grpc.start()
+
+    async def load(self) -> None:
+        """Loads and warms up the model in a worker thread, then reports SERVING."""
+        loop = asyncio.get_running_loop()
+        log.info("loading vision model", extra={"fields": {"model": str(self.model)}})
+
+        def build() -> VisionEncoder:
+            encoder = VisionEncoder(self.model, self.vision_config)
+            encoder.warmup()
+            return encoder
+
+        encoder = await loop.run_in_executor(None, build)
+        batcher = TileBatcher(encoder.forward, self.vision_config.max_batch_size,
+                              self.vision_config.batch_window_ms / 1e3, self._observe_batch)
+        batcher.start()
+        self.encoder, self.batcher = encoder, batcher
+        await self.grpc.set_serving(True)
+        log.info("serving", extra={"fields": {"model_type": encoder.model_type, "port": self.port}})
+
+    def _observe_batch(self, tiles: int, seconds: float) -> None:
+        self.metrics.batch_size.observe(tiles)
+        self.metrics.batch_seconds.observe(seconds)
+
+    async def stop(self) -> None:
+        """Refuses new calls, lets calls in flight finish (up to the grace period), then stops."""
+        # grpc refuses new calls from here on; calls already accepted run to completion.
+        await self.grpc.stop()
+        if self.batcher is not None:
+            await self.batcher.close()
+        self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        log.info("stopped")
+
+    async def run(self) -> None:
+        """start, load, serve until SIGTERM/SIGINT, drain, stop. A signal during loading stops at once."""
+        await self.start()
+        signalled = asyncio.ensure_future(wait_for_signal())
+        loading = asyncio.ensure_future(self.load())
+        try:
+            await asyncio.wait({signalled, loading}, return_when=asyncio.FIRST_COMPLETED)
+            if loading.done():
+                loading.result()  # raises a load failure
+                sig = await signalled
+            else:
+                sig = signalled.result()
+                loading.cancel()
+            log.info("signal received", extra={"fields": {"signal": sig.name}})
+        finally:
+            signalled.cancel()
+            await self.stop()

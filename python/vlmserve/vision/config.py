@@ -1,0 +1,63 @@
+"""How the vision encoder runs and what images it accepts, validated on creation."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from vlmserve.errors import InvalidArgumentError
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+MIME_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
+
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise InvalidArgumentError(message)
+
+
+def _positive_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 1
+
+
+@dataclass
+class VisionConfig:
+    """dtype "auto" is float32 on the CPU and the checkpoint's dtype on CUDA.
+
+    max_batch_size counts tiles, not images: an image split into 5 tiles takes 5
+    slots. A batch closes when it is full or batch_window_ms after its first tile
+    arrived. allowed_url_hosts empty means http(s) image URLs are refused."""
+
+    dtype: str = "auto"
+    device: str = "auto"
+    max_batch_size: int = 16
+    batch_window_ms: float = 5.0
+    max_image_pixels: int = 64 * 1024 * 1024
+    min_image_size: int = 2
+    max_images_per_request: int = 16
+    max_image_bytes: int = 32 * 1024 * 1024
+    allowed_url_hosts: tuple[str, ...] = field(default_factory=tuple)
+    url_timeout_s: float = 10.0
+    trust_remote_code: bool = False
+    preprocess_threads: int = 2
+
+    def __post_init__(self) -> None:
+        _require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        _require(self.device in DEVICES or (isinstance(self.device, str) and self.device.startswith("cuda:")),
+                 f"device must be one of {DEVICES} or cuda:N, got {self.device!r}")
+        _require(_positive_int(self.max_batch_size),
+                 f"max_batch_size must be a positive integer, got {self.max_batch_size!r}")
+        _require(isinstance(self.batch_window_ms, (int, float)) and 0 <= self.batch_window_ms <= 1000,
+                 f"batch_window_ms must be in [0, 1000], got {self.batch_window_ms!r}")
+        _require(_positive_int(self.max_image_pixels),
+                 f"max_image_pixels must be a positive integer, got {self.max_image_pixels!r}")
+        _require(_positive_int(self.min_image_size),
+                 f"min_image_size must be a positive integer, got {self.min_image_size!r}")
+        _require(_positive_int(self.max_images_per_request),
+                 f"max_images_per_request must be a positive integer, got {self.max_images_per_request!r}")
+        _require(_positive_int(self.max_image_bytes),
+                 f"max_image_bytes must be a positive integer, got {self.max_image_bytes!r}")
+        self.allowed_url_hosts = tuple(h.strip().lower() for h in self.allowed_url_hosts if h.strip())
+        _require(isinstance(self.url_timeout_s, (int, float)) and self.url_timeout_s > 0,
+                 f"url_timeout_s must be > 0, got {self.url_timeout_s!r}")
+        _require(_positive_int(self.preprocess_threads),
+                 f"preprocess_threads must be a positive integer, got {self.preprocess_threads!r}")

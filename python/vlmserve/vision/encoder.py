@@ -1,0 +1,112 @@
+"""The vision encoder runner: images → LM-space embeddings, exactly as the full
+transformers model computes them (its own image processor and get_image_features).
+
+Blocking and thread-safe in the way the service uses it: prepare() may run in
+several threads at once; forward() runs in one thread at a time (the batcher's)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vlmserve.errors import InternalError, InvalidArgumentError, ModelLoadError
+from vlmserve.vision.config import VisionConfig
+from vlmserve.vision.families import TileGrid, family_for
+from vlmserve.vision.image_decode import decode_image
+from vlmserve.vision.image_source import ImageSource, resolve
+from vlmserve.vision.loader import load_encoder, resolve_device, resolve_dtype
+from vlmserve.vision.tiles import ImageEmbedding, ImageLayout, PreparedImage, Tiles
+
+log = logging.getLogger(__name__)
+
+
+class VisionEncoder:
+    def __init__(self, model: str | Path, config: VisionConfig | None = None):
+        from transformers import AutoConfig, AutoImageProcessor
+
+        self.config = config or VisionConfig()
+        self.directory = Path(model)
+        if not (self.directory / "config.json").is_file():
+            raise ModelLoadError(f"{self.directory} is not a checkpoint directory (no config.json)")
+        trust = self.config.trust_remote_code
+        try:
+            self.hf_config = AutoConfig.from_pretrained(str(self.directory), trust_remote_code=trust)
+            self.image_processor = AutoImageProcessor.from_pretrained(str(self.directory), trust_remote_code=trust)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot load the config or image processor of {self.directory}: {e}") from None
+        self.model_type = self.hf_config.model_type
+        self.family = family_for(self.model_type)
+        self.processor_kwargs = self.family.processor_defaults()
+        self.device = resolve_device(self.config.device)
+        self.dtype = resolve_dtype(self.config.dtype, self.hf_config, self.device)
+        self.model = load_encoder(self.directory, self.hf_config, self.family, self.dtype, self.device)
+        self.hidden_size = int(self.hf_config.text_config.hidden_size)
+        self.tokens_per_tile = 0  # known after warmup()
+
+    # -- images -----------------------------------------------------------------------------------
+
+    def load_image(self, source: ImageSource) -> Image.Image:
+        """Bytes, data URL or allow-listed URL → validated RGB image (blocking)."""
+        data, mime = resolve(source, self.config)
+        return decode_image(data, mime, self.config)
+
+    def prepare(self, image: Image.Image) -> PreparedImage:
+        """Runs the family's image processor (resize, tiling, normalization) on one RGB image."""
+        if not self.tokens_per_tile:
+            raise InternalError("VisionEncoder.warmup() must run before images are prepared")
+        try:
+            tiles, grid = self._process(image)
+        except InternalError:
+            raise
+        except Exception as e:  # a processor that chokes on an image (extreme aspect ratio...) is the input's fault
+            raise InvalidArgumentError(f"the model's image processor rejected the {image.width}x{image.height} "
+                                       f"image: {e}") from None
+        layout = ImageLayout(num_tokens=grid.num_tiles * self.tokens_per_tile, num_tiles=grid.num_tiles,
+                             tokens_per_tile=self.tokens_per_tile, grid_rows=grid.grid_rows,
+                             grid_cols=grid.grid_cols, has_global_tile=grid.has_global_tile,
+                             image_width=image.width, image_height=image.height)
+        return PreparedImage(tiles, layout)
+
+    def _process(self, image: Image.Image) -> tuple[Tiles, TileGrid]:
+        out = self.image_processor(images=[image], return_tensors="pt", **self.processor_kwargs)
+        grid = self.family.grid(out, image.size, self.image_processor, self.processor_kwargs)
+        # Idefics3 nests the tiles under a sample dimension: [1, tiles, ...].
+        tiles = Tiles({name: out[name][0] if self.family.sample_dim else out[name]
+                       for name in self.family.tile_inputs})
+        if len(tiles) != grid.num_tiles:
+            raise InternalError(f"the image processor returned {len(tiles)} tiles, its layout {grid.num_tiles}")
+        return tiles, grid
+
+    # -- model ------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def forward(self, tiles: Tiles) -> torch.Tensor:
+        """[tiles, tokens_per_tile, hidden_size] on the CPU, in the model's dtype."""
+        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                  for k, v in tiles.tensors.items()}
+        out = self.family.features(self.model, inputs)
+        if out.shape[0] != len(tiles) or out.shape[-1] != self.hidden_size:
+            raise InternalError(f"the encoder returned {tuple(out.shape)} for {len(tiles)} tiles")
+        return out.to("cpu")
+
+    def warmup(self) -> None:
+        """One forward on a synthetic image: fixes tokens_per_tile and touches every kernel."""
+        rng = np.random.default_rng(0)
+        image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
+        tiles, grid = self._process(image)
+        self.tokens_per_tile = int(self.forward(tiles).shape[1])
+        log.info("vision encoder warmed up", extra={"fields": {
+            "model_type": self.model_type, "tokens_per_tile": self.tokens_per_tile, "hidden_size": self.hidden_size,
+            "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device)}})
+
+    def encode(self, images: list[Image.Image]) -> list[ImageEmbedding]:
+        """Unbatched reference: one forward per image, no batcher."""
+        result = []
+        for image in images:
+            prepared = self.prepare(image)
+            features = self.forward(prepared.tiles)
+            result.append(ImageEmbedding(features.reshape(-1, features.shape[-1]), prepared.layout))
+        return result

@@ -1,0 +1,35 @@
+"""`vlmserve serve vision` flags: every one has a VLMSERVE_* twin, and the flag wins."""
+from __future__ import annotations
+
+import pytest
+
+from vlmserve.cli import build_parser
+from vlmserve.cli.serve import server_config_from_args
+
+
+def test_every_flag_has_an_environment_twin(monkeypatch):
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["serve"]
+    vision = next(a for a in sub._actions if a.dest == "service").choices["vision"]
+    for action in vision._actions:
+        if action.option_strings and action.dest != "help":
+            env = "VLMSERVE_" + action.option_strings[0].lstrip("-").replace("-", "_").upper()
+            assert env in action.help, f"{action.option_strings[0]} does not name {env}"
+
+
+def test_environment_sets_defaults_and_flags_win(monkeypatch, tmp_path):
+    monkeypatch.setenv("VLMSERVE_VISION_MAX_BATCH_SIZE", "3")
+    monkeypatch.setenv("VLMSERVE_PORT", "6001")
+    monkeypatch.setenv("VLMSERVE_TRUST_REMOTE_CODE", "true")
+    monkeypatch.setenv("VLMSERVE_METRICS_PORT", "-1")
+    monkeypatch.setenv("VLMSERVE_MODEL", str(tmp_path))
+    a = build_parser().parse_args(["serve", "vision", "--port", "7001"])
+    assert (a.model, a.vision_max_batch_size, a.port, a.trust_remote_code) == (str(tmp_path), 3, 7001, True)
+    assert server_config_from_args(a).metrics_port is None
+    b = build_parser().parse_args(["serve", "vision", "/ckpt", "--no-trust-remote-code"])
+    assert b.model == "/ckpt" and b.trust_remote_code is False
+
+
+def test_model_is_required_without_its_twin(monkeypatch):
+    monkeypatch.delenv("VLMSERVE_MODEL", raising=False)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "vision"])

@@ -1,0 +1,86 @@
+"""The tile batcher: concurrent submissions share forwards up to the tile limit,
+every caller gets exactly its own rows, large images span batches, and a
+cancelled caller's tiles are dropped."""
+from __future__ import annotations
+
+import asyncio
+
+import torch
+
+from vlmserve.vision.batcher import TileBatcher
+from vlmserve.vision.tiles import Tiles
+
+
+def _tiles(first: int, count: int) -> Tiles:
+    # Row i holds the value i everywhere, so every output row says which tile it came from.
+    values = torch.arange(first, first + count, dtype=torch.float32)
+    return Tiles({"pixel_values": values[:, None, None, None].expand(count, 3, 2, 2).clone()})
+
+
+def _forward_recording(batches: list[int]):
+    def forward(tiles: Tiles) -> torch.Tensor:
+        batches.append(len(tiles))
+        return tiles.tensors["pixel_values"][:, :1, 0, 0] * 10.0  # [tiles, 1]
+    return forward
+
+
+def test_concurrent_submissions_batch_and_get_their_own_rows():
+    batches: list[int] = []
+
+    async def main():
+        b = TileBatcher(_forward_recording(batches), max_tiles=8, window_s=0.05)
+        b.start()
+        sizes = [1, 3, 2, 1, 5, 1, 2, 4, 1, 1]
+        firsts = [sum(sizes[:i]) * 100 for i in range(len(sizes))]
+        outs = await asyncio.gather(*(b.submit(_tiles(f, n)) for f, n in zip(firsts, sizes)))
+        await b.close()
+        for f, n, out in zip(firsts, sizes, outs):
+            assert out.flatten().tolist() == [10.0 * (f + i) for i in range(n)]
+
+    asyncio.run(main())
+    assert sum(batches) == 21 and max(batches) <= 8 and len(batches) < 10
+
+
+def test_an_image_larger_than_a_batch_spans_several():
+    batches: list[int] = []
+
+    async def main():
+        b = TileBatcher(_forward_recording(batches), max_tiles=4, window_s=0.0)
+        b.start()
+        out = await b.submit(_tiles(0, 11))
+        await b.close()
+        assert out.flatten().tolist() == [10.0 * i for i in range(11)]
+
+    asyncio.run(main())
+    assert batches == [4, 4, 3]
+
+
+def test_cancelled_callers_are_dropped_and_errors_reach_every_waiter():
+    batches: list[int] = []
+
+    async def main():
+        b = TileBatcher(_forward_recording(batches), max_tiles=8, window_s=0.1)
+        b.start()
+        doomed = asyncio.ensure_future(b.submit(_tiles(0, 3)))
+        kept = asyncio.ensure_future(b.submit(_tiles(100, 2)))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        assert (await kept).flatten().tolist() == [1000.0, 1010.0]
+        await b.close()
+
+    asyncio.run(main())
+    assert batches == [2]
+
+    async def failing():
+        def boom(tiles):
+            raise RuntimeError("kernel failed")
+        b = TileBatcher(boom, max_tiles=8, window_s=0.02)
+        b.start()
+        results = await asyncio.gather(b.submit(_tiles(0, 1)), b.submit(_tiles(1, 1)), return_exceptions=True)
+        assert [str(r) for r in results] == ["kernel failed", "kernel failed"]
+        # The batcher survives a failed forward.
+        b._forward = _forward_recording([])
+        assert (await b.submit(_tiles(7, 1))).item() == 70.0
+        await b.close()
+
+    asyncio.run(failing())
