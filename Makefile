@@ -33,7 +33,7 @@ build/libvlmcore.so: $(NATIVE_SOURCES)
 	cmake --build build -j $(JOBS)
 
 run: setup
-	$(BIN)/vlmserve generate "What is the capital of France?"
+	$(BIN)/vlmserve demo
 
 test: setup
 	cd build && ctest --output-on-failure

@@ -46,6 +46,18 @@ class ModelLoadError(VlmError, ValueError):
     status = "INVALID_ARGUMENT"
 
 
+class UnavailableError(VlmError):
+    """The server cannot take the request now (warming up, draining, a dependency down): retry later."""
+
+    status = "UNAVAILABLE"
+
+
+class DeadlineExceededError(VlmError):
+    """The caller's deadline passed before the work finished."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
 class RequestFailedError(VlmError, RuntimeError):
     """A request that the engine accepted but could not finish."""
 

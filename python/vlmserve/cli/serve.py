@@ -57,10 +57,8 @@ def server_config_from_args(a: argparse.Namespace):
 # -- vision -----------------------------------------------------------------------------------------
 
 def add_vision_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?" if os.environ.get("VLMSERVE_MODEL") else None,
-                   default=os.environ.get("VLMSERVE_MODEL"),
-                   help="checkpoint directory of the VLM (only its vision tower and projector are loaded) "
-                        "[VLMSERVE_MODEL]")
+    _model_arg(p, "checkpoint directory of the VLM (the vision service loads only its vision tower and "
+                  "projector)")
     add_server_args(p, port=50052, metrics_port=9092)
     flag(p, "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
          help="compute dtype (auto: float32 on the CPU, the checkpoint's on CUDA)")
@@ -89,29 +87,163 @@ def run_vision(a: argparse.Namespace) -> int:
 
     from vlmserve.services import log
     from vlmserve.services.vision_server import VisionServer
-    from vlmserve.vision.config import VisionConfig
 
     log.configure(a.log_level)
-    vision = VisionConfig(dtype=a.dtype, device=a.device, max_batch_size=a.vision_max_batch_size,
-                          batch_window_ms=a.vision_batch_window_ms, max_image_pixels=a.max_image_pixels,
-                          min_image_size=a.min_image_size, max_images_per_request=a.max_images_per_request,
-                          max_image_bytes=a.max_image_bytes,
-                          allowed_url_hosts=tuple(a.allowed_media_domains.split(",")),
-                          url_timeout_s=a.image_fetch_timeout, trust_remote_code=a.trust_remote_code,
-                          preprocess_threads=a.preprocess_threads)
+    vision = vision_config_from_args(a)
     server_config = server_config_from_args(a)
+    model = _resolve_model(a)
 
     async def serve() -> None:
         # grpc.aio binds the server to the loop it is created in: create it inside.
-        await VisionServer(a.model, vision, server_config, max_chunk_bytes=a.max_chunk_bytes).run()
+        await VisionServer(model, vision, server_config, max_chunk_bytes=a.max_chunk_bytes).run()
 
     asyncio.run(serve())
     return 0
 
 
-# name -> (help, add its flags, run it). `lm` and `stack` join here.
+def vision_config_from_args(a: argparse.Namespace):
+    from vlmserve.vision.config import VisionConfig
+
+    return VisionConfig(dtype=a.dtype, device=a.device, max_batch_size=a.vision_max_batch_size,
+                        batch_window_ms=a.vision_batch_window_ms, max_image_pixels=a.max_image_pixels,
+                        min_image_size=a.min_image_size, max_images_per_request=a.max_images_per_request,
+                        max_image_bytes=a.max_image_bytes,
+                        allowed_url_hosts=tuple(a.allowed_media_domains.split(",")),
+                        url_timeout_s=a.image_fetch_timeout, trust_remote_code=a.trust_remote_code,
+                        preprocess_threads=a.preprocess_threads)
+
+
+# -- lm ---------------------------------------------------------------------------------------------
+
+def _model_arg(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("model", nargs="?", default=os.environ.get("VLMSERVE_MODEL"),
+                   help=f"{help_text} [VLMSERVE_MODEL; default: the built-in SmolLM2-135M LLaVA-style model]")
+
+
+def add_engine_flags(p: argparse.ArgumentParser) -> None:
+    """Engine flags (LMDeploy/vLLM names), each with its VLMSERVE_ twin."""
+    flag(p, "--model-format", default="auto", choices=["auto", "hf", "awq"], help="weight format")
+    flag(p, "--kv-cache-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8", "int4"],
+         help="KV cache element type")
+    flag(p, "--quant-policy", type=int, default=None, choices=[0, 4, 8], help="LMDeploy spelling: 8 int8, 4 int4 KV")
+    flag(p, "--max-batch-size", type=int, default=64, help="most requests decoding at once")
+    flag(p, "--max-model-len", type=int, default=None, help="context length (prompt + output)")
+    flag(p, "--cache-max-entry-count", type=float, default=0.8, help="fraction of free memory for the KV cache")
+    flag(p, "--num-kv-blocks", type=int, default=0, help="exact KV block count (overrides the fraction)")
+    flag(p, "--block-size", type=int, default=64, help="tokens per KV block")
+    flag(p, "--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step (chunked prefill)")
+    flag(p, "--engine-device", default="auto", choices=["auto", "cpu", "cuda"], help="engine backend")
+    flag(p, "--threads", type=int, default=0, help="CPU engine threads (0: all cores)")
+
+
+def engine_config_from_flags(a: argparse.Namespace):
+    from vlmserve.config import EngineConfig
+
+    return EngineConfig(model_format=a.model_format, kv_cache_dtype=a.kv_cache_dtype, quant_policy=a.quant_policy,
+                        max_batch_size=a.max_batch_size, max_model_len=a.max_model_len,
+                        cache_max_entry_count=a.cache_max_entry_count, num_kv_blocks=a.num_kv_blocks,
+                        block_size=a.block_size, max_num_batched_tokens=a.max_num_batched_tokens,
+                        device=a.engine_device, threads=a.threads)
+
+
+def add_lm_args(p: argparse.ArgumentParser) -> None:
+    _model_arg(p, "checkpoint directory (HF or AWQ) of the language model or VLM")
+    add_server_args(p, port=50051, metrics_port=9091)
+    add_engine_flags(p)
+    flag(p, "--vision-addr", default="", help="vision service: host:port, h1:p1,h2:p2 or dns:///name:port "
+                                             "(round-robin); empty: text only")
+    flag(p, "--vision-api-key", help="bearer token for the vision service")
+    flag(p, "--max-images-per-request", type=int, default=16, help="most images one Chat request may carry")
+    flag(p, "--trust-remote-code", type=bool, default=False, help="allow the checkpoint's tokenizer code")
+
+
+def _resolve_model(a: argparse.Namespace) -> str:
+    if a.model:
+        return a.model
+    from vlmserve.default_model import default_vlm_checkpoint
+
+    return str(default_vlm_checkpoint())
+
+
+def run_lm(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from vlmserve.services import log
+    from vlmserve.services.lm_server import LmLimits, LmServer
+
+    log.configure(a.log_level)
+    model = _resolve_model(a)
+    limits = LmLimits(vision_addr=a.vision_addr or None, vision_api_key=a.vision_api_key,
+                      max_images_per_request=a.max_images_per_request, trust_remote_code=a.trust_remote_code)
+    engine_config, server_config = engine_config_from_flags(a), server_config_from_args(a)
+
+    async def serve() -> None:
+        await LmServer(model, engine_config, limits, server_config).run()
+
+    asyncio.run(serve())
+    return 0
+
+
+# -- stack ------------------------------------------------------------------------------------------
+
+def add_stack_args(p: argparse.ArgumentParser) -> None:
+    add_vision_args(p)  # the model, the LM port flags and every vision flag
+    for name, default in (("port", 50051), ("metrics_port", 9091)):  # --port/--metrics-port are the LM's here
+        if _env_name(name) not in os.environ:
+            p.set_defaults(**{name: default})
+    add_engine_flags(p)
+    flag(p, "--vision-port", type=int, default=50052, help="port of the vision service (0: pick a free one)")
+    flag(p, "--vision-metrics-port", type=int, default=9092, help="Prometheus port of the vision service (-1: off)")
+
+
+def run_stack(a: argparse.Namespace) -> int:
+    """Both services in one process: the vision service on --vision-port, the LM service on --port."""
+    import asyncio
+    import dataclasses
+
+    from vlmserve.services import log
+    from vlmserve.services.lm_server import LmLimits, LmServer
+    from vlmserve.services.server import wait_for_signal
+    from vlmserve.services.vision_server import VisionServer
+
+    log.configure(a.log_level)
+    model = _resolve_model(a)
+    lm_server_config = server_config_from_args(a)
+    vision_server_config = dataclasses.replace(
+        lm_server_config, host="127.0.0.1", port=a.vision_port,
+        metrics_port=None if a.vision_metrics_port < 0 else a.vision_metrics_port)
+
+    async def serve() -> None:
+        vision = VisionServer(model, vision_config_from_args(a), vision_server_config, a.max_chunk_bytes)
+        vport = await vision.start()
+        lm = LmServer(model, engine_config_from_flags(a),
+                      LmLimits(vision_addr=f"127.0.0.1:{vport}", vision_api_key=a.api_key,
+                               max_images_per_request=a.max_images_per_request,
+                               trust_remote_code=a.trust_remote_code), lm_server_config)
+        await lm.start()
+        signalled = asyncio.ensure_future(wait_for_signal())
+        loading = asyncio.ensure_future(asyncio.gather(vision.load(), lm.load()))
+        try:
+            await asyncio.wait({signalled, loading}, return_when=asyncio.FIRST_COMPLETED)
+            if loading.done():
+                loading.result()
+                await signalled
+            else:
+                loading.cancel()
+        finally:
+            signalled.cancel()
+            await lm.stop()  # drains chats first, while the vision service still answers them
+            await vision.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+# name -> (help, add its flags, run it).
 SERVICES = {
     "vision": ("the vision encoder service (images -> embeddings)", add_vision_args, run_vision),
+    "lm": ("the language-model service (chat -> streamed tokens)", add_lm_args, run_lm),
+    "stack": ("both services in one process, the LM using the local vision service", add_stack_args, run_stack),
 }
 
 

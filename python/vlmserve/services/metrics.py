@@ -39,3 +39,39 @@ def serve_http(registry: CollectorRegistry, port: int, host: str = "0.0.0.0"):
     """Starts the /metrics endpoint in a daemon thread; returns (server, bound port)."""
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, server.server_port
+
+
+class LmMetrics:
+    """Latencies per request, and the engine's state read at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.ttft = Histogram("vlmserve_lm_time_to_first_token_seconds", "request received to first token",
+                              buckets=_LATENCY_BUCKETS, registry=registry)
+        self.itl = Histogram("vlmserve_lm_inter_token_latency_seconds", "time between consecutive tokens",
+                             buckets=_LATENCY_BUCKETS, registry=registry)
+        self.e2e = Histogram("vlmserve_lm_e2e_request_latency_seconds", "request received to last message",
+                             buckets=_LATENCY_BUCKETS, registry=registry)
+        self.queue = Histogram("vlmserve_lm_queue_time_seconds", "engine queue time (enqueue to first scheduling)",
+                               buckets=_LATENCY_BUCKETS, registry=registry)
+        self.vision = Histogram("vlmserve_lm_vision_seconds", "time spent in the vision service per request",
+                                buckets=_LATENCY_BUCKETS, registry=registry)
+        self.finished = Counter("vlmserve_lm_requests_finished", "requests finished, by finish reason",
+                                ["reason"], registry=registry)
+        self.prompt_tokens = Counter("vlmserve_lm_prompt_tokens", "prompt tokens processed", registry=registry)
+        self.generation_tokens = Counter("vlmserve_lm_generation_tokens", "tokens generated", registry=registry)
+        self.running = Gauge("vlmserve_lm_running_requests", "requests in the running batch", registry=registry)
+        self.waiting = Gauge("vlmserve_lm_waiting_requests", "requests queued in the engine", registry=registry)
+        self.kv_usage = Gauge("vlmserve_lm_kv_cache_usage", "fraction of KV cache blocks in use", registry=registry)
+        self.kv_free = Gauge("vlmserve_lm_kv_cache_free_blocks", "free KV cache blocks", registry=registry)
+
+    def watch(self, engine) -> None:
+        """Engine gauges are read when Prometheus scrapes."""
+        self.running.set_function(lambda: engine.stats().running_requests)
+        self.waiting.set_function(lambda: engine.stats().waiting_requests)
+        self.kv_free.set_function(lambda: engine.stats().free_blocks)
+
+        def usage() -> float:
+            s = engine.stats()
+            return s.used_blocks / s.total_blocks if s.total_blocks else 0.0
+
+        self.kv_usage.set_function(usage)

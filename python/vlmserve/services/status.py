@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import grpc
 
+from vlmserve import errors
 from vlmserve.errors import VlmError
 
 _CODES = {
@@ -20,14 +21,15 @@ _CODES = {
     "INVALID_HANDLE": grpc.StatusCode.INTERNAL,
     "INTERNAL": grpc.StatusCode.INTERNAL,
     "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE,
+    "DEADLINE_EXCEEDED": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "CANCELLED": grpc.StatusCode.CANCELLED,
     "UNAUTHENTICATED": grpc.StatusCode.UNAUTHENTICATED,
 }
 
 
-class UnavailableError(VlmError):
-    """The server cannot take the request now (warming up, draining): retry elsewhere or later."""
-
-    status = "UNAVAILABLE"
+# Re-exported: the services raise it while warming up or draining.
+UnavailableError = errors.UnavailableError
 
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str]:

@@ -1,0 +1,127 @@
+"""The LM service's lifecycle: bind (health NOT_SERVING), load the engine and
+the tokenizer off the event loop, warm up with a short generation, go
+SERVING; on SIGTERM drain and stop.
+
+    server = LmServer("/ckpt", EngineConfig(), LmLimits(vision_addr="localhost:50052"), ServerConfig(port=0))
+    await server.start(); await server.load()      # or: await server.run()
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from vlmserve.config import EngineConfig, GenerationConfig
+from vlmserve.engine import Engine
+from vlmserve.errors import InvalidArgumentError, UnavailableError
+from vlmserve.prompt_builder import PromptBuilder
+from vlmserve.services.lm_servicer import SERVICE_NAME, LmServicer
+from vlmserve.services.metrics import LmMetrics
+from vlmserve.services.server import GrpcServer, ServerConfig, wait_for_signal
+from vlmserve.services.vision_client import VisionClient
+
+log = logging.getLogger("vlmserve.lm")
+
+
+@dataclass
+class LmLimits:
+    """vision_addr: one address, a comma-separated list or dns:///name:port; None: text only."""
+
+    vision_addr: str | None = None
+    vision_api_key: str | None = None
+    max_images_per_request: int = 16
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_images_per_request, int) or self.max_images_per_request < 1:
+            raise InvalidArgumentError(f"max_images_per_request must be >= 1, got {self.max_images_per_request!r}")
+
+
+@dataclass
+class _Core:
+    engine: Engine
+    builder: PromptBuilder
+    limits: LmLimits
+
+
+class LmServer:
+    def __init__(self, model: str | Path, engine_config: EngineConfig | None = None, limits: LmLimits | None = None,
+                 server_config: ServerConfig | None = None):
+        self.model = Path(model)
+        self.engine_config = engine_config or EngineConfig()
+        self.limits = limits or LmLimits()
+        self.server_config = server_config or ServerConfig(port=50051, metrics_port=9091)
+        self.registry = CollectorRegistry()
+        self.metrics = LmMetrics(self.registry)
+        self.grpc = GrpcServer(self.server_config, [SERVICE_NAME], self.registry)
+        self.grpc.server.add_generic_rpc_handlers((LmServicer(self).handlers(),))
+        self.vision = (VisionClient(self.limits.vision_addr, self.server_config.max_message_bytes,
+                                    self.limits.vision_api_key) if self.limits.vision_addr else None)
+        self._core: _Core | None = None
+
+    @property
+    def port(self) -> int | None:
+        return self.grpc.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.grpc.metrics_port
+
+    def ready(self) -> _Core:
+        if self._core is None:
+            raise UnavailableError("the language model is still loading; health reports SERVING once it is ready")
+        return self._core
+
+    async def start(self) -> int:
+        return await self.grpc.start()
+
+    async def load(self) -> None:
+        loop = asyncio.get_running_loop()
+        log.info("loading language model", extra={"fields": {"model": str(self.model)}})
+
+        def build() -> _Core:
+            engine = Engine(self.model, self.engine_config)
+            try:
+                builder = PromptBuilder(self.model, engine.spec.family, self.limits.trust_remote_code)
+                # Warm-up: one short request through every stage (prefill, decode, sampling).
+                engine.generate(builder.tokenizer("warm up")["input_ids"] or [0],
+                                GenerationConfig(max_new_tokens=2, ignore_eos=True))
+            except BaseException:
+                engine.close()
+                raise
+            return _Core(engine, builder, self.limits)
+
+        core = await loop.run_in_executor(None, build)
+        self.metrics.watch(core.engine)
+        self._core = core
+        await self.grpc.set_serving(True)
+        log.info("serving", extra={"fields": {"family": core.engine.spec.family, "port": self.port,
+                                              "vision": self.limits.vision_addr}})
+
+    async def stop(self) -> None:
+        await self.grpc.stop()
+        if self.vision is not None:
+            await self.vision.close()
+        if self._core is not None:
+            self._core.engine.close()
+        log.info("stopped")
+
+    async def run(self) -> None:
+        await self.start()
+        signalled = asyncio.ensure_future(wait_for_signal())
+        loading = asyncio.ensure_future(self.load())
+        try:
+            await asyncio.wait({signalled, loading}, return_when=asyncio.FIRST_COMPLETED)
+            if loading.done():
+                loading.result()
+                sig = await signalled
+            else:
+                sig = signalled.result()
+                loading.cancel()
+            log.info("signal received", extra={"fields": {"signal": sig.name}})
+        finally:
+            signalled.cancel()
+            await self.stop()
