@@ -7,7 +7,7 @@ import sys
 
 from vlmserve.errors import VlmError
 
-COMMANDS = ("generate",)
+COMMANDS = ("generate", "serve", "chat", "info", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
