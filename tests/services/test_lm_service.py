@@ -327,3 +327,25 @@ def test_health_goes_serving_after_warm_up_and_reflection_lists_the_service(mode
         ch.close()
     finally:
         lm.stop()
+
+
+def test_vision_addr_list_spreads_calls_over_replicas(model):
+    a, b = start_vision(model), start_vision(model)
+    lm = LmServerThread(model, f"{a.address},{b.address}")
+    ch, s = stub(lm.address)
+    try:
+        for i in range(8):
+            req = user((image_bytes("chelsea.png"), "image/png"), f"Question {i}?")
+            req.params.max_tokens = 1
+            collect(s.Chat(req, timeout=60))
+
+        def images(server):
+            line = [x for x in server.metrics_text().splitlines() if x.startswith("vlmserve_vision_images_total")]
+            return float(line[0].split()[-1]) if line else 0.0
+
+        assert images(a) > 0 and images(b) > 0 and images(a) + images(b) == 8
+    finally:
+        ch.close()
+        lm.stop()
+        a.stop()
+        b.stop()

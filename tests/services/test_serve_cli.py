@@ -29,7 +29,12 @@ def test_environment_sets_defaults_and_flags_win(monkeypatch, tmp_path):
     assert b.model == "/ckpt" and b.trust_remote_code is False
 
 
-def test_model_is_required_without_its_twin(monkeypatch):
+def test_without_a_model_the_built_in_one_is_served(monkeypatch):
+    from vlmserve.cli.serve import _resolve_model
+    from vlmserve.default_model import default_vlm_checkpoint
+
     monkeypatch.delenv("VLMSERVE_MODEL", raising=False)
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["serve", "vision"])
+    for service in ("vision", "lm", "stack"):
+        a = build_parser().parse_args(["serve", service])
+        assert a.model is None
+        assert _resolve_model(a) == str(default_vlm_checkpoint())
