@@ -85,29 +85,18 @@ def variants(count: int, size: tuple[int, int] = (160, 120)) -> list[bytes]:
     return out
 
 
-class ServerThread:
-    """A VisionServer running in its own event loop on a daemon thread."""
+class LoopThread:
+    """A server object living in its own event loop on a daemon thread; `make` is an
+    async factory run inside that loop (grpc.aio binds a server to its loop)."""
 
-    def __init__(self, model_dir: Path, load: bool = True, max_chunk_bytes: int = 1 << 20, **overrides):
-        from vlmserve.services.server import ServerConfig
-        from vlmserve.services.vision_server import VisionServer
-        from vlmserve.vision.config import VisionConfig
-
-        server_fields = set(ServerConfig.__dataclass_fields__)
-        server_kw = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0,
-                     "shutdown_grace_s": 5.0}
-        server_kw.update({k: v for k, v in overrides.items() if k in server_fields})
-        vision_kw = {k: v for k, v in overrides.items() if k not in server_fields}
+    def __init__(self, make, load: bool, load_timeout: float = 120):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-
-        async def make():
-            return VisionServer(model_dir, VisionConfig(**vision_kw), ServerConfig(**server_kw), max_chunk_bytes)
-
         self.server = self.run(make())
         self.port = self.run(self.server.start())
         self.address = f"127.0.0.1:{self.port}"
+        self.load_timeout = load_timeout
         if load:
             self.load()
 
@@ -115,7 +104,7 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def load(self) -> None:
-        self.run(self.server.load())
+        self.run(self.server.load(), self.load_timeout)
 
     def metrics_text(self) -> str:
         import urllib.request
@@ -132,6 +121,26 @@ class ServerThread:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self.thread.join(10)
             self.loop.close()
+
+
+class ServerThread(LoopThread):
+    """A VisionServer on loopback, ephemeral ports."""
+
+    def __init__(self, model_dir: Path, load: bool = True, max_chunk_bytes: int = 1 << 20, **overrides):
+        from vlmserve.services.server import ServerConfig
+        from vlmserve.services.vision_server import VisionServer
+        from vlmserve.vision.config import VisionConfig
+
+        server_fields = set(ServerConfig.__dataclass_fields__)
+        server_kw = {"host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0,
+                     "shutdown_grace_s": 5.0}
+        server_kw.update({k: v for k, v in overrides.items() if k in server_fields})
+        vision_kw = {k: v for k, v in overrides.items() if k not in server_fields}
+
+        async def make():
+            return VisionServer(model_dir, VisionConfig(**vision_kw), ServerConfig(**server_kw), max_chunk_bytes)
+
+        super().__init__(make, load)
 
 
 @pytest.fixture

@@ -318,7 +318,7 @@ def test_health_goes_serving_after_warm_up_and_reflection_lists_the_service(mode
         with pytest.raises(grpc.RpcError) as e:
             collect(protos.lm_grpc().LmServiceStub(ch).Chat(user("hi"), timeout=5))
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
-        lm.run(lm.server.load(), timeout=300)
+        lm.load()
         assert health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
         refl = reflection_pb2_grpc.ServerReflectionStub(ch)
         resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))

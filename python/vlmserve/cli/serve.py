@@ -203,7 +203,7 @@ def run_stack(a: argparse.Namespace) -> int:
 
     from vlmserve.services import log
     from vlmserve.services.lm_server import LmLimits, LmServer
-    from vlmserve.services.server import wait_for_signal
+    from vlmserve.services.server import serve_until_signal
     from vlmserve.services.vision_server import VisionServer
 
     log.configure(a.log_level)
@@ -215,25 +215,25 @@ def run_stack(a: argparse.Namespace) -> int:
 
     async def serve() -> None:
         vision = VisionServer(model, vision_config_from_args(a), vision_server_config, a.max_chunk_bytes)
-        vport = await vision.start()
-        lm = LmServer(model, engine_config_from_flags(a),
-                      LmLimits(vision_addr=f"127.0.0.1:{vport}", vision_api_key=a.api_key or None,
-                               max_images_per_request=a.max_images_per_request,
-                               trust_remote_code=a.trust_remote_code), lm_server_config)
-        await lm.start()
-        signalled = asyncio.ensure_future(wait_for_signal())
-        loading = asyncio.ensure_future(asyncio.gather(vision.load(), lm.load()))
-        try:
-            await asyncio.wait({signalled, loading}, return_when=asyncio.FIRST_COMPLETED)
-            if loading.done():
-                loading.result()
-                await signalled
-            else:
-                loading.cancel()
-        finally:
-            signalled.cancel()
-            await lm.stop()  # drains chats first, while the vision service still answers them
+        lm: list[LmServer] = []
+
+        async def start() -> None:
+            vport = await vision.start()
+            lm.append(LmServer(model, engine_config_from_flags(a),
+                               LmLimits(vision_addr=f"127.0.0.1:{vport}", vision_api_key=a.api_key or None,
+                                        max_images_per_request=a.max_images_per_request,
+                                        trust_remote_code=a.trust_remote_code), lm_server_config))
+            await lm[0].start()
+
+        async def load() -> None:
+            await asyncio.gather(vision.load(), lm[0].load())
+
+        async def stop() -> None:
+            if lm:
+                await lm[0].stop()  # drains chats first, while the vision service still answers them
             await vision.stop()
+
+        await serve_until_signal(start, load, stop)
 
     asyncio.run(serve())
     return 0

@@ -20,7 +20,7 @@ from vlmserve.errors import InvalidArgumentError, UnavailableError
 from vlmserve.prompt_builder import PromptBuilder
 from vlmserve.services.lm_servicer import SERVICE_NAME, LmServicer
 from vlmserve.services.metrics import LmMetrics
-from vlmserve.services.server import GrpcServer, ServerConfig, wait_for_signal
+from vlmserve.services.server import GrpcServer, ServerConfig, serve_until_signal
 from vlmserve.services.vision_client import VisionClient
 
 log = logging.getLogger("vlmserve.lm")
@@ -110,18 +110,5 @@ class LmServer:
         log.info("stopped")
 
     async def run(self) -> None:
-        await self.start()
-        signalled = asyncio.ensure_future(wait_for_signal())
-        loading = asyncio.ensure_future(self.load())
-        try:
-            await asyncio.wait({signalled, loading}, return_when=asyncio.FIRST_COMPLETED)
-            if loading.done():
-                loading.result()
-                sig = await signalled
-            else:
-                sig = signalled.result()
-                loading.cancel()
-            log.info("signal received", extra={"fields": {"signal": sig.name}})
-        finally:
-            signalled.cancel()
-            await self.stop()
+        """start, load, serve until SIGTERM/SIGINT, drain, stop."""
+        await serve_until_signal(self.start, self.load, self.stop)

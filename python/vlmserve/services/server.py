@@ -125,6 +125,27 @@ class GrpcServer:
             self._metrics_http = None
 
 
+async def serve_until_signal(start, load, stop) -> None:
+    """The life of a service process: start (bound, NOT_SERVING), load (then SERVING),
+    serve until SIGTERM/SIGINT, stop (drain). A signal while loading stops at once;
+    a load failure stops and is raised."""
+    await start()
+    signalled = asyncio.ensure_future(wait_for_signal())
+    loading = asyncio.ensure_future(load())
+    try:
+        await asyncio.wait({signalled, loading}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            loading.result()  # raises a load failure
+            sig = await signalled
+        else:
+            sig = signalled.result()
+            loading.cancel()
+        log.info("signal received", extra={"fields": {"signal": sig.name}})
+    finally:
+        signalled.cancel()
+        await stop()
+
+
 async def wait_for_signal() -> signal.Signals:
     """Returns when SIGTERM or SIGINT arrives."""
     loop = asyncio.get_running_loop()

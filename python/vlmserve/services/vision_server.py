@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from vlmserve.errors import InvalidArgumentError
 from vlmserve.services import protos
 from vlmserve.services.metrics import VisionMetrics
-from vlmserve.services.server import GrpcServer, ServerConfig, wait_for_signal
+from vlmserve.services.server import GrpcServer, ServerConfig, serve_until_signal
 from vlmserve.services.status import UnavailableError
 from vlmserve.services.vision_servicer import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES, VisionServicer
 from vlmserve.vision.batcher import TileBatcher
@@ -96,19 +96,5 @@ class VisionServer:
         log.info("stopped")
 
     async def run(self) -> None:
-        """start, load, serve until SIGTERM/SIGINT, drain, stop. A signal during loading stops at once."""
-        await self.start()
-        signalled = asyncio.ensure_future(wait_for_signal())
-        loading = asyncio.ensure_future(self.load())
-        try:
-            await asyncio.wait({signalled, loading}, return_when=asyncio.FIRST_COMPLETED)
-            if loading.done():
-                loading.result()  # raises a load failure
-                sig = await signalled
-            else:
-                sig = signalled.result()
-                loading.cancel()
-            log.info("signal received", extra={"fields": {"signal": sig.name}})
-        finally:
-            signalled.cancel()
-            await self.stop()
+        """start, load, serve until SIGTERM/SIGINT, drain, stop."""
+        await serve_until_signal(self.start, self.load, self.stop)
