@@ -2,6 +2,8 @@
 family: logits for every prompt position and 16 decode steps, and greedy tokens."""
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import torch
@@ -28,18 +30,40 @@ def prompt_for(seed: int, n: int = 23, vocab: int = 320) -> list[int]:
 def test_logits_and_greedy_match_transformers(tiny_model_dir, family):
     d = tiny_model_dir(family)
     hf = load_hf(d)
-    prompt = prompt_for(hash(family) % 1000)
+    # A stable seed: str hashes change from one Python process to the next.
+    prompt = prompt_for(zlib.crc32(family.encode()) % 1000)
+    # Plain argmax decoding: generate(min_new_tokens=...) would mask EOS, which
+    # the engine's ignore_eos does not (it only keeps going past it).
+    expected = torch.tensor(prompt)
     with torch.no_grad():
-        expected = hf.generate(torch.tensor([prompt]), max_new_tokens=16, min_new_tokens=16, do_sample=False)[0]
-    expected_new = expected[len(prompt):].tolist()
-    with torch.no_grad():
+        for _ in range(16):
+            nxt = hf(expected[None]).logits[0, -1].argmax()
+            expected = torch.cat([expected, nxt[None]])
         hf_logits = hf(expected[None, :-1]).logits[0].numpy()
+    expected_new = expected[len(prompt):].tolist()
 
     with Engine(d, engine_config()) as eng:
         out = eng.generate(prompt, GenerationConfig(max_new_tokens=16, ignore_eos=True, return_logits=True))
-    assert out.token_ids == expected_new
     assert out.logits.shape == hf_logits.shape
-    np.testing.assert_allclose(out.logits, hf_logits, atol=ATOL * np.abs(hf_logits).max(), rtol=RTOL)
+    atol = ATOL * np.abs(hf_logits).max()
+    agree = _agreeing_prefix(out.token_ids, expected_new)
+    if agree < len(expected_new):
+        # Greedy may only part ways where transformers itself saw a near tie: the
+        # two best logits closer than the tolerance the logits are held to.
+        top2 = np.sort(hf_logits[len(prompt) - 1 + agree])[-2:]
+        assert top2[1] - top2[0] <= 2 * (atol + RTOL * abs(top2[1])), (
+            f"greedy tokens differ at step {agree} without a near tie: {out.token_ids} vs {expected_new}")
+    # Logits are comparable while both runs have fed the same tokens.
+    upto = len(prompt) + agree
+    np.testing.assert_allclose(out.logits[:upto], hf_logits[:upto], atol=atol, rtol=RTOL)
+    assert agree >= 8, f"greedy agreed for only {agree} of 16 steps"
+
+
+def _agreeing_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def test_chunked_prefill_matches_single_chunk(tiny_model_dir):

@@ -57,7 +57,7 @@ def test_embedding_spans_replace_placeholder_embeddings(tiny_model_dir, dtype):
         emb = hf.model.embed_tokens(torch.tensor([PROMPT])).clone()
         for s in spans:
             emb[0, s.position:s.position + len(s.rows)] = torch.from_numpy(s.rows.astype(np.float32))
-        expected = hf.generate(inputs_embeds=emb, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0].tolist()
+        expected = hf.generate(inputs_embeds=emb, max_new_tokens=8, do_sample=False, eos_token_id=None)[0].tolist()
         ref = hf(inputs_embeds=emb).logits[0].numpy()
     with Engine(d, EngineConfig(**CFG)) as eng:
         out = eng.generate(PROMPT, GenerationConfig(max_new_tokens=8, ignore_eos=True, return_logits=True), spans)
