@@ -7,7 +7,7 @@ import sys
 
 from vlmserve.errors import VlmError
 
-COMMANDS = ("generate", "serve", "chat", "info", "demo")
+COMMANDS = ("generate", "lite", "eval", "serve", "chat", "info", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
