@@ -73,3 +73,21 @@ def load_hf(directory: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, attn_implementation="eager").eval()
+
+
+def greedy_tokens(model, n: int, input_ids: list[int] | None = None, inputs_embeds=None) -> list[int]:
+    """n tokens of plain argmax decoding with a full forward each step: the greedy
+    reference. (generate() is not: min_new_tokens masks EOS, which the engine's
+    ignore_eos keeps selectable, and its cached steps may round differently.)"""
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            if inputs_embeds is None:
+                logits = model(torch.tensor([list(input_ids) + out])).logits
+            else:
+                emb = inputs_embeds
+                if out:
+                    emb = torch.cat([emb, model.get_input_embeddings()(torch.tensor([out]))], dim=1)
+                logits = model(inputs_embeds=emb).logits
+            out.append(int(logits[0, -1].argmax()))
+    return out

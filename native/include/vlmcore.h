@@ -52,7 +52,7 @@ typedef enum vlm_status {
 } vlm_status;
 
 typedef enum vlm_dtype {
-  VLM_DTYPE_AUTO = 0, /* KV cache only: the compute precision of the backend (fp32 on CPU) */
+  VLM_DTYPE_AUTO = 0, /* KV cache only: the compute precision of the backend (fp32 on CPU, fp16 or bf16 on CUDA) */
   VLM_DTYPE_F32 = 1,
   VLM_DTYPE_F16 = 2,
   VLM_DTYPE_BF16 = 3,
@@ -62,7 +62,7 @@ typedef enum vlm_dtype {
 } vlm_dtype;
 
 typedef enum vlm_device {
-  VLM_DEVICE_AUTO = 0, /* the best backend that runs models: the CPU until CUDA does */
+  VLM_DEVICE_AUTO = 0, /* CUDA (device 0) when a GPU is visible to a CUDA build, else the CPU */
   VLM_DEVICE_CPU = 1,
   VLM_DEVICE_CUDA = 2
 } vlm_device;

@@ -105,10 +105,11 @@ int vlm_model_create(const vlm_model_params* params, vlm_model** out) {
     VLM_CHECK_ARG(params != nullptr && out != nullptr, "params and out must not be NULL");
     *out = nullptr;
     vlm_model_params p = *params;
-    // The CUDA backend does not run models yet, so AUTO resolves to the CPU.
-    if (p.device == VLM_DEVICE_AUTO) p.device = VLM_DEVICE_CPU;
-    VLM_CHECK(p.device != VLM_DEVICE_CUDA, VLM_ERR_UNSUPPORTED,
-              "the CUDA backend does not run models in this build yet; use device=cpu");
+    // AUTO: the GPU when one is visible to a CUDA build, else the CPU.
+    const int gpus = vlm_cuda_device_count();
+    if (p.device == VLM_DEVICE_AUTO) p.device = gpus > 0 ? VLM_DEVICE_CUDA : VLM_DEVICE_CPU;
+    VLM_CHECK(p.device != VLM_DEVICE_CUDA || gpus > 0, VLM_ERR_UNSUPPORTED,
+              "device=cuda but no CUDA GPU is visible to this build of libvlmcore; use device=cpu");
     auto m = std::make_unique<vlm_model>();
     m->impl = std::make_shared<vlm::Model>(p);
     register_handle(m.get());

@@ -216,3 +216,13 @@ def test_set_tensor_unknown_name_is_not_found():
             check(lib.vlm_model_finalize(m))
     finally:
         lib.vlm_model_free(m)
+
+
+def test_cuda_device_without_a_gpu_is_refused(model):
+    from vlmserve import _native
+    from vlmserve.errors import UnsupportedError
+
+    if _native.lib().vlm_cuda_device_count() > 0:
+        pytest.skip("a CUDA GPU is visible: device=cuda is served here (tests/engine/test_cuda_backend.py)")
+    with pytest.raises(UnsupportedError, match="no CUDA GPU is visible.*device=cpu"):
+        Engine(model, cfg(device="cuda"))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import TEXT_FAMILIES, load_hf
+from tiny_models import TEXT_FAMILIES, greedy_tokens, load_hf
 from vlmserve import Engine, EngineConfig, GenerationConfig
 
 # fp32 everywhere; the engine reduces in a different order than torch's BLAS.
@@ -32,15 +32,9 @@ def test_logits_and_greedy_match_transformers(tiny_model_dir, family):
     hf = load_hf(d)
     # A stable seed: str hashes change from one Python process to the next.
     prompt = prompt_for(zlib.crc32(family.encode()) % 1000)
-    # Plain argmax decoding: generate(min_new_tokens=...) would mask EOS, which
-    # the engine's ignore_eos does not (it only keeps going past it).
-    expected = torch.tensor(prompt)
+    expected_new = greedy_tokens(hf, 16, prompt)
     with torch.no_grad():
-        for _ in range(16):
-            nxt = hf(expected[None]).logits[0, -1].argmax()
-            expected = torch.cat([expected, nxt[None]])
-        hf_logits = hf(expected[None, :-1]).logits[0].numpy()
-    expected_new = expected[len(prompt):].tolist()
+        hf_logits = hf(torch.tensor([prompt + expected_new[:-1]])).logits[0].numpy()
 
     with Engine(d, engine_config()) as eng:
         out = eng.generate(prompt, GenerationConfig(max_new_tokens=16, ignore_eos=True, return_logits=True))

@@ -74,7 +74,7 @@ def test_filters_restrict_the_support(eng, model):
 def test_repetition_penalty_matches_transformers(eng, model):
     hf = load_hf(model)
     with torch.no_grad():
-        expected = hf.generate(torch.tensor([PROMPT]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+        expected = hf.generate(torch.tensor([PROMPT]), max_new_tokens=16, min_new_tokens=16, do_sample=False,
                                repetition_penalty=1.8)[0, len(PROMPT):].tolist()
     out = eng.generate(PROMPT, GenerationConfig(max_new_tokens=16, ignore_eos=True, repetition_penalty=1.8))
     assert out.token_ids == expected

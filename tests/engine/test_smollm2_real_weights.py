@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from tiny_models import greedy_tokens
 from vlmserve import Engine, EngineConfig, GenerationConfig
 from vlmserve.perplexity import engine_perplexity, windows
 
@@ -52,8 +53,7 @@ def test_greedy_32_tokens_ignoring_eos_equal_transformers(tokenizer, hf_model, e
     ids = tokenizer.apply_chat_template([{"role": "user", "content": "Write a short poem about the sea."}],
                                         add_generation_prompt=True, return_dict=True)["input_ids"]
     with torch.no_grad():
-        ref = hf_model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False,
-                                eos_token_id=None)[0, len(ids):].tolist()
+        ref = greedy_tokens(hf_model, 32, ids)
     assert engine.generate(ids, GenerationConfig(max_new_tokens=32, ignore_eos=True)).token_ids == ref
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tiny_models import load_hf, write_text_model
+from tiny_models import greedy_tokens, load_hf, write_text_model
 from tiny_vlms import write_idefics3, write_internvl_chat, write_internvl_hf, write_llava
 from vlmserve import Embeddings, Engine, EngineConfig, GenerationConfig
 
@@ -57,7 +57,7 @@ def test_embedding_spans_replace_placeholder_embeddings(tiny_model_dir, dtype):
         emb = hf.model.embed_tokens(torch.tensor([PROMPT])).clone()
         for s in spans:
             emb[0, s.position:s.position + len(s.rows)] = torch.from_numpy(s.rows.astype(np.float32))
-        expected = hf.generate(inputs_embeds=emb, max_new_tokens=8, do_sample=False, eos_token_id=None)[0].tolist()
+        expected = greedy_tokens(hf, 8, inputs_embeds=emb)
         ref = hf(inputs_embeds=emb).logits[0].numpy()
     with Engine(d, EngineConfig(**CFG)) as eng:
         out = eng.generate(PROMPT, GenerationConfig(max_new_tokens=8, ignore_eos=True, return_logits=True), spans)

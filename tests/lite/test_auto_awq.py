@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import dequantized_state, small_options, write_dequantized
-from tiny_models import load_hf
+from tiny_models import greedy_tokens, load_hf
 from vlmserve import Engine, EngineConfig, GenerationConfig
 from vlmserve.awq_format import dequantize
 from vlmserve.checkpoint import Checkpoint
@@ -70,7 +70,7 @@ def test_engine_runs_the_output_like_transformers_dequantized(lite_model, tmp_pa
     assert not list(tmp_path.glob(".awq.partial-*"))
     ref = load_hf(write_dequantized(dst, tmp_path / "dequantized"))
     with torch.no_grad():
-        expected = ref.generate(torch.tensor([PROMPT]), max_new_tokens=8, do_sample=False, eos_token_id=None)[0]
+        expected = torch.tensor(PROMPT + greedy_tokens(ref, 8, PROMPT))
         ref_logits = ref(expected[None, :-1]).logits[0].numpy()
     with Engine(dst, EngineConfig(device="cpu", num_kv_blocks=32, block_size=16)) as eng:
         assert eng.spec.awq_group_size == group

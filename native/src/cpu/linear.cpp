@@ -227,20 +227,23 @@ Linear pack_awq(const int32_t* qweight, const int32_t* qzeros, const uint16_t* s
   w.q4.assign((size_t)P * in * 16, 0);
   w.scale.assign((size_t)P * G * kPanel, 0.f);
   w.neg_zero_scale.assign((size_t)P * G * kPanel, 0.f);
-#pragma omp parallel for
-  for (int n = 0; n < out; ++n) {
-    const int p = n / kPanel, j = n % kPanel;
-    const int shift = kAwqShift[n % 8];
-    for (int k = 0; k < in; ++k) {
-      const uint8_t q = (qweight[(int64_t)k * packed_cols + n / 8] >> shift) & 15;
-      uint8_t& dst = w.q4[((int64_t)p * in + k) * 16 + (j & 15)];
-      dst |= j < 16 ? q : static_cast<uint8_t>(q << 4);
-    }
-    for (int g = 0; g < G; ++g) {
-      const float z = static_cast<float>((qzeros[(int64_t)g * packed_cols + n / 8] >> shift) & 15);
-      const float s = f16_to_f32(scales[(int64_t)g * out + n]);
-      w.scale[((int64_t)p * G + g) * kPanel + j] = s;
-      w.neg_zero_scale[((int64_t)p * G + g) * kPanel + j] = -z * s;
+  // Threads split whole panels: columns j and j + 16 of a panel share each code byte.
+#pragma omp parallel for schedule(static)
+  for (int p = 0; p < P; ++p) {
+    for (int n = p * kPanel; n < std::min(out, (p + 1) * kPanel); ++n) {
+      const int j = n % kPanel;
+      const int shift = kAwqShift[n % 8];
+      for (int k = 0; k < in; ++k) {
+        const uint8_t q = (qweight[(int64_t)k * packed_cols + n / 8] >> shift) & 15;
+        uint8_t& dst = w.q4[((int64_t)p * in + k) * 16 + (j & 15)];
+        dst |= j < 16 ? q : static_cast<uint8_t>(q << 4);
+      }
+      for (int g = 0; g < G; ++g) {
+        const float z = static_cast<float>((qzeros[(int64_t)g * packed_cols + n / 8] >> shift) & 15);
+        const float s = f16_to_f32(scales[(int64_t)g * out + n]);
+        w.scale[((int64_t)p * G + g) * kPanel + j] = s;
+        w.neg_zero_scale[((int64_t)p * G + g) * kPanel + j] = -z * s;
+      }
     }
   }
   return w;

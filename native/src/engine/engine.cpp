@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <fstream>
 #include <random>
 
 #include "common/error.h"
@@ -12,21 +11,6 @@
 #include "engine/sampler.h"
 
 namespace vlm {
-namespace {
-
-int64_t available_memory_bytes() {
-  std::ifstream f("/proc/meminfo");
-  std::string key;
-  int64_t kb = 0;
-  std::string unit;
-  while (f >> key >> kb >> unit)
-    if (key == "MemAvailable:") return kb * 1024;
-  return 0;
-}
-
-int resolve_kv_dtype(int dtype) { return dtype == VLM_DTYPE_AUTO ? VLM_DTYPE_F32 : dtype; }
-
-}  // namespace
 
 Engine::Engine(std::shared_ptr<const Model> model, const vlm_engine_params& p)
     : model_(std::move(model)), params_(p) {
@@ -45,22 +29,22 @@ Engine::Engine(std::shared_ptr<const Model> model, const vlm_engine_params& p)
                 "cache_max_entry_count must be in (0, 1] when num_blocks is 0");
   max_model_len_ = p.max_model_len > 0 ? p.max_model_len : mp.max_position_embeddings;
 
-  const int kv_dtype = resolve_kv_dtype(p.kv_dtype);
+  runner_ = mp.device == VLM_DEVICE_CUDA ? make_cuda_runner(*model_, 0) : make_cpu_runner(*model_);
+  const int kv_dtype = runner_->resolve_kv_dtype(p.kv_dtype);
   const int64_t per_block =
       KvCache::bytes_per_block(mp.num_layers, p.block_size, mp.num_kv_heads, mp.head_dim, kv_dtype);
   const int64_t blocks_per_seq = (max_model_len_ + p.block_size - 1) / p.block_size;
   int64_t num_blocks = p.num_blocks;
   if (num_blocks == 0) {
-    num_blocks = static_cast<int64_t>(available_memory_bytes() * (double)p.cache_max_entry_count) / per_block;
+    num_blocks = static_cast<int64_t>(runner_->kv_memory_bytes() * (double)p.cache_max_entry_count) / per_block;
     // Blocks beyond what max_batch_size full-length requests can use would never be touched.
     num_blocks = std::min(num_blocks, blocks_per_seq * p.max_batch_size);
   }
   VLM_CHECK(num_blocks >= 1, VLM_ERR_OUT_OF_MEMORY,
             "the KV cache budget holds no block (" << per_block << " bytes per block)");
-  cache_ = std::make_unique<KvCache>(mp.num_layers, num_blocks, p.block_size, mp.num_kv_heads, mp.head_dim, kv_dtype);
+  runner_->allocate_cache(num_blocks, p.block_size, kv_dtype);
   blocks_ = std::make_unique<BlockManager>(num_blocks);
   scheduler_ = std::make_unique<Scheduler>(*blocks_, p.block_size, p.max_batch_size, p.max_num_batched_tokens);
-  runner_ = std::make_unique<ModelRunner>(*model_);
   free_blocks_ = num_blocks;
   thread_ = std::thread([this] { loop(); });
 }
@@ -203,7 +187,7 @@ vlm_engine_stats Engine::stats() const {
   s.max_model_len = max_model_len_;
   s.steps = steps_;
   s.preemptions = preemptions_;
-  s.kv_cache_bytes = cache_->total_bytes();
+  s.kv_cache_bytes = runner_->kv_cache_bytes();
   return s;
 }
 
@@ -312,7 +296,7 @@ void Engine::step() {
     }
   }
   try {
-    runner_->forward(batch_, *cache_, logits_);
+    runner_->forward(batch_, logits_);
   } catch (const std::exception& ex) {
     for (const ScheduledWork& w : work) finish(w.request, VLM_FINISH_ERROR, 0, ex.what());
     return;

@@ -16,9 +16,9 @@
 
 #include "engine/block_manager.h"
 #include "engine/kv_cache.h"
-#include "engine/model_runner.h"
 #include "engine/request.h"
 #include "engine/scheduler.h"
+#include "engine/step_runner.h"
 #include "model/model.h"
 
 namespace vlm {
@@ -53,10 +53,9 @@ class Engine {
   std::shared_ptr<const Model> model_;
   vlm_engine_params params_;
   int max_model_len_;
-  std::unique_ptr<KvCache> cache_;
   std::unique_ptr<BlockManager> blocks_;
   std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<StepRunner> runner_;  // declared before the thread that uses it
 
   // Owned by the decoding thread.
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;

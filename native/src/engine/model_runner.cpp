@@ -2,6 +2,10 @@
 
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <string>
+
+#include "engine/step_runner.h"
 
 namespace vlm {
 namespace {
@@ -18,7 +22,38 @@ void rms_norm(const float* x, const float* w, int rows, int dim, float eps, floa
   }
 }
 
+int64_t available_host_memory_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key, unit;
+  int64_t kb = 0;
+  while (f >> key >> kb >> unit)
+    if (key == "MemAvailable:") return kb * 1024;
+  return 0;
+}
+
+// The CPU backend: fp32 activations, a host KvCache.
+class CpuRunner final : public StepRunner {
+ public:
+  explicit CpuRunner(const Model& model) : runner_(model) {}
+  int resolve_kv_dtype(int requested) const override {
+    return requested == VLM_DTYPE_AUTO ? VLM_DTYPE_F32 : requested;
+  }
+  int64_t kv_memory_bytes() const override { return available_host_memory_bytes(); }
+  void allocate_cache(int64_t num_blocks, int block_size, int kv_dtype) override {
+    const vlm_model_params& p = runner_.model().params();
+    cache_ = std::make_unique<KvCache>(p.num_layers, num_blocks, block_size, p.num_kv_heads, p.head_dim, kv_dtype);
+  }
+  int64_t kv_cache_bytes() const override { return cache_ ? cache_->total_bytes() : 0; }
+  void forward(const StepBatch& batch, std::vector<float>& logits) override { runner_.forward(batch, *cache_, logits); }
+
+ private:
+  ModelRunner runner_;
+  std::unique_ptr<KvCache> cache_;
+};
+
 }  // namespace
+
+std::unique_ptr<StepRunner> make_cpu_runner(const Model& model) { return std::make_unique<CpuRunner>(model); }
 
 void ModelRunner::forward(const StepBatch& b, KvCache& cache, std::vector<float>& logits) {
   const vlm_model_params& p = m_.params();

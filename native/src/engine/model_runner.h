@@ -27,6 +27,7 @@ struct StepBatch {
 class ModelRunner {
  public:
   explicit ModelRunner(const Model& model) : m_(model) {}
+  const Model& model() const { return m_; }
   // logits: [logit_rows.size()][vocab]
   void forward(const StepBatch& batch, KvCache& cache, std::vector<float>& logits);
 

@@ -33,6 +33,7 @@ class Model {
 
   // Row `token` of the embedding table as fp32.
   void embed(int32_t token, float* out) const;
+  const Linear& embed_table() const { return embed_; }
   const Linear& lm_head() const { return p_.tie_word_embeddings ? embed_ : lm_head_; }
   const std::vector<float>& final_norm() const { return norm_; }
   const LayerWeights& layer(int i) const { return layers_[i]; }

@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""GPU decode throughput: the vlmserve engine (CUDA backend) on random-weight LLaMA-architecture
+models, against transformers `generate` on the same checkpoint and GPU in the same run.
+
+Models (random weights, written once as safetensors under --work):
+  2b  hidden 2048, 24 layers, 16 heads, 8 KV heads, ffn 8192, vocab 92544
+  7b  Llama-2-7B shape: hidden 4096, 32 layers, 32 heads, 32 KV heads, ffn 11008, vocab 32000
+Weights: fp16, and w4a16 (AutoAWQ gemm tensors with random codes, group 128).
+KV cache: fp16, int8, int4.
+
+Method: `batch` requests, each a 512-token prompt of random ids, are queued together; each
+generates --new-tokens tokens with EOS ignored. Decode tok/s = batch * (new - 1) / the median
+over the batch of RequestOutput.decode_s (first token -> finish, timed inside the engine).
+One untimed warm-up run of each configuration precedes the timed one.
+
+HBM floor per decode step: every weight byte once (4-bit codes + fp16 scale/zero per group for
+w4a16; the embedding table is not read, the lm_head is) plus every cached K/V byte of the batch
+at the mean context (prompt + new/2), at 2.93 TB/s (ANCHORS.md). % of floor = floor time / step time.
+
+transformers peer: AutoModelForCausalLM (fp16, sdpa) generate(do_sample=False, min_new_tokens=
+max_new_tokens=new) on the same checkpoint; its decode time is generate's wall time minus one
+prefill of the same batch, tokens = batch * (new - 1). Only fp16 weights: transformers has no
+w4a16 kernel of its own in this image.
+
+    python3 bench/decode.py --models 2b --batches 1,16,64 --out bench/results/decode_h100.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+HBM_BYTES_PER_S = 2.93e12
+SHAPES = {
+    "2b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8,
+               intermediate_size=8192, vocab_size=92544),
+    "7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+               intermediate_size=11008, vocab_size=32000),
+}
+GROUP = 128
+PROMPT = 512
+
+
+def log(msg: str) -> None:
+    print(f"[decode] {msg}", file=sys.stderr, flush=True)
+
+
+def write_model(directory: Path, shape: dict, awq: bool) -> Path:
+    """A LlamaForCausalLM checkpoint of random weights (fp16; or AutoAWQ gemm tensors)."""
+    import torch
+    from safetensors.torch import save_file
+
+    if (directory / "config.json").is_file():
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    h, f, L = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    nh, nkv = shape["num_attention_heads"], shape["num_key_value_heads"]
+    hd = h // nh
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def dense(n, k):
+        return (torch.randn(n, k, generator=g, device="cuda", dtype=torch.float16) / k ** 0.5).cpu()
+
+    tensors = {"model.embed_tokens.weight": dense(shape["vocab_size"], h) * 20,
+               "lm_head.weight": dense(shape["vocab_size"], h), "model.norm.weight": torch.ones(h, dtype=torch.float16)}
+    for i in range(L):
+        p = f"model.layers.{i}."
+        tensors[p + "input_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
+        tensors[p + "post_attention_layernorm.weight"] = torch.ones(h, dtype=torch.float16)
+        for name, (n, k) in {"self_attn.q_proj": (nh * hd, h), "self_attn.k_proj": (nkv * hd, h),
+                             "self_attn.v_proj": (nkv * hd, h), "self_attn.o_proj": (h, nh * hd),
+                             "mlp.gate_proj": (f, h), "mlp.up_proj": (f, h), "mlp.down_proj": (h, f)}.items():
+            if awq:
+                tensors[p + name + ".qweight"] = torch.randint(-2**31, 2**31 - 1, (k, n // 8), dtype=torch.int32,
+                                                               generator=g, device="cuda").cpu()
+                tensors[p + name + ".qzeros"] = torch.full((k // GROUP, n // 8), 0x88888888 - 2**32, dtype=torch.int32)
+                tensors[p + name + ".scales"] = torch.full((k // GROUP, n), 2.0 / (15 * k ** 0.5), dtype=torch.float16)
+            else:
+                tensors[p + name + ".weight"] = dense(n, k)
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    cfg = dict(architectures=["LlamaForCausalLM"], model_type="llama", rms_norm_eps=1e-5, rope_theta=10000.0,
+               max_position_embeddings=4096, tie_word_embeddings=False, torch_dtype="float16", hidden_act="silu",
+               bos_token_id=1, eos_token_id=2, **shape)
+    if awq:
+        cfg["quantization_config"] = {"quant_method": "awq", "bits": 4, "group_size": GROUP, "zero_point": True,
+                                      "version": "gemm"}
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2))
+    return directory
+
+
+def weight_bytes(shape: dict, awq: bool) -> float:
+    h, f, L = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    hd = h // shape["num_attention_heads"]
+    per_layer = h * (shape["num_attention_heads"] * hd) * 2 + 2 * h * shape["num_key_value_heads"] * hd + 3 * h * f
+    linear = L * per_layer * (0.5 + 4.0 / GROUP if awq else 2.0)  # codes + fp16 scale and zero per group
+    return linear + shape["vocab_size"] * h * 2  # lm_head (fp16)
+
+
+def kv_bytes(shape: dict, kv: str, batch: int, context: float) -> float:
+    hd = shape["hidden_size"] // shape["num_attention_heads"]
+    per_row = {"fp16": hd * 2, "int8": hd + 4, "int4": hd / 2 + 4}[kv]
+    return 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * per_row * batch * context
+
+
+def run_engine(model: Path, kv: str, batch: int, new: int, rng) -> dict:
+    from vlmserve import Engine, EngineConfig, GenerationConfig
+
+    blocks_per_seq = (PROMPT + new + 63) // 64 + 1
+    cfg = EngineConfig(device="cuda", kv_cache_dtype={"fp16": "auto"}.get(kv, kv), block_size=64,
+                       num_kv_blocks=blocks_per_seq * batch, max_batch_size=batch,
+                       max_num_batched_tokens=max(2048, batch), max_model_len=PROMPT + new + 1)
+    gen = GenerationConfig(max_new_tokens=new, ignore_eos=True)
+    with Engine(model, cfg) as eng:
+        vocab = eng.spec.vocab_size
+        out = []
+        for _ in range(2):  # warm-up, then the timed run
+            prompts = [rng.integers(3, vocab, size=PROMPT).tolist() for _ in range(batch)]
+            streams = [eng.add_request(p, gen) for p in prompts]
+            out = [s.wait(timeout=600) for s in streams]
+    decode_s = statistics.median(o.decode_s for o in out)
+    return {"decode_s": decode_s, "tok_s": batch * (new - 1) / decode_s,
+            "prefill_s_median": statistics.median(o.prefill_s for o in out)}
+
+
+def run_transformers(model: Path, batch: int, new: int, rng) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float16, attn_implementation="sdpa").cuda().eval()
+    vocab = m.config.vocab_size
+
+    def timed(n):
+        ids = torch.tensor(rng.integers(3, vocab, size=(batch, PROMPT)), device="cuda")
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.no_grad():
+            m.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=n,
+                       min_new_tokens=n, pad_token_id=0)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    timed(new)  # warm-up
+    total, prefill = timed(new), timed(1)
+    del m
+    torch.cuda.empty_cache()
+    return {"decode_s": total - prefill, "tok_s": batch * (new - 1) / (total - prefill)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="2b")
+    ap.add_argument("--weights", default="fp16,w4a16")
+    ap.add_argument("--kv", default="fp16,int8,int4")
+    ap.add_argument("--batches", default="1,16,64,128")
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--peer-batches", default="1,16,64")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/vlmserve-decode-models"))
+    ap.add_argument("--out", type=Path, required=True)
+    a = ap.parse_args()
+    import torch
+
+    rng = np.random.default_rng(0)
+    results = {"meta": {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                        "command": "python3 " + " ".join(sys.argv), "new_tokens": a.new_tokens, "prompt": PROMPT,
+                        "hbm_bytes_per_s": HBM_BYTES_PER_S}, "rows": []}
+
+    def save():
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(results, indent=2))
+
+    for name in a.models.split(","):
+        shape = SHAPES[name]
+        for weights in a.weights.split(","):
+            awq = weights == "w4a16"
+            t = time.perf_counter()
+            model = write_model(a.work / f"{name}-{weights}", shape, awq)
+            log(f"{name} {weights}: checkpoint ready ({time.perf_counter() - t:.0f} s)")
+            for kv in a.kv.split(","):
+                for batch in map(int, a.batches.split(",")):
+                    try:
+                        r = run_engine(model, kv, batch, a.new_tokens, rng)
+                    except Exception as e:  # noqa: BLE001 - record the failure and go on
+                        log(f"{name} {weights} kv {kv} batch {batch}: FAILED {e}")
+                        results["rows"].append({"model": name, "weights": weights, "kv": kv, "batch": batch,
+                                                "engine": "vlmserve", "error": str(e)})
+                        save()
+                        continue
+                    ctx = PROMPT + a.new_tokens / 2
+                    floor_s = (weight_bytes(shape, awq) + kv_bytes(shape, kv, batch, ctx)) / HBM_BYTES_PER_S
+                    step_s = r["decode_s"] / (a.new_tokens - 1)
+                    r.update(model=name, weights=weights, kv=kv, batch=batch, engine="vlmserve",
+                             floor_tok_s=batch / floor_s, pct_floor=100 * floor_s / step_s)
+                    results["rows"].append(r)
+                    log(f"{name} {weights} kv {kv} batch {batch}: {r['tok_s']:.0f} tok/s "
+                        f"({r['pct_floor']:.0f}% of the HBM floor)")
+                    save()
+            if not awq:
+                for batch in map(int, a.peer_batches.split(",")):
+                    if not batch:
+                        continue
+                    r = run_transformers(model, batch, a.new_tokens, rng)
+                    ctx = PROMPT + a.new_tokens / 2
+                    floor_s = (weight_bytes(shape, False) + kv_bytes(shape, "fp16", batch, ctx)) / HBM_BYTES_PER_S
+                    r.update(model=name, weights=weights, kv="fp16", batch=batch, engine="transformers",
+                             pct_floor=100 * floor_s / (r["decode_s"] / (a.new_tokens - 1)))
+                    results["rows"].append(r)
+                    log(f"{name} transformers batch {batch}: {r['tok_s']:.0f} tok/s")
+                    save()
+    save()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

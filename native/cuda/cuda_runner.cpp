@@ -1,0 +1,448 @@
+// The CUDA backend's step runner: the model's weights and the paged KV cache
+// in device memory, one decoder step as a sequence of kernels on one stream,
+// logits copied back for the engine's sampler.
+//
+// Weights come from the finalized host Model (its CPU layouts are the single
+// source of truth) and are converted once at load: dense tensors to the
+// activation type (fp16, or bf16 for bf16 checkpoints), AWQ linears to the
+// tensor-core fragment layout when the shape fits the w4a16 kernel (N a
+// multiple of 256, group 64 or 128), otherwise to the plain 4-bit row layout
+// of the CUDA-core kernel. Host C++ (compiled by the C++ compiler): errors are
+// vlm::Error, which the engine reports on the requests of the failed step.
+#include <cuda_runtime.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include "common/numeric.h"
+#include "cpu/w4a16_pack.h"
+#include "cuda/cuda_check.cuh"
+#include "cuda/decoder_kernels.h"
+#include "cuda/simt_linear.h"
+#include "cuda/w4a16_gemm.h"
+#include "engine/kv_cache.h"
+#include "engine/step_runner.h"
+
+namespace vlm {
+namespace {
+
+using cuda::ActType;
+
+// cudaMalloc'd bytes that only grow; freed with the owner.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  DeviceBuffer(DeviceBuffer&& o) noexcept : p_(o.p_), bytes_(o.bytes_) { o.p_ = nullptr, o.bytes_ = 0; }
+  ~DeviceBuffer() {
+    if (p_) cudaFree(p_);
+  }
+  void reserve(size_t bytes) {
+    if (bytes <= bytes_) return;
+    if (p_) cudaFree(p_);
+    p_ = nullptr;
+    bytes_ = 0;
+    const cudaError_t e = cudaMalloc(&p_, bytes);
+    VLM_CHECK(e == cudaSuccess, e == cudaErrorMemoryAllocation ? VLM_ERR_OUT_OF_MEMORY : VLM_ERR_INTERNAL,
+              "cannot allocate " << bytes << " bytes of device memory: " << cudaGetErrorString(e));
+    bytes_ = bytes;
+  }
+  template <class T> void upload(const std::vector<T>& v) {
+    reserve(v.size() * sizeof(T));
+    if (!v.empty()) VLM_CUDA_CHECK(cudaMemcpy(p_, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+  template <class T = void> T* as() const { return static_cast<T*>(p_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+constexpr int kAwqShift[8] = {0, 16, 4, 20, 8, 24, 12, 28};  // AutoAWQ nibble of column j in a group of 8
+
+struct DeviceLinear {
+  int out = 0, in = 0, group = 0;  // group 0: dense
+  bool tensor_core = false;        // w4a16 fragment layout (w, scale = packed scale/zero)
+  DeviceBuffer w, scale, nzs, bias;
+};
+
+struct DeviceLayer {
+  DeviceBuffer input_norm, post_norm;
+  DeviceLinear q, k, v, o, gate, up, down;
+};
+
+// VLM_CUDA_W4A16_TENSOR_CORES=0 sends every 4-bit linear to the CUDA-core kernel (to test one path against the other).
+bool tensor_cores_enabled() {
+  const char* v = std::getenv("VLM_CUDA_W4A16_TENSOR_CORES");
+  return v == nullptr || std::strcmp(v, "0") != 0;
+}
+
+bool tensor_core_shape(const Linear& l) {
+  return tensor_cores_enabled() && l.out % 256 == 0 && (l.group_size == 64 || l.group_size == 128) && l.in % l.group_size == 0 &&
+         l.in % 64 == 0;
+}
+
+uint16_t act_bits(float x, bool bf16) { return bf16 ? f32_to_bf16(x) : f32_to_f16(x); }
+
+void upload_dense(const Linear& l, bool bf16, DeviceLinear& d) {
+  std::vector<uint16_t> host((size_t)l.out * l.in);
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < l.out; ++n)
+    for (int k = 0; k < l.in; ++k) host[(size_t)n * l.in + k] = act_bits(l.at(n, k), bf16);
+  d.w.upload(host);
+}
+
+// Code, zero point and scale of W[n][k] from the CPU's AWQ panels.
+struct AwqParts {
+  const Linear& l;
+  int code(int n, int k) const {
+    const uint8_t b = l.q4[((int64_t)(n / kPanel) * l.in + k) * 16 + (n % kPanel & 15)];
+    return n % kPanel < 16 ? (b & 15) : (b >> 4);
+  }
+  int64_t group_index(int n, int k) const {
+    return ((int64_t)(n / kPanel) * (l.in / l.group_size) + k / l.group_size) * kPanel + n % kPanel;
+  }
+  float scale(int n, int k) const { return l.scale[group_index(n, k)]; }
+  float nzs(int n, int k) const { return l.neg_zero_scale[group_index(n, k)]; }
+  int zero(int n, int k) const {
+    const float s = scale(n, k);
+    return s == 0.f ? 0 : (int)std::lround(-nzs(n, k) / s);
+  }
+};
+
+void upload_awq(const Linear& l, bool bf16, DeviceLinear& d) {
+  const AwqParts a{l};
+  const int N = l.out, K = l.in, g = l.group_size, G = K / g;
+  if (tensor_core_shape(l)) {
+    // Back to AutoAWQ's tensors, then into the kernel's fragment order.
+    std::vector<int32_t> qweight((size_t)K * (N / 8)), qzeros((size_t)G * (N / 8));
+    std::vector<uint16_t> scales((size_t)G * N);
+#pragma omp parallel for schedule(static)
+    for (int k = 0; k < K; ++k)
+      for (int n8 = 0; n8 < N / 8; ++n8) {
+        uint32_t word = 0;
+        for (int j = 0; j < 8; ++j) word |= (uint32_t)a.code(n8 * 8 + j, k) << kAwqShift[j];
+        qweight[(size_t)k * (N / 8) + n8] = (int32_t)word;
+      }
+    for (int gi = 0; gi < G; ++gi)
+      for (int n8 = 0; n8 < N / 8; ++n8) {
+        uint32_t word = 0;
+        for (int j = 0; j < 8; ++j) {
+          const int n = n8 * 8 + j;
+          word |= (uint32_t)a.zero(n, gi * g) << kAwqShift[j];
+          scales[(size_t)gi * N + n] = f32_to_f16(a.scale(n, gi * g));
+        }
+        qzeros[(size_t)gi * (N / 8) + n8] = (int32_t)word;
+      }
+    std::vector<uint32_t> packed(w4a16_weight_bytes(N, K) / 4);
+    std::vector<uint16_t> scale_zero(w4a16_scale_zero_bytes(N, K, g) / 2);
+    w4a16_pack(qweight.data(), qzeros.data(), scales.data(), N, K, g, bf16, packed.data(), scale_zero.data());
+    d.w.upload(packed);
+    d.scale.upload(scale_zero);
+    d.tensor_core = true;
+    return;
+  }
+  std::vector<uint32_t> codes((size_t)N * (K / 8));
+  std::vector<float> scale((size_t)N * G), nzs((size_t)N * G);
+#pragma omp parallel for schedule(static)
+  for (int n = 0; n < N; ++n) {
+    for (int k8 = 0; k8 < K / 8; ++k8) {
+      uint32_t word = 0;
+      for (int i = 0; i < 8; ++i) word |= (uint32_t)a.code(n, k8 * 8 + i) << (4 * i);
+      codes[(size_t)n * (K / 8) + k8] = word;
+    }
+    for (int gi = 0; gi < G; ++gi) {
+      scale[(size_t)n * G + gi] = a.scale(n, gi * g);
+      nzs[(size_t)n * G + gi] = a.nzs(n, gi * g);
+    }
+  }
+  d.w.upload(codes);
+  d.scale.upload(scale);
+  d.nzs.upload(nzs);
+}
+
+void upload_linear(const Linear& l, bool bf16, DeviceLinear& d) {
+  VLM_CHECK(l.in % 8 == 0, VLM_ERR_UNSUPPORTED,
+            "the CUDA backend needs linear input sizes that are multiples of 8, got " << l.in);
+  d.out = l.out;
+  d.in = l.in;
+  d.group = l.kind == WeightKind::AWQ4 ? l.group_size : 0;
+  if (d.group) {
+    VLM_CHECK(d.group % 8 == 0, VLM_ERR_UNSUPPORTED, "AWQ group size " << d.group << " on CUDA");
+    upload_awq(l, bf16, d);
+  } else {
+    upload_dense(l, bf16, d);
+  }
+  if (!l.bias.empty()) d.bias.upload(l.bias);
+}
+
+bool is_bf16_model(const Model& m) {
+  // bf16 checkpoints keep bf16 activations (their range); everything else computes in fp16.
+  return m.embed_table().kind == WeightKind::BF16;
+}
+
+int64_t kv_row_bytes(int dtype, int head_dim) {
+  switch (dtype) {
+    case VLM_DTYPE_F32: return 4LL * head_dim;
+    case VLM_DTYPE_F16:
+    case VLM_DTYPE_BF16: return 2LL * head_dim;
+    case VLM_DTYPE_I8: return head_dim;
+    default: return (head_dim + 1) / 2;
+  }
+}
+
+class CudaRunner final : public StepRunner {
+ public:
+  CudaRunner(const Model& model, int device) : p_(model.params()), device_(device) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+      cudaGetLastError();
+      count = 0;
+    }
+    VLM_CHECK(count > device, VLM_ERR_UNSUPPORTED,
+              "device=cuda but no CUDA GPU is visible (" << count << " found); use device=cpu");
+    VLM_CUDA_CHECK(cudaSetDevice(device_));
+    bf16_ = is_bf16_model(model);
+    act_ = bf16_ ? ActType::BF16 : ActType::F16;
+    VLM_CHECK(p_.hidden_size % 8 == 0 && p_.intermediate_size % 8 == 0 && (p_.num_heads * p_.head_dim) % 8 == 0,
+              VLM_ERR_UNSUPPORTED, "the CUDA backend needs hidden, intermediate and attention sizes that are "
+                                   "multiples of 8");
+    VLM_CHECK(p_.head_dim <= 256, VLM_ERR_UNSUPPORTED, "the CUDA backend takes head_dim <= 256");
+    VLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+
+    upload_linear(model.embed_table(), bf16_, embed_);
+    if (!p_.tie_word_embeddings) upload_linear(model.lm_head(), bf16_, lm_head_);
+    final_norm_.upload(model.final_norm());
+    inv_freq_.upload(model.rope().inv_freq);
+    layers_.resize(p_.num_layers);
+    for (int i = 0; i < p_.num_layers; ++i) {
+      const LayerWeights& w = model.layer(i);
+      DeviceLayer& d = layers_[i];
+      d.input_norm.upload(w.input_norm);
+      d.post_norm.upload(w.post_attention_norm);
+      upload_linear(w.q, bf16_, d.q);
+      upload_linear(w.k, bf16_, d.k);
+      upload_linear(w.v, bf16_, d.v);
+      upload_linear(w.o, bf16_, d.o);
+      upload_linear(w.gate, bf16_, d.gate);
+      upload_linear(w.up, bf16_, d.up);
+      upload_linear(w.down, bf16_, d.down);
+    }
+    VLM_CUDA_CHECK(cudaDeviceSynchronize());
+  }
+
+  ~CudaRunner() override {
+    if (stream_) {
+      cudaStreamSynchronize(stream_);
+      cudaStreamDestroy(stream_);
+    }
+  }
+
+  int resolve_kv_dtype(int requested) const override {
+    if (requested == VLM_DTYPE_AUTO) return bf16_ ? VLM_DTYPE_BF16 : VLM_DTYPE_F16;
+    return requested;
+  }
+
+  int64_t kv_memory_bytes() const override {
+    VLM_CUDA_CHECK(cudaSetDevice(device_));
+    size_t free_b = 0, total_b = 0;
+    VLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    return (int64_t)free_b;
+  }
+
+  void allocate_cache(int64_t num_blocks, int block_size, int kv_dtype) override {
+    VLM_CUDA_CHECK(cudaSetDevice(device_));
+    kv_dtype_ = kv_dtype;
+    block_size_ = block_size;
+    num_blocks_ = num_blocks;
+    const int64_t rows = num_blocks * p_.num_kv_heads * block_size;
+    const int64_t row_bytes = kv_row_bytes(kv_dtype, p_.head_dim);
+    const bool quantized = kv_dtype == VLM_DTYPE_I8 || kv_dtype == VLM_DTYPE_I4;
+    cache_.resize(p_.num_layers);
+    for (LayerCache& c : cache_) {
+      for (DeviceBuffer* b : {&c.k, &c.v}) {
+        b->reserve(rows * row_bytes);
+        VLM_CUDA_CHECK(cudaMemset(b->as(), 0, rows * row_bytes));
+      }
+      if (quantized)
+        for (DeviceBuffer* b : {&c.k_sz, &c.v_sz}) {
+          b->reserve(rows * 4);
+          VLM_CUDA_CHECK(cudaMemset(b->as(), 0, rows * 4));
+        }
+    }
+  }
+
+  int64_t kv_cache_bytes() const override {
+    return KvCache::bytes_per_block(p_.num_layers, block_size_, p_.num_kv_heads, p_.head_dim, kv_dtype_) *
+           num_blocks_;
+  }
+
+  void forward(const StepBatch& b, std::vector<float>& logits) override {
+    VLM_CUDA_CHECK(cudaSetDevice(device_));
+    const int T = (int)b.tokens.size(), R = (int)b.logit_rows.size();
+    const int H = p_.hidden_size, F = p_.intermediate_size, V = p_.vocab_size;
+    const int nq = p_.num_heads * p_.head_dim, nkv = p_.num_kv_heads * p_.head_dim;
+    const size_t a = 2;  // bytes of one activation element (fp16 or bf16)
+    h_.reserve((size_t)T * H * 4);
+    x_.reserve((size_t)T * H * a);
+    q_.reserve((size_t)T * nq * a);
+    k_.reserve((size_t)T * nkv * a);
+    v_.reserve((size_t)T * nkv * a);
+    attn_.reserve((size_t)T * nq * a);
+    delta_.reserve((size_t)T * H * a);
+    gate_.reserve((size_t)T * F * a);
+    up_.reserve((size_t)T * F * a);
+    logits_d_.reserve((size_t)std::max(R, 1) * V * 4);
+
+    const cuda::StepMeta meta = upload_meta(b);
+    VLM_CUDA_CHECK(cuda::embed_rows(act_, embed_.w.as(), meta_tokens_, T, H, h_.as<float>(), stream_));
+    if (!b.embedding_rows.empty()) {
+      const int n = (int)b.embedding_rows.size();
+      splice_host_.resize((size_t)n * H);
+      for (int i = 0; i < n; ++i)
+        std::memcpy(&splice_host_[(size_t)i * H], b.embedding_rows[i].second, sizeof(float) * H);
+      splice_.reserve(splice_host_.size() * 4);
+      VLM_CUDA_CHECK(cudaMemcpyAsync(splice_.as(), splice_host_.data(), splice_host_.size() * 4,
+                                     cudaMemcpyHostToDevice, stream_));
+      VLM_CUDA_CHECK(cuda::scatter_rows(splice_.as<float>(), meta_splice_rows_, n, H, h_.as<float>(), stream_));
+    }
+
+    const void* delta = nullptr;
+    for (int l = 0; l < p_.num_layers; ++l) {
+      DeviceLayer& w = layers_[l];
+      const cuda::KvView kv = kv_view(l);
+      VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, w.input_norm.as<float>(), nullptr, T, H,
+                                        p_.rms_norm_eps, x_.as(), stream_));
+      linear(w.q, x_.as(), T, q_.as());
+      linear(w.k, x_.as(), T, k_.as());
+      linear(w.v, x_.as(), T, v_.as());
+      VLM_CUDA_CHECK(cuda::rope_and_cache_write(act_, q_.as(), k_.as(), v_.as(), meta, inv_freq_.as<float>(), T,
+                                                p_.num_heads, kv, stream_));
+      VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window, kv,
+                                           stream_));
+      linear(w.o, attn_.as(), T, delta_.as());
+      delta = delta_.as();
+      VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, w.post_norm.as<float>(), nullptr, T, H,
+                                        p_.rms_norm_eps, x_.as(), stream_));
+      linear(w.gate, x_.as(), T, gate_.as());
+      linear(w.up, x_.as(), T, up_.as());
+      VLM_CUDA_CHECK(cuda::silu_mul(act_, gate_.as(), up_.as(), gate_.as(), (int64_t)T * F, stream_));
+      linear(w.down, gate_.as(), T, delta_.as());
+    }
+
+    logits.resize((size_t)R * V);
+    if (R > 0) {
+      // The last layer's update is added only on the rows whose logits are wanted.
+      VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, final_norm_.as<float>(), meta_logit_rows_, R, H,
+                                        p_.rms_norm_eps, x_.as(), stream_));
+      const DeviceLinear& head = p_.tie_word_embeddings ? embed_ : lm_head_;
+      VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
+                                       logits_d_.as(), true, stream_));
+      VLM_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
+                                     stream_));
+    }
+    VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+ private:
+  struct LayerCache {
+    DeviceBuffer k, v, k_sz, v_sz;
+  };
+
+  cuda::KvView kv_view(int layer) {
+    LayerCache& c = cache_[layer];
+    return {kv_dtype_, block_size_, p_.num_kv_heads, p_.head_dim, (int)kv_row_bytes(kv_dtype_, p_.head_dim),
+            c.k.as(), c.v.as(), c.k_sz.as(), c.v_sz.as()};
+  }
+
+  void linear(const DeviceLinear& l, const void* x, int M, void* y) {
+    if (l.tensor_core) {
+      const int64_t ws = w4a16_workspace_bytes(M, l.out, l.in, l.group);
+      VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16: no plan for M=" << M << " N=" << l.out << " K=" << l.in);
+      if (ws > 0) workspace_.reserve(ws);
+      VLM_CUDA_CHECK(w4a16_gemm(x, l.w.as(), l.scale.as(), nullptr, y, M, l.out, l.in, l.group, bf16_,
+                                workspace_.as(), stream_));
+      if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
+      return;
+    }
+    VLM_CUDA_CHECK(cuda::simt_linear(act_, x, M, l.in, l.out, {l.w.as(), l.scale.as<float>(), l.nzs.as<float>(), l.group},
+                                     l.bias.bytes() ? l.bias.as<float>() : nullptr, y, false, stream_));
+  }
+
+  // One host array, one copy: tokens, positions, slots, row segments, table
+  // offsets, block tables, logit rows, spliced rows.
+  cuda::StepMeta upload_meta(const StepBatch& b) {
+    const int T = (int)b.tokens.size();
+    meta_host_.clear();
+    auto append = [&](auto begin, auto end) {
+      const size_t at = meta_host_.size();
+      meta_host_.insert(meta_host_.end(), begin, end);
+      return at;
+    };
+    const size_t tokens = append(b.tokens.begin(), b.tokens.end());
+    const size_t positions = append(b.positions.begin(), b.positions.end());
+    const size_t slots = meta_host_.size();
+    meta_host_.resize(slots + 2 * (size_t)T);  // slots, row_segment
+    const size_t row_segment = slots + T;
+    const size_t table_offset = row_segment + T;  // [segments], then the tables
+    meta_host_.resize(table_offset + b.segments.size());
+    for (size_t s = 0; s < b.segments.size(); ++s) {
+      const AttentionSegment& seg = b.segments[s];
+      const int blocks = (seg.start + seg.count + block_size_ - 1) / block_size_;
+      meta_host_[table_offset + s] = (int32_t)(meta_host_.size() - table_offset - b.segments.size());
+      for (int i = 0; i < seg.count; ++i) {
+        const int pos = seg.start + i, row = seg.row + i;
+        meta_host_[slots + row] = seg.block_table[pos / block_size_] * block_size_ + pos % block_size_;
+        meta_host_[row_segment + row] = (int32_t)s;
+      }
+      meta_host_.insert(meta_host_.end(), seg.block_table, seg.block_table + blocks);
+    }
+    const size_t tables = table_offset + b.segments.size();
+    const size_t logit_rows = append(b.logit_rows.begin(), b.logit_rows.end());
+    const size_t splice_rows = meta_host_.size();
+    for (const auto& e : b.embedding_rows) meta_host_.push_back(e.first);
+    meta_.reserve(meta_host_.size() * 4);
+    VLM_CUDA_CHECK(cudaMemcpyAsync(meta_.as(), meta_host_.data(), meta_host_.size() * 4, cudaMemcpyHostToDevice,
+                                   stream_));
+    const int32_t* d = meta_.as<int32_t>();
+    meta_tokens_ = d + tokens;
+    meta_logit_rows_ = d + logit_rows;
+    meta_splice_rows_ = d + splice_rows;
+    return {d + positions, d + slots, d + row_segment, d + table_offset, d + tables};
+  }
+
+  const vlm_model_params& p_;  // the Model outlives its engine's runner
+  int device_;
+  bool bf16_ = false;
+  ActType act_ = ActType::F16;
+  cudaStream_t stream_ = nullptr;
+
+  DeviceLinear embed_, lm_head_;
+  DeviceBuffer final_norm_, inv_freq_;
+  std::vector<DeviceLayer> layers_;
+
+  int kv_dtype_ = VLM_DTYPE_F16, block_size_ = 1;
+  int64_t num_blocks_ = 0;
+  std::vector<LayerCache> cache_;
+
+  // Step scratch (grows to the largest step seen).
+  DeviceBuffer h_, x_, q_, k_, v_, attn_, delta_, gate_, up_, logits_d_, workspace_, meta_, splice_;
+  std::vector<int32_t> meta_host_;
+  std::vector<float> splice_host_;
+  const int32_t *meta_tokens_ = nullptr, *meta_logit_rows_ = nullptr, *meta_splice_rows_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<StepRunner> make_cuda_runner(const Model& model, int device) {
+  return std::make_unique<CudaRunner>(model, device);
+}
+
+}  // namespace vlm

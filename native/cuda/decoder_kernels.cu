@@ -1,0 +1,396 @@
+// The decoder's elementwise, normalisation, RoPE/KV-write and attention
+// kernels (see decoder_kernels.h). Arithmetic follows the CPU backend
+// (engine/model_runner.cpp, engine/kv_cache.cpp, cpu/attention.cpp) in fp32,
+// so the two backends differ only by the half-precision activations.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+
+#include "cuda/decoder_kernels.h"
+#include "cuda/device_math.cuh"
+#include "vlmcore.h"
+
+namespace vlm {
+namespace cuda {
+namespace {
+
+constexpr int kNormThreads = 256;
+
+template <class T>
+__global__ void embed_kernel(const T* table, const int32_t* tokens, int hidden, float* h) {
+  const int r = blockIdx.x;
+  const T* src = table + (int64_t)tokens[r] * hidden;
+  float* dst = h + (int64_t)r * hidden;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = to_float(src[i]);
+}
+
+__global__ void scatter_kernel(const float* src, const int32_t* rows, int hidden, float* h) {
+  const int i = blockIdx.x;
+  const float* s = src + (int64_t)i * hidden;
+  float* d = h + (int64_t)rows[i] * hidden;
+  for (int k = threadIdx.x; k < hidden; k += blockDim.x) d[k] = s[k];
+}
+
+template <class T>
+__global__ void add_rms_norm_kernel(float* h, const T* delta, const float* weight, const int32_t* select,
+                                    int hidden, float eps, T* out) {
+  __shared__ float partial[kNormThreads / 32];
+  const int r = blockIdx.x;
+  const int64_t i = select ? select[r] : r;
+  float* hr = h + i * hidden;
+  float ss = 0.f;
+  for (int k = threadIdx.x; k < hidden; k += blockDim.x) {
+    float x = hr[k];
+    if (delta) {
+      x += to_float(delta[i * hidden + k]);
+      hr[k] = x;
+    }
+    ss += x * x;
+  }
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    float v = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.f;
+    v = warp_sum(v);
+    if (threadIdx.x == 0) partial[0] = v;
+  }
+  __syncthreads();
+  const float inv = 1.0f / sqrtf(partial[0] / hidden + eps);
+  T* o = out + (int64_t)r * hidden;
+  for (int k = threadIdx.x; k < hidden; k += blockDim.x) o[k] = from_float<T>(weight[k] * (hr[k] * inv));
+}
+
+template <class T>
+__global__ void add_bias_kernel(T* y, const float* bias, int n, int64_t total) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = from_float<T>(to_float(y[i]) + bias[i % n]);
+}
+
+template <class T>
+__global__ void silu_mul_kernel(const T* gate, const T* up, T* out, int64_t n) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const float g = to_float(gate[i]);
+    out[i] = from_float<T>(g / (1.0f + expf(-g)) * to_float(up[i]));
+  }
+}
+
+// ---- KV cache rows ---------------------------------------------------------
+
+__device__ inline int64_t cache_row(const KvView& c, int slot_index, int kv_head) {
+  const int block = slot_index / c.block_size, slot = slot_index % c.block_size;
+  return ((int64_t)block * c.kv_heads + kv_head) * c.block_size + slot;
+}
+
+// Element d of a cache row, dequantized.
+__device__ inline float load_kv(const KvView& c, const void* data, const void* sz, int64_t row, int d) {
+  const uint8_t* base = static_cast<const uint8_t*>(data) + row * c.row_bytes;
+  switch (c.dtype) {
+    case VLM_DTYPE_F32: return reinterpret_cast<const float*>(base)[d];
+    case VLM_DTYPE_F16: return __half2float(reinterpret_cast<const __half*>(base)[d]);
+    case VLM_DTYPE_BF16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[d]);
+    default: {
+      const __half2 p = static_cast<const __half2*>(sz)[row];
+      const float scale = __low2float(p), zero = __high2float(p);
+      const int q = c.dtype == VLM_DTYPE_I8 ? base[d] : (d & 1 ? base[d >> 1] >> 4 : base[d >> 1] & 15);
+      return (float)q * scale + zero;
+    }
+  }
+}
+
+// One warp writes one head's row; lane holds elements lane + 32 e (e < E).
+template <int E>
+__device__ void store_kv_row(const KvView& c, void* data, void* sz, int64_t row, const float (&x)[E], int lane) {
+  uint8_t* base = static_cast<uint8_t*>(data) + row * c.row_bytes;
+  const int hd = c.head_dim;
+  if (c.dtype == VLM_DTYPE_F32 || c.dtype == VLM_DTYPE_F16 || c.dtype == VLM_DTYPE_BF16) {
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int d = lane + 32 * e;
+      if (d >= hd) continue;
+      if (c.dtype == VLM_DTYPE_F32) reinterpret_cast<float*>(base)[d] = x[e];
+      else if (c.dtype == VLM_DTYPE_F16) reinterpret_cast<__half*>(base)[d] = __float2half_rn(x[e]);
+      else reinterpret_cast<__nv_bfloat16*>(base)[d] = __float2bfloat16_rn(x[e]);
+    }
+    return;
+  }
+  // Asymmetric quantization, exactly as kv_quantize() on the CPU.
+  const float qmax = c.dtype == VLM_DTYPE_I8 ? 255.f : 15.f;
+  float mn = FLT_MAX, mx = -FLT_MAX;
+#pragma unroll
+  for (int e = 0; e < E; ++e)
+    if (lane + 32 * e < hd) mn = fminf(mn, x[e]), mx = fmaxf(mx, x[e]);
+  mn = warp_min(mn);
+  mx = warp_max(mx);
+  __half sh = __float2half_rn(fminf((mx - mn) / qmax, 65504.f));
+  if (__half2float(sh) == 0.f) sh = __float2half_rn(1.f);
+  const __half zh = __float2half_rn(mn);
+  const float s = __half2float(sh), z = __half2float(zh), inv = 1.0f / s;
+  if (lane == 0) static_cast<__half2*>(sz)[row] = __halves2half2(sh, zh);
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int d = lane + 32 * e;
+    const int q = d < hd ? (int)fminf(fmaxf(rintf((x[e] - z) * inv), 0.f), qmax) : 0;
+    if (c.dtype == VLM_DTYPE_I8) {
+      if (d < hd) base[d] = (uint8_t)q;
+    } else {
+      const int odd = __shfl_down_sync(0xffffffffu, q, 1);  // element d + 1 sits on the next lane
+      if (d < hd && (d & 1) == 0) base[d >> 1] = (uint8_t)(q | (odd << 4));
+    }
+  }
+}
+
+// ---- RoPE + cache write ------------------------------------------------------
+
+constexpr int kRopeWarps = 4;
+
+// grid: rows; each warp takes head units: q heads (rotated in place), k heads
+// (rotated, written), v heads (written).
+template <class T, int E>
+__global__ void rope_cache_kernel(T* q, const T* k, const T* v, StepMeta meta, const float* inv_freq, int num_heads,
+                                  KvView c) {
+  __shared__ float buf[kRopeWarps][32 * E];
+  const int r = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int hd = c.head_dim, half = hd / 2, nkv = c.kv_heads;
+  const float pos = (float)meta.positions[r];
+  const int slot = meta.slots[r];
+  for (int u = warp; u < num_heads + 2 * nkv; u += kRopeWarps) {
+    const bool is_q = u < num_heads, is_k = !is_q && u < num_heads + nkv;
+    const T* src = is_q ? q + ((int64_t)r * num_heads + u) * hd
+                        : is_k ? k + ((int64_t)r * nkv + (u - num_heads)) * hd
+                               : v + ((int64_t)r * nkv + (u - num_heads - nkv)) * hd;
+    float x[E];
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      const int d = lane + 32 * e;
+      x[e] = d < hd ? to_float(src[d]) : 0.f;
+      if (d < hd) buf[warp][d] = x[e];
+    }
+    __syncwarp();
+    if (is_q || is_k) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int d = lane + 32 * e;
+        if (d >= hd) continue;
+        const int i = d < half ? d : d - half;
+        float sn, cs;
+        sincosf(pos * inv_freq[i], &sn, &cs);
+        x[e] = d < half ? buf[warp][d] * cs - buf[warp][d + half] * sn : buf[warp][d] * cs + buf[warp][d - half] * sn;
+      }
+    }
+    __syncwarp();
+    if (is_q) {
+      T* dst = q + ((int64_t)r * num_heads + u) * hd;
+#pragma unroll
+      for (int e = 0; e < E; ++e)
+        if (lane + 32 * e < hd) dst[lane + 32 * e] = from_float<T>(x[e]);
+    } else {
+      const int h = is_k ? u - num_heads : u - num_heads - nkv;
+      const int64_t row = cache_row(c, slot, h);
+      store_kv_row<E>(c, is_k ? c.k : c.v, is_k ? c.k_sz : c.v_sz, row, x, lane);
+    }
+  }
+}
+
+// ---- attention -------------------------------------------------------------
+
+constexpr int kAttnWarps = 4;
+constexpr int kHeadTile = 8;  // query heads of one KV group handled per pass
+
+// grid: (rows, kv_heads). Each warp walks a strided share of the row's keys
+// with an online softmax per query head; the warps' partial results are then
+// merged through shared memory.
+template <class T, int E>
+__global__ void attention_kernel(const T* q, T* out, StepMeta meta, int num_heads, int sliding_window, KvView c) {
+  extern __shared__ float smem[];
+  float* s_m = smem;                                   // [warps][tile]
+  float* s_l = s_m + kAttnWarps * kHeadTile;           // [warps][tile]
+  float* s_acc = s_l + kAttnWarps * kHeadTile;         // [warps][tile][32*E]
+  const int r = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int hd = c.head_dim, group = num_heads / c.kv_heads;
+  const int pos = meta.positions[r];
+  const int lo = sliding_window > 0 ? max(0, pos - sliding_window + 1) : 0;
+  const int32_t* table = meta.block_tables + meta.table_offset[meta.row_segment[r]];
+  const float scale = rsqrtf((float)hd);
+
+  for (int h0 = 0; h0 < group; h0 += kHeadTile) {
+    const int nh = min(kHeadTile, group - h0);
+    float qr[kHeadTile][E], m[kHeadTile], l[kHeadTile], acc[kHeadTile][E];
+#pragma unroll
+    for (int i = 0; i < kHeadTile; ++i) {
+      m[i] = -INFINITY;
+      l[i] = 0.f;
+      const T* qh = q + ((int64_t)r * num_heads + kvh * group + h0 + min(i, nh - 1)) * hd;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int d = lane + 32 * e;
+        qr[i][e] = d < hd ? to_float(qh[d]) : 0.f;
+        acc[i][e] = 0.f;
+      }
+    }
+    for (int j = lo + warp; j <= pos; j += kAttnWarps) {
+      const int64_t row = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
+      float kf[E], vf[E];
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int d = lane + 32 * e;
+        kf[e] = d < hd ? load_kv(c, c.k, c.k_sz, row, d) : 0.f;
+        vf[e] = d < hd ? load_kv(c, c.v, c.v_sz, row, d) : 0.f;
+      }
+#pragma unroll
+      for (int i = 0; i < kHeadTile; ++i) {
+        if (i >= nh) break;
+        float s = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) s += qr[i][e] * kf[e];
+        s = warp_sum(s) * scale;
+        const float m_new = fmaxf(m[i], s);
+        const float corr = expf(m[i] - m_new), p = expf(s - m_new);
+        l[i] = l[i] * corr + p;
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[i][e] = acc[i][e] * corr + p * vf[e];
+        m[i] = m_new;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kHeadTile; ++i) {
+      if (lane == 0) {
+        s_m[warp * kHeadTile + i] = m[i];
+        s_l[warp * kHeadTile + i] = l[i];
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) s_acc[(warp * kHeadTile + i) * 32 * E + lane + 32 * e] = acc[i][e];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < nh * hd; idx += blockDim.x) {
+      const int i = idx / hd, d = idx % hd;
+      float mx = -INFINITY;
+      for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, s_m[w * kHeadTile + i]);
+      float sum = 0.f, o = 0.f;
+      for (int w = 0; w < kAttnWarps; ++w) {
+        const float mw = s_m[w * kHeadTile + i];
+        if (mw == -INFINITY) continue;  // this warp saw no key
+        const float f = expf(mw - mx);
+        sum += s_l[w * kHeadTile + i] * f;
+        o += s_acc[(w * kHeadTile + i) * 32 * E + d] * f;
+      }
+      out[((int64_t)r * num_heads + kvh * group + h0 + i) * hd + d] = from_float<T>(o / sum);
+    }
+    __syncthreads();
+  }
+}
+
+template <class T>
+cudaError_t rope_dispatch(void* q, const void* k, const void* v, const StepMeta& meta, const float* inv_freq,
+                          int rows, int num_heads, const KvView& c, cudaStream_t stream) {
+  const dim3 grid(rows), block(32 * kRopeWarps);
+#define VLM_ROPE_CASE(E)                                                                                   \
+  case E:                                                                                                  \
+    rope_cache_kernel<T, E><<<grid, block, 0, stream>>>(static_cast<T*>(q), static_cast<const T*>(k),      \
+                                                        static_cast<const T*>(v), meta, inv_freq, num_heads, c); \
+    break;
+  switch ((c.head_dim + 31) / 32) {
+    VLM_ROPE_CASE(1) VLM_ROPE_CASE(2) VLM_ROPE_CASE(3) VLM_ROPE_CASE(4)
+    VLM_ROPE_CASE(5) VLM_ROPE_CASE(6) VLM_ROPE_CASE(7) VLM_ROPE_CASE(8)
+    default: return cudaErrorInvalidValue;
+  }
+#undef VLM_ROPE_CASE
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t attention_dispatch(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
+                               int sliding_window, const KvView& c, cudaStream_t stream) {
+  const dim3 grid(rows, c.kv_heads), block(32 * kAttnWarps);
+  const int E = (c.head_dim + 31) / 32;
+  const size_t smem = sizeof(float) * kAttnWarps * kHeadTile * (2 + 32 * E);
+#define VLM_ATTN_CASE(E)                                                                                   \
+  case E:                                                                                                  \
+    if (smem > 48 * 1024)                                                                                  \
+      cudaFuncSetAttribute(attention_kernel<T, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem); \
+    attention_kernel<T, E><<<grid, block, smem, stream>>>(static_cast<const T*>(q), static_cast<T*>(out), meta, \
+                                                          num_heads, sliding_window, c);                  \
+    break;
+  switch (E) {
+    VLM_ATTN_CASE(1) VLM_ATTN_CASE(2) VLM_ATTN_CASE(3) VLM_ATTN_CASE(4)
+    VLM_ATTN_CASE(5) VLM_ATTN_CASE(6) VLM_ATTN_CASE(7) VLM_ATTN_CASE(8)
+    default: return cudaErrorInvalidValue;
+  }
+#undef VLM_ATTN_CASE
+  return cudaGetLastError();
+}
+
+int grid_for(int64_t n) { return (int)((n + 255) / 256 < 65535 ? (n + 255) / 256 : 65535); }
+
+}  // namespace
+
+cudaError_t embed_rows(ActType act, const void* table, const int32_t* tokens, int rows, int hidden, float* h,
+                       cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (act == ActType::F16)
+    embed_kernel<<<rows, 256, 0, stream>>>(static_cast<const __half*>(table), tokens, hidden, h);
+  else
+    embed_kernel<<<rows, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(table), tokens, hidden, h);
+  return cudaGetLastError();
+}
+
+cudaError_t scatter_rows(const float* src, const int32_t* rows, int n, int hidden, float* h, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  scatter_kernel<<<n, 256, 0, stream>>>(src, rows, hidden, h);
+  return cudaGetLastError();
+}
+
+cudaError_t add_rms_norm(ActType act, float* h, const void* delta, const float* weight, const int32_t* select,
+                         int rows, int hidden, float eps, void* out, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (act == ActType::F16)
+    add_rms_norm_kernel<<<rows, kNormThreads, 0, stream>>>(h, static_cast<const __half*>(delta), weight, select,
+                                                           hidden, eps, static_cast<__half*>(out));
+  else
+    add_rms_norm_kernel<<<rows, kNormThreads, 0, stream>>>(h, static_cast<const __nv_bfloat16*>(delta), weight,
+                                                           select, hidden, eps, static_cast<__nv_bfloat16*>(out));
+  return cudaGetLastError();
+}
+
+cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, cudaStream_t stream) {
+  const int64_t total = (int64_t)rows * n;
+  if (total == 0) return cudaSuccess;
+  if (act == ActType::F16)
+    add_bias_kernel<<<grid_for(total), 256, 0, stream>>>(static_cast<__half*>(y), bias, n, total);
+  else
+    add_bias_kernel<<<grid_for(total), 256, 0, stream>>>(static_cast<__nv_bfloat16*>(y), bias, n, total);
+  return cudaGetLastError();
+}
+
+cudaError_t silu_mul(ActType act, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  if (act == ActType::F16)
+    silu_mul_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const __half*>(gate),
+                                                     static_cast<const __half*>(up), static_cast<__half*>(out), n);
+  else
+    silu_mul_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate),
+                                                     static_cast<const __nv_bfloat16*>(up),
+                                                     static_cast<__nv_bfloat16*>(out), n);
+  return cudaGetLastError();
+}
+
+cudaError_t rope_and_cache_write(ActType act, void* q, const void* k, const void* v, const StepMeta& meta,
+                                 const float* inv_freq, int rows, int num_heads, const KvView& cache,
+                                 cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  return act == ActType::F16
+             ? rope_dispatch<__half>(q, k, v, meta, inv_freq, rows, num_heads, cache, stream)
+             : rope_dispatch<__nv_bfloat16>(q, k, v, meta, inv_freq, rows, num_heads, cache, stream);
+}
+
+cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
+                            int sliding_window, const KvView& cache, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  return act == ActType::F16
+             ? attention_dispatch<__half>(q, out, meta, rows, num_heads, sliding_window, cache, stream)
+             : attention_dispatch<__nv_bfloat16>(q, out, meta, rows, num_heads, sliding_window, cache, stream);
+}
+
+}  // namespace cuda
+}  // namespace vlm

@@ -1,0 +1,73 @@
+// Host entry points of the decoder's CUDA kernels other than the GEMMs:
+// embedding lookup and image-embedding splice, RMSNorm fused with the
+// residual add, SiLU·up, bias, RoPE fused with the KV-cache write (and its
+// quantization), and paged attention over the (quantized) cache.
+//
+// Conventions: activations are row-major in the compute type `act` (fp16 or
+// bf16); the residual stream h stays in fp32 so that a long stack of layers
+// does not accumulate half-precision rounding. Nothing here throws: every
+// function returns the launch's cudaError_t. Shapes are validated by the
+// caller (cuda_runner.cpp).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace vlm {
+namespace cuda {
+
+enum class ActType { F16, BF16 };
+
+// The paged KV cache of one layer, as the CPU's KvCache lays it out:
+// rows [block][kv_head][slot] of `row_bytes` each; for I8/I4 a (scale, zero)
+// fp16 pair per row, x ≈ q * scale + zero.
+struct KvView {
+  int dtype;        // VLM_DTYPE_F32 / F16 / BF16 / I8 / I4
+  int block_size;
+  int kv_heads;
+  int head_dim;
+  int row_bytes;
+  void* k;
+  void* v;
+  void* k_sz;       // __half2 per row, I8/I4 only
+  void* v_sz;
+};
+
+// Per-step metadata, all device pointers (int32):
+//   positions[rows]   absolute position of each row's token
+//   slots[rows]       block * block_size + slot where the row's K/V are written
+//   row_segment[rows] which request (segment) the row belongs to
+//   table_offset[s]   where segment s's block table starts in block_tables
+struct StepMeta {
+  const int32_t* positions;
+  const int32_t* slots;
+  const int32_t* row_segment;
+  const int32_t* table_offset;
+  const int32_t* block_tables;
+};
+
+// h[r][:] = float(table[tokens[r]][:]).
+cudaError_t embed_rows(ActType act, const void* table, const int32_t* tokens, int rows, int hidden, float* h,
+                       cudaStream_t stream);
+// h[rows[i]][:] = src[i][:] (fp32 image-embedding rows over the placeholders).
+cudaError_t scatter_rows(const float* src, const int32_t* rows, int n, int hidden, float* h, cudaStream_t stream);
+// For r < rows, i = select ? select[r] : r: h[i] += delta[i] (if delta), then
+// out[r] = weight * h[i] / rms(h[i]) in act.
+cudaError_t add_rms_norm(ActType act, float* h, const void* delta, const float* weight, const int32_t* select,
+                         int rows, int hidden, float eps, void* out, cudaStream_t stream);
+// y[r][n] += bias[n].
+cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, cudaStream_t stream);
+// out = silu(gate) * up, n elements.
+cudaError_t silu_mul(ActType act, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
+// Rotates q (in place) and k by each row's position, then writes k and v into
+// the cache at the row's slot (quantizing for I8/I4).
+cudaError_t rope_and_cache_write(ActType act, void* q, const void* k, const void* v, const StepMeta& meta,
+                                 const float* inv_freq, int rows, int num_heads, const KvView& cache,
+                                 cudaStream_t stream);
+// Causal (optionally sliding-window) attention of each row over the cache
+// positions [0, position] of its request; q/out [rows][num_heads*head_dim].
+cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
+                            int sliding_window, const KvView& cache, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace vlm

@@ -1,0 +1,34 @@
+// What the engine needs from a backend: run one step's flattened tokens
+// through the decoder against the backend's own paged KV cache and return
+// the requested logits rows to the host. The engine owns requests, blocks
+// and sampling; a runner owns weights on its device and the cache storage.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "engine/model_runner.h"
+#include "model/model.h"
+
+namespace vlm {
+
+class StepRunner {
+ public:
+  virtual ~StepRunner() = default;
+  // The cache element type `requested` (VLM_DTYPE_AUTO allowed) becomes on this backend.
+  virtual int resolve_kv_dtype(int requested) const = 0;
+  // Bytes the KV cache may use before cache_max_entry_count is applied
+  // (free host memory on the CPU, free device memory after the weights on a GPU).
+  virtual int64_t kv_memory_bytes() const = 0;
+  virtual void allocate_cache(int64_t num_blocks, int block_size, int kv_dtype) = 0;
+  virtual int64_t kv_cache_bytes() const = 0;
+  // logits: [batch.logit_rows.size()][vocab], fp32.
+  virtual void forward(const StepBatch& batch, std::vector<float>& logits) = 0;
+};
+
+std::unique_ptr<StepRunner> make_cpu_runner(const Model& model);
+// Uploads the model's weights to CUDA device `device`. Throws VLM_ERR_UNSUPPORTED
+// in builds without CUDA and when no GPU is visible.
+std::unique_ptr<StepRunner> make_cuda_runner(const Model& model, int device);
+
+}  // namespace vlm
