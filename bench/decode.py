@@ -11,7 +11,7 @@ KV cache: fp16, int8, int4.
 Method: `batch` requests, each a 512-token prompt of random ids, are queued together; each
 generates --new-tokens tokens with EOS ignored. Decode tok/s = batch * (new - 1) / the median
 over the batch of RequestOutput.decode_s (first token -> finish, timed inside the engine).
-One untimed warm-up run of each configuration precedes the timed one.
+One engine per (model, weights, KV type) runs every batch size in turn, after an untimed warm-up request.
 
 HBM floor per decode step: every weight byte once (4-bit codes + fp16 scale/zero per group for
 w4a16; the embedding table is not read, the lm_head is) plus every cached K/V byte of the batch
@@ -110,24 +110,24 @@ def kv_bytes(shape: dict, kv: str, batch: int, context: float) -> float:
     return 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * per_row * batch * context
 
 
-def run_engine(model: Path, kv: str, batch: int, new: int, rng) -> dict:
+def run_engine(model: Path, kv: str, batches: list[int], new: int, rng):
+    """Yields (batch, result) for each batch size, one engine for all of them."""
     from vlmserve import Engine, EngineConfig, GenerationConfig
 
     blocks_per_seq = (PROMPT + new + 63) // 64 + 1
     cfg = EngineConfig(device="cuda", kv_cache_dtype={"fp16": "auto"}.get(kv, kv), block_size=64,
-                       num_kv_blocks=blocks_per_seq * batch, max_batch_size=batch,
-                       max_num_batched_tokens=max(2048, batch), max_model_len=PROMPT + new + 1)
+                       num_kv_blocks=blocks_per_seq * max(batches), max_batch_size=max(batches),
+                       max_num_batched_tokens=2048, max_model_len=PROMPT + new + 1)
     gen = GenerationConfig(max_new_tokens=new, ignore_eos=True)
     with Engine(model, cfg) as eng:
         vocab = eng.spec.vocab_size
-        out = []
-        for _ in range(2):  # warm-up, then the timed run
-            prompts = [rng.integers(3, vocab, size=PROMPT).tolist() for _ in range(batch)]
-            streams = [eng.add_request(p, gen) for p in prompts]
+        eng.generate(rng.integers(3, vocab, size=PROMPT).tolist(), GenerationConfig(max_new_tokens=4))  # warm-up
+        for batch in batches:
+            streams = [eng.add_request(rng.integers(3, vocab, size=PROMPT).tolist(), gen) for _ in range(batch)]
             out = [s.wait(timeout=600) for s in streams]
-    decode_s = statistics.median(o.decode_s for o in out)
-    return {"decode_s": decode_s, "tok_s": batch * (new - 1) / decode_s,
-            "prefill_s_median": statistics.median(o.prefill_s for o in out)}
+            decode_s = statistics.median(o.decode_s for o in out)
+            yield batch, {"decode_s": decode_s, "tok_s": batch * (new - 1) / decode_s,
+                          "prefill_s_median": statistics.median(o.prefill_s for o in out)}
 
 
 def run_transformers(model: Path, batch: int, new: int, rng) -> dict:
@@ -185,23 +185,21 @@ def main() -> int:
             model = write_model(a.work / f"{name}-{weights}", shape, awq)
             log(f"{name} {weights}: checkpoint ready ({time.perf_counter() - t:.0f} s)")
             for kv in a.kv.split(","):
-                for batch in map(int, a.batches.split(",")):
-                    try:
-                        r = run_engine(model, kv, batch, a.new_tokens, rng)
-                    except Exception as e:  # noqa: BLE001 - record the failure and go on
-                        log(f"{name} {weights} kv {kv} batch {batch}: FAILED {e}")
-                        results["rows"].append({"model": name, "weights": weights, "kv": kv, "batch": batch,
-                                                "engine": "vlmserve", "error": str(e)})
+                try:
+                    for batch, r in run_engine(model, kv, [int(b) for b in a.batches.split(",")], a.new_tokens, rng):
+                        ctx = PROMPT + a.new_tokens / 2
+                        floor_s = (weight_bytes(shape, awq) + kv_bytes(shape, kv, batch, ctx)) / HBM_BYTES_PER_S
+                        step_s = r["decode_s"] / (a.new_tokens - 1)
+                        r.update(model=name, weights=weights, kv=kv, batch=batch, engine="vlmserve",
+                                 floor_tok_s=batch / floor_s, pct_floor=100 * floor_s / step_s)
+                        results["rows"].append(r)
+                        log(f"{name} {weights} kv {kv} batch {batch}: {r['tok_s']:.0f} tok/s "
+                            f"({r['pct_floor']:.0f}% of the HBM floor)")
                         save()
-                        continue
-                    ctx = PROMPT + a.new_tokens / 2
-                    floor_s = (weight_bytes(shape, awq) + kv_bytes(shape, kv, batch, ctx)) / HBM_BYTES_PER_S
-                    step_s = r["decode_s"] / (a.new_tokens - 1)
-                    r.update(model=name, weights=weights, kv=kv, batch=batch, engine="vlmserve",
-                             floor_tok_s=batch / floor_s, pct_floor=100 * floor_s / step_s)
-                    results["rows"].append(r)
-                    log(f"{name} {weights} kv {kv} batch {batch}: {r['tok_s']:.0f} tok/s "
-                        f"({r['pct_floor']:.0f}% of the HBM floor)")
+                except Exception as e:  # noqa: BLE001 - record the failure and go on
+                    log(f"{name} {weights} kv {kv}: FAILED {e}")
+                    results["rows"].append({"model": name, "weights": weights, "kv": kv, "engine": "vlmserve",
+                                            "error": str(e)})
                     save()
             if not awq:
                 for batch in map(int, a.peer_batches.split(",")):
