@@ -209,6 +209,7 @@ class CudaRunner final : public StepRunner {
     VLM_CHECK(count > device, VLM_ERR_UNSUPPORTED,
               "device=cuda but no CUDA GPU is visible (" << count << " found); use device=cpu");
     VLM_CUDA_CHECK(cudaSetDevice(device_));
+    VLM_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
     bf16_ = is_bf16_model(model);
     act_ = bf16_ ? ActType::BF16 : ActType::F16;
     VLM_CHECK(p_.hidden_size % 8 == 0 && p_.intermediate_size % 8 == 0 && (p_.num_heads * p_.head_dim) % 8 == 0,
@@ -302,6 +303,9 @@ class CudaRunner final : public StepRunner {
     logits_d_.reserve((size_t)std::max(R, 1) * V * 4);
 
     const cuda::StepMeta meta = upload_meta(b);
+    const int max_context = T ? *std::max_element(b.positions.begin(), b.positions.end()) + 1 : 0;
+    attn_workspace_.reserve((size_t)cuda::paged_attention_workspace_bytes(T, p_.num_heads, p_.head_dim,
+                                                                          p_.num_kv_heads, max_context, num_sms_));
     VLM_CUDA_CHECK(cuda::embed_rows(act_, embed_.w.as(), meta_tokens_, T, H, h_.as<float>(), stream_));
     if (!b.embedding_rows.empty()) {
       const int n = (int)b.embedding_rows.size();
@@ -325,8 +329,8 @@ class CudaRunner final : public StepRunner {
       linear(w.v, x_.as(), T, v_.as());
       VLM_CUDA_CHECK(cuda::rope_and_cache_write(act_, q_.as(), k_.as(), v_.as(), meta, inv_freq_.as<float>(), T,
                                                 p_.num_heads, kv, stream_));
-      VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window, kv,
-                                           stream_));
+      VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window,
+                                           max_context, num_sms_, kv, attn_workspace_.as(), stream_));
       linear(w.o, attn_.as(), T, delta_.as());
       delta = delta_.as();
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, w.post_norm.as<float>(), nullptr, T, H,
@@ -420,6 +424,7 @@ class CudaRunner final : public StepRunner {
 
   const vlm_model_params& p_;  // the Model outlives its engine's runner
   int device_;
+  int num_sms_ = 1;
   bool bf16_ = false;
   ActType act_ = ActType::F16;
   cudaStream_t stream_ = nullptr;
@@ -433,7 +438,7 @@ class CudaRunner final : public StepRunner {
   std::vector<LayerCache> cache_;
 
   // Step scratch (grows to the largest step seen).
-  DeviceBuffer h_, x_, q_, k_, v_, attn_, delta_, gate_, up_, logits_d_, workspace_, meta_, splice_;
+  DeviceBuffer h_, x_, q_, k_, v_, attn_, delta_, gate_, up_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
   std::vector<int32_t> meta_host_;
   std::vector<float> splice_host_;
   const int32_t *meta_tokens_ = nullptr, *meta_logit_rows_ = nullptr, *meta_splice_rows_ = nullptr;

@@ -1,5 +1,4 @@
-// The decoder's elementwise, normalisation, RoPE/KV-write and attention
-// kernels (see decoder_kernels.h). Arithmetic follows the CPU backend
+// The decoder's elementwise, normalisation and RoPE/KV-write kernels (see decoder_kernels.h). Arithmetic follows the CPU backend
 // (engine/model_runner.cpp, engine/kv_cache.cpp, cpu/attention.cpp) in fp32,
 // so the two backends differ only by the half-precision activations.
 #include <cuda_bf16.h>
@@ -9,6 +8,7 @@
 
 #include "cuda/decoder_kernels.h"
 #include "cuda/device_math.cuh"
+#include "cuda/kv_rows.cuh"
 #include "vlmcore.h"
 
 namespace vlm {
@@ -73,29 +73,6 @@ __global__ void silu_mul_kernel(const T* gate, const T* up, T* out, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const float g = to_float(gate[i]);
     out[i] = from_float<T>(g / (1.0f + expf(-g)) * to_float(up[i]));
-  }
-}
-
-// ---- KV cache rows ---------------------------------------------------------
-
-__device__ inline int64_t cache_row(const KvView& c, int slot_index, int kv_head) {
-  const int block = slot_index / c.block_size, slot = slot_index % c.block_size;
-  return ((int64_t)block * c.kv_heads + kv_head) * c.block_size + slot;
-}
-
-// Element d of a cache row, dequantized.
-__device__ inline float load_kv(const KvView& c, const void* data, const void* sz, int64_t row, int d) {
-  const uint8_t* base = static_cast<const uint8_t*>(data) + row * c.row_bytes;
-  switch (c.dtype) {
-    case VLM_DTYPE_F32: return reinterpret_cast<const float*>(base)[d];
-    case VLM_DTYPE_F16: return __half2float(reinterpret_cast<const __half*>(base)[d]);
-    case VLM_DTYPE_BF16: return __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[d]);
-    default: {
-      const __half2 p = static_cast<const __half2*>(sz)[row];
-      const float scale = __low2float(p), zero = __high2float(p);
-      const int q = c.dtype == VLM_DTYPE_I8 ? base[d] : (d & 1 ? base[d >> 1] >> 4 : base[d >> 1] & 15);
-      return (float)q * scale + zero;
-    }
   }
 }
 
@@ -193,94 +170,6 @@ __global__ void rope_cache_kernel(T* q, const T* k, const T* v, StepMeta meta, c
   }
 }
 
-// ---- attention -------------------------------------------------------------
-
-constexpr int kAttnWarps = 4;
-constexpr int kHeadTile = 8;  // query heads of one KV group handled per pass
-
-// grid: (rows, kv_heads). Each warp walks a strided share of the row's keys
-// with an online softmax per query head; the warps' partial results are then
-// merged through shared memory.
-template <class T, int E>
-__global__ void attention_kernel(const T* q, T* out, StepMeta meta, int num_heads, int sliding_window, KvView c) {
-  extern __shared__ float smem[];
-  float* s_m = smem;                                   // [warps][tile]
-  float* s_l = s_m + kAttnWarps * kHeadTile;           // [warps][tile]
-  float* s_acc = s_l + kAttnWarps * kHeadTile;         // [warps][tile][32*E]
-  const int r = blockIdx.x, kvh = blockIdx.y, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int hd = c.head_dim, group = num_heads / c.kv_heads;
-  const int pos = meta.positions[r];
-  const int lo = sliding_window > 0 ? max(0, pos - sliding_window + 1) : 0;
-  const int32_t* table = meta.block_tables + meta.table_offset[meta.row_segment[r]];
-  const float scale = rsqrtf((float)hd);
-
-  for (int h0 = 0; h0 < group; h0 += kHeadTile) {
-    const int nh = min(kHeadTile, group - h0);
-    float qr[kHeadTile][E], m[kHeadTile], l[kHeadTile], acc[kHeadTile][E];
-#pragma unroll
-    for (int i = 0; i < kHeadTile; ++i) {
-      m[i] = -INFINITY;
-      l[i] = 0.f;
-      const T* qh = q + ((int64_t)r * num_heads + kvh * group + h0 + min(i, nh - 1)) * hd;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const int d = lane + 32 * e;
-        qr[i][e] = d < hd ? to_float(qh[d]) : 0.f;
-        acc[i][e] = 0.f;
-      }
-    }
-    for (int j = lo + warp; j <= pos; j += kAttnWarps) {
-      const int64_t row = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
-      float kf[E], vf[E];
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const int d = lane + 32 * e;
-        kf[e] = d < hd ? load_kv(c, c.k, c.k_sz, row, d) : 0.f;
-        vf[e] = d < hd ? load_kv(c, c.v, c.v_sz, row, d) : 0.f;
-      }
-#pragma unroll
-      for (int i = 0; i < kHeadTile; ++i) {
-        if (i >= nh) break;
-        float s = 0.f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) s += qr[i][e] * kf[e];
-        s = warp_sum(s) * scale;
-        const float m_new = fmaxf(m[i], s);
-        const float corr = expf(m[i] - m_new), p = expf(s - m_new);
-        l[i] = l[i] * corr + p;
-#pragma unroll
-        for (int e = 0; e < E; ++e) acc[i][e] = acc[i][e] * corr + p * vf[e];
-        m[i] = m_new;
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kHeadTile; ++i) {
-      if (lane == 0) {
-        s_m[warp * kHeadTile + i] = m[i];
-        s_l[warp * kHeadTile + i] = l[i];
-      }
-#pragma unroll
-      for (int e = 0; e < E; ++e) s_acc[(warp * kHeadTile + i) * 32 * E + lane + 32 * e] = acc[i][e];
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < nh * hd; idx += blockDim.x) {
-      const int i = idx / hd, d = idx % hd;
-      float mx = -INFINITY;
-      for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, s_m[w * kHeadTile + i]);
-      float sum = 0.f, o = 0.f;
-      for (int w = 0; w < kAttnWarps; ++w) {
-        const float mw = s_m[w * kHeadTile + i];
-        if (mw == -INFINITY) continue;  // this warp saw no key
-        const float f = expf(mw - mx);
-        sum += s_l[w * kHeadTile + i] * f;
-        o += s_acc[(w * kHeadTile + i) * 32 * E + d] * f;
-      }
-      out[((int64_t)r * num_heads + kvh * group + h0 + i) * hd + d] = from_float<T>(o / sum);
-    }
-    __syncthreads();
-  }
-}
-
 template <class T>
 cudaError_t rope_dispatch(void* q, const void* k, const void* v, const StepMeta& meta, const float* inv_freq,
                           int rows, int num_heads, const KvView& c, cudaStream_t stream) {
@@ -296,28 +185,6 @@ cudaError_t rope_dispatch(void* q, const void* k, const void* v, const StepMeta&
     default: return cudaErrorInvalidValue;
   }
 #undef VLM_ROPE_CASE
-  return cudaGetLastError();
-}
-
-template <class T>
-cudaError_t attention_dispatch(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
-                               int sliding_window, const KvView& c, cudaStream_t stream) {
-  const dim3 grid(rows, c.kv_heads), block(32 * kAttnWarps);
-  const int E = (c.head_dim + 31) / 32;
-  const size_t smem = sizeof(float) * kAttnWarps * kHeadTile * (2 + 32 * E);
-#define VLM_ATTN_CASE(E)                                                                                   \
-  case E:                                                                                                  \
-    if (smem > 48 * 1024)                                                                                  \
-      cudaFuncSetAttribute(attention_kernel<T, E>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem); \
-    attention_kernel<T, E><<<grid, block, smem, stream>>>(static_cast<const T*>(q), static_cast<T*>(out), meta, \
-                                                          num_heads, sliding_window, c);                  \
-    break;
-  switch (E) {
-    VLM_ATTN_CASE(1) VLM_ATTN_CASE(2) VLM_ATTN_CASE(3) VLM_ATTN_CASE(4)
-    VLM_ATTN_CASE(5) VLM_ATTN_CASE(6) VLM_ATTN_CASE(7) VLM_ATTN_CASE(8)
-    default: return cudaErrorInvalidValue;
-  }
-#undef VLM_ATTN_CASE
   return cudaGetLastError();
 }
 
@@ -382,14 +249,6 @@ cudaError_t rope_and_cache_write(ActType act, void* q, const void* k, const void
   return act == ActType::F16
              ? rope_dispatch<__half>(q, k, v, meta, inv_freq, rows, num_heads, cache, stream)
              : rope_dispatch<__nv_bfloat16>(q, k, v, meta, inv_freq, rows, num_heads, cache, stream);
-}
-
-cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
-                            int sliding_window, const KvView& cache, cudaStream_t stream) {
-  if (rows == 0) return cudaSuccess;
-  return act == ActType::F16
-             ? attention_dispatch<__half>(q, out, meta, rows, num_heads, sliding_window, cache, stream)
-             : attention_dispatch<__nv_bfloat16>(q, out, meta, rows, num_heads, sliding_window, cache, stream);
 }
 
 }  // namespace cuda

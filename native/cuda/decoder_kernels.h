@@ -1,7 +1,8 @@
 // Host entry points of the decoder's CUDA kernels other than the GEMMs:
 // embedding lookup and image-embedding splice, RMSNorm fused with the
 // residual add, SiLU·up, bias, RoPE fused with the KV-cache write (and its
-// quantization), and paged attention over the (quantized) cache.
+// quantization) in decoder_kernels.cu, and paged attention over the
+// (quantized) cache in paged_attention.cu.
 //
 // Conventions: activations are row-major in the compute type `act` (fp16 or
 // bf16); the residual stream h stays in fp32 so that a long stack of layers
@@ -66,8 +67,14 @@ cudaError_t rope_and_cache_write(ActType act, void* q, const void* k, const void
                                  cudaStream_t stream);
 // Causal (optionally sliding-window) attention of each row over the cache
 // positions [0, position] of its request; q/out [rows][num_heads*head_dim].
+// max_context: the largest position + 1 of the step's rows. Steps with few
+// rows split the keys over more blocks and need the workspace below
+// (paged_attention.cu).
+int64_t paged_attention_workspace_bytes(int rows, int num_heads, int head_dim, int kv_heads, int max_context,
+                                        int num_sms);
 cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
-                            int sliding_window, const KvView& cache, cudaStream_t stream);
+                            int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
+                            cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace vlm
