@@ -11,6 +11,9 @@
 // vlm::Error, which the engine reports on the requests of the failed step.
 #include <cuda_runtime.h>
 #include <omp.h>
+#if VLM_HAVE_CUBLAS
+#include <cublas_v2.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -217,6 +220,10 @@ class CudaRunner final : public StepRunner {
                                    "multiples of 8");
     VLM_CHECK(p_.head_dim <= 256, VLM_ERR_UNSUPPORTED, "the CUDA backend takes head_dim <= 256");
     VLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+#if VLM_HAVE_CUBLAS
+    VLM_CHECK(cublasCreate(&blas_) == CUBLAS_STATUS_SUCCESS, VLM_ERR_INTERNAL, "cublasCreate failed");
+    VLM_CHECK(cublasSetStream(blas_, stream_) == CUBLAS_STATUS_SUCCESS, VLM_ERR_INTERNAL, "cublasSetStream failed");
+#endif
 
     upload_linear(model.embed_table(), bf16_, embed_);
     if (!p_.tie_word_embeddings) upload_linear(model.lm_head(), bf16_, lm_head_);
@@ -240,6 +247,9 @@ class CudaRunner final : public StepRunner {
   }
 
   ~CudaRunner() override {
+#if VLM_HAVE_CUBLAS
+    if (blas_) cublasDestroy(blas_);
+#endif
     if (stream_) {
       cudaStreamSynchronize(stream_);
       cudaStreamDestroy(stream_);
@@ -347,8 +357,9 @@ class CudaRunner final : public StepRunner {
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, final_norm_.as<float>(), meta_logit_rows_, R, H,
                                         p_.rms_norm_eps, x_.as(), stream_));
       const DeviceLinear& head = p_.tie_word_embeddings ? embed_ : lm_head_;
-      VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
-                                       logits_d_.as(), true, stream_));
+      if (!dense_gemm(head, x_.as(), R, logits_d_.as(), true))
+        VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
+                                         logits_d_.as(), true, stream_));
       VLM_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
                                      stream_));
     }
@@ -376,8 +387,30 @@ class CudaRunner final : public StepRunner {
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
+    if (!l.group && dense_gemm(l, x, M, y, false)) {
+      if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
+      return;
+    }
     VLM_CUDA_CHECK(cuda::simt_linear(act_, x, M, l.in, l.out, {l.w.as(), l.scale.as<float>(), l.nzs.as<float>(), l.group},
                                      l.bias.bytes() ? l.bias.as<float>() : nullptr, y, false, stream_));
+  }
+
+  // y = x · Wᵀ for dense weights through cuBLAS (fp32 accumulation); false where
+  // the build has no cuBLAS, and the library's own kernel runs instead.
+  bool dense_gemm(const DeviceLinear& l, const void* x, int M, void* y, bool y_f32) {
+#if VLM_HAVE_CUBLAS
+    const float one = 1.f, zero = 0.f;
+    const cudaDataType_t t = bf16_ ? CUDA_R_16BF : CUDA_R_16F;
+    // Column-major view: yᵀ [N][M] = W [N][K] (stored as Kx N column-major, so transposed) · xᵀ [K][M].
+    const cublasStatus_t st =
+        cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, l.out, M, l.in, &one, l.w.as(), t, l.in, x, t, l.in, &zero, y,
+                     y_f32 ? CUDA_R_32F : t, l.out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    VLM_CHECK(st == CUBLAS_STATUS_SUCCESS, VLM_ERR_INTERNAL, "cublasGemmEx failed with status " << (int)st);
+    return true;
+#else
+    (void)l, (void)x, (void)M, (void)y, (void)y_f32;
+    return false;
+#endif
   }
 
   // One host array, one copy: tokens, positions, slots, row segments, table
@@ -428,6 +461,9 @@ class CudaRunner final : public StepRunner {
   bool bf16_ = false;
   ActType act_ = ActType::F16;
   cudaStream_t stream_ = nullptr;
+#if VLM_HAVE_CUBLAS
+  cublasHandle_t blas_ = nullptr;
+#endif
 
   DeviceLinear embed_, lm_head_;
   DeviceBuffer final_norm_, inv_freq_;

@@ -23,8 +23,10 @@ namespace cuda {
 namespace {
 
 constexpr int kWarps = 4;
+constexpr int kKeys = 4;             // keys a warp loads per iteration
 constexpr int kMaxSplits = 32;
-constexpr int kMinKeysPerSplit = 64;
+constexpr int kMinKeysPerSplit = 32;
+constexpr int kBlocksPerSm = 8;      // split the keys until the grid has about this many blocks per SM
 
 struct Split {
   int splits, chunk;  // key slices per (row, kv head) and keys per slice
@@ -60,24 +62,34 @@ __global__ void __launch_bounds__(kWarps * 32)
         acc[i][e] = 0.f;
       }
     }
-    for (int j = first + warp; j <= last; j += kWarps) {
-      const int64_t row = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
-      float kf[E], vf[E];
-      load_kv_row<E>(c, c.k, c.k_sz, row, lane, kf);
-      load_kv_row<E>(c, c.v, c.v_sz, row, lane, vf);
+    // kKeys keys per warp and iteration: their table, K and V loads are all in flight
+    // together (one key at a time leaves each warp waiting on a chain of loads).
+    for (int j0 = first + warp * kKeys; j0 <= last; j0 += kWarps * kKeys) {
+      float kf[kKeys][E], vf[kKeys][E];
 #pragma unroll
-      for (int i = 0; i < GT; ++i) {
-        if (i < nh) {
-          float s = 0.f;
+      for (int u = 0; u < kKeys; ++u) {
+        const int j = min(j0 + u, last);
+        const int64_t row = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
+        load_kv_row<E>(c, c.k, c.k_sz, row, lane, kf[u]);
+        load_kv_row<E>(c, c.v, c.v_sz, row, lane, vf[u]);
+      }
 #pragma unroll
-          for (int e = 0; e < E; ++e) s += qr[i][e] * kf[e];
-          s = warp_sum(s);
-          const float m_new = fmaxf(m[i], s);
-          const float corr = __expf(m[i] - m_new), p = __expf(s - m_new);
-          l[i] = l[i] * corr + p;
+      for (int u = 0; u < kKeys; ++u) {
+        if (j0 + u > last) break;
 #pragma unroll
-          for (int e = 0; e < E; ++e) acc[i][e] = acc[i][e] * corr + p * vf[e];
-          m[i] = m_new;
+        for (int i = 0; i < GT; ++i) {
+          if (i < nh) {
+            float s = 0.f;
+#pragma unroll
+            for (int e = 0; e < E; ++e) s += qr[i][e] * kf[u][e];
+            s = warp_sum(s);
+            const float m_new = fmaxf(m[i], s);
+            const float corr = __expf(m[i] - m_new), p = __expf(s - m_new);
+            l[i] = l[i] * corr + p;
+#pragma unroll
+            for (int e = 0; e < E; ++e) acc[i][e] = acc[i][e] * corr + p * vf[u][e];
+            m[i] = m_new;
+          }
         }
       }
     }
@@ -135,11 +147,11 @@ __global__ void merge_splits_kernel(const float* partial, T* out, int num_heads,
 Split plan_split(int rows, int kv_heads, int max_context, int num_sms) {
   const int blocks = rows * kv_heads;
   int splits = 1;
-  if (blocks < 2 * num_sms)
-    splits = std::min({kMaxSplits, (2 * num_sms + blocks - 1) / blocks,
+  if (blocks < kBlocksPerSm * num_sms)
+    splits = std::min({kMaxSplits, (kBlocksPerSm * num_sms + blocks - 1) / blocks,
                        std::max(1, max_context / kMinKeysPerSplit)});
   const int chunk = (max_context + splits - 1) / splits;
-  return {splits, (chunk + kWarps - 1) / kWarps * kWarps};
+  return {splits, (chunk + kWarps * kKeys - 1) / (kWarps * kKeys) * (kWarps * kKeys)};
 }
 
 template <class T, int E, int GT>
