@@ -226,7 +226,14 @@ def run_stack(a: argparse.Namespace) -> int:
             await lm[0].start()
 
         async def load() -> None:
-            await asyncio.gather(vision.load(), lm[0].load())
+            # transformers resolves its names lazily and not thread-safely: two loader threads
+            # importing it for the first time at once can fail with "cannot import name". Resolve
+            # what both loaders use here, on one thread, first.
+            from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer  # noqa: F401
+
+            # The LM goes SERVING only once the vision service it calls is SERVING too.
+            await asyncio.gather(vision.load(), lm[0].load(go_serving=False))
+            await lm[0].set_serving()
 
         async def stop() -> None:
             if lm:

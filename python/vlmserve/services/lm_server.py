@@ -78,7 +78,9 @@ class LmServer:
     async def start(self) -> int:
         return await self.grpc.start()
 
-    async def load(self) -> None:
+    async def load(self, go_serving: bool = True) -> None:
+        """Loads and warms up the engine; then health SERVING unless go_serving is False (the
+        stack first waits for its vision service too, then calls set_serving())."""
         loop = asyncio.get_running_loop()
         log.info("loading language model", extra={"fields": {"model": str(self.model)}})
 
@@ -97,8 +99,12 @@ class LmServer:
         core = await loop.run_in_executor(None, build)
         self.metrics.watch(core.engine)
         self._core = core
+        if go_serving:
+            await self.set_serving()
+
+    async def set_serving(self) -> None:
         await self.grpc.set_serving(True)
-        log.info("serving", extra={"fields": {"family": core.engine.spec.family, "port": self.port,
+        log.info("serving", extra={"fields": {"family": self._core.engine.spec.family, "port": self.port,
                                               "vision": self.limits.vision_addr}})
 
     async def stop(self) -> None:

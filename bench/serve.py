@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""Serving benchmark: the vision + LM gRPC stack under N concurrent image chats, against transformers.
+
+For each variant (fp16, w4a16, w4a16 + int8 KV, w4a16 + int4 KV) and each --vision-max-batch-size,
+the stack is started in its own process (`vlmserve serve stack`, free local ports) and driven at
+every concurrency level by that many client threads, each streaming one Chat after another: one
+512×512 photo (data/images, resized) and a short prompt, a fixed number of output tokens with EOS
+ignored. Recorded per level: out tokens/s, requests/s, TTFT p50/p90/p99 and inter-token latency
+p50/p99 as the client sees them, failed requests, the service's own time breakdown (queue, vision,
+prefill, decode), the vision service's mean batch size and encode time (its Prometheus metrics),
+and GPU memory in use (nvidia-smi). The w4a16 checkpoints come from `vlmserve lite auto_awq`.
+The peer, transformers `generate` on the same checkpoint, image and output length with batch =
+concurrency, runs in the same invocation. Writes JSON, a markdown document and PNG plots; exits
+with status 1 when any request failed, and at once when the stack dies.
+
+    python3 bench/serve.py --model-name internvl-2b --out-dir docs/benchmarks/serving   # a GPU machine
+    python3 bench/serve.py --smoke --out-dir /tmp/serve-smoke                          # CPU, a minute
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serving.load import run_level  # noqa: E402
+from serving.models import SIZES, describe, write_model  # noqa: E402
+from serving.report import markdown, plots  # noqa: E402
+from serving.stack import StackProcess  # noqa: E402
+
+VARIANTS = {"fp16": ("dense", "auto"), "w4a16": ("awq", "auto"), "w4a16-kv8": ("awq", "int8"),
+            "w4a16-kv4": ("awq", "int4")}
+PROMPT = "Describe this image in detail."
+CLI = [sys.executable, "-c", "import sys; from vlmserve.cli import main; sys.exit(main())"]
+
+
+def log(msg: str) -> None:
+    print(f"[serve] {msg}", file=sys.stderr, flush=True)
+
+
+def image_bytes(path: Path, size: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def quantize(src: Path, dst: Path, a) -> Path:
+    if (dst / "config.json").is_file():
+        return dst
+    log(f"quantizing {src} -> {dst}")
+    subprocess.run(CLI + ["lite", "auto_awq", str(src), "--work-dir", str(dst), "--w-group-size", str(a.awq_group),
+                          "--calib-samples", str(a.calib_samples), "--calib-seqlen", str(a.calib_seqlen)],
+                   check=True, cwd=ROOT)
+    return dst
+
+
+def gpu_memory_gib() -> float | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return float(out.strip().splitlines()[0]) / 1024
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
+
+
+def histogram_delta(before: dict, after: dict, name: str) -> float | None:
+    n = after.get(f"{name}_count", 0) - before.get(f"{name}_count", 0)
+    return (after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)) / n if n > 0 else None
+
+
+def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: bytes, out_dir: Path) -> dict:
+    from tqdm.auto import tqdm
+
+    flags = ["--engine-device", a.engine_device, "--kv-cache-dtype", kv, "--vision-max-batch-size", str(vision_batch),
+             "--max-batch-size", str(max(a.concurrency)), "--log-level", "warning", *a.stack_flag]
+    label = f"{name} vision-batch {vision_batch}"
+    levels = []
+
+    from vlmserve.services import protos
+
+    common = protos.common()
+
+    def make_request(pb):
+        parts = [pb.ContentPart(image=common.ImageInput(data=image, mime_type="image/png")), pb.ContentPart(text=PROMPT)]
+        return pb.ChatRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content=parts)],
+                              params=pb.SamplingParams(max_tokens=a.output_tokens, ignore_eos=True))
+
+    log(f"{label}: starting the stack ({model.name}, KV {kv})")
+    with StackProcess(model, flags, out_dir / "logs" / f"{a.stem}_{name}_vb{vision_batch}.log") as stack:
+        for c in a.concurrency:
+            n = a.requests_per_level or max(2 * c, 8)
+            run_level(stack.address, make_request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive)
+            before = stack.scrape(stack.vision_metrics_url)
+            with tqdm(total=n, desc=f"{label} c={c}", unit="req", leave=False, disable=not sys.stderr.isatty()) as bar:
+                result = run_level(stack.address, make_request, c, n, a.timeout, progress=bar,
+                                   alive=stack.check_alive)
+            after = stack.scrape(stack.vision_metrics_url)
+            s = result.summary(a.output_tokens)
+            s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")
+            s["vision_encode_mean_s"] = histogram_delta(before, after, "vlmserve_vision_encode_seconds")
+            s["gpu_memory_gib"] = gpu_memory_gib()
+            levels.append(s)
+            ttft = "" if s["ttft_p50_s"] is None else f", TTFT p50 {s['ttft_p50_s'] * 1e3:.0f} ms"
+            log(f"{label} c={c}: {s['out_tok_s']:.1f} out tok/s{ttft}, {s['failed']} failed of {s['requests']}")
+            if s["failed"]:
+                log(f"  errors: {s['errors']}")
+    return {"name": label, "flags": flags, "levels": levels}
+
+
+def run_peer(model: Path, a, image: bytes) -> list[dict]:
+    """transformers generate on the same checkpoint: batch = each of --peer-batches."""
+    import torch
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText
+
+    from vlmserve.prompt_builder import Layout, PromptBuilder
+    from vlmserve.vision.encoder import VisionEncoder
+
+    device = "cuda" if torch.cuda.is_available() and a.engine_device != "cpu" else "cpu"
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    img = Image.open(io.BytesIO(image)).convert("RGB")
+    encoder = VisionEncoder(model)
+    encoder.warmup()
+    lay = encoder.prepare(img).layout
+    # The vision service's own processor settings (tiling), so both see the same tiles.
+    pixels = encoder.image_processor(images=[img], return_tensors="pt", **encoder.processor_kwargs)["pixel_values"]
+    del encoder
+    layout = Layout(lay.num_tokens, lay.tokens_per_tile, lay.grid_rows, lay.grid_cols, lay.has_global_tile)
+    builder = PromptBuilder(model, "internvl")
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
+    ids = builder.build(msgs, [layout]).token_ids
+    hf = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()
+    out = []
+    for b in a.peer_batches:
+        input_ids = torch.tensor([ids] * b, device=device)
+        pv = pixels.to(device, dtype).repeat(b, 1, 1, 1)
+
+        def timed(n):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            with torch.no_grad():
+                hf.generate(input_ids=input_ids, pixel_values=pv, attention_mask=torch.ones_like(input_ids),
+                            max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t
+
+        try:
+            timed(2)  # warm-up
+            ttft, total = timed(1), timed(a.output_tokens)
+        except torch.OutOfMemoryError:
+            log(f"transformers batch {b}: out of memory")
+            break
+        out.append({"batch": b, "ttft_s": ttft, "wall_s": total, "out_tok_s": b * a.output_tokens / total})
+        log(f"transformers batch {b}: {out[-1]['out_tok_s']:.1f} out tok/s, TTFT {ttft * 1e3:.0f} ms")
+    return out
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+        return rev.stdout.strip() + (" (uncommitted changes)" if dirty.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
+    ap.add_argument("--model-name", default="internvl-2b", choices=sorted(SIZES))
+    ap.add_argument("--work", type=Path, default=Path(os.environ.get("VLMSERVE_CACHE", Path.home() / ".cache/vlmserve"))
+                    / "bench" / "serve")
+    ap.add_argument("--variants", default="fp16,w4a16,w4a16-kv8,w4a16-kv4")
+    ap.add_argument("--vision-batch", type=ints, default=[16, 1], help="--vision-max-batch-size values")
+    ap.add_argument("--concurrency", type=ints, default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
+    ap.add_argument("--requests-per-level", type=int, default=0, help="0: max(2 x concurrency, 8)")
+    ap.add_argument("--warmup", type=int, default=4, help="warm-up requests per level (at most the concurrency)")
+    ap.add_argument("--output-tokens", type=int, default=128)
+    ap.add_argument("--image", type=Path, default=ROOT / "python/vlmserve/data/images/chelsea.png")
+    ap.add_argument("--image-size", type=int, default=512)
+    ap.add_argument("--engine-device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--awq-group", type=int, default=128)
+    ap.add_argument("--calib-samples", type=int, default=32)
+    ap.add_argument("--calib-seqlen", type=int, default=512)
+    ap.add_argument("--peer-batches", type=ints, default=[1, 16], help="transformers batch sizes (empty: no peer)")
+    ap.add_argument("--no-peer", action="store_true", help="skip transformers")
+    ap.add_argument("--timeout", type=float, default=600.0, help="deadline of one request, seconds")
+    ap.add_argument("--stack-flag", action="append", default=[], help="extra flag for `vlmserve serve stack`")
+    ap.add_argument("--out-dir", type=Path, required=True)
+    ap.add_argument("--stem", default=None, help="file name stem (default: model name)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="toy model on the CPU: fp16 and w4a16, concurrency 1 and 2, 8 tokens (CI)")
+    a = ap.parse_args()
+    if a.smoke:
+        a.model_name, a.variants, a.vision_batch, a.concurrency = "internvl-tiny", "fp16,w4a16", [4], [1, 2]
+        a.output_tokens, a.requests_per_level, a.warmup, a.awq_group = 8, 4, 1, 64
+        a.calib_samples, a.calib_seqlen, a.peer_batches, a.engine_device = 4, 64, [1, 2], "cpu"
+        a.image_size = 64
+    a.stem = a.stem or a.model_name
+    variants = [v for v in a.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    a.out_dir.mkdir(parents=True, exist_ok=True)
+
+    dense = write_model(a.work / a.model_name, a.model_name)
+    models = {"dense": dense}
+    if any(VARIANTS[v][0] == "awq" for v in variants):
+        models["awq"] = quantize(dense, a.work / f"{a.model_name}-awq-g{a.awq_group}", a)
+    image = image_bytes(a.image, a.image_size)
+    device = "cpu"
+    if a.engine_device != "cpu":
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    r = {"meta": {"command": "python3 bench/serve.py " + " ".join(sys.argv[1:]),
+                  "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "device": device, "git": git_revision(), "model_name": a.model_name,
+                  "model_desc": describe(a.model_name), "image": a.image.name, "image_size": a.image_size,
+                  "prompt": PROMPT, "output_tokens": a.output_tokens, "warmup_requests": a.warmup},
+         "variants": [], "peer": []}
+
+    def save() -> None:
+        (a.out_dir / f"{a.stem}.json").write_text(json.dumps(r, indent=2))
+
+    status = 0
+    try:
+        for v in variants:
+            kind, kv = VARIANTS[v]
+            for vb in a.vision_batch:
+                r["variants"].append(run_variant(v, models[kind], kv, vb, a, image, a.out_dir))
+                save()
+        if a.peer_batches and not a.no_peer:
+            r["peer"] = run_peer(dense, a, image)
+    except RuntimeError as e:  # the stack died or never came up: report what was measured, fail
+        log(f"ABORTED: {e}")
+        r["aborted"] = str(e)
+        status = 1
+    save()
+    names = plots(r, a.out_dir, a.stem) if r["variants"] else []
+    (a.out_dir / f"{a.stem}.md").write_text(markdown(r, names)
+                                            + (f"\n**Run aborted:** {r['aborted']}\n" if "aborted" in r else ""))
+    failed = sum(lv["failed"] for v in r["variants"] for lv in v["levels"])
+    if failed:
+        log(f"{failed} request(s) failed: see {a.out_dir / (a.stem + '.md')}")
+        status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

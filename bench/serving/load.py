@@ -1,0 +1,114 @@
+"""The load: `concurrency` client threads, each sending one Chat stream after another (one image and a
+short prompt, a fixed number of output tokens with EOS ignored) until the level's requests are
+done. Every message's arrival time is recorded, so time to first token and inter-token latency are
+what a client sees, gRPC included."""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+
+@dataclass
+class RequestRecord:
+    start: float
+    first_token: float | None = None
+    end: float | None = None
+    tokens: int = 0
+    gaps: list[float] = field(default_factory=list)   # seconds per token after the first, one per token
+    error: str | None = None                          # gRPC status name and message when it failed
+    timings: dict[str, float] = field(default_factory=dict)  # the service's own breakdown, seconds
+
+
+def one_request(stub, pb, request, timeout_s: float) -> RequestRecord:
+    rec = RequestRecord(start=time.perf_counter())
+    last = rec.start
+    try:
+        for msg in stub.Chat(request, timeout=timeout_s):
+            now = time.perf_counter()
+            n = len(msg.token_ids)
+            if n:
+                if rec.first_token is None:
+                    rec.first_token = now
+                    rec.gaps.extend([(now - last) / n] * (n - 1))  # several tokens in the first message
+                else:
+                    rec.gaps.extend([(now - last) / n] * n)
+                rec.tokens += n
+                last = now
+            if msg.HasField("timings"):
+                t = msg.timings
+                rec.timings = {"queue": t.queue_ns / 1e9, "vision": t.vision_ns / 1e9,
+                               "prefill": t.prefill_ns / 1e9, "decode": t.decode_ns / 1e9, "total": t.total_ns / 1e9}
+        rec.end = time.perf_counter()
+    except grpc.RpcError as e:
+        rec.end = time.perf_counter()
+        rec.error = f"{e.code().name}: {e.details()}"
+    return rec
+
+
+@dataclass
+class LevelResult:
+    concurrency: int
+    wall_s: float
+    records: list[RequestRecord]
+
+    def summary(self, expected_tokens: int) -> dict:
+        ok = [r for r in self.records if r.error is None]
+        failed = [r for r in self.records if r.error is not None]
+        ttft = np.array([r.first_token - r.start for r in ok if r.first_token is not None])
+        gaps = np.array([g for r in ok for g in r.gaps])
+        tokens = sum(r.tokens for r in ok)
+
+        def pct(a, q):
+            return float(np.percentile(a, q)) if len(a) else None
+
+        breakdown = {k: float(np.mean([r.timings[k] for r in ok if k in r.timings])) if ok else None
+                     for k in ("queue", "vision", "prefill", "decode", "total")}
+        return {"concurrency": self.concurrency, "requests": len(self.records), "failed": len(failed),
+                "errors": sorted({r.error for r in failed})[:5],
+                "short_outputs": sum(r.tokens != expected_tokens for r in ok),
+                "wall_s": self.wall_s, "out_tok_s": tokens / self.wall_s, "req_s": len(ok) / self.wall_s,
+                "ttft_p50_s": pct(ttft, 50), "ttft_p90_s": pct(ttft, 90), "ttft_p99_s": pct(ttft, 99),
+                "itl_p50_s": pct(gaps, 50), "itl_p99_s": pct(gaps, 99), "mean_service_breakdown_s": breakdown}
+
+
+def run_level(address: str, make_request, concurrency: int, n_requests: int, timeout_s: float,
+              progress=None, alive=None) -> LevelResult:
+    """n_requests Chat streams, at most `concurrency` in flight. alive() raises if the stack died."""
+    from vlmserve.services import protos
+
+    pb = protos.lm()
+    lock = threading.Lock()
+    remaining = [n_requests]
+    records: list[RequestRecord] = []
+    channel = grpc.insecure_channel(address, [("grpc.max_send_message_length", 64 << 20),
+                                              ("grpc.max_receive_message_length", 64 << 20)])
+    stub = protos.lm_grpc().LmServiceStub(channel)
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if remaining[0] == 0:
+                    return
+                remaining[0] -= 1
+            rec = one_request(stub, pb, make_request(pb), timeout_s)
+            with lock:
+                records.append(rec)
+            if progress is not None:
+                progress.update(1)
+
+    start = time.perf_counter()
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(timeout=1.0)
+            if alive is not None:
+                alive()
+    wall = time.perf_counter() - start
+    channel.close()
+    return LevelResult(concurrency, wall, records)

@@ -1,0 +1,99 @@
+"""Seeded random-weight VLMs for the serving benchmark, built locally (nothing is downloaded).
+
+internvl-2b: the size class of Mini-InternVL-Chat-2B: an InternViT-300M-shaped vision tower at 448 px
+  (one tile for a 512×512 image, 256 image tokens after the 0.5 pixel shuffle) and a 1.8B
+  LLaMA-architecture LM with InternLM2-1.8B's dims (ANCHORS.md), in the Hugging Face InternVL layout.
+internvl-tiny: the same code path at toy sizes (the CPU smoke run).
+
+The tokenizer is a byte-level BPE trained here on the shipped WikiText-2 validation text, with the
+family's special tokens; the LM's vocabulary keeps the real model's size (92,544 rows) so the
+embedding and lm_head cost what they would."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+SIZES = {
+    "internvl-2b": dict(vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
+                                    num_attention_heads=16, image_size=[448, 448], patch_size=[14, 14]),
+                        text=dict(vocab_size=92544, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24,
+                                  num_attention_heads=16, num_key_value_heads=8, max_position_embeddings=4096),
+                        image=448, dtype=torch.float16),
+    "internvl-tiny": dict(vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=2, image_size=[32, 32], patch_size=[8, 8]),
+                          text=dict(vocab_size=1536, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
+                          image=32, dtype=torch.float32),
+}
+SPECIAL = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+           "video_token": "<video>"}
+TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '<IMG_CONTEXT>' }}{% else %}{{ part['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}"
+    "{% endif %}")
+
+
+def describe(name: str) -> str:
+    s = SIZES[name]
+    v, t = s["vision"], s["text"]
+    return (f"{name}: InternVL layout, vision tower hidden {v['hidden_size']}, {v['num_hidden_layers']} layers, "
+            f"{s['image']} px; LM hidden {t['hidden_size']}, {t['num_hidden_layers']} layers, "
+            f"{t['num_attention_heads']}/{t['num_key_value_heads']} heads, ffn {t['intermediate_size']}, vocab "
+            f"{t['vocab_size']}; seeded random weights ({str(s['dtype']).replace('torch.', '')})")
+
+
+def _tokenizer(vocab: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from vlmserve.lite.datasets import builtin_path
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *SPECIAL.values()]
+    trainer = trainers.BpeTrainer(vocab_size=min(vocab, 4096), special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = builtin_path("wikitext2", "calibration").read_text(encoding="utf-8")
+    tok.train_from_iterator([text[i:i + 10000] for i in range(0, len(text), 10000)], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>", extra_special_tokens=SPECIAL)
+    fast.chat_template = TEMPLATE
+    return fast
+
+
+def write_model(directory: Path, name: str, seed: int = 0) -> Path:
+    """Writes the checkpoint once (reused when directory/config.json exists)."""
+    import transformers as t
+    from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
+
+    if (directory / "config.json").is_file():
+        return directory
+    s = SIZES[name]
+    tok = _tokenizer(s["text"]["vocab_size"])
+    torch.manual_seed(seed)
+    text = t.LlamaConfig(**s["text"], rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, head_dim=s["text"]["hidden_size"] // s["text"]["num_attention_heads"])
+    cfg = t.InternVLConfig(vision_config=InternVLVisionConfig(**s["vision"]).to_dict(), text_config=text.to_dict(),
+                           image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
+                           tie_word_embeddings=False)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = t.InternVLForConditionalGeneration(cfg)
+    g = torch.Generator(device=model.device).manual_seed(seed)
+    with torch.no_grad():  # weights large enough that activations do not vanish layer after layer
+        for pname, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_((1.0 if "norm" in pname or "lambda" in pname else 0.0)
+                        + 0.02 * torch.randn(p.shape, generator=g, device=p.device))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g, device=p.device) / p.shape[-1] ** 0.5)
+    model = model.to(s["dtype"])
+    ip = t.GotOcr2ImageProcessor(size={"height": s["image"], "width": s["image"]}, crop_to_patches=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    ip.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory

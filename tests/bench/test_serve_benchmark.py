@@ -1,0 +1,47 @@
+"""The serving benchmark's harness on the CPU (numbers not asserted): a smoke run produces every
+report file with no failed request, and a run whose requests fail exits non-zero and says so."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/serve.py"), "--smoke", "--out-dir", str(out),
+                           "--work", str(tmp_path / "work"), *extra], capture_output=True, text=True, timeout=900)
+    return proc, out
+
+
+def test_smoke_run_writes_json_markdown_and_plots(tmp_path):
+    proc, out = run(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "internvl-tiny.json").read_text())
+    assert [v["name"] for v in r["variants"]] == ["fp16 vision-batch 4", "w4a16 vision-batch 4"]
+    for v in r["variants"]:
+        assert [lv["concurrency"] for lv in v["levels"]] == [1, 2]
+        for lv in v["levels"]:
+            assert lv["requests"] == 4 and lv["failed"] == 0 and lv["short_outputs"] == 0
+            assert lv["out_tok_s"] > 0 and lv["ttft_p50_s"] > 0 and lv["itl_p50_s"] is not None
+            assert lv["vision_batch_mean"] >= 1 and lv["mean_service_breakdown_s"]["vision"] > 0
+    assert [p["batch"] for p in r["peer"]] == [1, 2] and all(p["out_tok_s"] > 0 for p in r["peer"])
+    md = (out / "internvl-tiny.md").read_text()
+    assert "0 failed request(s)" in md and "× transformers" in md
+    for png in ("internvl-tiny_throughput.png", "internvl-tiny_ttft.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failed_requests_fail_the_run_and_are_reported(tmp_path):
+    # A context shorter than the image's tokens: the LM service refuses every request.
+    proc, out = run(tmp_path, "--no-peer", "--stack-flag=--max-model-len", "--stack-flag=16")
+    assert proc.returncode == 1
+    assert "request(s) failed" in proc.stderr
+    r = json.loads((out / "internvl-tiny.json").read_text())
+    levels = [lv for v in r["variants"] for lv in v["levels"]]
+    assert levels and all(lv["failed"] == lv["requests"] for lv in levels)
+    assert all(e.startswith("OUT_OF_RANGE") for lv in levels for e in lv["errors"])
+    assert "failed request(s) in this run" in (out / "internvl-tiny.md").read_text()
