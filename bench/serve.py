@@ -171,6 +171,8 @@ def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+        if rev.returncode != 0 or not rev.stdout.strip():
+            return "unknown (not a git checkout)"
         return rev.stdout.strip() + (" (uncommitted changes)" if dirty.strip() else "")
     except OSError:
         return "unknown"
@@ -200,6 +202,7 @@ def main() -> int:
     ap.add_argument("--stack-flag", action="append", default=[], help="extra flag for `vlmserve serve stack`")
     ap.add_argument("--out-dir", type=Path, required=True)
     ap.add_argument("--stem", default=None, help="file name stem (default: model name)")
+    ap.add_argument("--render", action="store_true", help="only rewrite the markdown and plots from the JSON")
     ap.add_argument("--smoke", action="store_true",
                     help="toy model on the CPU: fp16 and w4a16, concurrency 1 and 2, 8 tokens (CI)")
     a = ap.parse_args()
@@ -209,6 +212,10 @@ def main() -> int:
         a.calib_samples, a.calib_seqlen, a.peer_batches, a.engine_device = 4, 64, [1, 2], "cpu"
         a.image_size = 64
     a.stem = a.stem or a.model_name
+    if a.render:
+        r = json.loads((a.out_dir / f"{a.stem}.json").read_text())
+        (a.out_dir / f"{a.stem}.md").write_text(markdown(r, plots(r, a.out_dir, a.stem)))
+        return 0
     variants = [v for v in a.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
