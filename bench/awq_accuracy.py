@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from run_info import cpu_model, git_revision
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "import sys; from vlmserve.cli import main; sys.exit(main())"]
 GROUP = 64
@@ -117,22 +119,6 @@ def verdicts(r: dict) -> list[dict]:
                     "ratio": q["wall_s"] / QUANT_TIME_TARGET_S, "met": q["wall_s"] < QUANT_TIME_TARGET_S,
                     "value": f"{q['wall_s']:.0f} s"})
     return out
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 def render(r: dict) -> str:

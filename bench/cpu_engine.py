@@ -41,6 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from run_info import cpu_model, git_revision
+
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("engine-fp32", "engine-fp16", "engine-awq", "hf-fp32")
 BASELINE = "hf-fp32"
@@ -216,22 +218,6 @@ def make_prompts(ckpt: Path, s: dict) -> dict:
     for b in BATCHES:
         out[f"decode_b{b}"] = [[take(s["short_len"]) for _ in range(b)] for _ in range(runs)]
     return out
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        return rev.strip() + (" (uncommitted changes)" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 def speedups(results: dict) -> dict:

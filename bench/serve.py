@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
+from run_info import git_revision  # noqa: E402
 from serving.load import run_level  # noqa: E402
 from serving.models import SIZES, describe, write_model  # noqa: E402
 from serving.report import markdown, plots  # noqa: E402
@@ -165,17 +166,6 @@ def run_peer(model: Path, a, image: bytes) -> list[dict]:
         out.append({"batch": b, "ttft_s": ttft, "wall_s": total, "out_tok_s": b * a.output_tokens / total})
         log(f"transformers batch {b}: {out[-1]['out_tok_s']:.1f} out tok/s, TTFT {ttft * 1e3:.0f} ms")
     return out
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        if rev.returncode != 0 or not rev.stdout.strip():
-            return "unknown (not a git checkout)"
-        return rev.stdout.strip() + (" (uncommitted changes)" if dirty.strip() else "")
-    except OSError:
-        return "unknown"
 
 
 def main() -> int:

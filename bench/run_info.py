@@ -1,0 +1,26 @@
+"""What every benchmark records about where it ran: the CPU and the source revision."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def git_revision() -> str:
+    """Short commit, marked when the working tree differs from it."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
+    except OSError:
+        return "unknown"
+    if rev.returncode != 0 or not rev.stdout.strip():
+        return "unknown (not a git checkout)"
+    return rev.stdout.strip() + (" (uncommitted changes)" if dirty.strip() else "")
