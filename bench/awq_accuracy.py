@@ -132,6 +132,7 @@ def render(r: dict) -> str:
         f"- Date: {m['date']}",
         f"- CPU: {m['cpu']}, {m['cores']} cores; load average at start {m['load_average']:.2f}",
         f"- torch {m['torch']}, transformers {m['transformers']}; vlmserve revision {m['git']}",
+        *([f"- Note: {m['note']}"] if m.get("note") else []),
         "- Baseline (\"fp16\" in the issue): the checkpoint vlmserve builds from SmolLM2-135M-Instruct's Q4_1 GGUF "
         "(`default_model.py`), i.e. those dequantized weights, kept in fp32. Its perplexity is therefore already "
         "that of a 4-bit (g32) model; w4a16 below quantizes those weights a second time.",
