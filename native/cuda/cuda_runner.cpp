@@ -191,16 +191,6 @@ bool is_bf16_model(const Model& m) {
   return m.embed_table().kind == WeightKind::BF16;
 }
 
-int64_t kv_row_bytes(int dtype, int head_dim) {
-  switch (dtype) {
-    case VLM_DTYPE_F32: return 4LL * head_dim;
-    case VLM_DTYPE_F16:
-    case VLM_DTYPE_BF16: return 2LL * head_dim;
-    case VLM_DTYPE_I8: return head_dim;
-    default: return (head_dim + 1) / 2;
-  }
-}
-
 class CudaRunner final : public StepRunner {
  public:
   CudaRunner(const Model& model, int device) : p_(model.params()), device_(device) {
@@ -274,7 +264,7 @@ class CudaRunner final : public StepRunner {
     block_size_ = block_size;
     num_blocks_ = num_blocks;
     const int64_t rows = num_blocks * p_.num_kv_heads * block_size;
-    const int64_t row_bytes = kv_row_bytes(kv_dtype, p_.head_dim);
+    const int64_t row_bytes = KvCache::row_bytes(kv_dtype, p_.head_dim);
     const bool quantized = kv_dtype == VLM_DTYPE_I8 || kv_dtype == VLM_DTYPE_I4;
     cache_.resize(p_.num_layers);
     for (LayerCache& c : cache_) {
@@ -373,7 +363,7 @@ class CudaRunner final : public StepRunner {
 
   cuda::KvView kv_view(int layer) {
     LayerCache& c = cache_[layer];
-    return {kv_dtype_, block_size_, p_.num_kv_heads, p_.head_dim, (int)kv_row_bytes(kv_dtype_, p_.head_dim),
+    return {kv_dtype_, block_size_, p_.num_kv_heads, p_.head_dim, (int)KvCache::row_bytes(kv_dtype_, p_.head_dim),
             c.k.as(), c.v.as(), c.k_sz.as(), c.v_sz.as()};
   }
 

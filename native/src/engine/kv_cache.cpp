@@ -8,9 +8,8 @@
 #include "common/numeric.h"
 
 namespace vlm {
-namespace {
 
-int64_t row_bytes_for(int dtype, int head_dim) {
+int64_t KvCache::row_bytes(int dtype, int head_dim) {
   switch (dtype) {
     case VLM_DTYPE_F32: return 4LL * head_dim;
     case VLM_DTYPE_F16:
@@ -20,6 +19,8 @@ int64_t row_bytes_for(int dtype, int head_dim) {
   }
   VLM_CHECK_ARG(false, "unsupported KV cache dtype " << dtype);
 }
+
+namespace {
 
 bool quantized(int dtype) { return dtype == VLM_DTYPE_I8 || dtype == VLM_DTYPE_I4; }
 
@@ -54,7 +55,7 @@ void kv_quantize(const float* x, int n, int bits, uint8_t* codes, uint16_t* scal
 
 KvCache::KvCache(int num_layers, int64_t num_blocks, int block_size, int kv_heads, int head_dim, int dtype)
     : num_layers_(num_layers), block_size_(block_size), kv_heads_(kv_heads), head_dim_(head_dim),
-      dtype_(dtype), num_blocks_(num_blocks), row_bytes_(row_bytes_for(dtype, head_dim)) {
+      dtype_(dtype), num_blocks_(num_blocks), row_bytes_(row_bytes(dtype, head_dim)) {
   const int64_t rows = num_blocks * kv_heads * block_size;
   for (int l = 0; l < num_layers; ++l) {
     k_.push_back(zeroed(rows * row_bytes_));
@@ -73,7 +74,7 @@ KvCache::Buffer KvCache::zeroed(int64_t bytes) {
 
 int64_t KvCache::bytes_per_block(int num_layers, int block_size, int kv_heads, int head_dim, int dtype) {
   const int64_t rows = (int64_t)block_size * kv_heads;
-  const int64_t per_row = row_bytes_for(dtype, head_dim) + (quantized(dtype) ? 4 : 0);
+  const int64_t per_row = row_bytes(dtype, head_dim) + (quantized(dtype) ? 4 : 0);
   return 2 * num_layers * rows * per_row;
 }
 

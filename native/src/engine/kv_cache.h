@@ -19,6 +19,8 @@ class KvCache {
  public:
   KvCache(int num_layers, int64_t num_blocks, int block_size, int kv_heads, int head_dim, int dtype);
 
+  // Bytes of one head's row of `head_dim` values stored as `dtype` (without its scale pair).
+  static int64_t row_bytes(int dtype, int head_dim);
   // Bytes one block costs across all layers (K and V, data and scales).
   static int64_t bytes_per_block(int num_layers, int block_size, int kv_heads, int head_dim, int dtype);
 
