@@ -153,6 +153,9 @@ def render(r: dict) -> str:
                                                                     else "**not met**"))
         lines.append(f"| {row} | {v['weights']} | {kv if kv != 'auto' else 'fp32'} | {ppl[row]:.4f} | "
                      f"{ppl[row] / ppl['fp32']:.4f} | {'' if base is None else f'{ppl[row] / ppl[base]:.4f}'} | {tgt} |")
+    for x in r.get("extra_evals", []):  # later single measurements, same evaluation settings
+        lines.append(f"| {x['row']} | {x['weights']} | {x['kv']} | {x['perplexity']:.4f} | "
+                     f"{x['perplexity'] / ppl['fp32']:.4f} | | {x['note']} |")
     lines += ["", "## Quantization time and memory (this CPU, one process each)", "",
               "| run | flags | wall s | peak RSS GiB | load average after | mean layer rel. error | "
               "layers where the search won |",
@@ -180,8 +183,9 @@ def render(r: dict) -> str:
                   "1.08×. Group 64 is the finest group this model allows besides 32 (its hidden size 576 rules out "
                   "128). The baseline weights are themselves dequantized Q4_1 (group 32, float zero point), so "
                   "w4a16 rounds them a second time on a grid that does not line up with theirs. Smoothing and "
-                  "clipping (AWQ) leave the rounding itself untouched; error-compensating rounding (GPTQ) or group "
-                  "32 are the next steps to measure."]
+                  "clipping (AWQ) leave the rounding itself untouched."
+                  + "".join(f" {x['row']}: {x['perplexity'] / ppl['fp32']:.4f}× (table)." for x in r.get("extra_evals", []))
+                  + " Error-compensating rounding (GPTQ) is the next step to measure."]
     missed_kv = [row for row, _, kv, base, t in EVALS if kv != "auto" and t and ppl[row] / ppl[base] > t]
     if missed_kv:
         lines += ["", "### Why a KV-cache target is missed", "",
