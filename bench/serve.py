@@ -14,6 +14,7 @@ concurrency, runs in the same invocation. Writes JSON, a markdown document and P
 with status 1 when any request failed, and at once when the stack dies.
 
     python3 bench/serve.py --model-name internvl-2b --out-dir docs/benchmarks/serving   # a GPU machine
+    python3 bench/serve.py --model-name llava-7b --out-dir docs/benchmarks/serving      # model (b)
     python3 bench/serve.py --smoke --out-dir /tmp/serve-smoke                          # CPU, a minute
 """
 from __future__ import annotations
@@ -137,7 +138,7 @@ def run_peer(model: Path, a, image: bytes) -> list[dict]:
     pixels = encoder.image_processor(images=[img], return_tensors="pt", **encoder.processor_kwargs)["pixel_values"]
     del encoder
     layout = Layout(lay.num_tokens, lay.tokens_per_tile, lay.grid_rows, lay.grid_cols, lay.has_global_tile)
-    builder = PromptBuilder(model, "internvl")
+    builder = PromptBuilder(model, SIZES[a.model_name]["family"])
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
     ids = builder.build(msgs, [layout]).token_ids
     hf = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()
@@ -194,10 +195,12 @@ def main() -> int:
     ap.add_argument("--stem", default=None, help="file name stem (default: model name)")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown and plots from the JSON")
     ap.add_argument("--smoke", action="store_true",
-                    help="toy model on the CPU: fp16 and w4a16, concurrency 1 and 2, 8 tokens (CI)")
+                    help="the model's family at toy size on the CPU: fp16 and w4a16, concurrency 1 and 2, 8 tokens (CI)")
     a = ap.parse_args()
     if a.smoke:
-        a.model_name, a.variants, a.vision_batch, a.concurrency = "internvl-tiny", "fp16,w4a16", [4], [1, 2]
+        # The chosen model's family at toy size.
+        a.model_name = SIZES[a.model_name]["family"] + "-tiny"
+        a.variants, a.vision_batch, a.concurrency = "fp16,w4a16", [4], [1, 2]
         a.output_tokens, a.requests_per_level, a.warmup, a.awq_group = 8, 4, 1, 64
         a.calib_samples, a.calib_seqlen, a.peer_batches, a.engine_device = 4, 64, [1, 2], "cpu"
         a.image_size = 64

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -17,10 +19,12 @@ def run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]
     return proc, out
 
 
-def test_smoke_run_writes_json_markdown_and_plots(tmp_path):
-    proc, out = run(tmp_path)
+@pytest.mark.parametrize("model", ["internvl-2b", "llava-7b"])
+def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model):
+    proc, out = run(tmp_path, "--model-name", model)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    r = json.loads((out / "internvl-tiny.json").read_text())
+    stem = model.split("-")[0] + "-tiny"
+    r = json.loads((out / f"{stem}.json").read_text())
     assert [v["name"] for v in r["variants"]] == ["fp16 vision-batch 4", "w4a16 vision-batch 4"]
     for v in r["variants"]:
         assert [lv["concurrency"] for lv in v["levels"]] == [1, 2]
@@ -29,9 +33,9 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path):
             assert lv["out_tok_s"] > 0 and lv["ttft_p50_s"] > 0 and lv["itl_p50_s"] is not None
             assert lv["vision_batch_mean"] >= 1 and lv["mean_service_breakdown_s"]["vision"] > 0
     assert [p["batch"] for p in r["peer"]] == [1, 2] and all(p["out_tok_s"] > 0 for p in r["peer"])
-    md = (out / "internvl-tiny.md").read_text()
+    md = (out / f"{stem}.md").read_text()
     assert "0 failed request(s)" in md and "× transformers" in md
-    for png in ("internvl-tiny_throughput.png", "internvl-tiny_ttft.png"):
+    for png in (f"{stem}_throughput.png", f"{stem}_ttft.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
