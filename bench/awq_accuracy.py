@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_info import cpu_model, git_revision
+from run_info import cpu_model, git_revision, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-c", "import sys; from vlmserve.cli import main; sys.exit(main())"]
@@ -212,13 +212,6 @@ def render(r: dict) -> str:
         lines.append("Not measured yet: on a GPU machine run `PYTHONPATH=python python3 bench/awq_quantize_gpu.py "
                      "--search-scale`, then `.venv/bin/python bench/awq_accuracy.py --render`.")
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main() -> int:

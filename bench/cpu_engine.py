@@ -41,7 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from run_info import cpu_model, git_revision
+from run_info import cpu_model, git_revision, write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANTS = ("engine-fp32", "engine-fp16", "engine-awq", "hf-fp32")
@@ -252,13 +252,6 @@ def table(results: dict, ratios: dict, s: dict) -> str:
         lines.append(f"| {v} | {r['weights']} | {r['prefill_ms']:.1f} | {r['decode_tok_s']['1']:.1f} "
                      f"| {r['decode_tok_s']['8']:.1f} | {fmt('prefill')} | {fmt('decode_b1')} | {fmt('decode_b8')} |")
     return "\n".join(lines)
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from run_info import write_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 HBM_BYTES_PER_S = 2.93e12
@@ -222,8 +223,7 @@ def main() -> int:
                         "hbm_bytes_per_s": HBM_BYTES_PER_S}, "rows": []}
 
     def save():
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(results, indent=2))
+        write_atomic(a.out, json.dumps(results, indent=2))
 
     for name in a.models.split(","):
         shape = SHAPES[name]

@@ -1,6 +1,8 @@
-"""What every benchmark records about where it ran: the CPU and the source revision."""
+"""What every benchmark shares: where it ran (the CPU, the source revision) and how it writes results
+(whole files only, so a killed run never leaves half a JSON)."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -24,3 +26,10 @@ def git_revision() -> str:
     if rev.returncode != 0 or not rev.stdout.strip():
         return "unknown (not a git checkout)"
     return rev.stdout.strip() + (" (uncommitted changes)" if dirty.strip() else "")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

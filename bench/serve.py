@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run_info import git_revision  # noqa: E402
+from run_info import git_revision, write_atomic  # noqa: E402
 from serving.load import run_level  # noqa: E402
 from serving.models import SIZES, describe, write_model  # noqa: E402
 from serving.report import markdown, plots  # noqa: E402
@@ -233,7 +233,7 @@ def main() -> int:
          "variants": [], "peer": []}
 
     def save() -> None:
-        (a.out_dir / f"{a.stem}.json").write_text(json.dumps(r, indent=2))
+        write_atomic(a.out_dir / f"{a.stem}.json", json.dumps(r, indent=2))
 
     status = 0
     try:
