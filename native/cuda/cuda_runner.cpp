@@ -6,7 +6,7 @@
 // source of truth) and are converted once at load: dense tensors to the
 // activation type (fp16, or bf16 for bf16 checkpoints), AWQ linears to the
 // tensor-core fragment layout when the shape fits the w4a16 kernel (N a
-// multiple of 256, group 64 or 128), otherwise to the plain 4-bit row layout
+// multiple of 64, group 64 or 128), otherwise to the plain 4-bit row layout
 // of the CUDA-core kernel. Host C++ (compiled by the C++ compiler): errors are
 // vlm::Error, which the engine reports on the requests of the failed step.
 #include <cuda_runtime.h>
@@ -28,6 +28,7 @@
 #include "cuda/decoder_kernels.h"
 #include "cuda/simt_linear.h"
 #include "cuda/w4a16_gemm.h"
+#include "engine/communicator.h"
 #include "engine/kv_cache.h"
 #include "engine/step_runner.h"
 
@@ -88,7 +89,7 @@ bool tensor_cores_enabled() {
 }
 
 bool tensor_core_shape(const Linear& l) {
-  return tensor_cores_enabled() && l.out % 256 == 0 && (l.group_size == 64 || l.group_size == 128) && l.in % l.group_size == 0 &&
+  return tensor_cores_enabled() && l.out % 64 == 0 && (l.group_size == 64 || l.group_size == 128) && l.in % l.group_size == 0 &&
          l.in % 64 == 0;
 }
 
@@ -193,7 +194,8 @@ bool is_bf16_model(const Model& m) {
 
 class CudaRunner final : public StepRunner {
  public:
-  CudaRunner(const Model& model, int device) : p_(model.params()), device_(device) {
+  CudaRunner(const Model& model, int device, Communicator* comm)
+      : p_(model.params()), device_(device), comm_(comm), vocab_out_(model.lm_head().out) {
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess) {
       cudaGetLastError();
@@ -288,7 +290,7 @@ class CudaRunner final : public StepRunner {
   void forward(const StepBatch& b, std::vector<float>& logits) override {
     VLM_CUDA_CHECK(cudaSetDevice(device_));
     const int T = (int)b.tokens.size(), R = (int)b.logit_rows.size();
-    const int H = p_.hidden_size, F = p_.intermediate_size, V = p_.vocab_size;
+    const int H = p_.hidden_size, F = p_.intermediate_size, V = vocab_out_;
     const int nq = p_.num_heads * p_.head_dim, nkv = p_.num_kv_heads * p_.head_dim;
     const size_t a = 2;  // bytes of one activation element (fp16 or bf16)
     h_.reserve((size_t)T * H * 4);
@@ -332,6 +334,7 @@ class CudaRunner final : public StepRunner {
       VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window,
                                            max_context, num_sms_, kv, attn_workspace_.as(), stream_));
       linear(w.o, attn_.as(), T, delta_.as());
+      all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, w.post_norm.as<float>(), nullptr, T, H,
                                         p_.rms_norm_eps, x_.as(), stream_));
@@ -339,6 +342,7 @@ class CudaRunner final : public StepRunner {
       linear(w.up, x_.as(), T, up_.as());
       VLM_CUDA_CHECK(cuda::silu_mul(act_, gate_.as(), up_.as(), gate_.as(), (int64_t)T * F, stream_));
       linear(w.down, gate_.as(), T, delta_.as());
+      all_reduce(delta_.as(), (int64_t)T * H);
     }
 
     logits.resize((size_t)R * V);
@@ -360,6 +364,11 @@ class CudaRunner final : public StepRunner {
   struct LayerCache {
     DeviceBuffer k, v, k_sz, v_sz;
   };
+
+  // A shard's row-parallel output is its partial sum; the ranks add theirs in place.
+  void all_reduce(void* data, int64_t count) {
+    if (comm_) comm_->all_reduce_sum(data, count, bf16_ ? VLM_DTYPE_BF16 : VLM_DTYPE_F16, stream_);
+  }
 
   cuda::KvView kv_view(int layer) {
     LayerCache& c = cache_[layer];
@@ -447,6 +456,8 @@ class CudaRunner final : public StepRunner {
 
   const vlm_model_params& p_;  // the Model outlives its engine's runner
   int device_;
+  Communicator* comm_;  // null unless this model is a tensor-parallel shard
+  int vocab_out_;       // logits columns: the vocabulary, or this shard's slice of it
   int num_sms_ = 1;
   bool bf16_ = false;
   ActType act_ = ActType::F16;
@@ -472,8 +483,8 @@ class CudaRunner final : public StepRunner {
 
 }  // namespace
 
-std::unique_ptr<StepRunner> make_cuda_runner(const Model& model, int device) {
-  return std::make_unique<CudaRunner>(model, device);
+std::unique_ptr<StepRunner> make_cuda_runner(const Model& model, int device, Communicator* comm) {
+  return std::make_unique<CudaRunner>(model, device, comm);
 }
 
 }  // namespace vlm

@@ -94,7 +94,7 @@ __device__ __forceinline__ uint32_t pair(uint32_t packed16x2, int j) {
   return v | (v << 16);
 }
 
-// grid: (N / 256, splits, ceil(M / (16 * MT))); block: 128 threads.
+// grid: (ceil(N / 256), splits, ceil(M / (16 * MT))); block: 128 threads.
 // With splits > 1 every block writes fp32 partials for splitk_reduce_kernel.
 template <class T, int MT, int UNROLL>
 __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
@@ -109,13 +109,16 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   const int k0 = blockIdx.y * k_slice;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int strip = blockIdx.x * kWarps + warp;
+  // N is a multiple of 64, not always of 256: the last block may hold strips past N,
+  // whose warps help stage A and then leave.
+  const bool active = strip < N / kW4StripN;
   const int ksteps_total = K / 16;
   const uint4* wp = w + ((int64_t)strip * ksteps_total + k0 / 16) * 32 + lane;
 
   // The first weights are requested before A is staged, so both latencies overlap.
   uint4 wv[UNROLL];
 #pragma unroll
-  for (int u = 0; u < UNROLL; ++u) wv[u] = load_streaming(wp + (int64_t)u * 32);
+  for (int u = 0; u < UNROLL; ++u) wv[u] = active ? load_streaming(wp + (int64_t)u * 32) : make_uint4(0, 0, 0, 0);
 
   // Stage A[m0 : m0+16MT][k0 : k0+k_slice] (rows past M are zero).
   const int vec_per_row = k_slice / 8;
@@ -126,6 +129,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
     *reinterpret_cast<uint4*>(sa + r * lda_s + v * 8) = val;
   }
   __syncthreads();
+  if (!active) return;  // no barrier follows
 
   float acc[MT][8][4];
 #pragma unroll
@@ -249,7 +253,7 @@ Plan make_plan(int M, int N, int K, int group) {
   p.mt = M <= 16 ? 1 : (M <= 32 ? 2 : 4);
   p.unroll = p.mt == 1 ? 8 : kUnroll;  // one row tile: more weight bytes in flight per warp
   p.m_tiles = (M + 16 * p.mt - 1) / (16 * p.mt);
-  const int blocks = (N / kBlockN) * p.m_tiles;
+  const int blocks = ((N + kBlockN - 1) / kBlockN) * p.m_tiles;
   // Enough blocks for ~4 resident per SM, without slices shorter than one group
   // or one unrolled step, and with A's slice fitting shared memory.
   const int step = std::max(group, 16 * p.unroll);  // a slice is whole groups and whole unrolled steps
@@ -288,7 +292,7 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
     smem_granted = true;
   }
   float* partial = static_cast<float*>(workspace);
-  dim3 grid(N / kBlockN, p.splits, p.m_tiles);
+  dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
   kernel<<<grid, kThreads, p.smem, stream>>>(static_cast<const T*>(a), static_cast<const uint4*>(w),
                                              static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                              static_cast<T*>(c), p.splits > 1 ? partial : nullptr, M, N, K, group,

@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change to a struct layout or a signature below. */
-#define VLM_ABI_VERSION 1
+#define VLM_ABI_VERSION 2
 #define VLM_MAX_TOP_LOGPROBS 20
 #define VLM_MAX_STOP_SEQUENCES 16
 #define VLM_MAX_STOP_SEQUENCE_LEN 16
@@ -168,6 +168,9 @@ typedef struct vlm_engine_params {
   int32_t max_batch_size;        /* most requests running at once */
   int32_t max_num_batched_tokens;/* per-step token budget (decode + prefill chunks) */
   int32_t max_model_len;         /* prompt + generated tokens per request; 0: model's max */
+  int32_t tensor_parallel;       /* ranks (1..8) the model is split over: CUDA devices 0..tp-1, or
+                                    CPU threads with a host all-reduce; heads, KV heads and the FFN
+                                    must divide evenly (and AWQ groups stay whole) */
 } vlm_engine_params;
 
 VLM_API vlm_engine_params vlm_engine_default_params(void);

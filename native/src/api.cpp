@@ -154,6 +154,7 @@ vlm_engine_params vlm_engine_default_params(void) {
   p.max_batch_size = 128;
   p.max_num_batched_tokens = 2048;
   p.max_model_len = 0;
+  p.tensor_parallel = 1;
   return p;
 }
 

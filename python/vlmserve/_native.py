@@ -9,7 +9,7 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_LEN = 16
@@ -62,6 +62,7 @@ class EngineParams(ctypes.Structure):
         ("max_batch_size", ctypes.c_int32),
         ("max_num_batched_tokens", ctypes.c_int32),
         ("max_model_len", ctypes.c_int32),
+        ("tensor_parallel", ctypes.c_int32),
     ]
 
 
@@ -153,6 +154,24 @@ def _candidates() -> list[Path]:
     return found
 
 
+def _point_at_nccl() -> None:
+    """Tensor parallelism on CUDA opens NCCL at run time: name pip's copy (the one
+    torch uses) in VLM_NCCL_LIBRARY unless the caller already chose one."""
+    if os.environ.get("VLM_NCCL_LIBRARY"):
+        return
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("nvidia")
+    except (ImportError, ValueError):
+        return
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(root) / "nccl" / "lib" / "libnccl.so.2"
+        if candidate.is_file():
+            os.environ["VLM_NCCL_LIBRARY"] = str(candidate)
+            return
+
+
 def _declare(lib: ctypes.CDLL) -> None:
     c = ctypes
     sigs = {
@@ -203,6 +222,7 @@ def lib() -> ctypes.CDLL:
     if _lib is not None:
         return _lib
     tried = []
+    _point_at_nccl()
     for path in _candidates():
         if path.is_file():
             loaded = ctypes.CDLL(str(path))

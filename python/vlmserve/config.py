@@ -35,7 +35,8 @@ class EngineConfig:
     kv_cache_dtype and quant_policy are two spellings of one setting; give
     either. The KV cache takes num_kv_blocks blocks if set, otherwise
     cache_max_entry_count of the free memory (capped at what max_batch_size
-    requests of max_model_len tokens could use)."""
+    requests of max_model_len tokens could use). tp > 1 splits the model over
+    tp ranks (CUDA devices 0..tp-1; on the CPU, threads), as LMDeploy's tp."""
 
     model_format: str = "auto"
     kv_cache_dtype: str = "auto"
@@ -48,6 +49,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 2048
     device: str = "auto"
     threads: int = 0
+    tp: int = 1
 
     def __post_init__(self) -> None:
         _require(self.model_format in MODEL_FORMATS,
@@ -76,6 +78,8 @@ class EngineConfig:
                  f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens!r}")
         _require(self.device in DEVICES, f"device must be one of {sorted(DEVICES)}, got {self.device!r}")
         _require(isinstance(self.threads, int) and self.threads >= 0, f"threads must be >= 0, got {self.threads!r}")
+        _require(isinstance(self.tp, int) and not isinstance(self.tp, bool) and 1 <= self.tp <= 8,
+                 f"tp must be an integer in [1, 8], got {self.tp!r}")
 
 
 @dataclass

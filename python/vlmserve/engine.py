@@ -141,6 +141,7 @@ class Engine:
         ep.max_batch_size = self.config.max_batch_size
         ep.max_num_batched_tokens = self.config.max_num_batched_tokens
         ep.max_model_len = self.config.max_model_len or 0
+        ep.tensor_parallel = self.config.tp
         status = lib.vlm_engine_create(self._model, ctypes.byref(ep), ctypes.byref(self._engine))
         if status:
             lib.vlm_model_free(self._model)

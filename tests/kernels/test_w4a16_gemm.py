@@ -17,7 +17,9 @@ TOL = {"float16": 2e-3, "bfloat16": 1e-2}
 
 SHAPES = [(1, 256, 128, 64), (3, 512, 256, 128), (16, 256, 1024, 128), (17, 768, 512, 64), (33, 1280, 256, 64),
           (64, 512, 2048, 128), (100, 256, 384, 128), (257, 512, 1024, 64), (1, 4096, 4096, 128),
-          (2048, 1024, 1024, 128), (5, 2048, 11008 // 128 * 128, 128)]
+          (2048, 1024, 1024, 128), (5, 2048, 11008 // 128 * 128, 128),
+          # N a multiple of 64 but not of 256: tensor-parallel shards (5504 = the 7B FFN over 2 ranks).
+          (1, 64, 128, 64), (7, 320, 256, 128), (1, 5504, 4096, 128), (40, 4096, 5504, 128)]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -69,7 +71,7 @@ def test_bad_shapes_are_refused():
     dev = torch.device("cuda")
     a = torch.randn(2, 128, device=dev, dtype=torch.float16)
     junk = torch.zeros(1024, dtype=torch.uint8, device=dev)
-    with pytest.raises(InvalidArgumentError, match="multiple of 256"):
+    with pytest.raises(InvalidArgumentError, match="multiple of 64"):
         w4a16_gemm(a, junk, junk, 100, 64)
     with pytest.raises(InvalidArgumentError, match="group size"):
         w4a16_gemm(a, junk, junk, 256, 32)

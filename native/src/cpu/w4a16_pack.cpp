@@ -16,7 +16,7 @@ inline uint32_t awq_code(const int32_t* packed, int row, int n, int cols8) {
 
 void check_w4a16_shape(int M, int N, int K, int group) {
   VLM_CHECK_ARG(M >= 1 && N >= 1 && K >= 1, "w4a16: M, N, K must be positive");
-  VLM_CHECK_ARG(N % 256 == 0, "w4a16: N (" << N << ") must be a multiple of 256");
+  VLM_CHECK_ARG(N % 64 == 0, "w4a16: N (" << N << ") must be a multiple of 64");
   VLM_CHECK_ARG(group == 64 || group == 128, "w4a16: group size must be 64 or 128, got " << group);
   VLM_CHECK_ARG(K % group == 0 && K % 64 == 0, "w4a16: K (" << K << ") must be a multiple of the group size");
 }

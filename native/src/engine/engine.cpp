@@ -28,8 +28,17 @@ Engine::Engine(std::shared_ptr<const Model> model, const vlm_engine_params& p)
   VLM_CHECK_ARG(p.num_blocks > 0 || (p.cache_max_entry_count > 0.f && p.cache_max_entry_count <= 1.f),
                 "cache_max_entry_count must be in (0, 1] when num_blocks is 0");
   max_model_len_ = p.max_model_len > 0 ? p.max_model_len : mp.max_position_embeddings;
+  check_tensor_parallel(mp, p.tensor_parallel);
+  const bool cuda = mp.device == VLM_DEVICE_CUDA;
+  if (cuda && p.tensor_parallel > 1)
+    VLM_CHECK(vlm_cuda_device_count() >= p.tensor_parallel, VLM_ERR_UNSUPPORTED,
+              "tensor_parallel=" << p.tensor_parallel << " needs " << p.tensor_parallel << " GPUs, "
+                                 << vlm_cuda_device_count() << " visible");
 
-  runner_ = mp.device == VLM_DEVICE_CUDA ? make_cuda_runner(*model_, 0) : make_cpu_runner(*model_);
+  if (p.tensor_parallel > 1)
+    runner_ = make_tensor_parallel_runner(*model_, p.tensor_parallel, cuda);
+  else
+    runner_ = cuda ? make_cuda_runner(*model_, 0) : make_cpu_runner(*model_);
   const int kv_dtype = runner_->resolve_kv_dtype(p.kv_dtype);
   const int64_t per_block =
       KvCache::bytes_per_block(mp.num_layers, p.block_size, mp.num_kv_heads, mp.head_dim, kv_dtype);

@@ -34,7 +34,7 @@ int64_t available_host_memory_bytes() {
 // The CPU backend: fp32 activations, a host KvCache.
 class CpuRunner final : public StepRunner {
  public:
-  explicit CpuRunner(const Model& model) : runner_(model) {}
+  CpuRunner(const Model& model, Communicator* comm) : runner_(model, comm) {}
   int resolve_kv_dtype(int requested) const override {
     return requested == VLM_DTYPE_AUTO ? VLM_DTYPE_F32 : requested;
   }
@@ -53,7 +53,9 @@ class CpuRunner final : public StepRunner {
 
 }  // namespace
 
-std::unique_ptr<StepRunner> make_cpu_runner(const Model& model) { return std::make_unique<CpuRunner>(model); }
+std::unique_ptr<StepRunner> make_cpu_runner(const Model& model, Communicator* comm) {
+  return std::make_unique<CpuRunner>(model, comm);
+}
 
 void ModelRunner::forward(const StepBatch& b, KvCache& cache, std::vector<float>& logits) {
   const vlm_model_params& p = m_.params();
@@ -95,6 +97,7 @@ void ModelRunner::forward(const StepBatch& b, KvCache& cache, std::vector<float>
       }
     paged_attention(cache, l, shape, b.segments, q_.data(), attn_.data());
     linear_forward(w.o, attn_.data(), T, x_.data());
+    if (comm_) comm_->all_reduce_sum(x_.data(), (int64_t)T * H, VLM_DTYPE_F32, nullptr);
     for (size_t i = 0; i < (size_t)T * H; ++i) h_[i] += x_[i];
 
     rms_norm(h_.data(), w.post_attention_norm.data(), T, H, p.rms_norm_eps, x_.data());
@@ -106,6 +109,7 @@ void ModelRunner::forward(const StepBatch& b, KvCache& cache, std::vector<float>
       gate_[i] = g / (1.0f + std::exp(-g)) * up_[i];
     }
     linear_forward(w.down, gate_.data(), T, x_.data());
+    if (comm_) comm_->all_reduce_sum(x_.data(), (int64_t)T * H, VLM_DTYPE_F32, nullptr);
     for (size_t i = 0; i < (size_t)T * H; ++i) h_[i] += x_[i];
   }
 
@@ -114,7 +118,7 @@ void ModelRunner::forward(const StepBatch& b, KvCache& cache, std::vector<float>
   for (int i = 0; i < R; ++i)
     std::memcpy(&sel_[(size_t)i * H], &h_[(size_t)b.logit_rows[i] * H], sizeof(float) * H);
   rms_norm(sel_.data(), m_.final_norm().data(), R, H, p.rms_norm_eps, x_.data());
-  logits.resize((size_t)R * p.vocab_size);
+  logits.resize((size_t)R * m_.lm_head().out);
   if (R > 0) linear_forward(m_.lm_head(), x_.data(), R, logits.data());
 }
 

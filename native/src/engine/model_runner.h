@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "cpu/attention.h"
+#include "engine/communicator.h"
 #include "engine/kv_cache.h"
 #include "model/model.h"
 
@@ -26,13 +27,15 @@ struct StepBatch {
 
 class ModelRunner {
  public:
-  explicit ModelRunner(const Model& model) : m_(model) {}
+  // comm: set on a tensor-parallel shard (o_proj and down_proj outputs are partial sums).
+  explicit ModelRunner(const Model& model, Communicator* comm = nullptr) : m_(model), comm_(comm) {}
   const Model& model() const { return m_; }
-  // logits: [logit_rows.size()][vocab]
+  // logits: [logit_rows.size()][lm_head().out]
   void forward(const StepBatch& batch, KvCache& cache, std::vector<float>& logits);
 
  private:
   const Model& m_;
+  Communicator* comm_;
   std::vector<float> h_, x_, q_, k_, v_, attn_, gate_, up_, cos_, sin_, sel_;
 };
 

@@ -22,13 +22,20 @@ class StepRunner {
   virtual int64_t kv_memory_bytes() const = 0;
   virtual void allocate_cache(int64_t num_blocks, int block_size, int kv_dtype) = 0;
   virtual int64_t kv_cache_bytes() const = 0;
-  // logits: [batch.logit_rows.size()][vocab], fp32.
+  // logits: [batch.logit_rows.size()][vocab columns of this runner's lm_head], fp32.
   virtual void forward(const StepBatch& batch, std::vector<float>& logits) = 0;
 };
 
-std::unique_ptr<StepRunner> make_cpu_runner(const Model& model);
+class Communicator;
+
+// `comm`: set when the model is one tensor-parallel shard; the runner then
+// all-reduces its row-parallel outputs through it.
+std::unique_ptr<StepRunner> make_cpu_runner(const Model& model, Communicator* comm = nullptr);
 // Uploads the model's weights to CUDA device `device`. Throws VLM_ERR_UNSUPPORTED
 // in builds without CUDA and when no GPU is visible.
-std::unique_ptr<StepRunner> make_cuda_runner(const Model& model, int device);
+std::unique_ptr<StepRunner> make_cuda_runner(const Model& model, int device, Communicator* comm = nullptr);
+// `world` ranks, each running its shard of `model` (on CUDA device r, or as a CPU
+// thread when !cuda); logits rows come back whole.
+std::unique_ptr<StepRunner> make_tensor_parallel_runner(const Model& model, int world, bool cuda);
 
 }  // namespace vlm

@@ -4,7 +4,9 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cpu/linear.h"
@@ -39,6 +41,11 @@ class Model {
   const LayerWeights& layer(int i) const { return layers_[i]; }
   const Rope& rope() const { return rope_; }
 
+  // Rank `rank` of `world`'s tensor-parallel shard (model/shard.cpp): its own
+  // heads, KV heads, FFN columns and vocabulary slice of the lm_head; params
+  // hold the per-rank sizes (vocab_size stays whole: the embedding is replicated).
+  std::unique_ptr<Model> shard(int rank, int world) const;
+
  private:
   struct AwqParts {  // AutoAWQ tensors of one linear, held until all three arrive
     std::vector<int32_t> qweight, qzeros;
@@ -63,5 +70,10 @@ class Model {
 
 // Validates architecture parameters (clear message on the first problem).
 void validate_model_params(const vlm_model_params& p);
+// Checks that `world` ranks can split this architecture evenly (whole heads,
+// whole KV heads, whole AWQ groups); INVALID_ARGUMENT naming the first problem.
+void check_tensor_parallel(const vlm_model_params& p, int world);
+// [begin, end) of rank's part when `total` items are split over `world` ranks.
+std::pair<int, int> shard_range(int total, int rank, int world);
 
 }  // namespace vlm

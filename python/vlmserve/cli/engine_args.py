@@ -21,6 +21,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=int(env("VLMSERVE_MAX_NUM_BATCHED_TOKENS", 2048)))
     p.add_argument("--device", default=env("VLMSERVE_DEVICE", "auto"), choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=int(env("VLMSERVE_THREADS", 0)))
+    p.add_argument("--tp", type=int, default=int(env("VLMSERVE_TP", 1)),
+                   help="tensor parallelism: split the model over this many GPUs (CPU: threads)")
 
 
 def engine_config_from_args(a: argparse.Namespace) -> EngineConfig:
@@ -28,4 +30,4 @@ def engine_config_from_args(a: argparse.Namespace) -> EngineConfig:
                         max_batch_size=a.max_batch_size, max_model_len=a.max_model_len,
                         cache_max_entry_count=a.cache_max_entry_count, num_kv_blocks=a.num_kv_blocks,
                         block_size=a.block_size, max_num_batched_tokens=a.max_num_batched_tokens,
-                        device=a.device, threads=a.threads)
+                        device=a.device, threads=a.threads, tp=a.tp)

@@ -134,6 +134,7 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     flag(p, "--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step (chunked prefill)")
     flag(p, "--engine-device", default="auto", choices=["auto", "cpu", "cuda"], help="engine backend")
     flag(p, "--threads", type=int, default=0, help="CPU engine threads (0: all cores)")
+    flag(p, "--tp", type=int, default=1, help="tensor parallelism: split the language model over this many GPUs")
 
 
 def engine_config_from_flags(a: argparse.Namespace):
@@ -143,7 +144,7 @@ def engine_config_from_flags(a: argparse.Namespace):
                         max_batch_size=a.max_batch_size, max_model_len=a.max_model_len,
                         cache_max_entry_count=a.cache_max_entry_count, num_kv_blocks=a.num_kv_blocks,
                         block_size=a.block_size, max_num_batched_tokens=a.max_num_batched_tokens,
-                        device=a.engine_device, threads=a.threads)
+                        device=a.engine_device, threads=a.threads, tp=a.tp)
 
 
 def add_lm_args(p: argparse.ArgumentParser) -> None:
