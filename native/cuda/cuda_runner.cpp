@@ -20,6 +20,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "common/numeric.h"
@@ -47,8 +49,9 @@ class DeviceBuffer {
   ~DeviceBuffer() {
     if (p_) cudaFree(p_);
   }
-  void reserve(size_t bytes) {
-    if (bytes <= bytes_) return;
+  // True when the memory moved (pointers taken before are stale).
+  bool reserve(size_t bytes) {
+    if (bytes <= bytes_) return false;
     if (p_) cudaFree(p_);
     p_ = nullptr;
     bytes_ = 0;
@@ -56,6 +59,7 @@ class DeviceBuffer {
     VLM_CHECK(e == cudaSuccess, e == cudaErrorMemoryAllocation ? VLM_ERR_OUT_OF_MEMORY : VLM_ERR_INTERNAL,
               "cannot allocate " << bytes << " bytes of device memory: " << cudaGetErrorString(e));
     bytes_ = bytes;
+    return true;
   }
   template <class T> void upload(const std::vector<T>& v) {
     reserve(v.size() * sizeof(T));
@@ -215,7 +219,14 @@ class CudaRunner final : public StepRunner {
 #if VLM_HAVE_CUBLAS
     VLM_CHECK(cublasCreate(&blas_) == CUBLAS_STATUS_SUCCESS, VLM_ERR_INTERNAL, "cublasCreate failed");
     VLM_CHECK(cublasSetStream(blas_, stream_) == CUBLAS_STATUS_SUCCESS, VLM_ERR_INTERNAL, "cublasSetStream failed");
+    // A workspace of our own: cuBLAS then never allocates inside a captured decode graph.
+    blas_workspace_.reserve(32 << 20);
+    VLM_CHECK(cublasSetWorkspace(blas_, blas_workspace_.as(), blas_workspace_.bytes()) == CUBLAS_STATUS_SUCCESS,
+              VLM_ERR_INTERNAL, "cublasSetWorkspace failed");
 #endif
+    // VLM_CUDA_GRAPHS=0 runs decode steps eagerly (the same kernels and plans, launched one by one).
+    const char* graphs = std::getenv("VLM_CUDA_GRAPHS");
+    graphs_enabled_ = graphs == nullptr || std::strcmp(graphs, "0") != 0;
 
     upload_linear(model.embed_table(), bf16_, embed_);
     if (!p_.tie_word_embeddings) upload_linear(model.lm_head(), bf16_, lm_head_);
@@ -293,33 +304,57 @@ class CudaRunner final : public StepRunner {
     const int H = p_.hidden_size, F = p_.intermediate_size, V = vocab_out_;
     const int nq = p_.num_heads * p_.head_dim, nkv = p_.num_kv_heads * p_.head_dim;
     const size_t a = 2;  // bytes of one activation element (fp16 or bf16)
-    h_.reserve((size_t)T * H * 4);
-    x_.reserve((size_t)T * H * a);
-    q_.reserve((size_t)T * nq * a);
-    k_.reserve((size_t)T * nkv * a);
-    v_.reserve((size_t)T * nkv * a);
-    attn_.reserve((size_t)T * nq * a);
-    delta_.reserve((size_t)T * H * a);
-    gate_.reserve((size_t)T * F * a);
-    up_.reserve((size_t)T * F * a);
-    logits_d_.reserve((size_t)std::max(R, 1) * V * 4);
+    grow(h_, (size_t)T * H * 4);
+    grow(x_, (size_t)T * H * a);
+    grow(q_, (size_t)T * nq * a);
+    grow(k_, (size_t)T * nkv * a);
+    grow(v_, (size_t)T * nkv * a);
+    grow(attn_, (size_t)T * nq * a);
+    grow(delta_, (size_t)T * H * a);
+    grow(gate_, (size_t)T * F * a);
+    grow(up_, (size_t)T * F * a);
+    grow(logits_d_, (size_t)std::max(R, 1) * V * 4);
 
+    const bool decode = is_decode_step(b);
+    int context = T ? *std::max_element(b.positions.begin(), b.positions.end()) + 1 : 0;
+    // Decode steps plan attention for a power-of-two context bound (key slices past a row's
+    // position are empty), so one captured graph serves every step up to that bound.
+    if (decode) context = context_bucket(context);
+    grow(attn_workspace_, (size_t)cuda::paged_attention_workspace_bytes(T, p_.num_heads, p_.head_dim,
+                                                                       p_.num_kv_heads, context, num_sms_));
     const cuda::StepMeta meta = upload_meta(b);
-    const int max_context = T ? *std::max_element(b.positions.begin(), b.positions.end()) + 1 : 0;
-    attn_workspace_.reserve((size_t)cuda::paged_attention_workspace_bytes(T, p_.num_heads, p_.head_dim,
-                                                                          p_.num_kv_heads, max_context, num_sms_));
-    VLM_CUDA_CHECK(cuda::embed_rows(act_, embed_.w.as(), meta_tokens_, T, H, h_.as<float>(), stream_));
     if (!b.embedding_rows.empty()) {
       const int n = (int)b.embedding_rows.size();
       splice_host_.resize((size_t)n * H);
       for (int i = 0; i < n; ++i)
         std::memcpy(&splice_host_[(size_t)i * H], b.embedding_rows[i].second, sizeof(float) * H);
-      splice_.reserve(splice_host_.size() * 4);
+      grow(splice_, splice_host_.size() * 4);
       VLM_CUDA_CHECK(cudaMemcpyAsync(splice_.as(), splice_host_.data(), splice_host_.size() * 4,
                                      cudaMemcpyHostToDevice, stream_));
-      VLM_CUDA_CHECK(cuda::scatter_rows(splice_.as<float>(), meta_splice_rows_, n, H, h_.as<float>(), stream_));
     }
 
+    if (decode && graphs_enabled_)
+      run_decode_graph(T, context, meta);
+    else
+      enqueue_step(T, R, context, meta, (int)b.embedding_rows.size());
+
+    logits.resize((size_t)R * V);
+    if (R > 0)
+      VLM_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
+                                     stream_));
+    VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
+
+ private:
+  // Every kernel of one step, queued on stream_: no allocation, no host sync and no
+  // host memory touched (so a decode step can be captured into a CUDA graph).
+  void enqueue_step(int T, int R, int context, const cuda::StepMeta& meta, int splice_rows) {
+    const int H = p_.hidden_size, F = p_.intermediate_size, V = vocab_out_;
+    VLM_CUDA_CHECK(cuda::embed_rows(act_, embed_.w.as(), meta_tokens_, T, H, h_.as<float>(), stream_));
+    if (splice_rows)
+      VLM_CUDA_CHECK(cuda::scatter_rows(splice_.as<float>(), meta_splice_rows_, splice_rows, H, h_.as<float>(),
+                                        stream_));
     const void* delta = nullptr;
     for (int l = 0; l < p_.num_layers; ++l) {
       DeviceLayer& w = layers_[l];
@@ -332,7 +367,7 @@ class CudaRunner final : public StepRunner {
       VLM_CUDA_CHECK(cuda::rope_and_cache_write(act_, q_.as(), k_.as(), v_.as(), meta, inv_freq_.as<float>(), T,
                                                 p_.num_heads, kv, stream_));
       VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window,
-                                           max_context, num_sms_, kv, attn_workspace_.as(), stream_));
+                                           context, num_sms_, kv, attn_workspace_.as(), stream_));
       linear(w.o, attn_.as(), T, delta_.as());
       all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
@@ -344,8 +379,6 @@ class CudaRunner final : public StepRunner {
       linear(w.down, gate_.as(), T, delta_.as());
       all_reduce(delta_.as(), (int64_t)T * H);
     }
-
-    logits.resize((size_t)R * V);
     if (R > 0) {
       // The last layer's update is added only on the rows whose logits are wanted.
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, final_norm_.as<float>(), meta_logit_rows_, R, H,
@@ -354,13 +387,65 @@ class CudaRunner final : public StepRunner {
       if (!dense_gemm(head, x_.as(), R, logits_d_.as(), true))
         VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
                                          logits_d_.as(), true, stream_));
-      VLM_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
-                                     stream_));
     }
-    VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
- private:
+  // A step of one new token per request, rows in request order, logits for every row,
+  // no image rows: the shape the decode graphs are captured for.
+  static bool is_decode_step(const StepBatch& b) {
+    const size_t T = b.tokens.size();
+    if (T == 0 || b.segments.size() != T || b.logit_rows.size() != T || !b.embedding_rows.empty()) return false;
+    for (size_t i = 0; i < T; ++i)
+      if (b.segments[i].count != 1 || b.segments[i].row != (int)i || b.logit_rows[i] != (int)i) return false;
+    return true;
+  }
+
+  static int context_bucket(int context) {
+    int bound = 64;
+    while (bound < context) bound *= 2;
+    return bound;
+  }
+
+  // Decode steps replay a CUDA graph per (batch rows, context bound): ~10 launches per layer
+  // become one. A shape is run eagerly the first time (which sizes every buffer), captured the
+  // second; graphs are dropped whenever a buffer they point into is reallocated.
+  void run_decode_graph(int T, int context, const cuda::StepMeta& meta) {
+    if (graph_epoch_ != epoch_) {
+      graphs_.clear();
+      seen_.clear();
+      graph_epoch_ = epoch_;
+    }
+    const int64_t key = (int64_t)T << 32 | (uint32_t)context;
+    auto it = graphs_.find(key);
+    if (it == graphs_.end()) {
+      if (seen_.insert(key).second) {
+        enqueue_step(T, T, context, meta, 0);
+        return;
+      }
+      cudaGraph_t graph = nullptr;
+      VLM_CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+      try {
+        enqueue_step(T, T, context, meta, 0);
+      } catch (...) {
+        cudaStreamEndCapture(stream_, &graph);
+        if (graph) cudaGraphDestroy(graph);
+        throw;
+      }
+      VLM_CUDA_CHECK(cudaStreamEndCapture(stream_, &graph));
+      GraphExec exec;
+      const cudaError_t e = cudaGraphInstantiate(&exec.exec, graph, 0);
+      cudaGraphDestroy(graph);
+      VLM_CUDA_CHECK(e);
+      VLM_CHECK(graph_epoch_ == epoch_, VLM_ERR_INTERNAL, "a buffer was reallocated while a decode step was captured");
+      it = graphs_.emplace(key, std::move(exec)).first;
+    }
+    VLM_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
+  }
+
+  void grow(DeviceBuffer& b, size_t bytes) {
+    if (b.reserve(bytes)) ++epoch_;
+  }
+
   struct LayerCache {
     DeviceBuffer k, v, k_sz, v_sz;
   };
@@ -380,7 +465,7 @@ class CudaRunner final : public StepRunner {
     if (l.tensor_core) {
       const int64_t ws = w4a16_workspace_bytes(M, l.out, l.in, l.group);
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16: no plan for M=" << M << " N=" << l.out << " K=" << l.in);
-      if (ws > 0) workspace_.reserve(ws);
+      if (ws > 0) grow(workspace_, ws);
       VLM_CUDA_CHECK(w4a16_gemm(x, l.w.as(), l.scale.as(), nullptr, y, M, l.out, l.in, l.group, bf16_,
                                 workspace_.as(), stream_));
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
@@ -413,26 +498,23 @@ class CudaRunner final : public StepRunner {
   }
 
   // One host array, one copy: tokens, positions, slots, row segments, table
-  // offsets, block tables, logit rows, spliced rows.
+  // offsets, logit rows and spliced rows first (their offsets depend only on the
+  // row counts, so a captured decode graph keeps pointing at them), block tables last.
   cuda::StepMeta upload_meta(const StepBatch& b) {
-    const int T = (int)b.tokens.size();
-    meta_host_.clear();
-    auto append = [&](auto begin, auto end) {
-      const size_t at = meta_host_.size();
-      meta_host_.insert(meta_host_.end(), begin, end);
-      return at;
-    };
-    const size_t tokens = append(b.tokens.begin(), b.tokens.end());
-    const size_t positions = append(b.positions.begin(), b.positions.end());
-    const size_t slots = meta_host_.size();
-    meta_host_.resize(slots + 2 * (size_t)T);  // slots, row_segment
-    const size_t row_segment = slots + T;
-    const size_t table_offset = row_segment + T;  // [segments], then the tables
-    meta_host_.resize(table_offset + b.segments.size());
-    for (size_t s = 0; s < b.segments.size(); ++s) {
+    const int T = (int)b.tokens.size(), S = (int)b.segments.size(), R = (int)b.logit_rows.size();
+    const int E = (int)b.embedding_rows.size();
+    const size_t tokens = 0, positions = T, slots = 2 * (size_t)T, row_segment = 3 * (size_t)T,
+                 table_offset = 4 * (size_t)T, logit_rows = table_offset + S, splice_rows = logit_rows + R,
+                 tables = splice_rows + E;
+    meta_host_.resize(tables);
+    std::copy(b.tokens.begin(), b.tokens.end(), meta_host_.begin() + tokens);
+    std::copy(b.positions.begin(), b.positions.end(), meta_host_.begin() + positions);
+    std::copy(b.logit_rows.begin(), b.logit_rows.end(), meta_host_.begin() + logit_rows);
+    for (int i = 0; i < E; ++i) meta_host_[splice_rows + i] = b.embedding_rows[i].first;
+    for (int s = 0; s < S; ++s) {
       const AttentionSegment& seg = b.segments[s];
       const int blocks = (seg.start + seg.count + block_size_ - 1) / block_size_;
-      meta_host_[table_offset + s] = (int32_t)(meta_host_.size() - table_offset - b.segments.size());
+      meta_host_[table_offset + s] = (int32_t)(meta_host_.size() - tables);
       for (int i = 0; i < seg.count; ++i) {
         const int pos = seg.start + i, row = seg.row + i;
         meta_host_[slots + row] = seg.block_table[pos / block_size_] * block_size_ + pos % block_size_;
@@ -440,11 +522,8 @@ class CudaRunner final : public StepRunner {
       }
       meta_host_.insert(meta_host_.end(), seg.block_table, seg.block_table + blocks);
     }
-    const size_t tables = table_offset + b.segments.size();
-    const size_t logit_rows = append(b.logit_rows.begin(), b.logit_rows.end());
-    const size_t splice_rows = meta_host_.size();
-    for (const auto& e : b.embedding_rows) meta_host_.push_back(e.first);
-    meta_.reserve(meta_host_.size() * 4);
+    // Grown with headroom: block tables lengthen as contexts do, and each move drops the graphs.
+    if (meta_host_.size() * 4 > meta_.bytes()) grow(meta_, meta_host_.size() * 8);
     VLM_CUDA_CHECK(cudaMemcpyAsync(meta_.as(), meta_host_.data(), meta_host_.size() * 4, cudaMemcpyHostToDevice,
                                    stream_));
     const int32_t* d = meta_.as<int32_t>();
@@ -476,7 +555,24 @@ class CudaRunner final : public StepRunner {
 
   // Step scratch (grows to the largest step seen).
   DeviceBuffer h_, x_, q_, k_, v_, attn_, delta_, gate_, up_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
+  DeviceBuffer blas_workspace_;
   std::vector<int32_t> meta_host_;
+  uint64_t epoch_ = 0;  // bumped whenever a scratch buffer moves
+
+  // Decode graphs (run_decode_graph), keyed by rows << 32 | context bound.
+  struct GraphExec {
+    cudaGraphExec_t exec = nullptr;
+    GraphExec() = default;
+    GraphExec(GraphExec&& o) noexcept : exec(o.exec) { o.exec = nullptr; }
+    GraphExec(const GraphExec&) = delete;
+    ~GraphExec() {
+      if (exec) cudaGraphExecDestroy(exec);
+    }
+  };
+  bool graphs_enabled_ = true;
+  uint64_t graph_epoch_ = 0;
+  std::unordered_map<int64_t, GraphExec> graphs_;
+  std::unordered_set<int64_t> seen_;
   std::vector<float> splice_host_;
   const int32_t *meta_tokens_ = nullptr, *meta_logit_rows_ = nullptr, *meta_splice_rows_ = nullptr;
 };
