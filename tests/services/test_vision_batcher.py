@@ -18,7 +18,8 @@ def _tiles(first: int, count: int) -> Tiles:
 
 
 def _forward_recording(batches: list[int]):
-    def forward(tiles: Tiles) -> torch.Tensor:
+    def forward(tiles: Tiles, replica: int) -> torch.Tensor:
+        assert replica == 0
         batches.append(len(tiles))
         return tiles.tensors["pixel_values"][:, :1, 0, 0] * 10.0  # [tiles, 1]
     return forward
@@ -72,7 +73,7 @@ def test_cancelled_callers_are_dropped_and_errors_reach_every_waiter():
     assert batches == [2]
 
     async def failing():
-        def boom(tiles):
+        def boom(tiles, replica):
             raise RuntimeError("kernel failed")
         b = TileBatcher(boom, max_tiles=8, window_s=0.02)
         b.start()

@@ -56,13 +56,21 @@ def server_config_from_args(a: argparse.Namespace):
 
 # -- vision -----------------------------------------------------------------------------------------
 
-def add_vision_args(p: argparse.ArgumentParser) -> None:
+VISION_TP_HELP = ("replicas of the vision encoder, one per GPU (cuda:0.., or from cuda:K with --device cuda:K; "
+                  "separate copies on the CPU): a ~300M ViT fits on every GPU, and whole copies multiply image "
+                  "throughput where a tensor-parallel split would add two all-reduces per layer")
+STACK_TP_HELP = ("tensor parallelism: split the language model over this many GPUs, and run one vision encoder "
+                 "replica on each of them (a ~300M ViT is copied whole rather than split)")
+
+
+def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -> None:
     _model_arg(p, "checkpoint directory of the VLM (the vision service loads only its vision tower and "
                   "projector)")
     add_server_args(p, port=50052, metrics_port=9092)
     flag(p, "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
          help="compute dtype (auto: float32 on the CPU, the checkpoint's on CUDA)")
     flag(p, "--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    flag(p, "--tp", type=int, default=1, help=tp_help)
     flag(p, "--vision-max-batch-size", type=int, default=16,
          help="most image tiles per forward, across requests (a tiled image counts each tile)")
     flag(p, "--vision-batch-window-ms", type=float, default=5.0,
@@ -110,7 +118,7 @@ def vision_config_from_args(a: argparse.Namespace):
                         max_image_bytes=a.max_image_bytes,
                         allowed_url_hosts=tuple(a.allowed_media_domains.split(",")),
                         url_timeout_s=a.image_fetch_timeout, trust_remote_code=a.trust_remote_code,
-                        preprocess_threads=a.preprocess_threads)
+                        preprocess_threads=a.preprocess_threads, replicas=a.tp)
 
 
 # -- lm ---------------------------------------------------------------------------------------------
@@ -120,8 +128,9 @@ def _model_arg(p: argparse.ArgumentParser, help_text: str) -> None:
                    help=f"{help_text} [VLMSERVE_MODEL; default: the built-in SmolLM2-135M LLaVA-style model]")
 
 
-def add_engine_flags(p: argparse.ArgumentParser) -> None:
-    """Engine flags (LMDeploy/vLLM names), each with its VLMSERVE_ twin."""
+def add_engine_flags(p: argparse.ArgumentParser, tp: bool = True) -> None:
+    """Engine flags (LMDeploy/vLLM names), each with its VLMSERVE_ twin. tp=False leaves --tp out, for a
+    parser that already has one meaning more than the engine's split (the stack's)."""
     flag(p, "--model-format", default="auto", choices=["auto", "hf", "awq"], help="weight format")
     flag(p, "--kv-cache-dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16", "int8", "int4"],
          help="KV cache element type")
@@ -134,7 +143,8 @@ def add_engine_flags(p: argparse.ArgumentParser) -> None:
     flag(p, "--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step (chunked prefill)")
     flag(p, "--engine-device", default="auto", choices=["auto", "cpu", "cuda"], help="engine backend")
     flag(p, "--threads", type=int, default=0, help="CPU engine threads (0: all cores)")
-    flag(p, "--tp", type=int, default=1, help="tensor parallelism: split the language model over this many GPUs")
+    if tp:
+        flag(p, "--tp", type=int, default=1, help="tensor parallelism: split the language model over this many GPUs")
 
 
 def engine_config_from_flags(a: argparse.Namespace):
@@ -188,11 +198,12 @@ def run_lm(a: argparse.Namespace) -> int:
 # -- stack ------------------------------------------------------------------------------------------
 
 def add_stack_args(p: argparse.ArgumentParser) -> None:
-    add_vision_args(p)  # the model, the LM port flags and every vision flag
+    # The model, the LM port flags, every vision flag and --tp, which here also sets the engine's split.
+    add_vision_args(p, tp_help=STACK_TP_HELP)
     for name, default in (("port", 50051), ("metrics_port", 9091)):  # --port/--metrics-port are the LM's here
         if _env_name(name) not in os.environ:
             p.set_defaults(**{name: default})
-    add_engine_flags(p)
+    add_engine_flags(p, tp=False)
     flag(p, "--vision-port", type=int, default=50052, help="port of the vision service (0: pick a free one)")
     flag(p, "--vision-metrics-port", type=int, default=9092, help="Prometheus port of the vision service (-1: off)")
 

@@ -1,6 +1,7 @@
 """The vision encoder service's lifecycle: bind (health NOT_SERVING), load the
 vision tower and projector and run a warm-up forward off the event loop, start
-the batcher, go SERVING; on SIGTERM drain and stop.
+the batcher, go SERVING; on SIGTERM drain and stop. The batcher runs one
+forward at a time per encoder replica (VisionConfig.replicas, one per GPU).
 
     server = VisionServer("/ckpt", VisionConfig(), ServerConfig(port=0))   # inside the running loop
     await server.start(); await server.load()      # or: await server.run()
@@ -76,11 +77,13 @@ class VisionServer:
 
         encoder = await loop.run_in_executor(None, build)
         batcher = TileBatcher(encoder.forward, self.vision_config.max_batch_size,
-                              self.vision_config.batch_window_ms / 1e3, self._observe_batch)
+                              self.vision_config.batch_window_ms / 1e3, self._observe_batch, parallel=encoder.replicas)
         batcher.start()
         self.encoder, self.batcher = encoder, batcher
         await self.grpc.set_serving(True)
-        log.info("serving", extra={"fields": {"model_type": encoder.model_type, "port": self.port}})
+        log.info("serving", extra={"fields": {"model_type": encoder.model_type, "port": self.port,
+                                              "replicas": encoder.replicas,
+                                              "devices": ",".join(str(d) for d in encoder.devices)}})
 
     def _observe_batch(self, tiles: int, seconds: float) -> None:
         self.metrics.batch_size.observe(tiles)

@@ -1,15 +1,20 @@
-"""Batches image tiles across concurrent requests into one forward pass.
+"""Batches image tiles across concurrent requests into forward passes over
+`parallel` encoder replicas.
 
-A batch opens when a tile arrives and closes when it holds max_tiles tiles or
-window_s has passed; while a forward runs, new tiles queue, so under load the
-next batch fills at once. Parts of an image larger than max_tiles go through
-as several batches. Tiles of a cancelled request are dropped before their
-forward. The forward runs in one dedicated thread, never on the event loop."""
+A batch opens when a tile arrives and a replica is free, and closes when it
+holds max_tiles tiles or window_s has passed; while every replica is busy, new
+tiles queue, so under load the next batch fills at once. Up to `parallel`
+forwards run at once, each in the single thread bound to its replica (one
+replica never runs two forwards at once, and a forward never runs on the event
+loop). Parts of an image larger than max_tiles go through as several batches.
+Tiles of a cancelled request are dropped before their forward; a failed forward
+fails only the requests whose tiles were in that batch."""
 from __future__ import annotations
 
 import asyncio
 import collections
 import concurrent.futures
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -18,6 +23,8 @@ import torch
 
 from vlmserve.errors import FailedPreconditionError
 from vlmserve.vision.tiles import Tiles
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,35 +35,56 @@ class _Pending:
 
 
 class TileBatcher:
-    """forward(Tiles) -> Tensor[tiles, ...]; on_batch(num_tiles, seconds) observes each forward."""
+    """forward(Tiles, replica) -> Tensor[tiles, ...], replica in [0, parallel); on_batch(num_tiles, seconds)
+    observes each successful forward."""
 
-    def __init__(self, forward: Callable[[Tiles], torch.Tensor], max_tiles: int, window_s: float,
-                 on_batch: Callable[[int, float], None] | None = None):
+    def __init__(self, forward: Callable[[Tiles, int], torch.Tensor], max_tiles: int, window_s: float,
+                 on_batch: Callable[[int, float], None] | None = None, parallel: int = 1):
+        if parallel < 1:
+            raise ValueError(f"parallel must be >= 1, got {parallel}")
         self._forward = forward
         self.max_tiles = max_tiles
         self.window_s = window_s
+        self.parallel = parallel
         self._on_batch = on_batch or (lambda n, s: None)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived: asyncio.Event | None = None
+        self._freed: asyncio.Event | None = None
+        self._free = list(range(parallel))  # replicas without a forward in flight
+        self._in_flight: dict[asyncio.Task, list[_Pending]] = {}
         self._task: asyncio.Task | None = None
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="vision-forward")
+        self._executors = [concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"vision-forward-{i}")
+                           for i in range(parallel)]
 
     def start(self) -> None:
         self._arrived = asyncio.Event()
+        self._freed = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="vision-batcher")
 
     async def close(self) -> None:
+        """Fails every waiting request, queued or with its forward in flight, then waits (off the event loop)
+        for forwards already running to return, their results discarded."""
         if self._task is not None:
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        shut = FailedPreconditionError("the vision batcher is shut down")
+        for batch in self._in_flight.values():
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(shut)
+        for task in list(self._in_flight):
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
         for p in self._queue:
             if not p.future.done():
-                p.future.set_exception(FailedPreconditionError("the vision batcher is shut down"))
+                p.future.set_exception(shut)
         self._queue.clear()
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=False)
+        await asyncio.to_thread(lambda: [executor.shutdown(wait=True) for executor in self._executors])
 
     async def submit(self, tiles: Tiles) -> torch.Tensor:
         """The forward's output for these tiles, computed in whichever batches they land in."""
@@ -79,7 +107,10 @@ class TileBatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        replica: int | None = None
         while True:
+            if replica is None:
+                replica = await self._free_replica()
             await self._next_tile()
             first = self._queue[0].enqueued
             # Collect until full or the window since the oldest waiting tile closes.
@@ -95,21 +126,48 @@ class TileBatcher:
             batch = self._take_batch()
             if not batch:
                 continue
+            task = loop.create_task(self._forward_batch(batch, replica), name=f"vision-forward-{replica}")
+            self._in_flight[task] = batch
+            task.add_done_callback(self._forward_done)
+            replica = None
+
+    async def _forward_batch(self, batch: list[_Pending], replica: int) -> None:
+        loop = asyncio.get_running_loop()
+        try:
             start = time.perf_counter()
             try:
-                out = await loop.run_in_executor(self._executor, self._forward, Tiles.cat([p.tiles for p in batch]))
-            except Exception as e:  # every waiter of the batch gets the error; the loop goes on
+                out = await loop.run_in_executor(self._executors[replica], self._forward,
+                                                 Tiles.cat([p.tiles for p in batch]), replica)
+            except Exception as e:  # every waiter of this batch gets the error; other batches go on
                 for p in batch:
                     if not p.future.done():
                         p.future.set_exception(e)
-                continue
-            self._on_batch(sum(len(p.tiles) for p in batch), time.perf_counter() - start)
+                return
+            seconds = time.perf_counter() - start
             offset = 0
             for p in batch:
                 n = len(p.tiles)
                 if not p.future.done():
                     p.future.set_result(out[offset:offset + n])
                 offset += n
+            self._on_batch(offset, seconds)
+        finally:
+            self._free.append(replica)
+            self._freed.set()
+
+    def _forward_done(self, task: asyncio.Task) -> None:
+        self._in_flight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("a vision batch failed after its forward", exc_info=task.exception())
+
+    async def _free_replica(self) -> int:
+        """The lowest-numbered replica without a forward in flight, once there is one."""
+        while not self._free:
+            self._freed.clear()
+            await self._freed.wait()
+        replica = min(self._free)
+        self._free.remove(replica)
+        return replica
 
     async def _next_tile(self) -> None:
         while True:

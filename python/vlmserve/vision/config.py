@@ -25,7 +25,15 @@ class VisionConfig:
 
     max_batch_size counts tiles, not images: an image split into 5 tiles takes 5
     slots. A batch closes when it is full or batch_window_ms after its first tile
-    arrived. allowed_url_hosts empty means http(s) image URLs are refused."""
+    arrived. allowed_url_hosts empty means http(s) image URLs are refused.
+
+    replicas is how many whole copies of the encoder serve requests, each taking
+    its own batches. On CUDA (device cuda or auto on a GPU machine) replica i runs
+    on cuda:i, or cuda:K+i for device cuda:K. The encoder is replicated rather
+    than split tensor-parallel: a 300M ViT/CLIP-L fits easily on each GPU, and
+    splitting it would add two all-reduces per layer on small batches, while
+    replicas multiply image throughput with no communication. On the CPU the
+    replicas are separate copies in the same memory (useful for tests)."""
 
     dtype: str = "auto"
     device: str = "auto"
@@ -39,6 +47,7 @@ class VisionConfig:
     url_timeout_s: float = 10.0
     trust_remote_code: bool = False
     preprocess_threads: int = 2
+    replicas: int = 1
 
     def __post_init__(self) -> None:
         _require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
@@ -61,3 +70,5 @@ class VisionConfig:
                  f"url_timeout_s must be > 0, got {self.url_timeout_s!r}")
         _require(_positive_int(self.preprocess_threads),
                  f"preprocess_threads must be a positive integer, got {self.preprocess_threads!r}")
+        _require(_positive_int(self.replicas),
+                 f"replicas must be a positive integer (encoder copies, one per GPU), got {self.replicas!r}")

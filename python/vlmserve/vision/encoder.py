@@ -2,7 +2,13 @@
 transformers model computes them (its own image processor and get_image_features).
 
 Blocking and thread-safe in the way the service uses it: prepare() may run in
-several threads at once; forward() runs in one thread at a time (the batcher's)."""
+several threads at once; forward() on one replica runs in one thread at a time
+(the batcher's thread bound to that replica), different replicas concurrently.
+
+config.replicas whole copies of the encoder are loaded, one per GPU on CUDA
+(see VisionConfig): a vision tower is small next to a GPU, so copies multiply
+image throughput where splitting it would only add communication. model and
+device are replica 0's."""
 from __future__ import annotations
 
 import logging
@@ -17,7 +23,7 @@ from vlmserve.vision.config import VisionConfig
 from vlmserve.vision.families import TileGrid, family_for
 from vlmserve.vision.image_decode import decode_image
 from vlmserve.vision.image_source import ImageSource, resolve
-from vlmserve.vision.loader import load_encoder, resolve_device, resolve_dtype
+from vlmserve.vision.loader import load_encoder, replica_devices, resolve_device, resolve_dtype
 from vlmserve.vision.tiles import ImageEmbedding, ImageLayout, PreparedImage, Tiles
 
 log = logging.getLogger(__name__)
@@ -40,9 +46,13 @@ class VisionEncoder:
         self.model_type = self.hf_config.model_type
         self.family = family_for(self.model_type)
         self.processor_kwargs = self.family.processor_defaults()
-        self.device = resolve_device(self.config.device)
+        self.devices = replica_devices(resolve_device(self.config.device), self.config.replicas)
+        self.device = self.devices[0]
         self.dtype = resolve_dtype(self.config.dtype, self.hf_config, self.device)
-        self.model = load_encoder(self.directory, self.hf_config, self.family, self.dtype, self.device)
+        # Each replica is built from the checkpoint on its own device: no GPU holds a transient second copy.
+        self.models = [load_encoder(self.directory, self.hf_config, self.family, self.dtype, d) for d in self.devices]
+        self.model = self.models[0]
+        self.replicas = len(self.models)
         self.hidden_size = int(self.hf_config.text_config.hidden_size)
         self.tokens_per_tile = 0  # known after warmup()
 
@@ -83,24 +93,31 @@ class VisionEncoder:
     # -- model ------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def forward(self, tiles: Tiles) -> torch.Tensor:
-        """[tiles, tokens_per_tile, hidden_size] on the CPU, in the model's dtype."""
-        inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+    def forward(self, tiles: Tiles, replica: int = 0) -> torch.Tensor:
+        """[tiles, tokens_per_tile, hidden_size] on the CPU, in the model's dtype, computed by that replica."""
+        if not 0 <= replica < self.replicas:
+            raise InternalError(f"replica {replica} asked for; the encoder has {self.replicas}")
+        device = self.devices[replica]
+        inputs = {k: (v.to(device, self.dtype) if v.is_floating_point() else v.to(device))
                   for k, v in tiles.tensors.items()}
-        out = self.family.features(self.model, inputs)
+        out = self.family.features(self.models[replica], inputs)
         if out.shape[0] != len(tiles) or out.shape[-1] != self.hidden_size:
             raise InternalError(f"the encoder returned {tuple(out.shape)} for {len(tiles)} tiles")
         return out.to("cpu")
 
     def warmup(self) -> None:
-        """One forward on a synthetic image: fixes tokens_per_tile and touches every kernel."""
+        """One forward per replica on a synthetic image: fixes tokens_per_tile and touches every kernel of every
+        device, so no replica's first request pays for CUDA context and kernel setup."""
         rng = np.random.default_rng(0)
         image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
         tiles, grid = self._process(image)
         self.tokens_per_tile = int(self.forward(tiles).shape[1])
+        for replica in range(1, self.replicas):
+            self.forward(tiles, replica)
         log.info("vision encoder warmed up", extra={"fields": {
             "model_type": self.model_type, "tokens_per_tile": self.tokens_per_tile, "hidden_size": self.hidden_size,
-            "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device)}})
+            "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+            "replicas": self.replicas, "devices": ",".join(str(d) for d in self.devices)}})
 
     def encode(self, images: list[Image.Image]) -> list[ImageEmbedding]:
         """Unbatched reference: one forward per image, no batcher."""

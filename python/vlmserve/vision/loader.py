@@ -29,6 +29,22 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def replica_devices(device: torch.device, replicas: int) -> list[torch.device]:
+    """One device per encoder replica: cuda:K..K+replicas-1 from the resolved device cuda:K (cuda: K=0), or the
+    CPU for every replica. Checked before any weights are read, so a missing GPU fails the load at once rather
+    than after the first replicas were built."""
+    if device.type != "cuda":
+        return [device] * replicas
+    first = device.index or 0
+    visible = torch.cuda.device_count()
+    last = first + replicas - 1
+    if last >= visible:
+        where = f"cuda:{first}" if replicas == 1 else f"cuda:{first}..cuda:{last}"
+        raise ModelLoadError(f"{replicas} vision encoder replica(s) need {where}, but torch sees {visible} GPU(s); "
+                             f"ask for fewer replicas (--tp) or make more GPUs visible")
+    return [torch.device("cuda", first + i) for i in range(replicas)]
+
+
 def resolve_dtype(dtype: str, config, device: torch.device) -> torch.dtype:
     if dtype != "auto":
         return _TORCH_DTYPES[dtype]
