@@ -298,7 +298,7 @@ class CudaRunner final : public StepRunner {
            num_blocks_;
   }
 
-  void forward(const StepBatch& b, std::vector<float>& logits) override {
+  void forward(const StepBatch& b, StepOutput& out) override {
     VLM_CUDA_CHECK(cudaSetDevice(device_));
     const int T = (int)b.tokens.size(), R = (int)b.logit_rows.size();
     const int H = p_.hidden_size, F = p_.intermediate_size, V = vocab_out_;
@@ -314,6 +314,7 @@ class CudaRunner final : public StepRunner {
     grow(gate_, (size_t)T * F * a);
     grow(up_, (size_t)T * F * a);
     grow(logits_d_, (size_t)std::max(R, 1) * V * 4);
+    grow(argmax_d_, (size_t)std::max(R, 1) * 8);
 
     const bool decode = is_decode_step(b);
     int context = T ? *std::max_element(b.positions.begin(), b.positions.end()) + 1 : 0;
@@ -338,10 +339,27 @@ class CudaRunner final : public StepRunner {
     else
       enqueue_step(T, R, context, meta, (int)b.embedding_rows.size());
 
-    logits.resize((size_t)R * V);
-    if (R > 0)
-      VLM_CUDA_CHECK(cudaMemcpyAsync(logits.data(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
+    // Every row's argmax (R x 8 bytes), and whole rows only where the engine needs them.
+    out.argmax.resize(R);
+    out.max_logit.resize(R);
+    size_t full = 0;
+    for (int i = 0; i < R; ++i) full += b.full_logits[i] != 0;
+    out.logits.resize(full * V);
+    if (R > 0) {
+      VLM_CUDA_CHECK(cudaMemcpyAsync(out.argmax.data(), argmax_d_.as(), (size_t)R * 4, cudaMemcpyDeviceToHost,
                                      stream_));
+      VLM_CUDA_CHECK(cudaMemcpyAsync(out.max_logit.data(), argmax_d_.as<float>() + R, (size_t)R * 4,
+                                     cudaMemcpyDeviceToHost, stream_));
+    }
+    if (full == (size_t)R && R > 0) {
+      VLM_CUDA_CHECK(cudaMemcpyAsync(out.logits.data(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
+                                     stream_));
+    } else {
+      for (int i = 0, j = 0; i < R; ++i)
+        if (b.full_logits[i])
+          VLM_CUDA_CHECK(cudaMemcpyAsync(&out.logits[(size_t)j++ * V], logits_d_.as<float>() + (size_t)i * V,
+                                         (size_t)V * 4, cudaMemcpyDeviceToHost, stream_));
+    }
     VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
 
@@ -387,6 +405,8 @@ class CudaRunner final : public StepRunner {
       if (!dense_gemm(head, x_.as(), R, logits_d_.as(), true))
         VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
                                          logits_d_.as(), true, stream_));
+      VLM_CUDA_CHECK(cuda::argmax_rows(logits_d_.as<float>(), R, V, argmax_d_.as<int32_t>(), argmax_d_.as<float>() + R,
+                                       stream_));
     }
   }
 
@@ -555,7 +575,7 @@ class CudaRunner final : public StepRunner {
 
   // Step scratch (grows to the largest step seen).
   DeviceBuffer h_, x_, q_, k_, v_, attn_, delta_, gate_, up_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
-  DeviceBuffer blas_workspace_;
+  DeviceBuffer blas_workspace_, argmax_d_;
   std::vector<int32_t> meta_host_;
   uint64_t epoch_ = 0;  // bumped whenever a scratch buffer moves
 

@@ -60,6 +60,10 @@ cudaError_t add_rms_norm(ActType act, float* h, const void* delta, const float* 
 cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, cudaStream_t stream);
 // out = silu(gate) * up, n elements.
 cudaError_t silu_mul(ActType act, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
+// Per row of fp32 logits [rows][vocab]: the first index of the largest value (as
+// std::max_element), and that value; NaNs never win. Greedy requests take their
+// token from here instead of copying the whole row to the host.
+cudaError_t argmax_rows(const float* logits, int rows, int vocab, int32_t* index, float* value, cudaStream_t stream);
 // Rotates q (in place) and k by each row's position, then writes k and v into
 // the cache at the row's slot (quantizing for I8/I4).
 cudaError_t rope_and_cache_write(ActType act, void* q, const void* k, const void* v, const StepMeta& meta,

@@ -158,6 +158,25 @@ def test_decode_graphs_replay_exactly_what_eager_steps_compute(tiny_model_dir, m
         np.testing.assert_array_equal(g.logits, e.logits)
 
 
+def test_greedy_tokens_from_the_device_argmax_equal_the_host_sampler(tiny_model_dir):
+    """Greedy requests without logprobs take their token from a device argmax and copy no logits
+    row; with logprobs the whole row comes back and the host sampler picks. Mixed in one batch with
+    sampled requests (whole rows between argmax-only rows), both give the same tokens."""
+    d = tiny_model_dir("qwen2_bias_tied")
+    prompts = [prompt_for(500 + i, n=15 + 3 * i) for i in range(6)]
+    plain = GenerationConfig(max_new_tokens=12, ignore_eos=True)
+    with_rows = GenerationConfig(max_new_tokens=12, ignore_eos=True, logprobs=0)
+    sampled = GenerationConfig(max_new_tokens=12, ignore_eos=True, temperature=0.9, seed=3)
+    with Engine(d, config("cuda")) as eng:
+        streams = []
+        for p in prompts:
+            streams += [eng.add_request(p, plain), eng.add_request(p, with_rows), eng.add_request(p, sampled)]
+        outs = [s.wait(timeout=120) for s in streams]
+    for i in range(len(prompts)):
+        assert outs[3 * i].token_ids == outs[3 * i + 1].token_ids
+        assert len(outs[3 * i + 2].token_ids) == 12
+
+
 def test_cache_capacity_comes_from_free_device_memory(tiny_model_dir):
     d = tiny_model_dir("llama_mqa")
     with Engine(d, EngineConfig(device="cuda", num_kv_blocks=0, cache_max_entry_count=0.01,

@@ -301,22 +301,35 @@ void Engine::step() {
       // Logits for prompt positions only when asked, and once each (not again after a preemption).
       const bool wants_prompt_row = (r->prompt_logprobs || r->return_logits) && pos >= r->logits_emitted &&
                                     pos < (int)r->prompt.size() - 1;
-      if (wants_prompt_row || pos == r->length() - 1) batch_.logit_rows.push_back(row0 + i);
+      if (wants_prompt_row || pos == r->length() - 1) {
+        batch_.logit_rows.push_back(row0 + i);
+        batch_.full_logits.push_back(wants_prompt_row || !argmax_suffices(*r));
+      }
     }
   }
   try {
-    runner_->forward(batch_, logits_);
+    runner_->forward(batch_, out_);
   } catch (const std::exception& ex) {
     for (const ScheduledWork& w : work) finish(w.request, VLM_FINISH_ERROR, 0, ex.what());
     return;
   }
   steps_ += 1;
-  postprocess(work, logits_);
+  postprocess(work, out_);
 }
 
-void Engine::postprocess(const std::vector<ScheduledWork>& work, const std::vector<float>& logits) {
+// A greedy request that wants no logprobs, logits or repetition penalty needs only the
+// index of its row's largest logit, which a GPU runner finds without copying the row.
+bool Engine::argmax_suffices(const Request& r) {
+  const vlm_sampling_params& s = r.sampling;
+  return (s.temperature == 0.f || s.top_k == 1) && s.repetition_penalty == 1.f && r.logprobs < 0 && !r.return_logits;
+}
+
+void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutput& out) {
   const int V = model_->params().vocab_size;
-  size_t li = 0;  // walks logits rows in the order step() requested them
+  const std::vector<float>& logits = out.logits;
+  const bool argmax = !out.argmax.empty();
+  size_t li = 0;    // walks logit rows in the order step() requested them
+  size_t full = 0;  // walks the whole rows among them
   for (const ScheduledWork& w : work) {
     Request* r = w.request;
     const int first = r->num_computed, end = first + w.count;
@@ -326,7 +339,8 @@ void Engine::postprocess(const std::vector<ScheduledWork>& work, const std::vect
                               pos < (int)r->prompt.size() - 1;
       const bool sample_row = pos == r->length() - 1;
       if (!prompt_row && !sample_row) continue;
-      const float* row = &logits[li++ * (size_t)V];
+      const size_t index = li++;
+      const float* row = !argmax || batch_.full_logits[index] ? &logits[full++ * (size_t)V] : nullptr;
       if (r->return_logits && pos >= r->logits_emitted) r->logits_buf.insert(r->logits_buf.end(), row, row + V);
       if (prompt_row && r->prompt_logprobs)
         r->prompt_logprob_buf.push_back(log_softmax_at(row, V, r->prompt[pos + 1]));
@@ -349,7 +363,11 @@ void Engine::postprocess(const std::vector<ScheduledWork>& work, const std::vect
         r->logits_buf.clear();
         emit(std::move(le));
       }
-      SampleResult s = sample_token(*r, row, V, sample_scratch_);
+      SampleResult s;
+      if (row)
+        s = sample_token(*r, row, V, sample_scratch_);
+      else
+        s.token = out.argmax[index];
       r->output.push_back(s.token);
       if (!r->first_token_ns) r->first_token_ns = now_ns();
       Event te;

@@ -43,7 +43,8 @@ class Engine {
   std::unique_ptr<Request> build_request(const vlm_request_params& params) const;
   void loop();
   void step();
-  void postprocess(const std::vector<ScheduledWork>& work, const std::vector<float>& logits);
+  void postprocess(const std::vector<ScheduledWork>& work, const StepOutput& out);
+  static bool argmax_suffices(const Request& r);
   void finish(Request* r, int reason, int stop_len, const std::string& error = "");
   void emit(Event&& e);
   int check_stop(const Request& r, int* stop_len) const;
@@ -60,7 +61,8 @@ class Engine {
   // Owned by the decoding thread.
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
   StepBatch batch_;
-  std::vector<float> logits_, sample_scratch_;
+  StepOutput out_;
+  std::vector<float> sample_scratch_;
 
   // Shared with callers, guarded by mu_.
   mutable std::mutex mu_;

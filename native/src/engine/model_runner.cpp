@@ -44,7 +44,12 @@ class CpuRunner final : public StepRunner {
     cache_ = std::make_unique<KvCache>(p.num_layers, num_blocks, block_size, p.num_kv_heads, p.head_dim, kv_dtype);
   }
   int64_t kv_cache_bytes() const override { return cache_ ? cache_->total_bytes() : 0; }
-  void forward(const StepBatch& batch, std::vector<float>& logits) override { runner_.forward(batch, *cache_, logits); }
+  // Every row whole: the host sampler takes greedy tokens from the rows directly.
+  void forward(const StepBatch& batch, StepOutput& out) override {
+    out.argmax.clear();
+    out.max_logit.clear();
+    runner_.forward(batch, *cache_, out.logits);
+  }
 
  private:
   ModelRunner runner_;

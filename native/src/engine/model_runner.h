@@ -19,10 +19,21 @@ struct StepBatch {
   std::vector<AttentionSegment> segments;      // one per request, rows contiguous
   std::vector<std::pair<int, const float*>> embedding_rows;  // (row, [hidden] fp32) overrides
   std::vector<int> logit_rows;                 // rows whose logits are returned, in this order
+  std::vector<uint8_t> full_logits;            // per logit row: 0 when its argmax is all the engine needs
 
   void clear() {
     tokens.clear(); positions.clear(); segments.clear(); embedding_rows.clear(); logit_rows.clear();
+    full_logits.clear();
   }
+};
+
+// What a runner returns for a step's logit rows.
+struct StepOutput {
+  // fp32 rows of this runner's vocabulary columns: every logit row when `argmax` is empty;
+  // otherwise only the rows whose full_logits flag is set, in order.
+  std::vector<float> logits;
+  std::vector<int32_t> argmax;  // empty, or per logit row: the first index of its largest logit
+  std::vector<float> max_logit; // alongside argmax
 };
 
 class ModelRunner {

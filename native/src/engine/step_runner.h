@@ -22,8 +22,7 @@ class StepRunner {
   virtual int64_t kv_memory_bytes() const = 0;
   virtual void allocate_cache(int64_t num_blocks, int block_size, int kv_dtype) = 0;
   virtual int64_t kv_cache_bytes() const = 0;
-  // logits: [batch.logit_rows.size()][vocab columns of this runner's lm_head], fp32.
-  virtual void forward(const StepBatch& batch, std::vector<float>& logits) = 0;
+  virtual void forward(const StepBatch& batch, StepOutput& out) = 0;
 };
 
 class Communicator;

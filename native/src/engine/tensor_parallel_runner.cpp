@@ -137,15 +137,29 @@ class TensorParallelRunner final : public StepRunner {
     return total;
   }
 
-  void forward(const StepBatch& b, std::vector<float>& logits) override {
+  void forward(const StepBatch& b, StepOutput& out) override {
     on_every_rank([&](int r) { runners_[r]->forward(b, local_[r]); });
     const int R = (int)b.logit_rows.size();
-    logits.resize((size_t)R * vocab_);
+    const bool argmax = !local_[0].argmax.empty();
+    // Each rank's argmax is over its vocabulary slice: the largest wins, the lower rank on a tie
+    // (its indices are lower), which is the first index of the whole row's max.
+    out.argmax.assign(argmax ? R : 0, 0);
+    out.max_logit.assign(argmax ? R : 0, 0.f);
+    for (int r = 0; argmax && r < world_; ++r) {
+      const int v0 = shard_range(vocab_, r, world_).first;
+      for (int i = 0; i < R; ++i)
+        if (r == 0 || local_[r].max_logit[i] > out.max_logit[i]) {
+          out.max_logit[i] = local_[r].max_logit[i];
+          out.argmax[i] = v0 + local_[r].argmax[i];
+        }
+    }
+    const size_t rows = argmax ? std::count(b.full_logits.begin(), b.full_logits.end(), 1) : (size_t)R;
+    out.logits.resize(rows * vocab_);
     for (int r = 0; r < world_; ++r) {
       const auto [v0, v1] = shard_range(vocab_, r, world_);
       const int width = v1 - v0;
-      for (int i = 0; i < R; ++i)
-        std::memcpy(&logits[(size_t)i * vocab_ + v0], &local_[r][(size_t)i * width], sizeof(float) * width);
+      for (size_t i = 0; i < rows; ++i)
+        std::memcpy(&out.logits[i * vocab_ + v0], &local_[r].logits[i * width], sizeof(float) * width);
     }
   }
 
@@ -181,7 +195,7 @@ class TensorParallelRunner final : public StepRunner {
   std::vector<std::unique_ptr<Model>> shards_;  // outlive their runners (declared first)
   std::unique_ptr<CommGroup> group_;
   std::vector<std::unique_ptr<StepRunner>> runners_;
-  std::vector<std::vector<float>> local_;
+  std::vector<StepOutput> local_;
   RankThreads threads_;  // declared last: its threads stop before the runners go
 };
 
