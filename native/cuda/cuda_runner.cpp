@@ -334,10 +334,23 @@ class CudaRunner final : public StepRunner {
                                      cudaMemcpyHostToDevice, stream_));
     }
 
+    // Other steps (prefill chunks, with any decode rows beside them) attend in row tiles.
+    int num_tiles = 0;
+    if (!decode) {
+      const int tile_rows = cuda::prefill_tile_rows(p_.num_heads, p_.num_kv_heads);
+      tiles_host_.clear();
+      for (const AttentionSegment& s : b.segments)
+        for (int i = 0; i < s.count; i += tile_rows) tiles_host_.push_back({s.row + i, std::min(tile_rows, s.count - i)});
+      num_tiles = (int)tiles_host_.size();
+      grow(tiles_, tiles_host_.size() * sizeof(int2));
+      VLM_CUDA_CHECK(cudaMemcpyAsync(tiles_.as(), tiles_host_.data(), tiles_host_.size() * sizeof(int2),
+                                     cudaMemcpyHostToDevice, stream_));
+    }
+
     if (decode && graphs_enabled_)
       run_decode_graph(T, context, meta);
     else
-      enqueue_step(T, R, context, meta, (int)b.embedding_rows.size());
+      enqueue_step(T, R, context, meta, (int)b.embedding_rows.size(), num_tiles);
 
     // Every row's argmax (R x 8 bytes), and whole rows only where the engine needs them.
     out.argmax.resize(R);
@@ -367,7 +380,7 @@ class CudaRunner final : public StepRunner {
  private:
   // Every kernel of one step, queued on stream_: no allocation, no host sync and no
   // host memory touched (so a decode step can be captured into a CUDA graph).
-  void enqueue_step(int T, int R, int context, const cuda::StepMeta& meta, int splice_rows) {
+  void enqueue_step(int T, int R, int context, const cuda::StepMeta& meta, int splice_rows, int num_tiles = 0) {
     const int H = p_.hidden_size, F = p_.intermediate_size, V = vocab_out_;
     VLM_CUDA_CHECK(cuda::embed_rows(act_, embed_.w.as(), meta_tokens_, T, H, h_.as<float>(), stream_));
     if (splice_rows)
@@ -384,8 +397,12 @@ class CudaRunner final : public StepRunner {
       linear(w.v, x_.as(), T, v_.as());
       VLM_CUDA_CHECK(cuda::rope_and_cache_write(act_, q_.as(), k_.as(), v_.as(), meta, inv_freq_.as<float>(), T,
                                                 p_.num_heads, kv, stream_));
-      VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window,
-                                           context, num_sms_, kv, attn_workspace_.as(), stream_));
+      if (num_tiles)
+        VLM_CUDA_CHECK(cuda::prefill_attention(act_, q_.as(), attn_.as(), meta, tiles_.as<int2>(), num_tiles,
+                                               p_.num_heads, p_.sliding_window, kv, stream_));
+      else
+        VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window,
+                                             context, num_sms_, kv, attn_workspace_.as(), stream_));
       linear(w.o, attn_.as(), T, delta_.as());
       all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
@@ -575,7 +592,8 @@ class CudaRunner final : public StepRunner {
 
   // Step scratch (grows to the largest step seen).
   DeviceBuffer h_, x_, q_, k_, v_, attn_, delta_, gate_, up_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
-  DeviceBuffer blas_workspace_, argmax_d_;
+  DeviceBuffer blas_workspace_, argmax_d_, tiles_;
+  std::vector<int2> tiles_host_;
   std::vector<int32_t> meta_host_;
   uint64_t epoch_ = 0;  // bumped whenever a scratch buffer moves
 

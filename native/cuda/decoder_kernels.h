@@ -80,5 +80,13 @@ cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMet
                             int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
                             cudaStream_t stream);
 
+// Prefill steps: the same attention with the rows of a request in tiles that share
+// every K/V read (prefill_attention.cu). tiles[i] = (first row, row count), rows of
+// one request with consecutive positions, at most prefill_tile_rows() each.
+int prefill_tile_rows(int num_heads, int kv_heads);
+cudaError_t prefill_attention(ActType act, const void* q, void* out, const StepMeta& meta, const int2* tiles,
+                              int num_tiles, int num_heads, int sliding_window, const KvView& cache,
+                              cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace vlm
