@@ -174,24 +174,6 @@ def run_transformers(model: Path, batch: int, new: int, rng) -> dict:
     return {"decode_s": total - prefill, "tok_s": batch * (new - 1) / (total - prefill)}
 
 
-def measure_copy_bandwidth() -> float:
-    """Bytes read + written per second by a device-to-device copy of 1 GiB (median of 20) on GPU 0."""
-    import torch
-
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    times = []
-    for _ in range(22):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        dst.copy_(src)
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    del src, dst
-    return 2 * (1 << 30) / statistics.median(times[2:])
-
-
 TARGETS = [("2b", "w4a16", "fp16", 1, 1500), ("2b", "fp16", "fp16", 1, 650), ("7b", "w4a16", "fp16", 1, 550),
            ("2b", "w4a16", "int8", 64, 20000)]
 
@@ -320,7 +302,12 @@ def main() -> int:
     import torch
 
     rng = np.random.default_rng(0)
-    bandwidth = measure_copy_bandwidth() if a.measure_bandwidth else HBM_BYTES_PER_S
+    if a.measure_bandwidth:
+        from gemm import hbm_bandwidth  # ANCHORS.md's method: a 1 GiB device-to-device copy, median
+
+        bandwidth = hbm_bandwidth()
+    else:
+        bandwidth = HBM_BYTES_PER_S
     tps = [int(t) for t in a.tp.split(",")]
     results = {"meta": {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(),
                         "torch": torch.__version__,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from greedy_compare import assert_same_greedy as compare_greedy
 from vlmserve import Embeddings, Engine, EngineConfig, GenerationConfig
 
 STEPS = 16
@@ -35,21 +36,8 @@ def run(model, device: str, prompt, spans=None, steps: int = STEPS, **kw):
                             spans or ())
 
 
-def assert_same_greedy(cpu, gpu, prompt_len: int, rel_tol: float, min_steps: int = STEPS // 2) -> None:
-    scale = float(np.abs(cpu.logits).max())
-    atol = rel_tol * scale
-    agree = 0
-    while agree < len(cpu.token_ids) and cpu.token_ids[agree] == gpu.token_ids[agree]:
-        agree += 1
-    if agree < len(cpu.token_ids):
-        top2 = np.sort(cpu.logits[prompt_len - 1 + agree])[-2:]
-        assert top2[1] - top2[0] <= 2 * atol, (
-            f"greedy tokens differ at step {agree} without a near tie: cpu {cpu.token_ids} gpu {gpu.token_ids}")
-    upto = prompt_len + agree
-    err = float(np.abs(cpu.logits[:upto] - gpu.logits[:upto]).max())
-    print(f"max |logit error| {err:.3g} = {err / scale:.3g} x max|logit|; greedy agreed {agree}/{len(cpu.token_ids)}")
-    assert err <= atol, f"logits differ by {err:.4g} > {atol:.4g}"
-    assert agree >= min_steps, f"greedy agreed for only {agree} steps"
+def assert_same_greedy(ref, got, prompt_len: int, rel_tol: float, min_steps: int = STEPS // 2) -> None:
+    compare_greedy(ref, got, prompt_len, rel_tol, min_steps, ("cpu", "gpu"))
 
 
 pytestmark = pytest.mark.gpu

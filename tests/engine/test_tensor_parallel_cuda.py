@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from greedy_compare import assert_same_greedy as compare_greedy
 from vlmserve import Engine, EngineConfig, GenerationConfig
 from vlmserve.awq_checkpoint import write_awq_checkpoint
 from vlmserve.awq_format import quantize_rtn
@@ -40,20 +41,7 @@ def run(model, tp: int, prompt, steps: int = 16, **kw):
 
 
 def assert_same_greedy(ref, got, prompt_len: int, rel_tol: float, min_steps: int) -> None:
-    scale = float(np.abs(ref.logits).max())
-    atol = rel_tol * scale
-    agree = 0
-    while agree < len(ref.token_ids) and ref.token_ids[agree] == got.token_ids[agree]:
-        agree += 1
-    if agree < len(ref.token_ids):
-        top2 = np.sort(ref.logits[prompt_len - 1 + agree])[-2:]
-        assert top2[1] - top2[0] <= 2 * atol, (
-            f"greedy tokens differ at step {agree} without a near tie: tp1 {ref.token_ids} tp2 {got.token_ids}")
-    upto = prompt_len + agree
-    err = float(np.abs(ref.logits[:upto] - got.logits[:upto]).max())
-    print(f"max |logit error| {err:.3g} = {err / scale:.3g} x max|logit|; greedy agreed {agree}/{len(ref.token_ids)}")
-    assert err <= atol, f"logits differ by {err:.4g} > {atol:.4g}"
-    assert agree >= min_steps, f"greedy agreed for only {agree} steps"
+    compare_greedy(ref, got, prompt_len, rel_tol, min_steps, ("tp1", "tp2"))
 
 
 def prompt_for(seed: int, n: int = 23, vocab: int = 320) -> list[int]:
