@@ -90,16 +90,6 @@ def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -
     flag(p, "--max-chunk-bytes", type=int, default=1 << 20, help="largest embedding chunk sent, bytes")
 
 
-def _short_gil_turns() -> None:
-    """A service's threads take turns on the GIL: the vision forward issues hundreds of small torch
-    calls per batch, each needing the GIL back, while the gRPC loop and the engine's poller stream
-    tokens. With Python's default 5 ms turns each of those calls can wait a whole turn, which
-    multiplies the encode time under load; 0.2 ms turns keep it close to the unloaded time."""
-    import sys
-
-    sys.setswitchinterval(float(os.environ.get("VLMSERVE_GIL_SWITCH_INTERVAL_S", "0.0002")))
-
-
 def run_vision(a: argparse.Namespace) -> int:
     import asyncio
 
@@ -107,7 +97,6 @@ def run_vision(a: argparse.Namespace) -> int:
     from vlmserve.services.vision_server import VisionServer
 
     log.configure(a.log_level)
-    _short_gil_turns()
     vision = vision_config_from_args(a)
     server_config = server_config_from_args(a)
     model = _resolve_model(a)
@@ -194,7 +183,6 @@ def run_lm(a: argparse.Namespace) -> int:
     from vlmserve.services.lm_server import LmLimits, LmServer
 
     log.configure(a.log_level)
-    _short_gil_turns()
     model = _resolve_model(a)
     limits = LmLimits(vision_addr=a.vision_addr or None, vision_api_key=a.vision_api_key or None,
                       max_images_per_request=a.max_images_per_request, trust_remote_code=a.trust_remote_code)
@@ -231,7 +219,6 @@ def run_stack(a: argparse.Namespace) -> int:
     from vlmserve.services.vision_server import VisionServer
 
     log.configure(a.log_level)
-    _short_gil_turns()
     model = _resolve_model(a)
     lm_server_config = server_config_from_args(a)
     vision_server_config = dataclasses.replace(
