@@ -80,12 +80,13 @@ def histogram_delta(before: dict, after: dict, name: str) -> float | None:
     return (after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)) / n if n > 0 else None
 
 
-def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: bytes, out_dir: Path) -> dict:
+def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: bytes, out_dir: Path,
+                tp: int = 1) -> dict:
     from tqdm.auto import tqdm
 
     flags = ["--engine-device", a.engine_device, "--kv-cache-dtype", kv, "--vision-max-batch-size", str(vision_batch),
-             "--max-batch-size", str(max(a.concurrency)), "--log-level", "warning", *a.stack_flag]
-    label = f"{name} vision-batch {vision_batch}"
+             "--max-batch-size", str(max(a.concurrency)), "--log-level", "warning", "--tp", str(tp), *a.stack_flag]
+    label = f"{name} vision-batch {vision_batch}" + (f" tp {tp}" if tp > 1 else "")
     levels = []
 
     from vlmserve.services import protos
@@ -98,7 +99,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
                               params=pb.SamplingParams(max_tokens=a.output_tokens, ignore_eos=True))
 
     log(f"{label}: starting the stack ({model.name}, KV {kv})")
-    with StackProcess(model, flags, out_dir / "logs" / f"{a.stem}_{name}_vb{vision_batch}.log") as stack:
+    with StackProcess(model, flags, out_dir / "logs" / f"{a.stem}_{name}_vb{vision_batch}_tp{tp}.log") as stack:
         for c in a.concurrency:
             n = a.requests_per_level or max(2 * c, 8)
             run_level(stack.address, make_request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive)
@@ -192,6 +193,9 @@ def main() -> int:
     ap.add_argument("--no-peer", action="store_true", help="skip transformers")
     ap.add_argument("--timeout", type=float, default=600.0, help="deadline of one request, seconds")
     ap.add_argument("--stack-flag", action="append", default=[], help="extra flag for `vlmserve serve stack`")
+    ap.add_argument("--tp", type=ints, default=[1],
+                    help="tensor-parallel sizes, each variant run once per value in the same run (the stack's "
+                         "--tp: the LM split over that many GPUs, one vision replica on each)")
     ap.add_argument("--out-dir", type=Path, required=True)
     ap.add_argument("--stem", default=None, help="file name stem (default: model name)")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown and plots from the JSON")
@@ -241,8 +245,9 @@ def main() -> int:
         for v in variants:
             kind, kv = VARIANTS[v]
             for vb in a.vision_batch:
-                r["variants"].append(run_variant(v, models[kind], kv, vb, a, image, a.out_dir))
-                save()
+                for tp in a.tp:
+                    r["variants"].append(run_variant(v, models[kind], kv, vb, a, image, a.out_dir, tp))
+                    save()
         if a.peer_batches and not a.no_peer:
             r["peer"] = run_peer(dense, a, image)
     except RuntimeError as e:  # the stack died or never came up: report what was measured, fail

@@ -39,6 +39,17 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_tensor_parallel_runs_beside_the_unsplit_stack(tmp_path):
+    # tp=2 on the CPU: the engine's ranks are threads, the vision service runs two encoder copies.
+    proc, out = run(tmp_path, "--no-peer", "--tp", "1,2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "internvl-tiny.json").read_text())
+    assert [v["name"] for v in r["variants"]] == ["fp16 vision-batch 4", "fp16 vision-batch 4 tp 2",
+                                                  "w4a16 vision-batch 4", "w4a16 vision-batch 4 tp 2"]
+    assert all("--tp" in v["flags"] for v in r["variants"])
+    assert all(lv["failed"] == 0 and lv["out_tok_s"] > 0 for v in r["variants"] for lv in v["levels"])
+
+
 def test_failed_requests_fail_the_run_and_are_reported(tmp_path):
     # A context shorter than the image's tokens: the LM service refuses every request.
     proc, out = run(tmp_path, "--no-peer", "--stack-flag=--max-model-len", "--stack-flag=16")
