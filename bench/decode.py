@@ -138,8 +138,8 @@ def run_engine(model: Path, kv: str, batches: list[int], new: int, rng, tp: int 
             # One fixed prompt for every engine of the run, so tp=1 and tp=2 decode the same thing.
             prompt = np.random.default_rng(1234).integers(3, vocab, size=PROMPT).tolist()
             out = eng.generate(prompt, GenerationConfig(max_new_tokens=greedy_check, ignore_eos=True, logprobs=2))
-            gaps = [sorted(t.values(), reverse=True)[0] - sorted(t.values(), reverse=True)[1]
-                    for t in out.top_logprobs]
+            best2 = [sorted(t.values(), reverse=True)[:2] for t in out.top_logprobs]
+            gaps = [b[0] - b[1] for b in best2]
             yield None, {"tokens": out.token_ids, "top2_gap": gaps, "load_s": load_s}
         eng.generate(rng.integers(3, vocab, size=PROMPT).tolist(), GenerationConfig(max_new_tokens=4))  # warm-up
         for batch in batches:

@@ -17,6 +17,9 @@ from pathlib import Path
 
 import torch
 
+# The toy LM both tiny families share (CPU smoke runs).
+TINY_TEXT = dict(vocab_size=1536, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=1024)
 SIZES = {
     "llava-7b": dict(family="llava",
                      vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -27,8 +30,7 @@ SIZES = {
     "llava-tiny": dict(family="llava",
                        vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                                    image_size=32, patch_size=8, projection_dim=64),
-                       text=dict(vocab_size=1536, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
+                       text=TINY_TEXT,
                        image=32, dtype=torch.float32),
     "internvl-2b": dict(family="internvl",
                         vision=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
@@ -39,8 +41,7 @@ SIZES = {
     "internvl-tiny": dict(family="internvl",
                           vision=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                       num_attention_heads=2, image_size=[32, 32], patch_size=[8, 8]),
-                          text=dict(vocab_size=1536, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024),
+                          text=TINY_TEXT,
                           image=32, dtype=torch.float32),
 }
 SPECIAL = {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
