@@ -29,6 +29,7 @@
 #include "cuda/cuda_check.cuh"
 #include "cuda/decoder_kernels.h"
 #include "cuda/simt_linear.h"
+#include "cuda/step_profiler.h"
 #include "cuda/w4a16_gemm.h"
 #include "engine/communicator.h"
 #include "engine/kv_cache.h"
@@ -83,7 +84,8 @@ struct DeviceLinear {
 
 struct DeviceLayer {
   DeviceBuffer input_norm, post_norm;
-  DeviceLinear q, k, v, o, gate, up, down;
+  // q/k/v and gate/up are each stacked into one linear (one GEMM, a wider N to fill the GPU).
+  DeviceLinear qkv, o, gate_up, down;
 };
 
 // VLM_CUDA_W4A16_TENSOR_CORES=0 sends every 4-bit linear to the CUDA-core kernel (to test one path against the other).
@@ -92,18 +94,51 @@ bool tensor_cores_enabled() {
   return v == nullptr || std::strcmp(v, "0") != 0;
 }
 
-bool tensor_core_shape(const Linear& l) {
-  return tensor_cores_enabled() && l.out % 64 == 0 && (l.group_size == 64 || l.group_size == 128) && l.in % l.group_size == 0 &&
-         l.in % 64 == 0;
-}
-
 uint16_t act_bits(float x, bool bf16) { return bf16 ? f32_to_bf16(x) : f32_to_f16(x); }
 
-void upload_dense(const Linear& l, bool bf16, DeviceLinear& d) {
+// Linears that read the same input with their output rows stacked in order
+// ([q; k; v], [gate; up]); row n of the stack is row n - offset of one part.
+class StackedLinear {
+ public:
+  explicit StackedLinear(std::vector<const Linear*> parts) : parts_(std::move(parts)) {
+    const Linear& f = *parts_.front();
+    for (const Linear* l : parts_) {
+      VLM_CHECK(l->in == f.in && l->kind == f.kind && l->group_size == f.group_size, VLM_ERR_UNSUPPORTED,
+                "the CUDA backend stacks q/k/v and gate/up into one GEMM and needs them alike: got input sizes "
+                    << f.in << "/" << l->in << ", group sizes " << f.group_size << "/" << l->group_size
+                    << (l->kind != f.kind ? ", and a mix of quantized and dense weights" : ""));
+      offsets_.push_back(out);
+      out += l->out;
+    }
+    in = f.in;
+    group = f.kind == WeightKind::AWQ4 ? f.group_size : 0;
+  }
+  int out = 0, in = 0, group = 0;
+  // (part, row within it) of stacked row n.
+  std::pair<const Linear*, int> row(int n) const {
+    size_t p = parts_.size() - 1;
+    while (offsets_[p] > n) --p;
+    return {parts_[p], n - offsets_[p]};
+  }
+  const std::vector<const Linear*>& parts() const { return parts_; }
+
+ private:
+  std::vector<const Linear*> parts_;
+  std::vector<int> offsets_;
+};
+
+bool tensor_core_shape(const StackedLinear& l) {
+  return tensor_cores_enabled() && l.group && l.out % 64 == 0 && (l.group == 64 || l.group == 128) &&
+         l.in % l.group == 0 && l.in % 64 == 0;
+}
+
+void upload_dense(const StackedLinear& l, bool bf16, DeviceLinear& d) {
   std::vector<uint16_t> host((size_t)l.out * l.in);
 #pragma omp parallel for schedule(static)
-  for (int n = 0; n < l.out; ++n)
-    for (int k = 0; k < l.in; ++k) host[(size_t)n * l.in + k] = act_bits(l.at(n, k), bf16);
+  for (int n = 0; n < l.out; ++n) {
+    const auto [part, pn] = l.row(n);
+    for (int k = 0; k < l.in; ++k) host[(size_t)n * l.in + k] = act_bits(part->at(pn, k), bf16);
+  }
   d.w.upload(host);
 }
 
@@ -125,29 +160,26 @@ struct AwqParts {
   }
 };
 
-void upload_awq(const Linear& l, bool bf16, DeviceLinear& d) {
-  const AwqParts a{l};
-  const int N = l.out, K = l.in, g = l.group_size, G = K / g;
+void upload_awq(const StackedLinear& l, bool bf16, DeviceLinear& d) {
+  const int N = l.out, K = l.in, g = l.group, G = K / g;
+  auto at = [&](int n) {
+    const auto [part, pn] = l.row(n);
+    return std::make_pair(AwqParts{*part}, pn);
+  };
   if (tensor_core_shape(l)) {
     // Back to AutoAWQ's tensors, then into the kernel's fragment order.
     std::vector<int32_t> qweight((size_t)K * (N / 8)), qzeros((size_t)G * (N / 8));
     std::vector<uint16_t> scales((size_t)G * N);
 #pragma omp parallel for schedule(static)
-    for (int k = 0; k < K; ++k)
-      for (int n8 = 0; n8 < N / 8; ++n8) {
-        uint32_t word = 0;
-        for (int j = 0; j < 8; ++j) word |= (uint32_t)a.code(n8 * 8 + j, k) << kAwqShift[j];
-        qweight[(size_t)k * (N / 8) + n8] = (int32_t)word;
-      }
-    for (int gi = 0; gi < G; ++gi)
-      for (int n8 = 0; n8 < N / 8; ++n8) {
-        uint32_t word = 0;
-        for (int j = 0; j < 8; ++j) {
-          const int n = n8 * 8 + j;
-          word |= (uint32_t)a.zero(n, gi * g) << kAwqShift[j];
-          scales[(size_t)gi * N + n] = f32_to_f16(a.scale(n, gi * g));
+    for (int n8 = 0; n8 < N / 8; ++n8)
+      for (int j = 0; j < 8; ++j) {
+        const auto [a, pn] = at(n8 * 8 + j);
+        for (int k = 0; k < K; ++k)
+          qweight[(size_t)k * (N / 8) + n8] |= (int32_t)((uint32_t)a.code(pn, k) << kAwqShift[j]);
+        for (int gi = 0; gi < G; ++gi) {
+          qzeros[(size_t)gi * (N / 8) + n8] |= (int32_t)((uint32_t)a.zero(pn, gi * g) << kAwqShift[j]);
+          scales[(size_t)gi * N + n8 * 8 + j] = f32_to_f16(a.scale(pn, gi * g));
         }
-        qzeros[(size_t)gi * (N / 8) + n8] = (int32_t)word;
       }
     std::vector<uint32_t> packed(w4a16_weight_bytes(N, K) / 4);
     std::vector<uint16_t> scale_zero(w4a16_scale_zero_bytes(N, K, g) / 2);
@@ -161,14 +193,15 @@ void upload_awq(const Linear& l, bool bf16, DeviceLinear& d) {
   std::vector<float> scale((size_t)N * G), nzs((size_t)N * G);
 #pragma omp parallel for schedule(static)
   for (int n = 0; n < N; ++n) {
+    const auto [a, pn] = at(n);
     for (int k8 = 0; k8 < K / 8; ++k8) {
       uint32_t word = 0;
-      for (int i = 0; i < 8; ++i) word |= (uint32_t)a.code(n, k8 * 8 + i) << (4 * i);
+      for (int i = 0; i < 8; ++i) word |= (uint32_t)a.code(pn, k8 * 8 + i) << (4 * i);
       codes[(size_t)n * (K / 8) + k8] = word;
     }
     for (int gi = 0; gi < G; ++gi) {
-      scale[(size_t)n * G + gi] = a.scale(n, gi * g);
-      nzs[(size_t)n * G + gi] = a.nzs(n, gi * g);
+      scale[(size_t)n * G + gi] = a.scale(pn, gi * g);
+      nzs[(size_t)n * G + gi] = a.nzs(pn, gi * g);
     }
   }
   d.w.upload(codes);
@@ -176,20 +209,31 @@ void upload_awq(const Linear& l, bool bf16, DeviceLinear& d) {
   d.nzs.upload(nzs);
 }
 
-void upload_linear(const Linear& l, bool bf16, DeviceLinear& d) {
+void upload_linear(const StackedLinear& l, bool bf16, DeviceLinear& d) {
   VLM_CHECK(l.in % 8 == 0, VLM_ERR_UNSUPPORTED,
             "the CUDA backend needs linear input sizes that are multiples of 8, got " << l.in);
   d.out = l.out;
   d.in = l.in;
-  d.group = l.kind == WeightKind::AWQ4 ? l.group_size : 0;
+  d.group = l.group;
   if (d.group) {
     VLM_CHECK(d.group % 8 == 0, VLM_ERR_UNSUPPORTED, "AWQ group size " << d.group << " on CUDA");
     upload_awq(l, bf16, d);
   } else {
     upload_dense(l, bf16, d);
   }
-  if (!l.bias.empty()) d.bias.upload(l.bias);
+  bool any_bias = false;
+  for (const Linear* p : l.parts()) any_bias |= !p->bias.empty();
+  if (any_bias) {  // parts without a bias add zeros
+    std::vector<float> bias;
+    for (const Linear* p : l.parts()) {
+      if (p->bias.empty()) bias.insert(bias.end(), p->out, 0.f);
+      else bias.insert(bias.end(), p->bias.begin(), p->bias.end());
+    }
+    d.bias.upload(bias);
+  }
 }
+
+void upload_linear(const Linear& l, bool bf16, DeviceLinear& d) { upload_linear(StackedLinear({&l}), bf16, d); }
 
 bool is_bf16_model(const Model& m) {
   // bf16 checkpoints keep bf16 activations (their range); everything else computes in fp16.
@@ -227,6 +271,12 @@ class CudaRunner final : public StepRunner {
     // VLM_CUDA_GRAPHS=0 runs decode steps eagerly (the same kernels and plans, launched one by one).
     const char* graphs = std::getenv("VLM_CUDA_GRAPHS");
     graphs_enabled_ = graphs == nullptr || std::strcmp(graphs, "0") != 0;
+    // VLM_CUDA_PROFILE=1 times every phase of every step (eagerly) and prints the means at exit.
+    const char* profile = std::getenv("VLM_CUDA_PROFILE");
+    if (profile != nullptr && std::strcmp(profile, "0") != 0) {
+      prof_ = std::make_unique<cuda::StepProfiler>();
+      graphs_enabled_ = false;
+    }
 
     upload_linear(model.embed_table(), bf16_, embed_);
     if (!p_.tie_word_embeddings) upload_linear(model.lm_head(), bf16_, lm_head_);
@@ -238,12 +288,9 @@ class CudaRunner final : public StepRunner {
       DeviceLayer& d = layers_[i];
       d.input_norm.upload(w.input_norm);
       d.post_norm.upload(w.post_attention_norm);
-      upload_linear(w.q, bf16_, d.q);
-      upload_linear(w.k, bf16_, d.k);
-      upload_linear(w.v, bf16_, d.v);
+      upload_linear(StackedLinear({&w.q, &w.k, &w.v}), bf16_, d.qkv);
       upload_linear(w.o, bf16_, d.o);
-      upload_linear(w.gate, bf16_, d.gate);
-      upload_linear(w.up, bf16_, d.up);
+      upload_linear(StackedLinear({&w.gate, &w.up}), bf16_, d.gate_up);
       upload_linear(w.down, bf16_, d.down);
     }
     VLM_CUDA_CHECK(cudaDeviceSynchronize());
@@ -299,6 +346,7 @@ class CudaRunner final : public StepRunner {
   }
 
   void forward(const StepBatch& b, StepOutput& out) override {
+    const int64_t t_entry = cuda::StepProfiler::now();
     VLM_CUDA_CHECK(cudaSetDevice(device_));
     const int T = (int)b.tokens.size(), R = (int)b.logit_rows.size();
     const int H = p_.hidden_size, F = p_.intermediate_size, V = vocab_out_;
@@ -306,13 +354,12 @@ class CudaRunner final : public StepRunner {
     const size_t a = 2;  // bytes of one activation element (fp16 or bf16)
     grow(h_, (size_t)T * H * 4);
     grow(x_, (size_t)T * H * a);
+    grow(qkv_, (size_t)T * (nq + 2 * nkv) * a);
     grow(q_, (size_t)T * nq * a);
-    grow(k_, (size_t)T * nkv * a);
-    grow(v_, (size_t)T * nkv * a);
     grow(attn_, (size_t)T * nq * a);
     grow(delta_, (size_t)T * H * a);
-    grow(gate_, (size_t)T * F * a);
-    grow(up_, (size_t)T * F * a);
+    grow(gate_up_, (size_t)T * 2 * F * a);
+    grow(ffn_, (size_t)T * F * a);
     grow(logits_d_, (size_t)std::max(R, 1) * V * 4);
     grow(argmax_d_, (size_t)std::max(R, 1) * 8);
 
@@ -321,6 +368,7 @@ class CudaRunner final : public StepRunner {
     // Decode steps plan attention for a power-of-two context bound (key slices past a row's
     // position are empty), so one captured graph serves every step up to that bound.
     if (decode) context = context_bucket(context);
+    if (prof_) prof_->begin(decode ? "decode, " + std::to_string(T) + " rows" : "prefill or mixed");
     grow(attn_workspace_, (size_t)cuda::paged_attention_workspace_bytes(T, p_.num_heads, p_.head_dim,
                                                                        p_.num_kv_heads, context, num_sms_));
     const cuda::StepMeta meta = upload_meta(b);
@@ -347,10 +395,17 @@ class CudaRunner final : public StepRunner {
                                      cudaMemcpyHostToDevice, stream_));
     }
 
+    const int64_t t_launch = cuda::StepProfiler::now();
+    if (prof_) prof_->host_phase("prepare (metadata, uploads)", t_entry);
     if (decode && graphs_enabled_)
       run_decode_graph(T, context, meta);
     else
       enqueue_step(T, R, context, meta, (int)b.embedding_rows.size(), num_tiles);
+    const int64_t t_wait = cuda::StepProfiler::now();
+    if (prof_) {
+      prof_->host_phase("launch", t_launch);
+      mark("copy out");
+    }
 
     // Every row's argmax (R x 8 bytes), and whole rows only where the engine needs them.
     out.argmax.resize(R);
@@ -373,7 +428,12 @@ class CudaRunner final : public StepRunner {
           VLM_CUDA_CHECK(cudaMemcpyAsync(&out.logits[(size_t)j++ * V], logits_d_.as<float>() + (size_t)i * V,
                                          (size_t)V * 4, cudaMemcpyDeviceToHost, stream_));
     }
+    mark("end");
     VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (prof_) {
+      prof_->host_phase("wait for the GPU", t_wait);
+      prof_->end();
+    }
   }
 
 
@@ -382,6 +442,7 @@ class CudaRunner final : public StepRunner {
   // host memory touched (so a decode step can be captured into a CUDA graph).
   void enqueue_step(int T, int R, int context, const cuda::StepMeta& meta, int splice_rows, int num_tiles = 0) {
     const int H = p_.hidden_size, F = p_.intermediate_size, V = vocab_out_;
+    mark("embed");
     VLM_CUDA_CHECK(cuda::embed_rows(act_, embed_.w.as(), meta_tokens_, T, H, h_.as<float>(), stream_));
     if (splice_rows)
       VLM_CUDA_CHECK(cuda::scatter_rows(splice_.as<float>(), meta_splice_rows_, splice_rows, H, h_.as<float>(),
@@ -390,38 +451,49 @@ class CudaRunner final : public StepRunner {
     for (int l = 0; l < p_.num_layers; ++l) {
       DeviceLayer& w = layers_[l];
       const cuda::KvView kv = kv_view(l);
+      mark("add + rms norm");
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, w.input_norm.as<float>(), nullptr, T, H,
                                         p_.rms_norm_eps, x_.as(), stream_));
-      linear(w.q, x_.as(), T, q_.as());
-      linear(w.k, x_.as(), T, k_.as());
-      linear(w.v, x_.as(), T, v_.as());
-      VLM_CUDA_CHECK(cuda::rope_and_cache_write(act_, q_.as(), k_.as(), v_.as(), meta, inv_freq_.as<float>(), T,
+      mark("qkv proj");
+      linear(w.qkv, x_.as(), T, qkv_.as());
+      mark("rope + kv write");
+      VLM_CUDA_CHECK(cuda::rope_and_cache_write(act_, qkv_.as(), q_.as(), meta, inv_freq_.as<float>(), T,
                                                 p_.num_heads, kv, stream_));
+      mark("attention");
       if (num_tiles)
         VLM_CUDA_CHECK(cuda::prefill_attention(act_, q_.as(), attn_.as(), meta, tiles_.as<int2>(), num_tiles,
                                                p_.num_heads, p_.sliding_window, kv, stream_));
       else
         VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window,
                                              context, num_sms_, kv, attn_workspace_.as(), stream_));
+      mark("o proj");
       linear(w.o, attn_.as(), T, delta_.as());
+      mark("all-reduce");
       all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
+      mark("add + rms norm");
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, w.post_norm.as<float>(), nullptr, T, H,
                                         p_.rms_norm_eps, x_.as(), stream_));
-      linear(w.gate, x_.as(), T, gate_.as());
-      linear(w.up, x_.as(), T, up_.as());
-      VLM_CUDA_CHECK(cuda::silu_mul(act_, gate_.as(), up_.as(), gate_.as(), (int64_t)T * F, stream_));
-      linear(w.down, gate_.as(), T, delta_.as());
+      mark("gate_up proj");
+      linear(w.gate_up, x_.as(), T, gate_up_.as());
+      mark("silu * up");
+      VLM_CUDA_CHECK(cuda::silu_mul(act_, gate_up_.as(), ffn_.as(), T, F, stream_));
+      mark("down proj");
+      linear(w.down, ffn_.as(), T, delta_.as());
+      mark("all-reduce");
       all_reduce(delta_.as(), (int64_t)T * H);
     }
     if (R > 0) {
       // The last layer's update is added only on the rows whose logits are wanted.
+      mark("final norm");
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, final_norm_.as<float>(), meta_logit_rows_, R, H,
                                         p_.rms_norm_eps, x_.as(), stream_));
       const DeviceLinear& head = p_.tie_word_embeddings ? embed_ : lm_head_;
+      mark("lm head");
       if (!dense_gemm(head, x_.as(), R, logits_d_.as(), true))
         VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
                                          logits_d_.as(), true, stream_));
+      mark("argmax");
       VLM_CUDA_CHECK(cuda::argmax_rows(logits_d_.as<float>(), R, V, argmax_d_.as<int32_t>(), argmax_d_.as<float>() + R,
                                        stream_));
     }
@@ -477,6 +549,10 @@ class CudaRunner final : public StepRunner {
       it = graphs_.emplace(key, std::move(exec)).first;
     }
     VLM_CUDA_CHECK(cudaGraphLaunch(it->second.exec, stream_));
+  }
+
+  void mark(const char* phase) {
+    if (prof_) prof_->mark(phase, stream_);
   }
 
   void grow(DeviceBuffer& b, size_t bytes) {
@@ -591,7 +667,7 @@ class CudaRunner final : public StepRunner {
   std::vector<LayerCache> cache_;
 
   // Step scratch (grows to the largest step seen).
-  DeviceBuffer h_, x_, q_, k_, v_, attn_, delta_, gate_, up_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
+  DeviceBuffer h_, x_, qkv_, q_, attn_, delta_, gate_up_, ffn_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
   DeviceBuffer blas_workspace_, argmax_d_, tiles_;
   std::vector<int2> tiles_host_;
   std::vector<int32_t> meta_host_;
@@ -612,6 +688,7 @@ class CudaRunner final : public StepRunner {
   std::unordered_map<int64_t, GraphExec> graphs_;
   std::unordered_set<int64_t> seen_;
   std::vector<float> splice_host_;
+  std::unique_ptr<cuda::StepProfiler> prof_;  // VLM_CUDA_PROFILE
   const int32_t *meta_tokens_ = nullptr, *meta_logit_rows_ = nullptr, *meta_splice_rows_ = nullptr;
 };
 

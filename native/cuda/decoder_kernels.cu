@@ -108,10 +108,11 @@ __global__ void argmax_rows_kernel(const float* __restrict__ logits, int vocab, 
 }
 
 template <class T>
-__global__ void silu_mul_kernel(const T* gate, const T* up, T* out, int64_t n) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const float g = to_float(gate[i]);
-    out[i] = from_float<T>(g / (1.0f + expf(-g)) * to_float(up[i]));
+__global__ void silu_mul_kernel(const T* gate_up, T* out, int n, int64_t total) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / n, c = i % n;
+    const float g = to_float(gate_up[r * 2 * n + c]);
+    out[i] = from_float<T>(g / (1.0f + expf(-g)) * to_float(gate_up[r * 2 * n + n + c]));
   }
 }
 
@@ -161,21 +162,20 @@ __device__ void store_kv_row(const KvView& c, void* data, void* sz, int64_t row,
 
 constexpr int kRopeWarps = 4;
 
-// grid: rows; each warp takes head units: q heads (rotated in place), k heads
-// (rotated, written), v heads (written).
+// grid: (rows, head units / kRopeWarps); each warp takes one head unit of its row:
+// a q head (rotated into q_out), a k head (rotated, written) or a v head (written).
 template <class T, int E>
-__global__ void rope_cache_kernel(T* q, const T* k, const T* v, StepMeta meta, const float* inv_freq, int num_heads,
+__global__ void rope_cache_kernel(const T* qkv, T* q_out, StepMeta meta, const float* inv_freq, int num_heads,
                                   KvView c) {
   __shared__ float buf[kRopeWarps][32 * E];
   const int r = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int hd = c.head_dim, half = hd / 2, nkv = c.kv_heads;
   const float pos = (float)meta.positions[r];
   const int slot = meta.slots[r];
-  for (int u = warp; u < num_heads + 2 * nkv; u += kRopeWarps) {
+  const int u = blockIdx.y * kRopeWarps + warp;  // units: q heads, then k heads, then v heads
+  if (u < num_heads + 2 * nkv) {
     const bool is_q = u < num_heads, is_k = !is_q && u < num_heads + nkv;
-    const T* src = is_q ? q + ((int64_t)r * num_heads + u) * hd
-                        : is_k ? k + ((int64_t)r * nkv + (u - num_heads)) * hd
-                               : v + ((int64_t)r * nkv + (u - num_heads - nkv)) * hd;
+    const T* src = qkv + (int64_t)r * (num_heads + 2 * nkv) * hd + (int64_t)u * hd;
     float x[E];
 #pragma unroll
     for (int e = 0; e < E; ++e) {
@@ -197,7 +197,7 @@ __global__ void rope_cache_kernel(T* q, const T* k, const T* v, StepMeta meta, c
     }
     __syncwarp();
     if (is_q) {
-      T* dst = q + ((int64_t)r * num_heads + u) * hd;
+      T* dst = q_out + ((int64_t)r * num_heads + u) * hd;
 #pragma unroll
       for (int e = 0; e < E; ++e)
         if (lane + 32 * e < hd) dst[lane + 32 * e] = from_float<T>(x[e]);
@@ -210,13 +210,13 @@ __global__ void rope_cache_kernel(T* q, const T* k, const T* v, StepMeta meta, c
 }
 
 template <class T>
-cudaError_t rope_dispatch(void* q, const void* k, const void* v, const StepMeta& meta, const float* inv_freq,
-                          int rows, int num_heads, const KvView& c, cudaStream_t stream) {
-  const dim3 grid(rows), block(32 * kRopeWarps);
-#define VLM_ROPE_CASE(E)                                                                                   \
-  case E:                                                                                                  \
-    rope_cache_kernel<T, E><<<grid, block, 0, stream>>>(static_cast<T*>(q), static_cast<const T*>(k),      \
-                                                        static_cast<const T*>(v), meta, inv_freq, num_heads, c); \
+cudaError_t rope_dispatch(const void* qkv, void* q_out, const StepMeta& meta, const float* inv_freq, int rows,
+                          int num_heads, const KvView& c, cudaStream_t stream) {
+  const dim3 grid(rows, (num_heads + 2 * c.kv_heads + kRopeWarps - 1) / kRopeWarps), block(32 * kRopeWarps);
+#define VLM_ROPE_CASE(E)                                                                                         \
+  case E:                                                                                                        \
+    rope_cache_kernel<T, E><<<grid, block, 0, stream>>>(static_cast<const T*>(qkv), static_cast<T*>(q_out), meta, \
+                                                        inv_freq, num_heads, c);                                 \
     break;
   switch ((c.head_dim + 31) / 32) {
     VLM_ROPE_CASE(1) VLM_ROPE_CASE(2) VLM_ROPE_CASE(3) VLM_ROPE_CASE(4)
@@ -276,25 +276,25 @@ cudaError_t argmax_rows(const float* logits, int rows, int vocab, int32_t* index
   return cudaGetLastError();
 }
 
-cudaError_t silu_mul(ActType act, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream) {
-  if (n == 0) return cudaSuccess;
+cudaError_t silu_mul(ActType act, const void* gate_up, void* out, int rows, int n, cudaStream_t stream) {
+  const int64_t total = (int64_t)rows * n;
+  if (total == 0) return cudaSuccess;
   if (act == ActType::F16)
-    silu_mul_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const __half*>(gate),
-                                                     static_cast<const __half*>(up), static_cast<__half*>(out), n);
+    silu_mul_kernel<<<grid_for(total), 256, 0, stream>>>(static_cast<const __half*>(gate_up),
+                                                         static_cast<__half*>(out), n, total);
   else
-    silu_mul_kernel<<<grid_for(n), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate),
-                                                     static_cast<const __nv_bfloat16*>(up),
-                                                     static_cast<__nv_bfloat16*>(out), n);
+    silu_mul_kernel<<<grid_for(total), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate_up),
+                                                         static_cast<__nv_bfloat16*>(out), n, total);
   return cudaGetLastError();
 }
 
-cudaError_t rope_and_cache_write(ActType act, void* q, const void* k, const void* v, const StepMeta& meta,
+cudaError_t rope_and_cache_write(ActType act, const void* qkv, void* q_out, const StepMeta& meta,
                                  const float* inv_freq, int rows, int num_heads, const KvView& cache,
                                  cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   return act == ActType::F16
-             ? rope_dispatch<__half>(q, k, v, meta, inv_freq, rows, num_heads, cache, stream)
-             : rope_dispatch<__nv_bfloat16>(q, k, v, meta, inv_freq, rows, num_heads, cache, stream);
+             ? rope_dispatch<__half>(qkv, q_out, meta, inv_freq, rows, num_heads, cache, stream)
+             : rope_dispatch<__nv_bfloat16>(qkv, q_out, meta, inv_freq, rows, num_heads, cache, stream);
 }
 
 }  // namespace cuda

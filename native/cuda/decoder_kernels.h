@@ -58,15 +58,18 @@ cudaError_t add_rms_norm(ActType act, float* h, const void* delta, const float* 
                          int rows, int hidden, float eps, void* out, cudaStream_t stream);
 // y[r][n] += bias[n].
 cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, cudaStream_t stream);
-// out = silu(gate) * up, n elements.
-cudaError_t silu_mul(ActType act, const void* gate, const void* up, void* out, int64_t n, cudaStream_t stream);
+// out[r][i] = silu(gate_up[r][i]) * gate_up[r][n + i] for r < rows, i < n (gate and up
+// stacked in one row of 2n, as the stacked gate/up GEMM writes them).
+cudaError_t silu_mul(ActType act, const void* gate_up, void* out, int rows, int n, cudaStream_t stream);
 // Per row of fp32 logits [rows][vocab]: the first index of the largest value (as
 // std::max_element), and that value; NaNs never win. Greedy requests take their
 // token from here instead of copying the whole row to the host.
 cudaError_t argmax_rows(const float* logits, int rows, int vocab, int32_t* index, float* value, cudaStream_t stream);
-// Rotates q (in place) and k by each row's position, then writes k and v into
-// the cache at the row's slot (quantizing for I8/I4).
-cudaError_t rope_and_cache_write(ActType act, void* q, const void* k, const void* v, const StepMeta& meta,
+// qkv rows are [q (num_heads heads) | k (kv heads) | v (kv heads)], as the stacked
+// q/k/v GEMM writes them. Rotates q into q_out ([rows][num_heads * head_dim]) and
+// k by each row's position, then writes k and v into the cache at the row's slot
+// (quantizing for I8/I4).
+cudaError_t rope_and_cache_write(ActType act, const void* qkv, void* q_out, const StepMeta& meta,
                                  const float* inv_freq, int rows, int num_heads, const KvView& cache,
                                  cudaStream_t stream);
 // Causal (optionally sliding-window) attention of each row over the cache
@@ -79,6 +82,14 @@ int64_t paged_attention_workspace_bytes(int rows, int num_heads, int head_dim, i
 cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                             int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
                             cudaStream_t stream);
+
+// The vectorised decode attention (decode_attention.cu) for the common shapes:
+// head_dim 32/64/128/256, fp16/bf16/int8/int4 caches, up to 8 query heads per KV
+// head; paged_attention() sends those here. Same workspace and results.
+bool decode_attention_supports(int num_heads, const KvView& cache);
+cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
+                             int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
+                             cudaStream_t stream);
 
 // Prefill steps: the same attention with the rows of a request in tiles that share
 // every K/V read (prefill_attention.cu). tiles[i] = (first row, row count), rows of

@@ -1,5 +1,5 @@
-// Causal paged attention over the (possibly quantized) KV cache, prefill and
-// decode rows alike, matching cpu/attention.cpp: softmax(q·k / sqrt(d)) · v
+// Causal paged attention over the (possibly quantized) KV cache, one query row
+// per request (decode steps), matching cpu/attention.cpp: softmax(q·k / sqrt(d)) · v
 // over positions [max(0, pos - window + 1), pos] of the row's request.
 //
 // Work split: a block takes one row, one KV head and one slice of the keys;
@@ -7,13 +7,15 @@
 // each K/V row is read and dequantized once for all of them. Within a block,
 // four warps stride over the slice's keys with an online softmax each and
 // merge through shared memory. Decode steps have few rows, so the keys are
-// split over several blocks (split-KV) to fill the GPU; each slice writes its
-// (max, sum, unnormalised output) and a second kernel merges the slices.
+// split over several blocks (split-KV, attention_splits.cuh) to fill the GPU.
+// This is the general kernel (any head_dim up to 256, fp32 caches, large query
+// groups); the common shapes take the vectorised one in decode_attention.cu.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 
+#include "cuda/attention_splits.cuh"
 #include "cuda/decoder_kernels.h"
 #include "cuda/device_math.cuh"
 #include "cuda/kv_rows.cuh"
@@ -24,14 +26,6 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kKeys = 4;             // keys a warp loads per iteration
-constexpr int kMaxSplits = 32;
-constexpr int kMinKeysPerSplit = 32;
-constexpr int kBlocksPerSm = 8;      // split the keys until the grid has about this many blocks per SM
-
-struct Split {
-  int splits, chunk;  // key slices per (row, kv head) and keys per slice
-};
-
 template <class T, int E, int GT>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_kernel(const T* q, T* out, float* partial, StepMeta meta, int num_heads, int sliding_window,
@@ -124,36 +118,6 @@ __global__ void __launch_bounds__(kWarps * 32)
   }
 }
 
-// grid (rows, num_heads): merges the key slices of one row and head.
-template <class T>
-__global__ void merge_splits_kernel(const float* partial, T* out, int num_heads, int head_dim, int splits) {
-  const int r = blockIdx.x, head = blockIdx.y;
-  const float* p = partial + ((int64_t)r * num_heads + head) * splits * (head_dim + 2);
-  float mx = -INFINITY;
-  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (head_dim + 2)]);
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float sum = 0.f, o = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const float* ps = p + s * (head_dim + 2);
-      if (ps[0] == -INFINITY) continue;  // a slice with no key (past the row's position)
-      const float f = __expf(ps[0] - mx);
-      sum += ps[1] * f;
-      o += ps[2 + d] * f;
-    }
-    out[((int64_t)r * num_heads + head) * head_dim + d] = from_float<T>(o / sum);
-  }
-}
-
-Split plan_split(int rows, int kv_heads, int max_context, int num_sms) {
-  const int blocks = rows * kv_heads;
-  int splits = 1;
-  if (blocks < kBlocksPerSm * num_sms)
-    splits = std::min({kMaxSplits, (kBlocksPerSm * num_sms + blocks - 1) / blocks,
-                       std::max(1, max_context / kMinKeysPerSplit)});
-  const int chunk = (max_context + splits - 1) / splits;
-  return {splits, (chunk + kWarps * kKeys - 1) / (kWarps * kKeys) * (kWarps * kKeys)};
-}
-
 template <class T, int E, int GT>
 cudaError_t launch(const void* q, void* out, float* partial, const StepMeta& meta, int rows, int num_heads,
                    int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
@@ -190,15 +154,18 @@ cudaError_t by_head_dim(const void* q, void* out, float* partial, const StepMeta
 
 int64_t paged_attention_workspace_bytes(int rows, int num_heads, int head_dim, int kv_heads, int max_context,
                                         int num_sms) {
-  const Split sp = plan_split(rows, kv_heads, max_context, num_sms);
-  return sp.splits == 1 ? 0 : (int64_t)rows * num_heads * sp.splits * (head_dim + 2) * 4;
+  const Split sp = plan_split(rows, kv_heads, max_context, num_sms, 1);
+  return sp.splits == 1 ? 0 : split_partial_floats(rows, num_heads, head_dim, sp) * 4;
 }
 
 cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                             int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
                             cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  const Split sp = plan_split(rows, cache.kv_heads, max_context, num_sms);
+  if (decode_attention_supports(num_heads, cache))
+    return decode_attention(act, q, out, meta, rows, num_heads, sliding_window, max_context, num_sms, cache,
+                            workspace, stream);
+  const Split sp = plan_split(rows, cache.kv_heads, max_context, num_sms, kWarps * kKeys);
   float* partial = static_cast<float*>(workspace);
   if (sp.splits > 1 && partial == nullptr) return cudaErrorInvalidValue;
   return act == ActType::F16

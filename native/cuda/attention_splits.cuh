@@ -1,0 +1,61 @@
+// Split-KV for decode attention: a step with few rows splits each row's keys
+// into slices so the grid fills the GPU; every slice writes (max, sum,
+// unnormalised output) and merge_splits_kernel combines them. Shared by the
+// general kernel (paged_attention.cu) and the vectorised one
+// (decode_attention.cu), which use the same plan and partial layout.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cuda/device_math.cuh"
+
+namespace vlm {
+namespace cuda {
+
+struct Split {
+  int splits, chunk;  // key slices per (row, kv head) and keys per slice
+};
+
+constexpr int kMaxSplits = 32;
+constexpr int kMinKeysPerSplit = 32;
+constexpr int kSplitBlocksPerSm = 8;  // split the keys until the grid has about this many blocks per SM
+
+// `align`: slices are whole multiples of this many keys.
+inline Split plan_split(int rows, int kv_heads, int max_context, int num_sms, int align) {
+  const int blocks = rows * kv_heads;
+  int splits = 1;
+  if (blocks < kSplitBlocksPerSm * num_sms)
+    splits = std::min({kMaxSplits, (kSplitBlocksPerSm * num_sms + blocks - 1) / blocks,
+                       std::max(1, max_context / kMinKeysPerSplit)});
+  const int chunk = (max_context + splits - 1) / splits;
+  return {splits, (chunk + align - 1) / align * align};
+}
+
+// Partial of (row, head, slice): [max, sum, out[head_dim]] floats.
+inline int64_t split_partial_floats(int rows, int num_heads, int head_dim, const Split& sp) {
+  return (int64_t)rows * num_heads * sp.splits * (head_dim + 2);
+}
+
+// grid (rows, num_heads): merges the key slices of one row and head.
+template <class T>
+__global__ void merge_splits_kernel(const float* partial, T* out, int num_heads, int head_dim, int splits) {
+  const int r = blockIdx.x, head = blockIdx.y;
+  const float* p = partial + ((int64_t)r * num_heads + head) * splits * (head_dim + 2);
+  float mx = -INFINITY;
+  for (int s = 0; s < splits; ++s) mx = fmaxf(mx, p[s * (head_dim + 2)]);
+  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
+    float sum = 0.f, o = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float* ps = p + s * (head_dim + 2);
+      if (ps[0] == -INFINITY) continue;  // a slice with no key (past the row's position)
+      const float f = __expf(ps[0] - mx);
+      sum += ps[1] * f;
+      o += ps[2 + d] * f;
+    }
+    out[((int64_t)r * num_heads + head) * head_dim + d] = from_float<T>(o / sum);
+  }
+}
+
+}  // namespace cuda
+}  // namespace vlm

@@ -1,0 +1,301 @@
+// Decode attention, vectorised: one query row per request over its paged,
+// possibly quantized KV cache, matching cpu/attention.cpp.
+//
+// Work split: a block takes one row, one KV head and one slice of the keys
+// (split-KV, attention_splits.cuh) and all query heads of that KV group, so
+// each K/V row is read once. A key row is spread over head_dim / 8 lanes, each
+// loading its 8 elements with one vector load (16 bytes fp16, 8 int8, 4 int4),
+// so a warp reads several keys at once and a dot product needs only a few
+// shuffles among the lanes of one key. The slice is walked in tiles of kTile
+// keys: scores of the tile into shared memory, the tile's softmax with an
+// online rescale of what came before, then P·V with the same lane layout;
+// partial outputs of the key slots meet in shared memory at the end.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <type_traits>
+
+#include "cuda/attention_splits.cuh"
+#include "cuda/decoder_kernels.h"
+#include "cuda/device_math.cuh"
+#include "cuda/kv_rows.cuh"
+#include "vlmcore.h"
+
+namespace vlm {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kVec = 8;      // elements of a row per lane
+constexpr int kTile = 128;   // keys per tile
+constexpr int kUnroll = 2;   // key rounds whose loads are in flight together
+constexpr int kMaxGroup = 8;
+
+enum CacheType { kF16, kBF16, kI8, kI4 };
+
+__device__ __forceinline__ void halves_to_float(uint32_t w, float& a, float& b) {
+  const __half2 h = *reinterpret_cast<const __half2*>(&w);
+  a = __low2float(h);
+  b = __high2float(h);
+}
+__device__ __forceinline__ void bhalves_to_float(uint32_t w, float& a, float& b) {
+  a = __uint_as_float(w << 16);
+  b = __uint_as_float(w & 0xffff0000u);
+}
+
+// Elements [e0, e0 + 8) of cache row `row`, dequantized to fp32.
+template <int CT>
+__device__ __forceinline__ void load_row8(const KvView& c, const void* data, const void* sz, int64_t row, int e0,
+                                          float (&x)[kVec]) {
+  const uint8_t* base = static_cast<const uint8_t*>(data) + row * c.row_bytes;
+  if constexpr (CT == kF16 || CT == kBF16) {
+    const uint4 u = *reinterpret_cast<const uint4*>(base + e0 * 2);
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (CT == kF16) halves_to_float(w[i], x[2 * i], x[2 * i + 1]);
+      else bhalves_to_float(w[i], x[2 * i], x[2 * i + 1]);
+    }
+  } else {
+    const __half2 p = static_cast<const __half2*>(sz)[row];
+    const float s = __low2float(p), z = __high2float(p);
+    if constexpr (CT == kI8) {
+      const uint2 u = *reinterpret_cast<const uint2*>(base + e0);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        x[i] = (float)((u.x >> (8 * i)) & 255u) * s + z;
+        x[4 + i] = (float)((u.y >> (8 * i)) & 255u) * s + z;
+      }
+    } else {  // element d in byte d / 2, low nibble first
+      const uint32_t u = *reinterpret_cast<const uint32_t*>(base + e0 / 2);
+#pragma unroll
+      for (int i = 0; i < kVec; ++i) x[i] = (float)((u >> (4 * i)) & 15u) * s + z;
+    }
+  }
+}
+
+template <class T>
+__device__ __forceinline__ void load_q8(const T* p, float scale, float (&x)[kVec]) {
+  const uint4 u = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (std::is_same<T, __half>::value) halves_to_float(w[i], x[2 * i], x[2 * i + 1]);
+    else bhalves_to_float(w[i], x[2 * i], x[2 * i + 1]);
+  }
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) x[i] *= scale;
+}
+
+// grid (rows, kv_heads, splits), kThreads threads.
+template <class T, int CT, int HD, int G>
+__global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __restrict__ q, T* __restrict__ out,
+                                                                     float* __restrict__ partial, StepMeta meta,
+                                                                     int num_heads, int sliding_window, KvView c,
+                                                                     Split sp) {
+  constexpr int L = HD / kVec;            // lanes per key row
+  constexpr int KPW = 32 / L;             // keys a warp reads per round
+  constexpr int KPB = KPW * kWarps;       // keys the block reads per round (its key slots)
+  __shared__ float s_p[G][kTile];         // scores, then probabilities, of the tile
+  __shared__ int64_t s_rows[kTile];       // cache row of each key of the tile
+  __shared__ float s_m[G], s_l[G], s_corr[G];
+  __shared__ float s_red[KPB][G][HD];     // partial outputs of the key slots
+
+  const int r = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int key_slot = warp * KPW + lane / L;  // which key of a round this thread reads
+  const int e0 = (lane % L) * kVec;            // which 8 elements of it
+  const int pos = meta.positions[r];
+  const int lo = sliding_window > 0 ? max(0, pos - sliding_window + 1) : 0;
+  const int first = lo + split * sp.chunk, last = min(pos, first + sp.chunk - 1);
+  const int32_t* table = meta.block_tables + meta.table_offset[meta.row_segment[r]];
+
+  float qf[G][kVec], acc[G][kVec];
+  const float scale = rsqrtf((float)HD);
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+    load_q8(q + ((int64_t)r * num_heads + kvh * G + g) * HD + e0, scale, qf[g]);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) acc[g][i] = 0.f;
+  }
+  if (threadIdx.x < G) s_m[threadIdx.x] = -INFINITY, s_l[threadIdx.x] = 0.f;
+
+  for (int t0 = first; t0 <= last; t0 += kTile) {
+    const int n = min(kTile, last - t0 + 1);
+    for (int i = threadIdx.x; i < n; i += kThreads) {
+      const int j = t0 + i;
+      s_rows[i] = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
+    }
+    __syncthreads();
+
+    // Scores: every lane of a warp runs the same rounds (the shuffles need all 32).
+    for (int base = warp * KPW; base < n; base += KPB * kUnroll) {
+      float kx[kUnroll][kVec];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = min(base + u * KPB + lane / L, n - 1);
+        load_row8<CT>(c, c.k, c.k_sz, s_rows[i], e0, kx[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * KPB + lane / L;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          float s = 0.f;
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) s += qf[g][e] * kx[u][e];
+#pragma unroll
+          for (int o = L / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+          if (lane % L == 0 && i < n) s_p[g][i] = s;
+        }
+      }
+    }
+    __syncthreads();
+
+    // The tile's softmax, one warp per query head, rescaling the running sums.
+    for (int g = warp; g < G; g += kWarps) {
+      float mx = -INFINITY;
+      for (int i = lane; i < n; i += 32) mx = fmaxf(mx, s_p[g][i]);
+      mx = warp_max(mx);
+      const float m_old = s_m[g], m_new = fmaxf(m_old, mx);
+      float sum = 0.f;
+      for (int i = lane; i < n; i += 32) {
+        const float p = __expf(s_p[g][i] - m_new);
+        s_p[g][i] = p;
+        sum += p;
+      }
+      sum = warp_sum(sum);
+      if (lane == 0) {
+        const float corr = __expf(m_old - m_new);  // 0 on the first tile (m_old = -inf)
+        s_corr[g] = corr;
+        s_l[g] = s_l[g] * corr + sum;
+        s_m[g] = m_new;
+      }
+    }
+    __syncthreads();
+
+    // P·V: each thread accumulates its 8 elements over the keys of its slot.
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      const float corr = s_corr[g];
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) acc[g][e] *= corr;
+    }
+    for (int base = warp * KPW; base < n; base += KPB * kUnroll) {
+      float vx[kUnroll][kVec];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = min(base + u * KPB + lane / L, n - 1);
+        load_row8<CT>(c, c.v, c.v_sz, s_rows[i], e0, vx[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int i = base + u * KPB + lane / L;
+        if (i >= n) continue;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const float p = s_p[g][i];
+#pragma unroll
+          for (int e = 0; e < kVec; ++e) acc[g][e] += p * vx[u][e];
+        }
+      }
+    }
+    __syncthreads();  // the next tile overwrites s_rows and s_p
+  }
+
+#pragma unroll
+  for (int g = 0; g < G; ++g)
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) s_red[key_slot][g][e0 + e] = acc[g][e];
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
+    const int g = idx / HD, d = idx % HD;
+    float o = 0.f;
+#pragma unroll 4
+    for (int k = 0; k < KPB; ++k) o += s_red[k][g][d];
+    const int head = kvh * G + g;
+    if (sp.splits == 1) {
+      out[((int64_t)r * num_heads + head) * HD + d] = from_float<T>(o / s_l[g]);
+    } else {
+      float* p = partial + (((int64_t)r * num_heads + head) * sp.splits + split) * (HD + 2);
+      if (d == 0) p[0] = s_m[g], p[1] = s_l[g];
+      p[2 + d] = o;
+    }
+  }
+}
+
+template <class T, int CT, int HD, int G>
+cudaError_t launch(const void* q, void* out, float* partial, const StepMeta& meta, int rows, int num_heads,
+                   int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
+  decode_attention_kernel<T, CT, HD, G><<<dim3(rows, c.kv_heads, sp.splits), kThreads, 0, stream>>>(
+      static_cast<const T*>(q), static_cast<T*>(out), partial, meta, num_heads, sliding_window, c, sp);
+  if (sp.splits > 1)
+    merge_splits_kernel<T><<<dim3(rows, num_heads), 128, 0, stream>>>(partial, static_cast<T*>(out), num_heads, HD,
+                                                                       sp.splits);
+  return cudaGetLastError();
+}
+
+template <class T, int CT, int HD>
+cudaError_t by_group(int group, const void* q, void* out, float* partial, const StepMeta& meta, int rows,
+                     int num_heads, int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
+  switch (group) {
+    case 1: return launch<T, CT, HD, 1>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 2: return launch<T, CT, HD, 2>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 4: return launch<T, CT, HD, 4>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 8: return launch<T, CT, HD, 8>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <class T, int CT>
+cudaError_t by_head_dim(const void* q, void* out, float* partial, const StepMeta& meta, int rows, int num_heads,
+                        int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
+  const int group = num_heads / c.kv_heads;
+  switch (c.head_dim) {
+    case 32: return by_group<T, CT, 32>(group, q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 64: return by_group<T, CT, 64>(group, q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 128: return by_group<T, CT, 128>(group, q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 256: return by_group<T, CT, 256>(group, q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <class T>
+cudaError_t by_cache(const void* q, void* out, float* partial, const StepMeta& meta, int rows, int num_heads,
+                     int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
+  switch (c.dtype) {
+    case VLM_DTYPE_F16: return by_head_dim<T, kF16>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case VLM_DTYPE_BF16: return by_head_dim<T, kBF16>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case VLM_DTYPE_I8: return by_head_dim<T, kI8>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case VLM_DTYPE_I4: return by_head_dim<T, kI4>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+bool decode_attention_supports(int num_heads, const KvView& c) {
+  const int group = c.kv_heads > 0 ? num_heads / c.kv_heads : 0;
+  const bool dims = c.head_dim == 32 || c.head_dim == 64 || c.head_dim == 128 || c.head_dim == 256;
+  const bool dtype = c.dtype == VLM_DTYPE_F16 || c.dtype == VLM_DTYPE_BF16 || c.dtype == VLM_DTYPE_I8 ||
+                     c.dtype == VLM_DTYPE_I4;
+  return dims && dtype && (group == 1 || group == 2 || group == 4 || group == kMaxGroup) &&
+         group * c.kv_heads == num_heads;
+}
+
+cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
+                             int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
+                             cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  if (!decode_attention_supports(num_heads, cache)) return cudaErrorInvalidValue;
+  const Split sp = plan_split(rows, cache.kv_heads, max_context, num_sms, 64);
+  float* partial = static_cast<float*>(workspace);
+  if (sp.splits > 1 && partial == nullptr) return cudaErrorInvalidValue;
+  return act == ActType::F16
+             ? by_cache<__half>(q, out, partial, meta, rows, num_heads, sliding_window, cache, sp, stream)
+             : by_cache<__nv_bfloat16>(q, out, partial, meta, rows, num_heads, sliding_window, cache, sp, stream);
+}
+
+}  // namespace cuda
+}  // namespace vlm
