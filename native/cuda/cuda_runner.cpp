@@ -240,6 +240,8 @@ bool is_bf16_model(const Model& m) {
   return m.embed_table().kind == WeightKind::BF16;
 }
 
+constexpr int kFusedSiluMaxRows = 16;
+
 class CudaRunner final : public StepRunner {
  public:
   CudaRunner(const Model& model, int device, Communicator* comm)
@@ -371,6 +373,11 @@ class CudaRunner final : public StepRunner {
     if (prof_) prof_->begin(decode ? "decode, " + std::to_string(T) + " rows" : "prefill or mixed");
     grow(attn_workspace_, (size_t)cuda::paged_attention_workspace_bytes(T, p_.num_heads, p_.head_dim,
                                                                        p_.num_kv_heads, context, num_sms_));
+    // Split-KV arrival counters: zeroed once when allocated, the kernel leaves them at zero.
+    if (attn_arrivals_.reserve((size_t)T * p_.num_kv_heads * sizeof(int))) {
+      ++epoch_;
+      VLM_CUDA_CHECK(cudaMemsetAsync(attn_arrivals_.as(), 0, attn_arrivals_.bytes(), stream_));
+    }
     const cuda::StepMeta meta = upload_meta(b);
     if (!b.embedding_rows.empty()) {
       const int n = (int)b.embedding_rows.size();
@@ -465,7 +472,8 @@ class CudaRunner final : public StepRunner {
                                                p_.num_heads, p_.sliding_window, kv, stream_));
       else
         VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window,
-                                             context, num_sms_, kv, attn_workspace_.as(), stream_));
+                                             context, num_sms_, kv, attn_workspace_.as(),
+                                             attn_arrivals_.as<int>(), stream_));
       mark("o proj");
       linear(w.o, attn_.as(), T, delta_.as());
       mark("all-reduce");
@@ -476,10 +484,18 @@ class CudaRunner final : public StepRunner {
                                         p_.rms_norm_eps, x_.as(), stream_));
       mark("gate_up proj");
       linear(w.gate_up, x_.as(), T, gate_up_.as());
-      mark("silu * up");
-      VLM_CUDA_CHECK(cuda::silu_mul(act_, gate_up_.as(), ffn_.as(), T, F, stream_));
-      mark("down proj");
-      linear(w.down, ffn_.as(), T, delta_.as());
+      // Decode sizes: silu(gate) * up computed as the down GEMM stages its input (one launch
+      // fewer). Larger steps keep the separate pass: every column block of the GEMM would
+      // recompute it for its rows (measured slower at 64 rows).
+      if (w.down.tensor_core && T <= kFusedSiluMaxRows) {
+        mark("silu * up + down proj");
+        linear(w.down, gate_up_.as(), T, delta_.as(), true);
+      } else {
+        mark("silu * up");
+        VLM_CUDA_CHECK(cuda::silu_mul(act_, gate_up_.as(), ffn_.as(), T, F, stream_));
+        mark("down proj");
+        linear(w.down, ffn_.as(), T, delta_.as());
+      }
       mark("all-reduce");
       all_reduce(delta_.as(), (int64_t)T * H);
     }
@@ -574,16 +590,22 @@ class CudaRunner final : public StepRunner {
             c.k.as(), c.v.as(), c.k_sz.as(), c.v_sz.as()};
   }
 
-  void linear(const DeviceLinear& l, const void* x, int M, void* y) {
+  // y = x · Wᵀ (+ bias); gate_up_input (tensor-core w4a16 only): x is the stacked
+  // [gate | up] output and the GEMM reads silu(gate) * up.
+  void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false) {
     if (l.tensor_core) {
       const int64_t ws = w4a16_workspace_bytes(M, l.out, l.in, l.group);
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16: no plan for M=" << M << " N=" << l.out << " K=" << l.in);
-      if (ws > 0) grow(workspace_, ws);
+      if (ws > 0 && workspace_.reserve(ws)) {  // its counters start at zero (the kernel leaves them so)
+        ++epoch_;
+        VLM_CUDA_CHECK(cudaMemsetAsync(workspace_.as(), 0, workspace_.bytes(), stream_));
+      }
       VLM_CUDA_CHECK(w4a16_gemm(x, l.w.as(), l.scale.as(), nullptr, y, M, l.out, l.in, l.group, bf16_,
-                                workspace_.as(), stream_));
+                                workspace_.as(), stream_, gate_up_input));
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
+    VLM_CHECK(!gate_up_input, VLM_ERR_INTERNAL, "silu(gate) * up input needs the tensor-core w4a16 GEMM");
     if (!l.group && dense_gemm(l, x, M, y, false)) {
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
@@ -668,7 +690,7 @@ class CudaRunner final : public StepRunner {
 
   // Step scratch (grows to the largest step seen).
   DeviceBuffer h_, x_, qkv_, q_, attn_, delta_, gate_up_, ffn_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
-  DeviceBuffer blas_workspace_, argmax_d_, tiles_;
+  DeviceBuffer blas_workspace_, argmax_d_, tiles_, attn_arrivals_;
   std::vector<int2> tiles_host_;
   std::vector<int32_t> meta_host_;
   uint64_t epoch_ = 0;  // bumped whenever a scratch buffer moves

@@ -2,14 +2,17 @@
 // possibly quantized KV cache, matching cpu/attention.cpp.
 //
 // Work split: a block takes one row, one KV head and one slice of the keys
-// (split-KV, attention_splits.cuh) and all query heads of that KV group, so
+// (split-KV, attention_splits.cuh: the plan fixes the number of slices, each
+// row's own context is cut into that many equal ones) and all query heads of
+// that KV group, so
 // each K/V row is read once. A key row is spread over head_dim / 8 lanes, each
 // loading its 8 elements with one vector load (16 bytes fp16, 8 int8, 4 int4),
 // so a warp reads several keys at once and a dot product needs only a few
-// shuffles among the lanes of one key. The slice is walked in tiles of kTile
-// keys: scores of the tile into shared memory, the tile's softmax with an
-// online rescale of what came before, then P·V with the same lane layout;
-// partial outputs of the key slots meet in shared memory at the end.
+// shuffles among the lanes of one key. Each key slot (the lanes of one key in
+// a round) keeps its own online softmax over the keys it reads, with K and V
+// rows of several rounds loaded together; the slots meet in shared memory at
+// the end. With several slices, the last block of a (row, KV head) to finish
+// merges the slices (a counter per pair), so no second kernel is launched.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -28,8 +31,6 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kVec = 8;      // elements of a row per lane
-constexpr int kTile = 128;   // keys per tile
-constexpr int kUnroll = 2;   // key rounds whose loads are in flight together
 constexpr int kMaxGroup = 8;
 
 enum CacheType { kF16, kBF16, kI8, kI4 };
@@ -91,16 +92,18 @@ __device__ __forceinline__ void load_q8(const T* p, float scale, float (&x)[kVec
 // grid (rows, kv_heads, splits), kThreads threads.
 template <class T, int CT, int HD, int G>
 __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __restrict__ q, T* __restrict__ out,
-                                                                     float* __restrict__ partial, StepMeta meta,
+                                                                     float* __restrict__ partial,
+                                                                     int* __restrict__ arrivals, StepMeta meta,
                                                                      int num_heads, int sliding_window, KvView c,
                                                                      Split sp) {
-  constexpr int L = HD / kVec;            // lanes per key row
-  constexpr int KPW = 32 / L;             // keys a warp reads per round
-  constexpr int KPB = KPW * kWarps;       // keys the block reads per round (its key slots)
-  __shared__ float s_p[G][kTile];         // scores, then probabilities, of the tile
-  __shared__ int64_t s_rows[kTile];       // cache row of each key of the tile
-  __shared__ float s_m[G], s_l[G], s_corr[G];
-  __shared__ float s_red[KPB][G][HD];     // partial outputs of the key slots
+  constexpr int V = kVec;
+  constexpr int L = HD / kVec;       // lanes per key row
+  constexpr int KPW = 32 / L;        // keys a warp reads per round
+  constexpr int KPB = KPW * kWarps;  // key slots of the block
+  constexpr int U = G <= 2 ? 4 : (G <= 4 ? 2 : 1);  // rounds whose K and V loads are in flight together
+  __shared__ float s_m[KPB][G], s_l[KPB][G];
+  __shared__ float s_acc[KPB][G][HD];
+  __shared__ bool s_last;
 
   const int r = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -108,167 +111,173 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
   const int e0 = (lane % L) * kVec;            // which 8 elements of it
   const int pos = meta.positions[r];
   const int lo = sliding_window > 0 ? max(0, pos - sliding_window + 1) : 0;
-  const int first = lo + split * sp.chunk, last = min(pos, first + sp.chunk - 1);
+  // The row's own keys in equal slices (rows of one step have different contexts; the plan
+  // only fixes how many slices).
+  const int chunk = (pos - lo + sp.splits) / sp.splits;
+  const int first = lo + split * chunk, last = min(pos, first + chunk - 1);
   const int32_t* table = meta.block_tables + meta.table_offset[meta.row_segment[r]];
 
-  float qf[G][kVec], acc[G][kVec];
+  float qf[G][kVec], acc[G][kVec], m[G], l[G];
   const float scale = rsqrtf((float)HD);
 #pragma unroll
   for (int g = 0; g < G; ++g) {
     load_q8(q + ((int64_t)r * num_heads + kvh * G + g) * HD + e0, scale, qf[g]);
+    m[g] = -INFINITY;
+    l[g] = 0.f;
 #pragma unroll
     for (int i = 0; i < kVec; ++i) acc[g][i] = 0.f;
   }
-  if (threadIdx.x < G) s_m[threadIdx.x] = -INFINITY, s_l[threadIdx.x] = 0.f;
 
-  for (int t0 = first; t0 <= last; t0 += kTile) {
-    const int n = min(kTile, last - t0 + 1);
-    for (int i = threadIdx.x; i < n; i += kThreads) {
-      const int j = t0 + i;
-      s_rows[i] = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
+  // Every lane of a warp runs the same rounds (the shuffles need all 32); a key slot
+  // keeps its own online softmax over the keys it reads.
+  for (int base = first + warp * KPW; base <= last; base += KPB * U) {
+    float kx[U][kVec], vx[U][kVec];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = min(base + u * KPB + lane / L, last);
+      const int64_t row = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
+      load_row8<CT>(c, c.k, c.k_sz, row, e0, kx[u]);
+      load_row8<CT>(c, c.v, c.v_sz, row, e0, vx[u]);
     }
-    __syncthreads();
-
-    // Scores: every lane of a warp runs the same rounds (the shuffles need all 32).
-    for (int base = warp * KPW; base < n; base += KPB * kUnroll) {
-      float kx[kUnroll][kVec];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int i = min(base + u * KPB + lane / L, n - 1);
-        load_row8<CT>(c, c.k, c.k_sz, s_rows[i], e0, kx[u]);
-      }
+    for (int u = 0; u < U; ++u) {
+      const bool valid = base + u * KPB + lane / L <= last;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int i = base + u * KPB + lane / L;
+      for (int g = 0; g < G; ++g) {
+        float s = 0.f;
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          float s = 0.f;
+        for (int e = 0; e < kVec; ++e) s += qf[g][e] * kx[u][e];
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) s += qf[g][e] * kx[u][e];
+        for (int o = L / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (valid) {
+          const float m_new = fmaxf(m[g], s);
+          const float corr = __expf(m[g] - m_new), p = __expf(s - m_new);
+          l[g] = l[g] * corr + p;
 #pragma unroll
-          for (int o = L / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-          if (lane % L == 0 && i < n) s_p[g][i] = s;
+          for (int e = 0; e < kVec; ++e) acc[g][e] = acc[g][e] * corr + p * vx[u][e];
+          m[g] = m_new;
         }
       }
     }
-    __syncthreads();
-
-    // The tile's softmax, one warp per query head, rescaling the running sums.
-    for (int g = warp; g < G; g += kWarps) {
-      float mx = -INFINITY;
-      for (int i = lane; i < n; i += 32) mx = fmaxf(mx, s_p[g][i]);
-      mx = warp_max(mx);
-      const float m_old = s_m[g], m_new = fmaxf(m_old, mx);
-      float sum = 0.f;
-      for (int i = lane; i < n; i += 32) {
-        const float p = __expf(s_p[g][i] - m_new);
-        s_p[g][i] = p;
-        sum += p;
-      }
-      sum = warp_sum(sum);
-      if (lane == 0) {
-        const float corr = __expf(m_old - m_new);  // 0 on the first tile (m_old = -inf)
-        s_corr[g] = corr;
-        s_l[g] = s_l[g] * corr + sum;
-        s_m[g] = m_new;
-      }
-    }
-    __syncthreads();
-
-    // P·V: each thread accumulates its 8 elements over the keys of its slot.
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      const float corr = s_corr[g];
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) acc[g][e] *= corr;
-    }
-    for (int base = warp * KPW; base < n; base += KPB * kUnroll) {
-      float vx[kUnroll][kVec];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int i = min(base + u * KPB + lane / L, n - 1);
-        load_row8<CT>(c, c.v, c.v_sz, s_rows[i], e0, vx[u]);
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int i = base + u * KPB + lane / L;
-        if (i >= n) continue;
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const float p = s_p[g][i];
-#pragma unroll
-          for (int e = 0; e < kVec; ++e) acc[g][e] += p * vx[u][e];
-        }
-      }
-    }
-    __syncthreads();  // the next tile overwrites s_rows and s_p
   }
 
+  // The key slots meet: rescale each to the block's maximum and add.
 #pragma unroll
-  for (int g = 0; g < G; ++g)
+  for (int g = 0; g < G; ++g) {
+    if (lane % L == 0) s_m[key_slot][g] = m[g], s_l[key_slot][g] = l[g];
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) s_red[key_slot][g][e0 + e] = acc[g][e];
+    for (int e = 0; e < V; ++e) s_acc[key_slot][g][e0 + e] = acc[g][e];
+  }
   __syncthreads();
+  float* part = partial + ((int64_t)r * num_heads + kvh * G) * sp.splits * (HD + 2);  // this row's G heads
   for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
     const int g = idx / HD, d = idx % HD;
-    float o = 0.f;
+    float mx = -INFINITY;
 #pragma unroll 4
-    for (int k = 0; k < KPB; ++k) o += s_red[k][g][d];
-    const int head = kvh * G + g;
+    for (int k = 0; k < KPB; ++k) mx = fmaxf(mx, s_m[k][g]);
+    float o = 0.f, sum = 0.f;
+    if (mx != -INFINITY)
+#pragma unroll 4
+      for (int k = 0; k < KPB; ++k) {
+        const float f = __expf(s_m[k][g] - mx);  // 0 for a slot that read no key
+        o += s_acc[k][g][d] * f;
+        sum += s_l[k][g] * f;
+      }
     if (sp.splits == 1) {
-      out[((int64_t)r * num_heads + head) * HD + d] = from_float<T>(o / s_l[g]);
+      out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / sum);
     } else {
-      float* p = partial + (((int64_t)r * num_heads + head) * sp.splits + split) * (HD + 2);
-      if (d == 0) p[0] = s_m[g], p[1] = s_l[g];
+      float* p = part + ((int64_t)g * sp.splits + split) * (HD + 2);
+      if (d == 0) p[0] = mx, p[1] = sum;
       p[2 + d] = o;
     }
   }
+  if (sp.splits == 1) return;
+
+  // The last slice of (row, KV head) to finish merges all slices, in slice order, so the
+  // result does not depend on which finished last; it leaves the counter at 0 for the next step.
+  __threadfence();
+  __syncthreads();
+  int* counter = arrivals + (int64_t)r * c.kv_heads + kvh;
+  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == sp.splits - 1;
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  // Every slice's (max, sum) at once, then each slice's weight; loads straight from L2 (__ldcg),
+  // where the other blocks' writes are.
+  __shared__ float s_wk[G][kMaxSplits], s_lk[G][kMaxSplits], s_total[G];
+  for (int i = threadIdx.x; i < G * sp.splits; i += kThreads) {
+    const float* p = part + (int64_t)i * (HD + 2);  // i = g * splits + k
+    s_wk[i / sp.splits][i % sp.splits] = __ldcg(p);
+    s_lk[i / sp.splits][i % sp.splits] = __ldcg(p + 1);
+  }
+  __syncthreads();
+  if (threadIdx.x < G) {
+    const int g = threadIdx.x;
+    float mx = -INFINITY;
+    for (int k = 0; k < sp.splits; ++k) mx = fmaxf(mx, s_wk[g][k]);
+    float sum = 0.f;
+    for (int k = 0; k < sp.splits; ++k) {
+      const float f = s_wk[g][k] == -INFINITY ? 0.f : __expf(s_wk[g][k] - mx);  // 0: a slice with no key
+      s_wk[g][k] = f;
+      sum += s_lk[g][k] * f;
+    }
+    s_total[g] = sum;
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
+    const int g = idx / HD, d = idx % HD;
+    const float* p = part + (int64_t)g * sp.splits * (HD + 2) + 2 + d;
+    float o = 0.f;
+#pragma unroll 8
+    for (int k = 0; k < sp.splits; ++k) o += s_wk[g][k] * __ldcg(p + k * (HD + 2));
+    out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / s_total[g]);
+  }
+  if (threadIdx.x == 0) *counter = 0;
 }
 
 template <class T, int CT, int HD, int G>
-cudaError_t launch(const void* q, void* out, float* partial, const StepMeta& meta, int rows, int num_heads,
-                   int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
+cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
+                   int num_heads, int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
   decode_attention_kernel<T, CT, HD, G><<<dim3(rows, c.kv_heads, sp.splits), kThreads, 0, stream>>>(
-      static_cast<const T*>(q), static_cast<T*>(out), partial, meta, num_heads, sliding_window, c, sp);
-  if (sp.splits > 1)
-    merge_splits_kernel<T><<<dim3(rows, num_heads), 128, 0, stream>>>(partial, static_cast<T*>(out), num_heads, HD,
-                                                                       sp.splits);
+      static_cast<const T*>(q), static_cast<T*>(out), partial, arrivals, meta, num_heads, sliding_window, c, sp);
   return cudaGetLastError();
 }
 
 template <class T, int CT, int HD>
-cudaError_t by_group(int group, const void* q, void* out, float* partial, const StepMeta& meta, int rows,
+cudaError_t by_group(int group, const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
                      int num_heads, int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
   switch (group) {
-    case 1: return launch<T, CT, HD, 1>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case 2: return launch<T, CT, HD, 2>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case 4: return launch<T, CT, HD, 4>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case 8: return launch<T, CT, HD, 8>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 1: return launch<T, CT, HD, 1>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 2: return launch<T, CT, HD, 2>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 4: return launch<T, CT, HD, 4>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 8: return launch<T, CT, HD, 8>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 template <class T, int CT>
-cudaError_t by_head_dim(const void* q, void* out, float* partial, const StepMeta& meta, int rows, int num_heads,
+cudaError_t by_head_dim(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
+                        int num_heads,
                         int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
   const int group = num_heads / c.kv_heads;
   switch (c.head_dim) {
-    case 32: return by_group<T, CT, 32>(group, q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case 64: return by_group<T, CT, 64>(group, q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case 128: return by_group<T, CT, 128>(group, q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case 256: return by_group<T, CT, 256>(group, q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 32: return by_group<T, CT, 32>(group, q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 64: return by_group<T, CT, 64>(group, q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 128: return by_group<T, CT, 128>(group, q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 256: return by_group<T, CT, 256>(group, q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
   }
   return cudaErrorInvalidValue;
 }
 
 template <class T>
-cudaError_t by_cache(const void* q, void* out, float* partial, const StepMeta& meta, int rows, int num_heads,
+cudaError_t by_cache(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
+                     int num_heads,
                      int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
   switch (c.dtype) {
-    case VLM_DTYPE_F16: return by_head_dim<T, kF16>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case VLM_DTYPE_BF16: return by_head_dim<T, kBF16>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case VLM_DTYPE_I8: return by_head_dim<T, kI8>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case VLM_DTYPE_I4: return by_head_dim<T, kI4>(q, out, partial, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case VLM_DTYPE_F16: return by_head_dim<T, kF16>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case VLM_DTYPE_BF16: return by_head_dim<T, kBF16>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case VLM_DTYPE_I8: return by_head_dim<T, kI8>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case VLM_DTYPE_I4: return by_head_dim<T, kI4>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
   }
   return cudaErrorInvalidValue;
 }
@@ -286,15 +295,15 @@ bool decode_attention_supports(int num_heads, const KvView& c) {
 
 cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                              int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
-                             cudaStream_t stream) {
+                             int* arrivals, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (!decode_attention_supports(num_heads, cache)) return cudaErrorInvalidValue;
   const Split sp = plan_split(rows, cache.kv_heads, max_context, num_sms, 64);
   float* partial = static_cast<float*>(workspace);
-  if (sp.splits > 1 && partial == nullptr) return cudaErrorInvalidValue;
+  if (sp.splits > 1 && (partial == nullptr || arrivals == nullptr)) return cudaErrorInvalidValue;
   return act == ActType::F16
-             ? by_cache<__half>(q, out, partial, meta, rows, num_heads, sliding_window, cache, sp, stream)
-             : by_cache<__nv_bfloat16>(q, out, partial, meta, rows, num_heads, sliding_window, cache, sp, stream);
+             ? by_cache<__half>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, cache, sp, stream)
+             : by_cache<__nv_bfloat16>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, cache, sp, stream);
 }
 
 }  // namespace cuda

@@ -63,6 +63,68 @@ __global__ void add_rms_norm_kernel(float* h, const T* delta, const float* weigh
   for (int k = threadIdx.x; k < hidden; k += blockDim.x) o[k] = from_float<T>(weight[k] * (hr[k] * inv));
 }
 
+// The same with the row in registers: C chunks of 4 elements per thread (hidden <= 4 * C *
+// kNormThreads), 16-byte loads of h, one pass over memory for the add and one for the output.
+template <class T, int C>
+__global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(float* h, const T* delta, const float* weight,
+                                                                         const int32_t* select, int hidden, float eps,
+                                                                         T* out) {
+  __shared__ float partial[kNormThreads / 32];
+  const int r = blockIdx.x;
+  const int64_t i = select ? select[r] : r;
+  float4* hr = reinterpret_cast<float4*>(h + i * hidden);
+  const int n4 = hidden / 4;
+  float4 x[C];
+  float ss = 0.f;
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int k = threadIdx.x + c * kNormThreads;
+    if (k >= n4) continue;
+    x[c] = hr[k];
+    if (delta) {
+      const uint2 d = reinterpret_cast<const uint2*>(delta + i * hidden)[k];
+      const T* dv = reinterpret_cast<const T*>(&d);
+      x[c].x += to_float(dv[0]), x[c].y += to_float(dv[1]), x[c].z += to_float(dv[2]), x[c].w += to_float(dv[3]);
+      hr[k] = x[c];
+    }
+    ss += x[c].x * x[c].x + x[c].y * x[c].y + x[c].z * x[c].z + x[c].w * x[c].w;
+  }
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kNormThreads / 32; ++w) total += partial[w];
+  const float inv = 1.0f / sqrtf(total / hidden + eps);
+  const float4* w4 = reinterpret_cast<const float4*>(weight);
+#pragma unroll
+  for (int c = 0; c < C; ++c) {
+    const int k = threadIdx.x + c * kNormThreads;
+    if (k >= n4) continue;
+    const float4 w = w4[k];
+    T o[4] = {from_float<T>(w.x * (x[c].x * inv)), from_float<T>(w.y * (x[c].y * inv)),
+              from_float<T>(w.z * (x[c].z * inv)), from_float<T>(w.w * (x[c].w * inv))};
+    reinterpret_cast<uint2*>(out + (int64_t)r * hidden)[k] = *reinterpret_cast<const uint2*>(o);
+  }
+}
+
+template <class T>
+cudaError_t launch_add_rms_norm(float* h, const void* delta, const float* weight, const int32_t* select, int rows,
+                                int hidden, float eps, void* out, cudaStream_t stream) {
+  const T* d = static_cast<const T*>(delta);
+  T* o = static_cast<T*>(out);
+  const int chunks = (hidden / 4 + kNormThreads - 1) / kNormThreads;
+  if (hidden % 4 == 0 && chunks <= 8) {
+    if (chunks <= 1) add_rms_norm_vec_kernel<T, 1><<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
+    else if (chunks <= 2) add_rms_norm_vec_kernel<T, 2><<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
+    else if (chunks <= 4) add_rms_norm_vec_kernel<T, 4><<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
+    else add_rms_norm_vec_kernel<T, 8><<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
+  } else {
+    add_rms_norm_kernel<<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
+  }
+  return cudaGetLastError();
+}
+
 template <class T>
 __global__ void add_bias_kernel(T* y, const float* bias, int n, int64_t total) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
@@ -250,13 +312,9 @@ cudaError_t scatter_rows(const float* src, const int32_t* rows, int n, int hidde
 cudaError_t add_rms_norm(ActType act, float* h, const void* delta, const float* weight, const int32_t* select,
                          int rows, int hidden, float eps, void* out, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  if (act == ActType::F16)
-    add_rms_norm_kernel<<<rows, kNormThreads, 0, stream>>>(h, static_cast<const __half*>(delta), weight, select,
-                                                           hidden, eps, static_cast<__half*>(out));
-  else
-    add_rms_norm_kernel<<<rows, kNormThreads, 0, stream>>>(h, static_cast<const __nv_bfloat16*>(delta), weight,
-                                                           select, hidden, eps, static_cast<__nv_bfloat16*>(out));
-  return cudaGetLastError();
+  return act == ActType::F16
+             ? launch_add_rms_norm<__half>(h, delta, weight, select, rows, hidden, eps, out, stream)
+             : launch_add_rms_norm<__nv_bfloat16>(h, delta, weight, select, rows, hidden, eps, out, stream);
 }
 
 cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, cudaStream_t stream) {

@@ -75,13 +75,14 @@ cudaError_t rope_and_cache_write(ActType act, const void* qkv, void* q_out, cons
 // Causal (optionally sliding-window) attention of each row over the cache
 // positions [0, position] of its request; q/out [rows][num_heads*head_dim].
 // max_context: the largest position + 1 of the step's rows. Steps with few
-// rows split the keys over more blocks and need the workspace below
-// (paged_attention.cu).
+// rows split the keys over more blocks and need the workspace below, and
+// `arrivals`: rows * kv_heads ints, zero before the first call (every call
+// leaves them at zero again) (paged_attention.cu).
 int64_t paged_attention_workspace_bytes(int rows, int num_heads, int head_dim, int kv_heads, int max_context,
                                         int num_sms);
 cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                             int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
-                            cudaStream_t stream);
+                            int* arrivals, cudaStream_t stream);
 
 // The vectorised decode attention (decode_attention.cu) for the common shapes:
 // head_dim 32/64/128/256, fp16/bf16/int8/int4 caches, up to 8 query heads per KV
@@ -89,7 +90,7 @@ cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMet
 bool decode_attention_supports(int num_heads, const KvView& cache);
 cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                              int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
-                             cudaStream_t stream);
+                             int* arrivals, cudaStream_t stream);
 
 // Prefill steps: the same attention with the rows of a request in tiles that share
 // every K/V read (prefill_attention.cu). tiles[i] = (first row, row count), rows of

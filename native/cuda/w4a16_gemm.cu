@@ -10,7 +10,9 @@
 // into the mantissa of (magic + q), the zero point (stored as magic + z) is
 // subtracted exactly and the scale multiplied. Small M fills the GPU with
 // split-K: each K slice writes fp32 partials that a second kernel sums in a
-// fixed order (deterministic), adding the optional residual. This file never
+// fixed order (deterministic), adding the optional residual; at decode sizes
+// the GEMM's own last block per output tile does that sum instead (an arrival
+// counter per tile in the workspace), saving a launch. This file never
 // throws: errors return as cudaError_t.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -95,13 +97,14 @@ __device__ __forceinline__ uint32_t pair(uint32_t packed16x2, int j) {
 }
 
 // grid: (ceil(N / 256), splits, ceil(M / (16 * MT))); block: 128 threads.
-// With splits > 1 every block writes fp32 partials for splitk_reduce_kernel.
+// With splits > 1 every block writes fp32 partials; with `arrivals` the last block of
+// an output tile to finish sums them (decode sizes), otherwise splitk_reduce_kernel does.
 template <class T, int MT, int UNROLL>
 __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                           const uint4* __restrict__ sz, const T* __restrict__ residual,
-                                                          T* __restrict__ c, float* __restrict__ partial, int M,
-                                                          int N, int K,
-                                                          int group, int k_slice) {
+                                                          T* __restrict__ c, float* __restrict__ partial,
+                                                          int* __restrict__ arrivals, int M, int N, int K,
+                                                          int group, int k_slice, bool silu_up) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sa = reinterpret_cast<T*>(smem_raw);
   const int lda_s = k_slice + kSmemPad;
@@ -125,11 +128,25 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   for (int i = threadIdx.x; i < 16 * MT * vec_per_row; i += kThreads) {
     const int r = i / vec_per_row, v = i % vec_per_row;
     uint4 val = make_uint4(0, 0, 0, 0);
-    if (m0 + r < M) val = *reinterpret_cast<const uint4*>(a + (int64_t)(m0 + r) * K + k0 + v * 8);
+    if (m0 + r < M) {
+      if (silu_up) {  // A rows are [gate (K) | up (K)]: A = silu(gate) * up, rounded to T as a separate pass would
+        const T* row = a + (int64_t)(m0 + r) * 2 * K + k0 + v * 8;
+        const uint4 gv = *reinterpret_cast<const uint4*>(row), uv = *reinterpret_cast<const uint4*>(row + K);
+        const T* gs = reinterpret_cast<const T*>(&gv);
+        const T* us = reinterpret_cast<const T*>(&uv);
+        T* out = reinterpret_cast<T*>(&val);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float g = Act<T>::to_float(gs[e]);
+          out[e] = Act<T>::from_float(g / (1.0f + expf(-g)) * Act<T>::to_float(us[e]));
+        }
+      } else {
+        val = *reinterpret_cast<const uint4*>(a + (int64_t)(m0 + r) * K + k0 + v * 8);
+      }
+    }
     *reinterpret_cast<uint4*>(sa + r * lda_s + v * 8) = val;
   }
   __syncthreads();
-  if (!active) return;  // no barrier follows
 
   float acc[MT][8][4];
 #pragma unroll
@@ -145,7 +162,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   const int steps_per_group = group / 16;
   GroupParams gp;
 
-  for (int s0 = 0; s0 < steps; s0 += UNROLL) {
+  // Strips past N only helped stage A (they still reach the barrier of the reduction below).
+  for (int s0 = 0; active && s0 < steps; s0 += UNROLL) {
     if (s0 > 0) {
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) wv[u] = load_streaming(wp + (int64_t)(s0 + u) * 32);
@@ -192,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const int row = m0 + mt * 16 + g + half * 8;
-        if (row >= M) continue;
+        if (row >= M || !active) continue;
         const int col = strip * kW4StripN + j * 8 + 2 * t;
         float v0 = acc[mt][j][half * 2], v1 = acc[mt][j][half * 2 + 1];
         if (partial) {
@@ -208,6 +226,28 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
           p[1] = Act<T>::from_float(v1);
         }
       }
+  if (!partial || !arrivals) return;
+
+  // The last K slice of this output tile to finish adds the slices in slice order (the
+  // same sums as splitk_reduce_kernel) and leaves the tile's counter at zero again.
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  int* counter = arrivals + blockIdx.z * gridDim.x + blockIdx.x;
+  if (threadIdx.x == 0) last = atomicAdd(counter, 1) == (int)gridDim.y - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const int col0 = blockIdx.x * kBlockN, cols = min(kBlockN, N - col0), rows = min(16 * MT, M - m0);
+  const int64_t mn = (int64_t)M * N;
+  for (int i = threadIdx.x; i < rows * cols; i += kThreads) {
+    const int64_t o = (int64_t)(m0 + i / cols) * N + col0 + i % cols;
+    float acc_sum = 0.f;
+    for (int k = 0; k < (int)gridDim.y; ++k) acc_sum += __ldcg(partial + k * mn + o);
+    if (residual) acc_sum += Act<T>::to_float(residual[o]);
+    c[o] = Act<T>::from_float(acc_sum);
+  }
+  if (threadIdx.x == 0) *counter = 0;
 }
 
 // Sums split-K partials in slice order (deterministic) and adds the residual.
@@ -226,7 +266,13 @@ struct Plan {
   int mt, m_tiles, splits, k_slice, unroll;
   size_t smem;
   bool ok;
+  bool fold;  // splits > 1 summed by the GEMM's last block per tile (no second kernel)
 };
+
+// The workspace starts with one arrival counter per output tile (zeroed by the caller
+// once; every call leaves them at zero), then the fp32 partials.
+constexpr int kArrivalInts = 4096;
+constexpr int kFoldMaxM = 16;  // above this, a tile's reduction is too long for one block
 
 int num_sms() {
   static int sms = [] {
@@ -276,6 +322,7 @@ Plan make_plan(int M, int N, int K, int group) {
     splits = next;
   }
   p.splits = splits;
+  p.fold = splits > 1 && M <= kFoldMaxM && p.m_tiles * ((N + kBlockN - 1) / kBlockN) <= kArrivalInts;
   p.k_slice = K / splits;
   p.smem = (size_t)16 * p.mt * (p.k_slice + kSmemPad) * 2;
   return p;
@@ -283,7 +330,7 @@ Plan make_plan(int M, int N, int K, int group) {
 
 template <class T, int MT, int UNROLL>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                   int M, int N, int K, int group, void* workspace, cudaStream_t stream) {
+                   int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
   auto kernel = w4a16_kernel<T, MT, UNROLL>;
   static bool smem_granted = false;  // per instantiation; raised once, not on every (graph-captured) call
   if (!smem_granted) {
@@ -291,14 +338,15 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
     if (e != cudaSuccess) return e;
     smem_granted = true;
   }
-  float* partial = static_cast<float*>(workspace);
+  int* arrivals = static_cast<int*>(workspace);
+  float* partial = reinterpret_cast<float*>(arrivals + kArrivalInts);
   dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
   kernel<<<grid, kThreads, p.smem, stream>>>(static_cast<const T*>(a), static_cast<const uint4*>(w),
                                              static_cast<const uint4*>(sz), static_cast<const T*>(residual),
-                                             static_cast<T*>(c), p.splits > 1 ? partial : nullptr, M, N, K, group,
-                                             p.k_slice);
+                                             static_cast<T*>(c), p.splits > 1 ? partial : nullptr,
+                                             p.fold ? arrivals : nullptr, M, N, K, group, p.k_slice, silu_up);
   cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess || p.splits == 1) return e;
+  if (e != cudaSuccess || p.splits == 1 || p.fold) return e;
   const int64_t mn = (int64_t)M * N;
   splitk_reduce_kernel<T><<<(unsigned)((mn + 255) / 256), 256, 0, stream>>>(partial, static_cast<const T*>(residual),
                                                                             static_cast<T*>(c), mn, p.splits);
@@ -307,11 +355,12 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
 
 template <class T>
 cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                     int M, int N, int K, int group, void* workspace, cudaStream_t stream) {
-  if (p.mt == 1 && p.unroll == 8) return launch<T, 1, 8>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
-  if (p.mt == 1) return launch<T, 1, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
-  if (p.mt == 2) return launch<T, 2, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
-  return launch<T, 4, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+                     int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
+  if (p.mt == 1 && p.unroll == 8)
+    return launch<T, 1, 8>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.mt == 1) return launch<T, 1, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.mt == 2) return launch<T, 2, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  return launch<T, 4, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
 }
 
 }  // namespace
@@ -320,15 +369,15 @@ int64_t w4a16_workspace_bytes(int M, int N, int K, int group) {
   const Plan p = make_plan(M, N, K, group);
   if (!p.ok) return -1;
   if (p.splits == 1) return 0;
-  return (int64_t)p.splits * M * N * 4;
+  return (int64_t)kArrivalInts * 4 + (int64_t)p.splits * M * N * 4;
 }
 
 cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
-                       int K, int group, bool bf16, void* workspace, cudaStream_t stream) {
+                       int K, int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up) {
   const Plan p = make_plan(M, N, K, group);
   if (!p.ok || (p.splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
-  if (bf16) return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
-  return dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+  if (bf16) return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
+  return dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
 }
 
 }  // namespace vlm

@@ -7,11 +7,15 @@
 
 namespace vlm {
 
-// Bytes of workspace for this shape (fp32 split-K partials); -1: the shape
-// cannot be planned (K too large).
+// Bytes of workspace for this shape (arrival counters, then fp32 split-K
+// partials), zero-filled before first use; -1: the shape cannot be planned
+// (K too large).
 int64_t w4a16_workspace_bytes(int M, int N, int K, int group);
-// C = A · dequant(W)ᵀ (+ residual). See vlmcore_kernels.h.
+// C = A · dequant(W)ᵀ (+ residual). See vlmcore_kernels.h. With a_is_gate_up, A's
+// rows are [gate (K) | up (K)] and the GEMM reads A = silu(gate) * up (the MLP's down
+// projection straight from the stacked gate/up output, without a separate pass).
 cudaError_t w4a16_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c, int M,
-                       int N, int K, int group, bool bf16, void* workspace, cudaStream_t stream);
+                       int N, int K, int group, bool bf16, void* workspace, cudaStream_t stream,
+                       bool a_is_gate_up = false);
 
 }  // namespace vlm

@@ -27,7 +27,10 @@ VLM_API int vlm_w4a16_pack(const int32_t* qweight, const int32_t* qzeros, const 
                            int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
                            void* packed_weight, void* packed_scale_zero);
 
-/* Workspace bytes vlm_w4a16_gemm needs for this shape (0 if none). */
+/* Workspace bytes vlm_w4a16_gemm needs for this shape (0 if none). The
+ * workspace must be zero-filled before its first use (it holds counters that
+ * every call leaves at zero); one workspace serves any later call as long as
+ * it is large enough and calls on it do not run concurrently. */
 VLM_API int vlm_w4a16_workspace_bytes(int32_t m, int32_t n, int32_t k, int32_t group_size, int64_t* bytes);
 
 /* C[M][N] = A[M][K] · dequant(W)ᵀ (+ residual[M][N] if not NULL), A/C/residual
