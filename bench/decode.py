@@ -232,6 +232,8 @@ def render(r: dict) -> str:
         ratio = "" if p is None else f"{x['tok_s'] / p['tok_s']:.2f}×"
         out.append(f"| {model} | {weights} | {kv} | {batch} | {x['tok_s']:,.0f} | {x['pct_floor']:.1f}% | "
                    f"{peer_tok} | {ratio} |")
+    if m.get("notes"):
+        out += ["", "## Notes on this run", ""] + [f"- {n}" for n in m["notes"]]
     out += ["", "## Targets (H100)", ""]
     for model, weights, kv, batch, target in TARGETS:
         x = ours.get((model, weights, kv, batch))
