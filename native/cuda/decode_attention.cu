@@ -4,8 +4,7 @@
 // Work split: a block takes one row, one KV head and one slice of the keys
 // (split-KV, attention_splits.cuh: the plan fixes the number of slices, each
 // row's own context is cut into that many equal ones) and all query heads of
-// that KV group, so
-// each K/V row is read once. A key row is spread over head_dim / 8 lanes, each
+// that KV group, so each K/V row is read once. A key row is spread over head_dim / 8 lanes, each
 // loading its 8 elements with one vector load (16 bytes fp16, 8 int8, 4 int4),
 // so a warp reads several keys at once and a dot product needs only a few
 // shuffles among the lanes of one key. Each key slot (the lanes of one key in
@@ -96,7 +95,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
                                                                      int* __restrict__ arrivals, StepMeta meta,
                                                                      int num_heads, int sliding_window, KvView c,
                                                                      Split sp) {
-  constexpr int V = kVec;
   constexpr int L = HD / kVec;       // lanes per key row
   constexpr int KPW = 32 / L;        // keys a warp reads per round
   constexpr int KPB = KPW * kWarps;  // key slots of the block
@@ -166,7 +164,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
   for (int g = 0; g < G; ++g) {
     if (lane % L == 0) s_m[key_slot][g] = m[g], s_l[key_slot][g] = l[g];
 #pragma unroll
-    for (int e = 0; e < V; ++e) s_acc[key_slot][g][e0 + e] = acc[g][e];
+    for (int e = 0; e < kVec; ++e) s_acc[key_slot][g][e0 + e] = acc[g][e];
   }
   __syncthreads();
   float* part = partial + ((int64_t)r * num_heads + kvh * G) * sp.splits * (HD + 2);  // this row's G heads

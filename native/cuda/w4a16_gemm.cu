@@ -272,7 +272,7 @@ struct Plan {
 // The workspace starts with one arrival counter per output tile (zeroed by the caller
 // once; every call leaves them at zero), then the fp32 partials.
 constexpr int kArrivalInts = 4096;
-constexpr int kFoldMaxM = 16;  // above this, a tile's reduction is too long for one block
+constexpr int kFoldMaxM = 4;  // above this, a tile's reduction is too long for one block (measured at 16 rows)
 
 int num_sms() {
   static int sms = [] {
