@@ -41,6 +41,25 @@ VLM_API int vlm_w4a16_gemm(const void* a, const void* packed_weight, const void*
                            const void* residual, void* c, int32_t m, int32_t n, int32_t k, int32_t group_size,
                            int32_t act_dtype, void* workspace, void* stream);
 
+/* Decode attention: one query row per request over a paged KV cache in the
+ * engine's layout. Cache rows are [block][kv_head][slot], each head_dim
+ * elements of kv_dtype (F32, F16, BF16, I8 or I4: I4 packs element d in byte
+ * d/2, low nibble first); for I8/I4, k/v_scale_zero hold an fp16 (scale, zero)
+ * pair per row, x = code * scale + zero. q and out are [rows][num_heads *
+ * head_dim] in act_dtype (F16 or BF16). Row r attends to positions
+ * [max(0, positions[r] - window + 1), positions[r]] (window 0: no limit) through
+ * block_tables[r * max_blocks ...]. All pointers are device pointers; workspace
+ * of vlm_decode_attention_workspace_bytes, zero-filled before its first use.
+ * Asynchronous on `stream`. CUDA builds only (else VLM_ERR_UNSUPPORTED). */
+VLM_API int vlm_decode_attention_workspace_bytes(int32_t rows, int32_t num_heads, int32_t kv_heads,
+                                                 int32_t head_dim, int32_t max_context, int64_t* bytes);
+VLM_API int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_heads, int32_t kv_heads,
+                                 int32_t head_dim, int32_t act_dtype, int32_t kv_dtype, int32_t block_size,
+                                 const void* k_cache, const void* v_cache, const void* k_scale_zero,
+                                 const void* v_scale_zero, const int32_t* positions, const int32_t* block_tables,
+                                 int32_t max_blocks, int32_t sliding_window, int32_t max_context, void* workspace,
+                                 void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,8 +3,14 @@
 #include "cpu/w4a16_pack.h"
 #include "vlmcore_kernels.h"
 #ifdef VLM_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include <vector>
+
 #include "cuda/cuda_check.cuh"
+#include "cuda/decoder_kernels.h"
 #include "cuda/w4a16_gemm.h"
+#include "engine/kv_cache.h"
 #endif
 
 extern "C" {
@@ -57,6 +63,86 @@ int vlm_w4a16_gemm(const void* a, const void* packed_weight, const void* packed_
                                    act_dtype == VLM_DTYPE_BF16, workspace, static_cast<cudaStream_t>(stream)));
 #else
     (void)residual, (void)m, (void)n, (void)k, (void)group_size, (void)workspace, (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+namespace {
+
+void check_decode_attention_shape(int32_t rows, int32_t num_heads, int32_t kv_heads, int32_t head_dim,
+                                  int32_t max_context) {
+  VLM_CHECK_ARG(rows > 0 && num_heads > 0 && kv_heads > 0 && head_dim > 0 && max_context > 0,
+                "decode attention: sizes must be positive");
+  VLM_CHECK_ARG(num_heads % kv_heads == 0, "decode attention: num_heads " << num_heads
+                                                                         << " is not a multiple of kv_heads " << kv_heads);
+  VLM_CHECK_ARG(head_dim <= 256 && head_dim % 8 == 0, "decode attention: head_dim must be a multiple of 8 up to 256");
+}
+
+#ifdef VLM_HAVE_CUDA
+int num_sms() {
+  int dev = 0, n = 0;
+  VLM_CUDA_CHECK(cudaGetDevice(&dev));
+  VLM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  return n;
+}
+
+// Workspace: arrival counters (zero), then per-row segment and table offsets, then the partials.
+int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
+#endif
+
+}  // namespace
+
+int vlm_decode_attention_workspace_bytes(int32_t rows, int32_t num_heads, int32_t kv_heads, int32_t head_dim,
+                                         int32_t max_context, int64_t* bytes) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(bytes, "NULL output");
+    check_decode_attention_shape(rows, num_heads, kv_heads, head_dim, max_context);
+#ifdef VLM_HAVE_CUDA
+    *bytes = align16((int64_t)rows * kv_heads * 4) + align16((int64_t)rows * 8) +
+             vlm::cuda::paged_attention_workspace_bytes(rows, num_heads, head_dim, kv_heads, max_context, num_sms());
+#else
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_heads, int32_t kv_heads,
+                         int32_t head_dim, int32_t act_dtype, int32_t kv_dtype, int32_t block_size, const void* k_cache,
+                         const void* v_cache, const void* k_scale_zero, const void* v_scale_zero,
+                         const int32_t* positions, const int32_t* block_tables, int32_t max_blocks,
+                         int32_t sliding_window, int32_t max_context, void* workspace, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(q && out && k_cache && v_cache && positions && block_tables && workspace, "NULL device pointer");
+    check_decode_attention_shape(rows, num_heads, kv_heads, head_dim, max_context);
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    VLM_CHECK_ARG(kv_dtype >= VLM_DTYPE_F32 && kv_dtype <= VLM_DTYPE_I4 && kv_dtype != VLM_DTYPE_I32,
+                  "kv_dtype must be F32, F16, BF16, I8 or I4");
+    const bool quantized = kv_dtype == VLM_DTYPE_I8 || kv_dtype == VLM_DTYPE_I4;
+    VLM_CHECK_ARG(!quantized || (k_scale_zero && v_scale_zero), "I8/I4 caches need their scale/zero arrays");
+    VLM_CHECK_ARG(block_size > 0 && max_blocks > 0 && sliding_window >= 0, "invalid block_size, max_blocks or window");
+#ifdef VLM_HAVE_CUDA
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    uint8_t* ws = static_cast<uint8_t*>(workspace);
+    int* arrivals = reinterpret_cast<int*>(ws);
+    int32_t* segments = reinterpret_cast<int32_t*>(ws + align16((int64_t)rows * kv_heads * 4));
+    void* partial = ws + align16((int64_t)rows * kv_heads * 4) + align16((int64_t)rows * 8);
+    std::vector<int32_t> host(2 * (size_t)rows);  // row r is segment r; its table starts at r * max_blocks
+    for (int32_t r = 0; r < rows; ++r) host[r] = r, host[rows + r] = r * max_blocks;
+    VLM_CUDA_CHECK(cudaMemcpyAsync(segments, host.data(), host.size() * 4, cudaMemcpyHostToDevice, s));
+    VLM_CUDA_CHECK(cudaStreamSynchronize(s));  // `host` goes out of scope
+    const vlm::cuda::StepMeta meta{positions, nullptr, segments, segments + rows, block_tables};
+    const vlm::cuda::KvView kv{kv_dtype, block_size, kv_heads, head_dim, (int)vlm::KvCache::row_bytes(kv_dtype, head_dim),
+                               const_cast<void*>(k_cache), const_cast<void*>(v_cache), const_cast<void*>(k_scale_zero),
+                               const_cast<void*>(v_scale_zero)};
+    VLM_CUDA_CHECK(vlm::cuda::paged_attention(act_dtype == VLM_DTYPE_BF16 ? vlm::cuda::ActType::BF16
+                                                                          : vlm::cuda::ActType::F16,
+                                              q, out, meta, rows, num_heads, sliding_window, max_context, num_sms(),
+                                              kv, partial, arrivals, s));
+#else
+    (void)q, (void)out, (void)rows, (void)num_heads, (void)kv_heads, (void)head_dim, (void)act_dtype, (void)kv_dtype,
+        (void)block_size, (void)k_cache, (void)v_cache, (void)k_scale_zero, (void)v_scale_zero, (void)positions,
+        (void)block_tables, (void)max_blocks, (void)sliding_window, (void)max_context, (void)workspace, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif
   });

@@ -51,3 +51,39 @@ def w4a16_gemm(a, packed, scale_zero, n: int, group_size: int, residual=None, ou
         _native.DTYPE_BF16 if bf16 else _native.DTYPE_F16, workspace.data_ptr(),
         ctypes.c_void_p(torch.cuda.current_stream(a.device).cuda_stream)))
     return out
+
+
+KV_DTYPES = {"float32": _native.DTYPE_F32, "float16": _native.DTYPE_F16, "bfloat16": _native.DTYPE_BF16,
+             "int8": _native.DTYPE_I8, "int4": _native.DTYPE_I4}
+
+
+def decode_attention_workspace_bytes(rows: int, num_heads: int, kv_heads: int, head_dim: int, max_context: int) -> int:
+    out = ctypes.c_int64()
+    check(_native.lib().vlm_decode_attention_workspace_bytes(rows, num_heads, kv_heads, head_dim, max_context,
+                                                             ctypes.byref(out)))
+    return out.value
+
+
+def decode_attention(q, k_cache, v_cache, positions, block_tables, *, kv_dtype: str, kv_heads: int, head_dim: int,
+                     block_size: int, k_scale_zero=None, v_scale_zero=None, sliding_window: int = 0,
+                     max_context: int | None = None, out=None, workspace=None):
+    """One query row per request over a paged cache (vlm_decode_attention); q [rows, heads * head_dim]
+    fp16/bf16 CUDA tensor, positions int32 [rows], block_tables int32 [rows, max_blocks]."""
+    import torch
+
+    rows, width = q.shape
+    num_heads = width // head_dim
+    max_context = max_context or int(positions.max().item()) + 1
+    if out is None:
+        out = torch.empty_like(q)
+    if workspace is None:
+        ws = decode_attention_workspace_bytes(rows, num_heads, kv_heads, head_dim, max_context)
+        workspace = torch.zeros(max(ws, 1), dtype=torch.uint8, device=q.device)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    check(_native.lib().vlm_decode_attention(
+        q.data_ptr(), out.data_ptr(), rows, num_heads, kv_heads, head_dim,
+        _native.DTYPE_BF16 if q.dtype == torch.bfloat16 else _native.DTYPE_F16, KV_DTYPES[kv_dtype], block_size,
+        k_cache.data_ptr(), v_cache.data_ptr(), ptr(k_scale_zero), ptr(v_scale_zero), positions.data_ptr(),
+        block_tables.data_ptr(), block_tables.shape[1], sliding_window, max_context, workspace.data_ptr(),
+        ctypes.c_void_p(torch.cuda.current_stream(q.device).cuda_stream)))
+    return out

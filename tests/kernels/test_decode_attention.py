@@ -1,0 +1,121 @@
+"""Decode attention (one query row per request over the paged, possibly quantized
+KV cache) against a float32 torch reference on fresh random inputs: every cache
+type, head dims of the vectorised kernel (32-256) and of the general one (80),
+query groups 1-16, ragged contexts from 1 key, shuffled block tables, sliding
+windows, poisoned outputs, and bit-identical repeats. Needs a CUDA GPU."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vlmserve.kernels import decode_attention
+
+pytestmark = pytest.mark.gpu
+
+BLOCK = 16
+# Largest |error| / largest |reference|: fp16 (bf16) rounding of q and of the output, fp32
+# softmax and accumulation; the cache values themselves are the reference's inputs.
+TOL = {"float16": 2e-3, "bfloat16": 1.6e-2}
+
+
+def make_cache(rng, kv_dtype, blocks, kv_heads, head_dim):
+    """Random cache rows in the engine's layout and their float32 values [blocks, kv_heads, BLOCK, head_dim]."""
+    import torch
+
+    shape = (blocks, kv_heads, BLOCK, head_dim)
+    if kv_dtype in ("float32", "float16", "bfloat16"):
+        values = torch.from_numpy(rng.normal(size=shape).astype(np.float32)).to(getattr(torch, kv_dtype))
+        return values.cuda(), None, values.float().cuda()
+    levels = 256 if kv_dtype == "int8" else 16
+    codes = rng.integers(0, levels, size=shape).astype(np.uint8)
+    scale = rng.uniform(0.01, 0.1, size=shape[:3]).astype(np.float16)
+    zero = rng.uniform(-1, 1, size=shape[:3]).astype(np.float16)
+    values = codes.astype(np.float32) * scale.astype(np.float32)[..., None] + zero.astype(np.float32)[..., None]
+    raw = codes if kv_dtype == "int8" else (codes[..., 0::2] | (codes[..., 1::2] << 4)).astype(np.uint8)
+    sz = np.stack([scale, zero], axis=-1)  # (scale, zero) fp16 pair per row
+    return (torch.from_numpy(np.ascontiguousarray(raw)).cuda(), torch.from_numpy(sz.view(np.int16)).cuda(),
+            torch.from_numpy(values).cuda())
+
+
+def reference(q, k, v, positions, tables, kv_heads, head_dim, window):
+    import torch
+
+    rows, width = q.shape
+    heads = width // head_dim
+    group = heads // kv_heads
+    out = torch.empty(rows, heads, head_dim, dtype=torch.float32, device=q.device)
+    for r in range(rows):
+        pos = int(positions[r])
+        lo = max(0, pos - window + 1) if window else 0
+        keys = torch.arange(lo, pos + 1, device=q.device)
+        blocks = tables[r][keys // BLOCK].long()
+        kr = k[blocks, :, keys % BLOCK]  # [n, kv_heads, head_dim]
+        vr = v[blocks, :, keys % BLOCK]
+        for h in range(heads):
+            qh = q[r, h * head_dim:(h + 1) * head_dim].float()
+            p = torch.softmax(kr[:, h // group] @ qh / head_dim ** 0.5, dim=0)
+            out[r, h] = p @ vr[:, h // group]
+    return out.reshape(rows, width)
+
+
+CASES = [  # kv_dtype, act, head_dim, heads, kv_heads, rows, window
+    ("float16", "float16", 128, 16, 8, 3, 0),
+    ("int8", "float16", 128, 16, 8, 5, 0),
+    ("int4", "float16", 128, 16, 8, 4, 0),
+    ("int8", "float16", 64, 8, 1, 2, 0),        # group 8
+    ("int4", "float16", 32, 4, 1, 3, 0),        # group 4, 32 dims
+    ("float16", "float16", 256, 4, 4, 2, 0),    # group 1, 256 dims
+    ("bfloat16", "bfloat16", 128, 8, 2, 3, 0),
+    ("int8", "bfloat16", 64, 16, 4, 4, 0),
+    ("int8", "float16", 128, 32, 32, 2, 0),     # 7B shape
+    ("float16", "float16", 64, 8, 4, 3, 37),    # sliding window
+    ("int8", "float16", 128, 16, 8, 64, 0),     # a batch: few slices per row
+    ("float32", "float16", 64, 4, 2, 2, 0),     # general kernel: fp32 cache
+    ("float16", "float16", 80, 4, 2, 2, 0),     # general kernel: head_dim 80
+    ("int8", "float16", 64, 16, 1, 2, 0),       # general kernel: group 16
+]
+
+
+@pytest.mark.parametrize("kv_dtype,act,head_dim,heads,kv_heads,rows,window", CASES)
+def test_matches_reference(kv_dtype, act, head_dim, heads, kv_heads, rows, window):
+    import torch
+
+    rng = np.random.default_rng(hash((kv_dtype, act, head_dim, heads, rows, window)) % 2**31)
+    positions_np = rng.integers(0, 700, size=rows)
+    positions_np[0] = 0  # a row with a single key
+    if rows > 1:
+        positions_np[1] = 699
+    max_blocks = 700 // BLOCK + 1
+    blocks = rows * max_blocks + 3
+    tables_np = rng.permutation(blocks)[: rows * max_blocks].reshape(rows, max_blocks).astype(np.int32)
+    kc, ksz, kf = make_cache(rng, kv_dtype, blocks, kv_heads, head_dim)
+    vc, vsz, vf = make_cache(rng, kv_dtype, blocks, kv_heads, head_dim)
+    q = torch.from_numpy(rng.normal(size=(rows, heads * head_dim)).astype(np.float32)).to("cuda", getattr(torch, act))
+    positions = torch.from_numpy(positions_np.astype(np.int32)).cuda()
+    tables = torch.from_numpy(tables_np).cuda()
+    kwargs = dict(kv_dtype=kv_dtype, kv_heads=kv_heads, head_dim=head_dim, block_size=BLOCK, k_scale_zero=ksz,
+                  v_scale_zero=vsz, sliding_window=window)
+    out = torch.full_like(q, float("nan"))  # poisoned
+    decode_attention(q, kc, vc, positions, tables, out=out, **kwargs)
+    again = decode_attention(q, kc, vc, positions, tables, **kwargs)
+    torch.cuda.synchronize()
+    assert not torch.isnan(out).any(), "some outputs were never written"
+    ref = reference(q, kf, vf, positions_np, tables, kv_heads, head_dim, window)
+    err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+    assert err < TOL[act], f"max error {err:.2e} of the largest output"
+    assert torch.equal(out, again)  # deterministic: slices merge in a fixed order
+
+
+def test_bad_shapes_are_refused():
+    import torch
+
+    from vlmserve.errors import VlmError
+
+    q = torch.zeros(1, 64, dtype=torch.float16, device="cuda")
+    kc = torch.zeros(16, dtype=torch.float16, device="cuda")
+    pos = torch.zeros(1, dtype=torch.int32, device="cuda")
+    tables = torch.zeros(1, 1, dtype=torch.int32, device="cuda")
+    with pytest.raises(VlmError, match="multiple of kv_heads"):
+        decode_attention(q, kc, kc, pos, tables, kv_dtype="float16", kv_heads=3, head_dim=16, block_size=16)
+    with pytest.raises(VlmError, match="scale/zero"):
+        decode_attention(q, kc, kc, pos, tables, kv_dtype="int8", kv_heads=1, head_dim=64, block_size=16)
