@@ -6,22 +6,18 @@ from __future__ import annotations
 import asyncio
 
 import torch
+from tile_batches import rows, submit_and_check_rows
+from tile_batches import tiles as _tiles
 
 from vlmserve.vision.batcher import TileBatcher
 from vlmserve.vision.tiles import Tiles
-
-
-def _tiles(first: int, count: int) -> Tiles:
-    # Row i holds the value i everywhere, so every output row says which tile it came from.
-    values = torch.arange(first, first + count, dtype=torch.float32)
-    return Tiles({"pixel_values": values[:, None, None, None].expand(count, 3, 2, 2).clone()})
 
 
 def _forward_recording(batches: list[int]):
     def forward(tiles: Tiles, replica: int) -> torch.Tensor:
         assert replica == 0
         batches.append(len(tiles))
-        return tiles.tensors["pixel_values"][:, :1, 0, 0] * 10.0  # [tiles, 1]
+        return rows(tiles)
     return forward
 
 
@@ -31,12 +27,7 @@ def test_concurrent_submissions_batch_and_get_their_own_rows():
     async def main():
         b = TileBatcher(_forward_recording(batches), max_tiles=8, window_s=0.05)
         b.start()
-        sizes = [1, 3, 2, 1, 5, 1, 2, 4, 1, 1]
-        firsts = [sum(sizes[:i]) * 100 for i in range(len(sizes))]
-        outs = await asyncio.gather(*(b.submit(_tiles(f, n)) for f, n in zip(firsts, sizes)))
-        await b.close()
-        for f, n, out in zip(firsts, sizes, outs):
-            assert out.flatten().tolist() == [10.0 * (f + i) for i in range(n)]
+        await submit_and_check_rows(b, [1, 3, 2, 1, 5, 1, 2, 4, 1, 1])
 
     asyncio.run(main())
     assert sum(batches) == 21 and max(batches) <= 8 and len(batches) < 10

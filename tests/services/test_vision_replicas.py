@@ -15,6 +15,9 @@ import torch
 from PIL import Image
 
 from conftest import IMAGES
+from tile_batches import rows as _rows
+from tile_batches import submit_and_check_rows
+from tile_batches import tiles as _tiles
 from vlmserve.cli import build_parser
 from vlmserve.cli.serve import engine_config_from_flags, vision_config_from_args
 from vlmserve.errors import FailedPreconditionError, InternalError, InvalidArgumentError, ModelLoadError
@@ -26,18 +29,8 @@ from vlmserve.vision.tiles import Tiles
 WAIT_S = 30  # only ever reached when a test is about to fail
 
 
-def _tiles(first: int, count: int = 1) -> Tiles:
-    # Row i holds the value first + i everywhere, so every output row says which tile it came from.
-    values = torch.arange(first, first + count, dtype=torch.float32)
-    return Tiles({"pixel_values": values[:, None, None, None].expand(count, 3, 2, 2).clone()})
-
-
 def _values(tiles: Tiles) -> list[int]:
     return [int(v) for v in tiles.tensors["pixel_values"][:, 0, 0, 0]]
-
-
-def _rows(tiles: Tiles) -> torch.Tensor:
-    return tiles.tensors["pixel_values"][:, :1, 0, 0] * 10.0
 
 
 # -- batcher ----------------------------------------------------------------------------------------
@@ -75,12 +68,7 @@ def test_many_callers_over_two_replicas_get_their_own_rows():
     async def main():
         b = TileBatcher(forward, max_tiles=4, window_s=0.01, parallel=2)
         b.start()
-        sizes = [1, 3, 2, 1, 5, 1, 2, 4, 1, 1, 6, 2]
-        firsts = [sum(sizes[:i]) * 100 for i in range(len(sizes))]
-        outs = await asyncio.gather(*(b.submit(_tiles(f, n)) for f, n in zip(firsts, sizes)))
-        await b.close()
-        for f, n, out in zip(firsts, sizes, outs):
-            assert out.flatten().tolist() == [10.0 * (f + i) for i in range(n)]
+        await submit_and_check_rows(b, [1, 3, 2, 1, 5, 1, 2, 4, 1, 1, 6, 2])
 
     asyncio.run(main())
     assert sum(n for _, n in batches) == 29 and max(n for _, n in batches) <= 4
