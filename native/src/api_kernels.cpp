@@ -129,8 +129,9 @@ int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_hea
     void* partial = ws + align16((int64_t)rows * kv_heads * 4) + align16((int64_t)rows * 8);
     std::vector<int32_t> host(2 * (size_t)rows);  // row r is segment r; its table starts at r * max_blocks
     for (int32_t r = 0; r < rows; ++r) host[r] = r, host[rows + r] = r * max_blocks;
+    // From pageable memory the copy has left `host` when the call returns (it is staged), so the
+    // call stays asynchronous for the kernel below.
     VLM_CUDA_CHECK(cudaMemcpyAsync(segments, host.data(), host.size() * 4, cudaMemcpyHostToDevice, s));
-    VLM_CUDA_CHECK(cudaStreamSynchronize(s));  // `host` goes out of scope
     const vlm::cuda::StepMeta meta{positions, nullptr, segments, segments + rows, block_tables};
     const vlm::cuda::KvView kv{kv_dtype, block_size, kv_heads, head_dim, (int)vlm::KvCache::row_bytes(kv_dtype, head_dim),
                                const_cast<void*>(k_cache), const_cast<void*>(v_cache), const_cast<void*>(k_scale_zero),
