@@ -74,19 +74,41 @@ class RequestStream:
             yield out
 
     async def __aiter__(self):
+        async for batch in self.batches():
+            for out in batch:
+                yield out
+
+    async def batches(self):
+        """Async iteration by lists: each holds every TokenOutput queued since the previous list (at least one).
+        A consumer that falls behind the engine (a busy event loop) catches up in one step per list rather than
+        one per token; a consumer that keeps up gets lists of one."""
         if self._loop is None:
             raise InvalidArgumentError("async iteration needs a stream created with add_request(..., loop=loop)")
         while True:
             self._wake.clear()
+            items = []
             try:
-                item = self._queue.get_nowait()
+                while True:
+                    items.append(self._queue.get_nowait())
             except queue.Empty:
+                pass
+            if not items:
                 await self._wake.wait()
                 continue
-            out = self._take(item)
-            if out is None:
-                return
-            yield out
+            batch = []
+            for item in items:
+                try:
+                    out = self._take(item)
+                except RequestFailedError:
+                    if batch:  # the tokens before the failure still reach the consumer
+                        yield batch
+                    raise
+                if out is None:
+                    if batch:
+                        yield batch
+                    return
+                batch.append(out)
+            yield batch
 
     def wait(self, timeout: float | None = None) -> RequestOutput:
         """Drains the stream and returns the final RequestOutput; TimeoutError after `timeout` seconds."""

@@ -75,6 +75,9 @@ def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -
          help="most image tiles per forward, across requests (a tiled image counts each tile)")
     flag(p, "--vision-batch-window-ms", type=float, default=5.0,
          help="how long a batch waits for more tiles after its first")
+    flag(p, "--vision-cuda-graphs", type=bool, default=True,
+         help="replay the vision encoder's forward from CUDA graphs (one per batch size, captured at start-up); "
+              "--no-vision-cuda-graphs runs it eagerly")
     flag(p, "--max-images-per-request", type=int, default=16, help="most images one Encode request may carry")
     flag(p, "--max-image-pixels", type=int, default=64 * 1024 * 1024,
          help="most pixels (width*height) an image may have; checked before decoding")
@@ -86,7 +89,8 @@ def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -
     flag(p, "--image-fetch-timeout", type=float, default=10.0, help="seconds to fetch an image URL")
     flag(p, "--trust-remote-code", type=bool, default=False,
          help="allow the checkpoint's own Python code (config, image processor)")
-    flag(p, "--preprocess-threads", type=int, default=2, help="threads decoding and preprocessing images")
+    flag(p, "--preprocess-threads", type=int, default=None,
+         help="threads decoding and preprocessing images (unset: one per core, at least 2 and at most 8)")
     flag(p, "--max-chunk-bytes", type=int, default=1 << 20, help="largest embedding chunk sent, bytes")
 
 
@@ -112,13 +116,15 @@ def run_vision(a: argparse.Namespace) -> int:
 def vision_config_from_args(a: argparse.Namespace):
     from vlmserve.vision.config import VisionConfig
 
+    threads = {} if a.preprocess_threads is None else {"preprocess_threads": a.preprocess_threads}
     return VisionConfig(dtype=a.dtype, device=a.device, max_batch_size=a.vision_max_batch_size,
                         batch_window_ms=a.vision_batch_window_ms, max_image_pixels=a.max_image_pixels,
                         min_image_size=a.min_image_size, max_images_per_request=a.max_images_per_request,
                         max_image_bytes=a.max_image_bytes,
                         allowed_url_hosts=tuple(a.allowed_media_domains.split(",")),
                         url_timeout_s=a.image_fetch_timeout, trust_remote_code=a.trust_remote_code,
-                        preprocess_threads=a.preprocess_threads, replicas=a.tp)
+                        replicas=a.tp, **threads,
+                        cuda_graphs=a.vision_cuda_graphs)
 
 
 # -- lm ---------------------------------------------------------------------------------------------
@@ -164,6 +170,9 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     flag(p, "--vision-addr", default="", help="vision service: host:port, h1:p1,h2:p2 or dns:///name:port "
                                              "(round-robin); empty: text only")
     flag(p, "--vision-api-key", help="bearer token for the vision service")
+    flag(p, "--vision-cuda-graphs", type=bool, default=True,
+         help="replay the vision encoder's forward from CUDA graphs (one per batch size, captured at start-up); "
+              "--no-vision-cuda-graphs runs it eagerly")
     flag(p, "--max-images-per-request", type=int, default=16, help="most images one Chat request may carry")
     flag(p, "--trust-remote-code", type=bool, default=False, help="allow the checkpoint's tokenizer code")
 

@@ -130,27 +130,37 @@ class LmServicer:
         last_token_ns = None
         count = 0
         try:
-            async for tok in stream:
+            # One message per batch of tokens the engine produced since the last one: one token while this loop
+            # keeps up, several when it falls behind (then fewer, larger messages let it catch up).
+            async for batch in stream.batches():
                 now = time.perf_counter_ns()
                 if last_token_ns is None:
                     metrics.ttft.observe((now - received) / 1e9)
-                else:
-                    metrics.itl.observe((now - last_token_ns) / 1e9)
+                # The wait spread over the tokens it delivered, as a client measures it (the first has none).
+                gap = (now - (last_token_ns or received)) / 1e9 / len(batch)
+                for _ in range(len(batch) - (last_token_ns is None)):
+                    metrics.itl.observe(gap)
                 last_token_ns = now
-                count += 1
-                chunk = streamer.push(tok)
-                msg = lm.GenerateResponse(token_ids=[tok.token_id], text=chunk.text)
-                if tok.logprob is not None:
-                    msg.logprobs.append(self._logprob(core.builder.tokenizer, tok))
-                if chunk.matched_stop:
-                    stream.cancel()
-                    await asyncio.get_running_loop().run_in_executor(None, stream.wait)
-                    finished = True
-                    msg.finish_reason = FINISH["stop"]
-                    msg.matched_stop = chunk.matched_stop
-                    self._finish(msg, stream.result, len(ids), count, image_tokens, received, vision_ns)
-                    yield msg
-                    return
+                msg = lm.GenerateResponse()
+                texts = []
+                for tok in batch:
+                    count += 1
+                    chunk = streamer.push(tok)
+                    msg.token_ids.append(tok.token_id)
+                    texts.append(chunk.text)
+                    if tok.logprob is not None:
+                        msg.logprobs.append(self._logprob(core.builder.tokenizer, tok))
+                    if chunk.matched_stop:  # the tokens after it in this batch are dropped with the rest
+                        stream.cancel()
+                        await asyncio.get_running_loop().run_in_executor(None, stream.wait)
+                        finished = True
+                        msg.text = "".join(texts)
+                        msg.finish_reason = FINISH["stop"]
+                        msg.matched_stop = chunk.matched_stop
+                        self._finish(msg, stream.result, len(ids), count, image_tokens, received, vision_ns)
+                        yield msg
+                        return
+                msg.text = "".join(texts)
                 yield msg
             out = stream.result
             finished = True

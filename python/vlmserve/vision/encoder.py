@@ -22,6 +22,7 @@ from PIL import Image
 from vlmserve.errors import InternalError, InvalidArgumentError, ModelLoadError
 from vlmserve.vision.config import VisionConfig
 from vlmserve.vision.families import TileGrid, family_for
+from vlmserve.vision.graphs import GraphedForward
 from vlmserve.vision.image_decode import decode_image
 from vlmserve.vision.image_source import ImageSource, resolve
 from vlmserve.vision.loader import load_encoder, replica_devices, resolve_device, resolve_dtype
@@ -62,6 +63,7 @@ class VisionEncoder:
                          for d in self.devices]
         self.hidden_size = int(self.hf_config.text_config.hidden_size)
         self.tokens_per_tile = 0  # known after warmup()
+        self._graphed: list[GraphedForward | None] = [None] * self.replicas  # captured by warmup()
 
     # -- images -----------------------------------------------------------------------------------
 
@@ -106,27 +108,46 @@ class VisionEncoder:
             raise InternalError(f"replica {replica} asked for; the encoder has {self.replicas}")
         device = self.devices[replica]
         stream = self._streams[replica]
+        graphed = self._graphed[replica]
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            inputs = {k: (v.to(device, self.dtype) if v.is_floating_point() else v.to(device))
-                      for k, v in tiles.tensors.items()}
-            out = self.family.features(self.models[replica], inputs)
+            out = graphed.run(tiles) if graphed is not None else None
+            if out is None:
+                inputs = {k: (v.to(device, self.dtype) if v.is_floating_point() else v.to(device))
+                          for k, v in tiles.tensors.items()}
+                out = self.family.features(self.models[replica], inputs)
             if out.shape[0] != len(tiles) or out.shape[-1] != self.hidden_size:
                 raise InternalError(f"the encoder returned {tuple(out.shape)} for {len(tiles)} tiles")
             return out.to("cpu")  # synchronizes this stream
 
+    @property
+    def graph_sizes(self) -> list[int]:
+        """The batch sizes replayed from CUDA graphs (after warmup(); empty when forwards run eagerly)."""
+        return self._graphed[0].sizes if self._graphed[0] is not None else []
+
+    @property
+    def cuda_graphs(self) -> bool:
+        return bool(self.graph_sizes)
+
     def warmup(self) -> None:
         """One forward per replica on a synthetic image: fixes tokens_per_tile and touches every kernel of every
-        device, so no replica's first request pays for CUDA context and kernel setup."""
+        device, so no replica's first request pays for CUDA context and kernel setup. Then, on CUDA, captures
+        each replica's graphs (see graphs.py)."""
         rng = np.random.default_rng(0)
         image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
         tiles, grid = self._process(image)
         self.tokens_per_tile = int(self.forward(tiles).shape[1])
         for replica in range(1, self.replicas):
             self.forward(tiles, replica)
+        if self.config.cuda_graphs and self.device.type == "cuda" and self.family.graphable:
+            with torch.inference_mode():
+                self._graphed = [GraphedForward(lambda inputs, m=model: self.family.features(m, inputs), tiles,
+                                                self.config.max_batch_size, d, self.dtype, s)
+                                 for model, d, s in zip(self.models, self.devices, self._streams)]
         log.info("vision encoder warmed up", extra={"fields": {
             "model_type": self.model_type, "tokens_per_tile": self.tokens_per_tile, "hidden_size": self.hidden_size,
             "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
-            "replicas": self.replicas, "devices": ",".join(str(d) for d in self.devices)}})
+            "replicas": self.replicas, "devices": ",".join(str(d) for d in self.devices),
+            "cuda_graphs": ",".join(map(str, self.graph_sizes)) or "off"}})
 
     def encode(self, images: list[Image.Image]) -> list[ImageEmbedding]:
         """Unbatched reference: one forward per image, no batcher."""

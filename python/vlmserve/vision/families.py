@@ -4,7 +4,7 @@ image processor's defaults, how tiles are laid out, and how a batch of tiles goe
 through the model's own get_image_features."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -32,12 +32,17 @@ class Family:
     sample_dim: bool                # the processor's tensors are [samples, tiles, ...] rather than [tiles, ...]
     grid: Callable                  # (processor output, image (w, h), image processor, kwargs) -> TileGrid
     features: Callable              # (model.model, tiles: dict of tensors) -> [tiles, tokens_per_tile, hidden]
+    # The forward has no data-dependent shapes or host syncs, so it can be captured in a CUDA graph.
+    graphable: bool = True
+    # Image-processor options the grid function relies on, whatever the processor class's defaults are in the
+    # installed transformers (some versions do not expose them; the fast processors do not assume them).
+    required_kwargs: dict = field(default_factory=dict, hash=False)
 
     def processor_defaults(self) -> dict:
         import transformers
 
         cls = getattr(transformers, self.processor_class, None)
-        return dict(getattr(cls, "images_kwargs", None) or {})
+        return {**(getattr(cls, "images_kwargs", None) or {}), **self.required_kwargs}
 
 
 def _one_tile(out, size, image_processor, kwargs) -> TileGrid:
@@ -93,12 +98,16 @@ _LLAVA = Family("llava", "LlavaForConditionalGeneration", ("vision_tower", "mult
                 "LlavaProcessor", ("pixel_values",), False, _one_tile, _llava_features)
 _IDEFICS3_INPUTS = ("pixel_values", "pixel_attention_mask")
 _IDEFICS3 = Family("idefics3", "Idefics3ForConditionalGeneration", ("vision_model", "connector"),
-                   "Idefics3Processor", _IDEFICS3_INPUTS, True, _idefics3_grid, _idefics3_features)
+                   "Idefics3Processor", _IDEFICS3_INPUTS, True, _idefics3_grid, _idefics3_features,
+                    graphable=False,  # drops all-zero (padding) tiles: a data-dependent shape
+                    required_kwargs={"return_row_col_info": True})
 # SmolVLM is Idefics3's architecture with its own processor: same placeholder convention.
 _SMOLVLM = Family("idefics3", "SmolVLMForConditionalGeneration", ("vision_model", "connector"),
-                  "SmolVLMProcessor", _IDEFICS3_INPUTS, True, _idefics3_grid, _idefics3_features)
+                  "SmolVLMProcessor", _IDEFICS3_INPUTS, True, _idefics3_grid, _idefics3_features,
+                   graphable=False, required_kwargs={"return_row_col_info": True})
 _INTERNVL = Family("internvl", "InternVLForConditionalGeneration", ("vision_tower", "multi_modal_projector"),
-                   "InternVLProcessor", ("pixel_values",), False, _internvl_grid, _internvl_features)
+                   "InternVLProcessor", ("pixel_values",), False, _internvl_grid, _internvl_features,
+                   required_kwargs={"crop_to_patches": True})
 
 # config.json model_type -> family.
 FAMILIES = {"llava": _LLAVA, "idefics3": _IDEFICS3, "smolvlm": _SMOLVLM, "internvl": _INTERNVL}
