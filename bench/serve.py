@@ -80,6 +80,18 @@ def histogram_delta(before: dict, after: dict, name: str) -> float | None:
     return (after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)) / n if n > 0 else None
 
 
+def engine_rates(before: dict, after: dict, wall_s: float) -> dict:
+    """Engine steps per second and tokens per step over a level (from the LM service's metrics)."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0)
+             for k in ("vlmserve_lm_engine_steps", "vlmserve_lm_generation_tokens_total", "vlmserve_lm_prompt_tokens_total")}
+    steps = delta["vlmserve_lm_engine_steps"]
+    if steps <= 0 or wall_s <= 0:
+        return {}
+    return {"engine_steps_per_s": steps / wall_s,
+            "generated_tokens_per_step": delta["vlmserve_lm_generation_tokens_total"] / steps,
+            "prompt_tokens_per_step": delta["vlmserve_lm_prompt_tokens_total"] / steps}
+
+
 def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: bytes, out_dir: Path,
                 tp: int = 1) -> dict:
     from tqdm.auto import tqdm
@@ -103,12 +115,13 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
         for c in a.concurrency:
             n = a.requests_per_level or max(2 * c, 8)
             run_level(stack.address, make_request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive)
-            before = stack.scrape(stack.vision_metrics_url)
+            before, lm_before = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             with tqdm(total=n, desc=f"{label} c={c}", unit="req", leave=False, disable=not sys.stderr.isatty()) as bar:
                 result = run_level(stack.address, make_request, c, n, a.timeout, progress=bar,
                                    alive=stack.check_alive)
-            after = stack.scrape(stack.vision_metrics_url)
+            after, lm_after = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             s = result.summary(a.output_tokens)
+            s.update(engine_rates(lm_before, lm_after, result.wall_s))
             s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")
             s["vision_encode_mean_s"] = histogram_delta(before, after, "vlmserve_vision_encode_seconds")
             s["vision_forward_mean_s"] = histogram_delta(before, after, "vlmserve_vision_batch_seconds")

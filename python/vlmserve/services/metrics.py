@@ -63,12 +63,15 @@ class LmMetrics:
         self.waiting = Gauge("vlmserve_lm_waiting_requests", "requests queued in the engine", registry=registry)
         self.kv_usage = Gauge("vlmserve_lm_kv_cache_usage", "fraction of KV cache blocks in use", registry=registry)
         self.kv_free = Gauge("vlmserve_lm_kv_cache_free_blocks", "free KV cache blocks", registry=registry)
+        self.steps = Gauge("vlmserve_lm_engine_steps", "engine steps (forward passes) since start; a rate of it "
+                           "with the token counters gives the mean batch per step", registry=registry)
 
     def watch(self, engine) -> None:
         """Engine gauges are read when Prometheus scrapes."""
         self.running.set_function(lambda: engine.stats().running_requests)
         self.waiting.set_function(lambda: engine.stats().waiting_requests)
         self.kv_free.set_function(lambda: engine.stats().free_blocks)
+        self.steps.set_function(lambda: engine.stats().steps)
 
         def usage() -> float:
             s = engine.stats()

@@ -83,7 +83,11 @@ def _idefics3_features(model, tiles: dict) -> torch.Tensor:
     # get_image_features takes [batch, images, 3, H, W]: all tiles go in as one sample's images.
     pv = tiles["pixel_values"]
     out = model.get_image_features(pixel_values=pv[None], pixel_attention_mask=tiles["pixel_attention_mask"][None])
-    flat = out.pooler_output[0]
+    feats = getattr(out, "pooler_output", out)
+    # transformers releases differ: [tiles, tokens, hidden], or one sample's rows [1 or list, tiles * tokens, hidden].
+    if isinstance(feats, torch.Tensor) and feats.dim() == 3 and feats.shape[0] == pv.shape[0]:
+        return feats
+    flat = feats[0] if isinstance(feats, (list, tuple)) or feats.dim() == 3 else feats
     if flat.shape[0] % pv.shape[0]:
         # get_image_features drops all-zero tiles as padding; normalized real images never are.
         raise InternalError(f"Idefics3 returned {flat.shape[0]} rows for {pv.shape[0]} tiles")
