@@ -241,6 +241,11 @@ bool is_bf16_model(const Model& m) {
 }
 
 constexpr int kFusedSiluMaxRows = 16;
+// From this many rows (prefill chunks) a w4a16 layer is dequantized into a scratch fp16/bf16 matrix and
+// multiplied by cuBLAS: the dequantization reads the 4-bit weights once (tens of microseconds), after which
+// a dense tensor-core GEMM runs several times faster than the w4a16 kernel's large-M path
+// (docs/benchmarks/gemm.md: 0.13-0.37x cuBLAS at M = 256-2048).
+constexpr int kDequantGemmMinRows = 256;
 
 class CudaRunner final : public StepRunner {
  public:
@@ -506,7 +511,7 @@ class CudaRunner final : public StepRunner {
                                         p_.rms_norm_eps, x_.as(), stream_));
       const DeviceLinear& head = p_.tie_word_embeddings ? embed_ : lm_head_;
       mark("lm head");
-      if (!dense_gemm(head, x_.as(), R, logits_d_.as(), true))
+      if (!dense_gemm(head.w.as(), head.out, head.in, x_.as(), R, logits_d_.as(), true))
         VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
                                          logits_d_.as(), true, stream_));
       mark("argmax");
@@ -593,6 +598,15 @@ class CudaRunner final : public StepRunner {
   // y = x · Wᵀ (+ bias); gate_up_input (tensor-core w4a16 only): x is the stacked
   // [gate | up] output and the GEMM reads silu(gate) * up.
   void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false) {
+#if VLM_HAVE_CUBLAS
+    if (l.tensor_core && !gate_up_input && M >= kDequantGemmMinRows) {
+      grow(dequant_, (size_t)l.out * l.in * 2);
+      VLM_CUDA_CHECK(w4a16_dequantize(l.w.as(), l.scale.as(), dequant_.as(), l.out, l.in, l.group, bf16_, stream_));
+      dense_gemm(dequant_.as(), l.out, l.in, x, M, y, false);
+      if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
+      return;
+    }
+#endif
     if (l.tensor_core) {
       const int64_t ws = w4a16_workspace_bytes(M, l.out, l.in, l.group);
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16: no plan for M=" << M << " N=" << l.out << " K=" << l.in);
@@ -606,7 +620,7 @@ class CudaRunner final : public StepRunner {
       return;
     }
     VLM_CHECK(!gate_up_input, VLM_ERR_INTERNAL, "silu(gate) * up input needs the tensor-core w4a16 GEMM");
-    if (!l.group && dense_gemm(l, x, M, y, false)) {
+    if (!l.group && dense_gemm(l.w.as(), l.out, l.in, x, M, y, false)) {
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
@@ -616,18 +630,19 @@ class CudaRunner final : public StepRunner {
 
   // y = x · Wᵀ for dense weights through cuBLAS (fp32 accumulation); false where
   // the build has no cuBLAS, and the library's own kernel runs instead.
-  bool dense_gemm(const DeviceLinear& l, const void* x, int M, void* y, bool y_f32) {
+  // w is [out][in] row-major in the activation dtype.
+  bool dense_gemm(const void* w, int out, int in, const void* x, int M, void* y, bool y_f32) {
 #if VLM_HAVE_CUBLAS
     const float one = 1.f, zero = 0.f;
     const cudaDataType_t t = bf16_ ? CUDA_R_16BF : CUDA_R_16F;
     // Column-major view: yᵀ [N][M] = W [N][K] (stored as Kx N column-major, so transposed) · xᵀ [K][M].
-    const cublasStatus_t st =
-        cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, l.out, M, l.in, &one, l.w.as(), t, l.in, x, t, l.in, &zero, y,
-                     y_f32 ? CUDA_R_32F : t, l.out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+    const cublasStatus_t st = cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out, M, in, &one, w, t, in, x, t, in,
+                                           &zero, y, y_f32 ? CUDA_R_32F : t, out, CUBLAS_COMPUTE_32F,
+                                           CUBLAS_GEMM_DEFAULT);
     VLM_CHECK(st == CUBLAS_STATUS_SUCCESS, VLM_ERR_INTERNAL, "cublasGemmEx failed with status " << (int)st);
     return true;
 #else
-    (void)l, (void)x, (void)M, (void)y, (void)y_f32;
+    (void)w, (void)out, (void)in, (void)x, (void)M, (void)y, (void)y_f32;
     return false;
 #endif
   }
@@ -691,6 +706,7 @@ class CudaRunner final : public StepRunner {
   // Step scratch (grows to the largest step seen).
   DeviceBuffer h_, x_, qkv_, q_, attn_, delta_, gate_up_, ffn_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
   DeviceBuffer blas_workspace_, argmax_d_, tiles_, attn_arrivals_;
+  DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   std::vector<int2> tiles_host_;
   std::vector<int32_t> meta_host_;
   uint64_t epoch_ = 0;  // bumped whenever a scratch buffer moves

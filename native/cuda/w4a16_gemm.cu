@@ -96,6 +96,50 @@ __device__ __forceinline__ uint32_t pair(uint32_t packed16x2, int j) {
   return v | (v << 16);
 }
 
+// One lane's B fragments for one k16 step of a 64-column strip, from its 16 bytes of codes and its
+// group's scales and zeros: b[tile][0] holds W[n][k], W[n][k+1] and b[tile][1] W[n][k+8], W[n][k+9],
+// for n = 64 * strip + 8 * tile + lane / 4 and k = 16 * step + 2 * (lane % 4) (the mma m16n8k16 B layout).
+template <class T>
+__device__ __forceinline__ void dequant_fragments(const uint4& wv, const GroupParams& gp, uint32_t (&b)[8][2]) {
+  const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+  const uint32_t sc[4] = {gp.scale.x, gp.scale.y, gp.scale.z, gp.scale.w};
+  const uint32_t zr[4] = {gp.zero.x, gp.zero.y, gp.zero.z, gp.zero.w};
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const int tile = 2 * wi + j;  // scale/zero of column 8*tile + g: 16-bit value `tile` of the lane's 8
+      const uint32_t s2 = pair(sc[tile / 2], tile % 2), z2 = pair(zr[tile / 2], tile % 2);
+      const uint32_t lo = ((words[wi] >> (8 * j)) & 0x000F000Fu) | Act<T>::kMagic;
+      const uint32_t hi = ((words[wi] >> (8 * j + 4)) & 0x000F000Fu) | Act<T>::kMagic;
+      b[tile][0] = Act<T>::dequant(lo, z2, s2);
+      b[tile][1] = Act<T>::dequant(hi, z2, s2);
+    }
+}
+
+// W [N][K] row-major in T from the packed layout: one warp per (strip, k16 step), with the GEMM's own
+// fragment dequantization, so the values are bit for bit those its tensor cores multiply.
+template <class T>
+__global__ void dequant_kernel(const uint4* __restrict__ w, const uint4* __restrict__ sz, T* __restrict__ out, int N,
+                               int K, int group) {
+  const int64_t item = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x % 32, ksteps = K / 16;
+  if (item >= (int64_t)(N / kW4StripN) * ksteps) return;
+  const int strip = (int)(item / ksteps), step = (int)(item % ksteps);
+  const uint4 wv = load_streaming(w + item * 32 + lane);
+  const uint4* szp = sz + (int64_t)strip * (K / group) * 16 + (lane / 4) + (int64_t)(step * 16 / group) * 16;
+  const GroupParams gp{szp[0], szp[8]};
+  uint32_t b[8][2];
+  dequant_fragments<T>(wv, gp, b);
+  const int k = step * 16 + 2 * (lane % 4);
+#pragma unroll
+  for (int tile = 0; tile < 8; ++tile) {
+    T* row = out + (int64_t)(strip * kW4StripN + tile * 8 + lane / 4) * K + k;
+    *reinterpret_cast<uint32_t*>(row) = b[tile][0];
+    *reinterpret_cast<uint32_t*>(row + 8) = b[tile][1];
+  }
+}
+
 // grid: (ceil(N / 256), splits, ceil(M / (16 * MT))); block: 128 threads.
 // With splits > 1 every block writes fp32 partials; with `arrivals` the last block of
 // an output tile to finish sums them (decode sizes), otherwise splitk_reduce_kernel does.
@@ -177,20 +221,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
         gp.zero = szp[(int64_t)gi * 16 + 8];
       }
       uint32_t b[8][2];
-      const uint32_t words[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-      const uint32_t sc[4] = {gp.scale.x, gp.scale.y, gp.scale.z, gp.scale.w};
-      const uint32_t zr[4] = {gp.zero.x, gp.zero.y, gp.zero.z, gp.zero.w};
-#pragma unroll
-      for (int wi = 0; wi < 4; ++wi)
-#pragma unroll
-        for (int j = 0; j < 2; ++j) {
-          const int tile = 2 * wi + j;  // scale/zero of column 8*tile + g: 16-bit value `tile` of the lane's 8
-          const uint32_t s2 = pair(sc[tile / 2], tile % 2), z2 = pair(zr[tile / 2], tile % 2);
-          const uint32_t lo = ((words[wi] >> (8 * j)) & 0x000F000Fu) | Act<T>::kMagic;
-          const uint32_t hi = ((words[wi] >> (8 * j + 4)) & 0x000F000Fu) | Act<T>::kMagic;
-          b[tile][0] = Act<T>::dequant(lo, z2, s2);
-          b[tile][1] = Act<T>::dequant(hi, z2, s2);
-        }
+      dequant_fragments<T>(wv[u], gp, b);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         uint32_t af[4];
@@ -378,6 +409,19 @@ cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void*
   if (!p.ok || (p.splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
   if (bf16) return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
   return dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
+}
+
+cudaError_t w4a16_dequantize(const void* w, const void* sz, void* out, int N, int K, int group, bool bf16,
+                             cudaStream_t stream) {
+  const int64_t warps = (int64_t)(N / kW4StripN) * (K / 16);
+  const unsigned blocks = (unsigned)((warps + kWarps - 1) / kWarps);
+  if (bf16)
+    dequant_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(
+        static_cast<const uint4*>(w), static_cast<const uint4*>(sz), static_cast<__nv_bfloat16*>(out), N, K, group);
+  else
+    dequant_kernel<__half><<<blocks, kThreads, 0, stream>>>(static_cast<const uint4*>(w), static_cast<const uint4*>(sz),
+                                                           static_cast<__half*>(out), N, K, group);
+  return cudaGetLastError();
 }
 
 }  // namespace vlm

@@ -17,5 +17,8 @@ int64_t w4a16_workspace_bytes(int M, int N, int K, int group);
 cudaError_t w4a16_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c, int M,
                        int N, int K, int group, bool bf16, void* workspace, cudaStream_t stream,
                        bool a_is_gate_up = false);
+// W [N][K] row-major in fp16/bf16, exactly the values the GEMM multiplies (for a dense GEMM at large M).
+cudaError_t w4a16_dequantize(const void* w, const void* scale_zero, void* out, int N, int K, int group, bool bf16,
+                             cudaStream_t stream);
 
 }  // namespace vlm

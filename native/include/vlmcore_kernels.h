@@ -41,6 +41,12 @@ VLM_API int vlm_w4a16_gemm(const void* a, const void* packed_weight, const void*
                            const void* residual, void* c, int32_t m, int32_t n, int32_t k, int32_t group_size,
                            int32_t act_dtype, void* workspace, void* stream);
 
+/* W[N][K] row-major in act_dtype (F16 or BF16) from the packed layout: exactly
+ * the values vlm_w4a16_gemm multiplies (the engine feeds them to a dense GEMM
+ * for large M). Device pointers; asynchronous on `stream`. CUDA builds only. */
+VLM_API int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_scale_zero, void* out, int32_t n,
+                                 int32_t k, int32_t group_size, int32_t act_dtype, void* stream);
+
 /* Decode attention: one query row per request over a paged KV cache in the
  * engine's layout. Cache rows are [block][kv_head][slot], each head_dim
  * elements of kv_dtype (F32, F16, BF16, I8 or I4: I4 packs element d in byte

@@ -68,6 +68,22 @@ int vlm_w4a16_gemm(const void* a, const void* packed_weight, const void* packed_
   });
 }
 
+int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_scale_zero, void* out, int32_t n, int32_t k,
+                         int32_t group_size, int32_t act_dtype, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(packed_weight && packed_scale_zero && out, "NULL device pointer");
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    vlm::check_w4a16_shape(1, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    VLM_CUDA_CHECK(vlm::w4a16_dequantize(packed_weight, packed_scale_zero, out, n, k, group_size,
+                                         act_dtype == VLM_DTYPE_BF16, static_cast<cudaStream_t>(stream)));
+#else
+    (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
 namespace {
 
 void check_decode_attention_shape(int32_t rows, int32_t num_heads, int32_t kv_heads, int32_t head_dim,

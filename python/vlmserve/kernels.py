@@ -53,6 +53,20 @@ def w4a16_gemm(a, packed, scale_zero, n: int, group_size: int, residual=None, ou
     return out
 
 
+def w4a16_dequantize(packed, scale_zero, n: int, k: int, group_size: int, bf16: bool = False, out=None):
+    """The packed layer as W [N, K] fp16/bf16 on the device of `packed` (vlm_w4a16_dequantize)."""
+    import torch
+
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    if out is None:
+        out = torch.empty(n, k, dtype=dtype, device=packed.device)
+    check(_native.lib().vlm_w4a16_dequantize(
+        packed.data_ptr(), scale_zero.data_ptr(), out.data_ptr(), n, k, group_size,
+        _native.DTYPE_BF16 if bf16 else _native.DTYPE_F16,
+        ctypes.c_void_p(torch.cuda.current_stream(packed.device).cuda_stream)))
+    return out
+
+
 KV_DTYPES = {"float32": _native.DTYPE_F32, "float16": _native.DTYPE_F16, "bfloat16": _native.DTYPE_BF16,
              "int8": _native.DTYPE_I8, "int4": _native.DTYPE_I4}
 

@@ -95,6 +95,18 @@ def test_awq_weights_match_the_cpu_backend(tiny_model_dir, tmp_path, family, gro
     assert_same_greedy(run(dst, "cpu", prompt), run(dst, "cuda", prompt), len(prompt), TOL["auto"])
 
 
+@pytest.mark.parametrize("family,group", [("llama_mha_hd64", 128), ("llama_gqa_hd128", 64), ("qwen2_bias_tied", 64)])
+def test_awq_long_prefill_matches_the_cpu_backend(tiny_model_dir, tmp_path, family, group):
+    """A 300-token prompt: its prefill step (>= 256 rows) dequantizes each tensor-core w4a16 layer into a
+    dense matrix for cuBLAS; the decode steps after it use the w4a16 kernel."""
+    from vlmserve.awq_checkpoint import write_awq_checkpoint
+    from vlmserve.awq_format import quantize_rtn
+
+    dst = write_awq_checkpoint(tiny_model_dir(family), tmp_path / "awq", group, lambda k, w: quantize_rtn(w, group))
+    prompt = prompt_for(group + 1, n=300)
+    assert_same_greedy(run(dst, "cpu", prompt), run(dst, "cuda", prompt), len(prompt), TOL["auto"])
+
+
 def test_embedding_spans_match_the_cpu_backend(tiny_model_dir):
     d = tiny_model_dir("llama_gqa_hd128")
     rng = np.random.default_rng(17)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlmserve.awq_format import dequantize, quantize_rtn
+from vlmserve.awq_format import dequantize, quantize_rtn, unpack_int4
 from vlmserve.kernels import pack_w4a16, w4a16_gemm
 
 pytestmark = pytest.mark.gpu
@@ -75,3 +75,31 @@ def test_bad_shapes_are_refused():
         w4a16_gemm(a, junk, junk, 100, 64)
     with pytest.raises(InvalidArgumentError, match="group size"):
         w4a16_gemm(a, junk, junk, 256, 32)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("n,k,group", [(64, 128, 64), (320, 256, 128), (2048, 1024, 128), (5504, 4096, 128),
+                                       (768, 512, 64)])
+def test_dequantize_gives_the_exact_weights(n, k, group, dtype):
+    # The engine multiplies these with a dense GEMM at large M: they must be (q - z) * s rounded once, exactly.
+    import torch
+
+    from vlmserve.kernels import w4a16_dequantize
+
+    rng = np.random.default_rng(n * 7 + k)
+    qweight, qzeros, scales = quantize_rtn(rng.normal(size=(n, k)).astype(np.float32) * 0.05, group)
+    bf16 = dtype == "bfloat16"
+    packed, sz = pack_w4a16(qweight, qzeros, scales, group, bf16=bf16)
+    dev = torch.device("cuda")
+    tdtype = getattr(torch, dtype)
+    # Codes and zeros [K][N]: (q - z) is exact in fp16/bf16; the product with the scale rounds once.
+    q = torch.from_numpy(unpack_int4(qweight).astype(np.float32))
+    z = torch.from_numpy(unpack_int4(qzeros).astype(np.float32)).repeat_interleave(group, 0)
+    s = torch.from_numpy(scales.astype(np.float32)).to(tdtype).float().repeat_interleave(group, 0)
+    ref = ((q - z) * s).to(tdtype).T.contiguous().to(dev)
+    out = torch.full((n, k), float("nan"), dtype=tdtype, device=dev)  # poisoned
+    w4a16_dequantize(torch.from_numpy(packed).to(dev), torch.from_numpy(sz.view(np.int16)).to(dev), n, k, group,
+                     bf16=bf16, out=out)
+    torch.cuda.synchronize()
+    assert not torch.isnan(out).any(), "some weights were never written"
+    assert torch.equal(out, ref)
