@@ -122,6 +122,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             after, lm_after = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             s = result.summary(a.output_tokens)
             s.update(engine_rates(lm_before, lm_after, result.wall_s))
+            s["service_ttft_mean_s"] = histogram_delta(lm_before, lm_after, "vlmserve_lm_time_to_first_token_seconds")
             s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")
             s["vision_encode_mean_s"] = histogram_delta(before, after, "vlmserve_vision_encode_seconds")
             s["vision_forward_mean_s"] = histogram_delta(before, after, "vlmserve_vision_batch_seconds")
