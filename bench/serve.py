@@ -23,7 +23,6 @@ import argparse
 import datetime
 import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run_info import git_revision, write_atomic  # noqa: E402
 from serving.load import run_level  # noqa: E402
-from serving.models import SIZES, describe, write_model  # noqa: E402
+from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
 from serving.report import markdown, plots  # noqa: E402
 from serving.stack import StackProcess  # noqa: E402
 
@@ -188,9 +187,7 @@ def run_peer(model: Path, a, image: bytes) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    ap.add_argument("--model-name", default="internvl-2b", choices=sorted(SIZES))
-    ap.add_argument("--work", type=Path, default=Path(os.environ.get("VLMSERVE_CACHE", Path.home() / ".cache/vlmserve"))
-                    / "bench" / "serve")
+    add_model_args(ap)
     ap.add_argument("--variants", default="fp16,w4a16,w4a16-kv8,w4a16-kv4")
     ap.add_argument("--vision-batch", type=ints, default=[16, 1], help="--vision-max-batch-size values")
     ap.add_argument("--concurrency", type=ints, default=[1, 2, 4, 8, 16, 32, 64, 128, 256])

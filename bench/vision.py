@@ -17,7 +17,6 @@ import argparse
 import datetime
 import io
 import json
-import os
 import statistics
 import sys
 import threading
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run_info import git_revision, write_atomic  # noqa: E402
-from serving.models import SIZES, describe, write_model  # noqa: E402
+from serving.models import add_model_args, describe, write_model  # noqa: E402
 
 PEAK_TFLOPS = 798.0  # dense bf16 matrix product on the lent H100 (ANCHORS.md)
 
@@ -105,9 +104,7 @@ def forward_flops(encoder, tiles) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
-    ap.add_argument("--model-name", default="internvl-2b", choices=sorted(SIZES))
-    ap.add_argument("--work", type=Path, default=Path(os.environ.get("VLMSERVE_CACHE", Path.home() / ".cache/vlmserve"))
-                    / "bench" / "serve")
+    add_model_args(ap)
     ap.add_argument("--batches", type=ints, default=[1, 2, 4, 8, 16])
     ap.add_argument("--busy-threads", type=ints, default=[0, 4],
                     help="GIL-holding threads beside the forward (at the smallest batch)")

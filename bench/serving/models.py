@@ -55,6 +55,15 @@ TEMPLATE = (
     "{% endif %}")
 
 
+def add_model_args(ap) -> None:
+    """--model-name and --work (where generated and quantized checkpoints are kept), shared by the benchmarks
+    that build these models."""
+    from vlmserve.default_model import cache_dir
+
+    ap.add_argument("--model-name", default="internvl-2b", choices=sorted(SIZES))
+    ap.add_argument("--work", type=Path, default=cache_dir() / "bench" / "serve")
+
+
 def describe(name: str) -> str:
     s = SIZES[name]
     v, t = s["vision"], s["text"]
