@@ -142,12 +142,17 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="two layers, M = 1 and 64")
     ap.add_argument("--out-dir", default="bench/results")
     ap.add_argument("--ms", default=None, help="comma-separated M values (default: 1,16,64,256,2048)")
+    ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all, e.g. 2B.o,7B.qkv)")
     a = ap.parse_args()
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     bw = hbm_bandwidth()
     rng = np.random.default_rng(0)
-    layers = {k: LAYERS[k] for k in (["2B.o", "7B.qkv"] if a.quick else LAYERS)}
+    names = a.layers.split(",") if a.layers else (["2B.o", "7B.qkv"] if a.quick else list(LAYERS))
+    unknown = [k for k in names if k not in LAYERS]
+    if unknown:
+        ap.error(f"unknown layers {unknown}; known: {', '.join(LAYERS)}")
+    layers = {k: LAYERS[k] for k in names}
     ms = (1, 64) if a.quick else MS
     if a.ms:
         ms = tuple(int(x) for x in a.ms.split(","))

@@ -18,6 +18,7 @@
 #include <type_traits>
 
 #include "cuda/attention_splits.cuh"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/decoder_kernels.h"
 #include "cuda/device_math.cuh"
 #include "cuda/kv_rows.cuh"
@@ -102,6 +103,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
   __shared__ float s_m[KPB][G], s_l[KPB][G];
   __shared__ float s_acc[KPB][G][HD];
   __shared__ bool s_last;
+  pdl_wait();  // q, the cache rows of this step and the counters come from earlier kernels
+  pdl_allow_next();
 
   const int r = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -236,9 +239,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
 template <class T, int CT, int HD, int G>
 cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
                    int num_heads, int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
-  decode_attention_kernel<T, CT, HD, G><<<dim3(rows, c.kv_heads, sp.splits), kThreads, 0, stream>>>(
-      static_cast<const T*>(q), static_cast<T*>(out), partial, arrivals, meta, num_heads, sliding_window, c, sp);
-  return cudaGetLastError();
+  return launch_dependent(decode_attention_kernel<T, CT, HD, G>, dim3(rows, c.kv_heads, sp.splits), dim3(kThreads), 0,
+                          stream, static_cast<const T*>(q), static_cast<T*>(out), partial, arrivals, meta, num_heads,
+                          sliding_window, c, sp);
 }
 
 template <class T, int CT, int HD>

@@ -8,6 +8,7 @@
 #include <climits>
 
 #include "cuda/decoder_kernels.h"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/device_math.cuh"
 #include "cuda/kv_rows.cuh"
 #include "vlmcore.h"
@@ -20,6 +21,8 @@ constexpr int kNormThreads = 256;
 
 template <class T>
 __global__ void embed_kernel(const T* table, const int32_t* tokens, int hidden, float* h) {
+  pdl_wait();  // every input below comes from earlier kernels
+  pdl_allow_next();
   const int r = blockIdx.x;
   const T* src = table + (int64_t)tokens[r] * hidden;
   float* dst = h + (int64_t)r * hidden;
@@ -36,6 +39,8 @@ __global__ void scatter_kernel(const float* src, const int32_t* rows, int hidden
 template <class T>
 __global__ void add_rms_norm_kernel(float* h, const T* delta, const float* weight, const int32_t* select,
                                     int hidden, float eps, T* out) {
+  pdl_wait();  // every input below comes from earlier kernels
+  pdl_allow_next();
   __shared__ float partial[kNormThreads / 32];
   const int r = blockIdx.x;
   const int64_t i = select ? select[r] : r;
@@ -69,6 +74,8 @@ template <class T, int C>
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(float* h, const T* delta, const float* weight,
                                                                          const int32_t* select, int hidden, float eps,
                                                                          T* out) {
+  pdl_wait();  // every input below comes from earlier kernels
+  pdl_allow_next();
   __shared__ float partial[kNormThreads / 32];
   const int r = blockIdx.x;
   const int64_t i = select ? select[r] : r;
@@ -114,19 +121,19 @@ cudaError_t launch_add_rms_norm(float* h, const void* delta, const float* weight
   const T* d = static_cast<const T*>(delta);
   T* o = static_cast<T*>(out);
   const int chunks = (hidden / 4 + kNormThreads - 1) / kNormThreads;
-  if (hidden % 4 == 0 && chunks <= 8) {
-    if (chunks <= 1) add_rms_norm_vec_kernel<T, 1><<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
-    else if (chunks <= 2) add_rms_norm_vec_kernel<T, 2><<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
-    else if (chunks <= 4) add_rms_norm_vec_kernel<T, 4><<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
-    else add_rms_norm_vec_kernel<T, 8><<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
-  } else {
-    add_rms_norm_kernel<<<rows, kNormThreads, 0, stream>>>(h, d, weight, select, hidden, eps, o);
-  }
-  return cudaGetLastError();
+  void (*kernel)(float*, const T*, const float*, const int32_t*, int, float, T*) = add_rms_norm_kernel<T>;
+  if (hidden % 4 == 0 && chunks <= 8)
+    kernel = chunks <= 1   ? add_rms_norm_vec_kernel<T, 1>
+             : chunks <= 2 ? add_rms_norm_vec_kernel<T, 2>
+             : chunks <= 4 ? add_rms_norm_vec_kernel<T, 4>
+                           : add_rms_norm_vec_kernel<T, 8>;
+  return launch_dependent(kernel, dim3(rows), dim3(kNormThreads), 0, stream, h, d, weight, select, hidden, eps, o);
 }
 
 template <class T>
 __global__ void add_bias_kernel(T* y, const float* bias, int n, int64_t total) {
+  pdl_wait();  // every input below comes from earlier kernels
+  pdl_allow_next();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
     y[i] = from_float<T>(to_float(y[i]) + bias[i % n]);
 }
@@ -135,6 +142,8 @@ __global__ void add_bias_kernel(T* y, const float* bias, int n, int64_t total) {
 // first max), then warps and the block merge (value, index) pairs preferring the lower index.
 __global__ void argmax_rows_kernel(const float* __restrict__ logits, int vocab, int32_t* __restrict__ index,
                                    float* __restrict__ value) {
+  pdl_wait();  // every input below comes from earlier kernels
+  pdl_allow_next();
   const float* p = logits + (int64_t)blockIdx.x * vocab;
   float best = -INFINITY;
   int bi = INT_MAX;
@@ -171,6 +180,8 @@ __global__ void argmax_rows_kernel(const float* __restrict__ logits, int vocab, 
 
 template <class T>
 __global__ void silu_mul_kernel(const T* gate_up, T* out, int n, int64_t total) {
+  pdl_wait();  // every input below comes from earlier kernels
+  pdl_allow_next();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t r = i / n, c = i % n;
     const float g = to_float(gate_up[r * 2 * n + c]);
@@ -229,6 +240,8 @@ constexpr int kRopeWarps = 4;
 template <class T, int E>
 __global__ void rope_cache_kernel(const T* qkv, T* q_out, StepMeta meta, const float* inv_freq, int num_heads,
                                   KvView c) {
+  pdl_wait();  // every input below comes from earlier kernels
+  pdl_allow_next();
   __shared__ float buf[kRopeWarps][32 * E];
   const int r = blockIdx.x, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int hd = c.head_dim, half = hd / 2, nkv = c.kv_heads;
@@ -277,16 +290,14 @@ cudaError_t rope_dispatch(const void* qkv, void* q_out, const StepMeta& meta, co
   const dim3 grid(rows, (num_heads + 2 * c.kv_heads + kRopeWarps - 1) / kRopeWarps), block(32 * kRopeWarps);
 #define VLM_ROPE_CASE(E)                                                                                         \
   case E:                                                                                                        \
-    rope_cache_kernel<T, E><<<grid, block, 0, stream>>>(static_cast<const T*>(qkv), static_cast<T*>(q_out), meta, \
-                                                        inv_freq, num_heads, c);                                 \
-    break;
+    return launch_dependent(rope_cache_kernel<T, E>, grid, block, 0, stream, static_cast<const T*>(qkv),      \
+                            static_cast<T*>(q_out), meta, inv_freq, num_heads, c);
   switch ((c.head_dim + 31) / 32) {
     VLM_ROPE_CASE(1) VLM_ROPE_CASE(2) VLM_ROPE_CASE(3) VLM_ROPE_CASE(4)
     VLM_ROPE_CASE(5) VLM_ROPE_CASE(6) VLM_ROPE_CASE(7) VLM_ROPE_CASE(8)
     default: return cudaErrorInvalidValue;
   }
 #undef VLM_ROPE_CASE
-  return cudaGetLastError();
 }
 
 int grid_for(int64_t n) { return (int)((n + 255) / 256 < 65535 ? (n + 255) / 256 : 65535); }
@@ -297,10 +308,10 @@ cudaError_t embed_rows(ActType act, const void* table, const int32_t* tokens, in
                        cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (act == ActType::F16)
-    embed_kernel<<<rows, 256, 0, stream>>>(static_cast<const __half*>(table), tokens, hidden, h);
-  else
-    embed_kernel<<<rows, 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(table), tokens, hidden, h);
-  return cudaGetLastError();
+    return launch_dependent(embed_kernel<__half>, dim3(rows), dim3(256), 0, stream,
+                            static_cast<const __half*>(table), tokens, hidden, h);
+  return launch_dependent(embed_kernel<__nv_bfloat16>, dim3(rows), dim3(256), 0, stream,
+                          static_cast<const __nv_bfloat16*>(table), tokens, hidden, h);
 }
 
 cudaError_t scatter_rows(const float* src, const int32_t* rows, int n, int hidden, float* h, cudaStream_t stream) {
@@ -321,29 +332,26 @@ cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, c
   const int64_t total = (int64_t)rows * n;
   if (total == 0) return cudaSuccess;
   if (act == ActType::F16)
-    add_bias_kernel<<<grid_for(total), 256, 0, stream>>>(static_cast<__half*>(y), bias, n, total);
-  else
-    add_bias_kernel<<<grid_for(total), 256, 0, stream>>>(static_cast<__nv_bfloat16*>(y), bias, n, total);
-  return cudaGetLastError();
+    return launch_dependent(add_bias_kernel<__half>, dim3(grid_for(total)), dim3(256), 0, stream,
+                            static_cast<__half*>(y), bias, n, total);
+  return launch_dependent(add_bias_kernel<__nv_bfloat16>, dim3(grid_for(total)), dim3(256), 0, stream,
+                          static_cast<__nv_bfloat16*>(y), bias, n, total);
 }
 
 cudaError_t argmax_rows(const float* logits, int rows, int vocab, int32_t* index, float* value,
                         cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  argmax_rows_kernel<<<rows, 1024, 0, stream>>>(logits, vocab, index, value);
-  return cudaGetLastError();
+  return launch_dependent(argmax_rows_kernel, dim3(rows), dim3(1024), 0, stream, logits, vocab, index, value);
 }
 
 cudaError_t silu_mul(ActType act, const void* gate_up, void* out, int rows, int n, cudaStream_t stream) {
   const int64_t total = (int64_t)rows * n;
   if (total == 0) return cudaSuccess;
   if (act == ActType::F16)
-    silu_mul_kernel<<<grid_for(total), 256, 0, stream>>>(static_cast<const __half*>(gate_up),
-                                                         static_cast<__half*>(out), n, total);
-  else
-    silu_mul_kernel<<<grid_for(total), 256, 0, stream>>>(static_cast<const __nv_bfloat16*>(gate_up),
-                                                         static_cast<__nv_bfloat16*>(out), n, total);
-  return cudaGetLastError();
+    return launch_dependent(silu_mul_kernel<__half>, dim3(grid_for(total)), dim3(256), 0, stream,
+                            static_cast<const __half*>(gate_up), static_cast<__half*>(out), n, total);
+  return launch_dependent(silu_mul_kernel<__nv_bfloat16>, dim3(grid_for(total)), dim3(256), 0, stream,
+                          static_cast<const __nv_bfloat16*>(gate_up), static_cast<__nv_bfloat16*>(out), n, total);
 }
 
 cudaError_t rope_and_cache_write(ActType act, const void* qkv, void* q_out, const StepMeta& meta,

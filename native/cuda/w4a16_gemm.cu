@@ -20,8 +20,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <tuple>
 
 #include "cpu/w4a16_pack.h"
+#include "cuda/dependent_launch.cuh"
 #include "cuda/w4a16_gemm.h"
 
 namespace vlm {
@@ -78,6 +81,11 @@ __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   return v;
 }
 
+__device__ __forceinline__ void ldmatrix_x2(uint32_t* r, const void* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
+}
+
 __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -85,15 +93,26 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
                : "r"(addr));
 }
 
-// Two 16-byte halves of a lane's (scale, zero) values for one group: 8 columns each.
+// A lane's scales and zeros for one group, each replicated into both halves of a 2-vector:
+// s2[tile], z2[tile] belong to column 8 * tile + lane / 4 of the strip. Expanded once per group,
+// not once per k16 step.
 struct GroupParams {
-  uint4 scale, zero;
+  uint32_t s2[8], z2[8];
 };
 
-__device__ __forceinline__ uint32_t pair(uint32_t packed16x2, int j) {
-  // Replicates the j-th (0/1) 16-bit value of a word into both halves of a 2-vector.
-  const uint32_t v = j ? (packed16x2 >> 16) : (packed16x2 & 0xFFFFu);
-  return v | (v << 16);
+// p: the lane's 16 bytes of scales for one (strip, group); its zeros are 8 uint4 further.
+__device__ __forceinline__ GroupParams load_group(const uint4* p) {
+  const uint4 sv = p[0], zv = p[8];
+  const uint32_t sc[4] = {sv.x, sv.y, sv.z, sv.w}, zr[4] = {zv.x, zv.y, zv.z, zv.w};
+  GroupParams gp;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    gp.s2[2 * i] = __byte_perm(sc[i], 0, 0x1010);  // low 16 bits in both halves
+    gp.s2[2 * i + 1] = __byte_perm(sc[i], 0, 0x3232);  // high 16 bits in both halves
+    gp.z2[2 * i] = __byte_perm(zr[i], 0, 0x1010);
+    gp.z2[2 * i + 1] = __byte_perm(zr[i], 0, 0x3232);
+  }
+  return gp;
 }
 
 // One lane's B fragments for one k16 step of a 64-column strip, from its 16 bytes of codes and its
@@ -102,18 +121,15 @@ __device__ __forceinline__ uint32_t pair(uint32_t packed16x2, int j) {
 template <class T>
 __device__ __forceinline__ void dequant_fragments(const uint4& wv, const GroupParams& gp, uint32_t (&b)[8][2]) {
   const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-  const uint32_t sc[4] = {gp.scale.x, gp.scale.y, gp.scale.z, gp.scale.w};
-  const uint32_t zr[4] = {gp.zero.x, gp.zero.y, gp.zero.z, gp.zero.w};
 #pragma unroll
   for (int wi = 0; wi < 4; ++wi)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int tile = 2 * wi + j;  // scale/zero of column 8*tile + g: 16-bit value `tile` of the lane's 8
-      const uint32_t s2 = pair(sc[tile / 2], tile % 2), z2 = pair(zr[tile / 2], tile % 2);
+      const int tile = 2 * wi + j;
       const uint32_t lo = ((words[wi] >> (8 * j)) & 0x000F000Fu) | Act<T>::kMagic;
       const uint32_t hi = ((words[wi] >> (8 * j + 4)) & 0x000F000Fu) | Act<T>::kMagic;
-      b[tile][0] = Act<T>::dequant(lo, z2, s2);
-      b[tile][1] = Act<T>::dequant(hi, z2, s2);
+      b[tile][0] = Act<T>::dequant(lo, gp.z2[tile], gp.s2[tile]);
+      b[tile][1] = Act<T>::dequant(hi, gp.z2[tile], gp.s2[tile]);
     }
 }
 
@@ -127,8 +143,8 @@ __global__ void dequant_kernel(const uint4* __restrict__ w, const uint4* __restr
   if (item >= (int64_t)(N / kW4StripN) * ksteps) return;
   const int strip = (int)(item / ksteps), step = (int)(item % ksteps);
   const uint4 wv = load_streaming(w + item * 32 + lane);
-  const uint4* szp = sz + (int64_t)strip * (K / group) * 16 + (lane / 4) + (int64_t)(step * 16 / group) * 16;
-  const GroupParams gp{szp[0], szp[8]};
+  const GroupParams gp = load_group(sz + (int64_t)strip * (K / group) * 16 + (lane / 4) +
+                                    (int64_t)(step * 16 / group) * 16);
   uint32_t b[8][2];
   dequant_fragments<T>(wv, gp, b);
   const int k = step * 16 + 2 * (lane % 4);
@@ -143,17 +159,29 @@ __global__ void dequant_kernel(const uint4* __restrict__ w, const uint4* __restr
 // grid: (ceil(N / 256), splits, ceil(M / (16 * MT))); block: 128 threads.
 // With splits > 1 every block writes fp32 partials; with `arrivals` the last block of
 // an output tile to finish sums them (decode sizes), otherwise splitk_reduce_kernel does.
-template <class T, int MT, int UNROLL>
+//
+// SWAP (M <= 8, MT = 1): the tensor cores compute Cᵀ = W · Aᵀ instead: the dequantized weights are
+// the 16-row A operand (a lane's B fragments of two adjacent 8-column tiles are exactly its A
+// fragment of that 16-column tile) and up to 8 activation rows the 8-column B operand. Half the
+// mma.sync of the 16-row tile (which wastes 15 of 16 rows at M = 1), half the accumulators and half
+// the staged A: more resident warps for the decode sizes, which are bound by memory latency.
+template <class T, int MT, int UNROLL, bool SWAP>
 __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                           const uint4* __restrict__ sz, const T* __restrict__ residual,
                                                           T* __restrict__ c, float* __restrict__ partial,
                                                           int* __restrict__ arrivals, int M, int N, int K,
-                                                          int group, int k_slice, bool silu_up) {
+                                                          int group, int quantum, int max_slice, bool silu_up) {
+  static_assert(!SWAP || MT == 1, "the swapped form takes at most 8 rows");
+  constexpr int kRows = SWAP ? 8 : 16 * MT;  // rows of A staged per block
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sa = reinterpret_cast<T*>(smem_raw);
-  const int lda_s = k_slice + kSmemPad;
-  const int m0 = blockIdx.z * 16 * MT;
-  const int k0 = blockIdx.y * k_slice;
+  const int lda_s = max_slice + kSmemPad;
+  const int m0 = blockIdx.z * kRows;
+  // K is cut into K / quantum units (whole groups and whole unrolled steps), spread as evenly as
+  // possible over the gridDim.y slices: slices differ by at most one unit.
+  const int units = K / quantum;
+  const int u0 = (int)((int64_t)blockIdx.y * units / gridDim.y), u1 = (int)((int64_t)(blockIdx.y + 1) * units / gridDim.y);
+  const int k0 = u0 * quantum, k_slice = (u1 - u0) * quantum;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int strip = blockIdx.x * kWarps + warp;
   // N is a multiple of 64, not always of 256: the last block may hold strips past N,
@@ -162,14 +190,17 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   const int ksteps_total = K / 16;
   const uint4* wp = w + ((int64_t)strip * ksteps_total + k0 / 16) * 32 + lane;
 
-  // The first weights are requested before A is staged, so both latencies overlap.
+  // Weights depend on no earlier kernel: the first UNROLL steps are requested before waiting
+  // for the kernel that writes A (dependent_launch.cuh), so their latency overlaps its tail.
   uint4 wv[UNROLL];
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) wv[u] = active ? load_streaming(wp + (int64_t)u * 32) : make_uint4(0, 0, 0, 0);
+  cuda::pdl_wait();
+  cuda::pdl_allow_next();
 
-  // Stage A[m0 : m0+16MT][k0 : k0+k_slice] (rows past M are zero).
+  // Stage A[m0 : m0+kRows][k0 : k0+k_slice] (rows past M are zero).
   const int vec_per_row = k_slice / 8;
-  for (int i = threadIdx.x; i < 16 * MT * vec_per_row; i += kThreads) {
+  for (int i = threadIdx.x; i < kRows * vec_per_row; i += kThreads) {
     const int r = i / vec_per_row, v = i % vec_per_row;
     uint4 val = make_uint4(0, 0, 0, 0);
     if (m0 + r < M) {
@@ -192,6 +223,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   }
   __syncthreads();
 
+  // Not swapped: acc[mt][tile] is the m16n8 tile of rows mt*16.., columns 8*tile... Swapped: acc[0][i]
+  // (i < 4) is the n16m8 tile of columns 16*i.. and rows 0..7.
   float acc[MT][8][4];
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -207,56 +240,79 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   GroupParams gp;
 
   // Strips past N only helped stage A (they still reach the barrier of the reduction below).
+  // The next UNROLL steps' weights are requested before this batch is dequantized and
+  // multiplied, so every warp keeps loads in flight while it computes.
   for (int s0 = 0; active && s0 < steps; s0 += UNROLL) {
-    if (s0 > 0) {
+    uint4 next[UNROLL];
+    const bool more = s0 + UNROLL < steps;
 #pragma unroll
-      for (int u = 0; u < UNROLL; ++u) wv[u] = load_streaming(wp + (int64_t)(s0 + u) * 32);
-    }
+    for (int u = 0; u < UNROLL; ++u) next[u] = more ? load_streaming(wp + (int64_t)(s0 + UNROLL + u) * 32) : wv[u];
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const int s = s0 + u;
-      if (s % steps_per_group == 0) {
-        const int gi = (k0 + s * 16) / group;
-        gp.scale = szp[(int64_t)gi * 16];
-        gp.zero = szp[(int64_t)gi * 16 + 8];
-      }
+      if (s % steps_per_group == 0) gp = load_group(szp + (int64_t)((k0 + s * 16) / group) * 16);
       uint32_t b[8][2];
       dequant_fragments<T>(wv[u], gp, b);
+      if (SWAP) {
+        // B operand: rows 0..7 of A at k 16s.. (lanes 0-7) and 16s+8.. (lanes 8-15).
+        uint32_t bf[2];
+        ldmatrix_x2(bf, sa + (lane % 8) * lda_s + s * 16 + ((lane / 8) % 2) * 8);
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        uint32_t af[4];
-        ldmatrix_x4(af, sa + (mt * 16 + (lane % 16)) * lda_s + s * 16 + (lane / 16) * 8);
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
+          Act<T>::mma(acc[0][i], af, bf[0], bf[1]);
+        }
+      } else {
 #pragma unroll
-        for (int j = 0; j < 8; ++j) Act<T>::mma(acc[mt][j], af, b[j][0], b[j][1]);
-      }
-    }
-  }
-
-  // Epilogue: fragment c0,c1 -> row g, cols 2t,2t+1; c2,c3 -> row g+8.
-  const int g = lane / 4, t = lane % 4;
+        for (int mt = 0; mt < MT; ++mt) {
+          uint32_t af[4];
+          ldmatrix_x4(af, sa + (mt * 16 + (lane % 16)) * lda_s + s * 16 + (lane / 16) * 8);
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int row = m0 + mt * 16 + g + half * 8;
-        if (row >= M || !active) continue;
-        const int col = strip * kW4StripN + j * 8 + 2 * t;
-        float v0 = acc[mt][j][half * 2], v1 = acc[mt][j][half * 2 + 1];
-        if (partial) {
-          float* p = partial + ((int64_t)blockIdx.y * M + row) * N + col;
-          *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
-        } else {
-          if (residual) {
-            v0 += Act<T>::to_float(residual[(int64_t)row * N + col]);
-            v1 += Act<T>::to_float(residual[(int64_t)row * N + col + 1]);
-          }
-          T* p = c + (int64_t)row * N + col;
-          p[0] = Act<T>::from_float(v0);
-          p[1] = Act<T>::from_float(v1);
+          for (int j = 0; j < 8; ++j) Act<T>::mma(acc[mt][j], af, b[j][0], b[j][1]);
         }
       }
+    }
+#pragma unroll
+    for (int u = 0; u < UNROLL; ++u) wv[u] = next[u];
+  }
+
+  // Epilogue. Not swapped: fragment c0,c1 -> row g, cols 2t,2t+1; c2,c3 -> row g+8.
+  // Swapped: c0,c1 -> column g, rows 2t,2t+1; c2,c3 -> column g+8.
+  const int g = lane / 4, t = lane % 4;
+  auto store = [&](int row, int col, float v) {
+    if (row >= M || !active) return;
+    if (partial) {
+      partial[((int64_t)blockIdx.y * M + row) * N + col] = v;
+    } else {
+      if (residual) v += Act<T>::to_float(residual[(int64_t)row * N + col]);
+      c[(int64_t)row * N + col] = Act<T>::from_float(v);
+    }
+  };
+  if (SWAP) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        store(m0 + 2 * t + (q & 1), strip * kW4StripN + 16 * i + g + (q >> 1) * 8, acc[0][i][q]);
+  } else {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = m0 + mt * 16 + g + half * 8;
+          if (row >= M || !active) continue;
+          const int col = strip * kW4StripN + j * 8 + 2 * t;
+          float v0 = acc[mt][j][half * 2], v1 = acc[mt][j][half * 2 + 1];
+          if (partial) {
+            *reinterpret_cast<float2*>(partial + ((int64_t)blockIdx.y * M + row) * N + col) = make_float2(v0, v1);
+          } else {
+            store(row, col, v0);
+            store(row, col + 1, v1);
+          }
+        }
+  }
   if (!partial || !arrivals) return;
 
   // The last K slice of this output tile to finish adds the slices in slice order (the
@@ -269,11 +325,12 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   __syncthreads();
   if (!last) return;
   __threadfence();
-  const int col0 = blockIdx.x * kBlockN, cols = min(kBlockN, N - col0), rows = min(16 * MT, M - m0);
+  const int col0 = blockIdx.x * kBlockN, cols = min(kBlockN, N - col0), rows = min(kRows, M - m0);
   const int64_t mn = (int64_t)M * N;
   for (int i = threadIdx.x; i < rows * cols; i += kThreads) {
     const int64_t o = (int64_t)(m0 + i / cols) * N + col0 + i % cols;
     float acc_sum = 0.f;
+#pragma unroll 8  // the loads of 8 slices in flight together; the sum stays in slice order
     for (int k = 0; k < (int)gridDim.y; ++k) acc_sum += __ldcg(partial + k * mn + o);
     if (residual) acc_sum += Act<T>::to_float(residual[o]);
     c[o] = Act<T>::from_float(acc_sum);
@@ -285,6 +342,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
 template <class T>
 __global__ void splitk_reduce_kernel(const float* __restrict__ partial, const T* __restrict__ residual,
                                      T* __restrict__ c, int64_t mn, int splits) {
+  cuda::pdl_wait();
+  cuda::pdl_allow_next();
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= mn) return;
   float s = 0.f;
@@ -294,7 +353,12 @@ __global__ void splitk_reduce_kernel(const float* __restrict__ partial, const T*
 }
 
 struct Plan {
-  int mt, m_tiles, splits, k_slice, unroll;
+  bool swap;     // M <= 8: the swapped mma form (see w4a16_kernel)
+  int mt;        // 16-row tiles per block (not swapped)
+  int rows;      // rows of A a block stages
+  int m_tiles, splits, unroll;
+  int quantum;   // K is split in whole units of this many columns
+  int max_slice; // the longest slice (columns of K), which sizes the staged A
   size_t smem;
   bool ok;
   bool fold;  // splits > 1 summed by the GEMM's last block per tile (no second kernel)
@@ -315,83 +379,130 @@ int num_sms() {
   return sms;
 }
 
-// Split-K aims at this many resident blocks per SM (VLM_W4A16_BLOCKS_PER_SM overrides it, for tuning).
-int blocks_per_sm() {
+// Split-K never cuts K into slices shorter than this (VLM_W4A16_MIN_SLICE_K overrides it, for
+// tuning): a short slice's fixed costs (staging A, writing partials, the sum over slices) outweigh
+// the parallelism it adds.
+int min_slice_k() {
   static int v = [] {
-    const char* e = std::getenv("VLM_W4A16_BLOCKS_PER_SM");
+    const char* e = std::getenv("VLM_W4A16_MIN_SLICE_K");
     const int x = e ? std::atoi(e) : 0;
-    return x > 0 ? x : 4;
+    return x > 0 ? x : 256;
   }();
   return v;
 }
 
+template <class T, int MT, int UNROLL, bool SWAP>
+void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, float*, int*, int, int, int, int, int, int,
+                     bool) {
+  return w4a16_kernel<T, MT, UNROLL, SWAP>;
+}
+
+// Raises the kernel's dynamic shared memory limit once per instantiation (not on every, possibly
+// graph-captured, call); the occupancy query below needs it too.
+template <class T, int MT, int UNROLL, bool SWAP>
+cudaError_t grant_smem() {
+  static const cudaError_t e =
+      cudaFuncSetAttribute(kernel_for<T, MT, UNROLL, SWAP>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+  return e;
+}
+
+template <class T, int MT, int UNROLL, bool SWAP>
+int resident_blocks_of(size_t smem) {
+  auto kernel = kernel_for<T, MT, UNROLL, SWAP>();
+  int n = 0;
+  if (grant_smem<T, MT, UNROLL, SWAP>() != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem) != cudaSuccess) {
+    cudaGetLastError();
+    return 1;
+  }
+  return std::max(n, 1);
+}
+
+// Blocks of this plan's kernel that fit on one SM with `smem` bytes each (registers and shared
+// memory), asked once per (kernel, size) and thread.
+int resident_blocks(const Plan& p, size_t smem) {
+  thread_local std::map<std::tuple<bool, int, int, size_t>, int> cache;
+  const auto key = std::make_tuple(p.swap, p.mt, p.unroll, smem);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  int n;
+  if (p.swap) n = p.unroll == 8 ? resident_blocks_of<__half, 1, 8, true>(smem) : resident_blocks_of<__half, 1, kUnroll, true>(smem);
+  else if (p.mt == 1) n = p.unroll == 8 ? resident_blocks_of<__half, 1, 8, false>(smem) : resident_blocks_of<__half, 1, kUnroll, false>(smem);
+  else if (p.mt == 2) n = resident_blocks_of<__half, 2, kUnroll, false>(smem);
+  else n = resident_blocks_of<__half, 4, kUnroll, false>(smem);
+  cache.emplace(key, n);
+  return n;
+}
+
 Plan make_plan(int M, int N, int K, int group) {
   Plan p{};
+  p.swap = M <= 8;
   p.mt = M <= 16 ? 1 : (M <= 32 ? 2 : 4);
-  p.unroll = p.mt == 1 ? 8 : kUnroll;  // one row tile: more weight bytes in flight per warp
-  p.m_tiles = (M + 16 * p.mt - 1) / (16 * p.mt);
+  p.rows = p.swap ? 8 : 16 * p.mt;
+  // One row tile: more weight bytes in flight per warp, where K allows.
+  p.unroll = p.mt == 1 && K % std::max(group, 16 * 8) == 0 ? 8 : kUnroll;
+  p.quantum = std::max(group, 16 * p.unroll);
+  p.m_tiles = (M + p.rows - 1) / p.rows;
+  p.ok = K % p.quantum == 0;
+  if (!p.ok) return p;
+  const int units = K / p.quantum;
   const int blocks = ((N + kBlockN - 1) / kBlockN) * p.m_tiles;
-  // Enough blocks for ~4 resident per SM, without slices shorter than one group
-  // or one unrolled step, and with A's slice fitting shared memory.
-  const int step = std::max(group, 16 * p.unroll);  // a slice is whole groups and whole unrolled steps
-  const int max_splits = std::max(1, K / step);
-  auto fits = [&](int sp) { return K % sp == 0 && (K / sp) % step == 0; };
-  int splits = std::max(1, std::min(max_splits, (blocks_per_sm() * num_sms() + blocks - 1) / blocks));
-  while (splits > 1 && !fits(splits)) --splits;
-  if (!fits(splits)) {  // K is not a multiple of 16*unroll: fall back to the shorter unroll
-    p.unroll = kUnroll;
-    splits = 1;
+  auto slice_of = [&](int sp) { return (units + sp - 1) / sp * p.quantum; };
+  auto smem_of = [&](int sp) { return (size_t)p.rows * (slice_of(sp) + kSmemPad) * 2; };
+  // The fewest slices whose A fits shared memory...
+  int splits = 1;
+  while (splits <= units && smem_of(splits) > kMaxSmem) ++splits;
+  if (splits > units) {
+    p.ok = false;
+    return p;
   }
-  p.ok = true;
-  while ((size_t)16 * p.mt * (K / splits + kSmemPad) * 2 > kMaxSmem) {
-    int next = splits + 1;
-    while (next <= max_splits && !fits(next)) ++next;
-    if (next > max_splits) {
-      p.ok = false;
+  // ...then the most that still run in one wave of resident blocks (each count with its own slice's
+  // shared memory, which sets how many blocks an SM holds), without slices shorter than min_slice_k().
+  const int most = std::max(splits, std::min(units, K / std::max(min_slice_k(), p.quantum)));
+  for (int sp = most; sp > splits; --sp)
+    if ((int64_t)blocks * sp <= (int64_t)resident_blocks(p, smem_of(sp)) * num_sms()) {
+      splits = sp;
       break;
     }
-    splits = next;
-  }
   p.splits = splits;
+  p.max_slice = slice_of(splits);
+  p.smem = smem_of(splits);
   p.fold = splits > 1 && M <= kFoldMaxM && p.m_tiles * ((N + kBlockN - 1) / kBlockN) <= kArrivalInts;
-  p.k_slice = K / splits;
-  p.smem = (size_t)16 * p.mt * (p.k_slice + kSmemPad) * 2;
   return p;
 }
 
-template <class T, int MT, int UNROLL>
+template <class T, int MT, int UNROLL, bool SWAP>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                    int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
-  auto kernel = w4a16_kernel<T, MT, UNROLL>;
-  static bool smem_granted = false;  // per instantiation; raised once, not on every (graph-captured) call
-  if (!smem_granted) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
-    if (e != cudaSuccess) return e;
-    smem_granted = true;
-  }
+  auto kernel = kernel_for<T, MT, UNROLL, SWAP>();
+  if (const cudaError_t e = grant_smem<T, MT, UNROLL, SWAP>(); e != cudaSuccess) return e;
   int* arrivals = static_cast<int*>(workspace);
   float* partial = reinterpret_cast<float*>(arrivals + kArrivalInts);
   dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
-  kernel<<<grid, kThreads, p.smem, stream>>>(static_cast<const T*>(a), static_cast<const uint4*>(w),
-                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
-                                             static_cast<T*>(c), p.splits > 1 ? partial : nullptr,
-                                             p.fold ? arrivals : nullptr, M, N, K, group, p.k_slice, silu_up);
-  cudaError_t e = cudaGetLastError();
+  cudaError_t e = cuda::launch_dependent(kernel, grid, dim3(kThreads), p.smem, stream, static_cast<const T*>(a),
+                                         static_cast<const uint4*>(w), static_cast<const uint4*>(sz),
+                                         static_cast<const T*>(residual), static_cast<T*>(c),
+                                         p.splits > 1 ? partial : nullptr, p.fold ? arrivals : nullptr, M, N, K,
+                                         group, p.quantum, p.max_slice, silu_up);
   if (e != cudaSuccess || p.splits == 1 || p.fold) return e;
   const int64_t mn = (int64_t)M * N;
-  splitk_reduce_kernel<T><<<(unsigned)((mn + 255) / 256), 256, 0, stream>>>(partial, static_cast<const T*>(residual),
-                                                                            static_cast<T*>(c), mn, p.splits);
-  return cudaGetLastError();
+  return cuda::launch_dependent(splitk_reduce_kernel<T>, dim3((unsigned)((mn + 255) / 256)), dim3(256), 0, stream,
+                                static_cast<const float*>(partial), static_cast<const T*>(residual),
+                                static_cast<T*>(c), mn, p.splits);
 }
 
 template <class T>
 cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                      int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
+  if (p.swap && p.unroll == 8)
+    return launch<T, 1, 8, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.swap) return launch<T, 1, kUnroll, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.mt == 1 && p.unroll == 8)
-    return launch<T, 1, 8>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
-  if (p.mt == 1) return launch<T, 1, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
-  if (p.mt == 2) return launch<T, 2, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
-  return launch<T, 4, kUnroll>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+    return launch<T, 1, 8, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.mt == 1)
+    return launch<T, 1, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.mt == 2) return launch<T, 2, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  return launch<T, 4, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
 }
 
 }  // namespace

@@ -158,6 +158,50 @@ def test_decode_graphs_replay_exactly_what_eager_steps_compute(tiny_model_dir, m
         np.testing.assert_array_equal(g.logits, e.logits)
 
 
+_BATCH_IN_SUBPROCESS = """
+import sys
+import numpy as np
+from vlmserve import Engine, EngineConfig, GenerationConfig
+model, out, kv = sys.argv[1], sys.argv[2], sys.argv[3]
+prompts = [np.random.default_rng(700 + i).integers(3, 320, size=20 + 9 * i).tolist() for i in range(5)]
+cfg = EngineConfig(device="cuda", num_kv_blocks=64, block_size=16, max_batch_size=8, kv_cache_dtype=kv)
+with Engine(model, cfg) as eng:  # one request at a time: batches that depend on timing would change the bits
+    res = [eng.generate(p, GenerationConfig(max_new_tokens=30 + 7 * i, ignore_eos=True, return_logits=True))
+           for i, p in enumerate(prompts)]
+np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)},
+         **{f"logits{i}": r.logits for i, r in enumerate(res)})
+"""
+
+
+@pytest.mark.parametrize("kv", ["auto", "int8"])
+def test_dependent_launch_changes_no_bits(tiny_model_dir, tmp_path, kv):
+    """On Hopper the decoder's kernels start while the previous one finishes (programmatic dependent
+    launch: each waits for its inputs after prefetching its weights). VLM_DEPENDENT_LAUNCH=0 (read once
+    per process, hence the subprocesses) launches them one after the other. Same arithmetic, so the same
+    bits: AWQ weights (the w4a16 kernel with its in-kernel split-K sum at one row, the separate sum
+    for the 20-56-row prefills), eager and graph-replayed decode steps, contexts crossing a graph bound."""
+    import os
+    import subprocess
+    import sys
+
+    from vlmserve.awq_checkpoint import write_awq_checkpoint
+    from vlmserve.awq_format import quantize_rtn
+
+    dst = write_awq_checkpoint(tiny_model_dir("llama_gqa_hd128"), tmp_path / "awq", 64,
+                               lambda k, w: quantize_rtn(w, 64))
+    runs = {}
+    for flag in ("1", "0"):
+        out = tmp_path / f"pdl{flag}.npz"
+        env = dict(os.environ, VLM_DEPENDENT_LAUNCH=flag)
+        done = subprocess.run([sys.executable, "-c", _BATCH_IN_SUBPROCESS, str(dst), str(out), kv], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        runs[flag] = np.load(out)
+    assert sorted(runs["1"].files) == sorted(runs["0"].files) and len(runs["1"].files) == 10
+    for name in runs["1"].files:
+        np.testing.assert_array_equal(runs["1"][name], runs["0"][name], err_msg=name)
+
+
 def test_greedy_tokens_from_the_device_argmax_equal_the_host_sampler(tiny_model_dir):
     """Greedy requests without logprobs take their token from a device argmax and copy no logits
     row; with logprobs the whole row comes back and the host sampler picks. Mixed in one batch with

@@ -1,0 +1,67 @@
+// Programmatic dependent launch (Hopper and later). A decode step is ~200 short
+// kernels in a row; between two of them the GPU normally drains the first
+// completely, then starts the second, which then waits for its first loads from
+// memory. A kernel started with launch_dependent() may instead be scheduled
+// while the kernel before it on the stream still runs: it does the work that
+// depends on nothing earlier (the GEMM requests its weights), then
+// pdl_wait() blocks until every earlier kernel has completed and its writes are
+// visible.
+//
+// The rule for every kernel launched with launch_dependent(): call pdl_wait()
+// before reading or writing anything another kernel touches (activations,
+// workspaces, counters); only read-only data (weights) may be touched before
+// it. pdl_allow_next() (after the wait, so at most two kernels overlap) lets
+// the next kernel start its own prologue. Both are no-ops where the kernel was
+// launched normally, and launch_dependent() launches normally where the GPU or
+// the build cannot do this (dependent_launch_enabled()).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <utility>
+
+namespace vlm {
+namespace cuda {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_allow_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Asks L2 to fetch `bytes` (a multiple of 16) from a 16-byte aligned global address; one thread
+// issues it, nothing waits for it. Where bulk prefetch is not available, nothing happens.
+__device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#endif
+}
+
+// True when the current device is sm_90 or later, the library's kernels were compiled for it
+// (not JIT-compiled from older PTX, where pdl_wait() compiles to nothing) and
+// VLM_DEPENDENT_LAUNCH is not 0. Decided once per process.
+bool dependent_launch_enabled();
+
+template <class... Params, class... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                             Args&&... args) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = dependent_launch_enabled() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace cuda
+}  // namespace vlm
