@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run_info import git_revision, write_atomic  # noqa: E402
-from serving.load import run_level  # noqa: E402
+from serving.load import STREAMS_PER_PROCESS, run_level  # noqa: E402
 from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
 from serving.report import markdown, plots  # noqa: E402
 from serving.stack import StackProcess  # noqa: E402
@@ -104,19 +104,21 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
 
     common = protos.common()
 
-    def make_request(pb):
-        parts = [pb.ContentPart(image=common.ImageInput(data=image, mime_type="image/png")), pb.ContentPart(text=PROMPT)]
-        return pb.ChatRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content=parts)],
-                              params=pb.SamplingParams(max_tokens=a.output_tokens, ignore_eos=True))
+    pb = protos.lm()
+    parts = [pb.ContentPart(image=common.ImageInput(data=image, mime_type="image/png")), pb.ContentPart(text=PROMPT)]
+    request = pb.ChatRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content=parts)],
+                             params=pb.SamplingParams(max_tokens=a.output_tokens, ignore_eos=True))
 
     log(f"{label}: starting the stack ({model.name}, KV {kv})")
     with StackProcess(model, flags, out_dir / "logs" / f"{a.stem}_{name}_vb{vision_batch}_tp{tp}.log") as stack:
         for c in a.concurrency:
             n = a.requests_per_level or max(2 * c, 8)
-            run_level(stack.address, make_request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive)
+            run_level(stack.address, request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive,
+                      streams_per_process=a.streams_per_process)
             before, lm_before = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             with tqdm(total=n, desc=f"{label} c={c}", unit="req", leave=False, disable=not sys.stderr.isatty()) as bar:
-                result = run_level(stack.address, make_request, c, n, a.timeout, progress=bar,
+                result = run_level(stack.address, request, c, n, a.timeout, progress=bar,
+                                   streams_per_process=a.streams_per_process,
                                    alive=stack.check_alive)
             after, lm_after = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             s = result.summary(a.output_tokens)
@@ -203,6 +205,8 @@ def main() -> int:
     ap.add_argument("--peer-batches", type=ints, default=[1, 16], help="transformers batch sizes (empty: no peer)")
     ap.add_argument("--no-peer", action="store_true", help="skip transformers")
     ap.add_argument("--timeout", type=float, default=600.0, help="deadline of one request, seconds")
+    ap.add_argument("--streams-per-process", type=int, default=STREAMS_PER_PROCESS,
+                    help="above this concurrency the load comes from several client processes, this many streams each")
     ap.add_argument("--stack-flag", action="append", default=[], help="extra flag for `vlmserve serve stack`")
     ap.add_argument("--tp", type=ints, default=[1],
                     help="tensor-parallel sizes, each variant run once per value in the same run (the stack's "
@@ -244,6 +248,7 @@ def main() -> int:
     r = {"meta": {"command": "python3 bench/serve.py " + " ".join(sys.argv[1:]),
                   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "device": device, "git": git_revision(), "model_name": a.model_name,
+                  "streams_per_process": a.streams_per_process,
                   "model_desc": describe(a.model_name), "image": a.image.name, "image_size": a.image_size,
                   "prompt": PROMPT, "output_tokens": a.output_tokens, "warmup_requests": a.warmup},
          "variants": [], "peer": []}

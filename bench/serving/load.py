@@ -81,47 +81,145 @@ class LevelResult:
 
 
 STREAMS_PER_CHANNEL = 32
+# Above this many streams the load comes from several client processes (this many streams each): one
+# Python process handling every token message of hundreds of streams is itself the bottleneck, and
+# the time its threads wait for the interpreter lock would count as the service's latency.
+STREAMS_PER_PROCESS = 32
 
 
-def run_level(address: str, make_request, concurrency: int, n_requests: int, timeout_s: float,
-              progress=None, alive=None) -> LevelResult:
-    """n_requests Chat streams, at most `concurrency` in flight. alive() raises if the stack died."""
+def _stream_threads(address: str, request, concurrency: int, take, finished, timeout_s: float) -> None:
+    """`concurrency` threads, each sending Chat streams one after another while take() grants one."""
     from vlmserve.services import protos
 
-    pb = protos.lm()
-    lock = threading.Lock()
-    remaining = [n_requests]
-    records: list[RequestRecord] = []
-    # One channel, i.e. one HTTP/2 connection (a local subchannel pool each), per STREAMS_PER_CHANNEL streams:
-    # a load of hundreds of streams then does not ride on a single connection.
+    # One channel, i.e. one HTTP/2 connection (a local subchannel pool each), per STREAMS_PER_CHANNEL streams.
     channels = [grpc.insecure_channel(address, [("grpc.max_send_message_length", 64 << 20),
                                                 ("grpc.max_receive_message_length", 64 << 20),
                                                 ("grpc.use_local_subchannel_pool", 1)])
                 for _ in range((concurrency + STREAMS_PER_CHANNEL - 1) // STREAMS_PER_CHANNEL)]
     stubs = [protos.lm_grpc().LmServiceStub(c) for c in channels]
+    pb = protos.lm()
 
     def worker(stub) -> None:
-        while True:
-            with lock:
-                if remaining[0] == 0:
-                    return
-                remaining[0] -= 1
-            rec = one_request(stub, pb, make_request(pb), timeout_s)
-            with lock:
-                records.append(rec)
-            if progress is not None:
-                progress.update(1)
+        while take():
+            finished(one_request(stub, pb, request, timeout_s))
 
-    start = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(stubs[i % len(stubs)],), daemon=True) for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
-        while t.is_alive():
-            t.join(timeout=1.0)
-            if alive is not None:
-                alive()
-    wall = time.perf_counter() - start
+        t.join()
     for c in channels:
         c.close()
+
+
+def _client_process(address: str, request_bytes: bytes, concurrency: int, remaining, done, ready, go,
+                    timeout_s: float, results) -> None:
+    """One client process: its share of the streams; its records go back through `results`."""
+    from dataclasses import asdict
+
+    from vlmserve.services import protos
+
+    request = protos.lm().ChatRequest.FromString(request_bytes)
+    records = []
+
+    def take() -> bool:
+        with remaining.get_lock():
+            if remaining.value == 0:
+                return False
+            remaining.value -= 1
+            return True
+
+    def finished(rec: RequestRecord) -> None:
+        records.append(rec)
+        with done.get_lock():
+            done.value += 1
+
+    with ready.get_lock():
+        ready.value += 1
+    go.wait()
+    _stream_threads(address, request, concurrency, take, finished, timeout_s)
+    results.put([asdict(r) for r in records])
+
+
+def run_level(address: str, request, concurrency: int, n_requests: int, timeout_s: float,
+              progress=None, alive=None, streams_per_process: int = STREAMS_PER_PROCESS) -> LevelResult:
+    """n_requests Chat streams of `request`, at most `concurrency` in flight. alive() raises if the stack died."""
+    if concurrency > streams_per_process:
+        return _run_level_processes(address, request, concurrency, n_requests, timeout_s, progress, alive,
+                                    streams_per_process)
+    lock = threading.Lock()
+    remaining = [n_requests]
+    records: list[RequestRecord] = []
+
+    def take() -> bool:
+        with lock:
+            if remaining[0] == 0:
+                return False
+            remaining[0] -= 1
+            return True
+
+    def finished(rec: RequestRecord) -> None:
+        with lock:
+            records.append(rec)
+        if progress is not None:
+            progress.update(1)
+
+    start = time.perf_counter()
+    runner = threading.Thread(target=_stream_threads, args=(address, request, concurrency, take, finished, timeout_s),
+                              daemon=True)
+    runner.start()
+    while runner.is_alive():
+        runner.join(timeout=1.0)
+        if alive is not None:
+            alive()
+    return LevelResult(concurrency, time.perf_counter() - start, records)
+
+
+def _run_level_processes(address: str, request, concurrency: int, n_requests: int, timeout_s: float,
+                         progress, alive, streams_per_process: int) -> LevelResult:
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")  # not fork: this process has used gRPC, whose state does not survive a fork
+    n_proc = (concurrency + streams_per_process - 1) // streams_per_process
+    shares = [concurrency // n_proc + (i < concurrency % n_proc) for i in range(n_proc)]
+    remaining, done, ready = ctx.Value("i", n_requests), ctx.Value("i", 0), ctx.Value("i", 0)
+    go, results = ctx.Event(), ctx.Queue()
+    procs = [ctx.Process(target=_client_process, daemon=True,
+                         args=(address, request.SerializeToString(), share, remaining, done, ready, go, timeout_s,
+                               results))
+             for share in shares]
+    for p in procs:
+        p.start()
+
+    def check_children() -> None:
+        dead = [p.exitcode for p in procs if p.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(f"a benchmark client process exited with status {dead[0]}")
+        if alive is not None:
+            alive()
+
+    try:
+        while ready.value < n_proc:  # imports and channels are set up before the clock starts
+            time.sleep(0.05)
+            check_children()
+        start = time.perf_counter()
+        go.set()
+        records: list[RequestRecord] = []
+        received, shown = 0, 0
+        while received < n_proc:
+            try:
+                records += [RequestRecord(**r) for r in results.get(timeout=1.0)]
+                received += 1
+            except queue.Empty:
+                check_children()
+            if progress is not None and done.value > shown:
+                progress.update(done.value - shown)
+                shown = done.value
+        wall = max((r.end for r in records if r.end is not None), default=start) - start
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
     return LevelResult(concurrency, wall, records)

@@ -20,7 +20,9 @@ def markdown(r: dict, plots: list[str]) -> str:
            f"\"{m['prompt']}\", {m['output_tokens']} output tokens (EOS ignored), greedy. Per concurrency level: "
            f"{m['warmup_requests']} warm-up requests, then the timed ones (the count is in the table).",
            "- TTFT and inter-token latency as the client sees them (gRPC included); the service's own "
-           "breakdown (queue, vision, prefill, decode: means over requests) comes from its final message.", ""]
+           "breakdown (queue, vision, prefill, decode: means over requests) comes from its final message.",
+           f"- Client: one thread per stream, one HTTP/2 connection per 32 streams; above "
+           f"{m.get('streams_per_process', 'all')} streams, several client processes of that many streams each.", ""]
     for plot in plots:
         out += [f"![{plot}]({plot})", ""]
     for v in r["variants"]:

@@ -46,7 +46,8 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model):
 
 def test_tensor_parallel_runs_beside_the_unsplit_stack(tmp_path):
     # tp=2 on the CPU: the engine's ranks are threads, the vision service runs two encoder copies.
-    proc, out = run(tmp_path, "--no-peer", "--tp", "1,2")
+    # One stream per client process: concurrency 2 is driven by two processes (the path of large loads).
+    proc, out = run(tmp_path, "--no-peer", "--tp", "1,2", "--streams-per-process", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((out / "internvl-tiny.json").read_text())
     assert [v["name"] for v in r["variants"]] == ["fp16 vision-batch 4", "fp16 vision-batch 4 tp 2",
@@ -57,7 +58,7 @@ def test_tensor_parallel_runs_beside_the_unsplit_stack(tmp_path):
 
 def test_failed_requests_fail_the_run_and_are_reported(tmp_path):
     # A context shorter than the image's tokens: the LM service refuses every request.
-    proc, out = run(tmp_path, "--no-peer", "--stack-flag=--max-model-len", "--stack-flag=16")
+    proc, out = run(tmp_path, "--no-peer", "--stack-flag=--max-model-len", "--stack-flag=16", "--streams-per-process", "1")
     assert proc.returncode == 1
     assert "request(s) failed" in proc.stderr
     r = json.loads((out / "internvl-tiny.json").read_text())
