@@ -37,6 +37,8 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model):
             # the client waits at least as long as the service works on a request, and sees its first token later
             assert lv["client_e2e_mean_s"] >= lv["mean_service_breakdown_s"]["total"] > 0
             assert lv["client_ttft_mean_s"] >= lv["service_ttft_mean_s"] > 0
+            # the service's headers come before its first token
+            assert 0 < lv["client_headers_mean_s"] <= lv["client_ttft_mean_s"]
     assert [p["batch"] for p in r["peer"]] == [1, 2] and all(p["out_tok_s"] > 0 for p in r["peer"])
     md = (out / f"{stem}.md").read_text()
     assert "0 failed request(s)" in md and "× transformers" in md
