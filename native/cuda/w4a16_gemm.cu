@@ -8,12 +8,16 @@
 // the layout of cpu/w4a16_pack.h (16-byte loads, 512 contiguous bytes per
 // warp step). Dequantization happens in registers: the code bits are placed
 // into the mantissa of (magic + q), the zero point (stored as magic + z) is
-// subtracted exactly and the scale multiplied. Small M fills the GPU with
-// split-K: each K slice writes fp32 partials that a second kernel sums in a
-// fixed order (deterministic), adding the optional residual; at decode sizes
-// the GEMM's own last block per output tile does that sum instead (an arrival
-// counter per tile in the workspace), saving a launch. This file never
-// throws: errors return as cudaError_t.
+// subtracted exactly and the scale multiplied. Up to 8 rows the mma runs in
+// a swapped form (weights as the 16-row operand, see w4a16_kernel). Small M
+// fills the GPU with split-K, sized so that the slices' blocks fill one wave
+// of resident blocks (asked of the occupancy API): each K slice writes fp32
+// partials that a second kernel sums in a fixed order (deterministic), adding
+// the optional residual; at decode sizes the GEMM's own last block per output
+// tile does that sum instead (an arrival counter per tile in the workspace),
+// saving a launch. The kernel requests its first weights before waiting for
+// the kernel that writes A (dependent_launch.cuh). This file never throws:
+// errors return as cudaError_t.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -419,7 +423,9 @@ int resident_blocks_of(size_t smem) {
 }
 
 // Blocks of this plan's kernel that fit on one SM with `smem` bytes each (registers and shared
-// memory), asked once per (kernel, size) and thread.
+// memory), asked once per (kernel, size) and thread. Always of the fp16 instantiation: the plan,
+// and with it the workspace size the caller allocates (w4a16_workspace_bytes takes no dtype),
+// must not depend on the activation type.
 int resident_blocks(const Plan& p, size_t smem) {
   thread_local std::map<std::tuple<bool, int, int, size_t>, int> cache;
   const auto key = std::make_tuple(p.swap, p.mt, p.unroll, smem);
