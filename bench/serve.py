@@ -127,6 +127,9 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")
             s["vision_encode_mean_s"] = histogram_delta(before, after, "vlmserve_vision_encode_seconds")
             s["vision_forward_mean_s"] = histogram_delta(before, after, "vlmserve_vision_batch_seconds")
+            s["vision_preprocess_mean_s"] = histogram_delta(before, after, "vlmserve_vision_preprocess_seconds")
+            s["vision_batched_encode_mean_s"] = histogram_delta(before, after,
+                                                                "vlmserve_vision_batched_encode_seconds")
             s["gpu_memory_gib"] = gpu_memory_gib()
             levels.append(s)
             ttft = "" if s["ttft_p50_s"] is None else f", TTFT p50 {s['ttft_p50_s'] * 1e3:.0f} ms"

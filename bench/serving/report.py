@@ -28,7 +28,7 @@ def markdown(r: dict, plots: list[str]) -> str:
     for v in r["variants"]:
         out += [f"## {v['name']}", "", f"Stack flags: `{' '.join(v['flags'])}`", "",
                 "| concurrency | requests | failed | out tok/s | req/s | TTFT p50 ms | p90 | p99 | ITL p50 ms | p99 "
-                "| vision batch, tiles (mean) | vision Encode call / forward ms (mean) | queue / vision / prefill / decode ms (mean) "
+                "| vision batch, tiles (mean) | vision Encode call / preprocess / batched encode / forward ms (mean) | queue / vision / prefill / decode ms (mean) "
                 "| engine steps/s, generated / prompt tokens per step | TTFT mean ms, client / service "
                 "| response headers after, mean ms (client) "
                 "| request mean s, client / service | GPU memory GiB |",
@@ -48,7 +48,8 @@ def markdown(r: dict, plots: list[str]) -> str:
             out.append(f"| {lv['concurrency']} | {lv['requests']} | {lv['failed']} | {lv['out_tok_s']:,.1f} | "
                        f"{lv['req_s']:.2f} | {_ms(lv['ttft_p50_s'])} | {_ms(lv['ttft_p90_s'])} | "
                        f"{_ms(lv['ttft_p99_s'])} | {_ms(lv['itl_p50_s'])} | {_ms(lv['itl_p99_s'])} | {vb} | "
-                       f"{_ms(lv.get('vision_encode_mean_s'))} / {_ms(lv.get('vision_forward_mean_s'))} | {parts} | {eng} | {ttfts} | "
+                       f"{_ms(lv.get('vision_encode_mean_s'))} / {_ms(lv.get('vision_preprocess_mean_s'))} / "
+                       f"{_ms(lv.get('vision_batched_encode_mean_s'))} / {_ms(lv.get('vision_forward_mean_s'))} | {parts} | {eng} | {ttfts} | "
                        f"{_ms(lv.get('client_headers_mean_s'))} | {e2e} | {gpu} |")
         out.append("")
     peer = r.get("peer") or []

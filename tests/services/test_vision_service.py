@@ -96,6 +96,14 @@ def test_32_concurrent_requests_run_in_batches_with_unbatched_outputs(start_serv
     assert total == 32, "every image is one LLaVA tile"
     assert count < 32 and count - singles > 0, f"no batch held more than one tile: {sizes}"
     assert _metric(server.metrics_text(), "vlmserve_vision_images")["vlmserve_vision_images_total[]"] == 32
+    # Each request's two waiting stages are recorded once, and fit inside its Encode time.
+    text = server.metrics_text()
+    stages = [_metric(text, f"vlmserve_vision_{n}_seconds") for n in ("preprocess", "batched_encode")]
+    encode = _metric(text, "vlmserve_vision_encode_seconds")
+    for m, name in zip(stages, ("preprocess", "batched_encode")):
+        assert m[f"vlmserve_vision_{name}_seconds_count[]"] == 32
+        assert m[f"vlmserve_vision_{name}_seconds_sum[]"] > 0
+    assert sum(m[k] for m in stages for k in m if k.endswith("_sum[]")) <= encode["vlmserve_vision_encode_seconds_sum[]"]
 
 
 def test_tiled_images_count_by_tiles(start_server):

@@ -29,6 +29,15 @@ class VisionMetrics:
         self.encode_seconds = Histogram("vlmserve_vision_encode_seconds",
                                         "Encode request latency, request received to last message",
                                         buckets=_LATENCY_BUCKETS, registry=registry)
+        # An Encode request's time in its two waiting stages: where a loaded service spends it.
+        self.preprocess_seconds = Histogram(
+            "vlmserve_vision_preprocess_seconds",
+            "per Encode request: its images decoded and processed, waiting for a preprocessing thread included",
+            buckets=_LATENCY_BUCKETS, registry=registry)
+        self.batched_encode_seconds = Histogram(
+            "vlmserve_vision_batched_encode_seconds",
+            "per Encode request: its tiles submitted to their features back (waiting for a batch and the forward)",
+            buckets=_LATENCY_BUCKETS, registry=registry)
         self.images = Counter("vlmserve_vision_images", "images encoded", registry=registry)
         self.tiles = Counter("vlmserve_vision_tiles", "tiles encoded", registry=registry)
         self.rejected_images = Counter("vlmserve_vision_rejected_images", "images refused as bad input",

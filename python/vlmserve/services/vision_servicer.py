@@ -62,6 +62,8 @@ class VisionServicer:
             for offset in range(0, len(data), chunk):
                 yield self.pb.EncodeResponse(chunk=self.pb.EmbeddingChunk(
                     image_index=index, offset=offset, data=bytes(data[offset:offset + chunk])))
+        owner.metrics.preprocess_seconds.observe((preprocessed - start) / 1e9)
+        owner.metrics.batched_encode_seconds.observe((encoded - preprocessed) / 1e9)
         owner.metrics.images.inc(len(prepared))
         owner.metrics.tiles.inc(sum(len(p.tiles) for p in prepared))
         end = time.perf_counter_ns()
