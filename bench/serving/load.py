@@ -90,8 +90,8 @@ class LevelResult:
 
 STREAMS_PER_CHANNEL = 32
 # Above this many streams the load comes from several client processes (this many streams each): one
-# Python process handling every token message of hundreds of streams is itself the bottleneck, and
-# the time its threads wait for the interpreter lock would count as the service's latency.
+# Python process handling every token message of hundreds of streams could itself become the
+# bottleneck, and the time its threads wait for the interpreter lock would count as the service's latency.
 STREAMS_PER_PROCESS = 32
 
 
