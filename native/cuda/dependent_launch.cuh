@@ -34,14 +34,6 @@ __device__ __forceinline__ void pdl_allow_next() {
 #endif
 }
 
-// Asks L2 to fetch `bytes` (a multiple of 16) from a 16-byte aligned global address; one thread
-// issues it, nothing waits for it. Where bulk prefetch is not available, nothing happens.
-__device__ __forceinline__ void prefetch_l2(const void* p, unsigned bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
 // True when the current device is sm_90 or later, the library's kernels were compiled for it
 // (not JIT-compiled from older PTX, where pdl_wait() compiles to nothing) and
 // VLM_DEPENDENT_LAUNCH is not 0. Decided once per process.

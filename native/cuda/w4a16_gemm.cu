@@ -160,7 +160,7 @@ __global__ void dequant_kernel(const uint4* __restrict__ w, const uint4* __restr
   }
 }
 
-// grid: (ceil(N / 256), splits, ceil(M / (16 * MT))); block: 128 threads.
+// grid: (ceil(N / 256), splits, ceil(M / rows)) with rows = 8 swapped, 16 * MT otherwise; block: 128 threads.
 // With splits > 1 every block writes fp32 partials; with `arrivals` the last block of
 // an output tile to finish sums them (decode sizes), otherwise splitk_reduce_kernel does.
 //

@@ -158,7 +158,7 @@ def test_decode_graphs_replay_exactly_what_eager_steps_compute(tiny_model_dir, m
         np.testing.assert_array_equal(g.logits, e.logits)
 
 
-_BATCH_IN_SUBPROCESS = """
+_DECODE_IN_SUBPROCESS = """
 import sys
 import numpy as np
 from vlmserve import Engine, EngineConfig, GenerationConfig
@@ -193,7 +193,7 @@ def test_dependent_launch_changes_no_bits(tiny_model_dir, tmp_path, kv):
     for flag in ("1", "0"):
         out = tmp_path / f"pdl{flag}.npz"
         env = dict(os.environ, VLM_DEPENDENT_LAUNCH=flag)
-        done = subprocess.run([sys.executable, "-c", _BATCH_IN_SUBPROCESS, str(dst), str(out), kv], env=env,
+        done = subprocess.run([sys.executable, "-c", _DECODE_IN_SUBPROCESS, str(dst), str(out), kv], env=env,
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-4000:]
         runs[flag] = np.load(out)
