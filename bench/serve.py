@@ -35,7 +35,7 @@ from run_info import git_revision, write_atomic  # noqa: E402
 from serving.load import STREAMS_PER_PROCESS, run_level  # noqa: E402
 from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
 from serving.report import markdown, plots  # noqa: E402
-from serving.stack import StackProcess  # noqa: E402
+from serving.stack import ServicesProcesses, StackProcess  # noqa: E402
 
 VARIANTS = {"fp16": ("dense", "auto"), "w4a16": ("awq", "auto"), "w4a16-kv8": ("awq", "int8"),
             "w4a16-kv4": ("awq", "int4")}
@@ -95,8 +95,14 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
                 tp: int = 1) -> dict:
     from tqdm.auto import tqdm
 
-    flags = ["--engine-device", a.engine_device, "--kv-cache-dtype", kv, "--vision-max-batch-size", str(vision_batch),
-             "--max-batch-size", str(max(a.concurrency)), "--log-level", "warning", "--tp", str(tp), *a.stack_flag]
+    shared = ["--log-level", "warning", "--tp", str(tp)]  # --tp: vision replicas, one per GPU; the LM's split
+    vision_flags = ["--vision-max-batch-size", str(vision_batch), *a.vision_flag]
+    lm_flags = ["--engine-device", a.engine_device, "--kv-cache-dtype", kv, "--max-batch-size", str(max(a.concurrency)),
+                *a.lm_flag]
+    if a.layout == "services":
+        flags = {"vision": vision_flags + shared, "lm": lm_flags + shared}
+    else:
+        flags = lm_flags + vision_flags + shared + a.stack_flag
     label = f"{name} vision-batch {vision_batch}" + (f" tp {tp}" if tp > 1 else "")
     levels = []
 
@@ -110,9 +116,14 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
                              params=pb.SamplingParams(max_tokens=a.output_tokens, ignore_eos=True))
 
     log(f"{label}: starting the stack ({model.name}, KV {kv})")
-    with StackProcess(model, flags, out_dir / "logs" / f"{a.stem}_{name}_vb{vision_batch}_tp{tp}.log") as stack:
+    log_path = out_dir / "logs" / f"{a.stem}_{name}_vb{vision_batch}_tp{tp}.log"
+    if a.layout == "services":
+        stack = ServicesProcesses(model, flags["vision"], flags["lm"], log_path)
+    else:
+        stack = StackProcess(model, flags, log_path)
+    with stack:
         for c in a.concurrency:
-            n = a.requests_per_level or max(2 * c, 8)
+            n = a.requests_per_level or max(4 * c, 16)
             run_level(stack.address, request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive,
                       streams_per_process=a.streams_per_process)
             before, lm_before = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
@@ -130,6 +141,8 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             s["vision_preprocess_mean_s"] = histogram_delta(before, after, "vlmserve_vision_preprocess_seconds")
             s["vision_batched_encode_mean_s"] = histogram_delta(before, after,
                                                                 "vlmserve_vision_batched_encode_seconds")
+            s["lm_loop_lag_mean_s"] = histogram_delta(lm_before, lm_after, "vlmserve_event_loop_lag_seconds")
+            s["vision_loop_lag_mean_s"] = histogram_delta(before, after, "vlmserve_event_loop_lag_seconds")
             s["gpu_memory_gib"] = gpu_memory_gib()
             levels.append(s)
             ttft = "" if s["ttft_p50_s"] is None else f", TTFT p50 {s['ttft_p50_s'] * 1e3:.0f} ms"
@@ -196,7 +209,8 @@ def main() -> int:
     ap.add_argument("--variants", default="fp16,w4a16,w4a16-kv8,w4a16-kv4")
     ap.add_argument("--vision-batch", type=ints, default=[16, 1], help="--vision-max-batch-size values")
     ap.add_argument("--concurrency", type=ints, default=[1, 2, 4, 8, 16, 32, 64, 128, 256])
-    ap.add_argument("--requests-per-level", type=int, default=0, help="0: max(2 x concurrency, 8)")
+    ap.add_argument("--requests-per-level", type=int, default=0,
+                    help="0: max(4 x concurrency, 16); a level's first wave arrives at once, later ones spread out")
     ap.add_argument("--warmup", type=int, default=4, help="warm-up requests per level (at most the concurrency)")
     ap.add_argument("--output-tokens", type=int, default=128)
     ap.add_argument("--image", type=Path, default=ROOT / "python/vlmserve/data/images/chelsea.png")
@@ -210,7 +224,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="deadline of one request, seconds")
     ap.add_argument("--streams-per-process", type=int, default=STREAMS_PER_PROCESS,
                     help="above this concurrency the load comes from several client processes, this many streams each")
-    ap.add_argument("--stack-flag", action="append", default=[], help="extra flag for `vlmserve serve stack`")
+    ap.add_argument("--layout", choices=["stack", "services"], default="stack",
+                    help="stack: `vlmserve serve stack`, both services in one process; services: `serve vision` and "
+                         "`serve lm` as two processes (the compose file's layout)")
+    ap.add_argument("--stack-flag", action="append", default=[], help="extra flag for `vlmserve serve stack` only")
+    ap.add_argument("--vision-flag", action="append", default=[], help="extra flag for the vision service (any layout)")
+    ap.add_argument("--lm-flag", action="append", default=[], help="extra flag for the LM service (any layout)")
     ap.add_argument("--tp", type=ints, default=[1],
                     help="tensor-parallel sizes, each variant run once per value in the same run (the stack's "
                          "--tp: the LM split over that many GPUs, one vision replica on each)")

@@ -9,6 +9,12 @@ def _ms(x) -> str:
     return "" if x is None else f"{x * 1e3:.1f}"
 
 
+def _flags_line(flags) -> str:
+    if isinstance(flags, dict):  # two processes: each service's own flags
+        return "Services, one process each: " + "; ".join(f"{k} `{' '.join(v)}`" for k, v in flags.items())
+    return f"Stack flags (one process): `{' '.join(flags)}`"
+
+
 def markdown(r: dict, plots: list[str]) -> str:
     m = r["meta"]
     out = [f"# Serving benchmark: {m['model_name']}", "",
@@ -26,13 +32,13 @@ def markdown(r: dict, plots: list[str]) -> str:
     for plot in plots:
         out += [f"![{plot}]({plot})", ""]
     for v in r["variants"]:
-        out += [f"## {v['name']}", "", f"Stack flags: `{' '.join(v['flags'])}`", "",
+        out += [f"## {v['name']}", "", _flags_line(v['flags']), "",
                 "| concurrency | requests | failed | out tok/s | req/s | TTFT p50 ms | p90 | p99 | ITL p50 ms | p99 "
                 "| vision batch, tiles (mean) | vision Encode call / preprocess / batched encode / forward ms (mean) | queue / vision / prefill / decode ms (mean) "
                 "| engine steps/s, generated / prompt tokens per step | TTFT mean ms, client / service "
-                "| response headers after, mean ms (client) "
+                "| response headers after, mean ms (client) | event loop lag ms, LM / vision (mean) "
                 "| request mean s, client / service | GPU memory GiB |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for lv in v["levels"]:
             b = lv["mean_service_breakdown_s"]
             parts = " / ".join(_ms(b.get(k)) for k in ("queue", "vision", "prefill", "decode"))
@@ -50,7 +56,8 @@ def markdown(r: dict, plots: list[str]) -> str:
                        f"{_ms(lv['ttft_p99_s'])} | {_ms(lv['itl_p50_s'])} | {_ms(lv['itl_p99_s'])} | {vb} | "
                        f"{_ms(lv.get('vision_encode_mean_s'))} / {_ms(lv.get('vision_preprocess_mean_s'))} / "
                        f"{_ms(lv.get('vision_batched_encode_mean_s'))} / {_ms(lv.get('vision_forward_mean_s'))} | {parts} | {eng} | {ttfts} | "
-                       f"{_ms(lv.get('client_headers_mean_s'))} | {e2e} | {gpu} |")
+                       f"{_ms(lv.get('client_headers_mean_s'))} | {_ms(lv.get('lm_loop_lag_mean_s'))} / "
+                       f"{_ms(lv.get('vision_loop_lag_mean_s'))} | {e2e} | {gpu} |")
         out.append("")
     peer = r.get("peer") or []
     if peer:

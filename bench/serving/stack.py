@@ -1,4 +1,6 @@
-"""The stack under test: `vlmserve serve stack` in its own process, on free ports, until stopped."""
+"""The stack under test, on free ports, until stopped: `vlmserve serve stack` (both services in one
+process), or the two services as separate processes (`serve vision`, `serve lm --vision-addr`), the
+layout of the compose file."""
 from __future__ import annotations
 
 import os
@@ -11,6 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+
+CLI = [sys.executable, "-c", "import sys; from vlmserve.cli import main; sys.exit(main())"]
 
 
 def free_port() -> int:
@@ -41,21 +45,20 @@ class StackProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> "StackProcess":
-        cmd = [sys.executable, "-c", "import sys; from vlmserve.cli import main; sys.exit(main())", "serve", "stack",
-               str(self.model), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port",
-               str(self.metrics_port), "--vision-port", str(self.vision_port), "--vision-metrics-port",
-               str(self.vision_metrics_port), *self.flags]
+        cmd = CLI + ["serve", "stack", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
+                     "--metrics-port", str(self.metrics_port), "--vision-port", str(self.vision_port),
+                     "--vision-metrics-port", str(self.vision_metrics_port), *self.flags]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
-        self._wait_serving()
+        self._wait_serving(self.address)
         return self
 
-    def _wait_serving(self) -> None:
+    def _wait_serving(self, address: str) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + self.ready_timeout_s
-        with grpc.insecure_channel(self.address) as channel:
+        with grpc.insecure_channel(address) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 self.check_alive()
@@ -112,3 +115,49 @@ class StackProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class ServicesProcesses(StackProcess):
+    """The vision service and the LM service, each in its own process (vision_flags to the first, lm_flags to
+    the second); the same interface as StackProcess. Stopped LM first, so it drains while vision answers."""
+
+    def __init__(self, model: Path, vision_flags: list[str], lm_flags: list[str], log_path: Path,
+                 ready_timeout_s: float = 900):
+        super().__init__(model, lm_flags, log_path, ready_timeout_s)
+        self.vision_flags = vision_flags
+        self.vision_proc: subprocess.Popen | None = None
+        self.vision_log_path = log_path.with_name(log_path.stem + "_vision" + log_path.suffix)
+
+    def start(self) -> "ServicesProcesses":
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._vision_log = open(self.vision_log_path, "w")
+        self.vision_proc = subprocess.Popen(
+            CLI + ["serve", "vision", str(self.model), "--host", "127.0.0.1", "--port", str(self.vision_port),
+                   "--metrics-port", str(self.vision_metrics_port), *self.vision_flags],
+            stdout=self._vision_log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            CLI + ["serve", "lm", str(self.model), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port",
+                   str(self.metrics_port), "--vision-addr", f"127.0.0.1:{self.vision_port}", *self.flags],
+            stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self._wait_serving(f"127.0.0.1:{self.vision_port}")
+        self._wait_serving(self.address)
+        return self
+
+    def check_alive(self) -> None:
+        super().check_alive()
+        if self.vision_proc is not None and self.vision_proc.poll() is not None:
+            raise RuntimeError(f"the vision service exited with status {self.vision_proc.returncode} "
+                               f"(log: {self.vision_log_path})")
+
+    def stop(self) -> None:
+        super().stop()
+        if self.vision_proc is not None and self.vision_proc.poll() is None:
+            self.vision_proc.send_signal(signal.SIGTERM)
+            try:
+                self.vision_proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.vision_proc.kill()
+                self.vision_proc.wait()
+        if getattr(self, "_vision_log", None):
+            self._vision_log.close()

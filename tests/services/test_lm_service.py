@@ -270,7 +270,7 @@ def test_metrics_endpoint(stack):
     for name in ("vlmserve_lm_time_to_first_token_seconds", "vlmserve_lm_inter_token_latency_seconds",
                  "vlmserve_lm_e2e_request_latency_seconds", "vlmserve_lm_queue_time_seconds",
                  "vlmserve_lm_running_requests", "vlmserve_lm_waiting_requests", "vlmserve_lm_kv_cache_usage",
-                 "vlmserve_grpc_server_handled_total"):
+                 "vlmserve_grpc_server_handled_total", "vlmserve_event_loop_lag_seconds_count"):
         assert name in text, name
 
 

@@ -76,3 +76,32 @@ def test_cancelled_callers_are_dropped_and_errors_reach_every_waiter():
         await b.close()
 
     asyncio.run(failing())
+
+
+def test_early_close_waits_for_announced_images_only():
+    # A window far longer than the test: any batch that waited for it would time the test out.
+    batches: list[int] = []
+
+    async def main():
+        b = TileBatcher(_forward_recording(batches), max_tiles=8, window_s=60.0, early_close=True)
+        b.start()
+        # Nothing else announced: the lone image is encoded without waiting for the window.
+        lone = b.expect(1)
+        assert (await asyncio.wait_for(b.submit(_tiles(5, 1), lone), 10)).item() == 50.0
+        # Two announced: the first waits for the second, and both share one forward.
+        pair = b.expect(2)
+        first = asyncio.ensure_future(b.submit(_tiles(1, 2), pair))
+        await asyncio.sleep(0.05)
+        assert not first.done()
+        second = await asyncio.wait_for(b.submit(_tiles(10, 1), pair), 10)
+        assert (await first).flatten().tolist() == [10.0, 20.0] and second.item() == 100.0
+        # An announced image withdrawn (its preparation failed) releases the batch waiting for it.
+        with b.expect(2) as failing:
+            waiting = asyncio.ensure_future(b.submit(_tiles(3, 1), failing))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+        assert (await asyncio.wait_for(waiting, 10)).item() == 30.0
+        await b.close()
+
+    asyncio.run(main())
+    assert batches == [1, 3, 1]

@@ -104,6 +104,9 @@ def test_32_concurrent_requests_run_in_batches_with_unbatched_outputs(start_serv
         assert m[f"vlmserve_vision_{name}_seconds_count[]"] == 32
         assert m[f"vlmserve_vision_{name}_seconds_sum[]"] > 0
     assert sum(m[k] for m in stages for k in m if k.endswith("_sum[]")) <= encode["vlmserve_vision_encode_seconds_sum[]"]
+    # The event loop's lag is sampled all along (every 10 ms while the server runs).
+    lag = _metric(text, "vlmserve_event_loop_lag_seconds")
+    assert lag["vlmserve_event_loop_lag_seconds_count[]"] > 0 and lag["vlmserve_event_loop_lag_seconds_sum[]"] >= 0
 
 
 def test_tiled_images_count_by_tiles(start_server):

@@ -74,7 +74,8 @@ def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -
     flag(p, "--vision-max-batch-size", type=int, default=16,
          help="most image tiles per forward, across requests (a tiled image counts each tile)")
     flag(p, "--vision-batch-window-ms", type=float, default=5.0,
-         help="how long a batch waits for more tiles after its first")
+         help="how long a batch waits for more tiles after its first, while images of requests in flight "
+              "are still being prepared (none left: it closes at once)")
     flag(p, "--vision-cuda-graphs", type=bool, default=True,
          help="replay the vision encoder's forward from CUDA graphs (one per batch size, captured at start-up); "
               "--no-vision-cuda-graphs runs it eagerly")

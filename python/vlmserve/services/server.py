@@ -1,9 +1,9 @@
 """What every vlmserve gRPC server has, whatever it serves: the grpc.aio server
 with message-size and keepalive options, optional TLS, the interceptors, the
 standard health service (NOT_SERVING until the owner says it is ready), server
-reflection, the Prometheus endpoint, and a graceful stop on SIGTERM/SIGINT
-(health goes NOT_SERVING, new calls are refused, calls in flight get
-shutdown_grace_s to finish)."""
+reflection, the Prometheus endpoint (with the event loop's lag), and a graceful
+stop on SIGTERM/SIGINT (health goes NOT_SERVING, new calls are refused, calls in
+flight get shutdown_grace_s to finish)."""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from vlmserve.errors import InvalidArgumentError
 from vlmserve.services.interceptors import BearerAuthInterceptor, ErrorStatusInterceptor, ObservabilityInterceptor
+from vlmserve.services.loop_lag import LoopLagMonitor
 from vlmserve.services.metrics import RpcMetrics, serve_http
 
 log = logging.getLogger("vlmserve.server")
@@ -86,6 +87,7 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+        self.loop_lag = LoopLagMonitor(registry)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._metrics_http = None
@@ -103,6 +105,7 @@ class GrpcServer:
             raise InvalidArgumentError(f"cannot bind {address}")
         await self.set_serving(False)
         await self.server.start()
+        self.loop_lag.start()
         if c.metrics_port is not None:
             self._metrics_http, self.metrics_port = serve_http(self.registry, c.metrics_port, c.metrics_host)
         log.info("listening", extra={"fields": {"port": self.port, "metrics_port": self.metrics_port,
@@ -120,6 +123,7 @@ class GrpcServer:
         await self.health.enter_graceful_shutdown()
         log.info("draining", extra={"fields": {"grace_s": self.config.shutdown_grace_s}})
         await self.server.stop(self.config.shutdown_grace_s)
+        await self.loop_lag.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http = None

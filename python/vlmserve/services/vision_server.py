@@ -77,7 +77,8 @@ class VisionServer:
 
         encoder = await loop.run_in_executor(None, build)
         batcher = TileBatcher(encoder.forward, self.vision_config.max_batch_size,
-                              self.vision_config.batch_window_ms / 1e3, self._observe_batch, parallel=encoder.replicas)
+                              self.vision_config.batch_window_ms / 1e3, self._observe_batch, parallel=encoder.replicas,
+                              early_close=True)
         batcher.start()
         self.encoder, self.batcher = encoder, batcher
         await self.grpc.set_serving(True)

@@ -44,10 +44,12 @@ class VisionServicer:
         chunk = min(max(request.max_chunk_bytes or DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYTES), owner.max_chunk_bytes)
         sources = [self._source(i, img) for i, img in enumerate(request.images)]
 
-        prepared = await asyncio.gather(*(self._prepare(i, s) for i, s in enumerate(sources)))
-        preprocessed = time.perf_counter_ns()
-        # All images at once, so a request's own tiles share batches too.
-        features = await asyncio.gather(*(batcher.submit(p.tiles) for p in prepared))
+        # Announced before preparing, so a batch being collected waits for these images rather than closing.
+        with batcher.expect(len(sources)) as expected:
+            prepared = await asyncio.gather(*(self._prepare(i, s) for i, s in enumerate(sources)))
+            preprocessed = time.perf_counter_ns()
+            # All images at once, so a request's own tiles share batches too.
+            features = await asyncio.gather(*(batcher.submit(p.tiles, expected) for p in prepared))
         encoded = time.perf_counter_ns()
 
         total_tokens = 0

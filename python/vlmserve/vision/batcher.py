@@ -3,7 +3,11 @@
 
 A batch opens when a tile arrives and a replica is free, and closes when it
 holds max_tiles tiles or window_s has passed; while every replica is busy, new
-tiles queue, so under load the next batch fills at once. Up to `parallel`
+tiles queue, so under load the next batch fills at once. With early_close, callers
+announce images they are still preparing (expect()), and a batch also closes as
+soon as no announced image is left to come: waiting longer could only add
+tiles that nobody is preparing yet, and an image takes longer to prepare than
+the window, so a lone request is encoded at once instead of a window later. Up to `parallel`
 forwards run at once, each in the single thread bound to its replica (one
 replica never runs two forwards at once, and a forward never runs on the event
 loop). Parts of an image larger than max_tiles go through as several batches.
@@ -34,18 +38,46 @@ class _Pending:
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+class Expected:
+    """Images a caller announced to the batcher and has not submitted yet (see TileBatcher.expect)."""
+
+    def __init__(self, batcher: "TileBatcher", count: int):
+        self._batcher, self.count = batcher, count
+
+    def arrived(self) -> None:
+        if self.count > 0:
+            self.count -= 1
+            self._batcher._expected -= 1
+
+    def close(self) -> None:
+        """Withdraws what was not submitted (a failed or cancelled request)."""
+        if self.count > 0:
+            self._batcher._expected -= self.count
+            self.count = 0
+            if self._batcher._arrived is not None:
+                self._batcher._arrived.set()  # a waiting batch may close now
+
+    def __enter__(self) -> "Expected":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class TileBatcher:
     """forward(Tiles, replica) -> Tensor[tiles, ...], replica in [0, parallel); on_batch(num_tiles, seconds)
     observes each successful forward."""
 
     def __init__(self, forward: Callable[[Tiles, int], torch.Tensor], max_tiles: int, window_s: float,
-                 on_batch: Callable[[int, float], None] | None = None, parallel: int = 1):
+                 on_batch: Callable[[int, float], None] | None = None, parallel: int = 1, early_close: bool = False):
         if parallel < 1:
             raise ValueError(f"parallel must be >= 1, got {parallel}")
         self._forward = forward
         self.max_tiles = max_tiles
         self.window_s = window_s
         self.parallel = parallel
+        self.early_close = early_close
+        self._expected = 0  # images announced with expect() and not yet submitted
         self._on_batch = on_batch or (lambda n, s: None)
         self._queue: collections.deque[_Pending] = collections.deque()
         self._arrived: asyncio.Event | None = None
@@ -86,7 +118,13 @@ class TileBatcher:
             executor.shutdown(wait=False)
         await asyncio.to_thread(lambda: [executor.shutdown(wait=True) for executor in self._executors])
 
-    async def submit(self, tiles: Tiles) -> torch.Tensor:
+    def expect(self, images: int) -> Expected:
+        """Announces images being prepared; pass the result to submit() with each, and close it (or use it as
+        a context manager) once the caller submitted or gave up."""
+        self._expected += images
+        return Expected(self, images)
+
+    async def submit(self, tiles: Tiles, expected: Expected | None = None) -> torch.Tensor:
         """The forward's output for these tiles, computed in whichever batches they land in."""
         if self._task is None or self._task.done():
             raise FailedPreconditionError("the vision batcher is not running")
@@ -96,6 +134,8 @@ class TileBatcher:
             p = _Pending(chunk, loop.create_future())
             self._queue.append(p)
             parts.append(p.future)
+        if expected is not None:
+            expected.arrived()
         self._arrived.set()
         try:
             outputs = await asyncio.gather(*parts)
@@ -113,8 +153,9 @@ class TileBatcher:
                 replica = await self._free_replica()
             await self._next_tile()
             first = self._queue[0].enqueued
-            # Collect until full or the window since the oldest waiting tile closes.
-            while self._queued_tiles() < self.max_tiles:
+            # Collect until full, the window since the oldest waiting tile closes or (early_close) no
+            # announced image is left to come.
+            while self._queued_tiles() < self.max_tiles and not (self.early_close and self._expected <= 0):
                 remaining = first + self.window_s - time.perf_counter()
                 if remaining <= 0:
                     break

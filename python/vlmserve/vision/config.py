@@ -31,8 +31,9 @@ class VisionConfig:
     """dtype "auto" is float32 on the CPU and the checkpoint's dtype on CUDA.
 
     max_batch_size counts tiles, not images: an image split into 5 tiles takes 5
-    slots. A batch closes when it is full or batch_window_ms after its first tile
-    arrived. allowed_url_hosts empty means http(s) image URLs are refused.
+    slots. A batch closes when it is full, batch_window_ms after its first tile
+    arrived, or (in the service) once no image of a request in flight is still
+    being prepared. allowed_url_hosts empty means http(s) image URLs are refused.
 
     cuda_graphs: on CUDA, forwards of the model's standard tile shape replay CUDA
     graphs captured at warm-up (one per batch size; see graphs.py), for families
