@@ -29,10 +29,21 @@
 
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
+#include "cuda/w4a16_decode.h"
+#include "cuda/w4a16_fragments.cuh"
 #include "cuda/w4a16_gemm.h"
 
 namespace vlm {
 namespace {
+
+using w4a16::Act;
+using w4a16::GroupParams;
+using w4a16::dequant_fragments;
+using w4a16::ldmatrix_x2;
+using w4a16::ldmatrix_x4;
+using w4a16::load_a8;
+using w4a16::load_group;
+using w4a16::load_streaming;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
@@ -40,102 +51,6 @@ constexpr int kBlockN = kWarps * kW4StripN;  // 256
 constexpr int kSmemPad = 8;                   // halves per A row: keeps ldmatrix rows in distinct banks
 constexpr int kUnroll = 4;                    // k16 steps whose weights are in flight together (8 for M <= 16)
 constexpr int kMaxSmem = 160 * 1024;          // A slice staged per block (Hopper/Ampere allow more)
-
-template <class T> struct Act;
-template <> struct Act<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;  // half2(1024, 1024)
-  __device__ static void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ static uint32_t dequant(uint32_t bits, uint32_t zero2, uint32_t scale2) {
-    __half2 h = __hsub2(*reinterpret_cast<__half2*>(&bits), *reinterpret_cast<__half2*>(&zero2));
-    h = __hmul2(h, *reinterpret_cast<__half2*>(&scale2));
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  __device__ static __half from_float(float x) { return __float2half_rn(x); }
-  __device__ static float to_float(__half x) { return __half2float(x); }
-};
-template <> struct Act<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u;  // bfloat162(128, 128)
-  __device__ static void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  __device__ static uint32_t dequant(uint32_t bits, uint32_t zero2, uint32_t scale2) {
-    __nv_bfloat162 h = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&bits), *reinterpret_cast<__nv_bfloat162*>(&zero2));
-    h = __hmul2(h, *reinterpret_cast<__nv_bfloat162*>(&scale2));
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-  __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-};
-
-__device__ __forceinline__ uint4 load_streaming(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ void ldmatrix_x2(uint32_t* r, const void* smem) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(addr));
-}
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// A lane's scales and zeros for one group, each replicated into both halves of a 2-vector:
-// s2[tile], z2[tile] belong to column 8 * tile + lane / 4 of the strip. Expanded once per group,
-// not once per k16 step.
-struct GroupParams {
-  uint32_t s2[8], z2[8];
-};
-
-// p: the lane's 16 bytes of scales for one (strip, group); its zeros are 8 uint4 further.
-__device__ __forceinline__ GroupParams load_group(const uint4* p) {
-  const uint4 sv = p[0], zv = p[8];
-  const uint32_t sc[4] = {sv.x, sv.y, sv.z, sv.w}, zr[4] = {zv.x, zv.y, zv.z, zv.w};
-  GroupParams gp;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    gp.s2[2 * i] = __byte_perm(sc[i], 0, 0x1010);  // low 16 bits in both halves
-    gp.s2[2 * i + 1] = __byte_perm(sc[i], 0, 0x3232);  // high 16 bits in both halves
-    gp.z2[2 * i] = __byte_perm(zr[i], 0, 0x1010);
-    gp.z2[2 * i + 1] = __byte_perm(zr[i], 0, 0x3232);
-  }
-  return gp;
-}
-
-// One lane's B fragments for one k16 step of a 64-column strip, from its 16 bytes of codes and its
-// group's scales and zeros: b[tile][0] holds W[n][k], W[n][k+1] and b[tile][1] W[n][k+8], W[n][k+9],
-// for n = 64 * strip + 8 * tile + lane / 4 and k = 16 * step + 2 * (lane % 4) (the mma m16n8k16 B layout).
-template <class T>
-__device__ __forceinline__ void dequant_fragments(const uint4& wv, const GroupParams& gp, uint32_t (&b)[8][2]) {
-  const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-  for (int wi = 0; wi < 4; ++wi)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      const int tile = 2 * wi + j;
-      const uint32_t lo = ((words[wi] >> (8 * j)) & 0x000F000Fu) | Act<T>::kMagic;
-      const uint32_t hi = ((words[wi] >> (8 * j + 4)) & 0x000F000Fu) | Act<T>::kMagic;
-      b[tile][0] = Act<T>::dequant(lo, gp.z2[tile], gp.s2[tile]);
-      b[tile][1] = Act<T>::dequant(hi, gp.z2[tile], gp.s2[tile]);
-    }
-}
 
 // W [N][K] row-major in T from the packed layout: one warp per (strip, k16 step), with the GEMM's own
 // fragment dequantization, so the values are bit for bit those its tensor cores multiply.
@@ -206,23 +121,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   const int vec_per_row = k_slice / 8;
   for (int i = threadIdx.x; i < kRows * vec_per_row; i += kThreads) {
     const int r = i / vec_per_row, v = i % vec_per_row;
-    uint4 val = make_uint4(0, 0, 0, 0);
-    if (m0 + r < M) {
-      if (silu_up) {  // A rows are [gate (K) | up (K)]: A = silu(gate) * up, rounded to T as a separate pass would
-        const T* row = a + (int64_t)(m0 + r) * 2 * K + k0 + v * 8;
-        const uint4 gv = *reinterpret_cast<const uint4*>(row), uv = *reinterpret_cast<const uint4*>(row + K);
-        const T* gs = reinterpret_cast<const T*>(&gv);
-        const T* us = reinterpret_cast<const T*>(&uv);
-        T* out = reinterpret_cast<T*>(&val);
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float g = Act<T>::to_float(gs[e]);
-          out[e] = Act<T>::from_float(g / (1.0f + expf(-g)) * Act<T>::to_float(us[e]));
-        }
-      } else {
-        val = *reinterpret_cast<const uint4*>(a + (int64_t)(m0 + r) * K + k0 + v * 8);
-      }
-    }
+    const uint4 val = m0 + r < M ? load_a8(a, m0 + r, k0 + v * 8, K, silu_up) : make_uint4(0, 0, 0, 0);
     *reinterpret_cast<uint4*>(sa + r * lda_s + v * 8) = val;
   }
   __syncthreads();
@@ -514,6 +413,7 @@ cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz
 }  // namespace
 
 int64_t w4a16_workspace_bytes(int M, int N, int K, int group) {
+  if (w4a16_decode_applies(M, N, K, group)) return 0;
   const Plan p = make_plan(M, N, K, group);
   if (!p.ok) return -1;
   if (p.splits == 1) return 0;
@@ -522,6 +422,8 @@ int64_t w4a16_workspace_bytes(int M, int N, int K, int group) {
 
 cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
                        int K, int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up) {
+  if (w4a16_decode_applies(M, N, K, group))
+    return w4a16_decode_gemm(a, w, sz, residual, c, M, N, K, group, bf16, stream, a_is_gate_up);
   const Plan p = make_plan(M, N, K, group);
   if (!p.ok || (p.splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
   if (bf16) return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);

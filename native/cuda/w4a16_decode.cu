@@ -1,0 +1,369 @@
+// w4a16 GEMM at decode sizes (M <= 16) on Hopper: C = A · dequant(W)ᵀ with the
+// weights in the layout of cpu/w4a16_pack.h, in the swapped mma form of
+// w4a16_gemm.cu (dequantized weights are the 16-row operand, up to 8 activation
+// rows per mma the 8-column one; two such row tiles share each weight fragment
+// for M <= 16).
+//
+// Why a second kernel: at these sizes the GEMM streams a few MB of weights once
+// and is bound by memory latency, not arithmetic. The general kernel spends a
+// fixed ~6 us per call on its split-K (fp32 partials in global memory, a fence,
+// an arrival counter, the last block's pass over the partials: each a round
+// trip to L2) and keeps its next weights in registers. Here:
+//  - K is split inside a block (8 warps: S strips of 64 columns x 8/S K
+//    sub-slices, summed through shared memory) and across the C blocks of a
+//    thread-block cluster, which sum their partials through distributed shared
+//    memory: no global workspace, no atomics, no second kernel, and the sums
+//    are in a fixed order (deterministic).
+//  - Each warp streams its weights (and each group's scales and zeros) through
+//    its own ring of kStages cp.async stages in shared memory: the loads of the
+//    next kStages - 1 steps are in flight while one step is dequantized and
+//    multiplied, without registers to hold them. Each lane copies and reads its
+//    own 16 bytes of a stage, so only the group records (copied by 16 lanes for
+//    all 32) need the warp to meet.
+//  - Only the M real rows of A are staged (rows past M repeat the last one: they
+//    feed output columns of the mma that are never stored).
+// The first stages are requested before waiting for the kernel that writes A
+// (dependent_launch.cuh). sm_90 only (clusters); elsewhere w4a16_gemm.cu's
+// general kernel runs.
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+
+#include "cpu/w4a16_pack.h"
+#include "cuda/dependent_launch.cuh"
+#include "cuda/w4a16_decode.h"
+#include "cuda/w4a16_fragments.cuh"
+
+namespace vlm {
+namespace {
+
+using w4a16::Act;
+using w4a16::GroupParams;
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kStages = 8;           // steps (512 B of weights each) in flight per warp
+constexpr int kMaxCluster = 8;       // the portable cluster size
+constexpr int kMaxStrips = 4;        // strips per block (S)
+constexpr int kSmemPad = 8;          // halves per staged A row: ldmatrix rows in distinct banks
+constexpr int kMaxSmem = 200 * 1024;
+constexpr int kMinWarpSteps = 2;     // a K sub-slice shorter than this costs more to sum than it adds
+
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+#endif
+
+// Shared memory of a block: rings (weights, group records), the block's partial sums, staged A.
+struct Layout {
+  int ring, grp, part, a;  // byte offsets
+  int bytes;
+};
+__host__ __device__ inline Layout layout_of(int rt, int rows, int slice_steps) {
+  Layout l;
+  l.ring = 0;
+  l.grp = l.ring + kWarps * kStages * 512;
+  l.part = l.grp + kWarps * kStages * 256;
+  l.a = l.part + kMaxStrips * rt * 512 * 4;
+  l.bytes = l.a + rows * (slice_steps * 16 + kSmemPad) * 2;
+  return l;
+}
+
+// grid (ceil(N / (64 S)), C) in clusters of (1, C); kThreads threads. Block y = its cluster
+// rank = its K slice.
+template <class T, int RT>
+__global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
+                                                                 const uint4* __restrict__ sz,
+                                                                 const T* __restrict__ residual, T* __restrict__ c,
+                                                                 int M, int N, int K, int group, int S,
+                                                                 int slice_steps_max, bool silu_up) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int rows = min(M, 8 * RT);
+  const Layout L = layout_of(RT, rows, slice_steps_max);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int C = gridDim.y, rank = blockIdx.y;
+  const int ksteps = K / 16, groups = K / group, steps_per_group = group / 16;
+  // The block's K slice, then the warp's sub-slice of it (steps of 16 columns, as even as possible).
+  const int bs0 = (int)((int64_t)rank * ksteps / C), bs1 = (int)((int64_t)(rank + 1) * ksteps / C);
+  const int kw = kWarps / S, sl = warp % S, sub = warp / S;
+  const int ws0 = bs0 + (int)((int64_t)sub * (bs1 - bs0) / kw), ws1 = bs0 + (int)((int64_t)(sub + 1) * (bs1 - bs0) / kw);
+  const int strip = blockIdx.x * S + sl;
+  const bool active = strip < N / kW4StripN;
+  const int n_steps = active ? ws1 - ws0 : 0;
+
+  uint4* ring = reinterpret_cast<uint4*>(smem + L.ring) + warp * kStages * 32;
+  uint4* grp = reinterpret_cast<uint4*>(smem + L.grp) + warp * kStages * 16;
+  const uint4* wp = w + (int64_t)strip * ksteps * 32 + lane;
+  const uint4* szp = sz + (int64_t)strip * groups * 16;
+  auto needs_group = [&](int s) { return s == ws0 || s % steps_per_group == 0; };
+  auto issue = [&](int j) {  // stage j of this warp (step ws0 + j), always one commit group
+    if (j < n_steps) {
+      const int s = ws0 + j, slot = j % kStages;
+      cp_async16(ring + slot * 32 + lane, wp + (int64_t)s * 32);
+      if (needs_group(s) && lane < 16) cp_async16(grp + slot * 16 + lane, szp + (int64_t)(s / steps_per_group) * 16 + lane);
+    }
+    cp_async_commit();
+  };
+
+  // Weights and scales depend on no earlier kernel: request them before waiting for A's writer.
+#pragma unroll
+  for (int j = 0; j < kStages; ++j) issue(j);
+  cuda::pdl_wait();
+  cuda::pdl_allow_next();
+
+  // Stage A[0 : rows][16 bs0 : 16 bs1].
+  T* sa = reinterpret_cast<T*>(smem + L.a);
+  const int lda = slice_steps_max * 16 + kSmemPad;
+  const int vec_per_row = (bs1 - bs0) * 2;
+  for (int i = threadIdx.x; i < rows * vec_per_row; i += kThreads) {
+    const int r = i / vec_per_row, v = i % vec_per_row;
+    *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = w4a16::load_a8(a, r, bs0 * 16 + v * 8, K, silu_up);
+  }
+  __syncthreads();
+
+  // acc[rt][i]: the n16m8 tile of strip columns 16 i.., rows 8 rt + 0..7.
+  float acc[RT][4][4];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[rt][i][q] = 0.f;
+  // ldmatrix rows of the B operand: lanes 0-7 give rows 0..7 at k, lanes 8-15 the same rows at k + 8.
+  const T* b_row[RT];
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt) b_row[rt] = sa + min(rt * 8 + lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8;
+
+  GroupParams gp;
+  for (int j = 0; j < n_steps; ++j) {
+    const int s = ws0 + j, slot = j % kStages;
+    cp_async_wait<kStages - 1>();
+    __syncwarp();  // the group record was copied by lanes 0-15 for the whole warp
+    const uint4 wv = ring[slot * 32 + lane];
+    if (needs_group(s)) gp = w4a16::load_group(grp + slot * 16 + lane / 4);
+    uint32_t b[8][2];
+    w4a16::dequant_fragments<T>(wv, gp, b);
+#pragma unroll
+    for (int rt = 0; rt < RT; ++rt) {
+      uint32_t bf[2];
+      w4a16::ldmatrix_x2(bf, b_row[rt] + (s - bs0) * 16);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
+        Act<T>::mma(acc[rt][i], af, bf[0], bf[1]);
+      }
+    }
+    __syncwarp();  // every lane has read this slot's group record before it is refilled
+    issue(j + kStages);
+  }
+  cp_async_wait<0>();
+  __syncwarp();
+
+  // The warp's sums replace its own ring (kStages * 512 bytes >= RT * 2 KiB).
+  float* red = reinterpret_cast<float*>(smem + L.ring);
+  float* mine = red + warp * kStages * 128;
+#pragma unroll
+  for (int rt = 0; rt < RT; ++rt)
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) mine[((rt * 4 + i) * 4 + q) * 32 + lane] = acc[rt][i][q];
+  __syncthreads();
+
+  // The block's partial: element e = (strip sl, rt, i, q, lane), its K sub-slices summed in order.
+  float* part = reinterpret_cast<float*>(smem + L.part);
+  const int per_strip = RT * 512, elems = S * per_strip;
+  for (int e = threadIdx.x; e < elems; e += kThreads) {
+    const int es = e / per_strip, rem = e % per_strip;
+    float v = 0.f;
+    for (int k = 0; k < kw; ++k) v += red[(k * S + es) * kStages * 128 + rem];
+    part[e] = v;
+  }
+
+  auto store = [&](int e, float v) {
+    const int es = e / per_strip, rem = e % per_strip;
+    const int ln = rem % 32, q = (rem / 32) % 4, i = (rem / 128) % 4, rt = rem / 512;
+    const int row = rt * 8 + 2 * (ln % 4) + (q & 1);
+    const int st = blockIdx.x * S + es;
+    if (row >= M || st >= N / kW4StripN) return;
+    const int64_t o = (int64_t)row * N + st * kW4StripN + 16 * i + ln / 4 + (q >> 1) * 8;
+    if (residual) v += Act<T>::to_float(residual[o]);
+    c[o] = Act<T>::from_float(v);
+  };
+  if (C == 1) {
+    __syncthreads();
+    for (int e = threadIdx.x; e < elems; e += kThreads) store(e, part[e]);
+    return;
+  }
+  // Each block of the cluster sums its share of the elements over the cluster's slices, in rank order.
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  cluster.sync();
+  const int e0 = (int)((int64_t)rank * elems / C), e1 = (int)((int64_t)(rank + 1) * elems / C);
+  for (int e = e0 + threadIdx.x; e < e1; e += kThreads) {
+    float v = 0.f;
+    for (int r = 0; r < C; ++r) v += cluster.map_shared_rank(part, r)[e];
+    store(e, v);
+  }
+  cluster.sync();  // no block leaves while another still reads its shared memory
+#endif
+}
+
+template <class T, int RT>
+void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, int, int, int, int, int, int, bool) {
+  return w4a16_decode_kernel<T, RT>;
+}
+
+template <class T, int RT>
+cudaError_t grant_smem() {
+  static const cudaError_t e =
+      cudaFuncSetAttribute(kernel_for<T, RT>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+  return e;
+}
+
+int env_int(const char* name, int fallback) {
+  const char* e = std::getenv(name);
+  return e && *e ? std::atoi(e) : fallback;
+}
+
+int num_sms() {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
+    return n > 0 ? n : 100;
+  }();
+  return sms;
+}
+
+// Blocks of the (fp16) kernel with `rt` row tiles that one SM holds with `smem` bytes each.
+int resident_blocks(int rt, int smem) {
+  thread_local std::map<std::pair<int, int>, int> cache;
+  const auto key = std::make_pair(rt, smem);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  int n = 0;
+  const cudaError_t e =
+      rt == 1 ? (grant_smem<__half, 1>() == cudaSuccess
+                     ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half, 1>(), kThreads, smem)
+                     : cudaErrorInvalidValue)
+              : (grant_smem<__half, 2>() == cudaSuccess
+                     ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half, 2>(), kThreads, smem)
+                     : cudaErrorInvalidValue);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  cache.emplace(key, n);
+  return n;
+}
+
+bool decide_supported() {
+  if (env_int("VLM_W4A16_DECODE", 1) == 0) return false;
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  cudaFuncAttributes attr{};
+  if (cudaFuncGetAttributes(&attr, kernel_for<__half, 1>()) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  // Compiled for sm_90 (clusters, cp.async into this layout); PTX of an older target has an empty body.
+  return major >= 9 && attr.ptxVersion >= 90;
+}
+
+struct Plan {
+  bool ok;
+  int rt, S, C, slice_steps;
+  int smem;
+};
+
+// S strips per block (the most that still give every SM a block: they share the staged A) and C
+// slices of K (the most that run in one wave of resident blocks, keeping >= kMinWarpSteps steps per
+// warp and the staged A within shared memory). VLM_W4A16_DECODE_S / _C pin them, for tuning.
+Plan make_plan_uncached(int M, int N, int K) {
+  Plan p{};
+  p.rt = M <= 8 ? 1 : 2;
+  const int rows = M, strips = N / kW4StripN, ksteps = K / 16;
+  const int force_s = env_int("VLM_W4A16_DECODE_S", 0), force_c = env_int("VLM_W4A16_DECODE_C", 0);
+  for (int S : {4, 2, 1}) {
+    if (force_s && S != force_s) continue;
+    const int blocks_n = (strips + S - 1) / S, kw = kWarps / S;
+    int best_c = 0, best_smem = 0;
+    for (int C = kMaxCluster; C >= 1; --C) {
+      if (force_c && C != force_c) continue;
+      const int slice = (ksteps + C - 1) / C;
+      const int smem = layout_of(p.rt, rows, slice).bytes;
+      if (smem > kMaxSmem) break;  // fewer slices only make the staged A longer
+      if (ksteps / (C * kw) < kMinWarpSteps && C > 1 && !force_c) continue;
+      const int res = resident_blocks(p.rt, smem);
+      if (res == 0) continue;
+      if ((int64_t)blocks_n * C <= (int64_t)res * num_sms() || C == 1 || force_c) {
+        best_c = C;
+        best_smem = smem;
+        break;
+      }
+    }
+    if (best_c == 0) continue;
+    p = Plan{true, p.rt, S, best_c, (ksteps + best_c - 1) / best_c, best_smem};
+    if ((int64_t)blocks_n * best_c >= num_sms() || S == 1 || force_s) break;
+  }
+  return p;
+}
+
+const Plan& plan_for(int M, int N, int K) {
+  thread_local std::map<std::tuple<int, int, int>, Plan> cache;
+  const auto key = std::make_tuple(M, N, K);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, make_plan_uncached(M, N, K)).first;
+  return it->second;
+}
+
+template <class T, int RT>
+cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
+                   int N, int K, int group, bool silu_up, cudaStream_t stream) {
+  if (const cudaError_t e = grant_smem<T, RT>(); e != cudaSuccess) return e;
+  const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
+  return cuda::launch_dependent_in_clusters(kernel_for<T, RT>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem,
+                                            stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
+                                            static_cast<const uint4*>(sz), static_cast<const T*>(residual),
+                                            static_cast<T*>(c), M, N, K, group, p.S, p.slice_steps, silu_up);
+}
+
+}  // namespace
+
+bool w4a16_decode_applies(int M, int N, int K, int group) {
+  (void)group;
+  static const bool supported = decide_supported();
+  return supported && M >= 1 && M <= kMaxDecodeRows && N % kW4StripN == 0 && K % 16 == 0 && plan_for(M, N, K).ok;
+}
+
+cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
+                              int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up) {
+  if (!w4a16_decode_applies(M, N, K, group)) return cudaErrorInvalidValue;
+  const Plan& p = plan_for(M, N, K);
+  if (bf16)
+    return p.rt == 1 ? launch<__nv_bfloat16, 1>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream)
+                     : launch<__nv_bfloat16, 2>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream);
+  return p.rt == 1 ? launch<__half, 1>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream)
+                   : launch<__half, 2>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream);
+}
+
+}  // namespace vlm

@@ -1,0 +1,18 @@
+// Host entry points of the decode-size w4a16 GEMM (w4a16_decode.cu): M <= 16 on
+// sm_90 and later, split-K inside a thread-block cluster, no workspace. Nothing
+// here throws; w4a16_gemm() routes the shapes it applies to.
+#pragma once
+#include <cuda_runtime.h>
+
+namespace vlm {
+
+constexpr int kMaxDecodeRows = 16;
+
+// True when this GPU and build run the decode kernel for this shape (sm_90 code present,
+// VLM_W4A16_DECODE not 0, a plan that fits shared memory).
+bool w4a16_decode_applies(int M, int N, int K, int group);
+// C = A · dequant(W)ᵀ (+ residual), as w4a16_gemm(); cudaErrorInvalidValue where it does not apply.
+cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c,
+                              int M, int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up);
+
+}  // namespace vlm
