@@ -5,10 +5,11 @@
 // for M <= 16).
 //
 // Why a second kernel: at these sizes the GEMM streams a few MB of weights once
-// and is bound by memory latency, not arithmetic. The general kernel spends a
-// fixed ~6 us per call on its split-K (fp32 partials in global memory, a fence,
-// an arrival counter, the last block's pass over the partials: each a round
-// trip to L2) and keeps its next weights in registers. Here:
+// and is bound by memory latency, not arithmetic. The general kernel's M = 1
+// times in bench/gemm (H100, 2026-11-25) fit 6 us + bytes / 2.26 TB/s: a fixed
+// cost per call that its split-K adds to (fp32 partials in global memory, a
+// fence, an arrival counter, the last block's pass over the partials: each a
+// round trip to L2), and it keeps its next weights in registers. Here:
 //  - K is split inside a block (8 warps: S strips of 64 columns x 8/S K
 //    sub-slices, summed through shared memory) and across the C blocks of a
 //    thread-block cluster, which sum their partials through distributed shared
@@ -59,12 +60,13 @@ constexpr int kMinWarpSteps = 2;     // a K sub-slice shorter than this costs mo
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// The "memory" clobbers keep the compiler from moving shared-memory reads of a stage above its wait.
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 #endif
 

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One device call's worth of GPU work on the decode path: build the library for Hopper, run the
+# GPU tests, then benchmarks, each step under its own time limit so that one slow step cannot take
+# the others' results with it. Logs and results are written under a work folder and packed into
+# one archive in $OUT (default ./gpu-out), named after the steps run.
+#
+#   STEPS="build tests gemm decode" OUT=/tmp/out bash bench/gpu_session.sh
+#
+# Steps: build (cmake, sm_90a, into build-gpu/), tests (gpu-marked kernel and engine tests),
+# sanitize (compute-sanitizer memcheck on the w4a16 kernel tests), gemm (bench/gemm at decode
+# sizes, then the same with the general kernel: VLM_W4A16_DECODE=0), decode (bench/decode: 2B at
+# batch 1/16/64 and 7B at batch 1, w4a16 + int8 KV, beside fp16 weights and transformers).
+set -u -o pipefail
+OUT=${OUT:-$PWD/gpu-out}
+STEPS=${STEPS:-build tests gemm decode}
+RES=$(mktemp -d)
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python:$PWD/tests VLMSERVE_LIB=$PWD/build-gpu/libvlmcore.so
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv >"$RES/gpu.txt" 2>&1
+
+step() {  # step NAME SECONDS: runs the function NAME under a time limit
+  local name=$1 limit=$2
+  case " $STEPS " in *" $name "*) ;; *) return 0 ;; esac
+  echo "== $name ($(date -u +%H:%M:%S))"
+  timeout "$limit" bash -c "$name" 2>&1 | tee "$RES/$name.log" | tail -n 30
+  echo "== $name exit ${PIPESTATUS[0]}"
+}
+
+build() {
+  cmake -S . -B build-gpu -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF >/dev/null &&
+    cmake --build build-gpu -j "$(nproc)" | grep -E "error|warning" || true
+  test -f build-gpu/libvlmcore.so
+}
+gemm() {
+  python3 bench/gemm.py --ms 1,16 --out-dir "$RES/gemm" | grep -E "^\| |^- M"
+  VLM_W4A16_DECODE=0 python3 bench/gemm.py --ms 1,16 --out-dir "$RES/gemm_general" | grep -E "^- M"
+}
+decode() {
+  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 --peer-batches 1 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b.json" | tail -n 12
+  python3 bench/decode.py --models 2b --weights fp16 --kv int8 --batches 1 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_fp16.json" | tail -n 4
+  VLM_W4A16_DECODE=0 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16 \
+    --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_general.json" | tail -n 5
+  python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_7b.json" | tail -n 4
+}
+
+tests() {
+  python3 -m pytest -q -m "gpu and not slow" tests/kernels tests/engine/test_cuda_backend.py
+}
+sanitize() {
+  compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py \
+    -k "matches_reference and float16 and (1-4096 or 16-5504 or 13-1024 or 1-64-)"
+}
+export RES
+export -f build tests sanitize gemm decode
+
+step build 180
+step tests 150
+step sanitize 140
+step gemm 200
+step decode 400
+tar czf "$OUT/results-${STEPS// /-}.tgz" -C "$RES" .
