@@ -57,8 +57,8 @@ export RES
 export -f build tests sanitize gemm decode
 
 step build 180
-step tests 150
+step tests 120
 step sanitize 140
-step gemm 200
+step gemm 240
 step decode 400
 tar czf "$OUT/results-${STEPS// /-}.tgz" -C "$RES" .
