@@ -9,7 +9,8 @@
 # Steps: build (cmake, sm_90a, into build-gpu/), tests (gpu-marked kernel and engine tests),
 # sanitize (compute-sanitizer memcheck on the w4a16 kernel tests), gemm (bench/gemm at decode
 # sizes, then the same with the general kernel: VLM_W4A16_DECODE=0), decode (bench/decode: 2B at
-# batch 1/16/64 and 7B at batch 1, w4a16 + int8 KV, beside fp16 weights and transformers).
+# batch 1/16/64 and 7B at batch 1, w4a16 + int8 KV, beside fp16 weights, transformers, the general
+# w4a16 kernel and fewer attention key slices).
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 STEPS=${STEPS:-build tests gemm decode}
@@ -44,6 +45,11 @@ decode() {
     --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_general.json" | tail -n 5
   python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_7b.json" | tail -n 4
+  for b in 1 2; do  # fewer key slices per attention call (the default aims at 8 blocks per SM)
+    VLM_ATTENTION_SPLIT_BLOCKS_PER_SM=$b python3 bench/decode.py --models 2b --weights w4a16 --kv int8 \
+      --batches 1,16 --peer-batches 0 --measure-bandwidth --work /tmp/decode-models \
+      --out "$RES/decode_2b_split$b.json" | tail -n 3
+  done
 }
 
 tests() {

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "cuda/device_math.cuh"
 
@@ -19,14 +20,23 @@ struct Split {
 
 constexpr int kMaxSplits = 32;
 constexpr int kMinKeysPerSplit = 32;
-constexpr int kSplitBlocksPerSm = 8;  // split the keys until the grid has about this many blocks per SM
+// Split the keys until the grid has about this many blocks per SM (8; VLM_ATTENTION_SPLIT_BLOCKS_PER_SM
+// overrides it, for tuning: at batch 1 every slice adds to the merge that follows).
+inline int split_blocks_per_sm() {
+  static const int v = [] {
+    const char* e = std::getenv("VLM_ATTENTION_SPLIT_BLOCKS_PER_SM");
+    const int x = e ? std::atoi(e) : 0;
+    return x > 0 ? x : 8;
+  }();
+  return v;
+}
 
 // `align`: slices are whole multiples of this many keys.
 inline Split plan_split(int rows, int kv_heads, int max_context, int num_sms, int align) {
-  const int blocks = rows * kv_heads;
+  const int blocks = rows * kv_heads, target = split_blocks_per_sm() * num_sms;
   int splits = 1;
-  if (blocks < kSplitBlocksPerSm * num_sms)
-    splits = std::min({kMaxSplits, (kSplitBlocksPerSm * num_sms + blocks - 1) / blocks,
+  if (blocks < target)
+    splits = std::min({kMaxSplits, (target + blocks - 1) / blocks,
                        std::max(1, max_context / kMinKeysPerSplit)});
   const int chunk = (max_context + splits - 1) / splits;
   return {splits, (chunk + align - 1) / align * align};
