@@ -387,7 +387,7 @@ def main() -> int:
                         continue
                     r = run_transformers(model, batch, a.new_tokens, rng)
                     ctx = PROMPT + a.new_tokens / 2
-                    floor_s = (weight_bytes(shape, False) + kv_bytes(shape, "fp16", batch, ctx)) / HBM_BYTES_PER_S
+                    floor_s = (weight_bytes(shape, False) + kv_bytes(shape, "fp16", batch, ctx)) / bandwidth
                     r.update(model=name, weights=weights, kv="fp16", batch=batch, engine="transformers",
                              pct_floor=100 * floor_s / (r["decode_s"] / (a.new_tokens - 1)))
                     results["rows"].append(r)

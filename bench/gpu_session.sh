@@ -37,9 +37,9 @@ gemm() {
   VLM_W4A16_DECODE=0 python3 bench/gemm.py --ms 1,16 --out-dir "$RES/gemm_general" | grep -E "^- M"
 }
 decode() {
-  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 --peer-batches 1 \
+  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 --peer-batches 0 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b.json" | tail -n 12
-  python3 bench/decode.py --models 2b --weights fp16 --kv int8 --batches 1 --peer-batches 0 \
+  python3 bench/decode.py --models 2b --weights fp16 --kv int8 --batches 1 --peer-batches 1 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_fp16.json" | tail -n 4
   VLM_W4A16_DECODE=0 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16 \
     --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_general.json" | tail -n 5
