@@ -235,7 +235,9 @@ def test_concurrent_streams_with_cancellations_and_deadlines_free_every_block(st
         req.params.ignore_eos = True
         mode = rng.choice(["full", "cancel", "deadline"])
         try:
-            call = s.Chat(req, timeout=0.3 if mode == "deadline" else 120)
+            # The full streams' deadline only guards against a hang: on a slow, shared 2-core machine
+            # 64 concurrent streams can take minutes, and this test is about freed blocks, not speed.
+            call = s.Chat(req, timeout=0.3 if mode == "deadline" else 900)
             for j, _ in enumerate(call):
                 if mode == "cancel" and j == 3:
                     call.cancel()
@@ -249,10 +251,11 @@ def test_concurrent_streams_with_cancellations_and_deadlines_free_every_block(st
     for t in threads:
         t.start()
     for t in threads:
-        t.join(300)
+        t.join(1000)
     assert len(outcomes) == 64
     assert {r for _, r in outcomes} <= {"done", "CANCELLED", "DEADLINE_EXCEEDED"}
-    assert all(r == "done" for m, r in outcomes if m == "full")
+    unfinished = [(m, r) for m, r in outcomes if m == "full" and r != "done"]
+    assert not unfinished, unfinished
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         st = lm.engine.stats()
