@@ -99,7 +99,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   const Layout L = layout_of(RT, rows, slice_steps_max);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int C = gridDim.y, rank = blockIdx.y;
-  const int ksteps = K / 16, groups = K / group, steps_per_group = group / 16;
+  const int ksteps = K / 16, groups = K / group;
+  const int group_shift = group == 128 ? 3 : 2;  // log2 of the k16 steps per group (groups of 128 or 64)
   // The block's K slice, then the warp's sub-slice of it (steps of 16 columns, as even as possible).
   const int bs0 = (int)((int64_t)rank * ksteps / C), bs1 = (int)((int64_t)(rank + 1) * ksteps / C);
   const int kw = kWarps / S, sl = warp % S, sub = warp / S;
@@ -112,19 +113,21 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   uint4* grp = reinterpret_cast<uint4*>(smem + L.grp) + warp * kStages * 16;
   const uint4* wp = w + (int64_t)strip * ksteps * 32 + lane;
   const uint4* szp = sz + (int64_t)strip * groups * 16;
-  auto needs_group = [&](int s) { return s == ws0 || s % steps_per_group == 0; };
-  auto issue = [&](int j) {  // stage j of this warp (step ws0 + j), always one commit group
+  auto needs_group = [&](int s) { return s == ws0 || (s & ((1 << group_shift) - 1)) == 0; };
+  // Stage j of this warp (step ws0 + j) into ring slot `slot` (= j % kStages, a constant where
+  // the loops below are unrolled); always one commit group, empty past the last step.
+  auto issue = [&](int j, int slot) {
     if (j < n_steps) {
-      const int s = ws0 + j, slot = j % kStages;
+      const int s = ws0 + j;
       cp_async16(ring + slot * 32 + lane, wp + (int64_t)s * 32);
-      if (needs_group(s) && lane < 16) cp_async16(grp + slot * 16 + lane, szp + (int64_t)(s / steps_per_group) * 16 + lane);
+      if (needs_group(s) && lane < 16) cp_async16(grp + slot * 16 + lane, szp + (int64_t)(s >> group_shift) * 16 + lane);
     }
     cp_async_commit();
   };
 
   // Weights and scales depend on no earlier kernel: request them before waiting for A's writer.
 #pragma unroll
-  for (int j = 0; j < kStages; ++j) issue(j);
+  for (int j = 0; j < kStages; ++j) issue(j, j);
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 
@@ -152,26 +155,31 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   for (int rt = 0; rt < RT; ++rt) b_row[rt] = sa + min(rt * 8 + lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8;
 
   GroupParams gp;
-  for (int j = 0; j < n_steps; ++j) {
-    const int s = ws0 + j, slot = j % kStages;
-    cp_async_wait<kStages - 1>();
-    __syncwarp();  // the group record was copied by lanes 0-15 for the whole warp
-    const uint4 wv = ring[slot * 32 + lane];
-    if (needs_group(s)) gp = w4a16::load_group(grp + slot * 16 + lane / 4);
-    uint32_t b[8][2];
-    w4a16::dequant_fragments<T>(wv, gp, b);
+  // Unrolled by the ring's length, so every slot address is a constant offset.
+  for (int j0 = 0; j0 < n_steps; j0 += kStages) {
 #pragma unroll
-    for (int rt = 0; rt < RT; ++rt) {
-      uint32_t bf[2];
-      w4a16::ldmatrix_x2(bf, b_row[rt] + (s - bs0) * 16);
+    for (int slot = 0; slot < kStages; ++slot) {
+      const int j = j0 + slot, s = ws0 + j;
+      if (j >= n_steps) break;
+      cp_async_wait<kStages - 1>();
+      __syncwarp();  // the group record was copied by lanes 0-15 for the whole warp
+      const uint4 wv = ring[slot * 32 + lane];
+      if (needs_group(s)) gp = w4a16::load_group(grp + slot * 16 + lane / 4);
+      uint32_t b[8][2];
+      w4a16::dequant_fragments<T>(wv, gp, b);
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
-        Act<T>::mma(acc[rt][i], af, bf[0], bf[1]);
+      for (int rt = 0; rt < RT; ++rt) {
+        uint32_t bf[2];
+        w4a16::ldmatrix_x2(bf, b_row[rt] + (s - bs0) * 16);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
+          Act<T>::mma(acc[rt][i], af, bf[0], bf[1]);
+        }
       }
+      __syncwarp();  // every lane has read this slot's group record before it is refilled
+      issue(j + kStages, slot);
     }
-    __syncwarp();  // every lane has read this slot's group record before it is refilled
-    issue(j + kStages);
   }
   cp_async_wait<0>();
   __syncwarp();
@@ -222,7 +230,9 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
     for (int r = 0; r < C; ++r) v += cluster.map_shared_rank(part, r)[e];
     store(e, v);
   }
-  cluster.sync();  // no block leaves while another still reads its shared memory
+  // No block leaves while another still reads its shared memory. Relaxed: the reads are complete (their
+  // values were stored above), and nothing written here is read by another block.
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
 #endif
 }
 
