@@ -6,7 +6,9 @@
 #
 #   STEPS="build tests gemm decode" OUT=/tmp/out bash bench/gpu_session.sh
 #
-# Steps: build (cmake, sm_90a, into build-gpu/), tests (gpu-marked kernel and engine tests),
+# Steps: build (cmake, sm_90a, into build-gpu/), tests (gpu-marked kernel and engine tests; or
+# wtests, the w4a16 kernel tests, and etests, the engine tests, apart), gemm_new (bench/gemm at
+# decode sizes only), decode_short (2B w4a16 + int8 KV at batch 1 and 16, both w4a16 kernels),
 # sanitize (compute-sanitizer memcheck on the w4a16 kernel tests), gemm (bench/gemm at decode
 # sizes, then the same with the general kernel: VLM_W4A16_DECODE=0), decode (bench/decode: 2B at
 # batch 1/16/64 and 7B at batch 1, w4a16 + int8 KV, beside fp16 weights, transformers, the general
@@ -55,15 +57,34 @@ decode() {
 tests() {
   python3 -m pytest -q -m "gpu and not slow" tests/kernels tests/engine/test_cuda_backend.py
 }
+wtests() {  # the w4a16 kernels alone
+  python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py tests/kernels/test_w4a16_decode.py
+}
+etests() {  # the engine on the GPU against the CPU backend
+  python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py
+}
+gemm_new() {
+  python3 bench/gemm.py --ms 1,16 --out-dir "$RES/gemm" | grep -E "^\| |^- M"
+}
+decode_short() {  # 2B w4a16 + int8 KV at batch 1 and 16, decode kernel and general kernel
+  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b.json" | tail -n 4
+  VLM_W4A16_DECODE=0 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16 \
+    --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_general.json" | tail -n 4
+}
 sanitize() {
   compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py \
     -k "matches_reference and float16 and (1-4096 or 16-5504 or 13-1024 or 1-64-)"
 }
 export RES
-export -f build tests sanitize gemm decode
+export -f build tests wtests etests sanitize gemm gemm_new decode decode_short
 
 step build 180
 step tests 120
+step wtests 120
+step gemm_new 120
+step etests 120
+step decode_short 240
 step sanitize 140
 step gemm 240
 step decode 400

@@ -195,23 +195,26 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
       for (int q = 0; q < 4; ++q) mine[((rt * 4 + i) * 4 + q) * 32 + lane] = acc[rt][i][q];
   __syncthreads();
 
-  // The block's partial: element e = (strip sl, rt, i, q, lane), its K sub-slices summed in order.
+  // The block's partial over the real outputs only: element e = (strip sl, row < M, column), its K
+  // sub-slices summed in order. Consecutive elements are consecutive output columns.
   float* part = reinterpret_cast<float*>(smem + L.part);
-  const int per_strip = RT * 512, elems = S * per_strip;
+  const int per_strip = M * kW4StripN, elems = S * per_strip;
   for (int e = threadIdx.x; e < elems; e += kThreads) {
-    const int es = e / per_strip, rem = e % per_strip;
+    const int es = e / per_strip, row = (e / kW4StripN) % M, col = e % kW4StripN;
+    // Where the mma left (row, col): row = 8 rt + 2 t + (q & 1), col = 16 i + g + 8 (q >> 1), lane = 4 g + t.
+    const int rt = row / 8, t = (row % 8) / 2, i = col / 16, g = col % 8;
+    const int q = ((col % 16) / 8) * 2 + (row & 1);
+    const int at = ((rt * 4 + i) * 4 + q) * 32 + 4 * g + t;
     float v = 0.f;
-    for (int k = 0; k < kw; ++k) v += red[(k * S + es) * kStages * 128 + rem];
+    for (int k = 0; k < kw; ++k) v += red[(k * S + es) * kStages * 128 + at];
     part[e] = v;
   }
 
   auto store = [&](int e, float v) {
-    const int es = e / per_strip, rem = e % per_strip;
-    const int ln = rem % 32, q = (rem / 32) % 4, i = (rem / 128) % 4, rt = rem / 512;
-    const int row = rt * 8 + 2 * (ln % 4) + (q & 1);
+    const int es = e / per_strip, row = (e / kW4StripN) % M, col = e % kW4StripN;
     const int st = blockIdx.x * S + es;
-    if (row >= M || st >= N / kW4StripN) return;
-    const int64_t o = (int64_t)row * N + st * kW4StripN + 16 * i + ln / 4 + (q >> 1) * 8;
+    if (st >= N / kW4StripN) return;
+    const int64_t o = (int64_t)row * N + st * kW4StripN + col;
     if (residual) v += Act<T>::to_float(residual[o]);
     c[o] = Act<T>::from_float(v);
   };
@@ -220,14 +223,19 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
     for (int e = threadIdx.x; e < elems; e += kThreads) store(e, part[e]);
     return;
   }
-  // Each block of the cluster sums its share of the elements over the cluster's slices, in rank order.
+  // Each block of the cluster sums its share of the elements over the cluster's slices, in rank order;
+  // the remote reads of one element are all in flight together.
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
   const int e0 = (int)((int64_t)rank * elems / C), e1 = (int)((int64_t)(rank + 1) * elems / C);
   for (int e = e0 + threadIdx.x; e < e1; e += kThreads) {
+    float parts[kMaxCluster];
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r) parts[r] = r < C ? cluster.map_shared_rank(part, r)[e] : 0.f;
     float v = 0.f;
-    for (int r = 0; r < C; ++r) v += cluster.map_shared_rank(part, r)[e];
+#pragma unroll
+    for (int r = 0; r < kMaxCluster; ++r) v += parts[r];
     store(e, v);
   }
   // No block leaves while another still reads its shared memory. Relaxed: the reads are complete (their
@@ -284,6 +292,37 @@ int resident_blocks(int rt, int smem) {
   return n;
 }
 
+// Clusters of C such blocks that the GPU holds at once: a cluster's blocks must share one GPC, so
+// this is fewer than resident_blocks() * SMs / C, the more so for large C.
+int resident_clusters(int rt, int smem, int C) {
+  thread_local std::map<std::tuple<int, int, int>, int> cache;
+  const auto key = std::make_tuple(rt, smem, C);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = C;
+  attr.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(1, C);
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  const cudaError_t e =
+      rt == 1 ? (grant_smem<__half, 1>() == cudaSuccess ? cudaOccupancyMaxActiveClusters(&n, kernel_for<__half, 1>(), &cfg)
+                                                         : cudaErrorInvalidValue)
+              : (grant_smem<__half, 2>() == cudaSuccess ? cudaOccupancyMaxActiveClusters(&n, kernel_for<__half, 2>(), &cfg)
+                                                         : cudaErrorInvalidValue);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  cache.emplace(key, n);
+  return n;
+}
+
 bool decide_supported() {
   if (env_int("VLM_W4A16_DECODE", 1) == 0) return false;
   int dev = 0, major = 0;
@@ -308,8 +347,8 @@ struct Plan {
 };
 
 // S strips per block (the most that still give every SM a block: they share the staged A) and C
-// slices of K (the most that run in one wave of resident blocks, keeping >= kMinWarpSteps steps per
-// warp and the staged A within shared memory). VLM_W4A16_DECODE_S / _C pin them, for tuning.
+// slices of K (the most whose clusters all fit on the GPU at once, keeping >= kMinWarpSteps steps
+// per warp and the staged A within shared memory). VLM_W4A16_DECODE_S / _C pin them, for tuning.
 Plan make_plan_uncached(int M, int N, int K) {
   Plan p{};
   p.rt = M <= 8 ? 1 : 2;
@@ -327,7 +366,8 @@ Plan make_plan_uncached(int M, int N, int K) {
       if (ksteps / (C * kw) < kMinWarpSteps && C > 1 && !force_c) continue;
       const int res = resident_blocks(p.rt, smem);
       if (res == 0) continue;
-      if ((int64_t)blocks_n * C <= (int64_t)res * num_sms() || C == 1 || force_c) {
+      const int64_t fits = C == 1 ? (int64_t)res * num_sms() : resident_clusters(p.rt, smem, C);
+      if (blocks_n <= fits || C == 1 || force_c) {
         best_c = C;
         best_smem = smem;
         break;
