@@ -66,6 +66,10 @@ etests() {  # the engine on the GPU against the CPU backend
 gemm_new() {
   python3 bench/gemm.py --ms 1,16 --out-dir "$RES/gemm" | grep -E "^\| |^- M"
 }
+decode_2b() {  # 2B w4a16 + int8 KV at batch 1, 16 and 64
+  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b.json" | tail -n 4
+}
 decode_short() {  # 2B w4a16 + int8 KV at batch 1 and 16, decode kernel and general kernel
   python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16 --peer-batches 0 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b.json" | tail -n 4
@@ -77,7 +81,7 @@ sanitize() {
     -k "matches_reference and float16 and (1-4096 or 16-5504 or 13-1024 or 1-64-)"
 }
 export RES
-export -f build tests wtests etests sanitize gemm gemm_new decode decode_short
+export -f build tests wtests etests sanitize gemm gemm_new decode decode_2b decode_short
 
 step build 180
 step tests 120
@@ -85,6 +89,7 @@ step wtests 120
 step gemm_new 120
 step etests 120
 step decode_short 240
+step decode_2b 120
 step sanitize 140
 step gemm 240
 step decode 400

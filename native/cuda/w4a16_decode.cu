@@ -1,8 +1,7 @@
-// w4a16 GEMM at decode sizes (M <= 16) on Hopper: C = A · dequant(W)ᵀ with the
+// w4a16 GEMM at decode sizes (M <= 4) on Hopper: C = A · dequant(W)ᵀ with the
 // weights in the layout of cpu/w4a16_pack.h, in the swapped mma form of
-// w4a16_gemm.cu (dequantized weights are the 16-row operand, up to 8 activation
-// rows per mma the 8-column one; two such row tiles share each weight fragment
-// for M <= 16).
+// w4a16_gemm.cu (dequantized weights are the 16-row operand, the activation
+// rows the 8-column one).
 //
 // Why a second kernel: at these sizes the GEMM streams a few MB of weights once
 // and is bound by memory latency, not arithmetic. The general kernel's M = 1
@@ -75,19 +74,19 @@ struct Layout {
   int ring, grp, part, a;  // byte offsets
   int bytes;
 };
-__host__ __device__ inline Layout layout_of(int rt, int rows, int slice_steps) {
+__host__ __device__ inline Layout layout_of(int rows, int slice_steps) {
   Layout l;
   l.ring = 0;
   l.grp = l.ring + kWarps * kStages * 512;
   l.part = l.grp + kWarps * kStages * 256;
-  l.a = l.part + kMaxStrips * rt * 512 * 4;
+  l.a = l.part + kMaxStrips * kMaxDecodeRows * kW4StripN * 4;
   l.bytes = l.a + rows * (slice_steps * 16 + kSmemPad) * 2;
   return l;
 }
 
 // grid (ceil(N / (64 S)), C) in clusters of (1, C); kThreads threads. Block y = its cluster
 // rank = its K slice.
-template <class T, int RT>
+template <class T>
 __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                                  const uint4* __restrict__ sz,
                                                                  const T* __restrict__ residual, T* __restrict__ c,
@@ -95,8 +94,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                                  int slice_steps_max, bool silu_up) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(16) unsigned char smem[];
-  const int rows = min(M, 8 * RT);
-  const Layout L = layout_of(RT, rows, slice_steps_max);
+  const int rows = M;  // <= kMaxDecodeRows
+  const Layout L = layout_of(rows, slice_steps_max);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int C = gridDim.y, rank = blockIdx.y;
   const int ksteps = K / 16, groups = K / group;
@@ -141,18 +140,14 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   }
   __syncthreads();
 
-  // acc[rt][i]: the n16m8 tile of strip columns 16 i.., rows 8 rt + 0..7.
-  float acc[RT][4][4];
+  // acc[i]: the n16m8 tile of strip columns 16 i.., rows 0..7.
+  float acc[4][4];
 #pragma unroll
-  for (int rt = 0; rt < RT; ++rt)
+  for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[rt][i][q] = 0.f;
+    for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
   // ldmatrix rows of the B operand: lanes 0-7 give rows 0..7 at k, lanes 8-15 the same rows at k + 8.
-  const T* b_row[RT];
-#pragma unroll
-  for (int rt = 0; rt < RT; ++rt) b_row[rt] = sa + min(rt * 8 + lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8;
+  const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8;
 
   GroupParams gp;
   // Unrolled by the ring's length, so every slot address is a constant offset.
@@ -167,15 +162,12 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
       if (needs_group(s)) gp = w4a16::load_group(grp + slot * 16 + lane / 4);
       uint32_t b[8][2];
       w4a16::dequant_fragments<T>(wv, gp, b);
+      uint32_t bf[2];
+      w4a16::ldmatrix_x2(bf, b_row + (s - bs0) * 16);
 #pragma unroll
-      for (int rt = 0; rt < RT; ++rt) {
-        uint32_t bf[2];
-        w4a16::ldmatrix_x2(bf, b_row[rt] + (s - bs0) * 16);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
-          Act<T>::mma(acc[rt][i], af, bf[0], bf[1]);
-        }
+      for (int i = 0; i < 4; ++i) {
+        const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
+        Act<T>::mma(acc[i], af, bf[0], bf[1]);
       }
       __syncwarp();  // every lane has read this slot's group record before it is refilled
       issue(j + kStages, slot);
@@ -184,15 +176,13 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   cp_async_wait<0>();
   __syncwarp();
 
-  // The warp's sums replace its own ring (kStages * 512 bytes >= RT * 2 KiB).
+  // The warp's sums replace its own ring (kStages * 512 bytes >= 2 KiB).
   float* red = reinterpret_cast<float*>(smem + L.ring);
   float* mine = red + warp * kStages * 128;
 #pragma unroll
-  for (int rt = 0; rt < RT; ++rt)
+  for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) mine[((rt * 4 + i) * 4 + q) * 32 + lane] = acc[rt][i][q];
+    for (int q = 0; q < 4; ++q) mine[(i * 4 + q) * 32 + lane] = acc[i][q];
   __syncthreads();
 
   // The block's partial over the real outputs only: element e = (strip sl, row < M, column), its K
@@ -201,10 +191,10 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   const int per_strip = M * kW4StripN, elems = S * per_strip;
   for (int e = threadIdx.x; e < elems; e += kThreads) {
     const int es = e / per_strip, row = (e / kW4StripN) % M, col = e % kW4StripN;
-    // Where the mma left (row, col): row = 8 rt + 2 t + (q & 1), col = 16 i + g + 8 (q >> 1), lane = 4 g + t.
-    const int rt = row / 8, t = (row % 8) / 2, i = col / 16, g = col % 8;
+    // Where the mma left (row, col): row = 2 t + (q & 1), col = 16 i + g + 8 (q >> 1), lane = 4 g + t.
+    const int t = row / 2, i = col / 16, g = col % 8;
     const int q = ((col % 16) / 8) * 2 + (row & 1);
-    const int at = ((rt * 4 + i) * 4 + q) * 32 + 4 * g + t;
+    const int at = (i * 4 + q) * 32 + 4 * g + t;
     float v = 0.f;
     for (int k = 0; k < kw; ++k) v += red[(k * S + es) * kStages * 128 + at];
     part[e] = v;
@@ -244,15 +234,15 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 #endif
 }
 
-template <class T, int RT>
+template <class T>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, int, int, int, int, int, int, bool) {
-  return w4a16_decode_kernel<T, RT>;
+  return w4a16_decode_kernel<T>;
 }
 
-template <class T, int RT>
+template <class T>
 cudaError_t grant_smem() {
   static const cudaError_t e =
-      cudaFuncSetAttribute(kernel_for<T, RT>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+      cudaFuncSetAttribute(kernel_for<T>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   return e;
 }
 
@@ -271,32 +261,25 @@ int num_sms() {
   return sms;
 }
 
-// Blocks of the (fp16) kernel with `rt` row tiles that one SM holds with `smem` bytes each.
-int resident_blocks(int rt, int smem) {
-  thread_local std::map<std::pair<int, int>, int> cache;
-  const auto key = std::make_pair(rt, smem);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
+// Blocks of the (fp16) kernel that one SM holds with `smem` bytes each.
+int resident_blocks(int smem) {
+  thread_local std::map<int, int> cache;
+  if (auto it = cache.find(smem); it != cache.end()) return it->second;
   int n = 0;
-  const cudaError_t e =
-      rt == 1 ? (grant_smem<__half, 1>() == cudaSuccess
-                     ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half, 1>(), kThreads, smem)
-                     : cudaErrorInvalidValue)
-              : (grant_smem<__half, 2>() == cudaSuccess
-                     ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half, 2>(), kThreads, smem)
-                     : cudaErrorInvalidValue);
-  if (e != cudaSuccess) {
+  if (grant_smem<__half>() != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half>(), kThreads, smem) != cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
-  cache.emplace(key, n);
+  cache.emplace(smem, n);
   return n;
 }
 
 // Clusters of C such blocks that the GPU holds at once: a cluster's blocks must share one GPC, so
 // this is fewer than resident_blocks() * SMs / C, the more so for large C.
-int resident_clusters(int rt, int smem, int C) {
-  thread_local std::map<std::tuple<int, int, int>, int> cache;
-  const auto key = std::make_tuple(rt, smem, C);
+int resident_clusters(int smem, int C) {
+  thread_local std::map<std::pair<int, int>, int> cache;
+  const auto key = std::make_pair(smem, C);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeClusterDimension;
@@ -310,12 +293,8 @@ int resident_clusters(int rt, int smem, int C) {
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
   int n = 0;
-  const cudaError_t e =
-      rt == 1 ? (grant_smem<__half, 1>() == cudaSuccess ? cudaOccupancyMaxActiveClusters(&n, kernel_for<__half, 1>(), &cfg)
-                                                         : cudaErrorInvalidValue)
-              : (grant_smem<__half, 2>() == cudaSuccess ? cudaOccupancyMaxActiveClusters(&n, kernel_for<__half, 2>(), &cfg)
-                                                         : cudaErrorInvalidValue);
-  if (e != cudaSuccess) {
+  if (grant_smem<__half>() != cudaSuccess ||
+      cudaOccupancyMaxActiveClusters(&n, kernel_for<__half>(), &cfg) != cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
@@ -332,7 +311,7 @@ bool decide_supported() {
     return false;
   }
   cudaFuncAttributes attr{};
-  if (cudaFuncGetAttributes(&attr, kernel_for<__half, 1>()) != cudaSuccess) {
+  if (cudaFuncGetAttributes(&attr, kernel_for<__half>()) != cudaSuccess) {
     cudaGetLastError();
     return false;
   }
@@ -342,7 +321,7 @@ bool decide_supported() {
 
 struct Plan {
   bool ok;
-  int rt, S, C, slice_steps;
+  int S, C, slice_steps;
   int smem;
 };
 
@@ -351,7 +330,6 @@ struct Plan {
 // per warp and the staged A within shared memory). VLM_W4A16_DECODE_S / _C pin them, for tuning.
 Plan make_plan_uncached(int M, int N, int K) {
   Plan p{};
-  p.rt = M <= 8 ? 1 : 2;
   const int rows = M, strips = N / kW4StripN, ksteps = K / 16;
   const int force_s = env_int("VLM_W4A16_DECODE_S", 0), force_c = env_int("VLM_W4A16_DECODE_C", 0);
   for (int S : {4, 2, 1}) {
@@ -361,12 +339,12 @@ Plan make_plan_uncached(int M, int N, int K) {
     for (int C = kMaxCluster; C >= 1; --C) {
       if (force_c && C != force_c) continue;
       const int slice = (ksteps + C - 1) / C;
-      const int smem = layout_of(p.rt, rows, slice).bytes;
+      const int smem = layout_of(rows, slice).bytes;
       if (smem > kMaxSmem) break;  // fewer slices only make the staged A longer
       if (ksteps / (C * kw) < kMinWarpSteps && C > 1 && !force_c) continue;
-      const int res = resident_blocks(p.rt, smem);
+      const int res = resident_blocks(smem);
       if (res == 0) continue;
-      const int64_t fits = C == 1 ? (int64_t)res * num_sms() : resident_clusters(p.rt, smem, C);
+      const int64_t fits = C == 1 ? (int64_t)res * num_sms() : resident_clusters(smem, C);
       if (blocks_n <= fits || C == 1 || force_c) {
         best_c = C;
         best_smem = smem;
@@ -374,7 +352,7 @@ Plan make_plan_uncached(int M, int N, int K) {
       }
     }
     if (best_c == 0) continue;
-    p = Plan{true, p.rt, S, best_c, (ksteps + best_c - 1) / best_c, best_smem};
+    p = Plan{true, S, best_c, (ksteps + best_c - 1) / best_c, best_smem};
     if ((int64_t)blocks_n * best_c >= num_sms() || S == 1 || force_s) break;
   }
   return p;
@@ -388,13 +366,13 @@ const Plan& plan_for(int M, int N, int K) {
   return it->second;
 }
 
-template <class T, int RT>
+template <class T>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
                    int N, int K, int group, bool silu_up, cudaStream_t stream) {
-  if (const cudaError_t e = grant_smem<T, RT>(); e != cudaSuccess) return e;
+  if (const cudaError_t e = grant_smem<T>(); e != cudaSuccess) return e;
   const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
-  return cuda::launch_dependent_in_clusters(kernel_for<T, RT>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem,
-                                            stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
+  return cuda::launch_dependent_in_clusters(kernel_for<T>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem, stream,
+                                            static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                             static_cast<T*>(c), M, N, K, group, p.S, p.slice_steps, silu_up);
 }
@@ -411,11 +389,8 @@ cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* sz, cons
                               int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up) {
   if (!w4a16_decode_applies(M, N, K, group)) return cudaErrorInvalidValue;
   const Plan& p = plan_for(M, N, K);
-  if (bf16)
-    return p.rt == 1 ? launch<__nv_bfloat16, 1>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream)
-                     : launch<__nv_bfloat16, 2>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream);
-  return p.rt == 1 ? launch<__half, 1>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream)
-                   : launch<__half, 2>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream);
+  if (bf16) return launch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream);
+  return launch<__half>(p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream);
 }
 
 }  // namespace vlm
