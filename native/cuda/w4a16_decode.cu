@@ -79,7 +79,11 @@ __host__ __device__ inline Layout layout_of(int rows, int slice_steps) {
   l.ring = 0;
   l.grp = l.ring + kWarps * kStages * 512;
   l.part = l.grp + kWarps * kStages * 256;
-  l.a = l.part + kMaxStrips * kMaxDecodeRows * kW4StripN * 4;
+  // Sized for 8 rows although at most kMaxDecodeRows are used: the region sized for 4 rows leaves
+  // room for a 4th block per SM (by this layout's arithmetic), which changes the plan's cluster sizes,
+  // and with it M = 1 ran slower on 7 of the 8 layers of bench/gemm (H200, 2026-12-03, two calls:
+  // e.g. 7B down 19.0 vs 15.9 us, 2B down 8.9 vs 7.8 us).
+  l.a = l.part + kMaxStrips * 8 * kW4StripN * 4;
   l.bytes = l.a + rows * (slice_steps * 16 + kSmemPad) * 2;
   return l;
 }
