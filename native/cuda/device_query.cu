@@ -2,6 +2,7 @@
 // file; what every build needs from CUDA is to know whether a GPU is usable.
 #include <cuda_runtime.h>
 
+#include "cuda/device_query.h"
 #include "vlmcore.h"
 
 extern "C" int vlm_cuda_device_count(void) {
@@ -12,3 +13,19 @@ extern "C" int vlm_cuda_device_count(void) {
   }
   return n;
 }
+
+namespace vlm {
+namespace cuda {
+
+int sm_count() {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+      cudaGetLastError();
+    return n > 0 ? n : 100;
+  }();
+  return sms;
+}
+
+}  // namespace cuda
+}  // namespace vlm

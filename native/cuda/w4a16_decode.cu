@@ -38,6 +38,7 @@
 
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
+#include "cuda/device_query.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_fragments.cuh"
 
@@ -255,16 +256,6 @@ int env_int(const char* name, int fallback) {
   return e && *e ? std::atoi(e) : fallback;
 }
 
-int num_sms() {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n > 0 ? n : 100;
-  }();
-  return sms;
-}
-
 // Blocks of the (fp16) kernel that one SM holds with `smem` bytes each.
 int resident_blocks(int smem) {
   thread_local std::map<int, int> cache;
@@ -348,7 +339,7 @@ Plan make_plan_uncached(int M, int N, int K) {
       if (ksteps / (C * kw) < kMinWarpSteps && C > 1 && !force_c) continue;
       const int res = resident_blocks(smem);
       if (res == 0) continue;
-      const int64_t fits = C == 1 ? (int64_t)res * num_sms() : resident_clusters(smem, C);
+      const int64_t fits = C == 1 ? (int64_t)res * cuda::sm_count() : resident_clusters(smem, C);
       if (blocks_n <= fits || C == 1 || force_c) {
         best_c = C;
         best_smem = smem;
@@ -357,7 +348,7 @@ Plan make_plan_uncached(int M, int N, int K) {
     }
     if (best_c == 0) continue;
     p = Plan{true, S, best_c, (ksteps + best_c - 1) / best_c, best_smem};
-    if ((int64_t)blocks_n * best_c >= num_sms() || S == 1 || force_s) break;
+    if ((int64_t)blocks_n * best_c >= cuda::sm_count() || S == 1 || force_s) break;
   }
   return p;
 }

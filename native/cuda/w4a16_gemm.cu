@@ -29,6 +29,7 @@
 
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
+#include "cuda/device_query.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_fragments.cuh"
 #include "cuda/w4a16_gemm.h"
@@ -272,16 +273,6 @@ struct Plan {
 constexpr int kArrivalInts = 4096;
 constexpr int kFoldMaxM = 4;  // above this, a tile's reduction is too long for one block (measured at 16 rows)
 
-int num_sms() {
-  static int sms = [] {
-    int dev = 0, n = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n > 0 ? n : 100;
-  }();
-  return sms;
-}
-
 // Split-K never cuts K into slices shorter than this (VLM_W4A16_MIN_SLICE_K overrides it, for
 // tuning): a short slice's fixed costs (staging A, writing partials, the sum over slices) outweigh
 // the parallelism it adds.
@@ -365,7 +356,7 @@ Plan make_plan(int M, int N, int K, int group) {
   // shared memory, which sets how many blocks an SM holds), without slices shorter than min_slice_k().
   const int most = std::max(splits, std::min(units, K / std::max(min_slice_k(), p.quantum)));
   for (int sp = most; sp > splits; --sp)
-    if ((int64_t)blocks * sp <= (int64_t)resident_blocks(p, smem_of(sp)) * num_sms()) {
+    if ((int64_t)blocks * sp <= (int64_t)resident_blocks(p, smem_of(sp)) * cuda::sm_count()) {
       splits = sp;
       break;
     }

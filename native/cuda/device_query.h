@@ -1,0 +1,12 @@
+// What the CUDA kernels' host code asks of the device (device_query.cu).
+#pragma once
+
+namespace vlm {
+namespace cuda {
+
+// Multiprocessors of the device current at the first call (100 if it cannot be read); the
+// w4a16 plans size their grids from it. Asked once per process.
+int sm_count();
+
+}  // namespace cuda
+}  // namespace vlm
