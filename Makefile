@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
-NATIVE_SOURCES := CMakeLists.txt $(shell find native -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' \))
+NATIVE_SOURCES := CMakeLists.txt $(shell find native -type f \( -name '*.h' -o -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' \))
 
 .PHONY: setup native proto run test bench clean
 
