@@ -55,7 +55,7 @@ constexpr int kMaxCluster = 8;       // the portable cluster size
 constexpr int kMaxStrips = 4;        // strips per block (S)
 constexpr int kSmemPad = 8;          // halves per staged A row: ldmatrix rows in distinct banks
 constexpr int kMaxSmem = 200 * 1024;
-constexpr int kMinWarpSteps = 2;     // a K sub-slice shorter than this costs more to sum than it adds
+constexpr int kMinWarpSteps = 2;     // the plan cuts no warp's K sub-slice below this many steps
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
