@@ -16,8 +16,9 @@
 // the optional residual; at decode sizes the GEMM's own last block per output
 // tile does that sum instead (an arrival counter per tile in the workspace),
 // saving a launch. The kernel requests its first weights before waiting for
-// the kernel that writes A (dependent_launch.cuh). This file never throws:
-// errors return as cudaError_t.
+// the kernel that writes A (dependent_launch.cuh). On sm_90, up to 4 rows go to
+// the decode kernel instead (w4a16_decode.cu: split-K within a cluster, no
+// workspace). This file never throws: errors return as cudaError_t.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
