@@ -1,4 +1,5 @@
-// Whether launch_dependent() may let kernels overlap (see dependent_launch.cuh).
+// Whether the library's Hopper code runs on this device, and with it whether launch_dependent()
+// may let kernels overlap (see dependent_launch.cuh).
 #include <cuda_runtime.h>
 
 #include <cstdlib>
@@ -14,9 +15,7 @@ namespace {
 // PTX version the runtime picks for it is the one it picks for them.
 __global__ void probe_kernel() {}
 
-bool decide() {
-  const char* env = std::getenv("VLM_DEPENDENT_LAUNCH");
-  if (env && std::strcmp(env, "0") == 0) return false;
+bool decide_hopper() {
   int dev = 0, major = 0;
   if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) !=
                                                   cudaSuccess) {
@@ -29,14 +28,22 @@ bool decide() {
     return false;
   }
   // ptxVersion is the virtual architecture the kernel was compiled for (90 for sm_90 and sm_90a):
-  // code JIT-compiled from compute_80 PTX has no griddepcontrol instructions.
+  // code JIT-compiled from compute_80 PTX has no griddepcontrol, cluster or other sm_90 instructions.
   return major >= 9 && attr.ptxVersion >= 90;
 }
 
 }  // namespace
 
+bool hopper_code_runs() {
+  static const bool runs = decide_hopper();
+  return runs;
+}
+
 bool dependent_launch_enabled() {
-  static const bool enabled = decide();
+  static const bool enabled = [] {
+    const char* env = std::getenv("VLM_DEPENDENT_LAUNCH");
+    return !(env && std::strcmp(env, "0") == 0) && hopper_code_runs();
+  }();
   return enabled;
 }
 

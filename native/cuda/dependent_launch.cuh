@@ -34,9 +34,10 @@ __device__ __forceinline__ void pdl_allow_next() {
 #endif
 }
 
-// True when the current device is sm_90 or later, the library's kernels were compiled for it
-// (not JIT-compiled from older PTX, where pdl_wait() compiles to nothing) and
-// VLM_DEPENDENT_LAUNCH is not 0. Decided once per process.
+// True when the current device is sm_90 or later and the library's kernels were compiled for it
+// (not JIT-compiled from older PTX, where Hopper-only code compiles to nothing). Decided once per process.
+bool hopper_code_runs();
+// hopper_code_runs() and VLM_DEPENDENT_LAUNCH is not 0.
 bool dependent_launch_enabled();
 
 template <class... Params, class... Args>
