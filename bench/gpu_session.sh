@@ -12,7 +12,8 @@
 # sanitize (compute-sanitizer memcheck on the w4a16 kernel tests), gemm (bench/gemm at decode
 # sizes, then the same with the general kernel: VLM_W4A16_DECODE=0), decode (bench/decode: 2B at
 # batch 1/16/64 and 7B at batch 1, w4a16 + int8 KV, beside fp16 weights, transformers, the general
-# w4a16 kernel and fewer attention key slices).
+# w4a16 kernel and fewer attention key slices), profile (VLM_CUDA_PROFILE=1: each phase of the 2B
+# w4a16 + int8 KV prefill and decode steps at batch 1 and 64, launched eagerly).
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 STEPS=${STEPS:-build tests gemm decode}
@@ -27,7 +28,9 @@ step() {  # step NAME SECONDS: runs the function NAME under a time limit
   echo "== $name ($(date -u +%H:%M:%S))"
   timeout "$limit" bash -c "$name" 2>&1 | tee "$RES/$name.log" | tail -n 30
   echo "== $name exit ${PIPESTATUS[0]}"
+  pack  # after every step, so a call cut off by its time limit still brings back what finished
 }
+pack() { tar czf "$OUT/results-${STEPS// /-}.tgz" -C "$RES" .; }
 
 build() {
   cmake -S . -B build-gpu -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF >/dev/null &&
@@ -76,12 +79,18 @@ decode_short() {  # 2B w4a16 + int8 KV at batch 1 and 16, decode kernel and gene
   VLM_W4A16_DECODE=0 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16 \
     --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_general.json" | tail -n 4
 }
+profile() {  # per-phase GPU and host time of prefill and decode steps (eager launches, CUDA events)
+  for b in 1 64; do
+    VLM_CUDA_PROFILE=1 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches $b --new-tokens 32 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/profile_b$b.json" 2>&1 | grep -E "vlm profile" | head -n 80
+  done
+}
 sanitize() {
   compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py \
     -k "matches_reference and float16 and (1-4096 or 16-5504 or 13-1024 or 1-64-)"
 }
 export RES
-export -f build tests wtests etests sanitize gemm gemm_new decode decode_2b decode_short
+export -f build tests wtests etests sanitize gemm gemm_new decode decode_2b decode_short profile
 
 step build 180
 step tests 120
@@ -91,6 +100,7 @@ step etests 120
 step decode_short 240
 step decode_2b 120
 step sanitize 140
+step profile 200
 step gemm 240
 step decode 400
-tar czf "$OUT/results-${STEPS// /-}.tgz" -C "$RES" .
+pack
