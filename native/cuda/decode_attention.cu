@@ -65,13 +65,13 @@ __device__ __forceinline__ void load_row8(const KvView& c, const void* data, con
       const uint2 u = *reinterpret_cast<const uint2*>(base + e0);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        x[i] = (float)((u.x >> (8 * i)) & 255u) * s + z;
-        x[4 + i] = (float)((u.y >> (8 * i)) & 255u) * s + z;
+        x[i] = byte_code(u.x, i) * s + z;
+        x[4 + i] = byte_code(u.y, i) * s + z;
       }
     } else {  // element d in byte d / 2, low nibble first
       const uint32_t u = *reinterpret_cast<const uint32_t*>(base + e0 / 2);
 #pragma unroll
-      for (int i = 0; i < kVec; ++i) x[i] = (float)((u >> (4 * i)) & 15u) * s + z;
+      for (int i = 0; i < kVec; ++i) x[i] = nibble_code(u, i) * s + z;
     }
   }
 }
@@ -103,9 +103,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
   __shared__ float s_m[KPB][G], s_l[KPB][G];
   __shared__ float s_acc[KPB][G][HD];
   __shared__ bool s_last;
-  pdl_wait();  // q, the cache rows of this step and the counters come from earlier kernels
-  pdl_allow_next();
 
+  // The step's metadata (positions, block tables) was uploaded before its first kernel: it is read
+  // before waiting for the kernel that writes q and this step's cache rows.
   const int r = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int key_slot = warp * KPW + lane / L;  // which key of a round this thread reads
@@ -117,6 +117,17 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
   const int chunk = (pos - lo + sp.splits) / sp.splits;
   const int first = lo + split * chunk, last = min(pos, first + chunk - 1);
   const int32_t* table = meta.block_tables + meta.table_offset[meta.row_segment[r]];
+  // Block-table entries of a round's keys, fetched a round ahead: a round then waits on one
+  // load (its K and V rows), not on two in a chain.
+  const int shift = block_shift(c);
+  int32_t blk[U];
+  auto fetch_blocks = [&](int base) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) blk[u] = base <= last ? table[min(base + u * KPB + lane / L, last) >> shift] : 0;
+  };
+  fetch_blocks(first + warp * KPW);
+  pdl_wait();  // q, the cache rows of this step and the counters come from earlier kernels
+  pdl_allow_next();
 
   float qf[G][kVec], acc[G][kVec], m[G], l[G];
   const float scale = rsqrtf((float)HD);
@@ -136,10 +147,11 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int j = min(base + u * KPB + lane / L, last);
-      const int64_t row = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
+      const int64_t row = block_row(c, blk[u], j, kvh);
       load_row8<CT>(c, c.k, c.k_sz, row, e0, kx[u]);
       load_row8<CT>(c, c.v, c.v_sz, row, e0, vx[u]);
     }
+    fetch_blocks(base + KPB * U);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const bool valid = base + u * KPB + lane / L <= last;

@@ -10,10 +10,33 @@
 namespace vlm {
 namespace cuda {
 
+// Blocks hold a power of two of slots (the engine and the C ABI refuse other sizes), so a
+// slot's block and place in it are a shift and a mask, not two integer divisions per key.
+__device__ __forceinline__ int block_shift(const KvView& c) { return __ffs(c.block_size) - 1; }
+
 // Row index of (slot_index = block * block_size + slot, kv_head) in [block][kv_head][slot] order.
 __device__ inline int64_t cache_row(const KvView& c, int slot_index, int kv_head) {
-  const int block = slot_index / c.block_size, slot = slot_index % c.block_size;
+  const int block = slot_index >> block_shift(c), slot = slot_index & (c.block_size - 1);
   return ((int64_t)block * c.kv_heads + kv_head) * c.block_size + slot;
+}
+
+// Row index of key `key` (a position) of a request, in its cache block `block`.
+__device__ __forceinline__ int64_t block_row(const KvView& c, int32_t block, int key, int kv_head) {
+  return ((int64_t)block * c.kv_heads + kv_head) * c.block_size + (key & (c.block_size - 1));
+}
+// The same through the request's block table.
+__device__ __forceinline__ int64_t key_row(const KvView& c, const int32_t* table, int key, int kv_head) {
+  return block_row(c, table[key >> block_shift(c)], key, kv_head);
+}
+
+// A quantized code as fp32, exactly, without an integer-to-float conversion (a quarter-rate
+// instruction, which bounded the int8 decode attention): the code goes into the low mantissa
+// bits of 2^23, and 2^23 is subtracted. `byte` selects one of the word's four bytes.
+__device__ __forceinline__ float byte_code(uint32_t word, int byte) {
+  return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7540u | byte)) - 8388608.f;
+}
+__device__ __forceinline__ float nibble_code(uint32_t word, int nibble) {
+  return __uint_as_float(((word >> (4 * nibble)) & 15u) | 0x4B000000u) - 8388608.f;
 }
 
 // Elements lane + 32 e (e < E) of a cache row as fp32, 0 past head_dim.
@@ -37,8 +60,8 @@ __device__ inline void load_kv_row(const KvView& c, const void* data, const void
         case VLM_DTYPE_F32: x = reinterpret_cast<const float*>(base)[d]; break;
         case VLM_DTYPE_F16: x = __half2float(reinterpret_cast<const __half*>(base)[d]); break;
         case VLM_DTYPE_BF16: x = __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(base)[d]); break;
-        case VLM_DTYPE_I8: x = (float)base[d] * scale + zero; break;
-        default: x = (float)(d & 1 ? base[d >> 1] >> 4 : base[d >> 1] & 15) * scale + zero;
+        case VLM_DTYPE_I8: x = byte_code(base[d], 0) * scale + zero; break;
+        default: x = nibble_code(base[d >> 1], d & 1) * scale + zero;
       }
     }
     out[e] = x;

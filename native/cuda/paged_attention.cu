@@ -63,7 +63,7 @@ __global__ void __launch_bounds__(kWarps * 32)
 #pragma unroll
       for (int u = 0; u < kKeys; ++u) {
         const int j = min(j0 + u, last);
-        const int64_t row = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
+        const int64_t row = key_row(c, table, j, kvh);
         load_kv_row<E>(c, c.k, c.k_sz, row, lane, kf[u]);
         load_kv_row<E>(c, c.v, c.v_sz, row, lane, vf[u]);
       }

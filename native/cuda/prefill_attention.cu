@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     __syncthreads();  // the previous tile is consumed (and, the first time, qs is written)
     for (int u = warp; u < kTileKeys; u += kWarps) {
       const int j = min(k0 + u, last_pos);
-      const int64_t row = cache_row(c, table[j / c.block_size] * c.block_size + j % c.block_size, kvh);
+      const int64_t row = key_row(c, table, j, kvh);
       float kf[E], vf[E];
       load_kv_row<E>(c, c.k, c.k_sz, row, lane, kf);
       load_kv_row<E>(c, c.v, c.v_sz, row, lane, vf);

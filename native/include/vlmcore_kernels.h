@@ -51,7 +51,8 @@ VLM_API int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_s
  * engine's layout. Cache rows are [block][kv_head][slot], each head_dim
  * elements of kv_dtype (F32, F16, BF16, I8 or I4: I4 packs element d in byte
  * d/2, low nibble first); for I8/I4, k/v_scale_zero hold an fp16 (scale, zero)
- * pair per row, x = code * scale + zero. q and out are [rows][num_heads *
+ * pair per row, x = code * scale + zero. block_size (slots per block) is a
+ * power of two, as the engine's. q and out are [rows][num_heads *
  * head_dim] in act_dtype (F16 or BF16). Row r attends to positions
  * [max(0, positions[r] - window + 1), positions[r]] (window 0: no limit) through
  * block_tables[r * max_blocks ...]. All pointers are device pointers; workspace

@@ -136,7 +136,9 @@ int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_hea
                   "kv_dtype must be F32, F16, BF16, I8 or I4");
     const bool quantized = kv_dtype == VLM_DTYPE_I8 || kv_dtype == VLM_DTYPE_I4;
     VLM_CHECK_ARG(!quantized || (k_scale_zero && v_scale_zero), "I8/I4 caches need their scale/zero arrays");
-    VLM_CHECK_ARG(block_size > 0 && max_blocks > 0 && sliding_window >= 0, "invalid block_size, max_blocks or window");
+    VLM_CHECK_ARG(block_size > 0 && (block_size & (block_size - 1)) == 0,
+                  "block_size must be a power of two (as the engine's), got " << block_size);
+    VLM_CHECK_ARG(max_blocks > 0 && sliding_window >= 0, "invalid max_blocks or sliding_window");
 #ifdef VLM_HAVE_CUDA
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
     uint8_t* ws = static_cast<uint8_t*>(workspace);

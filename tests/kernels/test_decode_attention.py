@@ -119,3 +119,5 @@ def test_bad_shapes_are_refused():
         decode_attention(q, kc, kc, pos, tables, kv_dtype="float16", kv_heads=3, head_dim=16, block_size=16)
     with pytest.raises(VlmError, match="scale/zero"):
         decode_attention(q, kc, kc, pos, tables, kv_dtype="int8", kv_heads=1, head_dim=64, block_size=16)
+    with pytest.raises(VlmError, match="power of two"):
+        decode_attention(q, kc, kc, pos, tables, kv_dtype="float16", kv_heads=1, head_dim=64, block_size=24)
