@@ -30,6 +30,7 @@
 #include "cuda/decoder_kernels.h"
 #include "cuda/simt_linear.h"
 #include "cuda/step_profiler.h"
+#include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
 #include "engine/communicator.h"
 #include "engine/kv_cache.h"
@@ -241,6 +242,13 @@ bool is_bf16_model(const Model& m) {
 }
 
 constexpr int kFusedSiluMaxRows = 16;
+
+// VLM_FUSED_NORM=0 keeps every RMSNorm a kernel of its own (to measure what folding it into the
+// decode-size GEMM saves; both give the same bits).
+bool fused_norm_enabled() {
+  const char* v = std::getenv("VLM_FUSED_NORM");
+  return !(v && std::strcmp(v, "0") == 0);
+}
 // From this many rows (prefill chunks) a w4a16 layer is dequantized into a scratch fp16/bf16 matrix and
 // multiplied by cuBLAS: the dequantization reads the 4-bit weights once (tens of microseconds), after which
 // a dense tensor-core GEMM runs several times faster than the w4a16 kernel's large-M path
@@ -360,6 +368,7 @@ class CudaRunner final : public StepRunner {
     const int nq = p_.num_heads * p_.head_dim, nkv = p_.num_kv_heads * p_.head_dim;
     const size_t a = 2;  // bytes of one activation element (fp16 or bf16)
     grow(h_, (size_t)T * H * 4);
+    grow(h_next_, (size_t)T * H * 4);
     grow(x_, (size_t)T * H * a);
     grow(qkv_, (size_t)T * (nq + 2 * nkv) * a);
     grow(q_, (size_t)T * nq * a);
@@ -460,14 +469,30 @@ class CudaRunner final : public StepRunner {
       VLM_CUDA_CHECK(cuda::scatter_rows(splice_.as<float>(), meta_splice_rows_, splice_rows, H, h_.as<float>(),
                                         stream_));
     const void* delta = nullptr;
+    // The residual stream: h_ after the embedding. Where the norms run inside the decode-size GEMMs,
+    // each writes h + delta to the other buffer (its blocks all read the current one), and they swap.
+    float* h = h_.as<float>();
+    float* h_other = h_next_.as<float>();
+    const bool fuse_norms = norms_fuse(T);
+    // The norm before `l` (rms_norm(h + delta) * weight) as its input, fused or as its own kernel.
+    auto normed_linear = [&](const DeviceLinear& l, const DeviceBuffer& weight, void* y, const char* fused_phase,
+                             const char* phase) {
+      if (fuse_norms) {
+        mark(fused_phase);
+        linear_rms_norm(l, {h, delta, weight.as<float>(), delta ? h_other : nullptr, p_.rms_norm_eps}, T, y);
+        if (delta) std::swap(h, h_other);
+        return;
+      }
+      mark("add + rms norm");
+      VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h, delta, weight.as<float>(), nullptr, T, H, p_.rms_norm_eps, x_.as(),
+                                        stream_));
+      mark(phase);
+      linear(l, x_.as(), T, y);
+    };
     for (int l = 0; l < p_.num_layers; ++l) {
       DeviceLayer& w = layers_[l];
       const cuda::KvView kv = kv_view(l);
-      mark("add + rms norm");
-      VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, w.input_norm.as<float>(), nullptr, T, H,
-                                        p_.rms_norm_eps, x_.as(), stream_));
-      mark("qkv proj");
-      linear(w.qkv, x_.as(), T, qkv_.as());
+      normed_linear(w.qkv, w.input_norm, qkv_.as(), "rms norm + qkv proj", "qkv proj");
       mark("rope + kv write");
       VLM_CUDA_CHECK(cuda::rope_and_cache_write(act_, qkv_.as(), q_.as(), meta, inv_freq_.as<float>(), T,
                                                 p_.num_heads, kv, stream_));
@@ -484,11 +509,7 @@ class CudaRunner final : public StepRunner {
       mark("all-reduce");
       all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
-      mark("add + rms norm");
-      VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, w.post_norm.as<float>(), nullptr, T, H,
-                                        p_.rms_norm_eps, x_.as(), stream_));
-      mark("gate_up proj");
-      linear(w.gate_up, x_.as(), T, gate_up_.as());
+      normed_linear(w.gate_up, w.post_norm, gate_up_.as(), "rms norm + gate_up proj", "gate_up proj");
       // Decode sizes: silu(gate) * up computed as the down GEMM stages its input (one launch
       // fewer). Larger steps keep the separate pass: every column block of the GEMM would
       // recompute it for its rows (measured slower at 64 rows).
@@ -507,7 +528,7 @@ class CudaRunner final : public StepRunner {
     if (R > 0) {
       // The last layer's update is added only on the rows whose logits are wanted.
       mark("final norm");
-      VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h_.as<float>(), delta, final_norm_.as<float>(), meta_logit_rows_, R, H,
+      VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h, delta, final_norm_.as<float>(), meta_logit_rows_, R, H,
                                         p_.rms_norm_eps, x_.as(), stream_));
       const DeviceLinear& head = p_.tie_word_embeddings ? embed_ : lm_head_;
       mark("lm head");
@@ -628,6 +649,24 @@ class CudaRunner final : public StepRunner {
                                      l.bias.bytes() ? l.bias.as<float>() : nullptr, y, false, stream_));
   }
 
+  // Whether a step of T rows runs its norms inside the GEMMs after them: the decode-size w4a16 kernel
+  // takes every such GEMM (the layers share their shapes).
+  bool norms_fuse(int T) const {
+    static const bool enabled = fused_norm_enabled();
+    if (!enabled || layers_.empty()) return false;
+    const DeviceLayer& w = layers_[0];
+    return w.qkv.tensor_core && w.gate_up.tensor_core && w.qkv.in == p_.hidden_size &&
+           w4a16_decode_applies(T, w.qkv.out, w.qkv.in, w.qkv.group) &&
+           w4a16_decode_applies(T, w.gate_up.out, w.gate_up.in, w.gate_up.group);
+  }
+
+  // y = rms_norm(h + delta) · Wᵀ (+ bias) in one launch (w4a16_decode_gemm_rms_norm).
+  void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y) {
+    VLM_CUDA_CHECK(w4a16_decode_gemm_rms_norm(norm, l.w.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
+                                              stream_));
+    if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
+  }
+
   // y = x · Wᵀ for dense weights through cuBLAS (fp32 accumulation); false where
   // the build has no cuBLAS, and the library's own kernel runs instead.
   // w is [out][in] row-major in the activation dtype.
@@ -704,7 +743,7 @@ class CudaRunner final : public StepRunner {
   std::vector<LayerCache> cache_;
 
   // Step scratch (grows to the largest step seen).
-  DeviceBuffer h_, x_, qkv_, q_, attn_, delta_, gate_up_, ffn_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
+  DeviceBuffer h_, h_next_, x_, qkv_, q_, attn_, delta_, gate_up_, ffn_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
   DeviceBuffer blas_workspace_, argmax_d_, tiles_, attn_arrivals_;
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   std::vector<int2> tiles_host_;

@@ -10,6 +10,7 @@
 #include "cuda/decoder_kernels.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/device_math.cuh"
+#include "cuda/rms_norm_row.cuh"
 #include "cuda/kv_rows.cuh"
 #include "vlmcore.h"
 
@@ -70,16 +71,19 @@ __global__ void add_rms_norm_kernel(float* h, const T* delta, const float* weigh
 
 // The same with the row in registers: C chunks of 4 elements per thread (hidden <= 4 * C *
 // kNormThreads), 16-byte loads of h, one pass over memory for the add and one for the output.
+// Its arithmetic is rms_norm_row.cuh's, which the w4a16 decode kernel's fused norm shares.
 template <class T, int C>
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(float* h, const T* delta, const float* weight,
                                                                          const int32_t* select, int hidden, float eps,
                                                                          T* out) {
+  static_assert(kNormThreads == kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
   pdl_wait();  // every input below comes from earlier kernels
   pdl_allow_next();
   __shared__ float partial[kNormThreads / 32];
   const int r = blockIdx.x;
   const int64_t i = select ? select[r] : r;
-  float4* hr = reinterpret_cast<float4*>(h + i * hidden);
+  float* hr = h + i * hidden;
+  const T* dr = delta ? delta + i * hidden : nullptr;
   const int n4 = hidden / 4;
   float4 x[C];
   float ss = 0.f;
@@ -87,14 +91,9 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(float* h
   for (int c = 0; c < C; ++c) {
     const int k = threadIdx.x + c * kNormThreads;
     if (k >= n4) continue;
-    x[c] = hr[k];
-    if (delta) {
-      const uint2 d = reinterpret_cast<const uint2*>(delta + i * hidden)[k];
-      const T* dv = reinterpret_cast<const T*>(&d);
-      x[c].x += to_float(dv[0]), x[c].y += to_float(dv[1]), x[c].z += to_float(dv[2]), x[c].w += to_float(dv[3]);
-      hr[k] = x[c];
-    }
-    ss += x[c].x * x[c].x + x[c].y * x[c].y + x[c].z * x[c].z + x[c].w * x[c].w;
+    x[c] = residual4(hr, dr, k);
+    if (delta) reinterpret_cast<float4*>(hr)[k] = x[c];
+    ss += sum_sq4(x[c]);
   }
   ss = warp_sum(ss);
   if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
@@ -102,16 +101,13 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(float* h
   float total = 0.f;
 #pragma unroll
   for (int w = 0; w < kNormThreads / 32; ++w) total += partial[w];
-  const float inv = 1.0f / sqrtf(total / hidden + eps);
+  const float inv = rms_inverse(total, hidden, eps);
   const float4* w4 = reinterpret_cast<const float4*>(weight);
 #pragma unroll
   for (int c = 0; c < C; ++c) {
     const int k = threadIdx.x + c * kNormThreads;
     if (k >= n4) continue;
-    const float4 w = w4[k];
-    T o[4] = {from_float<T>(w.x * (x[c].x * inv)), from_float<T>(w.y * (x[c].y * inv)),
-              from_float<T>(w.z * (x[c].z * inv)), from_float<T>(w.w * (x[c].w * inv))};
-    reinterpret_cast<uint2*>(out + (int64_t)r * hidden)[k] = *reinterpret_cast<const uint2*>(o);
+    reinterpret_cast<uint2*>(out + (int64_t)r * hidden)[k] = rms_scaled4<T>(x[c], w4[k], inv);
   }
 }
 

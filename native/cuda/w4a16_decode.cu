@@ -39,6 +39,7 @@
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/device_query.h"
+#include "cuda/rms_norm_row.cuh"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_fragments.cuh"
 
@@ -89,14 +90,55 @@ __host__ __device__ inline Layout layout_of(int rows, int slice_steps) {
   return l;
 }
 
+// Stages A[0 : rows][k0 : k0 + 8 (vec_per_row - 1)] (vec_per_row vectors of 8 per row) into sa as
+// rms_norm(h + delta) * weight (RmsNormInput), writing h + delta of those columns to h_out where
+// `write_h`. Every thread of the block takes part (the row sums are shared).
+template <class T>
+__device__ __forceinline__ void stage_rms_norm(const RmsNormInput& norm, int rows, int K, int k0, int vec_per_row,
+                                               T* sa, int lda, bool write_h) {
+  static_assert(kThreads == cuda::kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
+  __shared__ float s_sum[kMaxDecodeRows][kWarps];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n4 = K / 4;
+  const T* delta = static_cast<const T*>(norm.delta);
+  // Every block needs the whole rows' sums of squares, whichever K slice it stages.
+  for (int r = 0; r < rows; ++r) {
+    const float* hr = norm.h + (int64_t)r * K;
+    const T* dr = delta ? delta + (int64_t)r * K : nullptr;
+    float ss = 0.f;
+    for (int k4 = threadIdx.x; k4 < n4; k4 += kThreads) ss += cuda::sum_sq4(cuda::residual4(hr, dr, k4));
+    ss = cuda::warp_sum(ss);
+    if (lane == 0) s_sum[r][warp] = ss;
+  }
+  __syncthreads();
+  const float4* w4 = reinterpret_cast<const float4*>(norm.weight);
+  for (int i = threadIdx.x; i < rows * vec_per_row; i += kThreads) {
+    const int r = i / vec_per_row, v = i % vec_per_row;
+    float total = 0.f;
+#pragma unroll
+    for (int j = 0; j < kWarps; ++j) total += s_sum[r][j];
+    const float inv = cuda::rms_inverse(total, K, norm.eps);
+    const float* hr = norm.h + (int64_t)r * K;
+    const T* dr = delta ? delta + (int64_t)r * K : nullptr;
+    const int k4 = (k0 + v * 8) / 4;
+    const float4 x0 = cuda::residual4(hr, dr, k4), x1 = cuda::residual4(hr, dr, k4 + 1);
+    const uint2 y0 = cuda::rms_scaled4<T>(x0, w4[k4], inv), y1 = cuda::rms_scaled4<T>(x1, w4[k4 + 1], inv);
+    *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = make_uint4(y0.x, y0.y, y1.x, y1.y);
+    if (write_h) {
+      float4* ho = reinterpret_cast<float4*>(norm.h_out + (int64_t)r * K);
+      ho[k4] = x0;
+      ho[k4 + 1] = x1;
+    }
+  }
+}
+
 // grid (ceil(N / (64 S)), C) in clusters of (1, C); kThreads threads. Block y = its cluster
-// rank = its K slice.
+// rank = its K slice. A comes from `a`, or, where norm.weight is set, from the residual stream
+// (stage_rms_norm). residual may be c itself (each element is read, then written, by one thread).
 template <class T>
 __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
-                                                                 const uint4* __restrict__ sz,
-                                                                 const T* __restrict__ residual, T* __restrict__ c,
-                                                                 int M, int N, int K, int group, int S,
-                                                                 int slice_steps_max, bool silu_up) {
+                                                                 const uint4* __restrict__ sz, const T* residual, T* c,
+                                                                 RmsNormInput norm, int M, int N, int K, int group,
+                                                                 int S, int slice_steps_max, bool silu_up) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(16) unsigned char smem[];
   const int rows = M;  // <= kMaxDecodeRows
@@ -139,9 +181,14 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   T* sa = reinterpret_cast<T*>(smem + L.a);
   const int lda = slice_steps_max * 16 + kSmemPad;
   const int vec_per_row = (bs1 - bs0) * 2;
-  for (int i = threadIdx.x; i < rows * vec_per_row; i += kThreads) {
-    const int r = i / vec_per_row, v = i % vec_per_row;
-    *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = w4a16::load_a8(a, r, bs0 * 16 + v * 8, K, silu_up);
+  if (norm.weight) {
+    // The blocks of the first column block, one per K slice, write the updated residual.
+    stage_rms_norm<T>(norm, rows, K, bs0 * 16, vec_per_row, sa, lda, norm.h_out && blockIdx.x == 0);
+  } else {
+    for (int i = threadIdx.x; i < rows * vec_per_row; i += kThreads) {
+      const int r = i / vec_per_row, v = i % vec_per_row;
+      *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = w4a16::load_a8(a, r, bs0 * 16 + v * 8, K, silu_up);
+    }
   }
   __syncthreads();
 
@@ -240,7 +287,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 }
 
 template <class T>
-void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, int, int, int, int, int, int, bool) {
+void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
+                     bool) {
   return w4a16_decode_kernel<T>;
 }
 
@@ -348,14 +396,14 @@ const Plan& plan_for(int M, int N, int K) {
 }
 
 template <class T>
-cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
-                   int N, int K, int group, bool silu_up, cudaStream_t stream) {
+cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
+                   const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
   if (const cudaError_t e = grant_smem<T>(); e != cudaSuccess) return e;
   const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
   return cuda::launch_dependent_in_clusters(kernel_for<T>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem, stream,
                                             static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
-                                            static_cast<T*>(c), M, N, K, group, p.S, p.slice_steps, silu_up);
+                                            static_cast<T*>(c), norm, M, N, K, group, p.S, p.slice_steps, silu_up);
 }
 
 // The plan for this shape, or null where the kernel does not apply (one cached lookup per call).
@@ -377,8 +425,17 @@ cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* sz, cons
                               int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up) {
   const Plan* p = applicable_plan(M, N, K);
   if (!p) return cudaErrorInvalidValue;
-  if (bf16) return launch<__nv_bfloat16>(*p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream);
-  return launch<__half>(*p, a, w, sz, residual, c, M, N, K, group, a_is_gate_up, stream);
+  const RmsNormInput none{};
+  if (bf16) return launch<__nv_bfloat16>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
+  return launch<__half>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
+}
+
+cudaError_t w4a16_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, const void* sz, void* c, int M, int N,
+                                       int K, int group, bool bf16, cudaStream_t stream) {
+  const Plan* p = applicable_plan(M, N, K);
+  if (!p || !norm.h || !norm.weight || norm.h_out == norm.h) return cudaErrorInvalidValue;
+  if (bf16) return launch<__nv_bfloat16>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
+  return launch<__half>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
 }
 
 }  // namespace vlm

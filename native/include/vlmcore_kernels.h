@@ -41,6 +41,24 @@ VLM_API int vlm_w4a16_gemm(const void* a, const void* packed_weight, const void*
                            const void* residual, void* c, int32_t m, int32_t n, int32_t k, int32_t group_size,
                            int32_t act_dtype, void* workspace, void* stream);
 
+/* The same GEMM with its A computed from an fp32 residual stream, as the engine
+ * runs decode steps: A[r] = rms_norm(h[r] + delta[r]) * norm_weight (rms with
+ * eps; delta in act_dtype, or NULL), and h + delta written to h_out (if not
+ * NULL; it must not be h). Only where the decode-size kernel runs (M <= 4, a
+ * Hopper GPU): elsewhere VLM_ERR_UNSUPPORTED, and the engine runs the norm and
+ * the GEMM apart. Device pointers; asynchronous on `stream`. */
+VLM_API int vlm_w4a16_gemm_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps,
+                                    float* h_out, const void* packed_weight, const void* packed_scale_zero, void* c,
+                                    int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
+                                    void* stream);
+
+/* The engine's residual update and RMSNorm: h[r] += delta[r] (delta in
+ * act_dtype, or NULL: h unchanged), then out[r] = rms_norm(h[r]) * weight in
+ * act_dtype; h and weight fp32 ([rows][hidden], [hidden]). Device pointers;
+ * asynchronous on `stream`. CUDA builds only. */
+VLM_API int vlm_add_rms_norm(float* h, const void* delta, const float* weight, float eps, void* out, int32_t rows,
+                             int32_t hidden, int32_t act_dtype, void* stream);
+
 /* W[N][K] row-major in act_dtype (F16 or BF16) from the packed layout: exactly
  * the values vlm_w4a16_gemm multiplies (the engine feeds them to a dense GEMM
  * for large M). Device pointers; asynchronous on `stream`. CUDA builds only. */

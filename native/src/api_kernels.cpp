@@ -9,6 +9,7 @@
 
 #include "cuda/cuda_check.cuh"
 #include "cuda/decoder_kernels.h"
+#include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
 #include "engine/kv_cache.h"
 #endif
@@ -63,6 +64,48 @@ int vlm_w4a16_gemm(const void* a, const void* packed_weight, const void* packed_
                                    act_dtype == VLM_DTYPE_BF16, workspace, static_cast<cudaStream_t>(stream)));
 #else
     (void)residual, (void)m, (void)n, (void)k, (void)group_size, (void)workspace, (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_w4a16_gemm_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps, float* h_out,
+                            const void* packed_weight, const void* packed_scale_zero, void* c, int32_t m, int32_t n,
+                            int32_t k, int32_t group_size, int32_t act_dtype, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(h && norm_weight && packed_weight && packed_scale_zero && c, "NULL device pointer");
+    VLM_CHECK_ARG(h_out != h, "h_out must not be h (every block reads all of h)");
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    VLM_CHECK_ARG(eps >= 0.f, "eps must be >= 0");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    VLM_CHECK(vlm::w4a16_decode_applies(m, n, k, group_size), VLM_ERR_UNSUPPORTED,
+              "the fused norm runs only in the decode-size w4a16 kernel (M <= " << vlm::kMaxDecodeRows
+                                                                                << " on a Hopper GPU); M = " << m);
+    VLM_CUDA_CHECK(vlm::w4a16_decode_gemm_rms_norm({h, delta, norm_weight, h_out, eps}, packed_weight,
+                                                   packed_scale_zero, c, m, n, k, group_size,
+                                                   act_dtype == VLM_DTYPE_BF16, static_cast<cudaStream_t>(stream)));
+#else
+    (void)delta, (void)eps, (void)h_out, (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_add_rms_norm(float* h, const void* delta, const float* weight, float eps, void* out, int32_t rows,
+                     int32_t hidden, int32_t act_dtype, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(h && weight && out, "NULL device pointer");
+    VLM_CHECK_ARG(rows > 0 && hidden > 0, "rows and hidden must be positive");
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    VLM_CHECK_ARG(eps >= 0.f, "eps must be >= 0");
+#ifdef VLM_HAVE_CUDA
+    VLM_CUDA_CHECK(vlm::cuda::add_rms_norm(act_dtype == VLM_DTYPE_BF16 ? vlm::cuda::ActType::BF16
+                                                                       : vlm::cuda::ActType::F16,
+                                           h, delta, weight, nullptr, rows, hidden, eps, out,
+                                           static_cast<cudaStream_t>(stream)));
+#else
+    (void)delta, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif
   });

@@ -53,6 +53,43 @@ def w4a16_gemm(a, packed, scale_zero, n: int, group_size: int, residual=None, ou
     return out
 
 
+def w4a16_gemm_rms_norm(h, delta, norm_weight, eps: float, packed, scale_zero, n: int, group_size: int,
+                        h_out=None, out=None, dtype=None):
+    """rms_norm(h + delta) * norm_weight · dequant(W)ᵀ in one launch (vlm_w4a16_gemm_rms_norm): h and
+    norm_weight float32 CUDA tensors ([M, K], [K]), delta [M, K] in the act dtype or None; h + delta is
+    written to h_out where given. The act dtype is delta's, else `dtype` (default float16). Returns
+    out [M, N]."""
+    import torch
+
+    m, k = h.shape
+    dtype = delta.dtype if delta is not None else (dtype or torch.float16)
+    if out is None:
+        out = torch.empty(m, n, dtype=dtype, device=h.device)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    check(_native.lib().vlm_w4a16_gemm_rms_norm(
+        h.data_ptr(), ptr(delta), norm_weight.data_ptr(), eps, ptr(h_out), packed.data_ptr(), scale_zero.data_ptr(),
+        out.data_ptr(), m, n, k, group_size, _native.DTYPE_BF16 if dtype == torch.bfloat16 else _native.DTYPE_F16,
+        ctypes.c_void_p(torch.cuda.current_stream(h.device).cuda_stream)))
+    return out
+
+
+def add_rms_norm(h, delta, weight, eps: float, out=None, dtype=None):
+    """The engine's residual update and norm (vlm_add_rms_norm): h float32 [rows, hidden] CUDA tensor,
+    updated in place to h + delta (delta in the act dtype, or None); returns rms_norm(h) * weight in the
+    act dtype (delta's, else `dtype`, default float16)."""
+    import torch
+
+    rows, hidden = h.shape
+    dtype = delta.dtype if delta is not None else (dtype or torch.float16)
+    if out is None:
+        out = torch.empty(rows, hidden, dtype=dtype, device=h.device)
+    check(_native.lib().vlm_add_rms_norm(
+        h.data_ptr(), None if delta is None else delta.data_ptr(), weight.data_ptr(), eps, out.data_ptr(), rows,
+        hidden, _native.DTYPE_BF16 if dtype == torch.bfloat16 else _native.DTYPE_F16,
+        ctypes.c_void_p(torch.cuda.current_stream(h.device).cuda_stream)))
+    return out
+
+
 def w4a16_dequantize(packed, scale_zero, n: int, k: int, group_size: int, bf16: bool = False, out=None):
     """The packed layer as W [N, K] fp16/bf16 on the device of `packed` (vlm_w4a16_dequantize)."""
     import torch

@@ -10,6 +10,8 @@ from vlmserve.kernels import pack_w4a16, w4a16_gemm
 # Relative Frobenius error vs the fp32 reference: fp16 products of (q - z) * s
 # round once (2^-11), fp32 accumulation, one rounding of the output.
 TOL = {"float16": 2e-3, "bfloat16": 1e-2}
+# Longest row the engine's norm kernel sums in the order the fused norm shares (native/cuda/rms_norm_row.cuh).
+VECTORISED_NORM_MAX = 8192
 
 
 def relative_errors(m: int, n: int, k: int, group: int, dtype: str) -> list[float]:
@@ -38,3 +40,52 @@ def relative_errors(m: int, n: int, k: int, group: int, dtype: str) -> list[floa
         ref = a.float() @ w_ref.T + (res.float() if res is not None else 0)
         errors.append(((out.float() - ref).norm() / ref.norm()).item())
     return errors
+
+
+def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str) -> list[str]:
+    """The decode kernel's fused norm (w4a16_gemm_rms_norm), with and without a residual update, against
+    (a) the engine's two-launch path, the norm kernel then the GEMM: the same updated residual always, and
+    the same output bits for rows of up to 8192 elements (longer rows the norm kernel sums in another
+    order, so there the output may differ in the last bits); (b) the float32 reference within TOL.
+    Returns what failed."""
+    import torch
+
+    from vlmserve.kernels import add_rms_norm, w4a16_gemm_rms_norm
+
+    seed = hash(("rms", m, n, k, group, dtype)) % 2**31
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(n, k)).astype(np.float32) * 0.05
+    qweight, qzeros, scales = quantize_rtn(w, group)
+    packed, sz = pack_w4a16(qweight, qzeros, scales, group, bf16=dtype == "bfloat16")
+    dev = torch.device("cuda")
+    tdtype = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    h = (torch.randn(m, k, generator=gen) * 3).to(dev)
+    delta = torch.randn(m, k, generator=gen).to(dev, tdtype)
+    norm_w = (1 + 0.1 * torch.randn(k, generator=gen)).to(dev)
+    w_ref = torch.from_numpy(dequantize(qweight, qzeros, scales)).to(dev)
+    packed_t, sz_t = torch.from_numpy(packed).to(dev), torch.from_numpy(sz.view(np.int16)).to(dev)
+    eps = 1e-6
+    failures = []
+    for d in (None, delta):
+        out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)  # poisoned
+        h_out = torch.full_like(h, float("nan"))
+        w4a16_gemm_rms_norm(h, d, norm_w, eps, packed_t, sz_t, n, group, h_out=h_out if d is not None else None,
+                            out=out, dtype=tdtype)
+        h_two = h.clone()
+        a_two = add_rms_norm(h_two, d, norm_w, eps, dtype=tdtype)
+        out_two = w4a16_gemm(a_two, packed_t, sz_t, n, group)
+        torch.cuda.synchronize()
+        what = f"M={m} N={n} K={k} group={group} {dtype} {'with' if d is not None else 'without'} delta"
+        if d is not None and not torch.equal(h_out, h_two):
+            failures.append(f"{what}: h + delta differs from the norm kernel's")
+        if k <= VECTORISED_NORM_MAX and not torch.equal(out, out_two):
+            diff = (out.float() - out_two.float()).abs().max().item()
+            failures.append(f"{what}: output differs from norm kernel + GEMM (max |diff| {diff:.3g})")
+        x = h + (d.float() if d is not None else 0)
+        a_ref = (norm_w * (x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps))).to(tdtype)
+        ref = a_ref.float() @ w_ref.T
+        err = ((out.float() - ref).norm() / ref.norm()).item() if not torch.isnan(out).any() else float("inf")
+        if not err < TOL[dtype]:
+            failures.append(f"{what}: relative error {err:.2e} of the reference")
+    return failures
