@@ -9,7 +9,12 @@
 # Steps: build (cmake, sm_90a, into build-gpu/), tests (gpu-marked kernel and engine tests; or
 # wtests, the w4a16 kernel tests, and etests, the engine tests, apart), gemm_new (bench/gemm at
 # decode sizes only), decode_short (2B w4a16 + int8 KV at batch 1 and 16, both w4a16 kernels),
-# sanitize (compute-sanitizer memcheck on the w4a16 kernel tests), gemm (bench/gemm at decode
+# decode_new (2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0), decode_7b
+# (7B w4a16 + int8 KV at batch 1), dtests (the decode-size kernel and fused-norm tests), decode_table
+# (2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers), serve (bench/serve.py on
+# model (a), w4a16 + int8 KV at concurrency 1/16/64/256; needs python/vlmserve/_proto carried, and
+# .gpu-carry/wheels where the image lacks packages), sanitize (compute-sanitizer memcheck on the w4a16, fused-norm
+# and decode attention tests), gemm (bench/gemm at decode
 # sizes, then the same with the general kernel: VLM_W4A16_DECODE=0), decode (bench/decode: 2B at
 # batch 1/16/64 and 7B at batch 1, w4a16 + int8 KV, beside fp16 weights, transformers, the general
 # w4a16 kernel and fewer attention key slices), profile (VLM_CUDA_PROFILE=1: each phase of the 2B
@@ -60,6 +65,38 @@ decode() {
 tests() {
   python3 -m pytest -q -m "gpu and not slow" tests/kernels tests/engine/test_cuda_backend.py
 }
+decode_new() {  # 2B w4a16 + int8 KV at batch 1/16/64; batch 1 again with the norms as kernels of their own
+  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b.json" | tail -n 5
+  VLM_FUSED_NORM=0 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_unfused_norm.json" | tail -n 3
+}
+dtests() {  # the decode-size w4a16 kernel and its fused norm in every plan arrangement
+  python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py tests/kernels/test_w4a16_rms_norm.py
+}
+decode_table() {  # 2B w4a16 + int8 KV at batch 1-128, fp16 weights at batch 1 beside transformers
+  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64,128 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b.json" | tail -n 6
+  python3 bench/decode.py --models 2b --weights fp16 --kv int8 --batches 1 --peer-batches 1 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_fp16.json" | tail -n 4
+}
+serve() {  # the serving stack on model (a): w4a16 + int8 KV, vision batch 16, concurrency 1/16/64/256, no peer
+  # The image lacks grpcio-health-checking and -reflection: wheels carried in .gpu-carry/wheels (with the
+  # grpcio and protobuf the generated modules were made for) go into a site folder of their own.
+  if [ -d .gpu-carry/wheels ]; then
+    python3 -m pip install -q --no-index --find-links .gpu-carry/wheels --target /tmp/serve-site grpcio==1.85.3 \
+      protobuf==7.36.2 grpcio-health-checking grpcio-reflection prometheus_client || return 1
+    export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
+  fi
+  python3 -c "import grpc, grpc_health, prometheus_client, vlmserve._proto" || return 1
+  python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
+    --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16,64,256 --out-dir "$RES/serve" \
+    --stem internvl-2b-h200 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
+}
+decode_7b() {  # the 7B shape at batch 1, w4a16 + int8 KV
+  python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_7b.json" | tail -n 3
+}
 wtests() {  # the w4a16 kernels alone
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py tests/kernels/test_w4a16_decode.py
 }
@@ -88,18 +125,25 @@ profile() {  # per-phase GPU and host time of prefill and decode steps (eager la
 sanitize() {
   compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py \
     -k "matches_reference and float16 and (1-4096 or 16-5504 or 13-1024 or 1-64-)"
+  compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m gpu tests/kernels/test_w4a16_rms_norm.py \
+    tests/kernels/test_decode_attention.py -k "float16 or refused or bad_shapes"
 }
 export RES
-export -f build tests wtests etests sanitize gemm gemm_new decode decode_2b decode_short profile
+export -f build tests wtests etests sanitize gemm gemm_new decode decode_2b decode_short profile decode_new decode_7b dtests decode_table serve
 
 step build 180
-step tests 120
+step tests 300
+step dtests 200
+step serve 420
+step decode_table 240
 step wtests 120
 step gemm_new 120
 step etests 120
 step decode_short 240
 step decode_2b 120
-step sanitize 140
+step decode_new 240
+step sanitize 200
+step decode_7b 150
 step profile 200
 step gemm 240
 step decode 400
