@@ -14,21 +14,28 @@ TOL = {"float16": 2e-3, "bfloat16": 1e-2}
 VECTORISED_NORM_MAX = 8192
 
 
+def random_layer(n: int, k: int, group: int, dtype: str, seed: int):
+    """A random [n, k] layer quantized to 4 bits: (its dequantized fp32 weights, packed codes, packed scales and
+    zeros), on the GPU."""
+    import torch
+
+    w = np.random.default_rng(seed).normal(size=(n, k)).astype(np.float32) * 0.05
+    qweight, qzeros, scales = quantize_rtn(w, group)
+    packed, sz = pack_w4a16(qweight, qzeros, scales, group, bf16=dtype == "bfloat16")
+    dev = torch.device("cuda")
+    return (torch.from_numpy(dequantize(qweight, qzeros, scales)).to(dev), torch.from_numpy(packed).to(dev),
+            torch.from_numpy(sz.view(np.int16)).to(dev))
+
+
 def relative_errors(m: int, n: int, k: int, group: int, dtype: str) -> list[float]:
     """Errors without and with the residual epilogue; inf where an output was never written."""
     import torch
 
     seed = hash((m, n, k, group, dtype)) % 2**31
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=(n, k)).astype(np.float32) * 0.05
-    qweight, qzeros, scales = quantize_rtn(w, group)
-    packed, sz = pack_w4a16(qweight, qzeros, scales, group, bf16=dtype == "bfloat16")
-    dev = torch.device("cuda")
-    tdtype = getattr(torch, dtype)
+    w_ref, packed_t, sz_t = random_layer(n, k, group, dtype, seed)
+    dev, tdtype = w_ref.device, getattr(torch, dtype)
     a = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)).to(dev, tdtype)
     residual = torch.randn(m, n, generator=torch.Generator().manual_seed(seed + 1)).to(dev, tdtype)
-    w_ref = torch.from_numpy(dequantize(qweight, qzeros, scales)).to(dev)
-    packed_t, sz_t = torch.from_numpy(packed).to(dev), torch.from_numpy(sz.view(np.int16)).to(dev)
     errors = []
     for res in (None, residual):
         out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)  # poisoned
@@ -53,18 +60,12 @@ def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str) -> li
     from vlmserve.kernels import add_rms_norm, w4a16_gemm_rms_norm
 
     seed = hash(("rms", m, n, k, group, dtype)) % 2**31
-    rng = np.random.default_rng(seed)
-    w = rng.normal(size=(n, k)).astype(np.float32) * 0.05
-    qweight, qzeros, scales = quantize_rtn(w, group)
-    packed, sz = pack_w4a16(qweight, qzeros, scales, group, bf16=dtype == "bfloat16")
-    dev = torch.device("cuda")
-    tdtype = getattr(torch, dtype)
+    w_ref, packed_t, sz_t = random_layer(n, k, group, dtype, seed)
+    dev, tdtype = w_ref.device, getattr(torch, dtype)
     gen = torch.Generator().manual_seed(seed)
     h = (torch.randn(m, k, generator=gen) * 3).to(dev)
     delta = torch.randn(m, k, generator=gen).to(dev, tdtype)
     norm_w = (1 + 0.1 * torch.randn(k, generator=gen)).to(dev)
-    w_ref = torch.from_numpy(dequantize(qweight, qzeros, scales)).to(dev)
-    packed_t, sz_t = torch.from_numpy(packed).to(dev), torch.from_numpy(sz.view(np.int16)).to(dev)
     eps = 1e-6
     failures = []
     for d in (None, delta):
