@@ -15,6 +15,13 @@ def _flags_line(flags) -> str:
     return f"Stack flags (one process): `{' '.join(flags)}`"
 
 
+def encoded(meta: dict) -> str:
+    """How the request carried the image, where the run recorded it (older runs sent PNG)."""
+    if "image_format" not in meta:
+        return ""
+    return f", sent as {meta['image_format'].upper()}, {meta['image_bytes'] / 1024:.0f} KiB"
+
+
 def markdown(r: dict, plots: list[str]) -> str:
     m = r["meta"]
     out = [f"# Serving benchmark: {m['model_name']}", "",
@@ -22,7 +29,7 @@ def markdown(r: dict, plots: list[str]) -> str:
            f"- Command: `{m['command']}`",
            f"- Date: {m['date']}; device: {m['device']}; vlmserve revision {m['git']}",
            f"- Model: {m['model_desc']}",
-           f"- Each request: one {m['image_size']}×{m['image_size']} image ({m['image']}) and the prompt "
+           f"- Each request: one {m['image_size']}×{m['image_size']} image ({m['image']}{encoded(m)}) and the prompt "
            f"\"{m['prompt']}\", {m['output_tokens']} output tokens (EOS ignored), greedy. Per concurrency level: "
            f"{m['warmup_requests']} warm-up requests, then the timed ones (the count is in the table).",
            "- TTFT and inter-token latency as the client sees them (gRPC included); the service's own "

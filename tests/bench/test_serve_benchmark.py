@@ -19,12 +19,13 @@ def run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]
     return proc, out
 
 
-@pytest.mark.parametrize("model", ["internvl-2b", "llava-7b"])
-def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model):
-    proc, out = run(tmp_path, "--model-name", model)
+@pytest.mark.parametrize("model,image_format", [("internvl-2b", "jpeg"), ("llava-7b", "png")])
+def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format):
+    proc, out = run(tmp_path, "--model-name", model, "--image-format", image_format)
     assert proc.returncode == 0, proc.stderr[-3000:]
     stem = model.split("-")[0] + "-tiny"
     r = json.loads((out / f"{stem}.json").read_text())
+    assert r["meta"]["image_format"] == image_format and r["meta"]["image_bytes"] > 0
     assert [v["name"] for v in r["variants"]] == ["fp16 vision-batch 4", "w4a16 vision-batch 4"]
     for v in r["variants"]:
         assert [lv["concurrency"] for lv in v["levels"]] == [1, 2]
@@ -43,7 +44,7 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model):
             assert 0 < lv["client_headers_mean_s"] <= lv["client_ttft_mean_s"]
     assert [p["batch"] for p in r["peer"]] == [1, 2] and all(p["out_tok_s"] > 0 for p in r["peer"])
     md = (out / f"{stem}.md").read_text()
-    assert "0 failed request(s)" in md and "× transformers" in md
+    assert "0 failed request(s)" in md and "× transformers" in md and f"sent as {image_format.upper()}" in md
     for png in (f"{stem}_throughput.png", f"{stem}_ttft.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
