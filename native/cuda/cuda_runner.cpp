@@ -242,18 +242,18 @@ bool is_bf16_model(const Model& m) {
 }
 
 constexpr int kFusedSiluMaxRows = 16;
-
-// VLM_FUSED_NORM=0 keeps every RMSNorm a kernel of its own (to measure what folding it into the
-// decode-size GEMM saves; both give the same bits).
-bool fused_norm_enabled() {
-  const char* v = std::getenv("VLM_FUSED_NORM");
-  return !(v && std::strcmp(v, "0") == 0);
-}
 // From this many rows (prefill chunks) a w4a16 layer is dequantized into a scratch fp16/bf16 matrix and
 // multiplied by cuBLAS: the dequantization reads the 4-bit weights once (tens of microseconds), after which
 // a dense tensor-core GEMM runs several times faster than the w4a16 kernel's large-M path
 // (docs/benchmarks/gemm.md: 0.13-0.37x cuBLAS at M = 256-2048).
 constexpr int kDequantGemmMinRows = 256;
+
+// VLM_FUSED_NORM=0 keeps every RMSNorm a kernel of its own (to measure what folding it into the
+// decode-size GEMM saves; both give the same bits for hidden sizes up to 8192).
+bool fused_norm_enabled() {
+  const char* v = std::getenv("VLM_FUSED_NORM");
+  return !(v && std::strcmp(v, "0") == 0);
+}
 
 class CudaRunner final : public StepRunner {
  public:

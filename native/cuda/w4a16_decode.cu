@@ -22,6 +22,9 @@
 //    all 32) need the warp to meet.
 //  - Only the M real rows of A are staged (rows past M repeat the last one: they
 //    feed output columns of the mma that are never stored).
+//  - The engine's norms run here too (w4a16_decode_gemm_rms_norm): a block reads
+//    the fp32 residual rows, sums their squares and stages its K slice of the
+//    normalized rows, so the norm is not a launch of its own (two per layer).
 // The first stages are requested before waiting for the kernel that writes A
 // (dependent_launch.cuh). sm_90 only (clusters); elsewhere w4a16_gemm.cu's
 // general kernel runs.
