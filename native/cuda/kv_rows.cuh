@@ -30,8 +30,8 @@ __device__ __forceinline__ int64_t key_row(const KvView& c, const int32_t* table
 }
 
 // A quantized code as fp32, exactly, without an integer-to-float conversion (a quarter-rate
-// instruction, which bounded the int8 decode attention): the code goes into the low mantissa
-// bits of 2^23, and 2^23 is subtracted. `byte` selects one of the word's four bytes.
+// instruction; the decode attention converts two per element): the code goes into the low
+// mantissa bits of 2^23, and 2^23 is subtracted. `byte` selects one of the word's four bytes.
 __device__ __forceinline__ float byte_code(uint32_t word, int byte) {
   return __uint_as_float(__byte_perm(word, 0x4B000000u, 0x7540u | byte)) - 8388608.f;
 }
