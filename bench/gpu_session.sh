@@ -13,7 +13,9 @@
 # (7B w4a16 + int8 KV at batch 1), dtests (the decode-size kernel and fused-norm tests), decode_table
 # (2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers), serve (bench/serve.py on
 # model (a), w4a16 + int8 KV at concurrency 1/16/64/256; needs python/vlmserve/_proto carried, and
-# .gpu-carry/wheels where the image lacks packages), sanitize (compute-sanitizer memcheck on the w4a16, fused-norm
+# .gpu-carry/wheels where the image lacks packages), serve_leads (the same at 1/64/256 with JPEG
+# requests, then as two service processes), ktests (decode/prefill attention and norm kernel tests),
+# sanitize (compute-sanitizer memcheck on the w4a16, fused-norm
 # and decode attention tests), gemm (bench/gemm at decode
 # sizes, then the same with the general kernel: VLM_W4A16_DECODE=0), decode (bench/decode: 2B at
 # batch 1/16/64 and 7B at batch 1, w4a16 + int8 KV, beside fp16 weights, transformers, the general
@@ -80,14 +82,25 @@ decode_table() {  # 2B w4a16 + int8 KV at batch 1-128, fp16 weights at batch 1 b
   python3 bench/decode.py --models 2b --weights fp16 --kv int8 --batches 1 --peer-batches 1 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_fp16.json" | tail -n 4
 }
+serve_site() {  # carried wheels (.gpu-carry/wheels, with typing_extensions) into /tmp/serve-site, if any
+  [ -d .gpu-carry/wheels ] || return 0
+  python3 -m pip install -q --no-index --find-links .gpu-carry/wheels --target /tmp/serve-site grpcio==1.85.3 \
+    protobuf==7.36.2 grpcio-health-checking grpcio-reflection prometheus_client
+}
+serve_leads() {  # the same stack at concurrency 1/64/256: JPEG requests, then the services as two processes
+  serve_site || return 1
+  export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
+  for v in "--image-format jpeg --stem jpeg" "--layout services --stem services"; do
+    python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
+      --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,64,256 --out-dir "$RES/serve" $v 2>&1 |
+      grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
+  done
+}
 serve() {  # the serving stack on model (a): w4a16 + int8 KV, vision batch 16, concurrency 1/16/64/256, no peer
   # The image lacks grpcio-health-checking and -reflection: wheels carried in .gpu-carry/wheels (with the
   # grpcio and protobuf the generated modules were made for) go into a site folder of their own.
-  if [ -d .gpu-carry/wheels ]; then
-    python3 -m pip install -q --no-index --find-links .gpu-carry/wheels --target /tmp/serve-site grpcio==1.85.3 \
-      protobuf==7.36.2 grpcio-health-checking grpcio-reflection prometheus_client || return 1
-    export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
-  fi
+  serve_site || return 1
+  export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
   python3 -c "import grpc, grpc_health, prometheus_client, vlmserve._proto" || return 1
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16,64,256 --out-dir "$RES/serve" \
@@ -126,16 +139,23 @@ sanitize() {
   compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py \
     -k "matches_reference and float16 and (1-4096 or 16-5504 or 13-1024 or 1-64-)"
   compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m gpu tests/kernels/test_w4a16_rms_norm.py \
-    tests/kernels/test_decode_attention.py -k "float16 or refused or bad_shapes"
+    tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py tests/kernels/test_rms_norm.py \
+    -k "float16 or refused or bad_"
+}
+ktests() {  # the attention and norm kernels against their references
+  python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py \
+    tests/kernels/test_rms_norm.py
 }
 export RES
-export -f build tests wtests etests sanitize gemm gemm_new decode decode_2b decode_short profile decode_new decode_7b dtests decode_table serve
+export -f build tests wtests etests sanitize gemm gemm_new decode decode_2b decode_short profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
 
 step build 180
 step tests 300
 step dtests 200
+step ktests 200
 step serve 420
 step decode_table 240
+step serve_leads 500
 step wtests 120
 step gemm_new 120
 step etests 120

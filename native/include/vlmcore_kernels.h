@@ -65,6 +65,22 @@ VLM_API int vlm_add_rms_norm(float* h, const void* delta, const float* weight, f
 VLM_API int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_scale_zero, void* out, int32_t n,
                                  int32_t k, int32_t group_size, int32_t act_dtype, void* stream);
 
+/* Prefill attention: several consecutive query rows per request, each attending
+ * causally to its request's cache as in vlm_decode_attention (same layouts and
+ * dtypes; a row at position p sees [max(0, p - window + 1), p]). Request i owns
+ * the next request_rows[i] rows of q (a host array of num_requests counts,
+ * summing to rows) at consecutive ascending positions, and the block table
+ * block_tables[i * max_blocks ...]. workspace (device) of
+ * vlm_prefill_attention_workspace_bytes. Asynchronous on `stream`; CUDA builds
+ * only (else VLM_ERR_UNSUPPORTED). */
+VLM_API int vlm_prefill_attention_workspace_bytes(int32_t rows, int32_t num_requests, int64_t* bytes);
+VLM_API int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_t num_heads, int32_t kv_heads,
+                                  int32_t head_dim, int32_t act_dtype, int32_t kv_dtype, int32_t block_size,
+                                  const void* k_cache, const void* v_cache, const void* k_scale_zero,
+                                  const void* v_scale_zero, const int32_t* positions, const int32_t* block_tables,
+                                  int32_t max_blocks, const int32_t* request_rows, int32_t num_requests,
+                                  int32_t sliding_window, void* workspace, void* stream);
+
 /* Decode attention: one query row per request over a paged KV cache in the
  * engine's layout. Cache rows are [block][kv_head][slot], each head_dim
  * elements of kv_dtype (F32, F16, BF16, I8 or I4: I4 packs element d in byte

@@ -5,6 +5,7 @@
 #ifdef VLM_HAVE_CUDA
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "cuda/cuda_check.cuh"
@@ -205,6 +206,86 @@ int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_hea
     (void)q, (void)out, (void)rows, (void)num_heads, (void)kv_heads, (void)head_dim, (void)act_dtype, (void)kv_dtype,
         (void)block_size, (void)k_cache, (void)v_cache, (void)k_scale_zero, (void)v_scale_zero, (void)positions,
         (void)block_tables, (void)max_blocks, (void)sliding_window, (void)max_context, (void)workspace, (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+namespace {
+
+// Workspace of vlm_prefill_attention: each row's request, each request's table offset, the row tiles.
+int64_t prefill_workspace_bytes(int32_t rows, int32_t num_requests) {
+  return ((int64_t)rows + num_requests) * 4 + (int64_t)rows * 8;
+}
+
+}  // namespace
+
+int vlm_prefill_attention_workspace_bytes(int32_t rows, int32_t num_requests, int64_t* bytes) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(bytes, "NULL output");
+    VLM_CHECK_ARG(rows > 0 && num_requests > 0 && num_requests <= rows,
+                  "prefill attention: need 1 <= num_requests <= rows, got " << num_requests << " and " << rows);
+    *bytes = prefill_workspace_bytes(rows, num_requests);
+  });
+}
+
+int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_t num_heads, int32_t kv_heads,
+                          int32_t head_dim, int32_t act_dtype, int32_t kv_dtype, int32_t block_size,
+                          const void* k_cache, const void* v_cache, const void* k_scale_zero, const void* v_scale_zero,
+                          const int32_t* positions, const int32_t* block_tables, int32_t max_blocks,
+                          const int32_t* request_rows, int32_t num_requests, int32_t sliding_window, void* workspace,
+                          void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(q && out && k_cache && v_cache && positions && block_tables && workspace, "NULL device pointer");
+    VLM_CHECK_ARG(request_rows, "NULL request_rows");
+    VLM_CHECK_ARG(rows > 0 && num_heads > 0 && kv_heads > 0 && head_dim > 0 && num_requests > 0,
+                  "prefill attention: sizes must be positive");
+    VLM_CHECK_ARG(num_heads % kv_heads == 0,
+                  "prefill attention: num_heads " << num_heads << " is not a multiple of kv_heads " << kv_heads);
+    VLM_CHECK_ARG(head_dim <= 256, "prefill attention: head_dim must be at most 256, got " << head_dim);
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    VLM_CHECK_ARG(kv_dtype >= VLM_DTYPE_F32 && kv_dtype <= VLM_DTYPE_I4 && kv_dtype != VLM_DTYPE_I32,
+                  "kv_dtype must be F32, F16, BF16, I8 or I4");
+    const bool quantized = kv_dtype == VLM_DTYPE_I8 || kv_dtype == VLM_DTYPE_I4;
+    VLM_CHECK_ARG(!quantized || (k_scale_zero && v_scale_zero), "I8/I4 caches need their scale/zero arrays");
+    VLM_CHECK_ARG(block_size > 0 && (block_size & (block_size - 1)) == 0,
+                  "block_size must be a power of two (as the engine's), got " << block_size);
+    VLM_CHECK_ARG(max_blocks > 0 && sliding_window >= 0, "invalid max_blocks or sliding_window");
+    int64_t total = 0;
+    for (int32_t i = 0; i < num_requests; ++i) {
+      VLM_CHECK_ARG(request_rows[i] > 0, "request " << i << " has " << request_rows[i] << " rows");
+      total += request_rows[i];
+    }
+    VLM_CHECK_ARG(total == rows, "request_rows sum to " << total << ", not rows = " << rows);
+#ifdef VLM_HAVE_CUDA
+    // The engine's step metadata for these requests (row -> request, request -> table) and its row tiles.
+    const int tile_rows = vlm::cuda::prefill_tile_rows(num_heads, kv_heads);
+    std::vector<int32_t> host((size_t)rows + num_requests);
+    std::vector<int2> tiles;
+    for (int32_t i = 0, r0 = 0; i < num_requests; r0 += request_rows[i++]) {
+      for (int32_t j = 0; j < request_rows[i]; ++j) host[r0 + j] = i;
+      host[rows + i] = i * max_blocks;
+      for (int32_t j = 0; j < request_rows[i]; j += tile_rows)
+        tiles.push_back({r0 + j, std::min(tile_rows, request_rows[i] - j)});
+    }
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    uint8_t* ws = static_cast<uint8_t*>(workspace);
+    int32_t* meta_d = reinterpret_cast<int32_t*>(ws);
+    int2* tiles_d = reinterpret_cast<int2*>(ws + ((int64_t)rows + num_requests) * 4);
+    // From pageable memory the copies have left the host vectors when the call returns (they are staged).
+    VLM_CUDA_CHECK(cudaMemcpyAsync(meta_d, host.data(), host.size() * 4, cudaMemcpyHostToDevice, s));
+    VLM_CUDA_CHECK(cudaMemcpyAsync(tiles_d, tiles.data(), tiles.size() * sizeof(int2), cudaMemcpyHostToDevice, s));
+    const vlm::cuda::StepMeta meta{positions, nullptr, meta_d, meta_d + rows, block_tables};
+    const vlm::cuda::KvView kv{kv_dtype, block_size, kv_heads, head_dim, (int)vlm::KvCache::row_bytes(kv_dtype, head_dim),
+                               const_cast<void*>(k_cache), const_cast<void*>(v_cache), const_cast<void*>(k_scale_zero),
+                               const_cast<void*>(v_scale_zero)};
+    VLM_CUDA_CHECK(vlm::cuda::prefill_attention(act_dtype == VLM_DTYPE_BF16 ? vlm::cuda::ActType::BF16
+                                                                            : vlm::cuda::ActType::F16,
+                                                q, out, meta, tiles_d, (int)tiles.size(), num_heads, sliding_window,
+                                                kv, s));
+#else
+    (void)q, (void)out, (void)head_dim, (void)act_dtype, (void)kv_dtype, (void)k_cache, (void)v_cache,
+        (void)positions, (void)block_tables, (void)workspace, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif
   });

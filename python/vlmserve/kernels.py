@@ -138,3 +138,28 @@ def decode_attention(q, k_cache, v_cache, positions, block_tables, *, kv_dtype: 
         block_tables.data_ptr(), block_tables.shape[1], sliding_window, max_context, workspace.data_ptr(),
         ctypes.c_void_p(torch.cuda.current_stream(q.device).cuda_stream)))
     return out
+
+
+def prefill_attention(q, k_cache, v_cache, positions, block_tables, request_rows: list[int], *, kv_dtype: str,
+                      kv_heads: int, head_dim: int, block_size: int, k_scale_zero=None, v_scale_zero=None,
+                      sliding_window: int = 0, out=None):
+    """Causal attention of several rows per request over a paged cache (vlm_prefill_attention): request i
+    owns the next request_rows[i] rows of q [rows, heads * head_dim] (fp16/bf16 CUDA tensor) at
+    consecutive positions (positions int32 [rows]) and block_tables[i] (int32 [requests, max_blocks])."""
+    import torch
+
+    rows, width = q.shape
+    if out is None:
+        out = torch.empty_like(q)
+    counts = (ctypes.c_int32 * len(request_rows))(*request_rows)
+    ws = ctypes.c_int64()
+    check(_native.lib().vlm_prefill_attention_workspace_bytes(rows, len(request_rows), ctypes.byref(ws)))
+    workspace = torch.empty(max(ws.value, 1), dtype=torch.uint8, device=q.device)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    check(_native.lib().vlm_prefill_attention(
+        q.data_ptr(), out.data_ptr(), rows, width // head_dim, kv_heads, head_dim,
+        _native.DTYPE_BF16 if q.dtype == torch.bfloat16 else _native.DTYPE_F16, KV_DTYPES[kv_dtype], block_size,
+        k_cache.data_ptr(), v_cache.data_ptr(), ptr(k_scale_zero), ptr(v_scale_zero), positions.data_ptr(),
+        block_tables.data_ptr(), block_tables.shape[1], counts, len(request_rows), sliding_window,
+        workspace.data_ptr(), ctypes.c_void_p(torch.cuda.current_stream(q.device).cuda_stream)))
+    return out

@@ -226,3 +226,25 @@ def test_cuda_device_without_a_gpu_is_refused(model):
         pytest.skip("a CUDA GPU is visible: device=cuda is served here (tests/engine/test_cuda_backend.py)")
     with pytest.raises(UnsupportedError, match="no CUDA GPU is visible.*device=cpu"):
         Engine(model, cfg(device="cuda"))
+
+
+def test_kernel_entry_points_check_their_arguments_before_the_device():
+    """The single-kernel entry points (vlmcore_kernels.h) refuse bad sizes and arguments with a clear
+    message before touching any device pointer (those below point nowhere), so this runs without a GPU."""
+    lib = _native.lib()
+    dev = ctypes.c_void_p(0x1000)  # never dereferenced: every call below fails its checks first
+    rows = (ctypes.c_int32 * 2)(1, 2)
+    args = [dev, dev, 4, 1, 1, 64, _native.DTYPE_F16, _native.DTYPE_F16, 16, dev, dev, None, None, dev, dev, 1]
+    with pytest.raises(InvalidArgumentError, match="sum to 3, not rows = 4"):
+        check(lib.vlm_prefill_attention(*args, rows, 2, 0, dev, None))
+    args[8] = 12
+    with pytest.raises(InvalidArgumentError, match="power of two"):
+        check(lib.vlm_prefill_attention(*args, (ctypes.c_int32 * 2)(2, 2), 2, 0, dev, None))
+    with pytest.raises(InvalidArgumentError, match="power of two"):
+        check(lib.vlm_decode_attention(dev, dev, 1, 1, 1, 64, _native.DTYPE_F16, _native.DTYPE_F16, 24, dev, dev,
+                                       None, None, dev, dev, 1, 0, 8, dev, None))
+    with pytest.raises(InvalidArgumentError, match="must not be h"):
+        check(lib.vlm_w4a16_gemm_rms_norm(dev, None, dev, 1e-6, dev, dev, dev, dev, 1, 128, 256, 128,
+                                          _native.DTYPE_F16, None))
+    with pytest.raises(InvalidArgumentError, match="eps"):
+        check(lib.vlm_add_rms_norm(dev, None, dev, -1.0, dev, 1, 64, _native.DTYPE_F16, None))
