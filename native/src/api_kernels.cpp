@@ -149,7 +149,34 @@ int num_sms() {
 
 // Workspace: arrival counters (zero), then per-row segment and table offsets, then the partials.
 int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
+
+// The attention entry points' view of a paged cache in the engine's layout.
+vlm::cuda::KvView kv_view_of(int32_t kv_dtype, int32_t block_size, int32_t kv_heads, int32_t head_dim,
+                             const void* k_cache, const void* v_cache, const void* k_scale_zero,
+                             const void* v_scale_zero) {
+  return {kv_dtype, block_size, kv_heads, head_dim, (int)vlm::KvCache::row_bytes(kv_dtype, head_dim),
+          const_cast<void*>(k_cache), const_cast<void*>(v_cache), const_cast<void*>(k_scale_zero),
+          const_cast<void*>(v_scale_zero)};
+}
 #endif
+
+// Workspace of vlm_prefill_attention: each row's request, each request's table offset, the row tiles.
+int64_t prefill_workspace_bytes(int32_t rows, int32_t num_requests) {
+  return ((int64_t)rows + num_requests) * 4 + (int64_t)rows * 8;
+}
+
+// The attention entry points' arguments about the paged cache: dtypes, scales, block geometry.
+void check_cache_args(int32_t act_dtype, int32_t kv_dtype, const void* k_scale_zero, const void* v_scale_zero,
+                      int32_t block_size, int32_t max_blocks, int32_t sliding_window) {
+  VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+  VLM_CHECK_ARG(kv_dtype >= VLM_DTYPE_F32 && kv_dtype <= VLM_DTYPE_I4 && kv_dtype != VLM_DTYPE_I32,
+                "kv_dtype must be F32, F16, BF16, I8 or I4");
+  const bool quantized = kv_dtype == VLM_DTYPE_I8 || kv_dtype == VLM_DTYPE_I4;
+  VLM_CHECK_ARG(!quantized || (k_scale_zero && v_scale_zero), "I8/I4 caches need their scale/zero arrays");
+  VLM_CHECK_ARG(block_size > 0 && (block_size & (block_size - 1)) == 0,
+                "block_size must be a power of two (as the engine's), got " << block_size);
+  VLM_CHECK_ARG(max_blocks > 0 && sliding_window >= 0, "invalid max_blocks or sliding_window");
+}
 
 }  // namespace
 
@@ -175,14 +202,7 @@ int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_hea
   return vlm::guarded([&] {
     VLM_CHECK_ARG(q && out && k_cache && v_cache && positions && block_tables && workspace, "NULL device pointer");
     check_decode_attention_shape(rows, num_heads, kv_heads, head_dim, max_context);
-    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
-    VLM_CHECK_ARG(kv_dtype >= VLM_DTYPE_F32 && kv_dtype <= VLM_DTYPE_I4 && kv_dtype != VLM_DTYPE_I32,
-                  "kv_dtype must be F32, F16, BF16, I8 or I4");
-    const bool quantized = kv_dtype == VLM_DTYPE_I8 || kv_dtype == VLM_DTYPE_I4;
-    VLM_CHECK_ARG(!quantized || (k_scale_zero && v_scale_zero), "I8/I4 caches need their scale/zero arrays");
-    VLM_CHECK_ARG(block_size > 0 && (block_size & (block_size - 1)) == 0,
-                  "block_size must be a power of two (as the engine's), got " << block_size);
-    VLM_CHECK_ARG(max_blocks > 0 && sliding_window >= 0, "invalid max_blocks or sliding_window");
+    check_cache_args(act_dtype, kv_dtype, k_scale_zero, v_scale_zero, block_size, max_blocks, sliding_window);
 #ifdef VLM_HAVE_CUDA
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
     uint8_t* ws = static_cast<uint8_t*>(workspace);
@@ -195,9 +215,8 @@ int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_hea
     // call stays asynchronous for the kernel below.
     VLM_CUDA_CHECK(cudaMemcpyAsync(segments, host.data(), host.size() * 4, cudaMemcpyHostToDevice, s));
     const vlm::cuda::StepMeta meta{positions, nullptr, segments, segments + rows, block_tables};
-    const vlm::cuda::KvView kv{kv_dtype, block_size, kv_heads, head_dim, (int)vlm::KvCache::row_bytes(kv_dtype, head_dim),
-                               const_cast<void*>(k_cache), const_cast<void*>(v_cache), const_cast<void*>(k_scale_zero),
-                               const_cast<void*>(v_scale_zero)};
+    const vlm::cuda::KvView kv =
+        kv_view_of(kv_dtype, block_size, kv_heads, head_dim, k_cache, v_cache, k_scale_zero, v_scale_zero);
     VLM_CUDA_CHECK(vlm::cuda::paged_attention(act_dtype == VLM_DTYPE_BF16 ? vlm::cuda::ActType::BF16
                                                                           : vlm::cuda::ActType::F16,
                                               q, out, meta, rows, num_heads, sliding_window, max_context, num_sms(),
@@ -210,15 +229,6 @@ int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_hea
 #endif
   });
 }
-
-namespace {
-
-// Workspace of vlm_prefill_attention: each row's request, each request's table offset, the row tiles.
-int64_t prefill_workspace_bytes(int32_t rows, int32_t num_requests) {
-  return ((int64_t)rows + num_requests) * 4 + (int64_t)rows * 8;
-}
-
-}  // namespace
 
 int vlm_prefill_attention_workspace_bytes(int32_t rows, int32_t num_requests, int64_t* bytes) {
   return vlm::guarded([&] {
@@ -243,14 +253,7 @@ int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_t num_he
     VLM_CHECK_ARG(num_heads % kv_heads == 0,
                   "prefill attention: num_heads " << num_heads << " is not a multiple of kv_heads " << kv_heads);
     VLM_CHECK_ARG(head_dim <= 256, "prefill attention: head_dim must be at most 256, got " << head_dim);
-    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
-    VLM_CHECK_ARG(kv_dtype >= VLM_DTYPE_F32 && kv_dtype <= VLM_DTYPE_I4 && kv_dtype != VLM_DTYPE_I32,
-                  "kv_dtype must be F32, F16, BF16, I8 or I4");
-    const bool quantized = kv_dtype == VLM_DTYPE_I8 || kv_dtype == VLM_DTYPE_I4;
-    VLM_CHECK_ARG(!quantized || (k_scale_zero && v_scale_zero), "I8/I4 caches need their scale/zero arrays");
-    VLM_CHECK_ARG(block_size > 0 && (block_size & (block_size - 1)) == 0,
-                  "block_size must be a power of two (as the engine's), got " << block_size);
-    VLM_CHECK_ARG(max_blocks > 0 && sliding_window >= 0, "invalid max_blocks or sliding_window");
+    check_cache_args(act_dtype, kv_dtype, k_scale_zero, v_scale_zero, block_size, max_blocks, sliding_window);
     int64_t total = 0;
     for (int32_t i = 0; i < num_requests; ++i) {
       VLM_CHECK_ARG(request_rows[i] > 0, "request " << i << " has " << request_rows[i] << " rows");
@@ -276,9 +279,8 @@ int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_t num_he
     VLM_CUDA_CHECK(cudaMemcpyAsync(meta_d, host.data(), host.size() * 4, cudaMemcpyHostToDevice, s));
     VLM_CUDA_CHECK(cudaMemcpyAsync(tiles_d, tiles.data(), tiles.size() * sizeof(int2), cudaMemcpyHostToDevice, s));
     const vlm::cuda::StepMeta meta{positions, nullptr, meta_d, meta_d + rows, block_tables};
-    const vlm::cuda::KvView kv{kv_dtype, block_size, kv_heads, head_dim, (int)vlm::KvCache::row_bytes(kv_dtype, head_dim),
-                               const_cast<void*>(k_cache), const_cast<void*>(v_cache), const_cast<void*>(k_scale_zero),
-                               const_cast<void*>(v_scale_zero)};
+    const vlm::cuda::KvView kv =
+        kv_view_of(kv_dtype, block_size, kv_heads, head_dim, k_cache, v_cache, k_scale_zero, v_scale_zero);
     VLM_CUDA_CHECK(vlm::cuda::prefill_attention(act_dtype == VLM_DTYPE_BF16 ? vlm::cuda::ActType::BF16
                                                                             : vlm::cuda::ActType::F16,
                                                 q, out, meta, tiles_d, (int)tiles.size(), num_heads, sliding_window,
