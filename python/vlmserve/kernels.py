@@ -10,6 +10,18 @@ from vlmserve import _native
 from vlmserve.errors import check
 
 
+def _act_dtype(bf16: bool) -> int:
+    """The library's code for the activation dtype."""
+    return _native.DTYPE_BF16 if bf16 else _native.DTYPE_F16
+
+
+def _stream(device) -> ctypes.c_void_p:
+    """torch's current CUDA stream on `device`, for the library's stream arguments."""
+    import torch
+
+    return ctypes.c_void_p(torch.cuda.current_stream(device).cuda_stream)
+
+
 def pack_w4a16(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group_size: int,
                bf16: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """AutoAWQ tensors -> (packed weights uint8, packed scales/zeros uint16) in the tensor-core layout."""
@@ -22,7 +34,7 @@ def pack_w4a16(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, grou
     qweight = np.ascontiguousarray(qweight, dtype=np.int32)
     qzeros = np.ascontiguousarray(qzeros, dtype=np.int32)
     scales = np.ascontiguousarray(scales, dtype=np.float16)
-    dtype = _native.DTYPE_BF16 if bf16 else _native.DTYPE_F16
+    dtype = _act_dtype(bf16)
     check(_native.lib().vlm_w4a16_pack(qweight.ctypes.data, qzeros.ctypes.data, scales.ctypes.data, n, k,
                                        group_size, dtype, packed.ctypes.data, sz.ctypes.data))
     return packed, sz
@@ -48,8 +60,8 @@ def w4a16_gemm(a, packed, scale_zero, n: int, group_size: int, residual=None, ou
     check(_native.lib().vlm_w4a16_gemm(
         a.data_ptr(), packed.data_ptr(), scale_zero.data_ptr(),
         residual.data_ptr() if residual is not None else None, out.data_ptr(), m, n, k, group_size,
-        _native.DTYPE_BF16 if bf16 else _native.DTYPE_F16, workspace.data_ptr(),
-        ctypes.c_void_p(torch.cuda.current_stream(a.device).cuda_stream)))
+        _act_dtype(bf16), workspace.data_ptr(),
+        _stream(a.device)))
     return out
 
 
@@ -68,8 +80,8 @@ def w4a16_gemm_rms_norm(h, delta, norm_weight, eps: float, packed, scale_zero, n
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     check(_native.lib().vlm_w4a16_gemm_rms_norm(
         h.data_ptr(), ptr(delta), norm_weight.data_ptr(), eps, ptr(h_out), packed.data_ptr(), scale_zero.data_ptr(),
-        out.data_ptr(), m, n, k, group_size, _native.DTYPE_BF16 if dtype == torch.bfloat16 else _native.DTYPE_F16,
-        ctypes.c_void_p(torch.cuda.current_stream(h.device).cuda_stream)))
+        out.data_ptr(), m, n, k, group_size, _act_dtype(dtype == torch.bfloat16),
+        _stream(h.device)))
     return out
 
 
@@ -85,8 +97,8 @@ def add_rms_norm(h, delta, weight, eps: float, out=None, dtype=None):
         out = torch.empty(rows, hidden, dtype=dtype, device=h.device)
     check(_native.lib().vlm_add_rms_norm(
         h.data_ptr(), None if delta is None else delta.data_ptr(), weight.data_ptr(), eps, out.data_ptr(), rows,
-        hidden, _native.DTYPE_BF16 if dtype == torch.bfloat16 else _native.DTYPE_F16,
-        ctypes.c_void_p(torch.cuda.current_stream(h.device).cuda_stream)))
+        hidden, _act_dtype(dtype == torch.bfloat16),
+        _stream(h.device)))
     return out
 
 
@@ -99,8 +111,8 @@ def w4a16_dequantize(packed, scale_zero, n: int, k: int, group_size: int, bf16: 
         out = torch.empty(n, k, dtype=dtype, device=packed.device)
     check(_native.lib().vlm_w4a16_dequantize(
         packed.data_ptr(), scale_zero.data_ptr(), out.data_ptr(), n, k, group_size,
-        _native.DTYPE_BF16 if bf16 else _native.DTYPE_F16,
-        ctypes.c_void_p(torch.cuda.current_stream(packed.device).cuda_stream)))
+        _act_dtype(bf16),
+        _stream(packed.device)))
     return out
 
 
@@ -133,10 +145,10 @@ def decode_attention(q, k_cache, v_cache, positions, block_tables, *, kv_dtype: 
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     check(_native.lib().vlm_decode_attention(
         q.data_ptr(), out.data_ptr(), rows, num_heads, kv_heads, head_dim,
-        _native.DTYPE_BF16 if q.dtype == torch.bfloat16 else _native.DTYPE_F16, KV_DTYPES[kv_dtype], block_size,
+        _act_dtype(q.dtype == torch.bfloat16), KV_DTYPES[kv_dtype], block_size,
         k_cache.data_ptr(), v_cache.data_ptr(), ptr(k_scale_zero), ptr(v_scale_zero), positions.data_ptr(),
         block_tables.data_ptr(), block_tables.shape[1], sliding_window, max_context, workspace.data_ptr(),
-        ctypes.c_void_p(torch.cuda.current_stream(q.device).cuda_stream)))
+        _stream(q.device)))
     return out
 
 
@@ -158,8 +170,8 @@ def prefill_attention(q, k_cache, v_cache, positions, block_tables, request_rows
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     check(_native.lib().vlm_prefill_attention(
         q.data_ptr(), out.data_ptr(), rows, width // head_dim, kv_heads, head_dim,
-        _native.DTYPE_BF16 if q.dtype == torch.bfloat16 else _native.DTYPE_F16, KV_DTYPES[kv_dtype], block_size,
+        _act_dtype(q.dtype == torch.bfloat16), KV_DTYPES[kv_dtype], block_size,
         k_cache.data_ptr(), v_cache.data_ptr(), ptr(k_scale_zero), ptr(v_scale_zero), positions.data_ptr(),
         block_tables.data_ptr(), block_tables.shape[1], counts, len(request_rows), sliding_window,
-        workspace.data_ptr(), ctypes.c_void_p(torch.cuda.current_stream(q.device).cuda_stream)))
+        workspace.data_ptr(), _stream(q.device)))
     return out
