@@ -8,8 +8,7 @@
 #
 # Steps: build (cmake, sm_90a, into build-gpu/), tests (gpu-marked kernel and engine tests; or
 # wtests, the w4a16 kernel tests, and etests, the engine tests, apart), gemm_new (bench/gemm at
-# decode sizes only), decode_short (2B w4a16 + int8 KV at batch 1 and 16, both w4a16 kernels),
-# decode_new (2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0), decode_7b
+# decode sizes only), decode_new (2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0), decode_7b
 # (7B w4a16 + int8 KV at batch 1), dtests (the decode-size kernel and fused-norm tests), decode_table
 # (2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers), serve (bench/serve.py on
 # model (a), w4a16 + int8 KV at concurrency 1/16/64/256; needs python/vlmserve/_proto carried, and
@@ -119,16 +118,6 @@ etests() {  # the engine on the GPU against the CPU backend
 gemm_new() {
   python3 bench/gemm.py --ms 1,16 --out-dir "$RES/gemm" | grep -E "^\| |^- M"
 }
-decode_2b() {  # 2B w4a16 + int8 KV at batch 1, 16 and 64
-  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 --peer-batches 0 \
-    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b.json" | tail -n 4
-}
-decode_short() {  # 2B w4a16 + int8 KV at batch 1 and 16, decode kernel and general kernel
-  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16 --peer-batches 0 \
-    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b.json" | tail -n 4
-  VLM_W4A16_DECODE=0 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16 \
-    --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_general.json" | tail -n 4
-}
 profile() {  # per-phase GPU and host time of prefill and decode steps (eager launches, CUDA events)
   for b in 1 64; do
     VLM_CUDA_PROFILE=1 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches $b --new-tokens 32 \
@@ -147,7 +136,7 @@ ktests() {  # the attention and norm kernels against their references
     tests/kernels/test_rms_norm.py
 }
 export RES
-export -f build tests wtests etests sanitize gemm gemm_new decode decode_2b decode_short profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
+export -f build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
 
 step build 180
 step tests 300
@@ -159,8 +148,6 @@ step serve_leads 500
 step wtests 120
 step gemm_new 120
 step etests 120
-step decode_short 240
-step decode_2b 120
 step decode_new 240
 step sanitize 200
 step decode_7b 150
