@@ -6,20 +6,22 @@
 #
 #   STEPS="build tests gemm decode" OUT=/tmp/out bash bench/gpu_session.sh
 #
-# Steps: build (cmake, sm_90a, into build-gpu/), tests (gpu-marked kernel and engine tests; or
-# wtests, the w4a16 kernel tests, and etests, the engine tests, apart), gemm_new (bench/gemm at
-# decode sizes only), decode_new (2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0), decode_7b
-# (7B w4a16 + int8 KV at batch 1), dtests (the decode-size kernel and fused-norm tests), decode_table
-# (2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers), serve (bench/serve.py on
-# model (a), w4a16 + int8 KV at concurrency 1/16/64/256; needs python/vlmserve/_proto carried, and
-# .gpu-carry/wheels where the image lacks packages), serve_leads (the same at 1/64/256 with JPEG
-# requests, then as two service processes), ktests (decode/prefill attention and norm kernel tests),
-# sanitize (compute-sanitizer memcheck on the w4a16, fused-norm
-# and decode attention tests), gemm (bench/gemm at decode
-# sizes, then the same with the general kernel: VLM_W4A16_DECODE=0), decode (bench/decode: 2B at
-# batch 1/16/64 and 7B at batch 1, w4a16 + int8 KV, beside fp16 weights, transformers, the general
-# w4a16 kernel and fewer attention key slices), profile (VLM_CUDA_PROFILE=1: each phase of the 2B
-# w4a16 + int8 KV prefill and decode steps at batch 1 and 64, launched eagerly).
+# Steps:
+#   build         cmake, sm_90a, into build-gpu/
+#   tests         every gpu-marked kernel test and the engine tests (or apart: wtests, the w4a16
+#                 kernels; dtests, the decode-size kernel and its fused norm; ktests, the attention
+#                 and norm kernels; etests, the engine against the CPU backend)
+#   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
+#   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0
+#   decode_new    2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0
+#   decode_table  2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers
+#   decode_7b     7B w4a16 + int8 KV at batch 1
+#   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
+#                 transformers, the general w4a16 kernel and fewer attention key slices
+#   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
+#   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (needs
+#                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
+#   serve_leads   the same at 1/64/256 with JPEG requests, then as two service processes
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 STEPS=${STEPS:-build tests gemm decode}
