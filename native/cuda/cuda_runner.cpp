@@ -406,7 +406,7 @@ class CudaRunner final : public StepRunner {
     // Other steps (prefill chunks, with any decode rows beside them) attend in row tiles.
     int num_tiles = 0;
     if (!decode) {
-      const int tile_rows = cuda::prefill_tile_rows(p_.num_heads, p_.num_kv_heads);
+      const int tile_rows = cuda::prefill_tile_rows(p_.num_heads, kv_view(0));
       tiles_host_.clear();
       for (const AttentionSegment& s : b.segments)
         for (int i = 0; i < s.count; i += tile_rows) tiles_host_.push_back({s.row + i, std::min(tile_rows, s.count - i)});

@@ -33,49 +33,6 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kVec = 8;      // elements of a row per lane
 constexpr int kMaxGroup = 8;
 
-enum CacheType { kF16, kBF16, kI8, kI4 };
-
-__device__ __forceinline__ void halves_to_float(uint32_t w, float& a, float& b) {
-  const __half2 h = *reinterpret_cast<const __half2*>(&w);
-  a = __low2float(h);
-  b = __high2float(h);
-}
-__device__ __forceinline__ void bhalves_to_float(uint32_t w, float& a, float& b) {
-  a = __uint_as_float(w << 16);
-  b = __uint_as_float(w & 0xffff0000u);
-}
-
-// Elements [e0, e0 + 8) of cache row `row`, dequantized to fp32.
-template <int CT>
-__device__ __forceinline__ void load_row8(const KvView& c, const void* data, const void* sz, int64_t row, int e0,
-                                          float (&x)[kVec]) {
-  const uint8_t* base = static_cast<const uint8_t*>(data) + row * c.row_bytes;
-  if constexpr (CT == kF16 || CT == kBF16) {
-    const uint4 u = *reinterpret_cast<const uint4*>(base + e0 * 2);
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (CT == kF16) halves_to_float(w[i], x[2 * i], x[2 * i + 1]);
-      else bhalves_to_float(w[i], x[2 * i], x[2 * i + 1]);
-    }
-  } else {
-    const __half2 p = static_cast<const __half2*>(sz)[row];
-    const float s = __low2float(p), z = __high2float(p);
-    if constexpr (CT == kI8) {
-      const uint2 u = *reinterpret_cast<const uint2*>(base + e0);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        x[i] = byte_code(u.x, i) * s + z;
-        x[4 + i] = byte_code(u.y, i) * s + z;
-      }
-    } else {  // element d in byte d / 2, low nibble first
-      const uint32_t u = *reinterpret_cast<const uint32_t*>(base + e0 / 2);
-#pragma unroll
-      for (int i = 0; i < kVec; ++i) x[i] = nibble_code(u, i) * s + z;
-    }
-  }
-}
-
 template <class T>
 __device__ __forceinline__ void load_q8(const T* p, float scale, float (&x)[kVec]) {
   const uint4 u = *reinterpret_cast<const uint4*>(p);

@@ -94,8 +94,9 @@ cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMe
 
 // Prefill steps: the same attention with the rows of a request in tiles that share
 // every K/V read (prefill_attention.cu). tiles[i] = (first row, row count), rows of
-// one request with consecutive positions, at most prefill_tile_rows() each.
-int prefill_tile_rows(int num_heads, int kv_heads);
+// one request with consecutive positions, at most prefill_tile_rows() each (it depends on
+// which form of the kernel takes the cache: see prefill_attention.cu).
+int prefill_tile_rows(int num_heads, const KvView& cache);
 cudaError_t prefill_attention(ActType act, const void* q, void* out, const StepMeta& meta, const int2* tiles,
                               int num_tiles, int num_heads, int sliding_window, const KvView& cache,
                               cudaStream_t stream);

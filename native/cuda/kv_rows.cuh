@@ -39,6 +39,63 @@ __device__ __forceinline__ float nibble_code(uint32_t word, int nibble) {
   return __uint_as_float(((word >> (4 * nibble)) & 15u) | 0x4B000000u) - 8388608.f;
 }
 
+// Cache element types of the vectorised readers below (a template argument: one kernel per type).
+enum CacheType { kF16, kBF16, kI8, kI4 };
+
+__device__ __forceinline__ void halves_to_float(uint32_t w, float& a, float& b) {
+  const __half2 h = *reinterpret_cast<const __half2*>(&w);
+  a = __low2float(h);
+  b = __high2float(h);
+}
+__device__ __forceinline__ void bhalves_to_float(uint32_t w, float& a, float& b) {
+  a = __uint_as_float(w << 16);
+  b = __uint_as_float(w & 0xffff0000u);
+}
+
+// Elements [e0, e0 + 8) of cache row `row` (a 16-byte, 8-byte or 4-byte load) as stored: the
+// values of an fp16/bf16 row (scale 1, zero 0), the codes of an int8/int4 row (exact in fp32, and
+// in fp16 or bf16 too) with the row's scale and zero (value = code * scale + zero). CT (a
+// CacheType) is the cache's element type.
+template <int CT>
+__device__ __forceinline__ void load_codes8(const KvView& c, const void* data, const void* sz, int64_t row, int e0,
+                                            float (&x)[8], float& scale, float& zero) {
+  const uint8_t* base = static_cast<const uint8_t*>(data) + row * c.row_bytes;
+  if constexpr (CT == kF16 || CT == kBF16) {
+    const uint4 u = *reinterpret_cast<const uint4*>(base + e0 * 2);
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (CT == kF16) halves_to_float(w[i], x[2 * i], x[2 * i + 1]);
+      else bhalves_to_float(w[i], x[2 * i], x[2 * i + 1]);
+    }
+    scale = 1.f, zero = 0.f;
+  } else {
+    const __half2 p = static_cast<const __half2*>(sz)[row];
+    scale = __low2float(p), zero = __high2float(p);
+    if constexpr (CT == kI8) {
+      const uint2 u = *reinterpret_cast<const uint2*>(base + e0);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) x[i] = byte_code(u.x, i), x[4 + i] = byte_code(u.y, i);
+    } else {  // element d in byte d / 2, low nibble first
+      const uint32_t u = *reinterpret_cast<const uint32_t*>(base + e0 / 2);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) x[i] = nibble_code(u, i);
+    }
+  }
+}
+
+// The same elements dequantized to fp32.
+template <int CT>
+__device__ __forceinline__ void load_row8(const KvView& c, const void* data, const void* sz, int64_t row, int e0,
+                                          float (&x)[8]) {
+  float s, z;
+  load_codes8<CT>(c, data, sz, row, e0, x, s, z);
+  if constexpr (CT == kI8 || CT == kI4) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x[i] = x[i] * s + z;
+  }
+}
+
 // Elements lane + 32 e (e < E) of a cache row as fp32, 0 past head_dim.
 template <int E>
 __device__ inline void load_kv_row(const KvView& c, const void* data, const void* sz, int64_t row, int lane,

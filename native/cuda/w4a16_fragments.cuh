@@ -69,6 +69,14 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t* r, const void* smem) {
                : "r"(addr));
 }
 
+// The same with each 8x8 matrix transposed (for a B operand stored k-major).
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
 // A lane's scales and zeros for one group, each replicated into both halves of a 2-vector:
 // s2[tile], z2[tile] belong to column 8 * tile + lane / 4 of the strip. Expanded once per group,
 // not once per k16 step.

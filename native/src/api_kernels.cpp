@@ -262,7 +262,9 @@ int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_t num_he
     VLM_CHECK_ARG(total == rows, "request_rows sum to " << total << ", not rows = " << rows);
 #ifdef VLM_HAVE_CUDA
     // The engine's step metadata for these requests (row -> request, request -> table) and its row tiles.
-    const int tile_rows = vlm::cuda::prefill_tile_rows(num_heads, kv_heads);
+    const vlm::cuda::KvView kv =
+        kv_view_of(kv_dtype, block_size, kv_heads, head_dim, k_cache, v_cache, k_scale_zero, v_scale_zero);
+    const int tile_rows = vlm::cuda::prefill_tile_rows(num_heads, kv);
     std::vector<int32_t> host((size_t)rows + num_requests);
     std::vector<int2> tiles;
     for (int32_t i = 0, r0 = 0; i < num_requests; r0 += request_rows[i++]) {
@@ -279,8 +281,6 @@ int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_t num_he
     VLM_CUDA_CHECK(cudaMemcpyAsync(meta_d, host.data(), host.size() * 4, cudaMemcpyHostToDevice, s));
     VLM_CUDA_CHECK(cudaMemcpyAsync(tiles_d, tiles.data(), tiles.size() * sizeof(int2), cudaMemcpyHostToDevice, s));
     const vlm::cuda::StepMeta meta{positions, nullptr, meta_d, meta_d + rows, block_tables};
-    const vlm::cuda::KvView kv =
-        kv_view_of(kv_dtype, block_size, kv_heads, head_dim, k_cache, v_cache, k_scale_zero, v_scale_zero);
     VLM_CUDA_CHECK(vlm::cuda::prefill_attention(act_dtype == VLM_DTYPE_BF16 ? vlm::cuda::ActType::BF16
                                                                             : vlm::cuda::ActType::F16,
                                                 q, out, meta, tiles_d, (int)tiles.size(), num_heads, sliding_window,

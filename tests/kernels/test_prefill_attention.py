@@ -1,10 +1,16 @@
 """Prefill attention (several rows per request, causal, over the paged and possibly
-quantized KV cache: the engine's row-tiled kernel) against a float32 torch reference
-on fresh random inputs: every cache type, query groups 1-16, head dims 64/80/128,
-ragged requests (one row, a chunk after a cached prefix, whole prompts longer than a
-tile), several requests in one call, shuffled block tables, a sliding window and
-poisoned outputs. Needs a CUDA GPU."""
+quantized KV cache: the engine's row-tiled kernel, in its tensor-core form for head
+dims 64 and 128 and its CUDA-core form otherwise, and the CUDA-core form for every
+case in a second process) against a float32 torch reference on fresh random inputs:
+every cache type, query groups 1-16, head dims 64/80/128, ragged requests (one row, a
+chunk after a cached prefix, whole prompts longer than a tile), several requests in
+one call, shuffled block tables, a sliding window and poisoned outputs. Needs a CUDA
+GPU."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -79,3 +85,13 @@ def test_bad_calls_are_refused():
         prefill_attention(q, kc, kc, pos, tables, [4, 0], **kwargs)
     with pytest.raises(VlmError, match="power of two"):
         prefill_attention(q, kc, kc, pos, tables, [2, 2], **dict(kwargs, block_size=12))
+
+
+@pytest.mark.skipif(os.environ.get("VLM_PREFILL_ATTENTION") == "simt", reason="this run is the CUDA-core form's")
+def test_cuda_core_form_matches_reference_too():
+    """The same cases with VLM_PREFILL_ATTENTION=simt (the library reads it once per process): the
+    CUDA-core form, which the tensor-core one replaces for head dims 64 and 128, stays right."""
+    env = dict(os.environ, VLM_PREFILL_ATTENTION="simt")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                           "matches_reference"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
