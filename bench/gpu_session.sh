@@ -18,6 +18,7 @@
 #   decode_7b     7B w4a16 + int8 KV at batch 1
 #   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
 #                 transformers, the general w4a16 kernel and fewer attention key slices
+#   prefill       2B w4a16 + int8 KV prefill at batch 1 and 64: tensor-core attention, then the CUDA-core form
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
@@ -120,6 +121,14 @@ etests() {  # the engine on the GPU against the CPU backend
 gemm_new() {
   python3 bench/gemm.py --ms 1,16 --out-dir "$RES/gemm" | grep -E "^\| |^- M"
 }
+prefill() {  # prefill time of the same batches with each form of the prefill attention
+  for form in tc simt; do
+    VLM_PREFILL_ATTENTION=$form python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/prefill_$form.json" >/dev/null &&
+      python3 -c "import json,sys; [print(sys.argv[2], r['batch'], 'prefill_s_median', r['prefill_s_median'], 'tok_s', round(r['tok_s']))
+        for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_$form.json" $form
+  done
+}
 profile() {  # per-phase GPU and host time of prefill and decode steps (eager launches, CUDA events)
   for b in 1 64; do
     VLM_CUDA_PROFILE=1 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches $b --new-tokens 32 \
@@ -138,7 +147,7 @@ ktests() {  # the attention and norm kernels against their references
     tests/kernels/test_rms_norm.py
 }
 export RES
-export -f build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
+export -f prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
 
 step build 180
 step tests 300
@@ -150,6 +159,7 @@ step serve_leads 500
 step wtests 120
 step gemm_new 120
 step etests 120
+step prefill 200
 step decode_new 240
 step sanitize 200
 step decode_7b 150
