@@ -19,6 +19,8 @@
 #   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
 #                 transformers, the general w4a16 kernel and fewer attention key slices
 #   prefill       2B w4a16 + int8 KV prefill at batch 1 and 64: tensor-core attention, then the CUDA-core form
+#   trace         the kernels of steady decode steps as graphs run them (bench/decode_trace.py): 2B w4a16 +
+#                 int8 KV at batch 1 and 64, fp16 weights at batch 1
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
@@ -129,6 +131,13 @@ prefill() {  # prefill time of the same batches with each form of the prefill at
         for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_$form.json" $form
   done
 }
+trace() {  # per-kernel time of graph-replayed decode steps
+  for b in 1 64; do
+    python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch $b --out "$RES/trace_w4a16_b$b.json" |
+      head -n 16
+  done
+  python3 bench/decode_trace.py --model 2b --weights fp16 --kv int8 --batch 1 --out "$RES/trace_fp16_b1.json" | head -n 16
+}
 profile() {  # per-phase GPU and host time of prefill and decode steps (eager launches, CUDA events)
   for b in 1 64; do
     VLM_CUDA_PROFILE=1 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches $b --new-tokens 32 \
@@ -147,7 +156,7 @@ ktests() {  # the attention and norm kernels against their references
     tests/kernels/test_rms_norm.py
 }
 export RES
-export -f prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
+export -f trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
 
 step build 180
 step tests 300
@@ -160,6 +169,7 @@ step wtests 120
 step gemm_new 120
 step etests 120
 step prefill 200
+step trace 200
 step decode_new 240
 step sanitize 200
 step decode_7b 150

@@ -70,7 +70,7 @@ VLM_API int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_s
  * dtypes; a row at position p sees [max(0, p - window + 1), p]). Request i owns
  * the next request_rows[i] rows of q (a host array of num_requests counts,
  * summing to rows) at consecutive ascending positions, and the block table
- * block_tables[i * max_blocks ...]. workspace (device) of
+ * block_tables[i * max_blocks ...]. workspace (device, 16-byte aligned) of
  * vlm_prefill_attention_workspace_bytes. Asynchronous on `stream`; CUDA builds
  * only (else VLM_ERR_UNSUPPORTED). */
 VLM_API int vlm_prefill_attention_workspace_bytes(int32_t rows, int32_t num_requests, int64_t* bytes);
@@ -90,7 +90,8 @@ VLM_API int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_
  * head_dim] in act_dtype (F16 or BF16). Row r attends to positions
  * [max(0, positions[r] - window + 1), positions[r]] (window 0: no limit) through
  * block_tables[r * max_blocks ...]. All pointers are device pointers; workspace
- * of vlm_decode_attention_workspace_bytes, zero-filled before its first use.
+ * (16-byte aligned) of vlm_decode_attention_workspace_bytes, zero-filled before
+ * its first use.
  * Asynchronous on `stream`. CUDA builds only (else VLM_ERR_UNSUPPORTED). */
 VLM_API int vlm_decode_attention_workspace_bytes(int32_t rows, int32_t num_heads, int32_t kv_heads,
                                                  int32_t head_dim, int32_t max_context, int64_t* bytes);

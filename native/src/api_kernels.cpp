@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "cuda/cuda_check.cuh"
@@ -139,6 +140,9 @@ void check_decode_attention_shape(int32_t rows, int32_t num_heads, int32_t kv_he
   VLM_CHECK_ARG(head_dim <= 256 && head_dim % 8 == 0, "decode attention: head_dim must be a multiple of 8 up to 256");
 }
 
+// Attention workspaces keep each of their arrays at a 16-byte offset.
+int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
+
 #ifdef VLM_HAVE_CUDA
 int num_sms() {
   int dev = 0, n = 0;
@@ -146,9 +150,6 @@ int num_sms() {
   VLM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
   return n;
 }
-
-// Workspace: arrival counters (zero), then per-row segment and table offsets, then the partials.
-int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
 
 // The attention entry points' view of a paged cache in the engine's layout.
 vlm::cuda::KvView kv_view_of(int32_t kv_dtype, int32_t block_size, int32_t kv_heads, int32_t head_dim,
@@ -160,9 +161,18 @@ vlm::cuda::KvView kv_view_of(int32_t kv_dtype, int32_t block_size, int32_t kv_he
 }
 #endif
 
-// Workspace of vlm_prefill_attention: each row's request, each request's table offset, the row tiles.
+// Workspace of vlm_prefill_attention: each row's request, each request's table offset, then the row
+// tiles (int2, read as 8-byte words: their offset is aligned).
+int64_t prefill_tiles_offset(int32_t rows, int32_t num_requests) {
+  return align16(((int64_t)rows + num_requests) * 4);
+}
 int64_t prefill_workspace_bytes(int32_t rows, int32_t num_requests) {
-  return ((int64_t)rows + num_requests) * 4 + (int64_t)rows * 8;
+  return prefill_tiles_offset(rows, num_requests) + (int64_t)rows * 8;
+}
+
+// The attention workspaces hold 8- and 16-byte words at 16-byte offsets from their start.
+void check_workspace_alignment(const void* workspace) {
+  VLM_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, "workspace must be 16-byte aligned");
 }
 
 // The attention entry points' arguments about the paged cache: dtypes, scales, block geometry.
@@ -202,6 +212,7 @@ int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_hea
   return vlm::guarded([&] {
     VLM_CHECK_ARG(q && out && k_cache && v_cache && positions && block_tables && workspace, "NULL device pointer");
     check_decode_attention_shape(rows, num_heads, kv_heads, head_dim, max_context);
+    check_workspace_alignment(workspace);
     check_cache_args(act_dtype, kv_dtype, k_scale_zero, v_scale_zero, block_size, max_blocks, sliding_window);
 #ifdef VLM_HAVE_CUDA
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -248,6 +259,7 @@ int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_t num_he
   return vlm::guarded([&] {
     VLM_CHECK_ARG(q && out && k_cache && v_cache && positions && block_tables && workspace, "NULL device pointer");
     VLM_CHECK_ARG(request_rows, "NULL request_rows");
+    check_workspace_alignment(workspace);
     VLM_CHECK_ARG(rows > 0 && num_heads > 0 && kv_heads > 0 && head_dim > 0 && num_requests > 0,
                   "prefill attention: sizes must be positive");
     VLM_CHECK_ARG(num_heads % kv_heads == 0,
@@ -276,7 +288,7 @@ int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_t num_he
     const cudaStream_t s = static_cast<cudaStream_t>(stream);
     uint8_t* ws = static_cast<uint8_t*>(workspace);
     int32_t* meta_d = reinterpret_cast<int32_t*>(ws);
-    int2* tiles_d = reinterpret_cast<int2*>(ws + ((int64_t)rows + num_requests) * 4);
+    int2* tiles_d = reinterpret_cast<int2*>(ws + prefill_tiles_offset(rows, num_requests));
     // From pageable memory the copies have left the host vectors when the call returns (they are staged).
     VLM_CUDA_CHECK(cudaMemcpyAsync(meta_d, host.data(), host.size() * 4, cudaMemcpyHostToDevice, s));
     VLM_CUDA_CHECK(cudaMemcpyAsync(tiles_d, tiles.data(), tiles.size() * sizeof(int2), cudaMemcpyHostToDevice, s));

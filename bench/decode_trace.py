@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Where a decode step's time goes on the GPU, as the engine runs it (CUDA graphs, dependent launch):
+the kernels of a window of steady decode steps, recorded by CUPTI through torch.profiler.
+
+The same random-weight models as bench/decode.py (written under --work). `batch` requests of a
+512-token prompt decode; once every request has its first --skip tokens, --steps steps are recorded.
+A step ends with the argmax kernel (greedy requests take their token from it), so the kernels between
+two argmax kernels are one step. Reported per step: its span (argmax end to argmax end), the time at
+least one kernel ran (the union of their intervals: kernels overlap under dependent launch), the idle
+rest, and for each kernel name its launches and mean and total duration.
+
+    python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch 1 --out trace_b1.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from decode import PROMPT, SHAPES, write_model
+from run_info import write_atomic
+
+
+def short_name(name: str) -> str:
+    """The kernel's function name, without namespaces, template arguments or parameters."""
+    base = re.split(r"[<(]", name.replace("(anonymous namespace)", ""), maxsplit=1)[0]
+    return base.split("::")[-1].removeprefix("void ").strip() or name[:60]
+
+
+def busy_time(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for s, e in sorted(intervals):
+        if e > end:
+            total += e - max(s, end)
+            end = e
+    return total
+
+
+def analyse(kernels: list[dict]) -> dict:
+    """kernels: chrome-trace kernel events (ts, dur in µs, name), in any order."""
+    kernels = sorted(kernels, key=lambda k: k["ts"])
+    ends = [i for i, k in enumerate(kernels) if "argmax" in k["name"]]
+    if len(ends) < 3:
+        raise RuntimeError(f"only {len(ends)} argmax kernels recorded: no whole decode step in the window")
+    steps = []
+    per_name = defaultdict(list)
+    for a, b in zip(ends, ends[1:]):
+        ks = kernels[a + 1:b + 1]
+        span = (kernels[b]["ts"] + kernels[b]["dur"]) - (kernels[a]["ts"] + kernels[a]["dur"])
+        busy = busy_time([(k["ts"], k["ts"] + k["dur"]) for k in ks])
+        steps.append({"span_us": span, "busy_us": busy, "kernels": len(ks), "kernel_sum_us": sum(k["dur"] for k in ks)})
+        for k in ks:
+            per_name[short_name(k["name"])].append(k["dur"])
+    n = len(steps)
+    table = sorted(({"kernel": name, "per_step": len(d) / n, "mean_us": statistics.mean(d), "per_step_us": sum(d) / n}
+                    for name, d in per_name.items()), key=lambda r: -r["per_step_us"])
+    med = lambda key: statistics.median(s[key] for s in steps)  # noqa: E731
+    return {"steps": n, "span_us_median": med("span_us"), "busy_us_median": med("busy_us"),
+            "kernel_sum_us_median": med("kernel_sum_us"), "kernels_per_step": med("kernels"), "by_kernel": table}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="2b", choices=sorted(SHAPES))
+    ap.add_argument("--weights", default="w4a16", choices=["fp16", "w4a16"])
+    ap.add_argument("--kv", default="int8", choices=["fp16", "int8", "int4"])
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--skip", type=int, default=8, help="tokens every request has before the window")
+    ap.add_argument("--steps", type=int, default=24, help="decode steps to record")
+    ap.add_argument("--work", default="/tmp/decode-models")
+    ap.add_argument("--out", help="JSON report")
+    args = ap.parse_args()
+
+    import numpy as np
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from vlmserve import Engine, EngineConfig, GenerationConfig
+
+    model = write_model(Path(args.work) / f"{args.model}-{args.weights}", SHAPES[args.model], args.weights == "w4a16")
+    new = args.skip + args.steps + 8
+    cfg = EngineConfig(device="cuda", kv_cache_dtype={"fp16": "auto"}.get(args.kv, args.kv), block_size=64,
+                       num_kv_blocks=((PROMPT + new + 63) // 64 + 1) * args.batch, max_batch_size=args.batch,
+                       max_num_batched_tokens=2048, max_model_len=PROMPT + new + 1)
+    rng = np.random.default_rng(0)
+    with Engine(model, cfg) as eng:
+        vocab = eng.spec.vocab_size
+        eng.generate(rng.integers(3, vocab, size=PROMPT).tolist(), GenerationConfig(max_new_tokens=new))  # graphs
+        gen = GenerationConfig(max_new_tokens=new, ignore_eos=True)
+        streams = [eng.add_request(rng.integers(3, vocab, size=PROMPT).tolist(), gen) for _ in range(args.batch)]
+        its = [iter(s) for s in streams]
+        for it in its:
+            for _ in range(args.skip):
+                next(it)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(args.steps):
+                next(its[0])
+        for s in streams:
+            s.wait(timeout=600)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
+    report = {"model": args.model, "weights": args.weights, "kv": args.kv, "batch": args.batch,
+              "gpu": torch.cuda.get_device_name(), **analyse(kernels)}
+    print(f"{args.model} {args.weights} kv {args.kv} batch {args.batch}: {report['steps']} steps, "
+          f"span {report['span_us_median']:.1f} us, a kernel running {report['busy_us_median']:.1f} us, "
+          f"kernel sum {report['kernel_sum_us_median']:.1f} us, {report['kernels_per_step']:.0f} kernels a step")
+    for r in report["by_kernel"]:
+        print(f"  {r['per_step_us']:8.1f} us/step  {r['per_step']:5.1f} x {r['mean_us']:6.2f} us  {r['kernel']}")
+    if args.out:
+        write_atomic(Path(args.out), json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
