@@ -88,6 +88,10 @@ def main() -> None:
                        num_kv_blocks=((PROMPT + new + 63) // 64 + 1) * args.batch, max_batch_size=args.batch,
                        max_num_batched_tokens=2048, max_model_len=PROMPT + new + 1)
     rng = np.random.default_rng(0)
+    # CUPTI records the kernels of graph replays only where the profiler was set up before the graphs
+    # were captured (a known limit of torch.profiler): an empty session first.
+    with profile(activities=[ProfilerActivity.CUDA]):
+        pass
     with Engine(model, cfg) as eng:
         vocab = eng.spec.vocab_size
         eng.generate(rng.integers(3, vocab, size=PROMPT).tolist(), GenerationConfig(max_new_tokens=new))  # graphs
@@ -107,6 +111,9 @@ def main() -> None:
         prof.export_chrome_trace(str(path))
         events = json.loads(path.read_text())["traceEvents"]
     kernels = [e for e in events if e.get("cat") == "kernel" and "dur" in e]
+    if not kernels:
+        cats = sorted({str(e.get("cat")) for e in events})
+        raise RuntimeError(f"no kernel recorded ({len(events)} trace events, categories {cats})")
     report = {"model": args.model, "weights": args.weights, "kv": args.kv, "batch": args.batch,
               "gpu": torch.cuda.get_device_name(), **analyse(kernels)}
     print(f"{args.model} {args.weights} kv {args.kv} batch {args.batch}: {report['steps']} steps, "
