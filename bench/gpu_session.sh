@@ -20,7 +20,7 @@
 #                 transformers, the general w4a16 kernel and fewer attention key slices
 #   prefill       2B w4a16 + int8 KV prefill at batch 1 and 64: tensor-core attention, then the CUDA-core form
 #   trace         the kernels of steady decode steps as graphs run them (bench/decode_trace.py): 2B w4a16 +
-#                 int8 KV at batch 1 and 64, fp16 weights at batch 1
+#                 int8 KV at batch 1 and 64, fp16 weights at batch 1, batch 1 with fewer attention key slices
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
@@ -137,6 +137,9 @@ trace() {  # per-kernel time of graph-replayed decode steps
       head -n 16
   done
   python3 bench/decode_trace.py --model 2b --weights fp16 --kv int8 --batch 1 --out "$RES/trace_fp16_b1.json" | head -n 16
+  # fewer key slices per attention call at batch 1 (the default plan aims at 8 blocks per SM)
+  VLM_ATTENTION_SPLIT_BLOCKS_PER_SM=1 python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch 1 \
+    --out "$RES/trace_w4a16_b1_split1.json" | head -n 6
 }
 profile() {  # per-phase GPU and host time of prefill and decode steps (eager launches, CUDA events)
   for b in 1 64; do
