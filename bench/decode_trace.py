@@ -7,7 +7,9 @@ The same random-weight models as bench/decode.py (written under --work). `batch`
 A step ends with the argmax kernel (greedy requests take their token from it), so the kernels between
 two argmax kernels are one step. Reported per step: its span (argmax end to argmax end), the time at
 least one kernel ran (the union of their intervals: kernels overlap under dependent launch), the idle
-rest, and for each kernel name its launches and mean and total duration.
+rest, and for each kernel name its launches, mean and total duration, and its own time: from the
+later of its start and the previous kernel's end to its end (under dependent launch a kernel starts
+early and waits for the one before it, so durations overlap; own times add up to the busy time).
 
     python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch 1 --out trace_b1.json
 """
@@ -48,17 +50,25 @@ def analyse(kernels: list[dict]) -> dict:
     if len(ends) < 3:
         raise RuntimeError(f"only {len(ends)} argmax kernels recorded: no whole decode step in the window")
     steps = []
-    per_name = defaultdict(list)
+    per_name, own = defaultdict(list), defaultdict(float)
     for a, b in zip(ends, ends[1:]):
         ks = kernels[a + 1:b + 1]
         span = (kernels[b]["ts"] + kernels[b]["dur"]) - (kernels[a]["ts"] + kernels[a]["dur"])
         busy = busy_time([(k["ts"], k["ts"] + k["dur"]) for k in ks])
         steps.append({"span_us": span, "busy_us": busy, "kernels": len(ks), "kernel_sum_us": sum(k["dur"] for k in ks)})
+        # A kernel started early by dependent launch spends part of its duration waiting for the one
+        # before; its own time is from the later of its start and the previous kernel's end to its end.
+        prev_end = kernels[a]["ts"] + kernels[a]["dur"]
+        for k in sorted(ks, key=lambda k: k["ts"] + k["dur"]):
+            end = k["ts"] + k["dur"]
+            own[short_name(k["name"])] += max(0.0, end - max(k["ts"], prev_end))
+            prev_end = max(prev_end, end)
         for k in ks:
             per_name[short_name(k["name"])].append(k["dur"])
     n = len(steps)
-    table = sorted(({"kernel": name, "per_step": len(d) / n, "mean_us": statistics.mean(d), "per_step_us": sum(d) / n}
-                    for name, d in per_name.items()), key=lambda r: -r["per_step_us"])
+    table = sorted(({"kernel": name, "per_step": len(d) / n, "mean_us": statistics.mean(d), "per_step_us": sum(d) / n,
+                     "own_per_step_us": own[name] / n} for name, d in per_name.items()),
+                   key=lambda r: -r["own_per_step_us"])
     med = lambda key: statistics.median(s[key] for s in steps)  # noqa: E731
     return {"steps": n, "span_us_median": med("span_us"), "busy_us_median": med("busy_us"),
             "kernel_sum_us_median": med("kernel_sum_us"), "kernels_per_step": med("kernels"), "by_kernel": table}
@@ -115,12 +125,16 @@ def main() -> None:
         cats = sorted({str(e.get("cat")) for e in events})
         raise RuntimeError(f"no kernel recorded ({len(events)} trace events, categories {cats})")
     report = {"model": args.model, "weights": args.weights, "kv": args.kv, "batch": args.batch,
-              "gpu": torch.cuda.get_device_name(), **analyse(kernels)}
+              "gpu": torch.cuda.get_device_name(), **analyse(kernels),
+              "kernels": sorted(({"name": short_name(k["name"]), "ts": k["ts"], "dur": k["dur"]} for k in kernels),
+                                key=lambda k: k["ts"])}
     print(f"{args.model} {args.weights} kv {args.kv} batch {args.batch}: {report['steps']} steps, "
           f"span {report['span_us_median']:.1f} us, a kernel running {report['busy_us_median']:.1f} us, "
           f"kernel sum {report['kernel_sum_us_median']:.1f} us, {report['kernels_per_step']:.0f} kernels a step")
+    print("  own us/step  duration us/step  launches x mean duration  kernel")
     for r in report["by_kernel"]:
-        print(f"  {r['per_step_us']:8.1f} us/step  {r['per_step']:5.1f} x {r['mean_us']:6.2f} us  {r['kernel']}")
+        print(f"  {r['own_per_step_us']:11.1f}  {r['per_step_us']:16.1f}  {r['per_step']:8.1f} x {r['mean_us']:6.2f} us"
+              f"  {r['kernel']}")
     if args.out:
         write_atomic(Path(args.out), json.dumps(report, indent=1))
 

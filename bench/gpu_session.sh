@@ -21,6 +21,7 @@
 #   prefill       2B w4a16 + int8 KV prefill at batch 1 and 64: tensor-core attention, then the CUDA-core form
 #   trace         the kernels of steady decode steps as graphs run them (bench/decode_trace.py): 2B w4a16 +
 #                 int8 KV at batch 1 and 64, fp16 weights at batch 1, batch 1 with fewer attention key slices
+#   quick         2B w4a16 + int8 KV decode at batch 1 and 64, then batch 1's kernels (decode_trace.py)
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
@@ -131,6 +132,12 @@ prefill() {  # prefill time of the same batches with each form of the prefill at
         for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_$form.json" $form
   done
 }
+quick() {  # a short before/after measure of a decode-path change
+  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_quick.json" | tail -n 3
+  python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch 1 --out "$RES/trace_w4a16_b1.json" |
+    head -n 12
+}
 trace() {  # per-kernel time of graph-replayed decode steps
   for b in 1 64; do
     python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch $b --out "$RES/trace_w4a16_b$b.json" |
@@ -156,10 +163,10 @@ sanitize() {
 }
 ktests() {  # the attention and norm kernels against their references
   python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py \
-    tests/kernels/test_rms_norm.py
+    tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
+export -f quick trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
 
 step build 180
 step tests 300
@@ -173,6 +180,7 @@ step gemm_new 120
 step etests 120
 step prefill 200
 step trace 200
+step quick 150
 step decode_new 240
 step sanitize 200
 step decode_7b 150

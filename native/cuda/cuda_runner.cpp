@@ -378,6 +378,12 @@ class CudaRunner final : public StepRunner {
     grow(ffn_, (size_t)T * F * a);
     grow(logits_d_, (size_t)std::max(R, 1) * V * 4);
     grow(argmax_d_, (size_t)std::max(R, 1) * 8);
+    grow(argmax_partial_, (size_t)cuda::argmax_partial_bytes(std::max(R, 1), V));
+    // The argmax's arrival counters: zeroed once when allocated, the kernel leaves them at zero.
+    if (argmax_arrivals_.reserve((size_t)std::max(R, 1) * sizeof(int))) {
+      ++epoch_;
+      VLM_CUDA_CHECK(cudaMemsetAsync(argmax_arrivals_.as(), 0, argmax_arrivals_.bytes(), stream_));
+    }
 
     const bool decode = is_decode_step(b);
     int context = T ? *std::max_element(b.positions.begin(), b.positions.end()) + 1 : 0;
@@ -537,7 +543,7 @@ class CudaRunner final : public StepRunner {
                                          logits_d_.as(), true, stream_));
       mark("argmax");
       VLM_CUDA_CHECK(cuda::argmax_rows(logits_d_.as<float>(), R, V, argmax_d_.as<int32_t>(), argmax_d_.as<float>() + R,
-                                       stream_));
+                                       argmax_arrivals_.as<int>(), argmax_partial_.as(), stream_));
     }
   }
 
@@ -744,7 +750,7 @@ class CudaRunner final : public StepRunner {
 
   // Step scratch (grows to the largest step seen).
   DeviceBuffer h_, h_next_, x_, qkv_, q_, attn_, delta_, gate_up_, ffn_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
-  DeviceBuffer blas_workspace_, argmax_d_, tiles_, attn_arrivals_;
+  DeviceBuffer blas_workspace_, argmax_d_, argmax_partial_, argmax_arrivals_, tiles_, attn_arrivals_;
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   std::vector<int2> tiles_host_;
   std::vector<int32_t> meta_host_;

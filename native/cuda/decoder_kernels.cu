@@ -5,7 +5,6 @@
 #include <cuda_fp16.h>
 
 #include <cfloat>
-#include <climits>
 
 #include "cuda/decoder_kernels.h"
 #include "cuda/dependent_launch.cuh"
@@ -136,44 +135,6 @@ __global__ void add_bias_kernel(T* y, const float* bias, int n, int64_t total) {
 
 // One block per row; each thread scans a strided slice in ascending order (keeping its
 // first max), then warps and the block merge (value, index) pairs preferring the lower index.
-__global__ void argmax_rows_kernel(const float* __restrict__ logits, int vocab, int32_t* __restrict__ index,
-                                   float* __restrict__ value) {
-  pdl_wait();  // every input below comes from earlier kernels
-  pdl_allow_next();
-  const float* p = logits + (int64_t)blockIdx.x * vocab;
-  float best = -INFINITY;
-  int bi = INT_MAX;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = p[i];
-    if (v > best || (bi == INT_MAX && v == best)) best = v, bi = i;
-  }
-  auto better = [](float v, int i, float bv, int bj) { return v > bv || (v == bv && i < bj); };
-  for (int off = 16; off > 0; off >>= 1) {
-    const float ov = __shfl_down_sync(0xffffffffu, best, off);
-    const int oi = __shfl_down_sync(0xffffffffu, bi, off);
-    if (better(ov, oi, best, bi)) best = ov, bi = oi;
-  }
-  __shared__ float s_v[32];
-  __shared__ int s_i[32];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) s_v[warp] = best, s_i[warp] = bi;
-  __syncthreads();
-  if (warp == 0) {
-    const int warps = blockDim.x / 32;
-    best = lane < warps ? s_v[lane] : -INFINITY;
-    bi = lane < warps ? s_i[lane] : INT_MAX;
-    for (int off = 16; off > 0; off >>= 1) {
-      const float ov = __shfl_down_sync(0xffffffffu, best, off);
-      const int oi = __shfl_down_sync(0xffffffffu, bi, off);
-      if (better(ov, oi, best, bi)) best = ov, bi = oi;
-    }
-    if (lane == 0) {
-      index[blockIdx.x] = bi == INT_MAX ? 0 : bi;  // an all-NaN row: token 0, as the host's max_element gives
-      value[blockIdx.x] = best;
-    }
-  }
-}
-
 template <class T>
 __global__ void silu_mul_kernel(const T* gate_up, T* out, int n, int64_t total) {
   pdl_wait();  // every input below comes from earlier kernels
@@ -332,12 +293,6 @@ cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, c
                             static_cast<__half*>(y), bias, n, total);
   return launch_dependent(add_bias_kernel<__nv_bfloat16>, dim3(grid_for(total)), dim3(256), 0, stream,
                           static_cast<__nv_bfloat16*>(y), bias, n, total);
-}
-
-cudaError_t argmax_rows(const float* logits, int rows, int vocab, int32_t* index, float* value,
-                        cudaStream_t stream) {
-  if (rows == 0) return cudaSuccess;
-  return launch_dependent(argmax_rows_kernel, dim3(rows), dim3(1024), 0, stream, logits, vocab, index, value);
 }
 
 cudaError_t silu_mul(ActType act, const void* gate_up, void* out, int rows, int n, cudaStream_t stream) {

@@ -63,8 +63,12 @@ cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, c
 cudaError_t silu_mul(ActType act, const void* gate_up, void* out, int rows, int n, cudaStream_t stream);
 // Per row of fp32 logits [rows][vocab]: the first index of the largest value (as
 // std::max_element), and that value; NaNs never win. Greedy requests take their
-// token from here instead of copying the whole row to the host.
-cudaError_t argmax_rows(const float* logits, int rows, int vocab, int32_t* index, float* value, cudaStream_t stream);
+// token from here instead of copying the whole row to the host (argmax_rows.cu).
+// counters: one int per row, zero-filled before the first use (every call leaves
+// them so); partial: argmax_partial_bytes(rows, vocab).
+int64_t argmax_partial_bytes(int rows, int vocab);
+cudaError_t argmax_rows(const float* logits, int rows, int vocab, int32_t* index, float* value, int* counters,
+                        void* partial, cudaStream_t stream);
 // qkv rows are [q (num_heads heads) | k (kv heads) | v (kv heads)], as the stacked
 // q/k/v GEMM writes them. Rotates q into q_out ([rows][num_heads * head_dim]) and
 // k by each row's position, then writes k and v into the cache at the row's slot

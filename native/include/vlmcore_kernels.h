@@ -59,6 +59,15 @@ VLM_API int vlm_w4a16_gemm_rms_norm(const float* h, const void* delta, const flo
 VLM_API int vlm_add_rms_norm(float* h, const void* delta, const float* weight, float eps, void* out, int32_t rows,
                              int32_t hidden, int32_t act_dtype, void* stream);
 
+/* Greedy decoding's argmax: for each of `rows` rows of fp32 logits [rows][vocab],
+ * the first index of the largest value and that value (NaNs never win; a row of
+ * NaNs only gives index 0 and -inf). Device pointers; workspace (16-byte
+ * aligned) of vlm_argmax_rows_workspace_bytes, any contents. Asynchronous on
+ * `stream`; CUDA builds only (else VLM_ERR_UNSUPPORTED). */
+VLM_API int vlm_argmax_rows_workspace_bytes(int32_t rows, int32_t vocab, int64_t* bytes);
+VLM_API int vlm_argmax_rows(const float* logits, int32_t rows, int32_t vocab, int32_t* index, float* value,
+                            void* workspace, void* stream);
+
 /* W[N][K] row-major in act_dtype (F16 or BF16) from the packed layout: exactly
  * the values vlm_w4a16_gemm multiplies (the engine feeds them to a dense GEMM
  * for large M). Device pointers; asynchronous on `stream`. CUDA builds only. */

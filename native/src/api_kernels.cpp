@@ -190,6 +190,38 @@ void check_cache_args(int32_t act_dtype, int32_t kv_dtype, const void* k_scale_z
 
 }  // namespace
 
+int vlm_argmax_rows_workspace_bytes(int32_t rows, int32_t vocab, int64_t* bytes) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(bytes, "NULL output");
+    VLM_CHECK_ARG(rows > 0 && vocab > 0, "rows and vocab must be positive");
+#ifdef VLM_HAVE_CUDA
+    *bytes = align16((int64_t)rows * 4) + vlm::cuda::argmax_partial_bytes(rows, vocab);
+#else
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_argmax_rows(const float* logits, int32_t rows, int32_t vocab, int32_t* index, float* value, void* workspace,
+                    void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(logits && index && value && workspace, "NULL device pointer");
+    VLM_CHECK_ARG(rows > 0 && vocab > 0, "rows and vocab must be positive");
+    check_workspace_alignment(workspace);
+#ifdef VLM_HAVE_CUDA
+    // The kernel's arrival counters (one a row) start at zero: set here, so any workspace of the size will do.
+    const cudaStream_t s = static_cast<cudaStream_t>(stream);
+    int* counters = static_cast<int*>(workspace);
+    VLM_CUDA_CHECK(cudaMemsetAsync(counters, 0, (size_t)rows * 4, s));
+    VLM_CUDA_CHECK(vlm::cuda::argmax_rows(logits, rows, vocab, index, value, counters,
+                                          static_cast<char*>(workspace) + align16((int64_t)rows * 4), s));
+#else
+    (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
 int vlm_decode_attention_workspace_bytes(int32_t rows, int32_t num_heads, int32_t kv_heads, int32_t head_dim,
                                          int32_t max_context, int64_t* bytes) {
   return vlm::guarded([&] {

@@ -7,7 +7,7 @@ import ctypes
 import numpy as np
 
 from vlmserve import _native
-from vlmserve.errors import check
+from vlmserve.errors import InvalidArgumentError, check
 
 
 def _act_dtype(bf16: bool) -> int:
@@ -100,6 +100,25 @@ def add_rms_norm(h, delta, weight, eps: float, out=None, dtype=None):
         hidden, _act_dtype(dtype == torch.bfloat16),
         _stream(h.device)))
     return out
+
+
+def argmax_rows(logits):
+    """(index int32 [rows], value float32 [rows]) of a float32 [rows, vocab] CUDA tensor: the first index of
+    each row's largest value, NaNs never winning (vlm_argmax_rows, the engine's greedy token)."""
+    import torch
+
+    if logits.dim() != 2 or logits.dtype != torch.float32 or not logits.is_contiguous():
+        raise InvalidArgumentError(f"argmax_rows takes a contiguous float32 [rows, vocab] tensor, got "
+                                   f"{logits.dtype} {tuple(logits.shape)}")
+    rows, vocab = logits.shape
+    ws = ctypes.c_int64()
+    check(_native.lib().vlm_argmax_rows_workspace_bytes(rows, vocab, ctypes.byref(ws)))
+    workspace = torch.empty(ws.value, dtype=torch.uint8, device=logits.device)
+    index = torch.full((rows,), -1, dtype=torch.int32, device=logits.device)  # poisoned
+    value = torch.full((rows,), float("nan"), dtype=torch.float32, device=logits.device)
+    check(_native.lib().vlm_argmax_rows(logits.data_ptr(), rows, vocab, index.data_ptr(), value.data_ptr(),
+                                        workspace.data_ptr(), _stream(logits.device)))
+    return index, value
 
 
 def w4a16_dequantize(packed, scale_zero, n: int, k: int, group_size: int, bf16: bool = False, out=None):

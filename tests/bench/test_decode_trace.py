@@ -35,8 +35,12 @@ def test_steps_run_from_one_argmax_to_the_next():
     assert r["busy_us_median"] == pytest.approx(25)   # 15..35 and the argmax 35..40
     assert r["kernel_sum_us_median"] == pytest.approx(27)
     assert r["kernels_per_step"] == 3
-    assert [row["kernel"] for row in r["by_kernel"]] == ["attention", "gemm", "argmax_kernel"]
-    assert r["by_kernel"][0]["per_step_us"] == pytest.approx(12)
+    rows = {row["kernel"]: row for row in r["by_kernel"]}
+    assert rows["attention"]["per_step_us"] == pytest.approx(12)
+    # Own time: the GEMM 10 µs, the attention from the GEMM's end (t0 + 10) to its own (t0 + 20), the argmax 5.
+    assert [row["kernel"] for row in r["by_kernel"]] == ["gemm", "attention", "argmax_kernel"]
+    assert [row["own_per_step_us"] for row in r["by_kernel"]] == pytest.approx([10, 10, 5])
+    assert sum(row["own_per_step_us"] for row in r["by_kernel"]) == pytest.approx(r["busy_us_median"])
 
 
 def test_a_window_without_two_whole_steps_is_refused():

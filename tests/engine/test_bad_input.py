@@ -248,6 +248,12 @@ def test_kernel_entry_points_check_their_arguments_before_the_device():
                                        None, None, dev, dev, 1, 0, 8, ctypes.c_void_p(0x1008), None))
     with pytest.raises(InvalidArgumentError, match="16-byte aligned"):
         check(lib.vlm_prefill_attention(*args, (ctypes.c_int32 * 2)(2, 2), 2, 0, ctypes.c_void_p(0x1004), None))
+    with pytest.raises(InvalidArgumentError, match="rows and vocab must be positive"):
+        check(lib.vlm_argmax_rows(dev, 0, 100, dev, dev, dev, None))
+    with pytest.raises(InvalidArgumentError, match="NULL device pointer"):
+        check(lib.vlm_argmax_rows(dev, 1, 100, None, dev, dev, None))
+    with pytest.raises(InvalidArgumentError, match="16-byte aligned"):
+        check(lib.vlm_argmax_rows(dev, 1, 100, dev, dev, ctypes.c_void_p(0x1004), None))
     with pytest.raises(InvalidArgumentError, match="must not be h"):
         check(lib.vlm_w4a16_gemm_rms_norm(dev, None, dev, 1e-6, dev, dev, dev, dev, 1, 128, 256, 128,
                                           _native.DTYPE_F16, None))
