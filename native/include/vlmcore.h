@@ -230,6 +230,13 @@ VLM_API vlm_request_params vlm_request_default_params(void);
 VLM_API int vlm_engine_enqueue(vlm_engine* engine, const vlm_request_params* params,
                                uint64_t* out_id);
 
+/* Validates and queues num_requests requests together: all of them or, where
+ * one is invalid, none (its error is returned). They reach the scheduler at
+ * once, so they start in the same step (as far as the token budget allows).
+ * out_ids[i] receives request i's id. */
+VLM_API int vlm_engine_enqueue_batch(vlm_engine* engine, const vlm_request_params* params,
+                                     int32_t num_requests, uint64_t* out_ids);
+
 /* Asks the engine to stop a request. Its KV blocks are freed before the next
  * step and a FINISH event with VLM_FINISH_CANCELLED follows. Unknown or
  * already finished id: VLM_ERR_NOT_FOUND. */

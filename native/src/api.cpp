@@ -1,5 +1,6 @@
 // The C ABI: validates handles, turns exceptions into status codes and the
 // thread-local last-error message. Nothing thrown below escapes from here.
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -189,6 +190,17 @@ int vlm_engine_enqueue(vlm_engine* engine, const vlm_request_params* params, uin
     check_handle(engine, "engine");
     VLM_CHECK_ARG(params != nullptr && out_id != nullptr, "params and out_id must not be NULL");
     *out_id = engine->impl->enqueue(*params);
+  });
+}
+
+int vlm_engine_enqueue_batch(vlm_engine* engine, const vlm_request_params* params, int32_t num_requests,
+                             uint64_t* out_ids) {
+  return vlm::guarded([&] {
+    check_handle(engine, "engine");
+    VLM_CHECK_ARG(params != nullptr && out_ids != nullptr, "params and out_ids must not be NULL");
+    VLM_CHECK_ARG(num_requests > 0, "num_requests must be positive, got " << num_requests);
+    const std::vector<uint64_t> ids = engine->impl->enqueue_batch(params, num_requests);
+    std::copy(ids.begin(), ids.end(), out_ids);
   });
 }
 

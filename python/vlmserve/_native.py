@@ -193,6 +193,8 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vlm_engine_free": (None, [c.c_void_p]),
         "vlm_request_default_params": (RequestParams, []),
         "vlm_engine_enqueue": (c.c_int, [c.c_void_p, c.POINTER(RequestParams), c.POINTER(c.c_uint64)]),
+        "vlm_engine_enqueue_batch": (c.c_int, [c.c_void_p, c.POINTER(RequestParams), c.c_int32,
+                                               c.POINTER(c.c_uint64)]),
         "vlm_engine_cancel": (c.c_int, [c.c_void_p, c.c_uint64]),
         "vlm_engine_poll": (c.c_int, [c.c_void_p, c.c_int32, c.POINTER(Event), c.c_int32,
                                       c.POINTER(c.c_int32)]),

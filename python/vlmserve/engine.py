@@ -195,6 +195,41 @@ class Engine:
                     embeddings: Sequence[Embeddings] = (), loop: asyncio.AbstractEventLoop | None = None
                     ) -> RequestStream:
         """Queues a request; it joins the running batch at the next engine step."""
+        return self.add_requests([(prompt_token_ids, gen_config, embeddings)], loop)[0]
+
+    def add_requests(self, requests: Sequence[tuple], loop: asyncio.AbstractEventLoop | None = None
+                     ) -> list[RequestStream]:
+        """Queues several requests, each (prompt_token_ids[, gen_config[, embeddings]]), together: all
+        or, where one is invalid, none. They reach the scheduler at once, so they start in the same
+        step (as far as the step's token budget allows) whatever the engine is doing meanwhile."""
+        if not requests:
+            return []
+        params = (_native.RequestParams * len(requests))()
+        keep, gens, prompts = [], [], []
+        for i, req in enumerate(requests):
+            prompt_token_ids, *rest = req
+            gen_config = rest[0] if rest else None
+            embeddings = rest[1] if len(rest) > 1 else ()
+            p, gen, prompt, alive = self._request_params(prompt_token_ids, gen_config, embeddings)
+            params[i] = p
+            keep.append(alive)
+            gens.append(gen)
+            prompts.append(prompt)
+        ids = (ctypes.c_uint64 * len(requests))()
+        # The streams are registered under the lock the poller takes, so no event can outrun them.
+        with self._streams_lock:
+            check(self._lib.vlm_engine_enqueue_batch(self._engine, params, len(requests), ids))
+            streams = []
+            for rid, gen, prompt in zip(ids, gens, prompts):
+                stream = RequestStream(self, rid, prompt.tolist(), loop)
+                stream.wants_logprobs = gen.logprobs is not None
+                self._streams[rid] = stream
+                streams.append(stream)
+        return streams
+
+    def _request_params(self, prompt_token_ids, gen_config, embeddings):
+        """The C request parameters of one request, its config and prompt array, and the arrays the
+        parameters point into (kept alive by the caller until they are enqueued)."""
         gen = gen_config or GenerationConfig()
         prompt = _as_token_array(prompt_token_ids)
         p = self._lib.vlm_request_default_params()
@@ -233,14 +268,7 @@ class Engine:
             spans[i].data = rows.ctypes.data
         p.spans = spans
         p.num_spans = len(embeddings)
-        rid = ctypes.c_uint64()
-        # The stream is registered under the lock the poller takes, so no event can outrun it.
-        with self._streams_lock:
-            check(self._lib.vlm_engine_enqueue(self._engine, ctypes.byref(p), ctypes.byref(rid)))
-            stream = RequestStream(self, rid.value, prompt.tolist(), loop)
-            stream.wants_logprobs = gen.logprobs is not None
-            self._streams[rid.value] = stream
-        return stream
+        return p, gen, prompt, (prompt, spans, keep)
 
     def generate(self, prompt_token_ids: Sequence[int], gen_config: GenerationConfig | None = None,
                  embeddings: Sequence[Embeddings] = ()) -> RequestOutput:

@@ -144,3 +144,36 @@ def test_cancel_while_waiting_and_unknown_ids(model):
         assert eng.abort(a.request_id) is False  # already finished
         assert eng.abort(987654) is False
         assert_all_blocks_free(eng)
+
+
+def test_requests_queued_together_start_in_the_same_step(model):
+    """add_requests hands the scheduler every request at once: prompts that fit one step's token
+    budget are prefilled in one step, and a single token each finishes them there (one request at a
+    time, they could land in as many steps as the engine's timing makes)."""
+    gen = GenerationConfig(max_new_tokens=1, ignore_eos=True)
+    with Engine(model, cfg()) as eng:
+        for _ in range(3):  # every round: the same steps, however busy the machine
+            before = eng.stats().steps
+            streams = eng.add_requests([(p, gen) for p in prompts(4, seed=7)])
+            outs = [s.wait(timeout=60) for s in streams]
+            assert [len(o.token_ids) for o in outs] == [1, 1, 1, 1]
+            wait_until(lambda: eng.stats().running_requests == 0)
+            assert eng.stats().steps - before == 1
+
+
+def test_a_batch_with_an_invalid_request_queues_none(model):
+    from vlmserve.errors import InvalidArgumentError, OutOfRangeError
+
+    good = GenerationConfig(max_new_tokens=2, ignore_eos=True)
+    with Engine(model, cfg()) as eng:
+        with pytest.raises(InvalidArgumentError):  # refused in Python: an empty prompt
+            eng.add_requests([([5, 6, 7], good), ([], good), ([8, 9], good)])
+        with pytest.raises(OutOfRangeError, match="outside the vocabulary"):  # refused by the engine
+            eng.add_requests([([5, 6, 7], good), ([8, 10**6], good), ([8, 9], good)])
+        assert eng.stats().waiting_requests == 0 and eng.stats().running_requests == 0
+        assert eng.stats().steps == 0  # nothing of either batch ran
+        assert eng.add_requests([]) == []
+        out = eng.add_requests([([5, 6, 7],), ([8, 9], good)])  # the config may be left out
+        assert len(out[0].wait(timeout=60).token_ids) >= 1
+        assert len(out[1].wait(timeout=60).token_ids) == 2
+        assert_all_blocks_free(eng)

@@ -151,7 +151,9 @@ def test_decode_graphs_replay_exactly_what_eager_steps_compute(tiny_model_dir, m
     for graphs in ("1", "0"):
         monkeypatch.setenv("VLM_CUDA_GRAPHS", graphs)
         with Engine(d, config("cuda", kv_cache_dtype=kv)) as eng:
-            streams = [eng.add_request(p, g) for p, g in zip(prompts, gens)]
+            # Queued together, so the steps hold the same rows in both runs (requests queued one by one
+            # land in steps by timing, and a step's row count picks the GEMMs' plans).
+            streams = eng.add_requests(list(zip(prompts, gens)))
             results[graphs] = [s.wait(timeout=120) for s in streams]
     for g, e in zip(results["1"], results["0"]):
         assert g.token_ids == e.token_ids

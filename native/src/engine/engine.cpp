@@ -132,19 +132,25 @@ std::unique_ptr<Request> Engine::build_request(const vlm_request_params& p) cons
   return r;
 }
 
-uint64_t Engine::enqueue(const vlm_request_params& p) {
-  std::unique_ptr<Request> r = build_request(p);
-  r->enqueue_ns = now_ns();
-  uint64_t id;
+uint64_t Engine::enqueue(const vlm_request_params& p) { return enqueue_batch(&p, 1)[0]; }
+
+std::vector<uint64_t> Engine::enqueue_batch(const vlm_request_params* params, int n) {
+  std::vector<std::unique_ptr<Request>> built;
+  for (int i = 0; i < n; ++i) built.push_back(build_request(params[i]));  // validates all before queueing any
+  const int64_t t = now_ns();
+  std::vector<uint64_t> ids;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    id = r->id = next_id_++;
-    live_.insert(id);
-    incoming_.push_back(std::move(r));
-    waiting_ += 1;
+    for (auto& r : built) {
+      r->enqueue_ns = t;
+      ids.push_back(r->id = next_id_++);
+      live_.insert(r->id);
+      incoming_.push_back(std::move(r));
+    }
+    waiting_ += n;
   }
   work_cv_.notify_one();
-  return id;
+  return ids;
 }
 
 void Engine::cancel(uint64_t id) {

@@ -29,6 +29,9 @@ class Engine {
   ~Engine();
 
   uint64_t enqueue(const vlm_request_params& params);
+  // All of them or none (the first invalid one throws): they reach the scheduler together,
+  // so they start in the same step.
+  std::vector<uint64_t> enqueue_batch(const vlm_request_params* params, int n);
   void cancel(uint64_t id);
   int poll(int timeout_ms, vlm_event* out, int max_events);
   vlm_engine_stats stats() const;
