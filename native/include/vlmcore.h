@@ -231,7 +231,7 @@ VLM_API int vlm_engine_enqueue(vlm_engine* engine, const vlm_request_params* par
                                uint64_t* out_id);
 
 /* Validates and queues num_requests requests together: all of them or, where
- * one is invalid, none (its error is returned). They reach the scheduler at
+ * one is invalid, none (its error is returned, the message naming its index). They reach the scheduler at
  * once, so they start in the same step (as far as the token budget allows).
  * out_ids[i] receives request i's id. */
 VLM_API int vlm_engine_enqueue_batch(vlm_engine* engine, const vlm_request_params* params,

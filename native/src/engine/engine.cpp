@@ -136,7 +136,14 @@ uint64_t Engine::enqueue(const vlm_request_params& p) { return enqueue_batch(&p,
 
 std::vector<uint64_t> Engine::enqueue_batch(const vlm_request_params* params, int n) {
   std::vector<std::unique_ptr<Request>> built;
-  for (int i = 0; i < n; ++i) built.push_back(build_request(params[i]));  // validates all before queueing any
+  for (int i = 0; i < n; ++i) {  // validates all before queueing any
+    try {
+      built.push_back(build_request(params[i]));
+    } catch (const Error& e) {
+      if (n == 1) throw;
+      throw Error(e.status, "request " + std::to_string(i) + " of " + std::to_string(n) + ": " + e.what());
+    }
+  }
   const int64_t t = now_ns();
   std::vector<uint64_t> ids;
   {
