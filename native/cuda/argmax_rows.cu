@@ -1,6 +1,6 @@
 // Greedy decoding's argmax over fp32 logit rows, split across blocks.
 //
-// Why split: one block per row read a 92,544-entry row in ~90 dependent rounds of loads, 33 us of
+// Why split: one block per row read a 92,544-entry row in ~90 dependent rounds of loads, a 33 us kernel in
 // every batch-1 decode step on the H200 (bench/decode_trace.py, 2026-12-03) for 0.37 MB. Here each
 // row is cut into slices of a few thousand entries, one block each, with several loads in flight
 // per thread; each slice leaves (value, index) in the scratch, and the last block of a row to

@@ -140,7 +140,7 @@ void check_decode_attention_shape(int32_t rows, int32_t num_heads, int32_t kv_he
   VLM_CHECK_ARG(head_dim <= 256 && head_dim % 8 == 0, "decode attention: head_dim must be a multiple of 8 up to 256");
 }
 
-// Attention workspaces keep each of their arrays at a 16-byte offset.
+// The entry points' workspaces keep each of their arrays at a 16-byte offset.
 int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
 
 #ifdef VLM_HAVE_CUDA
@@ -170,7 +170,7 @@ int64_t prefill_workspace_bytes(int32_t rows, int32_t num_requests) {
   return prefill_tiles_offset(rows, num_requests) + (int64_t)rows * 8;
 }
 
-// The attention workspaces hold 8- and 16-byte words at 16-byte offsets from their start.
+// The attention and argmax workspaces hold 8- and 16-byte words at 16-byte offsets from their start.
 void check_workspace_alignment(const void* workspace) {
   VLM_CHECK_ARG(reinterpret_cast<uintptr_t>(workspace) % 16 == 0, "workspace must be 16-byte aligned");
 }
