@@ -379,11 +379,7 @@ class CudaRunner final : public StepRunner {
     grow(logits_d_, (size_t)std::max(R, 1) * V * 4);
     grow(argmax_d_, (size_t)std::max(R, 1) * 8);
     grow(argmax_partial_, (size_t)cuda::argmax_partial_bytes(std::max(R, 1), V));
-    // The argmax's arrival counters: zeroed once when allocated, the kernel leaves them at zero.
-    if (argmax_arrivals_.reserve((size_t)std::max(R, 1) * sizeof(int))) {
-      ++epoch_;
-      VLM_CUDA_CHECK(cudaMemsetAsync(argmax_arrivals_.as(), 0, argmax_arrivals_.bytes(), stream_));
-    }
+    grow_zeroed(argmax_arrivals_, (size_t)std::max(R, 1) * sizeof(int));
 
     const bool decode = is_decode_step(b);
     int context = T ? *std::max_element(b.positions.begin(), b.positions.end()) + 1 : 0;
@@ -393,11 +389,7 @@ class CudaRunner final : public StepRunner {
     if (prof_) prof_->begin(decode ? "decode, " + std::to_string(T) + " rows" : "prefill or mixed");
     grow(attn_workspace_, (size_t)cuda::paged_attention_workspace_bytes(T, p_.num_heads, p_.head_dim,
                                                                        p_.num_kv_heads, context, num_sms_));
-    // Split-KV arrival counters: zeroed once when allocated, the kernel leaves them at zero.
-    if (attn_arrivals_.reserve((size_t)T * p_.num_kv_heads * sizeof(int))) {
-      ++epoch_;
-      VLM_CUDA_CHECK(cudaMemsetAsync(attn_arrivals_.as(), 0, attn_arrivals_.bytes(), stream_));
-    }
+    grow_zeroed(attn_arrivals_, (size_t)T * p_.num_kv_heads * sizeof(int));  // split-KV arrival counters
     const cuda::StepMeta meta = upload_meta(b);
     if (!b.embedding_rows.empty()) {
       const int n = (int)b.embedding_rows.size();
@@ -606,6 +598,12 @@ class CudaRunner final : public StepRunner {
   void grow(DeviceBuffer& b, size_t bytes) {
     if (b.reserve(bytes)) ++epoch_;
   }
+  // Arrival counters: zeroed once when allocated; the kernels that count in them leave them at zero.
+  void grow_zeroed(DeviceBuffer& b, size_t bytes) {
+    if (!b.reserve(bytes)) return;
+    ++epoch_;
+    VLM_CUDA_CHECK(cudaMemsetAsync(b.as(), 0, b.bytes(), stream_));
+  }
 
   struct LayerCache {
     DeviceBuffer k, v, k_sz, v_sz;
@@ -637,10 +635,7 @@ class CudaRunner final : public StepRunner {
     if (l.tensor_core) {
       const int64_t ws = w4a16_workspace_bytes(M, l.out, l.in, l.group);
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16: no plan for M=" << M << " N=" << l.out << " K=" << l.in);
-      if (ws > 0 && workspace_.reserve(ws)) {  // its counters start at zero (the kernel leaves them so)
-        ++epoch_;
-        VLM_CUDA_CHECK(cudaMemsetAsync(workspace_.as(), 0, workspace_.bytes(), stream_));
-      }
+      if (ws > 0) grow_zeroed(workspace_, ws);  // its split-K counters
       VLM_CUDA_CHECK(w4a16_gemm(x, l.w.as(), l.scale.as(), nullptr, y, M, l.out, l.in, l.group, bf16_,
                                 workspace_.as(), stream_, gate_up_input));
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));

@@ -133,8 +133,6 @@ __global__ void add_bias_kernel(T* y, const float* bias, int n, int64_t total) {
     y[i] = from_float<T>(to_float(y[i]) + bias[i % n]);
 }
 
-// One block per row; each thread scans a strided slice in ascending order (keeping its
-// first max), then warps and the block merge (value, index) pairs preferring the lower index.
 template <class T>
 __global__ void silu_mul_kernel(const T* gate_up, T* out, int n, int64_t total) {
   pdl_wait();  // every input below comes from earlier kernels
