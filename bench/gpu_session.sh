@@ -9,8 +9,8 @@
 # Steps:
 #   build         cmake, sm_90a, into build-gpu/
 #   tests         every gpu-marked kernel test and the engine tests (or apart: wtests, the w4a16
-#                 kernels; dtests, the decode-size kernel and its fused norm; ktests, the attention
-#                 and norm kernels; etests, the engine against the CPU backend)
+#                 kernels; dtests, the decode-size kernel and its fused norm; ktests, the attention,
+#                 norm and argmax kernels; etests, the engine against the CPU backend)
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0
 #   decode_new    2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0
@@ -161,7 +161,7 @@ sanitize() {
     tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py tests/kernels/test_rms_norm.py \
     -k "float16 or refused or bad_"
 }
-ktests() {  # the attention and norm kernels against their references
+ktests() {  # the attention, norm and argmax kernels against their references
   python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py \
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
