@@ -22,6 +22,9 @@
 #   trace         the kernels of steady decode steps as graphs run them (bench/decode_trace.py): 2B w4a16 +
 #                 int8 KV at batch 1 and 64, fp16 weights at batch 1, batch 1 with fewer attention key slices
 #   quick         2B w4a16 + int8 KV decode at batch 1 and 64, then batch 1's kernels (decode_trace.py)
+#   trace64       batch 64's kernels (decode_trace.py)
+#   ncu_gemm      Nsight Compute on the decode-size w4a16 GEMM at M = 1 (2B qkv/gate_up/down, 7B gate_up):
+#                 DRAM throughput, issue activity, warp stalls, occupancy
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
@@ -138,6 +141,32 @@ quick() {  # a short before/after measure of a decode-path change
   python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch 1 --out "$RES/trace_w4a16_b1.json" |
     head -n 12
 }
+trace64() {
+  python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch 64 --out "$RES/trace_w4a16_b64.json" |
+    head -n 16
+}
+ncu_gemm() {  # one M = 1 call of each layer, caches flushed before each profiled kernel (ncu's default)
+  cat >/tmp/ncu_gemm.py <<'PY'
+import sys, numpy as np, torch
+from vlmserve.awq_format import quantize_rtn
+from vlmserve.kernels import pack_w4a16, w4a16_gemm
+rng = np.random.default_rng(0)
+for n, k in [(4096, 2048), (16384, 2048), (2048, 8192), (22016, 4096)]:
+    q, z, s = quantize_rtn(rng.standard_normal((n, k), dtype=np.float32) * 0.02, 128)
+    packed, sz = pack_w4a16(q, z, s, 128)
+    w = torch.from_numpy(packed).cuda(); szt = torch.from_numpy(sz.view(np.int16)).cuda()
+    a = torch.randn(1, k, dtype=torch.float16, device="cuda")
+    for _ in range(2):
+        w4a16_gemm(a, w, szt, n, 128)
+    torch.cuda.synchronize()
+PY
+  ncu --clock-control none --kernel-name regex:w4a16_decode --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
+    --section InstructionStats \
+    --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" --csv --page details python3 /tmp/ncu_gemm.py >"$RES/ncu_gemm.csv" 2>"$RES/ncu_gemm.err"
+  grep -E '"(Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Issued Warp Per Scheduler|Eligible Warps Per Scheduler|Active Warps Per Scheduler|Achieved Occupancy|Registers Per Thread|Grid Size|Cluster Size|Executed Instructions|Stall Long Scoreboard|Warp Cycles Per Issued Instruction)"' \
+    "$RES/ncu_gemm.csv" | awk -F'","' '{print $1" | "$13" | "$NF}' | head -n 80
+}
 trace() {  # per-kernel time of graph-replayed decode steps
   for b in 1 64; do
     python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch $b --out "$RES/trace_w4a16_b$b.json" |
@@ -166,7 +195,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f quick trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
+export -f quick trace64 ncu_gemm trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads
 
 step build 180
 step tests 300
@@ -181,6 +210,8 @@ step etests 120
 step prefill 200
 step trace 200
 step quick 150
+step trace64 120
+step ncu_gemm 150
 step decode_new 240
 step sanitize 200
 step decode_7b 150
