@@ -56,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
   constexpr int L = HD / kVec;       // lanes per key row
   constexpr int KPW = 32 / L;        // keys a warp reads per round
   constexpr int KPB = KPW * kWarps;  // key slots of the block
-  constexpr int U = G <= 2 ? 4 : (G <= 4 ? 2 : 1);  // rounds whose K and V loads are in flight together
+  constexpr int U = G <= 2 ? 4 : (G <= 4 ? 2 : 1);  // rounds an iteration computes (the next U load meanwhile)
   __shared__ float s_m[KPB][G], s_l[KPB][G];
   __shared__ float s_acc[KPB][G][HD];
   __shared__ bool s_last;
@@ -98,25 +98,37 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
   }
 
   // Every lane of a warp runs the same rounds (the shuffles need all 32); a key slot
-  // keeps its own online softmax over the keys it reads.
-  for (int base = first + warp * KPW; base <= last; base += KPB * U) {
-    float kx[U][kVec], vx[U][kVec];
+  // keeps its own online softmax over the keys it reads. The K and V rows of the next U rounds
+  // are requested (as loaded, unconverted) before the current ones are computed with, so two
+  // iterations' loads are in flight at once.
+  RawRow8<CT> kr[U], vr[U];
+  auto load_rounds = [&](int base, RawRow8<CT> (&k)[U], RawRow8<CT> (&v)[U]) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const int j = min(base + u * KPB + lane / L, last);
-      const int64_t row = block_row(c, blk[u], j, kvh);
-      load_row8<CT>(c, c.k, c.k_sz, row, e0, kx[u]);
-      load_row8<CT>(c, c.v, c.v_sz, row, e0, vx[u]);
+      const int64_t row = block_row(c, blk[u], min(base + u * KPB + lane / L, last), kvh);
+      k[u] = load_raw8<CT>(c, c.k, c.k_sz, row, e0);
+      v[u] = load_raw8<CT>(c, c.v, c.v_sz, row, e0);
     }
-    fetch_blocks(base + KPB * U);
+  };
+  const int start = first + warp * KPW;
+  if (start <= last) load_rounds(start, kr, vr);
+  fetch_blocks(start + KPB * U);
+  for (int base = start; base <= last; base += KPB * U) {
+    RawRow8<CT> kn[U], vn[U];
+    const int next = base + KPB * U;  // the same for every lane of the warp
+    if (next <= last) load_rounds(next, kn, vn);
+    fetch_blocks(next + KPB * U);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const bool valid = base + u * KPB + lane / L <= last;
+      float kx[kVec], vx[kVec];
+      decode_raw8<CT>(kr[u], kx);
+      decode_raw8<CT>(vr[u], vx);
 #pragma unroll
       for (int g = 0; g < G; ++g) {
         float s = 0.f;
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) s += qf[g][e] * kx[u][e];
+        for (int e = 0; e < kVec; ++e) s += qf[g][e] * kx[e];
 #pragma unroll
         for (int o = L / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (valid) {
@@ -124,10 +136,14 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
           const float corr = __expf(m[g] - m_new), p = __expf(s - m_new);
           l[g] = l[g] * corr + p;
 #pragma unroll
-          for (int e = 0; e < kVec; ++e) acc[g][e] = acc[g][e] * corr + p * vx[u][e];
+          for (int e = 0; e < kVec; ++e) acc[g][e] = acc[g][e] * corr + p * vx[e];
           m[g] = m_new;
         }
       }
+    }
+    if (next <= last) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) kr[u] = kn[u], vr[u] = vn[u];
     }
   }
 

@@ -84,15 +84,58 @@ __device__ __forceinline__ void load_codes8(const KvView& c, const void* data, c
   }
 }
 
-// The same elements dequantized to fp32.
+// Elements [e0, e0 + 8) of a cache row as loaded, before any conversion: the decode attention
+// keeps the next keys' rows in this form while it computes with the current ones (a quarter to a
+// half of the registers their fp32 values take, so twice as many bytes can be in flight).
 template <int CT>
-__device__ __forceinline__ void load_row8(const KvView& c, const void* data, const void* sz, int64_t row, int e0,
-                                          float (&x)[8]) {
-  float s, z;
-  load_codes8<CT>(c, data, sz, row, e0, x, s, z);
-  if constexpr (CT == kI8 || CT == kI4) {
+struct RawRow8 {
+  // fp16/bf16: 8 halves; int8: 8 codes; int4: 8 nibbles (in .x); sz: the row's (scale, zero) halves.
+  uint4 v;
+  uint32_t sz;
+};
+
+template <int CT>
+__device__ __forceinline__ RawRow8<CT> load_raw8(const KvView& c, const void* data, const void* sz, int64_t row,
+                                                 int e0) {
+  const uint8_t* base = static_cast<const uint8_t*>(data) + row * c.row_bytes;
+  RawRow8<CT> r;
+  if constexpr (CT == kF16 || CT == kBF16) {
+    r.v = *reinterpret_cast<const uint4*>(base + e0 * 2);
+    r.sz = 0;
+  } else {
+    r.sz = static_cast<const uint32_t*>(sz)[row];
+    if constexpr (CT == kI8) {
+      const uint2 u = *reinterpret_cast<const uint2*>(base + e0);
+      r.v = make_uint4(u.x, u.y, 0, 0);
+    } else {
+      r.v = make_uint4(*reinterpret_cast<const uint32_t*>(base + e0 / 2), 0, 0, 0);
+    }
+  }
+  return r;
+}
+
+// A raw row's elements dequantized to fp32: the same values as load_row8.
+template <int CT>
+__device__ __forceinline__ void decode_raw8(const RawRow8<CT>& r, float (&x)[8]) {
+  if constexpr (CT == kF16 || CT == kBF16) {
+    const uint32_t w[4] = {r.v.x, r.v.y, r.v.z, r.v.w};
 #pragma unroll
-    for (int i = 0; i < 8; ++i) x[i] = x[i] * s + z;
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (CT == kF16) halves_to_float(w[i], x[2 * i], x[2 * i + 1]);
+      else bhalves_to_float(w[i], x[2 * i], x[2 * i + 1]);
+    }
+  } else {
+    const __half2 p = *reinterpret_cast<const __half2*>(&r.sz);
+    const float scale = __low2float(p), zero = __high2float(p);
+    if constexpr (CT == kI8) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) x[i] = byte_code(r.v.x, i), x[4 + i] = byte_code(r.v.y, i);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) x[i] = nibble_code(r.v.x, i);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x[i] = x[i] * scale + zero;
   }
 }
 
