@@ -20,6 +20,9 @@
 //    multiplied, without registers to hold them. Each lane copies and reads its
 //    own 16 bytes of a stage, so only the group records (copied by 16 lanes for
 //    all 32) need the warp to meet.
+//  - The tensor cores multiply the 4-bit codes themselves; each group's scale
+//    and zero are applied to the fp32 sums when the group is done (see the
+//    kernel), which halves the instructions a weight costs.
 //  - Only the M real rows of A are staged (rows past M repeat the last one: they
 //    feed output columns of the mma that are never stored).
 //  - The engine's norms run here too (w4a16_decode_gemm_rms_norm): a block reads
@@ -59,7 +62,6 @@ constexpr int kMaxCluster = 8;       // the portable cluster size
 constexpr int kMaxStrips = 4;        // strips per block (S)
 constexpr int kSmemPad = 8;          // halves per staged A row: ldmatrix rows in distinct banks
 constexpr int kMaxSmem = 200 * 1024;
-constexpr int kMinWarpSteps = 2;     // the plan cuts no warp's K sub-slice below this many steps
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
@@ -135,41 +137,50 @@ __device__ __forceinline__ void stage_rms_norm(const RmsNormInput& norm, int row
 }
 
 // grid (ceil(N / (64 S)), C) in clusters of (1, C); kThreads threads. Block y = its cluster
-// rank = its K slice. A comes from `a`, or, where norm.weight is set, from the residual stream
-// (stage_rms_norm). residual may be c itself (each element is read, then written, by one thread).
-template <class T>
+// rank = its K slice. GS: k16 steps per quantization group (8 for groups of 128, 4 for 64). A comes
+// from `a`, or, where norm.weight is set, from the residual stream (stage_rms_norm). residual may be
+// c itself (each element is read, then written, by one thread).
+//
+// The tensor cores multiply the codes q themselves (exact small integers, w4a16::code_fragments),
+// and each group's scale s and zero z are applied to the fp32 sums once the group is done:
+//   sum_k (q - z) s a = s (sum_k q a - z sum_k a),
+// the activations' sum over the group coming from one more mma with an all-ones operand. This
+// takes the per-weight dequantization from four instructions a pair of weights to two (the kernel
+// is bound by instruction issue, not bandwidth: docs/benchmarks/gemm.md), and rounds no weight to
+// 16 bits. Slices and sub-slices are whole groups so that no group is split between sums.
+template <class T, int GS>
 __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
-                                                                 RmsNormInput norm, int M, int N, int K, int group,
-                                                                 int S, int slice_steps_max, bool silu_up) {
+                                                                 RmsNormInput norm, int M, int N, int K, int S,
+                                                                 int slice_steps_max, bool silu_up) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static_assert(kStages % GS == 0, "a ring slot that starts a group must start one on every pass");
   extern __shared__ __align__(16) unsigned char smem[];
   const int rows = M;  // <= kMaxDecodeRows
   const Layout L = layout_of(rows, slice_steps_max);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int C = gridDim.y, rank = blockIdx.y;
-  const int ksteps = K / 16, groups = K / group;
-  const int group_shift = group == 128 ? 3 : 2;  // log2 of the k16 steps per group (groups of 128 or 64)
-  // The block's K slice, then the warp's sub-slice of it (steps of 16 columns, as even as possible).
-  const int bs0 = (int)((int64_t)rank * ksteps / C), bs1 = (int)((int64_t)(rank + 1) * ksteps / C);
+  const int ksteps = K / 16, groups = ksteps / GS;
+  // The block's K slice, then the warp's sub-slice of it, in whole groups (as even as possible).
+  const int bg0 = (int)((int64_t)rank * groups / C), bg1 = (int)((int64_t)(rank + 1) * groups / C);
   const int kw = kWarps / S, sl = warp % S, sub = warp / S;
-  const int ws0 = bs0 + (int)((int64_t)sub * (bs1 - bs0) / kw), ws1 = bs0 + (int)((int64_t)(sub + 1) * (bs1 - bs0) / kw);
+  const int wg0 = bg0 + (int)((int64_t)sub * (bg1 - bg0) / kw), wg1 = bg0 + (int)((int64_t)(sub + 1) * (bg1 - bg0) / kw);
+  const int bs0 = bg0 * GS, bs1 = bg1 * GS;
   const int strip = blockIdx.x * S + sl;
   const bool active = strip < N / kW4StripN;
-  const int n_steps = active ? ws1 - ws0 : 0;
+  const int n_steps = active ? (wg1 - wg0) * GS : 0;
 
   uint4* ring = reinterpret_cast<uint4*>(smem + L.ring) + warp * kStages * 32;
   uint4* grp = reinterpret_cast<uint4*>(smem + L.grp) + warp * kStages * 16;
-  const uint4* wp = w + (int64_t)strip * ksteps * 32 + lane;
-  const uint4* szp = sz + (int64_t)strip * groups * 16;
-  auto needs_group = [&](int s) { return s == ws0 || (s & ((1 << group_shift) - 1)) == 0; };
-  // Stage j of this warp (step ws0 + j) into ring slot `slot` (= j % kStages, a constant where
-  // the loops below are unrolled); always one commit group, empty past the last step.
+  const uint4* wsrc = w + ((int64_t)strip * ksteps + wg0 * GS) * 32 + lane;
+  const uint4* gsrc = sz + ((int64_t)strip * groups + wg0) * 16 + lane;
+  // Stage j of this warp (step wg0 GS + j) into ring slot `slot` (= j % kStages, a constant where
+  // the loops below are unrolled), with its group's record where it starts a group; always one
+  // commit group, empty past the last step.
   auto issue = [&](int j, int slot) {
     if (j < n_steps) {
-      const int s = ws0 + j;
-      cp_async16(ring + slot * 32 + lane, wp + (int64_t)s * 32);
-      if (needs_group(s) && lane < 16) cp_async16(grp + slot * 16 + lane, szp + (int64_t)(s >> group_shift) * 16 + lane);
+      cp_async16(ring + slot * 32 + lane, wsrc + (int64_t)j * 32);
+      if (slot % GS == 0 && lane < 16) cp_async16(grp + slot * 16 + lane, gsrc + (int64_t)(j / GS) * 16);
     }
     cp_async_commit();
   };
@@ -195,36 +206,64 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   }
   __syncthreads();
 
-  // acc[i]: the n16m8 tile of strip columns 16 i.., rows 0..7.
-  float acc[4][4];
+  // acc[i]: the n16m8 tile of strip columns 16 i.., rows 0..7, over the warp's groups so far;
+  // gacc[i] the same for the current group, of codes (no scale, no zero). asum: the current group's
+  // activation sums, rows 2 (lane % 4) and 2 (lane % 4) + 1 in [0] and [1] (the mma's layout).
+  float acc[4][4], gacc[4][4], asum[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
+  const uint32_t ones[4] = {Act<T>::kOne, Act<T>::kOne, Act<T>::kOne, Act<T>::kOne};
   // ldmatrix rows of the B operand: lanes 0-7 give rows 0..7 at k, lanes 8-15 the same rows at k + 8.
-  const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8;
+  const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (wg0 * GS - bs0) * 16;
+  uint4 sv = make_uint4(0, 0, 0, 0), zv = sv;  // the current group's scales and zeros (columns 8 tile + lane / 4)
 
-  GroupParams gp;
-  // Unrolled by the ring's length, so every slot address is a constant offset.
+  // Unrolled by the ring's length, so every slot address is a constant offset and where groups start
+  // and end is known at compile time.
   for (int j0 = 0; j0 < n_steps; j0 += kStages) {
 #pragma unroll
     for (int slot = 0; slot < kStages; ++slot) {
-      const int j = j0 + slot, s = ws0 + j;
-      if (j >= n_steps) break;
+      const int j = j0 + slot;
+      const bool starts = slot % GS == 0;
+      if (starts && j >= n_steps) break;  // n_steps is a whole number of groups
       cp_async_wait<kStages - 1>();
       __syncwarp();  // the group record was copied by lanes 0-15 for the whole warp
       const uint4 wv = ring[slot * 32 + lane];
-      if (needs_group(s)) gp = w4a16::load_group(grp + slot * 16 + lane / 4);
+      if (starts) {
+        sv = grp[slot * 16 + lane / 4];
+        zv = grp[slot * 16 + 8 + lane / 4];
+      }
       uint32_t b[8][2];
-      w4a16::dequant_fragments<T>(wv, gp, b);
+      w4a16::code_fragments<T>(wv, b);
       uint32_t bf[2];
-      w4a16::ldmatrix_x2(bf, b_row + (s - bs0) * 16);
+      w4a16::ldmatrix_x2(bf, b_row + j * 16);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
-        Act<T>::mma(acc[i], af, bf[0], bf[1]);
+        if (starts) Act<T>::mma_zero(gacc[i], af, bf[0], bf[1]);
+        else Act<T>::mma(gacc[i], af, bf[0], bf[1]);
       }
-      __syncwarp();  // every lane has read this slot's group record before it is refilled
+      if (starts) Act<T>::mma_zero(asum, ones, bf[0], bf[1]);
+      else Act<T>::mma(asum, ones, bf[0], bf[1]);
+      if (slot % GS == GS - 1) {
+        // acc += s (gacc - z asum); the C fragment's rows g and g + 8 (q >> 1) are columns of tiles
+        // 2 i and 2 i + 1, whose scales are the low and high halves of word i of the record.
+        const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const float s = w4a16::bits_to_float<T>(h ? sw[i] >> 16 : sw[i] & 0xFFFFu);
+            const float z = w4a16::bits_to_float<T>(h ? zw[i] >> 16 : zw[i] & 0xFFFFu) - Act<T>::kMagicValue;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              const int q = 2 * h + r;
+              acc[i][q] = fmaf(s, fmaf(-z, asum[r], gacc[i][q]), acc[i][q]);
+            }
+          }
+      }
+      __syncwarp();  // every lane has read this slot before it is refilled
       issue(j + kStages, slot);
     }
   }
@@ -289,16 +328,15 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 #endif
 }
 
-template <class T>
-void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
-                     bool) {
-  return w4a16_decode_kernel<T>;
+template <class T, int GS>
+void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, bool) {
+  return w4a16_decode_kernel<T, GS>;
 }
 
-template <class T>
+template <class T, int GS>
 cudaError_t grant_smem() {
   static const cudaError_t e =
-      cudaFuncSetAttribute(kernel_for<T>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+      cudaFuncSetAttribute(kernel_for<T, GS>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   return e;
 }
 
@@ -307,13 +345,13 @@ int env_int(const char* name, int fallback) {
   return e && *e ? std::atoi(e) : fallback;
 }
 
-// Blocks of the (fp16) kernel that one SM holds with `smem` bytes each.
+// Blocks of the (fp16, groups of 128) kernel that one SM holds with `smem` bytes each.
 int resident_blocks(int smem) {
   thread_local std::map<int, int> cache;
   if (auto it = cache.find(smem); it != cache.end()) return it->second;
   int n = 0;
-  if (grant_smem<__half>() != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half>(), kThreads, smem) != cudaSuccess) {
+  if (grant_smem<__half, 8>() != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half, 8>(), kThreads, smem) != cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
@@ -339,8 +377,8 @@ int resident_clusters(int smem, int C) {
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
   int n = 0;
-  if (grant_smem<__half>() != cudaSuccess ||
-      cudaOccupancyMaxActiveClusters(&n, kernel_for<__half>(), &cfg) != cudaSuccess) {
+  if (grant_smem<__half, 8>() != cudaSuccess ||
+      cudaOccupancyMaxActiveClusters(&n, kernel_for<__half, 8>(), &cfg) != cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
@@ -358,11 +396,11 @@ struct Plan {
 };
 
 // S strips per block (the most that still give every SM a block: they share the staged A) and C
-// slices of K (the most whose clusters all fit on the GPU at once, keeping >= kMinWarpSteps steps
-// per warp and the staged A within shared memory). VLM_W4A16_DECODE_S / _C pin them, for tuning.
-Plan make_plan_uncached(int M, int N, int K) {
+// slices of K (the most whose clusters all fit on the GPU at once, keeping at least one group per
+// warp and the staged A within shared memory). VLM_W4A16_DECODE_S / _C pin them, for tuning.
+Plan make_plan_uncached(int M, int N, int K, int group) {
   Plan p{};
-  const int rows = M, strips = N / kW4StripN, ksteps = K / 16;
+  const int rows = M, strips = N / kW4StripN, groups = K / group, gs = group / 16;
   const int force_s = env_int("VLM_W4A16_DECODE_S", 0), force_c = env_int("VLM_W4A16_DECODE_C", 0);
   for (int S : {4, 2, 1}) {
     if (force_s && S != force_s) continue;
@@ -370,10 +408,10 @@ Plan make_plan_uncached(int M, int N, int K) {
     int best_c = 0, best_smem = 0;
     for (int C = kMaxCluster; C >= 1; --C) {
       if (force_c && C != force_c) continue;
-      const int slice = (ksteps + C - 1) / C;
+      const int slice = (groups + C - 1) / C * gs;
       const int smem = layout_of(rows, slice).bytes;
       if (smem > kMaxSmem) break;  // fewer slices only make the staged A longer
-      if (ksteps / (C * kw) < kMinWarpSteps && C > 1 && !force_c) continue;
+      if (groups < C * kw && C > 1 && !force_c) continue;
       const int res = resident_blocks(smem);
       if (res == 0) continue;
       const int64_t fits = C == 1 ? (int64_t)res * cuda::sm_count() : resident_clusters(smem, C);
@@ -384,49 +422,57 @@ Plan make_plan_uncached(int M, int N, int K) {
       }
     }
     if (best_c == 0) continue;
-    p = Plan{true, S, best_c, (ksteps + best_c - 1) / best_c, best_smem};
+    p = Plan{true, S, best_c, (groups + best_c - 1) / best_c * gs, best_smem};
     if ((int64_t)blocks_n * best_c >= cuda::sm_count() || S == 1 || force_s) break;
   }
   return p;
 }
 
-const Plan& plan_for(int M, int N, int K) {
-  thread_local std::map<std::tuple<int, int, int>, Plan> cache;
-  const auto key = std::make_tuple(M, N, K);
+const Plan& plan_for(int M, int N, int K, int group) {
+  thread_local std::map<std::tuple<int, int, int, int>, Plan> cache;
+  const auto key = std::make_tuple(M, N, K, group);
   auto it = cache.find(key);
-  if (it == cache.end()) it = cache.emplace(key, make_plan_uncached(M, N, K)).first;
+  if (it == cache.end()) it = cache.emplace(key, make_plan_uncached(M, N, K, group)).first;
   return it->second;
+}
+
+template <class T, int GS>
+cudaError_t launch_gs(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
+                      const RmsNormInput& norm, int M, int N, int K, bool silu_up, cudaStream_t stream) {
+  if (const cudaError_t e = grant_smem<T, GS>(); e != cudaSuccess) return e;
+  const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
+  return cuda::launch_dependent_in_clusters(kernel_for<T, GS>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem,
+                                            stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
+                                            static_cast<const uint4*>(sz), static_cast<const T*>(residual),
+                                            static_cast<T*>(c), norm, M, N, K, p.S, p.slice_steps, silu_up);
 }
 
 template <class T>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                    const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
-  if (const cudaError_t e = grant_smem<T>(); e != cudaSuccess) return e;
-  const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
-  return cuda::launch_dependent_in_clusters(kernel_for<T>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem, stream,
-                                            static_cast<const T*>(a), static_cast<const uint4*>(w),
-                                            static_cast<const uint4*>(sz), static_cast<const T*>(residual),
-                                            static_cast<T*>(c), norm, M, N, K, group, p.S, p.slice_steps, silu_up);
+  if (group == 128) return launch_gs<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, silu_up, stream);
+  return launch_gs<T, 4>(p, a, w, sz, residual, c, norm, M, N, K, silu_up, stream);
 }
 
 // The plan for this shape, or null where the kernel does not apply (one cached lookup per call).
-const Plan* applicable_plan(int M, int N, int K) {
+const Plan* applicable_plan(int M, int N, int K, int group) {
   static const bool supported = decide_supported();
-  if (!supported || M < 1 || M > kMaxDecodeRows || N % kW4StripN != 0 || K % 16 != 0) return nullptr;
-  const Plan& p = plan_for(M, N, K);
+  if (!supported || M < 1 || M > kMaxDecodeRows || N % kW4StripN != 0 || (group != 64 && group != 128) ||
+      K % group != 0)
+    return nullptr;
+  const Plan& p = plan_for(M, N, K, group);
   return p.ok ? &p : nullptr;
 }
 
 }  // namespace
 
 bool w4a16_decode_applies(int M, int N, int K, int group) {
-  (void)group;  // any group the layout takes (64, 128): the kernel reads it at run time
-  return applicable_plan(M, N, K) != nullptr;
+  return applicable_plan(M, N, K, group) != nullptr;
 }
 
 cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
                               int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up) {
-  const Plan* p = applicable_plan(M, N, K);
+  const Plan* p = applicable_plan(M, N, K, group);
   if (!p) return cudaErrorInvalidValue;
   const RmsNormInput none{};
   if (bf16) return launch<__nv_bfloat16>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
@@ -435,7 +481,7 @@ cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* sz, cons
 
 cudaError_t w4a16_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, const void* sz, void* c, int M, int N,
                                        int K, int group, bool bf16, cudaStream_t stream) {
-  const Plan* p = applicable_plan(M, N, K);
+  const Plan* p = applicable_plan(M, N, K, group);
   if (!p || !norm.h || !norm.weight || norm.h_out == norm.h) return cudaErrorInvalidValue;
   if (bf16) return launch<__nv_bfloat16>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
   return launch<__half>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);

@@ -1,8 +1,9 @@
 // Device pieces shared by the w4a16 kernels (w4a16_gemm.cu, w4a16_decode.cu):
 // the activation type's mma and dequantization, the weights' streaming load,
 // ldmatrix, and a lane's fragments of one k16 step of a 64-column strip in the
-// layout of cpu/w4a16_pack.h. Both kernels dequantize through
-// dequant_fragments(), so they multiply bit for bit the same weights.
+// layout of cpu/w4a16_pack.h. The general kernel dequantizes through
+// dequant_fragments() (16-bit weights (q - z) s); the decode kernel multiplies
+// the codes (code_fragments()) and scales each group's fp32 sums.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -16,12 +17,22 @@ namespace w4a16 {
 template <class T> struct Act;
 template <> struct Act<__half> {
   static constexpr uint32_t kMagic = 0x64006400u;  // half2(1024, 1024)
+  static constexpr uint32_t kOne = 0x3C003C00u;    // half2(1, 1)
+  static constexpr float kMagicValue = 1024.f;
   __device__ static void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // The same with a zero accumulator in: c = a · b.
+  __device__ static void mma_zero(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%10,%10,%10};\n"
+        : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
   }
   __device__ static uint32_t dequant(uint32_t bits, uint32_t zero2, uint32_t scale2) {
     __half2 h = __hsub2(*reinterpret_cast<__half2*>(&bits), *reinterpret_cast<__half2*>(&zero2));
@@ -33,12 +44,22 @@ template <> struct Act<__half> {
 };
 template <> struct Act<__nv_bfloat16> {
   static constexpr uint32_t kMagic = 0x43004300u;  // bfloat162(128, 128)
+  static constexpr uint32_t kOne = 0x3F803F80u;    // bfloat162(1, 1)
+  static constexpr float kMagicValue = 128.f;
   __device__ static void mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // The same with a zero accumulator in: c = a · b.
+  __device__ static void mma_zero(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%10,%10,%10};\n"
+        : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(0.f));
   }
   __device__ static uint32_t dequant(uint32_t bits, uint32_t zero2, uint32_t scale2) {
     __nv_bfloat162 h = __hsub2(*reinterpret_cast<__nv_bfloat162*>(&bits), *reinterpret_cast<__nv_bfloat162*>(&zero2));
@@ -48,6 +69,68 @@ template <> struct Act<__nv_bfloat16> {
   __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
   __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 };
+
+// (a & mask) | bits in one instruction.
+template <uint32_t kMask, uint32_t kBits>
+__device__ __forceinline__ uint32_t and_or(uint32_t a) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "n"(kMask), "n"(kBits));
+  return d;
+}
+
+// One lane's codes q (0..15) for one k16 step, as exact values of T, in the fragment order of
+// dequant_fragments() below (b[tile][0]: k, k+1; b[tile][1]: k+8, k+9 of column 8 tile + lane/4).
+// For kernels that multiply the codes and apply each group's scale and zero to the fp32 sums
+// (w4a16_decode.cu): nine instructions a word of eight codes instead of nineteen.
+//  fp16: (a & 0x000F000F) | 1024 is 1024 + q; (a & 0x00F000F0) | 1024 is 1024 + 16 q, taken to q
+//        by one fused multiply-add (x / 16 - 64), so the upper nibbles need no shift of their own.
+//  bf16: 128 + 16 q is not representable for q >= 8 (bit 7 is the exponent's), so every nibble is
+//        shifted down first.
+template <class T>
+__device__ __forceinline__ void code_fragments(const uint4& wv, uint32_t (&b)[8][2]);
+template <>
+__device__ __forceinline__ void code_fragments<__half>(const uint4& wv, uint32_t (&b)[8][2]) {
+  const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+  constexpr uint32_t kMagic = Act<__half>::kMagic;
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi) {
+    const uint32_t w0 = words[wi], w8 = w0 >> 8;
+    const uint32_t lo0 = and_or<0x000F000Fu, kMagic>(w0), hi0 = and_or<0x00F000F0u, kMagic>(w0);
+    const uint32_t lo1 = and_or<0x000F000Fu, kMagic>(w8), hi1 = and_or<0x00F000F0u, kMagic>(w8);
+    asm("sub.f16x2 %0, %1, %2;\n" : "=r"(b[2 * wi][0]) : "r"(lo0), "r"(kMagic));
+    asm("sub.f16x2 %0, %1, %2;\n" : "=r"(b[2 * wi + 1][0]) : "r"(lo1), "r"(kMagic));
+    // 0x2C00 = 1/16, 0xD400 = -64
+    asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(b[2 * wi][1]) : "r"(hi0), "r"(0x2C002C00u), "r"(0xD400D400u));
+    asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(b[2 * wi + 1][1]) : "r"(hi1), "r"(0x2C002C00u), "r"(0xD400D400u));
+  }
+}
+template <>
+__device__ __forceinline__ void code_fragments<__nv_bfloat16>(const uint4& wv, uint32_t (&b)[8][2]) {
+  const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+  constexpr uint32_t kMagic = Act<__nv_bfloat16>::kMagic;
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const uint32_t lo = and_or<0x000F000Fu, kMagic>(words[wi] >> (8 * j));
+      const uint32_t hi = and_or<0x000F000Fu, kMagic>(words[wi] >> (8 * j + 4));
+      // x * 1 - 128 (0x3F80 = 1, 0xC300 = -128): exact
+      asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(b[2 * wi + j][0]) : "r"(lo), "r"(0x3F803F80u), "r"(0xC300C300u));
+      asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(b[2 * wi + j][1]) : "r"(hi), "r"(0x3F803F80u), "r"(0xC300C300u));
+    }
+}
+
+// One 16-bit value of T (its bits in the low half of `bits16`) as a float.
+template <class T>
+__device__ __forceinline__ float bits_to_float(uint32_t bits16);
+template <>
+__device__ __forceinline__ float bits_to_float<__half>(uint32_t bits16) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(bits16)));
+}
+template <>
+__device__ __forceinline__ float bits_to_float<__nv_bfloat16>(uint32_t bits16) {
+  return __uint_as_float(bits16 << 16);
+}
 
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {
   uint4 v;

@@ -7,8 +7,8 @@ import numpy as np
 from vlmserve.awq_format import dequantize, quantize_rtn
 from vlmserve.kernels import pack_w4a16, w4a16_gemm
 
-# Relative Frobenius error vs the fp32 reference: fp16 products of (q - z) * s
-# round once (2^-11), fp32 accumulation, one rounding of the output.
+# Relative Frobenius error vs the fp32 reference: the general kernel rounds each weight (q - z) * s to
+# 16 bits once (2^-11 in fp16), the decode kernel none; fp32 accumulation, one rounding of the output.
 TOL = {"float16": 2e-3, "bfloat16": 1e-2}
 # Longest row the engine's norm kernel sums in the order the fused norm shares (native/cuda/rms_norm_row.cuh).
 VECTORISED_NORM_MAX = 8192
