@@ -137,7 +137,8 @@ __device__ __forceinline__ void stage_rms_norm(const RmsNormInput& norm, int row
 }
 
 // grid (ceil(N / (64 S)), C) in clusters of (1, C); kThreads threads. Block y = its cluster
-// rank = its K slice. GS: k16 steps per quantization group (8 for groups of 128, 4 for 64). A comes
+// rank = its K slice. U: k16 steps per unit of K the slices are cut in (2, 4 or 8, at most one
+// group: 4 steps for groups of 64, 8 for 128; group_shift = log2 of the latter). A comes
 // from `a`, or, where norm.weight is set, from the residual stream (stage_rms_norm). residual may be
 // c itself (each element is read, then written, by one thread).
 //
@@ -147,40 +148,42 @@ __device__ __forceinline__ void stage_rms_norm(const RmsNormInput& norm, int row
 // the activations' sum over the group coming from one more mma with an all-ones operand. This
 // takes the per-weight dequantization from four instructions a pair of weights to two (the kernel
 // is bound by instruction issue, not bandwidth: docs/benchmarks/gemm.md), and rounds no weight to
-// 16 bits. Slices and sub-slices are whole groups so that no group is split between sums.
-template <class T, int GS>
+// 16 bits. The sum is linear, so each unit of U steps (a group or part of one) is scaled on its
+// own: slices need only be whole units, and where a unit starts and ends is known at compile time.
+template <class T, int U>
 __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
-                                                                 RmsNormInput norm, int M, int N, int K, int S,
-                                                                 int slice_steps_max, bool silu_up) {
+                                                                 RmsNormInput norm, int M, int N, int K,
+                                                                 int group_shift, int S, int slice_steps_max,
+                                                                 bool silu_up) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  static_assert(kStages % GS == 0, "a ring slot that starts a group must start one on every pass");
+  static_assert(kStages % U == 0, "a ring slot that starts a unit must start one on every pass");
   extern __shared__ __align__(16) unsigned char smem[];
   const int rows = M;  // <= kMaxDecodeRows
   const Layout L = layout_of(rows, slice_steps_max);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int C = gridDim.y, rank = blockIdx.y;
-  const int ksteps = K / 16, groups = ksteps / GS;
-  // The block's K slice, then the warp's sub-slice of it, in whole groups (as even as possible).
-  const int bg0 = (int)((int64_t)rank * groups / C), bg1 = (int)((int64_t)(rank + 1) * groups / C);
+  const int ksteps = K / 16, units = ksteps / U, groups = ksteps >> group_shift;
+  // The block's K slice, then the warp's sub-slice of it, in whole units (as even as possible).
+  const int bu0 = (int)((int64_t)rank * units / C), bu1 = (int)((int64_t)(rank + 1) * units / C);
   const int kw = kWarps / S, sl = warp % S, sub = warp / S;
-  const int wg0 = bg0 + (int)((int64_t)sub * (bg1 - bg0) / kw), wg1 = bg0 + (int)((int64_t)(sub + 1) * (bg1 - bg0) / kw);
-  const int bs0 = bg0 * GS, bs1 = bg1 * GS;
+  const int wu0 = bu0 + (int)((int64_t)sub * (bu1 - bu0) / kw), wu1 = bu0 + (int)((int64_t)(sub + 1) * (bu1 - bu0) / kw);
+  const int bs0 = bu0 * U, bs1 = bu1 * U, ws0 = wu0 * U;
   const int strip = blockIdx.x * S + sl;
   const bool active = strip < N / kW4StripN;
-  const int n_steps = active ? (wg1 - wg0) * GS : 0;
+  const int n_steps = active ? (wu1 - wu0) * U : 0;
 
   uint4* ring = reinterpret_cast<uint4*>(smem + L.ring) + warp * kStages * 32;
   uint4* grp = reinterpret_cast<uint4*>(smem + L.grp) + warp * kStages * 16;
-  const uint4* wsrc = w + ((int64_t)strip * ksteps + wg0 * GS) * 32 + lane;
-  const uint4* gsrc = sz + ((int64_t)strip * groups + wg0) * 16 + lane;
-  // Stage j of this warp (step wg0 GS + j) into ring slot `slot` (= j % kStages, a constant where
-  // the loops below are unrolled), with its group's record where it starts a group; always one
+  const uint4* wsrc = w + ((int64_t)strip * ksteps + ws0) * 32 + lane;
+  const uint4* gsrc = sz + (int64_t)strip * groups * 16 + lane;
+  // Stage j of this warp (step ws0 + j) into ring slot `slot` (= j % kStages, a constant where
+  // the loops below are unrolled), with its group's record where it starts a unit; always one
   // commit group, empty past the last step.
   auto issue = [&](int j, int slot) {
     if (j < n_steps) {
       cp_async16(ring + slot * 32 + lane, wsrc + (int64_t)j * 32);
-      if (slot % GS == 0 && lane < 16) cp_async16(grp + slot * 16 + lane, gsrc + (int64_t)(j / GS) * 16);
+      if (slot % U == 0 && lane < 16) cp_async16(grp + slot * 16 + lane, gsrc + (int64_t)((ws0 + j) >> group_shift) * 16);
     }
     cp_async_commit();
   };
@@ -207,7 +210,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   __syncthreads();
 
   // acc[i]: the n16m8 tile of strip columns 16 i.., rows 0..7, over the warp's groups so far;
-  // gacc[i] the same for the current group, of codes (no scale, no zero). asum: the current group's
+  // gacc[i] the same for the current unit, of codes (no scale, no zero). asum: the current unit's
   // activation sums, rows 2 (lane % 4) and 2 (lane % 4) + 1 in [0] and [1] (the mma's layout).
   float acc[4][4], gacc[4][4], asum[4];
 #pragma unroll
@@ -216,17 +219,17 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
     for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
   const uint32_t ones[4] = {Act<T>::kOne, Act<T>::kOne, Act<T>::kOne, Act<T>::kOne};
   // ldmatrix rows of the B operand: lanes 0-7 give rows 0..7 at k, lanes 8-15 the same rows at k + 8.
-  const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (wg0 * GS - bs0) * 16;
-  uint4 sv = make_uint4(0, 0, 0, 0), zv = sv;  // the current group's scales and zeros (columns 8 tile + lane / 4)
+  const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (ws0 - bs0) * 16;
+  uint4 sv = make_uint4(0, 0, 0, 0), zv = sv;  // the current unit's scales and zeros (columns 8 tile + lane / 4)
 
-  // Unrolled by the ring's length, so every slot address is a constant offset and where groups start
+  // Unrolled by the ring's length, so every slot address is a constant offset and where units start
   // and end is known at compile time.
   for (int j0 = 0; j0 < n_steps; j0 += kStages) {
 #pragma unroll
     for (int slot = 0; slot < kStages; ++slot) {
       const int j = j0 + slot;
-      const bool starts = slot % GS == 0;
-      if (starts && j >= n_steps) break;  // n_steps is a whole number of groups
+      const bool starts = slot % U == 0;
+      if (starts && j >= n_steps) break;  // n_steps is a whole number of units
       cp_async_wait<kStages - 1>();
       __syncwarp();  // the group record was copied by lanes 0-15 for the whole warp
       const uint4 wv = ring[slot * 32 + lane];
@@ -246,7 +249,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
       }
       if (starts) Act<T>::mma_zero(asum, ones, bf[0], bf[1]);
       else Act<T>::mma(asum, ones, bf[0], bf[1]);
-      if (slot % GS == GS - 1) {
+      if (slot % U == U - 1) {
         // acc += s (gacc - z asum); the C fragment's rows g and g + 8 (q >> 1) are columns of tiles
         // 2 i and 2 i + 1, whose scales are the low and high halves of word i of the record.
         const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
@@ -328,15 +331,16 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 #endif
 }
 
-template <class T, int GS>
-void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, bool) {
-  return w4a16_decode_kernel<T, GS>;
+template <class T, int U>
+void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
+                     bool) {
+  return w4a16_decode_kernel<T, U>;
 }
 
-template <class T, int GS>
+template <class T, int U>
 cudaError_t grant_smem() {
   static const cudaError_t e =
-      cudaFuncSetAttribute(kernel_for<T, GS>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+      cudaFuncSetAttribute(kernel_for<T, U>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   return e;
 }
 
@@ -345,7 +349,7 @@ int env_int(const char* name, int fallback) {
   return e && *e ? std::atoi(e) : fallback;
 }
 
-// Blocks of the (fp16, groups of 128) kernel that one SM holds with `smem` bytes each.
+// Blocks of the (fp16, 8-step unit) kernel that one SM holds with `smem` bytes each.
 int resident_blocks(int smem) {
   thread_local std::map<int, int> cache;
   if (auto it = cache.find(smem); it != cache.end()) return it->second;
@@ -391,38 +395,43 @@ bool decide_supported() { return env_int("VLM_W4A16_DECODE", 1) != 0 && cuda::ho
 
 struct Plan {
   bool ok;
-  int S, C, slice_steps;
+  int S, C, U, slice_steps;
   int smem;
 };
 
 // S strips per block (the most that still give every SM a block: they share the staged A) and C
-// slices of K (the most whose clusters all fit on the GPU at once, keeping at least one group per
-// warp and the staged A within shared memory). VLM_W4A16_DECODE_S / _C pin them, for tuning.
+// slices of K (the most whose clusters all fit on the GPU at once, keeping at least one unit per warp
+// and the staged A within shared memory), in units of U steps: the longest unit (at most a group)
+// that leaves every warp one, as each unit ends in a pass that scales its sums.
+// VLM_W4A16_DECODE_S / _C pin S and C, for tuning.
 Plan make_plan_uncached(int M, int N, int K, int group) {
   Plan p{};
-  const int rows = M, strips = N / kW4StripN, groups = K / group, gs = group / 16;
+  const int rows = M, strips = N / kW4StripN, ksteps = K / 16, gsteps = group / 16;
   const int force_s = env_int("VLM_W4A16_DECODE_S", 0), force_c = env_int("VLM_W4A16_DECODE_C", 0);
   for (int S : {4, 2, 1}) {
     if (force_s && S != force_s) continue;
     const int blocks_n = (strips + S - 1) / S, kw = kWarps / S;
-    int best_c = 0, best_smem = 0;
+    int best_c = 0, best_u = 0, best_smem = 0;
     for (int C = kMaxCluster; C >= 1; --C) {
       if (force_c && C != force_c) continue;
-      const int slice = (groups + C - 1) / C * gs;
+      int U = gsteps;
+      while (U > 2 && ksteps / U < C * kw) U /= 2;
+      if (ksteps / U < C * kw && C > 1 && !force_c) continue;
+      const int slice = (ksteps / U + C - 1) / C * U;
       const int smem = layout_of(rows, slice).bytes;
       if (smem > kMaxSmem) break;  // fewer slices only make the staged A longer
-      if (groups < C * kw && C > 1 && !force_c) continue;
       const int res = resident_blocks(smem);
       if (res == 0) continue;
       const int64_t fits = C == 1 ? (int64_t)res * cuda::sm_count() : resident_clusters(smem, C);
       if (blocks_n <= fits || C == 1 || force_c) {
         best_c = C;
+        best_u = U;
         best_smem = smem;
         break;
       }
     }
     if (best_c == 0) continue;
-    p = Plan{true, S, best_c, (groups + best_c - 1) / best_c * gs, best_smem};
+    p = Plan{true, S, best_c, best_u, (ksteps / best_u + best_c - 1) / best_c * best_u, best_smem};
     if ((int64_t)blocks_n * best_c >= cuda::sm_count() || S == 1 || force_s) break;
   }
   return p;
@@ -436,22 +445,27 @@ const Plan& plan_for(int M, int N, int K, int group) {
   return it->second;
 }
 
-template <class T, int GS>
-cudaError_t launch_gs(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                      const RmsNormInput& norm, int M, int N, int K, bool silu_up, cudaStream_t stream) {
-  if (const cudaError_t e = grant_smem<T, GS>(); e != cudaSuccess) return e;
+template <class T, int U>
+cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
+                        const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
+  if (const cudaError_t e = grant_smem<T, U>(); e != cudaSuccess) return e;
   const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
-  return cuda::launch_dependent_in_clusters(kernel_for<T, GS>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem,
+  const int group_shift = group == 128 ? 3 : 2;
+  return cuda::launch_dependent_in_clusters(kernel_for<T, U>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem,
                                             stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
-                                            static_cast<T*>(c), norm, M, N, K, p.S, p.slice_steps, silu_up);
+                                            static_cast<T*>(c), norm, M, N, K, group_shift, p.S, p.slice_steps,
+                                            silu_up);
 }
 
 template <class T>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                    const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
-  if (group == 128) return launch_gs<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, silu_up, stream);
-  return launch_gs<T, 4>(p, a, w, sz, residual, c, norm, M, N, K, silu_up, stream);
+  switch (p.U) {
+    case 8: return launch_unit<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    case 4: return launch_unit<T, 4>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    default: return launch_unit<T, 2>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+  }
 }
 
 // The plan for this shape, or null where the kernel does not apply (one cached lookup per call).
