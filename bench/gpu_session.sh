@@ -26,9 +26,9 @@
 #   ncu_gemm      Nsight Compute on the decode-size w4a16 GEMM at M = 1 (2B qkv/gate_up/down, 7B gate_up):
 #                 DRAM throughput, issue activity, warp stalls, occupancy
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
-#   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (needs
+#   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (JPEG, two processes; needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
-#   serve_leads   the same at 1/64/256 with JPEG requests, then as two service processes
+#   serve_leads   the same at 1/64/256 with JPEG requests in one process, then PNG requests to two processes
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 STEPS=${STEPS:-build tests gemm decode}
@@ -98,13 +98,14 @@ serve_site() {  # carried wheels (.gpu-carry/wheels, with typing_extensions) int
 serve_leads() {  # the same stack at concurrency 1/64/256: JPEG requests, then the services as two processes
   serve_site || return 1
   export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
-  for v in "--image-format jpeg --stem jpeg" "--layout services --stem services"; do
+  for v in "--image-format jpeg --layout stack --stem jpeg" "--image-format png --layout services --stem services"; do
     python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
       --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,64,256 --out-dir "$RES/serve" $v 2>&1 |
       grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
   done
 }
-serve() {  # the serving stack on model (a): w4a16 + int8 KV, vision batch 16, concurrency 1/16/64/256, no peer
+serve() {  # model (a), w4a16 + int8 KV, vision batch 16, concurrency 1/16/64/256, no peer; bench/serve.py's
+  # defaults otherwise: JPEG requests, the services as two processes
   # The image lacks grpcio-health-checking and -reflection: wheels carried in .gpu-carry/wheels (with the
   # grpcio and protobuf the generated modules were made for) go into a site folder of their own.
   serve_site || return 1

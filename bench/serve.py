@@ -222,8 +222,8 @@ def main() -> int:
     ap.add_argument("--output-tokens", type=int, default=128)
     ap.add_argument("--image", type=Path, default=ROOT / "python/vlmserve/data/images/chelsea.png")
     ap.add_argument("--image-size", type=int, default=512)
-    ap.add_argument("--image-format", choices=sorted(IMAGE_FORMATS), default="png",
-                    help="how the request carries the image (JPEG at quality 95 for jpeg)")
+    ap.add_argument("--image-format", choices=sorted(IMAGE_FORMATS), default="jpeg",
+                    help="how the request carries the image (JPEG at quality 95 for jpeg, as photos are sent)")
     ap.add_argument("--engine-device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--awq-group", type=int, default=128)
     ap.add_argument("--calib-samples", type=int, default=32)
@@ -233,9 +233,11 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="deadline of one request, seconds")
     ap.add_argument("--streams-per-process", type=int, default=STREAMS_PER_PROCESS,
                     help="above this concurrency the load comes from several client processes, this many streams each")
-    ap.add_argument("--layout", choices=["stack", "services"], default="stack",
-                    help="stack: `vlmserve serve stack`, both services in one process; services: `serve vision` and "
-                         "`serve lm` as two processes (the compose file's layout)")
+    ap.add_argument("--layout", choices=["stack", "services"], default=None,
+                    help="services (default): `serve vision` and `serve lm` as two processes, the compose file's "
+                         "layout; stack: `vlmserve serve stack`, both services in one process (--smoke's default). "
+                         "At concurrency 64/256 on the H200 two processes gave 38 %% / 19 %% more throughput "
+                         "(docs/benchmarks/serving/README.md)")
     ap.add_argument("--stack-flag", action="append", default=[], help="extra flag for `vlmserve serve stack` only")
     ap.add_argument("--vision-flag", action="append", default=[], help="extra flag for the vision service (any layout)")
     ap.add_argument("--lm-flag", action="append", default=[], help="extra flag for the LM service (any layout)")
@@ -255,6 +257,9 @@ def main() -> int:
         a.output_tokens, a.requests_per_level, a.warmup, a.awq_group = 8, 4, 1, 64
         a.calib_samples, a.calib_seqlen, a.peer_batches, a.engine_device = 4, 64, [1, 2], "cpu"
         a.image_size = 64
+    a.layout = a.layout or ("stack" if a.smoke else "services")
+    if a.stack_flag and a.layout != "stack":
+        ap.error("--stack-flag applies to --layout stack only; use --vision-flag / --lm-flag")
     a.stem = a.stem or a.model_name
     if a.render:
         r = json.loads((a.out_dir / f"{a.stem}.json").read_text())

@@ -61,6 +61,22 @@ def test_tensor_parallel_runs_beside_the_unsplit_stack(tmp_path):
     assert all(lv["failed"] == 0 and lv["out_tok_s"] > 0 for v in r["variants"] for lv in v["levels"])
 
 
+def test_services_layout_runs_two_processes(tmp_path):
+    # The full benchmark's default layout: the vision and LM services as processes of their own.
+    proc, out = run(tmp_path, "--no-peer", "--layout", "services", "--streams-per-process", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads((out / "internvl-tiny.json").read_text())
+    assert all(lv["failed"] == 0 and lv["out_tok_s"] > 0 and lv["vision_batch_mean"] >= 1
+               for v in r["variants"] for lv in v["levels"])
+    assert all(set(v["flags"]) == {"vision", "lm"} for v in r["variants"])
+    assert "Services, one process each" in (out / "internvl-tiny.md").read_text()
+
+
+def test_stack_flag_needs_the_stack_layout(tmp_path):
+    proc, _ = run(tmp_path, "--layout", "services", "--stack-flag=--max-model-len")
+    assert proc.returncode == 2 and "--stack-flag applies to --layout stack only" in proc.stderr
+
+
 def test_failed_requests_fail_the_run_and_are_reported(tmp_path):
     # A context shorter than the image's tokens: the LM service refuses every request.
     proc, out = run(tmp_path, "--no-peer", "--stack-flag=--max-model-len", "--stack-flag=16", "--streams-per-process", "1")
