@@ -21,7 +21,7 @@
 //    own 16 bytes of a stage, so only the group records (copied by 16 lanes for
 //    all 32) need the warp to meet.
 //  - The tensor cores multiply the 4-bit codes themselves; each group's scale
-//    and zero are applied to the fp32 sums when the group is done (see the
+//    and zero are applied to the fp32 sums of a few steps at a time (see the
 //    kernel), which halves the instructions a weight costs.
 //  - Only the M real rows of A are staged (rows past M repeat the last one: they
 //    feed output columns of the mma that are never stored).
@@ -143,7 +143,7 @@ __device__ __forceinline__ void stage_rms_norm(const RmsNormInput& norm, int row
 // c itself (each element is read, then written, by one thread).
 //
 // The tensor cores multiply the codes q themselves (exact small integers, w4a16::code_fragments),
-// and each group's scale s and zero z are applied to the fp32 sums once the group is done:
+// and each group's scale s and zero z are applied to the fp32 sums of a unit of its steps:
 //   sum_k (q - z) s a = s (sum_k q a - z sum_k a),
 // the activations' sum over the group coming from one more mma with an all-ones operand. This
 // takes the per-weight dequantization from four instructions a pair of weights to two (the kernel
@@ -209,7 +209,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   }
   __syncthreads();
 
-  // acc[i]: the n16m8 tile of strip columns 16 i.., rows 0..7, over the warp's groups so far;
+  // acc[i]: the n16m8 tile of strip columns 16 i.., rows 0..7, over the warp's units so far;
   // gacc[i] the same for the current unit, of codes (no scale, no zero). asum: the current unit's
   // activation sums, rows 2 (lane % 4) and 2 (lane % 4) + 1 in [0] and [1] (the mma's layout).
   float acc[4][4], gacc[4][4], asum[4];
