@@ -134,12 +134,18 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             run_level(stack.address, request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive,
                       streams_per_process=a.streams_per_process)
             before, lm_before = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
+            cpu_before = stack.cpu_seconds()
             with tqdm(total=n, desc=f"{label} c={c}", unit="req", leave=False, disable=not sys.stderr.isatty()) as bar:
                 result = run_level(stack.address, request, c, n, a.timeout, progress=bar,
                                    streams_per_process=a.streams_per_process,
                                    alive=stack.check_alive)
+            cpu_after = stack.cpu_seconds()
             after, lm_after = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             s = result.summary(a.output_tokens)
+            # Cores each service process kept busy over the level (one Python process near 1.0 of its
+            # interpreter's share is a bound the GPU figures do not show).
+            s["service_cpu_cores"] = {k: (cpu_after[k] - cpu_before[k]) / result.wall_s
+                                      for k in cpu_after if k in cpu_before and result.wall_s > 0}
             s.update(engine_rates(lm_before, lm_after, result.wall_s))
             s["service_ttft_mean_s"] = histogram_delta(lm_before, lm_after, "vlmserve_lm_time_to_first_token_seconds")
             s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")

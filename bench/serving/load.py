@@ -60,6 +60,8 @@ class LevelResult:
     concurrency: int
     wall_s: float
     records: list[RequestRecord]
+    client_cpu_s: float | None = None  # CPU time of the client process(es) over the level, all threads
+    client_processes: int = 1
 
     def summary(self, expected_tokens: int) -> dict:
         ok = [r for r in self.records if r.error is None]
@@ -85,7 +87,12 @@ class LevelResult:
                 "client_headers_mean_s": float(np.mean([r.headers - r.start for r in ok if r.headers is not None]))
                 if ok else None,
                 "itl_p50_s": pct(gaps, 50), "itl_p99_s": pct(gaps, 99), "mean_service_breakdown_s": breakdown,
-                "client_e2e_mean_s": e2e}
+                "client_e2e_mean_s": e2e,
+                # Cores the load generator kept busy: near client_processes means the clients, not the service,
+                # may be what a level's latencies measure.
+                "client_cpu_cores": None if self.client_cpu_s is None or self.wall_s <= 0
+                else self.client_cpu_s / self.wall_s,
+                "client_processes": self.client_processes}
 
 
 STREAMS_PER_CHANNEL = 32
@@ -145,8 +152,9 @@ def _client_process(address: str, request_bytes: bytes, concurrency: int, remain
     with ready.get_lock():
         ready.value += 1
     go.wait()
+    cpu0 = time.process_time()
     _stream_threads(address, request, concurrency, take, finished, timeout_s)
-    results.put([asdict(r) for r in records])
+    results.put(([asdict(r) for r in records], time.process_time() - cpu0))
 
 
 def run_level(address: str, request, concurrency: int, n_requests: int, timeout_s: float,
@@ -172,7 +180,7 @@ def run_level(address: str, request, concurrency: int, n_requests: int, timeout_
         if progress is not None:
             progress.update(1)
 
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     runner = threading.Thread(target=_stream_threads, args=(address, request, concurrency, take, finished, timeout_s),
                               daemon=True)
     runner.start()
@@ -180,7 +188,8 @@ def run_level(address: str, request, concurrency: int, n_requests: int, timeout_
         runner.join(timeout=1.0)
         if alive is not None:
             alive()
-    return LevelResult(concurrency, time.perf_counter() - start, records)
+    # This process's CPU time: the stream threads' and the little the waiting main thread adds.
+    return LevelResult(concurrency, time.perf_counter() - start, records, time.process_time() - cpu0)
 
 
 def _run_level_processes(address: str, request, concurrency: int, n_requests: int, timeout_s: float,
@@ -214,10 +223,12 @@ def _run_level_processes(address: str, request, concurrency: int, n_requests: in
         start = time.perf_counter()
         go.set()
         records: list[RequestRecord] = []
-        received, shown = 0, 0
+        received, shown, cpu_s = 0, 0, 0.0
         while received < n_proc:
             try:
-                records += [RequestRecord(**r) for r in results.get(timeout=1.0)]
+                recs, cpu = results.get(timeout=1.0)
+                records += [RequestRecord(**r) for r in recs]
+                cpu_s += cpu
                 received += 1
             except queue.Empty:
                 check_children()
@@ -230,4 +241,4 @@ def _run_level_processes(address: str, request, concurrency: int, n_requests: in
             p.join(timeout=5)
             if p.is_alive():
                 p.kill()
-    return LevelResult(concurrency, wall, records)
+    return LevelResult(concurrency, wall, records, cpu_s, n_proc)

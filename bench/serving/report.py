@@ -22,6 +22,14 @@ def encoded(meta: dict) -> str:
     return f", sent as {meta['image_format'].upper()}, {meta['image_bytes'] / 1024:.0f} KiB"
 
 
+def cpu_cell(lv: dict) -> str:
+    """e.g. "lm 0.93, vision 1.41; 2.10 in 8" (absent in runs that did not record it)."""
+    svc = ", ".join(f"{k} {v:.2f}" for k, v in (lv.get("service_cpu_cores") or {}).items())
+    cl = lv.get("client_cpu_cores")
+    clients = "" if cl is None else f"{cl:.2f} in {lv.get('client_processes', 1)}"
+    return f"{svc}; {clients}" if svc or clients else ""
+
+
 def markdown(r: dict, plots: list[str]) -> str:
     m = r["meta"]
     out = [f"# Serving benchmark: {m['model_name']}", "",
@@ -44,8 +52,8 @@ def markdown(r: dict, plots: list[str]) -> str:
                 "| vision batch, tiles (mean) | vision Encode call / preprocess / batched encode / forward ms (mean) | queue / vision / prefill / decode ms (mean) "
                 "| engine steps/s, generated / prompt tokens per step | TTFT mean ms, client / service "
                 "| response headers after, mean ms (client) | event loop lag ms, LM / vision (mean) "
-                "| request mean s, client / service | GPU memory GiB |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                "| request mean s, client / service | CPU cores busy: service processes; clients | GPU memory GiB |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for lv in v["levels"]:
             b = lv["mean_service_breakdown_s"]
             parts = " / ".join(_ms(b.get(k)) for k in ("queue", "vision", "prefill", "decode"))
@@ -64,7 +72,7 @@ def markdown(r: dict, plots: list[str]) -> str:
                        f"{_ms(lv.get('vision_encode_mean_s'))} / {_ms(lv.get('vision_preprocess_mean_s'))} / "
                        f"{_ms(lv.get('vision_batched_encode_mean_s'))} / {_ms(lv.get('vision_forward_mean_s'))} | {parts} | {eng} | {ttfts} | "
                        f"{_ms(lv.get('client_headers_mean_s'))} | {_ms(lv.get('lm_loop_lag_mean_s'))} / "
-                       f"{_ms(lv.get('vision_loop_lag_mean_s'))} | {e2e} | {gpu} |")
+                       f"{_ms(lv.get('vision_loop_lag_mean_s'))} | {e2e} | {cpu_cell(lv)} | {gpu} |")
         out.append("")
     peer = r.get("peer") or []
     if peer:

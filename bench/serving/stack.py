@@ -17,6 +17,15 @@ import grpc
 CLI = [sys.executable, "-c", "import sys; from vlmserve.cli import main; sys.exit(main())"]
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process, all its threads (Linux /proc); None where unreadable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -72,6 +81,18 @@ class StackProcess:
         self.stop()
         raise RuntimeError(f"the stack did not become SERVING within {self.ready_timeout_s:.0f} s "
                            f"(log: {self.log_path})")
+
+    def processes(self) -> dict[str, subprocess.Popen]:
+        return {"stack": self.proc} if self.proc is not None else {}
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time each service process has used so far, by name (empty where /proc is not readable)."""
+        out = {}
+        for name, proc in self.processes().items():
+            t = process_cpu_seconds(proc.pid)
+            if t is not None:
+                out[name] = t
+        return out
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
@@ -143,6 +164,9 @@ class ServicesProcesses(StackProcess):
         self._wait_serving(f"127.0.0.1:{self.vision_port}")
         self._wait_serving(self.address)
         return self
+
+    def processes(self) -> dict[str, subprocess.Popen]:
+        return {name: p for name, p in (("lm", self.proc), ("vision", self.vision_proc)) if p is not None}
 
     def check_alive(self) -> None:
         super().check_alive()

@@ -42,6 +42,9 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format)
             assert lv["client_ttft_mean_s"] >= lv["service_ttft_mean_s"] > 0
             # the service's headers come before its first token
             assert 0 < lv["client_headers_mean_s"] <= lv["client_ttft_mean_s"]
+            # CPU time of the one service process and of the client threads over the level
+            assert set(lv["service_cpu_cores"]) == {"stack"} and lv["service_cpu_cores"]["stack"] > 0
+            assert lv["client_cpu_cores"] > 0 and lv["client_processes"] == 1
     assert [p["batch"] for p in r["peer"]] == [1, 2] and all(p["out_tok_s"] > 0 for p in r["peer"])
     md = (out / f"{stem}.md").read_text()
     assert "0 failed request(s)" in md and "× transformers" in md and f"sent as {image_format.upper()}" in md
@@ -69,6 +72,10 @@ def test_services_layout_runs_two_processes(tmp_path):
     assert all(lv["failed"] == 0 and lv["out_tok_s"] > 0 and lv["vision_batch_mean"] >= 1
                for v in r["variants"] for lv in v["levels"])
     assert all(set(v["flags"]) == {"vision", "lm"} for v in r["variants"])
+    # each service process's CPU time, and the client processes' (one per stream here)
+    assert all(set(lv["service_cpu_cores"]) == {"lm", "vision"} and min(lv["service_cpu_cores"].values()) > 0
+               and lv["client_cpu_cores"] > 0 and lv["client_processes"] == lv["concurrency"]
+               for v in r["variants"] for lv in v["levels"])
     assert "Services, one process each" in (out / "internvl-tiny.md").read_text()
 
 
