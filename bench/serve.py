@@ -142,8 +142,8 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             cpu_after = stack.cpu_seconds()
             after, lm_after = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             s = result.summary(a.output_tokens)
-            # Cores each service process kept busy over the level (one Python process near 1.0 of its
-            # interpreter's share is a bound the GPU figures do not show).
+            # Cores each service process kept busy over the level: a process whose Python threads together
+            # approach one core may bound the level although the GPU figures show room.
             s["service_cpu_cores"] = {k: (cpu_after[k] - cpu_before[k]) / result.wall_s
                                       for k in cpu_after if k in cpu_before and result.wall_s > 0}
             s.update(engine_rates(lm_before, lm_after, result.wall_s))
