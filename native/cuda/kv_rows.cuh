@@ -52,41 +52,10 @@ __device__ __forceinline__ void bhalves_to_float(uint32_t w, float& a, float& b)
   b = __uint_as_float(w & 0xffff0000u);
 }
 
-// Elements [e0, e0 + 8) of cache row `row` (a 16-byte, 8-byte or 4-byte load) as stored: the
-// values of an fp16/bf16 row (scale 1, zero 0), the codes of an int8/int4 row (exact in fp32, and
-// in fp16 or bf16 too) with the row's scale and zero (value = code * scale + zero). CT (a
-// CacheType) is the cache's element type.
-template <int CT>
-__device__ __forceinline__ void load_codes8(const KvView& c, const void* data, const void* sz, int64_t row, int e0,
-                                            float (&x)[8], float& scale, float& zero) {
-  const uint8_t* base = static_cast<const uint8_t*>(data) + row * c.row_bytes;
-  if constexpr (CT == kF16 || CT == kBF16) {
-    const uint4 u = *reinterpret_cast<const uint4*>(base + e0 * 2);
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      if constexpr (CT == kF16) halves_to_float(w[i], x[2 * i], x[2 * i + 1]);
-      else bhalves_to_float(w[i], x[2 * i], x[2 * i + 1]);
-    }
-    scale = 1.f, zero = 0.f;
-  } else {
-    const __half2 p = static_cast<const __half2*>(sz)[row];
-    scale = __low2float(p), zero = __high2float(p);
-    if constexpr (CT == kI8) {
-      const uint2 u = *reinterpret_cast<const uint2*>(base + e0);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) x[i] = byte_code(u.x, i), x[4 + i] = byte_code(u.y, i);
-    } else {  // element d in byte d / 2, low nibble first
-      const uint32_t u = *reinterpret_cast<const uint32_t*>(base + e0 / 2);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) x[i] = nibble_code(u, i);
-    }
-  }
-}
-
-// Elements [e0, e0 + 8) of a cache row as loaded, before any conversion: the decode attention
-// keeps the next keys' rows in this form while it computes with the current ones (a quarter to a
-// half of the registers their fp32 values take, so twice as many bytes can be in flight).
+// Elements [e0, e0 + 8) of a cache row as loaded (a 16-byte, 8-byte or 4-byte load), before any
+// conversion. The decode attention keeps the next keys' rows in this form while it computes with the
+// current ones (a quarter to a half of the registers their fp32 values take, so twice as many bytes
+// can be in flight). CT (a CacheType) is the cache's element type.
 template <int CT>
 struct RawRow8 {
   // fp16/bf16: 8 halves; int8: 8 codes; int4: 8 nibbles (in .x); sz: the row's (scale, zero) halves.
@@ -107,16 +76,17 @@ __device__ __forceinline__ RawRow8<CT> load_raw8(const KvView& c, const void* da
     if constexpr (CT == kI8) {
       const uint2 u = *reinterpret_cast<const uint2*>(base + e0);
       r.v = make_uint4(u.x, u.y, 0, 0);
-    } else {
+    } else {  // element d in byte d / 2, low nibble first
       r.v = make_uint4(*reinterpret_cast<const uint32_t*>(base + e0 / 2), 0, 0, 0);
     }
   }
   return r;
 }
 
-// A raw row's elements dequantized to fp32: the same values as load_row8.
+// A raw row as stored: the values of an fp16/bf16 row (scale 1, zero 0), the codes of an int8/int4
+// row (exact in fp32, and in fp16 or bf16 too) with the row's scale and zero (value = code * scale + zero).
 template <int CT>
-__device__ __forceinline__ void decode_raw8(const RawRow8<CT>& r, float (&x)[8]) {
+__device__ __forceinline__ void raw_codes8(const RawRow8<CT>& r, float (&x)[8], float& scale, float& zero) {
   if constexpr (CT == kF16 || CT == kBF16) {
     const uint32_t w[4] = {r.v.x, r.v.y, r.v.z, r.v.w};
 #pragma unroll
@@ -124,9 +94,10 @@ __device__ __forceinline__ void decode_raw8(const RawRow8<CT>& r, float (&x)[8])
       if constexpr (CT == kF16) halves_to_float(w[i], x[2 * i], x[2 * i + 1]);
       else bhalves_to_float(w[i], x[2 * i], x[2 * i + 1]);
     }
+    scale = 1.f, zero = 0.f;
   } else {
     const __half2 p = *reinterpret_cast<const __half2*>(&r.sz);
-    const float scale = __low2float(p), zero = __high2float(p);
+    scale = __low2float(p), zero = __high2float(p);
     if constexpr (CT == kI8) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) x[i] = byte_code(r.v.x, i), x[4 + i] = byte_code(r.v.y, i);
@@ -134,6 +105,22 @@ __device__ __forceinline__ void decode_raw8(const RawRow8<CT>& r, float (&x)[8])
 #pragma unroll
       for (int i = 0; i < 8; ++i) x[i] = nibble_code(r.v.x, i);
     }
+  }
+}
+
+// Elements [e0, e0 + 8) of cache row `row` as stored, with the row's scale and zero (raw_codes8).
+template <int CT>
+__device__ __forceinline__ void load_codes8(const KvView& c, const void* data, const void* sz, int64_t row, int e0,
+                                            float (&x)[8], float& scale, float& zero) {
+  raw_codes8<CT>(load_raw8<CT>(c, data, sz, row, e0), x, scale, zero);
+}
+
+// A raw row's elements dequantized to fp32.
+template <int CT>
+__device__ __forceinline__ void decode_raw8(const RawRow8<CT>& r, float (&x)[8]) {
+  float scale, zero;
+  raw_codes8<CT>(r, x, scale, zero);
+  if constexpr (CT == kI8 || CT == kI4) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) x[i] = x[i] * scale + zero;
   }
