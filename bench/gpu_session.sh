@@ -148,7 +148,7 @@ trace64() {
 }
 ncu_gemm() {  # one M = 1 call of each layer, caches flushed before each profiled kernel (ncu's default)
   cat >/tmp/ncu_gemm.py <<'PY'
-import sys, numpy as np, torch
+import numpy as np, torch
 from vlmserve.awq_format import quantize_rtn
 from vlmserve.kernels import pack_w4a16, w4a16_gemm
 rng = np.random.default_rng(0)
