@@ -25,6 +25,8 @@
 #   trace64       batch 64's kernels (decode_trace.py)
 #   ncu_gemm      Nsight Compute on the decode-size w4a16 GEMM at M = 1 (2B qkv/gate_up/down, 7B gate_up):
 #                 DRAM throughput, issue activity, warp stalls, occupancy
+#   ncu_attn      Nsight Compute on the decode attention (2B heads, int8 KV, context 512) at batch 64 and 1
+#   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (JPEG, two processes; needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
@@ -168,6 +170,40 @@ PY
   grep -E '"(Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Issued Warp Per Scheduler|Eligible Warps Per Scheduler|Active Warps Per Scheduler|Achieved Occupancy|Registers Per Thread|Grid Size|Cluster Size|Executed Instructions|Stall Long Scoreboard|Warp Cycles Per Issued Instruction)"' \
     "$RES/ncu_gemm.csv" | awk -F'","' '{print $1" | "$13" | "$NF}' | head -n 80
 }
+ncu_attn() {  # one call at each batch, caches flushed before each profiled kernel (ncu's default)
+  cat >/tmp/ncu_attn.py <<'PY'
+import torch
+from vlmserve.kernels import decode_attention
+torch.manual_seed(0)
+heads, kv_heads, hd, block, ctx = 16, 8, 128, 64, 512
+for rows in (64, 1):
+    nb = rows * ctx // block
+    kc = torch.randint(0, 256, (nb, kv_heads, block, hd), dtype=torch.uint8, device="cuda")
+    vc = torch.randint_like(kc, 0, 256)
+    sz = torch.stack([torch.rand(nb, kv_heads, block) * 0.1, torch.rand(nb, kv_heads, block) - 0.5], -1)
+    sz = sz.half().view(torch.int16).cuda()
+    q = torch.randn(rows, heads * hd, dtype=torch.float16, device="cuda")
+    pos = torch.full((rows,), ctx - 1, dtype=torch.int32, device="cuda")
+    tables = torch.randperm(nb, device="cuda").int().view(rows, ctx // block)
+    for _ in range(2):
+        decode_attention(q, kc, vc, pos, tables, kv_dtype="int8", kv_heads=kv_heads, head_dim=hd, block_size=block,
+                         k_scale_zero=sz, v_scale_zero=sz.clone())
+    torch.cuda.synchronize()
+PY
+  ncu --clock-control none --kernel-name regex:decode_attention --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
+    --section InstructionStats \
+    --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" --csv --page details python3 /tmp/ncu_attn.py >"$RES/ncu_attn.csv" 2>"$RES/ncu_attn.err"
+  grep -E '"(Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Issued Warp Per Scheduler|Eligible Warps Per Scheduler|Active Warps Per Scheduler|Achieved Occupancy|Registers Per Thread|Grid Size|Executed Instructions|Stall Long Scoreboard|Warp Cycles Per Issued Instruction|Theoretical Occupancy|Block Limit Registers)"' \
+    "$RES/ncu_attn.csv" | awk -F'","' '{print $1" | "$13" | "$NF}' | head -n 80
+}
+serve_compare() {  # fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers at batch 16, same run
+  serve_site || return 1
+  export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
+  python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 --vision-batch 16 --output-tokens 128 \
+    --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
+    --stem internvl-2b-h200-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
+}
 trace() {  # per-kernel time of graph-replayed decode steps
   for b in 1 64; do
     python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch $b --out "$RES/trace_w4a16_b$b.json" |
@@ -212,6 +248,8 @@ step prefill 200
 step trace 200
 step quick 150
 step trace64 120
+step ncu_attn 150
+step serve_compare 330
 step ncu_gemm 150
 step decode_new 240
 step sanitize 200
