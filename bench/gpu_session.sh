@@ -26,6 +26,8 @@
 #   ncu_gemm      Nsight Compute on the decode-size w4a16 GEMM at M = 1 (2B qkv/gate_up/down, 7B gate_up):
 #                 DRAM throughput, issue activity, warp stalls, occupancy
 #   ncu_attn      Nsight Compute on the decode attention (2B heads, int8 KV, context 512) at batch 64 and 1
+#   attn_ab       2B w4a16 + int8 KV decode at batch 1 and 64 with the CUDA-core decode attention
+#                 (VLM_DECODE_ATTENTION_MMA=0), then the tensor-core one with 4 and 2 attention blocks per SM
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (JPEG, two processes; needs
@@ -197,6 +199,14 @@ PY
   grep -E '"(Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Issued Warp Per Scheduler|Eligible Warps Per Scheduler|Active Warps Per Scheduler|Achieved Occupancy|Registers Per Thread|Grid Size|Executed Instructions|Stall Long Scoreboard|Warp Cycles Per Issued Instruction|Theoretical Occupancy|Block Limit Registers)"' \
     "$RES/ncu_attn.csv" | awk -F'","' '{print $1" | "$13" | "$NF}' | head -n 80
 }
+attn_ab() {  # the decode attention's two forms, and the tensor-core one's split plan
+  VLM_DECODE_ATTENTION_MMA=0 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 \
+    --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_attn_cuda_cores.json" | tail -n 3
+  for b in 4 2; do
+    VLM_ATTENTION_SPLIT_BLOCKS_PER_SM=$b python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 \
+      --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_attn_split$b.json" | tail -n 3
+  done
+}
 serve_compare() {  # fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers at batch 16, same run
   serve_site || return 1
   export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
@@ -232,7 +242,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f quick trace64 ncu_gemm trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare
+export -f quick trace64 ncu_gemm trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab
 
 step build 180
 step tests 300
@@ -250,6 +260,7 @@ step quick 150
 step trace64 120
 step ncu_attn 150
 step serve_compare 330
+step attn_ab 200
 step ncu_gemm 150
 step decode_new 240
 step sanitize 200

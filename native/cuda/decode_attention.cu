@@ -11,13 +11,17 @@
 // a round) keeps its own online softmax over the keys it reads, with K and V
 // rows of several rounds loaded together; the slots meet in shared memory at
 // the end. With several slices, the last block of a (row, KV head) to finish
-// merges the slices (a counter per pair), so no second kernel is launched.
+// merges the slices (a counter per pair, decode_attention_merge.cuh), so no
+// second kernel is launched. The int8 cache with fp16 activations and 128-dim
+// heads takes the tensor-core form instead (decode_attention_mma.cu).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <type_traits>
 
 #include "cuda/attention_splits.cuh"
+#include "cuda/decode_attention_merge.cuh"
+#include "cuda/decode_attention_mma.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/decoder_kernels.h"
 #include "cuda/device_math.cuh"
@@ -59,7 +63,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
   constexpr int U = G <= 2 ? 4 : (G <= 4 ? 2 : 1);  // rounds an iteration computes (the next U load meanwhile)
   __shared__ float s_m[KPB][G], s_l[KPB][G];
   __shared__ float s_acc[KPB][G][HD];
-  __shared__ bool s_last;
 
   // The step's metadata (positions, block tables) was uploaded before its first kernel: it is read
   // before waiting for the kernel that writes q and this step's cache rows.
@@ -154,71 +157,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_kernel(const T* __r
 #pragma unroll
     for (int e = 0; e < kVec; ++e) s_acc[key_slot][g][e0 + e] = acc[g][e];
   }
-  __syncthreads();
-  float* part = partial + ((int64_t)r * num_heads + kvh * G) * sp.splits * (HD + 2);  // this row's G heads
-  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
-    const int g = idx / HD, d = idx % HD;
-    float mx = -INFINITY;
-#pragma unroll 4
-    for (int k = 0; k < KPB; ++k) mx = fmaxf(mx, s_m[k][g]);
-    float o = 0.f, sum = 0.f;
-    if (mx != -INFINITY)
-#pragma unroll 4
-      for (int k = 0; k < KPB; ++k) {
-        const float f = __expf(s_m[k][g] - mx);  // 0 for a slot that read no key
-        o += s_acc[k][g][d] * f;
-        sum += s_l[k][g] * f;
-      }
-    if (sp.splits == 1) {
-      out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / sum);
-    } else {
-      float* p = part + ((int64_t)g * sp.splits + split) * (HD + 2);
-      if (d == 0) p[0] = mx, p[1] = sum;
-      p[2 + d] = o;
-    }
-  }
-  if (sp.splits == 1) return;
-
-  // The last slice of (row, KV head) to finish merges all slices, in slice order, so the
-  // result does not depend on which finished last; it leaves the counter at 0 for the next step.
-  __threadfence();
-  __syncthreads();
-  int* counter = arrivals + (int64_t)r * c.kv_heads + kvh;
-  if (threadIdx.x == 0) s_last = atomicAdd(counter, 1) == sp.splits - 1;
-  __syncthreads();
-  if (!s_last) return;
-  __threadfence();
-  // Every slice's (max, sum) at once, then each slice's weight; loads straight from L2 (__ldcg),
-  // where the other blocks' writes are.
-  __shared__ float s_wk[G][kMaxSplits], s_lk[G][kMaxSplits], s_total[G];
-  for (int i = threadIdx.x; i < G * sp.splits; i += kThreads) {
-    const float* p = part + (int64_t)i * (HD + 2);  // i = g * splits + k
-    s_wk[i / sp.splits][i % sp.splits] = __ldcg(p);
-    s_lk[i / sp.splits][i % sp.splits] = __ldcg(p + 1);
-  }
-  __syncthreads();
-  if (threadIdx.x < G) {
-    const int g = threadIdx.x;
-    float mx = -INFINITY;
-    for (int k = 0; k < sp.splits; ++k) mx = fmaxf(mx, s_wk[g][k]);
-    float sum = 0.f;
-    for (int k = 0; k < sp.splits; ++k) {
-      const float f = s_wk[g][k] == -INFINITY ? 0.f : __expf(s_wk[g][k] - mx);  // 0: a slice with no key
-      s_wk[g][k] = f;
-      sum += s_lk[g][k] * f;
-    }
-    s_total[g] = sum;
-  }
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * HD; idx += kThreads) {
-    const int g = idx / HD, d = idx % HD;
-    const float* p = part + (int64_t)g * sp.splits * (HD + 2) + 2 + d;
-    float o = 0.f;
-#pragma unroll 8
-    for (int k = 0; k < sp.splits; ++k) o += s_wk[g][k] * __ldcg(p + k * (HD + 2));
-    out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / s_total[g]);
-  }
-  if (threadIdx.x == 0) *counter = 0;
+  merge_decode_slots<T, HD, G, KPB>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh, split, num_heads, c.kv_heads, sp);
 }
 
 template <class T, int CT, int HD, int G>
@@ -287,6 +226,9 @@ cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMe
   const Split sp = plan_split(rows, cache.kv_heads, max_context, num_sms, 64);
   float* partial = static_cast<float*>(workspace);
   if (sp.splits > 1 && (partial == nullptr || arrivals == nullptr)) return cudaErrorInvalidValue;
+  if (decode_attention_mma_applies(act, num_heads, cache))
+    return decode_attention_mma(q, out, meta, rows, num_heads, sliding_window, cache, sp.splits, sp.chunk, partial,
+                                arrivals, stream);
   return act == ActType::F16
              ? by_cache<__half>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, cache, sp, stream)
              : by_cache<__nv_bfloat16>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, cache, sp, stream);

@@ -26,6 +26,12 @@ CASES = [  # kv_dtype, act, head_dim, heads, kv_heads, rows, window
     ("int8", "float16", 128, 32, 32, 2, 0),     # 7B shape
     ("float16", "float16", 64, 8, 4, 3, 37),    # sliding window
     ("int8", "float16", 128, 16, 8, 64, 0),     # a batch: few slices per row
+    # int8 cache, fp16, 128 dims: the tensor-core kernel (decode_attention_mma.cu) in every group size
+    ("int8", "float16", 128, 32, 8, 6, 0),      # group 4
+    ("int8", "float16", 128, 8, 1, 3, 0),       # group 8
+    ("int8", "float16", 128, 16, 8, 4, 37),     # sliding window: tiles cut on both sides
+    ("int8", "float16", 128, 16, 8, 128, 0),    # batch 128: one slice per row
+    ("int8", "bfloat16", 128, 16, 8, 3, 0),     # bf16 at 128 dims: the CUDA-core kernel
     ("float32", "float16", 64, 4, 2, 2, 0),     # general kernel: fp32 cache
     ("float16", "float16", 80, 4, 2, 2, 0),     # general kernel: head_dim 80
     ("int8", "float16", 64, 16, 1, 2, 0),       # general kernel: group 16

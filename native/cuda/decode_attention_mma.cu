@@ -1,0 +1,284 @@
+// Decode attention on the tensor cores for the int8 cache with fp16 activations and 128-dim heads
+// (the quantized-KV models the engine serves): the same work split, numbers and end as
+// decode_attention.cu, whose CUDA-core form is bound by instruction issue at batch 64 (Nsight Compute
+// on the H200, 2026-12-04: 128 warp instructions per key row and head, 65 % of issue slots busy,
+// DRAM at 28 % of its peak), converting and multiplying every element in fp32.
+//
+// A block takes one row, one KV head and one slice of the keys (split-KV, attention_splits.cuh), in
+// tiles of 16 keys aligned to multiples of 16 (a tile lies in one cache block: the engine's blocks hold
+// at least 16 slots, the dispatch checks it); each of its four warps takes every fourth tile and keeps
+// its own online softmax. Per tile, S = Q·Kᵀ and O += P·V are m16n8k16 mma with the G query heads of the
+// KV group as the A rows (rows G..15 are zero: wasted tensor-core work, which is cheap here):
+//  - An int8 code c enters the mma as the fp16 1024 + c (exact for c < 256): one byte permute makes
+//    two of them. The row's scale s and zero z, and the 1024, are applied to the fp32 results:
+//      q·k = s (q·(1024 + c)) + (z − 1024 s) Σq
+//      Σ p v = Σ (p s)(1024 + c) + Σ p z − 1024 Σ (p s),
+//    where p s is rounded to fp16 (the mma's operand) and Σ (p s) is taken over the rounded values.
+//  - A dot product may sum its dims in any order, so a lane loads contiguous bytes and the fragments
+//    are defined over permuted dims: for Q·Kᵀ, lane (g = lane / 4, t = lane % 4) loads bytes
+//    [32 t, 32 t + 32) of key g and of key 8 + g, and k-step c's fragment positions 2t, 2t+1, 2t+8, 2t+9
+//    are its bytes 4c .. 4c + 3 (q is loaded in the same order). For P·V, B's column n of n-tile j is
+//    dim 16 n + j, so the lane loads bytes [16 g, 16 g + 16) of its four keys (2t, 2t + 1, 2t + 8,
+//    2t + 9: the keys whose probabilities the C fragment of Q·Kᵀ left in it) and its outputs are dims
+//    [32 t, 32 t + 32) of head g.
+//  - Each lane's loads of the next tile are in flight while the current one is computed.
+#include <cuda_fp16.h>
+
+#include <cstdlib>
+
+#include "cuda/attention_splits.cuh"
+#include "cuda/decode_attention_merge.cuh"
+#include "cuda/decode_attention_mma.h"
+#include "cuda/dependent_launch.cuh"
+#include "cuda/kv_rows.cuh"
+#include "vlmcore.h"
+
+namespace vlm {
+namespace cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kHeadDim = 128;
+constexpr int kTile = 16;                  // keys a warp takes at a time
+constexpr uint32_t kMagic = 0x64646464u;   // high byte of the fp16 1024 + code
+
+// C[0:8][0:8] += A·B for m16n8k16 (fp16 in, fp32 sums) where A's rows 8..15 are zero: a0/a2 are
+// A's rows 0..7, and C's rows 8..15 are neither read nor kept.
+__device__ __forceinline__ void mma_rows8(float (&c)[2], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+  asm(
+      "{\n.reg .f32 d2, d3;\n"
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,d2,d3}, {%2,%6,%3,%6}, {%4,%5}, {%0,%1,%7,%7};\n"
+      "}\n"
+      : "+f"(c[0]), "+f"(c[1])
+      : "r"(a0), "r"(a2), "r"(b0), "r"(b1), "r"(0u), "f"(0.f));
+}
+
+// The fp16 pairs (1024 + byte b0 of w, 1024 + byte b1 of w) for selector 0x4140 (bytes 0, 1) or
+// 0x4342 (bytes 2, 3).
+__device__ __forceinline__ uint32_t code_pair(uint32_t w, uint32_t selector) { return __byte_perm(w, kMagic, selector); }
+
+__device__ __forceinline__ uint32_t word(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
+
+__device__ __forceinline__ float2 half2_bits_to_float2(uint32_t w) {
+  return __half22float2(*reinterpret_cast<const __half2*>(&w));
+}
+
+// The four keys of a tile whose scores, probabilities and V bytes lane t holds: 2t, 2t+1, 2t+8, 2t+9.
+__device__ __forceinline__ int lane_key(int t, int i) { return 2 * t + (i & 1) + 8 * (i >> 1); }
+
+// One lane's loads of one tile, as loaded.
+struct TileRegs {
+  uint4 k[2][2];            // K of key 8 h + g (h = 0, 1): bytes [32 t, 32 t + 32)
+  uint4 v[4];               // V of key lane_key(t, i): bytes [16 g, 16 g + 16)
+  uint32_t ksz[4], vsz[4];  // (scale, zero) of key lane_key(t, i)
+};
+
+// grid (rows, kv_heads, splits), kThreads threads; G query heads per KV head (1, 2, 4 or 8).
+template <int G>
+__global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __half* __restrict__ q,
+                                                                         __half* __restrict__ out,
+                                                                         float* __restrict__ partial,
+                                                                         int* __restrict__ arrivals, StepMeta meta,
+                                                                         int num_heads, int sliding_window, KvView c,
+                                                                         Split sp) {
+  __shared__ __align__(16) float s_acc[kWarps][G][kHeadDim];
+  __shared__ float s_m[kWarps][G], s_l[kWarps][G];
+  const int r = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // The row's keys [lo, pos] in tiles of 16, cut into sp.splits runs of whole tiles.
+  const int pos = meta.positions[r];
+  const int lo = sliding_window > 0 ? max(0, pos - sliding_window + 1) : 0;
+  const int tile_lo = lo / kTile, tile_hi = pos / kTile;
+  const int per = (tile_hi - tile_lo + sp.splits) / sp.splits;
+  const int t0 = tile_lo + split * per, t1 = min(t0 + per, tile_hi + 1);
+  const int first = max(lo, t0 * kTile), last = min(pos, t1 * kTile - 1);
+  const int32_t* table = meta.block_tables + meta.table_offset[meta.row_segment[r]];
+  const int shift = block_shift(c);
+  const uint8_t* kbase = static_cast<const uint8_t*>(c.k);
+  const uint8_t* vbase = static_cast<const uint8_t*>(c.v);
+  const uint32_t* ksz = static_cast<const uint32_t*>(c.k_sz);
+  const uint32_t* vsz = static_cast<const uint32_t*>(c.v_sz);
+
+  // The step's metadata was uploaded before its first kernel: read before waiting for the kernels that
+  // write q and this step's cache rows.
+  int tile = t0 + warp;
+  int32_t blk = tile < t1 ? table[(tile * kTile) >> shift] : 0;
+  pdl_wait();
+  pdl_allow_next();
+
+  // q of head g, halves [32 t, 32 t + 32): word 2c is k-step c's a0, word 2c + 1 its a2. Heads past G
+  // are zero rows.
+  uint32_t qa[16];
+  float qsum = 0.f;
+  if (g < G) {
+    const uint4* qp = reinterpret_cast<const uint4*>(q + ((int64_t)r * num_heads + kvh * G + g) * kHeadDim + 32 * t);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint4 u = qp[i];
+      qa[4 * i] = u.x, qa[4 * i + 1] = u.y, qa[4 * i + 2] = u.z, qa[4 * i + 3] = u.w;
+    }
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const float2 f = half2_bits_to_float2(qa[i]);
+      qsum += f.x + f.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) qa[i] = 0u;
+  }
+  qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);  // the four lanes of head g hold a quarter each
+  qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
+  const float scale = rsqrtf((float)kHeadDim);
+
+  // Keys outside [first, last] of a tile load the nearest key in it (the same cache block), so every
+  // loaded value is finite; their scores are masked below.
+  auto load = [&](TileRegs& x, int ti, int32_t block) {
+    const int kb = ti * kTile;
+    // Row indices in 32 bits: a cache of 2^32 rows of 128 bytes would be 512 GiB.
+    const uint32_t row0 = ((uint32_t)block * c.kv_heads + kvh) * c.block_size + (kb & (c.block_size - 1));
+    auto row = [&](int key) { return row0 + (uint32_t)(min(max(kb + key, first), last) - kb); };
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4* p = reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kHeadDim + 32 * t);
+      x.k[h][0] = p[0];
+      x.k[h][1] = p[1];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t ri = row(lane_key(t, i));
+      x.v[i] = *reinterpret_cast<const uint4*>(vbase + (size_t)ri * kHeadDim + 16 * g);
+      x.ksz[i] = ksz[ri];
+      x.vsz[i] = vsz[ri];
+    }
+  };
+
+  float o[16][2];  // o[j][0], o[j][1]: head g, dims 32 t + j and 32 t + 16 + j (unnormalised)
+#pragma unroll
+  for (int j = 0; j < 16; ++j) o[j][0] = o[j][1] = 0.f;
+  // Running maximum of head g's scores, and this lane's share of the sum of exponentials and of the
+  // scalar part of the output (Σ p z − 1024 Σ (p s)), both at that maximum.
+  float m = -INFINITY, l = 0.f, zacc = 0.f;
+
+  auto compute = [&](const TileRegs& x, int ti) {
+    const int kb = ti * kTile;
+    float s[2][2] = {{0.f, 0.f}, {0.f, 0.f}};  // s[h]: keys 8 h + 2t, 8 h + 2t + 1 of head g
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int ks = 0; ks < 8; ++ks) {
+        const uint32_t w = word(x.k[h][ks / 4], ks % 4);
+        mma_rows8(s[h], qa[2 * ks], qa[2 * ks + 1], code_pair(w, 0x4140), code_pair(w, 0x4342));
+      }
+    float sc[4], mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int key = kb + lane_key(t, i);
+      const float2 sz = half2_bits_to_float2(x.ksz[i]);  // (scale, zero)
+      const float dot = s[i >> 1][i & 1];
+      sc[i] = key >= first && key <= last ? scale * fmaf(sz.x, dot, (sz.y - 1024.f * sz.x) * qsum) : -INFINITY;
+      mx = fmaxf(mx, sc[i]);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m, mx);  // finite: every tile holds a key of [first, last]
+    const float corr = __expf(m - m_new);
+    m = m_new;
+    float psum = 0.f, pz = 0.f, phsum = 0.f;
+    uint32_t pa[2];  // P·V's a0 (keys 2t, 2t + 1) and a2 (keys 2t + 8, 2t + 9): p s in fp16
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const float p0 = __expf(sc[2 * j] - m_new), p1 = __expf(sc[2 * j + 1] - m_new);
+      const float2 v0 = half2_bits_to_float2(x.vsz[2 * j]), v1 = half2_bits_to_float2(x.vsz[2 * j + 1]);
+      const __half2 ph = __floats2half2_rn(p0 * v0.x, p1 * v1.x);
+      pa[j] = *reinterpret_cast<const uint32_t*>(&ph);
+      const float2 phf = __half22float2(ph);
+      phsum += phf.x + phf.y;
+      pz = fmaf(p0, v0.y, fmaf(p1, v1.y, pz));
+      psum += p0 + p1;
+    }
+    l = fmaf(l, corr, psum);
+    zacc = fmaf(zacc, corr, fmaf(-1024.f, phsum, pz));
+#pragma unroll
+    for (int j = 0; j < 16; ++j) o[j][0] *= corr, o[j][1] *= corr;
+    // Word wd of the four V rows: bytes 4 wd .. 4 wd + 3 are n-tiles 4 wd .. 4 wd + 3. Interleave keys
+    // (2t, 2t + 1) and (2t + 8, 2t + 9) byte by byte, then widen each pair to fp16.
+#pragma unroll
+    for (int wd = 0; wd < 4; ++wd) {
+      const uint32_t v0 = word(x.v[0], wd), v1 = word(x.v[1], wd), v2 = word(x.v[2], wd), v3 = word(x.v[3], wd);
+      const uint32_t lo01 = __byte_perm(v0, v1, 0x5140), hi01 = __byte_perm(v0, v1, 0x7362);
+      const uint32_t lo23 = __byte_perm(v2, v3, 0x5140), hi23 = __byte_perm(v2, v3, 0x7362);
+      mma_rows8(o[4 * wd + 0], pa[0], pa[1], code_pair(lo01, 0x4140), code_pair(lo23, 0x4140));
+      mma_rows8(o[4 * wd + 1], pa[0], pa[1], code_pair(lo01, 0x4342), code_pair(lo23, 0x4342));
+      mma_rows8(o[4 * wd + 2], pa[0], pa[1], code_pair(hi01, 0x4140), code_pair(hi23, 0x4140));
+      mma_rows8(o[4 * wd + 3], pa[0], pa[1], code_pair(hi01, 0x4342), code_pair(hi23, 0x4342));
+    }
+  };
+
+  TileRegs cur;
+  if (tile < t1) load(cur, tile, blk);
+  int32_t blk_next = tile + kWarps < t1 ? table[((tile + kWarps) * kTile) >> shift] : 0;
+  for (; tile < t1; tile += kWarps) {
+    const int nt = tile + kWarps;
+    TileRegs nxt;
+    if (nt < t1) load(nxt, nt, blk_next);
+    if (nt + kWarps < t1) blk_next = table[((nt + kWarps) * kTile) >> shift];
+    compute(cur, tile);
+    if (nt < t1) cur = nxt;
+  }
+
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+  zacc += __shfl_xor_sync(0xffffffffu, zacc, 1);
+  zacc += __shfl_xor_sync(0xffffffffu, zacc, 2);
+  if (g < G) {
+    if (t == 0) s_m[warp][g] = m, s_l[warp][g] = l;
+    float4* dst = reinterpret_cast<float4*>(&s_acc[warp][g][32 * t]);
+#pragma unroll
+    for (int j4 = 0; j4 < 4; ++j4) {
+      dst[j4] = make_float4(o[4 * j4][0] + zacc, o[4 * j4 + 1][0] + zacc, o[4 * j4 + 2][0] + zacc,
+                            o[4 * j4 + 3][0] + zacc);
+      dst[4 + j4] = make_float4(o[4 * j4][1] + zacc, o[4 * j4 + 1][1] + zacc, o[4 * j4 + 2][1] + zacc,
+                                o[4 * j4 + 3][1] + zacc);
+    }
+  }
+  merge_decode_slots<__half, kHeadDim, G, kWarps>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh, split, num_heads,
+                                                  c.kv_heads, sp);
+}
+
+template <int G>
+cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
+                   int num_heads, int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
+  return launch_dependent(decode_attention_mma_kernel<G>, dim3(rows, c.kv_heads, sp.splits), dim3(kThreads), 0, stream,
+                          static_cast<const __half*>(q), static_cast<__half*>(out), partial, arrivals, meta, num_heads,
+                          sliding_window, c, sp);
+}
+
+}  // namespace
+
+bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& c) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("VLM_DECODE_ATTENTION_MMA");
+    return !(e && e[0] == '0');
+  }();
+  const int group = c.kv_heads > 0 ? num_heads / c.kv_heads : 0;
+  return enabled && act == ActType::F16 && c.dtype == VLM_DTYPE_I8 && c.head_dim == kHeadDim &&
+         c.row_bytes == kHeadDim && c.block_size >= kTile && group * c.kv_heads == num_heads &&
+         (group == 1 || group == 2 || group == 4 || group == 8);
+}
+
+cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
+                                 int sliding_window, const KvView& c, int splits, int chunk, float* partial,
+                                 int* arrivals, cudaStream_t stream) {
+  const Split sp{splits, chunk};
+  switch (num_heads / c.kv_heads) {
+    case 1: return launch<1>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 2: return launch<2>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 4: return launch<4>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 8: return launch<8>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace cuda
+}  // namespace vlm

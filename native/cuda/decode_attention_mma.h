@@ -1,0 +1,20 @@
+// The tensor-core decode attention (decode_attention_mma.cu), which decode_attention() hands the int8
+// cache with fp16 activations and 128-dim heads to.
+#pragma once
+#include <cuda_runtime.h>
+
+#include "cuda/decoder_kernels.h"
+
+namespace vlm {
+namespace cuda {
+
+// fp16 activations, an int8 cache of 128-dim heads in blocks of at least 16 slots, query groups of
+// 1, 2, 4 or 8 heads, and VLM_DECODE_ATTENTION_MMA not 0.
+bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& cache);
+// decode_attention()'s contract, with its split plan (splits, chunk) already made.
+cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
+                                 int sliding_window, const KvView& cache, int splits, int chunk, float* partial,
+                                 int* arrivals, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace vlm
