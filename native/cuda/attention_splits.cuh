@@ -20,26 +20,32 @@ struct Split {
 
 constexpr int kMaxSplits = 32;
 constexpr int kMinKeysPerSplit = 32;
-// Split the keys until the grid has about this many blocks per SM (8; VLM_ATTENTION_SPLIT_BLOCKS_PER_SM
-// overrides it, for tuning: at batch 1 every slice adds to the merge that follows).
-inline int split_blocks_per_sm() {
+// VLM_ATTENTION_SPLIT_BLOCKS_PER_SM, for tuning (at batch 1 every slice adds to the merge that
+// follows), or 0 where it is not set.
+inline int split_blocks_per_sm_override() {
   static const int v = [] {
     const char* e = std::getenv("VLM_ATTENTION_SPLIT_BLOCKS_PER_SM");
     const int x = e ? std::atoi(e) : 0;
-    return x > 0 ? x : 8;
+    return x > 0 ? x : 0;
   }();
   return v;
 }
+// Split the keys until the grid has about this many blocks per SM (8, or the override above).
+inline int split_blocks_per_sm() { return split_blocks_per_sm_override() ? split_blocks_per_sm_override() : 8; }
 
-// `align`: slices are whole multiples of this many keys.
-inline Split plan_split(int rows, int kv_heads, int max_context, int num_sms, int align) {
-  const int blocks = rows * kv_heads, target = split_blocks_per_sm() * num_sms;
+// `align`: slices are whole multiples of this many keys. More blocks per SM never gives fewer
+// splits, so a workspace sized for the default plan holds any plan with as many blocks per SM or fewer.
+inline Split plan_split_for(int rows, int kv_heads, int max_context, int num_sms, int align, int blocks_per_sm) {
+  const int blocks = rows * kv_heads, target = blocks_per_sm * num_sms;
   int splits = 1;
   if (blocks < target)
     splits = std::min({kMaxSplits, (target + blocks - 1) / blocks,
                        std::max(1, max_context / kMinKeysPerSplit)});
   const int chunk = (max_context + splits - 1) / splits;
   return {splits, (chunk + align - 1) / align * align};
+}
+inline Split plan_split(int rows, int kv_heads, int max_context, int num_sms, int align) {
+  return plan_split_for(rows, kv_heads, max_context, num_sms, align, split_blocks_per_sm());
 }
 
 // Partial of (row, head, slice): [max, sum, out[head_dim]] floats.

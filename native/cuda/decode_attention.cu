@@ -17,6 +17,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "cuda/attention_splits.cuh"
@@ -226,9 +227,18 @@ cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMe
   const Split sp = plan_split(rows, cache.kv_heads, max_context, num_sms, 64);
   float* partial = static_cast<float*>(workspace);
   if (sp.splits > 1 && (partial == nullptr || arrivals == nullptr)) return cudaErrorInvalidValue;
-  if (decode_attention_mma_applies(act, num_heads, cache))
-    return decode_attention_mma(q, out, meta, rows, num_heads, sliding_window, cache, sp.splits, sp.chunk, partial,
+  if (decode_attention_mma_applies(act, num_heads, cache)) {
+    // Its blocks are few per SM (registers) and each spends much of its time starting (a chain of
+    // loads) and merging: split only until the grid fills the GPU's resident blocks once. At batch 64
+    // on the H200 one slice per row (2 blocks per SM) gave 21,010 decode tok/s, 3 slices (8 per SM)
+    // 18,414 (2026-12-04, bench/decode.py).
+    const int per_sm = split_blocks_per_sm_override() ? split_blocks_per_sm_override()
+                                                      : decode_attention_mma_blocks_per_sm(num_heads / cache.kv_heads);
+    const Split msp =
+        plan_split_for(rows, cache.kv_heads, max_context, num_sms, 64, std::min(per_sm, split_blocks_per_sm()));
+    return decode_attention_mma(q, out, meta, rows, num_heads, sliding_window, cache, msp.splits, msp.chunk, partial,
                                 arrivals, stream);
+  }
   return act == ActType::F16
              ? by_cache<__half>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, cache, sp, stream)
              : by_cache<__nv_bfloat16>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, cache, sp, stream);

@@ -254,6 +254,16 @@ cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, cons
                           sliding_window, c, sp);
 }
 
+template <int G>
+int resident() {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_mma_kernel<G>, kThreads, 0) != cudaSuccess) {
+    cudaGetLastError();  // not sticky: leave no error for the next call to find
+    n = 0;
+  }
+  return n > 0 ? n : 1;
+}
+
 }  // namespace
 
 bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& c) {
@@ -265,6 +275,11 @@ bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& c) {
   return enabled && act == ActType::F16 && c.dtype == VLM_DTYPE_I8 && c.head_dim == kHeadDim &&
          c.row_bytes == kHeadDim && c.block_size >= kTile && group * c.kv_heads == num_heads &&
          (group == 1 || group == 2 || group == 4 || group == 8);
+}
+
+int decode_attention_mma_blocks_per_sm(int group) {
+  static const int per_group[4] = {resident<1>(), resident<2>(), resident<4>(), resident<8>()};
+  return per_group[group == 1 ? 0 : group == 2 ? 1 : group == 4 ? 2 : 3];
 }
 
 cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,

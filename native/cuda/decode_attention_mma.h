@@ -11,6 +11,8 @@ namespace cuda {
 // fp16 activations, an int8 cache of 128-dim heads in blocks of at least 16 slots, query groups of
 // 1, 2, 4 or 8 heads, and VLM_DECODE_ATTENTION_MMA not 0.
 bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& cache);
+// Blocks of the kernel for query groups of `group` heads that one SM holds at once (at least 1).
+int decode_attention_mma_blocks_per_sm(int group);
 // decode_attention()'s contract, with its split plan (splits, chunk) already made.
 cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                                  int sliding_window, const KvView& cache, int splits, int chunk, float* partial,
