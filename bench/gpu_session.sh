@@ -28,6 +28,9 @@
 #   ncu_attn      Nsight Compute on the decode attention (2B heads, int8 KV, context 512) at batch 64 and 1
 #   attn_ab       2B w4a16 + int8 KV decode at batch 1 and 64 with the CUDA-core decode attention
 #                 (VLM_DECODE_ATTENTION_MMA=0), then the tensor-core one with 4 and 2 attention blocks per SM
+#   attn_b1       2B w4a16 + int8 KV decode at batch 1 with 64 and 256 keys per attention slice
+#                 (VLM_ATTENTION_MIN_KEYS_PER_SPLIT; the tensor-core kernel's default is 128)
+#   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (JPEG, two processes; needs
@@ -207,6 +210,19 @@ attn_ab() {  # the decode attention's two forms, and the tensor-core one's split
       --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_attn_split$b.json" | tail -n 3
   done
 }
+attn_b1() {
+  for k in 64 256; do
+    VLM_ATTENTION_MIN_KEYS_PER_SPLIT=$k python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 \
+      --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_minkeys$k.json" | tail -n 2
+  done
+}
+serve_c1() {
+  serve_site || return 1
+  export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
+  python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
+    --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1 --out-dir "$RES/serve" \
+    --stem internvl-2b-h200-c1 2>&1 | grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
+}
 serve_compare() {  # fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers at batch 16, same run
   serve_site || return 1
   export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
@@ -242,14 +258,13 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f quick trace64 ncu_gemm trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab
+export -f quick trace64 ncu_gemm trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step tests 300
 step dtests 200
 step ktests 200
 step serve 420
-step decode_table 240
 step serve_leads 500
 step wtests 120
 step gemm_new 120
@@ -261,6 +276,9 @@ step trace64 120
 step ncu_attn 150
 step serve_compare 330
 step attn_ab 200
+step decode_table 240
+step attn_b1 100
+step serve_c1 150
 step ncu_gemm 150
 step decode_new 240
 step sanitize 200

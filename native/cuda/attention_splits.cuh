@@ -33,14 +33,16 @@ inline int split_blocks_per_sm_override() {
 // Split the keys until the grid has about this many blocks per SM (8, or the override above).
 inline int split_blocks_per_sm() { return split_blocks_per_sm_override() ? split_blocks_per_sm_override() : 8; }
 
-// `align`: slices are whole multiples of this many keys. More blocks per SM never gives fewer
-// splits, so a workspace sized for the default plan holds any plan with as many blocks per SM or fewer.
-inline Split plan_split_for(int rows, int kv_heads, int max_context, int num_sms, int align, int blocks_per_sm) {
+// `align`: slices are whole multiples of this many keys. More blocks per SM or fewer keys per slice
+// never give fewer splits, so a workspace sized for the default plan holds any plan with at most as many
+// blocks per SM and at least as many keys per slice.
+// Each slice gets at least min_keys of max_context.
+inline Split plan_split_for(int rows, int kv_heads, int max_context, int num_sms, int align, int blocks_per_sm,
+                            int min_keys = kMinKeysPerSplit) {
   const int blocks = rows * kv_heads, target = blocks_per_sm * num_sms;
   int splits = 1;
   if (blocks < target)
-    splits = std::min({kMaxSplits, (target + blocks - 1) / blocks,
-                       std::max(1, max_context / kMinKeysPerSplit)});
+    splits = std::min({kMaxSplits, (target + blocks - 1) / blocks, std::max(1, max_context / min_keys)});
   const int chunk = (max_context + splits - 1) / splits;
   return {splits, (chunk + align - 1) / align * align};
 }

@@ -107,6 +107,32 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   pdl_wait();
   pdl_allow_next();
 
+  // Keys outside [first, last] of a tile load the nearest key in it (the same cache block), so every
+  // loaded value is finite; their scores are masked below.
+  auto load = [&](TileRegs& x, int ti, int32_t block) {
+    const int kb = ti * kTile;
+    // Row indices in 32 bits: a cache of 2^32 rows of 128 bytes would be 512 GiB.
+    const uint32_t row0 = ((uint32_t)block * c.kv_heads + kvh) * c.block_size + (kb & (c.block_size - 1));
+    auto row = [&](int key) { return row0 + (uint32_t)(min(max(kb + key, first), last) - kb); };
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4* p = reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kHeadDim + 32 * t);
+      x.k[h][0] = p[0];
+      x.k[h][1] = p[1];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t ri = row(lane_key(t, i));
+      x.v[i] = *reinterpret_cast<const uint4*>(vbase + (size_t)ri * kHeadDim + 16 * g);
+      x.ksz[i] = ksz[ri];
+      x.vsz[i] = vsz[ri];
+    }
+  };
+
+  // The first tile's loads go out before q's: they do not wait for it.
+  TileRegs cur;
+  if (tile < t1) load(cur, tile, blk);
+
   // q of head g, halves [32 t, 32 t + 32): word 2c is k-step c's a0, word 2c + 1 its a2. Heads past G
   // are zero rows.
   uint32_t qa[16];
@@ -130,28 +156,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);  // the four lanes of head g hold a quarter each
   qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
   const float scale = rsqrtf((float)kHeadDim);
-
-  // Keys outside [first, last] of a tile load the nearest key in it (the same cache block), so every
-  // loaded value is finite; their scores are masked below.
-  auto load = [&](TileRegs& x, int ti, int32_t block) {
-    const int kb = ti * kTile;
-    // Row indices in 32 bits: a cache of 2^32 rows of 128 bytes would be 512 GiB.
-    const uint32_t row0 = ((uint32_t)block * c.kv_heads + kvh) * c.block_size + (kb & (c.block_size - 1));
-    auto row = [&](int key) { return row0 + (uint32_t)(min(max(kb + key, first), last) - kb); };
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4* p = reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kHeadDim + 32 * t);
-      x.k[h][0] = p[0];
-      x.k[h][1] = p[1];
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t ri = row(lane_key(t, i));
-      x.v[i] = *reinterpret_cast<const uint4*>(vbase + (size_t)ri * kHeadDim + 16 * g);
-      x.ksz[i] = ksz[ri];
-      x.vsz[i] = vsz[ri];
-    }
-  };
 
   float o[16][2];  // o[j][0], o[j][1]: head g, dims 32 t + j and 32 t + 16 + j (unnormalised)
 #pragma unroll
@@ -215,8 +219,6 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     }
   };
 
-  TileRegs cur;
-  if (tile < t1) load(cur, tile, blk);
   int32_t blk_next = tile + kWarps < t1 ? table[((tile + kWarps) * kTile) >> shift] : 0;
   for (; tile < t1; tile += kWarps) {
     const int nt = tile + kWarps;
