@@ -29,7 +29,7 @@
 #   attn_ab       2B w4a16 + int8 KV decode at batch 1 and 64 with the CUDA-core decode attention
 #                 (VLM_DECODE_ATTENTION_MMA=0), then the tensor-core one with 4 and 2 attention blocks per SM
 #   attn_b1       2B w4a16 + int8 KV decode at batch 1 with 64 and 256 keys per attention slice
-#                 (VLM_ATTENTION_MIN_KEYS_PER_SPLIT; the tensor-core kernel's default is 128)
+#                 (VLM_ATTENTION_MIN_KEYS_PER_SPLIT; the tensor-core kernel's default was 128 when it ran, now 64)
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64

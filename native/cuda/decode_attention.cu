@@ -209,13 +209,16 @@ cudaError_t by_cache(const void* q, void* out, float* partial, int* arrivals, co
   return cudaErrorInvalidValue;
 }
 
-// Keys of the context bucket per slice of the tensor-core kernel: 128 (two tiles per warp), or
-// VLM_ATTENTION_MIN_KEYS_PER_SPLIT (at least kMinKeysPerSplit: the workspace is sized for that).
+// Keys of the context bucket per slice of the tensor-core kernel: 64 (a tile for each warp where the
+// context fills its bucket), or VLM_ATTENTION_MIN_KEYS_PER_SPLIT (at least kMinKeysPerSplit: the
+// workspace is sized for that).
+// Batch 1 on the H200 (2026-12-04, one run each): 2B decode 950 / 946 / 904 tok/s at 64 / 128 / 256;
+// the serving benchmark at concurrency 1 (context bucket 512) 804.8 out tok/s at 64, 782.2 at 128.
 int mma_min_keys_per_split() {
   static const int v = [] {
     const char* e = std::getenv("VLM_ATTENTION_MIN_KEYS_PER_SPLIT");
     const int x = e ? std::atoi(e) : 0;
-    return x > 0 ? std::max(x, kMinKeysPerSplit) : 128;
+    return x > 0 ? std::max(x, kMinKeysPerSplit) : 64;
   }();
   return v;
 }
@@ -243,8 +246,9 @@ cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMe
     // Its blocks are few per SM (registers) and each spends much of its time starting (a chain of
     // loads) and merging: split only until the grid fills the GPU's resident blocks once. At batch 64
     // on the H200 one slice per row (2 blocks per SM) gave 21,010 decode tok/s, 3 slices (8 per SM)
-    // 18,414 (2026-12-04, bench/decode.py). And a slice has keys for every warp: at batch 1 a
-    // slice of 16 keys kept 3 of 4 warps idle and made 32 slices to merge.
+    // 18,414 (2026-12-04, bench/decode.py). And a slice has keys for its warps: at batch 1 the
+    // default plan's slices (32 keys of the context bucket, ~16 of a context half its bucket) kept
+    // 3 of 4 warps idle and made 32 slices to merge.
     const int per_sm = split_blocks_per_sm_override() ? split_blocks_per_sm_override()
                                                       : decode_attention_mma_blocks_per_sm(num_heads / cache.kv_heads);
     const Split msp = plan_split_for(rows, cache.kv_heads, max_context, num_sms, 64,
