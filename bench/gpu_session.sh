@@ -153,6 +153,16 @@ trace64() {
   python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch 64 --out "$RES/trace_w4a16_b64.json" |
     head -n 16
 }
+ncu_run() {  # ncu_run NAME KERNEL_REGEX SCRIPT: Nsight Compute on the kernels matching KERNEL_REGEX that SCRIPT runs
+  # (throughput, occupancy, issue activity, warp stalls) into $RES/NAME.csv; prints the headline figures
+  ncu --clock-control none --kernel-name "regex:$2" --section SpeedOfLight --section MemoryWorkloadAnalysis \
+    --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
+    --section InstructionStats \
+    --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" --csv --page details \
+    python3 "$3" >"$RES/$1.csv" 2>"$RES/$1.err"
+  grep -E '"(Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Issued Warp Per Scheduler|Eligible Warps Per Scheduler|Active Warps Per Scheduler|Achieved Occupancy|Theoretical Occupancy|Block Limit Registers|Registers Per Thread|Grid Size|Cluster Size|Executed Instructions|Stall Long Scoreboard|Warp Cycles Per Issued Instruction)"' \
+    "$RES/$1.csv" | awk -F'","' '{print $1" | "$13" | "$NF}' | head -n 80
+}
 ncu_gemm() {  # one M = 1 call of each layer, caches flushed before each profiled kernel (ncu's default)
   cat >/tmp/ncu_gemm.py <<'PY'
 import numpy as np, torch
@@ -168,12 +178,7 @@ for n, k in [(4096, 2048), (16384, 2048), (2048, 8192), (22016, 4096)]:
         w4a16_gemm(a, w, szt, n, 128)
     torch.cuda.synchronize()
 PY
-  ncu --clock-control none --kernel-name regex:w4a16_decode --section SpeedOfLight --section MemoryWorkloadAnalysis \
-    --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
-    --section InstructionStats \
-    --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" --csv --page details python3 /tmp/ncu_gemm.py >"$RES/ncu_gemm.csv" 2>"$RES/ncu_gemm.err"
-  grep -E '"(Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Issued Warp Per Scheduler|Eligible Warps Per Scheduler|Active Warps Per Scheduler|Achieved Occupancy|Registers Per Thread|Grid Size|Cluster Size|Executed Instructions|Stall Long Scoreboard|Warp Cycles Per Issued Instruction)"' \
-    "$RES/ncu_gemm.csv" | awk -F'","' '{print $1" | "$13" | "$NF}' | head -n 80
+  ncu_run ncu_gemm w4a16_decode /tmp/ncu_gemm.py
 }
 ncu_attn() {  # one call at each batch, caches flushed before each profiled kernel (ncu's default)
   cat >/tmp/ncu_attn.py <<'PY'
@@ -195,12 +200,7 @@ for rows in (64, 1):
                          k_scale_zero=sz, v_scale_zero=sz.clone())
     torch.cuda.synchronize()
 PY
-  ncu --clock-control none --kernel-name regex:decode_attention --section SpeedOfLight --section MemoryWorkloadAnalysis \
-    --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
-    --section InstructionStats \
-    --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" --csv --page details python3 /tmp/ncu_attn.py >"$RES/ncu_attn.csv" 2>"$RES/ncu_attn.err"
-  grep -E '"(Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Issued Warp Per Scheduler|Eligible Warps Per Scheduler|Active Warps Per Scheduler|Achieved Occupancy|Registers Per Thread|Grid Size|Executed Instructions|Stall Long Scoreboard|Warp Cycles Per Issued Instruction|Theoretical Occupancy|Block Limit Registers)"' \
-    "$RES/ncu_attn.csv" | awk -F'","' '{print $1" | "$13" | "$NF}' | head -n 80
+  ncu_run ncu_attn decode_attention /tmp/ncu_attn.py
 }
 attn_ab() {  # the decode attention's two forms, and the tensor-core one's split plan
   VLM_DECODE_ATTENTION_MMA=0 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 \
@@ -258,7 +258,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f quick trace64 ncu_gemm trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f quick trace64 ncu_run ncu_gemm trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step tests 300
