@@ -33,10 +33,10 @@ inline int split_blocks_per_sm_override() {
 // Split the keys until the grid has about this many blocks per SM (8, or the override above).
 inline int split_blocks_per_sm() { return split_blocks_per_sm_override() ? split_blocks_per_sm_override() : 8; }
 
-// `align`: slices are whole multiples of this many keys. More blocks per SM or fewer keys per slice
-// never give fewer splits, so a workspace sized for the default plan holds any plan with at most as many
-// blocks per SM and at least as many keys per slice.
-// Each slice gets at least min_keys of max_context.
+// Slices of the keys of max_context (each at least min_keys of them, whole multiples of `align`) until
+// the grid has blocks_per_sm blocks per SM. More blocks per SM or fewer keys per slice never give fewer
+// splits, so a workspace sized for the default plan holds any plan with at most as many blocks per SM and
+// at least as many keys per slice.
 inline Split plan_split_for(int rows, int kv_heads, int max_context, int num_sms, int align, int blocks_per_sm,
                             int min_keys = kMinKeysPerSplit) {
   const int blocks = rows * kv_heads, target = blocks_per_sm * num_sms;

@@ -1,8 +1,10 @@
 // Decode attention on the tensor cores for the int8 cache with fp16 activations and 128-dim heads
-// (the quantized-KV models the engine serves): the same work split, numbers and end as
-// decode_attention.cu, whose CUDA-core form is bound by instruction issue at batch 64 (Nsight Compute
-// on the H200, 2026-12-04: 128 warp instructions per key row and head, 65 % of issue slots busy,
-// DRAM at 28 % of its peak), converting and multiplying every element in fp32.
+// (the quantized-KV models the engine serves): the same grid, results and end as decode_attention.cu,
+// whose CUDA-core form is bound by instruction issue at batch 64 (Nsight Compute on the H200,
+// 2026-12-04: 128 warp instructions per key row and head, 65 % of issue slots busy, DRAM at 28 % of
+// its peak), converting and multiplying every element in fp32. Here 3x fewer instructions; with its
+// split plan (decode_attention.cu) batch 64's attention on the 2B shapes went from 55.9 to 34.1 us a
+// layer, 50 % of the copy bandwidth (docs/benchmarks/cuda_engine.md).
 //
 // A block takes one row, one KV head and one slice of the keys (split-KV, attention_splits.cuh), in
 // tiles of 16 keys aligned to multiples of 16 (a tile lies in one cache block: the engine's blocks hold
@@ -21,7 +23,8 @@
 //    dim 16 n + j, so the lane loads bytes [16 g, 16 g + 16) of its four keys (2t, 2t + 1, 2t + 8,
 //    2t + 9: the keys whose probabilities the C fragment of Q·Kᵀ left in it) and its outputs are dims
 //    [32 t, 32 t + 32) of head g.
-//  - Each lane's loads of the next tile are in flight while the current one is computed.
+//  - Each lane's loads of the next tile are in flight while the current one is computed (202 registers:
+//    two blocks an SM, which the split plan counts with).
 #include <cuda_fp16.h>
 
 #include <cstdlib>
