@@ -24,7 +24,8 @@
 #   quick         2B w4a16 + int8 KV decode at batch 1 and 64, then batch 1's kernels (decode_trace.py)
 #   trace64       batch 64's kernels (decode_trace.py)
 #   ncu_gemm      Nsight Compute on the decode-size w4a16 GEMM at M = 1 (2B qkv/gate_up/down, 7B gate_up):
-#                 DRAM throughput, issue activity, warp stalls, occupancy
+#                 DRAM throughput, issue activity, warp stalls, occupancy; ncu_gemm64: the same layers at M = 64
+#                 (the general kernel and its split-K sum)
 #   ncu_attn      Nsight Compute on the decode attention (2B heads, int8 KV, context 512) at batch 64 and 1
 #   attn_ab       2B w4a16 + int8 KV decode at batch 1 and 64 with the CUDA-core decode attention
 #                 (VLM_DECODE_ATTENTION_MMA=0), then the tensor-core one with 4 and 2 attention blocks per SM
@@ -163,23 +164,28 @@ ncu_run() {  # ncu_run NAME KERNEL_REGEX SCRIPT: Nsight Compute on the kernels m
   grep -E '"(Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Issued Warp Per Scheduler|Eligible Warps Per Scheduler|Active Warps Per Scheduler|Achieved Occupancy|Theoretical Occupancy|Block Limit Registers|Registers Per Thread|Grid Size|Cluster Size|Executed Instructions|Stall Long Scoreboard|Warp Cycles Per Issued Instruction)"' \
     "$RES/$1.csv" | awk -F'","' '{print $1" | "$13" | "$NF}' | head -n 80
 }
-ncu_gemm() {  # one M = 1 call of each layer, caches flushed before each profiled kernel (ncu's default)
+ncu_gemm_at() {  # ncu_gemm_at NAME M KERNEL_REGEX: one M-row call of each layer (2B qkv/gate_up/down, 7B gate_up),
+  # caches flushed before each profiled kernel (ncu's default)
   cat >/tmp/ncu_gemm.py <<'PY'
+import os
 import numpy as np, torch
 from vlmserve.awq_format import quantize_rtn
 from vlmserve.kernels import pack_w4a16, w4a16_gemm
+m = int(os.environ["NCU_GEMM_M"])
 rng = np.random.default_rng(0)
 for n, k in [(4096, 2048), (16384, 2048), (2048, 8192), (22016, 4096)]:
     q, z, s = quantize_rtn(rng.standard_normal((n, k), dtype=np.float32) * 0.02, 128)
     packed, sz = pack_w4a16(q, z, s, 128)
     w = torch.from_numpy(packed).cuda(); szt = torch.from_numpy(sz.view(np.int16)).cuda()
-    a = torch.randn(1, k, dtype=torch.float16, device="cuda")
+    a = torch.randn(m, k, dtype=torch.float16, device="cuda")
     for _ in range(2):
         w4a16_gemm(a, w, szt, n, 128)
     torch.cuda.synchronize()
 PY
-  ncu_run ncu_gemm w4a16_decode /tmp/ncu_gemm.py
+  NCU_GEMM_M=$2 ncu_run "$1" "$3" /tmp/ncu_gemm.py
 }
+ncu_gemm() { ncu_gemm_at ncu_gemm 1 w4a16_decode; }
+ncu_gemm64() { ncu_gemm_at ncu_gemm64 64 "w4a16_kernel|splitk_reduce"; }
 ncu_attn() {  # one call at each batch, caches flushed before each profiled kernel (ncu's default)
   cat >/tmp/ncu_attn.py <<'PY'
 import torch
@@ -258,7 +264,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f quick trace64 ncu_run ncu_gemm trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step tests 300
@@ -280,6 +286,7 @@ step decode_table 240
 step attn_b1 100
 step serve_c1 150
 step ncu_gemm 150
+step ncu_gemm64 150
 step decode_new 240
 step sanitize 200
 step decode_7b 150
