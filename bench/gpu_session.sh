@@ -98,14 +98,15 @@ decode_table() {  # 2B w4a16 + int8 KV at batch 1-128, fp16 weights at batch 1 b
   python3 bench/decode.py --models 2b --weights fp16 --kv int8 --batches 1 --peer-batches 1 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_fp16.json" | tail -n 4
 }
-serve_site() {  # carried wheels (.gpu-carry/wheels, with typing_extensions) into /tmp/serve-site, if any
+serve_site() {  # carried wheels (.gpu-carry/wheels, with typing_extensions) into /tmp/serve-site, if any, and that
+  # folder first on the caller's PYTHONPATH
   [ -d .gpu-carry/wheels ] || return 0
   python3 -m pip install -q --no-index --find-links .gpu-carry/wheels --target /tmp/serve-site grpcio==1.85.3 \
-    protobuf==7.36.2 grpcio-health-checking grpcio-reflection prometheus_client
+    protobuf==7.36.2 grpcio-health-checking grpcio-reflection prometheus_client || return 1
+  export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
 }
 serve_leads() {  # the same stack at concurrency 1/64/256: JPEG requests, then the services as two processes
   serve_site || return 1
-  export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
   for v in "--image-format jpeg --layout stack --stem jpeg" "--image-format png --layout services --stem services"; do
     python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
       --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,64,256 --out-dir "$RES/serve" $v 2>&1 |
@@ -117,7 +118,6 @@ serve() {  # model (a), w4a16 + int8 KV, vision batch 16, concurrency 1/16/64/25
   # The image lacks grpcio-health-checking and -reflection: wheels carried in .gpu-carry/wheels (with the
   # grpcio and protobuf the generated modules were made for) go into a site folder of their own.
   serve_site || return 1
-  export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
   python3 -c "import grpc, grpc_health, prometheus_client, vlmserve._proto" || return 1
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16,64,256 --out-dir "$RES/serve" \
@@ -224,14 +224,12 @@ attn_b1() {
 }
 serve_c1() {
   serve_site || return 1
-  export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1 --out-dir "$RES/serve" \
     --stem internvl-2b-h200-c1 2>&1 | grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
 }
 serve_compare() {  # fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers at batch 16, same run
   serve_site || return 1
-  export PYTHONPATH=/tmp/serve-site:$PYTHONPATH
   python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
     --stem internvl-2b-h200-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40

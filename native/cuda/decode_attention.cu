@@ -249,12 +249,13 @@ cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMe
     // 18,414 (2026-12-04, bench/decode.py). And a slice has keys for its warps: at batch 1 the
     // default plan's slices (32 keys of the context bucket, ~16 of a context half its bucket) kept
     // 3 of 4 warps idle and made 32 slices to merge.
+    // At most the default plan's blocks per SM, so the workspace holds its slices.
+    const int resident = decode_attention_mma_blocks_per_sm(num_heads / cache.kv_heads);
     const int per_sm = split_blocks_per_sm_override() ? split_blocks_per_sm_override()
-                                                      : decode_attention_mma_blocks_per_sm(num_heads / cache.kv_heads);
-    const Split msp = plan_split_for(rows, cache.kv_heads, max_context, num_sms, 64,
-                                     std::min(per_sm, split_blocks_per_sm()), mma_min_keys_per_split());
-    return decode_attention_mma(q, out, meta, rows, num_heads, sliding_window, cache, msp.splits, msp.chunk, partial,
-                                arrivals, stream);
+                                                      : std::min(resident, split_blocks_per_sm());
+    const Split msp = plan_split_for(rows, cache.kv_heads, max_context, num_sms, 64, per_sm, mma_min_keys_per_split());
+    return decode_attention_mma(q, out, meta, rows, num_heads, sliding_window, cache, msp.splits, partial, arrivals,
+                                stream);
   }
   return act == ActType::F16
              ? by_cache<__half>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, cache, sp, stream)

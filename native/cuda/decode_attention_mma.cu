@@ -47,7 +47,8 @@ constexpr int kTile = 16;                  // keys a warp takes at a time
 constexpr uint32_t kMagic = 0x64646464u;   // high byte of the fp16 1024 + code
 
 // C[0:8][0:8] += A·B for m16n8k16 (fp16 in, fp32 sums) where A's rows 8..15 are zero: a0/a2 are
-// A's rows 0..7, and C's rows 8..15 are neither read nor kept.
+// A's rows 0..7, and C's rows 8..15 are neither read nor kept (w4a16::Act<T>::mma keeps all four C
+// registers: here the 16 output tiles take 32 registers instead of 64).
 __device__ __forceinline__ void mma_rows8(float (&c)[2], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
   asm(
       "{\n.reg .f32 d2, d3;\n"
@@ -288,9 +289,9 @@ int decode_attention_mma_blocks_per_sm(int group) {
 }
 
 cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
-                                 int sliding_window, const KvView& c, int splits, int chunk, float* partial,
-                                 int* arrivals, cudaStream_t stream) {
-  const Split sp{splits, chunk};
+                                 int sliding_window, const KvView& c, int splits, float* partial, int* arrivals,
+                                 cudaStream_t stream) {
+  const Split sp{splits, 0};  // the kernel cuts each row's own keys into tiles; a fixed chunk is not used
   switch (num_heads / c.kv_heads) {
     case 1: return launch<1>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
     case 2: return launch<2>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
