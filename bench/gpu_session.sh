@@ -37,8 +37,6 @@
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (JPEG, two processes; needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
 #   serve_leads   the same at 1/64/256 with JPEG requests in one process, then PNG requests to two processes
-#   rows16        the decode-size w4a16 kernel up to 16 rows (the default) vs up to 4 (VLM_W4A16_DECODE_MAX_ROWS=4:
-#                 the general kernel from 5): bench/gemm at M = 1/8/12/16, then 2B w4a16 + int8 KV decode at batch 1/8/16
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 STEPS=${STEPS:-build tests gemm decode}
@@ -144,16 +142,6 @@ prefill() {  # prefill time of the same batches with each form of the prefill at
       --peer-batches 0 --work /tmp/decode-models --out "$RES/prefill_$form.json" >/dev/null &&
       python3 -c "import json,sys; [print(sys.argv[2], r['batch'], 'prefill_s_median', r['prefill_s_median'], 'tok_s', round(r['tok_s']))
         for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_$form.json" $form
-  done
-}
-rows16() {
-  for rows in 16 4; do
-    VLM_W4A16_DECODE_MAX_ROWS=$rows python3 bench/gemm.py --ms 1,8,12,16 --out-dir "$RES/gemm_rows$rows" |
-      grep -E "^\| |^- M"
-  done
-  for rows in 16 4; do
-    VLM_W4A16_DECODE_MAX_ROWS=$rows python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,8,16 \
-      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_rows$rows.json" | tail -n 4
   done
 }
 quick() {  # a short before/after measure of a decode-path change
@@ -274,12 +262,11 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f rows16 quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step tests 300
-step dtests 300
-step rows16 300
+step dtests 200
 step ktests 200
 step serve 420
 step serve_leads 500

@@ -1,4 +1,4 @@
-// w4a16 GEMM at decode sizes (M <= 16) on Hopper: C = A · dequant(W)ᵀ with the
+// w4a16 GEMM at decode sizes (M <= 4) on Hopper: C = A · dequant(W)ᵀ with the
 // weights in the layout of cpu/w4a16_pack.h, in the swapped mma form of
 // w4a16_gemm.cu (dequantized weights are the 16-row operand, the activation
 // rows the 8-column one).
@@ -24,9 +24,7 @@
 //    and zero are applied to the fp32 sums of a few steps at a time (see the
 //    kernel), which halves the instructions a weight costs.
 //  - Only the M real rows of A are staged (rows past M repeat the last one: they
-//    feed output columns of the mma that are never stored). Up to 8 rows are one
-//    8-column mma operand; 9-16 rows take a second one (NT = 2), which shares the
-//    dequantized weight fragments, so a step costs 5 more mma, not a second pass.
+//    feed output columns of the mma that are never stored).
 //  - The engine's norms run here too (w4a16_decode_gemm_rms_norm): a block reads
 //    the fp32 residual rows, sums their squares and stages its K slice of the
 //    normalized rows, so the norm is not a launch of its own (two per layer).
@@ -88,11 +86,11 @@ __host__ __device__ inline Layout layout_of(int rows, int slice_steps) {
   l.ring = 0;
   l.grp = l.ring + kWarps * kStages * 512;
   l.part = l.grp + kWarps * kStages * 256;
-  // Sized for at least 8 rows: the region sized for 4 rows leaves room for a 4th block per SM (by this
-  // layout's arithmetic), which changes the plan's cluster sizes, and with it M = 1 ran slower on 7 of
-  // the 8 layers of bench/gemm (H200, 2026-12-03, two calls: e.g. 7B down 19.0 vs 15.9 us, 2B down
-  // 8.9 vs 7.8 us).
-  l.a = l.part + kMaxStrips * (rows > 8 ? rows : 8) * kW4StripN * 4;
+  // Sized for 8 rows although at most kMaxDecodeRows are used: the region sized for 4 rows leaves
+  // room for a 4th block per SM (by this layout's arithmetic), which changes the plan's cluster sizes,
+  // and with it M = 1 ran slower on 7 of the 8 layers of bench/gemm (H200, 2026-12-03, two calls:
+  // e.g. 7B down 19.0 vs 15.9 us, 2B down 8.9 vs 7.8 us).
+  l.a = l.part + kMaxStrips * 8 * kW4StripN * 4;
   l.bytes = l.a + rows * (slice_steps * 16 + kSmemPad) * 2;
   return l;
 }
@@ -139,7 +137,7 @@ __device__ __forceinline__ void stage_rms_norm(const RmsNormInput& norm, int row
 }
 
 // grid (ceil(N / (64 S)), C) in clusters of (1, C); kThreads threads. Block y = its cluster
-// rank = its K slice. NT: 8-row tiles of A (M <= 8 NT). U: k16 steps per unit of K the slices are cut in (2, 4 or 8, at most one
+// rank = its K slice. U: k16 steps per unit of K the slices are cut in (2, 4 or 8, at most one
 // group: 4 steps for groups of 64, 8 for 128; group_shift = log2 of the latter). A comes
 // from `a`, or, where norm.weight is set, from the residual stream (stage_rms_norm). residual may be
 // c itself (each element is read, then written, by one thread).
@@ -152,7 +150,7 @@ __device__ __forceinline__ void stage_rms_norm(const RmsNormInput& norm, int row
 // is bound by instruction issue, not bandwidth: docs/benchmarks/gemm.md), and rounds no weight to
 // 16 bits. The sum is linear, so each unit of U steps (a group or part of one) is scaled on its
 // own: slices need only be whole units, and where a unit starts and ends is known at compile time.
-template <class T, int U, int NT>
+template <class T, int U>
 __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
                                                                  RmsNormInput norm, int M, int N, int K,
@@ -160,9 +158,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                                  bool silu_up) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(kStages % U == 0, "a ring slot that starts a unit must start one on every pass");
-  static_assert(kStages * 128 >= NT * 16 * 32, "a warp's sums must fit in its own ring (the epilogue)");
   extern __shared__ __align__(16) unsigned char smem[];
-  const int rows = M;  // <= 8 NT
+  const int rows = M;  // <= kMaxDecodeRows
   const Layout L = layout_of(rows, slice_steps_max);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int C = gridDim.y, rank = blockIdx.y;
@@ -212,22 +209,17 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   }
   __syncthreads();
 
-  // acc[n][i]: the n16m8 tile of strip columns 16 i.., rows 8 n..8 n + 7, over the warp's units so
-  // far; gacc[n][i] the same for the current unit, of codes (no scale, no zero). asum[n]: the current
-  // unit's activation sums, rows 8 n + 2 (lane % 4) and + 1 in [0] and [1] (the mma's layout).
-  float acc[NT][4][4], gacc[NT][4][4], asum[NT][4];
+  // acc[i]: the n16m8 tile of strip columns 16 i.., rows 0..7, over the warp's units so far;
+  // gacc[i] the same for the current unit, of codes (no scale, no zero). asum: the current unit's
+  // activation sums, rows 2 (lane % 4) and 2 (lane % 4) + 1 in [0] and [1] (the mma's layout).
+  float acc[4][4], gacc[4][4], asum[4];
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[n][i][q] = 0.f;
+    for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
   const uint32_t ones[4] = {Act<T>::kOne, Act<T>::kOne, Act<T>::kOne, Act<T>::kOne};
-  // ldmatrix rows of the B operands: lanes 0-7 give rows 8 n..8 n + 7 at k, lanes 8-15 the same rows at k + 8.
-  const T* b_row[NT];
-#pragma unroll
-  for (int n = 0; n < NT; ++n)
-    b_row[n] = sa + min(8 * n + lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (ws0 - bs0) * 16;
+  // ldmatrix rows of the B operand: lanes 0-7 give rows 0..7 at k, lanes 8-15 the same rows at k + 8.
+  const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (ws0 - bs0) * 16;
   uint4 sv = make_uint4(0, 0, 0, 0), zv = sv;  // the current unit's scales and zeros (columns 8 tile + lane / 4)
 
   // Unrolled by the ring's length, so every slot address is a constant offset and where units start
@@ -247,23 +239,16 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
       }
       uint32_t b[8][2];
       w4a16::code_fragments<T>(wv, b);
-      uint32_t bf[NT][2];
-#pragma unroll
-      for (int n = 0; n < NT; ++n) w4a16::ldmatrix_x2(bf[n], b_row[n] + j * 16);
+      uint32_t bf[2];
+      w4a16::ldmatrix_x2(bf, b_row + j * 16);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
         const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-          if (starts) Act<T>::mma_zero(gacc[n][i], af, bf[n][0], bf[n][1]);
-          else Act<T>::mma(gacc[n][i], af, bf[n][0], bf[n][1]);
-        }
+        if (starts) Act<T>::mma_zero(gacc[i], af, bf[0], bf[1]);
+        else Act<T>::mma(gacc[i], af, bf[0], bf[1]);
       }
-#pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        if (starts) Act<T>::mma_zero(asum[n], ones, bf[n][0], bf[n][1]);
-        else Act<T>::mma(asum[n], ones, bf[n][0], bf[n][1]);
-      }
+      if (starts) Act<T>::mma_zero(asum, ones, bf[0], bf[1]);
+      else Act<T>::mma(asum, ones, bf[0], bf[1]);
       if (slot % U == U - 1) {
         // acc += s (gacc - z asum); the C fragment's rows g and g + 8 (q >> 1) are columns of tiles
         // 2 i and 2 i + 1, whose scales are the low and high halves of word i of the record.
@@ -275,12 +260,10 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
             const float s = w4a16::bits_to_float<T>(h ? sw[i] >> 16 : sw[i] & 0xFFFFu);
             const float z = w4a16::bits_to_float<T>(h ? zw[i] >> 16 : zw[i] & 0xFFFFu) - Act<T>::kMagicValue;
 #pragma unroll
-            for (int n = 0; n < NT; ++n)
-#pragma unroll
-              for (int r = 0; r < 2; ++r) {
-                const int q = 2 * h + r;
-                acc[n][i][q] = fmaf(s, fmaf(-z, asum[n][r], gacc[n][i][q]), acc[n][i][q]);
-              }
+            for (int r = 0; r < 2; ++r) {
+              const int q = 2 * h + r;
+              acc[i][q] = fmaf(s, fmaf(-z, asum[r], gacc[i][q]), acc[i][q]);
+            }
           }
       }
       __syncwarp();  // every lane has read this slot before it is refilled
@@ -290,15 +273,13 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   cp_async_wait<0>();
   __syncwarp();
 
-  // The warp's sums replace its own ring (kStages * 512 bytes >= NT * 2 KiB).
+  // The warp's sums replace its own ring (kStages * 512 bytes >= 2 KiB).
   float* red = reinterpret_cast<float*>(smem + L.ring);
   float* mine = red + warp * kStages * 128;
 #pragma unroll
-  for (int n = 0; n < NT; ++n)
+  for (int i = 0; i < 4; ++i)
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) mine[((n * 4 + i) * 4 + q) * 32 + lane] = acc[n][i][q];
+    for (int q = 0; q < 4; ++q) mine[(i * 4 + q) * 32 + lane] = acc[i][q];
   __syncthreads();
 
   // The block's partial over the real outputs only: element e = (strip sl, row < M, column), its K
@@ -307,10 +288,10 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   const int per_strip = M * kW4StripN, elems = S * per_strip;
   for (int e = threadIdx.x; e < elems; e += kThreads) {
     const int es = e / per_strip, row = (e / kW4StripN) % M, col = e % kW4StripN;
-    // Where the mma left (row, col): row = 8 n + 2 t + (q & 1), col = 16 i + g + 8 (q >> 1), lane = 4 g + t.
-    const int n = row / 8, t = (row % 8) / 2, i = col / 16, g = col % 8;
+    // Where the mma left (row, col): row = 2 t + (q & 1), col = 16 i + g + 8 (q >> 1), lane = 4 g + t.
+    const int t = row / 2, i = col / 16, g = col % 8;
     const int q = ((col % 16) / 8) * 2 + (row & 1);
-    const int at = ((n * 4 + i) * 4 + q) * 32 + 4 * g + t;
+    const int at = (i * 4 + q) * 32 + 4 * g + t;
     float v = 0.f;
     for (int k = 0; k < kw; ++k) v += red[(k * S + es) * kStages * 128 + at];
     part[e] = v;
@@ -350,52 +331,44 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 #endif
 }
 
-template <class T, int U, int NT>
+template <class T, int U>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
                      bool) {
-  return w4a16_decode_kernel<T, U, NT>;
+  return w4a16_decode_kernel<T, U>;
 }
 
-template <class T, int U, int NT>
+template <class T, int U>
 cudaError_t grant_smem() {
   static const cudaError_t e =
-      cudaFuncSetAttribute(kernel_for<T, U, NT>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+      cudaFuncSetAttribute(kernel_for<T, U>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   return e;
 }
-
-// 8-row tiles of A for M rows.
-int tiles_for(int M) { return M > 8 ? 2 : 1; }
 
 int env_int(const char* name, int fallback) {
   const char* e = std::getenv(name);
   return e && *e ? std::atoi(e) : fallback;
 }
 
-// Blocks of the (fp16, 8-step unit, NT-tile) kernel that one SM holds with `smem` bytes each: the
-// two tile counts differ in registers.
-template <int NT>
-int resident_blocks_of(int smem) {
+// Blocks of the (fp16, 8-step unit) kernel that one SM holds with `smem` bytes each.
+int resident_blocks(int smem) {
+  thread_local std::map<int, int> cache;
+  if (auto it = cache.find(smem); it != cache.end()) return it->second;
   int n = 0;
-  if (grant_smem<__half, 8, NT>() != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half, 8, NT>(), kThreads, smem) != cudaSuccess) {
+  if (grant_smem<__half, 8>() != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half, 8>(), kThreads, smem) != cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
-  return n;
-}
-int resident_blocks(int smem, int nt) {
-  thread_local std::map<std::pair<int, int>, int> cache;
-  const auto key = std::make_pair(smem, nt);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
-  const int n = nt == 2 ? resident_blocks_of<2>(smem) : resident_blocks_of<1>(smem);
-  cache.emplace(key, n);
+  cache.emplace(smem, n);
   return n;
 }
 
 // Clusters of C such blocks that the GPU holds at once: a cluster's blocks must share one GPC, so
 // this is fewer than resident_blocks() * SMs / C, the more so for large C.
-template <int NT>
-int resident_clusters_of(int smem, int C) {
+int resident_clusters(int smem, int C) {
+  thread_local std::map<std::pair<int, int>, int> cache;
+  const auto key = std::make_pair(smem, C);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeClusterDimension;
   attr.val.clusterDim.x = 1;
@@ -408,18 +381,11 @@ int resident_clusters_of(int smem, int C) {
   cfg.attrs = &attr;
   cfg.numAttrs = 1;
   int n = 0;
-  if (grant_smem<__half, 8, NT>() != cudaSuccess ||
-      cudaOccupancyMaxActiveClusters(&n, kernel_for<__half, 8, NT>(), &cfg) != cudaSuccess) {
+  if (grant_smem<__half, 8>() != cudaSuccess ||
+      cudaOccupancyMaxActiveClusters(&n, kernel_for<__half, 8>(), &cfg) != cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
-  return n;
-}
-int resident_clusters(int smem, int C, int nt) {
-  thread_local std::map<std::tuple<int, int, int>, int> cache;
-  const auto key = std::make_tuple(smem, C, nt);
-  if (auto it = cache.find(key); it != cache.end()) return it->second;
-  const int n = nt == 2 ? resident_clusters_of<2>(smem, C) : resident_clusters_of<1>(smem, C);
   cache.emplace(key, n);
   return n;
 }
@@ -440,7 +406,7 @@ struct Plan {
 // VLM_W4A16_DECODE_S / _C pin S and C, for tuning.
 Plan make_plan_uncached(int M, int N, int K, int group) {
   Plan p{};
-  const int rows = M, strips = N / kW4StripN, ksteps = K / 16, gsteps = group / 16, nt = tiles_for(M);
+  const int rows = M, strips = N / kW4StripN, ksteps = K / 16, gsteps = group / 16;
   const int force_s = env_int("VLM_W4A16_DECODE_S", 0), force_c = env_int("VLM_W4A16_DECODE_C", 0);
   for (int S : {4, 2, 1}) {
     if (force_s && S != force_s) continue;
@@ -454,9 +420,9 @@ Plan make_plan_uncached(int M, int N, int K, int group) {
       const int slice = (ksteps / U + C - 1) / C * U;
       const int smem = layout_of(rows, slice).bytes;
       if (smem > kMaxSmem) break;  // fewer slices only make the staged A longer
-      const int res = resident_blocks(smem, nt);
+      const int res = resident_blocks(smem);
       if (res == 0) continue;
-      const int64_t fits = C == 1 ? (int64_t)res * cuda::sm_count() : resident_clusters(smem, C, nt);
+      const int64_t fits = C == 1 ? (int64_t)res * cuda::sm_count() : resident_clusters(smem, C);
       if (blocks_n <= fits || C == 1 || force_c) {
         best_c = C;
         best_u = U;
@@ -479,41 +445,33 @@ const Plan& plan_for(int M, int N, int K, int group) {
   return it->second;
 }
 
-template <class T, int U, int NT>
+template <class T, int U>
 cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                         const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
-  if (const cudaError_t e = grant_smem<T, U, NT>(); e != cudaSuccess) return e;
+  if (const cudaError_t e = grant_smem<T, U>(); e != cudaSuccess) return e;
   const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
   const int group_shift = group == 128 ? 3 : 2;
-  return cuda::launch_dependent_in_clusters(kernel_for<T, U, NT>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem,
+  return cuda::launch_dependent_in_clusters(kernel_for<T, U>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem,
                                             stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                             static_cast<T*>(c), norm, M, N, K, group_shift, p.S, p.slice_steps,
                                             silu_up);
 }
 
-template <class T, int NT>
-cudaError_t launch_tiles(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                         const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
-  switch (p.U) {
-    case 8: return launch_unit<T, 8, NT>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
-    case 4: return launch_unit<T, 4, NT>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
-    default: return launch_unit<T, 2, NT>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
-  }
-}
-
 template <class T>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                    const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
-  if (tiles_for(M) == 2) return launch_tiles<T, 2>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
-  return launch_tiles<T, 1>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+  switch (p.U) {
+    case 8: return launch_unit<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    case 4: return launch_unit<T, 4>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    default: return launch_unit<T, 2>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+  }
 }
 
 // The plan for this shape, or null where the kernel does not apply (one cached lookup per call).
 const Plan* applicable_plan(int M, int N, int K, int group) {
   static const bool supported = decide_supported();
-  static const int max_rows = w4a16_decode_max_rows();
-  if (!supported || M < 1 || M > max_rows || N % kW4StripN != 0 || (group != 64 && group != 128) ||
+  if (!supported || M < 1 || M > kMaxDecodeRows || N % kW4StripN != 0 || (group != 64 && group != 128) ||
       K % group != 0)
     return nullptr;
   const Plan& p = plan_for(M, N, K, group);
@@ -521,11 +479,6 @@ const Plan* applicable_plan(int M, int N, int K, int group) {
 }
 
 }  // namespace
-
-int w4a16_decode_max_rows() {
-  static const int rows = std::clamp(env_int("VLM_W4A16_DECODE_MAX_ROWS", kDefaultDecodeRows), 1, kMaxDecodeRows);
-  return rows;
-}
 
 bool w4a16_decode_applies(int M, int N, int K, int group) {
   return applicable_plan(M, N, K, group) != nullptr;

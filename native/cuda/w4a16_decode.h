@@ -1,4 +1,4 @@
-// Host entry points of the decode-size w4a16 GEMM (w4a16_decode.cu): M <= 16 on
+// Host entry points of the decode-size w4a16 GEMM (w4a16_decode.cu): M <= 4 on
 // sm_90 and later, split-K inside a thread-block cluster, no workspace. Nothing
 // here throws; w4a16_gemm() routes the shapes it applies to.
 #pragma once
@@ -6,11 +6,9 @@
 
 namespace vlm {
 
-// The most rows the kernel takes (two 8-row mma operands), and how many it is routed by default;
-// VLM_W4A16_DECODE_MAX_ROWS (1..kMaxDecodeRows) moves the boundary with the general kernel.
-constexpr int kMaxDecodeRows = 16;
-constexpr int kDefaultDecodeRows = 16;
-int w4a16_decode_max_rows();
+// Measured on the H200 (docs/benchmarks/gemm.md): faster than the general kernel at M = 1, 2 and 4 on
+// every layer tried, slower at M = 8 and 16.
+constexpr int kMaxDecodeRows = 4;
 
 // True when this GPU and build run the decode kernel for this shape (sm_90 code present,
 // VLM_W4A16_DECODE not 0, a plan that fits shared memory).

@@ -82,7 +82,7 @@ int vlm_w4a16_gemm_rms_norm(const float* h, const void* delta, const float* norm
     vlm::check_w4a16_shape(m, n, k, group_size);
 #ifdef VLM_HAVE_CUDA
     VLM_CHECK(vlm::w4a16_decode_applies(m, n, k, group_size), VLM_ERR_UNSUPPORTED,
-              "the fused norm runs only in the decode-size w4a16 kernel (M <= " << vlm::w4a16_decode_max_rows()
+              "the fused norm runs only in the decode-size w4a16 kernel (M <= " << vlm::kMaxDecodeRows
                                                                                 << " on a Hopper GPU); M = " << m);
     VLM_CUDA_CHECK(vlm::w4a16_decode_gemm_rms_norm({h, delta, norm_weight, h_out, eps}, packed_weight,
                                                    packed_scale_zero, c, m, n, k, group_size,

@@ -1,4 +1,4 @@
-"""The decode-size w4a16 kernel (native/cuda/w4a16_decode.cu, M <= 16 on sm_90+)
+"""The decode-size w4a16 kernel (native/cuda/w4a16_decode.cu, M <= 4 on sm_90+)
 in every arrangement its plan can pick — strips per block S and cluster size C
 pinned through VLM_W4A16_DECODE_S / _C — and the general kernel it replaces at
 these sizes (VLM_W4A16_DECODE=0, what pre-Hopper GPUs run), each against the
@@ -32,8 +32,3 @@ def test_every_plan_arrangement_matches_reference(s, c):
 
 def test_general_kernel_matches_reference_at_decode_sizes():
     run_checks({"VLM_W4A16_DECODE": "0"})
-
-
-def test_routing_boundary_moves_with_max_rows():
-    # Rows 5-16 go to the general kernel, and the fused norm is refused there (checked by the script).
-    run_checks({"VLM_W4A16_DECODE_MAX_ROWS": "4"})

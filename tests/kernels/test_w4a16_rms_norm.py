@@ -14,8 +14,7 @@ pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.parametrize("m,n,k,group", [(1, 2048, 2048, 128), (2, 6144, 2048, 128), (3, 320, 4224, 64),
-                                         (4, 22016, 4096, 128), (1, 64, 8192, 64), (9, 2048, 2048, 128),
-                                         (16, 6144, 2048, 128), (13, 320, 4224, 64)])
+                                         (4, 22016, 4096, 128), (1, 64, 8192, 64)])
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_fused_norm_is_the_norm_kernel_then_the_gemm(m, n, k, group, dtype):
     failures = rms_norm_gemm_failures(m, n, k, group, dtype)
@@ -33,8 +32,8 @@ def test_refused_calls():
                             np.ones((k // group, n), np.float16), group)
     packed, sz = torch.from_numpy(packed).cuda(), torch.from_numpy(sz.view(np.int16)).cuda()
     w = torch.ones(k, device="cuda")
-    h = torch.zeros(17, k, device="cuda")
-    with pytest.raises(VlmError, match="decode-size"):  # 17 rows: the general kernel's, no fused norm
+    h = torch.zeros(5, k, device="cuda")
+    with pytest.raises(VlmError, match="decode-size"):  # 5 rows: the general kernel's, no fused norm
         w4a16_gemm_rms_norm(h, None, w, 1e-6, packed, sz, n, group)
     h = torch.zeros(1, k, device="cuda")
     with pytest.raises(VlmError, match="must not be h"):
