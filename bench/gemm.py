@@ -25,7 +25,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
-from vlmserve.kernels import pack_w4a16, w4a16_dequantize, w4a16_gemm, w4a16_workspace_bytes  # noqa: E402
+from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, w4a16_dequantize, w4a16_gemm,  # noqa: E402
+                              w4a16_workspace_bytes)
 
 LAYERS = {  # name: (N, K)
     "2B.qkv": (4096, 2048), "2B.o": (2048, 2048), "2B.gate_up": (16384, 2048), "2B.down": (2048, 8192),
@@ -40,6 +41,8 @@ ROTATE_BYTES = 200 * 2**20
 
 # The engine's switch to dequantize + dense GEMM (kDequantGemmMinRows in native/cuda/cuda_runner.cpp).
 DEQUANT_GEMM_MIN_ROWS = 256
+# Rows our dense decode kernel takes (dense_decode.h); the engine runs it at one row.
+DENSE_DECODE_MAX_ROWS = 4
 
 
 def hbm_bandwidth() -> float:
@@ -120,6 +123,9 @@ def bench_layer(n: int, k: int, ms, rng) -> list[dict]:
                 x16, w4a16_dequantize(ours_w[i % len(ours_w)], ours_sz, n, k, GROUP, out=scratch)))
             path = "dequantize + cuBLAS"
         t_fp16 = time_graph(lambda i: torch.nn.functional.linear(x16, fp16_w[i % len(fp16_w)]))
+        t_dense = float("nan")
+        if m <= DENSE_DECODE_MAX_ROWS:
+            t_dense = time_graph(lambda i: dense_decode_gemm(x16, fp16_w[i % len(fp16_w)], out=out))
         t_int4 = float("nan")
         if int4 is not None:
             xb = x16.to(torch.bfloat16)
@@ -129,7 +135,7 @@ def bench_layer(n: int, k: int, ms, rng) -> list[dict]:
             except Exception as e:
                 print(f"torch int4 failed at M={m} {n}x{k}: {e}", file=sys.stderr)
         rows.append({"n": n, "k": k, "m": m, "ours_s": t_ours, "ours_path": path, "w4a16_kernel_s": t_kernel,
-                     "torch_fp16_s": t_fp16, "torch_int4_s": t_int4})
+                     "torch_fp16_s": t_fp16, "torch_int4_s": t_int4, "dense_decode_s": t_dense})
         print(f"  {n}x{k} M={m}: ours {t_ours * 1e6:.1f} us, fp16 {t_fp16 * 1e6:.1f} us, "
               f"int4 {t_int4 * 1e6:.1f} us", file=sys.stderr)
     del ours_w, fp16_w, int4
@@ -175,15 +181,19 @@ def main() -> None:
              f"- Ours is the engine's path: the w4a16 kernel below {DEQUANT_GEMM_MIN_ROWS} rows; from there the layer is "
              f"dequantized (vlm_w4a16_dequantize) into a scratch matrix and multiplied by cuBLAS (here through torch), "
              f"both inside the timed graph", "",
+             f"- Our fp16: the dense decode kernel (vlm_dense_decode_gemm) on the same fp16 weights, up to "
+             f"{DENSE_DECODE_MAX_ROWS} rows (the engine runs it for unquantized models' one-row steps)", "",
              "| layer | M | torch fp16 µs | torch int4 µs | ours µs | our path | w4a16 kernel µs | × fp16 | × int4 "
-             "| ours % of int4 floor | fp16 % of fp16 floor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ours % of int4 floor | fp16 % of fp16 floor | our fp16 µs | our fp16 % of fp16 floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['layer']} | {r['m']} | {r['torch_fp16_s'] * 1e6:.1f} | {r['torch_int4_s'] * 1e6:.1f} | "
                      f"{r['ours_s'] * 1e6:.1f} | {r['ours_path']} | {r['w4a16_kernel_s'] * 1e6:.1f} | "
                      f"{r['torch_fp16_s'] / r['ours_s']:.2f} | "
                      f"{r['torch_int4_s'] / r['ours_s']:.2f} | {100 * r['int4_floor_s'] / r['ours_s']:.0f}% | "
-                     f"{100 * r['fp16_floor_s'] / r['torch_fp16_s']:.0f}% |")
+                     f"{100 * r['fp16_floor_s'] / r['torch_fp16_s']:.0f}% | "
+                     + (f"{r['dense_decode_s'] * 1e6:.1f} | {100 * r['fp16_floor_s'] / r['dense_decode_s']:.0f}% |"
+                        if not math.isnan(r['dense_decode_s']) else "— | — |"))
     lines += ["", "## Targets (7B shapes: ours / torch fp16; and faster than torch int4 at every M)", ""]
     for m, target in TARGETS_7B.items():
         rs = [r for r in results if r["m"] == m and r["layer"].startswith("7B")]

@@ -37,6 +37,10 @@
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (JPEG, two processes; needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
 #   serve_leads   the same at 1/64/256 with JPEG requests in one process, then PNG requests to two processes
+#   dense_check   the dense decode kernel's tests and compute-sanitizer on them, then 2B fp16 + int8 KV at batch 1
+#   dense         the dense decode kernel (fp16/bf16 weights, M <= 4): its tests and compute-sanitizer on them,
+#                 bench/gemm at M = 1 and 4, 2B fp16 weights + int8 KV decode at batch 1 and 4 with it and with
+#                 cuBLAS and separate norms (VLM_DENSE_DECODE=0)
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 STEPS=${STEPS:-build tests gemm decode}
@@ -143,6 +147,26 @@ prefill() {  # prefill time of the same batches with each form of the prefill at
       python3 -c "import json,sys; [print(sys.argv[2], r['batch'], 'prefill_s_median', r['prefill_s_median'], 'tok_s', round(r['tok_s']))
         for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_$form.json" $form
   done
+}
+dense_tests() {
+  python3 -m pytest -q -m gpu tests/kernels/test_dense_decode.py
+  compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m gpu tests/kernels/test_dense_decode.py \
+    -k "float16 and not bfloat16" | tail -n 3
+}
+dense_check() {
+  dense_tests
+  python3 bench/decode.py --models 2b --weights fp16 --kv int8 --batches 1 --peer-batches 0 \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_fp16.json" | tail -n 2
+}
+dense() {
+  dense_tests
+  python3 bench/gemm.py --ms 1,4 --out-dir "$RES/gemm_dense" | grep -E "^\| |^- M"
+  for on in 1 0; do
+    VLM_DENSE_DECODE=$on python3 bench/decode.py --models 2b --weights fp16 --kv int8 --batches 1,4 --peer-batches 0 \
+      --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_fp16_dense$on.json" | tail -n 3
+  done
+  python3 bench/decode_trace.py --model 2b --weights fp16 --kv int8 --batch 1 --out "$RES/trace_fp16_b1.json" |
+    head -n 12
 }
 quick() {  # a short before/after measure of a decode-path change
   python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 --peer-batches 0 \
@@ -262,11 +286,13 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step tests 300
 step dtests 200
+step dense 420
+step dense_check 240
 step ktests 200
 step serve 420
 step serve_leads 500

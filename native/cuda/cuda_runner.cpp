@@ -30,6 +30,7 @@
 #include "cuda/decoder_kernels.h"
 #include "cuda/simt_linear.h"
 #include "cuda/step_profiler.h"
+#include "cuda/dense_decode.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
 #include "engine/communicator.h"
@@ -242,6 +243,8 @@ bool is_bf16_model(const Model& m) {
 }
 
 constexpr int kFusedSiluMaxRows = 16;
+// Rows up to which dense layers run the decode-size kernel instead of cuBLAS (CudaRunner::dense_decodes).
+constexpr int kDenseDecodeEngineRows = 1;
 // From this many rows (prefill chunks) a w4a16 layer is dequantized into a scratch fp16/bf16 matrix and
 // multiplied by cuBLAS: the dequantization reads the 4-bit weights once (tens of microseconds), after which
 // a dense tensor-core GEMM runs several times faster than the w4a16 kernel's large-M path
@@ -511,7 +514,7 @@ class CudaRunner final : public StepRunner {
       // Decode sizes: silu(gate) * up computed as the down GEMM stages its input (one launch
       // fewer). Larger steps keep the separate pass: every column block of the GEMM would
       // recompute it for its rows (measured slower at 64 rows).
-      if (w.down.tensor_core && T <= kFusedSiluMaxRows) {
+      if ((w.down.tensor_core && T <= kFusedSiluMaxRows) || dense_decodes(w.down, T)) {
         mark("silu * up + down proj");
         linear(w.down, gate_up_.as(), T, delta_.as(), true);
       } else {
@@ -620,8 +623,17 @@ class CudaRunner final : public StepRunner {
             c.k.as(), c.v.as(), c.k_sz.as(), c.v_sz.as()};
   }
 
-  // y = x · Wᵀ (+ bias); gate_up_input (tensor-core w4a16 only): x is the stacked
-  // [gate | up] output and the GEMM reads silu(gate) * up.
+  // Whether a dense (fp16/bf16) layer runs the decode-size kernel at M rows (dense_decode.h): at one
+  // row. Measured on the H200 (2026-12-04, docs/benchmarks/cuda_engine.md): 2B fp16 weights + int8 KV
+  // batch 1 631 -> 760 tok/s with it; at 4 rows cuBLAS with the norms apart is faster (2,254 vs 1,791
+  // tok/s; the kernel's per-row shared-memory reads and conversions, 61-79 % of the fp16 floor in
+  // bench/gemm against 82-101 % at one row).
+  static bool dense_decodes(const DeviceLinear& l, int M) {
+    return M <= kDenseDecodeEngineRows && !l.tensor_core && !l.group && dense_decode_applies(M, l.out, l.in);
+  }
+
+  // y = x · Wᵀ (+ bias); gate_up_input (tensor-core w4a16, and dense layers at decode sizes): x is the
+  // stacked [gate | up] output and the GEMM reads silu(gate) * up.
   void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false) {
 #if VLM_HAVE_CUBLAS
     if (l.tensor_core && !gate_up_input && M >= kDequantGemmMinRows) {
@@ -641,7 +653,13 @@ class CudaRunner final : public StepRunner {
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
-    VLM_CHECK(!gate_up_input, VLM_ERR_INTERNAL, "silu(gate) * up input needs the tensor-core w4a16 GEMM");
+    if (dense_decodes(l, M)) {
+      VLM_CUDA_CHECK(dense_decode_gemm(x, l.w.as(), y, M, l.out, l.in, bf16_, gate_up_input, stream_));
+      if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
+      return;
+    }
+    VLM_CHECK(!gate_up_input, VLM_ERR_INTERNAL, "silu(gate) * up input needs the tensor-core w4a16 GEMM or the "
+                                                "dense decode-size one");
     if (!l.group && dense_gemm(l.w.as(), l.out, l.in, x, M, y, false)) {
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
@@ -650,21 +668,26 @@ class CudaRunner final : public StepRunner {
                                      l.bias.bytes() ? l.bias.as<float>() : nullptr, y, false, stream_));
   }
 
-  // Whether a step of T rows runs its norms inside the GEMMs after them: the decode-size w4a16 kernel
-  // takes every such GEMM (the layers share their shapes).
+  // Whether a step of T rows runs its norms inside the GEMMs after them: a decode-size kernel (w4a16
+  // or dense) takes every such GEMM (the layers share their shapes).
   bool norms_fuse(int T) const {
     static const bool enabled = fused_norm_enabled();
     if (!enabled || layers_.empty()) return false;
     const DeviceLayer& w = layers_[0];
-    return w.qkv.tensor_core && w.gate_up.tensor_core && w.qkv.in == p_.hidden_size &&
+    if (w.qkv.in != p_.hidden_size) return false;
+    if (dense_decodes(w.qkv, T) && dense_decodes(w.gate_up, T)) return true;
+    return w.qkv.tensor_core && w.gate_up.tensor_core &&
            w4a16_decode_applies(T, w.qkv.out, w.qkv.in, w.qkv.group) &&
            w4a16_decode_applies(T, w.gate_up.out, w.gate_up.in, w.gate_up.group);
   }
 
-  // y = rms_norm(h + delta) · Wᵀ (+ bias) in one launch (w4a16_decode_gemm_rms_norm).
+  // y = rms_norm(h + delta) · Wᵀ (+ bias) in one launch (w4a16_decode_gemm_rms_norm or the dense form).
   void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y) {
-    VLM_CUDA_CHECK(w4a16_decode_gemm_rms_norm(norm, l.w.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
-                                              stream_));
+    if (l.tensor_core)
+      VLM_CUDA_CHECK(w4a16_decode_gemm_rms_norm(norm, l.w.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
+                                                stream_));
+    else
+      VLM_CUDA_CHECK(dense_decode_gemm_rms_norm(norm, l.w.as(), y, M, l.out, l.in, bf16_, stream_));
     if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
   }
 

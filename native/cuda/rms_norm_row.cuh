@@ -1,7 +1,7 @@
 // The RMSNorm of a residual row, shared by the norm kernel (decoder_kernels.cu)
-// and the prologue of the w4a16 decode kernel (w4a16_decode.cu), which folds the
-// norm into the GEMM that consumes it: one definition, so both produce the same
-// bits. The order is part of the definition: 256 threads, thread t adds the
+// and the prologues of the decode-size GEMMs (w4a16_decode.cu, dense_decode.cu),
+// which fold the norm into the GEMM that consumes it: one definition, so all
+// produce the same bits. The order is part of the definition: 256 threads, thread t adds the
 // squares of float4 elements t, t + 256, ... in turn, the warps' sums are then
 // added in warp order.
 #pragma once
@@ -9,6 +9,7 @@
 #include <cuda_fp16.h>
 
 #include "cuda/device_math.cuh"
+#include "cuda/rms_norm_input.h"
 
 namespace vlm {
 namespace cuda {
@@ -44,6 +45,47 @@ __device__ __forceinline__ uint2 rms_scaled4(const float4& x, const float4& w, f
   T o[4] = {from_float<T>(w.x * (x.x * inv)), from_float<T>(w.y * (x.y * inv)), from_float<T>(w.z * (x.z * inv)),
             from_float<T>(w.w * (x.w * inv))};
   return *reinterpret_cast<const uint2*>(o);
+}
+
+// Stages A[0 : rows][k0 : k0 + 8 vec_per_row) (vec_per_row vectors of 8 per row, rows <= MaxRows)
+// into sa (row stride lda) as rms_norm(h + delta) * weight (RmsNormInput), writing h + delta of
+// those columns to h_out where `write_h`. Every thread of a kRmsNormThreads-thread block takes
+// part (the row sums are shared); each block sums whole rows, whichever columns it stages.
+template <class T, int MaxRows>
+__device__ __forceinline__ void stage_rms_norm_rows(const RmsNormInput& norm, int rows, int K, int k0,
+                                                    int vec_per_row, T* sa, int lda, bool write_h) {
+  constexpr int kWarps = kRmsNormThreads / 32;
+  __shared__ float s_sum[MaxRows][kWarps];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n4 = K / 4;
+  const T* delta = static_cast<const T*>(norm.delta);
+  for (int r = 0; r < rows; ++r) {
+    const float* hr = norm.h + (int64_t)r * K;
+    const T* dr = delta ? delta + (int64_t)r * K : nullptr;
+    float ss = 0.f;
+    for (int k4 = threadIdx.x; k4 < n4; k4 += kRmsNormThreads) ss += sum_sq4(residual4(hr, dr, k4));
+    ss = warp_sum(ss);
+    if (lane == 0) s_sum[r][warp] = ss;
+  }
+  __syncthreads();
+  const float4* w4 = reinterpret_cast<const float4*>(norm.weight);
+  for (int i = threadIdx.x; i < rows * vec_per_row; i += kRmsNormThreads) {
+    const int r = i / vec_per_row, v = i % vec_per_row;
+    float total = 0.f;
+#pragma unroll
+    for (int j = 0; j < kWarps; ++j) total += s_sum[r][j];
+    const float inv = rms_inverse(total, K, norm.eps);
+    const float* hr = norm.h + (int64_t)r * K;
+    const T* dr = delta ? delta + (int64_t)r * K : nullptr;
+    const int k4 = (k0 + v * 8) / 4;
+    const float4 x0 = residual4(hr, dr, k4), x1 = residual4(hr, dr, k4 + 1);
+    const uint2 y0 = rms_scaled4<T>(x0, w4[k4], inv), y1 = rms_scaled4<T>(x1, w4[k4 + 1], inv);
+    *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = make_uint4(y0.x, y0.y, y1.x, y1.y);
+    if (write_h) {
+      float4* ho = reinterpret_cast<float4*>(norm.h_out + (int64_t)r * K);
+      ho[k4] = x0;
+      ho[k4 + 1] = x1;
+    }
+  }
 }
 
 }  // namespace cuda

@@ -95,47 +95,6 @@ __host__ __device__ inline Layout layout_of(int rows, int slice_steps) {
   return l;
 }
 
-// Stages A[0 : rows][k0 : k0 + 8 (vec_per_row - 1)] (vec_per_row vectors of 8 per row) into sa as
-// rms_norm(h + delta) * weight (RmsNormInput), writing h + delta of those columns to h_out where
-// `write_h`. Every thread of the block takes part (the row sums are shared).
-template <class T>
-__device__ __forceinline__ void stage_rms_norm(const RmsNormInput& norm, int rows, int K, int k0, int vec_per_row,
-                                               T* sa, int lda, bool write_h) {
-  static_assert(kThreads == cuda::kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
-  __shared__ float s_sum[kMaxDecodeRows][kWarps];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n4 = K / 4;
-  const T* delta = static_cast<const T*>(norm.delta);
-  // Every block needs the whole rows' sums of squares, whichever K slice it stages.
-  for (int r = 0; r < rows; ++r) {
-    const float* hr = norm.h + (int64_t)r * K;
-    const T* dr = delta ? delta + (int64_t)r * K : nullptr;
-    float ss = 0.f;
-    for (int k4 = threadIdx.x; k4 < n4; k4 += kThreads) ss += cuda::sum_sq4(cuda::residual4(hr, dr, k4));
-    ss = cuda::warp_sum(ss);
-    if (lane == 0) s_sum[r][warp] = ss;
-  }
-  __syncthreads();
-  const float4* w4 = reinterpret_cast<const float4*>(norm.weight);
-  for (int i = threadIdx.x; i < rows * vec_per_row; i += kThreads) {
-    const int r = i / vec_per_row, v = i % vec_per_row;
-    float total = 0.f;
-#pragma unroll
-    for (int j = 0; j < kWarps; ++j) total += s_sum[r][j];
-    const float inv = cuda::rms_inverse(total, K, norm.eps);
-    const float* hr = norm.h + (int64_t)r * K;
-    const T* dr = delta ? delta + (int64_t)r * K : nullptr;
-    const int k4 = (k0 + v * 8) / 4;
-    const float4 x0 = cuda::residual4(hr, dr, k4), x1 = cuda::residual4(hr, dr, k4 + 1);
-    const uint2 y0 = cuda::rms_scaled4<T>(x0, w4[k4], inv), y1 = cuda::rms_scaled4<T>(x1, w4[k4 + 1], inv);
-    *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = make_uint4(y0.x, y0.y, y1.x, y1.y);
-    if (write_h) {
-      float4* ho = reinterpret_cast<float4*>(norm.h_out + (int64_t)r * K);
-      ho[k4] = x0;
-      ho[k4 + 1] = x1;
-    }
-  }
-}
-
 // grid (ceil(N / (64 S)), C) in clusters of (1, C); kThreads threads. Block y = its cluster
 // rank = its K slice. U: k16 steps per unit of K the slices are cut in (2, 4 or 8, at most one
 // group: 4 steps for groups of 64, 8 for 128; group_shift = log2 of the latter). A comes
@@ -158,6 +117,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                                  bool silu_up) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(kStages % U == 0, "a ring slot that starts a unit must start one on every pass");
+  static_assert(kThreads == cuda::kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
   extern __shared__ __align__(16) unsigned char smem[];
   const int rows = M;  // <= kMaxDecodeRows
   const Layout L = layout_of(rows, slice_steps_max);
@@ -200,7 +160,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   const int vec_per_row = (bs1 - bs0) * 2;
   if (norm.weight) {
     // The blocks of the first column block, one per K slice, write the updated residual.
-    stage_rms_norm<T>(norm, rows, K, bs0 * 16, vec_per_row, sa, lda, norm.h_out && blockIdx.x == 0);
+    cuda::stage_rms_norm_rows<T, kMaxDecodeRows>(norm, rows, K, bs0 * 16, vec_per_row, sa, lda,
+                                                   norm.h_out && blockIdx.x == 0);
   } else {
     for (int i = threadIdx.x; i < rows * vec_per_row; i += kThreads) {
       const int r = i / vec_per_row, v = i % vec_per_row;

@@ -4,6 +4,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include "cuda/rms_norm_input.h"
+
 namespace vlm {
 
 // Measured on the H200 (docs/benchmarks/gemm.md): faster than the general kernel at M = 1, 2 and 4 on
@@ -17,18 +19,10 @@ bool w4a16_decode_applies(int M, int N, int K, int group);
 cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c,
                               int M, int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up);
 
-// The GEMM's A from the fp32 residual stream: row r of A is the RMSNorm of h[r] + delta[r] (delta,
-// in the act dtype, may be null) scaled by `weight`, bit for bit what cuda::add_rms_norm() writes
-// for rows of up to 8192 elements (its vectorised kernel, rms_norm_row.cuh; longer rows it sums in
-// another order). Where h_out is set, h + delta is also written there (it must not alias h:
-// every block reads all of h). One launch instead of the norm kernel and the GEMM.
-struct RmsNormInput {
-  const float* h;
-  const void* delta;
-  const float* weight;
-  float* h_out;
-  float eps;
-};
+// The GEMM's A from the fp32 residual stream (rms_norm_input.h), bit for bit what
+// cuda::add_rms_norm() writes for rows of up to 8192 elements (its vectorised kernel,
+// rms_norm_row.cuh; longer rows it sums in another order). One launch instead of the norm kernel
+// and the GEMM.
 cudaError_t w4a16_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, const void* scale_zero, void* c,
                                        int M, int N, int K, int group, bool bf16, cudaStream_t stream);
 

@@ -52,6 +52,23 @@ VLM_API int vlm_w4a16_gemm_rms_norm(const float* h, const void* delta, const flo
                                     int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
                                     void* stream);
 
+/* C[M][N] = A[M][K] · W[N][K]ᵀ for dense weights at decode sizes (1 <= M <= 4, K a
+ * multiple of 8), A, W and C row-major in act_dtype (F16 or BF16), fp32 sums: the
+ * kernel the engine runs for unquantized models' decode steps (cuBLAS elsewhere).
+ * a_is_gate_up: A is [M][2K] ([gate | up] rows) and the GEMM reads silu(gate) * up.
+ * a and w 16-byte aligned. Device pointers; asynchronous on `stream`. CUDA builds
+ * only (else VLM_ERR_UNSUPPORTED); VLM_ERR_UNSUPPORTED also where M, K or the GPU's
+ * shared memory rule the kernel out. */
+VLM_API int vlm_dense_decode_gemm(const void* a, const void* w, void* c, int32_t m, int32_t n, int32_t k,
+                                  int32_t act_dtype, int32_t a_is_gate_up, void* stream);
+
+/* The same GEMM with A from an fp32 residual stream, as in vlm_w4a16_gemm_rms_norm:
+ * A[r] = rms_norm(h[r] + delta[r]) * norm_weight, h + delta written to h_out (if not
+ * NULL; not h). h, h_out and norm_weight 16-byte aligned, delta 8. */
+VLM_API int vlm_dense_decode_gemm_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps,
+                                           float* h_out, const void* w, void* c, int32_t m, int32_t n, int32_t k,
+                                           int32_t act_dtype, void* stream);
+
 /* The engine's residual update and RMSNorm: h[r] += delta[r] (delta in
  * act_dtype, or NULL: h unchanged), then out[r] = rms_norm(h[r]) * weight in
  * act_dtype; h and weight fp32 ([rows][hidden], [hidden]). Device pointers;

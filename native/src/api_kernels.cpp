@@ -11,6 +11,7 @@
 
 #include "cuda/cuda_check.cuh"
 #include "cuda/decoder_kernels.h"
+#include "cuda/dense_decode.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
 #include "engine/kv_cache.h"
@@ -89,6 +90,61 @@ int vlm_w4a16_gemm_rms_norm(const float* h, const void* delta, const float* norm
                                                    act_dtype == VLM_DTYPE_BF16, static_cast<cudaStream_t>(stream)));
 #else
     (void)delta, (void)eps, (void)h_out, (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+namespace {
+bool aligned(const void* p, uintptr_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// The shape and dtype rules of the dense decode GEMM, checked before any GPU is asked.
+void check_dense_decode(int32_t m, int32_t n, int32_t k, int32_t act_dtype) {
+  VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+  VLM_CHECK_ARG(m >= 1 && m <= 4, "dense decode GEMM: m must be 1..4, got " << m);
+  VLM_CHECK_ARG(n > 0 && k > 0 && k % 8 == 0, "dense decode GEMM: n must be positive and k a positive multiple of 8, "
+                                               "got n = " << n << ", k = " << k);
+}
+}  // namespace
+
+int vlm_dense_decode_gemm(const void* a, const void* w, void* c, int32_t m, int32_t n, int32_t k, int32_t act_dtype,
+                          int32_t a_is_gate_up, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(a && w && c, "NULL device pointer");
+    check_dense_decode(m, n, k, act_dtype);
+    VLM_CHECK_ARG(aligned(a, 16) && aligned(w, 16), "a and w must be 16-byte aligned");
+#ifdef VLM_HAVE_CUDA
+    VLM_CHECK(vlm::dense_decode_applies(m, n, k), VLM_ERR_UNSUPPORTED,
+              "the dense decode GEMM does not run m = " << m << ", k = " << k << " on this GPU (shared memory), "
+              "or VLM_DENSE_DECODE=0");
+    VLM_CUDA_CHECK(vlm::dense_decode_gemm(a, w, c, m, n, k, act_dtype == VLM_DTYPE_BF16, a_is_gate_up != 0,
+                                          static_cast<cudaStream_t>(stream)));
+#else
+    (void)a_is_gate_up, (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_dense_decode_gemm_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps,
+                                   float* h_out, const void* w, void* c, int32_t m, int32_t n, int32_t k,
+                                   int32_t act_dtype, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(h && norm_weight && w && c, "NULL device pointer");
+    VLM_CHECK_ARG(h_out != h, "h_out must not be h (every block reads all of h)");
+    VLM_CHECK_ARG(eps >= 0.f, "eps must be >= 0");
+    check_dense_decode(m, n, k, act_dtype);
+    VLM_CHECK_ARG(aligned(h, 16) && aligned(norm_weight, 16) && aligned(w, 16) && aligned(h_out, 16) &&
+                      aligned(delta, 8),
+                  "h, h_out, norm_weight and w must be 16-byte aligned, delta 8");
+#ifdef VLM_HAVE_CUDA
+    VLM_CHECK(vlm::dense_decode_applies(m, n, k), VLM_ERR_UNSUPPORTED,
+              "the dense decode GEMM does not run m = " << m << ", k = " << k << " on this GPU (shared memory), "
+              "or VLM_DENSE_DECODE=0");
+    VLM_CUDA_CHECK(vlm::dense_decode_gemm_rms_norm({h, delta, norm_weight, h_out, eps}, w, c, m, n, k,
+                                                   act_dtype == VLM_DTYPE_BF16, static_cast<cudaStream_t>(stream)));
+#else
+    (void)delta, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif
   });

@@ -210,6 +210,9 @@ def _declare(lib: ctypes.CDLL) -> None:
                                      c.c_int32, c.c_int32, c.c_int32, c.c_int32, c.c_void_p, c.c_void_p]),
         "vlm_w4a16_gemm_rms_norm": (c.c_int, [c.c_void_p] * 3 + [c.c_float] + [c.c_void_p] * 4 + [c.c_int32] * 5
                                     + [c.c_void_p]),
+        "vlm_dense_decode_gemm": (c.c_int, [c.c_void_p] * 3 + [c.c_int32] * 5 + [c.c_void_p]),
+        "vlm_dense_decode_gemm_rms_norm": (c.c_int, [c.c_void_p] * 3 + [c.c_float] + [c.c_void_p] * 3
+                                           + [c.c_int32] * 4 + [c.c_void_p]),
         "vlm_add_rms_norm": (c.c_int, [c.c_void_p] * 3 + [c.c_float, c.c_void_p] + [c.c_int32] * 3 + [c.c_void_p]),
         "vlm_argmax_rows_workspace_bytes": (c.c_int, [c.c_int32, c.c_int32, c.POINTER(c.c_int64)]),
         "vlm_argmax_rows": (c.c_int, [c.c_void_p, c.c_int32, c.c_int32, c.c_void_p, c.c_void_p, c.c_void_p,

@@ -85,6 +85,43 @@ def w4a16_gemm_rms_norm(h, delta, norm_weight, eps: float, packed, scale_zero, n
     return out
 
 
+def dense_decode_gemm(a, w, gate_up_input: bool = False, out=None):
+    """a [M, K] (or [M, 2K] of [gate | up] rows with gate_up_input: the GEMM reads silu(gate) * up) and
+    w [N, K], fp16/bf16 CUDA tensors, M <= 4 -> a · wᵀ [M, N] on torch's current stream
+    (vlm_dense_decode_gemm, the unquantized models' decode-size GEMM)."""
+    import torch
+
+    m, n, k = a.shape[0], w.shape[0], w.shape[1]
+    if a.dtype != w.dtype or a.shape[1] != (2 * k if gate_up_input else k) or not (a.is_contiguous() and
+                                                                                  w.is_contiguous()):
+        raise InvalidArgumentError(f"dense_decode_gemm takes contiguous a [M, {'2K' if gate_up_input else 'K'}] and "
+                                   f"w [N, K] of one dtype, got a {tuple(a.shape)} {a.dtype}, w {tuple(w.shape)} "
+                                   f"{w.dtype}")
+    if out is None:
+        out = torch.empty(m, n, dtype=a.dtype, device=a.device)
+    check(_native.lib().vlm_dense_decode_gemm(a.data_ptr(), w.data_ptr(), out.data_ptr(), m, n, k,
+                                              _act_dtype(a.dtype == torch.bfloat16), int(gate_up_input),
+                                              _stream(a.device)))
+    return out
+
+
+def dense_decode_gemm_rms_norm(h, delta, norm_weight, eps: float, w, h_out=None, out=None):
+    """rms_norm(h + delta) * norm_weight · wᵀ in one launch (vlm_dense_decode_gemm_rms_norm): h and
+    norm_weight float32 CUDA tensors ([M, K], [K]), delta [M, K] in w's dtype or None, w [N, K];
+    h + delta is written to h_out where given. Returns out [M, N] in w's dtype."""
+    import torch
+
+    m, k = h.shape
+    n = w.shape[0]
+    if out is None:
+        out = torch.empty(m, n, dtype=w.dtype, device=h.device)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    check(_native.lib().vlm_dense_decode_gemm_rms_norm(
+        h.data_ptr(), ptr(delta), norm_weight.data_ptr(), eps, ptr(h_out), w.data_ptr(), out.data_ptr(), m, n, k,
+        _act_dtype(w.dtype == torch.bfloat16), _stream(h.device)))
+    return out
+
+
 def add_rms_norm(h, delta, weight, eps: float, out=None, dtype=None):
     """The engine's residual update and norm (vlm_add_rms_norm): h float32 [rows, hidden] CUDA tensor,
     updated in place to h + delta (delta in the act dtype, or None); returns rms_norm(h) * weight in the

@@ -259,3 +259,19 @@ def test_kernel_entry_points_check_their_arguments_before_the_device():
                                           _native.DTYPE_F16, None))
     with pytest.raises(InvalidArgumentError, match="eps"):
         check(lib.vlm_add_rms_norm(dev, None, dev, -1.0, dev, 1, 64, _native.DTYPE_F16, None))
+    F16 = _native.DTYPE_F16
+    with pytest.raises(InvalidArgumentError, match="m must be 1..4, got 5"):
+        check(lib.vlm_dense_decode_gemm(dev, dev, dev, 5, 64, 256, F16, 0, None))
+    with pytest.raises(InvalidArgumentError, match="multiple of 8, got n = 64, k = 250"):
+        check(lib.vlm_dense_decode_gemm(dev, dev, dev, 1, 64, 250, F16, 0, None))
+    with pytest.raises(InvalidArgumentError, match="act_dtype"):
+        check(lib.vlm_dense_decode_gemm(dev, dev, dev, 1, 64, 256, 99, 0, None))
+    with pytest.raises(InvalidArgumentError, match="NULL device pointer"):
+        check(lib.vlm_dense_decode_gemm(dev, None, dev, 1, 64, 256, F16, 0, None))
+    with pytest.raises(InvalidArgumentError, match="16-byte aligned"):
+        check(lib.vlm_dense_decode_gemm(ctypes.c_void_p(0x1002), dev, dev, 1, 64, 256, F16, 0, None))
+    with pytest.raises(InvalidArgumentError, match="must not be h"):
+        check(lib.vlm_dense_decode_gemm_rms_norm(dev, None, dev, 1e-6, dev, dev, dev, 1, 64, 256, F16, None))
+    with pytest.raises(InvalidArgumentError, match="delta 8"):
+        check(lib.vlm_dense_decode_gemm_rms_norm(dev, ctypes.c_void_p(0x1004), dev, 1e-6, None, dev, dev, 1, 64,
+                                                 256, F16, None))
