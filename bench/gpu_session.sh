@@ -33,10 +33,14 @@
 #                 (VLM_ATTENTION_MIN_KEYS_PER_SPLIT; the tensor-core kernel's default was 128 when it ran, now 64)
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
+#   serve_variants model (a) plain w4a16 and w4a16 + int4 KV, each with vision batch 16 and 1, at concurrency 1/16
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (JPEG, two processes; needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
 #   serve_leads   the same at 1/64/256 with JPEG requests in one process, then PNG requests to two processes
+#   stages16      the decode-size w4a16 kernel with 16 ring stages a warp instead of 8 (a second build, build-gpu16):
+#                 bench/gemm at M = 1/4 and 2B w4a16 + int8 KV decode at batch 1/16/64 with each build, then the
+#                 decode-kernel tests on the 16-stage build
 #   dense_check   the dense decode kernel's tests and compute-sanitizer on them, then 2B fp16 + int8 KV at batch 1
 #   dense         the dense decode kernel (fp16/bf16 weights, M <= 4): its tests and compute-sanitizer on them,
 #                 bench/gemm at M = 1 and 4, 2B fp16 weights + int8 KV decode at batch 1 and 4 with it and with
@@ -148,6 +152,20 @@ prefill() {  # prefill time of the same batches with each form of the prefill at
         for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_$form.json" $form
   done
 }
+stages16() {
+  cmake -S . -B build-gpu16 -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF \
+    -DCMAKE_CUDA_FLAGS=-DVLM_W4A16_DECODE_STAGES=16 >/dev/null &&
+    cmake --build build-gpu16 -j "$(nproc)" | grep -E "error|warning"
+  test -f build-gpu16/libvlmcore.so || return 1
+  for b in build-gpu build-gpu16; do
+    echo "-- $b"
+    VLMSERVE_LIB=$PWD/$b/libvlmcore.so python3 bench/gemm.py --ms 1,4 --out-dir "$RES/gemm_$b" | grep -E "^\| [27]B"
+    VLMSERVE_LIB=$PWD/$b/libvlmcore.so python3 bench/decode.py --models 2b --weights w4a16 --kv int8 \
+      --batches 1,16,64 --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_$b.json" | tail -n 3
+  done
+  VLMSERVE_LIB=$PWD/build-gpu16/libvlmcore.so python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py \
+    tests/kernels/test_w4a16_rms_norm.py
+}
 dense_tests() {
   python3 -m pytest -q -m gpu tests/kernels/test_dense_decode.py
   compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -m gpu tests/kernels/test_dense_decode.py \
@@ -252,6 +270,12 @@ serve_c1() {
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1 --out-dir "$RES/serve" \
     --stem internvl-2b-h200-c1 2>&1 | grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
 }
+serve_variants() {
+  serve_site || return 1
+  python3 bench/serve.py --model-name internvl-2b --variants w4a16,w4a16-kv4 --vision-batch 16,1 --output-tokens 128 \
+    --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
+    --stem internvl-2b-h200-variants 2>&1 | grep -E "^\[serve\] .*(c=|failed)|rror" | tail -n 40
+}
 serve_compare() {  # fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers at batch 16, same run
   serve_site || return 1
   python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 --vision-batch 16 --output-tokens 128 \
@@ -286,12 +310,13 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step tests 300
 step dtests 200
 step dense 420
+step stages16 480
 step dense_check 240
 step ktests 200
 step serve 420
@@ -305,6 +330,7 @@ step quick 150
 step trace64 120
 step ncu_attn 150
 step serve_compare 330
+step serve_variants 400
 step attn_ab 200
 step decode_table 240
 step attn_b1 100

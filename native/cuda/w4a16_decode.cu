@@ -57,7 +57,12 @@ using w4a16::GroupParams;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 8;           // steps (512 B of weights each) in flight per warp
+// Steps (512 B of weights each) in flight per warp; a build-time knob for tuning (a multiple of 8,
+// the longest unit), e.g. -DCMAKE_CUDA_FLAGS=-DVLM_W4A16_DECODE_STAGES=16 (bench/gpu_session.sh stages16).
+#ifndef VLM_W4A16_DECODE_STAGES
+#define VLM_W4A16_DECODE_STAGES 8
+#endif
+constexpr int kStages = VLM_W4A16_DECODE_STAGES;
 constexpr int kMaxCluster = 8;       // the portable cluster size
 constexpr int kMaxStrips = 4;        // strips per block (S)
 constexpr int kSmemPad = 8;          // halves per staged A row: ldmatrix rows in distinct banks
