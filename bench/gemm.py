@@ -175,7 +175,7 @@ def main() -> None:
     lines = [f"# w4a16 GEMM: vlmserve vs torch fp16 (cuBLAS) and torch int4 (tinygemm)", "",
              f"- Device: {device}; measured HBM bandwidth {bw / 1e12:.2f} TB/s (copy, read + write)",
              f"- Date: {date}; torch {torch.__version__}",
-             f"- Command: `python bench/gemm.py{' --quick' if a.quick else ''}`",
+             f"- Command: `{' '.join(['python bench/gemm.py'] + sys.argv[1:])}`",
              f"- Method: weights rotated over > 200 MB, {CALLS} calls per CUDA graph, median of {REPLAYS} replays; "
              f"group size {GROUP}; fp16 activations (torch int4 takes bf16)",
              f"- Ours is the engine's path: the w4a16 kernel below {DEQUANT_GEMM_MIN_ROWS} rows; from there the layer is "
