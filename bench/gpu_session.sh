@@ -12,7 +12,7 @@
 #                 kernels; dtests, the decode-size kernel and its fused norm; ktests, the attention,
 #                 norm and argmax kernels; etests, the engine against the CPU backend)
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
-#   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0
+#   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   decode_new    2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0
 #   decode_table  2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers
 #   decode_7b     7B w4a16 + int8 KV at batch 1
@@ -140,6 +140,9 @@ wtests() {  # the w4a16 kernels alone
 }
 etests() {  # the engine on the GPU against the CPU backend
   python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py
+}
+gemm_full() {  # bench/gemm at every M of the targets (1, 16, 64, 256, 2048), one run
+  python3 bench/gemm.py --out-dir "$RES/gemm_full" | grep -E "^- M"
 }
 gemm_new() {
   python3 bench/gemm.py --ms 1,16 --out-dir "$RES/gemm" | grep -E "^\| |^- M"
@@ -310,7 +313,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step tests 300
@@ -323,6 +326,7 @@ step serve 420
 step serve_leads 500
 step wtests 120
 step gemm_new 120
+step gemm_full 300
 step etests 120
 step prefill 200
 step trace 200
