@@ -54,27 +54,47 @@ constexpr int kSmemPad = 8;                   // halves per A row: keeps ldmatri
 constexpr int kUnroll = 4;                    // k16 steps whose weights are in flight together (8 for M <= 16)
 constexpr int kMaxSmem = 160 * 1024;          // A slice staged per block (Hopper/Ampere allow more)
 
-// W [N][K] row-major in T from the packed layout: one warp per (strip, k16 step), with the GEMM's own
-// fragment dequantization, so the values are bit for bit those its tensor cores multiply.
+// W [N][K] row-major in T from the packed layout, with the GEMM's own fragment dequantization, so the
+// values are bit for bit those its tensor cores multiply. One warp per (strip, kDequantSteps k16 steps):
+// the fragments scatter 4-byte pieces over 8 rows, so the warp stages its 64 rows x 64 weights in
+// shared memory and writes each row's 128 bytes whole (a full cache line per row instead of 16-byte
+// pieces: the engine writes and re-reads the whole layer this way for every prefill-sized GEMM).
+constexpr int kDequantSteps = 4;                       // K is a multiple of 64 (groups of 64 or 128)
+constexpr int kDequantLd = kDequantSteps * 16 + 8;     // halves per staged row: rows 4 banks apart
 template <class T>
 __global__ void dequant_kernel(const uint4* __restrict__ w, const uint4* __restrict__ sz, T* __restrict__ out, int N,
                                int K, int group) {
-  const int64_t item = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32, ksteps = K / 16;
-  if (item >= (int64_t)(N / kW4StripN) * ksteps) return;
-  const int strip = (int)(item / ksteps), step = (int)(item % ksteps);
-  const uint4 wv = load_streaming(w + item * 32 + lane);
-  const GroupParams gp = load_group(sz + (int64_t)strip * (K / group) * 16 + (lane / 4) +
-                                    (int64_t)(step * 16 / group) * 16);
-  uint32_t b[8][2];
-  dequant_fragments<T>(wv, gp, b);
-  const int k = step * 16 + 2 * (lane % 4);
+  __shared__ __align__(16) T staged[kWarps][kW4StripN * kDequantLd];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int ksteps = K / 16, chunks = ksteps / kDequantSteps;
+  const int64_t item = (int64_t)blockIdx.x * kWarps + warp;
+  if (item >= (int64_t)(N / kW4StripN) * chunks) return;  // no block-wide barrier below
+  const int strip = (int)(item / chunks), step0 = (int)(item % chunks) * kDequantSteps;
+  uint4 wv[kDequantSteps];
+  GroupParams gp[kDequantSteps];
 #pragma unroll
-  for (int tile = 0; tile < 8; ++tile) {
-    T* row = out + (int64_t)(strip * kW4StripN + tile * 8 + lane / 4) * K + k;
-    *reinterpret_cast<uint32_t*>(row) = b[tile][0];
-    *reinterpret_cast<uint32_t*>(row + 8) = b[tile][1];
+  for (int s = 0; s < kDequantSteps; ++s) {  // every load in flight before the first is used
+    wv[s] = load_streaming(w + ((int64_t)strip * ksteps + step0 + s) * 32 + lane);
+    gp[s] = load_group(sz + (int64_t)strip * (K / group) * 16 + (lane / 4) + (int64_t)((step0 + s) * 16 / group) * 16);
   }
+  T* t = staged[warp];
+#pragma unroll
+  for (int s = 0; s < kDequantSteps; ++s) {
+    uint32_t b[8][2];
+    dequant_fragments<T>(wv[s], gp[s], b);
+#pragma unroll
+    for (int tile = 0; tile < 8; ++tile) {
+      T* row = t + (tile * 8 + lane / 4) * kDequantLd + s * 16 + 2 * (lane % 4);
+      *reinterpret_cast<uint32_t*>(row) = b[tile][0];
+      *reinterpret_cast<uint32_t*>(row + 8) = b[tile][1];
+    }
+  }
+  __syncwarp();
+  // 8 lanes a row, 16 bytes each: four whole rows per store instruction.
+  T* dst = out + (int64_t)strip * kW4StripN * K + step0 * 16 + (lane % 8) * 8;
+#pragma unroll 4
+  for (int r = lane / 8; r < kW4StripN; r += 4)
+    *reinterpret_cast<uint4*>(dst + (int64_t)r * K) = *reinterpret_cast<const uint4*>(t + r * kDequantLd + (lane % 8) * 8);
 }
 
 // grid: (ceil(N / 256), splits, ceil(M / rows)) with rows = 8 swapped, 16 * MT otherwise; block: 128 threads.
@@ -424,7 +444,7 @@ cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void*
 
 cudaError_t w4a16_dequantize(const void* w, const void* sz, void* out, int N, int K, int group, bool bf16,
                              cudaStream_t stream) {
-  const int64_t warps = (int64_t)(N / kW4StripN) * (K / 16);
+  const int64_t warps = (int64_t)(N / kW4StripN) * (K / 16 / kDequantSteps);
   const unsigned blocks = (unsigned)((warps + kWarps - 1) / kWarps);
   if (bf16)
     dequant_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(
