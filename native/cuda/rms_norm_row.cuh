@@ -1,9 +1,9 @@
 // The RMSNorm of a residual row, shared by the norm kernel (decoder_kernels.cu)
 // and the prologues of the decode-size GEMMs (w4a16_decode.cu, dense_decode.cu),
 // which fold the norm into the GEMM that consumes it: one definition, so all
-// produce the same bits. The order is part of the definition: 256 threads, thread t adds the
-// squares of float4 elements t, t + 256, ... in turn, the warps' sums are then
-// added in warp order.
+// produce the same bits. The order is part of the definition: 256 threads,
+// thread t adds the squares of float4 elements t, t + 256, ... in turn, the
+// warps' sums are then added in warp order.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
