@@ -23,11 +23,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <map>
 
 #include "cuda/dense_decode.h"
 #include "cuda/dependent_launch.cuh"
+#include "cuda/env_int.h"
 #include "cuda/device_query.h"
 #include "cuda/rms_norm_row.cuh"
 #include "cuda/w4a16_fragments.cuh"
@@ -138,11 +138,6 @@ void (*kernel_for())(const T*, const uint4*, T*, RmsNormInput, int, int, bool) {
   return dense_decode_kernel<T, M>;
 }
 
-int env_int(const char* name, int fallback) {
-  const char* e = std::getenv(name);
-  return e && *e ? std::atoi(e) : fallback;
-}
-
 // The most dynamic shared memory a block may take on this GPU (0 if the query fails): the opt-in
 // limit less room for the kernel's static shared memory (the norm's row sums).
 int smem_limit() {
@@ -210,7 +205,7 @@ cudaError_t launch(const void* a, const void* w, void* c, const RmsNormInput& no
 }  // namespace
 
 bool dense_decode_applies(int M, int N, int K) {
-  static const bool enabled = env_int("VLM_DENSE_DECODE", 1) != 0;
+  static const bool enabled = cuda::env_int("VLM_DENSE_DECODE", 1) != 0;
   return enabled && M >= 1 && M <= kDenseDecodeMaxRows && N >= 1 && K >= 8 && K % 8 == 0 &&
          (int64_t)M * K * 2 <= smem_limit();
 }

@@ -37,13 +37,13 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <tuple>
 
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
+#include "cuda/env_int.h"
 #include "cuda/device_query.h"
 #include "cuda/rms_norm_row.cuh"
 #include "cuda/w4a16_decode.h"
@@ -310,11 +310,6 @@ cudaError_t grant_smem() {
   return e;
 }
 
-int env_int(const char* name, int fallback) {
-  const char* e = std::getenv(name);
-  return e && *e ? std::atoi(e) : fallback;
-}
-
 // Blocks of the (fp16, 8-step unit) kernel that one SM holds with `smem` bytes each.
 int resident_blocks(int smem) {
   thread_local std::map<int, int> cache;
@@ -357,7 +352,7 @@ int resident_clusters(int smem, int C) {
 }
 
 // Hopper code present (clusters; older PTX leaves the kernel's body empty) and VLM_W4A16_DECODE not 0.
-bool decide_supported() { return env_int("VLM_W4A16_DECODE", 1) != 0 && cuda::hopper_code_runs(); }
+bool decide_supported() { return cuda::env_int("VLM_W4A16_DECODE", 1) != 0 && cuda::hopper_code_runs(); }
 
 struct Plan {
   bool ok;
@@ -373,7 +368,7 @@ struct Plan {
 Plan make_plan_uncached(int M, int N, int K, int group) {
   Plan p{};
   const int rows = M, strips = N / kW4StripN, ksteps = K / 16, gsteps = group / 16;
-  const int force_s = env_int("VLM_W4A16_DECODE_S", 0), force_c = env_int("VLM_W4A16_DECODE_C", 0);
+  const int force_s = cuda::env_int("VLM_W4A16_DECODE_S", 0), force_c = cuda::env_int("VLM_W4A16_DECODE_C", 0);
   for (int S : {4, 2, 1}) {
     if (force_s && S != force_s) continue;
     const int blocks_n = (strips + S - 1) / S, kw = kWarps / S;
