@@ -180,7 +180,7 @@ def main() -> None:
              f"group size {GROUP}; fp16 activations (torch int4 takes bf16)",
              f"- Ours is the engine's path: the w4a16 kernel below {DEQUANT_GEMM_MIN_ROWS} rows; from there the layer is "
              f"dequantized (vlm_w4a16_dequantize) into a scratch matrix and multiplied by cuBLAS (here through torch), "
-             f"both inside the timed graph", "",
+             f"both inside the timed graph",
              f"- Our fp16: the dense decode kernel (vlm_dense_decode_gemm) on the same fp16 weights, up to "
              f"{DENSE_DECODE_MAX_ROWS} rows (the engine runs it for unquantized models' one-row steps)", "",
              "| layer | M | torch fp16 µs | torch int4 µs | ours µs | our path | w4a16 kernel µs | × fp16 | × int4 "
