@@ -18,11 +18,18 @@ from conftest import variants
 from vlmserve.services import protos
 
 LAUNCH = "import sys; from vlmserve.cli import main; sys.exit(main())"
+# The same command with every vision forward taking 2 s longer (it runs on the batcher's forward thread, so
+# the event loop, and with it the signal handler, stays free): a request is then surely in flight when
+# SIGTERM arrives, however loaded the machine (a lone request no longer waits out the batch window).
+LAUNCH_SLOW_FORWARD = (
+    "import sys, time; from vlmserve.vision.encoder import VisionEncoder; forward = VisionEncoder.forward; "
+    "VisionEncoder.forward = lambda self, *a, **k: (time.sleep(2), forward(self, *a, **k))[1]; "
+    "from vlmserve.cli import main; sys.exit(main())")
 
 
-def _start(model_dir, *flags) -> tuple[subprocess.Popen, int, list]:
+def _start(model_dir, *flags, launch: str = LAUNCH) -> tuple[subprocess.Popen, int, list]:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-c", LAUNCH, "serve", "vision", str(model_dir), "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-c", launch, "serve", "vision", str(model_dir), "--host", "127.0.0.1",
                              "--port", "0", "--metrics-port", "-1", *flags],
                             stderr=subprocess.PIPE, text=True, env=env)
     lines: list[dict] = []
@@ -54,10 +61,9 @@ def _start(model_dir, *flags) -> tuple[subprocess.Popen, int, list]:
 
 
 def test_sigterm_drains_the_stream_in_flight(vlm_dir):
-    # A long batch window holds the request inside the server for 1 s: it is surely in flight
-    # when SIGTERM arrives.
+    # Forwards slowed by 2 s (LAUNCH_SLOW_FORWARD): the request is surely in flight when SIGTERM arrives.
     proc, port, logs = _start(vlm_dir("llava"), "--shutdown-timeout", "30", "--max-images-per-request", "32",
-                              "--vision-batch-window-ms", "1000")
+                              launch=LAUNCH_SLOW_FORWARD)
     try:
         pb = protos.vision()
         images = [vc.image_input(d) for d in variants(32)]
