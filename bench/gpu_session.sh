@@ -13,7 +13,7 @@
 #                 norm and argmax kernels; etests, the engine against the CPU backend)
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
-#   dequant       the w4a16 dequantization's exactness test, then bench/gemm at M = 256 and 2048 on four layers
+#   dequant       the w4a16 dequantization's exactness test, then bench/gemm at M = 256 and 2048 on every layer
 #   decode_new    2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0
 #   decode_table  2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers
 #   decode_7b     7B w4a16 + int8 KV at batch 1
@@ -144,8 +144,7 @@ etests() {  # the engine on the GPU against the CPU backend
 }
 dequant() {  # the w4a16 dequantization (prefill-sized GEMMs' first half): its exactness test, then bench/gemm at 256/2048
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py -k dequantize
-  python3 bench/gemm.py --ms 256,2048 --layers 2B.gate_up,2B.down,7B.gate_up,7B.down --out-dir "$RES/gemm_dequant" |
-    grep -E "^\| "
+  python3 bench/gemm.py --ms 256,2048 --out-dir "$RES/gemm_dequant" | grep -E "^\| |^- M"
 }
 gemm_full() {  # bench/gemm at every M of the targets (1, 16, 64, 256, 2048), one run
   python3 bench/gemm.py --out-dir "$RES/gemm_full" | grep -E "^- M"
@@ -322,7 +321,7 @@ export RES
 export -f dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
-step dequant 120
+step dequant 200
 step tests 300
 step dtests 200
 step dense 420
