@@ -32,6 +32,9 @@
 #                 (VLM_DECODE_ATTENTION_MMA=0), then the tensor-core one with 4 and 2 attention blocks per SM
 #   attn_b1       2B w4a16 + int8 KV decode at batch 1 with 64 and 256 keys per attention slice
 #                 (VLM_ATTENTION_MIN_KEYS_PER_SPLIT; the tensor-core kernel's default was 128 when it ran, now 64)
+#   rope          RoPE and the K/V write inside the decode attention: compute-sanitizer on its bit-identity test
+#                 (one shape; etests runs every shape), and 2B w4a16 + int8 KV decode at batch 1/16/64 without and with it
+#   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
 #   serve_variants model (a) plain w4a16 and w4a16 + int4 KV, each with vision batch 16 and 1, at concurrency 1/16
@@ -272,6 +275,20 @@ attn_b1() {
       --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_minkeys$k.json" | tail -n 2
   done
 }
+rope() {  # RoPE and the K/V write inside the decode attention: compute-sanitizer on one shape of its bit-identity
+  # test (etests runs them all), then 2B w4a16 + int8 KV decode at batch 1/16/64 without (VLM_ROPE_IN_ATTENTION=0)
+  # and with it
+  compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 python3 -m pytest -q -m gpu \
+    tests/engine/test_cuda_backend.py -k "rope_inside and group4" | tail -n 3
+  for f in 0 1; do
+    VLM_ROPE_IN_ATTENTION=$f python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 \
+      --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_rope$f.json" | tail -n 3
+  done
+}
+pyenv() {  # which optional image packages the device image has
+  python3 -c "import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ['torchvision', 'cv2', 'simplejpeg', 'turbojpeg', 'PIL']})"
+  python3 -c "import PIL; print('pillow', PIL.__version__)"
+}
 serve_c1() {
   serve_site || return 1
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
@@ -318,9 +335,11 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
+step pyenv 30
+step rope 300
 step dequant 200
 step tests 300
 step dtests 200

@@ -234,11 +234,20 @@ bool decode_attention_supports(int num_heads, const KvView& c) {
          group * c.kv_heads == num_heads;
 }
 
+bool decode_attention_writes_kv(ActType act, int num_heads, const KvView& cache) {
+  static const bool enabled = [] {
+    const char* e = std::getenv("VLM_ROPE_IN_ATTENTION");
+    return !(e && e[0] == '0');
+  }();
+  return enabled && decode_attention_supports(num_heads, cache) && decode_attention_mma_applies(act, num_heads, cache);
+}
+
 cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                              int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
-                             int* arrivals, cudaStream_t stream) {
+                             int* arrivals, cudaStream_t stream, const RopeSource* rope) {
   if (rows == 0) return cudaSuccess;
   if (!decode_attention_supports(num_heads, cache)) return cudaErrorInvalidValue;
+  if (rope && !decode_attention_writes_kv(act, num_heads, cache)) return cudaErrorInvalidValue;
   const Split sp = plan_split(rows, cache.kv_heads, max_context, num_sms, 64);
   float* partial = static_cast<float*>(workspace);
   if (sp.splits > 1 && (partial == nullptr || arrivals == nullptr)) return cudaErrorInvalidValue;
@@ -255,7 +264,7 @@ cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMe
                                                       : std::min(resident, split_blocks_per_sm());
     const Split msp = plan_split_for(rows, cache.kv_heads, max_context, num_sms, 64, per_sm, mma_min_keys_per_split());
     return decode_attention_mma(q, out, meta, rows, num_heads, sliding_window, cache, msp.splits, partial, arrivals,
-                                stream);
+                                rope, stream);
   }
   return act == ActType::F16
              ? by_cache<__half>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, cache, sp, stream)

@@ -25,6 +25,11 @@
 //    [32 t, 32 t + 32) of head g.
 //  - Each lane's loads of the next tile are in flight while the current one is computed (202 registers:
 //    two blocks an SM, which the split plan counts with).
+//  - With RoPE inside (the engine's decode steps; rope_and_cache_write() does not run): q comes straight
+//    from the stacked q/k/v GEMM's output and is rotated here, and the block whose slice holds the row's
+//    own position writes that position's K (rotated) and V rows into the cache before it loads a tile.
+//    One launch and one wait for a finished kernel fewer per layer; the rotation and the row's
+//    quantization are the RoPE kernel's own functions (rope_kv_write.cuh), so the bits are the same.
 #include <cuda_fp16.h>
 
 #include <cstdlib>
@@ -34,6 +39,7 @@
 #include "cuda/decode_attention_mma.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/kv_rows.cuh"
+#include "cuda/rope_kv_write.cuh"
 #include "vlmcore.h"
 
 namespace vlm {
@@ -78,16 +84,19 @@ struct TileRegs {
   uint32_t ksz[4], vsz[4];  // (scale, zero) of key lane_key(t, i)
 };
 
-// grid (rows, kv_heads, splits), kThreads threads; G query heads per KV head (1, 2, 4 or 8).
-template <int G>
+// grid (rows, kv_heads, splits), kThreads threads; G query heads per KV head (1, 2, 4 or 8). ROPE: q is
+// the q/k/v GEMM's output (rows of num_heads + 2 kv_heads heads), rotated here with inv_freq, and this
+// step's K/V rows are written here (see the top of the file); otherwise q is rotated already.
+template <int G, bool ROPE>
 __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __half* __restrict__ q,
                                                                          __half* __restrict__ out,
                                                                          float* __restrict__ partial,
                                                                          int* __restrict__ arrivals, StepMeta meta,
                                                                          int num_heads, int sliding_window, KvView c,
-                                                                         Split sp) {
+                                                                         Split sp, const float* __restrict__ inv_freq) {
   __shared__ __align__(16) float s_acc[kWarps][G][kHeadDim];
   __shared__ float s_m[kWarps][G], s_l[kWarps][G];
+  __shared__ float s_cos[ROPE ? kHeadDim / 2 : 1], s_sin[ROPE ? kHeadDim / 2 : 1];
   const int r = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   // The row's keys [lo, pos] in tiles of 16, cut into sp.splits runs of whole tiles.
@@ -104,12 +113,42 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   const uint32_t* ksz = static_cast<const uint32_t*>(c.k_sz);
   const uint32_t* vsz = static_cast<const uint32_t*>(c.v_sz);
 
-  // The step's metadata was uploaded before its first kernel: read before waiting for the kernels that
-  // write q and this step's cache rows.
+  // The step's metadata was uploaded before its first kernel (and inv_freq at load): read before waiting
+  // for the kernels that write q and this step's cache rows.
   int tile = t0 + warp;
   int32_t blk = tile < t1 ? table[(tile * kTile) >> shift] : 0;
+  const int64_t q_row = (int64_t)r * (ROPE ? num_heads + 2 * c.kv_heads : num_heads) * kHeadDim;
+  if constexpr (ROPE) {
+    // The row's angles, as rope_cache_kernel takes them.
+    if (threadIdx.x < kHeadDim / 2) sincosf((float)pos * inv_freq[threadIdx.x], &s_sin[threadIdx.x], &s_cos[threadIdx.x]);
+    __syncthreads();
+  }
   pdl_wait();
   pdl_allow_next();
+  if constexpr (ROPE) {
+    // The slice holding the row's own position writes its K and V rows (warps 0 and 1: lane holds
+    // dims lane + 32 e, whose rotation partner is e ± 2 of the same lane) before any of its warps loads
+    // that tile; the barrier makes the stores visible to the block's loads.
+    if (t0 <= tile_hi && tile_hi < t1) {
+      if (warp < 2) {
+        const __half* src = q + q_row + (int64_t)(num_heads + warp * c.kv_heads + kvh) * kHeadDim;
+        float x[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) x[e] = __half2float(src[lane + 32 * e]);
+        if (warp == 0) {
+          float y[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            y[e] = rope_rotate(x[e], x[e ^ 2], s_cos[lane + 32 * (e & 1)], s_sin[lane + 32 * (e & 1)], e < 2);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) x[e] = y[e];
+        }
+        const int64_t row = cache_row(c, meta.slots[r], kvh);
+        store_kv_row<4>(c, warp == 0 ? c.k : c.v, warp == 0 ? c.k_sz : c.v_sz, row, x, lane);
+      }
+      __syncthreads();
+    }
+  }
 
   // Keys outside [first, last] of a tile load the nearest key in it (the same cache block), so every
   // loaded value is finite; their scores are masked below.
@@ -142,20 +181,35 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   uint32_t qa[16];
   float qsum = 0.f;
   if (g < G) {
-    const uint4* qp = reinterpret_cast<const uint4*>(q + ((int64_t)r * num_heads + kvh * G + g) * kHeadDim + 32 * t);
+    const uint4* qp = reinterpret_cast<const uint4*>(q + q_row + (int64_t)(kvh * G + g) * kHeadDim + 32 * t);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint4 u = qp[i];
       qa[4 * i] = u.x, qa[4 * i + 1] = u.y, qa[4 * i + 2] = u.z, qa[4 * i + 3] = u.w;
     }
+  } else {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) qa[i] = 0u;
+  }
+  if constexpr (ROPE) {
+    // Dim d = 32 t + 2 i + h pairs with d ± 64: the same word of lane t ^ 2 (the same head g). Rounded to
+    // fp16 as rope_cache_kernel stores q.
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const float2 x = half2_bits_to_float2(qa[i]);
+      const float2 p = half2_bits_to_float2(__shfl_xor_sync(0xffffffffu, qa[i], 2));
+      const int a = 32 * (t & 1) + 2 * i;  // the angle of dim d is that of d mod 64
+      const __half2 y = __floats2half2_rn(rope_rotate(x.x, p.x, s_cos[a], s_sin[a], t < 2),
+                                          rope_rotate(x.y, p.y, s_cos[a + 1], s_sin[a + 1], t < 2));
+      if (g < G) qa[i] = *reinterpret_cast<const uint32_t*>(&y);
+    }
+  }
+  if (g < G) {
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
       const float2 f = half2_bits_to_float2(qa[i]);
       qsum += f.x + f.y;
     }
-  } else {
-#pragma unroll
-    for (int i = 0; i < 16; ++i) qa[i] = 0u;
   }
   qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);  // the four lanes of head g hold a quarter each
   qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
@@ -254,16 +308,24 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
 
 template <int G>
 cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
-                   int num_heads, int sliding_window, const KvView& c, Split sp, cudaStream_t stream) {
-  return launch_dependent(decode_attention_mma_kernel<G>, dim3(rows, c.kv_heads, sp.splits), dim3(kThreads), 0, stream,
+                   int num_heads, int sliding_window, const KvView& c, Split sp, const RopeSource* rope,
+                   cudaStream_t stream) {
+  const dim3 grid(rows, c.kv_heads, sp.splits);
+  if (rope)
+    return launch_dependent(decode_attention_mma_kernel<G, true>, grid, dim3(kThreads), 0, stream,
+                            static_cast<const __half*>(rope->qkv), static_cast<__half*>(out), partial, arrivals, meta,
+                            num_heads, sliding_window, c, sp, rope->inv_freq);
+  return launch_dependent(decode_attention_mma_kernel<G, false>, grid, dim3(kThreads), 0, stream,
                           static_cast<const __half*>(q), static_cast<__half*>(out), partial, arrivals, meta, num_heads,
-                          sliding_window, c, sp);
+                          sliding_window, c, sp, static_cast<const float*>(nullptr));
 }
 
+// The form with RoPE inside holds the more registers (the split plan counts blocks per SM with it).
 template <int G>
 int resident() {
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_mma_kernel<G>, kThreads, 0) != cudaSuccess) {
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_mma_kernel<G, true>, kThreads, 0) !=
+      cudaSuccess) {
     cudaGetLastError();  // not sticky: leave no error for the next call to find
     n = 0;
   }
@@ -290,13 +352,13 @@ int decode_attention_mma_blocks_per_sm(int group) {
 
 cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                                  int sliding_window, const KvView& c, int splits, float* partial, int* arrivals,
-                                 cudaStream_t stream) {
+                                 const RopeSource* rope, cudaStream_t stream) {
   const Split sp{splits, 0};  // the kernel cuts each row's own keys into tiles; a fixed chunk is not used
   switch (num_heads / c.kv_heads) {
-    case 1: return launch<1>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case 2: return launch<2>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case 4: return launch<4>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
-    case 8: return launch<8>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, stream);
+    case 1: return launch<1>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope, stream);
+    case 2: return launch<2>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope, stream);
+    case 4: return launch<4>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope, stream);
+    case 8: return launch<8>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope, stream);
   }
   return cudaErrorInvalidValue;
 }

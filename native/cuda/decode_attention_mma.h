@@ -14,10 +14,11 @@ bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& cach
 // Blocks of the kernel for query groups of `group` heads that one SM holds at once (at least 1).
 int decode_attention_mma_blocks_per_sm(int group);
 // decode_attention()'s contract, with the number of key slices per (row, KV head) already chosen
-// (each row's own keys are cut into that many runs of whole 16-key tiles).
+// (each row's own keys are cut into that many runs of whole 16-key tiles); with `rope`, RoPE and the
+// step's K/V write inside (decoder_kernels.h, RopeSource).
 cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                                  int sliding_window, const KvView& cache, int splits, float* partial, int* arrivals,
-                                 cudaStream_t stream);
+                                 const RopeSource* rope, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace vlm

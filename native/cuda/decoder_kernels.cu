@@ -4,13 +4,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <cfloat>
-
 #include "cuda/decoder_kernels.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/device_math.cuh"
-#include "cuda/rms_norm_row.cuh"
 #include "cuda/kv_rows.cuh"
+#include "cuda/rms_norm_row.cuh"
+#include "cuda/rope_kv_write.cuh"
 #include "vlmcore.h"
 
 namespace vlm {
@@ -144,48 +143,6 @@ __global__ void silu_mul_kernel(const T* gate_up, T* out, int n, int64_t total) 
   }
 }
 
-// One warp writes one head's row; lane holds elements lane + 32 e (e < E).
-template <int E>
-__device__ void store_kv_row(const KvView& c, void* data, void* sz, int64_t row, const float (&x)[E], int lane) {
-  uint8_t* base = static_cast<uint8_t*>(data) + row * c.row_bytes;
-  const int hd = c.head_dim;
-  if (c.dtype == VLM_DTYPE_F32 || c.dtype == VLM_DTYPE_F16 || c.dtype == VLM_DTYPE_BF16) {
-#pragma unroll
-    for (int e = 0; e < E; ++e) {
-      const int d = lane + 32 * e;
-      if (d >= hd) continue;
-      if (c.dtype == VLM_DTYPE_F32) reinterpret_cast<float*>(base)[d] = x[e];
-      else if (c.dtype == VLM_DTYPE_F16) reinterpret_cast<__half*>(base)[d] = __float2half_rn(x[e]);
-      else reinterpret_cast<__nv_bfloat16*>(base)[d] = __float2bfloat16_rn(x[e]);
-    }
-    return;
-  }
-  // Asymmetric quantization, exactly as kv_quantize() on the CPU.
-  const float qmax = c.dtype == VLM_DTYPE_I8 ? 255.f : 15.f;
-  float mn = FLT_MAX, mx = -FLT_MAX;
-#pragma unroll
-  for (int e = 0; e < E; ++e)
-    if (lane + 32 * e < hd) mn = fminf(mn, x[e]), mx = fmaxf(mx, x[e]);
-  mn = warp_min(mn);
-  mx = warp_max(mx);
-  __half sh = __float2half_rn(fminf((mx - mn) / qmax, 65504.f));
-  if (__half2float(sh) == 0.f) sh = __float2half_rn(1.f);
-  const __half zh = __float2half_rn(mn);
-  const float s = __half2float(sh), z = __half2float(zh), inv = 1.0f / s;
-  if (lane == 0) static_cast<__half2*>(sz)[row] = __halves2half2(sh, zh);
-#pragma unroll
-  for (int e = 0; e < E; ++e) {
-    const int d = lane + 32 * e;
-    const int q = d < hd ? (int)fminf(fmaxf(rintf((x[e] - z) * inv), 0.f), qmax) : 0;
-    if (c.dtype == VLM_DTYPE_I8) {
-      if (d < hd) base[d] = (uint8_t)q;
-    } else {
-      const int odd = __shfl_down_sync(0xffffffffu, q, 1);  // element d + 1 sits on the next lane
-      if (d < hd && (d & 1) == 0) base[d >> 1] = (uint8_t)(q | (odd << 4));
-    }
-  }
-}
-
 // ---- RoPE + cache write ------------------------------------------------------
 
 constexpr int kRopeWarps = 4;
@@ -222,7 +179,7 @@ __global__ void rope_cache_kernel(const T* qkv, T* q_out, StepMeta meta, const f
         const int i = d < half ? d : d - half;
         float sn, cs;
         sincosf(pos * inv_freq[i], &sn, &cs);
-        x[e] = d < half ? buf[warp][d] * cs - buf[warp][d + half] * sn : buf[warp][d] * cs + buf[warp][d - half] * sn;
+        x[e] = rope_rotate(buf[warp][d], buf[warp][d < half ? d + half : d - half], cs, sn, d < half);
       }
     }
     __syncwarp();

@@ -47,6 +47,14 @@ struct StepMeta {
   const int32_t* block_tables;
 };
 
+// A decode step's q/k/v GEMM output for an attention that applies RoPE and writes the step's K/V rows
+// itself (decode_attention_writes_kv()): qkv rows as rope_and_cache_write() takes them, and RoPE's
+// head_dim / 2 inverse frequencies.
+struct RopeSource {
+  const void* qkv;
+  const float* inv_freq;
+};
+
 // h[r][:] = float(table[tokens[r]][:]).
 cudaError_t embed_rows(ActType act, const void* table, const int32_t* tokens, int rows, int hidden, float* h,
                        cudaStream_t stream);
@@ -84,17 +92,22 @@ cudaError_t rope_and_cache_write(ActType act, const void* qkv, void* q_out, cons
 // leaves them at zero again) (paged_attention.cu).
 int64_t paged_attention_workspace_bytes(int rows, int num_heads, int head_dim, int kv_heads, int max_context,
                                         int num_sms);
+// With `rope` (where decode_attention_writes_kv() holds), q is not read: the kernel rotates q from
+// rope->qkv and writes the step's K/V rows as rope_and_cache_write() would, which is then not called.
 cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                             int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
-                            int* arrivals, cudaStream_t stream);
+                            int* arrivals, cudaStream_t stream, const RopeSource* rope = nullptr);
 
 // The vectorised decode attention (decode_attention.cu) for the common shapes:
 // head_dim 32/64/128/256, fp16/bf16/int8/int4 caches, up to 8 query heads per KV
 // head; paged_attention() sends those here. Same workspace and results.
 bool decode_attention_supports(int num_heads, const KvView& cache);
+// Whether decode steps of this shape can take the attention with RoPE and the K/V write inside (the
+// tensor-core form: fp16 activations, int8 cache, 128-dim heads), and VLM_ROPE_IN_ATTENTION is not 0.
+bool decode_attention_writes_kv(ActType act, int num_heads, const KvView& cache);
 cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                              int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
-                             int* arrivals, cudaStream_t stream);
+                             int* arrivals, cudaStream_t stream, const RopeSource* rope = nullptr);
 
 // Prefill steps: the same attention with the rows of a request in tiles that share
 // every K/V read (prefill_attention.cu). tiles[i] = (first row, row count), rows of

@@ -160,11 +160,12 @@ int64_t paged_attention_workspace_bytes(int rows, int num_heads, int head_dim, i
 
 cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                             int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
-                            int* arrivals, cudaStream_t stream) {
+                            int* arrivals, cudaStream_t stream, const RopeSource* rope) {
   if (rows == 0) return cudaSuccess;
   if (decode_attention_supports(num_heads, cache))
     return decode_attention(act, q, out, meta, rows, num_heads, sliding_window, max_context, num_sms, cache,
-                            workspace, arrivals, stream);
+                            workspace, arrivals, stream, rope);
+  if (rope) return cudaErrorInvalidValue;  // only the tensor-core decode attention writes K/V itself
   const Split sp = plan_split(rows, cache.kv_heads, max_context, num_sms, kWarps * kKeys);
   float* partial = static_cast<float*>(workspace);
   if (sp.splits > 1 && partial == nullptr) return cudaErrorInvalidValue;

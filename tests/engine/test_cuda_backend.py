@@ -204,6 +204,67 @@ def test_dependent_launch_changes_no_bits(tiny_model_dir, tmp_path, kv):
         np.testing.assert_array_equal(runs["1"][name], runs["0"][name], err_msg=name)
 
 
+_ROPE_RUN = """
+import sys
+import numpy as np
+from vlmserve import Engine, EngineConfig, GenerationConfig
+model, out = sys.argv[1], sys.argv[2]
+prompts = [np.random.default_rng(900 + i).integers(3, 320, size=15 + 5 * i).tolist() for i in range(20)]
+gens = [GenerationConfig(max_new_tokens=20 + 4 * i, ignore_eos=True, return_logits=True) for i in range(20)]
+cfg = EngineConfig(device="cuda", num_kv_blocks=320, block_size=16, max_batch_size=32, kv_cache_dtype="int8")
+with Engine(model, cfg) as eng:  # queued together: the steps hold the same rows in every run
+    res = [s.wait(timeout=300) for s in eng.add_requests(list(zip(prompts, gens)))]
+np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)},
+         **{f"logits{i}": r.logits for i, r in enumerate(res)})
+"""
+
+# 128-dim heads with query groups of 2, 4, 8 and 1, a sliding window, and llama3 RoPE scaling.
+_ROPE_SHAPES = {
+    "group2": ("llama_gqa_hd128", {}),
+    "group4": ("llama_gqa_hd128", dict(num_attention_heads=8, num_key_value_heads=2)),
+    "group8": ("llama_gqa_hd128", dict(num_attention_heads=8, num_key_value_heads=1)),
+    "mha": ("llama_gqa_hd128", dict(num_attention_heads=2, num_key_value_heads=2)),
+    "sliding": ("mistral_sliding", dict(head_dim=128)),
+    "llama3_scaling": ("llama3_rope_scaling", dict(head_dim=128)),
+}
+
+
+@pytest.mark.parametrize("shape", list(_ROPE_SHAPES))
+def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_path, shape):
+    """With an int8 cache, fp16 activations and 128-dim heads, decode steps rotate q and write the step's
+    K/V rows inside the tensor-core attention instead of in a RoPE kernel before it
+    (VLM_ROPE_IN_ATTENTION=0 keeps the kernel; read once per process, hence the subprocesses). Same
+    functions for the rotation and the quantization, so the same bits: twenty requests queued together
+    (decode batches from 20 rows, where the engine keeps the RoPE kernel, down to 1 as they finish;
+    contexts crossing tiles, key slices and graph bounds). The profiled runs (eager, VLM_CUDA_PROFILE=1)
+    show which form each one ran."""
+    import os
+    import subprocess
+    import sys
+
+    family, overrides = _ROPE_SHAPES[shape]
+    d = tiny_model_dir(family, **overrides)
+    runs = {}
+    for name, env in {"inside": {"VLM_ROPE_IN_ATTENTION": "1"},
+                      "inside_profiled": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_CUDA_PROFILE": "1"},
+                      "kernel_profiled": {"VLM_ROPE_IN_ATTENTION": "0", "VLM_CUDA_PROFILE": "1"}}.items():
+        out = tmp_path / f"{name}.npz"
+        done = subprocess.run([sys.executable, "-c", _ROPE_RUN, str(d), str(out)], env=dict(os.environ, **env),
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-4000:]
+        runs[name] = (np.load(out), done.stderr)
+    assert "gpu  rope + kv write + attention" in runs["inside_profiled"][1]
+    assert "gpu  rope + kv write + attention" not in runs["kernel_profiled"][1]
+    assert "gpu  rope + kv write" in runs["kernel_profiled"][1]
+    ref = runs["kernel_profiled"][0]
+    assert len(ref.files) == 40
+    for name in ("inside", "inside_profiled"):
+        got = runs[name][0]
+        assert sorted(got.files) == sorted(ref.files)
+        for key in ref.files:
+            np.testing.assert_array_equal(got[key], ref[key], err_msg=f"{name}: {key}")
+
+
 def test_greedy_tokens_from_the_device_argmax_equal_the_host_sampler(tiny_model_dir):
     """Greedy requests without logprobs take their token from a device argmax and copy no logits
     row; with logprobs the whole row comes back and the host sampler picks. Mixed in one batch with
