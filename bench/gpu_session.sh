@@ -34,6 +34,8 @@
 #                 (VLM_ATTENTION_MIN_KEYS_PER_SPLIT; the tensor-core kernel's default was 128 when it ran, now 64)
 #   rope          RoPE and the K/V write inside the decode attention: compute-sanitizer on its bit-identity test
 #                 (one shape; etests runs every shape), and 2B w4a16 + int8 KV decode at batch 1/16/64 without and with it
+#   threads       model (a), w4a16 + int8 KV at concurrency 64 and 256 with each service process's busiest threads and
+#                 a py-spy dump of each during each level (py-spy from .gpu-carry/wheels if carried)
 #   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
@@ -289,6 +291,18 @@ pyenv() {  # which optional image packages the device image has
   python3 -c "import importlib.util as u; print({m: bool(u.find_spec(m)) for m in ['torchvision', 'cv2', 'simplejpeg', 'turbojpeg', 'PIL']})"
   python3 -c "import PIL; print('pillow', PIL.__version__)"
 }
+threads() {  # where the service processes' time goes at concurrency 64 and 256 (w4a16 + int8 KV): the busiest
+  # threads of each over each level, and a py-spy dump of each 2.5 s into it (py-spy from a carried wheel, if any)
+  serve_site || return 1
+  if ls .gpu-carry/wheels/py_spy-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu-carry/wheels/py_spy-*.whl &&
+      export PATH=/tmp/pyspy/bin:$PATH
+  fi
+  python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
+    --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 64,256 --py-spy-after 2.5 \
+    --out-dir "$RES/serve" --stem internvl-2b-h200-threads 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 20
+  head -n 40 "$RES"/serve/logs/*_c256_lm.pyspy.txt
+}
 serve_c1() {
   serve_site || return 1
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
@@ -335,7 +349,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step pyenv 30
@@ -348,6 +362,7 @@ step stages16 480
 step dense_check 240
 step ktests 200
 step serve 420
+step threads 420
 step serve_leads 500
 step wtests 120
 step gemm_new 120

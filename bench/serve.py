@@ -25,6 +25,7 @@ import io
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,7 +35,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run_info import git_revision, write_atomic  # noqa: E402
 from serving.load import STREAMS_PER_PROCESS, run_level  # noqa: E402
 from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
-from serving.report import markdown, plots  # noqa: E402
+from serving.report import markdown, plots, threads_cell  # noqa: E402
 from serving.stack import ServicesProcesses, StackProcess  # noqa: E402
 
 VARIANTS = {"fp16": ("dense", "auto"), "w4a16": ("awq", "auto"), "w4a16-kv8": ("awq", "int8"),
@@ -97,6 +98,30 @@ def engine_rates(before: dict, after: dict, wall_s: float) -> dict:
             "prompt_tokens_per_step": delta["vlmserve_lm_prompt_tokens_total"] / steps}
 
 
+def busiest_threads(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]], wall_s: float,
+                    top: int = 6) -> dict[str, dict[str, float]]:
+    """Cores each thread of each service process kept busy over a level, the busiest `top` per process (threads
+    started during the level count from zero; those that ended are not seen)."""
+    out = {}
+    for proc, threads in after.items():
+        cores = {t: (v - before.get(proc, {}).get(t, 0.0)) / wall_s for t, v in threads.items() if wall_s > 0}
+        out[proc] = dict(sorted(((t, c) for t, c in cores.items() if c > 0), key=lambda x: -x[1])[:top])
+    return out
+
+
+def py_spy_dumps(stack, path_stem: Path) -> None:
+    """One `py-spy dump` of every thread of each service process, written beside the logs (py-spy must be on PATH
+    and allowed to attach; what it says instead is written when it cannot)."""
+    for proc_name, proc in stack.processes().items():
+        try:
+            done = subprocess.run(["py-spy", "dump", "--pid", str(proc.pid)], capture_output=True, text=True,
+                                  timeout=60)
+            text = done.stdout + done.stderr
+        except (OSError, subprocess.TimeoutExpired) as e:
+            text = f"py-spy did not run: {e}\n"
+        path_stem.with_name(f"{path_stem.name}_{proc_name}.pyspy.txt").write_text(text)
+
+
 def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: bytes, out_dir: Path,
                 tp: int = 1) -> dict:
     from tqdm.auto import tqdm
@@ -134,18 +159,27 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             run_level(stack.address, request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive,
                       streams_per_process=a.streams_per_process)
             before, lm_before = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
-            cpu_before = stack.cpu_seconds()
+            cpu_before, threads_before = stack.cpu_seconds(), stack.thread_cpu_seconds()
+            spy = None
+            if a.py_spy_after is not None:  # the dumps land while the level runs (if it runs that long)
+                spy = threading.Timer(a.py_spy_after, py_spy_dumps,
+                                      (stack, log_path.with_name(f"{log_path.stem}_c{c}")))
+                spy.start()
             with tqdm(total=n, desc=f"{label} c={c}", unit="req", leave=False, disable=not sys.stderr.isatty()) as bar:
                 result = run_level(stack.address, request, c, n, a.timeout, progress=bar,
                                    streams_per_process=a.streams_per_process,
                                    alive=stack.check_alive)
-            cpu_after = stack.cpu_seconds()
+            if spy is not None:
+                spy.cancel()
+                spy.join()
+            cpu_after, threads_after = stack.cpu_seconds(), stack.thread_cpu_seconds()
             after, lm_after = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             s = result.summary(a.output_tokens)
             # Cores each service process kept busy over the level: a process whose Python threads together
             # approach one core may bound the level although the GPU figures show room.
             s["service_cpu_cores"] = {k: (cpu_after[k] - cpu_before[k]) / result.wall_s
                                       for k in cpu_after if k in cpu_before and result.wall_s > 0}
+            s["service_thread_cores"] = busiest_threads(threads_before, threads_after, result.wall_s)
             s.update(engine_rates(lm_before, lm_after, result.wall_s))
             s["service_ttft_mean_s"] = histogram_delta(lm_before, lm_after, "vlmserve_lm_time_to_first_token_seconds")
             s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")
@@ -160,6 +194,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             levels.append(s)
             ttft = "" if s["ttft_p50_s"] is None else f", TTFT p50 {s['ttft_p50_s'] * 1e3:.0f} ms"
             log(f"{label} c={c}: {s['out_tok_s']:.1f} out tok/s{ttft}, {s['failed']} failed of {s['requests']}")
+            log(f"  busiest threads (cores): {threads_cell(s)}")
             if s["failed"]:
                 log(f"  errors: {s['errors']}")
     return {"name": label, "flags": flags, "levels": levels}
@@ -250,6 +285,9 @@ def main() -> int:
     ap.add_argument("--tp", type=ints, default=[1],
                     help="tensor-parallel sizes, each variant run once per value in the same run (the stack's "
                          "--tp: the LM split over that many GPUs, one vision replica on each)")
+    ap.add_argument("--py-spy-after", type=float, default=None,
+                    help="seconds into each timed level at which to write a py-spy dump of each service process "
+                         "(py-spy on PATH; files beside the logs)")
     ap.add_argument("--out-dir", type=Path, required=True)
     ap.add_argument("--stem", default=None, help="file name stem (default: model name)")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown and plots from the JSON")

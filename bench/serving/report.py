@@ -30,6 +30,12 @@ def cpu_cell(lv: dict) -> str:
     return f"{svc}; {clients}" if svc or clients else ""
 
 
+def threads_cell(lv: dict) -> str:
+    """e.g. "lm: main 0.97, python#4242 0.31; vision: ..." (absent in runs that did not record it)."""
+    return "; ".join(f"{proc}: " + ", ".join(f"{t} {c:.2f}" for t, c in threads.items())
+                     for proc, threads in (lv.get("service_thread_cores") or {}).items())
+
+
 def markdown(r: dict, plots: list[str]) -> str:
     m = r["meta"]
     out = [f"# Serving benchmark: {m['model_name']}", "",
@@ -73,6 +79,10 @@ def markdown(r: dict, plots: list[str]) -> str:
                        f"{_ms(lv.get('vision_batched_encode_mean_s'))} / {_ms(lv.get('vision_forward_mean_s'))} | {parts} | {eng} | {ttfts} | "
                        f"{_ms(lv.get('client_headers_mean_s'))} | {_ms(lv.get('lm_loop_lag_mean_s'))} / "
                        f"{_ms(lv.get('vision_loop_lag_mean_s'))} | {e2e} | {cpu_cell(lv)} | {gpu} |")
+        busy = [(lv["concurrency"], threads_cell(lv)) for lv in v["levels"] if threads_cell(lv)]
+        if busy:
+            out += ["", "Busiest threads of the service processes (cores over the level; main = the asyncio loop):", ""]
+            out += [f"- c={c}: {cell}" for c, cell in busy]
         out.append("")
     peer = r.get("peer") or []
     if peer:

@@ -26,6 +26,26 @@ def process_cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU time of each live thread of a process (Linux /proc), keyed "main" for the main thread
+    (the services' asyncio loop) and "<name>#<tid>" for the others (Python threads all carry the interpreter's
+    name; grpc's own threads name themselves); empty where unreadable."""
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the thread ended between the listing and the read
+        key = "main" if task.name == str(pid) else f"{name}#{task.name}"
+        out[key] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -93,6 +113,10 @@ class StackProcess:
             if t is not None:
                 out[name] = t
         return out
+
+    def thread_cpu_seconds(self) -> dict[str, dict[str, float]]:
+        """thread_cpu_seconds() of each service process, by process name."""
+        return {name: thread_cpu_seconds(proc.pid) for name, proc in self.processes().items()}
 
     def check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:

@@ -66,7 +66,8 @@ def test_tensor_parallel_runs_beside_the_unsplit_stack(tmp_path):
 
 def test_services_layout_runs_two_processes(tmp_path):
     # The full benchmark's default layout: the vision and LM services as processes of their own.
-    proc, out = run(tmp_path, "--no-peer", "--layout", "services", "--streams-per-process", "1")
+    proc, out = run(tmp_path, "--no-peer", "--layout", "services", "--streams-per-process", "1",
+                    "--py-spy-after", "0")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((out / "internvl-tiny.json").read_text())
     assert all(lv["failed"] == 0 and lv["out_tok_s"] > 0 and lv["vision_batch_mean"] >= 1
@@ -76,7 +77,17 @@ def test_services_layout_runs_two_processes(tmp_path):
     assert all(set(lv["service_cpu_cores"]) == {"lm", "vision"} and min(lv["service_cpu_cores"].values()) > 0
                and lv["client_cpu_cores"] > 0 and lv["client_processes"] == lv["concurrency"]
                for v in r["variants"] for lv in v["levels"])
-    assert "Services, one process each" in (out / "internvl-tiny.md").read_text()
+    # the busiest threads of each service process (the LM's event loop runs in its main thread)
+    assert all(set(lv["service_thread_cores"]) == {"lm", "vision"} and "main" in lv["service_thread_cores"]["lm"]
+               and min(c for t in lv["service_thread_cores"].values() for c in t.values()) > 0
+               for v in r["variants"] for lv in v["levels"])
+    md = (out / "internvl-tiny.md").read_text()
+    assert "Services, one process each" in md and "Busiest threads of the service processes" in md
+    # a py-spy dump of each process per level, or why there is none (py-spy is not installed here)
+    for lv in r["variants"][0]["levels"]:
+        for proc_name in ("lm", "vision"):
+            dumps = list((out / "logs").glob(f"*_c{lv['concurrency']}_{proc_name}.pyspy.txt"))
+            assert dumps and all(d.read_text().strip() for d in dumps)
 
 
 def test_stack_flag_needs_the_stack_layout(tmp_path):
