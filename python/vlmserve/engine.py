@@ -35,6 +35,19 @@ class Embeddings:
     rows: np.ndarray  # [n, hidden], float32 / float16
 
 
+def _wake_streams(loop: asyncio.AbstractEventLoop, streams: list["RequestStream"]) -> None:
+    """Wakes the async consumers of `streams` (all on `loop`) with one call into the loop: every
+    call_soon_threadsafe writes to the loop's wake-up pipe, and an engine step delivers a token to
+    each of its rows at once (hundreds of streams under load)."""
+    def wake_all() -> None:
+        for s in streams:
+            s._wake.set()
+    try:
+        loop.call_soon_threadsafe(wake_all)
+    except RuntimeError:  # the loop was closed: nobody is listening any more
+        pass
+
+
 class RequestStream:
     """Iterate (sync or async) for TokenOutputs; `result` holds the RequestOutput at the end."""
 
@@ -48,14 +61,11 @@ class RequestStream:
         self._done = threading.Event()
         self.wants_logprobs = False
 
-    # Called from the poller thread.
-    def _push(self, item) -> None:
+    # Called from the poller thread. wake=False leaves waking an async consumer to the caller (_wake_streams).
+    def _push(self, item, wake: bool = True) -> None:
         self._queue.put(item)
-        if self._loop is not None:
-            try:
-                self._loop.call_soon_threadsafe(self._wake.set)
-            except RuntimeError:  # the loop was closed: nobody is listening any more
-                pass
+        if wake and self._loop is not None:
+            _wake_streams(self._loop, [self])
 
     def _take(self, item):
         """Applies one queued item; returns a TokenOutput to yield, or None; raises at an error finish."""
@@ -296,14 +306,24 @@ class Engine:
             status = self._lib.vlm_engine_poll(self._engine, _POLL_TIMEOUT_MS, events, _POLL_BATCH, ctypes.byref(n))
             if status or self._closing:
                 return
+            pushed: dict[int, RequestStream] = {}
             for i in range(n.value):
-                self._dispatch(events[i])
+                stream = self._dispatch(events[i])
+                if stream is not None and stream._loop is not None:
+                    pushed[id(stream)] = stream
+            by_loop: dict[int, list[RequestStream]] = {}
+            for stream in pushed.values():
+                by_loop.setdefault(id(stream._loop), []).append(stream)
+            for streams in by_loop.values():
+                _wake_streams(streams[0]._loop, streams)
 
-    def _dispatch(self, ev: _native.Event) -> None:
+    def _dispatch(self, ev: _native.Event) -> "RequestStream | None":
+        """Applies one event to its request's stream; returns the stream where an item was queued for its
+        consumer (woken by the caller, once per poll for all of them)."""
         with self._streams_lock:
             stream = self._streams.get(ev.request_id)
         if stream is None:
-            return
+            return None
         r = stream.result
         if ev.kind == _native.EVENT_TOKEN:
             top = None
@@ -315,7 +335,8 @@ class Engine:
                 r.logprobs.append(ev.logprob)
                 if top is not None:
                     r.top_logprobs.append(top)
-            stream._push(out)
+            stream._push(out, wake=False)
+            return stream
         elif ev.kind == _native.EVENT_PROMPT_LOGPROBS:
             r.prompt_logprobs = _copy_floats(ev)
         elif ev.kind == _native.EVENT_LOGITS:
@@ -329,7 +350,9 @@ class Engine:
             r.queue_s, r.prefill_s, r.decode_s = ev.queue_ns / 1e9, ev.prefill_ns / 1e9, ev.decode_ns / 1e9
             with self._streams_lock:
                 self._streams.pop(ev.request_id, None)
-            stream._push(None)
+            stream._push(None, wake=False)
+            return stream
+        return None
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
