@@ -170,11 +170,29 @@ void Engine::cancel(uint64_t id) {
 }
 
 void Engine::emit(Event&& e) {
+  if (batch_events_) {
+    batched_.push_back(std::move(e));
+    return;
+  }
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (e.ev.kind == VLM_EVENT_FINISH) live_.erase(e.ev.request_id);
-    events_.push_back(std::move(e));
+    deliver_locked(std::move(e));
   }
+  event_cv_.notify_all();
+}
+
+void Engine::deliver_locked(Event&& e) {
+  if (e.ev.kind == VLM_EVENT_FINISH) live_.erase(e.ev.request_id);
+  events_.push_back(std::move(e));
+}
+
+void Engine::flush_events() {
+  if (batched_.empty()) return;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    for (Event& e : batched_) deliver_locked(std::move(e));
+  }
+  batched_.clear();
   event_cv_.notify_all();
 }
 
@@ -338,6 +356,17 @@ bool Engine::argmax_suffices(const Request& r) {
 }
 
 void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutput& out) {
+  // The step's events (a token for each row, finishes) reach the poller together, also if this throws: one
+  // wake-up and one poll per step instead of one per row (a service hands each poll's tokens to its
+  // streams with one call into its event loop).
+  batch_events_ = true;
+  struct Flush {
+    Engine* engine;
+    ~Flush() {
+      engine->batch_events_ = false;
+      engine->flush_events();
+    }
+  } flush{this};
   const int V = model_->params().vocab_size;
   const std::vector<float>& logits = out.logits;
   const bool argmax = !out.argmax.empty();

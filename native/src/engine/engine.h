@@ -50,6 +50,8 @@ class Engine {
   static bool argmax_suffices(const Request& r);
   void finish(Request* r, int reason, int stop_len, const std::string& error = "");
   void emit(Event&& e);
+  void deliver_locked(Event&& e);  // with mu_ held
+  void flush_events();
   int check_stop(const Request& r, int* stop_len) const;
   void publish_stats();
   size_t pending_incoming();
@@ -66,6 +68,9 @@ class Engine {
   StepBatch batch_;
   StepOutput out_;
   std::vector<float> sample_scratch_;
+  // While a step's outputs are processed, its events wait here and reach the pollers together (flush_events).
+  bool batch_events_ = false;
+  std::vector<Event> batched_;
 
   // Shared with callers, guarded by mu_.
   mutable std::mutex mu_;
