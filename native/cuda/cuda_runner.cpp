@@ -243,10 +243,11 @@ bool is_bf16_model(const Model& m) {
 }
 
 constexpr int kFusedSiluMaxRows = 16;
-// Decode steps up to this many rows run RoPE and the K/V write inside the tensor-core attention. Above
-// it the RoPE kernel runs first: in the fused form each slice that holds its row's own position writes
-// that row before loading a tile, and at 64 rows every block is such a slice (2B w4a16 + int8 KV on the
-// H200, 2026-12-04: batch 1 943 -> 978 tok/s, 16 9,026 -> 9,075, 64 21,359 -> 20,720).
+// Decode steps up to this many rows run RoPE and the K/V write inside the tensor-core attention (2B w4a16
+// + int8 KV on the H200, 2026-12-04: batch 1 943 -> 978 and 952 -> 963 tok/s). Above it the RoPE kernel
+// runs first: in the fused form each slice that holds its row's own position writes that row before it
+// loads a tile, and from ~64 rows every block is such a slice (batch 64 measured 21,359 -> 20,720 once,
+// inside the ~2 % spread between runs of one code).
 constexpr int kRopeInAttentionMaxRows = 16;
 // Rows up to which dense layers run the decode-size kernel instead of cuBLAS (CudaRunner::dense_decodes).
 constexpr int kDenseDecodeEngineRows = 1;
