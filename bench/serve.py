@@ -102,10 +102,12 @@ def busiest_threads(before: dict[str, dict[str, float]], after: dict[str, dict[s
                     top: int = 6) -> dict[str, dict[str, float]]:
     """Cores each thread of each service process kept busy over a level, the busiest `top` per process (threads
     started during the level count from zero; those that ended are not seen)."""
+    if wall_s <= 0:
+        return {}
     out = {}
     for proc, threads in after.items():
-        cores = {t: (v - before.get(proc, {}).get(t, 0.0)) / wall_s for t, v in threads.items() if wall_s > 0}
-        out[proc] = dict(sorted(((t, c) for t, c in cores.items() if c > 0), key=lambda x: -x[1])[:top])
+        cores = ((t, (v - before.get(proc, {}).get(t, 0.0)) / wall_s) for t, v in threads.items())
+        out[proc] = dict(sorted((tc for tc in cores if tc[1] > 0), key=lambda tc: -tc[1])[:top])
     return out
 
 

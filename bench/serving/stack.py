@@ -17,13 +17,18 @@ import grpc
 CLI = [sys.executable, "-c", "import sys; from vlmserve.cli import main; sys.exit(main())"]
 
 
-def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a live process, all its threads (Linux /proc); None where unreadable."""
+def _stat_cpu_seconds(stat: Path) -> float | None:
+    """utime + stime of a /proc stat file (a process's or one thread's); None where unreadable (e.g. gone)."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process, all its threads (Linux /proc); None where unreadable."""
+    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
@@ -38,11 +43,11 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     for task in tasks:
         try:
             name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+        except OSError:
             continue  # the thread ended between the listing and the read
-        key = "main" if task.name == str(pid) else f"{name}#{task.name}"
-        out[key] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        seconds = _stat_cpu_seconds(task / "stat")
+        if seconds is not None:
+            out["main" if task.name == str(pid) else f"{name}#{task.name}"] = seconds
     return out
 
 

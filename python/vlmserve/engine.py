@@ -306,16 +306,14 @@ class Engine:
             status = self._lib.vlm_engine_poll(self._engine, _POLL_TIMEOUT_MS, events, _POLL_BATCH, ctypes.byref(n))
             if status or self._closing:
                 return
-            pushed: dict[int, RequestStream] = {}
+            # The async consumers to wake, by event loop (each stream once, in order).
+            woken: dict[asyncio.AbstractEventLoop, dict[int, RequestStream]] = {}
             for i in range(n.value):
                 stream = self._dispatch(events[i])
                 if stream is not None and stream._loop is not None:
-                    pushed[id(stream)] = stream
-            by_loop: dict[int, list[RequestStream]] = {}
-            for stream in pushed.values():
-                by_loop.setdefault(id(stream._loop), []).append(stream)
-            for streams in by_loop.values():
-                _wake_streams(streams[0]._loop, streams)
+                    woken.setdefault(stream._loop, {})[id(stream)] = stream
+            for loop, streams in woken.items():
+                _wake_streams(loop, list(streams.values()))
 
     def _dispatch(self, ev: _native.Event) -> "RequestStream | None":
         """Applies one event to its request's stream; returns the stream where an item was queued for its
