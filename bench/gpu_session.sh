@@ -36,6 +36,10 @@
 #                 (one shape; etests runs every shape), and 2B w4a16 + int8 KV decode at batch 1/16/64 without and with it
 #   threads       model (a), w4a16 + int8 KV at concurrency 64 and 256 with each service process's busiest threads and
 #                 a py-spy dump of each during each level (py-spy from .gpu-carry/wheels if carried)
+#   vision        the vision encoder's GPU tests, then bench/vision.py: eager, CUDA graphs and torch.compile + graphs
+#   vtests        the vision encoder's GPU tests (graphs, compiled, replicas)
+#   serve_compile model (a), w4a16 + int8 KV at concurrency 64/256, the vision forward as graphs then compiled
+#   serve_preprocess model (a), w4a16 + int8 KV at concurrency 1/64/256, image preprocessing in threads then processes
 #   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
@@ -303,6 +307,33 @@ threads() {  # where the service processes' time goes at concurrency 64 and 256 
     --out-dir "$RES/serve" --stem internvl-2b-h200-threads 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 20
   head -n 40 "$RES"/serve/logs/*_c256_lm.pyspy.txt
 }
+vision() {  # the vision encoder: its GPU tests (graphs and compiled forwards against eager), then bench/vision.py
+  # eager, graphed and compiled at batch 1/4/8/16 (no busy threads)
+  python3 -m pytest -q -m gpu tests/services/test_vision_graphs.py 2>&1 | tail -n 5
+  python3 bench/vision.py --model-name internvl-2b --work /tmp/serve-work --batches 1,4,8,16 --busy-threads 0 \
+    --prepare-threads 8 --reps 20 --out-dir "$RES/vision" 2>&1 | grep -v "^\[serve\]"
+}
+serve_compile() {  # model (a), w4a16 + int8 KV at concurrency 64 and 256: the vision forward as graphs, then compiled
+  serve_site || return 1
+  for v in "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"; do
+    python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
+      --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 64,256 --out-dir "$RES/serve" $v 2>&1 |
+      grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
+  done
+}
+serve_preprocess() {  # model (a), w4a16 + int8 KV at concurrency 1/64/256: image preprocessing in threads of the
+  # vision service, then in worker processes (the default on CUDA)
+  serve_site || return 1
+  for v in "--stem internvl-2b-h200-prep-threads --vision-flag=--no-preprocess-processes" \
+           "--stem internvl-2b-h200-prep-processes"; do
+    python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
+      --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,64,256 --out-dir "$RES/serve" $v 2>&1 |
+      grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
+  done
+}
+vtests() {  # the vision encoder's GPU tests (graphs and compiled forwards against eager)
+  python3 -m pytest -q -m gpu tests/services/test_vision_graphs.py tests/services/test_vision_replicas.py 2>&1 | tail -n 5
+}
 serve_c1() {
   serve_site || return 1
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
@@ -349,10 +380,14 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step pyenv 30
+step vision 300
+step vtests 200
+step serve_compile 480
+step serve_preprocess 540
 step rope 300
 step dequant 200
 step tests 300

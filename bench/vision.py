@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Vision encoder benchmark: the service's forward (tiles in CPU memory -> embeddings in CPU memory) per batch
-size, eager and replayed from CUDA graphs, alone and with Python threads holding the GIL beside it.
+size, eager, replayed from CUDA graphs and compiled (torch.compile, then graphs), alone and with Python threads holding the GIL beside it.
 
 The busy threads stand in for what shares the stack process with the encoder (gRPC threads, token streams,
 the engine's poller): each runs pure-Python work in a loop, so an eager forward, which launches every kernel
@@ -112,6 +112,8 @@ def main() -> int:
     ap.add_argument("--prepare-threads", type=ints, default=[1, 2, 4, 8])
     ap.add_argument("--image", type=Path, default=ROOT / "python/vlmserve/data/images/chelsea.png")
     ap.add_argument("--image-size", type=int, default=512)
+    ap.add_argument("--modes", default="eager,graphs,compiled",
+                    help="eager; graphs (CUDA graphs); compiled (torch.compile, then CUDA graphs)")
     ap.add_argument("--out-dir", type=Path, required=True)
     a = ap.parse_args()
 
@@ -128,13 +130,19 @@ def main() -> int:
     image = Image.open(a.image).convert("RGB").resize((a.image_size, a.image_size), Image.BICUBIC)
     largest = max(a.batches)
     encoders = {}
-    for mode, graphs in (("eager", False), ("graphs", True)):
+    settings = {"eager": {"cuda_graphs": False}, "graphs": {}, "compiled": {"compile": True}}
+    modes = [m for m in a.modes.split(",") if m]
+    unknown = [m for m in modes if m not in settings]
+    if unknown or not modes:
+        log(f"unknown modes {unknown}; choose from {list(settings)}")
+        return 2
+    for mode in modes:
         t = time.perf_counter()
-        enc = VisionEncoder(model, VisionConfig(max_batch_size=largest, cuda_graphs=graphs))
+        enc = VisionEncoder(model, VisionConfig(max_batch_size=largest, **settings[mode]))
         enc.warmup()
         encoders[mode] = enc
         log(f"{mode}: loaded and warmed up in {time.perf_counter() - t:.1f} s")
-    enc = encoders["eager"]
+    enc = next(iter(encoders.values()))
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     png = buf.getvalue()
@@ -148,12 +156,18 @@ def main() -> int:
     for batch in a.batches:
         tiles = Tiles({k: v.repeat(batch, *([1] * (v.dim() - 1))) for k, v in one.tensors.items()})
         flops = forward_flops(enc, tiles)
+        # Every mode's output against the first mode's (torch.compile reorders floating-point sums).
+        ref = enc.forward(tiles).float()
+        diffs = {m: float((e.forward(tiles).float() - ref).abs().max()) for m, e in encoders.items()}
+        log(f"batch {batch:2d} max |difference| from {next(iter(encoders))}: {diffs} (outputs' max |x| "
+            f"{float(ref.abs().max()):.3g})")
         # GIL contention is shown at the smallest batch: an eager forward under it takes seconds.
         for busy in a.busy_threads if batch == min(a.batches) else [0]:
             for mode, e in encoders.items():
                 with BusyThreads(busy):
                     ms, timed = median_ms(lambda: e.forward(tiles), a.reps)
                 rows.append({"batch": batch, "busy_threads": busy, "mode": mode, "ms": ms, "calls": timed,
+                             "max_abs_diff": diffs[mode],
                              "tiles_per_s": batch / ms * 1e3, "tflops": flops / ms / 1e9,
                              "peak_fraction": flops / ms / 1e9 / PEAK_TFLOPS})
                 log(f"batch {batch:2d} busy {busy} {mode:6s}: {ms:7.2f} ms, {batch / ms * 1e3:6.1f} tiles/s, "
@@ -164,7 +178,7 @@ def main() -> int:
                        "model": describe(a.model_name), "dtype": str(enc.dtype).replace("torch.", ""),
                        "tokens_per_tile": enc.tokens_per_tile, "prepare": prepare,
                        "image": f"{a.image.name} resized to {a.image_size}x{a.image_size}",
-                       "graph_sizes": encoders["graphs"].graph_sizes, "peak_tflops": PEAK_TFLOPS},
+                       "graph_sizes": {m: e.graph_sizes for m, e in encoders.items()}, "peak_tflops": PEAK_TFLOPS},
               "rows": rows}
     a.out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out_dir / f"vision_{a.model_name}.json", json.dumps(result, indent=2))

@@ -28,6 +28,8 @@ from vlmserve.vision.graphs import graph_sizes
 from vlmserve.vision.tiles import Tiles
 
 TOL = dict(atol=1e-3, rtol=1e-3)
+# Compiled kernels fuse chains of fp16 operations and round once where eager rounds after each.
+COMPILED_TOL = dict(atol=1e-2, rtol=1e-2)
 MAX_TILES = 16
 
 
@@ -51,14 +53,19 @@ def test_cuda_graphs_flag_reaches_the_config_and_is_validated():
         off = parser.parse_args(["serve", service, "--no-vision-cuda-graphs"])
         assert vision_config_from_args(on).cuda_graphs is True
         assert vision_config_from_args(off).cuda_graphs is False
+        assert vision_config_from_args(on).compile is False
+        assert vision_config_from_args(parser.parse_args(["serve", service, "--vision-compile"])).compile is True
     with pytest.raises(InvalidArgumentError, match="cuda_graphs"):
         VisionConfig(cuda_graphs="yes")
+    with pytest.raises(InvalidArgumentError, match="compile"):
+        VisionConfig(compile=1)
 
 
 def test_no_graphs_on_the_cpu(vlm_dir):
-    enc = VisionEncoder(vlm_dir("llava"), VisionConfig(device="cpu"))
+    enc = VisionEncoder(vlm_dir("llava"), VisionConfig(device="cpu", compile=True))
     enc.warmup()
     assert not enc.cuda_graphs
+    assert not enc.compiled  # compilation is for CUDA only
 
 
 # -- on a GPU -----------------------------------------------------------------------------------------
@@ -98,6 +105,24 @@ def test_replayed_forward_matches_eager_for_every_batch_size(vlm_dir, family):
         torch.testing.assert_close(out, eager.forward(batch), **TOL)
         for i in range(n):  # each row is its own tile's encoding: no mixing with padding or neighbours
             torch.testing.assert_close(out[i:i + 1], singles[i], **TOL)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", ["llava", "internvl"])
+def test_compiled_forward_matches_eager_for_every_batch_size(vlm_dir, family):
+    directory = vlm_dir(family)
+    compiled = VisionEncoder(directory, VisionConfig(device="cuda", max_batch_size=MAX_TILES, compile=True))
+    eager = VisionEncoder(directory, VisionConfig(device="cuda", max_batch_size=MAX_TILES, cuda_graphs=False))
+    compiled.warmup()
+    eager.warmup()
+    assert compiled.compiled and compiled.cuda_graphs and not eager.compiled
+    tiles = _photo_tiles(compiled, MAX_TILES + 4)
+    # the graphs of compiled code (1..16) and, at 20, the compiled forward run directly
+    for n in [1, 2, 3, 7, 8, 11, MAX_TILES, MAX_TILES + 4]:
+        batch = Tiles({k: v[:n] for k, v in tiles.tensors.items()})
+        out = compiled.forward(batch)
+        assert out.shape == (n, compiled.tokens_per_tile, compiled.hidden_size) and torch.isfinite(out).all()
+        torch.testing.assert_close(out, eager.forward(batch), **COMPILED_TOL)
 
 
 @pytest.mark.gpu

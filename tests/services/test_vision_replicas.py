@@ -205,7 +205,7 @@ def test_cpu_replicas_are_separate_identical_copies(vlm_dir):
 
 def test_the_service_batches_over_every_replica(start_server):
     server = start_server("llava", device="cpu", replicas=2)
-    encoder, batcher = server.server.ready_parts()
+    encoder, batcher, _ = server.server.ready_parts()
     assert (encoder.replicas, batcher.parallel) == (2, 2)
     tiles = _prepared_tiles(encoder)
 

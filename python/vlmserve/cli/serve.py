@@ -79,6 +79,9 @@ def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -
     flag(p, "--vision-cuda-graphs", type=bool, default=True,
          help="replay the vision encoder's forward from CUDA graphs (one per batch size, captured at start-up); "
               "--no-vision-cuda-graphs runs it eagerly")
+    flag(p, "--vision-compile", type=bool, default=False,
+         help="compile the vision encoder's forward with torch.compile at start-up (CUDA only; fuses its "
+              "elementwise kernels; start-up takes longer by the compilation)")
     flag(p, "--max-images-per-request", type=int, default=16, help="most images one Encode request may carry")
     flag(p, "--max-image-pixels", type=int, default=64 * 1024 * 1024,
          help="most pixels (width*height) an image may have; checked before decoding")
@@ -92,6 +95,9 @@ def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -
          help="allow the checkpoint's own Python code (config, image processor)")
     flag(p, "--preprocess-threads", type=int, default=None,
          help="threads decoding and preprocessing images (unset: one per core, at least 2 and at most 8)")
+    flag(p, "--preprocess-processes", type=bool, default=None,
+         help="decode and preprocess images in worker processes (--no-preprocess-processes: threads of the "
+              "service process); unset: processes when the encoder runs on CUDA, threads on the CPU")
     flag(p, "--max-chunk-bytes", type=int, default=1 << 20, help="largest embedding chunk sent, bytes")
 
 
@@ -118,6 +124,7 @@ def vision_config_from_args(a: argparse.Namespace):
     from vlmserve.vision.config import VisionConfig
 
     threads = {} if a.preprocess_threads is None else {"preprocess_threads": a.preprocess_threads}
+    threads["preprocess_processes"] = a.preprocess_processes
     return VisionConfig(dtype=a.dtype, device=a.device, max_batch_size=a.vision_max_batch_size,
                         batch_window_ms=a.vision_batch_window_ms, max_image_pixels=a.max_image_pixels,
                         min_image_size=a.min_image_size, max_images_per_request=a.max_images_per_request,
@@ -125,7 +132,7 @@ def vision_config_from_args(a: argparse.Namespace):
                         allowed_url_hosts=tuple(a.allowed_media_domains.split(",")),
                         url_timeout_s=a.image_fetch_timeout, trust_remote_code=a.trust_remote_code,
                         replicas=a.tp, **threads,
-                        cuda_graphs=a.vision_cuda_graphs)
+                        cuda_graphs=a.vision_cuda_graphs, compile=a.vision_compile)
 
 
 # -- lm ---------------------------------------------------------------------------------------------
@@ -171,9 +178,6 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     flag(p, "--vision-addr", default="", help="vision service: host:port, h1:p1,h2:p2 or dns:///name:port "
                                              "(round-robin); empty: text only")
     flag(p, "--vision-api-key", help="bearer token for the vision service")
-    flag(p, "--vision-cuda-graphs", type=bool, default=True,
-         help="replay the vision encoder's forward from CUDA graphs (one per batch size, captured at start-up); "
-              "--no-vision-cuda-graphs runs it eagerly")
     flag(p, "--max-images-per-request", type=int, default=16, help="most images one Chat request may carry")
     flag(p, "--trust-remote-code", type=bool, default=False, help="allow the checkpoint's tokenizer code")
 

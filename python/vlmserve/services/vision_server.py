@@ -9,7 +9,6 @@ forward at a time per encoder replica (VisionConfig.replicas, one per GPU).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from vlmserve.services.vision_servicer import DEFAULT_CHUNK_BYTES, MIN_CHUNK_BYT
 from vlmserve.vision.batcher import TileBatcher
 from vlmserve.vision.config import VisionConfig
 from vlmserve.vision.encoder import VisionEncoder
+from vlmserve.vision.preprocess_pool import PreprocessPool
 
 log = logging.getLogger("vlmserve.vision")
 
@@ -44,8 +44,7 @@ class VisionServer:
         self.metrics = VisionMetrics(self.registry)
         self.grpc = GrpcServer(self.server_config, [SERVICE_NAME], self.registry)
         protos.vision_grpc().add_VisionServiceServicer_to_server(VisionServicer(self), self.grpc.server)
-        self.preprocess_pool = concurrent.futures.ThreadPoolExecutor(
-            self.vision_config.preprocess_threads, thread_name_prefix="vision-preprocess")
+        self.preprocess_pool: PreprocessPool | None = None
         self.encoder: VisionEncoder | None = None
         self.batcher: TileBatcher | None = None
 
@@ -57,10 +56,10 @@ class VisionServer:
     def metrics_port(self) -> int | None:
         return self.grpc.metrics_port
 
-    def ready_parts(self) -> tuple[VisionEncoder, TileBatcher]:
-        if self.encoder is None or self.batcher is None:
+    def ready_parts(self) -> tuple[VisionEncoder, TileBatcher, PreprocessPool]:
+        if self.encoder is None or self.batcher is None or self.preprocess_pool is None:
             raise UnavailableError("the vision model is still loading; health reports SERVING once it is ready")
-        return self.encoder, self.batcher
+        return self.encoder, self.batcher, self.preprocess_pool
 
     async def start(self) -> int:
         return await self.grpc.start()
@@ -70,20 +69,26 @@ class VisionServer:
         loop = asyncio.get_running_loop()
         log.info("loading vision model", extra={"fields": {"model": str(self.model)}})
 
-        def build() -> VisionEncoder:
+        def build() -> tuple[VisionEncoder, PreprocessPool]:
             encoder = VisionEncoder(self.model, self.vision_config)
             encoder.warmup()
-            return encoder
+            pool = PreprocessPool.for_encoder(encoder)  # needs the warmed-up encoder's tokens per tile
+            try:
+                pool.start()
+            except BaseException:
+                pool.close()
+                raise
+            return encoder, pool
 
-        encoder = await loop.run_in_executor(None, build)
+        encoder, pool = await loop.run_in_executor(None, build)
         batcher = TileBatcher(encoder.forward, self.vision_config.max_batch_size,
                               self.vision_config.batch_window_ms / 1e3, self._observe_batch, parallel=encoder.replicas,
                               early_close=True)
         batcher.start()
-        self.encoder, self.batcher = encoder, batcher
+        self.encoder, self.batcher, self.preprocess_pool = encoder, batcher, pool
         await self.grpc.set_serving(True)
         log.info("serving", extra={"fields": {"model_type": encoder.model_type, "port": self.port,
-                                              "replicas": encoder.replicas,
+                                              "replicas": encoder.replicas, "preprocess_processes": pool.processes,
                                               "devices": ",".join(str(d) for d in encoder.devices)}})
 
     def _observe_batch(self, tiles: int, seconds: float) -> None:
@@ -96,7 +101,8 @@ class VisionServer:
         await self.grpc.stop()
         if self.batcher is not None:
             await self.batcher.close()
-        self.preprocess_pool.shutdown(wait=False, cancel_futures=True)
+        if self.preprocess_pool is not None:
+            self.preprocess_pool.close()
         log.info("stopped")
 
     async def run(self) -> None:

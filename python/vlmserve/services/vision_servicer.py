@@ -1,19 +1,19 @@
 """vlm.v1.VisionService: Encode and Info.
 
-Encode validates the request, decodes and preprocesses its images in a thread
-pool (never on the event loop), submits every image's tiles to the shared
+Encode validates the request, decodes and preprocesses its images in the
+preprocessing pool (worker processes or threads, never on the event loop), submits every image's tiles to the shared
 batcher at once, then streams per image a header and raw-byte chunks. Errors are
 raised as vlmserve errors; the ErrorStatus interceptor turns them into statuses."""
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import time
 from typing import TYPE_CHECKING
 
 from vlmserve.errors import InvalidArgumentError, VlmError
 from vlmserve.services import protos, tensors
 from vlmserve.vision.image_source import ImageSource
+from vlmserve.vision.preprocess_pool import PreprocessPool
 from vlmserve.vision.tiles import PreparedImage
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class VisionServicer:
     async def Encode(self, request, context):
         start = time.perf_counter_ns()
         owner = self.owner
-        encoder, batcher = owner.ready_parts()
+        encoder, batcher, pool = owner.ready_parts()
         limits = encoder.config
         if not request.images:
             raise InvalidArgumentError("the request has no images")
@@ -46,7 +46,7 @@ class VisionServicer:
 
         # Announced before preparing, so a batch being collected waits for these images rather than closing.
         with batcher.expect(len(sources)) as expected:
-            prepared = await asyncio.gather(*(self._prepare(i, s) for i, s in enumerate(sources)))
+            prepared = await asyncio.gather(*(self._prepare(pool, i, s) for i, s in enumerate(sources)))
             preprocessed = time.perf_counter_ns()
             # All images at once, so a request's own tiles share batches too.
             features = await asyncio.gather(*(batcher.submit(p.tiles, expected) for p in prepared))
@@ -75,7 +75,7 @@ class VisionServicer:
             encode_ns=encoded - preprocessed, total_ns=end - start))
 
     async def Info(self, request, context):
-        encoder, _ = self.owner.ready_parts()
+        encoder, _, _ = self.owner.ready_parts()
         c = encoder.config
         return self.pb.VisionInfoResponse(
             model=str(encoder.directory), model_type=encoder.model_type,
@@ -94,18 +94,13 @@ class VisionServicer:
             return ImageSource(url=image.url, mime_type=image.mime_type)
         raise InvalidArgumentError(f"images[{index}] has neither data nor url")
 
-    async def _prepare(self, index: int, source: ImageSource) -> PreparedImage:
-        encoder = self.owner.encoder
-        loop = asyncio.get_running_loop()
-        ctx = contextvars.copy_context()  # keeps the request id in the worker's log lines
-
-        def work() -> PreparedImage:
-            return encoder.prepare(encoder.load_image(source))
-
+    async def _prepare(self, pool: PreprocessPool, index: int, source: ImageSource) -> PreparedImage:
         try:
-            return await loop.run_in_executor(self.owner.preprocess_pool, ctx.run, work)
-        except VlmError as e:
+            return await pool.prepare(source)
+        except InvalidArgumentError as e:
             self.owner.metrics.rejected_images.inc()
+            raise InvalidArgumentError(f"images[{index}]: {e}") from None
+        except VlmError as e:
             raise type(e)(f"images[{index}]: {e}") from None
 
     def _layout(self, image: PreparedImage):

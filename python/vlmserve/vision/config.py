@@ -39,6 +39,16 @@ class VisionConfig:
     graphs captured at warm-up (one per batch size; see graphs.py), for families
     whose forward allows it.
 
+    preprocess_threads is how many images are decoded and preprocessed at once;
+    preprocess_processes whether in worker processes (True), threads (False) or,
+    None, processes when the encoder runs on CUDA (see preprocess_pool.py).
+
+    compile: on CUDA, the forward is compiled with torch.compile (TorchInductor)
+    at start-up, before the graphs are captured: the ViT's layer norms, GELUs,
+    layer scales and residual adds become a few fused kernels instead of one
+    kernel each. The batch dimension is compiled as dynamic, so one compilation
+    serves every batch size. Start-up takes longer by the compilation.
+
     replicas is how many whole copies of the encoder serve requests, each taking
     its own batches. On CUDA (device cuda or auto on a GPU machine) replica i runs
     on cuda:i, or cuda:K+i for device cuda:K. The encoder is replicated rather
@@ -59,8 +69,10 @@ class VisionConfig:
     url_timeout_s: float = 10.0
     trust_remote_code: bool = False
     preprocess_threads: int = field(default_factory=default_preprocess_threads)
+    preprocess_processes: bool | None = None
     replicas: int = 1
     cuda_graphs: bool = True
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
@@ -84,5 +96,8 @@ class VisionConfig:
         _require(_positive_int(self.preprocess_threads),
                  f"preprocess_threads must be a positive integer, got {self.preprocess_threads!r}")
         _require(isinstance(self.cuda_graphs, bool), f"cuda_graphs must be a bool, got {self.cuda_graphs!r}")
+        _require(isinstance(self.compile, bool), f"compile must be a bool, got {self.compile!r}")
+        _require(self.preprocess_processes is None or isinstance(self.preprocess_processes, bool),
+                 f"preprocess_processes must be None (auto) or a bool, got {self.preprocess_processes!r}")
         _require(_positive_int(self.replicas),
                  f"replicas must be a positive integer (encoder copies, one per GPU), got {self.replicas!r}")

@@ -19,35 +19,35 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vlmserve.errors import InternalError, InvalidArgumentError, ModelLoadError
+from vlmserve.errors import InternalError, ModelLoadError
 from vlmserve.vision.config import VisionConfig
-from vlmserve.vision.families import TileGrid, family_for
 from vlmserve.vision.graphs import GraphedForward
-from vlmserve.vision.image_decode import decode_image
-from vlmserve.vision.image_source import ImageSource, resolve
+from vlmserve.vision.image_source import ImageSource
 from vlmserve.vision.loader import load_encoder, replica_devices, resolve_device, resolve_dtype
-from vlmserve.vision.tiles import ImageEmbedding, ImageLayout, PreparedImage, Tiles
+from vlmserve.vision.preparer import ImagePreparer
+from vlmserve.vision.tiles import ImageEmbedding, PreparedImage, Tiles
 
 log = logging.getLogger(__name__)
 
 
 class VisionEncoder:
     def __init__(self, model: str | Path, config: VisionConfig | None = None):
-        from transformers import AutoConfig, AutoImageProcessor
+        from transformers import AutoConfig
 
         self.config = config or VisionConfig()
         self.directory = Path(model)
         if not (self.directory / "config.json").is_file():
             raise ModelLoadError(f"{self.directory} is not a checkpoint directory (no config.json)")
-        trust = self.config.trust_remote_code
         try:
-            self.hf_config = AutoConfig.from_pretrained(str(self.directory), trust_remote_code=trust)
-            self.image_processor = AutoImageProcessor.from_pretrained(str(self.directory), trust_remote_code=trust)
+            hf_config = AutoConfig.from_pretrained(str(self.directory), trust_remote_code=self.config.trust_remote_code)
         except (OSError, ValueError) as e:
-            raise ModelLoadError(f"cannot load the config or image processor of {self.directory}: {e}") from None
+            raise ModelLoadError(f"cannot load the config of {self.directory}: {e}") from None
+        self.preparer = ImagePreparer(self.directory, self.config, hf_config=hf_config)
+        self.hf_config = hf_config
+        self.image_processor = self.preparer.image_processor
         self.model_type = self.hf_config.model_type
-        self.family = family_for(self.model_type)
-        self.processor_kwargs = self.family.processor_defaults()
+        self.family = self.preparer.family
+        self.processor_kwargs = self.preparer.processor_kwargs
         self.devices = replica_devices(resolve_device(self.config.device), self.config.replicas)
         self.device = self.devices[0]
         self.dtype = resolve_dtype(self.config.dtype, self.hf_config, self.device)
@@ -62,42 +62,23 @@ class VisionEncoder:
         self._streams = [torch.cuda.Stream(device=d, priority=-10) if d.type == "cuda" else None
                          for d in self.devices]
         self.hidden_size = int(self.hf_config.text_config.hidden_size)
-        self.tokens_per_tile = 0  # known after warmup()
+        self._features = [self._features_fn(model, d) for model, d in zip(self.models, self.devices)]
+        self.compiled = any(getattr(f, "compiled", False) for f in self._features)
         self._graphed: list[GraphedForward | None] = [None] * self.replicas  # captured by warmup()
 
     # -- images -----------------------------------------------------------------------------------
 
     def load_image(self, source: ImageSource) -> Image.Image:
         """Bytes, data URL or allow-listed URL → validated RGB image (blocking)."""
-        data, mime = resolve(source, self.config)
-        return decode_image(data, mime, self.config)
+        return self.preparer.load_image(source)
 
     def prepare(self, image: Image.Image) -> PreparedImage:
         """Runs the family's image processor (resize, tiling, normalization) on one RGB image."""
-        if not self.tokens_per_tile:
-            raise InternalError("VisionEncoder.warmup() must run before images are prepared")
-        try:
-            tiles, grid = self._process(image)
-        except InternalError:
-            raise
-        except Exception as e:  # a processor that chokes on an image (extreme aspect ratio...) is the input's fault
-            raise InvalidArgumentError(f"the model's image processor rejected the {image.width}x{image.height} "
-                                       f"image: {e}") from None
-        layout = ImageLayout(num_tokens=grid.num_tiles * self.tokens_per_tile, num_tiles=grid.num_tiles,
-                             tokens_per_tile=self.tokens_per_tile, grid_rows=grid.grid_rows,
-                             grid_cols=grid.grid_cols, has_global_tile=grid.has_global_tile,
-                             image_width=image.width, image_height=image.height)
-        return PreparedImage(tiles, layout)
+        return self.preparer.prepare(image)
 
-    def _process(self, image: Image.Image) -> tuple[Tiles, TileGrid]:
-        out = self.image_processor(images=[image], return_tensors="pt", **self.processor_kwargs)
-        grid = self.family.grid(out, image.size, self.image_processor, self.processor_kwargs)
-        # Idefics3 nests the tiles under a sample dimension: [1, tiles, ...].
-        tiles = Tiles({name: out[name][0] if self.family.sample_dim else out[name]
-                       for name in self.family.tile_inputs})
-        if len(tiles) != grid.num_tiles:
-            raise InternalError(f"the image processor returned {len(tiles)} tiles, its layout {grid.num_tiles}")
-        return tiles, grid
+    @property
+    def tokens_per_tile(self) -> int:
+        return self.preparer.tokens_per_tile
 
     # -- model ------------------------------------------------------------------------------------
 
@@ -114,10 +95,27 @@ class VisionEncoder:
             if out is None:
                 inputs = {k: (v.to(device, self.dtype) if v.is_floating_point() else v.to(device))
                           for k, v in tiles.tensors.items()}
-                out = self.family.features(self.models[replica], inputs)
+                out = self._features[replica](inputs)
             if out.shape[0] != len(tiles) or out.shape[-1] != self.hidden_size:
                 raise InternalError(f"the encoder returned {tuple(out.shape)} for {len(tiles)} tiles")
             return out.to("cpu")  # synchronizes this stream
+
+    def _features_fn(self, model, device: torch.device):
+        """The family's forward bound to one replica's model; compiled when config.compile asks and it can be."""
+        def features(inputs: dict) -> torch.Tensor:
+            return self.family.features(model, inputs)  # looked up per call, as the family may be replaced
+
+        if not (self.config.compile and device.type == "cuda" and self.family.graphable):
+            return features
+        compiled = torch.compile(features, dynamic=None)
+
+        def run(inputs: dict) -> torch.Tensor:
+            for v in inputs.values():  # one compilation for every batch size
+                torch._dynamo.maybe_mark_dynamic(v, 0)
+            return compiled(inputs)
+
+        run.compiled = True
+        return run
 
     @property
     def graph_sizes(self) -> list[int]:
@@ -134,19 +132,18 @@ class VisionEncoder:
         each replica's graphs (see graphs.py)."""
         rng = np.random.default_rng(0)
         image = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-        tiles, grid = self._process(image)
-        self.tokens_per_tile = int(self.forward(tiles).shape[1])
+        tiles, _ = self.preparer.process(image)
+        self.preparer.tokens_per_tile = int(self.forward(tiles).shape[1])  # known from here on
         for replica in range(1, self.replicas):
             self.forward(tiles, replica)
         if self.config.cuda_graphs and self.device.type == "cuda" and self.family.graphable:
             with torch.inference_mode():
-                self._graphed = [GraphedForward(lambda inputs, m=model: self.family.features(m, inputs), tiles,
-                                                self.config.max_batch_size, d, self.dtype, s)
-                                 for model, d, s in zip(self.models, self.devices, self._streams)]
+                self._graphed = [GraphedForward(f, tiles, self.config.max_batch_size, d, self.dtype, s)
+                                 for f, d, s in zip(self._features, self.devices, self._streams)]
         log.info("vision encoder warmed up", extra={"fields": {
             "model_type": self.model_type, "tokens_per_tile": self.tokens_per_tile, "hidden_size": self.hidden_size,
             "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
-            "replicas": self.replicas, "devices": ",".join(str(d) for d in self.devices),
+            "replicas": self.replicas, "devices": ",".join(str(d) for d in self.devices), "compiled": self.compiled,
             "cuda_graphs": ",".join(map(str, self.graph_sizes)) or "off"}})
 
     def encode(self, images: list[Image.Image]) -> list[ImageEmbedding]:

@@ -1,0 +1,70 @@
+"""Image bytes → a PreparedImage without the model: decoding with its checks,
+then the family's own image processor (resize, tiling, normalization).
+
+Built from the checkpoint's config and image processor only, so it is cheap to
+hold in every preprocessing worker process (see preprocess_pool.py); the
+encoder holds one for its own prepare()."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from vlmserve.errors import InternalError, InvalidArgumentError, ModelLoadError
+from vlmserve.vision.config import VisionConfig
+from vlmserve.vision.families import TileGrid, family_for
+from vlmserve.vision.image_decode import decode_image
+from vlmserve.vision.image_source import ImageSource, resolve
+from vlmserve.vision.tiles import ImageLayout, PreparedImage, Tiles
+
+
+class ImagePreparer:
+    def __init__(self, directory: str | Path, config: VisionConfig, tokens_per_tile: int = 0, hf_config=None):
+        from transformers import AutoConfig, AutoImageProcessor
+
+        self.directory = Path(directory)
+        self.config = config
+        trust = config.trust_remote_code
+        try:
+            self.hf_config = hf_config or AutoConfig.from_pretrained(str(self.directory), trust_remote_code=trust)
+            self.image_processor = AutoImageProcessor.from_pretrained(str(self.directory), trust_remote_code=trust)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot load the config or image processor of {self.directory}: {e}") from None
+        self.family = family_for(self.hf_config.model_type)
+        self.processor_kwargs = self.family.processor_defaults()
+        self.tokens_per_tile = tokens_per_tile  # the encoder's output rows per tile: known once it has run
+
+    def load_image(self, source: ImageSource) -> Image.Image:
+        """Bytes, data URL or allow-listed URL → validated RGB image (blocking)."""
+        data, mime = resolve(source, self.config)
+        return decode_image(data, mime, self.config)
+
+    def prepare(self, image: Image.Image) -> PreparedImage:
+        """Runs the family's image processor on one RGB image."""
+        if not self.tokens_per_tile:
+            raise InternalError("VisionEncoder.warmup() must run before images are prepared")
+        try:
+            tiles, grid = self.process(image)
+        except InternalError:
+            raise
+        except Exception as e:  # a processor that chokes on an image (extreme aspect ratio...) is the input's fault
+            raise InvalidArgumentError(f"the model's image processor rejected the {image.width}x{image.height} "
+                                       f"image: {e}") from None
+        layout = ImageLayout(num_tokens=grid.num_tiles * self.tokens_per_tile, num_tiles=grid.num_tiles,
+                             tokens_per_tile=self.tokens_per_tile, grid_rows=grid.grid_rows,
+                             grid_cols=grid.grid_cols, has_global_tile=grid.has_global_tile,
+                             image_width=image.width, image_height=image.height)
+        return PreparedImage(tiles, layout)
+
+    def prepare_source(self, source: ImageSource) -> PreparedImage:
+        return self.prepare(self.load_image(source))
+
+    def process(self, image: Image.Image) -> tuple[Tiles, TileGrid]:
+        out = self.image_processor(images=[image], return_tensors="pt", **self.processor_kwargs)
+        grid = self.family.grid(out, image.size, self.image_processor, self.processor_kwargs)
+        # Idefics3 nests the tiles under a sample dimension: [1, tiles, ...].
+        tiles = Tiles({name: out[name][0] if self.family.sample_dim else out[name]
+                       for name in self.family.tile_inputs})
+        if len(tiles) != grid.num_tiles:
+            raise InternalError(f"the image processor returned {len(tiles)} tiles, its layout {grid.num_tiles}")
+        return tiles, grid

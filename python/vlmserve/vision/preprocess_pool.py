@@ -1,0 +1,160 @@
+"""Where the vision service decodes and preprocesses images: worker processes or threads.
+
+Decoding and the image processor hold the GIL for part of their work. In the
+vision service the GIL is also wanted by the event loop (every Encode call's
+messages) and by the forward thread, so under load a preprocessing thread spends
+most of its time waiting for it: on the H200, a 512×512 JPEG took 121 ms to
+prepare at concurrency 64 against 6 ms alone, while the eight preprocessing
+threads together used half a core. Worker processes have interpreters of their
+own and spread over the machine's cores; they are the default when the encoder
+runs on CUDA. On the CPU the encoder's forward already uses every core, and
+threads (no start-up cost, no copies) are the default.
+
+A worker process that dies (killed, out of memory, a crash inside a decoder)
+breaks its pool: the pool is replaced, and each image that was in it is tried
+once more on the new one, so one bad upload fails its own request, not everyone's.
+
+    pool = PreprocessPool.for_encoder(encoder)   # after encoder.warmup()
+    prepared = await pool.prepare(source)        # PreparedImage, or the error the image deserves
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import logging
+import multiprocessing
+import threading
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from vlmserve.errors import InternalError, VlmError
+from vlmserve.vision.config import VisionConfig
+from vlmserve.vision.image_source import ImageSource
+from vlmserve.vision.tiles import PreparedImage, Tiles
+
+if TYPE_CHECKING:
+    from vlmserve.vision.encoder import VisionEncoder
+
+log = logging.getLogger(__name__)
+
+# -- in a worker process ------------------------------------------------------------------------------
+
+_preparer = None  # this worker's ImagePreparer, built by _init_worker
+
+
+def _init_worker(directory: str, config: VisionConfig, tokens_per_tile: int) -> None:
+    global _preparer
+    from vlmserve.vision.preparer import ImagePreparer
+
+    # One image at a time per process: the pool, not torch's intra-op threads, spreads the work over the cores.
+    torch.set_num_threads(1)
+    _preparer = ImagePreparer(directory, config, tokens_per_tile)
+    # One image through decoding and the processor now: a worker's first image paid their lazy set-up (up to
+    # ~100 ms on the H200) inside a request.
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (512, 512, 3), dtype=np.uint8)).save(buf, "JPEG")
+    _preparer.prepare_source(ImageSource(data=buf.getvalue(), mime_type="image/jpeg"))
+
+
+def _ready() -> int:
+    return 0 if _preparer is None else _preparer.tokens_per_tile
+
+
+def _prepare_in_worker(source: ImageSource):
+    """The prepared image as plain arrays: numpy pickles as bytes, where torch tensors would go through
+    shared-memory handles."""
+    prepared = _preparer.prepare_source(source)
+    return {k: v.numpy() for k, v in prepared.tiles.tensors.items()}, prepared.layout
+
+
+# -- in the service ------------------------------------------------------------------------------------
+
+class PreprocessPool:
+    def __init__(self, directory: str | Path, config: VisionConfig, tokens_per_tile: int, preparer=None,
+                 processes: bool = True, workers: int | None = None):
+        """processes False: threads sharing `preparer` (the encoder's). workers defaults to
+        config.preprocess_threads."""
+        self.directory, self.config, self.tokens_per_tile = str(directory), config, tokens_per_tile
+        self.processes = processes
+        self.workers = workers or config.preprocess_threads
+        self._preparer = preparer
+        if not processes and preparer is None:
+            raise InternalError("a thread pool prepares with the encoder's preparer; none was given")
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+        self.replaced = 0  # pools replaced after a worker died (a metric for tests and logs)
+
+    @classmethod
+    def for_encoder(cls, encoder: "VisionEncoder") -> "PreprocessPool":
+        """Processes when the encoder runs on CUDA (or config.preprocess_processes says so), threads otherwise."""
+        chosen = encoder.config.preprocess_processes
+        processes = encoder.device.type == "cuda" if chosen is None else chosen
+        return cls(encoder.directory, encoder.config, encoder.tokens_per_tile, encoder.preparer, processes)
+
+    def _new_pool(self) -> concurrent.futures.Executor:
+        if not self.processes:
+            return concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="vision-preprocess")
+        # spawn, not fork: the service process holds CUDA state and threads that a forked child must not inherit.
+        pool = concurrent.futures.ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+            initargs=(self.directory, self.config, self.tokens_per_tile))
+        return pool
+
+    def start(self) -> None:
+        """Starts every worker process now (each imports torch and loads the image processor: seconds), so the
+        first requests do not wait for them. Blocking; a no-op for threads."""
+        if not self.processes:
+            return
+        # Submitted together, before any worker is idle: the executor starts one process per task.
+        futures = [self._pool.submit(_ready) for _ in range(self.workers)]
+        for f in futures:
+            if f.result(timeout=300) != self.tokens_per_tile:
+                raise InternalError("an image preprocessing worker started without its image processor")
+        log.info("image preprocessing workers started", extra={"fields": {"processes": self.workers}})
+
+    async def prepare(self, source: ImageSource) -> PreparedImage:
+        """Decodes and preprocesses one image off the event loop."""
+        if not self.processes:
+            ctx = contextvars.copy_context()  # keeps the request id in the worker thread's log lines
+            work = lambda: self._preparer.prepare_source(source)  # noqa: E731
+            return await asyncio.get_running_loop().run_in_executor(self._pool, ctx.run, work)
+        arrays, layout = await self._run(_prepare_in_worker, source)
+        return PreparedImage(Tiles({k: torch.from_numpy(v) for k, v in arrays.items()}), layout)
+
+    async def _run(self, fn, *args):
+        """fn(*args) in a worker process; once more on a fresh pool if the pool broke under it."""
+        for attempt in (1, 2):
+            pool = self._pool
+            try:
+                return await asyncio.wrap_future(pool.submit(fn, *args))
+            except BrokenProcessPool as e:
+                self._replace(pool)
+                if attempt == 2:
+                    raise InternalError(f"an image preprocessing worker stopped unexpectedly twice while this "
+                                        f"image was in its pool ({e}); the image was not processed") from None
+            except VlmError:
+                raise
+            except Exception as e:  # anything else from a worker is ours, not the caller's
+                raise InternalError(f"image preprocessing failed: {type(e).__name__}: {e}") from None
+
+    def _replace(self, broken: concurrent.futures.Executor) -> None:
+        with self._lock:
+            if self._pool is not broken:  # another caller replaced it already
+                return
+            self._pool = self._new_pool()
+            self.replaced += 1
+        broken.shutdown(wait=False, cancel_futures=True)
+        log.warning("an image preprocessing worker died; its pool was replaced",
+                    extra={"fields": {"replaced": self.replaced}})
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
