@@ -28,8 +28,10 @@ def _encoder(directory) -> VisionEncoder:
     return enc
 
 
-def _pool(enc: VisionEncoder) -> PreprocessPool:
-    pool = PreprocessPool(enc.directory, enc.config, enc.tokens_per_tile, processes=True)
+def _pool(enc: VisionEncoder, local: bool = False) -> PreprocessPool:
+    """Worker processes only; with local, also the one image at a time in the service process."""
+    pool = PreprocessPool(enc.directory, enc.config, enc.tokens_per_tile, enc.preparer if local else None,
+                          processes=True)
     pool.start()
     return pool
 
@@ -51,6 +53,31 @@ def test_worker_processes_prepare_what_the_service_process_prepares(vlm_dir, fam
             assert got.tiles.tensors.keys() == want.tiles.tensors.keys()
             for k, v in want.tiles.tensors.items():
                 assert torch.equal(got.tiles.tensors[k], v), (name, k)
+    finally:
+        pool.close()
+
+
+def test_a_lone_image_stays_in_the_service_process_and_the_rest_go_to_workers(vlm_dir):
+    enc = _encoder(vlm_dir("internvl"))
+    pool = _pool(enc, local=True)
+    calls = []
+    real = enc.preparer.prepare_source
+    enc.preparer.prepare_source = lambda source: calls.append(source) or real(source)
+    sources = [ImageSource(data=image_bytes(name), mime_type=mime) for name, mime in PHOTOS]
+
+    async def together():
+        return await asyncio.gather(*(pool.prepare(s) for s in sources))
+
+    try:
+        alone = _prepare(pool, image_bytes("rocket.jpg"), "image/jpeg")
+        assert len(calls) == 1  # prepared here, not sent to a worker
+        outs = asyncio.run(together())
+        assert len(calls) == 2  # of three at once, one here and two in workers
+        for source, out in zip(sources, outs):
+            want = real(source)
+            assert out.layout == want.layout and torch.equal(out.tiles.tensors["pixel_values"],
+                                                             want.tiles.tensors["pixel_values"])
+        assert alone.layout == outs[0].layout
     finally:
         pool.close()
 
