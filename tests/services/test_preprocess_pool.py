@@ -4,6 +4,7 @@ and a worker that dies costing a pool, not the service."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 
@@ -28,12 +29,20 @@ def _encoder(directory) -> VisionEncoder:
     return enc
 
 
-def _pool(enc: VisionEncoder, local: bool = False) -> PreprocessPool:
-    """Worker processes only; with local, also the one image at a time in the service process."""
+@contextlib.contextmanager
+def _running_pool(enc: VisionEncoder, local: bool = False):
+    """Worker processes only; with local, also the one image at a time in the service process. Closed after."""
     pool = PreprocessPool(enc.directory, enc.config, enc.tokens_per_tile, enc.preparer if local else None,
                           processes=True)
-    pool.start()
-    return pool
+    try:
+        pool.start()
+        yield pool
+    finally:
+        pool.close()
+
+
+async def _together(pool: PreprocessPool, sources: list[ImageSource]):
+    return await asyncio.gather(*(pool.prepare(s) for s in sources))
 
 
 def _prepare(pool: PreprocessPool, data: bytes, mime: str):
@@ -43,8 +52,7 @@ def _prepare(pool: PreprocessPool, data: bytes, mime: str):
 @pytest.mark.parametrize("family", ["llava", "internvl"])
 def test_worker_processes_prepare_what_the_service_process_prepares(vlm_dir, family):
     enc = _encoder(vlm_dir(family))
-    pool = _pool(enc)
-    try:
+    with _running_pool(enc) as pool:
         assert pool.processes and pool.workers == 2
         for name, mime in PHOTOS:
             got = _prepare(pool, image_bytes(name), mime)
@@ -53,70 +61,54 @@ def test_worker_processes_prepare_what_the_service_process_prepares(vlm_dir, fam
             assert got.tiles.tensors.keys() == want.tiles.tensors.keys()
             for k, v in want.tiles.tensors.items():
                 assert torch.equal(got.tiles.tensors[k], v), (name, k)
-    finally:
-        pool.close()
 
 
 def test_a_lone_image_stays_in_the_service_process_and_the_rest_go_to_workers(vlm_dir):
     enc = _encoder(vlm_dir("internvl"))
-    pool = _pool(enc, local=True)
     calls = []
     real = enc.preparer.prepare_source
     enc.preparer.prepare_source = lambda source: calls.append(source) or real(source)
     sources = [ImageSource(data=image_bytes(name), mime_type=mime) for name, mime in PHOTOS]
 
-    async def together():
-        return await asyncio.gather(*(pool.prepare(s) for s in sources))
-
-    try:
+    with _running_pool(enc, local=True) as pool:
         alone = _prepare(pool, image_bytes("rocket.jpg"), "image/jpeg")
         assert len(calls) == 1  # prepared here, not sent to a worker
-        outs = asyncio.run(together())
-        assert len(calls) == 2  # of three at once, one here and two in workers
-        for source, out in zip(sources, outs):
-            want = real(source)
-            assert out.layout == want.layout and torch.equal(out.tiles.tensors["pixel_values"],
-                                                             want.tiles.tensors["pixel_values"])
-        assert alone.layout == outs[0].layout
-    finally:
-        pool.close()
+        outs = asyncio.run(_together(pool, sources))
+    assert len(calls) == 2  # of three at once, one here and two in workers
+    for source, out in zip(sources, outs):
+        want = real(source)
+        assert out.layout == want.layout and torch.equal(out.tiles.tensors["pixel_values"],
+                                                         want.tiles.tensors["pixel_values"])
+    assert alone.layout == outs[0].layout
 
 
 def test_a_bad_image_fails_alone_with_its_own_error(vlm_dir):
     enc = _encoder(vlm_dir("llava"))
-    pool = _pool(enc)
-    try:
+    with _running_pool(enc) as pool:
         with pytest.raises(InvalidArgumentError, match="cannot be decoded|not a valid|decode"):
             _prepare(pool, b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png")
         with pytest.raises(InvalidArgumentError, match="unsupported image MIME type"):
             _prepare(pool, image_bytes("rocket.jpg"), "image/tiff")
         good = _prepare(pool, image_bytes("rocket.jpg"), "image/jpeg")
         assert len(good.tiles) >= 1 and pool.replaced == 0
-    finally:
-        pool.close()
 
 
 def test_a_worker_that_dies_costs_its_pool_not_the_service(vlm_dir):
     enc = _encoder(vlm_dir("llava"))
-    pool = _pool(enc)
-    try:
+    with _running_pool(enc) as pool:
         # A task that kills its worker, as a crash inside a decoder would: tried on a second pool, then failed.
         with pytest.raises(InternalError, match="stopped unexpectedly twice"):
             asyncio.run(pool._run(os._exit, 3))
         assert pool.replaced == 2
         after = _prepare(pool, image_bytes("chelsea.png"), "image/png")
         assert after.layout.num_tokens == enc.tokens_per_tile * after.layout.num_tiles
-    finally:
-        pool.close()
 
 
 def test_the_default_is_threads_on_the_cpu(vlm_dir):
     enc = _encoder(vlm_dir("llava"))
     pool = PreprocessPool.for_encoder(enc)
-    try:
-        assert not pool.processes
-    finally:
-        pool.close()
+    assert not pool.processes
+    pool.close()
     with pytest.raises(InvalidArgumentError, match="preprocess_processes"):
         VisionConfig(preprocess_processes="yes")
 

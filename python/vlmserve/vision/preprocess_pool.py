@@ -19,6 +19,7 @@ the images beside it go to the workers.
 A worker process that dies (killed, out of memory, a crash inside a decoder)
 breaks its pool: the pool is replaced, and each image that was in it is tried
 once more on the new one, so one bad upload fails its own request, not everyone's.
+The replacement starts its workers as images arrive (seconds for the first).
 
     pool = PreprocessPool.for_encoder(encoder)   # after encoder.warmup()
     prepared = await pool.prepare(source)        # PreparedImage, or the error the image deserves
