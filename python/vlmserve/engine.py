@@ -60,12 +60,26 @@ class RequestStream:
         self._wake = asyncio.Event() if loop is not None else None
         self._done = threading.Event()
         self.wants_logprobs = False
+        # The poller wakes an async consumer for a token only once this many came since the last wake-up (set by
+        # batches(min_tokens); the first token and the finish always wake it): a consumer that would go back to
+        # waiting costs its event loop a resumption for nothing.
+        self._wake_every = 1
+        self._tokens_since_wake = 0  # poller thread only
+        self._woken_once = False     # poller thread only
 
     # Called from the poller thread. wake=False leaves waking an async consumer to the caller (_wake_streams).
     def _push(self, item, wake: bool = True) -> None:
         self._queue.put(item)
         if wake and self._loop is not None:
             _wake_streams(self._loop, [self])
+
+    def _token_due(self) -> bool:
+        """Poller thread, after queuing a token: whether the async consumer should be woken for it now."""
+        self._tokens_since_wake += 1
+        if self._woken_once and self._tokens_since_wake < self._wake_every:
+            return False
+        self._tokens_since_wake, self._woken_once = 0, True
+        return True
 
     def _take(self, item):
         """Applies one queued item; returns a TokenOutput to yield, or None; raises at an error finish."""
@@ -88,12 +102,20 @@ class RequestStream:
             for out in batch:
                 yield out
 
-    async def batches(self):
+    async def batches(self, min_tokens: int = 1):
         """Async iteration by lists: each holds every TokenOutput queued since the previous list (at least one).
         A consumer that falls behind the engine (a busy event loop) catches up in one step per list rather than
-        one per token; a consumer that keeps up gets lists of one."""
+        one per token; a consumer that keeps up gets lists of one.
+
+        min_tokens > 1: after the first list (the first token goes out alone, at once), a list waits until it
+        holds min_tokens; the last may hold fewer. Fewer, larger lists for a consumer whose per-list cost
+        (one gRPC message) is what its event loop spends its time on."""
         if self._loop is None:
             raise InvalidArgumentError("async iteration needs a stream created with add_request(..., loop=loop)")
+        if not isinstance(min_tokens, int) or min_tokens < 1:
+            raise InvalidArgumentError(f"min_tokens must be an integer >= 1, got {min_tokens!r}")
+        self._wake_every = min_tokens
+        batch, first = [], True
         while True:
             self._wake.clear()
             items = []
@@ -105,7 +127,6 @@ class RequestStream:
             if not items:
                 await self._wake.wait()
                 continue
-            batch = []
             for item in items:
                 try:
                     out = self._take(item)
@@ -118,7 +139,9 @@ class RequestStream:
                         yield batch
                     return
                 batch.append(out)
-            yield batch
+            if first or len(batch) >= min_tokens:
+                yield batch
+                batch, first = [], False
 
     def wait(self, timeout: float | None = None) -> RequestOutput:
         """Drains the stream and returns the final RequestOutput; TimeoutError after `timeout` seconds."""
@@ -316,8 +339,8 @@ class Engine:
                 _wake_streams(loop, list(streams.values()))
 
     def _dispatch(self, ev: _native.Event) -> "RequestStream | None":
-        """Applies one event to its request's stream; returns the stream where an item was queued for its
-        consumer (woken by the caller, once per poll for all of them)."""
+        """Applies one event to its request's stream; returns the stream where an item was queued that its
+        consumer should be woken for (by the caller, once per poll for all of them)."""
         with self._streams_lock:
             stream = self._streams.get(ev.request_id)
         if stream is None:
@@ -334,7 +357,7 @@ class Engine:
                 if top is not None:
                     r.top_logprobs.append(top)
             stream._push(out, wake=False)
-            return stream
+            return stream if stream._token_due() else None
         elif ev.kind == _native.EVENT_PROMPT_LOGPROBS:
             r.prompt_logprobs = _copy_floats(ev)
         elif ev.kind == _native.EVENT_LOGITS:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from vlmserve.engine import RequestStream
-from vlmserve.errors import RequestFailedError
+from vlmserve.errors import InvalidArgumentError, RequestFailedError
 from vlmserve.outputs import TokenOutput
 
 
@@ -54,6 +54,50 @@ def test_a_consumer_that_keeps_up_gets_one_token_per_batch():
         return got
 
     assert asyncio.run(main()) == [[1], [2], [3]]
+
+
+def _paced(tokens, min_tokens: int, fail: bool = False) -> list[list[int]]:
+    """Batches a consumer that keeps up sees when tokens come one at a time, with min_tokens."""
+    async def main():
+        s = _stream(asyncio.get_running_loop())
+        got = []
+
+        async def produce():
+            for t in tokens:
+                s._push(TokenOutput(t))
+                await asyncio.sleep(0.005)
+            _finish(s, *(("error", "device lost") if fail else ()))
+
+        producer = asyncio.create_task(produce())
+        try:
+            async for batch in s.batches(min_tokens):
+                got.append([t.token_id for t in batch])
+        except RequestFailedError:
+            got.append("failed")
+        await producer
+        return got
+
+    return asyncio.run(main())
+
+
+def test_min_tokens_sends_the_first_alone_then_groups_the_rest():
+    assert _paced(range(1, 9), 3) == [[1], [2, 3, 4], [5, 6, 7], [8]]  # the last holds what is left
+    assert _paced(range(1, 5), 1) == [[1], [2], [3], [4]]
+    assert _paced([1], 4) == [[1]]
+    assert _paced(range(1, 4), 4) == [[1], [2, 3]]
+    assert _paced(range(1, 5), 3, fail=True) == [[1], [2, 3, 4], "failed"]
+    assert _paced(range(1, 4), 3, fail=True) == [[1], [2, 3], "failed"]  # held tokens still delivered
+
+
+def test_min_tokens_must_be_a_positive_integer():
+    async def main(bad):
+        s = _stream(asyncio.get_running_loop())
+        _finish(s)
+        return [b async for b in s.batches(bad)]
+
+    for bad in (0, -1, 1.5, None):
+        with pytest.raises(InvalidArgumentError, match="min_tokens"):
+            asyncio.run(main(bad))
 
 
 def test_tokens_before_a_failure_are_delivered_then_it_raises():
@@ -122,3 +166,38 @@ def test_one_engine_step_wakes_the_event_loop_once_for_all_its_streams(tiny_mode
     tokens = sum(len(t) for t in together)
     print(f"{calls} wake-ups of the loop for {tokens} tokens in {steps} engine steps")
     assert 1 <= calls <= steps < tokens
+
+
+def test_a_consumer_asking_for_groups_is_woken_once_a_group(tiny_model_dir):
+    """batches(min_tokens): the poller wakes the consumer for its first token, then once per min_tokens tokens,
+    then at the finish, rather than once a step; the tokens are those of a request run alone."""
+    import numpy as np
+
+    from vlmserve import Engine, EngineConfig, GenerationConfig
+
+    prompt = np.random.default_rng(7).integers(3, 300, size=9).tolist()
+    gen = GenerationConfig(max_new_tokens=13, ignore_eos=True)
+    with Engine(tiny_model_dir("llama_gqa_hd128"), EngineConfig(device="cpu", num_kv_blocks=64, block_size=16,
+                                                                  max_batch_size=4)) as eng:
+        alone = eng.generate(prompt, gen).token_ids
+
+        async def main(min_tokens):
+            stream = eng.add_request(prompt, gen, loop=asyncio.get_running_loop())
+            sets = 0
+            original = stream._wake.set
+
+            def counted():
+                nonlocal sets
+                sets += 1
+                original()
+
+            stream._wake.set = counted
+            batches = [[t.token_id for t in b] async for b in stream.batches(min_tokens)]
+            return batches, sets
+
+        every, every_sets = asyncio.run(main(1))
+        grouped, grouped_sets = asyncio.run(main(4))
+    assert sum(every, []) == sum(grouped, []) == alone
+    assert [len(b) for b in grouped] == [1, 4, 4, 4]
+    print(f"consumer wake-ups: {every_sets} one token at a time, {grouped_sets} in groups of 4")
+    assert grouped_sets <= 5 < every_sets  # the first token, three groups, the finish

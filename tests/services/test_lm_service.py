@@ -352,3 +352,33 @@ def test_vision_addr_list_spreads_calls_over_replicas(model):
         lm.stop()
         a.stop()
         b.stop()
+
+
+def test_stream_interval_groups_tokens_after_the_first(stack, model):
+    from vlmserve.errors import InvalidArgumentError
+    from vlmserve.services.lm_server import LmLimits
+
+    _, every = stack
+    grouped = LmServerThread(model, None, stream_interval=4)
+    try:
+        req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 4093, 198, 1780]))
+        req.params.max_tokens = 10
+        req.params.ignore_eos = True
+        results = {}
+        for name, server in (("every", every), ("grouped", grouped)):
+            ch, s = stub(server.address)
+            msgs = list(s.Generate(req, timeout=60))
+            ch.close()
+            results[name] = msgs
+        sizes = [len(m.token_ids) for m in results["grouped"]]
+        assert sizes[0] == 1 and sum(sizes) == 10
+        carrying = [n for n in sizes if n]
+        assert all(n >= 4 for n in carrying[1:-1]) and len(carrying) <= 4  # 1, then groups of at least 4
+        assert [len(m.token_ids) for m in results["every"]][:1] == [1]
+        assert collect(results["grouped"])[:2] == collect(results["every"])[:2]  # same tokens and text
+        assert results["grouped"][-1].finish_reason == pb.FINISH_REASON_LENGTH
+    finally:
+        grouped.stop()
+    for bad in (0, 65, 2.0, True):
+        with pytest.raises(InvalidArgumentError, match="stream_interval"):
+            LmLimits(stream_interval=bad)

@@ -171,6 +171,12 @@ def engine_config_from_flags(a: argparse.Namespace):
                         device=a.engine_device, threads=a.threads, tp=a.tp)
 
 
+def add_stream_interval_flag(p: argparse.ArgumentParser) -> None:
+    flag(p, "--stream-interval", type=int, default=1,
+         help="tokens per response message after the first (sent alone at once); the last may carry fewer. "
+              "Larger values spend less of the LM service's event loop per token at many concurrent streams")
+
+
 def add_lm_args(p: argparse.ArgumentParser) -> None:
     _model_arg(p, "checkpoint directory (HF or AWQ) of the language model or VLM")
     add_server_args(p, port=50051, metrics_port=9091)
@@ -179,6 +185,7 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
                                              "(round-robin); empty: text only")
     flag(p, "--vision-api-key", help="bearer token for the vision service")
     flag(p, "--max-images-per-request", type=int, default=16, help="most images one Chat request may carry")
+    add_stream_interval_flag(p)
     flag(p, "--trust-remote-code", type=bool, default=False, help="allow the checkpoint's tokenizer code")
 
 
@@ -199,7 +206,8 @@ def run_lm(a: argparse.Namespace) -> int:
     log.configure(a.log_level)
     model = _resolve_model(a)
     limits = LmLimits(vision_addr=a.vision_addr or None, vision_api_key=a.vision_api_key or None,
-                      max_images_per_request=a.max_images_per_request, trust_remote_code=a.trust_remote_code)
+                      max_images_per_request=a.max_images_per_request, trust_remote_code=a.trust_remote_code,
+                      stream_interval=a.stream_interval)
     engine_config, server_config = engine_config_from_flags(a), server_config_from_args(a)
 
     async def serve() -> None:
@@ -218,6 +226,7 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
         if _env_name(name) not in os.environ:
             p.set_defaults(**{name: default})
     add_engine_flags(p, tp=False)
+    add_stream_interval_flag(p)
     flag(p, "--vision-port", type=int, default=50052, help="port of the vision service (0: pick a free one)")
     flag(p, "--vision-metrics-port", type=int, default=9092, help="Prometheus port of the vision service (-1: off)")
 
@@ -248,7 +257,8 @@ def run_stack(a: argparse.Namespace) -> int:
             lm.append(LmServer(model, engine_config_from_flags(a),
                                LmLimits(vision_addr=f"127.0.0.1:{vport}", vision_api_key=a.api_key or None,
                                         max_images_per_request=a.max_images_per_request,
-                                        trust_remote_code=a.trust_remote_code), lm_server_config))
+                                        trust_remote_code=a.trust_remote_code,
+                                        stream_interval=a.stream_interval), lm_server_config))
             await lm[0].start()
 
         async def load() -> None:

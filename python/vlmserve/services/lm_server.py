@@ -28,16 +28,25 @@ log = logging.getLogger("vlmserve.lm")
 
 @dataclass
 class LmLimits:
-    """vision_addr: one address, a comma-separated list or dns:///name:port; None: text only."""
+    """vision_addr: one address, a comma-separated list or dns:///name:port; None: text only.
+
+    stream_interval: tokens a response message carries after the first (which goes out alone, at once); the
+    last message may carry fewer, and a stream whose client keeps up with fewer is never held back longer than
+    that many engine steps. 1 sends every token as it comes. Larger values trade inter-token smoothness for the
+    event loop's time: each message costs it about the same whatever it carries."""
 
     vision_addr: str | None = None
     vision_api_key: str | None = None
     max_images_per_request: int = 16
     trust_remote_code: bool = False
+    stream_interval: int = 1
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_images_per_request, int) or self.max_images_per_request < 1:
             raise InvalidArgumentError(f"max_images_per_request must be >= 1, got {self.max_images_per_request!r}")
+        if not isinstance(self.stream_interval, int) or isinstance(self.stream_interval, bool) \
+                or not 1 <= self.stream_interval <= 64:
+            raise InvalidArgumentError(f"stream_interval must be an integer in [1, 64], got {self.stream_interval!r}")
 
 
 @dataclass

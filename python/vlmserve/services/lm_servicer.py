@@ -131,8 +131,9 @@ class LmServicer:
         count = 0
         try:
             # One message per batch of tokens the engine produced since the last one: one token while this loop
-            # keeps up, several when it falls behind (then fewer, larger messages let it catch up).
-            async for batch in stream.batches():
+            # keeps up, several when it falls behind (then fewer, larger messages let it catch up), and at least
+            # --stream-interval after the first.
+            async for batch in stream.batches(core.limits.stream_interval):
                 now = time.perf_counter_ns()
                 if last_token_ns is None:
                     metrics.ttft.observe((now - received) / 1e9)
