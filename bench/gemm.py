@@ -16,6 +16,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -41,6 +42,9 @@ ROTATE_BYTES = 200 * 2**20
 
 # The engine's switch to dequantize + dense GEMM (kDequantGemmMinRows in native/cuda/cuda_runner.cpp).
 DEQUANT_GEMM_MIN_ROWS = 256
+# VLM_W4A16_WGMMA=1 (read by the library): from 17 rows the wgmma kernel, which the engine then also uses
+# instead of dequantizing from 256 rows (w4a16_wgmma_applies in native/cuda/cuda_runner.cpp).
+WGMMA = os.environ.get("VLM_W4A16_WGMMA", "0") not in ("", "0")
 # Rows our dense decode kernel takes (dense_decode.h); the engine runs it at one row.
 DENSE_DECODE_MAX_ROWS = 4
 
@@ -116,8 +120,8 @@ def bench_layer(n: int, k: int, ms, rng) -> list[dict]:
         ws = torch.zeros(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
         t_kernel = time_graph(lambda i: w4a16_gemm(x16, ours_w[i % len(ours_w)], ours_sz, n, GROUP, out=out,
                                                    workspace=ws))
-        t_ours, path = t_kernel, "w4a16 kernel"
-        if m >= DEQUANT_GEMM_MIN_ROWS:  # the engine's path at this size: dequantize, then a dense GEMM
+        t_ours, path = t_kernel, ("w4a16 wgmma kernel" if WGMMA and m > 16 else "w4a16 kernel")
+        if m >= DEQUANT_GEMM_MIN_ROWS and not WGMMA:  # the engine's path at this size: dequantize, then cuBLAS
             scratch = torch.empty(n, k, device=dev, dtype=torch.float16)
             t_ours = time_graph(lambda i: torch.nn.functional.linear(
                 x16, w4a16_dequantize(ours_w[i % len(ours_w)], ours_sz, n, k, GROUP, out=scratch)))
@@ -178,9 +182,11 @@ def main() -> None:
              f"- Command: `{' '.join(['python bench/gemm.py'] + sys.argv[1:])}`",
              f"- Method: weights rotated over > 200 MB, {CALLS} calls per CUDA graph, median of {REPLAYS} replays; "
              f"group size {GROUP}; fp16 activations (torch int4 takes bf16)",
-             f"- Ours is the engine's path: the w4a16 kernel below {DEQUANT_GEMM_MIN_ROWS} rows; from there the layer is "
-             f"dequantized (vlm_w4a16_dequantize) into a scratch matrix and multiplied by cuBLAS (here through torch), "
-             f"both inside the timed graph",
+             (f"- Ours is the engine's path with VLM_W4A16_WGMMA=1: the wgmma w4a16 kernel from 17 rows, at every M"
+              if WGMMA else
+              f"- Ours is the engine's path: the w4a16 kernel below {DEQUANT_GEMM_MIN_ROWS} rows; from there the layer "
+              f"is dequantized (vlm_w4a16_dequantize) into a scratch matrix and multiplied by cuBLAS (here through "
+              f"torch), both inside the timed graph"),
              f"- Our fp16: the dense decode kernel (vlm_dense_decode_gemm) on the same fp16 weights, up to "
              f"{DENSE_DECODE_MAX_ROWS} rows (the engine runs it for unquantized models' one-row steps)", "",
              "| layer | M | torch fp16 µs | torch int4 µs | ours µs | our path | w4a16 kernel µs | × fp16 | × int4 "

@@ -13,6 +13,8 @@
 #                 norm and argmax kernels; etests, the engine against the CPU backend)
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
+#   wgmma         the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1): its checks, compute-sanitizer on them, bench/gemm at
+#                 M = 16/64/256/2048 without and with it, the engine's GPU tests with it
 #   dequant       the w4a16 dequantization's exactness test, then bench/gemm at M = 256 and 2048 on every layer
 #   decode_new    2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0
 #   decode_table  2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers
@@ -155,6 +157,15 @@ etests() {  # the engine on the GPU against the CPU backend
 dequant() {  # the w4a16 dequantization (prefill-sized GEMMs' first half): its exactness test, then bench/gemm at 256/2048
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py -k dequantize
   python3 bench/gemm.py --ms 256,2048 --out-dir "$RES/gemm_dequant" | grep -E "^\| |^- M"
+}
+wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1, 17 rows up): its reference checks, compute-sanitizer on
+  # them, bench/gemm at M = 16/64/256/2048 without and with it (same call), the engine tests with it
+  python3 -m pytest -q -s -m gpu tests/kernels/test_w4a16_wgmma.py 2>&1 | tail -n 12
+  VLM_W4A16_WGMMA=1 PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 \
+    python3 tests/kernels/check_w4a16_wgmma.py 2>&1 | tail -n 6
+  python3 bench/gemm.py --ms 16,64,256,2048 --out-dir "$RES/gemm_before_wgmma" | grep -E "^- M"
+  VLM_W4A16_WGMMA=1 python3 bench/gemm.py --ms 16,64,256,2048 --out-dir "$RES/gemm_wgmma" | grep -E "^\| |^- M"
+  VLM_W4A16_WGMMA=1 python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 4
 }
 gemm_full() {  # bench/gemm at every M of the targets (1, 16, 64, 256, 2048), one run
   python3 bench/gemm.py --out-dir "$RES/gemm_full" | grep -E "^- M"
@@ -387,9 +398,10 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f wgmma serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
+step wgmma 560
 step pyenv 30
 step vision 300
 step vtests 200

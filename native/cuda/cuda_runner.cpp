@@ -33,6 +33,7 @@
 #include "cuda/step_profiler.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
+#include "cuda/w4a16_wgmma.h"
 #include "engine/communicator.h"
 #include "engine/kv_cache.h"
 #include "engine/step_runner.h"
@@ -648,7 +649,8 @@ class CudaRunner final : public StepRunner {
   // stacked [gate | up] output and the GEMM reads silu(gate) * up.
   void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false) {
 #if VLM_HAVE_CUBLAS
-    if (l.tensor_core && !gate_up_input && M >= kDequantGemmMinRows) {
+    if (l.tensor_core && !gate_up_input && M >= kDequantGemmMinRows &&
+        !w4a16_wgmma_applies(M, l.out, l.in, l.group)) {
       grow(dequant_, (size_t)l.out * l.in * 2);
       VLM_CUDA_CHECK(w4a16_dequantize(l.w.as(), l.scale.as(), dequant_.as(), l.out, l.in, l.group, bf16_, stream_));
       dense_gemm(dequant_.as(), l.out, l.in, x, M, y, false);

@@ -34,6 +34,8 @@
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_fragments.cuh"
 #include "cuda/w4a16_gemm.h"
+#include "cuda/w4a16_splitk.cuh"
+#include "cuda/w4a16_wgmma.h"
 
 namespace vlm {
 namespace {
@@ -263,20 +265,6 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   if (threadIdx.x == 0) *counter = 0;
 }
 
-// Sums split-K partials in slice order (deterministic) and adds the residual.
-template <class T>
-__global__ void splitk_reduce_kernel(const float* __restrict__ partial, const T* __restrict__ residual,
-                                     T* __restrict__ c, int64_t mn, int splits) {
-  cuda::pdl_wait();
-  cuda::pdl_allow_next();
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= mn) return;
-  float s = 0.f;
-  for (int k = 0; k < splits; ++k) s += partial[(int64_t)k * mn + i];
-  if (residual) s += Act<T>::to_float(residual[i]);
-  c[i] = Act<T>::from_float(s);
-}
-
 struct Plan {
   bool swap;     // M <= 8: the swapped mma form (see w4a16_kernel)
   int mt;        // 16-row tiles per block (not swapped)
@@ -402,10 +390,8 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
                                          p.splits > 1 ? partial : nullptr, p.fold ? arrivals : nullptr, M, N, K,
                                          group, p.quantum, p.max_slice, silu_up);
   if (e != cudaSuccess || p.splits == 1 || p.fold) return e;
-  const int64_t mn = (int64_t)M * N;
-  return cuda::launch_dependent(splitk_reduce_kernel<T>, dim3((unsigned)((mn + 255) / 256)), dim3(256), 0, stream,
-                                static_cast<const float*>(partial), static_cast<const T*>(residual),
-                                static_cast<T*>(c), mn, p.splits);
+  return w4a16_splitk_reduce<T>(partial, static_cast<const T*>(residual), static_cast<T*>(c), (int64_t)M * N,
+                                p.splits, stream);
 }
 
 template <class T>
@@ -426,6 +412,7 @@ cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz
 
 int64_t w4a16_workspace_bytes(int M, int N, int K, int group) {
   if (w4a16_decode_applies(M, N, K, group)) return 0;
+  if (w4a16_wgmma_applies(M, N, K, group)) return w4a16_wgmma_workspace_bytes(M, N, K, group);
   const Plan p = make_plan(M, N, K, group);
   if (!p.ok) return -1;
   if (p.splits == 1) return 0;
@@ -436,6 +423,8 @@ cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void*
                        int K, int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up) {
   if (w4a16_decode_applies(M, N, K, group))
     return w4a16_decode_gemm(a, w, sz, residual, c, M, N, K, group, bf16, stream, a_is_gate_up);
+  if (!a_is_gate_up && w4a16_wgmma_applies(M, N, K, group))
+    return w4a16_wgmma_gemm(a, w, sz, residual, c, M, N, K, group, bf16, workspace, stream);
   const Plan p = make_plan(M, N, K, group);
   if (!p.ok || (p.splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
   if (bf16) return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);

@@ -1,0 +1,318 @@
+// w4a16 GEMM on Hopper's warpgroup MMA (wgmma), for the row counts between the decode kernel and
+// prefill (17 rows up): C = A · dequant(W)ᵀ (+ residual), A [M][K] fp16/bf16, W packed as in
+// cpu/w4a16_pack.h, fp32 accumulation. Opt-in while it is measured: VLM_W4A16_WGMMA=1, and a
+// library built for sm_90a (wgmma exists only there; elsewhere the kernel traps).
+//
+// The weights are wgmma's A operand, taken from registers, and the rows of A (tokens) its N
+// dimension, from shared memory: C is computed transposed, 64 output columns by NT tokens an
+// instruction. No dequantized copy of W exists anywhere: each warp streams its 64-column strip's
+// codes (16 bytes a lane and k16 step, 512 contiguous bytes a warp), dequantizes them in
+// registers with the general kernel's dequant_fragments(), and those registers are the operand.
+// The packed layout fits this without a copy: a lane's word m of a strip's step holds the codes of
+// columns 16m + g and 16m + 8 + g at k = 2t.., 2t+8.. — exactly its fragment of a 16-row slice of
+// an m64 operand (rows g, g + 8). So a warpgroup (4 warps, 4 strips = 256 output columns) issues 4
+// wgmma a k16 step, instruction m taking each warp's word m: its 64 "rows" are columns 16m.. of the
+// 4 strips, 16 from each warp.
+//
+// The tokens' K slice streams through shared memory in stages of 64 (cp.async, kStages deep), laid
+// out as wgmma's no-swizzle K-major core matrices: 8 tokens × 8 k (128 bytes) each, the 8 k-chunks of
+// an 8-token group contiguous (LBO = 128 bytes between k-chunks, SBO = 1024 between token groups).
+// Rows past M are zero-filled. Grid: (ceil(N / 256), splits, ceil(M / NT)); with splits > 1 each K
+// slice writes fp32 partials that w4a16_splitk_reduce sums in slice order (deterministic).
+#include "cuda/w4a16_wgmma.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+
+#include "cpu/w4a16_pack.h"
+#include "cuda/dependent_launch.cuh"
+#include "cuda/device_query.h"
+#include "cuda/env_int.h"
+#include "cuda/w4a16_fragments.cuh"
+#include "cuda/w4a16_splitk.cuh"
+
+namespace vlm {
+namespace {
+
+using w4a16::Act;
+using w4a16::GroupParams;
+using w4a16::dequant_fragments;
+using w4a16::load_group;
+using w4a16::load_streaming;
+
+constexpr int kThreads = 128;               // one warpgroup
+constexpr int kBlockN = 4 * kW4StripN;      // 256 output columns: a strip per warp
+constexpr int kStageK = 64;                 // K of the activations per pipeline stage (4 k16 steps)
+constexpr int kStages = 4;
+constexpr int kMinSliceK = 512;             // no K slice shorter than this (8 stages)
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, int bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// cp.async writes shared memory through the generic proxy, wgmma reads it through the async proxy.
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+// Keeps a register's value where it is until this point: wgmma reads its register operands (and
+// writes its accumulators) asynchronously, after the instruction that names them has issued.
+__device__ __forceinline__ void hold(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
+__device__ __forceinline__ void hold(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// Shared-memory descriptor of an NT × 16 block of the staged tokens (no swizzle, K-major).
+__device__ __forceinline__ uint64_t tokens_descriptor(uint32_t smem_addr) {
+  uint64_t d = (uint64_t)((smem_addr & 0x3FFFF) >> 4);  // start address, bits 0-13
+  d |= (uint64_t)(128 >> 4) << 16;                      // LBO: the next 8 k of the same tokens
+  d |= (uint64_t)(1024 >> 4) << 32;                     // SBO: the next 8 tokens
+  return d;                                             // layout type 0 (bits 62-63): no swizzle
+}
+
+// d[NT/2] += A(af: this warp's 16 rows of the m64 operand) · B(desc: NT tokens × k16).
+template <class T, int NT>
+struct Wgmma;
+
+#define VLM_WGMMA_ACC16                                                                                        \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), \
+      "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+#define VLM_WGMMA_ACC32                                                                                         \
+  VLM_WGMMA_ACC16, "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), \
+      "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), \
+      "+f"(d[31])
+#define VLM_WGMMA_N32(TYPE)                                                                                   \
+  asm volatile(                                                                                               \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                              \
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32." TYPE "." TYPE                                             \
+      " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, {%16,%17,%18,%19}, %20, p, 1, 1, 0;\n}\n"    \
+      : VLM_WGMMA_ACC16                                                                                       \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
+#define VLM_WGMMA_N64(TYPE)                                                                                    \
+  asm volatile(                                                                                                \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                               \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE                                              \
+      " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27," \
+      "%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n}\n"                                             \
+      : VLM_WGMMA_ACC32                                                                                        \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
+
+template <>
+struct Wgmma<__half, 32> {
+  __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N32("f16"); }
+};
+template <>
+struct Wgmma<__half, 64> {
+  __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N64("f16"); }
+};
+template <>
+struct Wgmma<__nv_bfloat16, 32> {
+  __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N32("bf16"); }
+};
+template <>
+struct Wgmma<__nv_bfloat16, 64> {
+  __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N64("bf16"); }
+};
+#undef VLM_WGMMA_N32
+#undef VLM_WGMMA_N64
+#undef VLM_WGMMA_ACC16
+#undef VLM_WGMMA_ACC32
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <class T, int NT>
+__global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
+                                                               const uint4* __restrict__ sz,
+                                                               const T* __restrict__ residual, T* __restrict__ c,
+                                                               float* __restrict__ partial, int M, int N, int K,
+                                                               int group, int quantum) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kStageBytes = NT * kStageK * 2;
+  extern __shared__ __align__(128) unsigned char smem[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int strip = blockIdx.x * 4 + warp;
+  // N is a multiple of 64, not always of 256: a strip past N still takes part in every wgmma (they
+  // are warpgroup-wide) with zero weights, and stores nothing.
+  const bool active = strip < N / kW4StripN;
+  const int m0 = blockIdx.z * NT;
+  const int units = K / quantum;  // whole groups and whole stages
+  const int u0 = (int)((int64_t)blockIdx.y * units / gridDim.y), u1 = (int)((int64_t)(blockIdx.y + 1) * units / gridDim.y);
+  const int k0 = u0 * quantum, stages = (u1 - u0) * quantum / kStageK;
+  const uint4* wp = w + ((int64_t)strip * (K / 16) + k0 / 16) * 32 + lane;
+
+  // The first stage's weights depend on no earlier kernel: requested before waiting for the one that writes A.
+  uint4 wv[4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) wv[u] = active ? load_streaming(wp + u * 32) : make_uint4(0, 0, 0, 0);
+  cuda::pdl_wait();
+  cuda::pdl_allow_next();
+
+  // Stage st of this slice: tokens m0.. × k 64 into ring slot st % kStages, as core matrices. Thread i
+  // copies row 8 (i / 64) + i % 8, k-chunk (i / 8) % 8: eight threads fill one 128-byte core matrix.
+  auto load_stage = [&](int st) {
+    unsigned char* base = smem + (st % kStages) * kStageBytes;
+    const int kk = k0 + st * kStageK;
+#pragma unroll
+    for (int i = threadIdx.x; i < NT * 8; i += kThreads) {
+      const int r = (i % 8) + 8 * (i / 64), chunk = (i / 8) % 8;
+      const int row = m0 + r;
+      const T* src = a + (int64_t)min(row, M - 1) * K + kk + chunk * 8;
+      cp_async16_zfill(base + ((r / 8) * 8 + chunk) * 128 + (r % 8) * 16, src, row < M ? 16 : 0);
+    }
+  };
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < stages) load_stage(st);
+    cp_async_commit();
+  }
+
+  float acc[4][NT / 2];
+#pragma unroll
+  for (int m = 0; m < 4; ++m)
+#pragma unroll
+    for (int i = 0; i < NT / 2; ++i) acc[m][i] = 0.f;
+
+  const uint4* szp = sz + (int64_t)strip * (K / group) * 16 + (lane / 4);  // 16 uint4 per (strip, group)
+  const int steps_per_group = group / 16;
+  GroupParams gp{};
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+
+  for (int st = 0; st < stages; ++st) {
+    cp_async_wait<kStages - 2>();  // stage st has landed (this thread's copies)...
+    fence_async_shared();          // ...is visible to wgmma...
+    __syncthreads();               // ...for every thread's copies, and slot (st - 1) % kStages is free again
+    if (st + kStages - 1 < stages) load_stage(st + kStages - 1);
+    cp_async_commit();
+    // The next stage's weights are requested before this one's are dequantized and multiplied.
+    uint4 next[4];
+    const bool more = active && st + 1 < stages;
+#pragma unroll
+    for (int u = 0; u < 4; ++u) next[u] = more ? load_streaming(wp + (int64_t)((st + 1) * 4 + u) * 32) : wv[u];
+    const uint32_t slot = smem_base + (st % kStages) * kStageBytes;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int s = st * 4 + j;
+      if (active && s % steps_per_group == 0) gp = load_group(szp + (int64_t)((k0 + s * 16) / group) * 16);
+      uint32_t b[8][2];
+      dequant_fragments<T>(wv[j], gp, b);
+      uint32_t af[4][4];
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+        af[m][0] = b[2 * m][0];
+        af[m][1] = b[2 * m + 1][0];
+        af[m][2] = b[2 * m][1];
+        af[m][3] = b[2 * m + 1][1];
+      }
+      const uint64_t desc = tokens_descriptor(slot + j * 256);  // k16 step j: k-chunks 2j, 2j + 1
+#pragma unroll
+      for (int m = 0; m < 4; ++m)
+#pragma unroll
+        for (int i = 0; i < NT / 2; ++i) hold(acc[m][i]);
+      wgmma_fence();
+#pragma unroll
+      for (int m = 0; m < 4; ++m) Wgmma<T, NT>::mma(acc[m], af[m], desc);
+      wgmma_commit();
+      wgmma_wait_all();
+#pragma unroll
+      for (int m = 0; m < 4; ++m) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q) hold(af[m][q]);
+#pragma unroll
+        for (int i = 0; i < NT / 2; ++i) hold(acc[m][i]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < 4; ++u) wv[u] = next[u];
+  }
+  cp_async_wait<0>();
+  if (!active) return;
+
+  // acc[m][4i + q]: output column 64 strip + 16m + g (+8 for q >= 2), token m0 + 8i + 2t (+1 for odd q).
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int m = 0; m < 4; ++m)
+#pragma unroll
+    for (int i = 0; i < NT / 8; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int row = m0 + 8 * i + 2 * t + (q & 1);
+        if (row >= M) continue;
+        const int col = strip * kW4StripN + 16 * m + g + (q >> 1) * 8;
+        float v = acc[m][4 * i + q];
+        if (partial) {
+          partial[((int64_t)blockIdx.y * M + row) * N + col] = v;
+        } else {
+          if (residual) v += Act<T>::to_float(residual[(int64_t)row * N + col]);
+          c[(int64_t)row * N + col] = Act<T>::from_float(v);
+        }
+      }
+#else
+  __trap();  // built without sm_90a: w4a16_wgmma_applies() is false unless VLM_W4A16_WGMMA forces it
+#endif
+}
+
+struct Plan {
+  int nt, m_tiles, splits, quantum;
+  size_t smem;
+};
+
+Plan make_plan(int M, int N, int K, int group) {
+  Plan p{};
+  p.nt = M <= 32 ? 32 : 64;
+  p.m_tiles = (M + p.nt - 1) / p.nt;
+  p.quantum = std::max(group, kStageK);
+  const int units = K / p.quantum;
+  const int blocks = (N + kBlockN - 1) / kBlockN * p.m_tiles;
+  // Two blocks an SM in one wave where K allows: split K, each slice at least kMinSliceK.
+  const int most = std::max(1, std::min(units, K / kMinSliceK));
+  p.splits = 1;
+  while (p.splits < most && (int64_t)blocks * p.splits < 2LL * cuda::sm_count()) ++p.splits;
+  p.smem = (size_t)kStages * p.nt * kStageK * 2;
+  return p;
+}
+
+template <class T, int NT>
+cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
+                   int N, int K, int group, void* workspace, cudaStream_t stream) {
+  float* partial = p.splits > 1 ? static_cast<float*>(workspace) : nullptr;
+  dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
+  cudaError_t e = cuda::launch_dependent(w4a16_wgmma_kernel<T, NT>, grid, dim3(kThreads), p.smem, stream,
+                                         static_cast<const T*>(a), static_cast<const uint4*>(w),
+                                         static_cast<const uint4*>(sz), static_cast<const T*>(residual),
+                                         static_cast<T*>(c), partial, M, N, K, group, p.quantum);
+  if (e != cudaSuccess || p.splits == 1) return e;
+  return w4a16_splitk_reduce<T>(partial, static_cast<const T*>(residual), static_cast<T*>(c), (int64_t)M * N,
+                                p.splits, stream);
+}
+
+}  // namespace
+
+bool w4a16_wgmma_applies(int M, int N, int K, int group) {
+  static const bool on = cuda::env_int("VLM_W4A16_WGMMA", 0) != 0;
+  return on && M > 16 && N % kW4StripN == 0 && (group == 64 || group == 128) && K % std::max(group, kStageK) == 0;
+}
+
+int64_t w4a16_wgmma_workspace_bytes(int M, int N, int K, int group) {
+  const Plan p = make_plan(M, N, K, group);
+  return p.splits > 1 ? (int64_t)p.splits * M * N * 4 : 0;
+}
+
+cudaError_t w4a16_wgmma_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
+                             int N, int K, int group, bool bf16, void* workspace, cudaStream_t stream) {
+  if (!w4a16_wgmma_applies(M, N, K, group)) return cudaErrorInvalidValue;
+  const Plan p = make_plan(M, N, K, group);
+  if (p.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  if (bf16)
+    return p.nt == 32 ? launch<__nv_bfloat16, 32>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream)
+                      : launch<__nv_bfloat16, 64>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+  return p.nt == 32 ? launch<__half, 32>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream)
+                    : launch<__half, 64>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+}
+
+}  // namespace vlm
