@@ -73,3 +73,21 @@ def test_each_decode_reads_a_bounded_window(tokenizer):
         detok.push(i)
     assert len(ids) > 1000
     assert max(counting.sizes) <= 16, "a decode re-read the output instead of a window"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_tokens_added_in_groups_give_the_same_text_with_bounded_windows(tokenizer, seed):
+    # Groups of 1-6 tokens, as a stream that fell behind or sends several tokens a message delivers them.
+    text = builtin_path("wikitext2", "calibration").read_text(encoding="utf-8")[:3000] + UNICODE
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    rng = random.Random(seed)
+    counting = CountingTokenizer(tokenizer)
+    detok = IncrementalDetokenizer(counting)
+    deltas, i = [], 0
+    while i < len(ids):
+        n = rng.randint(1, 6)
+        deltas.append(detok.extend(ids[i:i + n]))
+        i += n
+    assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert not any("\ufffd" in d for d in deltas)
+    assert max(counting.sizes) <= 16 + 6

@@ -43,3 +43,18 @@ def test_earliest_of_several_stops_wins_and_no_stop_streams_everything():
     assert run("abc###def", ["def", "###"])[1] == "###"
     out, matched = run("plain text", [])
     assert "".join(out) == "plain text" and all(len(t) == 1 for t in out[:-1])
+
+
+def test_push_many_releases_what_single_pushes_release_without_stop_strings():
+    import pytest
+
+    text = "tokens in groups, as a message of several carries them"
+    single = TextStreamer(CharTokenizer())
+    grouped = TextStreamer(CharTokenizer())
+    one = "".join(single.push(TokenOutput(ord(ch))).text for ch in text) + single.flush()
+    parts = [text[i:i + 3] for i in range(0, len(text), 3)]
+    chunks = [grouped.push_many([TokenOutput(ord(ch)) for ch in part]) for part in parts]
+    assert "".join(c.text for c in chunks) + grouped.flush() == one == text
+    assert [c.token_ids for c in chunks] == [[ord(ch) for ch in part] for part in parts]
+    with pytest.raises(ValueError, match="stop strings"):
+        TextStreamer(CharTokenizer(), ["END"]).push_many([TokenOutput(65)])

@@ -25,7 +25,11 @@ class IncrementalDetokenizer:
 
     def push(self, token_id: int) -> str:
         """Adds one token; returns the newly completed text (possibly "")."""
-        self.token_ids.append(token_id)
+        return self.extend((token_id,))
+
+    def extend(self, token_ids) -> str:
+        """Adds several tokens with the two decodes of one push; returns the newly completed text (possibly "")."""
+        self.token_ids.extend(token_ids)
         ids = self.token_ids
         context = self._decode(ids[self._prefix:self._read])
         window = self._decode(ids[self._prefix:])

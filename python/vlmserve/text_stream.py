@@ -36,6 +36,16 @@ class TextStreamer:
         chunk.text, chunk.matched_stop = self._release(final=False)
         return chunk
 
+    def push_many(self, tokens: list[TokenOutput]) -> TextChunk:
+        """Several tokens at once, decoded together. Only without stop strings: with them, each token must be
+        pushed alone so that the tokens after a match can be dropped."""
+        if self.stop:
+            raise ValueError("push_many() is for streams without stop strings; push() each token")
+        chunk = TextChunk(token_ids=[t.token_id for t in tokens], logprobs=list(tokens))
+        self.pending += self.detok.extend(chunk.token_ids)
+        chunk.text, _ = self._release(final=False)
+        return chunk
+
     def flush(self) -> str:
         """At the end: releases the held-back text (no stop string can complete now)."""
         if self.stopped:

@@ -143,6 +143,14 @@ class LmServicer:
                     metrics.itl.observe(gap)
                 last_token_ns = now
                 msg = lm.GenerateResponse()
+                if not streamer.stop:  # no stop string can cut the batch: its tokens are decoded together
+                    count += len(batch)
+                    msg.token_ids.extend(tok.token_id for tok in batch)
+                    msg.logprobs.extend(self._logprob(core.builder.tokenizer, tok) for tok in batch
+                                        if tok.logprob is not None)
+                    msg.text = streamer.push_many(batch).text
+                    yield msg
+                    continue
                 texts = []
                 for tok in batch:
                     count += 1
