@@ -412,11 +412,14 @@ cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz
 
 int64_t w4a16_workspace_bytes(int M, int N, int K, int group) {
   if (w4a16_decode_applies(M, N, K, group)) return 0;
-  if (w4a16_wgmma_applies(M, N, K, group)) return w4a16_wgmma_workspace_bytes(M, N, K, group);
   const Plan p = make_plan(M, N, K, group);
   if (!p.ok) return -1;
-  if (p.splits == 1) return 0;
-  return (int64_t)kArrivalInts * 4 + (int64_t)p.splits * M * N * 4;
+  const int64_t general = p.splits == 1 ? 0 : (int64_t)kArrivalInts * 4 + (int64_t)p.splits * M * N * 4;
+  // With the wgmma kernel on, a call with A = the stacked gate/up output still takes this kernel: room for either.
+  // The wgmma partials go after the arrival counters, which must stay zero between calls.
+  if (w4a16_wgmma_applies(M, N, K, group))
+    return std::max(general, (int64_t)kArrivalInts * 4 + w4a16_wgmma_workspace_bytes(M, N, K, group));
+  return general;
 }
 
 cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
@@ -424,7 +427,8 @@ cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void*
   if (w4a16_decode_applies(M, N, K, group))
     return w4a16_decode_gemm(a, w, sz, residual, c, M, N, K, group, bf16, stream, a_is_gate_up);
   if (!a_is_gate_up && w4a16_wgmma_applies(M, N, K, group))
-    return w4a16_wgmma_gemm(a, w, sz, residual, c, M, N, K, group, bf16, workspace, stream);
+    return w4a16_wgmma_gemm(a, w, sz, residual, c, M, N, K, group, bf16,
+                            workspace ? static_cast<int*>(workspace) + kArrivalInts : nullptr, stream);
   const Plan p = make_plan(M, N, K, group);
   if (!p.ok || (p.splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
   if (bf16) return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
