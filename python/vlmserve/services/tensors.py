@@ -37,7 +37,9 @@ def to_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).numpy()).cast("B")
 
 
-def from_bytes(data: bytes, dtype: int, shape: list[int], field: str = "tensor") -> torch.Tensor:
+def from_bytes(data: bytes | bytearray, dtype: int, shape: list[int], field: str = "tensor") -> torch.Tensor:
+    """The tensor in `data`: a view of it when it is a bytearray (the caller's buffer, no copy), a copy of
+    immutable bytes."""
     tdtype = torch_dtype(dtype, f"{field}.dtype")
     if not shape or any(d <= 0 for d in shape):
         raise InvalidArgumentError(f"{field}.shape must be non-empty with positive sizes, got {list(shape)}")
@@ -46,5 +48,5 @@ def from_bytes(data: bytes, dtype: int, shape: list[int], field: str = "tensor")
     if len(data) != expected:
         raise InvalidArgumentError(f"{field} has {len(data)} bytes; shape {list(shape)} of "
                                    f"{str(tdtype).replace('torch.', '')} needs {expected}")
-    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    raw = torch.frombuffer(data if isinstance(data, bytearray) else bytearray(data), dtype=torch.uint8)
     return raw.view(tdtype).reshape(list(shape))

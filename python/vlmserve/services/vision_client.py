@@ -107,7 +107,7 @@ class VisionClient:
             h = headers.get(i)
             if h is None:
                 raise InternalError(f"vision service sent no embeddings for image {i}")
-            rows = tensors.from_bytes(bytes(buffers[i]), h.dtype, list(h.shape), f"images[{i}]")
+            rows = tensors.from_bytes(buffers[i], h.dtype, list(h.shape), f"images[{i}]")  # a view, no copy
             lay = h.layout
             out.append(EncodedImage(Layout(lay.num_tokens, lay.tokens_per_tile, lay.grid_rows, lay.grid_cols,
                                            lay.has_global_tile), _as_numpy(rows)))
