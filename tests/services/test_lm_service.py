@@ -364,6 +364,8 @@ def test_stream_interval_groups_tokens_after_the_first(stack, model):
         req = pb.GenerateRequest(token_ids=pb.TokenIds(ids=[1, 4093, 198, 1780]))
         req.params.max_tokens = 10
         req.params.ignore_eos = True
+        req.params.logprobs = True
+        req.params.top_logprobs = 2
         results = {}
         for name, server in (("every", every), ("grouped", grouped)):
             ch, s = stub(server.address)
@@ -377,6 +379,9 @@ def test_stream_interval_groups_tokens_after_the_first(stack, model):
         assert [len(m.token_ids) for m in results["every"]][:1] == [1]
         assert collect(results["grouped"])[:2] == collect(results["every"])[:2]  # same tokens and text
         assert results["grouped"][-1].finish_reason == pb.FINISH_REASON_LENGTH
+        for m in results["grouped"]:  # one logprob entry per token, in the same message
+            assert [lp.token_id for lp in m.logprobs] == list(m.token_ids)
+            assert all(len(lp.top_logprobs) == 2 for lp in m.logprobs)
     finally:
         grouped.stop()
     for bad in (0, 65, 2.0, True):

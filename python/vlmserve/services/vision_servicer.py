@@ -1,16 +1,17 @@
 """vlm.v1.VisionService: Encode and Info.
 
 Encode validates the request, decodes and preprocesses its images in the
-preprocessing pool (worker processes or threads, never on the event loop), submits every image's tiles to the shared
-batcher at once, then streams per image a header and raw-byte chunks. Errors are
-raised as vlmserve errors; the ErrorStatus interceptor turns them into statuses."""
+preprocessing pool (worker processes or threads, never on the event loop),
+submits every image's tiles to the shared batcher at once, then streams per
+image a header and raw-byte chunks. Errors are raised as vlmserve errors; the
+ErrorStatus interceptor turns them into statuses."""
 from __future__ import annotations
 
 import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from vlmserve.errors import InvalidArgumentError, VlmError
+from vlmserve.errors import InternalError, InvalidArgumentError, VlmError
 from vlmserve.services import protos, tensors
 from vlmserve.vision.image_source import ImageSource
 from vlmserve.vision.preprocess_pool import PreprocessPool
@@ -97,10 +98,9 @@ class VisionServicer:
     async def _prepare(self, pool: PreprocessPool, index: int, source: ImageSource) -> PreparedImage:
         try:
             return await pool.prepare(source)
-        except InvalidArgumentError as e:
-            self.owner.metrics.rejected_images.inc()
-            raise InvalidArgumentError(f"images[{index}]: {e}") from None
         except VlmError as e:
+            if not isinstance(e, InternalError):  # the image's fault (or its URL's), not ours
+                self.owner.metrics.rejected_images.inc()
             raise type(e)(f"images[{index}]: {e}") from None
 
     def _layout(self, image: PreparedImage):
