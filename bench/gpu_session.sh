@@ -326,37 +326,27 @@ vision() {  # the vision encoder: its GPU tests (graphs and compiled forwards ag
   python3 bench/vision.py --model-name internvl-2b --work /tmp/serve-work --batches 1,4,8,16 --busy-threads 0 \
     --prepare-threads 8 --reps 20 --out-dir "$RES/vision" 2>&1 | grep -v "^\[serve\]"
 }
-serve_compile() {  # model (a), w4a16 + int8 KV at concurrency 64 and 256: the vision forward as graphs, then compiled
+serve_runs() {  # serve_runs LEVELS ARGS...: bench/serve.py on model (a), w4a16 + int8 KV, vision batch 16, no peer, at
+  # the concurrency levels LEVELS, once per ARGS (a --stem and flags), in order
+  local levels=$1
+  shift
   serve_site || return 1
-  for v in "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"; do
+  for v in "$@"; do
     python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
-      --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 64,256 --out-dir "$RES/serve" $v 2>&1 |
-      grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
-  done
-}
-serve_preprocess() {  # model (a), w4a16 + int8 KV at concurrency 1/64/256: image preprocessing in threads of the
-  # vision service, then in worker processes (the default on CUDA)
-  serve_site || return 1
-  for v in "--stem internvl-2b-h200-prep-threads --vision-flag=--no-preprocess-processes" \
-           "--stem internvl-2b-h200-prep-processes"; do
-    python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
-      --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,64,256 --out-dir "$RES/serve" $v 2>&1 |
-      grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
-  done
-}
-serve_prep_default() {  # model (a), w4a16 + int8 KV at concurrency 1/64/256 with the vision service's defaults
-  serve_site || return 1
-  python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
-    --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,64,256 --out-dir "$RES/serve" \
-    --stem internvl-2b-h200-prep-default 2>&1 | grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
-}
-serve_interval() {  # model (a), w4a16 + int8 KV at concurrency 64/256: one token a message, then --stream-interval 4
-  serve_site || return 1
-  for v in "--stem internvl-2b-h200-interval1" "--stem internvl-2b-h200-interval4 --lm-flag=--stream-interval=4"; do
-    python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
-      --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 64,256 --out-dir "$RES/serve" $v 2>&1 |
+      --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency "$levels" --out-dir "$RES/serve" $v 2>&1 |
       grep -E "c=[0-9]+:|ABORT|Error|busiest" | tail -n 8
   done
+}
+serve_compile() {  # the vision forward as graphs, then compiled
+  serve_runs 64,256 "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"
+}
+serve_preprocess() {  # image preprocessing in threads of the vision service, then in worker processes
+  serve_runs 1,64,256 "--stem internvl-2b-h200-prep-threads --vision-flag=--no-preprocess-processes" \
+    "--stem internvl-2b-h200-prep-processes --vision-flag=--preprocess-processes"
+}
+serve_prep_default() { serve_runs 1,64,256 "--stem internvl-2b-h200-prep-default"; }
+serve_interval() {  # one token a message, then --stream-interval 4
+  serve_runs 64,256 "--stem internvl-2b-h200-interval1" "--stem internvl-2b-h200-interval4 --lm-flag=--stream-interval=4"
 }
 vtests() {  # the vision encoder's GPU tests (graphs and compiled forwards against eager)
   python3 -m pytest -q -m gpu tests/services/test_vision_graphs.py tests/services/test_vision_replicas.py 2>&1 | tail -n 5
@@ -407,7 +397,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f serve_interval wgmma serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f serve_runs serve_interval wgmma serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 560

@@ -104,22 +104,18 @@ struct Wgmma;
       : VLM_WGMMA_ACC32                                                                                        \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
 
-template <>
-struct Wgmma<__half, 32> {
-  __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N32("f16"); }
-};
-template <>
-struct Wgmma<__half, 64> {
-  __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N64("f16"); }
-};
-template <>
-struct Wgmma<__nv_bfloat16, 32> {
-  __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N32("bf16"); }
-};
-template <>
-struct Wgmma<__nv_bfloat16, 64> {
-  __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N64("bf16"); }
-};
+#define VLM_WGMMA_FOR(CTYPE, TYPE)                                                             \
+  template <>                                                                                  \
+  struct Wgmma<CTYPE, 32> {                                                                    \
+    __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N32(TYPE); } \
+  };                                                                                           \
+  template <>                                                                                  \
+  struct Wgmma<CTYPE, 64> {                                                                    \
+    __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N64(TYPE); } \
+  };
+VLM_WGMMA_FOR(__half, "f16")
+VLM_WGMMA_FOR(__nv_bfloat16, "bf16")
+#undef VLM_WGMMA_FOR
 #undef VLM_WGMMA_N32
 #undef VLM_WGMMA_N64
 #undef VLM_WGMMA_ACC16

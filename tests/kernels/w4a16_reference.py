@@ -49,6 +49,26 @@ def relative_errors(m: int, n: int, k: int, group: int, dtype: str) -> list[floa
     return errors
 
 
+def shapes_failures(shapes, dtypes=("float16", "bfloat16")) -> tuple[int, list[str]]:
+    """relative_errors() of every (m, n, k, group) shape and dtype: (checks made, a line per one over TOL)."""
+    checks, lines = 0, []
+    for m, n, k, group in shapes:
+        for dtype in dtypes:
+            for err in relative_errors(m, n, k, group, dtype):
+                checks += 1
+                if not err < TOL[dtype]:
+                    lines.append(f"M={m} N={n} K={k} group={group} {dtype}: relative error {err:.2e}")
+    return checks, lines
+
+
+def report(checks: int, lines: list[str]) -> int:
+    """Prints each failure and the count; the exit status of a check script."""
+    for line in lines:
+        print(line)
+    print(f"{checks} checks, {len(lines)} failures")
+    return 1 if lines else 0
+
+
 def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str) -> list[str]:
     """The decode kernel's fused norm (w4a16_gemm_rms_norm), with and without a residual update, against
     (a) the engine's two-launch path, the norm kernel then the GEMM: the same updated residual always, and
