@@ -44,7 +44,8 @@ def test_a_consumer_that_keeps_up_gets_one_token_per_batch():
         async def produce():
             for t in (1, 2, 3):
                 s._push(TokenOutput(t))
-                await asyncio.sleep(0.01)  # the consumer runs before the next token
+                while not s._queue.empty():  # the consumer takes it before the next token comes
+                    await asyncio.sleep(0)
             _finish(s)
 
         producer = asyncio.create_task(produce())
@@ -57,7 +58,8 @@ def test_a_consumer_that_keeps_up_gets_one_token_per_batch():
 
 
 def _paced(tokens, min_tokens: int, fail: bool = False) -> list[list[int]]:
-    """Batches a consumer that keeps up sees when tokens come one at a time, with min_tokens."""
+    """Batches a consumer that keeps up sees when tokens come one at a time, with min_tokens: each token is
+    pushed once the consumer has taken the one before (not after a delay: that would depend on the load)."""
     async def main():
         s = _stream(asyncio.get_running_loop())
         got = []
@@ -65,7 +67,8 @@ def _paced(tokens, min_tokens: int, fail: bool = False) -> list[list[int]]:
         async def produce():
             for t in tokens:
                 s._push(TokenOutput(t))
-                await asyncio.sleep(0.005)
+                while not s._queue.empty():
+                    await asyncio.sleep(0)
             _finish(s, *(("error", "device lost") if fail else ()))
 
         producer = asyncio.create_task(produce())
@@ -168,9 +171,19 @@ def test_one_engine_step_wakes_the_event_loop_once_for_all_its_streams(tiny_mode
     assert 1 <= calls <= steps < tokens
 
 
-def test_a_consumer_asking_for_groups_is_woken_once_a_group(tiny_model_dir):
-    """batches(min_tokens): the poller wakes the consumer for its first token, then once per min_tokens tokens,
-    then at the finish, rather than once a step; the tokens are those of a request run alone."""
+def test_the_poller_wakes_a_grouped_consumer_once_a_group():
+    """_token_due, the poller's decision per token: the first token, then every min_tokens-th."""
+    s = _stream(None)
+    assert [s._token_due() for _ in range(5)] == [True] * 5  # one token a list: every token
+    s = _stream(None)
+    s._wake_every = 4
+    assert [s._token_due() for _ in range(13)] == [True] + ([False] * 3 + [True]) * 3
+
+
+def test_a_consumer_asking_for_groups_gets_them_from_the_engine(tiny_model_dir):
+    """batches(min_tokens) on the engine: the tokens of a request run alone, after the first list none shorter
+    than min_tokens but the last, and at most one wake-up of the consumer per group (plus the first and the
+    finish) however the engine's steps fall into polls."""
     import numpy as np
 
     from vlmserve import Engine, EngineConfig, GenerationConfig
@@ -181,7 +194,7 @@ def test_a_consumer_asking_for_groups_is_woken_once_a_group(tiny_model_dir):
                                                                   max_batch_size=4)) as eng:
         alone = eng.generate(prompt, gen).token_ids
 
-        async def main(min_tokens):
+        async def main():
             stream = eng.add_request(prompt, gen, loop=asyncio.get_running_loop())
             sets = 0
             original = stream._wake.set
@@ -192,12 +205,11 @@ def test_a_consumer_asking_for_groups_is_woken_once_a_group(tiny_model_dir):
                 original()
 
             stream._wake.set = counted
-            batches = [[t.token_id for t in b] async for b in stream.batches(min_tokens)]
+            batches = [[t.token_id for t in b] async for b in stream.batches(4)]
             return batches, sets
 
-        every, every_sets = asyncio.run(main(1))
-        grouped, grouped_sets = asyncio.run(main(4))
-    assert sum(every, []) == sum(grouped, []) == alone
-    assert [len(b) for b in grouped] == [1, 4, 4, 4]
-    print(f"consumer wake-ups: {every_sets} one token at a time, {grouped_sets} in groups of 4")
-    assert grouped_sets <= 5 < every_sets  # the first token, three groups, the finish
+        grouped, sets = asyncio.run(main())
+    assert sum(grouped, []) == alone
+    assert all(len(b) >= 4 for b in grouped[1:-1])
+    print(f"lists {[len(b) for b in grouped]}, {sets} consumer wake-ups for 13 tokens")
+    assert sets <= 1 + 12 // 4 + 1
