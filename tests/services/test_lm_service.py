@@ -373,10 +373,11 @@ def test_stream_interval_groups_tokens_after_the_first(stack, model):
             ch.close()
             results[name] = msgs
         sizes = [len(m.token_ids) for m in results["grouped"]]
-        assert sizes[0] == 1 and sum(sizes) == 10
+        assert sum(sizes) == 10
         carrying = [n for n in sizes if n]
-        assert all(n >= 4 for n in carrying[1:-1]) and len(carrying) <= 4  # 1, then groups of at least 4
-        assert [len(m.token_ids) for m in results["every"]][:1] == [1]
+        # The first message carries what had come when the stream first ran (one token unless the server was
+        # slow to run it), then groups of at least 4 (the last may hold fewer).
+        assert all(n >= 4 for n in carrying[1:-1]) and len(carrying) <= 4
         assert collect(results["grouped"])[:2] == collect(results["every"])[:2]  # same tokens and text
         assert results["grouped"][-1].finish_reason == pb.FINISH_REASON_LENGTH
         for m in results["grouped"]:  # one logprob entry per token, in the same message
