@@ -30,10 +30,10 @@ log = logging.getLogger("vlmserve.lm")
 class LmLimits:
     """vision_addr: one address, a comma-separated list or dns:///name:port; None: text only.
 
-    stream_interval: tokens a response message carries after the first (which goes out alone, at once); the
-    last message may carry fewer, and a stream whose client keeps up with fewer is never held back longer than
-    that many engine steps. 1 sends every token as it comes. Larger values trade inter-token smoothness for the
-    event loop's time: each message costs it about the same whatever it carries."""
+    stream_interval: tokens a response message carries after the first, which goes out at once (alone,
+    unless the server was slow to run the stream); the last message may carry fewer. 1 sends every token as it
+    comes. Larger values trade inter-token smoothness for the event loop's time: each message costs it about
+    the same whatever it carries (bench/grpc_stream.py)."""
 
     vision_addr: str | None = None
     vision_api_key: str | None = None
