@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Vision encoder benchmark: the service's forward (tiles in CPU memory -> embeddings in CPU memory) per batch
-size, eager, replayed from CUDA graphs and compiled (torch.compile, then graphs), alone and with Python threads holding the GIL beside it.
+size, eager, replayed from CUDA graphs and compiled (torch.compile, then graphs), alone and with Python threads
+holding the GIL beside it.
 
 The busy threads stand in for what shares the stack process with the encoder (gRPC threads, token streams,
 the engine's poller): each runs pure-Python work in a loop, so an eager forward, which launches every kernel

@@ -44,10 +44,8 @@ class VisionEncoder:
             raise ModelLoadError(f"cannot load the config of {self.directory}: {e}") from None
         self.preparer = ImagePreparer(self.directory, self.config, hf_config=hf_config)
         self.hf_config = hf_config
-        self.image_processor = self.preparer.image_processor
         self.model_type = self.hf_config.model_type
         self.family = self.preparer.family
-        self.processor_kwargs = self.preparer.processor_kwargs
         self.devices = replica_devices(resolve_device(self.config.device), self.config.replicas)
         self.device = self.devices[0]
         self.dtype = resolve_dtype(self.config.dtype, self.hf_config, self.device)
@@ -62,8 +60,9 @@ class VisionEncoder:
         self._streams = [torch.cuda.Stream(device=d, priority=-10) if d.type == "cuda" else None
                          for d in self.devices]
         self.hidden_size = int(self.hf_config.text_config.hidden_size)
-        self._features = [self._features_fn(model, d) for model, d in zip(self.models, self.devices)]
-        self.compiled = any(getattr(f, "compiled", False) for f in self._features)
+        # Every replica is on the same kind of device: all compiled or none.
+        self.compiled = self.config.compile and self.device.type == "cuda" and self.family.graphable
+        self._features = [self._features_fn(model) for model in self.models]
         self._graphed: list[GraphedForward | None] = [None] * self.replicas  # captured by warmup()
 
     # -- images -----------------------------------------------------------------------------------
@@ -79,6 +78,14 @@ class VisionEncoder:
     @property
     def tokens_per_tile(self) -> int:
         return self.preparer.tokens_per_tile
+
+    @property
+    def image_processor(self):
+        return self.preparer.image_processor
+
+    @property
+    def processor_kwargs(self) -> dict:
+        return self.preparer.processor_kwargs
 
     # -- model ------------------------------------------------------------------------------------
 
@@ -100,12 +107,12 @@ class VisionEncoder:
                 raise InternalError(f"the encoder returned {tuple(out.shape)} for {len(tiles)} tiles")
             return out.to("cpu")  # synchronizes this stream
 
-    def _features_fn(self, model, device: torch.device):
-        """The family's forward bound to one replica's model; compiled when config.compile asks and it can be."""
+    def _features_fn(self, model):
+        """The family's forward bound to one replica's model; compiled when self.compiled."""
         def features(inputs: dict) -> torch.Tensor:
             return self.family.features(model, inputs)  # looked up per call, as the family may be replaced
 
-        if not (self.config.compile and device.type == "cuda" and self.family.graphable):
+        if not self.compiled:
             return features
         compiled = torch.compile(features, dynamic=None)
 
@@ -114,7 +121,6 @@ class VisionEncoder:
                 torch._dynamo.maybe_mark_dynamic(v, 0)
             return compiled(inputs)
 
-        run.compiled = True
         return run
 
     @property

@@ -115,10 +115,9 @@ class PreprocessPool:
         if not self.processes:
             return concurrent.futures.ThreadPoolExecutor(self.workers, thread_name_prefix="vision-preprocess")
         # spawn, not fork: the service process holds CUDA state and threads that a forked child must not inherit.
-        pool = concurrent.futures.ProcessPoolExecutor(
+        return concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
             initargs=(self.directory, self.config, self.tokens_per_tile))
-        return pool
 
     def start(self) -> None:
         """Starts every worker process now (each imports torch and loads the image processor: seconds), so the
