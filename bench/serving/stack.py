@@ -17,18 +17,38 @@ import grpc
 CLI = [sys.executable, "-c", "import sys; from vlmserve.cli import main; sys.exit(main())"]
 
 
-def _stat_cpu_seconds(stat: Path) -> float | None:
-    """utime + stime of a /proc stat file (a process's or one thread's); None where unreadable (e.g. gone)."""
+def _stat_cpu_seconds(stat: Path, reaped_children: bool = False) -> float | None:
+    """utime + stime of a /proc stat file (a process's or one thread's), with cutime + cstime (children it has
+    waited for) if asked; None where unreadable (e.g. gone)."""
     try:
         fields = stat.read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if reaped_children else 0)
+        return ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
 
 
+def _children(pid: int) -> list[int]:
+    """Live child processes of a process (every thread's /proc children list); empty where unreadable."""
+    out = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                out += [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+    except OSError:
+        pass
+    return out
+
+
 def process_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a live process, all its threads (Linux /proc); None where unreadable."""
-    return _stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
+    """User + system CPU time of a live process, all its threads, and of its child processes, live (e.g. the
+    vision service's image preprocessing workers) or ended (Linux /proc); None where unreadable."""
+    own = _stat_cpu_seconds(Path(f"/proc/{pid}/stat"), reaped_children=True)
+    if own is None:
+        return None
+    return own + sum(t for t in map(process_cpu_seconds, _children(pid)) if t is not None)
 
 
 def thread_cpu_seconds(pid: int) -> dict[str, float]:
