@@ -320,9 +320,9 @@ threads() {  # where the service processes' time goes at concurrency 64 and 256 
     --out-dir "$RES/serve" --stem internvl-2b-h200-threads 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 20
   head -n 40 "$RES"/serve/logs/*_c256_lm.pyspy.txt
 }
-vision() {  # the vision encoder: its GPU tests (graphs and compiled forwards against eager), then bench/vision.py
-  # eager, graphed and compiled at batch 1/4/8/16 (no busy threads)
-  python3 -m pytest -q -m gpu tests/services/test_vision_graphs.py 2>&1 | tail -n 5
+vision() {  # the vision encoder: its GPU tests (vtests), then bench/vision.py eager, graphed and compiled at batch
+  # 1/4/8/16 (no busy threads)
+  vtests
   python3 bench/vision.py --model-name internvl-2b --work /tmp/serve-work --batches 1,4,8,16 --busy-threads 0 \
     --prepare-threads 8 --reps 20 --out-dir "$RES/vision" 2>&1 | grep -v "^\[serve\]"
 }
