@@ -15,6 +15,7 @@
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   wgmma         the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1): its checks, compute-sanitizer on them, bench/gemm at
 #                 M = 16/64/256/2048 without and with it, the engine's GPU tests with it
+#   wgmma_ncu     Nsight Compute on the wgmma kernel (and its split-K sum) at M = 256 (NCU_MS="64 256"), four layers
 #   dequant       the w4a16 dequantization's exactness test, then bench/gemm at M = 256 and 2048 on every layer
 #   decode_new    2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0
 #   decode_table  2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers
@@ -167,6 +168,9 @@ wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1, 17 rows up): its referen
   python3 bench/gemm.py --ms 16,64,256,2048 --out-dir "$RES/gemm_before_wgmma" | grep -E "^- M"
   VLM_W4A16_WGMMA=1 python3 bench/gemm.py --ms 16,64,256,2048 --out-dir "$RES/gemm_wgmma" | grep -E "^\| |^- M"
   VLM_W4A16_WGMMA=1 python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 4
+}
+wgmma_ncu() {  # Nsight Compute on the wgmma kernel at M = 256 (NCU_MS: other row counts)
+  for m in ${NCU_MS:-256}; do VLM_W4A16_WGMMA=1 ncu_gemm_at ncu_wgmma$m $m "w4a16_wgmma|splitk_reduce"; done
 }
 gemm_full() {  # bench/gemm at every M of the targets (1, 16, 64, 256, 2048), one run
   python3 bench/gemm.py --out-dir "$RES/gemm_full" | grep -E "^- M"
@@ -397,10 +401,11 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f serve_runs serve_interval wgmma serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f serve_runs serve_interval wgmma wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
-step wgmma 560
+step wgmma 400
+step wgmma_ncu 200
 step pyenv 30
 step vision 300
 step vtests 200

@@ -5,20 +5,24 @@
 //
 // The weights are wgmma's A operand, taken from registers, and the rows of A (tokens) its N
 // dimension, from shared memory: C is computed transposed, 64 output columns by NT tokens an
-// instruction. No dequantized copy of W exists anywhere: each warp streams its 64-column strip's
-// codes (16 bytes a lane and k16 step, 512 contiguous bytes a warp), dequantizes them in
-// registers with the general kernel's dequant_fragments(), and those registers are the operand.
-// The packed layout fits this without a copy: a lane's word m of a strip's step holds the codes of
-// columns 16m + g and 16m + 8 + g at k = 2t.., 2t+8.. — exactly its fragment of a 16-row slice of
-// an m64 operand (rows g, g + 8). So a warpgroup (4 warps, 4 strips = 256 output columns) issues 4
-// wgmma a k16 step, instruction m taking each warp's word m: its 64 "rows" are columns 16m.. of the
-// 4 strips, 16 from each warp.
+// instruction. No dequantized copy of W exists anywhere: each warp's 64-column strip of codes
+// (16 bytes a lane and k16 step, 512 contiguous bytes a warp) is dequantized in registers with the
+// general kernel's arithmetic (dequant_fragments()), and those registers are the operand. The packed layout fits
+// this without a shuffle: a lane's word m of a strip's step holds the codes of columns 16m + g and
+// 16m + 8 + g at k = 2t.., 2t+8.. — exactly its fragment of a 16-row slice of an m64 operand (rows
+// g, g + 8). So a warpgroup (4 warps, 4 strips = 256 output columns) issues 4 wgmma a k16 step,
+// instruction m taking each warp's word m: its 64 "rows" are columns 16m.. of the 4 strips, 16 from
+// each warp.
 //
-// The tokens' K slice streams through shared memory in stages of 64 (cp.async, kStages deep), laid
-// out as wgmma's no-swizzle K-major core matrices: 8 tokens × 8 k (128 bytes) each, the 8 k-chunks of
-// an 8-token group contiguous (LBO = 128 bytes between k-chunks, SBO = 1024 between token groups).
-// Rows past M are zero-filled. Grid: (ceil(N / 256), splits, ceil(M / NT)); with splits > 1 each K
-// slice writes fp32 partials that w4a16_splitk_reduce sums in slice order (deterministic).
+// Everything a stage of K = 64 needs streams through a kStages-deep shared-memory ring with cp.async,
+// requested kStages - 2 stages ahead of use: the tokens' K slice as wgmma's no-swizzle K-major core
+// matrices (8 tokens × 8 k, 128 bytes each, the 8 k-chunks of an 8-token group contiguous: LBO = 128
+// bytes between k-chunks, SBO = 1024 between token groups; rows past M zero-filled), each warp's codes
+// for the stage's 4 k16 steps, and the scales and zeros of the group holding it. A k16 step issues its
+// 4 wgmma, waits for the previous step's, and dequantizes the next step's operands from the ring
+// while its own run.
+// Grid: (ceil(N / 256), splits, ceil(M / NT)); with splits > 1 each K slice writes fp32 partials that
+// w4a16_splitk_reduce sums in slice order (deterministic).
 #include "cuda/w4a16_wgmma.h"
 
 #include <cuda_bf16.h>
@@ -39,15 +43,16 @@ namespace {
 
 using w4a16::Act;
 using w4a16::GroupParams;
-using w4a16::dequant_fragments;
 using w4a16::load_group;
-using w4a16::load_streaming;
 
 constexpr int kThreads = 128;               // one warpgroup
 constexpr int kBlockN = 4 * kW4StripN;      // 256 output columns: a strip per warp
-constexpr int kStageK = 64;                 // K of the activations per pipeline stage (4 k16 steps)
-constexpr int kStages = 4;
-constexpr int kMinSliceK = 512;             // no K slice shorter than this (8 stages)
+constexpr int kStageK = 64;                 // K per pipeline stage
+constexpr int kStepsPerStage = kStageK / 16;
+constexpr int kStages = 5;                  // ring slots; stages are requested kStages - 2 ahead of use
+constexpr int kMinSliceK = 256;             // no K slice shorter than this (4 stages)
+constexpr int kWeightsStageBytes = 4 * kStepsPerStage * 512;  // each warp's strip, 4 k16 steps
+constexpr int kScalesStageBytes = 4 * 256;                    // each warp's strip: 64 scales, 64 zeros
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, int bytes) {
@@ -63,11 +68,21 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+template <int N>  // at most N committed wgmma groups still running
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
 // Keeps a register's value where it is until this point: wgmma reads its register operands (and
 // writes its accumulators) asynchronously, after the instruction that names them has issued.
 __device__ __forceinline__ void hold(uint32_t& r) { asm volatile("" : "+r"(r)::"memory"); }
 __device__ __forceinline__ void hold(float& r) { asm volatile("" : "+f"(r)::"memory"); }
+
+// (x & 0x000F000F) | magic: two codes as 16-bit floats magic + q.
+__device__ __forceinline__ uint32_t mask_or(uint32_t x, uint32_t magic) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xEA;\n" : "=r"(d) : "r"(x), "r"(magic));
+  return d;
+}
 
 // Shared-memory descriptor of an NT × 16 block of the staged tokens (no swizzle, K-major).
 __device__ __forceinline__ uint64_t tokens_descriptor(uint32_t smem_addr) {
@@ -122,6 +137,11 @@ VLM_WGMMA_FOR(__nv_bfloat16, "bf16")
 #undef VLM_WGMMA_ACC32
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
+template <int NT>
+__host__ __device__ constexpr int tokens_stage_bytes() { return NT * kStageK * 2; }
+template <int NT>
+__host__ __device__ constexpr int stage_bytes() { return tokens_stage_bytes<NT>() + kWeightsStageBytes + kScalesStageBytes; }
+
 template <class T, int NT>
 __global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                                const uint4* __restrict__ sz,
@@ -129,38 +149,53 @@ __global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restri
                                                                float* __restrict__ partial, int M, int N, int K,
                                                                int group, int quantum) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int kStageBytes = NT * kStageK * 2;
+  constexpr int kTokens = tokens_stage_bytes<NT>(), kStage = stage_bytes<NT>();
   extern __shared__ __align__(128) unsigned char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int strip = blockIdx.x * 4 + warp;
+  const int strips = N / kW4StripN, strip = blockIdx.x * 4 + warp;
   // N is a multiple of 64, not always of 256: a strip past N still takes part in every wgmma (they
   // are warpgroup-wide) with zero weights, and stores nothing.
-  const bool active = strip < N / kW4StripN;
+  const bool active = strip < strips;
+  const int src_strip = active ? strip : strips - 1;  // a valid address for the zero-filling copies
   const int m0 = blockIdx.z * NT;
   const int units = K / quantum;  // whole groups and whole stages
   const int u0 = (int)((int64_t)blockIdx.y * units / gridDim.y), u1 = (int)((int64_t)(blockIdx.y + 1) * units / gridDim.y);
   const int k0 = u0 * quantum, stages = (u1 - u0) * quantum / kStageK;
-  const uint4* wp = w + ((int64_t)strip * (K / 16) + k0 / 16) * 32 + lane;
+  const uint4* w_strip = w + (int64_t)src_strip * (K / 16) * 32 + lane;
+  const uint4* sz_strip = sz + (int64_t)src_strip * (K / group) * 16 + lane;
 
-  // The first stage's weights depend on no earlier kernel: requested before waiting for the one that writes A.
-  uint4 wv[4];
-#pragma unroll
-  for (int u = 0; u < 4; ++u) wv[u] = active ? load_streaming(wp + u * 32) : make_uint4(0, 0, 0, 0);
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 
-  // Stage st of this slice: tokens m0.. × k 64 into ring slot st % kStages, as core matrices. Thread i
-  // copies row 8 (i / 64) + i % 8, k-chunk (i / 8) % 8: eight threads fill one 128-byte core matrix.
-  auto load_stage = [&](int st) {
-    unsigned char* base = smem + (st % kStages) * kStageBytes;
-    const int kk = k0 + st * kStageK;
+  // Stage st of this slice into ring slot st % kStages: the tokens m0.. × k 64 as core matrices, each
+  // warp's own 4 k16 steps of codes (512 bytes a step, a lane's 16 at lane * 16) and the scales and
+  // zeros of the group holding the stage (256 bytes). Token copy `it` of thread i: row 8 (i / 64) + i % 8
+  // + 16 it, k-chunk (i / 8) % 8 (eight threads fill one 128-byte core matrix); everything but the
+  // stage's k is fixed per thread, so it is worked out once here.
+  constexpr int kTokenCopies = NT * 8 / kThreads;
+  const int tid = threadIdx.x, chunk = (tid / 8) % 8, r0 = tid % 8 + 8 * (tid / 64);
+  const T* token_src[kTokenCopies];
+  int token_bytes[kTokenCopies];
 #pragma unroll
-    for (int i = threadIdx.x; i < NT * 8; i += kThreads) {
-      const int r = (i % 8) + 8 * (i / 64), chunk = (i / 8) % 8;
-      const int row = m0 + r;
-      const T* src = a + (int64_t)min(row, M - 1) * K + kk + chunk * 8;
-      cp_async16_zfill(base + ((r / 8) * 8 + chunk) * 128 + (r % 8) * 16, src, row < M ? 16 : 0);
-    }
+  for (int it = 0; it < kTokenCopies; ++it) {
+    const int row = m0 + r0 + 16 * it;
+    token_src[it] = a + (int64_t)min(row, M - 1) * K + k0 + chunk * 8;
+    token_bytes[it] = row < M ? 16 : 0;
+  }
+  const int token_dst = (tid / 64) * 1024 + chunk * 128 + (tid % 8) * 16;  // + 2048 it
+  const int weights_dst = kTokens + warp * kStepsPerStage * 512 + lane * 16;
+  const int scales_dst = kTokens + kWeightsStageBytes + warp * 256 + lane * 16;
+  const int source_bytes = active ? 16 : 0;
+  auto load_stage = [&](int st) {
+    unsigned char* base = smem + (st % kStages) * kStage;
+    const int dk = st * kStageK, kk = k0 + dk;
+#pragma unroll
+    for (int it = 0; it < kTokenCopies; ++it)
+      cp_async16_zfill(base + token_dst + it * 2048, token_src[it] + dk, token_bytes[it]);
+#pragma unroll
+    for (int j = 0; j < kStepsPerStage; ++j)
+      cp_async16_zfill(base + weights_dst + j * 512, w_strip + (int64_t)(kk / 16 + j) * 32, source_bytes);
+    if (lane < 16) cp_async16_zfill(base + scales_dst, sz_strip + (int64_t)(kk / group) * 16, source_bytes);
   };
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
@@ -174,57 +209,81 @@ __global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restri
 #pragma unroll
     for (int i = 0; i < NT / 2; ++i) acc[m][i] = 0.f;
 
-  const uint4* szp = sz + (int64_t)strip * (K / group) * 16 + (lane / 4);  // 16 uint4 per (strip, group)
-  const int steps_per_group = group / 16;
+  // This warp's A operands of k16 step j of stage st, dequantized from the ring: word m of a lane's
+  // 16 bytes is its fragment of rows 16m.. of instruction m (af[m] = rows g, g + 8 at k 2t.., then at
+  // k 2t + 8..). The group's scales are expanded once a stage.
   GroupParams gp{};
-  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-
-  for (int st = 0; st < stages; ++st) {
-    cp_async_wait<kStages - 2>();  // stage st has landed (this thread's copies)...
-    fence_async_shared();          // ...is visible to wgmma...
-    __syncthreads();               // ...for every thread's copies, and slot (st - 1) % kStages is free again
-    if (st + kStages - 1 < stages) load_stage(st + kStages - 1);
-    cp_async_commit();
-    // The next stage's weights are requested before this one's are dequantized and multiplied.
-    uint4 next[4];
-    const bool more = active && st + 1 < stages;
+  // The code-to-float constant in a register the compiler cannot see through, so mask and or are one
+  // lop3 (an instruction takes a single immediate).
+  uint32_t magic;
+  asm volatile("mov.b32 %0, %1;\n" : "=r"(magic) : "n"(Act<T>::kMagic));
+  auto dequant_step = [&](int st, int j, uint32_t(&af)[4][4]) {
+    const unsigned char* base = smem + (st % kStages) * kStage + kTokens;
+    if (j == 0) gp = load_group(reinterpret_cast<const uint4*>(base + kWeightsStageBytes + warp * 256) + lane / 4);
+    const uint4 wv = *reinterpret_cast<const uint4*>(base + (warp * kStepsPerStage + j) * 512 + lane * 16);
+    const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
 #pragma unroll
-    for (int u = 0; u < 4; ++u) next[u] = more ? load_streaming(wp + (int64_t)((st + 1) * 4 + u) * 32) : wv[u];
-    const uint32_t slot = smem_base + (st % kStages) * kStageBytes;
+    for (int m = 0; m < 4; ++m)  // word m: tiles 2m (rows g) and 2m + 1 (rows g + 8)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int s = st * 4 + j;
-      if (active && s % steps_per_group == 0) gp = load_group(szp + (int64_t)((k0 + s * 16) / group) * 16);
-      uint32_t b[8][2];
-      dequant_fragments<T>(wv[j], gp, b);
-      uint32_t af[4][4];
-#pragma unroll
-      for (int m = 0; m < 4; ++m) {
-        af[m][0] = b[2 * m][0];
-        af[m][1] = b[2 * m + 1][0];
-        af[m][2] = b[2 * m][1];
-        af[m][3] = b[2 * m + 1][1];
+      for (int jt = 0; jt < 2; ++jt) {
+        const int tile = 2 * m + jt;
+        const uint32_t lo = mask_or(words[m] >> (8 * jt), magic), hi = mask_or(words[m] >> (8 * jt + 4), magic);
+        af[m][jt] = Act<T>::dequant(lo, gp.z2[tile], gp.s2[tile]);      // k 2t, 2t + 1
+        af[m][2 + jt] = Act<T>::dequant(hi, gp.z2[tile], gp.s2[tile]);  // k 2t + 8, 2t + 9
       }
-      const uint64_t desc = tokens_descriptor(slot + j * 256);  // k16 step j: k-chunks 2j, 2j + 1
+  };
+
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  cp_async_wait<kStages - 2>();  // stage 0 has landed (this thread's copies)...
+  fence_async_shared();          // ...is visible to wgmma...
+  __syncthreads();               // ...for every thread's copies
+  // Two sets of operands: a k16 step issues its 4 wgmma on one, waits only for the previous step's
+  // (whose operands are the other set), and dequantizes the next step into that set while its own run,
+  // so the tensor cores always have a step queued. Successive steps accumulate into the same registers,
+  // which wgmma orders by itself. At the last step of a stage the next stage is waited for and the stage
+  // kStages - 1 ahead requested into the slot the previous stage used (every wgmma that read it has been
+  // waited for by every warp before the barrier).
+  static_assert(kStepsPerStage % 2 == 0, "operand sets alternate by step parity across stages");
+  uint32_t af[2][4][4];
+  dequant_step(0, 0, af[0]);
+  for (int st = 0; st < stages; ++st) {
+    const uint32_t tokens = smem_base + (st % kStages) * kStage;
+#pragma unroll
+    for (int j = 0; j < kStepsPerStage; ++j) {
+      const int cur = j % 2;
+      const uint64_t desc = tokens_descriptor(tokens + j * 256);  // k16 step j: k-chunks 2j, 2j + 1
 #pragma unroll
       for (int m = 0; m < 4; ++m)
 #pragma unroll
         for (int i = 0; i < NT / 2; ++i) hold(acc[m][i]);
       wgmma_fence();
 #pragma unroll
-      for (int m = 0; m < 4; ++m) Wgmma<T, NT>::mma(acc[m], af[m], desc);
+      for (int m = 0; m < 4; ++m) Wgmma<T, NT>::mma(acc[m], af[cur][m], desc);
       wgmma_commit();
-      wgmma_wait_all();
+      wgmma_wait<1>();  // the previous step's wgmma are done: the other operand set is free
 #pragma unroll
-      for (int m = 0; m < 4; ++m) {
+      for (int m = 0; m < 4; ++m)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) hold(af[m][q]);
-#pragma unroll
-        for (int i = 0; i < NT / 2; ++i) hold(acc[m][i]);
+        for (int q = 0; q < 4; ++q) hold(af[cur ^ 1][m][q]);
+      if (j + 1 < kStepsPerStage) {
+        dequant_step(st, j + 1, af[cur ^ 1]);
+      } else if (st + 1 < stages) {
+        cp_async_wait<kStages - 3>();
+        fence_async_shared();
+        __syncthreads();
+        if (st + kStages - 1 < stages) load_stage(st + kStages - 1);
+        cp_async_commit();
+        dequant_step(st + 1, 0, af[cur ^ 1]);
       }
     }
+  }
+  wgmma_wait<0>();
 #pragma unroll
-    for (int u = 0; u < 4; ++u) wv[u] = next[u];
+  for (int m = 0; m < 4; ++m) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) hold(af[0][m][q]), hold(af[1][m][q]);
+#pragma unroll
+    for (int i = 0; i < NT / 2; ++i) hold(acc[m][i]);
   }
   cp_async_wait<0>();
   if (!active) return;
@@ -265,17 +324,27 @@ Plan make_plan(int M, int N, int K, int group) {
   p.quantum = std::max(group, kStageK);
   const int units = K / p.quantum;
   const int blocks = (N + kBlockN - 1) / kBlockN * p.m_tiles;
-  // Two blocks an SM in one wave where K allows: split K, each slice at least kMinSliceK.
+  // Split K where it shortens the run counted in waves of two blocks an SM (a slice at least kMinSliceK):
+  // cost(s) = waves(blocks · s) / s in whole-K block times; ties go to fewer slices (less partial traffic).
   const int most = std::max(1, std::min(units, K / kMinSliceK));
+  const int64_t slots = 2LL * cuda::sm_count();
   p.splits = 1;
-  while (p.splits < most && (int64_t)blocks * p.splits < 2LL * cuda::sm_count()) ++p.splits;
-  p.smem = (size_t)kStages * p.nt * kStageK * 2;
+  double best = 1.0 * ((blocks + slots - 1) / slots);
+  for (int s = 2; s <= most; ++s) {
+    const double cost = 1.0 * ((blocks * s + slots - 1) / slots) / s;
+    if (cost < best * 0.95) best = cost, p.splits = s;
+  }
+  p.smem = (size_t)kStages * (p.nt == 32 ? stage_bytes<32>() : stage_bytes<64>());
   return p;
 }
 
 template <class T, int NT>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
                    int N, int K, int group, void* workspace, cudaStream_t stream) {
+  // More than the default 48 KiB of shared memory; granted once per instantiation.
+  static const cudaError_t granted = cudaFuncSetAttribute(
+      w4a16_wgmma_kernel<T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, kStages * stage_bytes<NT>());
+  if (granted != cudaSuccess) return granted;
   float* partial = p.splits > 1 ? static_cast<float*>(workspace) : nullptr;
   dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
   cudaError_t e = cuda::launch_dependent(w4a16_wgmma_kernel<T, NT>, grid, dim3(kThreads), p.smem, stream,
