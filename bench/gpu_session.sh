@@ -45,6 +45,7 @@
 #   serve_preprocess model (a), w4a16 + int8 KV at concurrency 1/64/256, image preprocessing in threads then processes
 #   serve_prep_default model (a), w4a16 + int8 KV at concurrency 1/64/256 with the vision service's defaults
 #   serve_interval model (a), w4a16 + int8 KV at concurrency 64/256 with one token a message, then --stream-interval 4
+#   serve_interval4 the same with --stream-interval 4 alone at concurrency 1/64/256
 #   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
@@ -352,6 +353,7 @@ serve_prep_default() { serve_runs 1,64,256 "--stem internvl-2b-h200-prep-default
 serve_interval() {  # one token a message, then --stream-interval 4
   serve_runs 64,256 "--stem internvl-2b-h200-interval1" "--stem internvl-2b-h200-interval4 --lm-flag=--stream-interval=4"
 }
+serve_interval4() { serve_runs 1,64,256 "--stem internvl-2b-h200-interval4-levels --lm-flag=--stream-interval=4"; }
 vtests() {  # the vision encoder's GPU tests (graphs and compiled forwards against eager)
   python3 -m pytest -q -m gpu tests/services/test_vision_graphs.py tests/services/test_vision_replicas.py 2>&1 | tail -n 5
 }
@@ -401,7 +403,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f serve_runs serve_interval wgmma wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f serve_runs serve_interval serve_interval4 wgmma wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 400
@@ -413,6 +415,7 @@ step serve_compile 480
 step serve_preprocess 540
 step serve_prep_default 300
 step serve_interval 480
+step serve_interval4 300
 step rope 300
 step dequant 200
 step tests 300
