@@ -42,9 +42,10 @@ ROTATE_BYTES = 200 * 2**20
 
 # The engine's switch to dequantize + dense GEMM (kDequantGemmMinRows in native/cuda/cuda_runner.cpp).
 DEQUANT_GEMM_MIN_ROWS = 256
-# VLM_W4A16_WGMMA=1 (read by the library): from 17 rows the wgmma kernel, which the engine then also uses
-# instead of dequantizing from 256 rows (w4a16_wgmma_applies in native/cuda/cuda_runner.cpp).
-WGMMA = os.environ.get("VLM_W4A16_WGMMA", "0") not in ("", "0")
+# VLM_W4A16_WGMMA=1 or 2 (read by the library; its block or strip form): from 17 rows the wgmma kernel, which the
+# engine then also uses instead of dequantizing from 256 rows (w4a16_wgmma_applies in native/cuda/cuda_runner.cpp).
+WGMMA_FORM = os.environ.get("VLM_W4A16_WGMMA", "0") or "0"
+WGMMA = WGMMA_FORM != "0"
 # Rows our dense decode kernel takes (dense_decode.h); the engine runs it at one row.
 DENSE_DECODE_MAX_ROWS = 4
 
@@ -182,7 +183,8 @@ def main() -> None:
              f"- Command: `{' '.join(['python bench/gemm.py'] + sys.argv[1:])}`",
              f"- Method: weights rotated over > 200 MB, {CALLS} calls per CUDA graph, median of {REPLAYS} replays; "
              f"group size {GROUP}; fp16 activations (torch int4 takes bf16)",
-             (f"- Ours is the engine's path with VLM_W4A16_WGMMA=1: the wgmma w4a16 kernel from 17 rows, at every M"
+             (f"- Ours is the engine's path with VLM_W4A16_WGMMA={WGMMA_FORM}: the wgmma w4a16 kernel "
+              f"({'strip' if WGMMA_FORM == '2' else 'block'} form) from 17 rows, at every M"
               if WGMMA else
               f"- Ours is the engine's path: the w4a16 kernel below {DEQUANT_GEMM_MIN_ROWS} rows; from there the layer "
               f"is dequantized (vlm_w4a16_dequantize) into a scratch matrix and multiplied by cuBLAS (here through "

@@ -13,9 +13,10 @@
 #                 norm and argmax kernels; etests, the engine against the CPU backend)
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
-#   wgmma         the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1): its checks, compute-sanitizer on them, bench/gemm at
-#                 M = 16/64/256/2048 without and with it, the engine's GPU tests with it
-#   wgmma_ncu     Nsight Compute on the wgmma kernel (and its split-K sum) at M = 256 (NCU_MS="64 256"), four layers
+#   wgmma         the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form): its checks, compute-sanitizer
+#                 on them, bench/gemm at M = 16/64/256/2048 without and with each form, the engine's GPU tests with each
+#   wgmma_ncu     Nsight Compute on the wgmma kernel's strip form (NCU_FORM=1: block form) and its split-K sum at
+#                 M = 256 (NCU_MS="64 256": both), four layers
 #   dequant       the w4a16 dequantization's exactness test, then bench/gemm at M = 256 and 2048 on every layer
 #   decode_new    2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0
 #   decode_table  2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers
@@ -161,17 +162,24 @@ dequant() {  # the w4a16 dequantization (prefill-sized GEMMs' first half): its e
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py -k dequantize
   python3 bench/gemm.py --ms 256,2048 --out-dir "$RES/gemm_dequant" | grep -E "^\| |^- M"
 }
-wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1, 17 rows up): its reference checks, compute-sanitizer on
-  # them, bench/gemm at M = 16/64/256/2048 without and with it (same call), the engine tests with it
-  python3 -m pytest -q -s -m gpu tests/kernels/test_w4a16_wgmma.py 2>&1 | tail -n 12
-  VLM_W4A16_WGMMA=1 PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 \
-    python3 tests/kernels/check_w4a16_wgmma.py 2>&1 | tail -n 6
+wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form; 17 rows up): its reference checks,
+  # compute-sanitizer on them, bench/gemm at M = 16/64/256/2048 without and with each form (same call), the engine
+  # tests with each
+  python3 -m pytest -q -s -m gpu tests/kernels/test_w4a16_wgmma.py 2>&1 | tail -n 16
+  for form in 1 2; do
+    VLM_W4A16_WGMMA=$form PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck \
+      --error-exitcode 9 python3 tests/kernels/check_w4a16_wgmma.py 2>&1 | tail -n 4
+  done
   python3 bench/gemm.py --ms 16,64,256,2048 --out-dir "$RES/gemm_before_wgmma" | grep -E "^- M"
-  VLM_W4A16_WGMMA=1 python3 bench/gemm.py --ms 16,64,256,2048 --out-dir "$RES/gemm_wgmma" | grep -E "^\| |^- M"
-  VLM_W4A16_WGMMA=1 python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 4
+  for form in 1 2; do
+    VLM_W4A16_WGMMA=$form python3 bench/gemm.py --ms 16,64,256,2048 --out-dir "$RES/gemm_wgmma$form" | grep -E "^- M"
+    VLM_W4A16_WGMMA=$form python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
+  done
 }
-wgmma_ncu() {  # Nsight Compute on the wgmma kernel at M = 256 (NCU_MS: other row counts)
-  for m in ${NCU_MS:-256}; do VLM_W4A16_WGMMA=1 ncu_gemm_at ncu_wgmma$m $m "w4a16_wgmma|splitk_reduce"; done
+wgmma_ncu() {  # Nsight Compute on the wgmma kernel at M = 256 (NCU_MS: other row counts; NCU_FORM: 1 or 2)
+  for m in ${NCU_MS:-256}; do
+    VLM_W4A16_WGMMA=${NCU_FORM:-2} ncu_gemm_at ncu_wgmma$m $m "w4a16_wgmma|splitk_reduce"
+  done
 }
 gemm_full() {  # bench/gemm at every M of the targets (1, 16, 64, 256, 2048), one run
   python3 bench/gemm.py --out-dir "$RES/gemm_full" | grep -E "^- M"
@@ -406,7 +414,7 @@ export RES
 export -f serve_runs serve_interval serve_interval4 wgmma wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
-step wgmma 400
+step wgmma 560
 step wgmma_ncu 200
 step pyenv 30
 step vision 300

@@ -1,26 +1,27 @@
 // w4a16 GEMM on Hopper's warpgroup MMA (wgmma), for the row counts between the decode kernel and
 // prefill (17 rows up): C = A · dequant(W)ᵀ (+ residual), A [M][K] fp16/bf16, W packed as in
-// cpu/w4a16_pack.h, fp32 accumulation. Opt-in while it is measured: VLM_W4A16_WGMMA=1, and a
-// library built for sm_90a (wgmma exists only there; elsewhere the kernel traps).
+// cpu/w4a16_pack.h, fp32 accumulation. Opt-in while it is measured: VLM_W4A16_WGMMA=1 (the block form)
+// or 2 (the strip form), and a library built for sm_90a (wgmma exists only there; elsewhere the kernel traps).
 //
 // The weights are wgmma's A operand, taken from registers, and the rows of A (tokens) its N
 // dimension, from shared memory: C is computed transposed, 64 output columns by NT tokens an
-// instruction. No dequantized copy of W exists anywhere: each warp's 64-column strip of codes
-// (16 bytes a lane and k16 step, 512 contiguous bytes a warp) is dequantized in registers with the
-// general kernel's arithmetic (dequant_fragments()), and those registers are the operand. The packed layout fits
-// this without a shuffle: a lane's word m of a strip's step holds the codes of columns 16m + g and
-// 16m + 8 + g at k = 2t.., 2t+8.. — exactly its fragment of a 16-row slice of an m64 operand (rows
-// g, g + 8). So a warpgroup (4 warps, 4 strips = 256 output columns) issues 4 wgmma a k16 step,
-// instruction m taking each warp's word m: its 64 "rows" are columns 16m.. of the 4 strips, 16 from
-// each warp.
+// instruction. No dequantized copy of W exists anywhere: codes are dequantized in registers with the
+// general kernel's arithmetic (dequant_fragments()), and those registers are the operand. The packed layout
+// fits this without a shuffle: a lane's word m of a strip's k16 step (16 bytes a lane, 512 contiguous bytes a
+// strip) holds the codes of columns 16m + g and 16m + 8 + g at k = 2t.., 2t+8.. — exactly its fragment of a
+// 16-row slice of an m64 operand (rows g, g + 8). A block covers 4 strips (256 output columns):
+//  - block form, one warpgroup: warp w takes strip w and all 4 words; instruction m of a k16 step takes each
+//    warp's word m, its 64 "rows" being columns 16m.. of the 4 strips. 4 wgmma a step, NT = 32 or 64 tokens.
+//  - strip form, four warpgroups: warpgroup s takes strip s and warp w of it only word w, so one instruction a
+//    step is the strip's 64 columns; NT = 64 or 128 tokens. A quarter of the dequantization a warp.
 //
 // Everything a stage of K = 64 needs streams through a kStages-deep shared-memory ring with cp.async,
 // requested kStages - 2 stages ahead of use: the tokens' K slice as wgmma's no-swizzle K-major core
 // matrices (8 tokens × 8 k, 128 bytes each, the 8 k-chunks of an 8-token group contiguous: LBO = 128
-// bytes between k-chunks, SBO = 1024 between token groups; rows past M zero-filled), each warp's codes
+// bytes between k-chunks, SBO = 1024 between token groups; rows past M zero-filled), the 4 strips' codes
 // for the stage's 4 k16 steps, and the scales and zeros of the group holding it. A k16 step issues its
-// 4 wgmma, waits for the previous step's, and dequantizes the next step's operands from the ring
-// while its own run.
+// wgmma, waits for the previous step's, and dequantizes the next step's operands from the ring while its
+// own run.
 // Grid: (ceil(N / 256), splits, ceil(M / NT)); with splits > 1 each K slice writes fp32 partials that
 // w4a16_splitk_reduce sums in slice order (deterministic).
 #include "cuda/w4a16_wgmma.h"
@@ -42,17 +43,14 @@ namespace vlm {
 namespace {
 
 using w4a16::Act;
-using w4a16::GroupParams;
-using w4a16::load_group;
 
-constexpr int kThreads = 128;               // one warpgroup
-constexpr int kBlockN = 4 * kW4StripN;      // 256 output columns: a strip per warp
+constexpr int kBlockN = 4 * kW4StripN;      // 256 output columns: 4 strips a block in either form
 constexpr int kStageK = 64;                 // K per pipeline stage
 constexpr int kStepsPerStage = kStageK / 16;
 constexpr int kStages = 5;                  // ring slots; stages are requested kStages - 2 ahead of use
 constexpr int kMinSliceK = 256;             // no K slice shorter than this (4 stages)
-constexpr int kWeightsStageBytes = 4 * kStepsPerStage * 512;  // each warp's strip, 4 k16 steps
-constexpr int kScalesStageBytes = 4 * 256;                    // each warp's strip: 64 scales, 64 zeros
+constexpr int kWeightsStageBytes = 4 * kStepsPerStage * 512;  // the block's 4 strips, 4 k16 steps each
+constexpr int kScalesStageBytes = 4 * 256;                    // each strip's 64 scales and 64 zeros
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, int bytes) {
@@ -119,6 +117,15 @@ struct Wgmma;
       : VLM_WGMMA_ACC32                                                                                        \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
 
+#define VLM_WGMMA_N128(TYPE)                                                                     \
+  asm volatile(                                                                                  \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                  \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                               \
+      " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "  \
+      "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"                                                 \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
+
 #define VLM_WGMMA_FOR(CTYPE, TYPE)                                                             \
   template <>                                                                                  \
   struct Wgmma<CTYPE, 32> {                                                                    \
@@ -127,12 +134,17 @@ struct Wgmma;
   template <>                                                                                  \
   struct Wgmma<CTYPE, 64> {                                                                    \
     __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N64(TYPE); } \
+  };                                                                                           \
+  template <>                                                                                  \
+  struct Wgmma<CTYPE, 128> {                                                                   \
+    __device__ static void mma(float* d, const uint32_t* a, uint64_t desc) { VLM_WGMMA_N128(TYPE); } \
   };
 VLM_WGMMA_FOR(__half, "f16")
 VLM_WGMMA_FOR(__nv_bfloat16, "bf16")
 #undef VLM_WGMMA_FOR
 #undef VLM_WGMMA_N32
 #undef VLM_WGMMA_N64
+#undef VLM_WGMMA_N128
 #undef VLM_WGMMA_ACC16
 #undef VLM_WGMMA_ACC32
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
@@ -142,60 +154,84 @@ __host__ __device__ constexpr int tokens_stage_bytes() { return NT * kStageK * 2
 template <int NT>
 __host__ __device__ constexpr int stage_bytes() { return tokens_stage_bytes<NT>() + kWeightsStageBytes + kScalesStageBytes; }
 
-template <class T, int NT>
-__global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
-                                                               const uint4* __restrict__ sz,
-                                                               const T* __restrict__ residual, T* __restrict__ c,
-                                                               float* __restrict__ partial, int M, int N, int K,
-                                                               int group, int quantum) {
+// The two forms of the kernel, both 4 strips (256 output columns) by NT tokens a block:
+//  WGS = 1 ("block form"): one warpgroup; warp w owns strip w and dequantizes all 4 words of its lane's 16 bytes,
+//    and the warpgroup issues 4 wgmma a k16 step (instruction m: word m of every warp, columns 16m.. of the 4
+//    strips).
+//  WGS = 4 ("strip form"): a warpgroup a strip; warp w of it dequantizes only word w (8 weights a lane and step:
+//    exactly its 4 A registers of the strip's m64 operand, columns 16w..), one wgmma a step, NT up to 128 tokens.
+//    A quarter of the dequantization per warp and four times the warps to hide its latency.
+// kSlices = the words (m64 operands) a warp holds: 4 / WGS.
+template <class T, int NT, int WGS>
+__global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
+                                                                const uint4* __restrict__ sz,
+                                                                const T* __restrict__ residual, T* __restrict__ c,
+                                                                float* __restrict__ partial, int M, int N, int K,
+                                                                int group, int quantum) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int kThreads = 128 * WGS, kSlices = 4 / WGS;
   constexpr int kTokens = tokens_stage_bytes<NT>(), kStage = stage_bytes<NT>();
+  static_assert(NT * 8 % kThreads == 0, "whole passes of token copies");
   extern __shared__ __align__(128) unsigned char smem[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int strips = N / kW4StripN, strip = blockIdx.x * 4 + warp;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int strips = N / kW4StripN;
+  // This warp's strip within the block and the word of its lane's 16 bytes that slice m is.
+  const int block_strip = WGS == 1 ? warp : warp / 4;
+  auto word_of = [&](int m) { return WGS == 1 ? m : warp % 4; };
+  const int strip = blockIdx.x * 4 + block_strip;
   // N is a multiple of 64, not always of 256: a strip past N still takes part in every wgmma (they
   // are warpgroup-wide) with zero weights, and stores nothing.
   const bool active = strip < strips;
-  const int src_strip = active ? strip : strips - 1;  // a valid address for the zero-filling copies
   const int m0 = blockIdx.z * NT;
   const int units = K / quantum;  // whole groups and whole stages
   const int u0 = (int)((int64_t)blockIdx.y * units / gridDim.y), u1 = (int)((int64_t)(blockIdx.y + 1) * units / gridDim.y);
   const int k0 = u0 * quantum, stages = (u1 - u0) * quantum / kStageK;
-  const uint4* w_strip = w + (int64_t)src_strip * (K / 16) * 32 + lane;
-  const uint4* sz_strip = sz + (int64_t)src_strip * (K / group) * 16 + lane;
 
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 
-  // Stage st of this slice into ring slot st % kStages: the tokens m0.. × k 64 as core matrices, each
-  // warp's own 4 k16 steps of codes (512 bytes a step, a lane's 16 at lane * 16) and the scales and
-  // zeros of the group holding the stage (256 bytes). Token copy `it` of thread i: row 8 (i / 64) + i % 8
-  // + 16 it, k-chunk (i / 8) % 8 (eight threads fill one 128-byte core matrix); everything but the
-  // stage's k is fixed per thread, so it is worked out once here.
-  constexpr int kTokenCopies = NT * 8 / kThreads;
-  const int tid = threadIdx.x, chunk = (tid / 8) % 8, r0 = tid % 8 + 8 * (tid / 64);
+  // Stage st of this slice into ring slot st % kStages: the tokens m0.. × k 64 as core matrices, the 4 strips'
+  // codes for the stage's 4 k16 steps (512 bytes a strip and step, a lane's 16 at lane * 16) and the scales and
+  // zeros of the group holding the stage (256 bytes a strip). Everything but the stage's k is fixed per thread
+  // and worked out once here. Token copy `it` of thread i: row i % 8 + 8 (i / 64) + (kThreads / 8) it, k-chunk
+  // (i / 8) % 8: eight threads fill one 128-byte core matrix.
+  constexpr int kTokenCopies = NT * 8 / kThreads, kRowsPerPass = kThreads / 8;
+  const int chunk = (tid / 8) % 8, r0 = tid % 8 + 8 * (tid / 64);
   const T* token_src[kTokenCopies];
   int token_bytes[kTokenCopies];
 #pragma unroll
   for (int it = 0; it < kTokenCopies; ++it) {
-    const int row = m0 + r0 + 16 * it;
+    const int row = m0 + r0 + kRowsPerPass * it;
     token_src[it] = a + (int64_t)min(row, M - 1) * K + k0 + chunk * 8;
     token_bytes[it] = row < M ? 16 : 0;
   }
-  const int token_dst = (tid / 64) * 1024 + chunk * 128 + (tid % 8) * 16;  // + 2048 it
-  const int weights_dst = kTokens + warp * kStepsPerStage * 512 + lane * 16;
-  const int scales_dst = kTokens + kWeightsStageBytes + warp * 256 + lane * 16;
-  const int source_bytes = active ? 16 : 0;
+  const int token_dst = (tid / 64) * 1024 + chunk * 128 + (tid % 8) * 16;  // + (kRowsPerPass / 8) * 1024 it
+  // Code copy `it` of thread i: chunk c = i + kThreads it of the stage's 64: strip c / 128, step (c / 32) % 4, lane c % 32.
+  constexpr int kCodeCopies = 4 * kStepsPerStage * 32 / kThreads;
+  const uint4* code_src[kCodeCopies];
+  int code_bytes[kCodeCopies];
+#pragma unroll
+  for (int it = 0; it < kCodeCopies; ++it) {
+    const int cc = tid + kThreads * it, s = blockIdx.x * 4 + cc / 128;
+    code_src[it] = w + ((int64_t)min(s, strips - 1) * (K / 16) + k0 / 16 + (cc / 32) % 4) * 32 + cc % 32;
+    code_bytes[it] = s < strips ? 16 : 0;
+  }
+  // Scale copy (threads 0-63): strip i / 16, 16-byte piece i % 16.
+  const int scale_strip = blockIdx.x * 4 + tid / 16;
+  const uint4* scale_src = sz + (int64_t)min(scale_strip, strips - 1) * (K / group) * 16 + tid % 16;
+  const int scale_bytes = scale_strip < strips ? 16 : 0;
   auto load_stage = [&](int st) {
     unsigned char* base = smem + (st % kStages) * kStage;
-    const int dk = st * kStageK, kk = k0 + dk;
+    const int dk = st * kStageK;
 #pragma unroll
     for (int it = 0; it < kTokenCopies; ++it)
-      cp_async16_zfill(base + token_dst + it * 2048, token_src[it] + dk, token_bytes[it]);
+      cp_async16_zfill(base + token_dst + it * (kRowsPerPass / 8) * 1024, token_src[it] + dk, token_bytes[it]);
 #pragma unroll
-    for (int j = 0; j < kStepsPerStage; ++j)
-      cp_async16_zfill(base + weights_dst + j * 512, w_strip + (int64_t)(kk / 16 + j) * 32, source_bytes);
-    if (lane < 16) cp_async16_zfill(base + scales_dst, sz_strip + (int64_t)(kk / group) * 16, source_bytes);
+    for (int it = 0; it < kCodeCopies; ++it)
+      cp_async16_zfill(base + kTokens + (tid + kThreads * it) * 16, code_src[it] + (int64_t)(dk / 16) * 32, code_bytes[it]);
+    if (tid < 64)
+      cp_async16_zfill(base + kTokens + kWeightsStageBytes + tid * 16,
+                       scale_src + (int64_t)((k0 + dk) / group) * 16, scale_bytes);
   };
 #pragma unroll
   for (int st = 0; st < kStages - 1; ++st) {
@@ -203,33 +239,47 @@ __global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restri
     cp_async_commit();
   }
 
-  float acc[4][NT / 2];
+  float acc[kSlices][NT / 2];
 #pragma unroll
-  for (int m = 0; m < 4; ++m)
+  for (int m = 0; m < kSlices; ++m)
 #pragma unroll
     for (int i = 0; i < NT / 2; ++i) acc[m][i] = 0.f;
 
-  // This warp's A operands of k16 step j of stage st, dequantized from the ring: word m of a lane's
-  // 16 bytes is its fragment of rows 16m.. of instruction m (af[m] = rows g, g + 8 at k 2t.., then at
-  // k 2t + 8..). The group's scales are expanded once a stage.
-  GroupParams gp{};
+  // This warp's A operands of k16 step j of stage st, dequantized from the ring: word m of a lane's 16 bytes is
+  // its fragment of rows 16m.. of an m64 operand (a[0]: rows g at k 2t.., a[1]: rows g + 8, a[2], a[3]: the same
+  // at k 2t + 8..). Each word's two tiles' scales and zeros are expanded once a stage.
+  uint32_t s2[kSlices][2], z2[kSlices][2];
   // The code-to-float constant in a register the compiler cannot see through, so mask and or are one
   // lop3 (an instruction takes a single immediate).
   uint32_t magic;
   asm volatile("mov.b32 %0, %1;\n" : "=r"(magic) : "n"(Act<T>::kMagic));
-  auto dequant_step = [&](int st, int j, uint32_t(&af)[4][4]) {
-    const unsigned char* base = smem + (st % kStages) * kStage + kTokens;
-    if (j == 0) gp = load_group(reinterpret_cast<const uint4*>(base + kWeightsStageBytes + warp * 256) + lane / 4);
-    const uint4 wv = *reinterpret_cast<const uint4*>(base + (warp * kStepsPerStage + j) * 512 + lane * 16);
-    const uint32_t words[4] = {wv.x, wv.y, wv.z, wv.w};
+  const int codes_at = kTokens + block_strip * kStepsPerStage * 512 + lane * 16;
+  const int scales_at = kTokens + kWeightsStageBytes + block_strip * 256 + (lane / 4) * 16;
+  auto dequant_step = [&](int st, int j, uint32_t(&af)[kSlices][4]) {
+    const unsigned char* base = smem + (st % kStages) * kStage;
+    if (j == 0) {
 #pragma unroll
-    for (int m = 0; m < 4; ++m)  // word m: tiles 2m (rows g) and 2m + 1 (rows g + 8)
+      for (int m = 0; m < kSlices; ++m) {
+        const uint32_t sc = *reinterpret_cast<const uint32_t*>(base + scales_at + word_of(m) * 4);
+        const uint32_t zr = *reinterpret_cast<const uint32_t*>(base + scales_at + 128 + word_of(m) * 4);
+        s2[m][0] = __byte_perm(sc, 0, 0x1010), s2[m][1] = __byte_perm(sc, 0, 0x3232);
+        z2[m][0] = __byte_perm(zr, 0, 0x1010), z2[m][1] = __byte_perm(zr, 0, 0x3232);
+      }
+    }
+    uint32_t words[kSlices];
+    if constexpr (kSlices == 4) {
+      const uint4 wv = *reinterpret_cast<const uint4*>(base + codes_at + j * 512);
+      words[0] = wv.x, words[1] = wv.y, words[2] = wv.z, words[3] = wv.w;
+    } else {
+      words[0] = *reinterpret_cast<const uint32_t*>(base + codes_at + j * 512 + word_of(0) * 4);
+    }
+#pragma unroll
+    for (int m = 0; m < kSlices; ++m)  // word m: tiles 2 word (rows g) and 2 word + 1 (rows g + 8)
 #pragma unroll
       for (int jt = 0; jt < 2; ++jt) {
-        const int tile = 2 * m + jt;
         const uint32_t lo = mask_or(words[m] >> (8 * jt), magic), hi = mask_or(words[m] >> (8 * jt + 4), magic);
-        af[m][jt] = Act<T>::dequant(lo, gp.z2[tile], gp.s2[tile]);      // k 2t, 2t + 1
-        af[m][2 + jt] = Act<T>::dequant(hi, gp.z2[tile], gp.s2[tile]);  // k 2t + 8, 2t + 9
+        af[m][jt] = Act<T>::dequant(lo, z2[m][jt], s2[m][jt]);      // k 2t, 2t + 1
+        af[m][2 + jt] = Act<T>::dequant(hi, z2[m][jt], s2[m][jt]);  // k 2t + 8, 2t + 9
       }
   };
 
@@ -237,14 +287,14 @@ __global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restri
   cp_async_wait<kStages - 2>();  // stage 0 has landed (this thread's copies)...
   fence_async_shared();          // ...is visible to wgmma...
   __syncthreads();               // ...for every thread's copies
-  // Two sets of operands: a k16 step issues its 4 wgmma on one, waits only for the previous step's
-  // (whose operands are the other set), and dequantizes the next step into that set while its own run,
-  // so the tensor cores always have a step queued. Successive steps accumulate into the same registers,
-  // which wgmma orders by itself. At the last step of a stage the next stage is waited for and the stage
+  // Two sets of operands: a k16 step issues its wgmma on one, waits only for the previous step's (whose
+  // operands are the other set), and dequantizes the next step into that set while its own run, so the
+  // tensor cores always have a step queued. Successive steps accumulate into the same registers, which
+  // wgmma orders by itself. At the last step of a stage the next stage is waited for and the stage
   // kStages - 1 ahead requested into the slot the previous stage used (every wgmma that read it has been
   // waited for by every warp before the barrier).
   static_assert(kStepsPerStage % 2 == 0, "operand sets alternate by step parity across stages");
-  uint32_t af[2][4][4];
+  uint32_t af[2][kSlices][4];
   dequant_step(0, 0, af[0]);
   for (int st = 0; st < stages; ++st) {
     const uint32_t tokens = smem_base + (st % kStages) * kStage;
@@ -253,16 +303,16 @@ __global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restri
       const int cur = j % 2;
       const uint64_t desc = tokens_descriptor(tokens + j * 256);  // k16 step j: k-chunks 2j, 2j + 1
 #pragma unroll
-      for (int m = 0; m < 4; ++m)
+      for (int m = 0; m < kSlices; ++m)
 #pragma unroll
         for (int i = 0; i < NT / 2; ++i) hold(acc[m][i]);
       wgmma_fence();
 #pragma unroll
-      for (int m = 0; m < 4; ++m) Wgmma<T, NT>::mma(acc[m], af[cur][m], desc);
+      for (int m = 0; m < kSlices; ++m) Wgmma<T, NT>::mma(acc[m], af[cur][m], desc);
       wgmma_commit();
       wgmma_wait<1>();  // the previous step's wgmma are done: the other operand set is free
 #pragma unroll
-      for (int m = 0; m < 4; ++m)
+      for (int m = 0; m < kSlices; ++m)
 #pragma unroll
         for (int q = 0; q < 4; ++q) hold(af[cur ^ 1][m][q]);
       if (j + 1 < kStepsPerStage) {
@@ -279,7 +329,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restri
   }
   wgmma_wait<0>();
 #pragma unroll
-  for (int m = 0; m < 4; ++m) {
+  for (int m = 0; m < kSlices; ++m) {
 #pragma unroll
     for (int q = 0; q < 4; ++q) hold(af[0][m][q]), hold(af[1][m][q]);
 #pragma unroll
@@ -288,17 +338,17 @@ __global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restri
   cp_async_wait<0>();
   if (!active) return;
 
-  // acc[m][4i + q]: output column 64 strip + 16m + g (+8 for q >= 2), token m0 + 8i + 2t (+1 for odd q).
+  // acc[m][4i + q]: output column 64 strip + 16 word(m) + g (+8 for q >= 2), token m0 + 8i + 2t (+1 for odd q).
   const int g = lane / 4, t = lane % 4;
 #pragma unroll
-  for (int m = 0; m < 4; ++m)
+  for (int m = 0; m < kSlices; ++m)
 #pragma unroll
     for (int i = 0; i < NT / 8; ++i)
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
         const int row = m0 + 8 * i + 2 * t + (q & 1);
         if (row >= M) continue;
-        const int col = strip * kW4StripN + 16 * m + g + (q >> 1) * 8;
+        const int col = strip * kW4StripN + 16 * word_of(m) + g + (q >> 1) * 8;
         float v = acc[m][4 * i + q];
         if (partial) {
           partial[((int64_t)blockIdx.y * M + row) * N + col] = v;
@@ -312,42 +362,50 @@ __global__ void __launch_bounds__(kThreads) w4a16_wgmma_kernel(const T* __restri
 #endif
 }
 
+// VLM_W4A16_WGMMA: 0 off, 1 the block form, 2 the strip form.
+int wgmma_form() {
+  static const int form = cuda::env_int("VLM_W4A16_WGMMA", 0);
+  return form;
+}
+
 struct Plan {
-  int nt, m_tiles, splits, quantum;
+  int wgs, nt, m_tiles, splits, quantum;
   size_t smem;
 };
 
 Plan make_plan(int M, int N, int K, int group) {
   Plan p{};
-  p.nt = M <= 32 ? 32 : 64;
+  p.wgs = wgmma_form() == 2 ? 4 : 1;
+  p.nt = p.wgs == 4 ? (M <= 64 ? 64 : 128) : (M <= 32 ? 32 : 64);
   p.m_tiles = (M + p.nt - 1) / p.nt;
   p.quantum = std::max(group, kStageK);
   const int units = K / p.quantum;
   const int blocks = (N + kBlockN - 1) / kBlockN * p.m_tiles;
-  // Split K where it shortens the run counted in waves of two blocks an SM (a slice at least kMinSliceK):
+  // Split K where it shortens the run counted in waves of resident blocks (a slice at least kMinSliceK):
   // cost(s) = waves(blocks · s) / s in whole-K block times; ties go to fewer slices (less partial traffic).
+  // The block form keeps two blocks an SM (registers), the strip form one.
   const int most = std::max(1, std::min(units, K / kMinSliceK));
-  const int64_t slots = 2LL * cuda::sm_count();
+  const int64_t slots = (p.wgs == 4 ? 1LL : 2LL) * cuda::sm_count();
   p.splits = 1;
   double best = 1.0 * ((blocks + slots - 1) / slots);
   for (int s = 2; s <= most; ++s) {
     const double cost = 1.0 * ((blocks * s + slots - 1) / slots) / s;
     if (cost < best * 0.95) best = cost, p.splits = s;
   }
-  p.smem = (size_t)kStages * (p.nt == 32 ? stage_bytes<32>() : stage_bytes<64>());
+  p.smem = (size_t)kStages * (p.nt == 32 ? stage_bytes<32>() : p.nt == 64 ? stage_bytes<64>() : stage_bytes<128>());
   return p;
 }
 
-template <class T, int NT>
+template <class T, int NT, int WGS>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
                    int N, int K, int group, void* workspace, cudaStream_t stream) {
   // More than the default 48 KiB of shared memory; granted once per instantiation.
   static const cudaError_t granted = cudaFuncSetAttribute(
-      w4a16_wgmma_kernel<T, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, kStages * stage_bytes<NT>());
+      w4a16_wgmma_kernel<T, NT, WGS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kStages * stage_bytes<NT>());
   if (granted != cudaSuccess) return granted;
   float* partial = p.splits > 1 ? static_cast<float*>(workspace) : nullptr;
   dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
-  cudaError_t e = cuda::launch_dependent(w4a16_wgmma_kernel<T, NT>, grid, dim3(kThreads), p.smem, stream,
+  cudaError_t e = cuda::launch_dependent(w4a16_wgmma_kernel<T, NT, WGS>, grid, dim3(128 * WGS), p.smem, stream,
                                          static_cast<const T*>(a), static_cast<const uint4*>(w),
                                          static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                          static_cast<T*>(c), partial, M, N, K, group, p.quantum);
@@ -356,11 +414,21 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
                                 p.splits, stream);
 }
 
+template <class T>
+cudaError_t launch_for(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
+                       int M, int N, int K, int group, void* workspace, cudaStream_t stream) {
+  if (p.wgs == 4)
+    return p.nt == 64 ? launch<T, 64, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream)
+                      : launch<T, 128, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+  return p.nt == 32 ? launch<T, 32, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream)
+                    : launch<T, 64, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+}
+
 }  // namespace
 
 bool w4a16_wgmma_applies(int M, int N, int K, int group) {
-  static const bool on = cuda::env_int("VLM_W4A16_WGMMA", 0) != 0;
-  return on && M > 16 && N % kW4StripN == 0 && (group == 64 || group == 128) && K % std::max(group, kStageK) == 0;
+  return wgmma_form() != 0 && M > 16 && N % kW4StripN == 0 && (group == 64 || group == 128) &&
+         K % std::max(group, kStageK) == 0;
 }
 
 int64_t w4a16_wgmma_workspace_bytes(int M, int N, int K, int group) {
@@ -373,11 +441,8 @@ cudaError_t w4a16_wgmma_gemm(const void* a, const void* w, const void* sz, const
   if (!w4a16_wgmma_applies(M, N, K, group)) return cudaErrorInvalidValue;
   const Plan p = make_plan(M, N, K, group);
   if (p.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
-  if (bf16)
-    return p.nt == 32 ? launch<__nv_bfloat16, 32>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream)
-                      : launch<__nv_bfloat16, 64>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
-  return p.nt == 32 ? launch<__half, 32>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream)
-                    : launch<__half, 64>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
+  return bf16 ? launch_for<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream)
+              : launch_for<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
 }
 
 }  // namespace vlm

@@ -1,5 +1,5 @@
 // Host entry points of the Hopper wgmma w4a16 GEMM (w4a16_wgmma.cu), for 17 rows and up. Opt-in
-// (VLM_W4A16_WGMMA=1) and sm_90a only; w4a16_gemm() routes to it when w4a16_wgmma_applies().
+// (VLM_W4A16_WGMMA=1: block form, 2: strip form) and sm_90a only; w4a16_gemm() routes to it when w4a16_wgmma_applies().
 #pragma once
 #include <cuda_runtime.h>
 

@@ -1,4 +1,4 @@
-"""Run in a subprocess by test_w4a16_wgmma.py with VLM_W4A16_WGMMA=1 (the library reads it once per
+"""Run in a subprocess by test_w4a16_wgmma.py with VLM_W4A16_WGMMA=1 or 2 (the library reads it once per
 process): the wgmma w4a16 GEMM (17 rows and up) against the float32 reference on ragged shapes, both
 group sizes and dtypes, with and without the residual; proof from the profiler that the wgmma kernel
 is what ran; identical results on repeated calls. Prints one line per failure and exits 1 if any."""
