@@ -117,13 +117,22 @@ struct Wgmma;
       : VLM_WGMMA_ACC32                                                                                        \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
 
-#define VLM_WGMMA_N128(TYPE)                                                                     \
-  asm volatile(                                                                                  \
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                  \
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE                               \
-      " {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "  \
-      "{%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"                                                 \
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
+#define VLM_WGMMA_ACC64                                                                                       \
+  VLM_WGMMA_ACC32,                                                                                            \
+      "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+      "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+      "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+      "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define VLM_WGMMA_N128(TYPE)                                                                                  \
+  asm volatile(                                                                                               \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                                              \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE " {"                                       \
+      "%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                                \
+      "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                                      \
+      "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                                      \
+      "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63"                                       \
+      "}, {%64,%65,%66,%67}, %68, p, 1, 1, 0;\n}\n"                                                           \
+      : VLM_WGMMA_ACC64                                                                                       \
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc))
 
 #define VLM_WGMMA_FOR(CTYPE, TYPE)                                                             \
@@ -147,6 +156,7 @@ VLM_WGMMA_FOR(__nv_bfloat16, "bf16")
 #undef VLM_WGMMA_N128
 #undef VLM_WGMMA_ACC16
 #undef VLM_WGMMA_ACC32
+#undef VLM_WGMMA_ACC64
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 template <int NT>
@@ -206,7 +216,8 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
     token_bytes[it] = row < M ? 16 : 0;
   }
   const int token_dst = (tid / 64) * 1024 + chunk * 128 + (tid % 8) * 16;  // + (kRowsPerPass / 8) * 1024 it
-  // Code copy `it` of thread i: chunk c = i + kThreads it of the stage's 64: strip c / 128, step (c / 32) % 4, lane c % 32.
+  // Code copy `it` of thread i: 16-byte chunk c = i + kThreads it of the stage's 512: strip c / 128, step
+  // (c / 32) % 4, lane c % 32.
   constexpr int kCodeCopies = 4 * kStepsPerStage * 32 / kThreads;
   const uint4* code_src[kCodeCopies];
   int code_bytes[kCodeCopies];
