@@ -36,7 +36,7 @@ from run_info import git_revision, write_atomic  # noqa: E402
 from serving.load import STREAMS_PER_PROCESS, run_level  # noqa: E402
 from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
 from serving.report import markdown, plots, threads_cell  # noqa: E402
-from serving.stack import ServicesProcesses, StackProcess  # noqa: E402
+from serving.stack import ServicesProcesses, StackProcess, host_cpu_seconds, host_load  # noqa: E402
 
 VARIANTS = {"fp16": ("dense", "auto"), "w4a16": ("awq", "auto"), "w4a16-kv8": ("awq", "int8"),
             "w4a16-kv4": ("awq", "int4")}
@@ -162,6 +162,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
                       streams_per_process=a.streams_per_process)
             before, lm_before = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             cpu_before, threads_before = stack.cpu_seconds(), stack.thread_cpu_seconds()
+            host_before = host_cpu_seconds()
             spy = None
             if a.py_spy_after is not None:  # the dumps land while the level runs (if it runs that long)
                 spy = threading.Timer(a.py_spy_after, py_spy_dumps,
@@ -175,6 +176,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
                 spy.cancel()
                 spy.join()
             cpu_after, threads_after = stack.cpu_seconds(), stack.thread_cpu_seconds()
+            host_after = host_cpu_seconds()
             after, lm_after = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             s = result.summary(a.output_tokens)
             # Cores each service process kept busy over the level: a process whose Python threads together
@@ -182,6 +184,9 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             s["service_cpu_cores"] = {k: (cpu_after[k] - cpu_before[k]) / result.wall_s
                                       for k in cpu_after if k in cpu_before and result.wall_s > 0}
             s["service_thread_cores"] = busiest_threads(threads_before, threads_after, result.wall_s)
+            # The whole host's load: services, clients and anything else on it (between runs of the same code,
+            # a busier or shared host is what moves the figures most).
+            s["host_cpu"] = host_load(host_before, host_after, result.wall_s)
             s.update(engine_rates(lm_before, lm_after, result.wall_s))
             s["service_ttft_mean_s"] = histogram_delta(lm_before, lm_after, "vlmserve_lm_time_to_first_token_seconds")
             s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")

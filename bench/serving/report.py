@@ -23,11 +23,16 @@ def encoded(meta: dict) -> str:
 
 
 def cpu_cell(lv: dict) -> str:
-    """e.g. "lm 0.93, vision 1.41; 2.10 in 8" (absent in runs that did not record it)."""
+    """e.g. "lm 0.93, vision 1.41; 2.10 in 8; host 9.4 of 16 (steal 0.0)" (parts absent in runs that did not
+    record them)."""
     svc = ", ".join(f"{k} {v:.2f}" for k, v in (lv.get("service_cpu_cores") or {}).items())
     cl = lv.get("client_cpu_cores")
     clients = "" if cl is None else f"{cl:.2f} in {lv.get('client_processes', 1)}"
-    return f"{svc}; {clients}" if svc or clients else ""
+    host = lv.get("host_cpu")
+    parts = [svc, clients] if svc or clients else []
+    if host:
+        parts.append(f"host {host['busy_cores']:.1f} of {host['cores']} (steal {host['steal_cores']:.1f})")
+    return "; ".join(parts)
 
 
 def threads_cell(lv: dict) -> str:
@@ -58,7 +63,7 @@ def markdown(r: dict, plots: list[str]) -> str:
                 "| vision batch, tiles (mean) | vision Encode call / preprocess / batched encode / forward ms (mean) | queue / vision / prefill / decode ms (mean) "
                 "| engine steps/s, generated / prompt tokens per step | TTFT mean ms, client / service "
                 "| response headers after, mean ms (client) | event loop lag ms, LM / vision (mean) "
-                "| request mean s, client / service | CPU cores busy: service processes; clients | GPU memory GiB |",
+                "| request mean s, client / service | CPU cores busy: service processes; clients; the whole host | GPU memory GiB |",
                 "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for lv in v["levels"]:
             b = lv["mean_service_breakdown_s"]

@@ -71,6 +71,32 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
     return out
 
 
+def host_cpu_seconds(stat: Path = Path("/proc/stat")) -> dict[str, float] | None:
+    """The whole machine's CPU time so far (the "cpu" line of /proc/stat, all cores): "busy" (user, nice, system,
+    irq, softirq), "idle" (idle, iowait) and "steal" (time a virtual machine's CPUs waited for the host: other
+    tenants); None where unreadable. Differences over a level say how loaded the host was while it ran, the
+    services and the clients included."""
+    try:
+        fields = stat.read_text().splitlines()[0].split()
+        if fields[0] != "cpu":
+            return None
+        t = [int(x) for x in fields[1:9]] + [0] * max(0, 9 - len(fields))
+    except (OSError, IndexError, ValueError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = t[:8]
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (user + nice + system + irq + softirq) / tick, "idle": (idle + iowait) / tick,
+            "steal": steal / tick}
+
+
+def host_load(before: dict[str, float] | None, after: dict[str, float] | None, wall_s: float) -> dict | None:
+    """Cores of the machine busy and stolen over an interval of wall_s seconds, out of how many."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    return {"cores": os.cpu_count(), "busy_cores": (after["busy"] - before["busy"]) / wall_s,
+            "steal_cores": (after["steal"] - before["steal"]) / wall_s}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,6 +3,7 @@ report file with no failed request, and a run whose requests fail exits non-zero
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +46,14 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format)
             # CPU time of the one service process and of the client threads over the level
             assert set(lv["service_cpu_cores"]) == {"stack"} and lv["service_cpu_cores"]["stack"] > 0
             assert lv["client_cpu_cores"] > 0 and lv["client_processes"] == 1
+            # the whole host's load over the level (how /proc/stat accounts differs between kernels and
+            # sandboxes, so only its range is asserted)
+            host = lv["host_cpu"]
+            assert host["cores"] == os.cpu_count()
+            assert 0 < host["busy_cores"] <= host["cores"] * 1.05 and 0 <= host["steal_cores"] <= host["cores"]
     assert [p["batch"] for p in r["peer"]] == [1, 2] and all(p["out_tok_s"] > 0 for p in r["peer"])
     md = (out / f"{stem}.md").read_text()
+    assert f" of {os.cpu_count()} (steal " in md
     assert "0 failed request(s)" in md and "× transformers" in md and f"sent as {image_format.upper()}" in md
     for png in (f"{stem}_throughput.png", f"{stem}_ttft.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

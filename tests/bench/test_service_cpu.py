@@ -1,5 +1,7 @@
 """bench/serving/stack.py's CPU accounting: a service process's CPU time includes its child processes' (the
-vision service's image preprocessing workers), live or ended."""
+vision service's image preprocessing workers), live or ended; the whole host's load over a level comes from
+/proc/stat and reaches the report's CPU column."""
+import os
 import subprocess
 import sys
 import time
@@ -37,3 +39,33 @@ def test_a_process_counts_the_cpu_of_its_children_live_and_ended():
         parent.wait()
     assert live is not None and live >= 0.5, live
     assert ended is not None and ended >= 0.5, ended
+
+
+def test_the_host_load_comes_from_the_cpu_line_of_proc_stat(tmp_path):
+    from serving.report import cpu_cell
+    from serving.stack import host_cpu_seconds, host_load
+
+    tick = os.sysconf("SC_CLK_TCK")
+    stat = tmp_path / "stat"
+    #                 user nice system idle iowait irq softirq steal
+    stat.write_text(f"cpu  {100 * tick} 0 {50 * tick} {800 * tick} {10 * tick} 0 {5 * tick} {20 * tick} 0 0\n"
+                    "cpu0 1 2 3 4 5 6 7 8 0 0\n")
+    before = host_cpu_seconds(stat)
+    assert before == {"busy": 155.0, "idle": 810.0, "steal": 20.0}
+    stat.write_text(f"cpu  {130 * tick} 0 {60 * tick} {810 * tick} {10 * tick} 0 {5 * tick} {22 * tick} 0 0\n")
+    load = host_load(before, host_cpu_seconds(stat), 10.0)
+    assert load == {"cores": os.cpu_count(), "busy_cores": 4.0, "steal_cores": 0.2}
+    cell = cpu_cell({"service_cpu_cores": {"lm": 0.93}, "client_cpu_cores": 2.1, "client_processes": 8,
+                     "host_cpu": load})
+    assert cell == f"lm 0.93; 2.10 in 8; host 4.0 of {os.cpu_count()} (steal 0.2)"
+
+
+def test_an_unreadable_or_foreign_stat_file_gives_no_host_load(tmp_path):
+    from serving.stack import host_cpu_seconds, host_load
+
+    assert host_cpu_seconds(tmp_path / "missing") is None
+    (tmp_path / "stat").write_text("intr 1 2 3\n")
+    assert host_cpu_seconds(tmp_path / "stat") is None
+    assert host_load(None, {"busy": 1.0, "idle": 0.0, "steal": 0.0}, 1.0) is None
+    live = host_cpu_seconds()
+    assert live is not None and live["busy"] > 0 and live["idle"] >= 0
