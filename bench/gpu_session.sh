@@ -15,6 +15,8 @@
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   wgmma         the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form): its checks, compute-sanitizer
 #                 on them, bench/gemm at M = 16/64/256/2048 without and with each form, the engine's GPU tests with each
+#   wgmma_engine  2B w4a16 + int8 KV decode at batch 64/128 with VLM_W4A16_WGMMA=0/1/2, then serving at 64/256
+#                 (--stream-interval 4) with 0 and 2 (needs the serving carry: python/vlmserve/_proto, .gpu-carry)
 #   wgmma_ncu     Nsight Compute on the wgmma kernel's strip form (NCU_FORM=1: block form) and its split-K sum at
 #                 M = 256 (NCU_MS="64 256": both), four layers
 #   dequant       the w4a16 dequantization's exactness test, then bench/gemm at M = 256 and 2048 on every layer
@@ -174,6 +176,19 @@ wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form;
   for form in 1 2; do
     VLM_W4A16_WGMMA=$form python3 bench/gemm.py --ms 16,64,256,2048 --out-dir "$RES/gemm_wgmma$form" | grep -E "^- M"
     VLM_W4A16_WGMMA=$form python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
+  done
+}
+wgmma_engine() {  # the engine with each wgmma form (VLM_W4A16_WGMMA=0/1/2): 2B w4a16 + int8 KV decode at batch 64 and
+  # 128 (prefill of those batches included), then serving at 64/256 with --stream-interval 4
+  for form in 0 1 2; do
+    VLM_W4A16_WGMMA=$form python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 64,128 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_wgmma$form.json" >/dev/null &&
+      python3 -c "import json,sys; [print('form', sys.argv[2], 'batch', r['batch'], 'tok_s', round(r['tok_s']),
+        'prefill_s', r['prefill_s_median']) for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" \
+        "$RES/decode_2b_wgmma$form.json" $form
+  done
+  for form in 0 2; do
+    VLM_W4A16_WGMMA=$form serve_runs 64,256 "--stem internvl-2b-h200-wgmma$form --lm-flag=--stream-interval=4"
   done
 }
 wgmma_ncu() {  # Nsight Compute on the wgmma kernel at M = 256 (NCU_MS: other row counts; NCU_FORM: 1 or 2)
@@ -411,11 +426,12 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f serve_runs serve_interval serve_interval4 wgmma wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 560
 step wgmma_ncu 200
+step wgmma_engine 560
 step pyenv 30
 step vision 300
 step vtests 200

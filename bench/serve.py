@@ -23,6 +23,7 @@ import argparse
 import datetime
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -338,7 +339,10 @@ def main() -> int:
                   "streams_per_process": a.streams_per_process,
                   "model_desc": describe(a.model_name), "image": a.image.name, "image_size": a.image_size,
                   "image_format": a.image_format, "image_bytes": len(image),
-                  "prompt": PROMPT, "output_tokens": a.output_tokens, "warmup_requests": a.warmup},
+                  "prompt": PROMPT, "output_tokens": a.output_tokens, "warmup_requests": a.warmup,
+                  # the native library's settings (VLM_*), which the services inherit: experimental kernels
+                  # and the like change what a run measures
+                  "library_settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLM_")}},
          "variants": [], "peer": []}
 
     def save() -> None:

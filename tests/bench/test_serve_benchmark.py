@@ -13,20 +13,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+def run(tmp_path: Path, *extra: str, env: dict | None = None) -> tuple[subprocess.CompletedProcess, Path]:
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(ROOT / "bench/serve.py"), "--smoke", "--out-dir", str(out),
-                           "--work", str(tmp_path / "work"), *extra], capture_output=True, text=True, timeout=900)
+                           "--work", str(tmp_path / "work"), *extra], capture_output=True, text=True, timeout=900,
+                          env=env)
     return proc, out
 
 
 @pytest.mark.parametrize("model,image_format", [("internvl-2b", "jpeg"), ("llava-7b", "png")])
 def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format):
-    proc, out = run(tmp_path, "--model-name", model, "--image-format", image_format)
+    # A native library setting in the environment (one the CPU backend does not read) is named in the report.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VLM_")}
+    proc, out = run(tmp_path, "--model-name", model, "--image-format", image_format,
+                    env=dict(env, VLM_W4A16_WGMMA="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     stem = model.split("-")[0] + "-tiny"
     r = json.loads((out / f"{stem}.json").read_text())
     assert r["meta"]["image_format"] == image_format and r["meta"]["image_bytes"] > 0
+    assert r["meta"]["library_settings"] == {"VLM_W4A16_WGMMA": "0"}
     assert [v["name"] for v in r["variants"]] == ["fp16 vision-batch 4", "w4a16 vision-batch 4"]
     for v in r["variants"]:
         assert [lv["concurrency"] for lv in v["levels"]] == [1, 2]
@@ -54,6 +59,7 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format)
     assert [p["batch"] for p in r["peer"]] == [1, 2] and all(p["out_tok_s"] > 0 for p in r["peer"])
     md = (out / f"{stem}.md").read_text()
     assert f" of {os.cpu_count()} (steal " in md
+    assert "Native library settings in the services' environment: `VLM_W4A16_WGMMA=0`" in md
     assert "0 failed request(s)" in md and "× transformers" in md and f"sent as {image_format.upper()}" in md
     for png in (f"{stem}_throughput.png", f"{stem}_ttft.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
