@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
 from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, w4a16_dequantize, w4a16_gemm,  # noqa: E402
                               w4a16_workspace_bytes)
+from run_info import library_settings, settings_line  # noqa: E402  (bench/, the script's own folder)
 
 LAYERS = {  # name: (N, K)
     "2B.qkv": (4096, 2048), "2B.o": (2048, 2048), "2B.gate_up": (16384, 2048), "2B.down": (2048, 8192),
@@ -180,6 +181,7 @@ def main() -> None:
     lines = [f"# w4a16 GEMM: vlmserve vs torch fp16 (cuBLAS) and torch int4 (tinygemm)", "",
              f"- Device: {device}; measured HBM bandwidth {bw / 1e12:.2f} TB/s (copy, read + write)",
              f"- Date: {date}; torch {torch.__version__}",
+             *settings_line(library_settings()),
              f"- Command: `{' '.join(['python bench/gemm.py'] + sys.argv[1:])}`",
              f"- Method: weights rotated over > 200 MB, {CALLS} calls per CUDA graph, median of {REPLAYS} replays; "
              f"group size {GROUP}; fp16 activations (torch int4 takes bf16)",
@@ -215,7 +217,8 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     (out_dir / "gemm.md").write_text(text)
     (out_dir / "gemm.json").write_text(json.dumps({"device": device, "date": date, "hbm_bytes_per_s": bw,
-                                                   "results": results}, indent=1))
+                                                   "library_settings": library_settings(), "results": results},
+                                                  indent=1))
     print(text)
 
 

@@ -28,6 +28,20 @@ def git_revision() -> str:
     return rev.stdout.strip() + (" (uncommitted changes)" if dirty.strip() else "")
 
 
+def library_settings() -> dict[str, str]:
+    """The native library's settings in this process's environment (VLM_*: experimental kernels and the like),
+    which change what a run measures; child processes (the services) inherit them."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLM_")}
+
+
+def settings_line(settings: dict[str, str] | None) -> list[str]:
+    """The results document's line naming them (none for runs that did not record them)."""
+    if settings is None:
+        return []
+    named = ", ".join(f"`{k}={v}`" for k, v in settings.items())
+    return [f"- Native library settings in the environment: {named or 'none (the defaults)'}"]
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import io
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -33,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run_info import git_revision, write_atomic  # noqa: E402
+from run_info import git_revision, library_settings, write_atomic  # noqa: E402
 from serving.load import STREAMS_PER_PROCESS, run_level  # noqa: E402
 from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
 from serving.report import markdown, plots, threads_cell  # noqa: E402
@@ -340,9 +339,7 @@ def main() -> int:
                   "model_desc": describe(a.model_name), "image": a.image.name, "image_size": a.image_size,
                   "image_format": a.image_format, "image_bytes": len(image),
                   "prompt": PROMPT, "output_tokens": a.output_tokens, "warmup_requests": a.warmup,
-                  # the native library's settings (VLM_*), which the services inherit: experimental kernels
-                  # and the like change what a run measures
-                  "library_settings": {k: v for k, v in sorted(os.environ.items()) if k.startswith("VLM_")}},
+                  "library_settings": library_settings()},
          "variants": [], "peer": []}
 
     def save() -> None:

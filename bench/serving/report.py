@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from run_info import settings_line
+
 
 def _ms(x) -> str:
     return "" if x is None else f"{x * 1e3:.1f}"
@@ -41,15 +43,6 @@ def threads_cell(lv: dict) -> str:
                      for proc, threads in (lv.get("service_thread_cores") or {}).items())
 
 
-def library_settings(meta: dict) -> list[str]:
-    """The line naming the native library's settings the run had in its environment (none in runs that did
-    not record them)."""
-    if "library_settings" not in meta:
-        return []
-    settings = ", ".join(f"`{k}={v}`" for k, v in meta["library_settings"].items())
-    return [f"- Native library settings in the services' environment: {settings or 'none (the defaults)'}"]
-
-
 def markdown(r: dict, plots: list[str]) -> str:
     m = r["meta"]
     out = [f"# Serving benchmark: {m['model_name']}", "",
@@ -64,7 +57,7 @@ def markdown(r: dict, plots: list[str]) -> str:
            "breakdown (queue, vision, prefill, decode: means over requests) comes from its final message.",
            f"- Client: one thread per stream, one HTTP/2 connection per 32 streams; above "
            f"{m.get('streams_per_process', 'all')} streams, several client processes of that many streams each.",
-           *library_settings(m), ""]
+           *settings_line(m.get("library_settings")), ""]
     for plot in plots:
         out += [f"![{plot}]({plot})", ""]
     for v in r["variants"]:

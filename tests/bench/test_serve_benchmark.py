@@ -59,7 +59,7 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format)
     assert [p["batch"] for p in r["peer"]] == [1, 2] and all(p["out_tok_s"] > 0 for p in r["peer"])
     md = (out / f"{stem}.md").read_text()
     assert f" of {os.cpu_count()} (steal " in md
-    assert "Native library settings in the services' environment: `VLM_W4A16_WGMMA=0`" in md
+    assert "Native library settings in the environment: `VLM_W4A16_WGMMA=0`" in md
     assert "0 failed request(s)" in md and "× transformers" in md and f"sent as {image_format.upper()}" in md
     for png in (f"{stem}_throughput.png", f"{stem}_ttft.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
