@@ -162,7 +162,9 @@ VLM_WGMMA_FOR(__nv_bfloat16, "bf16")
 template <int NT>
 __host__ __device__ constexpr int tokens_stage_bytes() { return NT * kStageK * 2; }
 template <int NT>
-__host__ __device__ constexpr int stage_bytes() { return tokens_stage_bytes<NT>() + kWeightsStageBytes + kScalesStageBytes; }
+__host__ __device__ constexpr int stage_bytes() {
+  return tokens_stage_bytes<NT>() + kWeightsStageBytes + kScalesStageBytes;
+}
 
 // The two forms of the kernel, both 4 strips (256 output columns) by NT tokens a block:
 //  WGS = 1 ("block form"): one warpgroup; warp w owns strip w and dequantizes all 4 words of its lane's 16 bytes,
@@ -194,7 +196,8 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
   const bool active = strip < strips;
   const int m0 = blockIdx.z * NT;
   const int units = K / quantum;  // whole groups and whole stages
-  const int u0 = (int)((int64_t)blockIdx.y * units / gridDim.y), u1 = (int)((int64_t)(blockIdx.y + 1) * units / gridDim.y);
+  const int u0 = (int)((int64_t)blockIdx.y * units / gridDim.y);
+  const int u1 = (int)((int64_t)(blockIdx.y + 1) * units / gridDim.y);
   const int k0 = u0 * quantum, stages = (u1 - u0) * quantum / kStageK;
 
   cuda::pdl_wait();
@@ -239,7 +242,8 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
       cp_async16_zfill(base + token_dst + it * (kRowsPerPass / 8) * 1024, token_src[it] + dk, token_bytes[it]);
 #pragma unroll
     for (int it = 0; it < kCodeCopies; ++it)
-      cp_async16_zfill(base + kTokens + (tid + kThreads * it) * 16, code_src[it] + (int64_t)(dk / 16) * 32, code_bytes[it]);
+      cp_async16_zfill(base + kTokens + (tid + kThreads * it) * 16, code_src[it] + (int64_t)(dk / 16) * 32,
+                       code_bytes[it]);
     if (tid < 64)
       cp_async16_zfill(base + kTokens + kWeightsStageBytes + tid * 16,
                        scale_src + (int64_t)((k0 + dk) / group) * 16, scale_bytes);
