@@ -54,6 +54,9 @@ namespace {
 
 using w4a16::Act;
 using w4a16::GroupParams;
+using w4a16::cp_async16;
+using w4a16::cp_async_commit;
+using w4a16::cp_async_wait;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
@@ -67,19 +70,6 @@ constexpr int kMaxCluster = 8;       // the portable cluster size
 constexpr int kMaxStrips = 4;        // strips per block (S)
 constexpr int kSmemPad = 8;          // halves per staged A row: ldmatrix rows in distinct banks
 constexpr int kMaxSmem = 200 * 1024;
-
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
-}
-// The "memory" clobbers keep the compiler from moving shared-memory reads of a stage above its wait.
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-#endif
 
 // Shared memory of a block: rings (weights, group records), the block's partial sums, staged A.
 struct Layout {

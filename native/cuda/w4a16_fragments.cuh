@@ -1,5 +1,5 @@
-// Device pieces shared by the w4a16 kernels (w4a16_gemm.cu, w4a16_decode.cu):
-// the activation type's mma and dequantization, the weights' streaming load,
+// Device pieces shared by the w4a16 kernels (w4a16_gemm.cu, w4a16_decode.cu, w4a16_wgmma.cu):
+// the activation type's mma and dequantization, cp.async copies, the weights' streaming load,
 // ldmatrix, and a lane's fragments of one k16 step of a 64-column strip in the
 // layout of cpu/w4a16_pack.h. The general kernel dequantizes through
 // dequant_fragments() (16-bit weights (q - z) s); the decode kernel multiplies
@@ -130,6 +130,23 @@ __device__ __forceinline__ float bits_to_float<__half>(uint32_t bits16) {
 template <>
 __device__ __forceinline__ float bits_to_float<__nv_bfloat16>(uint32_t bits16) {
   return __uint_as_float(bits16 << 16);
+}
+
+// 16 bytes global → shared without a register (cp.async, sm_80 up); the zfill form copies `bytes` of them
+// (0 or 16) and zero-fills the rest. The "memory" clobbers keep the compiler from moving shared-memory reads of
+// a stage above its wait.
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, int bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>  // at most N committed groups of this thread's copies still in flight
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 __device__ __forceinline__ uint4 load_streaming(const uint4* p) {

@@ -43,6 +43,9 @@ namespace vlm {
 namespace {
 
 using w4a16::Act;
+using w4a16::cp_async16_zfill;
+using w4a16::cp_async_commit;
+using w4a16::cp_async_wait;
 
 constexpr int kBlockN = 4 * kW4StripN;      // 256 output columns: 4 strips a block in either form
 constexpr int kStageK = 64;                 // K per pipeline stage
@@ -53,15 +56,6 @@ constexpr int kWeightsStageBytes = 4 * kStepsPerStage * 512;  // the block's 4 s
 constexpr int kScalesStageBytes = 4 * 256;                    // each strip's 64 scales and 64 zeros
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, int bytes) {
-  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 // cp.async writes shared memory through the generic proxy, wgmma reads it through the async proxy.
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
@@ -385,7 +379,6 @@ int wgmma_form() {
 
 struct Plan {
   int wgs, nt, m_tiles, splits, quantum;
-  size_t smem;
 };
 
 Plan make_plan(int M, int N, int K, int group) {
@@ -407,7 +400,6 @@ Plan make_plan(int M, int N, int K, int group) {
     const double cost = 1.0 * ((blocks * s + slots - 1) / slots) / s;
     if (cost < best * 0.95) best = cost, p.splits = s;
   }
-  p.smem = (size_t)kStages * (p.nt == 32 ? stage_bytes<32>() : p.nt == 64 ? stage_bytes<64>() : stage_bytes<128>());
   return p;
 }
 
@@ -415,12 +407,13 @@ template <class T, int NT, int WGS>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
                    int N, int K, int group, void* workspace, cudaStream_t stream) {
   // More than the default 48 KiB of shared memory; granted once per instantiation.
-  static const cudaError_t granted = cudaFuncSetAttribute(
-      w4a16_wgmma_kernel<T, NT, WGS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kStages * stage_bytes<NT>());
+  constexpr int kSmem = kStages * stage_bytes<NT>();
+  static const cudaError_t granted =
+      cudaFuncSetAttribute(w4a16_wgmma_kernel<T, NT, WGS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (granted != cudaSuccess) return granted;
   float* partial = p.splits > 1 ? static_cast<float*>(workspace) : nullptr;
   dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
-  cudaError_t e = cuda::launch_dependent(w4a16_wgmma_kernel<T, NT, WGS>, grid, dim3(128 * WGS), p.smem, stream,
+  cudaError_t e = cuda::launch_dependent(w4a16_wgmma_kernel<T, NT, WGS>, grid, dim3(128 * WGS), kSmem, stream,
                                          static_cast<const T*>(a), static_cast<const uint4*>(w),
                                          static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                          static_cast<T*>(c), partial, M, N, K, group, p.quantum);
