@@ -15,6 +15,9 @@
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   wgmma         the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form): its checks, compute-sanitizer
 #                 on them, bench/gemm at M = 16/64/256/2048 without and with each form, the engine's GPU tests with each
+#   strip_default the strip form as the default (17-128 rows): tests of the default routing and each form, compute-
+#                 sanitizer, bench/gemm at M = 32-256 with the wgmma kernel off and the strip form at every M, the
+#                 engine tests, 2B w4a16 + int8 KV decode at batch 64/128 off vs default
 #   wgmma_engine  2B w4a16 + int8 KV decode at batch 64/128 with VLM_W4A16_WGMMA=0/1/2, then serving at 64/256
 #                 (--stream-interval 4) with 0 and 2 (needs the serving carry: python/vlmserve/_proto, .gpu-carry)
 #   wgmma_ncu     Nsight Compute on the wgmma kernel's strip form (NCU_FORM=1: block form) and its split-K sum at
@@ -176,6 +179,27 @@ wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form;
   for form in 1 2; do
     VLM_W4A16_WGMMA=$form python3 bench/gemm.py --ms 16,64,256,2048 --out-dir "$RES/gemm_wgmma$form" | grep -E "^- M"
     VLM_W4A16_WGMMA=$form python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
+  done
+}
+strip_default() {  # the strip form as the default from 17 to 128 rows: the wgmma and general-kernel tests (the default
+  # routing and each forced form), compute-sanitizer on the default, bench/gemm at 32-256 rows with the wgmma kernel
+  # off (VLM_W4A16_WGMMA=0) and the strip form at every M (2), the engine tests, 2B decode at batch 64/128 off vs default
+  python3 -m pytest -q -s -m gpu tests/kernels/test_w4a16_wgmma.py tests/kernels/test_w4a16_gemm.py 2>&1 |
+    grep -E "checks|rows|passed|failed|FAIL|Error" | tail -n 20
+  PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 \
+    python3 tests/kernels/check_w4a16_wgmma.py 2>&1 | tail -n 4
+  for form in 0 2; do
+    VLM_W4A16_WGMMA=$form python3 bench/gemm.py --ms 32,64,96,128,192,256 --out-dir "$RES/gemm_strip_sweep$form" |
+      grep -E "^- M"
+  done
+  python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
+  for form in 0 default; do
+    env $([ $form = default ] && echo -u VLM_W4A16_WGMMA || echo VLM_W4A16_WGMMA=$form) python3 bench/decode.py \
+      --models 2b --weights w4a16 --kv int8 --batches 64,128 --peer-batches 0 --work /tmp/decode-models \
+      --out "$RES/decode_2b_strip_$form.json" >/dev/null &&
+      python3 -c "import json,sys; [print('wgmma', sys.argv[2], 'batch', r['batch'], 'tok_s', round(r['tok_s']),
+        'prefill_s', r['prefill_s_median']) for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" \
+        "$RES/decode_2b_strip_$form.json" $form
   done
 }
 wgmma_engine() {  # the engine with each wgmma form (VLM_W4A16_WGMMA=0/1/2): 2B w4a16 + int8 KV decode at batch 64 and
@@ -426,11 +450,12 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 560
 step wgmma_ncu 200
+step strip_default 560
 step wgmma_engine 560
 step pyenv 30
 step vision 300

@@ -1,7 +1,9 @@
 // w4a16 GEMM on Hopper's warpgroup MMA (wgmma), for the row counts between the decode kernel and
 // prefill (17 rows up): C = A · dequant(W)ᵀ (+ residual), A [M][K] fp16/bf16, W packed as in
-// cpu/w4a16_pack.h, fp32 accumulation. Opt-in while it is measured: VLM_W4A16_WGMMA=1 (the block form)
-// or 2 (the strip form), and a library built for sm_90a (wgmma exists only there; elsewhere the kernel traps).
+// cpu/w4a16_pack.h, fp32 accumulation. Needs a library built for sm_90a (wgmma exists only there; elsewhere the
+// kernel traps, and nothing routes to it) on a compute capability 9.0 GPU. By default the strip form takes 17 to
+// kStripDefaultMaxRows rows; VLM_W4A16_WGMMA=0 turns it off, 1 (the block form) or 2 (the strip form) runs that
+// form from 17 rows at every M, for measuring.
 //
 // The weights are wgmma's A operand, taken from registers, and the rows of A (tokens) its N
 // dimension, from shared memory: C is computed transposed, 64 output columns by NT tokens an
@@ -367,14 +369,42 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
         }
       }
 #else
-  __trap();  // built without sm_90a: w4a16_wgmma_applies() is false unless VLM_W4A16_WGMMA forces it
+  __trap();  // built without sm_90a: w4a16_wgmma_applies() is false (wgmma_code_runs())
 #endif
 }
 
-// VLM_W4A16_WGMMA: 0 off, 1 the block form, 2 the strip form.
-int wgmma_form() {
-  static const int form = cuda::env_int("VLM_W4A16_WGMMA", 0);
-  return form;
+// Up to this many rows the strip form is the default. Measured on the H200 (2026-12-04, bench/gemm,
+// docs/benchmarks/cuda_engine.md): at 64 rows it beat the general tensor-core kernel on all eight 2B and 7B
+// layers (0.66-0.93 of its time); at 256 it lost to dequantize + cuBLAS on five of them.
+constexpr int kStripDefaultMaxRows = 128;
+
+// Whether the kernel's real code runs here: the library was built for sm_90a and the GPU is compute
+// capability 9.0 (arch-specific code runs nowhere else; other GPUs would get the trap).
+bool wgmma_code_runs() {
+#if defined(VLM_CUDA_SM90A)
+  static const bool runs = [] {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major == 9 && minor == 0 && cuda::hopper_code_runs();
+  }();
+  return runs;
+#else
+  return false;
+#endif
+}
+
+// The form that takes M rows: 0 none, 1 the block form, 2 the strip form. VLM_W4A16_WGMMA unset: the strip
+// form up to kStripDefaultMaxRows; 0: none; 1 or 2: that form at every M.
+int wgmma_form_at(int M) {
+  static const int forced = cuda::env_int("VLM_W4A16_WGMMA", -1);
+  if (!wgmma_code_runs() || M <= 16) return 0;
+  if (forced >= 0) return forced == 1 || forced == 2 ? forced : 0;
+  return M <= kStripDefaultMaxRows ? 2 : 0;
 }
 
 struct Plan {
@@ -383,7 +413,7 @@ struct Plan {
 
 Plan make_plan(int M, int N, int K, int group) {
   Plan p{};
-  p.wgs = wgmma_form() == 2 ? 4 : 1;
+  p.wgs = wgmma_form_at(M) == 2 ? 4 : 1;
   p.nt = p.wgs == 4 ? (M <= 64 ? 64 : 128) : (M <= 32 ? 32 : 64);
   p.m_tiles = (M + p.nt - 1) / p.nt;
   p.quantum = std::max(group, kStageK);
@@ -434,10 +464,13 @@ cudaError_t launch_for(const Plan& p, const void* a, const void* w, const void* 
 
 }  // namespace
 
-bool w4a16_wgmma_applies(int M, int N, int K, int group) {
-  return wgmma_form() != 0 && M > 16 && N % kW4StripN == 0 && (group == 64 || group == 128) &&
-         K % std::max(group, kStageK) == 0;
+int w4a16_wgmma_form(int M, int N, int K, int group) {
+  const bool shape_fits =
+      N % kW4StripN == 0 && (group == 64 || group == 128) && K % std::max(group, kStageK) == 0;
+  return shape_fits ? wgmma_form_at(M) : 0;
 }
+
+bool w4a16_wgmma_applies(int M, int N, int K, int group) { return w4a16_wgmma_form(M, N, K, group) != 0; }
 
 int64_t w4a16_wgmma_workspace_bytes(int M, int N, int K, int group) {
   const Plan p = make_plan(M, N, K, group);

@@ -1,5 +1,6 @@
-// Host entry points of the Hopper wgmma w4a16 GEMM (w4a16_wgmma.cu), for 17 rows and up. Opt-in
-// (VLM_W4A16_WGMMA=1: block form, 2: strip form) and sm_90a only; w4a16_gemm() routes to it when w4a16_wgmma_applies().
+// Host entry points of the Hopper wgmma w4a16 GEMM (w4a16_wgmma.cu), for 17 rows and up: sm_90a builds on
+// compute capability 9.0 only; by default its strip form up to 128 rows (VLM_W4A16_WGMMA=0: off, 1: the block
+// form, 2: the strip form at every M). w4a16_gemm() routes to it when w4a16_wgmma_applies().
 #pragma once
 #include <cuda_runtime.h>
 
@@ -7,6 +8,8 @@
 
 namespace vlm {
 
+// The form that runs this shape on the current device: 0 none, 1 the block form, 2 the strip form.
+int w4a16_wgmma_form(int M, int N, int K, int group);
 bool w4a16_wgmma_applies(int M, int N, int K, int group);
 // fp32 split-K partials for this shape; 0 when it runs as one slice.
 int64_t w4a16_wgmma_workspace_bytes(int M, int N, int K, int group);

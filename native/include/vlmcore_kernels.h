@@ -33,6 +33,13 @@ VLM_API int vlm_w4a16_pack(const int32_t* qweight, const int32_t* qzeros, const 
  * it is large enough and calls on it do not run concurrently. */
 VLM_API int vlm_w4a16_workspace_bytes(int32_t m, int32_t n, int32_t k, int32_t group_size, int64_t* bytes);
 
+/* Which Hopper wgmma form vlm_w4a16_gemm runs for this shape on the current
+ * device: 0 none (the decode-size or the general tensor-core kernel), 1 the
+ * block form, 2 the strip form (VLM_W4A16_WGMMA; by default the strip form from
+ * 17 to 128 rows on a compute capability 9.0 GPU with an sm_90a build). 0 in
+ * builds without CUDA. For benchmarks that report the path they measured. */
+VLM_API int vlm_w4a16_wgmma_form(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* form);
+
 /* C[M][N] = A[M][K] · dequant(W)ᵀ (+ residual[M][N] if not NULL), A/C/residual
  * row-major in act_dtype (F16 or BF16), fp32 accumulation. All device
  * pointers; workspace of vlm_w4a16_workspace_bytes. Asynchronous on `stream`;

@@ -14,6 +14,7 @@
 #include "cuda/dense_decode.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
+#include "cuda/w4a16_wgmma.h"
 #include "engine/kv_cache.h"
 #endif
 
@@ -49,6 +50,18 @@ int vlm_w4a16_workspace_bytes(int32_t m, int32_t n, int32_t k, int32_t group_siz
 #else
     (void)m, (void)n, (void)k, (void)group_size;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_w4a16_wgmma_form(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* form) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(form, "NULL output");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    *form = vlm::w4a16_wgmma_form(m, n, k, group_size);
+#else
+    *form = 0;
 #endif
   });
 }

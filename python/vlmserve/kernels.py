@@ -46,6 +46,13 @@ def w4a16_workspace_bytes(m: int, n: int, k: int, group_size: int) -> int:
     return out.value
 
 
+def w4a16_wgmma_form(m: int, n: int, k: int, group_size: int) -> int:
+    """The Hopper wgmma form w4a16_gemm runs at this shape here: 0 none, 1 block form, 2 strip form."""
+    out = ctypes.c_int32()
+    check(_native.lib().vlm_w4a16_wgmma_form(m, n, k, group_size, ctypes.byref(out)))
+    return out.value
+
+
 def w4a16_gemm(a, packed, scale_zero, n: int, group_size: int, residual=None, out=None, workspace=None):
     """a [M, K] fp16/bf16 CUDA tensor -> [M, N] on torch's current stream."""
     import torch

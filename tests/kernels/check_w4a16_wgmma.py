@@ -1,9 +1,11 @@
-"""Run in a subprocess by test_w4a16_wgmma.py with VLM_W4A16_WGMMA=1 or 2 (the library reads it once per
-process): the wgmma w4a16 GEMM (17 rows and up) against the float32 reference on ragged shapes, both
-group sizes and dtypes, with and without the residual; proof from the profiler that the wgmma kernel
-is what ran; identical results on repeated calls. Prints one line per failure and exits 1 if any."""
+"""Run in a subprocess by test_w4a16_wgmma.py with VLM_W4A16_WGMMA unset (the default: the strip form from 17 to
+128 rows), 1 or 2 (that form at every M; the library reads it once per process): the w4a16 GEMM against the
+float32 reference on ragged shapes, both group sizes and dtypes, with and without the residual; which form
+each row count routes to, with proof from the profiler that the wgmma kernel ran where it should and not
+where it should not; identical results on repeated calls. Prints one line per failure and exits 1 if any."""
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -42,14 +44,32 @@ def deterministic(m: int, n: int, k: int, group: int) -> bool:
     return all(torch.equal(w4a16_gemm(a, packed, sz, n, group), first) for _ in range(3))
 
 
+FORCED = os.environ.get("VLM_W4A16_WGMMA", "")
+ROUTING_ROWS = (1, 16, 17, 64, 128, 129, 256, 2048)
+
+
+def expected_form(m: int) -> int:
+    if m <= 16:  # the decode-size kernel's rows
+        return 0
+    return int(FORCED) if FORCED else (2 if m <= 128 else 0)
+
+
 def main() -> int:
+    from vlmserve.kernels import w4a16_wgmma_form
+
     checks, lines = shapes_failures(SHAPES)
-    names = kernels_run(65, 768, 4224, 64)
-    if not any("w4a16_wgmma_kernel" in name for name in names):
-        lines.append(f"the wgmma kernel did not run; CUDA kernels seen: {sorted(names)}")
+    for m in ROUTING_ROWS:
+        form = w4a16_wgmma_form(m, 768, 4224, 64)
+        if form != expected_form(m):
+            lines.append(f"{m} rows route to wgmma form {form}, expected {expected_form(m)}")
+    for m in (65, 200):
+        ran = any("w4a16_wgmma_kernel" in name for name in kernels_run(m, 768, 4224, 64))
+        if ran != (expected_form(m) != 0):
+            lines.append(f"{m} rows: the wgmma kernel {'ran' if ran else 'did not run'}, expected form "
+                         f"{expected_form(m)}")
     if not deterministic(40, 4096, 5504 // 128 * 128, 128):
         lines.append("repeated calls gave different results")
-    checks += 2
+    checks += len(ROUTING_ROWS) + 3
     return report(checks, lines)
 
 
