@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
 from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, w4a16_dequantize, w4a16_gemm,  # noqa: E402
-                              w4a16_wgmma_form, w4a16_workspace_bytes)
+                              w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_workspace_bytes)
 from run_info import library_settings, settings_line  # noqa: E402  (bench/, the script's own folder)
 
 LAYERS = {  # name: (N, K)
@@ -41,8 +41,6 @@ CALLS, REPLAYS = 20, 30
 ROTATE_BYTES = 200 * 2**20
 
 
-# The engine's switch to dequantize + dense GEMM (kDequantGemmMinRows in native/cuda/cuda_runner.cpp).
-DEQUANT_GEMM_MIN_ROWS = 256
 # Where the library runs its wgmma kernel (w4a16_wgmma_form: by default the strip form from 17 to 128 rows on
 # an sm_90a build and Hopper GPU; VLM_W4A16_WGMMA=0 off, 1 or 2 that form at every M), the engine also takes it
 # instead of dequantizing from 256 rows (w4a16_wgmma_applies in native/cuda/cuda_runner.cpp).
@@ -125,7 +123,7 @@ def bench_layer(n: int, k: int, ms, rng) -> list[dict]:
                                                    workspace=ws))
         form = w4a16_wgmma_form(m, n, k, GROUP)
         t_ours, path = t_kernel, WGMMA_FORM_NAMES.get(form, "w4a16 kernel")
-        if m >= DEQUANT_GEMM_MIN_ROWS and not form:  # the engine's path at this size: dequantize, then cuBLAS
+        if m >= w4a16_dequant_gemm_min_rows() and not form:  # the engine's path at this size: dequantize, then cuBLAS
             scratch = torch.empty(n, k, device=dev, dtype=torch.float16)
             t_ours = time_graph(lambda i: torch.nn.functional.linear(
                 x16, w4a16_dequantize(ours_w[i % len(ours_w)], ours_sz, n, k, GROUP, out=scratch)))
@@ -188,8 +186,9 @@ def main() -> None:
              f"- Method: weights rotated over > 200 MB, {CALLS} calls per CUDA graph, median of {REPLAYS} replays; "
              f"group size {GROUP}; fp16 activations (torch int4 takes bf16)",
              f"- Ours is the engine's path (VLM_W4A16_WGMMA={WGMMA_FORM}), named in the table: the w4a16 kernel "
-             f"(decode-size up to 16 rows, else the general one) or the wgmma kernel; from {DEQUANT_GEMM_MIN_ROWS} "
-             f"rows, where the wgmma kernel does not run, the layer is dequantized (vlm_w4a16_dequantize) into a "
+             f"(decode-size up to 16 rows, else the general one) or the wgmma kernel; from "
+             f"{w4a16_dequant_gemm_min_rows()} rows, where the wgmma kernel does not run, the layer is dequantized "
+             f"(vlm_w4a16_dequantize) into a "
              f"scratch matrix and multiplied by cuBLAS (here through torch), both inside the timed graph",
              f"- Our fp16: the dense decode kernel (vlm_dense_decode_gemm) on the same fp16 weights, up to "
              f"{DENSE_DECODE_MAX_ROWS} rows (the engine runs it for unquantized models' one-row steps)", "",

@@ -252,11 +252,6 @@ constexpr int kFusedSiluMaxRows = 16;
 constexpr int kRopeInAttentionMaxRows = 16;
 // Rows up to which dense layers run the decode-size kernel instead of cuBLAS (CudaRunner::dense_decodes).
 constexpr int kDenseDecodeEngineRows = 1;
-// From this many rows (prefill chunks) a w4a16 layer is dequantized into a scratch fp16/bf16 matrix and
-// multiplied by cuBLAS: the dequantization reads the 4-bit weights once (tens of microseconds), after which
-// a dense tensor-core GEMM runs several times faster than the w4a16 kernel's large-M path
-// (docs/benchmarks/gemm.md: 0.13-0.37x cuBLAS at M = 256-2048).
-constexpr int kDequantGemmMinRows = 256;
 
 // VLM_FUSED_NORM=0 keeps every RMSNorm a kernel of its own (to measure what folding it into the
 // decode-size GEMM saves; both give the same bits for hidden sizes up to 8192).
@@ -649,7 +644,7 @@ class CudaRunner final : public StepRunner {
   // stacked [gate | up] output and the GEMM reads silu(gate) * up.
   void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false) {
 #if VLM_HAVE_CUBLAS
-    if (l.tensor_core && !gate_up_input && M >= kDequantGemmMinRows &&
+    if (l.tensor_core && !gate_up_input && M >= w4a16_dequant_gemm_min_rows() &&
         !w4a16_wgmma_applies(M, l.out, l.in, l.group)) {
       grow(dequant_, (size_t)l.out * l.in * 2);
       VLM_CUDA_CHECK(w4a16_dequantize(l.w.as(), l.scale.as(), dequant_.as(), l.out, l.in, l.group, bf16_, stream_));

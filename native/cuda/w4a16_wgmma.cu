@@ -472,6 +472,13 @@ int w4a16_wgmma_form(int M, int N, int K, int group) {
 
 bool w4a16_wgmma_applies(int M, int N, int K, int group) { return w4a16_wgmma_form(M, N, K, group) != 0; }
 
+// The dequantization reads the 4-bit weights once (microseconds), after which cuBLAS runs a dense tensor-core
+// GEMM several times faster than the general w4a16 kernel's large-M path (docs/benchmarks/gemm.md: 0.13-0.37x
+// cuBLAS at M = 256-2048). Where the strip form takes up to 128 rows, the general kernel would take 129-255,
+// where it measured 1.2-2x slower than the strip form (H200, 2026-12-04: e.g. 7B.qkv at 192 rows 158.4 us,
+// the strip form 85.6, dequantize + cuBLAS 72.1 at 256), so dequantization starts right above the strip form.
+int w4a16_dequant_gemm_min_rows() { return wgmma_code_runs() ? kStripDefaultMaxRows + 1 : 256; }
+
 int64_t w4a16_wgmma_workspace_bytes(int M, int N, int K, int group) {
   const Plan p = make_plan(M, N, K, group);
   return p.splits > 1 ? (int64_t)p.splits * M * N * 4 : 0;

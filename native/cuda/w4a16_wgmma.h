@@ -11,6 +11,10 @@ namespace vlm {
 // The form that runs this shape on the current device: 0 none, 1 the block form, 2 the strip form.
 int w4a16_wgmma_form(int M, int N, int K, int group);
 bool w4a16_wgmma_applies(int M, int N, int K, int group);
+// Rows from which the engine dequantizes a w4a16 layer into a scratch fp16/bf16 matrix and multiplies it with
+// cuBLAS (where w4a16_wgmma_applies() is false): right above the strip form's default rows where its code runs,
+// 256 elsewhere.
+int w4a16_dequant_gemm_min_rows();
 // fp32 split-K partials for this shape; 0 when it runs as one slice.
 int64_t w4a16_wgmma_workspace_bytes(int M, int N, int K, int group);
 cudaError_t w4a16_wgmma_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c,

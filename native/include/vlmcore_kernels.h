@@ -40,6 +40,11 @@ VLM_API int vlm_w4a16_workspace_bytes(int32_t m, int32_t n, int32_t k, int32_t g
  * builds without CUDA. For benchmarks that report the path they measured. */
 VLM_API int vlm_w4a16_wgmma_form(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* form);
 
+/* Rows from which the engine dequantizes a w4a16 layer and multiplies it with
+ * cuBLAS instead of running vlm_w4a16_gemm (where no wgmma form takes the
+ * shape): 129 where the wgmma strip form runs, else 256. CUDA builds only. */
+VLM_API int vlm_w4a16_dequant_gemm_min_rows(int32_t* rows);
+
 /* C[M][N] = A[M][K] · dequant(W)ᵀ (+ residual[M][N] if not NULL), A/C/residual
  * row-major in act_dtype (F16 or BF16), fp32 accumulation. All device
  * pointers; workspace of vlm_w4a16_workspace_bytes. Asynchronous on `stream`;

@@ -66,6 +66,17 @@ int vlm_w4a16_wgmma_form(int32_t m, int32_t n, int32_t k, int32_t group_size, in
   });
 }
 
+int vlm_w4a16_dequant_gemm_min_rows(int32_t* rows) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(rows, "NULL output");
+#ifdef VLM_HAVE_CUDA
+    *rows = vlm::w4a16_dequant_gemm_min_rows();
+#else
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
 int vlm_w4a16_gemm(const void* a, const void* packed_weight, const void* packed_scale_zero, const void* residual,
                    void* c, int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype, void* workspace,
                    void* stream) {

@@ -53,6 +53,13 @@ def w4a16_wgmma_form(m: int, n: int, k: int, group_size: int) -> int:
     return out.value
 
 
+def w4a16_dequant_gemm_min_rows() -> int:
+    """Rows from which the engine dequantizes a w4a16 layer and multiplies it with cuBLAS (no wgmma form)."""
+    out = ctypes.c_int32()
+    check(_native.lib().vlm_w4a16_dequant_gemm_min_rows(ctypes.byref(out)))
+    return out.value
+
+
 def w4a16_gemm(a, packed, scale_zero, n: int, group_size: int, residual=None, out=None, workspace=None):
     """a [M, K] fp16/bf16 CUDA tensor -> [M, N] on torch's current stream."""
     import torch
