@@ -373,9 +373,10 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
 #endif
 }
 
-// Up to this many rows the strip form is the default. Measured on the H200 (2026-12-04, bench/gemm,
-// docs/benchmarks/cuda_engine.md): at 64 rows it beat the general tensor-core kernel on all eight 2B and 7B
-// layers (0.66-0.93 of its time); at 256 it lost to dequantize + cuBLAS on five of them.
+// Up to this many rows the strip form is the default. Measured on the H200 (2026-12-04 late, bench/gemm,
+// docs/benchmarks/cuda_engine.md): from 64 to 192 rows it beat the general tensor-core kernel on all eight 2B
+// and 7B layers (0.41-0.93 of its time; at 32 it lost on the 7B qkv and gate_up layers), and from 160 rows
+// dequantize + cuBLAS beat it on the qkv and gate_up layers, which carry most of the time.
 constexpr int kStripDefaultMaxRows = 128;
 
 // Whether the kernel's real code runs here: the library was built for sm_90a and the GPU is compute
