@@ -42,8 +42,8 @@ ROTATE_BYTES = 200 * 2**20
 
 
 # Where the library runs its wgmma kernel (w4a16_wgmma_form: by default the strip form from 17 to 128 rows on
-# an sm_90a build and Hopper GPU; VLM_W4A16_WGMMA=0 off, 1 or 2 that form at every M), the engine also takes it
-# instead of dequantizing from 256 rows (w4a16_wgmma_applies in native/cuda/cuda_runner.cpp).
+# an sm_90a build and Hopper GPU; VLM_W4A16_WGMMA=0 off, 1 or 2 that form at every M), the engine takes it; elsewhere
+# from w4a16_dequant_gemm_min_rows() rows it dequantizes for cuBLAS (CudaRunner::linear in native/cuda/cuda_runner.cpp).
 WGMMA_FORM = os.environ.get("VLM_W4A16_WGMMA", "") or "default"
 WGMMA_FORM_NAMES = {1: "w4a16 wgmma kernel, block form", 2: "w4a16 wgmma kernel, strip form"}
 # Rows our dense decode kernel takes (dense_decode.h); the engine runs it at one row.

@@ -186,7 +186,8 @@ wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form;
 }
 strip_default() {  # the strip form as the default from 17 to 128 rows: the wgmma and general-kernel tests (the default
   # routing and each forced form), compute-sanitizer on the default, bench/gemm at 32-256 rows with the wgmma kernel
-  # off (VLM_W4A16_WGMMA=0) and the strip form at every M (2), the engine tests, 2B decode at batch 64/128 off vs default
+  # off (VLM_W4A16_WGMMA=0) and the strip form at every M (2), the engine tests, 2B decode at batch 64/128 off vs
+  # default
   python3 -m pytest -q -s -m gpu tests/kernels/test_w4a16_wgmma.py tests/kernels/test_w4a16_gemm.py 2>&1 |
     grep -E "checks|rows|passed|failed|FAIL|Error" | tail -n 20
   PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 \
