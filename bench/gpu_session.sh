@@ -21,6 +21,9 @@
 #   dequant_129   dequantize + cuBLAS from 129 rows on Hopper: routing checks, bench/gemm at 160-224 rows default vs
 #                 strip form, 2B decode at batch 192 wgmma off vs default, engine tests, serving 64/256 default and
 #                 256 with the wgmma kernel off (needs the serving carry)
+#   wgmma_cluster the wgmma kernel's split-K sums in thread-block clusters (VLM_W4A16_WGMMA_CLUSTER=1) against the
+#                 default partials: checks, compute-sanitizer, bench/gemm at 32/64/128 rows, 2B decode at batch 64/128,
+#                 the engine tests with clusters
 #   wgmma_engine  2B w4a16 + int8 KV decode at batch 64/128 with VLM_W4A16_WGMMA=0/1/2, then serving at 64/256
 #                 (--stream-interval 4) with 0 and 2 (needs the serving carry: python/vlmserve/_proto, .gpu-carry)
 #   wgmma_ncu     Nsight Compute on the wgmma kernel's strip form (NCU_FORM=1: block form) and its split-K sum at
@@ -224,6 +227,21 @@ dequant_129() {  # dequantize + cuBLAS from 129 rows where the strip form runs: 
   python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
   serve_runs 64,256 "--stem internvl-2b-h200-strip --lm-flag=--stream-interval=4"
   VLM_W4A16_WGMMA=0 serve_runs 256 "--stem internvl-2b-h200-nowgmma --lm-flag=--stream-interval=4"
+}
+wgmma_cluster() {  # the wgmma kernel's K slices summed in thread-block clusters (VLM_W4A16_WGMMA_CLUSTER=1) against
+  # fp32 partials + a second kernel (the default): checks with clusters, compute-sanitizer, bench/gemm at 32/64/128
+  # rows, 2B w4a16 + int8 KV decode at batch 64/128, each without and with
+  python3 -m pytest -q -s -m gpu tests/kernels/test_w4a16_wgmma.py -k cluster 2>&1 |
+    grep -E "checks|rows|expected|passed|failed"
+  VLM_W4A16_WGMMA_CLUSTER=1 PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck \
+    --error-exitcode 9 python3 tests/kernels/check_w4a16_wgmma.py 2>&1 | tail -n 4
+  for cl in 0 1; do
+    VLM_W4A16_WGMMA_CLUSTER=$cl python3 bench/gemm.py --ms 32,64,128 --out-dir "$RES/gemm_cluster$cl" | grep -E "^- M"
+    VLM_W4A16_WGMMA_CLUSTER=$cl python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 64,128 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_cluster$cl.json" 2>&1 | grep -E "tok/s"
+  done
+  VLM_W4A16_WGMMA_CLUSTER=1 python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 |
+    tail -n 2
 }
 wgmma_engine() {  # the engine with each wgmma form (VLM_W4A16_WGMMA=0/1/2): 2B w4a16 + int8 KV decode at batch 64 and
   # 128 (prefill of those batches included), then serving at 64/256 with --stream-interval 4
@@ -473,13 +491,14 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 560
 step wgmma_ncu 200
 step strip_default 560
 step dequant_129 580
+step wgmma_cluster 500
 step wgmma_engine 560
 step pyenv 30
 step vision 300

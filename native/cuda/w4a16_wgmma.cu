@@ -25,14 +25,19 @@
 // wgmma, waits for the previous step's, and dequantizes the next step's operands from the ring while its
 // own run.
 // Grid: (ceil(N / 256), splits, ceil(M / NT)); with splits > 1 each K slice writes fp32 partials that
-// w4a16_splitk_reduce sums in slice order (deterministic).
+// w4a16_splitk_reduce sums in slice order (deterministic). VLM_W4A16_WGMMA_CLUSTER=1 (opt-in while it is measured):
+// the K slices of a tile run as one thread-block cluster instead and add their accumulators through distributed
+// shared memory, in slice order too: no partials in global memory, no second kernel.
 #include "cuda/w4a16_wgmma.h"
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <utility>
 
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
@@ -54,6 +59,7 @@ constexpr int kStageK = 64;                 // K per pipeline stage
 constexpr int kStepsPerStage = kStageK / 16;
 constexpr int kStages = 5;                  // ring slots; stages are requested kStages - 2 ahead of use
 constexpr int kMinSliceK = 256;             // no K slice shorter than this (4 stages)
+constexpr int kMaxCluster = 8;              // K slices summed in a cluster: at most the portable cluster size
 constexpr int kWeightsStageBytes = 4 * kStepsPerStage * 512;  // the block's 4 strips, 4 k16 steps each
 constexpr int kScalesStageBytes = 4 * 256;                    // each strip's 64 scales and 64 zeros
 
@@ -175,7 +181,7 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
                                                                 const uint4* __restrict__ sz,
                                                                 const T* __restrict__ residual, T* __restrict__ c,
                                                                 float* __restrict__ partial, int M, int N, int K,
-                                                                int group, int quantum) {
+                                                                int group, int quantum, bool cluster_sum) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kThreads = 128 * WGS, kSlices = 4 / WGS;
   constexpr int kTokens = tokens_stage_bytes<NT>(), kStage = stage_bytes<NT>();
@@ -347,10 +353,64 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
     for (int i = 0; i < NT / 2; ++i) hold(acc[m][i]);
   }
   cp_async_wait<0>();
-  if (!active) return;
 
   // acc[m][4i + q]: output column 64 strip + 16 word(m) + g (+8 for q >= 2), token m0 + 8i + 2t (+1 for odd q).
   const int g = lane / 4, t = lane % 4;
+  if (cluster_sum) {
+    // This block is K slice `rank` of a cluster of S that share one output tile. Per round of kSumTokens tokens:
+    // every block stages its accumulators in its own ring, then sums 1/S of the round's elements over the S
+    // blocks' rings in rank (slice) order and stores them. Every warp takes part, strips past N included (their
+    // accumulators are zero and they store nothing): the cluster barriers count all threads.
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    const int S = (int)cluster.num_blocks(), rank = (int)cluster.block_rank();
+    // A round stages up to 64 tokens × 256 columns of fp32 in the (now idle) ring, rows padded by 4 floats so that
+    // the accumulator stores of a warp's lanes (8 columns × 4 row pairs) fall in 32 distinct banks.
+    constexpr int kSumLd = kBlockN + 4;
+    constexpr int kRoundTokens = NT < 64 ? NT : 64, kRounds = NT / kRoundTokens;
+    constexpr int kVecs = kRoundTokens * kBlockN / 4;  // float4 elements of a round
+    static_assert(kRoundTokens * kSumLd * 4 <= kStages * kStage, "a round's tile fits the ring");
+    float* tile = reinterpret_cast<float*>(smem);
+    __syncthreads();  // every warp is done with the ring
+#pragma unroll
+    for (int rd = 0; rd < kRounds; ++rd) {
+#pragma unroll
+      for (int m = 0; m < kSlices; ++m)
+#pragma unroll
+        for (int i = 0; i < kRoundTokens / 8; ++i)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const int row = 8 * i + 2 * t + (q & 1);
+            const int col = block_strip * kW4StripN + 16 * word_of(m) + g + (q >> 1) * 8;
+            tile[row * kSumLd + col] = acc[m][4 * (rd * kRoundTokens / 8 + i) + q];
+          }
+      cluster.sync();  // release/acquire: every block's tile is written and visible to the others
+      const int v0 = rank * kVecs / S, v1 = (rank + 1) * kVecs / S;
+      for (int v = v0 + tid; v < v1; v += kThreads) {
+        const int row = v / (kBlockN / 4), col = v % (kBlockN / 4) * 4;
+        float4 parts[kMaxCluster];
+#pragma unroll
+        for (int r = 0; r < kMaxCluster; ++r)  // the remote reads of one element all in flight together
+          parts[r] = r < S ? *reinterpret_cast<const float4*>(cluster.map_shared_rank(tile, r) + row * kSumLd + col)
+                           : make_float4(0.f, 0.f, 0.f, 0.f);
+        float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int r = 0; r < kMaxCluster; ++r)
+          sum[0] += parts[r].x, sum[1] += parts[r].y, sum[2] += parts[r].z, sum[3] += parts[r].w;
+        const int out_row = m0 + rd * kRoundTokens + row, out_col = blockIdx.x * kBlockN + col;
+        if (out_row >= M || out_col >= N) continue;  // N is a multiple of 64: all 4 columns or none
+        const int64_t o = (int64_t)out_row * N + out_col;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          if (residual) sum[e] += Act<T>::to_float(residual[o + e]);
+          c[o + e] = Act<T>::from_float(sum[e]);
+        }
+      }
+      cluster.sync();  // every tile has been read: the next round may overwrite them, and no block leaves early
+    }
+    return;
+  }
+  if (!active) return;
 #pragma unroll
   for (int m = 0; m < kSlices; ++m)
 #pragma unroll
@@ -410,7 +470,54 @@ int wgmma_form_at(int M) {
 
 struct Plan {
   int wgs, nt, m_tiles, splits, quantum;
+  bool cluster;  // the splits are one thread-block cluster a tile, summed in distributed shared memory
 };
+
+// VLM_W4A16_WGMMA_CLUSTER=1: K slices summed in clusters (opt-in until measured against the partials).
+bool cluster_sums() {
+  static const bool on = cuda::env_int("VLM_W4A16_WGMMA_CLUSTER", 0) != 0;
+  return on;
+}
+
+// More than the default 48 KiB of shared memory; granted once per instantiation.
+template <class T, int NT, int WGS>
+cudaError_t grant_smem() {
+  static const cudaError_t granted = cudaFuncSetAttribute(
+      w4a16_wgmma_kernel<T, NT, WGS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kStages * stage_bytes<NT>());
+  return granted;
+}
+
+// Clusters of S blocks of this instantiation that the GPU holds at once (a cluster's blocks share one GPC, so
+// fewer than SMs / S); 0 if it cannot say. Asked once per (instantiation, S).
+template <int NT, int WGS>
+int resident_clusters(int S) {
+  thread_local std::map<int, int> cache;  // per thread: tensor-parallel ranks plan on threads of their own
+  if (auto it = cache.find(S); it != cache.end()) return it->second;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = S;
+  attr.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(1, S);
+  cfg.blockDim = dim3(128 * WGS);
+  cfg.dynamicSmemBytes = kStages * stage_bytes<NT>();
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  if (grant_smem<__half, NT, WGS>() != cudaSuccess ||
+      cudaOccupancyMaxActiveClusters(&n, w4a16_wgmma_kernel<__half, NT, WGS>, &cfg) != cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  cache.emplace(S, n);
+  return n;
+}
+
+int resident_clusters_for(const Plan& p, int S) {
+  if (p.wgs == 4) return p.nt == 64 ? resident_clusters<64, 4>(S) : resident_clusters<128, 4>(S);
+  return p.nt == 32 ? resident_clusters<32, 1>(S) : resident_clusters<64, 1>(S);
+}
 
 Plan make_plan(int M, int N, int K, int group) {
   Plan p{};
@@ -427,6 +534,16 @@ Plan make_plan(int M, int N, int K, int group) {
   const int64_t slots = (p.wgs == 4 ? 1LL : 2LL) * cuda::sm_count();
   p.splits = 1;
   double best = 1.0 * ((blocks + slots - 1) / slots);
+  if (cluster_sums()) {  // the same cost counted in waves of resident clusters of s blocks
+    for (int s = 2; s <= std::min(most, kMaxCluster); ++s) {
+      const int fit = resident_clusters_for(p, s);
+      if (fit <= 0) continue;
+      const double cost = 1.0 * ((blocks + fit - 1) / fit) / s;
+      if (cost < best * 0.95) best = cost, p.splits = s;
+    }
+    p.cluster = p.splits > 1;
+    return p;
+  }
   for (int s = 2; s <= most; ++s) {
     const double cost = 1.0 * ((blocks * s + slots - 1) / slots) / s;
     if (cost < best * 0.95) best = cost, p.splits = s;
@@ -437,18 +554,15 @@ Plan make_plan(int M, int N, int K, int group) {
 template <class T, int NT, int WGS>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
                    int N, int K, int group, void* workspace, cudaStream_t stream) {
-  // More than the default 48 KiB of shared memory; granted once per instantiation.
   constexpr int kSmem = kStages * stage_bytes<NT>();
-  static const cudaError_t granted =
-      cudaFuncSetAttribute(w4a16_wgmma_kernel<T, NT, WGS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (granted != cudaSuccess) return granted;
-  float* partial = p.splits > 1 ? static_cast<float*>(workspace) : nullptr;
+  if (const cudaError_t granted = grant_smem<T, NT, WGS>(); granted != cudaSuccess) return granted;
+  float* partial = p.splits > 1 && !p.cluster ? static_cast<float*>(workspace) : nullptr;
   dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
-  cudaError_t e = cuda::launch_dependent(w4a16_wgmma_kernel<T, NT, WGS>, grid, dim3(128 * WGS), kSmem, stream,
-                                         static_cast<const T*>(a), static_cast<const uint4*>(w),
-                                         static_cast<const uint4*>(sz), static_cast<const T*>(residual),
-                                         static_cast<T*>(c), partial, M, N, K, group, p.quantum);
-  if (e != cudaSuccess || p.splits == 1) return e;
+  cudaError_t e = cuda::launch_dependent_in_clusters(
+      w4a16_wgmma_kernel<T, NT, WGS>, grid, dim3(128 * WGS), dim3(1, p.cluster ? p.splits : 1, 1), kSmem, stream,
+      static_cast<const T*>(a), static_cast<const uint4*>(w), static_cast<const uint4*>(sz),
+      static_cast<const T*>(residual), static_cast<T*>(c), partial, M, N, K, group, p.quantum, p.cluster);
+  if (e != cudaSuccess || p.splits == 1 || p.cluster) return e;
   return w4a16_splitk_reduce<T>(partial, static_cast<const T*>(residual), static_cast<T*>(c), (int64_t)M * N,
                                 p.splits, stream);
 }
@@ -482,14 +596,14 @@ int w4a16_dequant_gemm_min_rows() { return wgmma_code_runs() ? kStripDefaultMaxR
 
 int64_t w4a16_wgmma_workspace_bytes(int M, int N, int K, int group) {
   const Plan p = make_plan(M, N, K, group);
-  return p.splits > 1 ? (int64_t)p.splits * M * N * 4 : 0;
+  return p.splits > 1 && !p.cluster ? (int64_t)p.splits * M * N * 4 : 0;
 }
 
 cudaError_t w4a16_wgmma_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
                              int N, int K, int group, bool bf16, void* workspace, cudaStream_t stream) {
   if (!w4a16_wgmma_applies(M, N, K, group)) return cudaErrorInvalidValue;
   const Plan p = make_plan(M, N, K, group);
-  if (p.splits > 1 && workspace == nullptr) return cudaErrorInvalidValue;
+  if (p.splits > 1 && !p.cluster && workspace == nullptr) return cudaErrorInvalidValue;
   return bf16 ? launch_for<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream)
               : launch_for<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, stream);
 }

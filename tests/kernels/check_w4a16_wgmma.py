@@ -1,5 +1,6 @@
 """Run in a subprocess by test_w4a16_wgmma.py with VLM_W4A16_WGMMA unset (the default: the strip form from 17 to
-128 rows), 1 or 2 (that form at every M; the library reads it once per process): the w4a16 GEMM against the
+128 rows), 1 or 2 (that form at every M; the library reads it once per process), and VLM_W4A16_WGMMA_CLUSTER
+unset or 1 (split-K sums in thread-block clusters): the w4a16 GEMM against the
 float32 reference on ragged shapes, both group sizes and dtypes, with and without the residual; which form
 each row count routes to, with proof from the profiler that the wgmma kernel ran where it should and not
 where it should not; identical results on repeated calls. Prints one line per failure and exits 1 if any."""
@@ -45,6 +46,7 @@ def deterministic(m: int, n: int, k: int, group: int) -> bool:
 
 
 FORCED = os.environ.get("VLM_W4A16_WGMMA", "")
+CLUSTER = os.environ.get("VLM_W4A16_WGMMA_CLUSTER", "") not in ("", "0")
 ROUTING_ROWS = (1, 16, 17, 64, 128, 129, 256, 2048)
 
 
@@ -65,13 +67,19 @@ def main() -> int:
         if form != expected_form(m):
             lines.append(f"{m} rows route to wgmma form {form}, expected {expected_form(m)}")
     for m in (65, 200):
-        ran = any("w4a16_wgmma_kernel" in name for name in kernels_run(m, 768, 4224, 64))
+        names = kernels_run(m, 768, 4224, 64)
+        ran = any("w4a16_wgmma_kernel" in name for name in names)
         if ran != (expected_form(m) != 0):
             lines.append(f"{m} rows: the wgmma kernel {'ran' if ran else 'did not run'}, expected form "
                          f"{expected_form(m)}")
+        # 3 column blocks over K = 4224: split K. Its slices are summed by a second kernel, or in clusters.
+        summed_apart = any("splitk_reduce" in name for name in names)
+        if ran and summed_apart == CLUSTER:
+            lines.append(f"{m} rows: split-K sum {'in a second kernel' if summed_apart else 'not seen'} with "
+                         f"VLM_W4A16_WGMMA_CLUSTER={'1' if CLUSTER else 'unset'}")
     if not deterministic(40, 4096, 5504 // 128 * 128, 128):
         lines.append("repeated calls gave different results")
-    checks += len(ROUTING_ROWS) + 4
+    checks += len(ROUTING_ROWS) + 6
     return report(checks, lines)
 
 

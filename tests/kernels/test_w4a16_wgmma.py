@@ -1,6 +1,7 @@
 """The Hopper wgmma w4a16 GEMM (native/cuda/w4a16_wgmma.cu: by default its strip form from 17 to 128 rows;
-VLM_W4A16_WGMMA=0 off, 1 its block form and 2 its strip form at every M) against the float32 reference, in a
-subprocess because the library reads the setting once per process. Needs a Hopper GPU and a library built
+VLM_W4A16_WGMMA=0 off, 1 its block form and 2 its strip form at every M; VLM_W4A16_WGMMA_CLUSTER=1 sums K slices
+in thread-block clusters) against the float32 reference, in a subprocess because the library reads the settings
+once per process. Needs a Hopper GPU and a library built
 for sm_90a (the default architecture list and bench/gpu_session.sh build so). Without one, nothing may
 route to the kernel: that part runs everywhere."""
 from __future__ import annotations
@@ -19,23 +20,26 @@ from vlmserve.kernels import w4a16_wgmma_form
 HERE = Path(__file__).resolve().parent
 
 
-def _env(form: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "VLM_W4A16_WGMMA"}
+def _env(form: str | None, cluster: bool = False) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("VLM_W4A16_WGMMA", "VLM_W4A16_WGMMA_CLUSTER")}
     if form is not None:
         env["VLM_W4A16_WGMMA"] = form
+    if cluster:  # K slices summed in thread-block clusters instead of fp32 partials
+        env["VLM_W4A16_WGMMA_CLUSTER"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parents[1] / "python"), env.get("PYTHONPATH", "")])
     return env
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("form", [None, "1", "2"], ids=["default", "block_form", "strip_form"])
-def test_wgmma_kernel_matches_reference(form):
+@pytest.mark.parametrize("form,cluster", [(None, False), ("1", False), ("2", False), (None, True), ("1", True)],
+                         ids=["default", "block_form", "strip_form", "default_cluster_sum", "block_form_cluster_sum"])
+def test_wgmma_kernel_matches_reference(form, cluster):
     import torch
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip(f"the wgmma kernel is for Hopper (sm_90a); this GPU is sm_"
                     f"{''.join(map(str, torch.cuda.get_device_capability()))}")
-    proc = subprocess.run([sys.executable, str(HERE / "check_w4a16_wgmma.py")], env=_env(form),
+    proc = subprocess.run([sys.executable, str(HERE / "check_w4a16_wgmma.py")], env=_env(form, cluster),
                           capture_output=True, text=True, timeout=900)
     print(proc.stdout[-3000:])
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
