@@ -357,7 +357,7 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
   // acc[m][4i + q]: output column 64 strip + 16 word(m) + g (+8 for q >= 2), token m0 + 8i + 2t (+1 for odd q).
   const int g = lane / 4, t = lane % 4;
   if (cluster_sum) {
-    // This block is K slice `rank` of a cluster of S that share one output tile. Per round of kSumTokens tokens:
+    // This block is K slice `rank` of a cluster of S that share one output tile. Per round of up to 64 tokens:
     // every block stages its accumulators in its own ring, then sums 1/S of the round's elements over the S
     // blocks' rings in rank (slice) order and stores them. Every warp takes part, strips past N included (their
     // accumulators are zero and they store nothing): the cluster barriers count all threads.
