@@ -85,5 +85,29 @@ cudaError_t launch_dependent_in_clusters(void (*kernel)(Params...), dim3 grid, d
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
+// Clusters of (1, C, 1) blocks of `kernel` (block threads, smem bytes of dynamic shared memory, granted by the
+// caller) that the GPU holds at once: a cluster's blocks share one GPC, so this is fewer than the resident blocks
+// over C, the more so for large C. 0 if the runtime cannot say.
+template <class... Params>
+int max_active_clusters(void (*kernel)(Params...), dim3 block, size_t smem, int C) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = C;
+  attr.val.clusterDim.z = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(1, C);
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, kernel, &cfg) != cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  return n;
+}
+
 }  // namespace cuda
 }  // namespace vlm

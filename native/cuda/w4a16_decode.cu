@@ -314,29 +314,15 @@ int resident_blocks(int smem) {
   return n;
 }
 
-// Clusters of C such blocks that the GPU holds at once: a cluster's blocks must share one GPC, so
-// this is fewer than resident_blocks() * SMs / C, the more so for large C.
+// Clusters of C such blocks that the GPU holds at once (fewer than resident_blocks() * SMs / C: one GPC a
+// cluster).
 int resident_clusters(int smem, int C) {
   thread_local std::map<std::pair<int, int>, int> cache;
   const auto key = std::make_pair(smem, C);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 1;
-  attr.val.clusterDim.y = C;
-  attr.val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(1, C);
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  int n = 0;
-  if (grant_smem<__half, 8>() != cudaSuccess ||
-      cudaOccupancyMaxActiveClusters(&n, kernel_for<__half, 8>(), &cfg) != cudaSuccess) {
-    cudaGetLastError();
-    n = 0;
-  }
+  const int n = grant_smem<__half, 8>() == cudaSuccess
+                    ? cuda::max_active_clusters(kernel_for<__half, 8>(), dim3(kThreads), smem, C)
+                    : 0;
   cache.emplace(key, n);
   return n;
 }

@@ -37,7 +37,6 @@
 
 #include <algorithm>
 #include <map>
-#include <utility>
 
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
@@ -175,13 +174,14 @@ __host__ __device__ constexpr int stage_bytes() {
 //  WGS = 4 ("strip form"): a warpgroup a strip; warp w of it dequantizes only word w (8 weights a lane and step:
 //    exactly its 4 A registers of the strip's m64 operand, columns 16w..), one wgmma a step, NT up to 128 tokens.
 //    A quarter of the dequantization per warp and four times the warps to hide its latency.
-// kSlices = the words (m64 operands) a warp holds: 4 / WGS.
-template <class T, int NT, int WGS>
+// kSlices = the words (m64 operands) a warp holds: 4 / WGS. CLUSTER: launched in clusters of the K slices, which
+// sum in distributed shared memory (a template argument, so the other instantiations are the code measured alone).
+template <class T, int NT, int WGS, bool CLUSTER>
 __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                                 const uint4* __restrict__ sz,
                                                                 const T* __restrict__ residual, T* __restrict__ c,
                                                                 float* __restrict__ partial, int M, int N, int K,
-                                                                int group, int quantum, bool cluster_sum) {
+                                                                int group, int quantum) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kThreads = 128 * WGS, kSlices = 4 / WGS;
   constexpr int kTokens = tokens_stage_bytes<NT>(), kStage = stage_bytes<NT>();
@@ -356,7 +356,9 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
 
   // acc[m][4i + q]: output column 64 strip + 16 word(m) + g (+8 for q >= 2), token m0 + 8i + 2t (+1 for odd q).
   const int g = lane / 4, t = lane % 4;
-  if (cluster_sum) {
+  auto acc_token = [&](int i, int q) { return 8 * i + 2 * t + (q & 1); };  // from the tile's first token
+  auto acc_column = [&](int m, int q) { return 16 * word_of(m) + g + (q >> 1) * 8; };  // from the strip's first
+  if constexpr (CLUSTER) {
     // This block is K slice `rank` of a cluster of S that share one output tile. Per round of up to 64 tokens:
     // every block stages its accumulators in its own ring, then sums 1/S of the round's elements over the S
     // blocks' rings in rank (slice) order and stores them. Every warp takes part, strips past N included (their
@@ -380,9 +382,8 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
         for (int i = 0; i < kRoundTokens / 8; ++i)
 #pragma unroll
           for (int q = 0; q < 4; ++q) {
-            const int row = 8 * i + 2 * t + (q & 1);
-            const int col = block_strip * kW4StripN + 16 * word_of(m) + g + (q >> 1) * 8;
-            tile[row * kSumLd + col] = acc[m][4 * (rd * kRoundTokens / 8 + i) + q];
+            const int col = block_strip * kW4StripN + acc_column(m, q);
+            tile[acc_token(i, q) * kSumLd + col] = acc[m][4 * (rd * kRoundTokens / 8 + i) + q];
           }
       cluster.sync();  // release/acquire: every block's tile is written and visible to the others
       const int v0 = rank * kVecs / S, v1 = (rank + 1) * kVecs / S;
@@ -417,9 +418,9 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
     for (int i = 0; i < NT / 8; ++i)
 #pragma unroll
       for (int q = 0; q < 4; ++q) {
-        const int row = m0 + 8 * i + 2 * t + (q & 1);
+        const int row = m0 + acc_token(i, q);
         if (row >= M) continue;
-        const int col = strip * kW4StripN + 16 * word_of(m) + g + (q >> 1) * 8;
+        const int col = strip * kW4StripN + acc_column(m, q);
         float v = acc[m][4 * i + q];
         if (partial) {
           partial[((int64_t)blockIdx.y * M + row) * N + col] = v;
@@ -480,36 +481,23 @@ bool cluster_sums() {
 }
 
 // More than the default 48 KiB of shared memory; granted once per instantiation.
-template <class T, int NT, int WGS>
+template <class T, int NT, int WGS, bool CLUSTER>
 cudaError_t grant_smem() {
-  static const cudaError_t granted = cudaFuncSetAttribute(
-      w4a16_wgmma_kernel<T, NT, WGS>, cudaFuncAttributeMaxDynamicSharedMemorySize, kStages * stage_bytes<NT>());
+  static const cudaError_t granted = cudaFuncSetAttribute(w4a16_wgmma_kernel<T, NT, WGS, CLUSTER>,
+                                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                          kStages * stage_bytes<NT>());
   return granted;
 }
 
-// Clusters of S blocks of this instantiation that the GPU holds at once (a cluster's blocks share one GPC, so
-// fewer than SMs / S); 0 if it cannot say. Asked once per (instantiation, S).
+// Clusters of S blocks of this instantiation that the GPU holds at once; asked once per (instantiation, S).
 template <int NT, int WGS>
 int resident_clusters(int S) {
   thread_local std::map<int, int> cache;  // per thread: tensor-parallel ranks plan on threads of their own
   if (auto it = cache.find(S); it != cache.end()) return it->second;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 1;
-  attr.val.clusterDim.y = S;
-  attr.val.clusterDim.z = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(1, S);
-  cfg.blockDim = dim3(128 * WGS);
-  cfg.dynamicSmemBytes = kStages * stage_bytes<NT>();
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  int n = 0;
-  if (grant_smem<__half, NT, WGS>() != cudaSuccess ||
-      cudaOccupancyMaxActiveClusters(&n, w4a16_wgmma_kernel<__half, NT, WGS>, &cfg) != cudaSuccess) {
-    cudaGetLastError();
-    n = 0;
-  }
+  const int n = grant_smem<__half, NT, WGS, true>() == cudaSuccess
+                    ? cuda::max_active_clusters(w4a16_wgmma_kernel<__half, NT, WGS, true>, dim3(128 * WGS),
+                                                kStages * stage_bytes<NT>(), S)
+                    : 0;
   cache.emplace(S, n);
   return n;
 }
@@ -555,14 +543,21 @@ template <class T, int NT, int WGS>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
                    int N, int K, int group, void* workspace, cudaStream_t stream) {
   constexpr int kSmem = kStages * stage_bytes<NT>();
-  if (const cudaError_t granted = grant_smem<T, NT, WGS>(); granted != cudaSuccess) return granted;
-  float* partial = p.splits > 1 && !p.cluster ? static_cast<float*>(workspace) : nullptr;
-  dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
-  cudaError_t e = cuda::launch_dependent_in_clusters(
-      w4a16_wgmma_kernel<T, NT, WGS>, grid, dim3(128 * WGS), dim3(1, p.cluster ? p.splits : 1, 1), kSmem, stream,
-      static_cast<const T*>(a), static_cast<const uint4*>(w), static_cast<const uint4*>(sz),
-      static_cast<const T*>(residual), static_cast<T*>(c), partial, M, N, K, group, p.quantum, p.cluster);
-  if (e != cudaSuccess || p.splits == 1 || p.cluster) return e;
+  const dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
+  if (p.cluster) {
+    if (const cudaError_t granted = grant_smem<T, NT, WGS, true>(); granted != cudaSuccess) return granted;
+    return cuda::launch_dependent_in_clusters(
+        w4a16_wgmma_kernel<T, NT, WGS, true>, grid, dim3(128 * WGS), dim3(1, p.splits, 1), kSmem, stream,
+        static_cast<const T*>(a), static_cast<const uint4*>(w), static_cast<const uint4*>(sz),
+        static_cast<const T*>(residual), static_cast<T*>(c), nullptr, M, N, K, group, p.quantum);
+  }
+  if (const cudaError_t granted = grant_smem<T, NT, WGS, false>(); granted != cudaSuccess) return granted;
+  float* partial = p.splits > 1 ? static_cast<float*>(workspace) : nullptr;
+  cudaError_t e = cuda::launch_dependent(w4a16_wgmma_kernel<T, NT, WGS, false>, grid, dim3(128 * WGS), kSmem, stream,
+                                         static_cast<const T*>(a), static_cast<const uint4*>(w),
+                                         static_cast<const uint4*>(sz), static_cast<const T*>(residual),
+                                         static_cast<T*>(c), partial, M, N, K, group, p.quantum);
+  if (e != cudaSuccess || p.splits == 1) return e;
   return w4a16_splitk_reduce<T>(partial, static_cast<const T*>(residual), static_cast<T*>(c), (int64_t)M * N,
                                 p.splits, stream);
 }
