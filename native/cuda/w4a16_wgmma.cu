@@ -494,10 +494,11 @@ template <int NT, int WGS>
 int resident_clusters(int S) {
   thread_local std::map<int, int> cache;  // per thread: tensor-parallel ranks plan on threads of their own
   if (auto it = cache.find(S); it != cache.end()) return it->second;
-  const int n = grant_smem<__half, NT, WGS, true>() == cudaSuccess
-                    ? cuda::max_active_clusters(w4a16_wgmma_kernel<__half, NT, WGS, true>, dim3(128 * WGS),
-                                                kStages * stage_bytes<NT>(), S)
-                    : 0;
+  const bool granted = grant_smem<__half, NT, WGS, true>() == cudaSuccess;
+  if (!granted) cudaGetLastError();  // the plan goes on without clusters; later checks must start clean
+  const int n = granted ? cuda::max_active_clusters(w4a16_wgmma_kernel<__half, NT, WGS, true>, dim3(128 * WGS),
+                                                    kStages * stage_bytes<NT>(), S)
+                        : 0;
   cache.emplace(S, n);
   return n;
 }
