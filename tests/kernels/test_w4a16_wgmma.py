@@ -1,9 +1,8 @@
 """The Hopper wgmma w4a16 GEMM (native/cuda/w4a16_wgmma.cu: by default its strip form from 17 to 128 rows;
 VLM_W4A16_WGMMA=0 off, 1 its block form and 2 its strip form at every M; VLM_W4A16_WGMMA_CLUSTER=1 sums K slices
 in thread-block clusters) against the float32 reference, in a subprocess because the library reads the settings
-once per process. Needs a Hopper GPU and a library built
-for sm_90a (the default architecture list and bench/gpu_session.sh build so). Without one, nothing may
-route to the kernel: that part runs everywhere."""
+once per process. Needs a Hopper GPU and a library built for sm_90a (the default architecture list and
+bench/gpu_session.sh build so). Without one, nothing may route to the kernel: that part runs everywhere."""
 from __future__ import annotations
 
 import os
