@@ -187,6 +187,9 @@ wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form;
     VLM_W4A16_WGMMA=$form python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
   done
 }
+wgmma_setting() {  # wgmma_setting FORM: env(1) arguments that set VLM_W4A16_WGMMA=FORM, or unset it for "default"
+  if [ "$1" = default ]; then echo -u VLM_W4A16_WGMMA; else echo VLM_W4A16_WGMMA=$1; fi
+}
 strip_default() {  # the strip form as the default from 17 to 128 rows: the wgmma and general-kernel tests (the default
   # routing and each forced form), compute-sanitizer on the default, bench/gemm at 32-256 rows with the wgmma kernel
   # off (VLM_W4A16_WGMMA=0) and the strip form at every M (2), the engine tests, 2B decode at batch 64/128 off vs
@@ -201,7 +204,7 @@ strip_default() {  # the strip form as the default from 17 to 128 rows: the wgmm
   done
   python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
   for form in 0 default; do
-    env $([ $form = default ] && echo -u VLM_W4A16_WGMMA || echo VLM_W4A16_WGMMA=$form) python3 bench/decode.py \
+    env $(wgmma_setting $form) python3 bench/decode.py \
       --models 2b --weights w4a16 --kv int8 --batches 64,128 --peer-batches 0 --work /tmp/decode-models \
       --out "$RES/decode_2b_strip_$form.json" >/dev/null &&
       python3 -c "import json,sys; [print('wgmma', sys.argv[2], 'batch', r['batch'], 'tok_s', round(r['tok_s']),
@@ -216,11 +219,11 @@ dequant_129() {  # dequantize + cuBLAS from 129 rows where the strip form runs: 
   python3 -m pytest -q -s -m gpu tests/kernels/test_w4a16_wgmma.py -k default 2>&1 |
     grep -E "checks|rows|expected|passed|failed"
   for form in default 2; do
-    env $([ $form = default ] && echo -u VLM_W4A16_WGMMA || echo VLM_W4A16_WGMMA=$form) python3 bench/gemm.py \
+    env $(wgmma_setting $form) python3 bench/gemm.py \
       --ms 160,192,224 --out-dir "$RES/gemm_129_$form" | grep -E "^- M"
   done
   for form in 0 default; do
-    env $([ $form = default ] && echo -u VLM_W4A16_WGMMA || echo VLM_W4A16_WGMMA=$form) python3 bench/decode.py \
+    env $(wgmma_setting $form) python3 bench/decode.py \
       --models 2b --weights w4a16 --kv int8 --batches 192 --peer-batches 0 --work /tmp/decode-models \
       --out "$RES/decode_2b_129_$form.json" 2>&1 | grep -E "tok/s"
   done
@@ -491,7 +494,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 560
