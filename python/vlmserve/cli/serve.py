@@ -98,6 +98,10 @@ def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -
     flag(p, "--preprocess-processes", type=bool, default=None,
          help="decode and preprocess images in worker processes (--no-preprocess-processes: threads of the "
               "service process); unset: processes when the encoder runs on CUDA, threads on the CPU")
+    flag(p, "--preprocess-device", default="auto", choices=("auto", "cpu", "cuda"),
+         help="where the image processor resizes and normalizes (decoding is on the host): cuda, on the "
+              "encoder's GPU in threads of the service (needs a torchvision-backed processor); cpu, on the host; "
+              "auto, cuda where it can run, else cpu")
     flag(p, "--max-chunk-bytes", type=int, default=1 << 20, help="largest embedding chunk sent, bytes")
 
 
@@ -125,6 +129,7 @@ def vision_config_from_args(a: argparse.Namespace):
 
     threads = {} if a.preprocess_threads is None else {"preprocess_threads": a.preprocess_threads}
     threads["preprocess_processes"] = a.preprocess_processes
+    threads["preprocess_device"] = a.preprocess_device
     return VisionConfig(dtype=a.dtype, device=a.device, max_batch_size=a.vision_max_batch_size,
                         batch_window_ms=a.vision_batch_window_ms, max_image_pixels=a.max_image_pixels,
                         min_image_size=a.min_image_size, max_images_per_request=a.max_images_per_request,

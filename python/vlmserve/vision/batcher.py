@@ -177,8 +177,9 @@ class TileBatcher:
         try:
             start = time.perf_counter()
             try:
-                out = await loop.run_in_executor(self._executors[replica], self._forward,
-                                                 Tiles.cat([p.tiles for p in batch]), replica)
+                # Concatenated in the forward's thread: tiles prepared on a GPU are joined there, off the loop.
+                out = await loop.run_in_executor(self._executors[replica], self._forward_parts,
+                                                 [p.tiles for p in batch], replica)
             except Exception as e:  # every waiter of this batch gets the error; other batches go on
                 for p in batch:
                     if not p.future.done():
@@ -195,6 +196,9 @@ class TileBatcher:
         finally:
             self._free.append(replica)
             self._freed.set()
+
+    def _forward_parts(self, parts: list[Tiles], replica: int) -> torch.Tensor:
+        return self._forward(Tiles.cat(parts), replica)
 
     def _forward_done(self, task: asyncio.Task) -> None:
         self._in_flight.pop(task, None)
@@ -229,11 +233,11 @@ class TileBatcher:
         self._drop_cancelled()
         batch: list[_Pending] = []
         total = 0
-        key = self._queue[0].tiles.shape_key if self._queue else None
+        key = self._queue[0].tiles.batch_key if self._queue else None
         keep: collections.deque[_Pending] = collections.deque()
         for p in self._queue:
             n = len(p.tiles)
-            if not keep and total + n <= self.max_tiles and p.tiles.shape_key == key:
+            if not keep and total + n <= self.max_tiles and p.tiles.batch_key == key:
                 batch.append(p)
                 total += n
             else:

@@ -8,6 +8,7 @@ from vlmserve.errors import InvalidArgumentError
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
+PREPROCESS_DEVICES = ("auto", "cpu", "cuda")
 MIME_TYPES = ("image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp")
 
 
@@ -41,7 +42,14 @@ class VisionConfig:
 
     preprocess_threads is how many images are decoded and preprocessed at once;
     preprocess_processes whether in worker processes (True), threads (False) or,
-    None, processes when the encoder runs on CUDA (see preprocess_pool.py).
+    None, processes when the encoder runs on CUDA and the image processor does
+    not run there (see preprocess_pool.py).
+
+    preprocess_device is where the image processor's arithmetic runs (decoding
+    is always on the host): "cuda" on the encoder's first GPU, in threads of the
+    service (a start-up error where the encoder is not on CUDA, the processor
+    cannot take a device, or worker processes were asked for); "cpu" on the
+    host; "auto" on the GPU where "cuda" would start, otherwise on the host.
 
     compile: on CUDA, the forward is compiled with torch.compile (TorchInductor)
     at start-up, before the graphs are captured: the ViT's layer norms, GELUs,
@@ -70,6 +78,7 @@ class VisionConfig:
     trust_remote_code: bool = False
     preprocess_threads: int = field(default_factory=default_preprocess_threads)
     preprocess_processes: bool | None = None
+    preprocess_device: str = "auto"
     replicas: int = 1
     cuda_graphs: bool = True
     compile: bool = False
@@ -99,5 +108,10 @@ class VisionConfig:
         _require(isinstance(self.compile, bool), f"compile must be a bool, got {self.compile!r}")
         _require(self.preprocess_processes is None or isinstance(self.preprocess_processes, bool),
                  f"preprocess_processes must be None (auto) or a bool, got {self.preprocess_processes!r}")
+        _require(self.preprocess_device in PREPROCESS_DEVICES,
+                 f"preprocess_device must be one of {PREPROCESS_DEVICES}, got {self.preprocess_device!r}")
+        _require(not (self.preprocess_device == "cuda" and self.preprocess_processes is True),
+                 "preprocess_device 'cuda' runs the image processor in threads of the service (one CUDA "
+                 "context); it cannot be combined with preprocess_processes")
         _require(_positive_int(self.replicas),
                  f"replicas must be a positive integer (encoder copies, one per GPU), got {self.replicas!r}")

@@ -97,6 +97,10 @@ class VisionEncoder:
         device = self.devices[replica]
         stream = self._streams[replica]
         graphed = self._graphed[replica]
+        made_on = {v.device for v in tiles.tensors.values() if v.is_cuda}
+        if stream is not None:
+            for d in made_on:  # tiles prepared on a GPU were last written (joined) on this thread's stream there
+                stream.wait_stream(torch.cuda.current_stream(d))
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             out = graphed.run(tiles) if graphed is not None else None
             if out is None:
@@ -146,11 +150,35 @@ class VisionEncoder:
             with torch.inference_mode():
                 self._graphed = [GraphedForward(f, tiles, self.config.max_batch_size, d, self.dtype, s)
                                  for f, d, s in zip(self._features, self.devices, self._streams)]
+        self._choose_preprocess_device(image)
         log.info("vision encoder warmed up", extra={"fields": {
+            "preprocess_device": str(self.preparer.device or "cpu"),
             "model_type": self.model_type, "tokens_per_tile": self.tokens_per_tile, "hidden_size": self.hidden_size,
             "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
             "replicas": self.replicas, "devices": ",".join(str(d) for d in self.devices), "compiled": self.compiled,
             "cuda_graphs": ",".join(map(str, self.graph_sizes)) or "off"}})
+
+    def _choose_preprocess_device(self, probe: Image.Image) -> None:
+        """config.preprocess_device → the preparer's device (see VisionConfig)."""
+        wanted = self.config.preprocess_device
+        if wanted == "cpu" or (wanted == "auto" and (self.device.type != "cuda"
+                                                     or self.config.preprocess_processes is True)):
+            return
+        if self.device.type != "cuda":
+            raise ModelLoadError(f"preprocess_device 'cuda' needs the encoder on CUDA; it runs on {self.device}")
+        with torch.inference_mode():
+            difference = self.preparer.use_device(self.device, probe)
+        if difference is None:
+            if wanted == "cuda":
+                raise ModelLoadError(f"the image processor {type(self.image_processor).__name__} cannot run on "
+                                     f"{self.device} (a torchvision-backed processor can; is torchvision "
+                                     f"installed?)")
+            log.info("the image processor runs on the host", extra={"fields": {
+                "processor": type(self.image_processor).__name__, "reason": "it takes no device"}})
+            return
+        log.info("the image processor runs on the GPU", extra={"fields": {
+            "processor": type(self.image_processor).__name__, "device": str(self.device),
+            "largest_difference_from_host": difference}})
 
     def encode(self, images: list[Image.Image]) -> list[ImageEmbedding]:
         """Unbatched reference: one forward per image, no batcher."""

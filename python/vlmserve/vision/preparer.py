@@ -3,11 +3,21 @@ then the family's own image processor (resize, tiling, normalization).
 
 Built from the checkpoint's config and image processor only, so it is cheap to
 hold in every preprocessing worker process (see preprocess_pool.py); the
-encoder holds one for its own prepare()."""
+encoder holds one for its own prepare().
+
+On a GPU the processor itself can run there (use_device): transformers'
+torchvision-backed image processors take a device and resize, crop and
+normalize on it, so a 512×512 image costs the host its decoding and the
+processor's Python, not the arithmetic on ~600,000 fp32 values per tile. The
+tiles then stay on the GPU for the encoder. Each preparing thread queues its
+work on a high-priority stream of its own and waits for it before the tiles
+are handed on, so no other stream ever reads them unfinished."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import torch
 from PIL import Image
 
 from vlmserve.errors import InternalError, InvalidArgumentError, ModelLoadError
@@ -33,6 +43,28 @@ class ImagePreparer:
         self.family = family_for(self.hf_config.model_type)
         self.processor_kwargs = self.family.processor_defaults()
         self.tokens_per_tile = tokens_per_tile  # the encoder's output rows per tile: known once it has run
+        self.device: torch.device | None = None  # where the processor runs: None, the CPU (see use_device)
+        self._streams = threading.local()  # each preparing thread's stream on self.device
+
+    def use_device(self, device: torch.device, probe: Image.Image) -> float | None:
+        """Runs the image processor on `device` from now on if it can: it must accept a device (a
+        torchvision-backed processor) and, on `probe`, return tiles on that device that match the CPU's in
+        layout. Returns the largest difference from the CPU's values, or None (and stays on the CPU) where
+        the processor cannot run there."""
+        want, want_grid = self.process(probe)
+        self.device = device
+        try:
+            got, got_grid = self.process(probe)
+        except Exception:  # a PIL-backed processor refuses (or ignores) the device argument
+            self.device = None
+            return None
+        if (got_grid != want_grid or got.shape_key != want.shape_key
+                or any(v.device != device for v in got.tensors.values())):
+            self.device = None
+            return None
+        return max(float((got.tensors[k].cpu().double() - want.tensors[k].double()).abs().max())
+                   if want.tensors[k].is_floating_point() else float((got.tensors[k].cpu() != want.tensors[k]).any())
+                   for k in want.tensors)
 
     def load_image(self, source: ImageSource) -> Image.Image:
         """Bytes, data URL or allow-listed URL → validated RGB image (blocking)."""
@@ -60,7 +92,14 @@ class ImagePreparer:
         return self.prepare(self.load_image(source))
 
     def process(self, image: Image.Image) -> tuple[Tiles, TileGrid]:
-        out = self.image_processor(images=[image], return_tensors="pt", **self.processor_kwargs)
+        if self.device is None:
+            out = self.image_processor(images=[image], return_tensors="pt", **self.processor_kwargs)
+        else:
+            stream = self._stream()
+            with torch.cuda.stream(stream):
+                out = self.image_processor(images=[image], return_tensors="pt", device=self.device,
+                                           **self.processor_kwargs)
+            stream.synchronize()  # the tiles are complete before any other stream may read them
         grid = self.family.grid(out, image.size, self.image_processor, self.processor_kwargs)
         # Idefics3 nests the tiles under a sample dimension: [1, tiles, ...].
         tiles = Tiles({name: out[name][0] if self.family.sample_dim else out[name]
@@ -68,3 +107,11 @@ class ImagePreparer:
         if len(tiles) != grid.num_tiles:
             raise InternalError(f"the image processor returned {len(tiles)} tiles, its layout {grid.num_tiles}")
         return tiles, grid
+
+    def _stream(self) -> torch.cuda.Stream:
+        stream = getattr(self._streams, "stream", None)
+        if stream is None:
+            # High priority, as the encoder's: a new request's first token waits on these kernels, and the
+            # engine's decode steps would otherwise fill the GPU ahead of them.
+            stream = self._streams.stream = torch.cuda.Stream(device=self.device, priority=-10)
+        return stream

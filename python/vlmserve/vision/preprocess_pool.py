@@ -10,6 +10,11 @@ own and spread over the machine's cores; they are the default when the encoder
 runs on CUDA. On the CPU the encoder's forward already uses every core, and
 threads (no start-up cost, no copies) are the default.
 
+Where the image processor runs on the GPU (preparer.py, VisionConfig's
+preprocess_device), threads prepare: what is left on the host is decoding
+(Pillow lets go of the GIL while it decodes) and the processor's Python, and
+a worker process would need a CUDA context of its own.
+
 Handing an image to a worker process costs its transfer both ways (on the H200
 7 ms a 512×512 image at concurrency 1: 12.6 against 5.4 ms), which only pays
 when images queue. So in process mode one image at a time is prepared in a
@@ -106,9 +111,13 @@ class PreprocessPool:
 
     @classmethod
     def for_encoder(cls, encoder: "VisionEncoder") -> "PreprocessPool":
-        """Processes when the encoder runs on CUDA (or config.preprocess_processes says so), threads otherwise."""
+        """Threads where the image processor runs on the GPU (one CUDA context, the service's); otherwise
+        processes when the encoder runs on CUDA (or config.preprocess_processes says so), threads elsewhere."""
         chosen = encoder.config.preprocess_processes
-        processes = encoder.device.type == "cuda" if chosen is None else chosen
+        if encoder.preparer.device is not None:
+            processes = False
+        else:
+            processes = encoder.device.type == "cuda" if chosen is None else chosen
         return cls(encoder.directory, encoder.config, encoder.tokens_per_tile, encoder.preparer, processes)
 
     def _new_pool(self) -> concurrent.futures.Executor:

@@ -18,8 +18,14 @@ class Tiles:
 
     @property
     def shape_key(self) -> tuple:
-        """Tiles with equal keys can share a forward pass."""
+        """The inputs' names, per-tile shapes and dtypes: tiles with equal keys fit one forward's inputs."""
         return tuple((k, tuple(v.shape[1:]), v.dtype) for k, v in sorted(self.tensors.items()))
+
+    @property
+    def batch_key(self) -> tuple:
+        """Tiles with equal keys can share a forward pass: equal shape keys, and on one device (images
+        prepared on the GPU are concatenated there)."""
+        return self.shape_key, tuple(str(v.device) for _, v in sorted(self.tensors.items()))
 
     def split(self, size: int) -> list["Tiles"]:
         n = len(self)

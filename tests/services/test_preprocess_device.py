@@ -1,0 +1,212 @@
+"""The image processor on the GPU (VisionConfig.preprocess_device): where it is
+chosen and refused, and on a GPU that tiles prepared there match the host's and
+encode to the same embeddings, alone, batched with others and through the
+service.
+
+Tolerances: the GPU resizes in floating point where the host's torchvision may
+resize 8-bit pixels with integer rounding, so a normalized pixel value may
+differ by about one level of 255 over the normalization's std (~0.02); the pixel
+check allows 0.05 with at most 1 % of values off by more than 0.02. Embeddings
+of the tiny float32 checkpoints are compared with atol = rtol = 2e-2 (a network
+of random weights amplifies pixel differences)."""
+from __future__ import annotations
+
+import asyncio
+import io
+import types
+
+import grpc
+import pytest
+import torch
+from PIL import Image
+
+import vision_client as vc
+from conftest import IMAGES, image_bytes
+from vlmserve.cli import build_parser
+from vlmserve.cli.serve import vision_config_from_args
+from vlmserve.errors import InvalidArgumentError, ModelLoadError
+from vlmserve.vision import VisionConfig, VisionEncoder
+from vlmserve.vision.image_source import ImageSource
+from vlmserve.vision.preprocess_pool import PreprocessPool
+from vlmserve.vision.tiles import Tiles
+
+FAMILIES = ["llava", "internvl", "idefics3"]
+PIXEL_ATOL = 0.05
+EMB_TOL = dict(atol=2e-2, rtol=2e-2)
+
+
+def test_the_setting_is_validated_and_reaches_the_config():
+    with pytest.raises(InvalidArgumentError, match="preprocess_device"):
+        VisionConfig(preprocess_device="gpu")
+    with pytest.raises(InvalidArgumentError, match="cannot be combined with preprocess_processes"):
+        VisionConfig(preprocess_device="cuda", preprocess_processes=True)
+    parser = build_parser()
+    for service in ("vision", "stack"):
+        assert vision_config_from_args(parser.parse_args(["serve", service])).preprocess_device == "auto"
+        chosen = parser.parse_args(["serve", service, "--preprocess-device", "cpu"])
+        assert vision_config_from_args(chosen).preprocess_device == "cpu"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "vision", "--preprocess-device", "tpu"])
+
+
+def test_on_the_cpu_auto_prepares_on_the_host(vlm_dir):
+    enc = VisionEncoder(vlm_dir("internvl"), VisionConfig(device="cpu"))
+    enc.warmup()
+    assert enc.preparer.device is None
+    tiles = enc.prepare(Image.open(IMAGES / "chelsea.png").convert("RGB")).tiles
+    assert all(v.device.type == "cpu" for v in tiles.tensors.values())
+
+
+def test_cuda_preprocessing_without_a_cuda_encoder_fails_the_load(vlm_dir):
+    enc = VisionEncoder(vlm_dir("llava"), VisionConfig(device="cpu", preprocess_device="cuda"))
+    with pytest.raises(ModelLoadError, match="needs the encoder on CUDA"):
+        enc.warmup()
+
+
+def test_a_processor_that_cannot_run_there_stays_on_the_host(vlm_dir):
+    enc = VisionEncoder(vlm_dir("llava"), VisionConfig(device="cpu"))
+    enc.warmup()
+    probe = Image.open(IMAGES / "chelsea.png").convert("RGB")
+    preparer = enc.preparer
+    if not torch.cuda.is_available():  # no stream to queue on: the probe's own failure must leave the host
+        assert preparer.use_device(torch.device("cuda"), probe) is None and preparer.device is None
+        preparer._stream = lambda: _NoStream()  # from here on, only the processor's answer decides
+    # A processor that ignores the device (as a PIL-backed one does) returns tiles on the host: refused.
+    real = preparer.image_processor
+    preparer.image_processor = lambda images, device=None, **kw: real(images=images, **kw)
+    try:
+        assert preparer.use_device(torch.device("cuda"), probe) is None
+        # One that refuses the argument outright: refused too.
+        preparer.image_processor = lambda images, **kw: real(images=images, **kw)
+        assert preparer.use_device(torch.device("cuda"), probe) is None
+    finally:
+        preparer.image_processor = real
+    assert preparer.device is None
+    assert all(v.device.type == "cpu" for v in enc.prepare(probe).tiles.tensors.values())
+
+
+class _NoStream:
+    """Stands in for a CUDA stream where there is none (torch.cuda.stream of it is a no-op)."""
+
+    def synchronize(self) -> None:
+        pass
+
+
+def test_tiles_on_different_devices_never_share_a_batch():
+    host = Tiles({"pixel_values": torch.zeros(1, 3, 8, 8)})
+    meta = Tiles({"pixel_values": torch.zeros(1, 3, 8, 8, device="meta")})
+    assert host.shape_key == meta.shape_key  # the same inputs for a forward's graph...
+    assert host.batch_key != meta.batch_key  # ...but never concatenated together
+
+
+def test_gpu_preprocessing_prepares_in_threads_of_the_service(vlm_dir):
+    enc = VisionEncoder(vlm_dir("llava"), VisionConfig(device="cpu"))
+    enc.warmup()
+    # What for_encoder sees of an encoder whose processor runs on a GPU.
+    on_gpu = types.SimpleNamespace(config=VisionConfig(), device=torch.device("cuda"), directory=enc.directory,
+                                   tokens_per_tile=enc.tokens_per_tile,
+                                   preparer=types.SimpleNamespace(device=torch.device("cuda")))
+    pool = PreprocessPool.for_encoder(on_gpu)
+    try:
+        assert not pool.processes
+    finally:
+        pool.close()
+
+
+# -- on a GPU -----------------------------------------------------------------------------------------
+
+def _pair(directory, **kw) -> tuple[VisionEncoder, VisionEncoder]:
+    gpu = VisionEncoder(directory, VisionConfig(device="cuda", preprocess_device="cuda", **kw))
+    host = VisionEncoder(directory, VisionConfig(device="cuda", preprocess_device="cpu", **kw))
+    gpu.warmup()
+    host.warmup()
+    return gpu, host
+
+
+def _assert_pixels_close(got: Tiles, want: Tiles) -> None:
+    assert got.shape_key == want.shape_key
+    for k, w in want.tensors.items():
+        g = got.tensors[k].cpu()
+        if not w.is_floating_point():
+            assert torch.equal(g, w), k
+            continue
+        diff = (g.double() - w.double()).abs()
+        assert float(diff.max()) <= PIXEL_ATOL, (k, float(diff.max()))
+        assert float((diff > 0.02).double().mean()) <= 0.01, k
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiles_prepared_on_the_gpu_match_the_hosts(vlm_dir, family):
+    gpu, host = _pair(vlm_dir(family))
+    assert gpu.preparer.device == gpu.device and host.preparer.device is None
+    # Real photos of several sizes and aspect ratios (tiling differs between them for InternVL and Idefics3).
+    photo = Image.open(IMAGES / "chelsea.png").convert("RGB")
+    images = [photo, photo.resize((512, 512)), photo.crop((0, 0, 300, 120)), photo.resize((900, 400)),
+              Image.open(IMAGES / "rocket.jpg").convert("RGB")]
+    for image in images:
+        got, want = gpu.prepare(image), host.prepare(image)
+        assert got.layout == want.layout
+        assert all(v.device == gpu.device for v in got.tiles.tensors.values())
+        _assert_pixels_close(got.tiles, want.tiles)
+        torch.testing.assert_close(gpu.forward(got.tiles), host.forward(want.tiles), **EMB_TOL)
+
+
+@pytest.mark.gpu
+def test_gpu_tiles_batch_together_and_each_keeps_its_own_encoding(vlm_dir):
+    gpu, host = _pair(vlm_dir("internvl"), max_batch_size=16)
+    photo = Image.open(IMAGES / "chelsea.png").convert("RGB")
+    crops = [photo.crop((7 * i, 5 * i, photo.width - 3 * i, photo.height - 2 * i)) for i in range(6)]
+    parts = [gpu.prepare(c).tiles for c in crops]
+    together = gpu.forward(Tiles.cat(parts))  # joined on the GPU, replayed from a graph
+    offset = 0
+    for crop, part in zip(crops, parts):
+        n = len(part)
+        torch.testing.assert_close(together[offset:offset + n], gpu.forward(part), atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(together[offset:offset + n], host.forward(host.prepare(crop).tiles), **EMB_TOL)
+        offset += n
+
+
+@pytest.mark.gpu
+def test_the_service_encodes_images_prepared_on_the_gpu(start_server, vlm_dir):
+    server = start_server("internvl", device="cuda", preprocess_device="cuda", preprocess_threads=4)
+    pool = server.server.preprocess_pool
+    assert not pool.processes and server.server.encoder.preparer.device.type == "cuda"
+    jpeg = image_bytes("rocket.jpg")
+    many = [image_bytes("chelsea.png")] * 5
+    with grpc.insecure_channel(server.address) as channel:
+        stub = vc.stub(channel)
+        one, _ = vc.encode(stub, [vc.image_input(jpeg, "image/jpeg")])
+        with pytest.raises(grpc.RpcError) as bad:
+            vc.encode(stub, [vc.image_input(b"not an image", "image/png")])
+        several, _ = vc.encode(stub, [vc.image_input(d, "image/png") for d in many])
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "images[0]" in bad.value.details()
+    host = VisionEncoder(vlm_dir("internvl"), VisionConfig(device="cuda", preprocess_device="cpu"))
+    host.warmup()
+    want = host.encode([Image.open(io.BytesIO(jpeg)).convert("RGB")])[0]
+    assert one[0].header.num_tokens == want.layout.num_tokens
+    torch.testing.assert_close(one[0].embeddings.float(), want.embeddings.float(), **EMB_TOL)
+    want_many = host.encode([Image.open(io.BytesIO(many[0])).convert("RGB")])[0]
+    for got in several:
+        torch.testing.assert_close(got.embeddings.float(), want_many.embeddings.float(), **EMB_TOL)
+
+
+@pytest.mark.gpu
+def test_concurrent_preparing_threads_get_their_own_results(vlm_dir):
+    gpu, _ = _pair(vlm_dir("llava"))
+    pool = PreprocessPool.for_encoder(gpu)
+    sources = [ImageSource(data=image_bytes(n), mime_type=m)
+               for n, m in (("rocket.jpg", "image/jpeg"), ("chelsea.png", "image/png"),
+                            ("camera.png", "image/png"))] * 4
+    try:
+        outs = asyncio.run(_gather(pool, sources))
+    finally:
+        pool.close()
+    for source, out in zip(sources, outs):
+        want = gpu.preparer.prepare_source(source)
+        for k, v in want.tiles.tensors.items():
+            assert torch.equal(out.tiles.tensors[k], v), k
+
+
+async def _gather(pool, sources):
+    return await asyncio.gather(*(pool.prepare(s) for s in sources))
