@@ -27,7 +27,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
 from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, w4a16_dequantize, w4a16_gemm,  # noqa: E402
-                              w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_workspace_bytes)
+                              w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_wgmma_plan,
+                              w4a16_workspace_bytes)
 from run_info import library_settings, settings_line  # noqa: E402  (bench/, the script's own folder)
 
 LAYERS = {  # name: (N, K)
@@ -123,6 +124,10 @@ def bench_layer(n: int, k: int, ms, rng) -> list[dict]:
                                                    workspace=ws))
         form = w4a16_wgmma_form(m, n, k, GROUP)
         t_ours, path = t_kernel, WGMMA_FORM_NAMES.get(form, "w4a16 kernel")
+        if form:  # how its K slices are summed (w4a16_wgmma_plan; VLM_W4A16_WGMMA_CLUSTER forces one way)
+            splits, cluster = w4a16_wgmma_plan(m, n, k, GROUP)
+            if splits > 1:
+                path += f", {splits} K slices summed {'in clusters' if cluster else 'from partials'}"
         if m >= w4a16_dequant_gemm_min_rows() and not form:  # the engine's path at this size: dequantize, then cuBLAS
             scratch = torch.empty(n, k, device=dev, dtype=torch.float16)
             t_ours = time_graph(lambda i: torch.nn.functional.linear(

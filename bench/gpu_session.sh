@@ -24,6 +24,8 @@
 #   wgmma_cluster the wgmma kernel's split-K sums in thread-block clusters (VLM_W4A16_WGMMA_CLUSTER=1) against the
 #                 default partials: checks, compute-sanitizer, bench/gemm at 32/64/128 rows, 2B decode at batch 64/128,
 #                 the engine tests with clusters
+#   cluster_auto  K slices summed in clusters where the plan says so (the default) against always from partials:
+#                 the wgmma checks, bench/gemm at 32/64/128 rows, 2B decode at batch 64/128, the engine tests
 #   wgmma_engine  2B w4a16 + int8 KV decode at batch 64/128 with VLM_W4A16_WGMMA=0/1/2, then serving at 64/256
 #                 (--stream-interval 4) with 0 and 2 (needs the serving carry: python/vlmserve/_proto, .gpu-carry)
 #   wgmma_ncu     Nsight Compute on the wgmma kernel's strip form (NCU_FORM=1: block form) and its split-K sum at
@@ -58,6 +60,9 @@
 #   serve_prep_default model (a), w4a16 + int8 KV at concurrency 1/64/256 with the vision service's defaults
 #   serve_interval model (a), w4a16 + int8 KV at concurrency 64/256 with one token a message, then --stream-interval 4
 #   serve_interval4 the same with --stream-interval 4 alone at concurrency 1/64/256
+#   prep_check    the image processor on the GPU (--preprocess-device): its GPU tests with the vision tests, then
+#                 bench/preprocess.py (host against GPU; needs the serving carry for the tests' gRPC)
+#   prep_serve    serving at 1/64/256 with the image processor on the GPU, then on the host (serving carry)
 #   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
@@ -187,9 +192,10 @@ wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form;
     VLM_W4A16_WGMMA=$form python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
   done
 }
-wgmma_setting() {  # wgmma_setting FORM: env(1) arguments that set VLM_W4A16_WGMMA=FORM, or unset it for "default"
-  if [ "$1" = default ]; then echo -u VLM_W4A16_WGMMA; else echo VLM_W4A16_WGMMA=$1; fi
+env_setting() {  # env_setting NAME VALUE: env(1) arguments that set NAME=VALUE, or unset NAME for "default"
+  if [ "$2" = default ]; then echo -u "$1"; else echo "$1=$2"; fi
 }
+wgmma_setting() { env_setting VLM_W4A16_WGMMA "$1"; }  # wgmma_setting FORM
 strip_default() {  # the strip form as the default from 17 to 128 rows: the wgmma and general-kernel tests (the default
   # routing and each forced form), compute-sanitizer on the default, bench/gemm at 32-256 rows with the wgmma kernel
   # off (VLM_W4A16_WGMMA=0) and the strip form at every M (2), the engine tests, 2B decode at batch 64/128 off vs
@@ -245,6 +251,18 @@ wgmma_cluster() {  # the wgmma kernel's K slices summed in thread-block clusters
   done
   VLM_W4A16_WGMMA_CLUSTER=1 python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 |
     tail -n 2
+}
+cluster_auto() {  # K slices summed in clusters where the plan says so (the default) against always from partials
+  # (VLM_W4A16_WGMMA_CLUSTER=0): the checks with the default, partials and clusters, bench/gemm at 32/64/128 rows,
+  # 2B w4a16 + int8 KV decode at batch 64/128, the engine tests
+  python3 -m pytest -q -s -m gpu tests/kernels/test_w4a16_wgmma.py -k "default" 2>&1 |
+    grep -E "checks|rows|expected|plan|passed|failed"
+  for cl in 0 default; do
+    env $(env_setting VLM_W4A16_WGMMA_CLUSTER $cl) python3 bench/gemm.py --ms 32,64,128 --out-dir "$RES/gemm_cluster_$cl" | grep -E "^- M"
+    env $(env_setting VLM_W4A16_WGMMA_CLUSTER $cl) python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 64,128 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_cluster_$cl.json" 2>&1 | grep -E "tok/s"
+  done
+  python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
 }
 wgmma_engine() {  # the engine with each wgmma form (VLM_W4A16_WGMMA=0/1/2): 2B w4a16 + int8 KV decode at batch 64 and
   # 128 (prefill of those batches included), then serving at 64/256 with --stream-interval 4
@@ -433,6 +451,19 @@ serve_runs() {  # serve_runs LEVELS ARGS...: bench/serve.py on model (a), w4a16 
       grep -E "c=[0-9]+:|ABORT|Error|busiest" | tail -n 8
   done
 }
+prep_check() {  # the image processor on the GPU: its tests and the vision tests beside them, bench/preprocess.py
+  serve_site || return 1
+  python3 -m pytest -q -m gpu tests/services/test_preprocess_device.py tests/services/test_vision_graphs.py \
+    tests/services/test_preprocess_pool.py tests/services/test_vision_service.py tests/services/test_vision_replicas.py \
+    2>&1 | tail -n 8
+  python3 bench/preprocess.py --model-name internvl-2b --work /tmp/serve-work --out-dir "$RES/preprocess" 2>&1 |
+    grep -v "^\[serve\]"
+}
+prep_serve() {  # serving at 1/64/256 (--stream-interval 4) with the image processor on the GPU (the default), then
+  # on the host
+  serve_runs 1,64,256 "--stem internvl-2b-h200-prep-gpu --lm-flag=--stream-interval=4" \
+    "--stem internvl-2b-h200-prep-host --lm-flag=--stream-interval=4 --vision-flag=--preprocess-device=cpu"
+}
 serve_compile() {  # the vision forward as graphs, then compiled
   serve_runs 64,256 "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"
 }
@@ -494,7 +525,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f prep_check prep_serve cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 560
@@ -502,8 +533,11 @@ step wgmma_ncu 200
 step strip_default 560
 step dequant_129 580
 step wgmma_cluster 500
+step cluster_auto 400
 step wgmma_engine 560
 step pyenv 30
+step prep_check 240
+step prep_serve 540
 step vision 300
 step vtests 200
 step serve_compile 480

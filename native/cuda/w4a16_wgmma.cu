@@ -25,9 +25,10 @@
 // wgmma, waits for the previous step's, and dequantizes the next step's operands from the ring while its
 // own run.
 // Grid: (ceil(N / 256), splits, ceil(M / NT)); with splits > 1 each K slice writes fp32 partials that
-// w4a16_splitk_reduce sums in slice order (deterministic). VLM_W4A16_WGMMA_CLUSTER=1 (opt-in while it is measured):
-// the K slices of a tile run as one thread-block cluster instead and add their accumulators through distributed
-// shared memory, in slice order too: no partials in global memory, no second kernel.
+// w4a16_splitk_reduce sums in slice order (deterministic), or the K slices of a tile run as one thread-block
+// cluster and add their accumulators through distributed shared memory, in slice order too: no partials in
+// global memory, no second kernel. make_plan chooses between the two (VLM_W4A16_WGMMA_CLUSTER=0: always
+// partials, 1: always clusters).
 #include "cuda/w4a16_wgmma.h"
 
 #include <cooperative_groups.h>
@@ -474,11 +475,19 @@ struct Plan {
   bool cluster;  // the splits are one thread-block cluster a tile, summed in distributed shared memory
 };
 
-// VLM_W4A16_WGMMA_CLUSTER=1: K slices summed in clusters (opt-in until measured against the partials).
-bool cluster_sums() {
-  static const bool on = cuda::env_int("VLM_W4A16_WGMMA_CLUSTER", 0) != 0;
-  return on;
+// VLM_W4A16_WGMMA_CLUSTER: 0 K slices always summed from fp32 partials by a second kernel, 1 always in clusters
+// (where K is split), unset (-1) as make_plan decides.
+int cluster_setting() {
+  static const int setting = cuda::env_int("VLM_W4A16_WGMMA_CLUSTER", -1);
+  return setting;
 }
+
+// Below this many bytes of fp32 partials a split-K sum through global memory stays in the L2 (50 MB on the
+// H200) and its second kernel is cheap: summing 8 slices in a cluster through distributed shared memory was
+// slower on every such layer measured (H200, 2026-12-04 19:05 UTC: 2B.qkv at 128 rows, 16 MiB of partials,
+// 15.3 µs with partials and 17.5 in clusters), while above it clusters won (7B.qkv at 64/128 rows, 24/48 MiB:
+// 38.8 → 36.0 and 64.1 → 52.1 µs).
+constexpr int64_t kClusterMinPartialBytes = 20 << 20;
 
 // More than the default 48 KiB of shared memory; granted once per instantiation.
 template <class T, int NT, int WGS, bool CLUSTER>
@@ -521,22 +530,33 @@ Plan make_plan(int M, int N, int K, int group) {
   // The block form keeps two blocks an SM (registers), the strip form one.
   const int most = std::max(1, std::min(units, K / kMinSliceK));
   const int64_t slots = (p.wgs == 4 ? 1LL : 2LL) * cuda::sm_count();
-  p.splits = 1;
-  double best = 1.0 * ((blocks + slots - 1) / slots);
-  if (cluster_sums()) {  // the same cost counted in waves of resident clusters of s blocks
-    for (int s = 2; s <= std::min(most, kMaxCluster); ++s) {
-      const int fit = resident_clusters_for(p, s);
-      if (fit <= 0) continue;
-      const double cost = 1.0 * ((blocks + fit - 1) / fit) / s;
-      if (cost < best * 0.95) best = cost, p.splits = s;
-    }
-    p.cluster = p.splits > 1;
-    return p;
-  }
+  const double whole = 1.0 * ((blocks + slots - 1) / slots);
+  int partial_splits = 1;
+  double partial_cost = whole;
   for (int s = 2; s <= most; ++s) {
     const double cost = 1.0 * ((blocks * s + slots - 1) / slots) / s;
-    if (cost < best * 0.95) best = cost, p.splits = s;
+    if (cost < partial_cost * 0.95) partial_cost = cost, partial_splits = s;
   }
+  p.splits = partial_splits;
+  const int setting = cluster_setting();
+  if (setting == 0) return p;
+  // The same cost counted in waves of resident clusters of s blocks (at most the portable cluster size).
+  int cluster_splits = 1;
+  double cluster_cost = whole;
+  for (int s = 2; s <= std::min(most, kMaxCluster); ++s) {
+    const int fit = resident_clusters_for(p, s);
+    if (fit <= 0) continue;
+    const double cost = 1.0 * ((blocks + fit - 1) / fit) / s;
+    if (cost < cluster_cost * 0.95) cluster_cost = cost, cluster_splits = s;
+  }
+  // By default clusters where they keep the partials' parallelism (their waves cost no more) and save more
+  // than they cost: a 2-slice sum is one remote read a value; more slices pay only once the partials would
+  // spill from L2 (kClusterMinPartialBytes).
+  const int64_t partial_bytes = (int64_t)partial_splits * M * N * 4;
+  const bool use = setting > 0 ? cluster_splits > 1
+                               : cluster_splits > 1 && cluster_cost <= partial_cost &&
+                                     (cluster_splits == 2 || partial_bytes >= kClusterMinPartialBytes);
+  if (use) p.splits = cluster_splits, p.cluster = true;
   return p;
 }
 
@@ -589,6 +609,13 @@ bool w4a16_wgmma_applies(int M, int N, int K, int group) { return w4a16_wgmma_fo
 // where it measured 1.2-2x slower than the strip form (H200, 2026-12-04: e.g. 7B.qkv at 192 rows 158.4 us,
 // the strip form 85.6, dequantize + cuBLAS 72.1 at 256), so dequantization starts right above the strip form.
 int w4a16_dequant_gemm_min_rows() { return wgmma_code_runs() ? kStripDefaultMaxRows + 1 : 256; }
+
+void w4a16_wgmma_plan(int M, int N, int K, int group, int* splits, bool* cluster) {
+  *splits = 0, *cluster = false;
+  if (!w4a16_wgmma_applies(M, N, K, group)) return;
+  const Plan p = make_plan(M, N, K, group);
+  *splits = p.splits, *cluster = p.cluster;
+}
 
 int64_t w4a16_wgmma_workspace_bytes(int M, int N, int K, int group) {
   const Plan p = make_plan(M, N, K, group);

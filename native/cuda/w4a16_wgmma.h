@@ -15,7 +15,10 @@ bool w4a16_wgmma_applies(int M, int N, int K, int group);
 // cuBLAS (where w4a16_wgmma_applies() is false): right above the strip form's default rows where its code runs,
 // 256 elsewhere.
 int w4a16_dequant_gemm_min_rows();
-// fp32 split-K partials for this shape; 0 when it runs as one slice.
+// The K slices this shape runs as and whether they are summed in thread-block clusters (else fp32 partials and
+// a second kernel); 0 slices where no form applies.
+void w4a16_wgmma_plan(int M, int N, int K, int group, int* splits, bool* cluster);
+// fp32 split-K partials for this shape; 0 when it runs as one slice or sums in clusters.
 int64_t w4a16_wgmma_workspace_bytes(int M, int N, int K, int group);
 cudaError_t w4a16_wgmma_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c,
                              int M, int N, int K, int group, bool bf16, void* workspace, cudaStream_t stream);

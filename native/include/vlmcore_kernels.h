@@ -40,6 +40,14 @@ VLM_API int vlm_w4a16_workspace_bytes(int32_t m, int32_t n, int32_t k, int32_t g
  * builds without CUDA. For benchmarks that report the path they measured. */
 VLM_API int vlm_w4a16_wgmma_form(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* form);
 
+/* How the wgmma form of vlm_w4a16_gemm splits this shape's K: *splits slices
+ * (1: none), summed in thread-block clusters through distributed shared memory
+ * (*cluster 1) or from fp32 partials by a second kernel (0); both 0 where no
+ * wgmma form runs the shape, and in builds without CUDA. VLM_W4A16_WGMMA_CLUSTER
+ * 0 or 1 forces partials or clusters. For benchmarks and checks. */
+VLM_API int vlm_w4a16_wgmma_plan(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* splits,
+                                 int32_t* cluster);
+
 /* Rows from which the engine dequantizes a w4a16 layer and multiplies it with
  * cuBLAS instead of running vlm_w4a16_gemm (where no wgmma form takes the
  * shape): 129 where the wgmma strip form runs, else 256. CUDA builds only. */

@@ -66,6 +66,21 @@ int vlm_w4a16_wgmma_form(int32_t m, int32_t n, int32_t k, int32_t group_size, in
   });
 }
 
+int vlm_w4a16_wgmma_plan(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* splits, int32_t* cluster) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(splits && cluster, "NULL output");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    int s = 0;
+    bool c = false;
+    vlm::w4a16_wgmma_plan(m, n, k, group_size, &s, &c);
+    *splits = s, *cluster = c ? 1 : 0;
+#else
+    *splits = 0, *cluster = 0;
+#endif
+  });
+}
+
 int vlm_w4a16_dequant_gemm_min_rows(int32_t* rows) {
   return vlm::guarded([&] {
     VLM_CHECK_ARG(rows, "NULL output");

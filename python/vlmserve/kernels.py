@@ -53,6 +53,13 @@ def w4a16_wgmma_form(m: int, n: int, k: int, group_size: int) -> int:
     return out.value
 
 
+def w4a16_wgmma_plan(m: int, n: int, k: int, group_size: int) -> tuple[int, bool]:
+    """(K slices, summed in thread-block clusters) of the wgmma form at this shape here; (0, False) if none."""
+    splits, cluster = ctypes.c_int32(), ctypes.c_int32()
+    check(_native.lib().vlm_w4a16_wgmma_plan(m, n, k, group_size, ctypes.byref(splits), ctypes.byref(cluster)))
+    return splits.value, bool(cluster.value)
+
+
 def w4a16_dequant_gemm_min_rows() -> int:
     """Rows from which the engine dequantizes a w4a16 layer and multiplies it with cuBLAS (no wgmma form)."""
     out = ctypes.c_int32()

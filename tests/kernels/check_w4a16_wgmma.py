@@ -1,9 +1,10 @@
 """Run in a subprocess by test_w4a16_wgmma.py with VLM_W4A16_WGMMA unset (the default: the strip form from 17 to
 128 rows), 1 or 2 (that form at every M; the library reads it once per process), and VLM_W4A16_WGMMA_CLUSTER
-unset or 1 (split-K sums in thread-block clusters): the w4a16 GEMM against the
-float32 reference on ragged shapes, both group sizes and dtypes, with and without the residual; which form
-each row count routes to, with proof from the profiler that the wgmma kernel ran where it should and not
-where it should not; identical results on repeated calls. Prints one line per failure and exits 1 if any."""
+unset (the plan decides how K slices are summed), 1 (always in thread-block clusters) or 0 (always from fp32
+partials): the w4a16 GEMM against the float32 reference on ragged shapes, both group sizes and dtypes, with and
+without the residual; which form each row count routes to, with proof from the profiler that the wgmma kernel
+ran where it should and not where it should not, and that its K slices were summed as the plan says; identical
+results on repeated calls. Prints one line per failure and exits 1 if any."""
 from __future__ import annotations
 
 import os
@@ -46,7 +47,7 @@ def deterministic(m: int, n: int, k: int, group: int) -> bool:
 
 
 FORCED = os.environ.get("VLM_W4A16_WGMMA", "")
-CLUSTER = os.environ.get("VLM_W4A16_WGMMA_CLUSTER", "") not in ("", "0")
+CLUSTER = os.environ.get("VLM_W4A16_WGMMA_CLUSTER", "")  # "": the plan decides; "1" always clusters; "0" never
 ROUTING_ROWS = (1, 16, 17, 64, 128, 129, 256, 2048)
 
 
@@ -57,7 +58,7 @@ def expected_form(m: int) -> int:
 
 
 def main() -> int:
-    from vlmserve.kernels import w4a16_dequant_gemm_min_rows, w4a16_wgmma_form
+    from vlmserve.kernels import w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_wgmma_plan
 
     checks, lines = shapes_failures(SHAPES)
     if w4a16_dequant_gemm_min_rows() != 129:  # the engine's dequantize + cuBLAS takes over above the strip form
@@ -73,13 +74,28 @@ def main() -> int:
             lines.append(f"{m} rows: the wgmma kernel {'ran' if ran else 'did not run'}, expected form "
                          f"{expected_form(m)}")
         # 3 column blocks over K = 4224: split K. Its slices are summed by a second kernel, or in clusters.
+        splits, cluster = w4a16_wgmma_plan(m, 768, 4224, 64)
         summed_apart = any("splitk_reduce" in name for name in names)
-        if ran and summed_apart == CLUSTER:
-            lines.append(f"{m} rows: split-K sum {'in a second kernel' if summed_apart else 'not seen'} with "
-                         f"VLM_W4A16_WGMMA_CLUSTER={'1' if CLUSTER else 'unset'}")
+        if ran and (splits < 2 or summed_apart != (not cluster)):
+            lines.append(f"{m} rows: {splits} K slices planned, in clusters: {cluster}; the second kernel "
+                         f"{'ran' if summed_apart else 'did not run'}")
+        if ran and CLUSTER in ("0", "1") and cluster != (CLUSTER == "1"):
+            lines.append(f"{m} rows: clusters {cluster} with VLM_W4A16_WGMMA_CLUSTER={CLUSTER}")
+    # The engine's layers: the plan of each (for the record), and that the library runs what it plans.
+    for n, k in ((4096, 2048), (2048, 2048), (16384, 2048), (2048, 8192), (12288, 4096), (22016, 4096)):
+        for m in (32, 64, 128):
+            if expected_form(m):
+                print(f"plan {m}x{n}x{k}: {w4a16_wgmma_plan(m, n, k, 128)}")
+    for m, n, k in ((64, 16384, 2048), (64, 4096, 2048)):
+        if not expected_form(m):
+            continue
+        splits, cluster = w4a16_wgmma_plan(m, n, k, 128)
+        names = kernels_run(m, n, k, 128)
+        if splits > 1 and any("splitk_reduce" in name for name in names) == cluster:
+            lines.append(f"{m}x{n}x{k}: {splits} slices planned in clusters {cluster}, kernels {sorted(names)}")
     if not deterministic(40, 4096, 5504 // 128 * 128, 128):
         lines.append("repeated calls gave different results")
-    checks += len(ROUTING_ROWS) + 6
+    checks += len(ROUTING_ROWS) + 10
     return report(checks, lines)
 
 
