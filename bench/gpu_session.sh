@@ -60,9 +60,10 @@
 #   serve_prep_default model (a), w4a16 + int8 KV at concurrency 1/64/256 with the vision service's defaults
 #   serve_interval model (a), w4a16 + int8 KV at concurrency 64/256 with one token a message, then --stream-interval 4
 #   serve_interval4 the same with --stream-interval 4 alone at concurrency 1/64/256
-#   prep_check    the image processor on the GPU (--preprocess-device): its GPU tests with the vision tests, then
-#                 bench/preprocess.py (host against GPU; needs the serving carry for the tests' gRPC)
+#   prep_check    the image processor on the GPU (--preprocess-device): its GPU tests with the vision tests (needs
+#                 the serving carry for the tests' gRPC)
 #   prep_serve    serving at 1/64/256 with the image processor on the GPU, then on the host (serving carry)
+#   prep_bench    bench/preprocess.py: one JPEG's preparation on the host and on the GPU (after prep_serve)
 #   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
@@ -451,13 +452,17 @@ serve_runs() {  # serve_runs LEVELS ARGS...: bench/serve.py on model (a), w4a16 
       grep -E "c=[0-9]+:|ABORT|Error|busiest" | tail -n 8
   done
 }
-prep_check() {  # the image processor on the GPU: its tests and the vision tests beside them, bench/preprocess.py
+prep_check() {  # the image processor on the GPU: its tests and the vision tests beside them (whole output kept)
   serve_site || return 1
-  python3 -m pytest -q -m gpu tests/services/test_preprocess_device.py tests/services/test_vision_graphs.py \
-    tests/services/test_preprocess_pool.py tests/services/test_vision_service.py tests/services/test_vision_replicas.py \
-    2>&1 | tail -n 8
-  python3 bench/preprocess.py --model-name internvl-2b --work /tmp/serve-work --out-dir "$RES/preprocess" 2>&1 |
-    grep -v "^\[serve\]"
+  python3 -m pytest -q -m gpu -rf --tb=short tests/services/test_preprocess_device.py \
+    tests/services/test_vision_graphs.py tests/services/test_preprocess_pool.py tests/services/test_vision_service.py \
+    tests/services/test_vision_replicas.py >"$RES/prep_check_pytest.txt" 2>&1
+  grep -E "^E  |^FAILED|passed|failed" "$RES/prep_check_pytest.txt" | head -n 40
+}
+prep_bench() {  # bench/preprocess.py: one 512x512 JPEG's preparation on the host and on the GPU (after prep_serve,
+  # whose model it reuses)
+  python3 bench/preprocess.py --model-name internvl-2b --work /tmp/serve-work --threads 1,8 --per-thread 8 \
+    --reps 20 --out-dir "$RES/preprocess" 2>&1 | grep -v "^\[serve\]"
 }
 prep_serve() {  # serving at 1/64/256 (--stream-interval 4) with the image processor on the GPU (the default), then
   # on the host
@@ -525,7 +530,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f prep_check prep_serve cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 560
@@ -536,8 +541,9 @@ step wgmma_cluster 500
 step cluster_auto 400
 step wgmma_engine 560
 step pyenv 30
-step prep_check 240
-step prep_serve 540
+step prep_check 150
+step prep_serve 400
+step prep_bench 120
 step vision 300
 step vtests 200
 step serve_compile 480

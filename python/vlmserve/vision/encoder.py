@@ -167,18 +167,19 @@ class VisionEncoder:
         if self.device.type != "cuda":
             raise ModelLoadError(f"preprocess_device 'cuda' needs the encoder on CUDA; it runs on {self.device}")
         with torch.inference_mode():
-            difference = self.preparer.use_device(self.device, probe)
-        if difference is None:
+            refused = self.preparer.use_device(self.device, probe)
+        processor = type(self.image_processor).__name__
+        if refused is not None:
             if wanted == "cuda":
-                raise ModelLoadError(f"the image processor {type(self.image_processor).__name__} cannot run on "
-                                     f"{self.device} (a torchvision-backed processor can; is torchvision "
-                                     f"installed?)")
-            log.info("the image processor runs on the host", extra={"fields": {
-                "processor": type(self.image_processor).__name__, "reason": "it takes no device"}})
+                raise ModelLoadError(f"the image processor {processor} cannot run on {self.device}: {refused} "
+                                     f"(a torchvision-backed processor can; --preprocess-device cpu runs it on "
+                                     f"the host)")
+            log.warning("the image processor runs on the host, not the GPU", extra={"fields": {
+                "processor": processor, "reason": refused}})
             return
         log.info("the image processor runs on the GPU", extra={"fields": {
-            "processor": type(self.image_processor).__name__, "device": str(self.device),
-            "largest_difference_from_host": difference}})
+            "processor": processor, "device": str(self.preparer.device),
+            "largest_difference_from_host": self.preparer.device_difference}})
 
     def encode(self, images: list[Image.Image]) -> list[ImageEmbedding]:
         """Unbatched reference: one forward per image, no batcher."""

@@ -28,6 +28,13 @@ from vlmserve.vision.image_source import ImageSource, resolve
 from vlmserve.vision.tiles import ImageLayout, PreparedImage, Tiles
 
 
+# Largest difference between a normalized pixel value prepared on the GPU and on the host that still counts as
+# the same preprocessing: resampling 8-bit pixels in floating point there and with integer rounding on the host
+# differs by a level of 255 here and there, 0.015-0.02 after dividing by the normalization's std (0.23-0.27);
+# another resampling filter differs by far more.
+MAX_DEVICE_DIFFERENCE = 0.1
+
+
 class ImagePreparer:
     def __init__(self, directory: str | Path, config: VisionConfig, tokens_per_tile: int = 0, hf_config=None):
         from transformers import AutoConfig, AutoImageProcessor
@@ -44,27 +51,39 @@ class ImagePreparer:
         self.processor_kwargs = self.family.processor_defaults()
         self.tokens_per_tile = tokens_per_tile  # the encoder's output rows per tile: known once it has run
         self.device: torch.device | None = None  # where the processor runs: None, the CPU (see use_device)
+        self.device_difference: float | None = None  # the probe's largest difference there from the host's
         self._streams = threading.local()  # each preparing thread's stream on self.device
 
-    def use_device(self, device: torch.device, probe: Image.Image) -> float | None:
-        """Runs the image processor on `device` from now on if it can: it must accept a device (a
-        torchvision-backed processor) and, on `probe`, return tiles on that device that match the CPU's in
-        layout. Returns the largest difference from the CPU's values, or None (and stays on the CPU) where
-        the processor cannot run there."""
+    def use_device(self, device: torch.device, probe: Image.Image) -> str | None:
+        """Runs the image processor on `device` from now on if it can, and returns None; otherwise stays on the
+        host and returns why not. It can where the processor takes a device (a torchvision-backed one) and, on
+        `probe`, returns tiles on that device in the host's layout with values within
+        MAX_DEVICE_DIFFERENCE of the host's: a processor whose resampling has no GPU form (Lanczos) is
+        replaced there by another one, and its tiles would not be the model's."""
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         want, want_grid = self.process(probe)
         self.device = device
         try:
             got, got_grid = self.process(probe)
-        except Exception:  # a PIL-backed processor refuses (or ignores) the device argument
+        except Exception as e:  # a PIL-backed processor refuses the device argument
             self.device = None
-            return None
-        if (got_grid != want_grid or got.shape_key != want.shape_key
-                or any(v.device != device for v in got.tensors.values())):
+            return f"it failed there ({type(e).__name__}: {str(e)[:200]})"
+        if got_grid != want_grid or got.shape_key != want.shape_key:
             self.device = None
-            return None
-        return max(float((got.tensors[k].cpu().double() - want.tensors[k].double()).abs().max())
-                   if want.tensors[k].is_floating_point() else float((got.tensors[k].cpu() != want.tensors[k]).any())
-                   for k in want.tensors)
+            return f"its tiles there differ in layout from the host's ({got_grid} against {want_grid})"
+        if any(v.device != device for v in got.tensors.values()):
+            self.device = None
+            return "it ignores the device (its tiles stay on the host)"
+        difference = max(float((got.tensors[k].cpu().double() - want.tensors[k].double()).abs().max())
+                         if want.tensors[k].is_floating_point() else
+                         float((got.tensors[k].cpu() != want.tensors[k]).any()) * float("inf") for k in want.tensors)
+        self.device_difference = difference
+        if difference > MAX_DEVICE_DIFFERENCE:
+            self.device = None
+            return (f"its values there differ from the host's by up to {difference:.3g} (allowed "
+                    f"{MAX_DEVICE_DIFFERENCE}): its resampling has no exact GPU form")
+        return None
 
     def load_image(self, source: ImageSource) -> Image.Image:
         """Bytes, data URL or allow-listed URL → validated RGB image (blocking)."""
