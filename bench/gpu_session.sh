@@ -62,7 +62,7 @@
 #   serve_interval4 the same with --stream-interval 4 alone at concurrency 1/64/256
 #   prep_check    the image processor on the GPU (--preprocess-device): its GPU tests with the vision tests (needs
 #                 the serving carry for the tests' gRPC)
-#   prep_serve    serving at 1/64/256 with the image processor on the GPU, then on the host (serving carry)
+#   prep_serve    serving at 64/256 with the image processor on the GPU (forced), then on the host (serving carry)
 #   prep_bench    bench/preprocess.py: one JPEG's preparation on the host and on the GPU (after prep_serve)
 #   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
@@ -464,10 +464,10 @@ prep_bench() {  # bench/preprocess.py: one 512x512 JPEG's preparation on the hos
   python3 bench/preprocess.py --model-name internvl-2b --work /tmp/serve-work --threads 1,8 --per-thread 8 \
     --reps 20 --out-dir "$RES/preprocess" 2>&1 | grep -v "^\[serve\]"
 }
-prep_serve() {  # serving at 1/64/256 (--stream-interval 4) with the image processor on the GPU (the default), then
-  # on the host
-  serve_runs 1,64,256 "--stem internvl-2b-h200-prep-gpu --lm-flag=--stream-interval=4" \
-    "--stem internvl-2b-h200-prep-host --lm-flag=--stream-interval=4 --vision-flag=--preprocess-device=cpu"
+prep_serve() {  # serving at 64/256 (--stream-interval 4) with the image processor on the GPU (asked for: the
+  # 2B processor's values there differ from the host's, so auto stays on the host), then on the host (the default)
+  serve_runs 64,256 "--stem internvl-2b-h200-prep-gpu --lm-flag=--stream-interval=4 --vision-flag=--preprocess-device=cuda" \
+    "--stem internvl-2b-h200-prep-host --lm-flag=--stream-interval=4"
 }
 serve_compile() {  # the vision forward as graphs, then compiled
   serve_runs 64,256 "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"

@@ -100,8 +100,9 @@ def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -
               "service process); unset: processes when the encoder runs on CUDA, threads on the CPU")
     flag(p, "--preprocess-device", default="auto", choices=("auto", "cpu", "cuda"),
          help="where the image processor resizes and normalizes (decoding is on the host): cuda, on the "
-              "encoder's GPU in threads of the service (needs a torchvision-backed processor); cpu, on the host; "
-              "auto, cuda where it can run, else cpu")
+              "encoder's GPU in threads of the service (needs a torchvision-backed processor; warns where its "
+              "values differ from the host's); cpu, on the host; auto, cuda where it runs with the host's values, "
+              "else cpu")
     flag(p, "--max-chunk-bytes", type=int, default=1 << 20, help="largest embedding chunk sent, bytes")
 
 

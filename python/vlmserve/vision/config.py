@@ -48,8 +48,10 @@ class VisionConfig:
     preprocess_device is where the image processor's arithmetic runs (decoding
     is always on the host): "cuda" on the encoder's first GPU, in threads of the
     service (a start-up error where the encoder is not on CUDA, the processor
-    cannot take a device, or worker processes were asked for); "cpu" on the
-    host; "auto" on the GPU where "cuda" would start, otherwise on the host.
+    cannot take a device, or worker processes were asked for; a warning where
+    its values there differ from the host's, see preparer.py); "cpu" on the
+    host; "auto" on the GPU where "cuda" would start and the values match the
+    host's, otherwise on the host.
 
     compile: on CUDA, the forward is compiled with torch.compile (TorchInductor)
     at start-up, before the graphs are captured: the ViT's layer norms, GELUs,

@@ -24,7 +24,7 @@ from vlmserve.vision.config import VisionConfig
 from vlmserve.vision.graphs import GraphedForward
 from vlmserve.vision.image_source import ImageSource
 from vlmserve.vision.loader import load_encoder, replica_devices, resolve_device, resolve_dtype
-from vlmserve.vision.preparer import ImagePreparer
+from vlmserve.vision.preparer import MAX_DEVICE_DIFFERENCE, ImagePreparer
 from vlmserve.vision.tiles import ImageEmbedding, PreparedImage, Tiles
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class VisionEncoder:
         if self.device.type != "cuda":
             raise ModelLoadError(f"preprocess_device 'cuda' needs the encoder on CUDA; it runs on {self.device}")
         with torch.inference_mode():
-            refused = self.preparer.use_device(self.device, probe)
+            refused = self.preparer.use_device(self.device, probe, exact=wanted == "auto")
         processor = type(self.image_processor).__name__
         if refused is not None:
             if wanted == "cuda":
@@ -177,9 +177,14 @@ class VisionEncoder:
             log.warning("the image processor runs on the host, not the GPU", extra={"fields": {
                 "processor": processor, "reason": refused}})
             return
-        log.info("the image processor runs on the GPU", extra={"fields": {
-            "processor": processor, "device": str(self.preparer.device),
-            "largest_difference_from_host": self.preparer.device_difference}})
+        difference = self.preparer.device_difference
+        fields = {"processor": processor, "device": str(self.preparer.device),
+                  "largest_difference_from_host": difference}
+        if difference > MAX_DEVICE_DIFFERENCE:  # asked for with "cuda": served, and said
+            log.warning("the image processor runs on the GPU with values that differ from the host's",
+                        extra={"fields": fields})
+        else:
+            log.info("the image processor runs on the GPU", extra={"fields": fields})
 
     def encode(self, images: list[Image.Image]) -> list[ImageEmbedding]:
         """Unbatched reference: one forward per image, no batcher."""

@@ -59,11 +59,13 @@ def decode_image(data: bytes, mime_type: str, config: VisionConfig) -> Image.Ima
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    from transformers.image_transforms import convert_to_rgb
-
+    """RGB as transformers' image processors make it: through RGBA, composited onto white (written here with
+    Pillow: transformers' own helper changed its signature between releases)."""
     if image.mode == "RGB":
         return image
-    return Image.fromarray(convert_to_rgb(image, return_numpy=True))
+    rgba = image.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def _reason(e: Exception) -> str:

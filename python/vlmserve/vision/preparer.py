@@ -54,12 +54,12 @@ class ImagePreparer:
         self.device_difference: float | None = None  # the probe's largest difference there from the host's
         self._streams = threading.local()  # each preparing thread's stream on self.device
 
-    def use_device(self, device: torch.device, probe: Image.Image) -> str | None:
+    def use_device(self, device: torch.device, probe: Image.Image, exact: bool = True) -> str | None:
         """Runs the image processor on `device` from now on if it can, and returns None; otherwise stays on the
         host and returns why not. It can where the processor takes a device (a torchvision-backed one) and, on
-        `probe`, returns tiles on that device in the host's layout with values within
-        MAX_DEVICE_DIFFERENCE of the host's: a processor whose resampling has no GPU form (Lanczos) is
-        replaced there by another one, and its tiles would not be the model's."""
+        `probe`, returns tiles on that device in the host's layout; with `exact`, also only with values within
+        MAX_DEVICE_DIFFERENCE of the host's (where resampling has another GPU form, as Lanczos, or other
+        coefficients, its tiles are not quite the host's). device_difference holds the probe's difference."""
         if device.type == "cuda" and device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
         want, want_grid = self.process(probe)
@@ -79,7 +79,7 @@ class ImagePreparer:
                          if want.tensors[k].is_floating_point() else
                          float((got.tensors[k].cpu() != want.tensors[k]).any()) * float("inf") for k in want.tensors)
         self.device_difference = difference
-        if difference > MAX_DEVICE_DIFFERENCE:
+        if exact and difference > MAX_DEVICE_DIFFERENCE:
             self.device = None
             return (f"its values there differ from the host's by up to {difference:.3g} (allowed "
                     f"{MAX_DEVICE_DIFFERENCE}): its resampling has no exact GPU form")
