@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from run_info import git_revision, write_atomic  # noqa: E402
 from serving.models import add_model_args, describe, write_model  # noqa: E402
-from vision import BusyThreads  # noqa: E402
+from vision import BusyThreads, add_image_args, request_image  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -68,13 +68,11 @@ def main() -> int:
     ap.add_argument("--busy-threads", type=ints, default=[0, 2])
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--per-thread", type=int, default=32)
-    ap.add_argument("--image", type=Path, default=ROOT / "python/vlmserve/data/images/chelsea.png")
-    ap.add_argument("--image-size", type=int, default=512)
+    add_image_args(ap)
     ap.add_argument("--out-dir", type=Path, required=True)
     a = ap.parse_args()
 
     import torch
-    from PIL import Image
 
     from vlmserve.vision import VisionConfig, VisionEncoder
     from vlmserve.vision.image_source import ImageSource
@@ -83,7 +81,7 @@ def main() -> int:
         log("needs a CUDA GPU (it compares the image processor on the GPU with the host); torch sees none")
         return 2
     model = write_model(a.work / a.model_name, a.model_name)
-    image = Image.open(a.image).convert("RGB").resize((a.image_size, a.image_size), Image.BICUBIC)
+    image = request_image(a)
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=90)
     source = ImageSource(data=buf.getvalue(), mime_type="image/jpeg")

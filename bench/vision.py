@@ -61,6 +61,18 @@ class BusyThreads:
             t.join()
 
 
+def add_image_args(ap: argparse.ArgumentParser) -> None:
+    """The request image: a real photo, resized to the benchmark's size (also bench/preprocess.py's)."""
+    ap.add_argument("--image", type=Path, default=ROOT / "python/vlmserve/data/images/chelsea.png")
+    ap.add_argument("--image-size", type=int, default=512)
+
+
+def request_image(a: argparse.Namespace):
+    from PIL import Image
+
+    return Image.open(a.image).convert("RGB").resize((a.image_size, a.image_size), Image.BICUBIC)
+
+
 def median_ms(fn, reps: int, budget_s: float = 10.0) -> tuple[float, int]:
     """(median ms, calls timed): reps calls after a warm-up, fewer (at least 3) once budget_s has passed."""
     fn()  # warm-up
@@ -111,15 +123,13 @@ def main() -> int:
                     help="GIL-holding threads beside the forward (at the smallest batch)")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--prepare-threads", type=ints, default=[1, 2, 4, 8])
-    ap.add_argument("--image", type=Path, default=ROOT / "python/vlmserve/data/images/chelsea.png")
-    ap.add_argument("--image-size", type=int, default=512)
+    add_image_args(ap)
     ap.add_argument("--modes", default="eager,graphs,compiled",
                     help="eager; graphs (CUDA graphs); compiled (torch.compile, then CUDA graphs)")
     ap.add_argument("--out-dir", type=Path, required=True)
     a = ap.parse_args()
 
     import torch
-    from PIL import Image
 
     from vlmserve.vision import VisionConfig, VisionEncoder
     from vlmserve.vision.tiles import Tiles
@@ -128,7 +138,7 @@ def main() -> int:
         log("needs a CUDA GPU (it measures CUDA graphs against eager forwards); torch sees none")
         return 2
     model = write_model(a.work / a.model_name, a.model_name)
-    image = Image.open(a.image).convert("RGB").resize((a.image_size, a.image_size), Image.BICUBIC)
+    image = request_image(a)
     largest = max(a.batches)
     encoders = {}
     settings = {"eager": {"cuda_graphs": False}, "graphs": {}, "compiled": {"compile": True}}

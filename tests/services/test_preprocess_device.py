@@ -42,21 +42,22 @@ EMB_TOL = dict(atol=5e-2, rtol=5e-2)
 
 
 def test_the_setting_is_validated_and_reaches_the_config():
+    assert VisionConfig().preprocess_device == "cpu"  # the GPU only when asked for, until measured in serving
     with pytest.raises(InvalidArgumentError, match="preprocess_device"):
         VisionConfig(preprocess_device="gpu")
     with pytest.raises(InvalidArgumentError, match="cannot be combined with preprocess_processes"):
         VisionConfig(preprocess_device="cuda", preprocess_processes=True)
     parser = build_parser()
     for service in ("vision", "stack"):
-        assert vision_config_from_args(parser.parse_args(["serve", service])).preprocess_device == "auto"
-        chosen = parser.parse_args(["serve", service, "--preprocess-device", "cpu"])
-        assert vision_config_from_args(chosen).preprocess_device == "cpu"
+        assert vision_config_from_args(parser.parse_args(["serve", service])).preprocess_device == "cpu"
+        chosen = parser.parse_args(["serve", service, "--preprocess-device", "auto"])
+        assert vision_config_from_args(chosen).preprocess_device == "auto"
     with pytest.raises(SystemExit):
         parser.parse_args(["serve", "vision", "--preprocess-device", "tpu"])
 
 
 def test_on_the_cpu_auto_prepares_on_the_host(vlm_dir):
-    enc = VisionEncoder(vlm_dir("internvl"), VisionConfig(device="cpu"))
+    enc = VisionEncoder(vlm_dir("internvl"), VisionConfig(device="cpu", preprocess_device="auto"))
     enc.warmup()
     assert enc.preparer.device is None
     tiles = enc.prepare(Image.open(IMAGES / "chelsea.png").convert("RGB")).tiles
@@ -151,7 +152,7 @@ def test_tiles_prepared_on_the_gpu_match_the_hosts(vlm_dir, family):
     if getattr(host.image_processor, "resample", None) == PILImageResampling.LANCZOS:
         # No GPU form of Lanczos resampling (the GPU would resample otherwise): auto stays on the host, and
         # asking for the GPU fails the load with the reason.
-        auto = VisionEncoder(directory, VisionConfig(device="cuda"))
+        auto = VisionEncoder(directory, VisionConfig(device="cuda", preprocess_device="auto"))
         auto.warmup()
         assert auto.preparer.device is None
         # Asked for, it runs there all the same (the service warns with the difference).

@@ -98,7 +98,7 @@ def add_vision_args(p: argparse.ArgumentParser, tp_help: str = VISION_TP_HELP) -
     flag(p, "--preprocess-processes", type=bool, default=None,
          help="decode and preprocess images in worker processes (--no-preprocess-processes: threads of the "
               "service process); unset: processes when the encoder runs on CUDA, threads on the CPU")
-    flag(p, "--preprocess-device", default="auto", choices=("auto", "cpu", "cuda"),
+    flag(p, "--preprocess-device", default="cpu", choices=("auto", "cpu", "cuda"),
          help="where the image processor resizes and normalizes (decoding is on the host): cuda, on the "
               "encoder's GPU in threads of the service (needs a torchvision-backed processor; warns where its "
               "values differ from the host's); cpu, on the host; auto, cuda where it runs with the host's values, "

@@ -50,8 +50,10 @@ class VisionConfig:
     service (a start-up error where the encoder is not on CUDA, the processor
     cannot take a device, or worker processes were asked for; a warning where
     its values there differ from the host's, see preparer.py); "cpu" on the
-    host; "auto" on the GPU where "cuda" would start and the values match the
-    host's, otherwise on the host.
+    host (the default: on the H200 the InternVL-2B processor's values on the GPU
+    differ from the host's, and image preparation there is not yet measured in
+    serving); "auto" on the GPU where "cuda" would start and the values match
+    the host's, otherwise on the host.
 
     compile: on CUDA, the forward is compiled with torch.compile (TorchInductor)
     at start-up, before the graphs are captured: the ViT's layer norms, GELUs,
@@ -80,7 +82,7 @@ class VisionConfig:
     trust_remote_code: bool = False
     preprocess_threads: int = field(default_factory=default_preprocess_threads)
     preprocess_processes: bool | None = None
-    preprocess_device: str = "auto"
+    preprocess_device: str = "cpu"
     replicas: int = 1
     cuda_graphs: bool = True
     compile: bool = False
