@@ -190,6 +190,8 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             s.update(engine_rates(lm_before, lm_after, result.wall_s))
             s["service_ttft_mean_s"] = histogram_delta(lm_before, lm_after, "vlmserve_lm_time_to_first_token_seconds")
             s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")
+            # Where the vision service ran its image processor (it may refuse the GPU at start-up: its log says why).
+            s["vision_preprocess_on_gpu"] = after.get("vlmserve_vision_preprocess_on_gpu")
             s["vision_encode_mean_s"] = histogram_delta(before, after, "vlmserve_vision_encode_seconds")
             s["vision_forward_mean_s"] = histogram_delta(before, after, "vlmserve_vision_batch_seconds")
             s["vision_preprocess_mean_s"] = histogram_delta(before, after, "vlmserve_vision_preprocess_seconds")

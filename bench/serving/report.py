@@ -37,6 +37,15 @@ def cpu_cell(lv: dict) -> str:
     return "; ".join(parts)
 
 
+def _preprocess_line(levels: list[dict]) -> list[str]:
+    """Where the vision service ran its image processor, as its metrics said (runs before the metric: nothing)."""
+    on_gpu = {lv.get("vision_preprocess_on_gpu") for lv in levels} - {None}
+    if not on_gpu:
+        return []
+    where = {1.0: "on the GPU", 0.0: "on the host"}
+    return ["Image processor: " + " and ".join(where.get(x, str(x)) for x in sorted(on_gpu)) + ".", ""]
+
+
 def threads_cell(lv: dict) -> str:
     """e.g. "lm: main 0.97, python#4242 0.31; vision: ..." (absent in runs that did not record it)."""
     return "; ".join(f"{proc}: " + ", ".join(f"{t} {c:.2f}" for t, c in threads.items())
@@ -61,7 +70,7 @@ def markdown(r: dict, plots: list[str]) -> str:
     for plot in plots:
         out += [f"![{plot}]({plot})", ""]
     for v in r["variants"]:
-        out += [f"## {v['name']}", "", _flags_line(v['flags']), "",
+        out += [f"## {v['name']}", "", _flags_line(v['flags']), "", *_preprocess_line(v["levels"]),
                 "| concurrency | requests | failed | out tok/s | req/s | TTFT p50 ms | p90 | p99 | ITL p50 ms | p99 "
                 "| vision batch, tiles (mean) | vision Encode call / preprocess / batched encode / forward ms (mean) | queue / vision / prefill / decode ms (mean) "
                 "| engine steps/s, generated / prompt tokens per step | TTFT mean ms, client / service "

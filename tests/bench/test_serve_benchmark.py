@@ -39,6 +39,7 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format)
             assert lv["requests"] == 4 and lv["failed"] == 0 and lv["short_outputs"] == 0
             assert lv["out_tok_s"] > 0 and lv["ttft_p50_s"] > 0 and lv["itl_p50_s"] is not None
             assert lv["vision_batch_mean"] >= 1 and lv["mean_service_breakdown_s"]["vision"] > 0
+            assert lv["vision_preprocess_on_gpu"] == 0  # the image processor ran on the host (the default)
             # the vision service's own stages fit inside its Encode call
             assert 0 < lv["vision_preprocess_mean_s"] + lv["vision_batched_encode_mean_s"] <= lv["vision_encode_mean_s"]
             # 8 tokens per request, one per decode step: some steps, each generating at least one token
@@ -61,6 +62,7 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format)
     assert f" of {os.cpu_count()} (steal " in md
     assert "Native library settings in the environment: `VLM_W4A16_WGMMA=0`" in md
     assert "0 failed request(s)" in md and "× transformers" in md and f"sent as {image_format.upper()}" in md
+    assert "Image processor: on the host." in md
     for png in (f"{stem}_throughput.png", f"{stem}_ttft.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -209,11 +209,17 @@ def test_gpu_tiles_batch_together_and_each_keeps_its_own_encoding(vlm_dir):
         offset += n
 
 
+def test_the_service_reports_where_its_image_processor_runs(start_server):
+    server = start_server("llava", device="cpu")
+    assert "vlmserve_vision_preprocess_on_gpu 0.0" in server.metrics_text()
+
+
 @pytest.mark.gpu
 def test_the_service_encodes_images_prepared_on_the_gpu(start_server, vlm_dir):
     server = start_server("internvl", device="cuda", preprocess_device="cuda", preprocess_threads=4)
     pool = server.server.preprocess_pool
     assert not pool.processes and server.server.encoder.preparer.device.type == "cuda"
+    assert "vlmserve_vision_preprocess_on_gpu 1.0" in server.metrics_text()
     jpeg = image_bytes("rocket.jpg")
     many = [image_bytes("chelsea.png")] * 5
     with grpc.insecure_channel(server.address) as channel:

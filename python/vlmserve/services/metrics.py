@@ -42,6 +42,9 @@ class VisionMetrics:
         self.tiles = Counter("vlmserve_vision_tiles", "tiles encoded", registry=registry)
         self.rejected_images = Counter("vlmserve_vision_rejected_images", "images refused as bad input",
                                        registry=registry)
+        self.preprocess_on_gpu = Gauge("vlmserve_vision_preprocess_on_gpu",
+                                       "1 where the image processor runs on the GPU (--preprocess-device), "
+                                       "0 on the host", registry=registry)
 
 
 def serve_http(registry: CollectorRegistry, port: int, host: str = "0.0.0.0"):

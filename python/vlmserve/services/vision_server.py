@@ -86,9 +86,11 @@ class VisionServer:
                               early_close=True)
         batcher.start()
         self.encoder, self.batcher, self.preprocess_pool = encoder, batcher, pool
+        self.metrics.preprocess_on_gpu.set(0 if encoder.preparer.device is None else 1)
         await self.grpc.set_serving(True)
         log.info("serving", extra={"fields": {"model_type": encoder.model_type, "port": self.port,
                                               "replicas": encoder.replicas, "preprocess_processes": pool.processes,
+                                              "preprocess_device": str(encoder.preparer.device or "cpu"),
                                               "devices": ",".join(str(d) for d in encoder.devices)}})
 
     def _observe_batch(self, tiles: int, seconds: float) -> None:
