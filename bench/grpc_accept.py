@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""How long a burst of new calls waits for a busy grpc.aio server to start them: a server process whose event loop
+is kept busy by callbacks of a fixed length (standing in for the LM service's token streams and engine events)
+receives a burst of server-streaming calls, each with a 70 KB request (an image's size), from another process over
+several connections; the client records when each call's response headers (sent first thing by the handler)
+arrive. grpc.aio's server takes new calls from the core one at a time in a loop of its own on the event loop, so
+each call it starts costs an iteration of a loop that is busy with everything else: the wait grows with the
+burst times the iteration. With --servers N, N servers share the port (SO_REUSEPORT: the kernel spreads the
+connections over them), each taking calls in its own loop.
+
+    python3 bench/grpc_accept.py --servers 1,2 --calls 256 --burners 2
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import statistics
+import sys
+import time
+
+
+def _busy(ms: float) -> None:
+    end = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < end:
+        pass
+
+
+def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int) -> None:
+    import grpc
+
+    async def handler(raw, context):
+        await context.send_initial_metadata((("x-started", "1"),))
+        await asyncio.sleep(0.3)  # the call stays open, as a generation does
+        yield b"done"
+
+    async def burner():
+        while True:
+            _busy(burn_ms)
+            await asyncio.sleep(0)
+
+    async def main():
+        port, made = 0, []
+        for _ in range(servers):
+            s = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+            s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Accept", {
+                "Go": grpc.unary_stream_rpc_method_handler(handler)}),))
+            port = s.add_insecure_port(f"127.0.0.1:{port}")
+            await s.start()
+            made.append(s)
+        tasks = [asyncio.create_task(burner()) for _ in range(burners)]
+        port_q.put(port)
+        await asyncio.get_running_loop().run_in_executor(None, stop_q.get)
+        for t in tasks:
+            t.cancel()
+        for s in made:
+            await s.stop(0)
+
+    asyncio.run(main())
+
+
+def _bursts(port: int, calls: int, channels: int, bursts: int) -> list[float]:
+    import grpc
+
+    async def main():
+        # One connection each (no shared subchannel), as separate client processes would have.
+        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+                 for _ in range(channels)]
+        for c in chans:
+            await c.channel_ready()
+        stubs = [c.unary_stream("/bench.Accept/Go", request_serializer=lambda x: x,
+                                response_deserializer=lambda b: b) for c in chans]
+
+        async def one(i: int) -> float:
+            start = time.perf_counter()
+            call = stubs[i % channels](b"x" * 70_000)
+            await call.initial_metadata()
+            waited = time.perf_counter() - start
+            async for _ in call:
+                pass
+            return waited
+
+        out = []
+        for _ in range(bursts):
+            out += await asyncio.gather(*(one(i) for i in range(calls)))
+        for c in chans:
+            await c.close()
+        return out
+
+    return asyncio.run(main())
+
+
+def measure(servers: int, calls: int, channels: int = 8, burn_ms: float = 0.5, burners: int = 2,
+            bursts: int = 3) -> dict:
+    ctx = mp.get_context("spawn")
+    port_q, stop_q = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=_server, args=(port_q, stop_q, servers, burn_ms, burners))
+    proc.start()
+    try:
+        waits = sorted(_bursts(port_q.get(timeout=60), calls, channels, bursts))
+    finally:
+        stop_q.put(1)
+        proc.join(30)
+    return {"servers": servers, "calls": len(waits), "burners": burners, "burn_ms": burn_ms,
+            "headers_mean_s": statistics.mean(waits), "headers_p50_s": waits[len(waits) // 2],
+            "headers_p90_s": waits[int(len(waits) * 0.9)], "headers_max_s": waits[-1]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--servers", default="1,2", help="servers sharing the port, one run each")
+    ap.add_argument("--calls", type=int, default=256, help="calls in a burst")
+    ap.add_argument("--channels", type=int, default=8, help="client connections")
+    ap.add_argument("--burners", type=int, default=2, help="callbacks keeping the server's event loop busy")
+    ap.add_argument("--burn-ms", type=float, default=0.5, help="length of each busy callback")
+    a = ap.parse_args()
+    for n in (int(x) for x in a.servers.split(",")):
+        r = measure(n, a.calls, a.channels, a.burn_ms, a.burners)
+        print(f"{n} server(s), {a.burners} × {a.burn_ms} ms busy callbacks, bursts of {a.calls}: response "
+              f"headers after {r['headers_mean_s'] * 1e3:.1f} ms mean, p50 {r['headers_p50_s'] * 1e3:.1f}, "
+              f"p90 {r['headers_p90_s'] * 1e3:.1f}, max {r['headers_max_s'] * 1e3:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
