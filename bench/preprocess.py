@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run_info import git_revision, write_atomic  # noqa: E402
-from serving.models import add_model_args, describe, write_model  # noqa: E402
-from vision import BusyThreads, add_image_args, request_image  # noqa: E402
+from serving.models import add_model_args, describe  # noqa: E402
+from vision import BusyThreads, add_image_args, model_on_gpu, request_image  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -77,10 +77,9 @@ def main() -> int:
     from vlmserve.vision import VisionConfig, VisionEncoder
     from vlmserve.vision.image_source import ImageSource
 
-    if not torch.cuda.is_available():
-        log("needs a CUDA GPU (it compares the image processor on the GPU with the host); torch sees none")
+    model = model_on_gpu(a, "it compares the image processor on the GPU with the host", log)
+    if model is None:
         return 2
-    model = write_model(a.work / a.model_name, a.model_name)
     image = request_image(a)
     buf = io.BytesIO()
     image.save(buf, format="JPEG", quality=90)
@@ -121,7 +120,6 @@ def main() -> int:
                        "image": f"{a.image.name} resized to {a.image_size}x{a.image_size}, JPEG",
                        "pixel_max_abs_diff": pixel_diff, "embedding_max_abs_diff": emb_diff},
               "rows": rows}
-    a.out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(a.out_dir / f"preprocess_{a.model_name}.json", json.dumps(result, indent=2))
     return 0
 

@@ -73,6 +73,17 @@ def request_image(a: argparse.Namespace):
     return Image.open(a.image).convert("RGB").resize((a.image_size, a.image_size), Image.BICUBIC)
 
 
+def model_on_gpu(a: argparse.Namespace, why: str, say=None) -> Path | None:
+    """The benchmark model's checkpoint (written once under --work), or None, said through `say`, where torch sees
+    no CUDA GPU (`why` the benchmark needs one)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        (say or log)(f"needs a CUDA GPU ({why}); torch sees none")
+        return None
+    return write_model(a.work / a.model_name, a.model_name)
+
+
 def median_ms(fn, reps: int, budget_s: float = 10.0) -> tuple[float, int]:
     """(median ms, calls timed): reps calls after a warm-up, fewer (at least 3) once budget_s has passed."""
     fn()  # warm-up
@@ -134,10 +145,9 @@ def main() -> int:
     from vlmserve.vision import VisionConfig, VisionEncoder
     from vlmserve.vision.tiles import Tiles
 
-    if not torch.cuda.is_available():
-        log("needs a CUDA GPU (it measures CUDA graphs against eager forwards); torch sees none")
+    model = model_on_gpu(a, "it measures CUDA graphs against eager forwards")
+    if model is None:
         return 2
-    model = write_model(a.work / a.model_name, a.model_name)
     image = request_image(a)
     largest = max(a.batches)
     encoders = {}
