@@ -28,6 +28,15 @@ def _stat_cpu_seconds(stat: Path, reaped_children: bool = False) -> float | None
         return None
 
 
+def _schedstat_cpu_seconds(schedstat: Path) -> float | None:
+    """Time on a CPU of a /proc schedstat file (a thread's), counted in nanoseconds: a short level's threads
+    would read 0 in the stat file's clock ticks (10 ms); None where the kernel does not keep it."""
+    try:
+        return int(schedstat.read_text().split()[0]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def _children(pid: int) -> list[int]:
     """Live child processes of a process (every thread's /proc children list); empty where unreadable."""
     out = []
@@ -65,7 +74,9 @@ def thread_cpu_seconds(pid: int) -> dict[str, float]:
             name = (task / "comm").read_text().strip()
         except OSError:
             continue  # the thread ended between the listing and the read
-        seconds = _stat_cpu_seconds(task / "stat")
+        seconds = _schedstat_cpu_seconds(task / "schedstat")
+        if seconds is None:
+            seconds = _stat_cpu_seconds(task / "stat")
         if seconds is not None:
             out["main" if task.name == str(pid) else f"{name}#{task.name}"] = seconds
     return out

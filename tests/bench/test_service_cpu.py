@@ -69,3 +69,30 @@ def test_an_unreadable_or_foreign_stat_file_gives_no_host_load(tmp_path):
     assert host_load(None, {"busy": 1.0, "idle": 0.0, "steal": 0.0}, 1.0) is None
     live = host_cpu_seconds()
     assert live is not None and live["busy"] > 0 and live["idle"] >= 0
+
+
+def test_thread_times_resolve_work_shorter_than_a_clock_tick():
+    # A short benchmark level (tens of ms in the CPU tests) must still see the threads that worked in it:
+    # a thread's time is read in nanoseconds, not in the 10 ms ticks of its stat file.
+    import threading
+
+    from serving.stack import thread_cpu_seconds
+
+    spun = {}
+
+    def spin():
+        t = time.thread_time()
+        while time.thread_time() - t < 0.003:
+            pass
+        spun["seconds"] = time.thread_time() - t
+        spun["after"] = thread_cpu_seconds(os.getpid())
+        spun["tid"] = threading.get_native_id()
+
+    before = thread_cpu_seconds(os.getpid())
+    worker = threading.Thread(target=spin, name="spinner")
+    worker.start()
+    worker.join()
+    assert "main" in before and before["main"] > 0
+    mine = next(v for k, v in spun["after"].items() if k.endswith(f"#{spun['tid']}"))
+    # its own clock and /proc agree to well under a tick (the read itself costs a little)
+    assert spun["seconds"] <= mine < spun["seconds"] + 0.005, (mine, spun["seconds"])
