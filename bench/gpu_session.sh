@@ -469,6 +469,10 @@ prep_serve() {  # serving at 64/256 (--stream-interval 4) with the image process
   serve_runs 64,256 "--stem internvl-2b-h200-prep-gpu --lm-flag=--stream-interval=4 --vision-flag=--preprocess-device=cuda" \
     "--stem internvl-2b-h200-prep-host --lm-flag=--stream-interval=4"
 }
+accept_serve() {  # serving at 64/256 (--stream-interval 4) with 4 gRPC acceptors in each service, then with one
+  serve_runs 64,256 "--stem internvl-2b-h200-acceptors4 --lm-flag=--stream-interval=4 --lm-flag=--grpc-acceptors=4 --vision-flag=--grpc-acceptors=4" \
+    "--stem internvl-2b-h200-acceptors1 --lm-flag=--stream-interval=4"
+}
 serve_compile() {  # the vision forward as graphs, then compiled
   serve_runs 64,256 "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"
 }
@@ -530,7 +534,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f accept_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 560

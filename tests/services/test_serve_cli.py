@@ -22,9 +22,12 @@ def test_environment_sets_defaults_and_flags_win(monkeypatch, tmp_path):
     monkeypatch.setenv("VLMSERVE_TRUST_REMOTE_CODE", "true")
     monkeypatch.setenv("VLMSERVE_METRICS_PORT", "-1")
     monkeypatch.setenv("VLMSERVE_MODEL", str(tmp_path))
+    monkeypatch.setenv("VLMSERVE_GRPC_ACCEPTORS", "3")
     a = build_parser().parse_args(["serve", "vision", "--port", "7001"])
     assert (a.model, a.vision_max_batch_size, a.port, a.trust_remote_code) == (str(tmp_path), 3, 7001, True)
-    assert server_config_from_args(a).metrics_port is None
+    assert server_config_from_args(a).metrics_port is None and server_config_from_args(a).acceptors == 3
+    lm = build_parser().parse_args(["serve", "lm", "/ckpt", "--grpc-acceptors", "4"])
+    assert server_config_from_args(lm).acceptors == 4
     b = build_parser().parse_args(["serve", "vision", "/ckpt", "--no-trust-remote-code"])
     assert b.model == "/ckpt" and b.trust_remote_code is False
 

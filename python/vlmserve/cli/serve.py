@@ -41,6 +41,10 @@ def add_server_args(p: argparse.ArgumentParser, port: int, metrics_port: int) ->
     flag(p, "--keepalive-timeout", type=float, default=20.0, help="seconds to wait for a ping's answer")
     flag(p, "--shutdown-timeout", type=float, default=30.0,
          help="seconds calls in flight get to finish after SIGTERM")
+    flag(p, "--grpc-acceptors", type=int, default=1,
+         help="gRPC servers sharing the port in this process, each starting new calls on its own: grpc.aio "
+              "starts a server's calls one at a time, a few event-loop iterations each, so a busy loop starts "
+              "few a second (the client connections are spread over the acceptors)")
     flag(p, "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
 
 
@@ -51,7 +55,7 @@ def server_config_from_args(a: argparse.Namespace):
                         metrics_port=None if a.metrics_port < 0 else a.metrics_port, tls_cert=a.tls_cert or None,
                         tls_key=a.tls_key or None, bearer_token=a.api_key or None, max_message_bytes=a.max_message_size,
                         keepalive_time_s=a.keepalive_time, keepalive_timeout_s=a.keepalive_timeout,
-                        shutdown_grace_s=a.shutdown_timeout)
+                        shutdown_grace_s=a.shutdown_timeout, acceptors=a.grpc_acceptors)
 
 
 # -- vision -----------------------------------------------------------------------------------------

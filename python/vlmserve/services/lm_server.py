@@ -66,7 +66,8 @@ class LmServer:
         self.registry = CollectorRegistry()
         self.metrics = LmMetrics(self.registry)
         self.grpc = GrpcServer(self.server_config, [SERVICE_NAME], self.registry)
-        self.grpc.server.add_generic_rpc_handlers((LmServicer(self).handlers(),))
+        handlers = LmServicer(self).handlers()
+        self.grpc.add_to_each(lambda server: server.add_generic_rpc_handlers((handlers,)))
         self.vision = (VisionClient(self.limits.vision_addr, self.server_config.max_message_bytes,
                                     self.limits.vision_api_key) if self.limits.vision_addr else None)
         self._core: _Core | None = None

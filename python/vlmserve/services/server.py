@@ -3,12 +3,26 @@ with message-size and keepalive options, optional TLS, the interceptors, the
 standard health service (NOT_SERVING until the owner says it is ready), server
 reflection, the Prometheus endpoint (with the event loop's lag), and a graceful
 stop on SIGTERM/SIGINT (health goes NOT_SERVING, new calls are refused, calls in
-flight get shutdown_grace_s to finish)."""
+flight get shutdown_grace_s to finish).
+
+Acceptors: grpc.aio starts a server's new calls one at a time, each through
+about five iterations of the event loop (grpc 1.85: a request task starts, its
+completion arrives, the task ends, asyncio.wait wakes, the next task is made;
+bench/grpc_accept.py). A loop busy with many streams (1.6 ms iterations in the LM
+service at concurrency 256) so starts at most ~125 calls a second, and a burst
+of calls waits for its headers in a queue. With acceptors > 1, that many grpc.aio
+servers with the same handlers, interceptors and health state listen on the port
+(SO_REUSEPORT: the kernel spreads the connections over them), each starting
+calls in a chain of its own on the same loop. The port is first checked free
+without SO_REUSEPORT, so a second process cannot silently share it."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +46,8 @@ def _require(cond: bool, message: str) -> None:
 
 @dataclass
 class ServerConfig:
-    """port 0 binds an ephemeral port; metrics_port None turns the endpoint off."""
+    """port 0 binds an ephemeral port; metrics_port None turns the endpoint off; acceptors: grpc.aio servers
+    sharing the port, each starting new calls on its own (see the module doc)."""
 
     host: str = "0.0.0.0"
     port: int = 50052
@@ -45,6 +60,7 @@ class ServerConfig:
     keepalive_time_s: float = 60.0
     keepalive_timeout_s: float = 20.0
     shutdown_grace_s: float = 30.0
+    acceptors: int = 1
 
     def __post_init__(self) -> None:
         _require(isinstance(self.port, int) and 0 <= self.port < 65536,
@@ -59,10 +75,26 @@ class ServerConfig:
                  f"max_message_bytes must be >= 1024, got {self.max_message_bytes!r}")
         _require(self.keepalive_time_s > 0 and self.keepalive_timeout_s > 0, "keepalive times must be > 0")
         _require(self.shutdown_grace_s >= 0, f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
+        _require(isinstance(self.acceptors, int) and not isinstance(self.acceptors, bool)
+                 and 1 <= self.acceptors <= 64, f"acceptors must be an integer in [1, 64], got {self.acceptors!r}")
+
+
+def _port_is_free(host: str, port: int) -> bool:
+    """Whether `port` can be bound on `host` without SO_REUSEPORT: nobody listens there, reusing or not."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds: TIME_WAIT does not count
+        try:
+            probe.bind((host.strip("[]"), port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return False
+            raise
+    return True
 
 
 class GrpcServer:
-    """Owners add their servicers to `.server` before start(), then call set_serving()."""
+    """Owners register their servicers with add_to_each() before start(), then call set_serving()."""
 
     def __init__(self, config: ServerConfig, service_names: list[str], registry: CollectorRegistry):
         self.config = config
@@ -73,7 +105,7 @@ class GrpcServer:
             interceptors.append(BearerAuthInterceptor(config.bearer_token))
         interceptors.append(ErrorStatusInterceptor())
         ms = config.max_message_bytes
-        self.server = grpc.aio.server(interceptors=interceptors, options=[
+        options = [
             ("grpc.max_receive_message_length", ms),
             ("grpc.max_send_message_length", ms),
             ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
@@ -81,34 +113,47 @@ class GrpcServer:
             ("grpc.keepalive_permit_without_calls", 1),
             # Let clients ping as often as every 10 s without being sent GOAWAY.
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.so_reuseport", 0),
-        ])
-        self.health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
+            # One server alone never shares its port; several share it with each other only (start() checks).
+            ("grpc.so_reuseport", int(config.acceptors > 1)),
+        ]
+        self.servers = [grpc.aio.server(interceptors=interceptors, options=options) for _ in range(config.acceptors)]
+        self.health = health.aio.HealthServicer()  # one health state, answered by every acceptor
+        self.add_to_each(lambda server: health_pb2_grpc.add_HealthServicer_to_server(self.health, server))
+        self.add_to_each(lambda server: reflection.enable_server_reflection(
+            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server))
         self.loop_lag = LoopLagMonitor(registry)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._metrics_http = None
 
+    def add_to_each(self, register: Callable[[grpc.aio.Server], object]) -> None:
+        """register(server) for every acceptor: the same servicer objects behind each."""
+        for server in self.servers:
+            register(server)
+
     async def start(self) -> int:
         """Binds and starts serving (health NOT_SERVING); returns the bound port."""
         c = self.config
-        address = f"{c.host}:{c.port}"
-        if c.tls_cert:
-            creds = grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
-        if not self.port:
-            raise InvalidArgumentError(f"cannot bind {address}")
+        if len(self.servers) > 1 and c.port != 0 and not _port_is_free(c.host, c.port):
+            raise InvalidArgumentError(f"cannot bind {c.host}:{c.port}: the port is in use")
+        creds = (grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
+                 if c.tls_cert else None)
+        port = c.port
+        for server in self.servers:  # the first binds (port 0: picks one), the others join it
+            address = f"{c.host}:{port}"
+            bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+            if not bound:
+                raise InvalidArgumentError(f"cannot bind {address}")
+            port = bound
+        self.port = port
         await self.set_serving(False)
-        await self.server.start()
+        for server in self.servers:
+            await server.start()
         self.loop_lag.start()
         if c.metrics_port is not None:
             self._metrics_http, self.metrics_port = serve_http(self.registry, c.metrics_port, c.metrics_host)
         log.info("listening", extra={"fields": {"port": self.port, "metrics_port": self.metrics_port,
+                                                "acceptors": len(self.servers),
                                                 "tls": bool(c.tls_cert), "auth": bool(c.bearer_token),
                                                 "services": self.service_names}})
         return self.port
@@ -122,7 +167,7 @@ class GrpcServer:
         """Health NOT_SERVING, refuse new calls, give calls in flight the grace period."""
         await self.health.enter_graceful_shutdown()
         log.info("draining", extra={"fields": {"grace_s": self.config.shutdown_grace_s}})
-        await self.server.stop(self.config.shutdown_grace_s)
+        await asyncio.gather(*(server.stop(self.config.shutdown_grace_s) for server in self.servers))
         await self.loop_lag.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

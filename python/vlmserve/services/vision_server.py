@@ -43,7 +43,8 @@ class VisionServer:
         self.registry = CollectorRegistry()
         self.metrics = VisionMetrics(self.registry)
         self.grpc = GrpcServer(self.server_config, [SERVICE_NAME], self.registry)
-        protos.vision_grpc().add_VisionServiceServicer_to_server(VisionServicer(self), self.grpc.server)
+        servicer = VisionServicer(self)
+        self.grpc.add_to_each(lambda server: protos.vision_grpc().add_VisionServiceServicer_to_server(servicer, server))
         self.preprocess_pool: PreprocessPool | None = None
         self.encoder: VisionEncoder | None = None
         self.batcher: TileBatcher | None = None
