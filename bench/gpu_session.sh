@@ -64,6 +64,8 @@
 #                 the serving carry for the tests' gRPC)
 #   prep_serve    serving at 64/256 with the image processor on the GPU (forced), then on the host (serving carry)
 #   prep_bench    bench/preprocess.py: one JPEG's preparation on the host and on the GPU (after prep_serve)
+#   leads_serve   serving at 64/256: the default (with a py-spy record of each service), 4 gRPC acceptors in
+#                 each service, the image processor on the GPU (forced), both (serving carry)
 #   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
@@ -426,10 +428,7 @@ pyenv() {  # which optional image packages the device image has
 threads() {  # where the service processes' time goes at concurrency 64 and 256 (w4a16 + int8 KV): the busiest
   # threads of each over each level, and a py-spy dump of each 2.5 s into it (py-spy from a carried wheel, if any)
   serve_site || return 1
-  if ls .gpu-carry/wheels/py_spy-*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu-carry/wheels/py_spy-*.whl &&
-      export PATH=/tmp/pyspy/bin:$PATH
-  fi
+  pyspy_path
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 64,256 --py-spy-after 2.5 \
     --out-dir "$RES/serve" --stem internvl-2b-h200-threads 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 20
@@ -469,9 +468,20 @@ prep_serve() {  # serving at 64/256 (--stream-interval 4) with the image process
   serve_runs 64,256 "--stem internvl-2b-h200-prep-gpu --lm-flag=--stream-interval=4 --vision-flag=--preprocess-device=cuda" \
     "--stem internvl-2b-h200-prep-host --lm-flag=--stream-interval=4"
 }
-accept_serve() {  # serving at 64/256 (--stream-interval 4) with 4 gRPC acceptors in each service, then with one
-  serve_runs 64,256 "--stem internvl-2b-h200-acceptors4 --lm-flag=--stream-interval=4 --lm-flag=--grpc-acceptors=4 --vision-flag=--grpc-acceptors=4" \
-    "--stem internvl-2b-h200-acceptors1 --lm-flag=--stream-interval=4"
+pyspy_path() {  # py-spy from a carried wheel onto PATH, if one is carried
+  if ls .gpu-carry/wheels/py_spy-*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/pyspy .gpu-carry/wheels/py_spy-*.whl &&
+      export PATH=/tmp/pyspy/bin:$PATH
+  fi
+}
+leads_serve() {  # serving at 64/256 (--stream-interval 4): the default (with a 6 s py-spy record of each service
+  # 3 s into each level), 4 gRPC acceptors in each service, the image processor on the GPU, and both
+  pyspy_path
+  local acc="--lm-flag=--grpc-acceptors=4 --vision-flag=--grpc-acceptors=4" gpu="--vision-flag=--preprocess-device=cuda"
+  serve_runs 64,256 "--stem internvl-2b-h200-base --lm-flag=--stream-interval=4 --py-spy-after 3 --py-spy-record 6" \
+    "--stem internvl-2b-h200-acc4 --lm-flag=--stream-interval=4 $acc" \
+    "--stem internvl-2b-h200-prepgpu --lm-flag=--stream-interval=4 $gpu" \
+    "--stem internvl-2b-h200-acc4-prepgpu --lm-flag=--stream-interval=4 $acc $gpu"
 }
 serve_compile() {  # the vision forward as graphs, then compiled
   serve_runs 64,256 "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"
@@ -534,7 +544,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f accept_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step wgmma 560
@@ -547,6 +557,7 @@ step wgmma_engine 560
 step pyenv 30
 step prep_check 150
 step prep_serve 400
+step leads_serve 480
 step prep_bench 120
 step vision 300
 step vtests 200

@@ -111,17 +111,36 @@ def busiest_threads(before: dict[str, dict[str, float]], after: dict[str, dict[s
     return out
 
 
-def py_spy_dumps(stack, path_stem: Path) -> None:
-    """One `py-spy dump` of every thread of each service process, written beside the logs (py-spy must be on PATH
-    and allowed to attach; what it says instead is written when it cannot)."""
+def py_spy_dumps(stack, path_stem: Path, record_s: float = 0.0) -> None:
+    """One `py-spy dump` of every thread of each service process, written beside the logs, or (record_s > 0) a
+    `py-spy record` of each for that many seconds, all processes at once, as collapsed stacks with thread ids
+    (`<stem>_<process>.pyspy.folded`: one line a stack, its sample count last). py-spy must be on PATH and allowed
+    to attach; what it says instead is written when it cannot."""
+    running = []
     for proc_name, proc in stack.processes().items():
+        name = f"{path_stem.name}_{proc_name}"
+        if record_s > 0:
+            out = path_stem.with_name(f"{name}.pyspy.folded")
+            cmd = ["py-spy", "record", "--pid", str(proc.pid), "--duration", str(max(1, round(record_s))),
+                   "--rate", "200", "--format", "raw", "--threads", "--output", str(out), "--nonblocking"]
+        else:
+            out = path_stem.with_name(f"{name}.pyspy.txt")
+            cmd = ["py-spy", "dump", "--pid", str(proc.pid)]
         try:
-            done = subprocess.run(["py-spy", "dump", "--pid", str(proc.pid)], capture_output=True, text=True,
-                                  timeout=60)
-            text = done.stdout + done.stderr
-        except (OSError, subprocess.TimeoutExpired) as e:
-            text = f"py-spy did not run: {e}\n"
-        path_stem.with_name(f"{path_stem.name}_{proc_name}.pyspy.txt").write_text(text)
+            running.append((out, record_s > 0, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                                stderr=subprocess.STDOUT, text=True)))
+        except OSError as e:  # the dump's own file, or the record's message file
+            out.with_suffix(".txt").write_text(f"py-spy did not run: {e}\n")
+    for out, recording, child in running:
+        try:
+            text, _ = child.communicate(timeout=record_s + 60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            text = "py-spy did not finish in time\n"
+        if not recording:
+            out.write_text(text)
+        elif child.returncode != 0 or not out.exists():
+            out.with_suffix(".txt").write_text(f"py-spy record failed ({child.returncode}):\n{text}")
 
 
 def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: bytes, out_dir: Path,
@@ -166,7 +185,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             spy = None
             if a.py_spy_after is not None:  # the dumps land while the level runs (if it runs that long)
                 spy = threading.Timer(a.py_spy_after, py_spy_dumps,
-                                      (stack, log_path.with_name(f"{log_path.stem}_c{c}")))
+                                      (stack, log_path.with_name(f"{log_path.stem}_c{c}"), a.py_spy_record))
                 spy.start()
             with tqdm(total=n, desc=f"{label} c={c}", unit="req", leave=False, disable=not sys.stderr.isatty()) as bar:
                 result = run_level(stack.address, request, c, n, a.timeout, progress=bar,
@@ -297,6 +316,9 @@ def main() -> int:
     ap.add_argument("--py-spy-after", type=float, default=None,
                     help="seconds into each timed level at which to write a py-spy dump of each service process "
                          "(py-spy on PATH; files beside the logs)")
+    ap.add_argument("--py-spy-record", type=float, default=0.0, metavar="S",
+                    help="with --py-spy-after: a py-spy record of S seconds of each service process instead of a "
+                         "dump (collapsed stacks with thread ids, beside the logs)")
     ap.add_argument("--out-dir", type=Path, required=True)
     ap.add_argument("--stem", default=None, help="file name stem (default: model name)")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown and plots from the JSON")

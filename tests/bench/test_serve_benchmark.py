@@ -120,3 +120,24 @@ def test_failed_requests_fail_the_run_and_are_reported(tmp_path):
     assert levels and all(lv["failed"] == lv["requests"] for lv in levels)
     assert all(e.startswith("OUT_OF_RANGE") for lv in levels for e in lv["errors"])
     assert "failed request(s) in this run" in (out / "internvl-tiny.md").read_text()
+
+
+def test_py_spy_record_says_why_it_has_no_profile(tmp_path, monkeypatch):
+    # py-spy missing from PATH: each process gets a file saying so, where the collapsed stacks would be.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from serve import py_spy_dumps
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+
+    class Stack:
+        def processes(self):
+            return {"lm": child}
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    try:
+        py_spy_dumps(Stack(), tmp_path / "run_c4", record_s=2)
+    finally:
+        child.kill()
+        child.wait()
+    assert not (tmp_path / "run_c4_lm.pyspy.folded").exists()
+    assert "py-spy did not run" in (tmp_path / "run_c4_lm.pyspy.txt").read_text()
