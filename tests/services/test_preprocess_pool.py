@@ -1,6 +1,7 @@
 """Image preprocessing in worker processes: the same tiles and layout as the
-service process computes itself, bad images failing alone with their own error,
-and a worker that dies costing a pool, not the service."""
+service process computes itself (through the result pipe and through shared
+memory), bad images failing alone with their own error, a worker that dies
+costing a pool, not the service, and no shared-memory block left behind."""
 from __future__ import annotations
 
 import asyncio
@@ -18,7 +19,7 @@ from conftest import image_bytes
 from vlmserve.errors import InternalError, InvalidArgumentError
 from vlmserve.vision import VisionConfig, VisionEncoder
 from vlmserve.vision.image_source import ImageSource
-from vlmserve.vision.preprocess_pool import PreprocessPool
+from vlmserve.vision.preprocess_pool import SHM_DIR, PreprocessPool, remove_orphan_blocks
 
 PHOTOS = (("rocket.jpg", "image/jpeg"), ("chelsea.png", "image/png"), ("camera.png", "image/png"))
 
@@ -29,11 +30,20 @@ def _encoder(directory) -> VisionEncoder:
     return enc
 
 
+def _our_blocks() -> list:
+    return sorted(SHM_DIR.glob(f"vlm-tiles-{os.getpid()}-*"))
+
+
 @contextlib.contextmanager
-def _running_pool(enc: VisionEncoder, local: bool = False):
-    """Worker processes only; with local, also the one image at a time in the service process. Closed after."""
+def _running_pool(enc: VisionEncoder, local: bool = False, transfer: str = "shared"):
+    """Worker processes only; with local, also the one image at a time in the service process. Closed after.
+    transfer "shared": every array through shared memory (the test models' tiles are smaller than the
+    threshold), "pipe": every array through the result pipe."""
     pool = PreprocessPool(enc.directory, enc.config, enc.tokens_per_tile, enc.preparer if local else None,
-                          processes=True)
+                          processes=True, shared_tiles=transfer == "shared")
+    if transfer == "shared":
+        assert pool.shared_from is not None, "this machine has no /dev/shm"
+        pool.shared_from = 0
     try:
         pool.start()
         yield pool
@@ -49,10 +59,11 @@ def _prepare(pool: PreprocessPool, data: bytes, mime: str):
     return asyncio.run(pool.prepare(ImageSource(data=data, mime_type=mime)))
 
 
+@pytest.mark.parametrize("transfer", ["shared", "pipe"])
 @pytest.mark.parametrize("family", ["llava", "internvl"])
-def test_worker_processes_prepare_what_the_service_process_prepares(vlm_dir, family):
+def test_worker_processes_prepare_what_the_service_process_prepares(vlm_dir, family, transfer):
     enc = _encoder(vlm_dir(family))
-    with _running_pool(enc) as pool:
+    with _running_pool(enc, transfer=transfer) as pool:
         assert pool.processes and pool.workers == 2
         for name, mime in PHOTOS:
             got = _prepare(pool, image_bytes(name), mime)
@@ -61,6 +72,38 @@ def test_worker_processes_prepare_what_the_service_process_prepares(vlm_dir, fam
             assert got.tiles.tensors.keys() == want.tiles.tensors.keys()
             for k, v in want.tiles.tensors.items():
                 assert torch.equal(got.tiles.tensors[k], v), (name, k)
+        assert _our_blocks() == []  # each block unlinked once its tiles arrived
+
+
+def test_images_whose_requests_went_away_leave_no_shared_memory(vlm_dir):
+    enc = _encoder(vlm_dir("internvl"))
+    sources = [ImageSource(data=image_bytes(name), mime_type=mime) for name, mime in PHOTOS * 4]
+
+    async def give_up_early(pool):
+        tasks = [asyncio.ensure_future(pool.prepare(s)) for s in sources]
+        await asyncio.sleep(0.05)  # some are in the workers by now, the rest queued
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    with _running_pool(enc) as pool:
+        asyncio.run(give_up_early(pool))
+        pool._pool.shutdown(wait=True)  # the images the workers had started arrive, and nobody takes them
+    assert _our_blocks() == []
+
+
+def test_blocks_of_service_processes_that_are_gone_are_removed(tmp_path):
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale, live, other = (tmp_path / f"vlm-tiles-{gone.pid}-ab12", tmp_path / f"vlm-tiles-{os.getpid()}-cd34",
+                          tmp_path / "psm_12345")
+    for f in (stale, live, other):
+        f.write_bytes(b"x")
+    assert remove_orphan_blocks(tmp_path) == 1
+    assert not stale.exists() and live.exists() and other.exists()
 
 
 def test_a_lone_image_stays_in_the_service_process_and_the_rest_go_to_workers(vlm_dir):

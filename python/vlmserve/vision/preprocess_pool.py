@@ -21,6 +21,17 @@ when images queue. So in process mode one image at a time is prepared in a
 thread of the service process, the lone image of a quiet server always; only
 the images beside it go to the workers.
 
+A prepared tile (a 448-pixel one is 2.4 MB of fp32) comes back through shared
+memory, not the result pipe: the pipe delivers it in 64 KiB reads, and the
+executor's thread that reads them needs the GIL for each, so with the service's
+event loop and forward thread holding it (up to a 5 ms switch interval each
+time) one image took 200 ms to arrive instead of 6 (bench/preprocess_pool.py).
+The worker writes each large array into a block of its own and sends its name;
+the service process copies it out and unlinks the block as soon as the result
+arrives, in the executor's thread, whether or not anyone still waits for it.
+Blocks are named after the service process (vlm-tiles-<pid>-...), and a new
+pool removes those of service processes that no longer run.
+
 A worker process that dies (killed, out of memory, a crash inside a decoder)
 breaks its pool: the pool is replaced, and each image that was in it is tried
 once more on the new one, so one bad upload fails its own request, not everyone's.
@@ -36,11 +47,15 @@ import concurrent.futures
 import contextvars
 import logging
 import multiprocessing
+import os
+import secrets
 import threading
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from vlmserve.errors import InternalError, VlmError
@@ -53,13 +68,76 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SHARED_MIN_BYTES = 64 << 10  # arrays from this size on come back through shared memory, smaller ones pickled
+SHM_PREFIX = "vlm-tiles-"
+SHM_DIR = Path("/dev/shm")
+
+
+def _shm_owner(name: str) -> int | None:
+    """The service process a block was made for (its name: vlm-tiles-<pid>-<random>), or None."""
+    if not name.startswith(SHM_PREFIX):
+        return None
+    pid = name[len(SHM_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_orphan_blocks(directory: Path = SHM_DIR) -> int:
+    """Unlinks the tile blocks of service processes that no longer run (a service killed while images were in
+    flight leaves theirs behind); returns how many. Nothing to do where there is no such directory."""
+    removed = 0
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        owner = _shm_owner(entry.name)
+        if owner is not None and not _pid_alive(owner):
+            try:
+                entry.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
 # -- in a worker process ------------------------------------------------------------------------------
 
 _preparer = None  # this worker's ImagePreparer, built by _init_worker
+_owner_pid = 0  # the service process whose pool this worker serves
 
 
-def _init_worker(directory: str, config: VisionConfig, tokens_per_tile: int) -> None:
-    global _preparer
+def _to_shared(array: np.ndarray, shared_from: int):
+    """An array of shared_from bytes or more as (block name, shape, dtype) in a shared-memory block the service
+    process unlinks; a smaller one as itself."""
+    if array.nbytes < shared_from:
+        return array
+    name = f"{SHM_PREFIX}{_owner_pid}-{secrets.token_hex(8)}"
+    block = shared_memory.SharedMemory(name=name, create=True, size=array.nbytes)
+    # The service process unlinks it: this worker's resource tracker must not (it would warn and unlink again).
+    resource_tracker.unregister(block._name, "shared_memory")
+    try:
+        np.ndarray(array.shape, array.dtype, buffer=block.buf)[...] = array
+    except BaseException:
+        block.close()
+        block.unlink()
+        raise
+    block.close()
+    return (name, array.shape, array.dtype.str)
+
+
+def _init_worker(directory: str, config: VisionConfig, tokens_per_tile: int, owner_pid: int = 0) -> None:
+    global _preparer, _owner_pid
+    _owner_pid = owner_pid or os.getppid()
     from vlmserve.vision.preparer import ImagePreparer
 
     # One image at a time per process: the pool, not torch's intra-op threads, spreads the work over the cores.
@@ -81,22 +159,72 @@ def _ready() -> int:
     return 0 if _preparer is None else _preparer.tokens_per_tile
 
 
-def _prepare_in_worker(source: ImageSource):
-    """The prepared image as plain arrays: numpy pickles as bytes, where torch tensors would go through
-    shared-memory handles."""
+def _prepare_in_worker(source: ImageSource, shared_from: int | None = SHARED_MIN_BYTES):
+    """The prepared image as plain arrays (numpy, not torch tensors, whose pickling would go through torch's own
+    shared-memory handles), those of shared_from bytes or more in shared-memory blocks (None: none)."""
     prepared = _preparer.prepare_source(source)
-    return {k: v.numpy() for k, v in prepared.tiles.tensors.items()}, prepared.layout
+    arrays = {k: v.numpy() for k, v in prepared.tiles.tensors.items()}
+    if shared_from is not None:
+        made = []
+        try:
+            for k, v in arrays.items():
+                arrays[k] = _to_shared(v, shared_from)
+                if isinstance(arrays[k], tuple):
+                    made.append(arrays[k][0])
+        except BaseException:
+            for name in made:
+                _unlink_block(name)
+            raise
+    return arrays, prepared.layout
 
 
-# -- in the service ------------------------------------------------------------------------------------
+# -- in the service -------------------------------------------------------------------------------------
+
+def _unlink_block(name: str) -> None:
+    try:
+        block = shared_memory.SharedMemory(name=name)
+    except FileNotFoundError:
+        return
+    block.close()
+    block.unlink()
+
+
+def _from_shared(arrays: dict) -> dict[str, torch.Tensor]:
+    """The worker's arrays as tensors of this process, every shared-memory block copied out and unlinked (all of
+    them, even when one fails)."""
+    out, error = {}, None
+    for k, v in arrays.items():
+        if not isinstance(v, tuple):
+            out[k] = torch.from_numpy(v)
+            continue
+        name, shape, dtype = v
+        try:
+            block = shared_memory.SharedMemory(name=name)
+        except FileNotFoundError as e:
+            error = error or InternalError(f"a prepared image's {k} was lost before it arrived ({e})")
+            continue
+        try:
+            out[k] = torch.from_numpy(np.ndarray(shape, np.dtype(dtype), buffer=block.buf).copy())
+        finally:
+            block.close()
+            block.unlink()
+    if error is not None:
+        raise error
+    return out
+
 
 class PreprocessPool:
     def __init__(self, directory: str | Path, config: VisionConfig, tokens_per_tile: int, preparer=None,
-                 processes: bool = True, workers: int | None = None):
+                 processes: bool = True, workers: int | None = None, shared_tiles: bool = True):
         """processes False: threads sharing `preparer` (the encoder's). processes True: worker processes, and
-        one image at a time in a thread with `preparer` if given. workers defaults to config.preprocess_threads."""
+        one image at a time in a thread with `preparer` if given; their tiles come back through shared memory
+        unless shared_tiles is False (the result pipe). workers defaults to config.preprocess_threads."""
         self.directory, self.config, self.tokens_per_tile = str(directory), config, tokens_per_tile
         self.processes = processes
+        # Arrays of this many bytes or more come back through shared memory (None: all through the pipe).
+        self.shared_from: int | None = SHARED_MIN_BYTES if shared_tiles and processes and SHM_DIR.is_dir() else None
+        if self.shared_from is not None:
+            remove_orphan_blocks()
         self.workers = workers or config.preprocess_threads
         self._preparer = preparer
         if not processes and preparer is None:
@@ -126,7 +254,7 @@ class PreprocessPool:
         # spawn, not fork: the service process holds CUDA state and threads that a forked child must not inherit.
         return concurrent.futures.ProcessPoolExecutor(
             self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-            initargs=(self.directory, self.config, self.tokens_per_tile))
+            initargs=(self.directory, self.config, self.tokens_per_tile, os.getpid()))
 
     def start(self) -> None:
         """Starts every worker process now (each imports torch and loads the image processor: seconds), so the
@@ -150,8 +278,8 @@ class PreprocessPool:
                 return await self._in_thread(self._local, source)
             finally:
                 self._local_busy = False
-        arrays, layout = await self._run(_prepare_in_worker, source)
-        return PreparedImage(Tiles({k: torch.from_numpy(v) for k, v in arrays.items()}), layout)
+        tensors, layout = await self._run(_prepare_in_worker, source, self.shared_from)
+        return PreparedImage(Tiles(tensors), layout)
 
     async def _in_thread(self, executor: concurrent.futures.Executor, source: ImageSource) -> PreparedImage:
         ctx = contextvars.copy_context()  # keeps the request id in the thread's log lines
@@ -159,11 +287,12 @@ class PreprocessPool:
         return await asyncio.get_running_loop().run_in_executor(executor, ctx.run, work)
 
     async def _run(self, fn, *args):
-        """fn(*args) in a worker process; once more on a fresh pool if the pool broke under it."""
+        """fn(*args) -> (arrays, extra) in a worker process, the arrays as tensors of this process; once more on a
+        fresh pool if the pool broke under it."""
         for attempt in (1, 2):
             pool = self._pool
             try:
-                return await asyncio.wrap_future(pool.submit(fn, *args))
+                return await asyncio.wrap_future(_received(pool.submit(fn, *args)))
             except BrokenProcessPool as e:
                 self._replace(pool)
                 if attempt == 2:
@@ -188,3 +317,26 @@ class PreprocessPool:
         self._pool.shutdown(wait=False, cancel_futures=True)
         if self._local is not None:
             self._local.shutdown(wait=False, cancel_futures=True)
+
+
+def _received(work: concurrent.futures.Future) -> concurrent.futures.Future:
+    """A future of work's (arrays, extra) with the arrays made tensors here, settled in the executor's thread the
+    moment the worker's result arrives: its shared-memory blocks are unlinked even if nobody waits any more (a
+    cancelled request)."""
+    out: concurrent.futures.Future = concurrent.futures.Future()
+
+    def settle(done: concurrent.futures.Future) -> None:
+        try:
+            arrays, extra = done.result()
+            result, error = (_from_shared(arrays), extra), None
+        except BaseException as e:  # noqa: BLE001 - handed to the waiter as is (BrokenProcessPool, an image's error)
+            result, error = None, e
+        if out.set_running_or_notify_cancel():  # False: the waiter cancelled; the blocks are gone all the same
+            if error is None:
+                out.set_result(result)
+            else:
+                out.set_exception(error)
+
+    work.add_done_callback(settle)
+    out.add_done_callback(lambda f: f.cancelled() and work.cancel())  # not started yet: it never runs
+    return out
