@@ -41,3 +41,26 @@ def test_without_a_model_the_built_in_one_is_served(monkeypatch):
         a = build_parser().parse_args(["serve", service])
         assert a.model is None
         assert _resolve_model(a) == str(default_vlm_checkpoint())
+
+
+def test_the_gil_switch_interval_is_set_for_the_process(monkeypatch):
+    import sys
+
+    from vlmserve.cli.serve import DEFAULT_SWITCH_INTERVAL_MS, apply_process_settings
+    from vlmserve.errors import InvalidArgumentError
+
+    before = sys.getswitchinterval()
+    try:
+        a = build_parser().parse_args(["serve", "vision", "/ckpt"])
+        assert a.gil_switch_interval_ms == DEFAULT_SWITCH_INTERVAL_MS
+        monkeypatch.setenv("VLMSERVE_GIL_SWITCH_INTERVAL_MS", "2")
+        b = build_parser().parse_args(["serve", "lm", "/ckpt"])
+        apply_process_settings(b)
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+        for bad in ("0", "-1", "1000", "nan"):
+            c = build_parser().parse_args(["serve", "stack", "/ckpt", "--gil-switch-interval-ms", bad])
+            with pytest.raises(InvalidArgumentError, match="gil-switch-interval-ms"):
+                apply_process_settings(c)
+        assert sys.getswitchinterval() == pytest.approx(0.002)  # a refused value changes nothing
+    finally:
+        sys.setswitchinterval(before)

@@ -46,6 +46,28 @@ def add_server_args(p: argparse.ArgumentParser, port: int, metrics_port: int) ->
               "starts a server's calls one at a time, a few event-loop iterations each, so a busy loop starts "
               "few a second (the client connections are spread over the acceptors)")
     flag(p, "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
+    flag(p, "--gil-switch-interval-ms", type=float, default=DEFAULT_SWITCH_INTERVAL_MS,
+         help="how long a Python thread may keep the GIL while another waits for it (Python's own: 5 ms). A "
+              "service's event loop and its engine or forward thread hold it most of the time, and every thread "
+              "that hands work over (result readers, pollers, executors) waits that long at each step: images "
+              "from the preprocessing workers took 0.1-1 s instead of 6 ms (bench/preprocess_pool.py)")
+
+
+# The services' GIL switch interval (bench/preprocess_pool.py, 2-core CPU, 2026-12-04: tiles through shared memory
+# beside two GIL-holding threads, 7.2 images/s at Python's 5 ms, 29.0 at 1 ms, 60.9 at 0.5 ms).
+DEFAULT_SWITCH_INTERVAL_MS = 0.5
+
+
+def apply_process_settings(a: argparse.Namespace) -> None:
+    """Settings of the whole service process, applied before anything starts."""
+    import sys
+
+    from vlmserve.errors import InvalidArgumentError
+
+    ms = a.gil_switch_interval_ms
+    if not 0.01 <= ms <= 100:
+        raise InvalidArgumentError(f"--gil-switch-interval-ms must be in [0.01, 100], got {ms!r}")
+    sys.setswitchinterval(ms / 1e3)
 
 
 def server_config_from_args(a: argparse.Namespace):
@@ -117,6 +139,7 @@ def run_vision(a: argparse.Namespace) -> int:
     from vlmserve.services.vision_server import VisionServer
 
     log.configure(a.log_level)
+    apply_process_settings(a)
     vision = vision_config_from_args(a)
     server_config = server_config_from_args(a)
     model = _resolve_model(a)
@@ -214,6 +237,7 @@ def run_lm(a: argparse.Namespace) -> int:
     from vlmserve.services.lm_server import LmLimits, LmServer
 
     log.configure(a.log_level)
+    apply_process_settings(a)
     model = _resolve_model(a)
     limits = LmLimits(vision_addr=a.vision_addr or None, vision_api_key=a.vision_api_key or None,
                       max_images_per_request=a.max_images_per_request, trust_remote_code=a.trust_remote_code,
@@ -252,6 +276,7 @@ def run_stack(a: argparse.Namespace) -> int:
     from vlmserve.services.vision_server import VisionServer
 
     log.configure(a.log_level)
+    apply_process_settings(a)
     model = _resolve_model(a)
     lm_server_config = server_config_from_args(a)
     vision_server_config = dataclasses.replace(
