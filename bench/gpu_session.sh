@@ -64,8 +64,8 @@
 #                 the serving carry for the tests' gRPC)
 #   prep_serve    serving at 64/256 with the image processor on the GPU (forced), then on the host (serving carry)
 #   prep_bench    bench/preprocess.py: one JPEG's preparation on the host and on the GPU (after prep_serve)
-#   leads_serve   serving at 64/256: the default (with a py-spy record of each service), 4 gRPC acceptors in
-#                 each service, the image processor on the GPU (forced), both (serving carry)
+#   leads_serve   serving at 64/256: the defaults (with a py-spy record of each service), Python's 5 ms GIL
+#                 switch interval, 4 gRPC acceptors in each service, the image processor on the GPU (serving carry)
 #   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
@@ -474,14 +474,16 @@ pyspy_path() {  # py-spy from a carried wheel onto PATH, if one is carried
       export PATH=/tmp/pyspy/bin:$PATH
   fi
 }
-leads_serve() {  # serving at 64/256 (--stream-interval 4): the default (with a 6 s py-spy record of each service
-  # 3 s into each level), 4 gRPC acceptors in each service, the image processor on the GPU, and both
+leads_serve() {  # serving at 64/256 (--stream-interval 4): the defaults (tiles from the preprocessing workers
+  # through shared memory, a 0.5 ms GIL switch interval; a 6 s py-spy record of each service 3 s into each level),
+  # the same with Python's 5 ms switch interval, with 4 gRPC acceptors in each service, with the image processor on
+  # the GPU (forced)
   pyspy_path
-  local acc="--lm-flag=--grpc-acceptors=4 --vision-flag=--grpc-acceptors=4" gpu="--vision-flag=--preprocess-device=cuda"
-  serve_runs 64,256 "--stem internvl-2b-h200-base --lm-flag=--stream-interval=4 --py-spy-after 3 --py-spy-record 6" \
-    "--stem internvl-2b-h200-acc4 --lm-flag=--stream-interval=4 $acc" \
-    "--stem internvl-2b-h200-prepgpu --lm-flag=--stream-interval=4 $gpu" \
-    "--stem internvl-2b-h200-acc4-prepgpu --lm-flag=--stream-interval=4 $acc $gpu"
+  local si="--lm-flag=--stream-interval=4"
+  serve_runs 64,256 "--stem internvl-2b-h200-base $si --py-spy-after 3 --py-spy-record 6" \
+    "--stem internvl-2b-h200-switch5 $si --lm-flag=--gil-switch-interval-ms=5 --vision-flag=--gil-switch-interval-ms=5" \
+    "--stem internvl-2b-h200-acc4 $si --lm-flag=--grpc-acceptors=4 --vision-flag=--grpc-acceptors=4" \
+    "--stem internvl-2b-h200-prepgpu $si --vision-flag=--preprocess-device=cuda"
 }
 serve_compile() {  # the vision forward as graphs, then compiled
   serve_runs 64,256 "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"
