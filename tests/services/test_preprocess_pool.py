@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import io
 import os
+import time
 
 import grpc
 import pytest
@@ -92,18 +93,32 @@ def test_images_whose_requests_went_away_leave_no_shared_memory(vlm_dir):
     assert _our_blocks() == []
 
 
-def test_blocks_of_service_processes_that_are_gone_are_removed(tmp_path):
-    import subprocess
-    import sys
-
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    stale, live, other = (tmp_path / f"vlm-tiles-{gone.pid}-ab12", tmp_path / f"vlm-tiles-{os.getpid()}-cd34",
-                          tmp_path / "psm_12345")
-    for f in (stale, live, other):
+def test_left_over_blocks_are_removed_and_fresh_ones_kept(tmp_path):
+    old, fresh, other = (tmp_path / "vlm-tiles-4242-ab12", tmp_path / f"vlm-tiles-{os.getpid()}-cd34",
+                         tmp_path / "psm_12345")
+    for f in (old, fresh, other):
         f.write_bytes(b"x")
+    hour_ago = time.time() - 3600
+    for f in (old, other):
+        os.utime(f, (hour_ago, hour_ago))
     assert remove_orphan_blocks(tmp_path) == 1
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not old.exists() and fresh.exists() and other.exists()
+
+
+def test_an_array_goes_through_the_pipe_when_shared_memory_has_no_room(monkeypatch):
+    import numpy as np
+
+    from vlmserve.vision import preprocess_pool as pp
+
+    array = np.arange(1 << 16, dtype=np.float32).reshape(1, 256, 256)
+    monkeypatch.setattr(pp, "_owner_pid", os.getpid())
+    monkeypatch.setattr(pp, "_shm_free_bytes", lambda: array.nbytes)  # less than the array and the headroom
+    assert pp._to_shared(array, 0) is array
+    monkeypatch.setattr(pp, "_shm_free_bytes", lambda: 1 << 40)
+    shared = pp._to_shared(array, 0)
+    assert isinstance(shared, tuple)
+    back = pp._from_shared({"pixel_values": shared})["pixel_values"]
+    assert torch.equal(back, torch.from_numpy(array)) and _our_blocks() == []
 
 
 def test_a_lone_image_stays_in_the_service_process_and_the_rest_go_to_workers(vlm_dir):

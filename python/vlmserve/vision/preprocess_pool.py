@@ -30,7 +30,7 @@ The worker writes each large array into a block of its own and sends its name;
 the service process copies it out and unlinks the block as soon as the result
 arrives, in the executor's thread, whether or not anyone still waits for it.
 Blocks are named after the service process (vlm-tiles-<pid>-...), and a new
-pool removes those of service processes that no longer run.
+pool removes any left over for ten minutes (a service killed mid-image).
 
 A worker process that dies (killed, out of memory, a crash inside a decoder)
 breaks its pool: the pool is replaced, and each image that was in it is tried
@@ -50,6 +50,7 @@ import multiprocessing
 import os
 import secrets
 import threading
+import time
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import resource_tracker, shared_memory
 from pathlib import Path
@@ -73,40 +74,27 @@ SHM_PREFIX = "vlm-tiles-"
 SHM_DIR = Path("/dev/shm")
 
 
-def _shm_owner(name: str) -> int | None:
-    """The service process a block was made for (its name: vlm-tiles-<pid>-<random>), or None."""
-    if not name.startswith(SHM_PREFIX):
-        return None
-    pid = name[len(SHM_PREFIX):].split("-", 1)[0]
-    return int(pid) if pid.isdigit() else None
+ORPHAN_AGE_S = 600  # a block lives milliseconds (from the worker's write to the service's copy); older is left over
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_orphan_blocks(directory: Path = SHM_DIR) -> int:
-    """Unlinks the tile blocks of service processes that no longer run (a service killed while images were in
-    flight leaves theirs behind); returns how many. Nothing to do where there is no such directory."""
-    removed = 0
+def remove_orphan_blocks(directory: Path = SHM_DIR, older_than_s: float = ORPHAN_AGE_S) -> int:
+    """Unlinks tile blocks older than older_than_s (a service process killed while images were in flight leaves
+    its blocks behind); returns how many. By age, not by owner: a /dev/shm shared between containers holds blocks
+    of services whose process ids mean nothing here, and no block in use is that old."""
+    removed, now = 0, time.time()
     try:
         entries = list(directory.iterdir())
     except OSError:
         return 0
     for entry in entries:
-        owner = _shm_owner(entry.name)
-        if owner is not None and not _pid_alive(owner):
-            try:
+        if not entry.name.startswith(SHM_PREFIX):
+            continue
+        try:
+            if now - entry.stat().st_mtime > older_than_s:
                 entry.unlink()
                 removed += 1
-            except OSError:
-                pass
+        except OSError:
+            pass  # gone meanwhile, or not ours to remove
     return removed
 
 
@@ -116,17 +104,36 @@ _preparer = None  # this worker's ImagePreparer, built by _init_worker
 _owner_pid = 0  # the service process whose pool this worker serves
 
 
+SHM_HEADROOM = 16 << 20  # free space left in /dev/shm beside a new block (other workers write theirs meanwhile)
+
+
+def _shm_free_bytes() -> int:
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
+
+
 def _to_shared(array: np.ndarray, shared_from: int):
     """An array of shared_from bytes or more as (block name, shape, dtype) in a shared-memory block the service
-    process unlinks; a smaller one as itself."""
-    if array.nbytes < shared_from:
+    process unlinks; a smaller one, or one /dev/shm has no room for (a container's is 64 MiB unless sized), as
+    itself (it goes through the pipe)."""
+    if array.nbytes < shared_from or _shm_free_bytes() < array.nbytes + SHM_HEADROOM:
         return array
     name = f"{SHM_PREFIX}{_owner_pid}-{secrets.token_hex(8)}"
     block = shared_memory.SharedMemory(name=name, create=True, size=array.nbytes)
     # The service process unlinks it: this worker's resource tracker must not (it would warn and unlink again).
     resource_tracker.unregister(block._name, "shared_memory")
     try:
+        # Reserve the pages now: a full /dev/shm fails here (ENOSPC) rather than with SIGBUS in the copy.
+        if getattr(block, "_fd", -1) >= 0:
+            os.posix_fallocate(block._fd, 0, array.nbytes)
         np.ndarray(array.shape, array.dtype, buffer=block.buf)[...] = array
+    except OSError:
+        block.close()
+        block.unlink()
+        return array
     except BaseException:
         block.close()
         block.unlink()
