@@ -67,30 +67,36 @@ def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: 
     asyncio.run(main())
 
 
-def _bursts(port: int, calls: int, channels: int, bursts: int) -> list[float]:
+async def _stubs(port: int, channels: int) -> tuple[list, list]:
+    """`channels` connections of their own (no shared subchannel, as separate client processes would have), ready,
+    and a Go stub on each."""
     import grpc
 
+    chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
+             for _ in range(channels)]
+    for c in chans:
+        await c.channel_ready()
+    return chans, [c.unary_stream("/bench.Accept/Go", request_serializer=lambda x: x,
+                                  response_deserializer=lambda b: b) for c in chans]
+
+
+async def _timed_call(stub) -> float:
+    """One call with a 70 KB request (an image's size): seconds until its response headers; then read to its end."""
+    start = time.perf_counter()
+    call = stub(b"x" * 70_000)
+    await call.initial_metadata()
+    waited = time.perf_counter() - start
+    async for _ in call:
+        pass
+    return waited
+
+
+def _bursts(port: int, calls: int, channels: int, bursts: int) -> list[float]:
     async def main():
-        # One connection each (no shared subchannel), as separate client processes would have.
-        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-                 for _ in range(channels)]
-        for c in chans:
-            await c.channel_ready()
-        stubs = [c.unary_stream("/bench.Accept/Go", request_serializer=lambda x: x,
-                                response_deserializer=lambda b: b) for c in chans]
-
-        async def one(i: int) -> float:
-            start = time.perf_counter()
-            call = stubs[i % channels](b"x" * 70_000)
-            await call.initial_metadata()
-            waited = time.perf_counter() - start
-            async for _ in call:
-                pass
-            return waited
-
+        chans, stubs = await _stubs(port, channels)
         out = []
         for _ in range(bursts):
-            out += await asyncio.gather(*(one(i) for i in range(calls)))
+            out += await asyncio.gather(*(_timed_call(stubs[i % channels]) for i in range(calls)))
         for c in chans:
             await c.close()
         return out
@@ -101,26 +107,14 @@ def _bursts(port: int, calls: int, channels: int, bursts: int) -> list[float]:
 def _closed_loop(port: int, streams: int, channels: int, seconds: float, out_q) -> None:
     """Client process: `streams` streams over `channels` connections, each call after the last, for `seconds`;
     puts the header waits of the calls that started in that time."""
-    import grpc
-
     async def main():
-        chans = [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)])
-                 for _ in range(channels)]
-        for c in chans:
-            await c.channel_ready()
-        stubs = [c.unary_stream("/bench.Accept/Go", request_serializer=lambda x: x,
-                                response_deserializer=lambda b: b) for c in chans]
+        chans, stubs = await _stubs(port, channels)
         end = time.perf_counter() + seconds
         waits: list[float] = []
 
         async def stream(i: int) -> None:
             while time.perf_counter() < end:
-                start = time.perf_counter()
-                call = stubs[i % channels](b"x" * 70_000)
-                await call.initial_metadata()
-                waits.append(time.perf_counter() - start)
-                async for _ in call:
-                    pass
+                waits.append(await _timed_call(stubs[i % channels]))
 
         await asyncio.gather(*(stream(i) for i in range(streams)))
         for c in chans:
