@@ -25,7 +25,8 @@ A prepared tile (a 448-pixel one is 2.4 MB of fp32) comes back through shared
 memory, not the result pipe: the pipe delivers it in 64 KiB reads, and the
 executor's thread that reads them needs the GIL for each, so with the service's
 event loop and forward thread holding it (up to a 5 ms switch interval each
-time) one image took 200 ms to arrive instead of 6 (bench/preprocess_pool.py).
+time) images arrived 17 times slower beside one GIL-holding thread, 2 cores,
+8 in flight (bench/preprocess_pool.py: p50 1.28 s against 75 ms alone).
 The worker writes each large array into a block of its own and sends its name;
 the service process copies it out and unlinks the block as soon as the result
 arrives, in the executor's thread, whether or not anyone still waits for it.
@@ -122,7 +123,10 @@ def _to_shared(array: np.ndarray, shared_from: int):
     if array.nbytes < shared_from or _shm_free_bytes() < array.nbytes + SHM_HEADROOM:
         return array
     name = f"{SHM_PREFIX}{_owner_pid}-{secrets.token_hex(8)}"
-    block = shared_memory.SharedMemory(name=name, create=True, size=array.nbytes)
+    try:
+        block = shared_memory.SharedMemory(name=name, create=True, size=array.nbytes)
+    except OSError:  # no room or no descriptors left: the pipe still works
+        return array
     # The service process unlinks it: this worker's resource tracker must not (it would warn and unlink again).
     resource_tracker.unregister(block._name, "shared_memory")
     try:
@@ -154,7 +158,6 @@ def _init_worker(directory: str, config: VisionConfig, tokens_per_tile: int, own
     # ~100 ms on the H200) inside a request.
     import io
 
-    import numpy as np
     from PIL import Image
 
     buf = io.BytesIO()
