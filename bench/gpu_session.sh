@@ -484,6 +484,9 @@ leads_serve() {  # serving at 64/256 (--stream-interval 4): the defaults (tiles 
     "--stem internvl-2b-h200-switch5 $si --lm-flag=--gil-switch-interval-ms=5 --vision-flag=--gil-switch-interval-ms=5" \
     "--stem internvl-2b-h200-acc4 $si --lm-flag=--grpc-acceptors=4 --vision-flag=--grpc-acceptors=4" \
     "--stem internvl-2b-h200-prepgpu $si --vision-flag=--preprocess-device=cuda"
+  for f in "$RES"/serve/logs/*h200-base*_c256_*.pyspy.folded; do  # where each service's event loop spends it at 256
+    [ -f "$f" ] && python3 bench/pyspy_summary.py "$f" --top 12 --thread MainThread
+  done | head -n 90
 }
 serve_compile() {  # the vision forward as graphs, then compiled
   serve_runs 64,256 "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"
