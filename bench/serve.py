@@ -121,8 +121,10 @@ def py_spy_dumps(stack, path_stem: Path, record_s: float = 0.0) -> None:
         name = f"{path_stem.name}_{proc_name}"
         if record_s > 0:
             out = path_stem.with_name(f"{name}.pyspy.folded")
+            # Blocking sampling (the process paused ~0.1 ms a sample, 100 a second): --nonblocking read the
+            # services' stacks unreliably (a CPU trial kept 189 samples of a run's thousands, with errors).
             cmd = ["py-spy", "record", "--pid", str(proc.pid), "--duration", str(max(1, round(record_s))),
-                   "--rate", "200", "--format", "raw", "--threads", "--output", str(out), "--nonblocking"]
+                   "--rate", "100", "--format", "raw", "--threads", "--output", str(out)]
         else:
             out = path_stem.with_name(f"{name}.pyspy.txt")
             cmd = ["py-spy", "dump", "--pid", str(proc.pid)]

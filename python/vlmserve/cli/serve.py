@@ -49,8 +49,9 @@ def add_server_args(p: argparse.ArgumentParser, port: int, metrics_port: int) ->
     flag(p, "--gil-switch-interval-ms", type=float, default=DEFAULT_SWITCH_INTERVAL_MS,
          help="how long a Python thread may keep the GIL while another waits for it (Python's own: 5 ms). A "
               "service's event loop and its engine or forward thread hold it most of the time, and every thread "
-              "that hands work over (result readers, pollers, executors) waits that long at each step: images "
-              "from the preprocessing workers took 0.1-1 s instead of 6 ms (bench/preprocess_pool.py)")
+              "that hands work over (result readers, pollers, executors) waits that long at each step: beside two "
+              "GIL-holding threads the preprocessing pool delivered 7.2 images/s at 5 ms and 60.9 at 0.5 ms "
+              "(bench/preprocess_pool.py, 2 cores)")
 
 
 # The services' GIL switch interval (bench/preprocess_pool.py, 2-core CPU, 2026-12-04: tiles through shared memory
