@@ -227,7 +227,23 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             log(f"  busiest threads (cores): {threads_cell(s)}")
             if s["failed"]:
                 log(f"  errors: {s['errors']}")
-    return {"name": label, "flags": flags, "levels": levels}
+    return {"name": label, "flags": flags, "levels": levels, "gil_switch_interval_ms": switch_intervals(flags)}
+
+
+def switch_intervals(flags) -> dict[str, float]:
+    """Each service process's GIL switch interval: its flag's value, else the CLI's default."""
+    from vlmserve.cli.serve import DEFAULT_SWITCH_INTERVAL_MS
+
+    def of(args: list[str]) -> float:
+        value = DEFAULT_SWITCH_INTERVAL_MS
+        for i, arg in enumerate(args):
+            if arg == "--gil-switch-interval-ms" and i + 1 < len(args):
+                value = float(args[i + 1])
+            elif arg.startswith("--gil-switch-interval-ms="):
+                value = float(arg.split("=", 1)[1])
+        return value
+
+    return {k: of(v) for k, v in flags.items()} if isinstance(flags, dict) else {"stack": of(flags)}
 
 
 def run_peer(model: Path, a, image: bytes) -> list[dict]:

@@ -17,6 +17,13 @@ def _flags_line(flags) -> str:
     return f"Stack flags (one process): `{' '.join(flags)}`"
 
 
+def _switch_line(intervals: dict | None) -> list[str]:
+    """The services' GIL switch intervals (none for runs before they were recorded: Python's 5 ms)."""
+    if not intervals:
+        return []
+    return ["GIL switch interval: " + ", ".join(f"{k} {v:g} ms" for k, v in intervals.items()) + ".", ""]
+
+
 def encoded(meta: dict) -> str:
     """How the request carried the image, where the run recorded it (older runs sent PNG)."""
     if "image_format" not in meta:
@@ -70,7 +77,8 @@ def markdown(r: dict, plots: list[str]) -> str:
     for plot in plots:
         out += [f"![{plot}]({plot})", ""]
     for v in r["variants"]:
-        out += [f"## {v['name']}", "", _flags_line(v['flags']), "", *_preprocess_line(v["levels"]),
+        out += [f"## {v['name']}", "", _flags_line(v['flags']), "", *_switch_line(v.get("gil_switch_interval_ms")),
+                *_preprocess_line(v["levels"]),
                 "| concurrency | requests | failed | out tok/s | req/s | TTFT p50 ms | p90 | p99 | ITL p50 ms | p99 "
                 "| vision batch, tiles (mean) | vision Encode call / preprocess / batched encode / forward ms (mean) | queue / vision / prefill / decode ms (mean) "
                 "| engine steps/s, generated / prompt tokens per step | TTFT mean ms, client / service "

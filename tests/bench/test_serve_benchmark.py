@@ -63,6 +63,9 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format)
     assert "Native library settings in the environment: `VLM_W4A16_WGMMA=0`" in md
     assert "0 failed request(s)" in md and "× transformers" in md and f"sent as {image_format.upper()}" in md
     assert "Image processor: on the host." in md
+    from vlmserve.cli.serve import DEFAULT_SWITCH_INTERVAL_MS as default_switch
+
+    assert f"GIL switch interval: stack {default_switch:g} ms." in md
     for png in (f"{stem}_throughput.png", f"{stem}_ttft.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -82,7 +85,7 @@ def test_tensor_parallel_runs_beside_the_unsplit_stack(tmp_path):
 def test_services_layout_runs_two_processes(tmp_path):
     # The full benchmark's default layout: the vision and LM services as processes of their own.
     proc, out = run(tmp_path, "--no-peer", "--layout", "services", "--streams-per-process", "1",
-                    "--py-spy-after", "0")
+                    "--py-spy-after", "0", "--lm-flag=--gil-switch-interval-ms=2")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((out / "internvl-tiny.json").read_text())
     assert all(lv["failed"] == 0 and lv["out_tok_s"] > 0 and lv["vision_batch_mean"] >= 1
@@ -98,6 +101,9 @@ def test_services_layout_runs_two_processes(tmp_path):
                for v in r["variants"] for lv in v["levels"])
     md = (out / "internvl-tiny.md").read_text()
     assert "Services, one process each" in md and "Busiest threads of the service processes" in md
+    from vlmserve.cli.serve import DEFAULT_SWITCH_INTERVAL_MS as default_switch
+
+    assert f"GIL switch interval: vision {default_switch:g} ms, lm 2 ms." in md
     # a py-spy dump of each process per level, or why there is none (py-spy is not installed here)
     for lv in r["variants"][0]["levels"]:
         for proc_name in ("lm", "vision"):
