@@ -76,8 +76,12 @@ def test_thread_times_resolve_work_shorter_than_a_clock_tick():
     # a thread's time is read in nanoseconds, not in the 10 ms ticks of its stat file.
     import threading
 
+    import pytest
+
     from serving.stack import thread_cpu_seconds
 
+    if not Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists():
+        pytest.skip("this kernel keeps no per-thread schedstat; thread times fall back to 10 ms ticks")
     spun = {}
 
     def spin():
