@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run_info import git_revision, write_atomic  # noqa: E402
+from run_info import git_revision, ints, write_atomic  # noqa: E402
 from serving.models import add_model_args, describe  # noqa: E402
 from vision import BusyThreads, add_image_args, model_on_gpu, request_image  # noqa: E402
 
@@ -62,7 +62,6 @@ def rate(preparer, source, threads: int, per_thread: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     add_model_args(ap)
     ap.add_argument("--threads", type=ints, default=[1, 4, 8])
     ap.add_argument("--busy-threads", type=ints, default=[0, 2])

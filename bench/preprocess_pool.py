@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run_info import git_revision, write_atomic  # noqa: E402
+from run_info import floats, git_revision, ints, write_atomic  # noqa: E402
 from serving.models import write_model  # noqa: E402
 from vision import BusyThreads, add_image_args, request_image  # noqa: E402
 
@@ -93,14 +93,6 @@ def measure(checkpoint: Path, jpeg: bytes, transfer: str, switch_ms: float, busy
     return {"transfer": transfer, "switch_interval_ms": switch_ms, "busy_threads": busy, "in_flight": in_flight,
             "images": len(waits), "images_per_s": len(waits) / wall, "ms_p50": 1e3 * waits[len(waits) // 2],
             "ms_p90": 1e3 * waits[int(len(waits) * 0.9)], "ms_mean": 1e3 * statistics.mean(waits)}
-
-
-def floats(s: str) -> list[float]:
-    return [float(x) for x in s.split(",") if x]
-
-
-def ints(s: str) -> list[int]:
-    return [int(x) for x in s.split(",") if x]
 
 
 def main() -> int:

@@ -47,3 +47,13 @@ def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def ints(s: str) -> list[int]:
+    """A comma-separated command-line list of integers ("1,4,8")."""
+    return [int(x) for x in s.split(",") if x]
+
+
+def floats(s: str) -> list[float]:
+    """A comma-separated command-line list of numbers ("5,1,0.5")."""
+    return [float(x) for x in s.split(",") if x]

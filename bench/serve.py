@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run_info import git_revision, library_settings, write_atomic  # noqa: E402
+from run_info import git_revision, ints, library_settings, write_atomic  # noqa: E402
 from serving.load import STREAMS_PER_PROCESS, run_level  # noqa: E402
 from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
 from serving.report import markdown, plots, threads_cell  # noqa: E402
@@ -298,7 +298,6 @@ def run_peer(model: Path, a, image: bytes) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     add_model_args(ap)
     ap.add_argument("--variants", default="fp16,w4a16,w4a16-kv8,w4a16-kv4")
     ap.add_argument("--vision-batch", type=ints, default=[16, 1], help="--vision-max-batch-size values")

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from run_info import git_revision, write_atomic  # noqa: E402
+from run_info import git_revision, ints, write_atomic  # noqa: E402
 from serving.models import add_model_args, describe, write_model  # noqa: E402
 
 PEAK_TFLOPS = 798.0  # dense bf16 matrix product on the lent H100 (ANCHORS.md)
@@ -127,7 +127,6 @@ def forward_flops(encoder, tiles) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ints = lambda s: [int(x) for x in s.split(",") if x]  # noqa: E731
     add_model_args(ap)
     ap.add_argument("--batches", type=ints, default=[1, 2, 4, 8, 16])
     ap.add_argument("--busy-threads", type=ints, default=[0, 4],

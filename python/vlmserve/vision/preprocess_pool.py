@@ -73,8 +73,7 @@ log = logging.getLogger(__name__)
 SHARED_MIN_BYTES = 64 << 10  # arrays from this size on come back through shared memory, smaller ones pickled
 SHM_PREFIX = "vlm-tiles-"
 SHM_DIR = Path("/dev/shm")
-
-
+SHM_HEADROOM = 16 << 20  # free space left in /dev/shm beside a new block (other workers write theirs meanwhile)
 ORPHAN_AGE_S = 600  # a block lives milliseconds (from the worker's write to the service's copy); older is left over
 
 
@@ -105,9 +104,6 @@ _preparer = None  # this worker's ImagePreparer, built by _init_worker
 _owner_pid = 0  # the service process whose pool this worker serves
 
 
-SHM_HEADROOM = 16 << 20  # free space left in /dev/shm beside a new block (other workers write theirs meanwhile)
-
-
 def _shm_free_bytes() -> int:
     try:
         st = os.statvfs(SHM_DIR)
@@ -134,13 +130,11 @@ def _to_shared(array: np.ndarray, shared_from: int):
         if getattr(block, "_fd", -1) >= 0:
             os.posix_fallocate(block._fd, 0, array.nbytes)
         np.ndarray(array.shape, array.dtype, buffer=block.buf)[...] = array
-    except OSError:
+    except BaseException as e:
         block.close()
         block.unlink()
-        return array
-    except BaseException:
-        block.close()
-        block.unlink()
+        if isinstance(e, OSError):  # no room after all: the pipe still works
+            return array
         raise
     block.close()
     return (name, array.shape, array.dtype.str)
