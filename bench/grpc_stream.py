@@ -68,8 +68,10 @@ def _client(port: int, streams: int, messages: int) -> tuple[int, float]:
 
 
 def measure(k: int, streams: int, tokens: int) -> dict:
-    port_q, done_q = mp.Queue(), mp.Queue()
-    proc = mp.Process(target=_server, args=(port_q, done_q, k))
+    # spawn, not fork: a process that has already started gRPC (or threads) cannot safely fork a gRPC server.
+    ctx = mp.get_context("spawn")
+    port_q, done_q = ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=_server, args=(port_q, done_q, k))
     proc.start()
     try:
         port, cpu0 = port_q.get(timeout=60)
