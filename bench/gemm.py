@@ -6,9 +6,13 @@ over more than 200 MB so L2 cannot hold them; 20 calls captured in one CUDA
 graph; median of 30 replays; time per call. Floors: bytes that must move at
 the HBM bandwidth measured in the same run (device-to-device copy, bytes read
 + written): fp16 = 2 bytes per weight, int4 g128 = 0.53125 bytes per weight
-(4-bit code + fp16 scale and zero per group of 128).
+(4-bit code + fp16 scale and zero per group of 128). With --read-floor also
+the time one kernel that only reads (vlm_stream_read) takes for the layer's
+packed 4-bit weights and for its fp16 weights under the same method: what a
+call of those bytes cannot beat with its launch, ramp and tail, which the
+bandwidth floors leave out.
 
-    python bench/gemm.py [--quick] [--out-dir DIR]
+    python bench/gemm.py [--quick] [--ms 1,16] [--read-floor] [--out-dir DIR]
 """
 from __future__ import annotations
 
@@ -26,9 +30,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
-from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, w4a16_dequantize, w4a16_gemm,  # noqa: E402
-                              w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_wgmma_plan,
-                              w4a16_workspace_bytes)
+from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, stream_read, stream_read_sink,  # noqa: E402
+                              w4a16_dequantize, w4a16_gemm, w4a16_dequant_gemm_min_rows, w4a16_wgmma_form,
+                              w4a16_wgmma_plan, w4a16_workspace_bytes)
 from run_info import library_settings, settings_line  # noqa: E402  (bench/, the script's own folder)
 
 LAYERS = {  # name: (N, K)
@@ -94,7 +98,7 @@ def copies_for(bytes_each: int) -> int:
     return max(2, math.ceil(ROTATE_BYTES / bytes_each) + 1)
 
 
-def bench_layer(n: int, k: int, ms, rng) -> list[dict]:
+def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]:
     w = (rng.standard_normal((n, k), dtype=np.float32) * 0.02)
     qweight, qzeros, scales = quantize_rtn(w, GROUP)
     packed, sz = pack_w4a16(qweight, qzeros, scales, GROUP)
@@ -115,6 +119,11 @@ def bench_layer(n: int, k: int, ms, rng) -> list[dict]:
         int4 = ([tiny.clone() for _ in range(copies_for(tiny.numel() * tiny.element_size()))], sz_t)
     except Exception as e:  # reported, not hidden
         print(f"torch int4 kernel unavailable for {n}x{k}: {e}", file=sys.stderr)
+    t_read4 = t_read16 = float("nan")
+    if read_floor:  # the layer's bytes read by a kernel that does nothing else, same rotation and timing
+        sink = stream_read_sink(dev)
+        t_read4 = time_graph(lambda i: stream_read(ours_w[i % len(ours_w)], sink))
+        t_read16 = time_graph(lambda i: stream_read(fp16_w[i % len(fp16_w)], sink))
     rows = []
     for m in ms:
         x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
@@ -146,7 +155,8 @@ def bench_layer(n: int, k: int, ms, rng) -> list[dict]:
             except Exception as e:
                 print(f"torch int4 failed at M={m} {n}x{k}: {e}", file=sys.stderr)
         rows.append({"n": n, "k": k, "m": m, "ours_s": t_ours, "ours_path": path, "w4a16_kernel_s": t_kernel,
-                     "torch_fp16_s": t_fp16, "torch_int4_s": t_int4, "dense_decode_s": t_dense})
+                     "torch_fp16_s": t_fp16, "torch_int4_s": t_int4, "dense_decode_s": t_dense,
+                     "read_4bit_s": t_read4, "read_fp16_s": t_read16})
         print(f"  {n}x{k} M={m}: ours {t_ours * 1e6:.1f} us, fp16 {t_fp16 * 1e6:.1f} us, "
               f"int4 {t_int4 * 1e6:.1f} us", file=sys.stderr)
     del ours_w, fp16_w, int4
@@ -160,6 +170,8 @@ def main() -> None:
     ap.add_argument("--out-dir", default="bench/results")
     ap.add_argument("--ms", default=None, help="comma-separated M values (default: 1,16,64,256,2048)")
     ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all, e.g. 2B.o,7B.qkv)")
+    ap.add_argument("--read-floor", action="store_true",
+                    help="also time a read-only kernel over each layer's packed 4-bit and fp16 weights")
     a = ap.parse_args()
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +188,7 @@ def main() -> None:
     results = []
     for name, (n, k) in layers.items():
         print(f"{name} ({n}x{k})", file=sys.stderr)
-        for r in bench_layer(n, k, ms, rng):
+        for r in bench_layer(n, k, ms, rng, read_floor=a.read_floor):
             r["layer"] = name
             r["fp16_floor_s"] = n * k * 2 / bw
             r["int4_floor_s"] = n * k * 0.53125 / bw
@@ -196,10 +208,14 @@ def main() -> None:
              f"(vlm_w4a16_dequantize) into a "
              f"scratch matrix and multiplied by cuBLAS (here through torch), both inside the timed graph",
              f"- Our fp16: the dense decode kernel (vlm_dense_decode_gemm) on the same fp16 weights, up to "
-             f"{DENSE_DECODE_MAX_ROWS} rows (the engine runs it for unquantized models' one-row steps)", "",
+             f"{DENSE_DECODE_MAX_ROWS} rows (the engine runs it for unquantized models' one-row steps)",
+             "- Read floor (with --read-floor): one kernel that only reads the layer's packed 4-bit weights, and its "
+             "fp16 weights, with the same rotation and timing (vlm_stream_read): a call of those bytes cannot be "
+             "faster", "",
              "| layer | M | torch fp16 µs | torch int4 µs | ours µs | our path | w4a16 kernel µs | × fp16 | × int4 "
-             "| ours % of int4 floor | fp16 % of fp16 floor | our fp16 µs | our fp16 % of fp16 floor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ours % of int4 floor | fp16 % of fp16 floor | our fp16 µs | our fp16 % of fp16 floor "
+             "| read floor 4-bit / fp16 µs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['layer']} | {r['m']} | {r['torch_fp16_s'] * 1e6:.1f} | {r['torch_int4_s'] * 1e6:.1f} | "
                      f"{r['ours_s'] * 1e6:.1f} | {r['ours_path']} | {r['w4a16_kernel_s'] * 1e6:.1f} | "
@@ -207,7 +223,9 @@ def main() -> None:
                      f"{r['torch_int4_s'] / r['ours_s']:.2f} | {100 * r['int4_floor_s'] / r['ours_s']:.0f}% | "
                      f"{100 * r['fp16_floor_s'] / r['torch_fp16_s']:.0f}% | "
                      + (f"{r['dense_decode_s'] * 1e6:.1f} | {100 * r['fp16_floor_s'] / r['dense_decode_s']:.0f}% |"
-                        if not math.isnan(r['dense_decode_s']) else "— | — |"))
+                        if not math.isnan(r['dense_decode_s']) else "— | — |")
+                     + (f" {r['read_4bit_s'] * 1e6:.1f} / {r['read_fp16_s'] * 1e6:.1f} |"
+                        if not math.isnan(r.get("read_4bit_s", math.nan)) else " — |"))
     lines += ["", "## Targets (7B shapes: ours / torch fp16; and faster than torch int4 at every M)", ""]
     for m, target in TARGETS_7B.items():
         rs = [r for r in results if r["m"] == m and r["layer"].startswith("7B")]
@@ -218,6 +236,11 @@ def main() -> None:
         lines.append(f"- M={m}: ≥ {target}× fp16 — measured {', '.join(f'{x:.2f}' for x in ratios)} "
                      f"(min {min(ratios):.2f}): {'met' if min(ratios) >= target else 'NOT met'}; "
                      f"faster than torch int4: {'yes' if beats_int4 else 'NO'}")
+        floors = [r for r in rs if not math.isnan(r["read_4bit_s"])]
+        if floors:  # the time the target asks for against what reading the 4-bit weights alone takes
+            lines.append("  - target time (torch fp16 / target) against the 4-bit read floor, µs: " + ", ".join(
+                f"{r['layer']} {r['torch_fp16_s'] / target * 1e6:.1f} vs {r['read_4bit_s'] * 1e6:.1f}"
+                for r in floors))
     text = "\n".join(lines) + "\n"
     (out_dir / "gemm.md").write_text(text)
     (out_dir / "gemm.json").write_text(json.dumps({"device": device, "date": date, "hbm_bytes_per_s": bw,

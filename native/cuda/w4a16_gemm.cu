@@ -9,7 +9,9 @@
 // warp step). Dequantization happens in registers: the code bits are placed
 // into the mantissa of (magic + q), the zero point (stored as magic + z) is
 // subtracted exactly and the scale multiplied. Up to 8 rows the mma runs in
-// a swapped form (weights as the 16-row operand, see w4a16_kernel). Small M
+// a swapped form (weights as the 16-row operand, see w4a16_kernel); with
+// VLM_W4A16_GEMM_CODES=1 up to 16 rows do, multiplying the 4-bit codes
+// themselves and scaling each group's fp32 sums (as the decode kernel). Small M
 // fills the GPU with split-K, sized so that the slices' blocks fill one wave
 // of resident blocks (asked of the occupancy API): each K slice writes fp32
 // partials that a second kernel sums in a fixed order (deterministic), adding
@@ -31,6 +33,7 @@
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/device_query.h"
+#include "cuda/env_int.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_fragments.cuh"
 #include "cuda/w4a16_gemm.h"
@@ -42,6 +45,7 @@ namespace {
 
 using w4a16::Act;
 using w4a16::GroupParams;
+using w4a16::code_fragments;
 using w4a16::dequant_fragments;
 using w4a16::ldmatrix_x2;
 using w4a16::ldmatrix_x4;
@@ -99,23 +103,36 @@ __global__ void dequant_kernel(const uint4* __restrict__ w, const uint4* __restr
     *reinterpret_cast<uint4*>(dst + (int64_t)r * K) = *reinterpret_cast<const uint4*>(t + r * kDequantLd + (lane % 8) * 8);
 }
 
-// grid: (ceil(N / 256), splits, ceil(M / rows)) with rows = 8 swapped, 16 * MT otherwise; block: 128 threads.
-// With splits > 1 every block writes fp32 partials; with `arrivals` the last block of
+// grid: (ceil(N / 256), splits, ceil(M / rows)) with rows = 8 * MT swapped, 16 * MT otherwise; block: 128
+// threads. With splits > 1 every block writes fp32 partials; with `arrivals` the last block of
 // an output tile to finish sums them (decode sizes), otherwise splitk_reduce_kernel does.
 //
-// SWAP (M <= 8, MT = 1): the tensor cores compute Cᵀ = W · Aᵀ instead: the dequantized weights are
-// the 16-row A operand (a lane's B fragments of two adjacent 8-column tiles are exactly its A
-// fragment of that 16-column tile) and up to 8 activation rows the 8-column B operand. Half the
-// mma.sync of the 16-row tile (which wastes 15 of 16 rows at M = 1), half the accumulators and half
-// the staged A: more resident warps for the decode sizes, which are bound by memory latency.
-template <class T, int MT, int UNROLL, bool SWAP>
-__global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
+// SWAP (M <= 8 with MT = 1, or M <= 16 with MT = 2): the tensor cores compute Cᵀ = W · Aᵀ instead:
+// the weights are the 16-row A operand (a lane's B fragments of two adjacent 8-column tiles are
+// exactly its A fragment of that 16-column tile) and each 8 activation rows an 8-column B operand.
+// At M <= 8 half the mma.sync of the 16-row tile (which wastes 15 of 16 rows at M = 1), half the
+// accumulators and half the staged A: more resident warps for the decode sizes, which are bound by
+// memory latency.
+//
+// CODES (swapped only): the mma multiplies the codes q themselves (exact small integers,
+// w4a16::code_fragments: about half the instructions of dequantizing, which is what bounds this
+// kernel at decode sizes) into sums of one group, and at the group's end s (Σ q·a − z Σ a) goes into
+// the fp32 accumulators, Σ a from one more mma with an all-ones operand (the decode kernel's
+// arithmetic, w4a16_decode.cu). No weight is rounded to 16 bits. CODES = SPG > 0, the k16 steps of a
+// group: slices are whole groups and UNROLL a multiple of SPG, so where a group starts and ends is
+// known at compile time (one scaling pass in the code per group, not one per step). Three blocks an
+// SM (its register cap) keep 12 warps' weights in flight, as the 16-row dequantizing form has.
+template <class T, int MT, int UNROLL, bool SWAP, int SPG>
+__global__ void __launch_bounds__(kThreads, SPG > 0 ? 3 : 0) w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                           const uint4* __restrict__ sz, const T* __restrict__ residual,
                                                           T* __restrict__ c, float* __restrict__ partial,
                                                           int* __restrict__ arrivals, int M, int N, int K,
                                                           int group, int quantum, int max_slice, bool silu_up) {
-  static_assert(!SWAP || MT == 1, "the swapped form takes at most 8 rows");
-  constexpr int kRows = SWAP ? 8 : 16 * MT;  // rows of A staged per block
+  static_assert(!SWAP || MT <= (SPG > 0 ? 2 : 1), "the swapped form takes 8 rows, 16 with the codes");
+  constexpr bool CODES = SPG > 0;
+  constexpr int kSpg = CODES ? SPG : 1;  // (a modulus also where the dequantizing form compiles it)
+  static_assert(!CODES || (SWAP && UNROLL % kSpg == 0), "codes: the swapped form, whole groups an unrolled batch");
+  constexpr int kRows = SWAP ? 8 * MT : 16 * MT;  // rows of A staged per block
   extern __shared__ __align__(16) unsigned char smem_raw[];
   T* sa = reinterpret_cast<T*>(smem_raw);
   const int lda_s = max_slice + kSmemPad;
@@ -150,9 +167,14 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   }
   __syncthreads();
 
-  // Not swapped: acc[mt][tile] is the m16n8 tile of rows mt*16.., columns 8*tile... Swapped: acc[0][i]
-  // (i < 4) is the n16m8 tile of columns 16*i.. and rows 0..7.
+  // Not swapped: acc[mt][tile] is the m16n8 tile of rows mt*16.., columns 8*tile... Swapped: acc[mt][i]
+  // (i < 4) is the n16m8 tile of columns 16*i.. and rows 8*mt..8*mt+7. With CODES, gacc[mt][i] is the
+  // same tile over the current group of codes (no scale, no zero) and asum[mt] the group's activation
+  // sums of rows 8*mt + 2*(lane % 4) (+1) in [0] ([1]), the mma's layout.
   float acc[MT][8][4];
+  float gacc[MT][4][4], asum[MT][4];  // registers only with CODES
+  const uint32_t ones[4] = {Act<T>::kOne, Act<T>::kOne, Act<T>::kOne, Act<T>::kOne};
+  uint4 sv = make_uint4(0, 0, 0, 0), zv = sv;  // CODES: the group's scales and zeros, as stored
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -177,8 +199,58 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
 #pragma unroll
     for (int u = 0; u < UNROLL; ++u) {
       const int s = s0 + u;
-      if (s % steps_per_group == 0) gp = load_group(szp + (int64_t)((k0 + s * 16) / group) * 16);
       uint32_t b[8][2];
+      if constexpr (CODES) {
+        // Rows 8*mt..8*mt+7 of A at k 16s.. and 16s+8.. as B operands (ldmatrix lanes 0-7 and 8-15 for
+        // rows 0..7, 16-23 and 24-31 for rows 8..15).
+        uint32_t bf[MT][2];
+        if (MT == 1)
+          ldmatrix_x2(bf[0], sa + (lane % 8) * lda_s + s * 16 + ((lane / 8) % 2) * 8);
+        else
+          ldmatrix_x4(&bf[0][0], sa + (lane % 8 + 8 * (lane / 16)) * lda_s + s * 16 + ((lane / 8) % 2) * 8);
+        const bool starts = u % kSpg == 0;
+        if (starts) {  // needed only at the group's end: the loads' latency hides behind its steps
+          const uint4* p = szp + (int64_t)((k0 + s * 16) / group) * 16;
+          sv = p[0];
+          zv = p[8];
+        }
+        code_fragments<T>(wv[u], b);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            if (starts) Act<T>::mma_zero(gacc[mt][i], af, bf[mt][0], bf[mt][1]);
+            else Act<T>::mma(gacc[mt][i], af, bf[mt][0], bf[mt][1]);
+          }
+        }
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          if (starts) Act<T>::mma_zero(asum[mt], ones, bf[mt][0], bf[mt][1]);
+          else Act<T>::mma(asum[mt], ones, bf[mt][0], bf[mt][1]);
+        }
+        if (u % kSpg == kSpg - 1) {
+          // acc += s (gacc - z asum); the C fragment's rows g and g + 8 (q >> 1) are columns of tiles
+          // 2 i and 2 i + 1, whose scales and zeros are the low and high halves of word i.
+          const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const float sc = w4a16::bits_to_float<T>(h ? sw[i] >> 16 : sw[i] & 0xFFFFu);
+              const float z = w4a16::bits_to_float<T>(h ? zw[i] >> 16 : zw[i] & 0xFFFFu) - Act<T>::kMagicValue;
+#pragma unroll
+              for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                  const int q = 2 * h + r;
+                  acc[mt][i][q] = fmaf(sc, fmaf(-z, asum[mt][r], gacc[mt][i][q]), acc[mt][i][q]);
+                }
+            }
+        }
+        continue;
+      }
+      if (s % steps_per_group == 0) gp = load_group(szp + (int64_t)((k0 + s * 16) / group) * 16);
       dequant_fragments<T>(wv[u], gp, b);
       if (SWAP) {
         // B operand: rows 0..7 of A at k 16s.. (lanes 0-7) and 16s+8.. (lanes 8-15).
@@ -217,10 +289,12 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
   };
   if (SWAP) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int q = 0; q < 4; ++q)
-        store(m0 + 2 * t + (q & 1), strip * kW4StripN + 16 * i + g + (q >> 1) * 8, acc[0][i][q]);
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          store(m0 + 8 * mt + 2 * t + (q & 1), strip * kW4StripN + 16 * i + g + (q >> 1) * 8, acc[mt][i][q]);
   } else {
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -266,8 +340,10 @@ __global__ void __launch_bounds__(kThreads) w4a16_kernel(const T* __restrict__ a
 }
 
 struct Plan {
-  bool swap;     // M <= 8: the swapped mma form (see w4a16_kernel)
-  int mt;        // 16-row tiles per block (not swapped)
+  bool swap;     // the swapped mma form (see w4a16_kernel): M <= 8, or M <= 16 with codes
+  bool codes;    // the mma multiplies the codes (VLM_W4A16_GEMM_CODES=1, M <= 16)
+  int spg;       // with codes: k16 steps per group (4 or 8), the kernel's SPG
+  int mt;        // 16-row tiles per block (not swapped), 8-row operands (swapped)
   int rows;      // rows of A a block stages
   int m_tiles, splits, unroll;
   int quantum;   // K is split in whole units of this many columns
@@ -294,26 +370,33 @@ int min_slice_k() {
   return v;
 }
 
-template <class T, int MT, int UNROLL, bool SWAP>
+// Whether up to 16 rows take the swapped form with the codes multiplied (VLM_W4A16_GEMM_CODES=1), read once.
+bool gemm_codes() {
+  static const bool on = cuda::env_int("VLM_W4A16_GEMM_CODES", 0) != 0;
+  return on;
+}
+constexpr int kCodesMaxM = 16;
+
+template <class T, int MT, int UNROLL, bool SWAP, int SPG>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, float*, int*, int, int, int, int, int, int,
                      bool) {
-  return w4a16_kernel<T, MT, UNROLL, SWAP>;
+  return w4a16_kernel<T, MT, UNROLL, SWAP, SPG>;
 }
 
 // Raises the kernel's dynamic shared memory limit once per instantiation (not on every, possibly
 // graph-captured, call); the occupancy query below needs it too.
-template <class T, int MT, int UNROLL, bool SWAP>
+template <class T, int MT, int UNROLL, bool SWAP, int SPG>
 cudaError_t grant_smem() {
   static const cudaError_t e =
-      cudaFuncSetAttribute(kernel_for<T, MT, UNROLL, SWAP>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+      cudaFuncSetAttribute(kernel_for<T, MT, UNROLL, SWAP, SPG>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   return e;
 }
 
-template <class T, int MT, int UNROLL, bool SWAP>
+template <class T, int MT, int UNROLL, bool SWAP, int SPG>
 int resident_blocks_of(size_t smem) {
-  auto kernel = kernel_for<T, MT, UNROLL, SWAP>();
+  auto kernel = kernel_for<T, MT, UNROLL, SWAP, SPG>();
   int n = 0;
-  if (grant_smem<T, MT, UNROLL, SWAP>() != cudaSuccess ||
+  if (grant_smem<T, MT, UNROLL, SWAP, SPG>() != cudaSuccess ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem) != cudaSuccess) {
     cudaGetLastError();
     return 1;
@@ -326,26 +409,40 @@ int resident_blocks_of(size_t smem) {
 // and with it the workspace size the caller allocates (w4a16_workspace_bytes takes no dtype),
 // must not depend on the activation type.
 int resident_blocks(const Plan& p, size_t smem) {
-  thread_local std::map<std::tuple<bool, int, int, size_t>, int> cache;
-  const auto key = std::make_tuple(p.swap, p.mt, p.unroll, smem);
+  thread_local std::map<std::tuple<bool, int, int, int, size_t>, int> cache;
+  const auto key = std::make_tuple(p.swap, p.spg, p.mt, p.unroll, smem);
   auto it = cache.find(key);
   if (it != cache.end()) return it->second;
+  const bool u8 = p.unroll == 8;
   int n;
-  if (p.swap) n = p.unroll == 8 ? resident_blocks_of<__half, 1, 8, true>(smem) : resident_blocks_of<__half, 1, kUnroll, true>(smem);
-  else if (p.mt == 1) n = p.unroll == 8 ? resident_blocks_of<__half, 1, 8, false>(smem) : resident_blocks_of<__half, 1, kUnroll, false>(smem);
-  else if (p.mt == 2) n = resident_blocks_of<__half, 2, kUnroll, false>(smem);
-  else n = resident_blocks_of<__half, 4, kUnroll, false>(smem);
+  if (p.codes && p.mt == 2)
+    n = p.spg == 8 ? resident_blocks_of<__half, 2, 8, true, 8>(smem) : resident_blocks_of<__half, 2, kUnroll, true, 4>(smem);
+  else if (p.codes)
+    n = !u8 ? resident_blocks_of<__half, 1, kUnroll, true, 4>(smem)
+            : p.spg == 8 ? resident_blocks_of<__half, 1, 8, true, 8>(smem) : resident_blocks_of<__half, 1, 8, true, 4>(smem);
+  else if (p.swap)
+    n = u8 ? resident_blocks_of<__half, 1, 8, true, 0>(smem) : resident_blocks_of<__half, 1, kUnroll, true, 0>(smem);
+  else if (p.mt == 1)
+    n = u8 ? resident_blocks_of<__half, 1, 8, false, 0>(smem) : resident_blocks_of<__half, 1, kUnroll, false, 0>(smem);
+  else if (p.mt == 2) n = resident_blocks_of<__half, 2, kUnroll, false, 0>(smem);
+  else n = resident_blocks_of<__half, 4, kUnroll, false, 0>(smem);
   cache.emplace(key, n);
   return n;
 }
 
 Plan make_plan(int M, int N, int K, int group) {
   Plan p{};
-  p.swap = M <= 8;
-  p.mt = M <= 16 ? 1 : (M <= 32 ? 2 : 4);
-  p.rows = p.swap ? 8 : 16 * p.mt;
-  // One row tile: more weight bytes in flight per warp, where K allows.
-  p.unroll = p.mt == 1 && K % std::max(group, 16 * 8) == 0 ? 8 : kUnroll;
+  // Codes: an unrolled batch of steps must hold whole groups (8 steps: a group of 128 always, as K is
+  // a multiple of the group; 4 steps: a group of 64).
+  p.codes = gemm_codes() && M <= kCodesMaxM && (group == 64 || group == 128);
+  p.swap = M <= 8 || p.codes;
+  p.mt = p.swap ? (M <= 8 ? 1 : 2) : (M <= 16 ? 1 : (M <= 32 ? 2 : 4));
+  p.rows = p.swap ? 8 * p.mt : 16 * p.mt;
+  // At most 16 rows: more weight bytes in flight per warp, where K allows.
+  p.unroll = (p.swap || p.mt == 1) && K % std::max(group, 16 * 8) == 0 ? 8 : kUnroll;
+  p.spg = p.codes ? group / 16 : 0;
+  // 16 rows' sums of two groups of 64 in one batch of 8 steps would not fit the register cap.
+  if (p.codes && p.mt == 2 && p.spg == 4) p.unroll = kUnroll;
   p.quantum = std::max(group, 16 * p.unroll);
   p.m_tiles = (M + p.rows - 1) / p.rows;
   p.ok = K % p.quantum == 0;
@@ -376,11 +473,11 @@ Plan make_plan(int M, int N, int K, int group) {
   return p;
 }
 
-template <class T, int MT, int UNROLL, bool SWAP>
+template <class T, int MT, int UNROLL, bool SWAP, int SPG = 0>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                    int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
-  auto kernel = kernel_for<T, MT, UNROLL, SWAP>();
-  if (const cudaError_t e = grant_smem<T, MT, UNROLL, SWAP>(); e != cudaSuccess) return e;
+  auto kernel = kernel_for<T, MT, UNROLL, SWAP, SPG>();
+  if (const cudaError_t e = grant_smem<T, MT, UNROLL, SWAP, SPG>(); e != cudaSuccess) return e;
   int* arrivals = static_cast<int*>(workspace);
   float* partial = reinterpret_cast<float*>(arrivals + kArrivalInts);
   dim3 grid((N + kBlockN - 1) / kBlockN, p.splits, p.m_tiles);
@@ -394,9 +491,25 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
                                 p.splits, stream);
 }
 
+// The codes form: MT 8-row operands; an unrolled batch of 8 steps (one group of 128, or at 8 rows two
+// of 64) or of 4 (one group of 64).
+template <class T, int MT>
+cudaError_t launch_codes(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
+                         int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
+  if (p.spg == 8) return launch<T, MT, 8, true, 8>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if constexpr (MT == 1) {
+    if (p.unroll == 8)
+      return launch<T, 1, 8, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  }
+  return launch<T, MT, kUnroll, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+}
+
 template <class T>
 cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                      int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
+  if (p.codes && p.mt == 2)
+    return launch_codes<T, 2>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.codes) return launch_codes<T, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.swap && p.unroll == 8)
     return launch<T, 1, 8, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.swap) return launch<T, 1, kUnroll, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);

@@ -111,6 +111,15 @@ VLM_API int vlm_argmax_rows(const float* logits, int32_t rows, int32_t vocab, in
 VLM_API int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_scale_zero, void* out, int32_t n,
                                  int32_t k, int32_t group_size, int32_t act_dtype, void* stream);
 
+/* Reads `bytes` (a positive multiple of 16) at `p` (16-byte aligned) once in one
+ * kernel, with the loads the weight kernels stream with: for benchmarks, the
+ * floor a kernel reading those bytes cannot beat (launch, ramp and tail
+ * included). Each block writes one word of what it read to `sink` (device, room
+ * for vlm_stream_read_sink_words words), so no load can be left out.
+ * Asynchronous on `stream`; CUDA builds only (else VLM_ERR_UNSUPPORTED). */
+VLM_API int vlm_stream_read_sink_words(int32_t* words);
+VLM_API int vlm_stream_read(const void* p, int64_t bytes, uint32_t* sink, void* stream);
+
 /* Prefill attention: several consecutive query rows per request, each attending
  * causally to its request's cache as in vlm_decode_attention (same layouts and
  * dtypes; a row at position p sees [max(0, p - window + 1), p]). Request i owns

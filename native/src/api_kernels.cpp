@@ -12,6 +12,7 @@
 #include "cuda/cuda_check.cuh"
 #include "cuda/decoder_kernels.h"
 #include "cuda/dense_decode.h"
+#include "cuda/stream_read.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
 #include "cuda/w4a16_wgmma.h"
@@ -284,6 +285,31 @@ void check_cache_args(int32_t act_dtype, int32_t kv_dtype, const void* k_scale_z
 }
 
 }  // namespace
+
+int vlm_stream_read_sink_words(int32_t* words) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(words, "NULL output");
+#ifdef VLM_HAVE_CUDA
+    *words = vlm::stream_read_sink_words();
+#else
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_stream_read(const void* p, int64_t bytes, uint32_t* sink, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(p && sink, "NULL device pointer");
+    VLM_CHECK_ARG(bytes > 0 && bytes % 16 == 0, "bytes must be a positive multiple of 16, got " << bytes);
+    VLM_CHECK_ARG(aligned(p, 16) && aligned(sink, 4), "p must be 16-byte aligned, sink 4");
+#ifdef VLM_HAVE_CUDA
+    VLM_CUDA_CHECK(vlm::stream_read(p, bytes, sink, static_cast<cudaStream_t>(stream)));
+#else
+    (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
 
 int vlm_argmax_rows_workspace_bytes(int32_t rows, int32_t vocab, int64_t* bytes) {
   return vlm::guarded([&] {

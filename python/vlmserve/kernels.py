@@ -193,6 +193,24 @@ def w4a16_dequantize(packed, scale_zero, n: int, k: int, group_size: int, bf16: 
     return out
 
 
+def stream_read_sink(device):
+    """A device buffer for stream_read()'s per-block words (vlm_stream_read_sink_words of them)."""
+    import torch
+
+    words = ctypes.c_int32()
+    check(_native.lib().vlm_stream_read_sink_words(ctypes.byref(words)))
+    return torch.empty(words.value, dtype=torch.int32, device=device)
+
+
+def stream_read(buf, sink) -> None:
+    """Reads the bytes of `buf` (a contiguous CUDA tensor, a multiple of 16 bytes) once in one kernel
+    (vlm_stream_read), on torch's current stream: the floor a kernel reading those bytes cannot beat."""
+    if not buf.is_contiguous():
+        raise InvalidArgumentError("stream_read: the buffer must be contiguous")
+    check(_native.lib().vlm_stream_read(buf.data_ptr(), buf.numel() * buf.element_size(), sink.data_ptr(),
+                                        _stream(buf.device)))
+
+
 KV_DTYPES = {"float32": _native.DTYPE_F32, "float16": _native.DTYPE_F16, "bfloat16": _native.DTYPE_BF16,
              "int8": _native.DTYPE_I8, "int4": _native.DTYPE_I4}
 

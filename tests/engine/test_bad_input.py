@@ -275,3 +275,13 @@ def test_kernel_entry_points_check_their_arguments_before_the_device():
     with pytest.raises(InvalidArgumentError, match="delta 8"):
         check(lib.vlm_dense_decode_gemm_rms_norm(dev, ctypes.c_void_p(0x1004), dev, 1e-6, None, dev, dev, 1, 64,
                                                  256, F16, None))
+    with pytest.raises(InvalidArgumentError, match="positive multiple of 16, got 24"):
+        check(lib.vlm_stream_read(dev, 24, dev, None))
+    with pytest.raises(InvalidArgumentError, match="positive multiple of 16, got 0"):
+        check(lib.vlm_stream_read(dev, 0, dev, None))
+    with pytest.raises(InvalidArgumentError, match="NULL device pointer"):
+        check(lib.vlm_stream_read(dev, 64, None, None))
+    with pytest.raises(InvalidArgumentError, match="16-byte aligned"):
+        check(lib.vlm_stream_read(ctypes.c_void_p(0x1008), 64, dev, None))
+    with pytest.raises(InvalidArgumentError, match="NULL output"):
+        check(lib.vlm_stream_read_sink_words(None))

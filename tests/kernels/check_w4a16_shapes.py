@@ -11,10 +11,12 @@ import sys
 from w4a16_reference import report, rms_norm_gemm_failures, shapes_failures
 
 # Rows 1-4 take the decode kernel on Hopper, the rest the general kernel (ragged row counts of both).
+# With VLM_W4A16_GEMM_CODES=1 rows up to 16 take its codes form, whose batches of 8 steps hold a group of
+# 128 or two of 64 (K a multiple of 128), of 4 steps one of 64 (K = 192, 320; and 12-16 rows at group 64).
 SHAPES = [(1, 64, 128, 64), (1, 2048, 2048, 128), (3, 320, 4224, 64), (4, 1280, 1024, 128), (2, 4096, 512, 128),
           (4, 768, 11008, 64), (1, 5504, 4096, 128), (8, 1280, 1024, 128), (7, 2048, 4096, 128),
           (9, 1280, 1024, 128), (12, 320, 4224, 64), (16, 768, 11008, 64), (16, 5504, 4096, 128),
-          (17, 1280, 2048, 128)]
+          (17, 1280, 2048, 128), (6, 512, 192, 64), (14, 512, 320, 64), (11, 2048, 8192, 128)]
 
 
 def main() -> int:

@@ -5,24 +5,11 @@ these sizes (VLM_W4A16_DECODE=0, what pre-Hopper GPUs run), each against the
 float32 reference in a fresh process. Needs a CUDA GPU."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from w4a16_reference import run_shape_checks as run_checks
+
 pytestmark = pytest.mark.gpu
-
-HERE = Path(__file__).resolve().parent
-
-
-def run_checks(env_overrides: dict[str, str]) -> None:
-    env = dict(os.environ, **env_overrides)
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parents[1] / "python"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(HERE / "check_w4a16_shapes.py")], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, f"{env_overrides}:\n{proc.stdout}\n{proc.stderr[-3000:]}"
 
 
 @pytest.mark.parametrize("s,c", [(4, 1), (4, 3), (2, 8), (1, 8), (1, 5)])

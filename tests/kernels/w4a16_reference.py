@@ -2,6 +2,11 @@
 poisoned output (shared by the kernel tests and their subprocess checks)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from vlmserve.awq_format import dequantize, quantize_rtn
@@ -110,3 +115,14 @@ def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str) -> li
         if not err < TOL[dtype]:
             failures.append(f"{what}: relative error {err:.2e} of the reference")
     return failures
+
+
+def run_shape_checks(env_overrides: dict[str, str]) -> None:
+    """check_w4a16_shapes.py in a fresh process with these VLM_W4A16_* settings (the library reads them
+    once per process); fails with its report."""
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, **env_overrides)
+    env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parents[1] / "python"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(here / "check_w4a16_shapes.py")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"{env_overrides}:\n{proc.stdout}\n{proc.stderr[-3000:]}"
