@@ -173,7 +173,6 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   for (int i = 0; i < 4; ++i)
 #pragma unroll
     for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
-  const uint32_t ones[4] = {Act<T>::kOne, Act<T>::kOne, Act<T>::kOne, Act<T>::kOne};
   // ldmatrix rows of the B operand: lanes 0-7 give rows 0..7 at k, lanes 8-15 the same rows at k + 8.
   const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (ws0 - bs0) * 16;
   uint4 sv = make_uint4(0, 0, 0, 0), zv = sv;  // the current unit's scales and zeros (columns 8 tile + lane / 4)
@@ -197,31 +196,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
       w4a16::code_fragments<T>(wv, b);
       uint32_t bf[2];
       w4a16::ldmatrix_x2(bf, b_row + j * 16);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
-        if (starts) Act<T>::mma_zero(gacc[i], af, bf[0], bf[1]);
-        else Act<T>::mma(gacc[i], af, bf[0], bf[1]);
-      }
-      if (starts) Act<T>::mma_zero(asum, ones, bf[0], bf[1]);
-      else Act<T>::mma(asum, ones, bf[0], bf[1]);
-      if (slot % U == U - 1) {
-        // acc += s (gacc - z asum); the C fragment's rows g and g + 8 (q >> 1) are columns of tiles
-        // 2 i and 2 i + 1, whose scales are the low and high halves of word i of the record.
-        const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const float s = w4a16::bits_to_float<T>(h ? sw[i] >> 16 : sw[i] & 0xFFFFu);
-            const float z = w4a16::bits_to_float<T>(h ? zw[i] >> 16 : zw[i] & 0xFFFFu) - Act<T>::kMagicValue;
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-              const int q = 2 * h + r;
-              acc[i][q] = fmaf(s, fmaf(-z, asum[r], gacc[i][q]), acc[i][q]);
-            }
-          }
-      }
+      w4a16::codes_mma<T>(gacc, asum, b, bf, starts);
+      if (slot % U == U - 1) w4a16::add_group_sums<T>(acc, gacc, asum, sv, zv);
       __syncwarp();  // every lane has read this slot before it is refilled
       issue(j + kStages, slot);
     }

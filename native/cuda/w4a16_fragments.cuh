@@ -132,6 +132,45 @@ __device__ __forceinline__ float bits_to_float<__nv_bfloat16>(uint32_t bits16) {
   return __uint_as_float(bits16 << 16);
 }
 
+// The codes form's k16 step for one 8-row activation operand bf (ldmatrix of rows 0..7 at k and k + 8), in the
+// swapped mma (weights as the 16-row operand): gacc[i], the n16m8 tile of strip columns 16 i.., adds the codes b
+// (code_fragments) times the activations; asum, the activations' sums of rows 2 (lane % 4) and + 1 in [0] and [1]
+// (the C layout), adds one more mma with an all-ones operand. A group's first step (`starts`) begins both at zero.
+template <class T, class G>
+__device__ __forceinline__ void codes_mma(G& gacc, float (&asum)[4], const uint32_t (&b)[8][2], const uint32_t (&bf)[2],
+                                          bool starts) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
+    if (starts) Act<T>::mma_zero(gacc[i], af, bf[0], bf[1]);
+    else Act<T>::mma(gacc[i], af, bf[0], bf[1]);
+  }
+  const uint32_t ones[4] = {Act<T>::kOne, Act<T>::kOne, Act<T>::kOne, Act<T>::kOne};
+  if (starts) Act<T>::mma_zero(asum, ones, bf[0], bf[1]);
+  else Act<T>::mma(asum, ones, bf[0], bf[1]);
+}
+
+// At a group's end (or a unit of it): acc += s (gacc − z asum), with sv and zv the lane's 16 bytes of the group's
+// scales and zeros (zeros stored as magic + z). The C fragment's rows g and g + 8 (q >> 1) are columns of tiles
+// 2 i and 2 i + 1, whose scales and zeros are the low and high halves of word i.
+template <class T, class A, class G>
+__device__ __forceinline__ void add_group_sums(A& acc, const G& gacc, const float (&asum)[4], const uint4& sv,
+                                               const uint4& zv) {
+  const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const float s = bits_to_float<T>(h ? sw[i] >> 16 : sw[i] & 0xFFFFu);
+      const float z = bits_to_float<T>(h ? zw[i] >> 16 : zw[i] & 0xFFFFu) - Act<T>::kMagicValue;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int q = 2 * h + r;
+        acc[i][q] = fmaf(s, fmaf(-z, asum[r], gacc[i][q]), acc[i][q]);
+      }
+    }
+}
+
 // 16 bytes global → shared without a register (cp.async, sm_80 up); the zfill form copies `bytes` of them
 // (0 or 16) and zero-fills the rest. The "memory" clobbers keep the compiler from moving shared-memory reads of
 // a stage above its wait.

@@ -173,7 +173,6 @@ __global__ void __launch_bounds__(kThreads, SPG > 0 ? 3 : 0) w4a16_kernel(const 
   // sums of rows 8*mt + 2*(lane % 4) (+1) in [0] ([1]), the mma's layout.
   float acc[MT][8][4];
   float gacc[MT][4][4], asum[MT][4];  // registers only with CODES
-  const uint32_t ones[4] = {Act<T>::kOne, Act<T>::kOne, Act<T>::kOne, Act<T>::kOne};
   uint4 sv = make_uint4(0, 0, 0, 0), zv = sv;  // CODES: the group's scales and zeros, as stored
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -216,37 +215,10 @@ __global__ void __launch_bounds__(kThreads, SPG > 0 ? 3 : 0) w4a16_kernel(const 
         }
         code_fragments<T>(wv[u], b);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const uint32_t af[4] = {b[2 * i][0], b[2 * i + 1][0], b[2 * i][1], b[2 * i + 1][1]};
-#pragma unroll
-          for (int mt = 0; mt < MT; ++mt) {
-            if (starts) Act<T>::mma_zero(gacc[mt][i], af, bf[mt][0], bf[mt][1]);
-            else Act<T>::mma(gacc[mt][i], af, bf[mt][0], bf[mt][1]);
-          }
-        }
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-          if (starts) Act<T>::mma_zero(asum[mt], ones, bf[mt][0], bf[mt][1]);
-          else Act<T>::mma(asum[mt], ones, bf[mt][0], bf[mt][1]);
-        }
+        for (int mt = 0; mt < MT; ++mt) w4a16::codes_mma<T>(gacc[mt], asum[mt], b, bf[mt], starts);
         if (u % kSpg == kSpg - 1) {
-          // acc += s (gacc - z asum); the C fragment's rows g and g + 8 (q >> 1) are columns of tiles
-          // 2 i and 2 i + 1, whose scales and zeros are the low and high halves of word i.
-          const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
 #pragma unroll
-          for (int i = 0; i < 4; ++i)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const float sc = w4a16::bits_to_float<T>(h ? sw[i] >> 16 : sw[i] & 0xFFFFu);
-              const float z = w4a16::bits_to_float<T>(h ? zw[i] >> 16 : zw[i] & 0xFFFFu) - Act<T>::kMagicValue;
-#pragma unroll
-              for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                  const int q = 2 * h + r;
-                  acc[mt][i][q] = fmaf(sc, fmaf(-z, asum[mt][r], gacc[mt][i][q]), acc[mt][i][q]);
-                }
-            }
+          for (int mt = 0; mt < MT; ++mt) w4a16::add_group_sums<T>(acc[mt], gacc[mt], asum[mt], sv, zv);
         }
         continue;
       }
