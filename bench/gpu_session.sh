@@ -73,6 +73,9 @@
 #   pyenv         which optional image packages (torchvision, OpenCV, JPEG decoders) the device image has
 #   serve_c1      model (a), w4a16 + int8 KV at concurrency 1 only
 #   serve_compare model (a) fp16 vs w4a16 + int8 KV at concurrency 1/16 with transformers at batch 16
+#   serve_llava   model (b), the LLaVA-1.5-7B shape: w4a16 + int8 KV at concurrency 1/16/64, no peer (builds and
+#                 quantizes the model under /tmp/serve-work, which serve_llava_compare then reuses)
+#   serve_llava_compare model (b) fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers at batch 16
 #   serve_compare_codes the same with the general w4a16 kernel's codes form (VLM_W4A16_GEMM_CODES=1, after gemm_codes)
 #   serve_variants model (a) plain w4a16 and w4a16 + int4 KV, each with vision batch 16 and 1, at concurrency 1/16
 #   profile       VLM_CUDA_PROFILE=1: each phase of 2B prefill and decode steps at batch 1 and 64
@@ -538,6 +541,18 @@ serve_compare() {  # fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers a
     --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
     --stem internvl-2b-h200-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
+serve_llava() {  # model (b): w4a16 + int8 KV at concurrency 1/16/64, no peer
+  serve_site || return 1
+  python3 bench/serve.py --model-name llava-7b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
+    --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16,64 --out-dir "$RES/serve" \
+    --stem llava-7b-h200 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
+}
+serve_llava_compare() {  # model (b): fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers at batch 16
+  serve_site || return 1
+  python3 bench/serve.py --model-name llava-7b --variants fp16,w4a16-kv8 --vision-batch 16 --output-tokens 128 \
+    --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
+    --stem llava-7b-h200-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
+}
 trace7b() {  # where the 7B shape's batch-1 step goes (w4a16 + int8 KV), then its tok/s in the same call
   python3 bench/decode_trace.py --model 7b --weights w4a16 --kv int8 --batch 1 --out "$RES/trace_7b_w4a16_b1.json" |
     head -n 20
@@ -577,7 +592,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f gemm_codes serve_compare_codes trace7b pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f gemm_codes serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 560
@@ -623,6 +638,8 @@ step trace7b 240
 step ncu_attn 150
 step serve_compare 330
 step serve_compare_codes 330
+step serve_llava 560
+step serve_llava_compare 560
 step serve_variants 400
 step attn_ab 200
 step decode_table 240
