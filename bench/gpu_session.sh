@@ -14,8 +14,8 @@
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (VLM_W4A16_GEMM_CODES=1): its tests, compute-
-#                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor), the
-#                 engine tests with it, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
+#                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
+#   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
 #   wgmma         the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form): its checks, compute-sanitizer
 #                 on them, bench/gemm at M = 16/64/256/2048 without and with each form, the engine's GPU tests with each
 #   strip_default the strip form as the default (17-128 rows): tests of the default routing and each form, compute-
@@ -204,11 +204,14 @@ wgmma() {  # the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form;
   done
 }
 gemm_codes() {  # the general kernel's codes form up to 16 rows (VLM_W4A16_GEMM_CODES=1) against the default
-  python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm_codes.py tests/kernels/test_w4a16_decode.py 2>&1 | tail -n 4
+  python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm_codes.py tests/kernels/test_w4a16_decode.py \
+    tests/kernels/test_stream_read.py 2>&1 | tail -n 4
   VLM_W4A16_GEMM_CODES=1 VLM_W4A16_DECODE=0 PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer \
     --tool memcheck --error-exitcode 9 python3 tests/kernels/check_w4a16_shapes.py 2>&1 | tail -n 4
   python3 bench/gemm.py --ms 5,8,12,16 --read-floor --out-dir "$RES/gemm_codes0" | grep -E "^\| |^- M"
   VLM_W4A16_GEMM_CODES=1 python3 bench/gemm.py --ms 5,8,12,16 --out-dir "$RES/gemm_codes1" | grep -E "^\| |^- M"
+}
+codes_engine() {  # the engine with the codes form: its GPU tests, then decode at batch 8/16 without and with it
   VLM_W4A16_GEMM_CODES=1 python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
   for c in 0 1; do
     VLM_W4A16_GEMM_CODES=$c python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 8,16 \
@@ -592,10 +595,11 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f gemm_codes serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
-step gemm_codes 560
+step gemm_codes 480
+step codes_engine 400
 step wgmma 560
 step wgmma_ncu 200
 step strip_default 560
