@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 #include <random>
 
 #include "common/error.h"
@@ -355,6 +356,46 @@ bool Engine::argmax_suffices(const Request& r) {
   return (s.temperature == 0.f || s.top_k == 1) && s.repetition_penalty == 1.f && r.logprobs < 0 && !r.return_logits;
 }
 
+// Draws every token of the step that needs the host (a row whose full logits came back) into sampled_, in row
+// order, before postprocess emits anything. A draw is the row's own work (its logits, its request's generator,
+// one row per request a step), so the rows are drawn in parallel, each thread with its own buffers: the results
+// are those of drawing them one after another (a vocabulary-long row takes ~0.1-1 ms, at 64 rows a step long
+// enough to leave the GPU idle).
+void Engine::sample_rows(const std::vector<ScheduledWork>& work, const StepOutput& out) {
+  const int V = model_->params().vocab_size;
+  const bool argmax = !out.argmax.empty();
+  std::vector<std::pair<Request*, const float*>> rows;  // the same walk over the rows as postprocess's
+  size_t li = 0, full = 0;
+  for (const ScheduledWork& w : work) {
+    Request* r = w.request;
+    int emitted = r->logits_emitted;
+    for (int pos = r->num_computed; pos < r->num_computed + w.count; ++pos) {
+      const bool prompt_row = (r->prompt_logprobs || r->return_logits) && pos >= emitted &&
+                              pos < (int)r->prompt.size() - 1;
+      const bool sample_row = pos == r->length() - 1;
+      if (!prompt_row && !sample_row) continue;
+      const size_t index = li++;
+      const float* row = !argmax || batch_.full_logits[index] ? &out.logits[full++ * (size_t)V] : nullptr;
+      emitted = std::max(emitted, pos + 1);
+      if (sample_row && row) rows.emplace_back(r, row);
+    }
+  }
+  sampled_.assign(rows.size(), SampleResult{});
+  const int threads = rows.size() > 1 ? std::min<int>((int)rows.size(), omp_get_max_threads()) : 1;
+  if ((int)sample_scratch_.size() < threads) sample_scratch_.resize(threads);
+  std::exception_ptr failure;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
+  for (int i = 0; i < (int)rows.size(); ++i) {
+    try {
+      sampled_[i] = sample_token(*rows[i].first, rows[i].second, V, sample_scratch_[omp_get_thread_num()]);
+    } catch (...) {
+#pragma omp critical(vlm_sample_failure)
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+}
+
 void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutput& out) {
   // The step's events (a token for each row, finishes) reach the poller together, also if this throws: one
   // wake-up and one poll per step instead of one per row (a service hands each poll's tokens to its
@@ -367,11 +408,13 @@ void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutpu
       engine->flush_events();
     }
   } flush{this};
+  sample_rows(work, out);
   const int V = model_->params().vocab_size;
   const std::vector<float>& logits = out.logits;
   const bool argmax = !out.argmax.empty();
-  size_t li = 0;    // walks logit rows in the order step() requested them
-  size_t full = 0;  // walks the whole rows among them
+  size_t li = 0;       // walks logit rows in the order step() requested them
+  size_t full = 0;     // walks the whole rows among them
+  size_t drawn = 0;    // walks sampled_
   for (const ScheduledWork& w : work) {
     Request* r = w.request;
     const int first = r->num_computed, end = first + w.count;
@@ -407,7 +450,7 @@ void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutpu
       }
       SampleResult s;
       if (row)
-        s = sample_token(*r, row, V, sample_scratch_);
+        s = std::move(sampled_[drawn++]);
       else
         s.token = out.argmax[index];
       r->output.push_back(s.token);

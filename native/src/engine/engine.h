@@ -17,6 +17,7 @@
 #include "engine/block_manager.h"
 #include "engine/kv_cache.h"
 #include "engine/request.h"
+#include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "engine/step_runner.h"
 #include "model/model.h"
@@ -47,6 +48,7 @@ class Engine {
   void loop();
   void step();
   void postprocess(const std::vector<ScheduledWork>& work, const StepOutput& out);
+  void sample_rows(const std::vector<ScheduledWork>& work, const StepOutput& out);
   static bool argmax_suffices(const Request& r);
   void finish(Request* r, int reason, int stop_len, const std::string& error = "");
   void emit(Event&& e);
@@ -67,7 +69,10 @@ class Engine {
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
   StepBatch batch_;
   StepOutput out_;
-  std::vector<float> sample_scratch_;
+  // The step's tokens drawn on the host (rows whose full logits came back), in row order, and each sampling
+  // thread's buffers.
+  std::vector<SampleResult> sampled_;
+  std::vector<SamplerScratch> sample_scratch_;
   // While a step's outputs are processed, its events wait here and reach the pollers together (flush_events).
   bool batch_events_ = false;
   std::vector<Event> batched_;

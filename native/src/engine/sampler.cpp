@@ -18,18 +18,67 @@ float log_sum_exp(const float* x, int n) {
   return mx + static_cast<float>(std::log(s));
 }
 
-void apply_repetition_penalty(const Request& r, float* logits, int vocab) {
+void apply_repetition_penalty(const Request& r, float* logits, int vocab, SamplerScratch& sc) {
   const float p = r.sampling.repetition_penalty;
   if (p == 1.0f) return;
-  std::vector<char> seen(vocab, 0);
+  if ((int)sc.seen.size() != vocab) sc.seen.assign(vocab, 0);
+  sc.marked.clear();
   auto mark = [&](int32_t t) {
-    if (t >= 0 && t < vocab && !seen[t]) {
-      seen[t] = 1;
+    if (t >= 0 && t < vocab && !sc.seen[t]) {
+      sc.seen[t] = 1;
+      sc.marked.push_back(t);
       logits[t] = logits[t] > 0 ? logits[t] / p : logits[t] * p;
     }
   };
   for (int32_t t : r.prompt) mark(t);
   for (int32_t t : r.output) mark(t);
+  for (int32_t t : sc.marked) sc.seen[t] = 0;  // all clear again for the next row
+}
+
+// The k first tokens of the order (x descending, index ascending) into sc.cand, in that order. Only tokens
+// within `gap` of the largest logit are ranked; the gap doubles until at least k lie within it.
+void top_k_candidates(const float* x, int vocab, float mx, int k, SamplerScratch& sc) {
+  auto by_logit = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+  for (float gap = 8.f;; gap *= 2.f) {
+    const bool all = !(gap < 1e30f);
+    const float floor = mx - gap;
+    sc.cand.clear();
+    for (int i = 0; i < vocab; ++i)
+      if (all || x[i] >= floor) sc.cand.push_back(i);
+    if ((int)sc.cand.size() >= k) break;  // with `all`, every token (k < vocab)
+  }
+  std::nth_element(sc.cand.begin(), sc.cand.begin() + k, sc.cand.end(), by_logit);
+  sc.cand.resize(k);
+  std::sort(sc.cand.begin(), sc.cand.end(), by_logit);
+}
+
+// Smallest prefix of the order (x descending, index ascending) whose weights reach top_p of `total`: the
+// prefix's tokens into sc.cand and their weights into sc.prob, in that order. Only tokens within `gap` of the
+// largest logit are sorted; when their prefix falls short of top_p the gap doubles (then every token). The
+// candidates above a logit threshold are exactly a prefix of the whole order, so the prefix found is the one
+// a sort of the whole vocabulary would give, with the same weights and running sums.
+void top_p_prefix(const float* x, const double* weight, int vocab, float mx, double total, float top_p,
+                  SamplerScratch& sc) {
+  auto by_logit = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
+  for (float gap = 8.f;; gap *= 2.f) {
+    const bool all = !(gap < 1e30f);
+    const float floor = mx - gap;
+    sc.cand.clear();
+    for (int i = 0; i < vocab; ++i)
+      if (all || x[i] >= floor) sc.cand.push_back(i);
+    std::sort(sc.cand.begin(), sc.cand.end(), by_logit);
+    double cum = 0.0;
+    for (size_t i = 0; i < sc.cand.size(); ++i) {
+      cum += weight[sc.cand[i]] / total;
+      if (cum >= top_p) {
+        sc.cand.resize(i + 1);
+        break;
+      }
+    }
+    if (cum >= top_p || all || (int)sc.cand.size() == vocab) break;  // the whole order falls short: keep it all
+  }
+  sc.prob.resize(sc.cand.size());
+  for (size_t i = 0; i < sc.cand.size(); ++i) sc.prob[i] = weight[sc.cand[i]];
 }
 
 }  // namespace
@@ -48,41 +97,53 @@ float log_softmax_at(const float* logits, int vocab, int32_t token) {
   return logits[token] - log_sum_exp(logits, vocab);
 }
 
-SampleResult sample_token(Request& r, const float* logits, int vocab, std::vector<float>& x) {
+SampleResult sample_token(Request& r, const float* logits, int vocab, SamplerScratch& sc) {
   SampleResult res;
+  std::vector<float>& x = sc.x;
   x.assign(logits, logits + vocab);
-  apply_repetition_penalty(r, x.data(), vocab);
+  apply_repetition_penalty(r, x.data(), vocab, sc);
   const vlm_sampling_params& s = r.sampling;
 
   if (s.temperature == 0.f || s.top_k == 1) {
     res.token = static_cast<int32_t>(std::max_element(x.begin(), x.end()) - x.begin());  // first max wins
   } else {
-    for (float& v : x) v /= s.temperature;
-    // Candidates sorted by probability only when a filter needs the order.
-    std::vector<int32_t> cand(vocab);
-    std::iota(cand.begin(), cand.end(), 0);
-    auto by_logit = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-    int n = vocab;
-    if (s.top_k > 0 && s.top_k < n) {
-      std::nth_element(cand.begin(), cand.begin() + s.top_k, cand.end(), by_logit);
-      n = s.top_k;
-    }
-    const bool need_order = s.top_p < 1.f;
-    if (need_order) std::sort(cand.begin(), cand.begin() + n, by_logit);
+    // Locals, so that the compiler knows the row cannot alias them and vectorizes both loops.
+    const float temperature = s.temperature;
+    float* xs = x.data();
+    for (int i = 0; i < vocab; ++i) xs[i] /= temperature;
     float mx = -INFINITY;
-    for (int i = 0; i < n; ++i) mx = std::max(mx, x[cand[i]]);
-    std::vector<double> prob(n);
-    double total = 0.0;
-    for (int i = 0; i < n; ++i) total += prob[i] = std::exp(static_cast<double>(x[cand[i]] - mx));
-    if (need_order) {  // smallest prefix whose mass reaches top_p (always at least one token)
-      double cum = 0.0;
-      int keep = n;
-      for (int i = 0; i < n; ++i) {
-        cum += prob[i] / total;
-        if (cum >= s.top_p) { keep = i + 1; break; }
+    for (int i = 0; i < vocab; ++i) mx = xs[i] > mx ? xs[i] : mx;
+    const bool top_k = s.top_k > 0 && s.top_k < vocab, top_p = s.top_p < 1.f;
+    int n = vocab;
+    if (top_k) {  // the top_k largest, in the order x descending, index ascending
+      top_k_candidates(x.data(), vocab, mx, s.top_k, sc);
+      n = s.top_k;
+      sc.prob.resize(n);
+      for (int i = 0; i < n; ++i) sc.prob[i] = std::exp(static_cast<double>(x[sc.cand[i]] - mx));
+      if (top_p) {  // smallest prefix whose mass reaches top_p (always at least one token)
+        double total = 0.0, cum = 0.0;
+        for (int i = 0; i < n; ++i) total += sc.prob[i];
+        for (int i = 0; i < n; ++i) {
+          cum += sc.prob[i] / total;
+          if (cum >= s.top_p) {
+            n = i + 1;
+            break;
+          }
+        }
       }
-      n = keep;
+    } else if (top_p) {
+      sc.weight.resize(vocab);
+      double total = 0.0;
+      for (int i = 0; i < vocab; ++i) total += sc.weight[i] = std::exp(static_cast<double>(x[i] - mx));
+      top_p_prefix(x.data(), sc.weight.data(), vocab, mx, total, s.top_p, sc);
+      n = (int)sc.cand.size();
+    } else {  // the vocabulary in its own order
+      sc.cand.resize(vocab);
+      std::iota(sc.cand.begin(), sc.cand.end(), 0);
+      sc.prob.resize(vocab);
+      for (int i = 0; i < vocab; ++i) sc.prob[i] = std::exp(static_cast<double>(x[i] - mx));
     }
+    double* prob = sc.prob.data();
     if (s.min_p > 0.f) {  // drop tokens below min_p times the most likely one's probability
       double pmax = 0.0;
       for (int i = 0; i < n; ++i) pmax = std::max(pmax, prob[i]);
@@ -92,11 +153,14 @@ SampleResult sample_token(Request& r, const float* logits, int vocab, std::vecto
     double kept = 0.0;
     for (int i = 0; i < n; ++i) kept += prob[i];
     double u = uniform01(r.rng) * kept;
-    res.token = cand[n - 1];
+    res.token = sc.cand[n - 1];
     for (int i = 0; i < n; ++i) {
       if (prob[i] == 0.0) continue;
       u -= prob[i];
-      if (u < 0.0) { res.token = cand[i]; break; }
+      if (u < 0.0) {
+        res.token = sc.cand[i];
+        break;
+      }
     }
   }
 
