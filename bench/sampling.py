@@ -96,15 +96,21 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--vocab", type=int, default=92544)
     ap.add_argument("--kinds", default=None, help=f"comma-separated subset of {','.join(KINDS)} (default: all)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="the engine's backend (on cuda greedy rows are argmaxed on the GPU, the rest copied back whole)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "vlmserve-sampling-bench"))
     ap.add_argument("--out", default=None, help="JSON report")
     a = ap.parse_args()
-    kinds = {k: KINDS[k] for k in a.kinds.split(",")} if a.kinds else KINDS
+    names = a.kinds.split(",") if a.kinds else list(KINDS)
+    unknown = [k for k in names if k not in KINDS]
+    if unknown:
+        ap.error(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
+    kinds = {k: KINDS[k] for k in names}
     from vlmserve import Engine, EngineConfig, _native
 
     model = write_model(Path(a.work) / f"llama-1layer-v{a.vocab}", a.vocab)
     rows = []
-    with Engine(model, EngineConfig(device="cpu", max_batch_size=max(a.batches), num_kv_blocks=4096,
+    with Engine(model, EngineConfig(device=a.device, max_batch_size=max(a.batches), num_kv_blocks=4096,
                                     block_size=16)) as eng:
         for name, kind in kinds.items():
             for batch in a.batches:
@@ -113,7 +119,7 @@ def main() -> None:
                 rows.append({"kind": name, "params": kind, "batch": batch, "out_tok_s": tok_s})
                 print(f"{name:16s} {str(kind):62s} batch {batch:3d}: {tok_s:10.1f} tok/s", flush=True)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-              "revision": git_revision(), "library": _native.lib()._name, "cpus": os.cpu_count(),
+              "revision": git_revision(), "library": _native.lib()._name, "cpus": os.cpu_count(), "device": a.device,
               "vocab": a.vocab, "new_tokens": a.new_tokens, "command": " ".join(["python3 bench/sampling.py"] + sys.argv[1:]),
               "distribution_at_t0.7": distribution(model, KINDS["temp"]), "rows": rows}
     print(f"next-token distribution at temperature 0.7: {report['distribution_at_t0.7']}")
