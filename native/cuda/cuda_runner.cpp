@@ -29,6 +29,7 @@
 #include "cuda/cuda_check.cuh"
 #include "cuda/decoder_kernels.h"
 #include "cuda/dense_decode.h"
+#include "cuda/draw_rows.h"
 #include "cuda/simt_linear.h"
 #include "cuda/step_profiler.h"
 #include "cuda/w4a16_decode.h"
@@ -291,6 +292,9 @@ class CudaRunner final : public StepRunner {
     // VLM_CUDA_GRAPHS=0 runs decode steps eagerly (the same kernels and plans, launched one by one).
     const char* graphs = std::getenv("VLM_CUDA_GRAPHS");
     graphs_enabled_ = graphs == nullptr || std::strcmp(graphs, "0") != 0;
+    // VLM_DEVICE_SAMPLING=1 draws sampled rows on the GPU (draw_rows.cu) instead of copying them back whole.
+    const char* sampling = std::getenv("VLM_DEVICE_SAMPLING");
+    device_draws_ = sampling != nullptr && std::strcmp(sampling, "0") != 0 && comm_ == nullptr;
     // VLM_CUDA_PROFILE=1 times every phase of every step (eagerly) and prints the means at exit.
     const char* profile = std::getenv("VLM_CUDA_PROFILE");
     if (profile != nullptr && std::strcmp(profile, "0") != 0) {
@@ -431,7 +435,10 @@ class CudaRunner final : public StepRunner {
       mark("copy out");
     }
 
-    // Every row's argmax (R x 8 bytes), and whole rows only where the engine needs them.
+    if (!b.draws.empty()) draw_on_device(b, R, V);
+
+    // Every row's argmax (R x 8 bytes; a drawn row's token in its place), and whole rows only where the engine
+    // needs them.
     out.argmax.resize(R);
     out.max_logit.resize(R);
     size_t full = 0;
@@ -604,6 +611,34 @@ class CudaRunner final : public StepRunner {
 
   void mark(const char* phase) {
     if (prof_) prof_->mark(phase, stream_);
+  }
+
+  bool draws_on_device() const override { return device_draws_; }
+
+  // The step's sampled rows drawn where their logits are (draw_rows.cu), over the argmax the step wrote: the
+  // rows' parameters go up as five arrays in one buffer (outside any captured graph: they change every step).
+  void draw_on_device(const StepBatch& b, int R, int V) {
+    mark("draw");
+    const size_t n = (size_t)R;
+    const size_t f_bytes = n * 4, d_off = (4 * f_bytes + 7) / 8 * 8;  // temperature, top_k, top_p, min_p; then u
+    draw_host_.assign(d_off + n * 8, 0);
+    unsigned char* h = draw_host_.data();
+    for (size_t i = 0; i < n; ++i) {
+      const RowDraw& d = b.draws[i];
+      std::memcpy(h + i * 4, &d.temperature, 4);
+      std::memcpy(h + f_bytes + i * 4, &d.top_k, 4);
+      std::memcpy(h + 2 * f_bytes + i * 4, &d.top_p, 4);
+      std::memcpy(h + 3 * f_bytes + i * 4, &d.min_p, 4);
+      std::memcpy(h + d_off + i * 8, &d.u, 8);
+    }
+    draw_params_.reserve(draw_host_.size());  // not in any graph: no re-capture when it moves
+    unsigned char* dev = static_cast<unsigned char*>(draw_params_.as());
+    VLM_CUDA_CHECK(cudaMemcpyAsync(dev, h, draw_host_.size(), cudaMemcpyHostToDevice, stream_));
+    const cuda::DrawParams params{reinterpret_cast<const float*>(dev), reinterpret_cast<const int32_t*>(dev + f_bytes),
+                                  reinterpret_cast<const float*>(dev + 2 * f_bytes),
+                                  reinterpret_cast<const float*>(dev + 3 * f_bytes),
+                                  reinterpret_cast<const double*>(dev + d_off)};
+    VLM_CUDA_CHECK(cuda::draw_rows(logits_d_.as<float>(), R, V, params, argmax_d_.as<int32_t>(), stream_));
   }
 
   void grow(DeviceBuffer& b, size_t bytes) {
@@ -798,6 +833,10 @@ class CudaRunner final : public StepRunner {
   std::unordered_map<int64_t, GraphExec> graphs_;
   std::unordered_set<int64_t> seen_;
   std::vector<float> splice_host_;
+  // Sampled rows drawn on the device (VLM_DEVICE_SAMPLING=1): their parameters, staged and uploaded each step.
+  bool device_draws_ = false;
+  std::vector<unsigned char> draw_host_;
+  DeviceBuffer draw_params_;
   std::unique_ptr<cuda::StepProfiler> prof_;  // VLM_CUDA_PROFILE
   const int32_t *meta_tokens_ = nullptr, *meta_logit_rows_ = nullptr, *meta_splice_rows_ = nullptr;
 };

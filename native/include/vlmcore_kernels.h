@@ -111,6 +111,17 @@ VLM_API int vlm_argmax_rows(const float* logits, int32_t rows, int32_t vocab, in
 VLM_API int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_scale_zero, void* out, int32_t n,
                                  int32_t k, int32_t group_size, int32_t act_dtype, void* stream);
 
+/* Sampled decoding's draw on the GPU, as the engine makes it with VLM_DEVICE_SAMPLING=1: for each of `rows`
+ * fp32 rows of `vocab` logits, x = logit / temperature[row]; the top_k[row] tokens by x (0: off; ties by lower
+ * index); within them the smallest prefix of that order holding top_p[row] of their weight (1: off); tokens
+ * below min_p[row] of the largest weight dropped (0: off); then the first token, in vocabulary order, at which
+ * the running weight exceeds u[row] (in [0, 1)) times the kept weight, into tokens[row]. Weights are
+ * exp(x - max x) in integer units of 2^-40 (exact sums: the same token every run). A row whose temperature is
+ * not > 0 keeps what tokens[row] held. Device pointers (u: doubles); asynchronous on `stream`; CUDA builds only. */
+VLM_API int vlm_draw_rows(const float* logits, int32_t rows, int32_t vocab, const float* temperature,
+                          const int32_t* top_k, const float* top_p, const float* min_p, const double* u,
+                          int32_t* tokens, void* stream);
+
 /* Reads `bytes` (a positive multiple of 16) at `p` (16-byte aligned) once in one
  * kernel, with the loads the weight kernels stream with: for benchmarks, the
  * floor a kernel reading those bytes cannot beat (launch, ramp and tail

@@ -12,6 +12,7 @@
 #include "cuda/cuda_check.cuh"
 #include "cuda/decoder_kernels.h"
 #include "cuda/dense_decode.h"
+#include "cuda/draw_rows.h"
 #include "cuda/stream_read.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
@@ -285,6 +286,21 @@ void check_cache_args(int32_t act_dtype, int32_t kv_dtype, const void* k_scale_z
 }
 
 }  // namespace
+
+int vlm_draw_rows(const float* logits, int32_t rows, int32_t vocab, const float* temperature, const int32_t* top_k,
+                  const float* top_p, const float* min_p, const double* u, int32_t* tokens, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(logits && temperature && top_k && top_p && min_p && u && tokens, "NULL device pointer");
+    VLM_CHECK_ARG(rows > 0 && vocab > 0, "rows and vocab must be positive, got " << rows << " and " << vocab);
+#ifdef VLM_HAVE_CUDA
+    VLM_CUDA_CHECK(vlm::cuda::draw_rows(logits, rows, vocab, vlm::cuda::DrawParams{temperature, top_k, top_p, min_p, u},
+                                        tokens, static_cast<cudaStream_t>(stream)));
+#else
+    (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
 
 int vlm_stream_read_sink_words(int32_t* words) {
   return vlm::guarded([&] {

@@ -223,6 +223,7 @@ def _declare(lib: ctypes.CDLL) -> None:
                                       c.c_void_p]),
         "vlm_w4a16_dequantize": (c.c_int, [c.c_void_p, c.c_void_p, c.c_void_p, c.c_int32, c.c_int32, c.c_int32,
                                            c.c_int32, c.c_void_p]),
+        "vlm_draw_rows": (c.c_int, [c.c_void_p, c.c_int32, c.c_int32] + [c.c_void_p] * 7),
         "vlm_stream_read_sink_words": (c.c_int, [c.POINTER(c.c_int32)]),
         "vlm_stream_read": (c.c_int, [c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]),
         "vlm_prefill_attention_workspace_bytes": (c.c_int, [c.c_int32, c.c_int32, c.POINTER(c.c_int64)]),

@@ -193,6 +193,25 @@ def w4a16_dequantize(packed, scale_zero, n: int, k: int, group_size: int, bf16: 
     return out
 
 
+def draw_rows(logits, temperature, top_k, top_p, min_p, u, tokens):
+    """Sampled rows' tokens drawn on the GPU (vlm_draw_rows) into `tokens` (int32 [rows], left alone where the
+    temperature is not > 0): logits float32 [rows, vocab]; temperature, top_p, min_p float32 [rows]; top_k int32
+    [rows]; u float64 [rows] in [0, 1); all CUDA tensors. Returns tokens."""
+    import torch
+
+    rows, vocab = logits.shape
+    want = [(logits, torch.float32), (temperature, torch.float32), (top_k, torch.int32), (top_p, torch.float32),
+            (min_p, torch.float32), (u, torch.float64), (tokens, torch.int32)]
+    for i, (t, dtype) in enumerate(want):
+        if t.dtype != dtype or not t.is_contiguous() or (i > 0 and tuple(t.shape) != (rows,)):
+            raise InvalidArgumentError(f"draw_rows: argument {i} must be a contiguous {dtype} tensor"
+                                       + ("" if i == 0 else f" of shape ({rows},)"))
+    check(_native.lib().vlm_draw_rows(logits.data_ptr(), rows, vocab, temperature.data_ptr(), top_k.data_ptr(),
+                                      top_p.data_ptr(), min_p.data_ptr(), u.data_ptr(), tokens.data_ptr(),
+                                      _stream(logits.device)))
+    return tokens
+
+
 def stream_read_sink(device):
     """A device buffer for stream_read()'s per-block words (vlm_stream_read_sink_words of them)."""
     import torch

@@ -285,3 +285,7 @@ def test_kernel_entry_points_check_their_arguments_before_the_device():
         check(lib.vlm_stream_read(ctypes.c_void_p(0x1008), 64, dev, None))
     with pytest.raises(InvalidArgumentError, match="NULL output"):
         check(lib.vlm_stream_read_sink_words(None))
+    with pytest.raises(InvalidArgumentError, match="rows and vocab must be positive, got 0 and 8"):
+        check(lib.vlm_draw_rows(dev, 0, 8, dev, dev, dev, dev, dev, dev, None))
+    with pytest.raises(InvalidArgumentError, match="NULL device pointer"):
+        check(lib.vlm_draw_rows(dev, 2, 8, dev, dev, dev, dev, None, dev, None))

@@ -318,6 +318,8 @@ void Engine::step() {
   if (work.empty()) return;
   const int64_t t0 = now_ns();
   batch_.clear();
+  const bool device_draws = runner_->draws_on_device();
+  bool any_draw = false;
   for (const ScheduledWork& w : work) {
     Request* r = w.request;
     if (!r->first_scheduled_ns) r->first_scheduled_ns = t0;
@@ -335,10 +337,18 @@ void Engine::step() {
                                     pos < (int)r->prompt.size() - 1;
       if (wants_prompt_row || pos == r->length() - 1) {
         batch_.logit_rows.push_back(row0 + i);
-        batch_.full_logits.push_back(wants_prompt_row || !argmax_suffices(*r));
+        RowDraw draw;
+        if (!wants_prompt_row && device_draws && draws_on_device(*r)) {
+          const vlm_sampling_params& sp = r->sampling;
+          draw = RowDraw{sp.temperature, sp.top_k, sp.top_p, sp.min_p, next_uniform(*r)};
+          any_draw = true;
+        }
+        batch_.full_logits.push_back(wants_prompt_row || (!argmax_suffices(*r) && draw.temperature == 0.f));
+        if (device_draws) batch_.draws.push_back(draw);
       }
     }
   }
+  if (!any_draw) batch_.draws.clear();  // nothing to draw on the device this step
   try {
     runner_->forward(batch_, out_);
   } catch (const std::exception& ex) {
@@ -347,6 +357,14 @@ void Engine::step() {
   }
   steps_ += 1;
   postprocess(work, out_);
+}
+
+// A sampled request whose draw needs nothing but its row of logits (no logprobs, logits or repetition penalty,
+// which need the row or the request's history on the host) can be drawn where the row is.
+bool Engine::draws_on_device(const Request& r) {
+  const vlm_sampling_params& s = r.sampling;
+  return !argmax_suffices(r) && s.temperature > 0.f && s.repetition_penalty == 1.f && r.logprobs < 0 &&
+         !r.return_logits;
 }
 
 // A greedy request that wants no logprobs, logits or repetition penalty needs only the

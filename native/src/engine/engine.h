@@ -50,6 +50,7 @@ class Engine {
   void postprocess(const std::vector<ScheduledWork>& work, const StepOutput& out);
   void sample_rows(const std::vector<ScheduledWork>& work, const StepOutput& out);
   static bool argmax_suffices(const Request& r);
+  static bool draws_on_device(const Request& r);
   void finish(Request* r, int reason, int stop_len, const std::string& error = "");
   void emit(Event&& e);
   void deliver_locked(Event&& e);  // with mu_ held

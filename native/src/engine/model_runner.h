@@ -13,6 +13,15 @@
 
 namespace vlm {
 
+// A sampled row's draw: its filters and the uniform number its request's generator gave for this token.
+struct RowDraw {
+  float temperature = 0.f;
+  int32_t top_k = 0;
+  float top_p = 1.f;
+  float min_p = 0.f;
+  double u = 0.0;
+};
+
 struct StepBatch {
   std::vector<int32_t> tokens;                 // one per row
   std::vector<int> positions;                  // one per row
@@ -20,10 +29,13 @@ struct StepBatch {
   std::vector<std::pair<int, const float*>> embedding_rows;  // (row, [hidden] fp32) overrides
   std::vector<int> logit_rows;                 // rows whose logits are returned, in this order
   std::vector<uint8_t> full_logits;            // per logit row: 0 when its argmax is all the engine needs
+  // Empty, or per logit row: the draw a runner that draws on its device (StepRunner::draws_on_device) makes
+  // in place of the argmax; temperature 0 where the row keeps its argmax or comes back whole.
+  std::vector<RowDraw> draws;
 
   void clear() {
     tokens.clear(); positions.clear(); segments.clear(); embedding_rows.clear(); logit_rows.clear();
-    full_logits.clear();
+    full_logits.clear(); draws.clear();
   }
 };
 

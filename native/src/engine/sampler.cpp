@@ -93,6 +93,8 @@ void validate_sampling(const vlm_sampling_params& s) {
                 "repetition_penalty must be > 0, got " << s.repetition_penalty);
 }
 
+double next_uniform(Request& r) { return uniform01(r.rng); }
+
 float log_softmax_at(const float* logits, int vocab, int32_t token) {
   return logits[token] - log_sum_exp(logits, vocab);
 }

@@ -37,6 +37,10 @@ struct SamplerScratch {
 // not the vocabulary.
 SampleResult sample_token(Request& r, const float* logits, int vocab, SamplerScratch& scratch);
 
+// The uniform number in [0, 1) a draw takes from the request's generator (sample_token takes one a token; a
+// runner that draws on its device is given this one instead).
+double next_uniform(Request& r);
+
 // log_softmax(logits)[token] for every requested token (used for prompt logprobs).
 float log_softmax_at(const float* logits, int vocab, int32_t token);
 

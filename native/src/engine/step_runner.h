@@ -23,6 +23,9 @@ class StepRunner {
   virtual void allocate_cache(int64_t num_blocks, int block_size, int kv_dtype) = 0;
   virtual int64_t kv_cache_bytes() const = 0;
   virtual void forward(const StepBatch& batch, StepOutput& out) = 0;
+  // Whether forward() honours StepBatch::draws: a drawn row's token then comes back as its argmax entry and
+  // its logits stay on the device.
+  virtual bool draws_on_device() const { return false; }
 };
 
 class Communicator;
