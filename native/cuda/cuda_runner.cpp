@@ -618,6 +618,8 @@ class CudaRunner final : public StepRunner {
   // The step's sampled rows drawn where their logits are (draw_rows.cu), over the argmax the step wrote: the
   // rows' parameters go up as five arrays in one buffer (outside any captured graph: they change every step).
   void draw_on_device(const StepBatch& b, int R, int V) {
+    VLM_CHECK((int)b.draws.size() == R, VLM_ERR_INTERNAL,
+              "a step's draws (" << b.draws.size() << ") do not match its logit rows (" << R << ")");
     mark("draw");
     const size_t n = (size_t)R;
     const size_t f_bytes = n * 4, d_off = (4 * f_bytes + 7) / 8 * 8;  // temperature, top_k, top_p, min_p; then u

@@ -150,6 +150,7 @@ __global__ void __launch_bounds__(kThreads, 1) draw_rows_kernel(const float* __r
   float m = -INFINITY;
   for (int i = threadIdx.x; i < vocab; i += kThreads) m = fmaxf(m, row[i] / t);
   const float mx = block_max(m, sh.floats);
+  if (!(mx > -INFINITY)) return;  // no finite logit (or NaNs only): the argmax stays
 
   // Top-k: the k-th largest key, then how many of that key's tokens (lowest indices first) are kept.
   const bool use_k = top_k > 0 && top_k < vocab;
@@ -208,7 +209,7 @@ __global__ void __launch_bounds__(kThreads, 1) draw_rows_kernel(const float* __r
   for (int i = lo; i < hi; ++i) mine += kept_weight(i);
   const uint64_t before = block_exclusive_scan(mine, sh.words);
   const uint64_t kept = block_sum(mine, sh.words);
-  if (kept == 0) return;  // no finite logit: the argmax stays
+  if (kept == 0) return;
   uint64_t target = (uint64_t)(params.u[r] * (double)kept);  // floor; below kept for u < 1
   if (target >= kept) target = kept - 1;
   if (before <= target && target < before + mine) {  // exactly one thread's stretch holds it
