@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 
-from run_info import git_revision, ints, write_atomic  # noqa: E402
+from run_info import git_revision, ints, library_settings, write_atomic  # noqa: E402
 
 KINDS = {  # name: GenerationConfig arguments
     "greedy": {},
@@ -120,6 +120,7 @@ def main() -> None:
                 print(f"{name:16s} {str(kind):62s} batch {batch:3d}: {tok_s:10.1f} tok/s", flush=True)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "revision": git_revision(), "library": _native.lib()._name, "cpus": os.cpu_count(), "device": a.device,
+              "library_settings": library_settings(),
               "vocab": a.vocab, "new_tokens": a.new_tokens, "command": " ".join(["python3 bench/sampling.py"] + sys.argv[1:]),
               "distribution_at_t0.7": distribution(model, KINDS["temp"]), "rows": rows}
     print(f"next-token distribution at temperature 0.7: {report['distribution_at_t0.7']}")
