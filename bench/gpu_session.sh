@@ -46,6 +46,8 @@
 #   trace64       batch 64's kernels (decode_trace.py)
 #   device_sampling sampled rows drawn on the GPU (VLM_DEVICE_SAMPLING=1): the draw kernel's and the engine's tests,
 #                 compute-sanitizer on the kernel's, bench/sampling.py on the CUDA backend without and with it
+#   serve_sampled model (a), w4a16 + int8 KV at concurrency 16/64/256 with sampled requests (temperature 0.7, top-p
+#                 0.9): drawn on the host (the default), then on the GPU (VLM_DEVICE_SAMPLING=1; after device_sampling)
 #   sampling      bench/sampling.py on the CUDA backend: greedy against sampled requests (drawn on the host) at batch
 #                 1/16/64, a 92,544-token vocabulary
 #   trace7b       the 7B shape's batch-1 kernels (decode_trace.py), then 7B w4a16 + int8 KV decode at batch 1
@@ -560,7 +562,12 @@ serve_llava_compare() {  # model (b): fp16 vs w4a16 + int8 KV at concurrency 1/1
     --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
     --stem llava-7b-h200-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
-device_sampling() {  # sampled rows drawn on the GPU: tests, compute-sanitizer, then bench/sampling.py off and on
+device_serve_sampled() {  # serving with sampled requests, drawn on the host and then on the GPU
+  local sampled="--temperature 0.7 --top-p 0.9 --lm-flag=--stream-interval=4"
+  serve_runs 16,64,256 "--stem internvl-2b-h200-sampled-host $sampled"
+  VLM_DEVICE_SAMPLING=1 serve_runs 16,64,256 "--stem internvl-2b-h200-sampled-device $sampled"
+}
+sampling() {  # sampled rows drawn on the GPU: tests, compute-sanitizer, then bench/sampling.py off and on
   python3 -m pytest -q -m gpu tests/kernels/test_draw_rows.py tests/engine/test_device_sampling.py 2>&1 | tail -n 6
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -m gpu tests/kernels/test_draw_rows.py \
     -k "rows_without or ties" 2>&1 | tail -n 3
@@ -611,7 +618,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
@@ -657,6 +664,7 @@ step trace64 120
 step trace7b 240
 step sampling 200
 step device_sampling 400
+step serve_sampled 560
 step ncu_attn 150
 step serve_compare 330
 step serve_compare_codes 330

@@ -168,7 +168,8 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
     mime = IMAGE_FORMATS[a.image_format][1]
     parts = [pb.ContentPart(image=common.ImageInput(data=image, mime_type=mime)), pb.ContentPart(text=PROMPT)]
     request = pb.ChatRequest(messages=[pb.ChatMessage(role=pb.ROLE_USER, content=parts)],
-                             params=pb.SamplingParams(max_tokens=a.output_tokens, ignore_eos=True))
+                             params=pb.SamplingParams(max_tokens=a.output_tokens, ignore_eos=True,
+                                                      **sampling_params(a)))
 
     log(f"{label}: starting the stack ({model.name}, KV {kv})")
     log_path = out_dir / "logs" / f"{a.stem}_{name}_vb{vision_batch}_tp{tp}.log"
@@ -246,6 +247,16 @@ def switch_intervals(flags) -> dict[str, float]:
     return {k: of(v) for k, v in flags.items()} if isinstance(flags, dict) else {"stack": of(flags)}
 
 
+def sampling_params(a) -> dict:
+    """The requests' sampling fields (none: greedy)."""
+    if a.temperature <= 0:
+        return {}
+    out = {"temperature": a.temperature, "top_k": a.top_k}
+    if a.top_p < 1:
+        out["top_p"] = a.top_p
+    return out
+
+
 def run_peer(model: Path, a, image: bytes) -> list[dict]:
     """transformers generate on the same checkpoint: batch = each of --peer-batches."""
     import torch
@@ -269,6 +280,9 @@ def run_peer(model: Path, a, image: bytes) -> list[dict]:
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}]
     ids = builder.build(msgs, [layout]).token_ids
     hf = AutoModelForImageTextToText.from_pretrained(model, dtype=dtype).to(device).eval()
+    # The same sampling as the stack's requests (transformers' own filters; greedy when --temperature is 0).
+    peer_sampling = (dict(do_sample=True, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p)
+                     if a.temperature > 0 else dict(do_sample=False))
     out = []
     for b in a.peer_batches:
         input_ids = torch.tensor([ids] * b, device=device)
@@ -280,7 +294,7 @@ def run_peer(model: Path, a, image: bytes) -> list[dict]:
             t = time.perf_counter()
             with torch.no_grad():
                 hf.generate(input_ids=input_ids, pixel_values=pv, attention_mask=torch.ones_like(input_ids),
-                            max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+                            max_new_tokens=n, min_new_tokens=n, pad_token_id=0, **peer_sampling)
             if device == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - t
@@ -306,6 +320,10 @@ def main() -> int:
                     help="0: max(4 x concurrency, 16); a level's first wave arrives at once, later ones spread out")
     ap.add_argument("--warmup", type=int, default=4, help="warm-up requests per level (at most the concurrency)")
     ap.add_argument("--output-tokens", type=int, default=128)
+    ap.add_argument("--temperature", type=float, default=0.0,
+                    help="sampled requests at this temperature (0, the default: greedy)")
+    ap.add_argument("--top-p", type=float, default=1.0, help="with --temperature: nucleus filter (1: off)")
+    ap.add_argument("--top-k", type=int, default=0, help="with --temperature: top-k filter (0: off)")
     ap.add_argument("--image", type=Path, default=ROOT / "python/vlmserve/data/images/chelsea.png")
     ap.add_argument("--image-size", type=int, default=512)
     ap.add_argument("--image-format", choices=sorted(IMAGE_FORMATS), default="jpeg",
@@ -361,6 +379,9 @@ def main() -> int:
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {sorted(VARIANTS)}")
+    if not (a.temperature >= 0 and 0 < a.top_p <= 1 and a.top_k >= 0):
+        ap.error(f"--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0; got {a.temperature}, {a.top_p}, "
+                 f"{a.top_k}")
     a.out_dir.mkdir(parents=True, exist_ok=True)
 
     dense = write_model(a.work / a.model_name, a.model_name)
@@ -380,6 +401,7 @@ def main() -> int:
                   "model_desc": describe(a.model_name), "image": a.image.name, "image_size": a.image_size,
                   "image_format": a.image_format, "image_bytes": len(image),
                   "prompt": PROMPT, "output_tokens": a.output_tokens, "warmup_requests": a.warmup,
+                  "sampling": sampling_params(a),
                   "library_settings": library_settings()},
          "variants": [], "peer": []}
 

@@ -59,6 +59,19 @@ def threads_cell(lv: dict) -> str:
                      for proc, threads in (lv.get("service_thread_cores") or {}).items())
 
 
+def sampling_words(m: dict) -> str:
+    """How the requests chose their tokens (runs before the field was recorded were greedy)."""
+    s = m.get("sampling") or {}
+    if not s:
+        return "greedy"
+    words = [f"sampled at temperature {s['temperature']:g}"]
+    if s.get("top_k"):
+        words.append(f"top-k {s['top_k']}")
+    if s.get("top_p") is not None:
+        words.append(f"top-p {s['top_p']:g}")
+    return ", ".join(words)
+
+
 def markdown(r: dict, plots: list[str]) -> str:
     m = r["meta"]
     out = [f"# Serving benchmark: {m['model_name']}", "",
@@ -67,7 +80,8 @@ def markdown(r: dict, plots: list[str]) -> str:
            f"- Date: {m['date']}; device: {m['device']}; vlmserve revision {m['git']}",
            f"- Model: {m['model_desc']}",
            f"- Each request: one {m['image_size']}×{m['image_size']} image ({m['image']}{encoded(m)}) and the prompt "
-           f"\"{m['prompt']}\", {m['output_tokens']} output tokens (EOS ignored), greedy. Per concurrency level: "
+           f"\"{m['prompt']}\", {m['output_tokens']} output tokens (EOS ignored), {sampling_words(m)}. Per "
+           f"concurrency level: "
            f"{m['warmup_requests']} warm-up requests, then the timed ones (the count is in the table).",
            "- TTFT and inter-token latency as the client sees them (gRPC included); the service's own "
            "breakdown (queue, vision, prefill, decode: means over requests) comes from its final message.",

@@ -21,11 +21,15 @@ def run(tmp_path: Path, *extra: str, env: dict | None = None) -> tuple[subproces
     return proc, out
 
 
-@pytest.mark.parametrize("model,image_format", [("internvl-2b", "jpeg"), ("llava-7b", "png")])
-def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format):
+# The second run samples (the stack's requests and the transformers peer alike); the first is greedy.
+SAMPLED = ("--temperature", "0.8", "--top-p", "0.9", "--top-k", "40")
+
+
+@pytest.mark.parametrize("model,image_format,sampling", [("internvl-2b", "jpeg", ()), ("llava-7b", "png", SAMPLED)])
+def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format, sampling):
     # A native library setting in the environment (one the CPU backend does not read) is named in the report.
     env = {k: v for k, v in os.environ.items() if not k.startswith("VLM_")}
-    proc, out = run(tmp_path, "--model-name", model, "--image-format", image_format,
+    proc, out = run(tmp_path, "--model-name", model, "--image-format", image_format, *sampling,
                     env=dict(env, VLM_W4A16_WGMMA="0"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     stem = model.split("-")[0] + "-tiny"
@@ -63,6 +67,11 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format)
     assert "Native library settings in the environment: `VLM_W4A16_WGMMA=0`" in md
     assert "0 failed request(s)" in md and "× transformers" in md and f"sent as {image_format.upper()}" in md
     assert "Image processor: on the host." in md
+    if sampling:
+        assert r["meta"]["sampling"] == {"temperature": 0.8, "top_k": 40, "top_p": 0.9}
+        assert "(EOS ignored), sampled at temperature 0.8, top-k 40, top-p 0.9." in md
+    else:
+        assert r["meta"]["sampling"] == {} and "(EOS ignored), greedy." in md
     from vlmserve.cli.serve import DEFAULT_SWITCH_INTERVAL_MS as default_switch
 
     assert f"GIL switch interval: stack {default_switch:g} ms." in md
