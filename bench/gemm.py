@@ -55,6 +55,15 @@ WGMMA_FORM_NAMES = {1: "w4a16 wgmma kernel, block form", 2: "w4a16 wgmma kernel,
 DENSE_DECODE_MAX_ROWS = 4
 
 
+def dequant_chunk_columns(n: int, k: int) -> int:
+    """Output columns the engine dequantizes at a time for a prefill-sized GEMM (CudaRunner::dequant_chunk_columns:
+    all unless VLM_DEQUANT_CHUNK_MB)."""
+    mb = max(0, int(os.environ.get("VLM_DEQUANT_CHUNK_MB", "0") or 0))
+    if mb == 0:
+        return n
+    return min(n, max(64, (mb << 20) // (k * 2) // 64 * 64))
+
+
 def hbm_bandwidth() -> float:
     n = 1 << 30
     src = torch.empty(n, dtype=torch.uint8, device="cuda")
@@ -138,10 +147,26 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
             if splits > 1:
                 path += f", {splits} K slices summed {'in clusters' if cluster else 'from partials'}"
         if m >= w4a16_dequant_gemm_min_rows() and not form:  # the engine's path at this size: dequantize, then cuBLAS
-            scratch = torch.empty(n, k, device=dev, dtype=torch.float16)
-            t_ours = time_graph(lambda i: torch.nn.functional.linear(
-                x16, w4a16_dequantize(ours_w[i % len(ours_w)], ours_sz, n, k, GROUP, out=scratch)))
-            path = "dequantize + cuBLAS"
+            chunk = dequant_chunk_columns(n, k)
+            if chunk >= n:
+                scratch = torch.empty(n, k, device=dev, dtype=torch.float16)
+                t_ours = time_graph(lambda i: torch.nn.functional.linear(
+                    x16, w4a16_dequantize(ours_w[i % len(ours_w)], ours_sz, n, k, GROUP, out=scratch)))
+                path = "dequantize + cuBLAS"
+            else:  # as the engine with VLM_DEQUANT_CHUNK_MB: a stretch of whole strips at a time
+                scratch = torch.empty(chunk, k, device=dev, dtype=torch.float16)
+                outs = [torch.empty(m, min(chunk, n - n0), device=dev, dtype=torch.float16) for n0 in range(0, n, chunk)]
+                w_bytes, sz_bytes = k * 32, (k // GROUP) * 256  # per 64-column strip (cpu/w4a16_pack.h)
+
+                def chunked(i):
+                    w8, sz8 = ours_w[i % len(ours_w)].view(torch.uint8).reshape(-1), ours_sz.view(torch.uint8).reshape(-1)
+                    for j, n0 in enumerate(range(0, n, chunk)):
+                        c, s0 = min(chunk, n - n0), n0 // 64
+                        w_c = w4a16_dequantize(w8[s0 * w_bytes:], sz8[s0 * sz_bytes:], c, k, GROUP, out=scratch[:c])
+                        torch.mm(x16, w_c.t(), out=outs[j])
+
+                t_ours = time_graph(chunked)
+                path = f"dequantize + cuBLAS, {chunk} columns at a time"
         t_fp16 = time_graph(lambda i: torch.nn.functional.linear(x16, fp16_w[i % len(fp16_w)]))
         t_dense = float("nan")
         if m <= DENSE_DECODE_MAX_ROWS:

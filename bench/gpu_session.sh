@@ -33,6 +33,9 @@
 #                 (--stream-interval 4) with 0 and 2 (needs the serving carry: python/vlmserve/_proto, .gpu-carry)
 #   wgmma_ncu     Nsight Compute on the wgmma kernel's strip form (NCU_FORM=1: block form) and its split-K sum at
 #                 M = 256 (NCU_MS="64 256": both), four layers
+#   dequant_chunks prefill-sized w4a16 GEMMs dequantized a stretch of columns at a time (VLM_DEQUANT_CHUNK_MB): the
+#                 stretch test, bench/gemm at M = 256/2048 whole and in 8/16/32 MiB stretches, the engine tests with
+#                 16, 2B prefill at batch 1/64 whole and with 16
 #   dequant       the w4a16 dequantization's exactness test, then bench/gemm at M = 256 and 2048 on every layer
 #   decode_new    2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0
 #   decode_table  2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers
@@ -190,6 +193,19 @@ wtests() {  # the w4a16 kernels alone
 }
 etests() {  # the engine on the GPU against the CPU backend
   python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py
+}
+dequant_chunks() {  # the prefill path's dequantization in L2-sized stretches of output columns
+  python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py -k "dequantiz" 2>&1 | tail -n 2
+  for mb in 0 8 16 32; do
+    VLM_DEQUANT_CHUNK_MB=$mb python3 bench/gemm.py --ms 256,2048 --out-dir "$RES/gemm_dequant_chunk$mb" | grep -E "^- M"
+  done
+  VLM_DEQUANT_CHUNK_MB=16 python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
+  for mb in 0 16; do
+    VLM_DEQUANT_CHUNK_MB=$mb python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/prefill_chunk$mb.json" >/dev/null &&
+      python3 -c "import json,sys; [print(sys.argv[2], r['batch'], 'prefill_s_median', r['prefill_s_median'])
+        for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_chunk$mb.json" $mb
+  done
 }
 dequant() {  # the w4a16 dequantization (prefill-sized GEMMs' first half): its exactness test, then bench/gemm at 256/2048
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py -k dequantize
@@ -618,7 +634,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
@@ -644,6 +660,7 @@ step serve_interval 480
 step serve_interval4 300
 step rope 300
 step dequant 200
+step dequant_chunks 560
 step tests 300
 step dtests 200
 step dense 420

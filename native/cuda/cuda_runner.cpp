@@ -673,6 +673,18 @@ class CudaRunner final : public StepRunner {
   // batch 1 631 -> 760 tok/s with it; at 4 rows cuBLAS with the norms apart is faster (2,254 vs 1,791
   // tok/s; the kernel's per-row shared-memory reads and conversions, 61-79 % of the fp16 floor in
   // bench/gemm against 82-101 % at one row).
+  // Output columns a prefill-sized w4a16 GEMM dequantizes at a time: every one, unless VLM_DEQUANT_CHUNK_MB
+  // asks for scratch stretches of at most that many MiB (whole 64-column strips, at least one).
+  static int dequant_chunk_columns(int out, int in) {
+    static const int mb = [] {
+      const char* e = std::getenv("VLM_DEQUANT_CHUNK_MB");
+      return e && *e ? std::max(0, std::atoi(e)) : 0;
+    }();
+    if (mb == 0) return out;
+    const int64_t cols = ((int64_t)mb << 20) / ((int64_t)in * 2) / kW4StripN * kW4StripN;
+    return (int)std::min<int64_t>(out, std::max<int64_t>(kW4StripN, cols));
+  }
+
   static bool dense_decodes(const DeviceLinear& l, int M) {
     return M <= kDenseDecodeEngineRows && !l.tensor_core && !l.group && dense_decode_applies(M, l.out, l.in);
   }
@@ -683,9 +695,19 @@ class CudaRunner final : public StepRunner {
 #if VLM_HAVE_CUBLAS
     if (l.tensor_core && !gate_up_input && M >= w4a16_dequant_gemm_min_rows() &&
         !w4a16_wgmma_applies(M, l.out, l.in, l.group)) {
-      grow(dequant_, (size_t)l.out * l.in * 2);
-      VLM_CUDA_CHECK(w4a16_dequantize(l.w.as(), l.scale.as(), dequant_.as(), l.out, l.in, l.group, bf16_, stream_));
-      dense_gemm(dequant_.as(), l.out, l.in, x, M, y, false);
+      // The layer dequantized for cuBLAS, whole or (VLM_DEQUANT_CHUNK_MB) a stretch of output columns at a time
+      // through a scratch small enough to stay in the L2 between its write and the GEMM's read. Column
+      // stretches of whole strips are contiguous in the packed layout (cpu/w4a16_pack.h).
+      const int chunk = dequant_chunk_columns(l.out, l.in);
+      grow(dequant_, (size_t)chunk * l.in * 2);
+      for (int n0 = 0; n0 < l.out; n0 += chunk) {
+        const int n = std::min(chunk, l.out - n0);
+        const int strip = n0 / kW4StripN;
+        VLM_CUDA_CHECK(w4a16_dequantize(l.w.as<unsigned char>() + (size_t)strip * l.in * (kW4StripN / 2),
+                                        l.scale.as<unsigned char>() + (size_t)strip * (l.in / l.group) * 256,
+                                        dequant_.as(), n, l.in, l.group, bf16_, stream_));
+        dense_gemm(dequant_.as(), n, l.in, x, M, static_cast<unsigned char*>(y) + (size_t)n0 * 2, false, l.out);
+      }
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
@@ -740,18 +762,19 @@ class CudaRunner final : public StepRunner {
   // y = x · Wᵀ for dense weights through cuBLAS (fp32 accumulation); false where
   // the build has no cuBLAS, and the library's own kernel runs instead.
   // w is [out][in] row-major in the activation dtype.
-  bool dense_gemm(const void* w, int out, int in, const void* x, int M, void* y, bool y_f32) {
+  // ldy: elements between rows of y (0: out).
+  bool dense_gemm(const void* w, int out, int in, const void* x, int M, void* y, bool y_f32, int ldy = 0) {
 #if VLM_HAVE_CUBLAS
     const float one = 1.f, zero = 0.f;
     const cudaDataType_t t = bf16_ ? CUDA_R_16BF : CUDA_R_16F;
     // Column-major view: yᵀ [N][M] = W [N][K] (stored as Kx N column-major, so transposed) · xᵀ [K][M].
     const cublasStatus_t st = cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, out, M, in, &one, w, t, in, x, t, in,
-                                           &zero, y, y_f32 ? CUDA_R_32F : t, out, CUBLAS_COMPUTE_32F,
+                                           &zero, y, y_f32 ? CUDA_R_32F : t, ldy ? ldy : out, CUBLAS_COMPUTE_32F,
                                            CUBLAS_GEMM_DEFAULT);
     VLM_CHECK(st == CUBLAS_STATUS_SUCCESS, VLM_ERR_INTERNAL, "cublasGemmEx failed with status " << (int)st);
     return true;
 #else
-    (void)w, (void)out, (void)in, (void)x, (void)M, (void)y, (void)y_f32;
+    (void)w, (void)out, (void)in, (void)x, (void)M, (void)y, (void)y_f32, (void)ldy;
     return false;
 #endif
   }

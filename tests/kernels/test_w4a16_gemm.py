@@ -85,3 +85,24 @@ def test_dequantize_gives_the_exact_weights(n, k, group, dtype):
     torch.cuda.synchronize()
     assert not torch.isnan(out).any(), "some weights were never written"
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("n,k,group,strips", [(5504, 4096, 128, (0, 3, 40, 86)), (768, 512, 64, (0, 5, 12))])
+def test_dequantizing_a_stretch_of_strips_gives_those_rows(n, k, group, strips):
+    """The engine with VLM_DEQUANT_CHUNK_MB dequantizes output columns a stretch of 64-column strips at a time from
+    offsets into the packed weights (k * 32 bytes a strip) and scales (k / group * 256 bytes a strip): each
+    stretch must be exactly those rows of the whole layer's dequantization."""
+    import torch
+
+    from vlmserve.kernels import w4a16_dequantize
+
+    rng = np.random.default_rng(n + k)
+    qweight, qzeros, scales = quantize_rtn(rng.normal(size=(n, k)).astype(np.float32) * 0.05, group)
+    packed, sz = pack_w4a16(qweight, qzeros, scales, group)
+    dev = torch.device("cuda")
+    w8, sz8 = torch.from_numpy(packed.view(np.uint8).reshape(-1)).to(dev), torch.from_numpy(sz.view(np.uint8).reshape(-1)).to(dev)
+    whole = w4a16_dequantize(w8, sz8, n, k, group)
+    for s0, s1 in zip(strips, strips[1:]):
+        part = torch.full(((s1 - s0) * 64, k), float("nan"), dtype=torch.float16, device=dev)  # poisoned
+        w4a16_dequantize(w8[s0 * k * 32:], sz8[s0 * (k // group) * 256:], (s1 - s0) * 64, k, group, out=part)
+        assert torch.equal(part, whole[s0 * 64:s1 * 64]), f"strips {s0}..{s1}"
