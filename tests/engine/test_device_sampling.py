@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from tiny_models import load_hf
+from sampling_support import assert_filters_restrict_the_support
 from vlmserve import Engine, EngineConfig, GenerationConfig
 
 pytestmark = pytest.mark.gpu
@@ -56,24 +55,8 @@ def test_the_device_draw_is_what_ran(model, eng):
     assert eng.generate(PROMPT, gen).token_ids != on_host
 
 
-def _sampled_set(eng, n=80, **kw):
-    return {eng.generate(PROMPT, GenerationConfig(max_new_tokens=1, seed=seed, **kw)).token_ids[0] for seed in range(n)}
-
-
 def test_filters_restrict_the_support(eng, model):
-    hf = load_hf(model)
-    with torch.no_grad():
-        logits = hf(torch.tensor([PROMPT])).logits[0, -1].double()
-    probs = torch.softmax(logits, -1)
-    order = torch.argsort(probs, descending=True).tolist()
-    top5 = set(order[:5])
-    assert _sampled_set(eng, temperature=1.0, top_k=5) <= top5
-    cum = torch.cumsum(probs[order], 0)
-    nucleus = set(order[: int((cum < 0.5).sum()) + 1])
-    assert _sampled_set(eng, temperature=1.0, top_p=0.5) <= nucleus
-    allowed = {i for i in range(len(probs)) if probs[i] >= 0.3 * probs.max()}
-    assert _sampled_set(eng, temperature=1.0, min_p=0.3) <= allowed
-    assert len(_sampled_set(eng, temperature=3.0)) > len(top5)
+    assert_filters_restrict_the_support(eng, model, PROMPT, n=80)
 
 
 def test_requests_that_need_their_row_are_drawn_on_the_host(eng):

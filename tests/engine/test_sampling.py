@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from sampling_support import assert_filters_restrict_the_support
 from tiny_models import load_hf
 from vlmserve import Engine, EngineConfig, GenerationConfig
 
@@ -44,31 +45,8 @@ def test_top_k_one_is_greedy(eng):
     assert k1 == greedy
 
 
-def _sampled_set(eng, n=60, **kw):
-    seen = set()
-    for seed in range(n):
-        out = eng.generate(PROMPT, GenerationConfig(max_new_tokens=1, seed=seed, **kw))
-        seen.add(out.token_ids[0])
-    return seen
-
-
 def test_filters_restrict_the_support(eng, model):
-    hf = load_hf(model)
-    with torch.no_grad():
-        logits = hf(torch.tensor([PROMPT])).logits[0, -1].double()
-    probs = torch.softmax(logits, -1)
-    order = torch.argsort(probs, descending=True).tolist()
-    top5 = set(order[:5])
-    assert _sampled_set(eng, temperature=1.0, top_k=5) <= top5
-    # top_p: the smallest prefix with mass >= 0.5
-    cum = torch.cumsum(probs[order], 0)
-    nucleus = set(order[: int((cum < 0.5).sum()) + 1])
-    assert _sampled_set(eng, temperature=1.0, top_p=0.5) <= nucleus
-    # min_p: tokens with p >= 0.3 * p_max
-    allowed = {i for i in range(len(probs)) if probs[i] >= 0.3 * probs.max()}
-    assert _sampled_set(eng, temperature=1.0, min_p=0.3) <= allowed
-    # an unfiltered draw at a high temperature reaches beyond all of those
-    assert len(_sampled_set(eng, temperature=3.0)) > len(top5)
+    assert_filters_restrict_the_support(eng, model, PROMPT)
 
 
 def test_repetition_penalty_matches_transformers(eng, model):

@@ -35,47 +35,51 @@ void apply_repetition_penalty(const Request& r, float* logits, int vocab, Sample
   for (int32_t t : sc.marked) sc.seen[t] = 0;  // all clear again for the next row
 }
 
-// The k first tokens of the order (x descending, index ascending) into sc.cand, in that order. Only tokens
-// within `gap` of the largest logit are ranked; the gap doubles until at least k lie within it.
-void top_k_candidates(const float* x, int vocab, float mx, int k, SamplerScratch& sc) {
-  auto by_logit = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
-  for (float gap = 8.f;; gap *= 2.f) {
-    const bool all = !(gap < 1e30f);
-    const float floor = mx - gap;
-    sc.cand.clear();
-    for (int i = 0; i < vocab; ++i)
-      if (all || x[i] >= floor) sc.cand.push_back(i);
-    if ((int)sc.cand.size() >= k) break;  // with `all`, every token (k < vocab)
-  }
-  std::nth_element(sc.cand.begin(), sc.cand.begin() + k, sc.cand.end(), by_logit);
-  sc.cand.resize(k);
-  std::sort(sc.cand.begin(), sc.cand.end(), by_logit);
+// The order the filters rank tokens in: x descending, index ascending.
+struct ByLogit {
+  const float* x;
+  bool operator()(int32_t a, int32_t b) const { return x[a] > x[b] || (x[a] == x[b] && a < b); }
+};
+
+// The tokens within `gap` of the largest logit `mx`, in index order, into `cand`: the first tokens of the
+// order, all of them ahead of every token left out. Returns false once the gap has grown past any finite
+// distance and `cand` holds every token.
+bool tokens_within(const float* x, int vocab, float mx, float gap, std::vector<int32_t>& cand) {
+  const bool every = !(gap < 1e30f);
+  const float floor = mx - gap;
+  cand.clear();
+  for (int i = 0; i < vocab; ++i)
+    if (every || x[i] >= floor) cand.push_back(i);
+  return !every;
 }
 
-// Smallest prefix of the order (x descending, index ascending) whose weights reach top_p of `total`: the
-// prefix's tokens into sc.cand and their weights into sc.prob, in that order. Only tokens within `gap` of the
-// largest logit are sorted; when their prefix falls short of top_p the gap doubles (then every token). The
-// candidates above a logit threshold are exactly a prefix of the whole order, so the prefix found is the one
-// a sort of the whole vocabulary would give, with the same weights and running sums.
+// The k first tokens of the order into sc.cand, in that order. Only tokens within a gap of the largest logit are
+// ranked; the gap doubles (8 nats first) until at least k lie within it.
+void top_k_candidates(const float* x, int vocab, float mx, int k, SamplerScratch& sc) {
+  for (float gap = 8.f; tokens_within(x, vocab, mx, gap, sc.cand) && (int)sc.cand.size() < k; gap *= 2.f) {
+  }
+  std::nth_element(sc.cand.begin(), sc.cand.begin() + k, sc.cand.end(), ByLogit{x});
+  sc.cand.resize(k);
+  std::sort(sc.cand.begin(), sc.cand.end(), ByLogit{x});
+}
+
+// Smallest prefix of the order whose weights reach top_p of `total`: the prefix's tokens into sc.cand and their
+// weights into sc.prob, in that order. Only tokens within a gap of the largest logit are sorted; when their
+// prefix falls short of top_p the gap doubles (then every token, and short of top_p every token is kept).
+// Tokens within a gap are a prefix of the whole order, so the prefix found is the one a sort of the whole
+// vocabulary would give, with the same weights and running sums.
 void top_p_prefix(const float* x, const double* weight, int vocab, float mx, double total, float top_p,
                   SamplerScratch& sc) {
-  auto by_logit = [&](int32_t a, int32_t b) { return x[a] > x[b] || (x[a] == x[b] && a < b); };
   for (float gap = 8.f;; gap *= 2.f) {
-    const bool all = !(gap < 1e30f);
-    const float floor = mx - gap;
-    sc.cand.clear();
-    for (int i = 0; i < vocab; ++i)
-      if (all || x[i] >= floor) sc.cand.push_back(i);
-    std::sort(sc.cand.begin(), sc.cand.end(), by_logit);
+    const bool more = tokens_within(x, vocab, mx, gap, sc.cand) && (int)sc.cand.size() < vocab;
+    std::sort(sc.cand.begin(), sc.cand.end(), ByLogit{x});
     double cum = 0.0;
-    for (size_t i = 0; i < sc.cand.size(); ++i) {
-      cum += weight[sc.cand[i]] / total;
-      if (cum >= top_p) {
-        sc.cand.resize(i + 1);
-        break;
-      }
+    size_t i = 0;
+    while (i < sc.cand.size() && cum < top_p) cum += weight[sc.cand[i++]] / total;
+    if (cum >= top_p || !more) {
+      sc.cand.resize(i);
+      break;
     }
-    if (cum >= top_p || all || (int)sc.cand.size() == vocab) break;  // the whole order falls short: keep it all
   }
   sc.prob.resize(sc.cand.size());
   for (size_t i = 0; i < sc.cand.size(); ++i) sc.prob[i] = weight[sc.cand[i]];
@@ -117,7 +121,7 @@ SampleResult sample_token(Request& r, const float* logits, int vocab, SamplerScr
     for (int i = 0; i < vocab; ++i) mx = xs[i] > mx ? xs[i] : mx;
     const bool top_k = s.top_k > 0 && s.top_k < vocab, top_p = s.top_p < 1.f;
     int n = vocab;
-    if (top_k) {  // the top_k largest, in the order x descending, index ascending
+    if (top_k) {  // the top_k first of the order
       top_k_candidates(x.data(), vocab, mx, s.top_k, sc);
       n = s.top_k;
       sc.prob.resize(n);
