@@ -19,13 +19,14 @@ constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr double kUnit = 1099511627776.0;  // 2^40: the largest weight, exp(0)
 
-__device__ __forceinline__ uint32_t order_key(float x) {  // larger x, larger key
-  const uint32_t b = __float_as_uint(x);
+__device__ __forceinline__ uint32_t order_key(float x) {  // larger x, larger key; -0 and +0 the same key
+  const uint32_t b = __float_as_uint(x + 0.f);
   return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
 __device__ __forceinline__ uint64_t weight_of(float x, float mx) {
-  return (uint64_t)__double2ull_rn((double)expf(x - mx) * kUnit);
+  const float e = expf(x - mx);
+  return e > 0.f ? (uint64_t)__double2ull_rn((double)e * kUnit) : 0;  // NaN logits weigh nothing
 }
 
 // Block-wide sum; every thread gets it. `scratch`: kWarps words of shared memory.
@@ -86,13 +87,22 @@ __device__ void radix_pass(const float* row, int vocab, float t, float mx, int s
   for (int b = threadIdx.x; b < 256; b += kThreads) sh.bins[b] = 0;
   __syncthreads();
   const uint32_t prefix = sh.prefix;
+  // Each thread adds a run of tokens that fall in the same bin as one atomic: in the first pass nearly every
+  // logit has the same top byte, and one shared-memory atomic a token would serialize the block on one bin.
+  int run_bin = -1;
+  uint64_t run = 0;
   for (int i = threadIdx.x; i < vocab; i += kThreads) {
     const float x = row[i] / t;
     const uint32_t key = order_key(x);
     if ((key & mask) != prefix || !in(i, x, key)) continue;
-    atomicAdd(reinterpret_cast<unsigned long long*>(&sh.bins[(key >> shift) & 255u]),
-              (unsigned long long)(by_weight ? weight_of(x, mx) : 1));
+    const int bin = (int)((key >> shift) & 255u);
+    if (bin != run_bin) {
+      if (run_bin >= 0) atomicAdd(reinterpret_cast<unsigned long long*>(&sh.bins[run_bin]), (unsigned long long)run);
+      run_bin = bin, run = 0;
+    }
+    run += by_weight ? weight_of(x, mx) : 1;
   }
+  if (run_bin >= 0) atomicAdd(reinterpret_cast<unsigned long long*>(&sh.bins[run_bin]), (unsigned long long)run);
   __syncthreads();
   if (threadIdx.x == 0) {
     uint64_t carry = sh.carry;
