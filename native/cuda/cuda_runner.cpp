@@ -78,6 +78,35 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
+// Page-locked host memory, grown as needed (at least doubling: allocating it is slow, and the step's metadata
+// grows a little with every token): copies to and from it are queued on the stream and return at once. Grown
+// only between steps (each step ends waiting for its stream), so no copy is in flight when it moves.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (p_) cudaFreeHost(p_);
+  }
+  void reserve(size_t bytes) {
+    if (bytes <= bytes_) return;
+    bytes = std::max(bytes, 2 * bytes_);
+    if (p_) cudaFreeHost(p_);
+    p_ = nullptr;
+    bytes_ = 0;
+    const cudaError_t e = cudaMallocHost(&p_, bytes);
+    VLM_CHECK(e == cudaSuccess, VLM_ERR_OUT_OF_MEMORY,
+              "cannot allocate " << bytes << " bytes of page-locked host memory: " << cudaGetErrorString(e));
+    bytes_ = bytes;
+  }
+  template <class T = void> T* as() const { return static_cast<T*>(p_); }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 constexpr int kAwqShift[8] = {0, 16, 4, 20, 8, 24, 12, 28};  // AutoAWQ nibble of column j in a group of 8
 
 struct DeviceLinear {
@@ -444,11 +473,10 @@ class CudaRunner final : public StepRunner {
     size_t full = 0;
     for (int i = 0; i < R; ++i) full += b.full_logits[i] != 0;
     out.logits.resize(full * V);
-    if (R > 0) {
-      VLM_CUDA_CHECK(cudaMemcpyAsync(out.argmax.data(), argmax_d_.as(), (size_t)R * 4, cudaMemcpyDeviceToHost,
+    if (R > 0) {  // indices then values, one copy into page-locked memory (moved to `out` after the wait)
+      argmax_pinned_.reserve((size_t)R * 8);
+      VLM_CUDA_CHECK(cudaMemcpyAsync(argmax_pinned_.as(), argmax_d_.as(), (size_t)R * 8, cudaMemcpyDeviceToHost,
                                      stream_));
-      VLM_CUDA_CHECK(cudaMemcpyAsync(out.max_logit.data(), argmax_d_.as<float>() + R, (size_t)R * 4,
-                                     cudaMemcpyDeviceToHost, stream_));
     }
     if (full == (size_t)R && R > 0) {
       VLM_CUDA_CHECK(cudaMemcpyAsync(out.logits.data(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
@@ -461,6 +489,10 @@ class CudaRunner final : public StepRunner {
     }
     mark("end");
     VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    if (R > 0) {
+      std::memcpy(out.argmax.data(), argmax_pinned_.as(), (size_t)R * 4);
+      std::memcpy(out.max_logit.data(), argmax_pinned_.as<unsigned char>() + (size_t)R * 4, (size_t)R * 4);
+    }
     if (prof_) {
       prof_->host_phase("wait for the GPU", t_wait);
       prof_->end();
@@ -806,7 +838,11 @@ class CudaRunner final : public StepRunner {
     }
     // Grown with headroom: block tables lengthen as contexts do, and each move drops the graphs.
     if (meta_host_.size() * 4 > meta_.bytes()) grow(meta_, meta_host_.size() * 8);
-    VLM_CUDA_CHECK(cudaMemcpyAsync(meta_.as(), meta_host_.data(), meta_host_.size() * 4, cudaMemcpyHostToDevice,
+    // Through page-locked memory: the copy is then queued and the host goes on to launch the step (from pageable
+    // memory the call waits for the driver's own staging).
+    meta_pinned_.reserve(meta_host_.size() * 4);
+    std::memcpy(meta_pinned_.as(), meta_host_.data(), meta_host_.size() * 4);
+    VLM_CUDA_CHECK(cudaMemcpyAsync(meta_.as(), meta_pinned_.as(), meta_host_.size() * 4, cudaMemcpyHostToDevice,
                                    stream_));
     const int32_t* d = meta_.as<int32_t>();
     meta_tokens_ = d + tokens;
@@ -841,6 +877,7 @@ class CudaRunner final : public StepRunner {
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   std::vector<int2> tiles_host_;
   std::vector<int32_t> meta_host_;
+  PinnedBuffer meta_pinned_, argmax_pinned_;  // the per-step transfers' host side
   uint64_t epoch_ = 0;  // bumped whenever a scratch buffer moves
 
   // Decode graphs (run_decode_graph), keyed by rows << 32 | context bound.
