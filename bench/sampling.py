@@ -21,6 +21,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +41,7 @@ PROMPT = [3 + (7 * i) % 1000 for i in range(32)]
 
 
 LOGIT_STD = 4.0  # after the lm_head's rescaling: a next-token distribution a few nats wide, as a trained LM's
+MAX_POSITIONS = 1024
 
 
 def write_model(directory: Path, vocab: int) -> Path:
@@ -52,7 +54,7 @@ def write_model(directory: Path, vocab: int) -> Path:
         return directory
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=MAX_POSITIONS,
                       bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg)
     with torch.no_grad():
@@ -90,6 +92,20 @@ def run(engine, kind: dict, batch: int, new_tokens: int, seed: int) -> float:
     return batch * (new_tokens - 1) / decode
 
 
+def score_prompt(engine, tokens: int, repeats: int = 3) -> float:
+    """Median seconds to score a `tokens`-long prompt (prompt_logprobs, one generated token): what perplexity
+    evaluation asks of the engine, a vocabulary-long row for every prompt position."""
+    from vlmserve import GenerationConfig
+
+    prompt = [3 + (11 * i) % 5000 for i in range(tokens)]
+    times = []
+    for _ in range(repeats + 1):  # the first untimed
+        t = time.perf_counter()
+        engine.add_request(prompt, GenerationConfig(max_new_tokens=1, prompt_logprobs=True, ignore_eos=True)).wait()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[1:])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=ints, default=[1, 16, 64])
@@ -99,6 +115,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="the engine's backend (on cuda greedy rows are argmaxed on the GPU, the rest copied back whole)")
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "vlmserve-sampling-bench"))
+    ap.add_argument("--prompt-tokens", type=int, default=256,
+                    help="also time scoring a prompt of this many tokens (prompt_logprobs; 0: skip)")
     ap.add_argument("--out", default=None, help="JSON report")
     a = ap.parse_args()
     names = a.kinds.split(",") if a.kinds else list(KINDS)
@@ -106,6 +124,8 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
     kinds = {k: KINDS[k] for k in names}
+    if not 0 <= a.prompt_tokens < MAX_POSITIONS:
+        ap.error(f"--prompt-tokens must be in [0, {MAX_POSITIONS}) (the model's context), got {a.prompt_tokens}")
     from vlmserve import Engine, EngineConfig, _native
 
     model = write_model(Path(a.work) / f"llama-1layer-v{a.vocab}", a.vocab)
@@ -118,11 +138,16 @@ def main() -> None:
                 tok_s = run(eng, kind, batch, a.new_tokens, seed=100)
                 rows.append({"kind": name, "params": kind, "batch": batch, "out_tok_s": tok_s})
                 print(f"{name:16s} {str(kind):62s} batch {batch:3d}: {tok_s:10.1f} tok/s", flush=True)
+        scoring = None
+        if a.prompt_tokens:
+            secs = score_prompt(eng, a.prompt_tokens)
+            scoring = {"prompt_tokens": a.prompt_tokens, "seconds": secs}
+            print(f"scoring a {a.prompt_tokens}-token prompt (prompt_logprobs): {secs * 1e3:.1f} ms", flush=True)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "revision": git_revision(), "library": _native.lib()._name, "cpus": os.cpu_count(), "device": a.device,
               "library_settings": library_settings(),
               "vocab": a.vocab, "new_tokens": a.new_tokens, "command": " ".join(["python3 bench/sampling.py"] + sys.argv[1:]),
-              "distribution_at_t0.7": distribution(model, KINDS["temp"]), "rows": rows}
+              "distribution_at_t0.7": distribution(model, KINDS["temp"]), "rows": rows, "prompt_scoring": scoring}
     print(f"next-token distribution at temperature 0.7: {report['distribution_at_t0.7']}")
     if a.out:
         write_atomic(Path(a.out), json.dumps(report, indent=1) + "\n")

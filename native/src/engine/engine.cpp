@@ -374,15 +374,17 @@ bool Engine::argmax_suffices(const Request& r) {
   return (s.temperature == 0.f || s.top_k == 1) && s.repetition_penalty == 1.f && r.logprobs < 0 && !r.return_logits;
 }
 
-// Draws every token of the step that needs the host (a row whose full logits came back) into sampled_, in row
-// order, before postprocess emits anything. A draw is the row's own work (its logits, its request's generator,
-// one row per request a step), so the rows are drawn in parallel, each thread with its own buffers: the results
-// are those of drawing them one after another (a vocabulary-long row takes ~0.1-1 ms, at 64 rows a step long
-// enough to leave the GPU idle).
+// The step's host work on whole rows, done before postprocess emits anything: every token that needs the host
+// (a row whose full logits came back) drawn into sampled_, and every prompt row's logprob into prompt_logprobs_,
+// each in row order. Each is the row's own work (its logits; a draw its request's generator, one row per request
+// a step), so the rows are done in parallel, each thread with its own buffers: the results are those of doing
+// them one after another. A vocabulary-long row takes ~0.1-1 ms: at 64 sampled rows, or a scored prompt's
+// hundreds of rows, a step's worth of time with the GPU idle.
 void Engine::sample_rows(const std::vector<ScheduledWork>& work, const StepOutput& out) {
   const int V = model_->params().vocab_size;
   const bool argmax = !out.argmax.empty();
   std::vector<std::pair<Request*, const float*>> rows;  // the same walk over the rows as postprocess's
+  std::vector<std::pair<const float*, int32_t>> scored;  // prompt rows and the token whose logprob they give
   size_t li = 0, full = 0;
   for (const ScheduledWork& w : work) {
     Request* r = w.request;
@@ -395,17 +397,24 @@ void Engine::sample_rows(const std::vector<ScheduledWork>& work, const StepOutpu
       const size_t index = li++;
       const float* row = !argmax || batch_.full_logits[index] ? &out.logits[full++ * (size_t)V] : nullptr;
       emitted = std::max(emitted, pos + 1);
+      if (prompt_row && r->prompt_logprobs) scored.emplace_back(row, r->prompt[pos + 1]);
       if (sample_row && row) rows.emplace_back(r, row);
     }
   }
   sampled_.assign(rows.size(), SampleResult{});
-  const int threads = rows.size() > 1 ? std::min<int>((int)rows.size(), omp_get_max_threads()) : 1;
+  prompt_logprobs_.assign(scored.size(), 0.f);
+  const int jobs = (int)(rows.size() + scored.size());
+  const int threads = jobs > 1 ? std::min(jobs, omp_get_max_threads()) : 1;
   if ((int)sample_scratch_.size() < threads) sample_scratch_.resize(threads);
   std::exception_ptr failure;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
-  for (int i = 0; i < (int)rows.size(); ++i) {
+  for (int i = 0; i < jobs; ++i) {
     try {
-      sampled_[i] = sample_token(*rows[i].first, rows[i].second, V, sample_scratch_[omp_get_thread_num()]);
+      if (i < (int)rows.size())
+        sampled_[i] = sample_token(*rows[i].first, rows[i].second, V, sample_scratch_[omp_get_thread_num()]);
+      else
+        prompt_logprobs_[i - rows.size()] = log_softmax_at(scored[i - rows.size()].first, V,
+                                                           scored[i - rows.size()].second);
     } catch (...) {
 #pragma omp critical(vlm_sample_failure)
       if (!failure) failure = std::current_exception();
@@ -433,6 +442,7 @@ void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutpu
   size_t li = 0;       // walks logit rows in the order step() requested them
   size_t full = 0;     // walks the whole rows among them
   size_t drawn = 0;    // walks sampled_
+  size_t scored = 0;   // walks prompt_logprobs_
   for (const ScheduledWork& w : work) {
     Request* r = w.request;
     const int first = r->num_computed, end = first + w.count;
@@ -445,8 +455,7 @@ void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutpu
       const size_t index = li++;
       const float* row = !argmax || batch_.full_logits[index] ? &logits[full++ * (size_t)V] : nullptr;
       if (r->return_logits && pos >= r->logits_emitted) r->logits_buf.insert(r->logits_buf.end(), row, row + V);
-      if (prompt_row && r->prompt_logprobs)
-        r->prompt_logprob_buf.push_back(log_softmax_at(row, V, r->prompt[pos + 1]));
+      if (prompt_row && r->prompt_logprobs) r->prompt_logprob_buf.push_back(prompt_logprobs_[scored++]);
       r->logits_emitted = std::max(r->logits_emitted, pos + 1);
       if (!sample_row) continue;
       if (r->prompt_logprobs && r->output.empty()) {

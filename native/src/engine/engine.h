@@ -71,8 +71,9 @@ class Engine {
   StepBatch batch_;
   StepOutput out_;
   // The step's tokens drawn on the host (rows whose full logits came back), in row order, and each sampling
-  // thread's buffers.
+  // thread's buffers (Engine::sample_rows).
   std::vector<SampleResult> sampled_;
+  std::vector<float> prompt_logprobs_;  // the step's prompt rows' logprobs, in row order
   std::vector<SamplerScratch> sample_scratch_;
   // While a step's outputs are processed, its events wait here and reach the pollers together (flush_events).
   bool batch_events_ = false;
