@@ -92,12 +92,12 @@ def run(engine, kind: dict, batch: int, new_tokens: int, seed: int) -> float:
     return batch * (new_tokens - 1) / decode
 
 
-def score_prompt(engine, tokens: int, repeats: int = 3) -> float:
+def score_prompt(engine, tokens: int, vocab: int, repeats: int = 3) -> float:
     """Median seconds to score a `tokens`-long prompt (prompt_logprobs, one generated token): what perplexity
     evaluation asks of the engine, a vocabulary-long row for every prompt position."""
     from vlmserve import GenerationConfig
 
-    prompt = [3 + (11 * i) % 5000 for i in range(tokens)]
+    prompt = [3 + (11 * i) % (vocab - 3) for i in range(tokens)]
     times = []
     for _ in range(repeats + 1):  # the first untimed
         t = time.perf_counter()
@@ -140,7 +140,7 @@ def main() -> None:
                 print(f"{name:16s} {str(kind):62s} batch {batch:3d}: {tok_s:10.1f} tok/s", flush=True)
         scoring = None
         if a.prompt_tokens:
-            secs = score_prompt(eng, a.prompt_tokens)
+            secs = score_prompt(eng, a.prompt_tokens, a.vocab)
             scoring = {"prompt_tokens": a.prompt_tokens, "seconds": secs}
             print(f"scoring a {a.prompt_tokens}-token prompt (prompt_logprobs): {secs * 1e3:.1f} ms", flush=True)
     report = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
