@@ -199,12 +199,14 @@ def draw_rows(logits, temperature, top_k, top_p, min_p, u, tokens):
     [rows]; u float64 [rows] in [0, 1); all CUDA tensors. Returns tokens."""
     import torch
 
+    if logits.dim() != 2:
+        raise InvalidArgumentError(f"draw_rows: logits must be [rows, vocab], got shape {tuple(logits.shape)}")
     rows, vocab = logits.shape
     want = [(logits, torch.float32), (temperature, torch.float32), (top_k, torch.int32), (top_p, torch.float32),
             (min_p, torch.float32), (u, torch.float64), (tokens, torch.int32)]
     for i, (t, dtype) in enumerate(want):
-        if t.dtype != dtype or not t.is_contiguous() or (i > 0 and tuple(t.shape) != (rows,)):
-            raise InvalidArgumentError(f"draw_rows: argument {i} must be a contiguous {dtype} tensor"
+        if t.dtype != dtype or not t.is_contiguous() or not t.is_cuda or (i > 0 and tuple(t.shape) != (rows,)):
+            raise InvalidArgumentError(f"draw_rows: argument {i} must be a contiguous {dtype} CUDA tensor"
                                        + ("" if i == 0 else f" of shape ({rows},)"))
     check(_native.lib().vlm_draw_rows(logits.data_ptr(), rows, vocab, temperature.data_ptr(), top_k.data_ptr(),
                                       top_p.data_ptr(), min_p.data_ptr(), u.data_ptr(), tokens.data_ptr(),
@@ -224,8 +226,8 @@ def stream_read_sink(device):
 def stream_read(buf, sink) -> None:
     """Reads the bytes of `buf` (a contiguous CUDA tensor, a multiple of 16 bytes) once in one kernel
     (vlm_stream_read), on torch's current stream: the floor a kernel reading those bytes cannot beat."""
-    if not buf.is_contiguous():
-        raise InvalidArgumentError("stream_read: the buffer must be contiguous")
+    if not buf.is_contiguous() or not buf.is_cuda:
+        raise InvalidArgumentError("stream_read: the buffer must be a contiguous CUDA tensor")
     check(_native.lib().vlm_stream_read(buf.data_ptr(), buf.numel() * buf.element_size(), sink.data_ptr(),
                                         _stream(buf.device)))
 

@@ -132,3 +132,7 @@ def test_bad_arguments_are_refused():
         draw_rows(logits, f, k, f, f, u.float(), tokens)
     with pytest.raises(InvalidArgumentError, match="shape"):
         draw_rows(logits, f, k, f, f, u, torch.zeros(3, dtype=torch.int32, device=dev))
+    with pytest.raises(InvalidArgumentError, match="argument 0 must be a contiguous torch.float32 CUDA tensor"):
+        draw_rows(logits.cpu(), f, k, f, f, u, tokens)
+    with pytest.raises(InvalidArgumentError, match=r"\[rows, vocab\]"):
+        draw_rows(logits[0], f, k, f, f, u, tokens)

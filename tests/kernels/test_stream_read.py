@@ -34,5 +34,7 @@ def test_bad_buffers_are_refused():
     sink = stream_read_sink(torch.device("cuda"))
     with pytest.raises(InvalidArgumentError, match="multiple of 16"):
         stream_read(torch.zeros(3, dtype=torch.int32, device="cuda"), sink)
-    with pytest.raises(InvalidArgumentError, match="contiguous"):
+    with pytest.raises(InvalidArgumentError, match="contiguous CUDA tensor"):
         stream_read(torch.zeros(8, 8, dtype=torch.int32, device="cuda").t(), sink)
+    with pytest.raises(InvalidArgumentError, match="contiguous CUDA tensor"):
+        stream_read(torch.zeros(64, dtype=torch.int32), sink)
