@@ -63,6 +63,17 @@ void top_k_candidates(const float* x, int vocab, float mx, int k, SamplerScratch
   std::sort(sc.cand.begin(), sc.cand.end(), ByLogit{x});
 }
 
+// How many of the weights w[0..n), in that order, make the smallest prefix whose share of `total` reaches top_p
+// (n when even all of them fall short).
+size_t prefix_reaching(const double* w, size_t n, double total, float top_p) {
+  double cum = 0.0;
+  for (size_t i = 0; i < n; ++i) {
+    cum += w[i] / total;
+    if (cum >= top_p) return i + 1;
+  }
+  return n;
+}
+
 // Smallest prefix of the order whose weights reach top_p of `total`: the prefix's tokens into sc.cand and their
 // weights into sc.prob, in that order. Only tokens within a gap of the largest logit are sorted; when their
 // prefix falls short of top_p the gap doubles (then every token, and short of top_p every token is kept).
@@ -73,16 +84,15 @@ void top_p_prefix(const float* x, const double* weight, int vocab, float mx, dou
   for (float gap = 8.f;; gap *= 2.f) {
     const bool more = tokens_within(x, vocab, mx, gap, sc.cand) && (int)sc.cand.size() < vocab;
     std::sort(sc.cand.begin(), sc.cand.end(), ByLogit{x});
-    double cum = 0.0;
-    size_t i = 0;
-    while (i < sc.cand.size() && cum < top_p) cum += weight[sc.cand[i++]] / total;
-    if (cum >= top_p || !more) {
-      sc.cand.resize(i);
-      break;
+    sc.prob.resize(sc.cand.size());
+    for (size_t i = 0; i < sc.cand.size(); ++i) sc.prob[i] = weight[sc.cand[i]];
+    const size_t n = prefix_reaching(sc.prob.data(), sc.prob.size(), total, top_p);
+    if (n < sc.cand.size() || !more) {  // the prefix ends inside the candidates, or they are every token
+      sc.cand.resize(n);
+      sc.prob.resize(n);
+      return;
     }
   }
-  sc.prob.resize(sc.cand.size());
-  for (size_t i = 0; i < sc.cand.size(); ++i) sc.prob[i] = weight[sc.cand[i]];
 }
 
 }  // namespace
@@ -127,15 +137,9 @@ SampleResult sample_token(Request& r, const float* logits, int vocab, SamplerScr
       sc.prob.resize(n);
       for (int i = 0; i < n; ++i) sc.prob[i] = std::exp(static_cast<double>(x[sc.cand[i]] - mx));
       if (top_p) {  // smallest prefix whose mass reaches top_p (always at least one token)
-        double total = 0.0, cum = 0.0;
+        double total = 0.0;
         for (int i = 0; i < n; ++i) total += sc.prob[i];
-        for (int i = 0; i < n; ++i) {
-          cum += sc.prob[i] / total;
-          if (cum >= s.top_p) {
-            n = i + 1;
-            break;
-          }
-        }
+        n = (int)prefix_reaching(sc.prob.data(), n, total, s.top_p);
       }
     } else if (top_p) {
       sc.weight.resize(vocab);

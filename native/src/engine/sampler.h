@@ -31,10 +31,10 @@ struct SamplerScratch {
 //
 // The draw: candidates in walk order with weights w, kept = Σ w, u = uniform · kept, the first candidate
 // at which the running u − Σ w turns negative. The walk order is the vocabulary's without a filter that needs
-// an order; by logit (then index) descending where top-k or top-p applies. Top-k ranks only the tokens within a
-// logit threshold of the largest that holds at least k of them. Top-p keeps the smallest prefix of the descending order whose share of the total weight
-// reaches top_p: only that prefix is ever sorted (a threshold on the logit grows until the prefix lies within it),
-// not the vocabulary.
+// an order; by logit (then index) descending where top-k or top-p applies. Top-k ranks only the tokens within
+// a logit threshold of the largest that holds at least k of them. Top-p keeps the smallest prefix of the
+// descending order whose share of the total weight reaches top_p: only that prefix is ever sorted (a threshold
+// on the logit grows until the prefix lies within it), not the vocabulary.
 SampleResult sample_token(Request& r, const float* logits, int vocab, SamplerScratch& scratch);
 
 // The uniform number in [0, 1) a draw takes from the request's generator (sample_token takes one a token; a
