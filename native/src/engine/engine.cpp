@@ -318,6 +318,7 @@ void Engine::step() {
   if (work.empty()) return;
   const int64_t t0 = now_ns();
   batch_.clear();
+  row_uses_.clear();
   const bool device_draws = runner_->draws_on_device();
   bool any_draw = false;
   for (const ScheduledWork& w : work) {
@@ -345,6 +346,7 @@ void Engine::step() {
         }
         batch_.full_logits.push_back(wants_prompt_row || (!argmax_suffices(*r) && draw.temperature == 0.f));
         if (device_draws) batch_.draws.push_back(draw);
+        row_uses_.push_back({r, wants_prompt_row && r->prompt_logprobs ? r->prompt[pos + 1] : -1, !wants_prompt_row});
       }
     }
   }
@@ -359,20 +361,18 @@ void Engine::step() {
   postprocess(work, out_);
 }
 
-// A sampled request whose draw needs nothing but its row of logits (no logprobs, logits or repetition penalty,
-// which need the row or the request's history on the host) can be drawn where the row is.
-bool Engine::draws_on_device(const Request& r) {
-  const vlm_sampling_params& s = r.sampling;
-  return !argmax_suffices(r) && s.temperature > 0.f && s.repetition_penalty == 1.f && r.logprobs < 0 &&
-         !r.return_logits;
+// A request that wants no logprobs, logits or repetition penalty (which need its whole row, or its history, on
+// the host) needs nothing from its row but its token: a greedy one the row's largest logit, which a GPU runner
+// finds without copying the row; a sampled one a draw, which a runner can make where the row is.
+bool Engine::token_is_all_it_needs(const Request& r) {
+  return r.sampling.repetition_penalty == 1.f && r.logprobs < 0 && !r.return_logits;
 }
 
-// A greedy request that wants no logprobs, logits or repetition penalty needs only the
-// index of its row's largest logit, which a GPU runner finds without copying the row.
-bool Engine::argmax_suffices(const Request& r) {
-  const vlm_sampling_params& s = r.sampling;
-  return (s.temperature == 0.f || s.top_k == 1) && s.repetition_penalty == 1.f && r.logprobs < 0 && !r.return_logits;
-}
+bool Engine::is_greedy(const Request& r) { return r.sampling.temperature == 0.f || r.sampling.top_k == 1; }
+
+bool Engine::draws_on_device(const Request& r) { return token_is_all_it_needs(r) && !is_greedy(r); }
+
+bool Engine::argmax_suffices(const Request& r) { return token_is_all_it_needs(r) && is_greedy(r); }
 
 // The step's host work on whole rows, done before postprocess emits anything: every token that needs the host
 // (a row whose full logits came back) drawn into sampled_, and every prompt row's logprob into prompt_logprobs_,
@@ -380,26 +380,17 @@ bool Engine::argmax_suffices(const Request& r) {
 // a step), so the rows are done in parallel, each thread with its own buffers: the results are those of doing
 // them one after another. A vocabulary-long row takes ~0.1-1 ms: at 64 sampled rows, or a scored prompt's
 // hundreds of rows, a step's worth of time with the GPU idle.
-void Engine::sample_rows(const std::vector<ScheduledWork>& work, const StepOutput& out) {
+void Engine::sample_rows(const StepOutput& out) {
   const int V = model_->params().vocab_size;
   const bool argmax = !out.argmax.empty();
-  std::vector<std::pair<Request*, const float*>> rows;  // the same walk over the rows as postprocess's
+  std::vector<std::pair<Request*, const float*>> rows;  // sample rows that came back whole
   std::vector<std::pair<const float*, int32_t>> scored;  // prompt rows and the token whose logprob they give
-  size_t li = 0, full = 0;
-  for (const ScheduledWork& w : work) {
-    Request* r = w.request;
-    int emitted = r->logits_emitted;
-    for (int pos = r->num_computed; pos < r->num_computed + w.count; ++pos) {
-      const bool prompt_row = (r->prompt_logprobs || r->return_logits) && pos >= emitted &&
-                              pos < (int)r->prompt.size() - 1;
-      const bool sample_row = pos == r->length() - 1;
-      if (!prompt_row && !sample_row) continue;
-      const size_t index = li++;
-      const float* row = !argmax || batch_.full_logits[index] ? &out.logits[full++ * (size_t)V] : nullptr;
-      emitted = std::max(emitted, pos + 1);
-      if (prompt_row && r->prompt_logprobs) scored.emplace_back(row, r->prompt[pos + 1]);
-      if (sample_row && row) rows.emplace_back(r, row);
-    }
+  size_t full = 0;
+  for (size_t index = 0; index < row_uses_.size(); ++index) {
+    const LogitRowUse& use = row_uses_[index];
+    const float* row = !argmax || batch_.full_logits[index] ? &out.logits[full++ * (size_t)V] : nullptr;
+    if (use.scored_token >= 0) scored.emplace_back(row, use.scored_token);
+    if (use.sample && row) rows.emplace_back(use.request, row);
   }
   sampled_.assign(rows.size(), SampleResult{});
   prompt_logprobs_.assign(scored.size(), 0.f);
@@ -435,7 +426,7 @@ void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutpu
       engine->flush_events();
     }
   } flush{this};
-  sample_rows(work, out);
+  sample_rows(out);
   const int V = model_->params().vocab_size;
   const std::vector<float>& logits = out.logits;
   const bool argmax = !out.argmax.empty();

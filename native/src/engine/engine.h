@@ -48,7 +48,9 @@ class Engine {
   void loop();
   void step();
   void postprocess(const std::vector<ScheduledWork>& work, const StepOutput& out);
-  void sample_rows(const std::vector<ScheduledWork>& work, const StepOutput& out);
+  void sample_rows(const StepOutput& out);
+  static bool token_is_all_it_needs(const Request& r);
+  static bool is_greedy(const Request& r);
   static bool argmax_suffices(const Request& r);
   static bool draws_on_device(const Request& r);
   void finish(Request* r, int reason, int stop_len, const std::string& error = "");
@@ -69,6 +71,14 @@ class Engine {
   // Owned by the decoding thread.
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
   StepBatch batch_;
+  // What each of the step's logit rows is for, in batch_.logit_rows order: its request, the prompt token whose
+  // logprob it gives (-1: none), whether the request's next token comes from it.
+  struct LogitRowUse {
+    Request* request;
+    int32_t scored_token;
+    bool sample;
+  };
+  std::vector<LogitRowUse> row_uses_;
   StepOutput out_;
   // The step's tokens drawn on the host (rows whose full logits came back), in row order, and each sampling
   // thread's buffers (Engine::sample_rows).
