@@ -648,15 +648,17 @@ class CudaRunner final : public StepRunner {
   bool draws_on_device() const override { return device_draws_; }
 
   // The step's sampled rows drawn where their logits are (draw_rows.cu), over the argmax the step wrote: the
-  // rows' parameters go up as five arrays in one buffer (outside any captured graph: they change every step).
+  // rows' parameters go up as five arrays in one buffer, through page-locked memory as the step's metadata does
+  // (outside any captured graph: they change every step).
   void draw_on_device(const StepBatch& b, int R, int V) {
     VLM_CHECK((int)b.draws.size() == R, VLM_ERR_INTERNAL,
               "a step's draws (" << b.draws.size() << ") do not match its logit rows (" << R << ")");
     mark("draw");
     const size_t n = (size_t)R;
     const size_t f_bytes = n * 4, d_off = (4 * f_bytes + 7) / 8 * 8;  // temperature, top_k, top_p, min_p; then u
-    draw_host_.assign(d_off + n * 8, 0);
-    unsigned char* h = draw_host_.data();
+    const size_t bytes = d_off + n * 8;
+    draw_pinned_.reserve(bytes);
+    unsigned char* h = draw_pinned_.as<unsigned char>();
     for (size_t i = 0; i < n; ++i) {
       const RowDraw& d = b.draws[i];
       std::memcpy(h + i * 4, &d.temperature, 4);
@@ -665,9 +667,9 @@ class CudaRunner final : public StepRunner {
       std::memcpy(h + 3 * f_bytes + i * 4, &d.min_p, 4);
       std::memcpy(h + d_off + i * 8, &d.u, 8);
     }
-    draw_params_.reserve(draw_host_.size());  // not in any graph: no re-capture when it moves
+    draw_params_.reserve(bytes);  // not in any graph: no re-capture when it moves
     unsigned char* dev = static_cast<unsigned char*>(draw_params_.as());
-    VLM_CUDA_CHECK(cudaMemcpyAsync(dev, h, draw_host_.size(), cudaMemcpyHostToDevice, stream_));
+    VLM_CUDA_CHECK(cudaMemcpyAsync(dev, h, bytes, cudaMemcpyHostToDevice, stream_));
     const cuda::DrawParams params{reinterpret_cast<const float*>(dev), reinterpret_cast<const int32_t*>(dev + f_bytes),
                                   reinterpret_cast<const float*>(dev + 2 * f_bytes),
                                   reinterpret_cast<const float*>(dev + 3 * f_bytes),
@@ -897,7 +899,7 @@ class CudaRunner final : public StepRunner {
   std::vector<float> splice_host_;
   // Sampled rows drawn on the device (VLM_DEVICE_SAMPLING=1): their parameters, staged and uploaded each step.
   bool device_draws_ = false;
-  std::vector<unsigned char> draw_host_;
+  PinnedBuffer draw_pinned_;
   DeviceBuffer draw_params_;
   std::unique_ptr<cuda::StepProfiler> prof_;  // VLM_CUDA_PROFILE
   const int32_t *meta_tokens_ = nullptr, *meta_logit_rows_ = nullptr, *meta_splice_rows_ = nullptr;

@@ -123,11 +123,10 @@ __global__ void dequant_kernel(const uint4* __restrict__ w, const uint4* __restr
 // known at compile time (one scaling pass in the code per group, not one per step). Three blocks an
 // SM (its register cap) keep 12 warps' weights in flight, as the 16-row dequantizing form has.
 template <class T, int MT, int UNROLL, bool SWAP, int SPG>
-__global__ void __launch_bounds__(kThreads, SPG > 0 ? 3 : 0) w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
-                                                          const uint4* __restrict__ sz, const T* __restrict__ residual,
-                                                          T* __restrict__ c, float* __restrict__ partial,
-                                                          int* __restrict__ arrivals, int M, int N, int K,
-                                                          int group, int quantum, int max_slice, bool silu_up) {
+__global__ void __launch_bounds__(kThreads, SPG > 0 ? 3 : 0)
+    w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w, const uint4* __restrict__ sz,
+                 const T* __restrict__ residual, T* __restrict__ c, float* __restrict__ partial,
+                 int* __restrict__ arrivals, int M, int N, int K, int group, int quantum, int max_slice, bool silu_up) {
   static_assert(!SWAP || MT <= (SPG > 0 ? 2 : 1), "the swapped form takes 8 rows, 16 with the codes");
   constexpr bool CODES = SPG > 0;
   constexpr int kSpg = CODES ? SPG : 1;  // (a modulus also where the dequantizing form compiles it)
@@ -313,8 +312,7 @@ __global__ void __launch_bounds__(kThreads, SPG > 0 ? 3 : 0) w4a16_kernel(const 
 
 struct Plan {
   bool swap;     // the swapped mma form (see w4a16_kernel): M <= 8, or M <= 16 with codes
-  bool codes;    // the mma multiplies the codes (VLM_W4A16_GEMM_CODES=1, M <= 16)
-  int spg;       // with codes: k16 steps per group (4 or 8), the kernel's SPG
+  int spg;       // 0, or with the codes multiplied (VLM_W4A16_GEMM_CODES=1, M <= 16): k16 steps per group (4 or 8)
   int mt;        // 16-row tiles per block (not swapped), 8-row operands (swapped)
   int rows;      // rows of A a block stages
   int m_tiles, splits, unroll;
@@ -323,6 +321,7 @@ struct Plan {
   size_t smem;
   bool ok;
   bool fold;  // splits > 1 summed by the GEMM's last block per tile (no second kernel)
+  bool codes() const { return spg > 0; }
 };
 
 // The workspace starts with one arrival counter per output tile (zeroed by the caller
@@ -387,9 +386,9 @@ int resident_blocks(const Plan& p, size_t smem) {
   if (it != cache.end()) return it->second;
   const bool u8 = p.unroll == 8;
   int n;
-  if (p.codes && p.mt == 2)
+  if (p.codes() && p.mt == 2)
     n = p.spg == 8 ? resident_blocks_of<__half, 2, 8, true, 8>(smem) : resident_blocks_of<__half, 2, kUnroll, true, 4>(smem);
-  else if (p.codes)
+  else if (p.codes())
     n = !u8 ? resident_blocks_of<__half, 1, kUnroll, true, 4>(smem)
             : p.spg == 8 ? resident_blocks_of<__half, 1, 8, true, 8>(smem) : resident_blocks_of<__half, 1, 8, true, 4>(smem);
   else if (p.swap)
@@ -406,15 +405,15 @@ Plan make_plan(int M, int N, int K, int group) {
   Plan p{};
   // Codes: an unrolled batch of steps must hold whole groups (8 steps: a group of 128 always, as K is
   // a multiple of the group; 4 steps: a group of 64).
-  p.codes = gemm_codes() && M <= kCodesMaxM && (group == 64 || group == 128);
-  p.swap = M <= 8 || p.codes;
+  const bool codes = gemm_codes() && M <= kCodesMaxM && (group == 64 || group == 128);
+  p.spg = codes ? group / 16 : 0;
+  p.swap = M <= 8 || codes;
   p.mt = p.swap ? (M <= 8 ? 1 : 2) : (M <= 16 ? 1 : (M <= 32 ? 2 : 4));
   p.rows = p.swap ? 8 * p.mt : 16 * p.mt;
   // At most 16 rows: more weight bytes in flight per warp, where K allows.
   p.unroll = (p.swap || p.mt == 1) && K % std::max(group, 16 * 8) == 0 ? 8 : kUnroll;
-  p.spg = p.codes ? group / 16 : 0;
   // 16 rows' sums of two groups of 64 in one batch of 8 steps would not fit the register cap.
-  if (p.codes && p.mt == 2 && p.spg == 4) p.unroll = kUnroll;
+  if (p.mt == 2 && p.spg == 4) p.unroll = kUnroll;
   p.quantum = std::max(group, 16 * p.unroll);
   p.m_tiles = (M + p.rows - 1) / p.rows;
   p.ok = K % p.quantum == 0;
@@ -479,9 +478,9 @@ cudaError_t launch_codes(const Plan& p, const void* a, const void* w, const void
 template <class T>
 cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                      int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
-  if (p.codes && p.mt == 2)
+  if (p.codes() && p.mt == 2)
     return launch_codes<T, 2>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
-  if (p.codes) return launch_codes<T, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.codes()) return launch_codes<T, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.swap && p.unroll == 8)
     return launch<T, 1, 8, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.swap) return launch<T, 1, kUnroll, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
