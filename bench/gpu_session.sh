@@ -578,12 +578,12 @@ serve_llava_compare() {  # model (b): fp16 vs w4a16 + int8 KV at concurrency 1/1
     --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
     --stem llava-7b-h200-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
-device_serve_sampled() {  # serving with sampled requests, drawn on the host and then on the GPU
+serve_sampled() {  # serving with sampled requests, drawn on the host and then on the GPU
   local sampled="--temperature 0.7 --top-p 0.9 --lm-flag=--stream-interval=4"
   serve_runs 16,64,256 "--stem internvl-2b-h200-sampled-host $sampled"
   VLM_DEVICE_SAMPLING=1 serve_runs 16,64,256 "--stem internvl-2b-h200-sampled-device $sampled"
 }
-sampling() {  # sampled rows drawn on the GPU: tests, compute-sanitizer, then bench/sampling.py off and on
+device_sampling() {  # sampled rows drawn on the GPU: tests, compute-sanitizer, then bench/sampling.py off and on
   python3 -m pytest -q -m gpu tests/kernels/test_draw_rows.py tests/engine/test_device_sampling.py 2>&1 | tail -n 6
   compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q -m gpu tests/kernels/test_draw_rows.py \
     -k "rows_without or ties" 2>&1 | tail -n 3
