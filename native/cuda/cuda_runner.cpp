@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
@@ -66,6 +67,23 @@ class DeviceBuffer {
     bytes_ = bytes;
     return true;
   }
+  // Grows keeping the contents, as of the stream's work so far (the stream is waited for before the old memory
+  // goes). True when the memory moved.
+  bool reserve_keeping(size_t bytes, cudaStream_t stream) {
+    if (bytes <= bytes_) return false;
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    VLM_CHECK(e == cudaSuccess, e == cudaErrorMemoryAllocation ? VLM_ERR_OUT_OF_MEMORY : VLM_ERR_INTERNAL,
+              "cannot allocate " << bytes << " bytes of device memory: " << cudaGetErrorString(e));
+    if (p_) {
+      VLM_CUDA_CHECK(cudaMemcpyAsync(p, p_, bytes_, cudaMemcpyDeviceToDevice, stream));
+      VLM_CUDA_CHECK(cudaStreamSynchronize(stream));
+      cudaFree(p_);
+    }
+    p_ = p;
+    bytes_ = bytes;
+    return true;
+  }
   template <class T> void upload(const std::vector<T>& v) {
     reserve(v.size() * sizeof(T));
     if (!v.empty()) VLM_CUDA_CHECK(cudaMemcpy(p_, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
@@ -79,8 +97,9 @@ class DeviceBuffer {
 };
 
 // Page-locked host memory, grown as needed (at least doubling: allocating it is slow, and the step's metadata
-// grows a little with every token): copies to and from it are queued on the stream and return at once. Grown
-// only between steps (each step ends waiting for its stream), so no copy is in flight when it moves.
+// grows a little with every token): copies to and from it are queued on the stream and return at once. Each
+// launched step has its own (two alternate), grown only when its previous step has been collected, so no copy
+// is in flight when it moves.
 class PinnedBuffer {
  public:
   PinnedBuffer() = default;
@@ -310,6 +329,7 @@ class CudaRunner final : public StepRunner {
                                    "multiples of 8");
     VLM_CHECK(p_.head_dim <= 256, VLM_ERR_UNSUPPORTED, "the CUDA backend takes head_dim <= 256");
     VLM_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    copies_ = std::make_unique<StepCopies[]>(2);
 #if VLM_HAVE_CUBLAS
     VLM_CHECK(cublasCreate(&blas_) == CUBLAS_STATUS_SUCCESS, VLM_ERR_INTERNAL, "cublasCreate failed");
     VLM_CHECK(cublasSetStream(blas_, stream_) == CUBLAS_STATUS_SUCCESS, VLM_ERR_INTERNAL, "cublasSetStream failed");
@@ -399,8 +419,19 @@ class CudaRunner final : public StepRunner {
   }
 
   void forward(const StepBatch& b, StepOutput& out) override {
+    launch(b);
+    collect(out);
+  }
+
+  // Steps overlap (the engine plans and launches the next before taking this one's output) unless every phase
+  // is being timed one step at a time (VLM_CUDA_PROFILE).
+  bool overlaps() const override { return prof_ == nullptr; }
+
+  void launch(const StepBatch& b) override {
     const int64_t t_entry = cuda::StepProfiler::now();
+    VLM_CHECK(queued_.size() < 2, VLM_ERR_INTERNAL, "a third step launched before the first was collected");
     VLM_CUDA_CHECK(cudaSetDevice(device_));
+    const int slot = (int)(launches_ % 2);  // this step's page-locked buffers and completion event
     const int T = (int)b.tokens.size(), R = (int)b.logit_rows.size();
     const int H = p_.hidden_size, F = p_.intermediate_size, V = vocab_out_;
     const int nq = p_.num_heads * p_.head_dim, nkv = p_.num_kv_heads * p_.head_dim;
@@ -415,7 +446,8 @@ class CudaRunner final : public StepRunner {
     grow(gate_up_, (size_t)T * 2 * F * a);
     grow(ffn_, (size_t)T * F * a);
     grow(logits_d_, (size_t)std::max(R, 1) * V * 4);
-    grow(argmax_d_, (size_t)std::max(R, 1) * 8);
+    // Kept when it grows: a row of this step may read its token from the previous step's argmax (a token -1 - i).
+    if (argmax_d_.reserve_keeping((size_t)std::max(R, 1) * 8, stream_)) ++epoch_;
     grow(argmax_partial_, (size_t)cuda::argmax_partial_bytes(std::max(R, 1), V));
     grow_zeroed(argmax_arrivals_, (size_t)std::max(R, 1) * sizeof(int));
 
@@ -428,7 +460,7 @@ class CudaRunner final : public StepRunner {
     grow(attn_workspace_, (size_t)cuda::paged_attention_workspace_bytes(T, p_.num_heads, p_.head_dim,
                                                                        p_.num_kv_heads, context, num_sms_));
     grow_zeroed(attn_arrivals_, (size_t)T * p_.num_kv_heads * sizeof(int));  // split-KV arrival counters
-    const cuda::StepMeta meta = upload_meta(b);
+    const cuda::StepMeta meta = upload_meta(b, slot);
     if (!b.embedding_rows.empty()) {
       const int n = (int)b.embedding_rows.size();
       splice_host_.resize((size_t)n * H);
@@ -464,37 +496,50 @@ class CudaRunner final : public StepRunner {
       mark("copy out");
     }
 
-    if (!b.draws.empty()) draw_on_device(b, R, V);
+    if (!b.draws.empty()) draw_on_device(b, R, V, slot);
 
     // Every row's argmax (R x 8 bytes; a drawn row's token in its place), and whole rows only where the engine
-    // needs them.
-    out.argmax.resize(R);
-    out.max_logit.resize(R);
+    // needs them, into this step's page-locked buffers (moved to the output when it is collected).
     size_t full = 0;
     for (int i = 0; i < R; ++i) full += b.full_logits[i] != 0;
-    out.logits.resize(full * V);
-    if (R > 0) {  // indices then values, one copy into page-locked memory (moved to `out` after the wait)
-      argmax_pinned_.reserve((size_t)R * 8);
-      VLM_CUDA_CHECK(cudaMemcpyAsync(argmax_pinned_.as(), argmax_d_.as(), (size_t)R * 8, cudaMemcpyDeviceToHost,
-                                     stream_));
+    StepCopies& c = copies_[slot];
+    if (R > 0) {  // indices then values, one copy
+      c.argmax.reserve((size_t)R * 8);
+      VLM_CUDA_CHECK(cudaMemcpyAsync(c.argmax.as(), argmax_d_.as(), (size_t)R * 8, cudaMemcpyDeviceToHost, stream_));
     }
+    if (full > 0) c.logits.reserve(full * V * 4);
     if (full == (size_t)R && R > 0) {
-      VLM_CUDA_CHECK(cudaMemcpyAsync(out.logits.data(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
+      VLM_CUDA_CHECK(cudaMemcpyAsync(c.logits.as(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
                                      stream_));
     } else {
       for (int i = 0, j = 0; i < R; ++i)
         if (b.full_logits[i])
-          VLM_CUDA_CHECK(cudaMemcpyAsync(&out.logits[(size_t)j++ * V], logits_d_.as<float>() + (size_t)i * V,
+          VLM_CUDA_CHECK(cudaMemcpyAsync(c.logits.as<float>() + (size_t)j++ * V, logits_d_.as<float>() + (size_t)i * V,
                                          (size_t)V * 4, cudaMemcpyDeviceToHost, stream_));
     }
     mark("end");
-    VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    if (R > 0) {
-      std::memcpy(out.argmax.data(), argmax_pinned_.as(), (size_t)R * 4);
-      std::memcpy(out.max_logit.data(), argmax_pinned_.as<unsigned char>() + (size_t)R * 4, (size_t)R * 4);
+    VLM_CUDA_CHECK(cudaEventRecord(c.done, stream_));
+    queued_.push_back({slot, R, full, t_wait});
+    ++launches_;
+  }
+
+  void collect(StepOutput& out) override {
+    VLM_CHECK(!queued_.empty(), VLM_ERR_INTERNAL, "no launched step to collect");
+    const Queued q = queued_.front();
+    queued_.pop_front();
+    StepCopies& c = copies_[q.slot];
+    VLM_CUDA_CHECK(cudaEventSynchronize(c.done));
+    const int V = vocab_out_;
+    out.argmax.resize(q.rows);
+    out.max_logit.resize(q.rows);
+    if (q.rows > 0) {
+      std::memcpy(out.argmax.data(), c.argmax.as(), (size_t)q.rows * 4);
+      std::memcpy(out.max_logit.data(), c.argmax.as<unsigned char>() + (size_t)q.rows * 4, (size_t)q.rows * 4);
     }
+    out.logits.resize(q.full * V);
+    if (q.full > 0) std::memcpy(out.logits.data(), c.logits.as(), q.full * V * 4);
     if (prof_) {
-      prof_->host_phase("wait for the GPU", t_wait);
+      prof_->host_phase("wait for the GPU", q.t_wait);
       prof_->end();
     }
   }
@@ -506,7 +551,8 @@ class CudaRunner final : public StepRunner {
   void enqueue_step(int T, int R, int context, const cuda::StepMeta& meta, int splice_rows, int num_tiles = 0) {
     const int H = p_.hidden_size, F = p_.intermediate_size, V = vocab_out_;
     mark("embed");
-    VLM_CUDA_CHECK(cuda::embed_rows(act_, embed_.w.as(), meta_tokens_, T, H, h_.as<float>(), stream_));
+    VLM_CUDA_CHECK(cuda::embed_rows(act_, embed_.w.as(), meta_tokens_, argmax_d_.as<int32_t>(), T, H, h_.as<float>(),
+                                    stream_));
     if (splice_rows)
       VLM_CUDA_CHECK(cuda::scatter_rows(splice_.as<float>(), meta_splice_rows_, splice_rows, H, h_.as<float>(),
                                         stream_));
@@ -650,15 +696,16 @@ class CudaRunner final : public StepRunner {
   // The step's sampled rows drawn where their logits are (draw_rows.cu), over the argmax the step wrote: the
   // rows' parameters go up as five arrays in one buffer, through page-locked memory as the step's metadata does
   // (outside any captured graph: they change every step).
-  void draw_on_device(const StepBatch& b, int R, int V) {
+  void draw_on_device(const StepBatch& b, int R, int V, int slot) {
     VLM_CHECK((int)b.draws.size() == R, VLM_ERR_INTERNAL,
               "a step's draws (" << b.draws.size() << ") do not match its logit rows (" << R << ")");
     mark("draw");
     const size_t n = (size_t)R;
     const size_t f_bytes = n * 4, d_off = (4 * f_bytes + 7) / 8 * 8;  // temperature, top_k, top_p, min_p; then u
     const size_t bytes = d_off + n * 8;
-    draw_pinned_.reserve(bytes);
-    unsigned char* h = draw_pinned_.as<unsigned char>();
+    PinnedBuffer& staged = copies_[slot].draw;
+    staged.reserve(bytes);
+    unsigned char* h = staged.as<unsigned char>();
     for (size_t i = 0; i < n; ++i) {
       const RowDraw& d = b.draws[i];
       std::memcpy(h + i * 4, &d.temperature, 4);
@@ -816,7 +863,7 @@ class CudaRunner final : public StepRunner {
   // One host array, one copy: tokens, positions, slots, row segments, table
   // offsets, logit rows and spliced rows first (their offsets depend only on the
   // row counts, so a captured decode graph keeps pointing at them), block tables last.
-  cuda::StepMeta upload_meta(const StepBatch& b) {
+  cuda::StepMeta upload_meta(const StepBatch& b, int slot) {
     const int T = (int)b.tokens.size(), S = (int)b.segments.size(), R = (int)b.logit_rows.size();
     const int E = (int)b.embedding_rows.size();
     const size_t tokens = 0, positions = T, slots = 2 * (size_t)T, row_segment = 3 * (size_t)T,
@@ -842,10 +889,10 @@ class CudaRunner final : public StepRunner {
     if (meta_host_.size() * 4 > meta_.bytes()) grow(meta_, meta_host_.size() * 8);
     // Through page-locked memory: the copy is then queued and the host goes on to launch the step (from pageable
     // memory the call waits for the driver's own staging).
-    meta_pinned_.reserve(meta_host_.size() * 4);
-    std::memcpy(meta_pinned_.as(), meta_host_.data(), meta_host_.size() * 4);
-    VLM_CUDA_CHECK(cudaMemcpyAsync(meta_.as(), meta_pinned_.as(), meta_host_.size() * 4, cudaMemcpyHostToDevice,
-                                   stream_));
+    PinnedBuffer& staged = copies_[slot].meta;
+    staged.reserve(meta_host_.size() * 4);
+    std::memcpy(staged.as(), meta_host_.data(), meta_host_.size() * 4);
+    VLM_CUDA_CHECK(cudaMemcpyAsync(meta_.as(), staged.as(), meta_host_.size() * 4, cudaMemcpyHostToDevice, stream_));
     const int32_t* d = meta_.as<int32_t>();
     meta_tokens_ = d + tokens;
     meta_logit_rows_ = d + logit_rows;
@@ -879,7 +926,26 @@ class CudaRunner final : public StepRunner {
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   std::vector<int2> tiles_host_;
   std::vector<int32_t> meta_host_;
-  PinnedBuffer meta_pinned_, argmax_pinned_;  // the per-step transfers' host side
+  // The host side of a launched step's transfers, one set per step in flight (steps alternate between two):
+  // metadata and draw parameters up, argmax and whole rows down, and the event that marks them done.
+  struct StepCopies {
+    PinnedBuffer meta, draw, argmax, logits;
+    cudaEvent_t done = nullptr;
+    StepCopies() { VLM_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming)); }
+    StepCopies(const StepCopies&) = delete;
+    StepCopies& operator=(const StepCopies&) = delete;
+    ~StepCopies() {
+      if (done) cudaEventDestroy(done);
+    }
+  };
+  std::unique_ptr<StepCopies[]> copies_;  // two, made once the device is chosen
+  struct Queued {
+    int slot, rows;
+    size_t full;
+    int64_t t_wait;
+  };
+  std::deque<Queued> queued_;  // launched, not yet collected, oldest first
+  uint64_t launches_ = 0;
   uint64_t epoch_ = 0;  // bumped whenever a scratch buffer moves
 
   // Decode graphs (run_decode_graph), keyed by rows << 32 | context bound.
@@ -899,7 +965,6 @@ class CudaRunner final : public StepRunner {
   std::vector<float> splice_host_;
   // Sampled rows drawn on the device (VLM_DEVICE_SAMPLING=1): their parameters, staged and uploaded each step.
   bool device_draws_ = false;
-  PinnedBuffer draw_pinned_;
   DeviceBuffer draw_params_;
   std::unique_ptr<cuda::StepProfiler> prof_;  // VLM_CUDA_PROFILE
   const int32_t *meta_tokens_ = nullptr, *meta_logit_rows_ = nullptr, *meta_splice_rows_ = nullptr;

@@ -19,11 +19,13 @@ namespace {
 constexpr int kNormThreads = 256;
 
 template <class T>
-__global__ void embed_kernel(const T* table, const int32_t* tokens, int hidden, float* h) {
+__global__ void embed_kernel(const T* table, const int32_t* tokens, const int32_t* earlier, int hidden, float* h) {
   pdl_wait();  // every input below comes from earlier kernels
   pdl_allow_next();
   const int r = blockIdx.x;
-  const T* src = table + (int64_t)tokens[r] * hidden;
+  int32_t token = tokens[r];
+  if (token < 0) token = earlier[-token - 1];  // the token the previous step chose for that logit row
+  const T* src = table + (int64_t)token * hidden;
   float* dst = h + (int64_t)r * hidden;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = to_float(src[i]);
 }
@@ -216,14 +218,14 @@ int grid_for(int64_t n) { return (int)((n + 255) / 256 < 65535 ? (n + 255) / 256
 
 }  // namespace
 
-cudaError_t embed_rows(ActType act, const void* table, const int32_t* tokens, int rows, int hidden, float* h,
-                       cudaStream_t stream) {
+cudaError_t embed_rows(ActType act, const void* table, const int32_t* tokens, const int32_t* earlier, int rows,
+                       int hidden, float* h, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (act == ActType::F16)
     return launch_dependent(embed_kernel<__half>, dim3(rows), dim3(256), 0, stream,
-                            static_cast<const __half*>(table), tokens, hidden, h);
+                            static_cast<const __half*>(table), tokens, earlier, hidden, h);
   return launch_dependent(embed_kernel<__nv_bfloat16>, dim3(rows), dim3(256), 0, stream,
-                          static_cast<const __nv_bfloat16*>(table), tokens, hidden, h);
+                          static_cast<const __nv_bfloat16*>(table), tokens, earlier, hidden, h);
 }
 
 cudaError_t scatter_rows(const float* src, const int32_t* rows, int n, int hidden, float* h, cudaStream_t stream) {

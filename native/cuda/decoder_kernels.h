@@ -55,9 +55,10 @@ struct RopeSource {
   const float* inv_freq;
 };
 
-// h[r][:] = float(table[tokens[r]][:]).
-cudaError_t embed_rows(ActType act, const void* table, const int32_t* tokens, int rows, int hidden, float* h,
-                       cudaStream_t stream);
+// h[r][:] = float(table[tokens[r]][:]); a token -1 - i stands for earlier[i] (a token a previous step chose on
+// the device and the host has not seen yet).
+cudaError_t embed_rows(ActType act, const void* table, const int32_t* tokens, const int32_t* earlier, int rows,
+                       int hidden, float* h, cudaStream_t stream);
 // h[rows[i]][:] = src[i][:] (fp32 image-embedding rows over the placeholders).
 cudaError_t scatter_rows(const float* src, const int32_t* rows, int n, int hidden, float* h, cudaStream_t stream);
 // For r < rows, i = select ? select[r] : r: h[i] += delta[i] (if delta), then

@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change to a struct layout or a signature below. */
-#define VLM_ABI_VERSION 2
+#define VLM_ABI_VERSION 3
 #define VLM_MAX_TOP_LOGPROBS 20
 #define VLM_MAX_STOP_SEQUENCES 16
 #define VLM_MAX_STOP_SEQUENCE_LEN 16
@@ -295,6 +295,7 @@ typedef struct vlm_engine_stats {
   int64_t steps;
   int64_t preemptions;
   int64_t kv_cache_bytes;
+  int64_t overlapped_steps; /* steps launched while the step before was still running (VLM_OVERLAP_STEPS) */
 } vlm_engine_stats;
 
 VLM_API int vlm_engine_get_stats(vlm_engine* engine, vlm_engine_stats* out);

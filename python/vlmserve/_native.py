@@ -9,7 +9,7 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_LEN = 16
@@ -141,6 +141,7 @@ class EngineStats(ctypes.Structure):
         ("steps", ctypes.c_int64),
         ("preemptions", ctypes.c_int64),
         ("kv_cache_bytes", ctypes.c_int64),
+        ("overlapped_steps", ctypes.c_int64),
     ]
 
 

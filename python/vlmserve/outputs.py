@@ -50,6 +50,7 @@ class EngineStats:
     steps: int
     preemptions: int
     kv_cache_bytes: int
+    overlapped_steps: int  # launched while the step before still ran (VLM_OVERLAP_STEPS=1)
 
     @property
     def used_blocks(self) -> int:

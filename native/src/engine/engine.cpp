@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <random>
@@ -56,6 +57,8 @@ Engine::Engine(std::shared_ptr<const Model> model, const vlm_engine_params& p)
   blocks_ = std::make_unique<BlockManager>(num_blocks);
   scheduler_ = std::make_unique<Scheduler>(*blocks_, p.block_size, p.max_batch_size, p.max_num_batched_tokens);
   free_blocks_ = num_blocks;
+  const char* overlap = std::getenv("VLM_OVERLAP_STEPS");
+  overlap_ = runner_->overlaps() && overlap != nullptr && std::strcmp(overlap, "0") != 0;
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -229,6 +232,7 @@ vlm_engine_stats Engine::stats() const {
   s.steps = steps_;
   s.preemptions = preemptions_;
   s.kv_cache_bytes = runner_->kv_cache_bytes();
+  s.overlapped_steps = overlapped_steps_;
   return s;
 }
 
@@ -249,10 +253,18 @@ void Engine::finish(Request* r, int reason, int stop_len, const std::string& err
   }
   e.error = error;
   scheduler_->remove(r);
-  const uint64_t id = r->id;
-  requests_.erase(id);  // r is gone from here on
+  r->finished = true;
+  auto it = requests_.find(r->id);
+  if (r->last_step > completed_) retired_.push_back(std::move(it->second));  // a launched step still holds it
+  requests_.erase(it);  // r is gone from here on
   publish_stats();      // before the event, so a caller woken by it sees the freed blocks
   emit(std::move(e));
+}
+
+void Engine::release_retired() {
+  retired_.erase(std::remove_if(retired_.begin(), retired_.end(),
+                                [this](const std::unique_ptr<Request>& r) { return r->last_step <= completed_; }),
+                 retired_.end());
 }
 
 int Engine::check_stop(const Request& r, int* stop_len) const {
@@ -269,7 +281,8 @@ int Engine::check_stop(const Request& r, int* stop_len) const {
       return VLM_FINISH_STOP;
     }
   }
-  if ((int)r.output.size() >= r.max_new_tokens || r.length() >= max_model_len_) return VLM_FINISH_LENGTH;
+  const int known = (int)(r.prompt.size() + r.output.size());  // without tokens still on the device
+  if ((int)r.output.size() >= r.max_new_tokens || known >= max_model_len_) return VLM_FINISH_LENGTH;
   return VLM_FINISH_NONE;
 }
 
@@ -281,7 +294,7 @@ void Engine::loop() {
     {
       std::unique_lock<std::mutex> lk(mu_);
       work_cv_.wait(lk, [this] {
-        return stop_ || !incoming_.empty() || !cancels_.empty() || !scheduler_->idle();
+        return stop_ || !incoming_.empty() || !cancels_.empty() || !scheduler_->idle() || in_flight_;
       });
       if (stop_) return;
       incoming.swap(incoming_);
@@ -295,7 +308,7 @@ void Engine::loop() {
       auto it = requests_.find(id);
       if (it != requests_.end()) finish(it->second.get(), VLM_FINISH_CANCELLED, 0);
     }
-    if (!scheduler_->idle()) step();
+    if (!scheduler_->idle() || in_flight_) step();
     publish_stats();
   }
 }
@@ -311,54 +324,132 @@ size_t Engine::pending_incoming() {
   return incoming_.size();
 }
 
+// One step. Without overlap: plan, run, send its events. With overlap (overlap_): a step is launched and left
+// running; the next call plans and launches the step after it (its decode rows reading the running step's
+// tokens on the device) before completing the running one, so the device is never idle while the host sends
+// a step's events and plans the next. What cannot be planned ahead waits for a step without overlap: requests
+// whose next token the host draws from the running step's logits (hold_back), and any plan that would preempt
+// (a preempted request may have a token still on the device).
 void Engine::step() {
+  if (in_flight_) {
+    Step& running = *in_flight_;
+    Step& next = &running == &steps_buf_[0] ? steps_buf_[1] : steps_buf_[0];
+    bool blocked = false;
+    std::vector<ScheduledWork> work =
+        scheduler_->schedule_ahead([this](const Request& r) { return hold_back(r); }, &blocked);
+    const bool launched = !work.empty() && launch(next, std::move(work));
+    if (launched) overlapped_steps_ += 1;
+    in_flight_ = nullptr;
+    complete(running);
+    if (launched) in_flight_ = &next;
+    return;
+  }
   std::vector<Request*> preempted;
-  const std::vector<ScheduledWork> work = scheduler_->schedule(preempted);
+  std::vector<ScheduledWork> work = scheduler_->schedule(preempted);
   preemptions_ += (int64_t)preempted.size();
   if (work.empty()) return;
+  Step& s = steps_buf_[0];
+  if (!launch(s, std::move(work))) return;
+  if (overlap_)
+    in_flight_ = &s;  // completed by the next call, after the step after it is launched
+  else
+    complete(s);
+}
+
+// Whether a running request stays out of the step planned while another runs: its next token is still to be
+// drawn on the host, or the token on the device ends it by length (then nothing is left to compute).
+bool Engine::hold_back(const Request& r) const {
+  if (r.awaiting_host) return true;
+  return r.pending > 0 && ((int)r.output.size() + r.pending >= r.max_new_tokens || r.length() >= max_model_len_);
+}
+
+// Builds the step's batch from the planned work and hands it to the runner. From here on each request's state
+// is what the next plan needs: its positions computed, the token its sample row chooses pending (on the device)
+// or awaited (from the host). False when the runner refused the step (its requests are finished with the error).
+bool Engine::launch(Step& s, std::vector<ScheduledWork> work) {
   const int64_t t0 = now_ns();
-  batch_.clear();
-  row_uses_.clear();
+  s.index = ++launched_;
+  s.work = std::move(work);
+  s.batch.clear();
+  s.uses.clear();
+  StepBatch& batch = s.batch;
   const bool device_draws = runner_->draws_on_device();
   bool any_draw = false;
-  for (const ScheduledWork& w : work) {
+  for (ScheduledWork& w : s.work) {
     Request* r = w.request;
+    w.start = r->num_computed;
     if (!r->first_scheduled_ns) r->first_scheduled_ns = t0;
-    const int row0 = (int)batch_.tokens.size();
-    batch_.segments.push_back({r->block_table.data(), r->num_computed, w.count, row0});
+    const int row0 = (int)batch.tokens.size();
+    batch.segments.push_back({r->block_table.data(), r->num_computed, w.count, row0});
     for (int i = 0; i < w.count; ++i) {
       const int pos = r->num_computed + i;
-      batch_.tokens.push_back(r->token_at(pos));
-      batch_.positions.push_back(pos);
-      for (const EmbeddingSpan& s : r->spans)
-        if (pos >= s.position && pos < s.position + s.rows)
-          batch_.embedding_rows.emplace_back(row0 + i, &s.data[(size_t)(pos - s.position) * model_->params().hidden_size]);
+      batch.tokens.push_back(r->token_at(pos));
+      batch.positions.push_back(pos);
+      for (const EmbeddingSpan& sp : r->spans)
+        if (pos >= sp.position && pos < sp.position + sp.rows)
+          batch.embedding_rows.emplace_back(row0 + i, &sp.data[(size_t)(pos - sp.position) * model_->params().hidden_size]);
       // Logits for prompt positions only when asked, and once each (not again after a preemption).
       const bool wants_prompt_row = (r->prompt_logprobs || r->return_logits) && pos >= r->logits_emitted &&
                                     pos < (int)r->prompt.size() - 1;
-      if (wants_prompt_row || pos == r->length() - 1) {
-        batch_.logit_rows.push_back(row0 + i);
+      const bool sample_row = pos == r->length() - 1;
+      if (wants_prompt_row || sample_row) {
+        batch.logit_rows.push_back(row0 + i);
         RowDraw draw;
         if (!wants_prompt_row && device_draws && draws_on_device(*r)) {
           const vlm_sampling_params& sp = r->sampling;
           draw = RowDraw{sp.temperature, sp.top_k, sp.top_p, sp.min_p, next_uniform(*r)};
           any_draw = true;
         }
-        batch_.full_logits.push_back(wants_prompt_row || (!argmax_suffices(*r) && draw.temperature == 0.f));
-        if (device_draws) batch_.draws.push_back(draw);
-        row_uses_.push_back({r, wants_prompt_row && r->prompt_logprobs ? r->prompt[pos + 1] : -1, !wants_prompt_row});
+        const bool whole = wants_prompt_row || (!argmax_suffices(*r) && draw.temperature == 0.f);
+        batch.full_logits.push_back(whole);
+        if (device_draws) batch.draws.push_back(draw);
+        s.uses.push_back({r, pos, wants_prompt_row && r->prompt_logprobs ? r->prompt[pos + 1] : -1, wants_prompt_row,
+                          !wants_prompt_row, !whole});
       }
     }
   }
-  if (!any_draw) batch_.draws.clear();  // nothing to draw on the device this step
+  if (!any_draw) batch.draws.clear();  // nothing to draw on the device this step
   try {
-    runner_->forward(batch_, out_);
+    if (overlap_)
+      runner_->launch(batch);
+    else
+      runner_->forward(batch, s.out);
   } catch (const std::exception& ex) {
-    for (const ScheduledWork& w : work) finish(w.request, VLM_FINISH_ERROR, 0, ex.what());
+    for (const ScheduledWork& w : s.work) finish(w.request, VLM_FINISH_ERROR, 0, ex.what());
+    return false;
+  }
+  for (const ScheduledWork& w : s.work) {
+    w.request->num_computed = w.start + w.count;
+    w.request->last_step = s.index;
+  }
+  for (size_t i = 0; i < s.uses.size(); ++i) {
+    const LogitRowUse& u = s.uses[i];
+    if (!u.sample) continue;
+    if (u.from_device) {
+      u.request->pending += 1;
+      u.request->pending_row = (int)i;
+    } else {
+      u.request->awaiting_host = true;
+    }
+  }
+  return true;
+}
+
+// Takes a launched step's output (waiting for it when it overlaps) and sends its events.
+void Engine::complete(Step& s) {
+  try {
+    if (overlap_) runner_->collect(s.out);
+  } catch (const std::exception& ex) {
+    completed_ = s.index;
+    for (const ScheduledWork& w : s.work)
+      if (!w.request->finished) finish(w.request, VLM_FINISH_ERROR, 0, ex.what());
+    release_retired();
     return;
   }
+  completed_ = s.index;
   steps_ += 1;
-  postprocess(work, out_);
+  postprocess(s);
+  release_retired();
 }
 
 // A request that wants no logprobs, logits or repetition penalty (which need its whole row, or its history, on
@@ -380,15 +471,16 @@ bool Engine::argmax_suffices(const Request& r) { return token_is_all_it_needs(r)
 // a step), so the rows are done in parallel, each thread with its own buffers: the results are those of doing
 // them one after another. A vocabulary-long row takes ~0.1-1 ms: at 64 sampled rows, or a scored prompt's
 // hundreds of rows, a step's worth of time with the GPU idle.
-void Engine::sample_rows(const StepOutput& out) {
+void Engine::sample_rows(const Step& s) {
+  const StepOutput& out = s.out;
   const int V = model_->params().vocab_size;
   const bool argmax = !out.argmax.empty();
   std::vector<std::pair<Request*, const float*>> rows;  // sample rows that came back whole
   std::vector<std::pair<const float*, int32_t>> scored;  // prompt rows and the token whose logprob they give
   size_t full = 0;
-  for (size_t index = 0; index < row_uses_.size(); ++index) {
-    const LogitRowUse& use = row_uses_[index];
-    const float* row = !argmax || batch_.full_logits[index] ? &out.logits[full++ * (size_t)V] : nullptr;
+  for (size_t index = 0; index < s.uses.size(); ++index) {
+    const LogitRowUse& use = s.uses[index];
+    const float* row = !argmax || s.batch.full_logits[index] ? &out.logits[full++ * (size_t)V] : nullptr;
     if (use.scored_token >= 0) scored.emplace_back(row, use.scored_token);
     if (use.sample && row) rows.emplace_back(use.request, row);
   }
@@ -401,11 +493,13 @@ void Engine::sample_rows(const StepOutput& out) {
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (threads > 1)
   for (int i = 0; i < jobs; ++i) {
     try {
-      if (i < (int)rows.size())
-        sampled_[i] = sample_token(*rows[i].first, rows[i].second, V, sample_scratch_[omp_get_thread_num()]);
-      else
+      if (i < (int)rows.size()) {
+        if (!rows[i].first->finished)  // cancelled while its step ran: its generator is not advanced
+          sampled_[i] = sample_token(*rows[i].first, rows[i].second, V, sample_scratch_[omp_get_thread_num()]);
+      } else {
         prompt_logprobs_[i - rows.size()] = log_softmax_at(scored[i - rows.size()].first, V,
                                                            scored[i - rows.size()].second);
+      }
     } catch (...) {
 #pragma omp critical(vlm_sample_failure)
       if (!failure) failure = std::current_exception();
@@ -414,7 +508,7 @@ void Engine::sample_rows(const StepOutput& out) {
   if (failure) std::rethrow_exception(failure);
 }
 
-void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutput& out) {
+void Engine::postprocess(Step& s) {
   // The step's events (a token for each row, finishes) reach the poller together, also if this throws: one
   // wake-up and one poll per step instead of one per row (a service hands each poll's tokens to its
   // streams with one call into its event loop).
@@ -426,69 +520,65 @@ void Engine::postprocess(const std::vector<ScheduledWork>& work, const StepOutpu
       engine->flush_events();
     }
   } flush{this};
-  sample_rows(out);
+  sample_rows(s);
+  const StepOutput& out = s.out;
   const int V = model_->params().vocab_size;
-  const std::vector<float>& logits = out.logits;
   const bool argmax = !out.argmax.empty();
-  size_t li = 0;       // walks logit rows in the order step() requested them
-  size_t full = 0;     // walks the whole rows among them
+  size_t full = 0;     // walks the whole rows among the logit rows
   size_t drawn = 0;    // walks sampled_
   size_t scored = 0;   // walks prompt_logprobs_
-  for (const ScheduledWork& w : work) {
-    Request* r = w.request;
-    const int first = r->num_computed, end = first + w.count;
-    r->num_computed = end;
-    for (int pos = first; pos < end; ++pos) {
-      const bool prompt_row = (r->prompt_logprobs || r->return_logits) && pos >= r->logits_emitted &&
-                              pos < (int)r->prompt.size() - 1;
-      const bool sample_row = pos == r->length() - 1;
-      if (!prompt_row && !sample_row) continue;
-      const size_t index = li++;
-      const float* row = !argmax || batch_.full_logits[index] ? &logits[full++ * (size_t)V] : nullptr;
-      if (r->return_logits && pos >= r->logits_emitted) r->logits_buf.insert(r->logits_buf.end(), row, row + V);
-      if (prompt_row && r->prompt_logprobs) r->prompt_logprob_buf.push_back(prompt_logprobs_[scored++]);
-      r->logits_emitted = std::max(r->logits_emitted, pos + 1);
-      if (!sample_row) continue;
-      if (r->prompt_logprobs && r->output.empty()) {
-        Event pe;
-        pe.ev.request_id = r->id;
-        pe.ev.kind = VLM_EVENT_PROMPT_LOGPROBS;
-        pe.data = std::move(r->prompt_logprob_buf);
-        r->prompt_logprob_buf.clear();
-        emit(std::move(pe));
-      }
-      if (!r->logits_buf.empty()) {
-        Event le;
-        le.ev.request_id = r->id;
-        le.ev.kind = VLM_EVENT_LOGITS;
-        le.ev.token = (int)(r->logits_buf.size() / V);
-        le.data = std::move(r->logits_buf);
-        r->logits_buf.clear();
-        emit(std::move(le));
-      }
-      SampleResult s;
-      if (row)
-        s = std::move(sampled_[drawn++]);
-      else
-        s.token = out.argmax[index];
-      r->output.push_back(s.token);
-      if (!r->first_token_ns) r->first_token_ns = now_ns();
-      Event te;
-      te.ev.request_id = r->id;
-      te.ev.kind = VLM_EVENT_TOKEN;
-      te.ev.token = s.token;
-      te.ev.logprob = s.logprob;
-      te.ev.num_top = (int)s.top_tokens.size();
-      std::copy(s.top_tokens.begin(), s.top_tokens.end(), te.ev.top_tokens);
-      std::copy(s.top_logprobs.begin(), s.top_logprobs.end(), te.ev.top_logprobs);
-      emit(std::move(te));
-      int stop_len = 0;
-      const int reason = check_stop(*r, &stop_len);
-      if (reason != VLM_FINISH_NONE) {
-        finish(r, reason, stop_len);
-        break;  // r is freed
-      }
+  for (size_t index = 0; index < s.uses.size(); ++index) {
+    const LogitRowUse& u = s.uses[index];
+    Request* r = u.request;
+    const float* row = !argmax || s.batch.full_logits[index] ? &out.logits[full++ * (size_t)V] : nullptr;
+    SampleResult* drew = u.sample && row ? &sampled_[drawn++] : nullptr;
+    const float prompt_logprob = u.scored_token >= 0 ? prompt_logprobs_[scored++] : 0.f;
+    if (r->finished) continue;  // finished (cancelled, or stopped by the step before) while this step ran
+    const int pos = u.pos;
+    if (r->return_logits && pos >= r->logits_emitted) r->logits_buf.insert(r->logits_buf.end(), row, row + V);
+    if (u.prompt_row && r->prompt_logprobs) r->prompt_logprob_buf.push_back(prompt_logprob);
+    r->logits_emitted = std::max(r->logits_emitted, pos + 1);
+    if (!u.sample) continue;
+    if (r->prompt_logprobs && r->output.empty()) {
+      Event pe;
+      pe.ev.request_id = r->id;
+      pe.ev.kind = VLM_EVENT_PROMPT_LOGPROBS;
+      pe.data = std::move(r->prompt_logprob_buf);
+      r->prompt_logprob_buf.clear();
+      emit(std::move(pe));
     }
+    if (!r->logits_buf.empty()) {
+      Event le;
+      le.ev.request_id = r->id;
+      le.ev.kind = VLM_EVENT_LOGITS;
+      le.ev.token = (int)(r->logits_buf.size() / V);
+      le.data = std::move(r->logits_buf);
+      r->logits_buf.clear();
+      emit(std::move(le));
+    }
+    SampleResult res;
+    if (drew)
+      res = std::move(*drew);
+    else
+      res.token = out.argmax[index];
+    if (u.from_device)
+      r->pending -= 1;
+    else
+      r->awaiting_host = false;
+    r->output.push_back(res.token);
+    if (!r->first_token_ns) r->first_token_ns = now_ns();
+    Event te;
+    te.ev.request_id = r->id;
+    te.ev.kind = VLM_EVENT_TOKEN;
+    te.ev.token = res.token;
+    te.ev.logprob = res.logprob;
+    te.ev.num_top = (int)res.top_tokens.size();
+    std::copy(res.top_tokens.begin(), res.top_tokens.end(), te.ev.top_tokens);
+    std::copy(res.top_logprobs.begin(), res.top_logprobs.end(), te.ev.top_logprobs);
+    emit(std::move(te));
+    int stop_len = 0;
+    const int reason = check_stop(*r, &stop_len);
+    if (reason != VLM_FINISH_NONE) finish(r, reason, stop_len);
   }
 }
 

@@ -45,15 +45,39 @@ class Engine {
   };
 
   std::unique_ptr<Request> build_request(const vlm_request_params& params) const;
+  // What each of a step's logit rows is for, in logit_rows order: its request and position, the prompt token
+  // whose logprob it gives (-1: none), whether it is a prompt row (logits or logprobs asked for) and whether the
+  // request's next token comes from it, chosen on the device (argmax or draw) or on the host from the row.
+  struct LogitRowUse {
+    Request* request;
+    int pos;
+    int32_t scored_token;
+    bool prompt_row;
+    bool sample;
+    bool from_device;
+  };
+  // A step from planning to its events.
+  struct Step {
+    int64_t index = 0;  // 1, 2, ... in launch order
+    std::vector<ScheduledWork> work;
+    StepBatch batch;
+    std::vector<LogitRowUse> uses;
+    StepOutput out;
+  };
+
   void loop();
   void step();
-  void postprocess(const std::vector<ScheduledWork>& work, const StepOutput& out);
-  void sample_rows(const StepOutput& out);
+  bool launch(Step& s, std::vector<ScheduledWork> work);
+  void complete(Step& s);
+  bool hold_back(const Request& r) const;
+  void postprocess(Step& s);
+  void sample_rows(const Step& s);
   static bool token_is_all_it_needs(const Request& r);
   static bool is_greedy(const Request& r);
   static bool argmax_suffices(const Request& r);
   static bool draws_on_device(const Request& r);
   void finish(Request* r, int reason, int stop_len, const std::string& error = "");
+  void release_retired();
   void emit(Event&& e);
   void deliver_locked(Event&& e);  // with mu_ held
   void flush_events();
@@ -70,16 +94,16 @@ class Engine {
 
   // Owned by the decoding thread.
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
-  StepBatch batch_;
-  // What each of the step's logit rows is for, in batch_.logit_rows order: its request, the prompt token whose
-  // logprob it gives (-1: none), whether the request's next token comes from it.
-  struct LogitRowUse {
-    Request* request;
-    int32_t scored_token;
-    bool sample;
-  };
-  std::vector<LogitRowUse> row_uses_;
-  StepOutput out_;
+  // Overlapped steps (VLM_OVERLAP_STEPS=1, with a runner that overlaps()): while one step runs on the device
+  // the next is planned and launched, its decode rows reading their tokens where the running step leaves
+  // them, and only then is the running step's output taken and its events sent; so the device does not wait
+  // for the host's work between steps. Two Steps alternate; `in_flight_` is the launched one not yet completed.
+  bool overlap_ = false;
+  Step steps_buf_[2];
+  Step* in_flight_ = nullptr;
+  int64_t launched_ = 0, completed_ = 0;
+  // Finished requests that a launched step still holds (Request::last_step > completed_): freed after it.
+  std::vector<std::unique_ptr<Request>> retired_;
   // The step's tokens drawn on the host (rows whose full logits came back), in row order, and each sampling
   // thread's buffers (Engine::sample_rows).
   std::vector<SampleResult> sampled_;
@@ -101,7 +125,7 @@ class Engine {
   bool stop_ = false;
 
   std::atomic<int> running_{0}, waiting_{0};
-  std::atomic<int64_t> free_blocks_{0}, steps_{0}, preemptions_{0};
+  std::atomic<int64_t> free_blocks_{0}, steps_{0}, preemptions_{0}, overlapped_steps_{0};
   std::thread thread_;
 };
 

@@ -1,10 +1,13 @@
 #include "engine/model_runner.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <string>
 
+#include "common/error.h"
 #include "engine/step_runner.h"
 
 namespace vlm {
@@ -44,16 +47,56 @@ class CpuRunner final : public StepRunner {
     cache_ = std::make_unique<KvCache>(p.num_layers, num_blocks, block_size, p.num_kv_heads, p.head_dim, kv_dtype);
   }
   int64_t kv_cache_bytes() const override { return cache_ ? cache_->total_bytes() : 0; }
-  // Every row whole: the host sampler takes greedy tokens from the rows directly.
+  // Every row's argmax, and whole rows where the engine asks for them, as the GPU runners return them.
   void forward(const StepBatch& batch, StepOutput& out) override {
-    out.argmax.clear();
-    out.max_logit.clear();
-    runner_.forward(batch, *cache_, out.logits);
+    launch(batch);
+    collect(out);
+  }
+  // The step runs here and now (the host is the device); overlapping only changes when its output is handed
+  // over, which exercises the engine's overlapped path on any machine.
+  bool overlaps() const override { return true; }
+  void launch(const StepBatch& batch) override {
+    VLM_CHECK(queued_.size() < 2, VLM_ERR_INTERNAL, "a third step launched before the first was collected");
+    const StepBatch* b = &batch;
+    if (std::any_of(batch.tokens.begin(), batch.tokens.end(), [](int32_t t) { return t < 0; })) {
+      resolved_ = batch;  // the previous step's tokens in place of their references
+      for (int32_t& t : resolved_.tokens)
+        if (t < 0) {
+          const size_t i = (size_t)(-t - 1);
+          VLM_CHECK(i < last_argmax_.size(), VLM_ERR_INTERNAL, "a row refers to logit row " << i
+                                                 << " of a previous step that had " << last_argmax_.size());
+          t = last_argmax_[i];
+        }
+      b = &resolved_;
+    }
+    runner_.forward(*b, *cache_, rows_);
+    const int R = (int)batch.logit_rows.size(), V = runner_.model().lm_head().out;
+    StepOutput out;
+    out.argmax.resize(R);
+    out.max_logit.resize(R);
+    for (int i = 0; i < R; ++i) {
+      const float* row = &rows_[(size_t)i * V];
+      const int best = (int)(std::max_element(row, row + V) - row);  // the first of equal largest, as on the GPU
+      out.argmax[i] = best;
+      out.max_logit[i] = row[best];
+      if (batch.full_logits[i]) out.logits.insert(out.logits.end(), row, row + V);
+    }
+    last_argmax_ = out.argmax;
+    queued_.push_back(std::move(out));
+  }
+  void collect(StepOutput& out) override {
+    VLM_CHECK(!queued_.empty(), VLM_ERR_INTERNAL, "no launched step to collect");
+    out = std::move(queued_.front());
+    queued_.pop_front();
   }
 
  private:
   ModelRunner runner_;
   std::unique_ptr<KvCache> cache_;
+  StepBatch resolved_;
+  std::vector<float> rows_;
+  std::deque<StepOutput> queued_;     // launched, not yet collected, oldest first
+  std::vector<int32_t> last_argmax_;  // the last launched step's tokens (what the next step's references read)
 };
 
 }  // namespace

@@ -47,9 +47,20 @@ struct Request {
 
   int64_t enqueue_ns = 0, first_scheduled_ns = 0, first_token_ns = 0;
 
-  int length() const { return (int)(prompt.size() + output.size()); }
+  // Overlapped steps (Engine::step): tokens a launched step chooses on the device, not yet back on the host.
+  // They count in length() so the next step can be planned; their value reaches that step's input on the
+  // device: the newest as -(1 + the logit row that chooses it in the last launched step).
+  int pending = 0;
+  int pending_row = 0;
+  bool awaiting_host = false;  // a launched step's logits decide the next token on the host: not planned again yet
+  bool finished = false;       // finished while a launched step still holds it (Engine::retire)
+  int64_t last_step = 0;       // the last launched step that holds it
+
+  int length() const { return (int)(prompt.size() + output.size()) + pending; }
   int32_t token_at(int pos) const {
-    return pos < (int)prompt.size() ? prompt[pos] : output[pos - prompt.size()];
+    if (pos < (int)prompt.size()) return prompt[pos];
+    if (pos < (int)(prompt.size() + output.size())) return output[pos - prompt.size()];
+    return -(1 + pending_row);  // only the newest pending token is ever an input (the one a decode row reads)
   }
 };
 

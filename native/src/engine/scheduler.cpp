@@ -47,8 +47,36 @@ std::vector<ScheduledWork> Scheduler::schedule(std::vector<Request*>& preempted)
     ++i;
   }
 
-  // Admission keeps one free block per running request in reserve, so the
-  // requests just admitted do not force an immediate preemption.
+  admit(work, budget);
+  return work;
+}
+
+std::vector<ScheduledWork> Scheduler::schedule_ahead(const std::function<bool(const Request&)>& hold,
+                                                     bool* blocked) {
+  std::vector<ScheduledWork> work;
+  int budget = budget_;
+  *blocked = false;
+  for (Request* r : running_) {
+    if (budget <= 0) break;
+    if (hold(*r)) continue;
+    const int count = std::min(r->length() - r->num_computed, budget);
+    if (count <= 0) continue;
+    const int64_t need = blocks_to_cover(r, count);
+    if (need > blocks_.num_free()) {
+      *blocked = true;
+      return {};
+    }
+    blocks_.allocate(need, r->block_table);
+    work.push_back({r, count});
+    budget -= count;
+  }
+  admit(work, budget);
+  return work;
+}
+
+// Admission keeps one free block per running request in reserve, so the
+// requests just admitted do not force an immediate preemption.
+void Scheduler::admit(std::vector<ScheduledWork>& work, int& budget) {
   while (!waiting_.empty() && budget > 0 && (int)running_.size() < max_batch_) {
     Request* r = waiting_.front();
     const int count = std::min(r->length() - r->num_computed, budget);
@@ -61,7 +89,6 @@ std::vector<ScheduledWork> Scheduler::schedule(std::vector<Request*>& preempted)
     work.push_back({r, count});
     budget -= count;
   }
-  return work;
 }
 
 }  // namespace vlm

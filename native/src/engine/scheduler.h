@@ -6,6 +6,7 @@
 // head of the queue to be recomputed later (its output so far is kept).
 #pragma once
 #include <deque>
+#include <functional>
 #include <vector>
 
 #include "engine/block_manager.h"
@@ -15,7 +16,8 @@ namespace vlm {
 
 struct ScheduledWork {
   Request* request;
-  int count;  // tokens computed this step, starting at request->num_computed
+  int count;      // tokens computed this step, starting at request->num_computed
+  int start = 0;  // that position (the engine records it when the step is launched)
 };
 
 class Scheduler {
@@ -26,6 +28,11 @@ class Scheduler {
   void add(Request* r) { waiting_.push_back(r); }
   // Plans one step. Requests preempted while planning are appended to `preempted`.
   std::vector<ScheduledWork> schedule(std::vector<Request*>& preempted);
+  // Plans the step after one still running on the device (Engine::step): running requests for which `hold`
+  // says so are left out this time; nothing is preempted (a preempted request may have a token still on the
+  // device): when a running request's blocks are not free, nothing is planned and `*blocked` is set (blocks
+  // already given to requests before it stay theirs: they cover positions those requests compute next anyway).
+  std::vector<ScheduledWork> schedule_ahead(const std::function<bool(const Request&)>& hold, bool* blocked);
   // Removes a request wherever it is and frees its blocks.
   void remove(Request* r);
 
@@ -35,6 +42,7 @@ class Scheduler {
 
  private:
   int64_t blocks_to_cover(const Request* r, int count) const;
+  void admit(std::vector<ScheduledWork>& work, int& budget);
   void preempt(Request* r);
 
   BlockManager& blocks_;
