@@ -135,8 +135,8 @@ def test_cancelling_while_a_step_runs(model):
 
 
 def test_the_context_limit_is_kept_under_overlap(model):
-    """A request that reaches max_model_len finishes there: no step is planned past it while its last token is
-    still on the device."""
+    """A request that reaches max_model_len finishes there, with the tokens it has without overlap (while its
+    last token is still on the device, the next step leaves it out)."""
     p = prompts(1, seed=21, lo=20, hi=21)[0]
     gen = GenerationConfig(max_new_tokens=100, ignore_eos=True)
     with engine(model, False, max_model_len=48) as plain:
