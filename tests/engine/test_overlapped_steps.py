@@ -134,6 +134,21 @@ def test_cancelling_while_a_step_runs(model):
         assert_all_blocks_free(eng)
 
 
+def test_requests_drawn_on_the_host_keep_one_token_a_step(model):
+    """A request whose token the host draws from its logits cannot be planned before that token exists: while one
+    runs, steps are planned one at a time, so it (and everyone beside it) still gets a token every step."""
+    ps = prompts(2, seed=17)
+    sampled = GenerationConfig(max_new_tokens=20, temperature=0.8, seed=5, ignore_eos=True)
+    greedy = GenerationConfig(max_new_tokens=20, ignore_eos=True)
+    with engine(model, False) as plain:
+        expected = [plain.generate(ps[0], sampled).token_ids, plain.generate(ps[1], greedy).token_ids]
+    with engine(model, True) as eng:
+        before = eng.stats().steps
+        streams = [eng.add_request(ps[0], sampled), eng.add_request(ps[1], greedy)]
+        assert [s.wait().token_ids for s in streams] == expected
+        assert eng.stats().steps - before <= 21  # 20 tokens each, both in every step (one more if they start apart)
+
+
 def test_the_context_limit_is_kept_under_overlap(model):
     """A request that reaches max_model_len finishes there, with the tokens it has without overlap (while its
     last token is still on the device, the next step leaves it out)."""

@@ -327,16 +327,19 @@ size_t Engine::pending_incoming() {
 // One step. Without overlap: plan, run, send its events. With overlap (overlap_): a step is launched and left
 // running; the next call plans and launches the step after it (its decode rows reading the running step's
 // tokens on the device) before completing the running one, so the device is never idle while the host sends
-// a step's events and plans the next. What cannot be planned ahead waits for a step without overlap: requests
-// whose next token the host draws from the running step's logits (hold_back), and any plan that would preempt
-// (a preempted request may have a token still on the device).
+// a step's events and plans the next. Planned one at a time instead: while the running step has a token the
+// host draws from its logits (planned ahead, that request would join only every other step), and when a plan
+// would preempt (a preempted request may have a token still on the device).
 void Engine::step() {
   if (in_flight_) {
     Step& running = *in_flight_;
     Step& next = &running == &steps_buf_[0] ? steps_buf_[1] : steps_buf_[0];
+    const bool host_draws = std::any_of(running.uses.begin(), running.uses.end(), [](const LogitRowUse& u) {
+      return u.sample && !u.from_device && !u.request->finished;
+    });
     bool blocked = false;
-    std::vector<ScheduledWork> work =
-        scheduler_->schedule_ahead([this](const Request& r) { return hold_back(r); }, &blocked);
+    std::vector<ScheduledWork> work;
+    if (!host_draws) work = scheduler_->schedule_ahead([this](const Request& r) { return hold_back(r); }, &blocked);
     const bool launched = !work.empty() && launch(next, std::move(work));
     if (launched) overlapped_steps_ += 1;
     in_flight_ = nullptr;
@@ -357,7 +360,8 @@ void Engine::step() {
 }
 
 // Whether a running request stays out of the step planned while another runs: its next token is still to be
-// drawn on the host, or the token on the device ends it by length (then nothing is left to compute).
+// drawn on the host (not planned ahead at all then: Engine::step), or the token on the device ends it by
+// length (then nothing is left to compute).
 bool Engine::hold_back(const Request& r) const {
   if (r.awaiting_host) return true;
   return r.pending > 0 && ((int)r.output.size() + r.pending >= r.max_new_tokens || r.length() >= max_model_len_);
