@@ -166,20 +166,19 @@ def test_the_context_limit_is_kept_under_overlap(model):
 @pytest.mark.gpu
 def test_overlapped_steps_on_the_gpu(model):
     """The CUDA runner: launch() queues the step and returns, the next step's embedding reads the tokens the
-    running step chose on the device. Same outputs as steps one at a time on the same GPU."""
+    running step chose on the device. Same outputs as steps one at a time on the same GPU, for the mixed
+    workload and for eight greedy requests decoding together. (Preemption is checked on the CPU: on the GPU a
+    preempted request's recomputed prefix need not round as its decoded one did, overlap or not.)"""
+    ps = prompts(8, seed=3, lo=20, hi=30)
+    gen = GenerationConfig(max_new_tokens=30, ignore_eos=True)
     with engine(model, False, device="cuda") as plain:
         expected = mixed_workload(plain)
-        ps = prompts(8, seed=3, lo=20, hi=30)
-        gen = GenerationConfig(max_new_tokens=30, ignore_eos=True)
-        alone = [plain.generate(p, gen).token_ids for p in ps]
+        together = [s.wait().token_ids for s in [plain.add_request(p, gen) for p in ps]]
         with engine(model, True, device="cuda") as eng:
             got = mixed_workload(eng, reference=plain)
-            assert eng.stats().overlapped_steps > 0
-            assert_all_blocks_free(eng)
-        with engine(model, True, device="cuda", num_kv_blocks=24) as eng:
             outs = [s.wait().token_ids for s in [eng.add_request(p, gen) for p in ps]]
-            assert eng.stats().preemptions > 0
+            assert eng.stats().overlapped_steps > 0
             assert_all_blocks_free(eng)
     # Log-probabilities within fp16 logits' rounding (rows may sit in other batches: other GEMM plans).
     assert_same_outputs(got, expected, atol=2e-3)
-    assert outs == alone
+    assert outs == together
