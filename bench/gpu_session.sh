@@ -13,7 +13,7 @@
 #                 norm and argmax kernels; etests, the engine against the CPU backend)
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
-#   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (VLM_W4A16_GEMM_CODES=1): its tests, compute-
+#   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
 #   serve_overlap model (a), w4a16 + int8 KV at concurrency 1/64/256: steps one at a time, then overlapped (serving carry)
@@ -233,7 +233,7 @@ gemm_codes() {  # the general kernel's codes form up to 16 rows (VLM_W4A16_GEMM_
     tests/kernels/test_stream_read.py 2>&1 | tail -n 4
   VLM_W4A16_GEMM_CODES=1 VLM_W4A16_DECODE=0 PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer \
     --tool memcheck --error-exitcode 9 python3 tests/kernels/check_w4a16_shapes.py 2>&1 | tail -n 4
-  python3 bench/gemm.py --ms 5,8,12,16 --read-floor --out-dir "$RES/gemm_codes0" | grep -E "^\| |^- M"
+  VLM_W4A16_GEMM_CODES=0 python3 bench/gemm.py --ms 5,8,12,16 --read-floor --out-dir "$RES/gemm_codes0" | grep -E "^\| |^- M"
   VLM_W4A16_GEMM_CODES=1 python3 bench/gemm.py --ms 5,8,12,16 --out-dir "$RES/gemm_codes1" | grep -E "^\| |^- M"
 }
 codes_engine() {  # the engine with the codes form: its GPU tests, then decode at batch 8/16 without and with it

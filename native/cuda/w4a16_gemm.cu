@@ -9,9 +9,10 @@
 // warp step). Dequantization happens in registers: the code bits are placed
 // into the mantissa of (magic + q), the zero point (stored as magic + z) is
 // subtracted exactly and the scale multiplied. Up to 8 rows the mma runs in
-// a swapped form (weights as the 16-row operand, see w4a16_kernel); with
-// VLM_W4A16_GEMM_CODES=1 up to 16 rows do, multiplying the 4-bit codes
-// themselves and scaling each group's fp32 sums (as the decode kernel). Small M
+// a swapped form (weights as the 16-row operand, see w4a16_kernel); by
+// default up to 16 rows do, multiplying the 4-bit codes themselves and
+// scaling each group's fp32 sums (as the decode kernel;
+// VLM_W4A16_GEMM_CODES=0 dequantizes up to 16 rows too). Small M
 // fills the GPU with split-K, sized so that the slices' blocks fill one wave
 // of resident blocks (asked of the occupancy API): each K slice writes fp32
 // partials that a second kernel sums in a fixed order (deterministic), adding
@@ -341,9 +342,11 @@ int min_slice_k() {
   return v;
 }
 
-// Whether up to 16 rows take the swapped form with the codes multiplied (VLM_W4A16_GEMM_CODES=1), read once.
+// Whether up to 16 rows take the swapped form with the codes multiplied (the default; VLM_W4A16_GEMM_CODES=0
+// dequantizes every weight as above 16 rows), read once. H200, 2026-12-05: 1.17-1.57x faster at 5-16 rows on
+// every 2B and 7B layer (docs/benchmarks/gemm.md).
 bool gemm_codes() {
-  static const bool on = cuda::env_int("VLM_W4A16_GEMM_CODES", 0) != 0;
+  static const bool on = cuda::env_int("VLM_W4A16_GEMM_CODES", 1) != 0;
   return on;
 }
 constexpr int kCodesMaxM = 16;
