@@ -337,9 +337,8 @@ void Engine::step() {
     const bool host_draws = std::any_of(running.uses.begin(), running.uses.end(), [](const LogitRowUse& u) {
       return u.sample && !u.from_device && !u.request->finished;
     });
-    bool blocked = false;
     std::vector<ScheduledWork> work;
-    if (!host_draws) work = scheduler_->schedule_ahead([this](const Request& r) { return hold_back(r); }, &blocked);
+    if (!host_draws) work = scheduler_->schedule_ahead([this](const Request& r) { return ends_with_pending(r); });
     const bool launched = !work.empty() && launch(next, std::move(work));
     if (launched) overlapped_steps_ += 1;
     in_flight_ = nullptr;
@@ -359,17 +358,15 @@ void Engine::step() {
     complete(s);
 }
 
-// Whether a running request stays out of the step planned while another runs: its next token is still to be
-// drawn on the host (not planned ahead at all then: Engine::step), or the token on the device ends it by
-// length (then nothing is left to compute).
-bool Engine::hold_back(const Request& r) const {
-  if (r.awaiting_host) return true;
+// Whether the token a running request has on the device ends it by length: then the step planned while another
+// runs leaves it out (nothing is left to compute).
+bool Engine::ends_with_pending(const Request& r) const {
   return r.pending > 0 && ((int)r.output.size() + r.pending >= r.max_new_tokens || r.length() >= max_model_len_);
 }
 
 // Builds the step's batch from the planned work and hands it to the runner. From here on each request's state
-// is what the next plan needs: its positions computed, the token its sample row chooses pending (on the device)
-// or awaited (from the host). False when the runner refused the step (its requests are finished with the error).
+// is what the next plan needs: its positions computed, the token its sample row chooses on the device pending
+// (a token the host draws is appended when the step completes). False when the runner refused the step (its requests are finished with the error).
 bool Engine::launch(Step& s, std::vector<ScheduledWork> work) {
   const int64_t t0 = now_ns();
   s.index = ++launched_;
@@ -428,12 +425,9 @@ bool Engine::launch(Step& s, std::vector<ScheduledWork> work) {
   }
   for (size_t i = 0; i < s.uses.size(); ++i) {
     const LogitRowUse& u = s.uses[i];
-    if (!u.sample) continue;
-    if (u.from_device) {
+    if (u.sample && u.from_device) {
       u.request->pending += 1;
       u.request->pending_row = (int)i;
-    } else {
-      u.request->awaiting_host = true;
     }
   }
   return true;
@@ -565,10 +559,7 @@ void Engine::postprocess(Step& s) {
       res = std::move(*drew);
     else
       res.token = out.argmax[index];
-    if (u.from_device)
-      r->pending -= 1;
-    else
-      r->awaiting_host = false;
+    if (u.from_device) r->pending -= 1;
     r->output.push_back(res.token);
     if (!r->first_token_ns) r->first_token_ns = now_ns();
     Event te;

@@ -69,7 +69,7 @@ class Engine {
   void step();
   bool launch(Step& s, std::vector<ScheduledWork> work);
   void complete(Step& s);
-  bool hold_back(const Request& r) const;
+  bool ends_with_pending(const Request& r) const;
   void postprocess(Step& s);
   void sample_rows(const Step& s);
   static bool token_is_all_it_needs(const Request& r);

@@ -47,7 +47,8 @@ class CpuRunner final : public StepRunner {
     cache_ = std::make_unique<KvCache>(p.num_layers, num_blocks, block_size, p.num_kv_heads, p.head_dim, kv_dtype);
   }
   int64_t kv_cache_bytes() const override { return cache_ ? cache_->total_bytes() : 0; }
-  // Every row's argmax, and whole rows where the engine asks for them, as the GPU runners return them.
+  // Whole rows where the engine asks for them, the argmax of every other row (the engine reads no argmax entry of
+  // a row it gets whole; here those are -1), as the GPU runners return them.
   void forward(const StepBatch& batch, StepOutput& out) override {
     launch(batch);
     collect(out);
@@ -69,24 +70,32 @@ class CpuRunner final : public StepRunner {
         }
       b = &resolved_;
     }
-    runner_.forward(*b, *cache_, rows_);
+    // Every row whole (prompt scoring, a batch drawn on the host): the rows are the output as computed.
+    const bool all_whole = std::all_of(batch.full_logits.begin(), batch.full_logits.end(), [](uint8_t f) { return f; });
+    StepOutput out = std::move(spare_);  // a collected step's buffers, reused
+    std::vector<float>& rows = all_whole ? out.logits : rows_;
+    runner_.forward(*b, *cache_, rows);
     const int R = (int)batch.logit_rows.size(), V = runner_.model().lm_head().out;
-    StepOutput out;
-    out.argmax.resize(R);
-    out.max_logit.resize(R);
+    out.argmax.assign(R, -1);
+    out.max_logit.assign(R, -INFINITY);
+    if (!all_whole) out.logits.clear();
     for (int i = 0; i < R; ++i) {
-      const float* row = &rows_[(size_t)i * V];
+      const float* row = &rows[(size_t)i * V];
+      if (batch.full_logits[i]) {  // the host takes its token from the row itself: no argmax needed
+        if (!all_whole) out.logits.insert(out.logits.end(), row, row + V);
+        continue;
+      }
       const int best = (int)(std::max_element(row, row + V) - row);  // the first of equal largest, as on the GPU
       out.argmax[i] = best;
       out.max_logit[i] = row[best];
-      if (batch.full_logits[i]) out.logits.insert(out.logits.end(), row, row + V);
     }
     last_argmax_ = out.argmax;
     queued_.push_back(std::move(out));
   }
   void collect(StepOutput& out) override {
     VLM_CHECK(!queued_.empty(), VLM_ERR_INTERNAL, "no launched step to collect");
-    out = std::move(queued_.front());
+    std::swap(out, queued_.front());
+    spare_ = std::move(queued_.front());  // what `out` held: its buffers serve a later step
     queued_.pop_front();
   }
 
@@ -96,6 +105,7 @@ class CpuRunner final : public StepRunner {
   StepBatch resolved_;
   std::vector<float> rows_;
   std::deque<StepOutput> queued_;     // launched, not yet collected, oldest first
+  StepOutput spare_;
   std::vector<int32_t> last_argmax_;  // the last launched step's tokens (what the next step's references read)
 };
 

@@ -44,7 +44,8 @@ struct StepOutput {
   // fp32 rows of this runner's vocabulary columns: every logit row when `argmax` is empty;
   // otherwise only the rows whose full_logits flag is set, in order.
   std::vector<float> logits;
-  std::vector<int32_t> argmax;  // empty, or per logit row: the first index of its largest logit
+  std::vector<int32_t> argmax;  // empty, or per logit row: the first index of its largest logit (a runner may
+                                // leave it unset, -1, for a row it returns whole: the engine reads the row)
   std::vector<float> max_logit; // alongside argmax
 };
 

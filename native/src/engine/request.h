@@ -52,7 +52,6 @@ struct Request {
   // device: the newest as -(1 + the logit row that chooses it in the last launched step).
   int pending = 0;
   int pending_row = 0;
-  bool awaiting_host = false;  // a launched step's logits decide the next token on the host: not planned again yet
   bool finished = false;       // finished while a launched step still holds it (Engine::retire)
   int64_t last_step = 0;       // the last launched step that holds it
 

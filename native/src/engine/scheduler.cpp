@@ -51,21 +51,16 @@ std::vector<ScheduledWork> Scheduler::schedule(std::vector<Request*>& preempted)
   return work;
 }
 
-std::vector<ScheduledWork> Scheduler::schedule_ahead(const std::function<bool(const Request&)>& hold,
-                                                     bool* blocked) {
+std::vector<ScheduledWork> Scheduler::schedule_ahead(const std::function<bool(const Request&)>& hold) {
   std::vector<ScheduledWork> work;
   int budget = budget_;
-  *blocked = false;
   for (Request* r : running_) {
     if (budget <= 0) break;
     if (hold(*r)) continue;
     const int count = std::min(r->length() - r->num_computed, budget);
     if (count <= 0) continue;
     const int64_t need = blocks_to_cover(r, count);
-    if (need > blocks_.num_free()) {
-      *blocked = true;
-      return {};
-    }
+    if (need > blocks_.num_free()) return {};
     blocks_.allocate(need, r->block_table);
     work.push_back({r, count});
     budget -= count;

@@ -30,9 +30,9 @@ class Scheduler {
   std::vector<ScheduledWork> schedule(std::vector<Request*>& preempted);
   // Plans the step after one still running on the device (Engine::step): running requests for which `hold`
   // says so are left out this time; nothing is preempted (a preempted request may have a token still on the
-  // device): when a running request's blocks are not free, nothing is planned and `*blocked` is set (blocks
-  // already given to requests before it stay theirs: they cover positions those requests compute next anyway).
-  std::vector<ScheduledWork> schedule_ahead(const std::function<bool(const Request&)>& hold, bool* blocked);
+  // device): when a running request's blocks are not free, nothing is planned (blocks already given to requests
+  // before it stay theirs: they cover positions those requests compute next anyway).
+  std::vector<ScheduledWork> schedule_ahead(const std::function<bool(const Request&)>& hold);
   // Removes a request wherever it is and frees its blocks.
   void remove(Request* r);
 
