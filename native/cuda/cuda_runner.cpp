@@ -25,6 +25,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "common/l2_prefetch_plan.h"
 #include "common/numeric.h"
 #include "cpu/w4a16_pack.h"
 #include "cuda/cuda_check.cuh"
@@ -418,8 +419,10 @@ class CudaRunner final : public StepRunner {
            num_blocks_;
   }
 
+  // One step at a time: whole rows go straight into the output (a long prompt's prompt logprobs can ask for
+  // thousands of them, more than is worth keeping page-locked), the argmax through this step's buffers.
   void forward(const StepBatch& b, StepOutput& out) override {
-    launch(b);
+    launch_step(b, &out);
     collect(out);
   }
 
@@ -427,7 +430,35 @@ class CudaRunner final : public StepRunner {
   // is being timed one step at a time (VLM_CUDA_PROFILE).
   bool overlaps() const override { return prof_ == nullptr; }
 
-  void launch(const StepBatch& b) override {
+  void launch(const StepBatch& b) override { launch_step(b, nullptr); }
+
+  void collect(StepOutput& out) override {
+    VLM_CHECK(!queued_.empty(), VLM_ERR_INTERNAL, "no launched step to collect");
+    const Queued q = queued_.front();
+    queued_.pop_front();
+    StepCopies& c = copies_[q.slot];
+    VLM_CUDA_CHECK(cudaEventSynchronize(c.done));
+    const int V = vocab_out_;
+    out.argmax.resize(q.rows);
+    out.max_logit.resize(q.rows);
+    if (q.rows > 0) {
+      std::memcpy(out.argmax.data(), c.argmax.as(), (size_t)q.rows * 4);
+      std::memcpy(out.max_logit.data(), c.argmax.as<unsigned char>() + (size_t)q.rows * 4, (size_t)q.rows * 4);
+    }
+    if (!q.direct) {  // whole rows staged in page-locked memory (launch_step wrote a direct step's already)
+      out.logits.resize(q.full * V);
+      if (q.full > 0) std::memcpy(out.logits.data(), c.logits.as(), q.full * V * 4);
+    }
+    if (prof_) {
+      prof_->host_phase("wait for the GPU", q.t_wait);
+      prof_->end();
+    }
+  }
+
+ private:
+  // Queues one step. Whole rows are copied into `direct`'s logits when given (the caller collects at once),
+  // else into the step's page-locked buffers, so that the host can plan the next step while this one runs.
+  void launch_step(const StepBatch& b, StepOutput* direct) {
     const int64_t t_entry = cuda::StepProfiler::now();
     VLM_CHECK(queued_.size() < 2, VLM_ERR_INTERNAL, "a third step launched before the first was collected");
     VLM_CUDA_CHECK(cudaSetDevice(device_));
@@ -499,7 +530,7 @@ class CudaRunner final : public StepRunner {
     if (!b.draws.empty()) draw_on_device(b, R, V, slot);
 
     // Every row's argmax (R x 8 bytes; a drawn row's token in its place), and whole rows only where the engine
-    // needs them, into this step's page-locked buffers (moved to the output when it is collected).
+    // needs them.
     size_t full = 0;
     for (int i = 0; i < R; ++i) full += b.full_logits[i] != 0;
     StepCopies& c = copies_[slot];
@@ -507,45 +538,28 @@ class CudaRunner final : public StepRunner {
       c.argmax.reserve((size_t)R * 8);
       VLM_CUDA_CHECK(cudaMemcpyAsync(c.argmax.as(), argmax_d_.as(), (size_t)R * 8, cudaMemcpyDeviceToHost, stream_));
     }
-    if (full > 0) c.logits.reserve(full * V * 4);
+    float* rows_host = nullptr;
+    if (direct) {
+      direct->logits.resize(full * V);
+      rows_host = direct->logits.data();
+    } else if (full > 0) {
+      c.logits.reserve(full * V * 4);
+      rows_host = c.logits.as<float>();
+    }
     if (full == (size_t)R && R > 0) {
-      VLM_CUDA_CHECK(cudaMemcpyAsync(c.logits.as(), logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost,
-                                     stream_));
+      VLM_CUDA_CHECK(cudaMemcpyAsync(rows_host, logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost, stream_));
     } else {
       for (int i = 0, j = 0; i < R; ++i)
         if (b.full_logits[i])
-          VLM_CUDA_CHECK(cudaMemcpyAsync(c.logits.as<float>() + (size_t)j++ * V, logits_d_.as<float>() + (size_t)i * V,
+          VLM_CUDA_CHECK(cudaMemcpyAsync(rows_host + (size_t)j++ * V, logits_d_.as<float>() + (size_t)i * V,
                                          (size_t)V * 4, cudaMemcpyDeviceToHost, stream_));
     }
     mark("end");
     VLM_CUDA_CHECK(cudaEventRecord(c.done, stream_));
-    queued_.push_back({slot, R, full, t_wait});
+    queued_.push_back({slot, R, full, direct != nullptr, t_wait});
     ++launches_;
   }
 
-  void collect(StepOutput& out) override {
-    VLM_CHECK(!queued_.empty(), VLM_ERR_INTERNAL, "no launched step to collect");
-    const Queued q = queued_.front();
-    queued_.pop_front();
-    StepCopies& c = copies_[q.slot];
-    VLM_CUDA_CHECK(cudaEventSynchronize(c.done));
-    const int V = vocab_out_;
-    out.argmax.resize(q.rows);
-    out.max_logit.resize(q.rows);
-    if (q.rows > 0) {
-      std::memcpy(out.argmax.data(), c.argmax.as(), (size_t)q.rows * 4);
-      std::memcpy(out.max_logit.data(), c.argmax.as<unsigned char>() + (size_t)q.rows * 4, (size_t)q.rows * 4);
-    }
-    out.logits.resize(q.full * V);
-    if (q.full > 0) std::memcpy(out.logits.data(), c.logits.as(), q.full * V * 4);
-    if (prof_) {
-      prof_->host_phase("wait for the GPU", q.t_wait);
-      prof_->end();
-    }
-  }
-
-
- private:
   // Every kernel of one step, queued on stream_: no allocation, no host sync and no
   // host memory touched (so a decode step can be captured into a CUDA graph).
   void enqueue_step(int T, int R, int context, const cuda::StepMeta& meta, int splice_rows, int num_tiles = 0) {
@@ -564,10 +578,10 @@ class CudaRunner final : public StepRunner {
     const bool fuse_norms = norms_fuse(T);
     // The norm before `l` (rms_norm(h + delta) * weight) as its input, fused or as its own kernel.
     auto normed_linear = [&](const DeviceLinear& l, const DeviceBuffer& weight, void* y, const char* fused_phase,
-                             const char* phase) {
+                             const char* phase, const L2Prefetch* next) {
       if (fuse_norms) {
         mark(fused_phase);
-        linear_rms_norm(l, {h, delta, weight.as<float>(), delta ? h_other : nullptr, p_.rms_norm_eps}, T, y);
+        linear_rms_norm(l, {h, delta, weight.as<float>(), delta ? h_other : nullptr, p_.rms_norm_eps}, T, y, next);
         if (delta) std::swap(h, h_other);
         return;
       }
@@ -575,12 +589,18 @@ class CudaRunner final : public StepRunner {
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h, delta, weight.as<float>(), nullptr, T, H, p_.rms_norm_eps, x_.as(),
                                         stream_));
       mark(phase);
-      linear(l, x_.as(), T, y);
+      linear(l, x_.as(), T, y, false, next);
+    };
+    // What each GEMM asks the L2 to fetch for the GEMMs after it (VLM_L2_PREFETCH_MB; the decode-size
+    // w4a16 kernel only, which takes these steps' GEMMs).
+    const std::vector<L2Prefetch>& prefetch = l2_prefetch_plan();
+    auto next = [&](int l, int g) -> const L2Prefetch* {
+      return T <= kMaxDecodeRows && !prefetch.empty() ? &prefetch[(size_t)l * 4 + g] : nullptr;
     };
     for (int l = 0; l < p_.num_layers; ++l) {
       DeviceLayer& w = layers_[l];
       const cuda::KvView kv = kv_view(l);
-      normed_linear(w.qkv, w.input_norm, qkv_.as(), "rms norm + qkv proj", "qkv proj");
+      normed_linear(w.qkv, w.input_norm, qkv_.as(), "rms norm + qkv proj", "qkv proj", next(l, 0));
       // Small decode steps on the tensor-core attention rotate q and write K/V inside it: one kernel fewer.
       const bool rope_in_attention =
           !num_tiles && T <= kRopeInAttentionMaxRows && cuda::decode_attention_writes_kv(act_, p_.num_heads, kv);
@@ -599,17 +619,17 @@ class CudaRunner final : public StepRunner {
                                              context, num_sms_, kv, attn_workspace_.as(),
                                              attn_arrivals_.as<int>(), stream_, rope_in_attention ? &rope : nullptr));
       mark("o proj");
-      linear(w.o, attn_.as(), T, delta_.as());
+      linear(w.o, attn_.as(), T, delta_.as(), false, next(l, 1));
       mark("all-reduce");
       all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
-      normed_linear(w.gate_up, w.post_norm, gate_up_.as(), "rms norm + gate_up proj", "gate_up proj");
+      normed_linear(w.gate_up, w.post_norm, gate_up_.as(), "rms norm + gate_up proj", "gate_up proj", next(l, 2));
       // Decode sizes: silu(gate) * up computed as the down GEMM stages its input (one launch
       // fewer). Larger steps keep the separate pass: every column block of the GEMM would
       // recompute it for its rows (measured slower at 64 rows).
       if ((w.down.tensor_core && T <= kFusedSiluMaxRows) || dense_decodes(w.down, T)) {
         mark("silu * up + down proj");
-        linear(w.down, gate_up_.as(), T, delta_.as(), true);
+        linear(w.down, gate_up_.as(), T, delta_.as(), true, next(l, 3));
       } else {
         mark("silu * up");
         VLM_CUDA_CHECK(cuda::silu_mul(act_, gate_up_.as(), ffn_.as(), T, F, stream_));
@@ -766,13 +786,33 @@ class CudaRunner final : public StepRunner {
     return (int)std::min<int64_t>(out, std::max<int64_t>(kW4StripN, cols));
   }
 
+  // The step's GEMMs in order (each layer's qkv, o, gate_up, down) with the weights each asks the L2 for
+  // (l2_prefetch_plan.h), planned once: empty where VLM_L2_PREFETCH_MB is 0 (the default until measured
+  // on the GPU) or the layers are not tensor-core w4a16.
+  const std::vector<L2Prefetch>& l2_prefetch_plan() {
+    if (prefetch_planned_) return prefetch_plan_;
+    prefetch_planned_ = true;
+    const char* e = std::getenv("VLM_L2_PREFETCH_MB");
+    const int64_t budget = (int64_t)(e && *e ? std::max(0, std::atoi(e)) : 0) << 20;
+    if (budget == 0) return prefetch_plan_;
+    std::vector<std::vector<DeviceRange>> gemms;
+    for (const DeviceLayer& w : layers_)
+      for (const DeviceLinear* l : {&w.qkv, &w.o, &w.gate_up, &w.down}) {
+        if (!l->tensor_core) return prefetch_plan_;
+        gemms.push_back({{l->scale.as(), (int64_t)l->scale.bytes()}, {l->w.as(), (int64_t)l->w.bytes()}});
+      }
+    prefetch_plan_ = plan_l2_prefetch(gemms, budget);
+    return prefetch_plan_;
+  }
+
   static bool dense_decodes(const DeviceLinear& l, int M) {
     return M <= kDenseDecodeEngineRows && !l.tensor_core && !l.group && dense_decode_applies(M, l.out, l.in);
   }
 
   // y = x · Wᵀ (+ bias); gate_up_input (tensor-core w4a16, and dense layers at decode sizes): x is the
   // stacked [gate | up] output and the GEMM reads silu(gate) * up.
-  void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false) {
+  void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false,
+              const L2Prefetch* next = nullptr) {
 #if VLM_HAVE_CUBLAS
     if (l.tensor_core && !gate_up_input && M >= w4a16_dequant_gemm_min_rows() &&
         !w4a16_wgmma_applies(M, l.out, l.in, l.group)) {
@@ -798,7 +838,7 @@ class CudaRunner final : public StepRunner {
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16: no plan for M=" << M << " N=" << l.out << " K=" << l.in);
       if (ws > 0) grow_zeroed(workspace_, ws);  // its split-K counters
       VLM_CUDA_CHECK(w4a16_gemm(x, l.w.as(), l.scale.as(), nullptr, y, M, l.out, l.in, l.group, bf16_,
-                                workspace_.as(), stream_, gate_up_input));
+                                workspace_.as(), stream_, gate_up_input, next));
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
@@ -831,10 +871,11 @@ class CudaRunner final : public StepRunner {
   }
 
   // y = rms_norm(h + delta) · Wᵀ (+ bias) in one launch (w4a16_decode_gemm_rms_norm or the dense form).
-  void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y) {
+  void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y,
+                       const L2Prefetch* next = nullptr) {
     if (l.tensor_core)
       VLM_CUDA_CHECK(w4a16_decode_gemm_rms_norm(norm, l.w.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
-                                                stream_));
+                                                stream_, next));
     else
       VLM_CUDA_CHECK(dense_decode_gemm_rms_norm(norm, l.w.as(), y, M, l.out, l.in, bf16_, stream_));
     if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
@@ -942,6 +983,7 @@ class CudaRunner final : public StepRunner {
   struct Queued {
     int slot, rows;
     size_t full;
+    bool direct;  // whole rows went straight into the caller's output
     int64_t t_wait;
   };
   std::deque<Queued> queued_;  // launched, not yet collected, oldest first
@@ -963,6 +1005,8 @@ class CudaRunner final : public StepRunner {
   std::unordered_map<int64_t, GraphExec> graphs_;
   std::unordered_set<int64_t> seen_;
   std::vector<float> splice_host_;
+  bool prefetch_planned_ = false;
+  std::vector<L2Prefetch> prefetch_plan_;  // l2_prefetch_plan()
   // Sampled rows drawn on the device (VLM_DEVICE_SAMPLING=1): their parameters, staged and uploaded each step.
   bool device_draws_ = false;
   DeviceBuffer draw_params_;
