@@ -18,7 +18,7 @@
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
 #   serve_overlap model (a), w4a16 + int8 KV at concurrency 1/64/256: steps one at a time, then overlapped (serving carry)
 #   l2_prefetch   decode-size GEMMs prefetching the step's later weights into the L2 (VLM_L2_PREFETCH_MB): the no-bits
-#                 test, 2B decode at batch 1/4 and 7B at batch 1 with 0/16/24/32 MiB windows
+#                 test, 2B decode at batch 1/4/16 and 7B at batch 1 with 0/16/24/32 MiB windows
 #   overlap       overlapped steps (VLM_OVERLAP_STEPS=1): their GPU test, the engine's GPU tests with them, 2B w4a16 +
 #                 int8 KV decode at batch 1/16/64 without and with them
 #   wgmma         the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form): its checks, compute-sanitizer
@@ -259,7 +259,7 @@ l2_prefetch() {  # decode-size GEMMs asking the L2 for the step's later weights 
   # test, then 2B w4a16 + int8 KV decode at batch 1/4 and 7B at batch 1 with windows of 0 (off), 16, 24 and 32 MiB
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k l2_prefetch 2>&1 | tail -n 3
   for mb in 0 16 24 32; do
-    VLM_L2_PREFETCH_MB=$mb python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,4 \
+    VLM_L2_PREFETCH_MB=$mb python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,4,16 \
       --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_l2pf$mb.json" | tail -n 3
   done
   for mb in 0 24; do

@@ -300,6 +300,9 @@ constexpr int kFusedSiluMaxRows = 16;
 // loads a tile, and from ~64 rows every block is such a slice (batch 64 measured 21,359 -> 20,720 once,
 // inside the ~2 % spread between runs of one code).
 constexpr int kRopeInAttentionMaxRows = 16;
+// Steps of up to this many rows have their w4a16 GEMMs prefetch the step's later weights into the L2
+// (when VLM_L2_PREFETCH_MB is set; l2_prefetch_plan.h).
+constexpr int kL2PrefetchMaxRows = 16;
 // Rows up to which dense layers run the decode-size kernel instead of cuBLAS (CudaRunner::dense_decodes).
 constexpr int kDenseDecodeEngineRows = 1;
 
@@ -591,11 +594,12 @@ class CudaRunner final : public StepRunner {
       mark(phase);
       linear(l, x_.as(), T, y, false, next);
     };
-    // What each GEMM asks the L2 to fetch for the GEMMs after it (VLM_L2_PREFETCH_MB; the decode-size
-    // w4a16 kernel only, which takes these steps' GEMMs).
+    // What each GEMM asks the L2 to fetch for the GEMMs after it (VLM_L2_PREFETCH_MB), in steps of up to
+    // kL2PrefetchMaxRows rows: there the GEMMs are bound by memory latency (the decode-size kernel, then the
+    // general one multiplying the codes); the larger steps' kernels ignore it.
     const std::vector<L2Prefetch>& prefetch = l2_prefetch_plan();
     auto next = [&](int l, int g) -> const L2Prefetch* {
-      return T <= kMaxDecodeRows && !prefetch.empty() ? &prefetch[(size_t)l * 4 + g] : nullptr;
+      return T <= kL2PrefetchMaxRows && !prefetch.empty() ? &prefetch[(size_t)l * 4 + g] : nullptr;
     };
     for (int l = 0; l < p_.num_layers; ++l) {
       DeviceLayer& w = layers_[l];
