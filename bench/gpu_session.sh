@@ -256,7 +256,7 @@ overlap() {  # overlapped steps (VLM_OVERLAP_STEPS=1): their GPU test, the engin
   done
 }
 l2_prefetch() {  # decode-size GEMMs asking the L2 for the step's later weights (VLM_L2_PREFETCH_MB): the no-bits
-  # test, then 2B w4a16 + int8 KV decode at batch 1/4 and 7B at batch 1 with windows of 0 (off), 16, 24 and 32 MiB
+  # test, then 2B w4a16 + int8 KV decode at batch 1/4/16 and 7B at batch 1 with windows of 0 (off), 16, 24 and 32 MiB
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k l2_prefetch 2>&1 | tail -n 3
   for mb in 0 16 24 32; do
     VLM_L2_PREFETCH_MB=$mb python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,4,16 \
