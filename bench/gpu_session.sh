@@ -16,9 +16,8 @@
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
-#   serve_overlap model (a), w4a16 + int8 KV at concurrency 1/64/256: steps one at a time, then overlapped (serving carry)
-#   l2_prefetch   decode-size GEMMs prefetching the step's later weights into the L2 (VLM_L2_PREFETCH_MB): the no-bits
-#                 test, 2B decode at batch 1/4/16 and 7B at batch 1 with 0/16/24/32 MiB windows
+#   serve_overlap model (a), w4a16 + int8 KV at concurrency 1/64/256: steps one at a time, then overlapped (serving carry);
+#                 serve_overlap1: overlapped only
 #   overlap       overlapped steps (VLM_OVERLAP_STEPS=1): their GPU test, the engine's GPU tests with them, 2B w4a16 +
 #                 int8 KV decode at batch 1/16/64 without and with them
 #   wgmma         the wgmma w4a16 kernel (VLM_W4A16_WGMMA=1 block form, 2 strip form): its checks, compute-sanitizer
@@ -110,6 +109,12 @@ RES=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python:$PWD/tests VLMSERVE_LIB=$PWD/build-gpu/libvlmcore.so
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv >"$RES/gpu.txt" 2>&1
+# A library built without cuBLAS runs the lm head and prefill GEMMs on its own SIMT kernel, many times slower:
+# say so at the top of every log (a library built on a machine whose toolkit lacks cuBLAS is such a one).
+if [ -f build-gpu/libvlmcore.so ] && ! ldd build-gpu/libvlmcore.so 2>/dev/null | grep -q libcublas; then
+  echo "WARNING: build-gpu/libvlmcore.so does not link cuBLAS: dense GEMMs run on the library's own kernel" |
+    tee -a "$RES/gpu.txt"
+fi
 
 step() {  # step NAME SECONDS: runs the function NAME under a time limit
   local name=$1 limit=$2
@@ -255,22 +260,13 @@ overlap() {  # overlapped steps (VLM_OVERLAP_STEPS=1): their GPU test, the engin
       --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_overlap$o.json" | tail -n 4
   done
 }
-l2_prefetch() {  # decode-size GEMMs asking the L2 for the step's later weights (VLM_L2_PREFETCH_MB): the no-bits
-  # test, then 2B w4a16 + int8 KV decode at batch 1/4/16 and 7B at batch 1 with windows of 0 (off), 16, 24 and 32 MiB
-  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k l2_prefetch 2>&1 | tail -n 3
-  for mb in 0 16 24 32; do
-    VLM_L2_PREFETCH_MB=$mb python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,4,16 \
-      --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_l2pf$mb.json" | tail -n 3
-  done
-  for mb in 0 24; do
-    VLM_L2_PREFETCH_MB=$mb python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 \
-      --peer-batches 0 --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_7b_l2pf$mb.json" | tail -n 2
-  done
-}
 serve_overlap() {  # serving at 1/64/256 (--stream-interval 4) with steps one at a time, then overlapped
   local si="--lm-flag=--stream-interval=4"
   (export VLM_OVERLAP_STEPS=0; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap0 $si")
   (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap1 $si")
+}
+serve_overlap1() {  # serving at 1/64/256 (--stream-interval 4) with overlapped steps only
+  (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap1 --lm-flag=--stream-interval=4")
 }
 env_setting() {  # env_setting NAME VALUE: env(1) arguments that set NAME=VALUE, or unset NAME for "default"
   if [ "$2" = default ]; then echo -u "$1"; else echo "$1=$2"; fi
@@ -666,13 +662,13 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f overlap serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f overlap serve_overlap1 serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
 step overlap 400
-step l2_prefetch 420
 step serve_overlap 580
+step serve_overlap1 560
 step codes_engine 400
 step wgmma 560
 step wgmma_ncu 200

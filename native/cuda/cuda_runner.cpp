@@ -25,7 +25,6 @@
 #include <unordered_set>
 #include <vector>
 
-#include "common/l2_prefetch_plan.h"
 #include "common/numeric.h"
 #include "cpu/w4a16_pack.h"
 #include "cuda/cuda_check.cuh"
@@ -300,9 +299,6 @@ constexpr int kFusedSiluMaxRows = 16;
 // loads a tile, and from ~64 rows every block is such a slice (batch 64 measured 21,359 -> 20,720 once,
 // inside the ~2 % spread between runs of one code).
 constexpr int kRopeInAttentionMaxRows = 16;
-// Steps of up to this many rows have their w4a16 GEMMs prefetch the step's later weights into the L2
-// (when VLM_L2_PREFETCH_MB is set; l2_prefetch_plan.h).
-constexpr int kL2PrefetchMaxRows = 16;
 // Rows up to which dense layers run the decode-size kernel instead of cuBLAS (CudaRunner::dense_decodes).
 constexpr int kDenseDecodeEngineRows = 1;
 
@@ -581,10 +577,10 @@ class CudaRunner final : public StepRunner {
     const bool fuse_norms = norms_fuse(T);
     // The norm before `l` (rms_norm(h + delta) * weight) as its input, fused or as its own kernel.
     auto normed_linear = [&](const DeviceLinear& l, const DeviceBuffer& weight, void* y, const char* fused_phase,
-                             const char* phase, const L2Prefetch* next) {
+                             const char* phase) {
       if (fuse_norms) {
         mark(fused_phase);
-        linear_rms_norm(l, {h, delta, weight.as<float>(), delta ? h_other : nullptr, p_.rms_norm_eps}, T, y, next);
+        linear_rms_norm(l, {h, delta, weight.as<float>(), delta ? h_other : nullptr, p_.rms_norm_eps}, T, y);
         if (delta) std::swap(h, h_other);
         return;
       }
@@ -592,19 +588,12 @@ class CudaRunner final : public StepRunner {
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h, delta, weight.as<float>(), nullptr, T, H, p_.rms_norm_eps, x_.as(),
                                         stream_));
       mark(phase);
-      linear(l, x_.as(), T, y, false, next);
-    };
-    // What each GEMM asks the L2 to fetch for the GEMMs after it (VLM_L2_PREFETCH_MB), in steps of up to
-    // kL2PrefetchMaxRows rows: there the GEMMs are bound by memory latency (the decode-size kernel, then the
-    // general one multiplying the codes); the larger steps' kernels ignore it.
-    const std::vector<L2Prefetch>& prefetch = l2_prefetch_plan();
-    auto next = [&](int l, int g) -> const L2Prefetch* {
-      return T <= kL2PrefetchMaxRows && !prefetch.empty() ? &prefetch[(size_t)l * 4 + g] : nullptr;
+      linear(l, x_.as(), T, y);
     };
     for (int l = 0; l < p_.num_layers; ++l) {
       DeviceLayer& w = layers_[l];
       const cuda::KvView kv = kv_view(l);
-      normed_linear(w.qkv, w.input_norm, qkv_.as(), "rms norm + qkv proj", "qkv proj", next(l, 0));
+      normed_linear(w.qkv, w.input_norm, qkv_.as(), "rms norm + qkv proj", "qkv proj");
       // Small decode steps on the tensor-core attention rotate q and write K/V inside it: one kernel fewer.
       const bool rope_in_attention =
           !num_tiles && T <= kRopeInAttentionMaxRows && cuda::decode_attention_writes_kv(act_, p_.num_heads, kv);
@@ -623,17 +612,17 @@ class CudaRunner final : public StepRunner {
                                              context, num_sms_, kv, attn_workspace_.as(),
                                              attn_arrivals_.as<int>(), stream_, rope_in_attention ? &rope : nullptr));
       mark("o proj");
-      linear(w.o, attn_.as(), T, delta_.as(), false, next(l, 1));
+      linear(w.o, attn_.as(), T, delta_.as());
       mark("all-reduce");
       all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
-      normed_linear(w.gate_up, w.post_norm, gate_up_.as(), "rms norm + gate_up proj", "gate_up proj", next(l, 2));
+      normed_linear(w.gate_up, w.post_norm, gate_up_.as(), "rms norm + gate_up proj", "gate_up proj");
       // Decode sizes: silu(gate) * up computed as the down GEMM stages its input (one launch
       // fewer). Larger steps keep the separate pass: every column block of the GEMM would
       // recompute it for its rows (measured slower at 64 rows).
       if ((w.down.tensor_core && T <= kFusedSiluMaxRows) || dense_decodes(w.down, T)) {
         mark("silu * up + down proj");
-        linear(w.down, gate_up_.as(), T, delta_.as(), true, next(l, 3));
+        linear(w.down, gate_up_.as(), T, delta_.as(), true);
       } else {
         mark("silu * up");
         VLM_CUDA_CHECK(cuda::silu_mul(act_, gate_up_.as(), ffn_.as(), T, F, stream_));
@@ -790,33 +779,13 @@ class CudaRunner final : public StepRunner {
     return (int)std::min<int64_t>(out, std::max<int64_t>(kW4StripN, cols));
   }
 
-  // The step's GEMMs in order (each layer's qkv, o, gate_up, down) with the weights each asks the L2 for
-  // (l2_prefetch_plan.h), planned once: empty where VLM_L2_PREFETCH_MB is 0 (the default until measured
-  // on the GPU) or the layers are not tensor-core w4a16.
-  const std::vector<L2Prefetch>& l2_prefetch_plan() {
-    if (prefetch_planned_) return prefetch_plan_;
-    prefetch_planned_ = true;
-    const char* e = std::getenv("VLM_L2_PREFETCH_MB");
-    const int64_t budget = (int64_t)(e && *e ? std::max(0, std::atoi(e)) : 0) << 20;
-    if (budget == 0) return prefetch_plan_;
-    std::vector<std::vector<DeviceRange>> gemms;
-    for (const DeviceLayer& w : layers_)
-      for (const DeviceLinear* l : {&w.qkv, &w.o, &w.gate_up, &w.down}) {
-        if (!l->tensor_core) return prefetch_plan_;
-        gemms.push_back({{l->scale.as(), (int64_t)l->scale.bytes()}, {l->w.as(), (int64_t)l->w.bytes()}});
-      }
-    prefetch_plan_ = plan_l2_prefetch(gemms, budget);
-    return prefetch_plan_;
-  }
-
   static bool dense_decodes(const DeviceLinear& l, int M) {
     return M <= kDenseDecodeEngineRows && !l.tensor_core && !l.group && dense_decode_applies(M, l.out, l.in);
   }
 
   // y = x · Wᵀ (+ bias); gate_up_input (tensor-core w4a16, and dense layers at decode sizes): x is the
   // stacked [gate | up] output and the GEMM reads silu(gate) * up.
-  void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false,
-              const L2Prefetch* next = nullptr) {
+  void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false) {
 #if VLM_HAVE_CUBLAS
     if (l.tensor_core && !gate_up_input && M >= w4a16_dequant_gemm_min_rows() &&
         !w4a16_wgmma_applies(M, l.out, l.in, l.group)) {
@@ -842,7 +811,7 @@ class CudaRunner final : public StepRunner {
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16: no plan for M=" << M << " N=" << l.out << " K=" << l.in);
       if (ws > 0) grow_zeroed(workspace_, ws);  // its split-K counters
       VLM_CUDA_CHECK(w4a16_gemm(x, l.w.as(), l.scale.as(), nullptr, y, M, l.out, l.in, l.group, bf16_,
-                                workspace_.as(), stream_, gate_up_input, next));
+                                workspace_.as(), stream_, gate_up_input));
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
@@ -875,11 +844,10 @@ class CudaRunner final : public StepRunner {
   }
 
   // y = rms_norm(h + delta) · Wᵀ (+ bias) in one launch (w4a16_decode_gemm_rms_norm or the dense form).
-  void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y,
-                       const L2Prefetch* next = nullptr) {
+  void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y) {
     if (l.tensor_core)
       VLM_CUDA_CHECK(w4a16_decode_gemm_rms_norm(norm, l.w.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
-                                                stream_, next));
+                                                stream_));
     else
       VLM_CUDA_CHECK(dense_decode_gemm_rms_norm(norm, l.w.as(), y, M, l.out, l.in, bf16_, stream_));
     if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
@@ -1009,8 +977,6 @@ class CudaRunner final : public StepRunner {
   std::unordered_map<int64_t, GraphExec> graphs_;
   std::unordered_set<int64_t> seen_;
   std::vector<float> splice_host_;
-  bool prefetch_planned_ = false;
-  std::vector<L2Prefetch> prefetch_plan_;  // l2_prefetch_plan()
   // Sampled rows drawn on the device (VLM_DEVICE_SAMPLING=1): their parameters, staged and uploaded each step.
   bool device_draws_ = false;
   DeviceBuffer draw_params_;

@@ -44,7 +44,6 @@
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/env_int.h"
-#include "cuda/l2_prefetch.cuh"
 #include "cuda/device_query.h"
 #include "cuda/rms_norm_row.cuh"
 #include "cuda/w4a16_decode.h"
@@ -110,7 +109,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
                                                                  RmsNormInput norm, int M, int N, int K,
                                                                  int group_shift, int S, int slice_steps_max,
-                                                                 bool silu_up, L2Prefetch next) {
+                                                                 bool silu_up) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(kStages % U == 0, "a ring slot that starts a unit must start one on every pass");
   static_assert(kThreads == cuda::kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
@@ -147,7 +146,6 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   // Weights and scales depend on no earlier kernel: request them before waiting for A's writer.
 #pragma unroll
   for (int j = 0; j < kStages; ++j) issue(j, j);
-  cuda::l2_prefetch_share(next);  // the following GEMMs' weights (l2_prefetch_plan.h)
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 
@@ -267,7 +265,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 
 template <class T, int U>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
-                     bool, L2Prefetch) {
+                     bool) {
   return w4a16_decode_kernel<T, U>;
 }
 
@@ -362,8 +360,7 @@ const Plan& plan_for(int M, int N, int K, int group) {
 
 template <class T, int U>
 cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                        const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, const L2Prefetch& next,
-                        cudaStream_t stream) {
+                        const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
   if (const cudaError_t e = grant_smem<T, U>(); e != cudaSuccess) return e;
   const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
   const int group_shift = group == 128 ? 3 : 2;
@@ -371,18 +368,16 @@ cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void*
                                             stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                             static_cast<T*>(c), norm, M, N, K, group_shift, p.S, p.slice_steps,
-                                            silu_up, next);
+                                            silu_up);
 }
 
 template <class T>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                   const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, const L2Prefetch* next,
-                   cudaStream_t stream) {
-  const L2Prefetch pf = next ? *next : L2Prefetch{{}, {}, 0};
+                   const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
   switch (p.U) {
-    case 8: return launch_unit<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, pf, stream);
-    case 4: return launch_unit<T, 4>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, pf, stream);
-    default: return launch_unit<T, 2>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, pf, stream);
+    case 8: return launch_unit<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    case 4: return launch_unit<T, 4>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    default: return launch_unit<T, 2>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
   }
 }
 
@@ -403,22 +398,20 @@ bool w4a16_decode_applies(int M, int N, int K, int group) {
 }
 
 cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
-                              int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up,
-                              const L2Prefetch* next) {
+                              int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up) {
   const Plan* p = applicable_plan(M, N, K, group);
   if (!p) return cudaErrorInvalidValue;
   const RmsNormInput none{};
-  if (bf16)
-    return launch<__nv_bfloat16>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, next, stream);
-  return launch<__half>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, next, stream);
+  if (bf16) return launch<__nv_bfloat16>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
+  return launch<__half>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
 }
 
 cudaError_t w4a16_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, const void* sz, void* c, int M, int N,
-                                       int K, int group, bool bf16, cudaStream_t stream, const L2Prefetch* next) {
+                                       int K, int group, bool bf16, cudaStream_t stream) {
   const Plan* p = applicable_plan(M, N, K, group);
   if (!p || !norm.h || !norm.weight || norm.h_out == norm.h) return cudaErrorInvalidValue;
-  if (bf16) return launch<__nv_bfloat16>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, next, stream);
-  return launch<__half>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, next, stream);
+  if (bf16) return launch<__nv_bfloat16>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
+  return launch<__half>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
 }
 
 }  // namespace vlm

@@ -33,7 +33,6 @@
 
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
-#include "cuda/l2_prefetch.cuh"
 #include "cuda/device_query.h"
 #include "cuda/env_int.h"
 #include "cuda/w4a16_decode.h"
@@ -128,8 +127,7 @@ template <class T, int MT, int UNROLL, bool SWAP, int SPG>
 __global__ void __launch_bounds__(kThreads, SPG > 0 ? 3 : 0)
     w4a16_kernel(const T* __restrict__ a, const uint4* __restrict__ w, const uint4* __restrict__ sz,
                  const T* __restrict__ residual, T* __restrict__ c, float* __restrict__ partial,
-                 int* __restrict__ arrivals, int M, int N, int K, int group, int quantum, int max_slice, bool silu_up,
-                 L2Prefetch next) {
+                 int* __restrict__ arrivals, int M, int N, int K, int group, int quantum, int max_slice, bool silu_up) {
   static_assert(!SWAP || MT <= (SPG > 0 ? 2 : 1), "the swapped form takes 8 rows, 16 with the codes");
   constexpr bool CODES = SPG > 0;
   constexpr int kSpg = CODES ? SPG : 1;  // (a modulus also where the dequantizing form compiles it)
@@ -157,7 +155,6 @@ __global__ void __launch_bounds__(kThreads, SPG > 0 ? 3 : 0)
   uint4 wv[UNROLL];
 #pragma unroll
   for (int u = 0; u < UNROLL; ++u) wv[u] = active ? load_streaming(wp + (int64_t)u * 32) : make_uint4(0, 0, 0, 0);
-  cuda::l2_prefetch_share(next);  // the following GEMMs' weights (l2_prefetch_plan.h)
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 
@@ -356,7 +353,7 @@ constexpr int kCodesMaxM = 16;
 
 template <class T, int MT, int UNROLL, bool SWAP, int SPG>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, float*, int*, int, int, int, int, int, int,
-                     bool, L2Prefetch) {
+                     bool) {
   return w4a16_kernel<T, MT, UNROLL, SWAP, SPG>;
 }
 
@@ -452,8 +449,7 @@ Plan make_plan(int M, int N, int K, int group) {
 
 template <class T, int MT, int UNROLL, bool SWAP, int SPG = 0>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                   int M, int N, int K, int group, void* workspace, bool silu_up, const L2Prefetch& next,
-                   cudaStream_t stream) {
+                   int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
   auto kernel = kernel_for<T, MT, UNROLL, SWAP, SPG>();
   if (const cudaError_t e = grant_smem<T, MT, UNROLL, SWAP, SPG>(); e != cudaSuccess) return e;
   int* arrivals = static_cast<int*>(workspace);
@@ -463,7 +459,7 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
                                          static_cast<const uint4*>(w), static_cast<const uint4*>(sz),
                                          static_cast<const T*>(residual), static_cast<T*>(c),
                                          p.splits > 1 ? partial : nullptr, p.fold ? arrivals : nullptr, M, N, K,
-                                         group, p.quantum, p.max_slice, silu_up, next);
+                                         group, p.quantum, p.max_slice, silu_up);
   if (e != cudaSuccess || p.splits == 1 || p.fold) return e;
   return w4a16_splitk_reduce<T>(partial, static_cast<const T*>(residual), static_cast<T*>(c), (int64_t)M * N,
                                 p.splits, stream);
@@ -473,32 +469,30 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
 // of 64) or of 4 (one group of 64).
 template <class T, int MT>
 cudaError_t launch_codes(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                         int M, int N, int K, int group, void* workspace, bool silu_up, const L2Prefetch& next,
-                         cudaStream_t stream) {
-  if (p.spg == 8) return launch<T, MT, 8, true, 8>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
+                         int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
+  if (p.spg == 8) return launch<T, MT, 8, true, 8>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if constexpr (MT == 1) {
     if (p.unroll == 8)
-      return launch<T, 1, 8, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
+      return launch<T, 1, 8, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   }
-  return launch<T, MT, kUnroll, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
+  return launch<T, MT, kUnroll, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
 }
 
 template <class T>
 cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                     int M, int N, int K, int group, void* workspace, bool silu_up, const L2Prefetch& next,
-                     cudaStream_t stream) {
+                     int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
   if (p.codes() && p.mt == 2)
-    return launch_codes<T, 2>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
-  if (p.codes()) return launch_codes<T, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
+    return launch_codes<T, 2>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.codes()) return launch_codes<T, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.swap && p.unroll == 8)
-    return launch<T, 1, 8, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
-  if (p.swap) return launch<T, 1, kUnroll, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
+    return launch<T, 1, 8, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.swap) return launch<T, 1, kUnroll, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.mt == 1 && p.unroll == 8)
-    return launch<T, 1, 8, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
+    return launch<T, 1, 8, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.mt == 1)
-    return launch<T, 1, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
-  if (p.mt == 2) return launch<T, 2, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
-  return launch<T, 4, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, next, stream);
+    return launch<T, 1, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.mt == 2) return launch<T, 2, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  return launch<T, 4, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
 }
 
 }  // namespace
@@ -516,19 +510,16 @@ int64_t w4a16_workspace_bytes(int M, int N, int K, int group) {
 }
 
 cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
-                       int K, int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up,
-                       const L2Prefetch* next) {
+                       int K, int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up) {
   if (w4a16_decode_applies(M, N, K, group))
-    return w4a16_decode_gemm(a, w, sz, residual, c, M, N, K, group, bf16, stream, a_is_gate_up, next);
+    return w4a16_decode_gemm(a, w, sz, residual, c, M, N, K, group, bf16, stream, a_is_gate_up);
   if (!a_is_gate_up && w4a16_wgmma_applies(M, N, K, group))
     return w4a16_wgmma_gemm(a, w, sz, residual, c, M, N, K, group, bf16,
                             workspace ? static_cast<int*>(workspace) + kArrivalInts : nullptr, stream);
   const Plan p = make_plan(M, N, K, group);
   if (!p.ok || (p.splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
-  const L2Prefetch pf = next ? *next : L2Prefetch{{}, {}, 0};
-  if (bf16)
-    return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, pf, stream);
-  return dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, pf, stream);
+  if (bf16) return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
+  return dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
 }
 
 cudaError_t w4a16_dequantize(const void* w, const void* sz, void* out, int N, int K, int group, bool bf16,

@@ -204,35 +204,6 @@ def test_dependent_launch_changes_no_bits(tiny_model_dir, tmp_path, kv):
         np.testing.assert_array_equal(runs["1"][name], runs["0"][name], err_msg=name)
 
 
-@pytest.mark.parametrize("budget_mb", ["1", "24"])
-def test_l2_prefetch_changes_no_bits(tiny_model_dir, tmp_path, budget_mb):
-    """VLM_L2_PREFETCH_MB=N: each decode-size w4a16 GEMM asks the L2 for the next N MiB of the step's
-    later weights (native/src/common/l2_prefetch_plan.h). A hint only: the same tokens and logits, bit for
-    bit, as without it (0), on the one-request-at-a-time decode above (AWQ, int8 KV). The tiny model's
-    whole weights fit either window, so the plans run into their six-piece limit and continue in the next
-    GEMM."""
-    import os
-    import subprocess
-    import sys
-
-    from vlmserve.awq_checkpoint import write_awq_checkpoint
-    from vlmserve.awq_format import quantize_rtn
-
-    dst = write_awq_checkpoint(tiny_model_dir("llama_gqa_hd128"), tmp_path / "awq", 64,
-                               lambda k, w: quantize_rtn(w, 64))
-    runs = {}
-    for mb in (budget_mb, "0"):
-        out = tmp_path / f"prefetch{mb}.npz"
-        env = dict(os.environ, VLM_L2_PREFETCH_MB=mb)
-        done = subprocess.run([sys.executable, "-c", _DECODE_IN_SUBPROCESS, str(dst), str(out), "int8"], env=env,
-                              capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stderr[-4000:]
-        runs[mb] = np.load(out)
-    assert sorted(runs[budget_mb].files) == sorted(runs["0"].files) and len(runs["0"].files) == 10
-    for name in runs["0"].files:
-        np.testing.assert_array_equal(runs[budget_mb][name], runs["0"][name], err_msg=name)
-
-
 _ROPE_RUN = """
 import sys
 import numpy as np
