@@ -185,6 +185,9 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             before, lm_before = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             cpu_before, threads_before = stack.cpu_seconds(), stack.thread_cpu_seconds()
             host_before = host_cpu_seconds()
+            # The CPU counters bracket the whole level, its client processes' start and end included, so their
+            # rates are over this span (the level's own wall_s is shorter: dividing by it overstated them).
+            span_start = time.monotonic()
             spy = None
             if a.py_spy_after is not None:  # the dumps land while the level runs (if it runs that long)
                 spy = threading.Timer(a.py_spy_after, py_spy_dumps,
@@ -199,16 +202,17 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
                 spy.join()
             cpu_after, threads_after = stack.cpu_seconds(), stack.thread_cpu_seconds()
             host_after = host_cpu_seconds()
+            span_s = time.monotonic() - span_start
             after, lm_after = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
             s = result.summary(a.output_tokens)
             # Cores each service process kept busy over the level: a process whose Python threads together
             # approach one core may bound the level although the GPU figures show room.
-            s["service_cpu_cores"] = {k: (cpu_after[k] - cpu_before[k]) / result.wall_s
-                                      for k in cpu_after if k in cpu_before and result.wall_s > 0}
-            s["service_thread_cores"] = busiest_threads(threads_before, threads_after, result.wall_s)
+            s["service_cpu_cores"] = {k: (cpu_after[k] - cpu_before[k]) / span_s
+                                      for k in cpu_after if k in cpu_before and span_s > 0}
+            s["service_thread_cores"] = busiest_threads(threads_before, threads_after, span_s)
             # The whole host's load: services, clients and anything else on it (between runs of the same code,
             # a busier or shared host is what moves the figures most).
-            s["host_cpu"] = host_load(host_before, host_after, result.wall_s)
+            s["host_cpu"] = host_load(host_before, host_after, span_s)
             s.update(engine_rates(lm_before, lm_after, result.wall_s))
             s["service_ttft_mean_s"] = histogram_delta(lm_before, lm_after, "vlmserve_lm_time_to_first_token_seconds")
             s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")

@@ -50,7 +50,7 @@ class EngineStats:
     steps: int
     preemptions: int
     kv_cache_bytes: int
-    overlapped_steps: int  # launched while the step before still ran (VLM_OVERLAP_STEPS=1)
+    overlapped_steps: int  # launched while the step before still ran (0 with VLM_OVERLAP_STEPS=0)
 
     @property
     def used_blocks(self) -> int:

@@ -1,8 +1,9 @@
-"""Overlapped steps (VLM_OVERLAP_STEPS=1): the engine launches the next step before it takes the running one's
-output, its decode rows reading their tokens where the running step left them, so the device does not wait for
-the host between steps. Nothing a request sees may change: the same tokens, stops, logprobs, logits and finish
-reasons as steps taken one at a time, with requests joining, being preempted, cancelled, or drawn on the host
-beside them; every KV block comes back; and the overlapped path is what ran (the engine counts its steps).
+"""Overlapped steps (the default; VLM_OVERLAP_STEPS=0 turns them off): the engine launches the next step before
+it takes the running one's output, its decode rows reading their tokens where the running step left them, so the
+device does not wait for the host between steps. Nothing a request sees may change: the same tokens, stops,
+logprobs, logits and finish reasons as steps taken one at a time, with requests joining, being preempted,
+cancelled, or drawn on the host beside them; every KV block comes back; and the overlapped path is what ran (the
+engine counts its steps).
 
 The CPU runner overlaps too (its step runs at launch; its output is handed over at collect), so these run on
 any machine; the GPU variant runs the same workloads on the CUDA runner, where the overlap is real."""

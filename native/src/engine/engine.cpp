@@ -57,8 +57,10 @@ Engine::Engine(std::shared_ptr<const Model> model, const vlm_engine_params& p)
   blocks_ = std::make_unique<BlockManager>(num_blocks);
   scheduler_ = std::make_unique<Scheduler>(*blocks_, p.block_size, p.max_batch_size, p.max_num_batched_tokens);
   free_blocks_ = num_blocks;
+  // Steps overlap where the runner can (measured on the H200, 2026-12-05: 2B w4a16 decode +2-5 %);
+  // VLM_OVERLAP_STEPS=0 plans, runs and completes one step at a time.
   const char* overlap = std::getenv("VLM_OVERLAP_STEPS");
-  overlap_ = runner_->overlaps() && overlap != nullptr && std::strcmp(overlap, "0") != 0;
+  overlap_ = runner_->overlaps() && (overlap == nullptr || std::strcmp(overlap, "0") != 0);
   thread_ = std::thread([this] { loop(); });
 }
 

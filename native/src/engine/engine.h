@@ -94,7 +94,7 @@ class Engine {
 
   // Owned by the decoding thread.
   std::unordered_map<uint64_t, std::unique_ptr<Request>> requests_;
-  // Overlapped steps (VLM_OVERLAP_STEPS=1, with a runner that overlaps()): while one step runs on the device
+  // Overlapped steps (with a runner that overlaps(), unless VLM_OVERLAP_STEPS=0): while one step runs on the device
   // the next is planned and launched, its decode rows reading their tokens where the running step leaves
   // them, and only then is the running step's output taken and its events sent; so the device does not wait
   // for the host's work between steps. Two Steps alternate; `in_flight_` is the launched one not yet completed.
