@@ -10,8 +10,10 @@
 #   git worktree add /tmp/wt0 dc98dfa && cmake -S /tmp/wt0 -B /tmp/wt0/build-gpu -DVLM_CUDA_ARCHITECTURES=90a \
 #     -DVLM_BUILD_TESTS=OFF && cmake --build /tmp/wt0/build-gpu -j 2
 #   then copy /tmp/wt0/{python,tests,bench} and the library under .gpu-carry/ and carry that.
-# (2026-12-05: an H200 call ran 2B decode at batch 64 at 6,486 tok/s against 25,812 the day before with
-# unchanged benchmark code: docs/benchmarks/cuda_engine.md.)
+# Build every library where cuBLAS is installed: one built without it (a toolkit with nvcc and the runtime only)
+# runs the lm head and prefill GEMMs on its own kernel, and batch 64 decodes ~4x slower. That was the cause when
+# this check was first run (2026-12-05: 6,500 tok/s for libraries built so, 26,025 built on the device;
+# docs/benchmarks/cuda_engine.md).
 set -u
 OUT=${OUT:-$PWD/regression-out}
 mkdir -p "$OUT"
