@@ -6,6 +6,12 @@
 #
 #   STEPS="build tests gemm decode" OUT=/tmp/out bash bench/gpu_session.sh
 #
+# A library built elsewhere and copied to build-gpu/ (instead of the build step) must link cuBLAS: a toolkit
+# with nvcc and the runtime only builds one that runs the lm head and prefill GEMMs on its own kernel (batch-64
+# decode ~4x slower; the log's first line warns). The nvidia-cublas wheel matching the toolkit (13.0.0.19 for
+# CUDA 13.0) carries the headers and libraries: copied into the toolkit's targets/x86_64-linux/{include,lib}
+# (with libcublas.so / libcublasLt.so links), CMake finds them.
+#
 # Steps:
 #   build         cmake, sm_90a, into build-gpu/
 #   tests         every gpu-marked kernel test and the engine tests (or apart: wtests, the w4a16
