@@ -31,6 +31,7 @@
 #include "cuda/decoder_kernels.h"
 #include "cuda/dense_decode.h"
 #include "cuda/draw_rows.h"
+#include "cuda/env_int.h"
 #include "cuda/simt_linear.h"
 #include "cuda/step_profiler.h"
 #include "cuda/w4a16_decode.h"
@@ -433,7 +434,7 @@ class CudaRunner final : public StepRunner {
 
   void collect(StepOutput& out) override {
     VLM_CHECK(!queued_.empty(), VLM_ERR_INTERNAL, "no launched step to collect");
-    const Queued q = queued_.front();
+    Queued q = std::move(queued_.front());
     queued_.pop_front();
     StepCopies& c = copies_[q.slot];
     VLM_CUDA_CHECK(cudaEventSynchronize(c.done));
@@ -444,7 +445,11 @@ class CudaRunner final : public StepRunner {
       std::memcpy(out.argmax.data(), c.argmax.as(), (size_t)q.rows * 4);
       std::memcpy(out.max_logit.data(), c.argmax.as<unsigned char>() + (size_t)q.rows * 4, (size_t)q.rows * 4);
     }
-    if (!q.direct) {  // whole rows staged in page-locked memory (launch_step wrote a direct step's already)
+    if (q.direct) {
+      // launch_step wrote the whole rows into `out` already
+    } else if (!q.pageable.empty()) {
+      out.logits.swap(q.pageable);
+    } else {  // staged in page-locked memory
       out.logits.resize(q.full * V);
       if (q.full > 0) std::memcpy(out.logits.data(), c.logits.as(), q.full * V * 4);
     }
@@ -537,10 +542,20 @@ class CudaRunner final : public StepRunner {
       c.argmax.reserve((size_t)R * 8);
       VLM_CUDA_CHECK(cudaMemcpyAsync(c.argmax.as(), argmax_d_.as(), (size_t)R * 8, cudaMemcpyDeviceToHost, stream_));
     }
+    // Where the whole rows go: the caller's output (one step at a time), else this step's page-locked buffer, or,
+    // past VLM_PINNED_ROWS_MAX_MB (default 128: a decode step of ~350 rows at a 92,544 vocabulary), ordinary
+    // memory handed over at collect(), as a prefill scoring thousands of prompt positions would otherwise keep
+    // that much memory page-locked for good. A copy into ordinary memory returns only when the step is done: such
+    // a step does not overlap the next one's planning.
+    static const size_t pinned_rows_max = (size_t)std::max(0, cuda::env_int("VLM_PINNED_ROWS_MAX_MB", 128)) << 20;
+    std::vector<float> pageable;
     float* rows_host = nullptr;
     if (direct) {
       direct->logits.resize(full * V);
       rows_host = direct->logits.data();
+    } else if (full > 0 && full * V * 4 > pinned_rows_max) {
+      pageable.resize(full * V);
+      rows_host = pageable.data();
     } else if (full > 0) {
       c.logits.reserve(full * V * 4);
       rows_host = c.logits.as<float>();
@@ -555,7 +570,7 @@ class CudaRunner final : public StepRunner {
     }
     mark("end");
     VLM_CUDA_CHECK(cudaEventRecord(c.done, stream_));
-    queued_.push_back({slot, R, full, direct != nullptr, t_wait});
+    queued_.push_back({slot, R, full, direct != nullptr, t_wait, std::move(pageable)});
     ++launches_;
   }
 
@@ -957,6 +972,7 @@ class CudaRunner final : public StepRunner {
     size_t full;
     bool direct;  // whole rows went straight into the caller's output
     int64_t t_wait;
+    std::vector<float> pageable;  // or into this (too many for the page-locked buffer), handed over at collect
   };
   std::deque<Queued> queued_;  // launched, not yet collected, oldest first
   uint64_t launches_ = 0;

@@ -204,6 +204,55 @@ def test_dependent_launch_changes_no_bits(tiny_model_dir, tmp_path, kv):
         np.testing.assert_array_equal(runs["1"][name], runs["0"][name], err_msg=name)
 
 
+_WHOLE_ROWS_RUN = """
+import sys
+import numpy as np
+from vlmserve import Engine, EngineConfig, GenerationConfig
+model, out = sys.argv[1], sys.argv[2]
+prompts = [np.random.default_rng(800 + i).integers(3, 320, size=40 + 30 * i).tolist() for i in range(4)]
+cfg = EngineConfig(device="cuda", num_kv_blocks=64, block_size=16, max_batch_size=8, kv_cache_dtype="int8")
+res = []
+with Engine(model, cfg) as eng:  # one request at a time: batches that depend on timing would change the bits
+    for i, p in enumerate(prompts):
+        res.append(eng.generate(p, GenerationConfig(max_new_tokens=12, ignore_eos=True, prompt_logprobs=True,
+                                                    logprobs=3, return_logits=True)))
+        res.append(eng.generate(p, GenerationConfig(max_new_tokens=12, ignore_eos=True, temperature=0.8,
+                                                    top_p=0.9, repetition_penalty=1.1, seed=5 + i)))
+np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)},
+         **{f"logits{i}": r.logits for i, r in enumerate(res) if r.logits is not None},
+         **{f"prompt_logprobs{i}": r.prompt_logprobs for i, r in enumerate(res) if r.prompt_logprobs is not None})
+"""
+
+
+def test_whole_rows_through_ordinary_memory_change_no_bits(tiny_model_dir, tmp_path):
+    """Whole logit rows (prompt logprobs, returned logits, host-drawn requests) of a launched step come down
+    through a page-locked buffer, or, past VLM_PINNED_ROWS_MAX_MB, through ordinary memory handed over when the
+    step is collected (so a long prompt's scoring does not keep that much memory page-locked). 0 sends every
+    such step the second way: the same tokens, logits and prompt logprobs, bit for bit, as the default, with
+    overlapped steps (the default) and one step at a time (VLM_OVERLAP_STEPS=0, whose steps copy straight into
+    the output)."""
+    import os
+    import subprocess
+    import sys
+
+    runs = {}
+    for overlap in ("1", "0"):
+        for mb in ("128", "0"):
+            out = tmp_path / f"rows{overlap}_{mb}.npz"
+            env = dict(os.environ, VLM_PINNED_ROWS_MAX_MB=mb, VLM_OVERLAP_STEPS=overlap)
+            done = subprocess.run([sys.executable, "-c", _WHOLE_ROWS_RUN, str(tiny_model_dir("llama_gqa_hd128")),
+                                   str(out)], env=env, capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-4000:]
+            runs[overlap, mb] = np.load(out)
+    base = runs["1", "128"]
+    assert len([f for f in base.files if f.startswith("prompt_logprobs")]) == 4
+    assert len([f for f in base.files if f.startswith("logits")]) == 4
+    for key, run in runs.items():
+        assert sorted(run.files) == sorted(base.files), key
+        for name in base.files:
+            np.testing.assert_array_equal(run[name], base[name], err_msg=f"{key} {name}")
+
+
 _ROPE_RUN = """
 import sys
 import numpy as np
