@@ -445,11 +445,9 @@ class CudaRunner final : public StepRunner {
       std::memcpy(out.argmax.data(), c.argmax.as(), (size_t)q.rows * 4);
       std::memcpy(out.max_logit.data(), c.argmax.as<unsigned char>() + (size_t)q.rows * 4, (size_t)q.rows * 4);
     }
-    if (q.direct) {
-      // launch_step wrote the whole rows into `out` already
-    } else if (!q.pageable.empty()) {
+    if (!q.pageable.empty()) {
       out.logits.swap(q.pageable);
-    } else {  // staged in page-locked memory
+    } else if (!q.direct) {  // staged in page-locked memory (a direct step's rows are in `out` already)
       out.logits.resize(q.full * V);
       if (q.full > 0) std::memcpy(out.logits.data(), c.logits.as(), q.full * V * 4);
     }

@@ -368,7 +368,8 @@ bool Engine::ends_with_pending(const Request& r) const {
 
 // Builds the step's batch from the planned work and hands it to the runner. From here on each request's state
 // is what the next plan needs: its positions computed, the token its sample row chooses on the device pending
-// (a token the host draws is appended when the step completes). False when the runner refused the step (its requests are finished with the error).
+// (a token the host draws is appended when the step completes). False when the runner refused the step (its
+// requests are finished with the error).
 bool Engine::launch(Step& s, std::vector<ScheduledWork> work) {
   const int64_t t0 = now_ns();
   s.index = ++launched_;
@@ -380,7 +381,6 @@ bool Engine::launch(Step& s, std::vector<ScheduledWork> work) {
   bool any_draw = false;
   for (ScheduledWork& w : s.work) {
     Request* r = w.request;
-    w.start = r->num_computed;
     if (!r->first_scheduled_ns) r->first_scheduled_ns = t0;
     const int row0 = (int)batch.tokens.size();
     batch.segments.push_back({r->block_table.data(), r->num_computed, w.count, row0});
@@ -422,7 +422,7 @@ bool Engine::launch(Step& s, std::vector<ScheduledWork> work) {
     return false;
   }
   for (const ScheduledWork& w : s.work) {
-    w.request->num_computed = w.start + w.count;
+    w.request->num_computed += w.count;  // unchanged since the batch was built from it
     w.request->last_step = s.index;
   }
   for (size_t i = 0; i < s.uses.size(); ++i) {

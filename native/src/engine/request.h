@@ -52,7 +52,7 @@ struct Request {
   // device: the newest as -(1 + the logit row that chooses it in the last launched step).
   int pending = 0;
   int pending_row = 0;
-  bool finished = false;       // finished while a launched step still holds it (Engine::retire)
+  bool finished = false;       // finished while a launched step still holds it (Engine::finish, retired_)
   int64_t last_step = 0;       // the last launched step that holds it
 
   int length() const { return (int)(prompt.size() + output.size()) + pending; }

@@ -16,8 +16,7 @@ namespace vlm {
 
 struct ScheduledWork {
   Request* request;
-  int count;      // tokens computed this step, starting at request->num_computed
-  int start = 0;  // that position (the engine records it when the step is launched)
+  int count;  // tokens computed this step, starting at request->num_computed
 };
 
 class Scheduler {

@@ -23,7 +23,7 @@ class StepRunner {
   virtual void allocate_cache(int64_t num_blocks, int block_size, int kv_dtype) = 0;
   virtual int64_t kv_cache_bytes() const = 0;
   virtual void forward(const StepBatch& batch, StepOutput& out) = 0;
-  // Overlapped steps (Engine::step with VLM_OVERLAP_STEPS): launch() queues a step and returns; collect() waits
+  // Overlapped steps (Engine::step, unless VLM_OVERLAP_STEPS=0): launch() queues a step and returns; collect() waits
   // for the oldest launched step not yet collected and fills its output. A runner that overlaps() takes the
   // next launch() before the previous step is collected (at most one step outstanding), and then a row's token
   // may be -(1 + i): the token the previous launched step chose for its logit row i (its argmax entry), read
