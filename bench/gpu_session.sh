@@ -23,6 +23,8 @@
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
 #   serve_chunk   fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of 128 tokens, then 2,048 (serving carry)
+#   serve_mps     model (a), w4a16 + int8 KV at concurrency 1/64/256: the two service processes in GPU time slices (the
+#                 default), then sharing it through NVIDIA MPS (--mps; serving carry)
 #   serve_overlap model (a), w4a16 + int8 KV at concurrency 1/64/256: steps one at a time, then overlapped (serving carry);
 #                 serve_overlap1: overlapped only
 #   overlap       overlapped steps (VLM_OVERLAP_STEPS=1): their GPU test, the engine's GPU tests with them, 2B w4a16 +
@@ -271,6 +273,12 @@ serve_overlap() {  # serving at 1/64/256 (--stream-interval 4) with steps one at
   local si="--lm-flag=--stream-interval=4"
   (export VLM_OVERLAP_STEPS=0; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap0 $si")
   (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap1 $si")
+}
+serve_mps() {  # the two service processes sharing the GPU in time slices (the default), then through NVIDIA MPS
+  # (bench/serve.py --mps: the run's own control daemon), model (a) w4a16 + int8 KV at 1/64/256, --stream-interval 4
+  command -v nvidia-cuda-mps-control || { echo "nvidia-cuda-mps-control is not on PATH"; return 1; }
+  local si="--lm-flag=--stream-interval=4"
+  serve_runs 1,64,256 "--stem internvl-2b-h200-slices $si" "--stem internvl-2b-h200-mps $si --mps"
 }
 serve_overlap1() {  # serving at 1/64/256 (--stream-interval 4) with overlapped steps only
   (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap1 --lm-flag=--stream-interval=4")
@@ -679,12 +687,13 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f overlap serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f overlap serve_mps serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
 step overlap 400
 step serve_overlap 580
+step serve_mps 580
 step serve_overlap1 560
 step codes_engine 400
 step wgmma 560

@@ -20,6 +20,7 @@ with status 1 when any request failed, and at once when the stack dies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import io
 import json
@@ -35,6 +36,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run_info import git_revision, ints, library_settings, write_atomic  # noqa: E402
 from serving.load import STREAMS_PER_PROCESS, run_level  # noqa: E402
 from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
+from serving.mps import MpsDaemon  # noqa: E402
 from serving.report import markdown, plots, threads_cell  # noqa: E402
 from serving.stack import ServicesProcesses, StackProcess, host_cpu_seconds, host_load  # noqa: E402
 
@@ -157,7 +159,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
         flags = {"vision": vision_flags + shared, "lm": lm_flags + shared}
     else:
         flags = lm_flags + vision_flags + shared + a.stack_flag
-    label = f"{name} vision-batch {vision_batch}" + (f" tp {tp}" if tp > 1 else "")
+    label = f"{name} vision-batch {vision_batch}" + (f" tp {tp}" if tp > 1 else "") + (" MPS" if a.mps else "")
     levels = []
 
     from vlmserve.services import protos
@@ -173,11 +175,19 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
 
     log(f"{label}: starting the stack ({model.name}, KV {kv})")
     log_path = out_dir / "logs" / f"{a.stem}_{name}_vb{vision_batch}_tp{tp}.log"
-    if a.layout == "services":
-        stack = ServicesProcesses(model, flags["vision"], flags["lm"], log_path)
-    else:
-        stack = StackProcess(model, flags, log_path)
-    with stack:
+    mps_servers: list[int] = []
+    # Left in reverse order: the services stop first, then the MPS daemon they are clients of.
+    with contextlib.ExitStack() as running:
+        daemon = running.enter_context(MpsDaemon()) if a.mps else None
+        env = daemon.env if daemon is not None else None
+        if a.layout == "services":
+            stack = ServicesProcesses(model, flags["vision"], flags["lm"], log_path, env=env)
+        else:
+            stack = StackProcess(model, flags, log_path)
+        running.enter_context(stack)
+        if daemon is not None:
+            mps_servers = daemon.require_server()
+            log(f"{label}: the services share the GPU through MPS (server pid {', '.join(map(str, mps_servers))})")
         for c in a.concurrency:
             n = a.requests_per_level or max(4 * c, 16)
             run_level(stack.address, request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive,
@@ -232,7 +242,8 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             log(f"  busiest threads (cores): {threads_cell(s)}")
             if s["failed"]:
                 log(f"  errors: {s['errors']}")
-    return {"name": label, "flags": flags, "levels": levels, "gil_switch_interval_ms": switch_intervals(flags)}
+    return {"name": label, "flags": flags, "levels": levels, "gil_switch_interval_ms": switch_intervals(flags),
+            "mps": a.mps, "mps_servers": mps_servers}
 
 
 def switch_intervals(flags) -> dict[str, float]:
@@ -346,6 +357,10 @@ def main() -> int:
                          "layout; stack: `vlmserve serve stack`, both services in one process (--smoke's default). "
                          "At concurrency 64/256 on the H200 two processes gave 38 %% / 19 %% more throughput "
                          "(docs/benchmarks/serving/README.md)")
+    ap.add_argument("--mps", action="store_true",
+                    help="with --layout services: the two service processes share the GPU through NVIDIA MPS (a "
+                         "control daemon of the run's own), so their kernels run side by side instead of in time "
+                         "slices (bench/serving/mps.py); the run fails if the services do not connect through it")
     ap.add_argument("--stack-flag", action="append", default=[], help="extra flag for `vlmserve serve stack` only")
     ap.add_argument("--vision-flag", action="append", default=[], help="extra flag for the vision service (any layout)")
     ap.add_argument("--lm-flag", action="append", default=[], help="extra flag for the LM service (any layout)")
@@ -374,6 +389,8 @@ def main() -> int:
     a.layout = a.layout or ("stack" if a.smoke else "services")
     if a.stack_flag and a.layout != "stack":
         ap.error("--stack-flag applies to --layout stack only; use --vision-flag / --lm-flag")
+    if a.mps and a.layout != "services":
+        ap.error("--mps applies to --layout services only (one process has one CUDA context: nothing to share)")
     a.stem = a.stem or a.model_name
     if a.render:
         r = json.loads((a.out_dir / f"{a.stem}.json").read_text())

@@ -11,6 +11,14 @@ def _ms(x) -> str:
     return "" if x is None else f"{x * 1e3:.1f}"
 
 
+def _mps_line(v: dict) -> list[str]:
+    if not v.get("mps"):
+        return []
+    pids = ", ".join(map(str, v.get("mps_servers") or [])) or "?"
+    return [f"The two service processes share the GPU through NVIDIA MPS (a control daemon of the run's own; MPS "
+            f"server pid {pids}): their kernels run side by side, not in time slices.", ""]
+
+
 def _flags_line(flags) -> str:
     if isinstance(flags, dict):  # two processes: each service's own flags
         return "Services, one process each: " + "; ".join(f"{k} `{' '.join(v)}`" for k, v in flags.items())
@@ -91,7 +99,8 @@ def markdown(r: dict, plots: list[str]) -> str:
     for plot in plots:
         out += [f"![{plot}]({plot})", ""]
     for v in r["variants"]:
-        out += [f"## {v['name']}", "", _flags_line(v['flags']), "", *_switch_line(v.get("gil_switch_interval_ms")),
+        out += [f"## {v['name']}", "", _flags_line(v['flags']), "", *_mps_line(v),
+                *_switch_line(v.get("gil_switch_interval_ms")),
                 *_preprocess_line(v["levels"]),
                 "| concurrency | requests | failed | out tok/s | req/s | TTFT p50 ms | p90 | p99 | ITL p50 ms | p99 "
                 "| vision batch, tiles (mean) | vision Encode call / preprocess / batched encode / forward ms (mean) | queue / vision / prefill / decode ms (mean) "

@@ -117,8 +117,10 @@ def free_port() -> int:
 class StackProcess:
     """Starts the vision + LM services; `address` and the metrics URLs are valid once started."""
 
-    def __init__(self, model: Path, flags: list[str], log_path: Path, ready_timeout_s: float = 900):
+    def __init__(self, model: Path, flags: list[str], log_path: Path, ready_timeout_s: float = 900,
+                 env: dict[str, str] | None = None):
         self.model, self.flags, self.log_path, self.ready_timeout_s = model, flags, log_path, ready_timeout_s
+        self.env = {**os.environ, **(env or {})}  # the services' environment: this process's, plus `env`
         self.port, self.vision_port = free_port(), free_port()
         self.metrics_port, self.vision_metrics_port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
@@ -141,7 +143,7 @@ class StackProcess:
                      "--vision-metrics-port", str(self.vision_metrics_port), *self.flags]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         self._wait_serving(self.address)
         return self
 
@@ -229,8 +231,8 @@ class ServicesProcesses(StackProcess):
     the second); the same interface as StackProcess. Stopped LM first, so it drains while vision answers."""
 
     def __init__(self, model: Path, vision_flags: list[str], lm_flags: list[str], log_path: Path,
-                 ready_timeout_s: float = 900):
-        super().__init__(model, lm_flags, log_path, ready_timeout_s)
+                 ready_timeout_s: float = 900, env: dict[str, str] | None = None):
+        super().__init__(model, lm_flags, log_path, ready_timeout_s, env)
         self.vision_flags = vision_flags
         self.vision_proc: subprocess.Popen | None = None
         self.vision_log_path = log_path.with_name(log_path.stem + "_vision" + log_path.suffix)
@@ -241,12 +243,12 @@ class ServicesProcesses(StackProcess):
         self.vision_proc = subprocess.Popen(
             CLI + ["serve", "vision", str(self.model), "--host", "127.0.0.1", "--port", str(self.vision_port),
                    "--metrics-port", str(self.vision_metrics_port), *self.vision_flags],
-            stdout=self._vision_log, stderr=subprocess.STDOUT, env=dict(os.environ))
+            stdout=self._vision_log, stderr=subprocess.STDOUT, env=self.env)
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(
             CLI + ["serve", "lm", str(self.model), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port",
                    str(self.metrics_port), "--vision-addr", f"127.0.0.1:{self.vision_port}", *self.flags],
-            stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
         self._wait_serving(f"127.0.0.1:{self.vision_port}")
         self._wait_serving(self.address)
         return self
