@@ -206,6 +206,30 @@ TARGETS = [("2b", "w4a16", "fp16", 1, 1500), ("2b", "fp16", "fp16", 1, 650), ("7
            ("2b", "w4a16", "int8", 64, 20000)]
 
 
+def merge_runs(runs: list[dict]) -> dict:
+    """One document's results from several runs on the same GPU (e.g. the 2B and the 7B matrix, one device call
+    each): their rows together, each row's % of the floor from its own run's bandwidth; dates and commands
+    listed in run order."""
+    gpus = sorted({r["meta"]["gpu"] for r in runs})
+    if len(gpus) > 1:
+        raise SystemExit(f"--merge: runs on different GPUs ({', '.join(gpus)}) do not go into one document")
+    meta = dict(runs[0]["meta"])
+    if len(runs) > 1:
+        meta["date"] = "; ".join(r["meta"]["date"] for r in runs)
+        meta["command"] = " ; ".join(r["meta"]["command"] for r in runs)
+        meta["hbm_bytes_per_s_runs"] = [r["meta"]["hbm_bytes_per_s"] for r in runs]
+    return {"meta": meta, "rows": [x for r in runs for x in r["rows"]],
+            "greedy": [x for r in runs for x in r.get("greedy", [])]}
+
+
+def _bandwidth_words(m: dict) -> str:
+    runs = m.get("hbm_bytes_per_s_runs")
+    rates = " / ".join(f"{b / 1e12:.2f}" for b in runs) if runs else f"{m['hbm_bytes_per_s'] / 1e12:.2f}"
+    how = ("measured in each run: device-to-device copy, bytes read + written" if runs else
+           "measured in this run: device-to-device copy, bytes read + written")
+    return f"{rates} TB/s ({how if m.get('bandwidth_measured') else 'ANCHORS.md'})"
+
+
 def render(r: dict) -> str:
     """The results document (docs/benchmarks/decode.md) from the JSON."""
     m = r["meta"]
@@ -220,8 +244,7 @@ def render(r: dict) -> str:
            f"- {m['prompt']}-token prompts of random ids, {m['new_tokens']} new tokens each (EOS ignored); decode "
            + WINDOW_TEXT,
            "- HBM floor: every weight byte once per step (4-bit codes + fp16 scale/zero per group of 128 for w4a16; "
-           f"fp16 lm_head) plus the batch's cached K/V at the mean context, at {m['hbm_bytes_per_s'] / 1e12:.2f} TB/s "
-           f"({'measured in this run: device-to-device copy, bytes read + written' if m.get('bandwidth_measured') else 'ANCHORS.md'}).",
+           f"fp16 lm_head) plus the batch's cached K/V at the mean context, at {_bandwidth_words(m)}.",
            "- Peer: transformers `generate` (fp16, sdpa) on the same checkpoint and GPU in the same run; decode "
            "time = generate's wall time − one prefill of the same batch. transformers has no w4a16 kernel in this "
            "image, so it appears only beside fp16 rows.", "",
@@ -331,9 +354,13 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/vlmserve-decode-models"))
     ap.add_argument("--out", type=Path, required=True, help="results JSON (written, or read with --render)")
     ap.add_argument("--render", type=Path, default=None, help="only write this markdown document from --out")
+    ap.add_argument("--merge", type=Path, action="append", default=[],
+                    help="with --render: another run's JSON (same GPU) whose rows go into the same document")
     a = ap.parse_args()
+    if a.merge and not a.render:
+        ap.error("--merge goes with --render")
     if a.render:
-        r = json.loads(a.out.read_text())
+        r = merge_runs([json.loads(p.read_text()) for p in [a.out, *a.merge]])
         a.render.write_text(render_tp(r) if any(x.get("tp", 1) > 1 for x in r["rows"]) else render(r))
         return 0
     import torch

@@ -25,6 +25,7 @@
 #   serve_chunk   fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of 128 tokens, then 2,048 (serving carry)
 #   serve_mps     model (a), w4a16 + int8 KV at concurrency 1/64/256: the two service processes in GPU time slices (the
 #                 default), then sharing it through NVIDIA MPS (--mps; serving carry)
+#   serve_layouts model (a), w4a16 + int8 KV at 64/256: the services as two processes, then as one (serve stack)
 #   serve_overlap model (a), w4a16 + int8 KV at concurrency 1/64/256: steps one at a time, then overlapped (serving carry);
 #                 serve_overlap1: overlapped only
 #   overlap       overlapped steps (VLM_OVERLAP_STEPS=1): their GPU test, the engine's GPU tests with them, 2B w4a16 +
@@ -52,6 +53,9 @@
 #   dequant       the w4a16 dequantization's exactness test, then bench/gemm at M = 256 and 2048 on every layer
 #   decode_new    2B w4a16 + int8 KV at batch 1/16/64, and batch 1 with VLM_FUSED_NORM=0
 #   decode_table  2B w4a16 + int8 KV at batch 1-128, fp16 at batch 1 beside transformers
+#   decode_matrix_2b, decode_matrix_7b_fp16, decode_matrix_7b_w4a16
+#                 the whole bench/decode table (KV fp16/int8/int4 at batch 1-128, transformers beside fp16 weights),
+#                 one step each (a device call's limit)
 #   decode_7b     7B w4a16 + int8 KV at batch 1
 #   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
 #                 transformers, the general w4a16 kernel and fewer attention key slices
@@ -203,6 +207,16 @@ serve() {  # model (a), w4a16 + int8 KV, vision batch 16, concurrency 1/16/64/25
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16,64,256 --out-dir "$RES/serve" \
     --stem internvl-2b-h200 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
+decode_matrix() {  # decode_matrix MODEL WEIGHTS PEERS: issue 3's whole bench/decode table for one model and weight
+  # set: KV fp16/int8/int4 at batch 1/16/64/128, transformers beside the fp16 weights at PEERS (0: none); one JSON
+  # each, put together with `bench/decode.py --render DOC --out A --merge B ...`
+  python3 bench/decode.py --models "$1" --weights "$2" --kv fp16,int8,int4 --batches 1,16,64,128 --peer-batches "$3" \
+    --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_matrix_$1_${2//,/_}.json" 2>&1 |
+    grep -E "tok/s|FAILED|Error" | tail -n 40
+}
+decode_matrix_2b() { decode_matrix 2b fp16,w4a16 1,16,64; }
+decode_matrix_7b_fp16() { decode_matrix 7b fp16 1,16; }
+decode_matrix_7b_w4a16() { decode_matrix 7b w4a16 0; }
 decode_7b() {  # the 7B shape at batch 1, w4a16 + int8 KV
   python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_7b.json" | tail -n 3
@@ -279,6 +293,11 @@ serve_mps() {  # the two service processes sharing the GPU in time slices (the d
   command -v nvidia-cuda-mps-control || { echo "nvidia-cuda-mps-control is not on PATH"; return 1; }
   local si="--lm-flag=--stream-interval=4"
   serve_runs 1,64,256 "--stem internvl-2b-h200-slices $si" "--stem internvl-2b-h200-mps $si --mps"
+}
+serve_layouts() {  # the two services as two processes (GPU time slices between their contexts) against one process
+  # (`serve stack`: one context, kernels side by side, one GIL), model (a) w4a16 + int8 KV at 64/256
+  local si="--lm-flag=--stream-interval=4"
+  serve_runs 64,256 "--stem internvl-2b-h200-two-processes $si" "--stem internvl-2b-h200-one-process $si --layout stack"
 }
 serve_overlap1() {  # serving at 1/64/256 (--stream-interval 4) with overlapped steps only
   (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap1 --lm-flag=--stream-interval=4")
@@ -687,13 +706,17 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f overlap serve_mps serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f overlap serve_mps serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
 step overlap 400
 step serve_overlap 580
 step serve_mps 580
+step serve_layouts 480
+step decode_matrix_2b 560
+step decode_matrix_7b_fp16 580
+step decode_matrix_7b_w4a16 580
 step serve_overlap1 560
 step codes_engine 400
 step wgmma 560
