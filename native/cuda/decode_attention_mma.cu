@@ -118,6 +118,36 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   int tile = t0 + warp;
   int32_t blk = tile < t1 ? table[(tile * kTile) >> shift] : 0;
   const int64_t q_row = (int64_t)r * (ROPE ? num_heads + 2 * c.kv_heads : num_heads) * kHeadDim;
+  // Keys outside [first, last] of a tile load the nearest key in it (the same cache block), so every
+  // loaded value is finite; their scores are masked below.
+  auto load = [&](TileRegs& x, int ti, int32_t block) {
+    const int kb = ti * kTile;
+    // Row indices in 32 bits: a cache of 2^32 rows of 128 bytes would be 512 GiB.
+    const uint32_t row0 = ((uint32_t)block * c.kv_heads + kvh) * c.block_size + (kb & (c.block_size - 1));
+    auto row = [&](int key) { return row0 + (uint32_t)(min(max(kb + key, first), last) - kb); };
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint4* p = reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kHeadDim + 32 * t);
+      x.k[h][0] = p[0];
+      x.k[h][1] = p[1];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t ri = row(lane_key(t, i));
+      x.v[i] = *reinterpret_cast<const uint4*>(vbase + (size_t)ri * kHeadDim + 16 * g);
+      x.ksz[i] = ksz[ri];
+      x.vsz[i] = vsz[ri];
+    }
+  };
+
+  // A first tile whose keys all precede the row's position holds only cache rows of earlier steps, whose
+  // kernels completed before this step's metadata was uploaded: its loads go out before waiting, while the
+  // kernel that writes q still runs. The tile holding the position waits (its row is written below, or by
+  // the RoPE kernel this one waits for). Either way the first tile's loads go out before q's.
+  TileRegs cur;
+  const bool early = tile < t1 && tile < tile_hi;
+  if (early) load(cur, tile, blk);
+
   if constexpr (ROPE) {
     // The row's angles, as rope_cache_kernel takes them.
     if (threadIdx.x < kHeadDim / 2) sincosf((float)pos * inv_freq[threadIdx.x], &s_sin[threadIdx.x], &s_cos[threadIdx.x]);
@@ -150,31 +180,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     }
   }
 
-  // Keys outside [first, last] of a tile load the nearest key in it (the same cache block), so every
-  // loaded value is finite; their scores are masked below.
-  auto load = [&](TileRegs& x, int ti, int32_t block) {
-    const int kb = ti * kTile;
-    // Row indices in 32 bits: a cache of 2^32 rows of 128 bytes would be 512 GiB.
-    const uint32_t row0 = ((uint32_t)block * c.kv_heads + kvh) * c.block_size + (kb & (c.block_size - 1));
-    auto row = [&](int key) { return row0 + (uint32_t)(min(max(kb + key, first), last) - kb); };
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const uint4* p = reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kHeadDim + 32 * t);
-      x.k[h][0] = p[0];
-      x.k[h][1] = p[1];
-    }
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint32_t ri = row(lane_key(t, i));
-      x.v[i] = *reinterpret_cast<const uint4*>(vbase + (size_t)ri * kHeadDim + 16 * g);
-      x.ksz[i] = ksz[ri];
-      x.vsz[i] = vsz[ri];
-    }
-  };
-
-  // The first tile's loads go out before q's: they do not wait for it.
-  TileRegs cur;
-  if (tile < t1) load(cur, tile, blk);
+  if (tile < t1 && !early) load(cur, tile, blk);
 
   // q of head g, halves [32 t, 32 t + 32): word 2c is k-step c's a0, word 2c + 1 its a2. Heads past G
   // are zero rows.
