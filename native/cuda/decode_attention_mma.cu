@@ -38,6 +38,7 @@
 #include "cuda/decode_attention_merge.cuh"
 #include "cuda/decode_attention_mma.h"
 #include "cuda/dependent_launch.cuh"
+#include "cuda/env_int.h"
 #include "cuda/kv_rows.cuh"
 #include "cuda/rope_kv_write.cuh"
 #include "vlmcore.h"
@@ -93,7 +94,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
                                                                          float* __restrict__ partial,
                                                                          int* __restrict__ arrivals, StepMeta meta,
                                                                          int num_heads, int sliding_window, KvView c,
-                                                                         Split sp, const float* __restrict__ inv_freq) {
+                                                                         Split sp, const float* __restrict__ inv_freq,
+                                                                         bool early_loads) {
   __shared__ __align__(16) float s_acc[kWarps][G][kHeadDim];
   __shared__ float s_m[kWarps][G], s_l[kWarps][G];
   __shared__ float s_cos[ROPE ? kHeadDim / 2 : 1], s_sin[ROPE ? kHeadDim / 2 : 1];
@@ -145,7 +147,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   // kernel that writes q still runs. The tile holding the position waits (its row is written below, or by
   // the RoPE kernel this one waits for). Either way the first tile's loads go out before q's.
   TileRegs cur;
-  const bool early = tile < t1 && tile < tile_hi;
+  const bool early = early_loads && tile < t1 && tile < tile_hi;
   if (early) load(cur, tile, blk);
 
   if constexpr (ROPE) {
@@ -312,6 +314,12 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
                                                   c.kv_heads, sp);
 }
 
+// VLM_ATTENTION_EARLY_LOADS=0 loads every first tile after the wait (as before the early loads), for measuring.
+bool early_loads() {
+  static const bool on = env_int("VLM_ATTENTION_EARLY_LOADS", 1) != 0;
+  return on;
+}
+
 template <int G>
 cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
                    int num_heads, int sliding_window, const KvView& c, Split sp, const RopeSource* rope,
@@ -320,10 +328,10 @@ cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, cons
   if (rope)
     return launch_dependent(decode_attention_mma_kernel<G, true>, grid, dim3(kThreads), 0, stream,
                             static_cast<const __half*>(rope->qkv), static_cast<__half*>(out), partial, arrivals, meta,
-                            num_heads, sliding_window, c, sp, rope->inv_freq);
+                            num_heads, sliding_window, c, sp, rope->inv_freq, early_loads());
   return launch_dependent(decode_attention_mma_kernel<G, false>, grid, dim3(kThreads), 0, stream,
                           static_cast<const __half*>(q), static_cast<__half*>(out), partial, arrivals, meta, num_heads,
-                          sliding_window, c, sp, static_cast<const float*>(nullptr));
+                          sliding_window, c, sp, static_cast<const float*>(nullptr), early_loads());
 }
 
 // The form with RoPE inside holds the more registers (the split plan counts blocks per SM with it).

@@ -286,7 +286,8 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     functions for the rotation and the quantization, so the same bits: twenty requests queued together
     (decode batches from 20 rows, where the engine keeps the RoPE kernel, down to 1 as they finish;
     contexts crossing tiles, key slices and graph bounds). The profiled runs (eager, VLM_CUDA_PROFILE=1)
-    show which form each one ran."""
+    show which form each one ran. The attention's first tiles loaded before it waits for the q/k/v GEMM
+    (the default) or after (VLM_ATTENTION_EARLY_LOADS=0): the same bits too."""
     import os
     import subprocess
     import sys
@@ -296,7 +297,8 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     runs = {}
     for name, env in {"inside": {"VLM_ROPE_IN_ATTENTION": "1"},
                       "inside_profiled": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_CUDA_PROFILE": "1"},
-                      "kernel_profiled": {"VLM_ROPE_IN_ATTENTION": "0", "VLM_CUDA_PROFILE": "1"}}.items():
+                      "kernel_profiled": {"VLM_ROPE_IN_ATTENTION": "0", "VLM_CUDA_PROFILE": "1"},
+                      "inside_late_loads": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_EARLY_LOADS": "0"}}.items():
         out = tmp_path / f"{name}.npz"
         done = subprocess.run([sys.executable, "-c", _ROPE_RUN, str(d), str(out)], env=dict(os.environ, **env),
                               capture_output=True, text=True, timeout=600)
@@ -307,7 +309,7 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     assert "gpu  rope + kv write" in runs["kernel_profiled"][1]
     ref = runs["kernel_profiled"][0]
     assert len(ref.files) == 40
-    for name in ("inside", "inside_profiled"):
+    for name in ("inside", "inside_profiled", "inside_late_loads"):
         got = runs[name][0]
         assert sorted(got.files) == sorted(ref.files)
         for key in ref.files:
