@@ -56,6 +56,8 @@
 #   decode_matrix_2b, decode_matrix_7b_fp16, decode_matrix_7b_w4a16
 #                 the whole bench/decode table (KV fp16/int8/int4 at batch 1-128, transformers beside fp16 weights),
 #                 one step each (a device call's limit)
+#   early_loads   the decode attention's first tiles loaded before its wait vs after (VLM_ATTENTION_EARLY_LOADS=0):
+#                 its no-bits test, 2B w4a16 + int8 KV decode at batch 1/16/64 and 7B at batch 1, off then on
 #   decode_7b     7B w4a16 + int8 KV at batch 1
 #   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
 #                 transformers, the general w4a16 kernel and fewer attention key slices
@@ -217,6 +219,16 @@ decode_matrix() {  # decode_matrix MODEL WEIGHTS PEERS: issue 3's whole bench/de
 decode_matrix_2b() { decode_matrix 2b fp16,w4a16 1,16,64; }
 decode_matrix_7b_fp16() { decode_matrix 7b fp16 1,16; }
 decode_matrix_7b_w4a16() { decode_matrix 7b w4a16 0; }
+early_loads() {  # the tensor-core decode attention's first tiles loaded before its wait (default) against after: the
+  # no-bits test, then 2B w4a16 + int8 KV at batch 1/16/64 and 7B at batch 1, off then on, one call
+  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k rope_inside 2>&1 | tail -n 2
+  for on in 0 1; do
+    VLM_ATTENTION_EARLY_LOADS=$on python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_early$on.json" 2>&1 | grep -E "tok/s" | tail -n 3
+    VLM_ATTENTION_EARLY_LOADS=$on python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_7b_early$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
+  done
+}
 decode_7b() {  # the 7B shape at batch 1, w4a16 + int8 KV
   python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_7b.json" | tail -n 3
@@ -706,12 +718,13 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f overlap serve_mps serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f overlap early_loads serve_mps serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
 step overlap 400
 step serve_overlap 580
+step early_loads 500
 step serve_mps 580
 step serve_layouts 480
 step decode_matrix_2b 560
