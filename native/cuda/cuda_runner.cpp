@@ -494,14 +494,25 @@ class CudaRunner final : public StepRunner {
                                                                        p_.num_kv_heads, context, num_sms_));
     grow_zeroed(attn_arrivals_, (size_t)T * p_.num_kv_heads * sizeof(int));  // split-KV arrival counters
     const cuda::StepMeta meta = upload_meta(b, slot);
+    // The spliced rows (an image's embeddings: 2 MB for 256 rows of 2,048) and the row tiles go up through this
+    // step's page-locked buffers, as the metadata does: a copy from pageable memory may wait for the stream, i.e.
+    // for the step still running, which is what overlapped steps are there to hide. Past VLM_PINNED_ROWS_MAX_MB
+    // (below) the rows go from ordinary memory instead, not to keep that much memory page-locked for good.
+    StepCopies& c = copies_[slot];
+    static const size_t pinned_rows_max = (size_t)std::max(0, cuda::env_int("VLM_PINNED_ROWS_MAX_MB", 128)) << 20;
     if (!b.embedding_rows.empty()) {
-      const int n = (int)b.embedding_rows.size();
-      splice_host_.resize((size_t)n * H);
-      for (int i = 0; i < n; ++i)
-        std::memcpy(&splice_host_[(size_t)i * H], b.embedding_rows[i].second, sizeof(float) * H);
-      grow(splice_, splice_host_.size() * 4);
-      VLM_CUDA_CHECK(cudaMemcpyAsync(splice_.as(), splice_host_.data(), splice_host_.size() * 4,
-                                     cudaMemcpyHostToDevice, stream_));
+      const size_t n = b.embedding_rows.size(), bytes = n * H * sizeof(float);
+      float* rows = nullptr;
+      if (bytes <= pinned_rows_max) {
+        c.splice.reserve(bytes);
+        rows = c.splice.as<float>();
+      } else {
+        splice_host_.resize(n * H);
+        rows = splice_host_.data();
+      }
+      for (size_t i = 0; i < n; ++i) std::memcpy(rows + i * H, b.embedding_rows[i].second, sizeof(float) * H);
+      grow(splice_, bytes);
+      VLM_CUDA_CHECK(cudaMemcpyAsync(splice_.as(), rows, bytes, cudaMemcpyHostToDevice, stream_));
     }
 
     // Other steps (prefill chunks, with any decode rows beside them) attend in row tiles.
@@ -512,9 +523,11 @@ class CudaRunner final : public StepRunner {
       for (const AttentionSegment& s : b.segments)
         for (int i = 0; i < s.count; i += tile_rows) tiles_host_.push_back({s.row + i, std::min(tile_rows, s.count - i)});
       num_tiles = (int)tiles_host_.size();
-      grow(tiles_, tiles_host_.size() * sizeof(int2));
-      VLM_CUDA_CHECK(cudaMemcpyAsync(tiles_.as(), tiles_host_.data(), tiles_host_.size() * sizeof(int2),
-                                     cudaMemcpyHostToDevice, stream_));
+      const size_t bytes = tiles_host_.size() * sizeof(int2);
+      c.tiles.reserve(bytes);
+      std::memcpy(c.tiles.as(), tiles_host_.data(), bytes);
+      grow(tiles_, bytes);
+      VLM_CUDA_CHECK(cudaMemcpyAsync(tiles_.as(), c.tiles.as(), bytes, cudaMemcpyHostToDevice, stream_));
     }
 
     const int64_t t_launch = cuda::StepProfiler::now();
@@ -535,7 +548,6 @@ class CudaRunner final : public StepRunner {
     // needs them.
     size_t full = 0;
     for (int i = 0; i < R; ++i) full += b.full_logits[i] != 0;
-    StepCopies& c = copies_[slot];
     if (R > 0) {  // indices then values, one copy
       c.argmax.reserve((size_t)R * 8);
       VLM_CUDA_CHECK(cudaMemcpyAsync(c.argmax.as(), argmax_d_.as(), (size_t)R * 8, cudaMemcpyDeviceToHost, stream_));
@@ -545,7 +557,6 @@ class CudaRunner final : public StepRunner {
     // memory handed over at collect(), as a prefill scoring thousands of prompt positions would otherwise keep
     // that much memory page-locked for good. A copy into ordinary memory returns only when the step is done: such
     // a step does not overlap the next one's planning.
-    static const size_t pinned_rows_max = (size_t)std::max(0, cuda::env_int("VLM_PINNED_ROWS_MAX_MB", 128)) << 20;
     std::vector<float> pageable;
     float* rows_host = nullptr;
     if (direct) {
@@ -951,11 +962,12 @@ class CudaRunner final : public StepRunner {
   DeviceBuffer blas_workspace_, argmax_d_, argmax_partial_, argmax_arrivals_, tiles_, attn_arrivals_;
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   std::vector<int2> tiles_host_;
+  std::vector<float> splice_host_;  // spliced rows past VLM_PINNED_ROWS_MAX_MB
   std::vector<int32_t> meta_host_;
   // The host side of a launched step's transfers, one set per step in flight (steps alternate between two):
   // metadata and draw parameters up, argmax and whole rows down, and the event that marks them done.
   struct StepCopies {
-    PinnedBuffer meta, draw, argmax, logits;
+    PinnedBuffer meta, splice, tiles, draw, argmax, logits;
     cudaEvent_t done = nullptr;
     StepCopies() { VLM_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming)); }
     StepCopies(const StepCopies&) = delete;
@@ -990,7 +1002,6 @@ class CudaRunner final : public StepRunner {
   uint64_t graph_epoch_ = 0;
   std::unordered_map<int64_t, GraphExec> graphs_;
   std::unordered_set<int64_t> seen_;
-  std::vector<float> splice_host_;
   // Sampled rows drawn on the device (VLM_DEVICE_SAMPLING=1): their parameters, staged and uploaded each step.
   bool device_draws_ = false;
   DeviceBuffer draw_params_;

@@ -207,7 +207,7 @@ def test_dependent_launch_changes_no_bits(tiny_model_dir, tmp_path, kv):
 _WHOLE_ROWS_RUN = """
 import sys
 import numpy as np
-from vlmserve import Engine, EngineConfig, GenerationConfig
+from vlmserve import Embeddings, Engine, EngineConfig, GenerationConfig
 model, out = sys.argv[1], sys.argv[2]
 prompts = [np.random.default_rng(800 + i).integers(3, 320, size=40 + 30 * i).tolist() for i in range(4)]
 cfg = EngineConfig(device="cuda", num_kv_blocks=64, block_size=16, max_batch_size=8, kv_cache_dtype="int8")
@@ -218,6 +218,10 @@ with Engine(model, cfg) as eng:  # one request at a time: batches that depend on
                                                     logprobs=3, return_logits=True)))
         res.append(eng.generate(p, GenerationConfig(max_new_tokens=12, ignore_eos=True, temperature=0.8,
                                                     top_p=0.9, repetition_penalty=1.1, seed=5 + i)))
+        # image-like rows spliced over the prompt's embeddings (uploaded through the same limit)
+        rows = np.random.default_rng(850 + i).normal(size=(20 + 10 * i, 256)).astype(np.float16)
+        res.append(eng.generate(p, GenerationConfig(max_new_tokens=12, ignore_eos=True, return_logits=True),
+                                [Embeddings(3, rows)]))
 np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)},
          **{f"logits{i}": r.logits for i, r in enumerate(res) if r.logits is not None},
          **{f"prompt_logprobs{i}": r.prompt_logprobs for i, r in enumerate(res) if r.prompt_logprobs is not None})
@@ -227,10 +231,10 @@ np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)}
 def test_whole_rows_through_ordinary_memory_change_no_bits(tiny_model_dir, tmp_path):
     """Whole logit rows (prompt logprobs, returned logits, host-drawn requests) of a launched step come down
     through a page-locked buffer, or, past VLM_PINNED_ROWS_MAX_MB, through ordinary memory handed over when the
-    step is collected (so a long prompt's scoring does not keep that much memory page-locked). 0 sends every
-    such step the second way: the same tokens, logits and prompt logprobs, bit for bit, as the default, with
-    overlapped steps (the default) and one step at a time (VLM_OVERLAP_STEPS=0, whose steps copy straight into
-    the output)."""
+    step is collected (so a long prompt's scoring does not keep that much memory page-locked); spliced
+    embedding rows go up the same two ways. 0 sends every such step the second way: the same tokens, logits and
+    prompt logprobs, bit for bit, as the default, with overlapped steps (the default) and one step at a time
+    (VLM_OVERLAP_STEPS=0, whose steps copy straight into the output)."""
     import os
     import subprocess
     import sys
@@ -246,7 +250,7 @@ def test_whole_rows_through_ordinary_memory_change_no_bits(tiny_model_dir, tmp_p
             runs[overlap, mb] = np.load(out)
     base = runs["1", "128"]
     assert len([f for f in base.files if f.startswith("prompt_logprobs")]) == 4
-    assert len([f for f in base.files if f.startswith("logits")]) == 4
+    assert len([f for f in base.files if f.startswith("logits")]) == 8
     for key, run in runs.items():
         assert sorted(run.files) == sorted(base.files), key
         for name in base.files:
