@@ -59,6 +59,8 @@
 #                 one step each (a device call's limit)
 #   early_loads   the decode attention's first tiles loaded before its wait vs after (VLM_ATTENTION_EARLY_LOADS=0):
 #                 its no-bits test, 2B w4a16 + int8 KV decode at batch 1/16/64 and 7B at batch 1, off then on
+#   int4_attention the tensor-core decode attention over the int4 cache: kernel tests, compute-sanitizer, engine
+#                 tests, 2B w4a16 + int4 KV decode at batch 1/16/64 on the CUDA-core kernel then the tensor cores
 #   decode_7b     7B w4a16 + int8 KV at batch 1
 #   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
 #                 transformers, the general w4a16 kernel and fewer attention key slices
@@ -229,6 +231,20 @@ early_loads() {  # the tensor-core decode attention's first tiles loaded before 
     VLM_ATTENTION_EARLY_LOADS=$on python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 \
       --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_7b_early$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
   done
+}
+int4_attention() {  # the tensor-core decode attention's int4 form: the kernel tests (int4 and int8 cases), compute-
+  # sanitizer on them, the RoPE-inside no-bits tests and the engine's int4 tests, then 2B w4a16 + int4 KV decode at
+  # batch 1/16/64 on the CUDA-core kernel (VLM_DECODE_ATTENTION_MMA_INT4=0) and the tensor-core form, and int8 beside
+  python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py 2>&1 | tail -n 3
+  PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 \
+    python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py -k int4 2>&1 | tail -n 3
+  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k "rope_inside or int4" 2>&1 | tail -n 3
+  for on in 0 1; do
+    VLM_DECODE_ATTENTION_MMA_INT4=$on python3 bench/decode.py --models 2b --weights w4a16 --kv int4 --batches 1,16,64 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_int4_mma$on.json" 2>&1 | grep -E "tok/s" | tail -n 3
+  done
+  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 --peer-batches 0 \
+    --work /tmp/decode-models --out "$RES/decode_2b_int8_beside.json" 2>&1 | grep -E "tok/s" | tail -n 3
 }
 decode_7b() {  # the 7B shape at batch 1, w4a16 + int8 KV
   python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
@@ -724,13 +740,14 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f overlap early_loads serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f overlap early_loads int4_attention serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
 step overlap 400
 step serve_overlap 580
 step early_loads 500
+step int4_attention 560
 step serve_mps 580
 step serve_mps_acc 400
 step serve_layouts 480

@@ -12,8 +12,8 @@
 // rows of several rounds loaded together; the slots meet in shared memory at
 // the end. With several slices, the last block of a (row, KV head) to finish
 // merges the slices (a counter per pair, decode_attention_merge.cuh), so no
-// second kernel is launched. The int8 cache with fp16 activations and 128-dim
-// heads takes the tensor-core form instead (decode_attention_mma.cu).
+// second kernel is launched. The int8 and int4 caches with fp16 activations and
+// 128-dim heads take the tensor-core form instead (decode_attention_mma.cu).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -259,7 +259,7 @@ cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMe
     // default plan's slices (32 keys of the context bucket, ~16 of a context half its bucket) kept
     // 3 of 4 warps idle and made 32 slices to merge.
     // At most the default plan's blocks per SM, so the workspace holds its slices.
-    const int resident = decode_attention_mma_blocks_per_sm(num_heads / cache.kv_heads);
+    const int resident = decode_attention_mma_blocks_per_sm(num_heads / cache.kv_heads, cache);
     const int per_sm = split_blocks_per_sm_override() ? split_blocks_per_sm_override()
                                                       : std::min(resident, split_blocks_per_sm());
     const Split msp = plan_split_for(rows, cache.kv_heads, max_context, num_sms, 64, per_sm, mma_min_keys_per_split());

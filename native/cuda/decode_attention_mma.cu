@@ -1,5 +1,5 @@
-// Decode attention on the tensor cores for the int8 cache with fp16 activations and 128-dim heads
-// (the quantized-KV models the engine serves): the same grid, results and end as decode_attention.cu,
+// Decode attention on the tensor cores for the int8 and int4 caches with fp16 activations and 128-dim
+// heads (the quantized-KV models the engine serves): the same grid, results and end as decode_attention.cu,
 // whose CUDA-core form is bound by instruction issue at batch 64 (Nsight Compute on the H200,
 // 2026-12-04: 128 warp instructions per key row and head, 65 % of issue slots busy, DRAM at 28 % of
 // its peak), converting and multiplying every element in fp32. Here 3x fewer instructions; with its
@@ -23,6 +23,12 @@
 //    dim 16 n + j, so the lane loads bytes [16 g, 16 g + 16) of its four keys (2t, 2t + 1, 2t + 8,
 //    2t + 9: the keys whose probabilities the C fragment of Q·Kᵀ left in it) and its outputs are dims
 //    [32 t, 32 t + 32) of head g.
+//  - An int4 code c enters as 1024 + c too: a lane's words hold 8 codes (low nibble first, dims d .. d + 7),
+//    and (w >> 4 s) & 0x000F000F, or'd with the fp16 1024, is the pair (dim d + s, dim d + 4 + s) in one
+//    shift and one lop3. Q·Kᵀ takes its fragment positions in that order (q is permuted to match once); for
+//    P·V, bytes of two keys are interleaved half-word by half-word first (one byte permute per four dims),
+//    so n-tile j is still dim 16 n + j. Scale, zero and the 1024 are applied as for int8 (value = code ·
+//    scale + zero in both). A lane's loads are half as long: 16 bytes of each K row, 8 of each V row.
 //  - Each lane's loads of the next tile are in flight while the current one is computed (202 registers:
 //    two blocks an SM, which the split plan counts with).
 //  - With RoPE inside (the engine's decode steps; rope_and_cache_write() does not run): q comes straight
@@ -69,6 +75,9 @@ __device__ __forceinline__ void mma_rows8(float (&c)[2], uint32_t a0, uint32_t a
 // 0x4342 (bytes 2, 3).
 __device__ __forceinline__ uint32_t code_pair(uint32_t w, uint32_t selector) { return __byte_perm(w, kMagic, selector); }
 
+// The fp16 pair (1024 + nibble s of w's low half, 1024 + nibble s of its high half), s in 0..3.
+__device__ __forceinline__ uint32_t nibble_pair(uint32_t w, int s) { return ((w >> (4 * s)) & 0x000F000Fu) | 0x64006400u; }
+
 __device__ __forceinline__ uint32_t word(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
 __device__ __forceinline__ float2 half2_bits_to_float2(uint32_t w) {
@@ -78,17 +87,18 @@ __device__ __forceinline__ float2 half2_bits_to_float2(uint32_t w) {
 // The four keys of a tile whose scores, probabilities and V bytes lane t holds: 2t, 2t+1, 2t+8, 2t+9.
 __device__ __forceinline__ int lane_key(int t, int i) { return 2 * t + (i & 1) + 8 * (i >> 1); }
 
-// One lane's loads of one tile, as loaded.
+// One lane's loads of one tile, as loaded (int4: k[h][0] and v[i].x, .y only).
 struct TileRegs {
-  uint4 k[2][2];            // K of key 8 h + g (h = 0, 1): bytes [32 t, 32 t + 32)
-  uint4 v[4];               // V of key lane_key(t, i): bytes [16 g, 16 g + 16)
+  uint4 k[2][2];            // K of key 8 h + g (h = 0, 1): dims [32 t, 32 t + 32)
+  uint4 v[4];               // V of key lane_key(t, i): dims [16 g, 16 g + 16)
   uint32_t ksz[4], vsz[4];  // (scale, zero) of key lane_key(t, i)
 };
 
 // grid (rows, kv_heads, splits), kThreads threads; G query heads per KV head (1, 2, 4 or 8). ROPE: q is
 // the q/k/v GEMM's output (rows of num_heads + 2 kv_heads heads), rotated here with inv_freq, and this
-// step's K/V rows are written here (see the top of the file); otherwise q is rotated already.
-template <int G, bool ROPE>
+// step's K/V rows are written here (see the top of the file); otherwise q is rotated already. I4: the
+// cache holds int4 codes (64-byte rows), else int8 (128-byte rows).
+template <int G, bool ROPE, bool I4>
 __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __half* __restrict__ q,
                                                                          __half* __restrict__ out,
                                                                          float* __restrict__ partial,
@@ -122,6 +132,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   const int64_t q_row = (int64_t)r * (ROPE ? num_heads + 2 * c.kv_heads : num_heads) * kHeadDim;
   // Keys outside [first, last] of a tile load the nearest key in it (the same cache block), so every
   // loaded value is finite; their scores are masked below.
+  constexpr int kRowBytes = I4 ? kHeadDim / 2 : kHeadDim;
   auto load = [&](TileRegs& x, int ti, int32_t block) {
     const int kb = ti * kTile;
     // Row indices in 32 bits: a cache of 2^32 rows of 128 bytes would be 512 GiB.
@@ -129,14 +140,19 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     auto row = [&](int key) { return row0 + (uint32_t)(min(max(kb + key, first), last) - kb); };
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const uint4* p = reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kHeadDim + 32 * t);
+      const uint4* p = reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kRowBytes + (I4 ? 16 : 32) * t);
       x.k[h][0] = p[0];
-      x.k[h][1] = p[1];
+      if constexpr (!I4) x.k[h][1] = p[1];
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint32_t ri = row(lane_key(t, i));
-      x.v[i] = *reinterpret_cast<const uint4*>(vbase + (size_t)ri * kHeadDim + 16 * g);
+      if constexpr (I4) {
+        const uint2 u = *reinterpret_cast<const uint2*>(vbase + (size_t)ri * kRowBytes + 8 * g);
+        x.v[i] = make_uint4(u.x, u.y, 0u, 0u);
+      } else {
+        x.v[i] = *reinterpret_cast<const uint4*>(vbase + (size_t)ri * kRowBytes + 16 * g);
+      }
       x.ksz[i] = ksz[ri];
       x.vsz[i] = vsz[ri];
     }
@@ -221,6 +237,20 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   }
   qsum += __shfl_xor_sync(0xffffffffu, qsum, 1);  // the four lanes of head g hold a quarter each
   qsum += __shfl_xor_sync(0xffffffffu, qsum, 2);
+  if constexpr (I4) {
+    // K's codes come as dim pairs (d + s, d + 4 + s) of each 8-dim word (nibble_pair): k-step 2w takes
+    // word w's pairs s = 0 (a0) and 1 (a2), k-step 2w + 1 its pairs 2 and 3; q's halves in that order.
+    uint32_t qp[16];
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      qp[4 * w] = __byte_perm(qa[4 * w], qa[4 * w + 2], 0x5410);          // dims 8w, 8w + 4
+      qp[4 * w + 1] = __byte_perm(qa[4 * w], qa[4 * w + 2], 0x7632);      // 8w + 1, 8w + 5
+      qp[4 * w + 2] = __byte_perm(qa[4 * w + 1], qa[4 * w + 3], 0x5410);  // 8w + 2, 8w + 6
+      qp[4 * w + 3] = __byte_perm(qa[4 * w + 1], qa[4 * w + 3], 0x7632);  // 8w + 3, 8w + 7
+    }
+#pragma unroll
+    for (int i = 0; i < 16; ++i) qa[i] = qp[i];
+  }
   const float scale = rsqrtf((float)kHeadDim);
 
   float o[16][2];  // o[j][0], o[j][1]: head g, dims 32 t + j and 32 t + 16 + j (unnormalised)
@@ -237,8 +267,13 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int ks = 0; ks < 8; ++ks) {
-        const uint32_t w = word(x.k[h][ks / 4], ks % 4);
-        mma_rows8(s[h], qa[2 * ks], qa[2 * ks + 1], code_pair(w, 0x4140), code_pair(w, 0x4342));
+        if constexpr (I4) {
+          const uint32_t w = word(x.k[h][0], ks / 2);
+          mma_rows8(s[h], qa[2 * ks], qa[2 * ks + 1], nibble_pair(w, 2 * (ks & 1)), nibble_pair(w, 2 * (ks & 1) + 1));
+        } else {
+          const uint32_t w = word(x.k[h][ks / 4], ks % 4);
+          mma_rows8(s[h], qa[2 * ks], qa[2 * ks + 1], code_pair(w, 0x4140), code_pair(w, 0x4342));
+        }
       }
     float sc[4], mx = -INFINITY;
 #pragma unroll
@@ -271,17 +306,36 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     zacc = fmaf(zacc, corr, fmaf(-1024.f, phsum, pz));
 #pragma unroll
     for (int j = 0; j < 16; ++j) o[j][0] *= corr, o[j][1] *= corr;
-    // Word wd of the four V rows: bytes 4 wd .. 4 wd + 3 are n-tiles 4 wd .. 4 wd + 3. Interleave keys
-    // (2t, 2t + 1) and (2t + 8, 2t + 9) byte by byte, then widen each pair to fp16.
+    if constexpr (I4) {
+      // Word wd (0, 1) of the four V rows holds dims 8 wd .. 8 wd + 7 of the lane's 16; half hh of it the four
+      // from 8 wd + 4 hh, n-tiles 8 wd + 4 hh + s. Keys (2t, 2t + 1) and (2t + 8, 2t + 9) side by side in one
+      // word each, then nibble s of both halves is the fp16 pair.
 #pragma unroll
-    for (int wd = 0; wd < 4; ++wd) {
-      const uint32_t v0 = word(x.v[0], wd), v1 = word(x.v[1], wd), v2 = word(x.v[2], wd), v3 = word(x.v[3], wd);
-      const uint32_t lo01 = __byte_perm(v0, v1, 0x5140), hi01 = __byte_perm(v0, v1, 0x7362);
-      const uint32_t lo23 = __byte_perm(v2, v3, 0x5140), hi23 = __byte_perm(v2, v3, 0x7362);
-      mma_rows8(o[4 * wd + 0], pa[0], pa[1], code_pair(lo01, 0x4140), code_pair(lo23, 0x4140));
-      mma_rows8(o[4 * wd + 1], pa[0], pa[1], code_pair(lo01, 0x4342), code_pair(lo23, 0x4342));
-      mma_rows8(o[4 * wd + 2], pa[0], pa[1], code_pair(hi01, 0x4140), code_pair(hi23, 0x4140));
-      mma_rows8(o[4 * wd + 3], pa[0], pa[1], code_pair(hi01, 0x4342), code_pair(hi23, 0x4342));
+      for (int wd = 0; wd < 2; ++wd) {
+        const uint32_t v0 = wd ? x.v[0].y : x.v[0].x, v1 = wd ? x.v[1].y : x.v[1].x;
+        const uint32_t v2 = wd ? x.v[2].y : x.v[2].x, v3 = wd ? x.v[3].y : x.v[3].x;
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          const uint32_t sel = hh ? 0x7632u : 0x5410u;
+          const uint32_t k01 = __byte_perm(v0, v1, sel), k23 = __byte_perm(v2, v3, sel);
+#pragma unroll
+          for (int sn = 0; sn < 4; ++sn)
+            mma_rows8(o[8 * wd + 4 * hh + sn], pa[0], pa[1], nibble_pair(k01, sn), nibble_pair(k23, sn));
+        }
+      }
+    } else {
+      // Word wd of the four V rows: bytes 4 wd .. 4 wd + 3 are n-tiles 4 wd .. 4 wd + 3. Interleave keys
+      // (2t, 2t + 1) and (2t + 8, 2t + 9) byte by byte, then widen each pair to fp16.
+#pragma unroll
+      for (int wd = 0; wd < 4; ++wd) {
+        const uint32_t v0 = word(x.v[0], wd), v1 = word(x.v[1], wd), v2 = word(x.v[2], wd), v3 = word(x.v[3], wd);
+        const uint32_t lo01 = __byte_perm(v0, v1, 0x5140), hi01 = __byte_perm(v0, v1, 0x7362);
+        const uint32_t lo23 = __byte_perm(v2, v3, 0x5140), hi23 = __byte_perm(v2, v3, 0x7362);
+        mma_rows8(o[4 * wd + 0], pa[0], pa[1], code_pair(lo01, 0x4140), code_pair(lo23, 0x4140));
+        mma_rows8(o[4 * wd + 1], pa[0], pa[1], code_pair(lo01, 0x4342), code_pair(lo23, 0x4342));
+        mma_rows8(o[4 * wd + 2], pa[0], pa[1], code_pair(hi01, 0x4140), code_pair(hi23, 0x4140));
+        mma_rows8(o[4 * wd + 3], pa[0], pa[1], code_pair(hi01, 0x4342), code_pair(hi23, 0x4342));
+      }
     }
   };
 
@@ -320,25 +374,34 @@ bool early_loads() {
   return on;
 }
 
-template <int G>
-cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
-                   int num_heads, int sliding_window, const KvView& c, Split sp, const RopeSource* rope,
-                   cudaStream_t stream) {
+template <int G, bool I4>
+cudaError_t launch_codes(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
+                         int num_heads, int sliding_window, const KvView& c, Split sp, const RopeSource* rope,
+                         cudaStream_t stream) {
   const dim3 grid(rows, c.kv_heads, sp.splits);
   if (rope)
-    return launch_dependent(decode_attention_mma_kernel<G, true>, grid, dim3(kThreads), 0, stream,
+    return launch_dependent(decode_attention_mma_kernel<G, true, I4>, grid, dim3(kThreads), 0, stream,
                             static_cast<const __half*>(rope->qkv), static_cast<__half*>(out), partial, arrivals, meta,
                             num_heads, sliding_window, c, sp, rope->inv_freq, early_loads());
-  return launch_dependent(decode_attention_mma_kernel<G, false>, grid, dim3(kThreads), 0, stream,
+  return launch_dependent(decode_attention_mma_kernel<G, false, I4>, grid, dim3(kThreads), 0, stream,
                           static_cast<const __half*>(q), static_cast<__half*>(out), partial, arrivals, meta, num_heads,
                           sliding_window, c, sp, static_cast<const float*>(nullptr), early_loads());
 }
 
-// The form with RoPE inside holds the more registers (the split plan counts blocks per SM with it).
 template <int G>
+cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
+                   int num_heads, int sliding_window, const KvView& c, Split sp, const RopeSource* rope,
+                   cudaStream_t stream) {
+  if (c.dtype == VLM_DTYPE_I4)
+    return launch_codes<G, true>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope, stream);
+  return launch_codes<G, false>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope, stream);
+}
+
+// The form with RoPE inside holds the more registers (the split plan counts blocks per SM with it).
+template <int G, bool I4>
 int resident() {
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_mma_kernel<G, true>, kThreads, 0) !=
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_mma_kernel<G, true, I4>, kThreads, 0) !=
       cudaSuccess) {
     cudaGetLastError();  // not sticky: leave no error for the next call to find
     n = 0;
@@ -353,15 +416,20 @@ bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& c) {
     const char* e = std::getenv("VLM_DECODE_ATTENTION_MMA");
     return !(e && e[0] == '0');
   }();
+  // VLM_DECODE_ATTENTION_MMA_INT4=0 leaves the int4 cache to the CUDA-core kernel (for measuring).
+  static const bool int4 = env_int("VLM_DECODE_ATTENTION_MMA_INT4", 1) != 0;
   const int group = c.kv_heads > 0 ? num_heads / c.kv_heads : 0;
-  return enabled && act == ActType::F16 && c.dtype == VLM_DTYPE_I8 && c.head_dim == kHeadDim &&
-         c.row_bytes == kHeadDim && c.block_size >= kTile && group * c.kv_heads == num_heads &&
-         (group == 1 || group == 2 || group == 4 || group == 8);
+  const bool codes = (c.dtype == VLM_DTYPE_I8 && c.row_bytes == kHeadDim) ||
+                     (int4 && c.dtype == VLM_DTYPE_I4 && c.row_bytes == kHeadDim / 2);
+  return enabled && act == ActType::F16 && codes && c.head_dim == kHeadDim && c.block_size >= kTile &&
+         group * c.kv_heads == num_heads && (group == 1 || group == 2 || group == 4 || group == 8);
 }
 
-int decode_attention_mma_blocks_per_sm(int group) {
-  static const int per_group[4] = {resident<1>(), resident<2>(), resident<4>(), resident<8>()};
-  return per_group[group == 1 ? 0 : group == 2 ? 1 : group == 4 ? 2 : 3];
+int decode_attention_mma_blocks_per_sm(int group, const KvView& c) {
+  static const int i8[4] = {resident<1, false>(), resident<2, false>(), resident<4, false>(), resident<8, false>()};
+  static const int i4[4] = {resident<1, true>(), resident<2, true>(), resident<4, true>(), resident<8, true>()};
+  const int index = group == 1 ? 0 : group == 2 ? 1 : group == 4 ? 2 : 3;
+  return c.dtype == VLM_DTYPE_I4 ? i4[index] : i8[index];
 }
 
 cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,

@@ -261,30 +261,33 @@ _ROPE_RUN = """
 import sys
 import numpy as np
 from vlmserve import Engine, EngineConfig, GenerationConfig
-model, out = sys.argv[1], sys.argv[2]
+model, out, kv = sys.argv[1], sys.argv[2], sys.argv[3]
 prompts = [np.random.default_rng(900 + i).integers(3, 320, size=15 + 5 * i).tolist() for i in range(20)]
 gens = [GenerationConfig(max_new_tokens=20 + 4 * i, ignore_eos=True, return_logits=True) for i in range(20)]
-cfg = EngineConfig(device="cuda", num_kv_blocks=320, block_size=16, max_batch_size=32, kv_cache_dtype="int8")
+cfg = EngineConfig(device="cuda", num_kv_blocks=320, block_size=16, max_batch_size=32, kv_cache_dtype=kv)
 with Engine(model, cfg) as eng:  # queued together: the steps hold the same rows in every run
     res = [s.wait(timeout=300) for s in eng.add_requests(list(zip(prompts, gens)))]
 np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)},
          **{f"logits{i}": r.logits for i, r in enumerate(res)})
 """
 
-# 128-dim heads with query groups of 2, 4, 8 and 1, a sliding window, and llama3 RoPE scaling.
+# 128-dim heads with query groups of 2, 4, 8 and 1, a sliding window, and llama3 RoPE scaling; int8 cache,
+# and int4 (the kernel's nibble form) for two of them.
 _ROPE_SHAPES = {
-    "group2": ("llama_gqa_hd128", {}),
-    "group4": ("llama_gqa_hd128", dict(num_attention_heads=8, num_key_value_heads=2)),
-    "group8": ("llama_gqa_hd128", dict(num_attention_heads=8, num_key_value_heads=1)),
-    "mha": ("llama_gqa_hd128", dict(num_attention_heads=2, num_key_value_heads=2)),
-    "sliding": ("mistral_sliding", dict(head_dim=128)),
-    "llama3_scaling": ("llama3_rope_scaling", dict(head_dim=128)),
+    "group2": ("llama_gqa_hd128", {}, "int8"),
+    "group4": ("llama_gqa_hd128", dict(num_attention_heads=8, num_key_value_heads=2), "int8"),
+    "group8": ("llama_gqa_hd128", dict(num_attention_heads=8, num_key_value_heads=1), "int8"),
+    "mha": ("llama_gqa_hd128", dict(num_attention_heads=2, num_key_value_heads=2), "int8"),
+    "sliding": ("mistral_sliding", dict(head_dim=128), "int8"),
+    "llama3_scaling": ("llama3_rope_scaling", dict(head_dim=128), "int8"),
+    "group2_int4": ("llama_gqa_hd128", {}, "int4"),
+    "sliding_int4": ("mistral_sliding", dict(head_dim=128), "int4"),
 }
 
 
 @pytest.mark.parametrize("shape", list(_ROPE_SHAPES))
 def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_path, shape):
-    """With an int8 cache, fp16 activations and 128-dim heads, decode steps rotate q and write the step's
+    """With an int8 or int4 cache, fp16 activations and 128-dim heads, decode steps rotate q and write the step's
     K/V rows inside the tensor-core attention instead of in a RoPE kernel before it
     (VLM_ROPE_IN_ATTENTION=0 keeps the kernel; read once per process, hence the subprocesses). Same
     functions for the rotation and the quantization, so the same bits: twenty requests queued together
@@ -296,7 +299,7 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     import subprocess
     import sys
 
-    family, overrides = _ROPE_SHAPES[shape]
+    family, overrides, kv = _ROPE_SHAPES[shape]
     d = tiny_model_dir(family, **overrides)
     runs = {}
     for name, env in {"inside": {"VLM_ROPE_IN_ATTENTION": "1"},
@@ -304,7 +307,7 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
                       "kernel_profiled": {"VLM_ROPE_IN_ATTENTION": "0", "VLM_CUDA_PROFILE": "1"},
                       "inside_late_loads": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_EARLY_LOADS": "0"}}.items():
         out = tmp_path / f"{name}.npz"
-        done = subprocess.run([sys.executable, "-c", _ROPE_RUN, str(d), str(out)], env=dict(os.environ, **env),
+        done = subprocess.run([sys.executable, "-c", _ROPE_RUN, str(d), str(out), kv], env=dict(os.environ, **env),
                               capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-4000:]
         runs[name] = (np.load(out), done.stderr)

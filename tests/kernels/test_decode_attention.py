@@ -32,6 +32,13 @@ CASES = [  # kv_dtype, act, head_dim, heads, kv_heads, rows, window
     ("int8", "float16", 128, 16, 8, 4, 37),     # sliding window: tiles cut on both sides
     ("int8", "float16", 128, 16, 8, 128, 0),    # batch 128: one slice per row
     ("int8", "bfloat16", 128, 16, 8, 3, 0),     # bf16 at 128 dims: the CUDA-core kernel
+    # int4 cache, fp16, 128 dims: the tensor-core kernel's nibble form
+    ("int4", "float16", 128, 32, 8, 6, 0),      # group 4
+    ("int4", "float16", 128, 8, 1, 3, 0),       # group 8
+    ("int4", "float16", 128, 32, 32, 2, 0),     # group 1 (7B shape)
+    ("int4", "float16", 128, 16, 8, 4, 37),     # sliding window
+    ("int4", "float16", 128, 16, 8, 128, 0),    # batch 128
+    ("int4", "bfloat16", 128, 16, 8, 3, 0),     # bf16: the CUDA-core kernel
     ("float32", "float16", 64, 4, 2, 2, 0),     # general kernel: fp32 cache
     ("float16", "float16", 80, 4, 2, 2, 0),     # general kernel: head_dim 80
     ("int8", "float16", 64, 16, 1, 2, 0),       # general kernel: group 16
