@@ -76,7 +76,9 @@ __device__ __forceinline__ void mma_rows8(float (&c)[2], uint32_t a0, uint32_t a
 __device__ __forceinline__ uint32_t code_pair(uint32_t w, uint32_t selector) { return __byte_perm(w, kMagic, selector); }
 
 // The fp16 pair (1024 + nibble s of w's low half, 1024 + nibble s of its high half), s in 0..3.
-__device__ __forceinline__ uint32_t nibble_pair(uint32_t w, int s) { return ((w >> (4 * s)) & 0x000F000Fu) | 0x64006400u; }
+__device__ __forceinline__ uint32_t nibble_pair(uint32_t w, int s) {
+  return ((w >> (4 * s)) & 0x000F000Fu) | 0x64006400u;
+}
 
 __device__ __forceinline__ uint32_t word(const uint4& u, int i) { return i == 0 ? u.x : i == 1 ? u.y : i == 2 ? u.z : u.w; }
 
@@ -140,7 +142,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     auto row = [&](int key) { return row0 + (uint32_t)(min(max(kb + key, first), last) - kb); };
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const uint4* p = reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kRowBytes + (I4 ? 16 : 32) * t);
+      const uint4* p =
+          reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kRowBytes + (I4 ? 16 : 32) * t);
       x.k[h][0] = p[0];
       if constexpr (!I4) x.k[h][1] = p[1];
     }
