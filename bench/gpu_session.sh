@@ -317,14 +317,23 @@ serve_overlap() {  # serving at 1/64/256 (--stream-interval 4) with steps one at
   (export VLM_OVERLAP_STEPS=0; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap0 $si")
   (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap1 $si")
 }
+mps_path() {  # nvidia-cuda-mps-control on PATH, from the driver's folders if need be; says where it is or why not
+  command -v nvidia-cuda-mps-control && return 0
+  for d in /usr/local/nvidia/bin /usr/bin /usr/local/bin /usr/local/cuda/bin; do
+    if [ -x "$d/nvidia-cuda-mps-control" ]; then export PATH="$d:$PATH"; echo "$d/nvidia-cuda-mps-control"; return 0; fi
+  done
+  echo "nvidia-cuda-mps-control not found (PATH, /usr/local/nvidia/bin, /usr/bin); nvidia tools there:"
+  ls /usr/local/nvidia/bin /usr/bin 2>/dev/null | grep -i nvidia | head -n 20
+  return 1
+}
 serve_mps() {  # the two service processes sharing the GPU in time slices (the default), then through NVIDIA MPS
   # (bench/serve.py --mps: the run's own control daemon), model (a) w4a16 + int8 KV at 1/64/256, --stream-interval 4
-  command -v nvidia-cuda-mps-control || { echo "nvidia-cuda-mps-control is not on PATH"; return 1; }
+  mps_path || return 1
   local si="--lm-flag=--stream-interval=4"
   serve_runs 1,64,256 "--stem internvl-2b-h200-slices $si" "--stem internvl-2b-h200-mps $si --mps"
 }
 serve_mps_acc() {  # MPS with 4 gRPC acceptors in each service (the two leads at 256 together), 64/256
-  command -v nvidia-cuda-mps-control || { echo "nvidia-cuda-mps-control is not on PATH"; return 1; }
+  mps_path || return 1
   serve_runs 64,256 "--stem internvl-2b-h200-mps-acc4 --lm-flag=--stream-interval=4 --mps --lm-flag=--grpc-acceptors=4 \
 --vision-flag=--grpc-acceptors=4"
 }
@@ -740,7 +749,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f overlap early_loads int4_attention serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f overlap early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
