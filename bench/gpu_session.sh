@@ -22,6 +22,8 @@
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
+#   serve_dequant_chunks fp16 vs w4a16 + int8 KV at 1/16 with VLM_DEQUANT_CHUNK_MB=16, then w4a16 + int8 KV at 64/256
+#                 without and with it (serving carry)
 #   serve_chunk   fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of 128 tokens, then 2,048 (serving carry)
 #   serve_mps     model (a), w4a16 + int8 KV at concurrency 1/64/256: the two service processes in GPU time slices (the
 #                 default), then sharing it through NVIDIA MPS (--mps; serving carry)
@@ -671,6 +673,17 @@ serve_compare() {  # fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers a
     --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
     --stem internvl-2b-h200-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
+serve_dequant_chunks() {  # prefill-sized w4a16 GEMMs dequantized in 16 MiB stretches that stay in the L2
+  # (VLM_DEQUANT_CHUNK_MB=16, inherited by the services): fp16 vs w4a16 + int8 KV at 1/16, then w4a16 + int8 KV
+  # at 64/256 without and with it (--stream-interval 4)
+  serve_site || return 1
+  VLM_DEQUANT_CHUNK_MB=16 python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 --vision-batch 16 \
+    --output-tokens 128 --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
+    --stem internvl-2b-h200-dequant16-compare 2>&1 | grep -E "c=[0-9]+:|rror|ABORT"
+  local si="--lm-flag=--stream-interval=4"
+  serve_runs 64,256 "--stem internvl-2b-h200-dequant-whole $si"
+  (export VLM_DEQUANT_CHUNK_MB=16; serve_runs 64,256 "--stem internvl-2b-h200-dequant16 $si")
+}
 serve_chunk() {  # fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of at most 128 tokens a step (a step carrying an
   # image's prefill then stays within the w4a16 kernels' row range instead of dequantizing every layer for cuBLAS),
   # then the same with the default 2,048, one call
@@ -749,7 +762,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f overlap early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f overlap serve_dequant_chunks early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
@@ -811,6 +824,7 @@ step serve_sampled 560
 step ncu_attn 150
 step serve_compare 330
 step serve_chunk 560
+step serve_dequant_chunks 580
 step serve_compare_codes 330
 step serve_llava 560
 step serve_llava_compare 560
