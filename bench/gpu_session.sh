@@ -812,7 +812,7 @@ step serve_leads 500
 step wtests 120
 step gemm_new 120
 step gemm_full 300
-step etests 120
+step etests 240
 step prefill 200
 step trace 200
 step quick 150
