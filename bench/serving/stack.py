@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+
+from vlmserve.free_ports import free_ports
 
 CLI = [sys.executable, "-c", "import sys; from vlmserve.cli import main; sys.exit(main())"]
 
@@ -108,12 +109,6 @@ def host_load(before: dict[str, float] | None, after: dict[str, float] | None, w
             "steal_cores": (after["steal"] - before["steal"]) / wall_s}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class StackProcess:
     """Starts the vision + LM services; `address` and the metrics URLs are valid once started."""
 
@@ -121,8 +116,7 @@ class StackProcess:
                  env: dict[str, str] | None = None):
         self.model, self.flags, self.log_path, self.ready_timeout_s = model, flags, log_path, ready_timeout_s
         self.env = {**os.environ, **(env or {})}  # the services' environment: this process's, plus `env`
-        self.port, self.vision_port = free_port(), free_port()
-        self.metrics_port, self.vision_metrics_port = free_port(), free_port()
+        self.port, self.vision_port, self.metrics_port, self.vision_metrics_port = free_ports(4)
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -666,11 +666,11 @@ class CudaRunner final : public StepRunner {
       all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
       normed_linear(w.gate_up, w.post_norm, gate_up_.as(), "rms norm + gate_up proj", "gate_up proj");
+      // The next layer's input norm follows (the final norm, after the last layer, takes only the logit rows).
+      const DeviceBuffer* next_norm = l + 1 < p_.num_layers ? &layers_[l + 1].input_norm : nullptr;
       // Decode sizes: silu(gate) * up computed as the down GEMM stages its input (one launch
       // fewer). Larger steps keep the separate pass: every column block of the GEMM would
       // recompute it for its rows (measured slower at 64 rows).
-      // The next layer's input norm follows (the final norm, after the last layer, takes only the logit rows).
-      const DeviceBuffer* next_norm = l + 1 < p_.num_layers ? &layers_[l + 1].input_norm : nullptr;
       if ((w.down.tensor_core && T <= kFusedSiluMaxRows) || dense_decodes(w.down, T)) {
         update_linear(w.down, gate_up_.as(), delta_.as(), true, next_norm, "silu * up + down proj",
                       "silu * up + down proj + add + rms norm");

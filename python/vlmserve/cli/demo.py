@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from importlib.resources import files
+
+from vlmserve.free_ports import free_ports
 
 
 def register(sub) -> None:
@@ -18,12 +19,6 @@ def register(sub) -> None:
     p.add_argument("--question", default="Describe this image.")
     p.add_argument("--startup-timeout", type=float, default=600.0)
     p.set_defaults(func=run)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_serving(address: str, proc: subprocess.Popen, timeout: float) -> None:
@@ -55,7 +50,7 @@ def run(a) -> int:
               "tower is seeded random: text answers are real, image answers are not)", file=sys.stderr)
         a.model = str(default_vlm_checkpoint())
     image = a.image or str(files("vlmserve") / "data" / "images" / "chelsea.png")
-    port, vport = _free_port(), _free_port()
+    port, vport = free_ports(2)
     cmd = [sys.executable, "-m", "vlmserve.cli", "serve", "stack", a.model, "--port", str(port),
            "--vision-port", str(vport), "--metrics-port", "-1", "--vision-metrics-port", "-1",
            "--log-level", "warning", "--max-batch-size", "8", "--max-model-len", "2048"]
