@@ -59,12 +59,15 @@
 #   decode_matrix_2b, decode_matrix_7b_fp16, decode_matrix_7b_w4a16
 #                 the whole bench/decode table (KV fp16/int8/int4 at batch 1-128, transformers beside fp16 weights),
 #                 one step each (a device call's limit)
-#   early_loads   the decode attention's first tiles loaded before its wait vs after (VLM_ATTENTION_EARLY_LOADS=0):
+#   early_loads   the decode attention's first tiles loaded before its wait (VLM_ATTENTION_EARLY_LOADS=1, off by
+#                 default until this runs) vs after:
 #                 its no-bits test, 2B w4a16 + int8 KV decode at batch 1/16/64 and 7B at batch 1, off then on
-#   reduce_norm   at 5-16 rows the split-K sum of the o and down GEMMs with the RMSNorm after it in one kernel vs two
-#                 (VLM_REDUCE_NORM=0): its no-bits test, 2B w4a16 + int8 KV decode at batch 8/12/16, 7B at 16
-#   int4_attention the tensor-core decode attention over the int4 cache: kernel tests, compute-sanitizer, engine
-#                 tests, 2B w4a16 + int4 KV decode at batch 1/16/64 on the CUDA-core kernel then the tensor cores
+#   reduce_norm   at 5-16 rows the split-K sum of the o and down GEMMs with the RMSNorm after it in one kernel
+#                 (VLM_REDUCE_NORM=1, off by default until this runs) vs two: its no-bits test, 2B w4a16 + int8 KV
+#                 decode at batch 8/12/16, 7B at 16
+#   int4_attention the tensor-core decode attention over the int4 cache (VLM_DECODE_ATTENTION_MMA_INT4=1, off by
+#                 default until this runs): kernel tests, compute-sanitizer, engine tests, 2B w4a16 + int4 KV
+#                 decode at batch 1/16/64 on the CUDA-core kernel then the tensor cores
 #   decode_7b     7B w4a16 + int8 KV at batch 1
 #   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
 #                 transformers, the general w4a16 kernel and fewer attention key slices
@@ -226,7 +229,7 @@ decode_matrix() {  # decode_matrix MODEL WEIGHTS PEERS: issue 3's whole bench/de
 decode_matrix_2b() { decode_matrix 2b fp16,w4a16 1,16,64; }
 decode_matrix_7b_fp16() { decode_matrix 7b fp16 1,16; }
 decode_matrix_7b_w4a16() { decode_matrix 7b w4a16 0; }
-early_loads() {  # the tensor-core decode attention's first tiles loaded before its wait (default) against after: the
+early_loads() {  # the tensor-core decode attention's first tiles loaded before its wait (=1) against after: the
   # no-bits test, then 2B w4a16 + int8 KV at batch 1/16/64 and 7B at batch 1, off then on, one call
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k rope_inside 2>&1 | tail -n 2
   for on in 0 1; do
@@ -236,8 +239,8 @@ early_loads() {  # the tensor-core decode attention's first tiles loaded before 
       --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_7b_early$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
   done
 }
-reduce_norm() {  # at 5-16 rows the o and down GEMMs' split-K sum with the norm after it in one kernel (default)
-  # against the two kernels (VLM_REDUCE_NORM=0): the no-bits test and the norm tests, then 2B w4a16 + int8 KV decode
+reduce_norm() {  # at 5-16 rows the o and down GEMMs' split-K sum with the norm after it in one kernel
+  # (VLM_REDUCE_NORM=1) against the two kernels: the no-bits test and the norm tests, then 2B w4a16 + int8 KV decode
   # at batch 8/12/16 and 7B at 16, off then on
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k split_k_sum 2>&1 | tail -n 3
   python3 -m pytest -q -m gpu tests/kernels/test_rms_norm.py tests/kernels/test_w4a16_rms_norm.py 2>&1 | tail -n 2
@@ -252,9 +255,11 @@ int4_attention() {  # the tensor-core decode attention's int4 form: the kernel t
   # sanitizer on them, the RoPE-inside no-bits tests and the engine's int4 tests, then 2B w4a16 + int4 KV decode at
   # batch 1/16/64 on the CUDA-core kernel (VLM_DECODE_ATTENTION_MMA_INT4=0) and the tensor-core form, and int8 beside
   python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py 2>&1 | tail -n 3
-  PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 \
-    python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py -k int4 2>&1 | tail -n 3
-  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k "rope_inside or int4" 2>&1 | tail -n 3
+  VLM_DECODE_ATTENTION_MMA_INT4=1 PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck \
+    --error-exitcode 9 python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py -k "test_matches_reference and int4" \
+    2>&1 | tail -n 3
+  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k rope_inside 2>&1 | tail -n 3
+  VLM_DECODE_ATTENTION_MMA_INT4=1 python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k int4 2>&1 | tail -n 3
   for on in 0 1; do
     VLM_DECODE_ATTENTION_MMA_INT4=$on python3 bench/decode.py --models 2b --weights w4a16 --kv int4 --batches 1,16,64 \
       --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_int4_mma$on.json" 2>&1 | grep -E "tok/s" | tail -n 3

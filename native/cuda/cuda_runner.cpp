@@ -831,9 +831,10 @@ class CudaRunner final : public StepRunner {
 
   // Whether a GEMM of M rows whose output updates the residual stream runs with the norm after it in the kernel
   // that sums its K slices (w4a16_gemm_rms_norm_next): a w4a16 layer without bias on the general kernel with K
-  // split (5-16 rows), one GPU (a shard's update is all-reduced first), VLM_REDUCE_NORM not 0.
+  // split (5-16 rows), one GPU (a shard's update is all-reduced first), VLM_REDUCE_NORM=1 (off until its GPU
+  // tests and timing have run).
   bool norm_follows_gemm(const DeviceLinear& l, int M) const {
-    static const bool enabled = cuda::env_int("VLM_REDUCE_NORM", 1) != 0;
+    static const bool enabled = cuda::env_int("VLM_REDUCE_NORM", 0) != 0;
     return enabled && !comm_ && l.tensor_core && !l.bias.bytes() && M < w4a16_dequant_gemm_min_rows() &&
            w4a16_gemm_rms_norm_next_applies(M, l.out, l.in, l.group);
   }

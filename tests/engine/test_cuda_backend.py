@@ -275,9 +275,10 @@ np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)}
 def test_norm_in_the_split_k_sum_changes_no_bits(tiny_model_dir, tmp_path):
     """At 5-16 rows the w4a16 GEMMs before a norm (o, down) split K and sum the slices in a kernel of their
     own; that kernel now also adds the update to the residual stream and writes the norm (one launch
-    fewer), with the sum's and the norm kernel's arithmetic, so the same bits as the two kernels
-    (VLM_REDUCE_NORM=0): fourteen AWQ requests queued together (decode steps from 14 rows down to 1, the
-    decode kernel's fused norm below 5), graph-replayed and eager; hidden 1024, so K is split."""
+    fewer; VLM_REDUCE_NORM=1, off by default until measured), with the sum's and the norm kernel's
+    arithmetic, so the same bits as the two kernels: fourteen AWQ requests queued together (decode steps
+    from 14 rows down to 1, the decode kernel's fused norm below 5), graph-replayed and eager; hidden
+    1024, so K is split."""
     import os
     import subprocess
     import sys
@@ -289,8 +290,9 @@ def test_norm_in_the_split_k_sum_changes_no_bits(tiny_model_dir, tmp_path):
                        num_key_value_heads=4)
     dst = write_awq_checkpoint(d, tmp_path / "awq", 128, lambda k, w: quantize_rtn(w, 128))
     runs = {}
-    for name, env in {"fused": {}, "fused_profiled": {"VLM_CUDA_PROFILE": "1"},
-                      "apart_profiled": {"VLM_REDUCE_NORM": "0", "VLM_CUDA_PROFILE": "1"}}.items():
+    for name, env in {"fused": {"VLM_REDUCE_NORM": "1"},
+                      "fused_profiled": {"VLM_REDUCE_NORM": "1", "VLM_CUDA_PROFILE": "1"},
+                      "apart_profiled": {"VLM_CUDA_PROFILE": "1"}}.items():
         out = tmp_path / f"{name}.npz"
         done = subprocess.run([sys.executable, "-c", _REDUCE_NORM_RUN, str(dst), str(out)],
                               env=dict(os.environ, **env), capture_output=True, text=True, timeout=600)
@@ -343,7 +345,8 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     (decode batches from 20 rows, where the engine keeps the RoPE kernel, down to 1 as they finish;
     contexts crossing tiles, key slices and graph bounds). The profiled runs (eager, VLM_CUDA_PROFILE=1)
     show which form each one ran. The attention's first tiles loaded before it waits for the q/k/v GEMM
-    (the default) or after (VLM_ATTENTION_EARLY_LOADS=0): the same bits too."""
+    (VLM_ATTENTION_EARLY_LOADS=1) or after (the default): the same bits too. The int4 shapes run the
+    tensor-core form (VLM_DECODE_ATTENTION_MMA_INT4=1) in every run."""
     import os
     import subprocess
     import sys
@@ -354,7 +357,9 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     for name, env in {"inside": {"VLM_ROPE_IN_ATTENTION": "1"},
                       "inside_profiled": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_CUDA_PROFILE": "1"},
                       "kernel_profiled": {"VLM_ROPE_IN_ATTENTION": "0", "VLM_CUDA_PROFILE": "1"},
-                      "inside_late_loads": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_EARLY_LOADS": "0"}}.items():
+                      "inside_early_loads": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_EARLY_LOADS": "1"}}.items():
+        if kv == "int4":
+            env = dict(env, VLM_DECODE_ATTENTION_MMA_INT4="1")
         out = tmp_path / f"{name}.npz"
         done = subprocess.run([sys.executable, "-c", _ROPE_RUN, str(d), str(out), kv], env=dict(os.environ, **env),
                               capture_output=True, text=True, timeout=600)
@@ -365,7 +370,7 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     assert "gpu  rope + kv write" in runs["kernel_profiled"][1]
     ref = runs["kernel_profiled"][0]
     assert len(ref.files) == 40
-    for name in ("inside", "inside_profiled", "inside_late_loads"):
+    for name in ("inside", "inside_profiled", "inside_early_loads"):
         got = runs[name][0]
         assert sorted(got.files) == sorted(ref.files)
         for key in ref.files:

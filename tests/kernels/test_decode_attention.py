@@ -32,7 +32,8 @@ CASES = [  # kv_dtype, act, head_dim, heads, kv_heads, rows, window
     ("int8", "float16", 128, 16, 8, 4, 37),     # sliding window: tiles cut on both sides
     ("int8", "float16", 128, 16, 8, 128, 0),    # batch 128: one slice per row
     ("int8", "bfloat16", 128, 16, 8, 3, 0),     # bf16 at 128 dims: the CUDA-core kernel
-    # int4 cache, fp16, 128 dims: the tensor-core kernel's nibble form
+    # int4 cache, fp16, 128 dims: the CUDA-core kernel, and (VLM_DECODE_ATTENTION_MMA_INT4=1, the test below)
+    # the tensor-core kernel's nibble form
     ("int4", "float16", 128, 32, 8, 6, 0),      # group 4
     ("int4", "float16", 128, 8, 1, 3, 0),       # group 8
     ("int4", "float16", 128, 32, 32, 2, 0),     # group 1 (7B shape)
@@ -73,6 +74,22 @@ def test_matches_reference(kv_dtype, act, head_dim, heads, kv_heads, rows, windo
     err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
     assert err < TOL[act], f"max error {err:.2e} of the largest output"
     assert torch.equal(out, again)  # deterministic: slices merge in a fixed order
+
+
+def test_int4_on_the_tensor_cores_against_the_reference():
+    """The int4 cases above through the tensor-core kernel (VLM_DECODE_ATTENTION_MMA_INT4=1; read once per
+    process, hence a process of its own running them)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
+                           "-k", "test_matches_reference and int4"], cwd=root, capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, VLM_DECODE_ATTENTION_MMA_INT4="1"))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "8 passed" in done.stdout, done.stdout[-2000:]
 
 
 def test_bad_shapes_are_refused():
