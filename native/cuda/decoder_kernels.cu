@@ -69,15 +69,12 @@ __global__ void add_rms_norm_kernel(float* h, const T* delta, const float* weigh
   for (int k = threadIdx.x; k < hidden; k += blockDim.x) o[k] = from_float<T>(weight[k] * (hr[k] * inv));
 }
 
-// The same with the row in registers: C chunks of 4 elements per thread (hidden <= 4 * C *
-// kNormThreads), 16-byte loads of h, one pass over memory for the add and one for the output.
-// Its arithmetic is rms_norm_row.cuh's, which the w4a16 decode kernel's fused norm shares.
 // The second half of a vectorised norm (kNormThreads threads, the row's float4 elements
 // threadIdx.x + c * kNormThreads in x, this thread's sum of their squares in ss): the warps' sums in warp
 // order, then out_row = weight * x / rms. rms_norm_row.cuh's arithmetic.
 template <class T, int C>
-__device__ __forceinline__ void rms_scaled_row(const float4 (&x)[C], float ss, const float* weight, int hidden, float eps,
-                                               T* out_row) {
+__device__ __forceinline__ void rms_scaled_row(const float4 (&x)[C], float ss, const float* weight, int hidden,
+                                               float eps, T* out_row) {
   __shared__ float partial[kNormThreads / 32];
   const int n4 = hidden / 4;
   ss = warp_sum(ss);
@@ -96,6 +93,9 @@ __device__ __forceinline__ void rms_scaled_row(const float4 (&x)[C], float ss, c
   }
 }
 
+// The same with the row in registers: C chunks of 4 elements per thread (hidden <= 4 * C *
+// kNormThreads), 16-byte loads of h, one pass over memory for the add and one for the output.
+// Its arithmetic is rms_norm_row.cuh's, which the w4a16 decode kernel's fused norm shares.
 template <class T, int C>
 __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(float* h, const T* delta, const float* weight,
                                                                          const int32_t* select, int hidden, float eps,
@@ -305,7 +305,8 @@ cudaError_t add_rms_norm(ActType act, float* h, const void* delta, const float* 
 bool splitk_reduce_rms_norm_applies(int hidden) { return hidden % 4 == 0 && hidden / 4 <= 8 * kNormThreads; }
 
 cudaError_t splitk_reduce_rms_norm(ActType act, const float* partial, int splits, void* delta, float* h,
-                                   const float* weight, int rows, int hidden, float eps, void* out, cudaStream_t stream) {
+                                   const float* weight, int rows, int hidden, float eps, void* out,
+                                   cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
   if (!splitk_reduce_rms_norm_applies(hidden) || splits < 1) return cudaErrorInvalidValue;
   return act == ActType::F16

@@ -504,12 +504,14 @@ cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz
   if (p.codes()) return launch_codes<T, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
   if (p.swap && p.unroll == 8)
     return launch<T, 1, 8, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
-  if (p.swap) return launch<T, 1, kUnroll, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
+  if (p.swap)
+    return launch<T, 1, kUnroll, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
   if (p.mt == 1 && p.unroll == 8)
     return launch<T, 1, 8, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
   if (p.mt == 1)
     return launch<T, 1, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
-  if (p.mt == 2) return launch<T, 2, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
+  if (p.mt == 2)
+    return launch<T, 2, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
   return launch<T, 4, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
 }
 
