@@ -229,27 +229,26 @@ decode_matrix() {  # decode_matrix MODEL WEIGHTS PEERS: issue 3's whole bench/de
 decode_matrix_2b() { decode_matrix 2b fp16,w4a16 1,16,64; }
 decode_matrix_7b_fp16() { decode_matrix 7b fp16 1,16; }
 decode_matrix_7b_w4a16() { decode_matrix 7b w4a16 0; }
+decode_ab() {  # decode_ab SETTING STEM B2 B7: 2B w4a16 + int8 KV decode at batches B2 and 7B at B7, SETTING=0 then 1
+  local var=$1 stem=$2 b2=$3 b7=$4 on
+  for on in 0 1; do
+    env "$var=$on" python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches "$b2" --peer-batches 0 \
+      --work /tmp/decode-models --out "$RES/decode_2b_$stem$on.json" 2>&1 | grep -E "tok/s" | tail -n 3
+    env "$var=$on" python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches "$b7" --peer-batches 0 \
+      --work /tmp/decode-models --out "$RES/decode_7b_$stem$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
+  done
+}
 early_loads() {  # the tensor-core decode attention's first tiles loaded before its wait (=1) against after: the
   # no-bits test, then 2B w4a16 + int8 KV at batch 1/16/64 and 7B at batch 1, off then on, one call
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k rope_inside 2>&1 | tail -n 2
-  for on in 0 1; do
-    VLM_ATTENTION_EARLY_LOADS=$on python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 \
-      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_early$on.json" 2>&1 | grep -E "tok/s" | tail -n 3
-    VLM_ATTENTION_EARLY_LOADS=$on python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 \
-      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_7b_early$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
-  done
+  decode_ab VLM_ATTENTION_EARLY_LOADS early 1,16,64 1
 }
 reduce_norm() {  # at 5-16 rows the o and down GEMMs' split-K sum with the norm after it in one kernel
   # (VLM_REDUCE_NORM=1) against the two kernels: the no-bits test and the norm tests, then 2B w4a16 + int8 KV decode
   # at batch 8/12/16 and 7B at 16, off then on
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k split_k_sum 2>&1 | tail -n 3
   python3 -m pytest -q -m gpu tests/kernels/test_rms_norm.py tests/kernels/test_w4a16_rms_norm.py 2>&1 | tail -n 2
-  for on in 0 1; do
-    VLM_REDUCE_NORM=$on python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 8,12,16 \
-      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_reduce_norm$on.json" 2>&1 | grep -E "tok/s" | tail -n 3
-    VLM_REDUCE_NORM=$on python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 16 \
-      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_7b_reduce_norm$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
-  done
+  decode_ab VLM_REDUCE_NORM reduce_norm 8,12,16 16
 }
 int4_attention() {  # the tensor-core decode attention's int4 form: the kernel tests (int4 and int8 cases), compute-
   # sanitizer on them, the RoPE-inside no-bits tests and the engine's int4 tests, then 2B w4a16 + int4 KV decode at
@@ -781,7 +780,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f overlap serve_dequant_chunks early_loads reduce_norm int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f overlap serve_dequant_chunks decode_ab early_loads reduce_norm int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
