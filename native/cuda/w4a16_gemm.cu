@@ -29,6 +29,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <map>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 
@@ -542,20 +543,28 @@ cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void*
   return dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
 }
 
-bool w4a16_gemm_rms_norm_next_applies(int M, int N, int K, int group) {
+namespace {
+// The general kernel's plan for a GEMM whose K-slice sum takes the norm after it, or nullopt where none applies.
+std::optional<Plan> norm_next_plan(int M, int N, int K, int group) {
   if (w4a16_decode_applies(M, N, K, group) || w4a16_wgmma_applies(M, N, K, group) ||
       !cuda::splitk_reduce_rms_norm_applies(N))
-    return false;
+    return std::nullopt;
   const Plan p = make_plan(M, N, K, group);
-  return p.ok && p.splits > 1 && !p.fold;
+  if (!p.ok || p.splits == 1 || p.fold) return std::nullopt;
+  return p;
+}
+}  // namespace
+
+bool w4a16_gemm_rms_norm_next_applies(int M, int N, int K, int group) {
+  return norm_next_plan(M, N, K, group).has_value();
 }
 
 cudaError_t w4a16_gemm_rms_norm_next(const void* a, const void* w, const void* sz, void* c, int M, int N, int K,
                                      int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up,
                                      float* h, const float* norm_weight, float eps, void* norm_out) {
-  if (!w4a16_gemm_rms_norm_next_applies(M, N, K, group) || workspace == nullptr || !h || !norm_weight || !norm_out)
-    return cudaErrorInvalidValue;
-  const Plan p = make_plan(M, N, K, group);
+  const std::optional<Plan> plan = norm_next_plan(M, N, K, group);
+  if (!plan || workspace == nullptr || !h || !norm_weight || !norm_out) return cudaErrorInvalidValue;
+  const Plan& p = *plan;
   const NormNext next{h, norm_weight, eps, norm_out};
   if (bf16)
     return dispatch<__nv_bfloat16>(p, a, w, sz, nullptr, c, M, N, K, group, workspace, a_is_gate_up, stream, &next);
