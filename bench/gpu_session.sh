@@ -68,6 +68,9 @@
 #   int4_attention the tensor-core decode attention over the int4 cache (VLM_DECODE_ATTENTION_MMA_INT4=1, off by
 #                 default until this runs): kernel tests, compute-sanitizer, engine tests, 2B w4a16 + int4 KV
 #                 decode at batch 1/16/64 on the CUDA-core kernel then the tensor cores
+#   decode_plan_sweep every plan of the decode-size w4a16 kernel (strips a block 1/2/4 x K slices a cluster 1-8,
+#                 pinned) against the default one, 8 layers at M = 1/2/4 (bench/decode_plan_sweep.py), then the
+#                 plan tests
 #   decode_7b     7B w4a16 + int8 KV at batch 1
 #   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
 #                 transformers, the general w4a16 kernel and fewer attention key slices
@@ -265,6 +268,11 @@ int4_attention() {  # the tensor-core decode attention's int4 form: the kernel t
   done
   python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64 --peer-batches 0 \
     --work /tmp/decode-models --out "$RES/decode_2b_int8_beside.json" 2>&1 | grep -E "tok/s" | tail -n 3
+}
+decode_plan_sweep() {  # every pinned plan of the decode-size w4a16 kernel against the default, then its tests (which
+  # also check that the plan the library reports is the pinned one)
+  python3 bench/decode_plan_sweep.py --out "$RES/decode_plan_sweep.json" 2>&1 | tail -n 24
+  python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py 2>&1 | tail -n 2
 }
 decode_7b() {  # the 7B shape at batch 1, w4a16 + int8 KV
   python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
@@ -780,13 +788,14 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f overlap serve_dequant_chunks decode_ab early_loads reduce_norm int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads reduce_norm int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
 step overlap 400
 step serve_overlap 580
 step early_loads 500
+step decode_plan_sweep 540
 step reduce_norm 500
 step int4_attention 560
 step serve_mps 580

@@ -397,6 +397,13 @@ bool w4a16_decode_applies(int M, int N, int K, int group) {
   return applicable_plan(M, N, K, group) != nullptr;
 }
 
+void w4a16_decode_plan(int M, int N, int K, int group, int* strips_per_block, int* k_slices, int* unit_steps) {
+  const Plan* p = applicable_plan(M, N, K, group);
+  *strips_per_block = p ? p->S : 0;
+  *k_slices = p ? p->C : 0;
+  *unit_steps = p ? p->U : 0;
+}
+
 cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
                               int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up) {
   const Plan* p = applicable_plan(M, N, K, group);

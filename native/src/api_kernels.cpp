@@ -83,6 +83,19 @@ int vlm_w4a16_wgmma_plan(int32_t m, int32_t n, int32_t k, int32_t group_size, in
   });
 }
 
+int vlm_w4a16_decode_plan(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* strips_per_block,
+                          int32_t* k_slices, int32_t* unit_steps) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(strips_per_block && k_slices && unit_steps, "NULL output");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+    int s = 0, c = 0, u = 0;
+#ifdef VLM_HAVE_CUDA
+    vlm::w4a16_decode_plan(m, n, k, group_size, &s, &c, &u);
+#endif
+    *strips_per_block = s, *k_slices = c, *unit_steps = u;
+  });
+}
+
 int vlm_w4a16_dequant_gemm_min_rows(int32_t* rows) {
   return vlm::guarded([&] {
     VLM_CHECK_ARG(rows, "NULL output");

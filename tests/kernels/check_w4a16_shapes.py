@@ -10,6 +10,8 @@ import sys
 
 from w4a16_reference import report, rms_norm_gemm_failures, shapes_failures
 
+from vlmserve.kernels import w4a16_decode_plan
+
 # Rows 1-4 take the decode kernel on Hopper, the rest the general kernel (ragged row counts of both).
 # With VLM_W4A16_GEMM_CODES=1 rows up to 16 take its codes form, whose batches of 8 steps hold a group of
 # 128 or two of 64 (K a multiple of 128), of 4 steps one of 64 (K = 192, 320; and 12-16 rows at group 64).
@@ -19,8 +21,34 @@ SHAPES = [(1, 64, 128, 64), (1, 2048, 2048, 128), (3, 320, 4224, 64), (4, 1280, 
           (17, 1280, 2048, 128), (6, 512, 192, 64), (14, 512, 320, 64), (11, 2048, 8192, 128)]
 
 
+def plan_failures() -> tuple[int, list[str]]:
+    """The plan the library reports is the one the settings ask for (bench/decode_plan_sweep.py relies on it):
+    none with VLM_W4A16_DECODE=0 or above 4 rows, the pinned strips and slices where pinned."""
+    decode_on = os.environ.get("VLM_W4A16_DECODE", "1") != "0"
+    pinned = [int(os.environ.get(f"VLM_W4A16_DECODE_{v}", "0") or 0) for v in ("S", "C")]
+    checks, lines, planned = 0, [], 0
+    for m, n, k, group in SHAPES:
+        plan = w4a16_decode_plan(m, n, k, group)
+        checks += 1
+        if not decode_on or m > 4:
+            if plan != (0, 0, 0):
+                lines.append(f"plan {plan} at M={m} {n}x{k} where the decode kernel should not run")
+            continue
+        if plan[0] == 0:
+            continue  # does not apply (shared memory): the general kernel runs, and was checked above
+        planned += 1
+        for want, got, name in zip(pinned, plan, ("S", "C")):
+            if want and got != want:
+                lines.append(f"plan {plan} at M={m} {n}x{k}: {name} {got}, pinned {want}")
+    if decode_on and planned == 0:
+        lines.append("no shape of up to 4 rows has a decode plan: the decode kernel never ran")
+    return checks, lines
+
+
 def main() -> int:
     checks, lines = shapes_failures(SHAPES)
+    more, failed = plan_failures()
+    checks, lines = checks + more, lines + failed
     if os.environ.get("VLM_W4A16_DECODE", "1") != "0":  # the decode kernel's fused norm
         for m, n, k, group in SHAPES:
             for dtype in ("float16", "bfloat16"):

@@ -19,3 +19,13 @@ def test_draw_rows_refuses_host_tensors_and_wrong_shapes():
 def test_stream_read_refuses_host_tensors():
     with pytest.raises(InvalidArgumentError, match="contiguous CUDA tensor"):
         stream_read(torch.zeros(64, dtype=torch.int32), None)
+
+
+def test_decode_plan_query_refuses_bad_shapes():
+    from vlmserve import _native
+    from vlmserve.kernels import w4a16_decode_plan
+
+    with pytest.raises(InvalidArgumentError):
+        w4a16_decode_plan(1, 2048, 2000, 128)  # K not a multiple of the group
+    if _native.lib().vlm_cuda_device_count() == 0:  # no GPU here: no decode kernel runs any shape
+        assert w4a16_decode_plan(1, 2048, 2048, 128) == (0, 0, 0)
