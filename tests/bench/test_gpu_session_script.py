@@ -144,3 +144,17 @@ def test_every_step_is_a_defined_exported_function():
         exported.update(m.group(1).split())
     assert not [s for s in steps if s not in defined], "steps without a function"
     assert not [s for s in steps if s not in exported], "steps whose function is not exported to the step's shell"
+
+
+def test_steps_stay_within_the_calls_budget_and_results_are_packed(tmp_path):
+    # A step that would run past the call's budget is cut to what is left; one that cannot start in time is
+    # skipped, and the archive still holds what was done (the device call's own limit would take it all).
+    def run(budget: int, out: Path) -> str:
+        proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "STEPS": "pyenv", "CALL_BUDGET_S": str(budget), "OUT": str(out)})
+        assert (out / "results-pyenv.tgz").is_file()
+        return proc.stdout
+
+    assert re.search(r"== pyenv cut to \d+ s \(the call's budget; its own limit 30 s\)", run(25, tmp_path / "a"))
+    assert "== pyenv skipped: the call's budget is spent" in run(12, tmp_path / "b")
+    assert "cut to" not in run(600, tmp_path / "c")
