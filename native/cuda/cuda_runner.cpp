@@ -97,10 +97,10 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// Page-locked host memory, grown as needed (at least doubling: allocating it is slow, and the step's metadata
-// grows a little with every token): copies to and from it are queued on the stream and return at once. Each
-// launched step has its own (two alternate), grown only when its previous step has been collected, so no copy
-// is in flight when it moves.
+// Page-locked host memory, grown as needed (at least doubling, up to a cap where one is given: allocating it is
+// slow, and the step's metadata grows a little with every token): copies to and from it are queued on the stream
+// and return at once. Each launched step has its own (two alternate), grown only when its previous step has been
+// collected, so no copy is in flight when it moves.
 class PinnedBuffer {
  public:
   PinnedBuffer() = default;
@@ -110,19 +110,32 @@ class PinnedBuffer {
     if (p_) cudaFreeHost(p_);
   }
   void reserve(size_t bytes) {
-    if (bytes <= bytes_) return;
-    bytes = std::max(bytes, 2 * bytes_);
-    if (p_) cudaFreeHost(p_);
-    p_ = nullptr;
-    bytes_ = 0;
-    const cudaError_t e = cudaMallocHost(&p_, bytes);
+    const cudaError_t e = grow(bytes, SIZE_MAX);
     VLM_CHECK(e == cudaSuccess, VLM_ERR_OUT_OF_MEMORY,
               "cannot allocate " << bytes << " bytes of page-locked host memory: " << cudaGetErrorString(e));
-    bytes_ = bytes;
+  }
+  // For buffers that have an ordinary-memory way round: false (and the buffer empty) where the page-locked
+  // memory cannot be had; growth stops at `cap` bytes (at least `bytes`).
+  bool try_reserve(size_t bytes, size_t cap) {
+    if (grow(bytes, cap) == cudaSuccess) return true;
+    cudaGetLastError();  // not sticky: leave no error for the step's own checks to find
+    return false;
   }
   template <class T = void> T* as() const { return static_cast<T*>(p_); }
 
  private:
+  cudaError_t grow(size_t bytes, size_t cap) {
+    if (bytes <= bytes_) return cudaSuccess;
+    bytes = std::max(bytes, std::min(2 * bytes_, cap));
+    if (p_) cudaFreeHost(p_);
+    p_ = nullptr;
+    bytes_ = 0;
+    const cudaError_t e = cudaMallocHost(&p_, bytes);
+    if (e == cudaSuccess) bytes_ = bytes;
+    else p_ = nullptr;
+    return e;
+  }
+
   void* p_ = nullptr;
   size_t bytes_ = 0;
 };
@@ -458,9 +471,23 @@ class CudaRunner final : public StepRunner {
   }
 
  private:
+  // Queues one step (queue_step). Where that fails part way, some of its uploads from this slot's page-locked
+  // buffers, and kernels reading the device buffers, may already be queued, and the slot is not marked used (the
+  // engine finishes the step's requests with the error and goes on): waiting for them here keeps the next step,
+  // which takes the same slot and buffers, from overwriting what they still read.
+  void launch_step(const StepBatch& b, StepOutput* direct) {
+    try {
+      queue_step(b, direct);
+    } catch (...) {
+      cudaStreamSynchronize(stream_);
+      cudaGetLastError();  // its error, if any, is the one being thrown
+      throw;
+    }
+  }
+
   // Queues one step. Whole rows are copied into `direct`'s logits when given (the caller collects at once),
   // else into the step's page-locked buffers, so that the host can plan the next step while this one runs.
-  void launch_step(const StepBatch& b, StepOutput* direct) {
+  void queue_step(const StepBatch& b, StepOutput* direct) {
     const int64_t t_entry = cuda::StepProfiler::now();
     VLM_CHECK(queued_.size() < 2, VLM_ERR_INTERNAL, "a third step launched before the first was collected");
     VLM_CUDA_CHECK(cudaSetDevice(device_));
@@ -503,8 +530,7 @@ class CudaRunner final : public StepRunner {
     if (!b.embedding_rows.empty()) {
       const size_t n = b.embedding_rows.size(), bytes = n * H * sizeof(float);
       float* rows = nullptr;
-      if (bytes <= pinned_rows_max) {
-        c.splice.reserve(bytes);
+      if (bytes <= pinned_rows_max && c.splice.try_reserve(bytes, pinned_rows_max)) {
         rows = c.splice.as<float>();
       } else {
         splice_host_.resize(n * H);
@@ -562,12 +588,11 @@ class CudaRunner final : public StepRunner {
     if (direct) {
       direct->logits.resize(full * V);
       rows_host = direct->logits.data();
-    } else if (full > 0 && full * V * 4 > pinned_rows_max) {
+    } else if (full > 0 && full * V * 4 <= pinned_rows_max && c.logits.try_reserve(full * V * 4, pinned_rows_max)) {
+      rows_host = c.logits.as<float>();
+    } else if (full > 0) {  // past the limit, or no page-locked memory to be had
       pageable.resize(full * V);
       rows_host = pageable.data();
-    } else if (full > 0) {
-      c.logits.reserve(full * V * 4);
-      rows_host = c.logits.as<float>();
     }
     if (full == (size_t)R && R > 0) {
       VLM_CUDA_CHECK(cudaMemcpyAsync(rows_host, logits_d_.as(), (size_t)R * V * 4, cudaMemcpyDeviceToHost, stream_));
@@ -630,7 +655,7 @@ class CudaRunner final : public StepRunner {
                              const DeviceBuffer* next_norm, const char* phase, const char* fused_phase) {
       if (next_norm && !fuse_norms && norm_follows_gemm(l, T)) {
         mark(fused_phase);
-        grow_zeroed(workspace_, w4a16_workspace_bytes(T, l.out, l.in, l.group));  // its split-K counters
+        grow_zeroed(workspace_, w4a16_workspace_bytes(T, l.out, l.in, l.group));  // its fp32 partials (no counters: fold is off)
         VLM_CUDA_CHECK(w4a16_gemm_rms_norm_next(x, l.w.as(), l.scale.as(), y, T, l.out, l.in, l.group, bf16_,
                                                 workspace_.as(), stream_, gate_up_input, h, next_norm->as<float>(),
                                                 p_.rms_norm_eps, x_.as()));
@@ -831,11 +856,13 @@ class CudaRunner final : public StepRunner {
 
   // Whether a GEMM of M rows whose output updates the residual stream runs with the norm after it in the kernel
   // that sums its K slices (w4a16_gemm_rms_norm_next): a w4a16 layer without bias on the general kernel with K
-  // split (5-16 rows), one GPU (a shard's update is all-reduced first), VLM_REDUCE_NORM=1 (off until its GPU
-  // tests and timing have run).
+  // split, 5-16 rows (the decode batches it is for and its test covers; above 16 the general kernel's other
+  // plans, which only GPUs without the wgmma kernel run), one GPU (a shard's update is all-reduced first),
+  // VLM_REDUCE_NORM=1 (off until its GPU tests and timing have run).
   bool norm_follows_gemm(const DeviceLinear& l, int M) const {
     static const bool enabled = cuda::env_int("VLM_REDUCE_NORM", 0) != 0;
-    return enabled && !comm_ && l.tensor_core && !l.bias.bytes() && M < w4a16_dequant_gemm_min_rows() &&
+    return enabled && !comm_ && l.tensor_core && !l.bias.bytes() && M <= kFusedSiluMaxRows &&
+           M < w4a16_dequant_gemm_min_rows() &&
            w4a16_gemm_rms_norm_next_applies(M, l.out, l.in, l.group);
   }
 

@@ -242,6 +242,11 @@ bool decode_attention_writes_kv(ActType act, int num_heads, const KvView& cache)
   return enabled && decode_attention_supports(num_heads, cache) && decode_attention_mma_applies(act, num_heads, cache);
 }
 
+int decode_attention_form(ActType act, int num_heads, const KvView& cache) {
+  if (!decode_attention_supports(num_heads, cache)) return 0;
+  return decode_attention_mma_applies(act, num_heads, cache) ? 2 : 1;
+}
+
 cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                              int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
                              int* arrivals, cudaStream_t stream, const RopeSource* rope) {

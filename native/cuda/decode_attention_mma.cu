@@ -29,8 +29,8 @@
 //    P·V, bytes of two keys are interleaved half-word by half-word first (one byte permute per four dims),
 //    so n-tile j is still dim 16 n + j. Scale, zero and the 1024 are applied as for int8 (value = code ·
 //    scale + zero in both). A lane's loads are half as long: 16 bytes of each K row, 8 of each V row.
-//  - Each lane's loads of the next tile are in flight while the current one is computed (202 registers:
-//    two blocks an SM, which the split plan counts with).
+//  - Each lane's loads of the next tile are in flight while the current one is computed (197-202 registers
+//    for int8: two blocks an SM; 164-168 for int4: three; the split plan asks the occupancy of both forms).
 //  - With RoPE inside (the engine's decode steps; rope_and_cache_write() does not run): q comes straight
 //    from the stacked q/k/v GEMM's output and is rotated here, and the block whose slice holds the row's
 //    own position writes that position's K (rotated) and V rows into the cache before it loads a tile.
@@ -38,6 +38,7 @@
 //    quantization are the RoPE kernel's own functions (rope_kv_write.cuh), so the bits are the same.
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "cuda/attention_splits.cuh"
@@ -401,16 +402,20 @@ cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, cons
   return launch_codes<G, false>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope, stream);
 }
 
-// The form with RoPE inside holds the more registers (the split plan counts blocks per SM with it).
+// Blocks an SM holds of the form (with or without RoPE inside) that holds fewer: the split plan counts with it.
+// (ptxas, sm_90a: the two forms differ by a few registers, either way round, within one allocation step.)
 template <int G, bool I4>
 int resident() {
-  int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, decode_attention_mma_kernel<G, true, I4>, kThreads, 0) !=
-      cudaSuccess) {
-    cudaGetLastError();  // not sticky: leave no error for the next call to find
-    n = 0;
+  int fewest = 0;
+  for (auto kernel : {decode_attention_mma_kernel<G, true, I4>, decode_attention_mma_kernel<G, false, I4>}) {
+    int n = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess) {
+      cudaGetLastError();  // not sticky: leave no error for the next call to find
+      n = 0;
+    }
+    fewest = fewest == 0 ? n : std::min(fewest, n);
   }
-  return n > 0 ? n : 1;
+  return fewest > 0 ? fewest : 1;
 }
 
 }  // namespace

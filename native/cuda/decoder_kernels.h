@@ -112,6 +112,9 @@ bool decode_attention_supports(int num_heads, const KvView& cache);
 // Whether decode steps of this shape can take the attention with RoPE and the K/V write inside (the
 // tensor-core form: fp16 activations, int8 cache, 128-dim heads), and VLM_ROPE_IN_ATTENTION is not 0.
 bool decode_attention_writes_kv(ActType act, int num_heads, const KvView& cache);
+// Which kernel decode_attention() runs for this shape here: 2 the tensor-core form, 1 the CUDA-core kernel,
+// 0 neither (an unsupported shape: paged_attention() takes it another way).
+int decode_attention_form(ActType act, int num_heads, const KvView& cache);
 cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMeta& meta, int rows, int num_heads,
                              int sliding_window, int max_context, int num_sms, const KvView& cache, void* workspace,
                              int* arrivals, cudaStream_t stream, const RopeSource* rope = nullptr);

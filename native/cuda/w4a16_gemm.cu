@@ -473,6 +473,8 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
                                          static_cast<const T*>(residual), static_cast<T*>(c),
                                          p.splits > 1 ? partial : nullptr, p.fold ? arrivals : nullptr, M, N, K,
                                          group, p.quantum, p.max_slice, silu_up);
+  // A norm asked for cannot be skipped: the caller would read a stale one (norm_next_plan excludes these plans).
+  if (e == cudaSuccess && next && (p.splits == 1 || p.fold)) return cudaErrorInvalidValue;
   if (e != cudaSuccess || p.splits == 1 || p.fold) return e;
   if (next)
     return cuda::splitk_reduce_rms_norm(std::is_same_v<T, __half> ? cuda::ActType::F16 : cuda::ActType::BF16, partial,

@@ -171,6 +171,13 @@ VLM_API int vlm_prefill_attention(const void* q, void* out, int32_t rows, int32_
  * Asynchronous on `stream`. CUDA builds only (else VLM_ERR_UNSUPPORTED). */
 VLM_API int vlm_decode_attention_workspace_bytes(int32_t rows, int32_t num_heads, int32_t kv_heads,
                                                  int32_t head_dim, int32_t max_context, int64_t* bytes);
+/* Which kernel vlm_decode_attention runs for this shape on this GPU and build:
+ * *form 2 the tensor-core form, 1 the CUDA-core kernel, 0 another (a shape
+ * neither takes); 0 in builds without CUDA. VLM_DECODE_ATTENTION_MMA and
+ * VLM_DECODE_ATTENTION_MMA_INT4 are read once per process. For tests that must
+ * know which kernel they checked. */
+VLM_API int vlm_decode_attention_form(int32_t num_heads, int32_t kv_heads, int32_t head_dim, int32_t act_dtype,
+                                      int32_t kv_dtype, int32_t block_size, int32_t* form);
 VLM_API int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_heads, int32_t kv_heads,
                                  int32_t head_dim, int32_t act_dtype, int32_t kv_dtype, int32_t block_size,
                                  const void* k_cache, const void* v_cache, const void* k_scale_zero,

@@ -386,6 +386,28 @@ int vlm_decode_attention_workspace_bytes(int32_t rows, int32_t num_heads, int32_
   });
 }
 
+int vlm_decode_attention_form(int32_t num_heads, int32_t kv_heads, int32_t head_dim, int32_t act_dtype,
+                              int32_t kv_dtype, int32_t block_size, int32_t* form) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(form, "NULL output");
+    check_decode_attention_shape(1, num_heads, kv_heads, head_dim, 1);
+    const int32_t no_array = 0;  // the query reads no scale/zero arrays: this stands in for them
+    check_cache_args(act_dtype, kv_dtype, &no_array, &no_array, block_size, 1, 0);
+    *form = 0;
+#ifdef VLM_HAVE_CUDA
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+      cudaGetLastError();  // no GPU: no kernel runs (and no error is left behind)
+      return;
+    }
+    const vlm::cuda::KvView kv = kv_view_of(kv_dtype, block_size, kv_heads, head_dim, nullptr, nullptr, nullptr, nullptr);
+    *form = vlm::cuda::decode_attention_form(act_dtype == VLM_DTYPE_BF16 ? vlm::cuda::ActType::BF16
+                                                                         : vlm::cuda::ActType::F16,
+                                             num_heads, kv);
+#endif
+  });
+}
+
 int vlm_decode_attention(const void* q, void* out, int32_t rows, int32_t num_heads, int32_t kv_heads,
                          int32_t head_dim, int32_t act_dtype, int32_t kv_dtype, int32_t block_size, const void* k_cache,
                          const void* v_cache, const void* k_scale_zero, const void* v_scale_zero,

@@ -233,6 +233,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vlm_prefill_attention": (c.c_int, [c.c_void_p, c.c_void_p] + [c.c_int32] * 7 + [c.c_void_p] * 6
                                   + [c.c_int32, c.c_void_p, c.c_int32, c.c_int32, c.c_void_p, c.c_void_p]),
         "vlm_decode_attention_workspace_bytes": (c.c_int, [c.c_int32] * 5 + [c.POINTER(c.c_int64)]),
+        "vlm_decode_attention_form": (c.c_int, [c.c_int32] * 6 + [c.POINTER(c.c_int32)]),
         "vlm_decode_attention": (c.c_int, [c.c_void_p, c.c_void_p] + [c.c_int32] * 7
                                  + [c.c_void_p] * 6 + [c.c_int32] * 3 + [c.c_void_p, c.c_void_p]),
     }

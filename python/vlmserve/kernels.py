@@ -251,6 +251,18 @@ def decode_attention_workspace_bytes(rows: int, num_heads: int, kv_heads: int, h
     return out.value
 
 
+def decode_attention_form(num_heads: int, kv_heads: int, head_dim: int, *, kv_dtype: str, act_dtype: str = "float16",
+                          block_size: int = 16) -> str:
+    """Which kernel decode_attention() runs for this shape here: "tensor cores", "cuda cores" or "other"."""
+    form = ctypes.c_int32()
+    if act_dtype not in ("float16", "bfloat16") or kv_dtype not in KV_DTYPES:
+        raise InvalidArgumentError(f"act_dtype must be float16 or bfloat16 and kv_dtype one of {sorted(KV_DTYPES)}; "
+                                   f"got {act_dtype!r}, {kv_dtype!r}")
+    check(_native.lib().vlm_decode_attention_form(num_heads, kv_heads, head_dim, _act_dtype(act_dtype == "bfloat16"),
+                                                  KV_DTYPES[kv_dtype], block_size, ctypes.byref(form)))
+    return {2: "tensor cores", 1: "cuda cores"}.get(form.value, "other")
+
+
 def decode_attention(q, k_cache, v_cache, positions, block_tables, *, kv_dtype: str, kv_heads: int, head_dim: int,
                      block_size: int, k_scale_zero=None, v_scale_zero=None, sliding_window: int = 0,
                      max_context: int | None = None, out=None, workspace=None):

@@ -5,6 +5,8 @@ query groups 1-16, ragged contexts from 1 key, shuffled block tables, sliding
 windows, poisoned outputs, and bit-identical repeats. Needs a CUDA GPU."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -85,11 +87,28 @@ def test_int4_on_the_tensor_cores_against_the_reference():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, VLM_DECODE_ATTENTION_MMA_INT4="1")
+    # The kernel those cases then run (else they would pass on the CUDA-core kernel, unnoticed).
+    form = subprocess.run([sys.executable, "-c", "from vlmserve.kernels import decode_attention_form as f; "
+                           "print(f(32, 8, 128, kv_dtype='int4'), f(16, 16, 128, kv_dtype='int4'), sep=';')"],
+                          cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert form.returncode == 0, form.stderr[-2000:]
+    assert form.stdout.strip() == "tensor cores;tensor cores", form.stdout
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
                            "-k", "test_matches_reference and int4"], cwd=root, capture_output=True, text=True,
-                          timeout=900, env=dict(os.environ, VLM_DECODE_ATTENTION_MMA_INT4="1"))
+                          timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "8 passed" in done.stdout, done.stdout[-2000:]
+
+
+def test_int4_takes_the_cuda_core_kernel_by_default():
+    from vlmserve.kernels import decode_attention_form
+
+    if os.environ.get("VLM_DECODE_ATTENTION_MMA_INT4", "0") != "0":
+        pytest.skip("VLM_DECODE_ATTENTION_MMA_INT4 is set in this process: the default is not what runs here")
+    assert decode_attention_form(32, 8, 128, kv_dtype="int4") == "cuda cores"
+    assert decode_attention_form(32, 8, 128, kv_dtype="int8") == "tensor cores"
+    assert decode_attention_form(32, 8, 64, kv_dtype="int8") == "cuda cores"  # the tensor-core form: 128 dims
 
 
 def test_bad_shapes_are_refused():

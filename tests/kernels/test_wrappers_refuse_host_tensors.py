@@ -29,3 +29,17 @@ def test_decode_plan_query_refuses_bad_shapes():
         w4a16_decode_plan(1, 2048, 2000, 128)  # K not a multiple of the group
     if _native.lib().vlm_cuda_device_count() == 0:  # no GPU here: no decode kernel runs any shape
         assert w4a16_decode_plan(1, 2048, 2048, 128) == (0, 0, 0)
+
+
+def test_attention_form_query_refuses_bad_arguments():
+    from vlmserve import _native
+    from vlmserve.kernels import decode_attention_form
+
+    with pytest.raises(InvalidArgumentError, match="multiple of kv_heads"):
+        decode_attention_form(12, 8, 128, kv_dtype="int8")
+    with pytest.raises(InvalidArgumentError, match="power of two"):
+        decode_attention_form(32, 8, 128, kv_dtype="int8", block_size=24)
+    with pytest.raises(InvalidArgumentError, match="kv_dtype one of"):
+        decode_attention_form(32, 8, 128, kv_dtype="int3")
+    if _native.lib().vlm_cuda_device_count() == 0:  # no GPU here: neither kernel runs
+        assert decode_attention_form(32, 8, 128, kv_dtype="int8") == "other"
