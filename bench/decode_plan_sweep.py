@@ -53,8 +53,11 @@ def child(layers: list[str], ms: list[int]) -> None:
                 x = torch.randn(m, k, device=dev, dtype=torch.float16)
                 out = torch.empty(m, n, device=dev, dtype=torch.float16)
                 work = torch.zeros(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
-                row["us"] = 1e6 * time_graph(lambda i: w4a16_gemm(x, ws[i % len(ws)], sz_d, n, GROUP, out=out,
-                                                                  workspace=work))
+                try:
+                    row["us"] = 1e6 * time_graph(lambda i: w4a16_gemm(x, ws[i % len(ws)], sz_d, n, GROUP, out=out,
+                                                                      workspace=work))
+                except Exception as e:  # a plan that cannot launch is a finding, not the end of the sweep
+                    row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             print(json.dumps(row), flush=True)
         del ws
         torch.cuda.empty_cache()
@@ -70,9 +73,12 @@ def run_config(s: int, c: int, layers: list[str], ms: list[int]) -> list[dict]:
         env["VLM_W4A16_DECODE_C"] = str(c)
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--layers", ",".join(layers),
                            "--ms", ",".join(map(str, ms))], env=env, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"S={s} C={c}: the timing process failed:\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0:  # reported with what it measured before; the sweep goes on
+        print(f"S={s} C={c}: the timing process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}",
+              file=sys.stderr)
+        rows.append({"layer": None, "m": None, "plan": None, "us": None,
+                     "error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] or ''}"})
     for r in rows:
         r["pinned"] = [s, c]
     return rows
@@ -81,7 +87,7 @@ def run_config(s: int, c: int, layers: list[str], ms: list[int]) -> list[dict]:
 def summarize(rows: list[dict]) -> list[dict]:
     """Per (layer, M): the default run's plan and time, and the fastest timed run's."""
     out = []
-    keys = sorted({(r["layer"], r["m"]) for r in rows}, key=lambda t: (t[0][:2], t[0], t[1]))
+    keys = sorted({(r["layer"], r["m"]) for r in rows if r["layer"]}, key=lambda t: (t[0][:2], t[0], t[1]))
     for layer, m in keys:
         these = [r for r in rows if r["layer"] == layer and r["m"] == m]
         default = next((r for r in these if r["pinned"] == [0, 0]), None)
@@ -110,10 +116,11 @@ def markdown(meta: dict, summary: list[dict], rows: list[dict]) -> str:
                      f"{plan(s['best_plan'])} | {fmt(s['best_us'])} | {gain} |")
     lines += ["", "Every run (µs; pinned S, C → the plan the library reported):", "",
               "| layer | M | pinned | plan | µs |", "|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["layer"], r["m"], r["us"] if r["us"] is not None else 1e9)):
+    for r in sorted(rows, key=lambda r: (r["layer"] or "", r["m"] or 0, r["us"] if r["us"] is not None else 1e9)):
         pin = "default" if r["pinned"] == [0, 0] else f"S={r['pinned'][0] or '·'} C={r['pinned'][1] or '·'}"
-        us = f"{r['us']:.1f}" if r["us"] is not None else "no plan (general kernel)"
-        lines.append(f"| {r['layer']} | {r['m']} | {pin} | {plan(r['plan'])} | {us} |")
+        us = (f"{r['us']:.1f}" if r["us"] is not None else f"failed: {r['error']}" if r.get("error")
+              else "no plan (general kernel)")
+        lines.append(f"| {r['layer'] or 'all'} | {r['m'] or '—'} | {pin} | {plan(r['plan'])} | {us} |")
     return "\n".join(lines) + "\n"
 
 
