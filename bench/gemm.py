@@ -57,7 +57,10 @@ DENSE_DECODE_MAX_ROWS = 4
 
 def dequant_chunk_columns(n: int, k: int) -> int:
     """Output columns the engine dequantizes at a time for a prefill-sized GEMM (CudaRunner::dequant_chunk_columns:
-    all unless VLM_DEQUANT_CHUNK_MB)."""
+    all unless VLM_DEQUANT_CHUNK_COLUMNS or VLM_DEQUANT_CHUNK_MB)."""
+    columns = int(os.environ.get("VLM_DEQUANT_CHUNK_COLUMNS", "0") or 0) // 64 * 64
+    if columns > 0:
+        return min(n, columns)
     mb = max(0, int(os.environ.get("VLM_DEQUANT_CHUNK_MB", "0") or 0))
     if mb == 0:
         return n

@@ -300,6 +300,7 @@ etests() {  # the engine on the GPU against the CPU backend
 }
 dequant_chunks() {  # the prefill path's dequantization in L2-sized stretches of output columns
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py -k "dequantiz" 2>&1 | tail -n 2
+  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k "dequantized_stretches" 2>&1 | tail -n 2
   for mb in 0 8 16 32; do
     VLM_DEQUANT_CHUNK_MB=$mb python3 bench/gemm.py --ms 256,2048 --out-dir "$RES/gemm_dequant_chunk$mb" | grep -E "^- M"
   done

@@ -844,12 +844,13 @@ class CudaRunner final : public StepRunner {
   // bench/gemm against 82-101 % at one row).
   // Output columns a prefill-sized w4a16 GEMM dequantizes at a time: every one, unless VLM_DEQUANT_CHUNK_MB
   // asks for scratch stretches of at most that many MiB (whole 64-column strips, at least one).
+  // VLM_DEQUANT_CHUNK_COLUMNS sets the stretch in columns instead (rounded down to whole strips): how the tests
+  // cut the tiny models' layers, a few hundred columns wide, into several stretches and a ragged last one.
   static int dequant_chunk_columns(int out, int in) {
-    static const int mb = [] {
-      const char* e = std::getenv("VLM_DEQUANT_CHUNK_MB");
-      return e && *e ? std::max(0, std::atoi(e)) : 0;
-    }();
-    if (mb == 0) return out;
+    static const int mb = cuda::env_int("VLM_DEQUANT_CHUNK_MB", 0);
+    static const int columns = cuda::env_int("VLM_DEQUANT_CHUNK_COLUMNS", 0) / kW4StripN * kW4StripN;
+    if (columns > 0) return std::min(out, columns);
+    if (mb <= 0) return out;
     const int64_t cols = ((int64_t)mb << 20) / ((int64_t)in * 2) / kW4StripN * kW4StripN;
     return (int)std::min<int64_t>(out, std::max<int64_t>(kW4StripN, cols));
   }

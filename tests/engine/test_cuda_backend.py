@@ -107,6 +107,25 @@ def test_awq_long_prefill_matches_the_cpu_backend(tiny_model_dir, tmp_path, fami
     assert_same_greedy(run(dst, "cpu", prompt), run(dst, "cuda", prompt), len(prompt), TOL["auto"])
 
 
+def test_awq_long_prefill_in_dequantized_stretches_matches_the_cpu_backend():
+    """The same long prefills with each layer dequantized and multiplied 192 columns at a time
+    (VLM_DEQUANT_CHUNK_COLUMNS; VLM_DEQUANT_CHUNK_MB's stretches in the engine's own loop: packed weight and
+    scale/zero offsets of whole strips, each stretch's output columns within the rows): the tiny layers are
+    256-768 columns wide, so several stretches and ragged last ones, groups 64 and 128, with bias. The
+    setting is read once per process, hence a process of its own."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
+                           "-k", "test_awq_long_prefill_matches_the_cpu_backend"], cwd=root, capture_output=True,
+                          text=True, timeout=900, env=dict(os.environ, VLM_DEQUANT_CHUNK_COLUMNS="192"))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "3 passed" in done.stdout, done.stdout[-2000:]
+
+
 def test_embedding_spans_match_the_cpu_backend(tiny_model_dir):
     d = tiny_model_dir("llama_gqa_hd128")
     rng = np.random.default_rng(17)
