@@ -141,6 +141,10 @@ RES=$(mktemp -d)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/python:$PWD/tests VLMSERVE_LIB=$PWD/build-gpu/libvlmcore.so
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv >"$RES/gpu.txt" 2>&1
+# The GPU in the serving runs' file names (h100, h200, ...; "gpu" where nvidia-smi does not say).
+GPU_TAG=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | grep -oiE "[a-z][0-9]{2,3}" |
+  head -n 1 | tr '[:upper:]' '[:lower:]')
+export GPU_TAG=${GPU_TAG:-gpu}
 # A library built without cuBLAS runs the lm head and prefill GEMMs on its own SIMT kernel, many times slower:
 # say so at the top of every log (a library built on a machine whose toolkit lacks cuBLAS is such a one).
 if [ -f build-gpu/libvlmcore.so ] && ! ldd build-gpu/libvlmcore.so 2>/dev/null | grep -q libcublas; then
@@ -162,7 +166,9 @@ step() {  # step NAME SECONDS: runs the function NAME under a time limit (and wi
     limit=$left
   fi
   echo "== $name ($(date -u +%H:%M:%S))"
-  timeout "$limit" bash -c "$name" 2>&1 | tee "$RES/$name.log" | tail -n 30
+  # -k: a step that ignores the TERM (or cleans up for long: the serving benchmark stops its services and MPS
+  # daemon on it) is killed 30 s later.
+  timeout -k 30 "$limit" bash -o pipefail -c "$name" 2>&1 | tee "$RES/$name.log" | tail -n 30
   echo "== $name exit ${PIPESTATUS[0]}"
   pack  # after every step, so a call cut off by its time limit still brings back what finished
 }
@@ -234,7 +240,7 @@ serve() {  # model (a), w4a16 + int8 KV, vision batch 16, concurrency 1/16/64/25
   python3 -c "import grpc, grpc_health, prometheus_client, vlmserve._proto" || return 1
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16,64,256 --out-dir "$RES/serve" \
-    --stem internvl-2b-h200 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
+    --stem internvl-2b-$GPU_TAG 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
 decode_matrix() {  # decode_matrix MODEL WEIGHTS PEERS: issue 3's whole bench/decode table for one model and weight
   # set: KV fp16/int8/int4 at batch 1/16/64/128, transformers beside the fp16 weights at PEERS (0: none); one JSON
@@ -357,8 +363,8 @@ overlap() {  # overlapped steps (VLM_OVERLAP_STEPS=1): their GPU test, the engin
 }
 serve_overlap() {  # serving at 1/64/256 (--stream-interval 4) with steps one at a time, then overlapped
   local si="--lm-flag=--stream-interval=4"
-  (export VLM_OVERLAP_STEPS=0; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap0 $si")
-  (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap1 $si")
+  (export VLM_OVERLAP_STEPS=0; serve_runs 1,64,256 "--stem internvl-2b-$GPU_TAG-overlap0 $si")
+  (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-$GPU_TAG-overlap1 $si")
 }
 mps_path() {  # nvidia-cuda-mps-control on PATH, from the driver's folders if need be; says where it is or why not
   command -v nvidia-cuda-mps-control && return 0
@@ -369,24 +375,25 @@ mps_path() {  # nvidia-cuda-mps-control on PATH, from the driver's folders if ne
   ls /usr/local/nvidia/bin /usr/bin 2>/dev/null | grep -i nvidia | head -n 20
   return 1
 }
-serve_mps() {  # the two service processes sharing the GPU in time slices (the default), then through NVIDIA MPS
-  # (bench/serve.py --mps: the run's own control daemon), model (a) w4a16 + int8 KV at 1/64/256, --stream-interval 4
+serve_mps() {  # the two service processes sharing the GPU through NVIDIA MPS (bench/serve.py --mps: the run's own
+  # control daemon), then in time slices (the default), model (a) w4a16 + int8 KV at 1/64/256, --stream-interval 4
   mps_path || return 1
   local si="--lm-flag=--stream-interval=4"
-  serve_runs 1,64,256 "--stem internvl-2b-h200-slices $si" "--stem internvl-2b-h200-mps $si --mps"
+  # MPS first: the run more likely to fail or hang, while the time slices' figures are known from earlier calls
+  serve_runs 1,64,256 "--stem internvl-2b-$GPU_TAG-mps $si --mps" "--stem internvl-2b-$GPU_TAG-slices $si"
 }
 serve_mps_acc() {  # MPS with 4 gRPC acceptors in each service (the two leads at 256 together), 64/256
   mps_path || return 1
-  serve_runs 64,256 "--stem internvl-2b-h200-mps-acc4 --lm-flag=--stream-interval=4 --mps --lm-flag=--grpc-acceptors=4 \
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-mps-acc4 --lm-flag=--stream-interval=4 --mps --lm-flag=--grpc-acceptors=4 \
 --vision-flag=--grpc-acceptors=4"
 }
 serve_layouts() {  # the two services as two processes (GPU time slices between their contexts) against one process
   # (`serve stack`: one context, kernels side by side, one GIL), model (a) w4a16 + int8 KV at 64/256
   local si="--lm-flag=--stream-interval=4"
-  serve_runs 64,256 "--stem internvl-2b-h200-two-processes $si" "--stem internvl-2b-h200-one-process $si --layout stack"
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-two-processes $si" "--stem internvl-2b-$GPU_TAG-one-process $si --layout stack"
 }
 serve_overlap1() {  # serving at 1/64/256 (--stream-interval 4) with overlapped steps only
-  (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-h200-overlap1 --lm-flag=--stream-interval=4")
+  (export VLM_OVERLAP_STEPS=1; serve_runs 1,64,256 "--stem internvl-2b-$GPU_TAG-overlap1 --lm-flag=--stream-interval=4")
 }
 env_setting() {  # env_setting NAME VALUE: env(1) arguments that set NAME=VALUE, or unset NAME for "default"
   if [ "$2" = default ]; then echo -u "$1"; else echo "$1=$2"; fi
@@ -430,8 +437,8 @@ dequant_129() {  # dequantize + cuBLAS from 129 rows where the strip form runs: 
       --out "$RES/decode_2b_129_$form.json" 2>&1 | grep -E "tok/s"
   done
   python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
-  serve_runs 64,256 "--stem internvl-2b-h200-strip --lm-flag=--stream-interval=4"
-  VLM_W4A16_WGMMA=0 serve_runs 256 "--stem internvl-2b-h200-nowgmma --lm-flag=--stream-interval=4"
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-strip --lm-flag=--stream-interval=4"
+  VLM_W4A16_WGMMA=0 serve_runs 256 "--stem internvl-2b-$GPU_TAG-nowgmma --lm-flag=--stream-interval=4"
 }
 wgmma_cluster() {  # the wgmma kernel's K slices summed in thread-block clusters (VLM_W4A16_WGMMA_CLUSTER=1) against
   # fp32 partials + a second kernel (the default): checks with clusters, compute-sanitizer, bench/gemm at 32/64/128
@@ -470,7 +477,7 @@ wgmma_engine() {  # the engine with each wgmma form (VLM_W4A16_WGMMA=0/1/2): 2B 
         "$RES/decode_2b_wgmma$form.json" $form
   done
   for form in 0 2; do
-    VLM_W4A16_WGMMA=$form serve_runs 64,256 "--stem internvl-2b-h200-wgmma$form --lm-flag=--stream-interval=4"
+    VLM_W4A16_WGMMA=$form serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-wgmma$form --lm-flag=--stream-interval=4"
   done
 }
 wgmma_ncu() {  # Nsight Compute on the wgmma kernel at M = 256 (NCU_MS: other row counts; NCU_FORM: 1 or 2)
@@ -624,7 +631,7 @@ threads() {  # where the service processes' time goes at concurrency 64 and 256 
   pyspy_path
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 64,256 --py-spy-after 2.5 \
-    --out-dir "$RES/serve" --stem internvl-2b-h200-threads 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 20
+    --out-dir "$RES/serve" --stem internvl-2b-$GPU_TAG-threads 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 20
   head -n 40 "$RES"/serve/logs/*_c256_lm.pyspy.txt
 }
 vision() {  # the vision encoder: its GPU tests (vtests), then bench/vision.py eager, graphed and compiled at batch
@@ -634,15 +641,17 @@ vision() {  # the vision encoder: its GPU tests (vtests), then bench/vision.py e
     --prepare-threads 8 --reps 20 --out-dir "$RES/vision" 2>&1 | grep -v "^\[serve\]"
 }
 serve_runs() {  # serve_runs LEVELS ARGS...: bench/serve.py on model (a), w4a16 + int8 KV, vision batch 16, no peer, at
-  # the concurrency levels LEVELS, once per ARGS (a --stem and flags), in order
-  local levels=$1
+  # the concurrency levels LEVELS, once per ARGS (a --stem and flags), in order; fails if any run failed
+  local levels=$1 status=0
   shift
   serve_site || return 1
   for v in "$@"; do
     python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
       --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency "$levels" --out-dir "$RES/serve" $v 2>&1 |
       grep -E "c=[0-9]+:|ABORT|Error|busiest" | tail -n 8
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   done
+  return $status
 }
 prep_check() {  # the image processor on the GPU: its tests and the vision tests beside them (whole output kept)
   serve_site || return 1
@@ -658,8 +667,8 @@ prep_bench() {  # bench/preprocess.py: one 512x512 JPEG's preparation on the hos
 }
 prep_serve() {  # serving at 64/256 (--stream-interval 4) with the image processor on the GPU (asked for: the
   # 2B processor's values there differ from the host's, so auto stays on the host), then on the host (the default)
-  serve_runs 64,256 "--stem internvl-2b-h200-prep-gpu --lm-flag=--stream-interval=4 --vision-flag=--preprocess-device=cuda" \
-    "--stem internvl-2b-h200-prep-host --lm-flag=--stream-interval=4"
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-prep-gpu --lm-flag=--stream-interval=4 --vision-flag=--preprocess-device=cuda" \
+    "--stem internvl-2b-$GPU_TAG-prep-host --lm-flag=--stream-interval=4"
 }
 pyspy_path() {  # py-spy from a carried wheel onto PATH, if one is carried
   if ls .gpu-carry/wheels/py_spy-*.whl >/dev/null 2>&1; then
@@ -673,26 +682,26 @@ leads_serve() {  # serving at 64/256 (--stream-interval 4): the defaults (tiles 
   # the GPU (forced)
   pyspy_path
   local si="--lm-flag=--stream-interval=4"
-  serve_runs 64,256 "--stem internvl-2b-h200-base $si --py-spy-after 3 --py-spy-record 6" \
-    "--stem internvl-2b-h200-switch5 $si --lm-flag=--gil-switch-interval-ms=5 --vision-flag=--gil-switch-interval-ms=5" \
-    "--stem internvl-2b-h200-acc4 $si --lm-flag=--grpc-acceptors=4 --vision-flag=--grpc-acceptors=4" \
-    "--stem internvl-2b-h200-prepgpu $si --vision-flag=--preprocess-device=cuda"
-  for f in "$RES"/serve/logs/*h200-base*_c256_*.pyspy.folded; do  # where each service's event loop spends it at 256
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-base $si --py-spy-after 3 --py-spy-record 6" \
+    "--stem internvl-2b-$GPU_TAG-switch5 $si --lm-flag=--gil-switch-interval-ms=5 --vision-flag=--gil-switch-interval-ms=5" \
+    "--stem internvl-2b-$GPU_TAG-acc4 $si --lm-flag=--grpc-acceptors=4 --vision-flag=--grpc-acceptors=4" \
+    "--stem internvl-2b-$GPU_TAG-prepgpu $si --vision-flag=--preprocess-device=cuda"
+  for f in "$RES"/serve/logs/*${GPU_TAG}-base*_c256_*.pyspy.folded; do  # where each service's event loop spends it at 256
     [ -f "$f" ] && python3 bench/pyspy_summary.py "$f" --top 12 --thread MainThread
   done | head -n 90
 }
 serve_compile() {  # the vision forward as graphs, then compiled
-  serve_runs 64,256 "--stem internvl-2b-h200-graphs" "--stem internvl-2b-h200-compiled --vision-flag=--vision-compile"
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-graphs" "--stem internvl-2b-$GPU_TAG-compiled --vision-flag=--vision-compile"
 }
 serve_preprocess() {  # image preprocessing in threads of the vision service, then in worker processes
-  serve_runs 1,64,256 "--stem internvl-2b-h200-prep-threads --vision-flag=--no-preprocess-processes" \
-    "--stem internvl-2b-h200-prep-processes --vision-flag=--preprocess-processes"
+  serve_runs 1,64,256 "--stem internvl-2b-$GPU_TAG-prep-threads --vision-flag=--no-preprocess-processes" \
+    "--stem internvl-2b-$GPU_TAG-prep-processes --vision-flag=--preprocess-processes"
 }
-serve_prep_default() { serve_runs 1,64,256 "--stem internvl-2b-h200-prep-default"; }
+serve_prep_default() { serve_runs 1,64,256 "--stem internvl-2b-$GPU_TAG-prep-default"; }
 serve_interval() {  # one token a message, then --stream-interval 4
-  serve_runs 64,256 "--stem internvl-2b-h200-interval1" "--stem internvl-2b-h200-interval4 --lm-flag=--stream-interval=4"
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-interval1" "--stem internvl-2b-$GPU_TAG-interval4 --lm-flag=--stream-interval=4"
 }
-serve_interval4() { serve_runs 1,64,256 "--stem internvl-2b-h200-interval4-levels --lm-flag=--stream-interval=4"; }
+serve_interval4() { serve_runs 1,64,256 "--stem internvl-2b-$GPU_TAG-interval4-levels --lm-flag=--stream-interval=4"; }
 vtests() {  # the vision encoder's GPU tests (graphs and compiled forwards against eager)
   python3 -m pytest -q -m gpu tests/services/test_vision_graphs.py tests/services/test_vision_replicas.py 2>&1 | tail -n 5
 }
@@ -700,19 +709,19 @@ serve_c1() {
   serve_site || return 1
   python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1 --out-dir "$RES/serve" \
-    --stem internvl-2b-h200-c1 2>&1 | grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
+    --stem internvl-2b-$GPU_TAG-c1 2>&1 | grep -E "c=[0-9]+:|ABORT|Error" | tail -n 8
 }
 serve_variants() {
   serve_site || return 1
   python3 bench/serve.py --model-name internvl-2b --variants w4a16,w4a16-kv4 --vision-batch 16,1 --output-tokens 128 \
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
-    --stem internvl-2b-h200-variants 2>&1 | grep -E "^\[serve\] .*(c=|failed)|rror" | tail -n 40
+    --stem internvl-2b-$GPU_TAG-variants 2>&1 | grep -E "^\[serve\] .*(c=|failed)|rror" | tail -n 40
 }
 serve_compare() {  # fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers at batch 16, same run
   serve_site || return 1
   python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
-    --stem internvl-2b-h200-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
+    --stem internvl-2b-$GPU_TAG-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
 serve_dequant_chunks() {  # prefill-sized w4a16 GEMMs dequantized in 16 MiB stretches that stay in the L2
   # (VLM_DEQUANT_CHUNK_MB=16, inherited by the services): fp16 vs w4a16 + int8 KV at 1/16, then w4a16 + int8 KV
@@ -720,10 +729,10 @@ serve_dequant_chunks() {  # prefill-sized w4a16 GEMMs dequantized in 16 MiB stre
   serve_site || return 1
   VLM_DEQUANT_CHUNK_MB=16 python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 --vision-batch 16 \
     --output-tokens 128 --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
-    --stem internvl-2b-h200-dequant16-compare 2>&1 | grep -E "c=[0-9]+:|rror|ABORT"
+    --stem internvl-2b-$GPU_TAG-dequant16-compare 2>&1 | grep -E "c=[0-9]+:|rror|ABORT"
   local si="--lm-flag=--stream-interval=4"
-  serve_runs 64,256 "--stem internvl-2b-h200-dequant-whole $si"
-  (export VLM_DEQUANT_CHUNK_MB=16; serve_runs 64,256 "--stem internvl-2b-h200-dequant16 $si")
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-dequant-whole $si"
+  (export VLM_DEQUANT_CHUNK_MB=16; serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-dequant16 $si")
 }
 serve_chunk() {  # fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of at most 128 tokens a step (a step carrying an
   # image's prefill then stays within the w4a16 kernels' row range instead of dequantizing every layer for cuBLAS),
@@ -732,25 +741,25 @@ serve_chunk() {  # fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of at mos
   for t in 128 2048; do
     python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 --vision-batch 16 --output-tokens 128 \
       --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
-      --stem internvl-2b-h200-chunk$t --lm-flag=--max-num-batched-tokens=$t 2>&1 | grep -E "c=[0-9]+:|rror|ABORT"
+      --stem internvl-2b-$GPU_TAG-chunk$t --lm-flag=--max-num-batched-tokens=$t 2>&1 | grep -E "c=[0-9]+:|rror|ABORT"
   done
 }
 serve_llava() {  # model (b): w4a16 + int8 KV at concurrency 1/16/64, no peer
   serve_site || return 1
   python3 bench/serve.py --model-name llava-7b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16,64 --out-dir "$RES/serve" \
-    --stem llava-7b-h200 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
+    --stem llava-7b-$GPU_TAG 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
 serve_llava_compare() {  # model (b): fp16 vs w4a16 + int8 KV at concurrency 1/16, transformers at batch 16
   serve_site || return 1
   python3 bench/serve.py --model-name llava-7b --variants fp16,w4a16-kv8 --vision-batch 16 --output-tokens 128 \
     --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 --out-dir "$RES/serve" \
-    --stem llava-7b-h200-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
+    --stem llava-7b-$GPU_TAG-compare 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
 serve_sampled() {  # serving with sampled requests, drawn on the host and then on the GPU
   local sampled="--temperature 0.7 --top-p 0.9 --lm-flag=--stream-interval=4"
-  serve_runs 16,64,256 "--stem internvl-2b-h200-sampled-host $sampled"
-  VLM_DEVICE_SAMPLING=1 serve_runs 16,64,256 "--stem internvl-2b-h200-sampled-device $sampled"
+  serve_runs 16,64,256 "--stem internvl-2b-$GPU_TAG-sampled-host $sampled"
+  VLM_DEVICE_SAMPLING=1 serve_runs 16,64,256 "--stem internvl-2b-$GPU_TAG-sampled-device $sampled"
 }
 device_sampling() {  # sampled rows drawn on the GPU: tests, compute-sanitizer, then bench/sampling.py off and on
   python3 -m pytest -q -m gpu tests/kernels/test_draw_rows.py tests/engine/test_device_sampling.py 2>&1 | tail -n 6
@@ -773,7 +782,7 @@ serve_compare_codes() {  # serve_compare with the codes form up to 16 rows (the 
   serve_site || return 1
   VLM_W4A16_GEMM_CODES=1 python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 --vision-batch 16 \
     --output-tokens 128 --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 \
-    --out-dir "$RES/serve" --stem internvl-2b-h200-compare-codes 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
+    --out-dir "$RES/serve" --stem internvl-2b-$GPU_TAG-compare-codes 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
 trace() {  # per-kernel time of graph-replayed decode steps
   for b in 1 64; do

@@ -24,6 +24,7 @@ import contextlib
 import datetime
 import io
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -153,7 +154,12 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
 
     shared = ["--log-level", "warning", "--tp", str(tp)]  # --tp: vision replicas, one per GPU; the LM's split
     vision_flags = ["--vision-max-batch-size", str(vision_batch), *a.vision_flag]
-    lm_flags = ["--engine-device", a.engine_device, "--kv-cache-dtype", kv, "--max-batch-size", str(max(a.concurrency)),
+    # Under MPS both services must be on the GPU: "auto" falls back to the CPU where CUDA fails to start (as a
+    # client that cannot reach its MPS server does), and the run would measure that under the MPS label.
+    engine_device = "cuda" if a.mps else a.engine_device
+    if a.mps:
+        vision_flags = ["--device", "cuda", *vision_flags]  # a --vision-flag=--device=... after it still wins
+    lm_flags = ["--engine-device", engine_device, "--kv-cache-dtype", kv, "--max-batch-size", str(max(a.concurrency)),
                 *a.lm_flag]
     if a.layout == "services":
         flags = {"vision": vision_flags + shared, "lm": lm_flags + shared}
@@ -179,14 +185,16 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
     # Left in reverse order: the services stop first, then the MPS daemon they are clients of.
     with contextlib.ExitStack() as running:
         daemon = running.enter_context(MpsDaemon()) if a.mps else None
-        env = daemon.env if daemon is not None else None
+        env = daemon.client_env if daemon is not None else None
         if a.layout == "services":
-            stack = ServicesProcesses(model, flags["vision"], flags["lm"], log_path, env=env)
+            # Under MPS a service that hangs connecting would otherwise hold the run for the usual 900 s.
+            stack = ServicesProcesses(model, flags["vision"], flags["lm"], log_path, env=env,
+                                      ready_timeout_s=300 if daemon is not None else 900)
         else:
             stack = StackProcess(model, flags, log_path)
         running.enter_context(stack)
-        if daemon is not None:
-            mps_servers = daemon.require_server()
+        if daemon is not None:  # both service processes, not just any process, went through this daemon's server
+            mps_servers = daemon.require_clients(p.pid for p in stack.processes().values())
             log(f"{label}: the services share the GPU through MPS (server pid {', '.join(map(str, mps_servers))})")
         for c in a.concurrency:
             n = a.requests_per_level or max(4 * c, 16)
@@ -377,20 +385,25 @@ def main() -> int:
     ap.add_argument("--stem", default=None, help="file name stem (default: model name)")
     ap.add_argument("--render", action="store_true", help="only rewrite the markdown and plots from the JSON")
     ap.add_argument("--smoke", action="store_true",
-                    help="the model's family at toy size on the CPU: fp16 and w4a16, concurrency 1 and 2, 8 tokens (CI)")
+                    help="the model's family at toy size on the CPU (with --mps: on the GPU through MPS): fp16 and "
+                         "w4a16, concurrency 1 and 2, 8 tokens (CI)")
     a = ap.parse_args()
     if a.smoke:
         # The chosen model's family at toy size.
         a.model_name = SIZES[a.model_name]["family"] + "-tiny"
         a.variants, a.vision_batch, a.concurrency = "fp16,w4a16", [4], [1, 2]
         a.output_tokens, a.requests_per_level, a.warmup, a.awq_group = 8, 4, 1, 64
-        a.calib_samples, a.calib_seqlen, a.peer_batches, a.engine_device = 4, 64, [1, 2], "cpu"
+        a.calib_samples, a.calib_seqlen, a.peer_batches = 4, 64, [1, 2]
+        # On the CPU, except with --mps: then the toy stack on the GPU through MPS (a quick check of that path).
+        a.engine_device = "cuda" if a.mps else "cpu"
         a.image_size = 64
     a.layout = a.layout or ("stack" if a.smoke else "services")
     if a.stack_flag and a.layout != "stack":
         ap.error("--stack-flag applies to --layout stack only; use --vision-flag / --lm-flag")
     if a.mps and a.layout != "services":
         ap.error("--mps applies to --layout services only (one process has one CUDA context: nothing to share)")
+    if a.mps and a.engine_device == "cpu":
+        ap.error("--mps shares a GPU: it needs --engine-device cuda (or auto, which it makes cuda)")
     a.stem = a.stem or a.model_name
     if a.render:
         r = json.loads((a.out_dir / f"{a.stem}.json").read_text())
@@ -430,6 +443,9 @@ def main() -> int:
         write_atomic(a.out_dir / f"{a.stem}.json", json.dumps(r, indent=2))
 
     status = 0
+    # A time limit's SIGTERM (bench/gpu_session.sh's steps) ends the run like an error: the services and the MPS
+    # daemon are stopped on the way out, and what was measured is written with the reason.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         for v in variants:
             kind, kv = VARIANTS[v]
@@ -452,6 +468,14 @@ def main() -> int:
         log(f"{failed} request(s) failed: see {a.out_dir / (a.stem + '.md')}")
         status = 1
     return status
+
+
+class Terminated(RuntimeError):
+    pass
+
+
+def _terminated(signum, frame):
+    raise Terminated(f"terminated by signal {signum} (a time limit?) before the run finished")
 
 
 if __name__ == "__main__":

@@ -9,20 +9,26 @@ by side on the multiprocessors.
 
 MpsDaemon starts a control daemon of its own, with its pipe and log directories in a fresh temporary folder
 (it neither finds nor disturbs any other daemon on the machine), gives the services its environment, checks
-after they are up that they did connect through it (a server runs), and quits it after them.
+after they are up that each of them is a client of its server (a process that cannot reach the daemon may
+fail over to the CPU or to a context of its own, and the run would measure that under the MPS label), and quits
+it after them. Where the daemon does not answer or will not quit, it is killed through the pid file it writes
+into its pipe directory (NVIDIA's MPS reference: nvidia-cuda-mps-control.pid), before that folder is removed:
+a daemon whose folder is gone can no longer be reached.
 
     with MpsDaemon() as mps:
-        with ServicesProcesses(..., env=mps.env) as stack:
-            mps.require_server()
+        with ServicesProcesses(..., env=mps.client_env) as stack:
+            mps.require_clients(p.pid for p in stack.processes().values())
 """
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterable
 
 CONTROL = "nvidia-cuda-mps-control"
 
@@ -43,6 +49,12 @@ class MpsDaemon:
         return {"CUDA_MPS_PIPE_DIRECTORY": str(self.folder / "pipe"),
                 "CUDA_MPS_LOG_DIRECTORY": str(self.folder / "log")}
 
+    @property
+    def client_env(self) -> dict[str, str | None]:
+        """The clients' changes to their environment (None: removed). CUDA_VISIBLE_DEVICES goes: the server
+        numbers the devices the daemon was given from 0, and NVIDIA's MPS guide has clients leave it unset."""
+        return {**self.env, "CUDA_VISIBLE_DEVICES": None}
+
     def start(self) -> "MpsDaemon":
         self.exe = shutil.which(self.control)
         if self.exe is None:
@@ -52,15 +64,20 @@ class MpsDaemon:
         self.folder = Path(tempfile.mkdtemp(prefix="vlm-mps-"))
         for sub in ("pipe", "log"):
             (self.folder / sub).mkdir()
+        # Its output to a file, not a pipe: a forked daemon holding the pipe open would keep run() waiting.
+        start_log = self.folder / "log" / "start.txt"
         try:
-            started = subprocess.run([self.exe, "-d"], env=self._environ(), capture_output=True, text=True,
-                                     timeout=self.start_timeout_s)
+            with open(start_log, "w") as out:
+                started = subprocess.run([self.exe, "-d"], env=self._environ(), stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=subprocess.STDOUT, timeout=self.start_timeout_s)
         except subprocess.TimeoutExpired:
+            self._kill()
             self._cleanup()
             raise RuntimeError(f"--mps: `{self.control} -d` did not return within {self.start_timeout_s:.0f} s")
         if started.returncode != 0:
-            detail = (started.stderr or started.stdout).strip()[-500:]
+            detail = start_log.read_text(errors="replace").strip()[-500:]
             tail = self.log_tail()
+            self._kill()
             self._cleanup()
             raise RuntimeError(f"--mps: `{self.control} -d` exited with status {started.returncode}: {detail}"
                                + (f"\n{tail}" if tail else ""))
@@ -95,6 +112,10 @@ class MpsDaemon:
         """Process ids of the MPS servers running (one, once a client has connected)."""
         return [int(word) for word in self.command("get_server_list").split() if word.isdigit()]
 
+    def client_pids(self, server: int) -> list[int]:
+        """Process ids of the CUDA processes connected to one of this daemon's servers."""
+        return [int(word) for word in self.command(f"get_client_list {server}").split() if word.isdigit()]
+
     def require_server(self) -> list[int]:
         """The server pids; an error when there is none (the services did not connect through this daemon, so
         the run would measure time slices while saying MPS)."""
@@ -105,10 +126,24 @@ class MpsDaemon:
                                "through the daemon" + (f"\n{tail}" if tail else ""))
         return pids
 
+    def require_clients(self, pids: Iterable[int]) -> list[int]:
+        """The server pids, once every one of `pids` is a client of one of them; an error naming those that are
+        not (a server may be listed while one service runs elsewhere: on the CPU, or in a context of its own)."""
+        servers = self.require_server()
+        clients = {c for s in servers for c in self.client_pids(s)}
+        missing = sorted(set(pids) - clients)
+        if missing:
+            tail = self.log_tail()
+            raise RuntimeError(f"--mps: processes {missing} are not clients of the MPS server(s) {servers} "
+                               f"(clients: {sorted(clients)})" + (f"\n{tail}" if tail else ""))
+        return servers
+
     def stop(self) -> None:
-        """Quits the daemon (after its clients have exited) and waits until it no longer answers."""
+        """Quits the daemon (after its clients have exited) and waits until it no longer answers; kills it where
+        it does not quit in time or does not take the command."""
         if self.running:
             self.running = False
+            gone = False
             try:
                 self.command("quit")
                 deadline = time.monotonic() + self.stop_timeout_s
@@ -116,11 +151,41 @@ class MpsDaemon:
                     try:
                         self.command("get_server_list")
                     except RuntimeError:
-                        break  # gone
+                        gone = True
+                        break
                     time.sleep(0.2)
             except RuntimeError:
-                pass  # it no longer answers: already gone
+                pass  # no answer to quit: killed below if its pid is known and alive
+            if not gone:
+                self._kill()
         self._cleanup()
+
+    def daemon_pid(self) -> int | None:
+        """The control daemon's pid, from the file it writes into its pipe directory; None where unreadable."""
+        if self.folder is None:
+            return None
+        try:
+            return int((self.folder / "pipe" / "nvidia-cuda-mps-control.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _kill(self, grace_s: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after grace_s, to the daemon (by its pid file), so none outlives its folder."""
+        pid = self.daemon_pid()
+        if pid is None or pid <= 1:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                return  # not ours to signal
+            deadline = time.monotonic() + grace_s
+            while time.monotonic() < deadline:
+                if not _alive(pid):
+                    return
+                time.sleep(0.1)
 
     def log_tail(self, lines: int = 10) -> str:
         """The last lines of the daemon's logs (control.log, server.log), for error messages."""
@@ -136,7 +201,7 @@ class MpsDaemon:
             out += [f"{name}:", *text]
         return "\n".join(out)
 
-    def _environ(self) -> dict[str, str]:
+    def _environ(self) -> dict[str, str]:  # the daemon's and the control command's
         return {**os.environ, **self.env}
 
     def _cleanup(self) -> None:
@@ -148,3 +213,23 @@ class MpsDaemon:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process runs (a zombie of ours counts as gone: reaped where it is our child)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass  # not our child (a daemon forks away): ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][:1] != "Z"
+    except OSError:
+        return True

@@ -113,9 +113,10 @@ class StackProcess:
     """Starts the vision + LM services; `address` and the metrics URLs are valid once started."""
 
     def __init__(self, model: Path, flags: list[str], log_path: Path, ready_timeout_s: float = 900,
-                 env: dict[str, str] | None = None):
+                 env: dict[str, str | None] | None = None):
         self.model, self.flags, self.log_path, self.ready_timeout_s = model, flags, log_path, ready_timeout_s
-        self.env = {**os.environ, **(env or {})}  # the services' environment: this process's, plus `env`
+        # The services' environment: this process's, with `env`'s changes (a None value removes the variable).
+        self.env = {k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None}
         self.port, self.vision_port, self.metrics_port, self.vision_metrics_port = free_ports(4)
         self.proc: subprocess.Popen | None = None
 
@@ -142,6 +143,15 @@ class StackProcess:
         return self
 
     def _wait_serving(self, address: str) -> None:
+        """Returns once `address` answers SERVING; otherwise stops every process started (a service that died
+        while another still starts, a timeout, or a signal's exception) and raises."""
+        try:
+            self._wait_serving_or_raise(address)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_serving_or_raise(self, address: str) -> None:
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
         deadline = time.monotonic() + self.ready_timeout_s
@@ -156,9 +166,8 @@ class StackProcess:
                 except grpc.RpcError:
                     pass
                 time.sleep(0.5)
-        self.stop()
         raise RuntimeError(f"the stack did not become SERVING within {self.ready_timeout_s:.0f} s "
-                           f"(log: {self.log_path})")
+                           f"(log: {self.log_path}):\n" + self.log_tail())
 
     def processes(self) -> dict[str, subprocess.Popen]:
         return {"stack": self.proc} if self.proc is not None else {}
@@ -225,7 +234,7 @@ class ServicesProcesses(StackProcess):
     the second); the same interface as StackProcess. Stopped LM first, so it drains while vision answers."""
 
     def __init__(self, model: Path, vision_flags: list[str], lm_flags: list[str], log_path: Path,
-                 ready_timeout_s: float = 900, env: dict[str, str] | None = None):
+                 ready_timeout_s: float = 900, env: dict[str, str | None] | None = None):
         super().__init__(model, lm_flags, log_path, ready_timeout_s, env)
         self.vision_flags = vision_flags
         self.vision_proc: subprocess.Popen | None = None
@@ -254,7 +263,13 @@ class ServicesProcesses(StackProcess):
         super().check_alive()
         if self.vision_proc is not None and self.vision_proc.poll() is not None:
             raise RuntimeError(f"the vision service exited with status {self.vision_proc.returncode} "
-                               f"(log: {self.vision_log_path})")
+                               f"(log: {self.vision_log_path}):\n" + self.vision_log_tail())
+
+    def vision_log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.vision_log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         super().stop()

@@ -1,7 +1,8 @@
 """bench/serve.py --mps: the harness's own MPS control daemon, against a stand-in for nvidia-cuda-mps-control
-that keeps the real one's protocol (`-d` forks a daemon; without arguments, one command on stdin; a failing
-status when no daemon answers). The stand-in reports a server once a file says a client connected, so the
-check that the services really went through MPS can be seen to pass and to fail."""
+that keeps the real one's protocol (`-d` forks a daemon that writes its pid to nvidia-cuda-mps-control.pid in
+the pipe directory; without arguments, one command on stdin; a failing status when no daemon answers). The
+stand-in reports a server once a file says a client connected, and that server's clients from another file, so
+the check that the services really went through MPS can be seen to pass and to fail."""
 from __future__ import annotations
 
 import json
@@ -16,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serving.mps import MpsDaemon  # noqa: E402
+from serving.mps import MpsDaemon, _alive  # noqa: E402  (_alive: a zombie counts as gone)
 
 STAND_IN = r'''#!PYTHON
 import os, pathlib, subprocess, sys, time
@@ -31,9 +32,10 @@ if sys.argv[1:] == ["-d"]:
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sys.exit(0)
 if sys.argv[1:] == ["--serve"]:
+    (pipe / "nvidia-cuda-mps-control.pid").write_text(f"{os.getpid()}\n")
     (log / "control.log").write_text("Starting control daemon\n")
     if mode == "mute":
-        time.sleep(30)
+        time.sleep(60)
         sys.exit(0)
     time.sleep(0.3)  # answers only a while after `-d` returned, as a forking daemon may
     (pipe / "control").write_text(str(os.getpid()))
@@ -48,6 +50,9 @@ command = sys.stdin.read().strip()
 if command == "get_server_list":
     if (pipe / "client").exists():
         print(4242)
+elif command == "get_client_list 4242":
+    if (pipe / "clients").exists():
+        print((pipe / "clients").read_text().strip())
 elif command == "quit":
     (pipe / "quit").touch()
 else:
@@ -71,14 +76,6 @@ def stand_in(tmp_path, monkeypatch):
     return tmp_path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_daemon_starts_answers_requires_a_server_and_quits(stand_in):
     with MpsDaemon() as daemon:
         env = daemon.env
@@ -92,6 +89,14 @@ def test_daemon_starts_answers_requires_a_server_and_quits(stand_in):
         assert "control.log" in str(e.value)  # the daemon's log tail comes with it
         (pipe / "client").touch()
         assert daemon.require_server() == [4242]
+        # A server runs, but the services must be its clients, both of them.
+        (pipe / "clients").write_text("101\n")
+        with pytest.raises(RuntimeError, match=r"processes \[202\] are not clients of the MPS server\(s\) \[4242\]"):
+            daemon.require_clients([101, 202])
+        (pipe / "clients").write_text("101\n202\n")
+        assert daemon.require_clients([101, 202]) == [4242]
+        assert daemon.daemon_pid() == pid
+        assert daemon.client_env["CUDA_VISIBLE_DEVICES"] is None  # clients leave it unset (NVIDIA's MPS guide)
     deadline = time.monotonic() + 10
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -112,11 +117,21 @@ def test_refused_start_says_why_and_leaves_nothing(stand_in, monkeypatch):
     assert not list(stand_in.glob("vlm-mps-*"))
 
 
-def test_daemon_that_never_answers_times_out(stand_in, monkeypatch):
+def test_daemon_that_never_answers_times_out_and_is_killed(stand_in, monkeypatch):
     monkeypatch.setenv("STAND_IN_MODE", "mute")
+    daemon = MpsDaemon(start_timeout_s=1, stop_timeout_s=1)
+    pids = []
+    real_kill = daemon._kill
+
+    def kill_and_note():
+        pids.append(daemon.daemon_pid())
+        real_kill()
+
+    daemon._kill = kill_and_note
     with pytest.raises(RuntimeError, match="did not answer within 1 s"):
-        MpsDaemon(start_timeout_s=1, stop_timeout_s=1).start()
+        daemon.start()
     assert not list(stand_in.glob("vlm-mps-*"))
+    assert pids and pids[0] is not None and not _alive(pids[0])  # not left running without its folder
 
 
 def test_mps_needs_the_services_layout(tmp_path):
@@ -126,17 +141,50 @@ def test_mps_needs_the_services_layout(tmp_path):
     assert proc.returncode == 2 and "--mps applies to --layout services only" in proc.stderr
 
 
-def test_services_that_bypass_mps_abort_the_run(stand_in, tmp_path):
-    # CPU services never connect to the (stand-in) daemon: the run stops at once and says why, rather than
-    # reporting numbers under the MPS label; the daemon is gone afterwards.
-    env = {**os.environ}
+def test_mps_refuses_the_cpu_engine(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/serve.py"), "--layout", "services", "--mps",
+                           "--engine-device", "cpu", "--out-dir", str(tmp_path / "out"), "--work", str(tmp_path / "w")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "--mps shares a GPU" in proc.stderr
+
+
+def test_services_that_cannot_use_the_gpu_abort_the_run(stand_in, tmp_path):
+    # Under --mps both services are told to use CUDA (no silent fall-back to the CPU under the MPS label); here,
+    # without a GPU, they cannot start: the run stops, says why with the service's log, stops what it started,
+    # and leaves no daemon.
     out = tmp_path / "out"
     proc = subprocess.run([sys.executable, str(ROOT / "bench/serve.py"), "--smoke", "--layout", "services", "--mps",
                            "--no-peer", "--out-dir", str(out), "--work", str(tmp_path / "work")],
-                          capture_output=True, text=True, timeout=900, env=env)
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 1, proc.stderr[-3000:]
-    assert "ABORTED: --mps: no MPS server is running after the services started" in proc.stderr
+    import re
+
+    assert re.search(r"ABORTED: the (stack|vision service) exited with status \d+ \(log: [^)]*\):\n.*(CUDA|cuda)",
+                     proc.stderr), proc.stderr[-3000:]  # the reason, from the service's own log
     r = json.loads((out / "internvl-tiny.json").read_text())
-    assert "did not connect through the daemon" in r["aborted"] and not r["variants"]
+    assert "exited with status" in r["aborted"] and not r["variants"]
     assert "**Run aborted:**" in (out / "internvl-tiny.md").read_text()
     assert not list(stand_in.glob("vlm-mps-*"))
+
+
+def test_a_terminated_run_stops_its_services_and_daemon(stand_in, tmp_path):
+    # A step's time limit sends SIGTERM: the run ends like an error (reason written) and stops what it started.
+    import signal
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bench/serve.py"), "--smoke", "--layout", "services",
+                             "--no-peer", "--out-dir", str(out), "--work", str(tmp_path / "work")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    log_dir = out / "logs"
+    while time.monotonic() < deadline and not list(log_dir.glob("*_vision.log")):  # services starting
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err[-3000:]
+    assert "ABORTED: terminated by signal 15" in err
+    r = json.loads((out / "internvl-tiny.json").read_text())
+    assert r["aborted"].startswith("terminated by signal 15")
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(out / "logs") not in ps and "internvl-tiny" not in ps  # no service left behind
