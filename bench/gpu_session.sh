@@ -378,6 +378,11 @@ mps_path() {  # nvidia-cuda-mps-control on PATH, from the driver's folders if ne
 serve_mps() {  # the two service processes sharing the GPU through NVIDIA MPS (bench/serve.py --mps: the run's own
   # control daemon), then in time slices (the default), model (a) w4a16 + int8 KV at 1/64/256, --stream-interval 4
   mps_path || return 1
+  serve_site || return 1
+  # The toy stack through MPS first (a minute): where MPS does not work here, say why and spend no more of the call
+  python3 bench/serve.py --smoke --layout services --mps --no-peer --out-dir "$RES/serve-mps-smoke" \
+    --work /tmp/serve-smoke-work 2>&1 | grep -E "c=[0-9]+:|ABORT|Error|MPS" | tail -n 12
+  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "serve_mps: the toy stack did not run through MPS; full runs skipped"; return 1; }
   local si="--lm-flag=--stream-interval=4"
   # MPS first: the run more likely to fail or hang, while the time slices' figures are known from earlier calls
   serve_runs 1,64,256 "--stem internvl-2b-$GPU_TAG-mps $si --mps" "--stem internvl-2b-$GPU_TAG-slices $si"
