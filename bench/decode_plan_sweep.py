@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Every plan of the decode-size w4a16 kernel (native/cuda/w4a16_decode.cu, M <= 4 on Hopper) on the model
-layers of bench/gemm.py: strips of 64 columns a block S and K slices a cluster C pinned through
-VLM_W4A16_DECODE_S / _C, against the plan the library picks by itself, each in a process of its own (the
+layers of bench/gemm.py: strips of 64 columns a block S, K slices a cluster C and ring stages a warp R pinned
+through VLM_W4A16_DECODE_S / _C / _RING, against the plan the library picks by itself, each in a process of its own (the
 library plans a shape once per process). Same method as bench/gemm.py (weights rotated over more than the L2,
 20 calls a CUDA graph, median of 30 replays); only our kernel is timed. The plan each run actually used is
 asked of the library (vlm_w4a16_decode_plan), so a pinned plan that does not fit is reported as such rather
 than timed under its name. At M = 1 these layers run at 12-67 % of the 4-bit HBM floor (docs/benchmarks/gemm.md):
 fixed costs a call, which how the work is cut changes.
 
-    python3 bench/decode_plan_sweep.py [--layers 2B.o,7B.qkv] [--ms 1,2,4] [--s 1,2,4] [--c 1,2,4,8] --out R.json
+    python3 bench/decode_plan_sweep.py [--layers 2B.o,7B.qkv] [--ms 1,2,4] [--s 1,2,4] [--c 1,2,4,8] [--rings 8,16]
+        --out R.json
 
 Writes R.json and R.md (per layer and M: the default plan and time, the fastest plan and time).
 """
@@ -63,24 +64,22 @@ def child(layers: list[str], ms: list[int]) -> None:
         torch.cuda.empty_cache()
 
 
-def run_config(s: int, c: int, layers: list[str], ms: list[int]) -> list[dict]:
+def run_config(s: int, c: int, ring: int, layers: list[str], ms: list[int]) -> list[dict]:
     env = dict(os.environ)
-    env.pop("VLM_W4A16_DECODE_S", None)
-    env.pop("VLM_W4A16_DECODE_C", None)
-    if s:
-        env["VLM_W4A16_DECODE_S"] = str(s)
-    if c:
-        env["VLM_W4A16_DECODE_C"] = str(c)
+    for name, value in (("S", s), ("C", c), ("RING", ring)):
+        env.pop(f"VLM_W4A16_DECODE_{name}", None)
+        if value:
+            env[f"VLM_W4A16_DECODE_{name}"] = str(value)
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", "--layers", ",".join(layers),
                            "--ms", ",".join(map(str, ms))], env=env, capture_output=True, text=True, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0:  # reported with what it measured before; the sweep goes on
-        print(f"S={s} C={c}: the timing process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}",
+        print(f"S={s} C={c} R={ring}: the timing process failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}",
               file=sys.stderr)
         rows.append({"layer": None, "m": None, "plan": None, "us": None,
                      "error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:] or ''}"})
     for r in rows:
-        r["pinned"] = [s, c]
+        r["pinned"] = [s, c, ring]
     return rows
 
 
@@ -90,7 +89,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     keys = sorted({(r["layer"], r["m"]) for r in rows if r["layer"]}, key=lambda t: (t[0][:2], t[0], t[1]))
     for layer, m in keys:
         these = [r for r in rows if r["layer"] == layer and r["m"] == m]
-        default = next((r for r in these if r["pinned"] == [0, 0]), None)
+        default = next((r for r in these if r["pinned"] == [0, 0, 0]), None)
         timed = [r for r in these if r["us"] is not None]
         best = min(timed, key=lambda r: r["us"]) if timed else None
         out.append({"layer": layer, "m": m, "default_plan": default and default["plan"],
@@ -102,7 +101,7 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 def markdown(meta: dict, summary: list[dict], rows: list[dict]) -> str:
     def plan(p):
-        return f"S={p[0]} C={p[1]} U={p[2]}" if p and p[0] else "—"
+        return f"S={p[0]} C={p[1]} U={p[2]} R={p[3]}" if p and p[0] else "—"
 
     lines = [f"# Decode-size w4a16 kernel: every plan, {meta['gpu']}", "",
              f"- Date: {meta['date']}; command: `{meta['command']}`",
@@ -117,7 +116,8 @@ def markdown(meta: dict, summary: list[dict], rows: list[dict]) -> str:
     lines += ["", "Every run (µs; pinned S, C → the plan the library reported):", "",
               "| layer | M | pinned | plan | µs |", "|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["layer"] or "", r["m"] or 0, r["us"] if r["us"] is not None else 1e9)):
-        pin = "default" if r["pinned"] == [0, 0] else f"S={r['pinned'][0] or '·'} C={r['pinned'][1] or '·'}"
+        s_, c_, ring_ = r["pinned"]
+        pin = "default" if r["pinned"] == [0, 0, 0] else f"S={s_ or '·'} C={c_ or '·'} R={ring_ or '·'}"
         us = (f"{r['us']:.1f}" if r["us"] is not None else f"failed: {r['error']}" if r.get("error")
               else "no plan (general kernel)")
         lines.append(f"| {r['layer'] or 'all'} | {r['m'] or '—'} | {pin} | {plan(r['plan'])} | {us} |")
@@ -129,7 +129,8 @@ def main() -> None:
     ap.add_argument("--layers", default="2B.qkv,2B.o,2B.gate_up,2B.down,7B.qkv,7B.o,7B.gate_up,7B.down")
     ap.add_argument("--ms", default="1,2,4", help="rows (1-4: the decode kernel's range)")
     ap.add_argument("--s", default="1,2,4", help="strips a block to pin")
-    ap.add_argument("--c", default="1,2,3,4,5,6,7,8", help="K slices a cluster to pin")
+    ap.add_argument("--c", default="1,2,4,6,8", help="K slices a cluster to pin")
+    ap.add_argument("--rings", default="8,16", help="ring stages a warp to pin (8 or 16)")
     ap.add_argument("--out", default="decode_plan_sweep.json")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -143,16 +144,19 @@ def main() -> None:
     unknown = [x for x in layers if x not in LAYERS]
     if unknown or any(not 1 <= m <= 4 for m in ms):
         ap.error(f"layers must be among {sorted(LAYERS)} and M within 1-4 (got {unknown or ms})")
+    rings = [int(x) for x in args.rings.split(",") if x]
+    if any(r not in (8, 16) for r in rings):
+        ap.error(f"--rings takes 8 and/or 16, got {rings}")
     import torch
 
     if not torch.cuda.is_available():
         sys.exit("decode_plan_sweep: needs a CUDA GPU (none is visible)")
-    configs = [(0, 0)] + [(int(s), int(c)) for s in args.s.split(",") for c in args.c.split(",")]
+    configs = [(0, 0, 0)] + [(int(s), int(c), r) for r in rings for s in args.s.split(",") for c in args.c.split(",")]
     rows: list[dict] = []
-    for i, (s, c) in enumerate(configs):
-        print(f"[{i + 1}/{len(configs)}] " + ("default plan" if not s else f"S={s} C={c}"), file=sys.stderr,
+    for i, (s, c, r) in enumerate(configs):
+        print(f"[{i + 1}/{len(configs)}] " + ("default plan" if not s else f"S={s} C={c} R={r}"), file=sys.stderr,
               flush=True)
-        rows += run_config(s, c, layers, ms)
+        rows += run_config(s, c, r, layers, ms)
     meta = {"gpu": torch.cuda.get_device_name(), "date": datetime.datetime.now(datetime.timezone.utc)
             .strftime("%Y-%m-%d %H:%M UTC"), "command": "python3 bench/decode_plan_sweep.py " + " ".join(sys.argv[1:])}
     summary = summarize(rows)

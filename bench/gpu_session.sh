@@ -68,9 +68,9 @@
 #   int4_attention the tensor-core decode attention over the int4 cache (VLM_DECODE_ATTENTION_MMA_INT4=1, off by
 #                 default until this runs): kernel tests, compute-sanitizer, engine tests, 2B w4a16 + int4 KV
 #                 decode at batch 1/16/64 on the CUDA-core kernel then the tensor cores
-#   decode_plan_sweep every plan of the decode-size w4a16 kernel (strips a block 1/2/4 x K slices a cluster 1-8,
-#                 pinned) against the default one, 8 layers at M = 1/2/4 (bench/decode_plan_sweep.py), then the
-#                 plan tests
+#   decode_plan_sweep every plan of the decode-size w4a16 kernel (strips a block 1/2/4 x K slices a cluster 1/2/4/6/8
+#                 x ring stages 8/16, pinned) against the default one, 8 layers at M = 1/2/4
+#                 (bench/decode_plan_sweep.py), then the decode kernel's tests
 #   decode_7b     7B w4a16 + int8 KV at batch 1
 #   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
 #                 transformers, the general w4a16 kernel and fewer attention key slices
@@ -123,9 +123,9 @@
 #   serve         bench/serve.py on model (a), w4a16 + int8 KV at concurrency 1/16/64/256 (JPEG, two processes; needs
 #                 python/vlmserve/_proto carried, and .gpu-carry/wheels where the image lacks packages)
 #   serve_leads   the same at 1/64/256 with JPEG requests in one process, then PNG requests to two processes
-#   stages16      the decode-size w4a16 kernel with 16 ring stages a warp instead of 8 (a second build, build-gpu16):
-#                 bench/gemm at M = 1/4 and 2B w4a16 + int8 KV decode at batch 1/16/64 with each build, then the
-#                 decode-kernel tests on the 16-stage build
+#   stages16      the decode-size w4a16 kernel with 16 ring stages a warp instead of 8 (VLM_W4A16_DECODE_RING=16):
+#                 the decode-kernel tests with it, bench/gemm at M = 1/4 and 2B w4a16 + int8 KV decode at batch
+#                 1/16/64 with each
 #   dense_check   the dense decode kernel's tests and compute-sanitizer on them, then 2B fp16 + int8 KV at batch 1
 #   dense         the dense decode kernel (fp16/bf16 weights, M <= 4): its tests and compute-sanitizer on them,
 #                 bench/gemm at M = 1 and 4, 2B fp16 weights + int8 KV decode at batch 1 and 4 with it and with
@@ -504,19 +504,16 @@ prefill() {  # prefill time of the same batches with each form of the prefill at
         for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_$form.json" $form
   done
 }
-stages16() {
-  cmake -S . -B build-gpu16 -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF \
-    -DCMAKE_CUDA_FLAGS=-DVLM_W4A16_DECODE_STAGES=16 >/dev/null &&
-    cmake --build build-gpu16 -j "$(nproc)" | grep -E "error|warning"
-  test -f build-gpu16/libvlmcore.so || return 1
-  for b in build-gpu build-gpu16; do
-    echo "-- $b"
-    VLMSERVE_LIB=$PWD/$b/libvlmcore.so python3 bench/gemm.py --ms 1,4 --out-dir "$RES/gemm_$b" | grep -E "^\| [27]B"
-    VLMSERVE_LIB=$PWD/$b/libvlmcore.so python3 bench/decode.py --models 2b --weights w4a16 --kv int8 \
-      --batches 1,16,64 --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_$b.json" | tail -n 3
+stages16() {  # the decode-size w4a16 kernel with 16 ring stages a warp (VLM_W4A16_DECODE_RING=16) against 8: its
+  # tests, bench/gemm at M = 1/4 and 2B decode at batch 1/16/64 (both depths are in every build)
+  VLM_W4A16_DECODE_RING=16 python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py \
+    tests/kernels/test_w4a16_rms_norm.py 2>&1 | tail -n 2
+  for ring in 8 16; do
+    echo "-- ring $ring"
+    VLM_W4A16_DECODE_RING=$ring python3 bench/gemm.py --ms 1,4 --out-dir "$RES/gemm_ring$ring" | grep -E "^\| [27]B"
+    VLM_W4A16_DECODE_RING=$ring python3 bench/decode.py --models 2b --weights w4a16 --kv int8 \
+      --batches 1,16,64 --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_ring$ring.json" | tail -n 3
   done
-  VLMSERVE_LIB=$PWD/build-gpu16/libvlmcore.so python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py \
-    tests/kernels/test_w4a16_rms_norm.py
 }
 dense_tests() {
   python3 -m pytest -q -m gpu tests/kernels/test_dense_decode.py

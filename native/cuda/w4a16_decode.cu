@@ -15,8 +15,8 @@
 //    memory: no global workspace, no atomics, no second kernel, and the sums
 //    are in a fixed order (deterministic).
 //  - Each warp streams its weights (and each group's scales and zeros) through
-//    its own ring of kStages cp.async stages in shared memory: the loads of the
-//    next kStages - 1 steps are in flight while one step is dequantized and
+//    its own ring of ST cp.async stages in shared memory: the loads of the
+//    next ST - 1 steps are in flight while one step is dequantized and
 //    multiplied, without registers to hold them. Each lane copies and reads its
 //    own 16 bytes of a stage, so only the group records (copied by 16 lanes for
 //    all 32) need the warp to meet.
@@ -60,12 +60,13 @@ using w4a16::cp_async_wait;
 
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
-// Steps (512 B of weights each) in flight per warp; a build-time knob for tuning (a multiple of 8,
-// the longest unit), e.g. -DCMAKE_CUDA_FLAGS=-DVLM_W4A16_DECODE_STAGES=16 (bench/gpu_session.sh stages16).
-#ifndef VLM_W4A16_DECODE_STAGES
-#define VLM_W4A16_DECODE_STAGES 8
-#endif
-constexpr int kStages = VLM_W4A16_DECODE_STAGES;
+// Ring stages a warp (steps of 512 B of weights in flight; a multiple of 8, the longest unit): 8 by default;
+// 16 holds twice the bytes in flight but fits 2 blocks an SM instead of 3 (shared memory). Measured as a build-
+// wide setting (H200, 2026-12-04): 16 took the 7B qkv and down layers from 13.1 to 11.7 and 12.5 to 12.1 us at
+// M = 1 and the 2B layers from 5.0 to 5.7 (qkv), 4.4 to 5.4 (o), 6.6 to 7.8 (down), so both are built and the
+// plan takes 8 unless VLM_W4A16_DECODE_RING=16 (for bench/decode_plan_sweep.py, until a per-shape rule is
+// measured).
+constexpr int kRingStages[] = {8, 16};
 constexpr int kMaxCluster = 8;       // the portable cluster size
 constexpr int kMaxStrips = 4;        // strips per block (S)
 constexpr int kSmemPad = 8;          // halves per staged A row: ldmatrix rows in distinct banks
@@ -76,11 +77,11 @@ struct Layout {
   int ring, grp, part, a;  // byte offsets
   int bytes;
 };
-__host__ __device__ inline Layout layout_of(int rows, int slice_steps) {
+__host__ __device__ inline Layout layout_of(int rows, int slice_steps, int stages) {
   Layout l;
   l.ring = 0;
-  l.grp = l.ring + kWarps * kStages * 512;
-  l.part = l.grp + kWarps * kStages * 256;
+  l.grp = l.ring + kWarps * stages * 512;
+  l.part = l.grp + kWarps * stages * 256;
   // Sized for 8 rows although at most kMaxDecodeRows are used: the region sized for 4 rows leaves
   // room for a 4th block per SM (by this layout's arithmetic), which changes the plan's cluster sizes,
   // and with it M = 1 ran slower on 7 of the 8 layers of bench/gemm (H200, 2026-12-03, two calls:
@@ -104,18 +105,19 @@ __host__ __device__ inline Layout layout_of(int rows, int slice_steps) {
 // is bound by instruction issue, not bandwidth: docs/benchmarks/gemm.md), and rounds no weight to
 // 16 bits. The sum is linear, so each unit of U steps (a group or part of one) is scaled on its
 // own: slices need only be whole units, and where a unit starts and ends is known at compile time.
-template <class T, int U>
+template <class T, int U, int ST>
 __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
                                                                  RmsNormInput norm, int M, int N, int K,
                                                                  int group_shift, int S, int slice_steps_max,
                                                                  bool silu_up) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  static_assert(kStages % U == 0, "a ring slot that starts a unit must start one on every pass");
+  static_assert(ST % U == 0, "a ring slot that starts a unit must start one on every pass");
+  static_assert(ST >= 4, "the warp's sums take its ring's place (ST * 512 bytes >= 2 KiB)");
   static_assert(kThreads == cuda::kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
   extern __shared__ __align__(16) unsigned char smem[];
   const int rows = M;  // <= kMaxDecodeRows
-  const Layout L = layout_of(rows, slice_steps_max);
+  const Layout L = layout_of(rows, slice_steps_max, ST);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int C = gridDim.y, rank = blockIdx.y;
   const int ksteps = K / 16, units = ksteps / U, groups = ksteps >> group_shift;
@@ -128,11 +130,11 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   const bool active = strip < N / kW4StripN;
   const int n_steps = active ? (wu1 - wu0) * U : 0;
 
-  uint4* ring = reinterpret_cast<uint4*>(smem + L.ring) + warp * kStages * 32;
-  uint4* grp = reinterpret_cast<uint4*>(smem + L.grp) + warp * kStages * 16;
+  uint4* ring = reinterpret_cast<uint4*>(smem + L.ring) + warp * ST * 32;
+  uint4* grp = reinterpret_cast<uint4*>(smem + L.grp) + warp * ST * 16;
   const uint4* wsrc = w + ((int64_t)strip * ksteps + ws0) * 32 + lane;
   const uint4* gsrc = sz + (int64_t)strip * groups * 16 + lane;
-  // Stage j of this warp (step ws0 + j) into ring slot `slot` (= j % kStages, a constant where
+  // Stage j of this warp (step ws0 + j) into ring slot `slot` (= j % ST, a constant where
   // the loops below are unrolled), with its group's record where it starts a unit; always one
   // commit group, empty past the last step.
   auto issue = [&](int j, int slot) {
@@ -145,7 +147,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 
   // Weights and scales depend on no earlier kernel: request them before waiting for A's writer.
 #pragma unroll
-  for (int j = 0; j < kStages; ++j) issue(j, j);
+  for (int j = 0; j < ST; ++j) issue(j, j);
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 
@@ -179,13 +181,13 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 
   // Unrolled by the ring's length, so every slot address is a constant offset and where units start
   // and end is known at compile time.
-  for (int j0 = 0; j0 < n_steps; j0 += kStages) {
+  for (int j0 = 0; j0 < n_steps; j0 += ST) {
 #pragma unroll
-    for (int slot = 0; slot < kStages; ++slot) {
+    for (int slot = 0; slot < ST; ++slot) {
       const int j = j0 + slot;
       const bool starts = slot % U == 0;
       if (starts && j >= n_steps) break;  // n_steps is a whole number of units
-      cp_async_wait<kStages - 1>();
+      cp_async_wait<ST - 1>();
       __syncwarp();  // the group record was copied by lanes 0-15 for the whole warp
       const uint4 wv = ring[slot * 32 + lane];
       if (starts) {
@@ -199,15 +201,15 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
       w4a16::codes_mma<T>(gacc, asum, b, bf, starts);
       if (slot % U == U - 1) w4a16::add_group_sums<T>(acc, gacc, asum, sv, zv);
       __syncwarp();  // every lane has read this slot before it is refilled
-      issue(j + kStages, slot);
+      issue(j + ST, slot);
     }
   }
   cp_async_wait<0>();
   __syncwarp();
 
-  // The warp's sums replace its own ring (kStages * 512 bytes >= 2 KiB).
+  // The warp's sums replace its own ring (ST * 512 bytes >= 2 KiB).
   float* red = reinterpret_cast<float*>(smem + L.ring);
-  float* mine = red + warp * kStages * 128;
+  float* mine = red + warp * ST * 128;
 #pragma unroll
   for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -225,7 +227,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
     const int q = ((col % 16) / 8) * 2 + (row & 1);
     const int at = (i * 4 + q) * 32 + 4 * g + t;
     float v = 0.f;
-    for (int k = 0; k < kw; ++k) v += red[(k * S + es) * kStages * 128 + at];
+    for (int k = 0; k < kw; ++k) v += red[(k * S + es) * ST * 128 + at];
     part[e] = v;
   }
 
@@ -263,42 +265,57 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 #endif
 }
 
-template <class T, int U>
+template <class T, int U, int ST>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
                      bool) {
-  return w4a16_decode_kernel<T, U>;
+  return w4a16_decode_kernel<T, U, ST>;
 }
 
-template <class T, int U>
+template <class T, int U, int ST>
 cudaError_t grant_smem() {
   static const cudaError_t e =
-      cudaFuncSetAttribute(kernel_for<T, U>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+      cudaFuncSetAttribute(kernel_for<T, U, ST>(), cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
   return e;
 }
 
-// Blocks of the (fp16, 8-step unit) kernel that one SM holds with `smem` bytes each.
-int resident_blocks(int smem) {
-  thread_local std::map<int, int> cache;
-  if (auto it = cache.find(smem); it != cache.end()) return it->second;
+// The (fp16, 8-step unit) kernel with a ring of `stages`: what the plan asks the occupancy of.
+using KernelPtr = decltype(kernel_for<__half, 8, 8>());
+KernelPtr occupancy_kernel(int stages, cudaError_t* granted) {
+  if (stages == 16) {
+    *granted = grant_smem<__half, 8, 16>();
+    return kernel_for<__half, 8, 16>();
+  }
+  *granted = grant_smem<__half, 8, 8>();
+  return kernel_for<__half, 8, 8>();
+}
+
+// Blocks of that kernel that one SM holds with `smem` bytes each.
+int resident_blocks(int smem, int stages) {
+  thread_local std::map<std::pair<int, int>, int> cache;
+  const auto key = std::make_pair(smem, stages);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
   int n = 0;
-  if (grant_smem<__half, 8>() != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel_for<__half, 8>(), kThreads, smem) != cudaSuccess) {
+  cudaError_t granted;
+  const KernelPtr kernel = occupancy_kernel(stages, &granted);
+  if (granted != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem) != cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
-  cache.emplace(smem, n);
+  cache.emplace(key, n);
   return n;
 }
 
 // Clusters of C such blocks that the GPU holds at once (fewer than resident_blocks() * SMs / C: one GPC a
 // cluster).
-int resident_clusters(int smem, int C) {
-  thread_local std::map<std::pair<int, int>, int> cache;
-  const auto key = std::make_pair(smem, C);
+int resident_clusters(int smem, int C, int stages) {
+  thread_local std::map<std::tuple<int, int, int>, int> cache;
+  const auto key = std::make_tuple(smem, C, stages);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
-  const bool granted = grant_smem<__half, 8>() == cudaSuccess;
-  if (!granted) cudaGetLastError();  // the plan goes on without clusters; later checks must start clean
-  const int n = granted ? cuda::max_active_clusters(kernel_for<__half, 8>(), dim3(kThreads), smem, C) : 0;
+  cudaError_t granted;
+  const KernelPtr kernel = occupancy_kernel(stages, &granted);
+  if (granted != cudaSuccess) cudaGetLastError();  // the plan goes on without clusters; later checks start clean
+  const int n = granted == cudaSuccess ? cuda::max_active_clusters(kernel, dim3(kThreads), smem, C) : 0;
   cache.emplace(key, n);
   return n;
 }
@@ -310,17 +327,19 @@ struct Plan {
   bool ok;
   int S, C, U, slice_steps;
   int smem;
+  int stages;  // ring stages a warp (kRingStages)
 };
 
 // S strips per block (the most that still give every SM a block: they share the staged A) and C
 // slices of K (the most whose clusters all fit on the GPU at once, keeping at least one unit per warp
 // and the staged A within shared memory), in units of U steps: the longest unit (at most a group)
 // that leaves every warp one, as each unit ends in a pass that scales its sums.
-// VLM_W4A16_DECODE_S / _C pin S and C, for tuning.
+// VLM_W4A16_DECODE_S / _C pin S and C, VLM_W4A16_DECODE_RING the ring stages (8 or 16), for tuning.
 Plan make_plan_uncached(int M, int N, int K, int group) {
   Plan p{};
   const int rows = M, strips = N / kW4StripN, ksteps = K / 16, gsteps = group / 16;
   const int force_s = cuda::env_int("VLM_W4A16_DECODE_S", 0), force_c = cuda::env_int("VLM_W4A16_DECODE_C", 0);
+  const int stages = cuda::env_int("VLM_W4A16_DECODE_RING", kRingStages[0]) == 16 ? 16 : 8;
   for (int S : {4, 2, 1}) {
     if (force_s && S != force_s) continue;
     const int blocks_n = (strips + S - 1) / S, kw = kWarps / S;
@@ -331,11 +350,11 @@ Plan make_plan_uncached(int M, int N, int K, int group) {
       while (U > 2 && ksteps / U < C * kw) U /= 2;
       if (ksteps / U < C * kw && C > 1 && !force_c) continue;
       const int slice = (ksteps / U + C - 1) / C * U;
-      const int smem = layout_of(rows, slice).bytes;
+      const int smem = layout_of(rows, slice, stages).bytes;
       if (smem > kMaxSmem) break;  // fewer slices only make the staged A longer
-      const int res = resident_blocks(smem);
+      const int res = resident_blocks(smem, stages);
       if (res == 0) continue;
-      const int64_t fits = C == 1 ? (int64_t)res * cuda::sm_count() : resident_clusters(smem, C);
+      const int64_t fits = C == 1 ? (int64_t)res * cuda::sm_count() : resident_clusters(smem, C, stages);
       if (blocks_n <= fits || C == 1 || force_c) {
         best_c = C;
         best_u = U;
@@ -344,7 +363,7 @@ Plan make_plan_uncached(int M, int N, int K, int group) {
       }
     }
     if (best_c == 0) continue;
-    p = Plan{true, S, best_c, best_u, (ksteps / best_u + best_c - 1) / best_c * best_u, best_smem};
+    p = Plan{true, S, best_c, best_u, (ksteps / best_u + best_c - 1) / best_c * best_u, best_smem, stages};
     if ((int64_t)blocks_n * best_c >= cuda::sm_count() || S == 1 || force_s) break;
   }
   return p;
@@ -358,27 +377,35 @@ const Plan& plan_for(int M, int N, int K, int group) {
   return it->second;
 }
 
-template <class T, int U>
+template <class T, int U, int ST>
 cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                         const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
-  if (const cudaError_t e = grant_smem<T, U>(); e != cudaSuccess) return e;
+  if (const cudaError_t e = grant_smem<T, U, ST>(); e != cudaSuccess) return e;
   const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
   const int group_shift = group == 128 ? 3 : 2;
-  return cuda::launch_dependent_in_clusters(kernel_for<T, U>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem,
+  return cuda::launch_dependent_in_clusters(kernel_for<T, U, ST>(), grid, dim3(kThreads), dim3(1, p.C, 1), p.smem,
                                             stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                             static_cast<T*>(c), norm, M, N, K, group_shift, p.S, p.slice_steps,
                                             silu_up);
 }
 
+template <class T, int ST>
+cudaError_t launch_ring(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
+                        const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
+  switch (p.U) {
+    case 8: return launch_unit<T, 8, ST>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    case 4: return launch_unit<T, 4, ST>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    default: return launch_unit<T, 2, ST>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+  }
+}
+
 template <class T>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                    const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
-  switch (p.U) {
-    case 8: return launch_unit<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
-    case 4: return launch_unit<T, 4>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
-    default: return launch_unit<T, 2>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
-  }
+  if (p.stages == 16)
+    return launch_ring<T, 16>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+  return launch_ring<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
 }
 
 // The plan for this shape, or null where the kernel does not apply (one cached lookup per call).
@@ -397,11 +424,13 @@ bool w4a16_decode_applies(int M, int N, int K, int group) {
   return applicable_plan(M, N, K, group) != nullptr;
 }
 
-void w4a16_decode_plan(int M, int N, int K, int group, int* strips_per_block, int* k_slices, int* unit_steps) {
+void w4a16_decode_plan(int M, int N, int K, int group, int* strips_per_block, int* k_slices, int* unit_steps,
+                       int* ring_stages) {
   const Plan* p = applicable_plan(M, N, K, group);
   *strips_per_block = p ? p->S : 0;
   *k_slices = p ? p->C : 0;
   *unit_steps = p ? p->U : 0;
+  *ring_stages = p ? p->stages : 0;
 }
 
 cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M,

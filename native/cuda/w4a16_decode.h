@@ -15,9 +15,11 @@ constexpr int kMaxDecodeRows = 4;
 // True when this GPU and build run the decode kernel for this shape (sm_90 code present,
 // VLM_W4A16_DECODE not 0, a plan that fits shared memory).
 bool w4a16_decode_applies(int M, int N, int K, int group);
-// The plan this shape runs with: strips of 64 columns a block, K slices (the blocks of a cluster) and k16
-// steps a scaling unit; all 0 where the kernel does not apply. VLM_W4A16_DECODE_S / _C pin the first two.
-void w4a16_decode_plan(int M, int N, int K, int group, int* strips_per_block, int* k_slices, int* unit_steps);
+// The plan this shape runs with: strips of 64 columns a block, K slices (the blocks of a cluster), k16 steps a
+// scaling unit and ring stages a warp; all 0 where the kernel does not apply. VLM_W4A16_DECODE_S / _C pin the
+// first two, VLM_W4A16_DECODE_RING the last.
+void w4a16_decode_plan(int M, int N, int K, int group, int* strips_per_block, int* k_slices, int* unit_steps,
+                       int* ring_stages);
 // C = A · dequant(W)ᵀ (+ residual), as w4a16_gemm(); cudaErrorInvalidValue where it does not apply.
 cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c,
                               int M, int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up);

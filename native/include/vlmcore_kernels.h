@@ -51,12 +51,13 @@ VLM_API int vlm_w4a16_wgmma_plan(int32_t m, int32_t n, int32_t k, int32_t group_
 /* The plan of the decode-size w4a16 kernel (M <= 4, Hopper) for this shape:
  * *strips_per_block strips of 64 output columns a block, *k_slices slices of K
  * (the blocks of one thread-block cluster, summed through distributed shared
- * memory), *unit_steps k16 steps scaled together; all 0 where that kernel does
- * not run the shape, and in builds without CUDA. VLM_W4A16_DECODE_S and
- * VLM_W4A16_DECODE_C, read when a shape is first planned in a thread, pin the
- * first two. For benchmarks that sweep the plan. */
+ * memory), *unit_steps k16 steps scaled together, *ring_stages steps of weights
+ * in flight a warp (8 or 16); all 0 where that kernel does not run the shape,
+ * and in builds without CUDA. VLM_W4A16_DECODE_S, VLM_W4A16_DECODE_C and
+ * VLM_W4A16_DECODE_RING, read when a shape is first planned in a thread, pin the
+ * first two and the last. For benchmarks that sweep the plan. */
 VLM_API int vlm_w4a16_decode_plan(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* strips_per_block,
-                                  int32_t* k_slices, int32_t* unit_steps);
+                                  int32_t* k_slices, int32_t* unit_steps, int32_t* ring_stages);
 
 /* Rows from which the engine dequantizes a w4a16 layer and multiplies it with
  * cuBLAS instead of running vlm_w4a16_gemm (where no wgmma form takes the

@@ -84,15 +84,15 @@ int vlm_w4a16_wgmma_plan(int32_t m, int32_t n, int32_t k, int32_t group_size, in
 }
 
 int vlm_w4a16_decode_plan(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* strips_per_block,
-                          int32_t* k_slices, int32_t* unit_steps) {
+                          int32_t* k_slices, int32_t* unit_steps, int32_t* ring_stages) {
   return vlm::guarded([&] {
-    VLM_CHECK_ARG(strips_per_block && k_slices && unit_steps, "NULL output");
+    VLM_CHECK_ARG(strips_per_block && k_slices && unit_steps && ring_stages, "NULL output");
     vlm::check_w4a16_shape(m, n, k, group_size);
-    int s = 0, c = 0, u = 0;
+    int s = 0, c = 0, u = 0, r = 0;
 #ifdef VLM_HAVE_CUDA
-    vlm::w4a16_decode_plan(m, n, k, group_size, &s, &c, &u);
+    vlm::w4a16_decode_plan(m, n, k, group_size, &s, &c, &u, &r);
 #endif
-    *strips_per_block = s, *k_slices = c, *unit_steps = u;
+    *strips_per_block = s, *k_slices = c, *unit_steps = u, *ring_stages = r;
   });
 }
 

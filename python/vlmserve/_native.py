@@ -211,7 +211,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vlm_w4a16_wgmma_plan": (c.c_int, [c.c_int32, c.c_int32, c.c_int32, c.c_int32, c.POINTER(c.c_int32),
                                            c.POINTER(c.c_int32)]),
         "vlm_w4a16_decode_plan": (c.c_int, [c.c_int32, c.c_int32, c.c_int32, c.c_int32]
-                                  + [c.POINTER(c.c_int32)] * 3),
+                                  + [c.POINTER(c.c_int32)] * 4),
         "vlm_w4a16_dequant_gemm_min_rows": (c.c_int, [c.POINTER(c.c_int32)]),
         "vlm_w4a16_gemm": (c.c_int, [c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int32,
                                      c.c_int32, c.c_int32, c.c_int32, c.c_int32, c.c_void_p, c.c_void_p]),

@@ -60,10 +60,10 @@ def w4a16_wgmma_plan(m: int, n: int, k: int, group_size: int) -> tuple[int, bool
     return splits.value, bool(cluster.value)
 
 
-def w4a16_decode_plan(m: int, n: int, k: int, group_size: int) -> tuple[int, int, int]:
-    """(strips of 64 columns a block, K slices a cluster, k16 steps a unit) of the decode-size kernel at this
-    shape here; (0, 0, 0) where that kernel does not run it."""
-    out = [ctypes.c_int32() for _ in range(3)]
+def w4a16_decode_plan(m: int, n: int, k: int, group_size: int) -> tuple[int, int, int, int]:
+    """(strips of 64 columns a block, K slices a cluster, k16 steps a unit, ring stages a warp) of the decode-size
+    kernel at this shape here; (0, 0, 0, 0) where that kernel does not run it."""
+    out = [ctypes.c_int32() for _ in range(4)]
     check(_native.lib().vlm_w4a16_decode_plan(m, n, k, group_size, *(ctypes.byref(o) for o in out)))
     return tuple(o.value for o in out)
 

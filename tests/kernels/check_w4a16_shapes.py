@@ -26,12 +26,13 @@ def plan_failures() -> tuple[int, list[str]]:
     none with VLM_W4A16_DECODE=0 or above 4 rows, the pinned strips and slices where pinned."""
     decode_on = os.environ.get("VLM_W4A16_DECODE", "1") != "0"
     pinned = [int(os.environ.get(f"VLM_W4A16_DECODE_{v}", "0") or 0) for v in ("S", "C")]
+    ring = 16 if os.environ.get("VLM_W4A16_DECODE_RING") == "16" else 8
     checks, lines, planned = 0, [], 0
     for m, n, k, group in SHAPES:
         plan = w4a16_decode_plan(m, n, k, group)
         checks += 1
         if not decode_on or m > 4:
-            if plan != (0, 0, 0):
+            if plan != (0, 0, 0, 0):
                 lines.append(f"plan {plan} at M={m} {n}x{k} where the decode kernel should not run")
             continue
         if plan[0] == 0:
@@ -40,6 +41,8 @@ def plan_failures() -> tuple[int, list[str]]:
         for want, got, name in zip(pinned, plan, ("S", "C")):
             if want and got != want:
                 lines.append(f"plan {plan} at M={m} {n}x{k}: {name} {got}, pinned {want}")
+        if plan[3] != ring:
+            lines.append(f"plan {plan} at M={m} {n}x{k}: ring of {plan[3]} stages, asked {ring}")
     if decode_on and planned == 0:
         lines.append("no shape of up to 4 rows has a decode plan: the decode kernel never ran")
     return checks, lines

@@ -17,5 +17,11 @@ def test_every_plan_arrangement_matches_reference(s, c):
     run_checks({"VLM_W4A16_DECODE_S": str(s), "VLM_W4A16_DECODE_C": str(c)})
 
 
+@pytest.mark.parametrize("s,c", [(4, 0), (1, 8), (2, 3)])
+def test_the_deeper_ring_matches_reference(s, c):
+    # 16 ring stages a warp (VLM_W4A16_DECODE_RING=16): another instantiation, another shared-memory layout.
+    run_checks({"VLM_W4A16_DECODE_RING": "16", "VLM_W4A16_DECODE_S": str(s), "VLM_W4A16_DECODE_C": str(c)})
+
+
 def test_general_kernel_matches_reference_at_decode_sizes():
     run_checks({"VLM_W4A16_DECODE": "0"})

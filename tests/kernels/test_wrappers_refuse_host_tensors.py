@@ -28,7 +28,7 @@ def test_decode_plan_query_refuses_bad_shapes():
     with pytest.raises(InvalidArgumentError):
         w4a16_decode_plan(1, 2048, 2000, 128)  # K not a multiple of the group
     if _native.lib().vlm_cuda_device_count() == 0:  # no GPU here: no decode kernel runs any shape
-        assert w4a16_decode_plan(1, 2048, 2048, 128) == (0, 0, 0)
+        assert w4a16_decode_plan(1, 2048, 2048, 128) == (0, 0, 0, 0)
 
 
 def test_attention_form_query_refuses_bad_arguments():
