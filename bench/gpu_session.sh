@@ -301,8 +301,10 @@ decode_7b() {  # the 7B shape at batch 1, w4a16 + int8 KV
 wtests() {  # the w4a16 kernels alone
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py tests/kernels/test_w4a16_decode.py
 }
-etests() {  # the engine on the GPU against the CPU backend
-  python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py
+etests() {  # the engine on the GPU against the CPU backend (one line a test as it ends: a step cut off still says
+  # which passed)
+  python3 -m pytest -v -rfE --durations=10 -m "gpu and not slow" tests/engine/test_cuda_backend.py |
+    grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E |s call"
 }
 dequant_chunks() {  # the prefill path's dequantization in L2-sized stretches of output columns
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py -k "dequantiz" 2>&1 | tail -n 2
@@ -866,7 +868,7 @@ step serve_leads 500
 step wtests 120
 step gemm_new 120
 step gemm_full 300
-step etests 240
+step etests 330
 step prefill 200
 step trace 200
 step quick 150
