@@ -59,14 +59,14 @@
 #   decode_matrix_2b, decode_matrix_7b_fp16, decode_matrix_7b_w4a16
 #                 the whole bench/decode table (KV fp16/int8/int4 at batch 1-128, transformers beside fp16 weights),
 #                 one step each (a device call's limit)
-#   early_loads   the decode attention's first tiles loaded before its wait (VLM_ATTENTION_EARLY_LOADS=1, off by
-#                 default until this runs) vs after:
+#   early_loads   the decode attention's first tiles loaded before its wait (VLM_ATTENTION_EARLY_LOADS=1, the
+#                 default since 2026-12-05) vs after:
 #                 its no-bits test, 2B w4a16 + int8 KV decode at batch 1/16/64 and 7B at batch 1, off then on
 #   reduce_norm   at 5-16 rows the split-K sum of the o and down GEMMs with the RMSNorm after it in one kernel
-#                 (VLM_REDUCE_NORM=1, off by default until this runs) vs two: its no-bits test, 2B w4a16 + int8 KV
+#                 (VLM_REDUCE_NORM=1; off: slower on the H100, 2026-12-05) vs two: its no-bits test, 2B w4a16 + int8 KV
 #                 decode at batch 8/12/16, 7B at 16
-#   int4_attention the tensor-core decode attention over the int4 cache (VLM_DECODE_ATTENTION_MMA_INT4=1, off by
-#                 default until this runs): kernel tests, compute-sanitizer, engine tests, 2B w4a16 + int4 KV
+#   int4_attention the tensor-core decode attention over the int4 cache (VLM_DECODE_ATTENTION_MMA_INT4=1, the
+#                 default since 2026-12-05): kernel tests, compute-sanitizer, engine tests, 2B w4a16 + int4 KV
 #                 decode at batch 1/16/64 on the CUDA-core kernel then the tensor cores
 #   decode_plan_sweep every plan of the decode-size w4a16 kernel (strips a block 1/2/4 x K slices a cluster 1/2/4/6/8
 #                 x ring stages 8/16, pinned) against the default one, 8 layers at M = 1/2/4

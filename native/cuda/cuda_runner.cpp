@@ -859,7 +859,9 @@ class CudaRunner final : public StepRunner {
   // that sums its K slices (w4a16_gemm_rms_norm_next): a w4a16 layer without bias on the general kernel with K
   // split, 5-16 rows (the decode batches it is for and its test covers; above 16 the general kernel's other
   // plans, which only GPUs without the wgmma kernel run), one GPU (a shard's update is all-reduced first),
-  // VLM_REDUCE_NORM=1 (off until its GPU tests and timing have run).
+  // VLM_REDUCE_NORM=1. Off: its bits are the two kernels' (GPU test passed), but it was slower (H100, 2026-12-05:
+  // 2B w4a16 + int8 KV decode batch 8 5,812 -> 5,556 and batch 16 9,815 -> 9,317 tok/s): one block a row sums the
+  // K slices of a whole row, where the sum kernel of its own spreads them over many blocks.
   bool norm_follows_gemm(const DeviceLinear& l, int M) const {
     static const bool enabled = cuda::env_int("VLM_REDUCE_NORM", 0) != 0;
     return enabled && !comm_ && l.tensor_core && !l.bias.bytes() && M <= kFusedSiluMaxRows &&

@@ -370,8 +370,8 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     (decode batches from 20 rows, where the engine keeps the RoPE kernel, down to 1 as they finish;
     contexts crossing tiles, key slices and graph bounds). The profiled runs (eager, VLM_CUDA_PROFILE=1)
     show which form each one ran. The attention's first tiles loaded before it waits for the q/k/v GEMM
-    (VLM_ATTENTION_EARLY_LOADS=1) or after (the default): the same bits too. The int4 shapes run the
-    tensor-core form (VLM_DECODE_ATTENTION_MMA_INT4=1) in every run."""
+    (the default) or after (VLM_ATTENTION_EARLY_LOADS=0): the same bits too. The int4 shapes run the
+    tensor-core form (VLM_DECODE_ATTENTION_MMA_INT4=1, the default, pinned) in every run."""
     import os
     import subprocess
     import sys
@@ -382,7 +382,7 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     for name, env in {"inside": {"VLM_ROPE_IN_ATTENTION": "1"},
                       "inside_profiled": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_CUDA_PROFILE": "1"},
                       "kernel_profiled": {"VLM_ROPE_IN_ATTENTION": "0", "VLM_CUDA_PROFILE": "1"},
-                      "inside_early_loads": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_EARLY_LOADS": "1"}}.items():
+                      "inside_late_loads": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_EARLY_LOADS": "0"}}.items():
         if kv == "int4":
             env = dict(env, VLM_DECODE_ATTENTION_MMA_INT4="1")
         out = tmp_path / f"{name}.npz"
@@ -395,7 +395,7 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     assert "gpu  rope + kv write" in runs["kernel_profiled"][1]
     ref = runs["kernel_profiled"][0]
     assert len(ref.files) == 40
-    for name in ("inside", "inside_profiled", "inside_early_loads"):
+    for name in ("inside", "inside_profiled", "inside_late_loads"):
         got = runs[name][0]
         assert sorted(got.files) == sorted(ref.files)
         for key in ref.files:

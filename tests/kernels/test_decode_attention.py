@@ -78,22 +78,22 @@ def test_matches_reference(kv_dtype, act, head_dim, heads, kv_heads, rows, windo
     assert torch.equal(out, again)  # deterministic: slices merge in a fixed order
 
 
-def test_int4_on_the_tensor_cores_against_the_reference():
-    """The int4 cases above through the tensor-core kernel (VLM_DECODE_ATTENTION_MMA_INT4=1; read once per
-    process, hence a process of its own running them)."""
-    import os
+def test_int4_on_the_cuda_cores_against_the_reference():
+    """The int4 cases above through the CUDA-core kernel (VLM_DECODE_ATTENTION_MMA_INT4=0: what bf16 activations
+    and other head sizes take; read once per process, hence a process of its own running them), so both kernels
+    stay checked now that the tensor cores take the fp16 / 128-dim int4 cases by default."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, VLM_DECODE_ATTENTION_MMA_INT4="1")
-    # The kernel those cases then run (else they would pass on the CUDA-core kernel, unnoticed).
+    env = dict(os.environ, VLM_DECODE_ATTENTION_MMA_INT4="0")
+    # The kernel those cases then run (else they would pass on the tensor cores again, unnoticed).
     form = subprocess.run([sys.executable, "-c", "from vlmserve.kernels import decode_attention_form as f; "
                            "print(f(32, 8, 128, kv_dtype='int4'), f(16, 16, 128, kv_dtype='int4'), sep=';')"],
                           cwd=root, capture_output=True, text=True, timeout=300, env=env)
     assert form.returncode == 0, form.stderr[-2000:]
-    assert form.stdout.strip() == "tensor cores;tensor cores", form.stdout
+    assert form.stdout.strip() == "cuda cores;cuda cores", form.stdout
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
                            "-k", "test_matches_reference and int4"], cwd=root, capture_output=True, text=True,
                           timeout=900, env=env)
@@ -101,14 +101,15 @@ def test_int4_on_the_tensor_cores_against_the_reference():
     assert "8 passed" in done.stdout, done.stdout[-2000:]
 
 
-def test_int4_takes_the_cuda_core_kernel_by_default():
+def test_int4_takes_the_tensor_cores_by_default():
     from vlmserve.kernels import decode_attention_form
 
-    if os.environ.get("VLM_DECODE_ATTENTION_MMA_INT4", "0") != "0":
-        pytest.skip("VLM_DECODE_ATTENTION_MMA_INT4 is set in this process: the default is not what runs here")
-    assert decode_attention_form(32, 8, 128, kv_dtype="int4") == "cuda cores"
+    if os.environ.get("VLM_DECODE_ATTENTION_MMA_INT4", "1") == "0":
+        pytest.skip("VLM_DECODE_ATTENTION_MMA_INT4=0 in this process: the default is not what runs here")
+    assert decode_attention_form(32, 8, 128, kv_dtype="int4") == "tensor cores"
     assert decode_attention_form(32, 8, 128, kv_dtype="int8") == "tensor cores"
     assert decode_attention_form(32, 8, 64, kv_dtype="int8") == "cuda cores"  # the tensor-core form: 128 dims
+    assert decode_attention_form(32, 8, 128, kv_dtype="int4", act_dtype="bfloat16") == "cuda cores"
 
 
 def test_bad_shapes_are_refused():
