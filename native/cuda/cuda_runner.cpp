@@ -655,7 +655,8 @@ class CudaRunner final : public StepRunner {
                              const DeviceBuffer* next_norm, const char* phase, const char* fused_phase) {
       if (next_norm && !fuse_norms && norm_follows_gemm(l, T)) {
         mark(fused_phase);
-        grow_zeroed(workspace_, w4a16_workspace_bytes(T, l.out, l.in, l.group));  // its fp32 partials (no counters: fold is off)
+        // Its fp32 partials (no arrival counters: the plan never folds here).
+        grow_zeroed(workspace_, w4a16_workspace_bytes(T, l.out, l.in, l.group));
         VLM_CUDA_CHECK(w4a16_gemm_rms_norm_next(x, l.w.as(), l.scale.as(), y, T, l.out, l.in, l.group, bf16_,
                                                 workspace_.as(), stream_, gate_up_input, h, next_norm->as<float>(),
                                                 p_.rms_norm_eps, x_.as()));
