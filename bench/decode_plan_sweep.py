@@ -107,7 +107,8 @@ def markdown(meta: dict, summary: list[dict], rows: list[dict]) -> str:
              f"- Date: {meta['date']}; command: `{meta['command']}`",
              "- Method: bench/gemm.py's (weights rotated over > 200 MB, 20 calls a CUDA graph, median of 30 "
              "replays); fp16 activations, group 128; each pinned plan in a process of its own", "",
-             "| layer | M | default plan | µs | fastest plan | µs | default / fastest |", "|---|---|---|---|---|---|---|"]
+             "| layer | M | default plan | µs | fastest plan | µs | default / fastest |",
+             "|---|---|---|---|---|---|---|"]
     for s in summary:
         fmt = lambda v: f"{v:.1f}" if v is not None else "—"  # noqa: E731
         gain = f"{s['gain']:.2f}×" if s["gain"] else "—"
