@@ -71,6 +71,9 @@
 #   decode_plan_sweep every plan of the decode-size w4a16 kernel (strips a block 1/2/4 x K slices a cluster 1/2/4/6/8
 #                 x ring stages 8/16, pinned) against the default one, 8 layers at M = 1/2/4
 #                 (bench/decode_plan_sweep.py), then the decode kernel's tests
+#   layer_plans   each layer's fastest plan alone (decode_plan_sweep, H100 2026-12-05) pinned for that layer only
+#                 (VLM_W4A16_DECODE_PLANS), 2B w4a16 + int8 KV decode at batch 1/4 (7B layers: 7B at batch 1) against
+#                 the default, then the plan tests
 #   decode_7b     7B w4a16 + int8 KV at batch 1
 #   decode        bench/decode: 2B at batch 1/16/64 and 7B at batch 1 beside fp16 weights,
 #                 transformers, the general w4a16 kernel and fewer attention key slices
@@ -293,6 +296,25 @@ decode_plan_sweep() {  # every pinned plan of the decode-size w4a16 kernel again
   # also check that the plan the library reports is the pinned one)
   python3 bench/decode_plan_sweep.py --out "$RES/decode_plan_sweep.json" 2>&1 | tail -n 24
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py 2>&1 | tail -n 2
+}
+layer_plans() {  # one layer's plan at a time in the engine: the sweep's fastest alone, which pinned for every layer
+  # at once decoded slower (docs/benchmarks/gemm.md, 2026-12-05)
+  local pin
+  python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,4 --peer-batches 0 \
+    --work /tmp/decode-models --out "$RES/layer_plans_2b_default.json" 2>&1 | grep -E "tok/s" | sed 's/^/default /'
+  for pin in 4096x2048:1,1,16 2048x2048:1,2,16 16384x2048:1,1,8 2048x8192:2,6,8; do
+    VLM_W4A16_DECODE_PLANS=$pin python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,4 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/layer_plans_2b_${pin%%:*}.json" 2>&1 |
+      grep -E "tok/s" | sed "s/^/$pin /"
+  done
+  python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
+    --work /tmp/decode-models --out "$RES/layer_plans_7b_default.json" 2>&1 | grep -E "tok/s" | sed 's/^/default /'
+  for pin in 12288x4096:1,1,16 4096x4096:1,2,8 22016x4096:1,1,8; do
+    VLM_W4A16_DECODE_PLANS=$pin python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/layer_plans_7b_${pin%%:*}.json" 2>&1 |
+      grep -E "tok/s" | sed "s/^/$pin /"
+  done
+  python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py -k "one_shapes" 2>&1 | tail -n 2
 }
 decode_7b() {  # the 7B shape at batch 1, w4a16 + int8 KV
   python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
@@ -816,7 +838,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads reduce_norm int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads reduce_norm int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
@@ -824,6 +846,7 @@ step overlap 400
 step serve_overlap 580
 step early_loads 500
 step decode_plan_sweep 540
+step layer_plans 540
 step reduce_norm 500
 step int4_attention 560
 step serve_mps 580

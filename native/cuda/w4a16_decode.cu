@@ -37,6 +37,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <tuple>
@@ -330,16 +331,43 @@ struct Plan {
   int stages;  // ring stages a warp (kRingStages)
 };
 
+// Per-layer pins, VLM_W4A16_DECODE_PLANS="NxK:S,C,R;..." (e.g. "16384x2048:1,1,8"): the plan of one layer shape,
+// for measuring a plan in the engine one layer at a time (pins for every shape at once slowed decode:
+// docs/benchmarks/gemm.md, 2026-12-05). 0 leaves that part to the rule; malformed entries are ignored.
+struct ShapePin {
+  int S = 0, C = 0, R = 0;
+};
+ShapePin shape_pin(int N, int K) {
+  static const std::map<std::pair<int, int>, ShapePin> pins = [] {
+    std::map<std::pair<int, int>, ShapePin> m;
+    const char* e = std::getenv("VLM_W4A16_DECODE_PLANS");
+    for (const char* q = e; q && *q;) {
+      int n = 0, k = 0, consumed = 0;
+      ShapePin pin;
+      if (std::sscanf(q, "%dx%d:%d,%d,%d%n", &n, &k, &pin.S, &pin.C, &pin.R, &consumed) == 5 && consumed > 0)
+        m[{n, k}] = pin;
+      const char* next = std::strchr(q, ';');
+      q = next ? next + 1 : nullptr;
+    }
+    return m;
+  }();
+  const auto it = pins.find({N, K});
+  return it == pins.end() ? ShapePin{} : it->second;
+}
+
 // S strips per block (the most that still give every SM a block: they share the staged A) and C
 // slices of K (the most whose clusters all fit on the GPU at once, keeping at least one unit per warp
 // and the staged A within shared memory), in units of U steps: the longest unit (at most a group)
 // that leaves every warp one, as each unit ends in a pass that scales its sums.
-// VLM_W4A16_DECODE_S / _C pin S and C, VLM_W4A16_DECODE_RING the ring stages (8 or 16), for tuning.
+// VLM_W4A16_DECODE_S / _C pin S and C, VLM_W4A16_DECODE_RING the ring stages (8 or 16), for tuning, for every
+// shape; VLM_W4A16_DECODE_PLANS (shape_pin) for one.
 Plan make_plan_uncached(int M, int N, int K, int group) {
   Plan p{};
   const int rows = M, strips = N / kW4StripN, ksteps = K / 16, gsteps = group / 16;
-  const int force_s = cuda::env_int("VLM_W4A16_DECODE_S", 0), force_c = cuda::env_int("VLM_W4A16_DECODE_C", 0);
-  const int stages = cuda::env_int("VLM_W4A16_DECODE_RING", kRingStages[0]) == 16 ? 16 : 8;
+  const ShapePin pin = shape_pin(N, K);
+  const int force_s = pin.S ? pin.S : cuda::env_int("VLM_W4A16_DECODE_S", 0);
+  const int force_c = pin.C ? pin.C : cuda::env_int("VLM_W4A16_DECODE_C", 0);
+  const int stages = (pin.R ? pin.R : cuda::env_int("VLM_W4A16_DECODE_RING", kRingStages[0])) == 16 ? 16 : 8;
   for (int S : {4, 2, 1}) {
     if (force_s && S != force_s) continue;
     const int blocks_n = (strips + S - 1) / S, kw = kWarps / S;

@@ -23,5 +23,11 @@ def test_the_deeper_ring_matches_reference(s, c):
     run_checks({"VLM_W4A16_DECODE_RING": "16", "VLM_W4A16_DECODE_S": str(s), "VLM_W4A16_DECODE_C": str(c)})
 
 
+def test_one_shapes_pinned_plan_matches_reference():
+    # VLM_W4A16_DECODE_PLANS pins the plan of single layer shapes (the others keep the rule); the check script
+    # also requires the library to report those plans for those shapes.
+    run_checks({"VLM_W4A16_DECODE_PLANS": "2048x2048:1,1,16;1280x1024:2,3,8;5504x4096:1,2,0"})
+
+
 def test_general_kernel_matches_reference_at_decode_sizes():
     run_checks({"VLM_W4A16_DECODE": "0"})
