@@ -62,9 +62,6 @@
 #   early_loads   the decode attention's first tiles loaded before its wait (VLM_ATTENTION_EARLY_LOADS=1, the
 #                 default since 2026-12-05) vs after:
 #                 its no-bits test, 2B w4a16 + int8 KV decode at batch 1/16/64 and 7B at batch 1, off then on
-#   reduce_norm   at 5-16 rows the split-K sum of the o and down GEMMs with the RMSNorm after it in one kernel
-#                 (VLM_REDUCE_NORM=1; off: slower on the H100, 2026-12-05) vs two: its no-bits test, 2B w4a16 + int8 KV
-#                 decode at batch 8/12/16, 7B at 16
 #   int4_attention the tensor-core decode attention over the int4 cache (VLM_DECODE_ATTENTION_MMA_INT4=1, the
 #                 default since 2026-12-05): kernel tests, compute-sanitizer, engine tests, 2B w4a16 + int4 KV
 #                 decode at batch 1/16/64 on the CUDA-core kernel then the tensor cores
@@ -268,13 +265,6 @@ early_loads() {  # the tensor-core decode attention's first tiles loaded before 
   # no-bits test, then 2B w4a16 + int8 KV at batch 1/16/64 and 7B at batch 1, off then on, one call
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k rope_inside 2>&1 | tail -n 2
   decode_ab VLM_ATTENTION_EARLY_LOADS early 1,16,64 1
-}
-reduce_norm() {  # at 5-16 rows the o and down GEMMs' split-K sum with the norm after it in one kernel
-  # (VLM_REDUCE_NORM=1) against the two kernels: the no-bits test and the norm tests, then 2B w4a16 + int8 KV decode
-  # at batch 8/12/16 and 7B at 16, off then on
-  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k split_k_sum 2>&1 | tail -n 3
-  python3 -m pytest -q -m gpu tests/kernels/test_rms_norm.py tests/kernels/test_w4a16_rms_norm.py 2>&1 | tail -n 2
-  decode_ab VLM_REDUCE_NORM reduce_norm 8,12,16 16
 }
 int4_attention() {  # the tensor-core decode attention's int4 form: the kernel tests (int4 and int8 cases), compute-
   # sanitizer on them, the RoPE-inside no-bits tests and the engine's int4 tests, then 2B w4a16 + int4 KV decode at
@@ -838,7 +828,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads reduce_norm int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
@@ -847,7 +837,6 @@ step serve_overlap 580
 step early_loads 500
 step decode_plan_sweep 540
 step layer_plans 540
-step reduce_norm 500
 step int4_attention 560
 step serve_mps 580
 step serve_mps_acc 400

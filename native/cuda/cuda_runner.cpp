@@ -132,7 +132,6 @@ class PinnedBuffer {
     bytes_ = 0;
     const cudaError_t e = cudaMallocHost(&p_, bytes);
     if (e == cudaSuccess) bytes_ = bytes;
-    else p_ = nullptr;
     return e;
   }
 
@@ -624,18 +623,9 @@ class CudaRunner final : public StepRunner {
     float* h = h_.as<float>();
     float* h_other = h_next_.as<float>();
     const bool fuse_norms = norms_fuse(T);
-    // Set where the GEMM before the norm computed it already (update_linear): x_ holds the norm's output and
-    // h the updated residual stream.
-    bool x_ready = false;
     // The norm before `l` (rms_norm(h + delta) * weight) as its input, fused or as its own kernel.
     auto normed_linear = [&](const DeviceLinear& l, const DeviceBuffer& weight, void* y, const char* fused_phase,
                              const char* phase) {
-      if (x_ready) {
-        x_ready = false;
-        mark(phase);
-        linear(l, x_.as(), T, y);
-        return;
-      }
       if (fuse_norms) {
         mark(fused_phase);
         linear_rms_norm(l, {h, delta, weight.as<float>(), delta ? h_other : nullptr, p_.rms_norm_eps}, T, y);
@@ -647,24 +637,6 @@ class CudaRunner final : public StepRunner {
                                         stream_));
       mark(phase);
       linear(l, x_.as(), T, y);
-    };
-    // y = x · Wᵀ, the residual stream's update, with `next_norm` the weight of the norm that follows it: where
-    // the GEMM's K slices are summed by a kernel of their own (5-16 rows), that kernel also adds y to h and
-    // writes the norm into x_ (the same bits as the norm's own kernel, one launch fewer).
-    auto update_linear = [&](const DeviceLinear& l, const void* x, void* y, bool gate_up_input,
-                             const DeviceBuffer* next_norm, const char* phase, const char* fused_phase) {
-      if (next_norm && !fuse_norms && norm_follows_gemm(l, T)) {
-        mark(fused_phase);
-        // Its fp32 partials (no arrival counters: the plan never folds here).
-        grow_zeroed(workspace_, w4a16_workspace_bytes(T, l.out, l.in, l.group));
-        VLM_CUDA_CHECK(w4a16_gemm_rms_norm_next(x, l.w.as(), l.scale.as(), y, T, l.out, l.in, l.group, bf16_,
-                                                workspace_.as(), stream_, gate_up_input, h, next_norm->as<float>(),
-                                                p_.rms_norm_eps, x_.as()));
-        x_ready = true;
-        return;
-      }
-      mark(phase);
-      linear(l, x, T, y, gate_up_input);
     };
     for (int l = 0; l < p_.num_layers; ++l) {
       DeviceLayer& w = layers_[l];
@@ -687,23 +659,23 @@ class CudaRunner final : public StepRunner {
         VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window,
                                              context, num_sms_, kv, attn_workspace_.as(),
                                              attn_arrivals_.as<int>(), stream_, rope_in_attention ? &rope : nullptr));
-      update_linear(w.o, attn_.as(), delta_.as(), false, &w.post_norm, "o proj", "o proj + add + rms norm");
+      mark("o proj");
+      linear(w.o, attn_.as(), T, delta_.as());
       mark("all-reduce");
       all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
       normed_linear(w.gate_up, w.post_norm, gate_up_.as(), "rms norm + gate_up proj", "gate_up proj");
-      // The next layer's input norm follows (the final norm, after the last layer, takes only the logit rows).
-      const DeviceBuffer* next_norm = l + 1 < p_.num_layers ? &layers_[l + 1].input_norm : nullptr;
       // Decode sizes: silu(gate) * up computed as the down GEMM stages its input (one launch
       // fewer). Larger steps keep the separate pass: every column block of the GEMM would
       // recompute it for its rows (measured slower at 64 rows).
       if ((w.down.tensor_core && T <= kFusedSiluMaxRows) || dense_decodes(w.down, T)) {
-        update_linear(w.down, gate_up_.as(), delta_.as(), true, next_norm, "silu * up + down proj",
-                      "silu * up + down proj + add + rms norm");
+        mark("silu * up + down proj");
+        linear(w.down, gate_up_.as(), T, delta_.as(), true);
       } else {
         mark("silu * up");
         VLM_CUDA_CHECK(cuda::silu_mul(act_, gate_up_.as(), ffn_.as(), T, F, stream_));
-        update_linear(w.down, ffn_.as(), delta_.as(), false, next_norm, "down proj", "down proj + add + rms norm");
+        mark("down proj");
+        linear(w.down, ffn_.as(), T, delta_.as());
       }
       mark("all-reduce");
       all_reduce(delta_.as(), (int64_t)T * H);
@@ -854,20 +826,6 @@ class CudaRunner final : public StepRunner {
     if (mb <= 0) return out;
     const int64_t cols = ((int64_t)mb << 20) / ((int64_t)in * 2) / kW4StripN * kW4StripN;
     return (int)std::min<int64_t>(out, std::max<int64_t>(kW4StripN, cols));
-  }
-
-  // Whether a GEMM of M rows whose output updates the residual stream runs with the norm after it in the kernel
-  // that sums its K slices (w4a16_gemm_rms_norm_next): a w4a16 layer without bias on the general kernel with K
-  // split, 5-16 rows (the decode batches it is for and its test covers; above 16 the general kernel's other
-  // plans, which only GPUs without the wgmma kernel run), one GPU (a shard's update is all-reduced first),
-  // VLM_REDUCE_NORM=1. Off: its bits are the two kernels' (GPU test passed), but it was slower (H100, 2026-12-05:
-  // 2B w4a16 + int8 KV decode batch 8 5,812 -> 5,556 and batch 16 9,815 -> 9,317 tok/s): one block a row sums the
-  // K slices of a whole row, where the sum kernel of its own spreads them over many blocks.
-  bool norm_follows_gemm(const DeviceLinear& l, int M) const {
-    static const bool enabled = cuda::env_int("VLM_REDUCE_NORM", 0) != 0;
-    return enabled && !comm_ && l.tensor_core && !l.bias.bytes() && M <= kFusedSiluMaxRows &&
-           M < w4a16_dequant_gemm_min_rows() &&
-           w4a16_gemm_rms_norm_next_applies(M, l.out, l.in, l.group);
   }
 
   static bool dense_decodes(const DeviceLinear& l, int M) {

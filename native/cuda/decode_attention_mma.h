@@ -9,7 +9,7 @@ namespace vlm {
 namespace cuda {
 
 // fp16 activations, an int8 or int4 cache of 128-dim heads in blocks of at least 16 slots, query groups
-// of 1, 2, 4 or 8 heads, and VLM_DECODE_ATTENTION_MMA not 0 (int4: with VLM_DECODE_ATTENTION_MMA_INT4=1).
+// of 1, 2, 4 or 8 heads, and VLM_DECODE_ATTENTION_MMA not 0 (int4: VLM_DECODE_ATTENTION_MMA_INT4 not 0).
 bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& cache);
 // Blocks of the kernel for query groups of `group` heads over this cache's codes that one SM holds at
 // once (at least 1).

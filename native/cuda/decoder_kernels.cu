@@ -69,30 +69,6 @@ __global__ void add_rms_norm_kernel(float* h, const T* delta, const float* weigh
   for (int k = threadIdx.x; k < hidden; k += blockDim.x) o[k] = from_float<T>(weight[k] * (hr[k] * inv));
 }
 
-// The second half of a vectorised norm (kNormThreads threads, the row's float4 elements
-// threadIdx.x + c * kNormThreads in x, this thread's sum of their squares in ss): the warps' sums in warp
-// order, then out_row = weight * x / rms. rms_norm_row.cuh's arithmetic.
-template <class T, int C>
-__device__ __forceinline__ void rms_scaled_row(const float4 (&x)[C], float ss, const float* weight, int hidden,
-                                               float eps, T* out_row) {
-  __shared__ float partial[kNormThreads / 32];
-  const int n4 = hidden / 4;
-  ss = warp_sum(ss);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
-  __syncthreads();
-  float total = 0.f;
-#pragma unroll
-  for (int w = 0; w < kNormThreads / 32; ++w) total += partial[w];
-  const float inv = rms_inverse(total, hidden, eps);
-  const float4* w4 = reinterpret_cast<const float4*>(weight);
-#pragma unroll
-  for (int c = 0; c < C; ++c) {
-    const int k = threadIdx.x + c * kNormThreads;
-    if (k >= n4) continue;
-    reinterpret_cast<uint2*>(out_row)[k] = rms_scaled4<T>(x[c], w4[k], inv);
-  }
-}
-
 // The same with the row in registers: C chunks of 4 elements per thread (hidden <= 4 * C *
 // kNormThreads), 16-byte loads of h, one pass over memory for the add and one for the output.
 // Its arithmetic is rms_norm_row.cuh's, which the w4a16 decode kernel's fused norm shares.
@@ -103,6 +79,7 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(float* h
   static_assert(kNormThreads == kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
   pdl_wait();  // every input below comes from earlier kernels
   pdl_allow_next();
+  __shared__ float partial[kNormThreads / 32];
   const int r = blockIdx.x;
   const int64_t i = select ? select[r] : r;
   float* hr = h + i * hidden;
@@ -118,44 +95,20 @@ __global__ void __launch_bounds__(kNormThreads) add_rms_norm_vec_kernel(float* h
     if (delta) reinterpret_cast<float4*>(hr)[k] = x[c];
     ss += sum_sq4(x[c]);
   }
-  rms_scaled_row<T, C>(x, ss, weight, hidden, eps, out + (int64_t)r * hidden);
-}
-
-// A split-K GEMM's sum over its K slices and the RMSNorm after it, one block a row: delta[r] = the sum of
-// partial[slice][r] in slice order rounded to T (splitk_reduce_kernel's bits), h[r] += delta[r], out[r] =
-// weight * h[r] / rms(h[r]) (add_rms_norm_vec_kernel's bits). One launch and one wait for a finished kernel
-// fewer than the two kernels.
-template <class T, int C>
-__global__ void __launch_bounds__(kNormThreads) splitk_reduce_rms_norm_kernel(const float* __restrict__ partial,
-                                                                               int splits, int64_t mn, T* delta,
-                                                                               float* h, const float* weight,
-                                                                               int hidden, float eps, T* out) {
-  static_assert(kNormThreads == kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
-  pdl_wait();  // the partials and h come from earlier kernels
-  pdl_allow_next();
-  const int r = blockIdx.x;
-  float* hr = h + (int64_t)r * hidden;
-  T* dr = delta + (int64_t)r * hidden;
-  const int n4 = hidden / 4;
-  float4 x[C];
-  float ss = 0.f;
+  ss = warp_sum(ss);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = ss;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kNormThreads / 32; ++w) total += partial[w];
+  const float inv = rms_inverse(total, hidden, eps);
+  const float4* w4 = reinterpret_cast<const float4*>(weight);
 #pragma unroll
   for (int c = 0; c < C; ++c) {
     const int k = threadIdx.x + c * kNormThreads;
     if (k >= n4) continue;
-    float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int sl = 0; sl < splits; ++sl) {
-      const float4 v = reinterpret_cast<const float4*>(partial + sl * mn + (int64_t)r * hidden)[k];
-      sum.x += v.x, sum.y += v.y, sum.z += v.z, sum.w += v.w;
-    }
-    const T d[4] = {from_float<T>(sum.x), from_float<T>(sum.y), from_float<T>(sum.z), from_float<T>(sum.w)};
-    reinterpret_cast<uint2*>(dr)[k] = *reinterpret_cast<const uint2*>(d);
-    x[c] = reinterpret_cast<const float4*>(hr)[k];  // + delta as residual4() adds it
-    x[c].x += to_float(d[0]), x[c].y += to_float(d[1]), x[c].z += to_float(d[2]), x[c].w += to_float(d[3]);
-    reinterpret_cast<float4*>(hr)[k] = x[c];
-    ss += sum_sq4(x[c]);
+    reinterpret_cast<uint2*>(out + (int64_t)r * hidden)[k] = rms_scaled4<T>(x[c], w4[k], inv);
   }
-  rms_scaled_row<T, C>(x, ss, weight, hidden, eps, out + (int64_t)r * hidden);
 }
 
 template <class T>
@@ -171,19 +124,6 @@ cudaError_t launch_add_rms_norm(float* h, const void* delta, const float* weight
              : chunks <= 4 ? add_rms_norm_vec_kernel<T, 4>
                            : add_rms_norm_vec_kernel<T, 8>;
   return launch_dependent(kernel, dim3(rows), dim3(kNormThreads), 0, stream, h, d, weight, select, hidden, eps, o);
-}
-
-template <class T>
-cudaError_t launch_splitk_reduce_rms_norm(const float* partial, int splits, void* delta, float* h, const float* weight,
-                                          int rows, int hidden, float eps, void* out, cudaStream_t stream) {
-  const int chunks = (hidden / 4 + kNormThreads - 1) / kNormThreads;
-  void (*kernel)(const float*, int, int64_t, T*, float*, const float*, int, float, T*) =
-      chunks <= 1   ? splitk_reduce_rms_norm_kernel<T, 1>
-      : chunks <= 2 ? splitk_reduce_rms_norm_kernel<T, 2>
-      : chunks <= 4 ? splitk_reduce_rms_norm_kernel<T, 4>
-                    : splitk_reduce_rms_norm_kernel<T, 8>;
-  return launch_dependent(kernel, dim3(rows), dim3(kNormThreads), 0, stream, partial, splits, (int64_t)rows * hidden,
-                          static_cast<T*>(delta), h, weight, hidden, eps, static_cast<T*>(out));
 }
 
 template <class T>
@@ -300,19 +240,6 @@ cudaError_t add_rms_norm(ActType act, float* h, const void* delta, const float* 
   return act == ActType::F16
              ? launch_add_rms_norm<__half>(h, delta, weight, select, rows, hidden, eps, out, stream)
              : launch_add_rms_norm<__nv_bfloat16>(h, delta, weight, select, rows, hidden, eps, out, stream);
-}
-
-bool splitk_reduce_rms_norm_applies(int hidden) { return hidden % 4 == 0 && hidden / 4 <= 8 * kNormThreads; }
-
-cudaError_t splitk_reduce_rms_norm(ActType act, const float* partial, int splits, void* delta, float* h,
-                                   const float* weight, int rows, int hidden, float eps, void* out,
-                                   cudaStream_t stream) {
-  if (rows == 0) return cudaSuccess;
-  if (!splitk_reduce_rms_norm_applies(hidden) || splits < 1) return cudaErrorInvalidValue;
-  return act == ActType::F16
-             ? launch_splitk_reduce_rms_norm<__half>(partial, splits, delta, h, weight, rows, hidden, eps, out, stream)
-             : launch_splitk_reduce_rms_norm<__nv_bfloat16>(partial, splits, delta, h, weight, rows, hidden, eps, out,
-                                                            stream);
 }
 
 cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, cudaStream_t stream) {

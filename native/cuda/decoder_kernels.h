@@ -65,12 +65,6 @@ cudaError_t scatter_rows(const float* src, const int32_t* rows, int n, int hidde
 // out[r] = weight * h[i] / rms(h[i]) in act.
 cudaError_t add_rms_norm(ActType act, float* h, const void* delta, const float* weight, const int32_t* select,
                          int rows, int hidden, float eps, void* out, cudaStream_t stream);
-// A split-K GEMM's partials [splits][rows][hidden] summed in slice order into delta (act), then
-// add_rms_norm(h, delta, weight) into out, in one kernel with both kernels' bits. Applies to
-// hidden % 4 == 0 and hidden <= 8192 (splitk_reduce_rms_norm_applies).
-bool splitk_reduce_rms_norm_applies(int hidden);
-cudaError_t splitk_reduce_rms_norm(ActType act, const float* partial, int splits, void* delta, float* h,
-                                   const float* weight, int rows, int hidden, float eps, void* out, cudaStream_t stream);
 // y[r][n] += bias[n].
 cudaError_t add_bias(ActType act, void* y, const float* bias, int rows, int n, cudaStream_t stream);
 // out[r][i] = silu(gate_up[r][i]) * gate_up[r][n + i] for r < rows, i < n (gate and up
@@ -110,7 +104,7 @@ cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMet
 // head; paged_attention() sends those here. Same workspace and results.
 bool decode_attention_supports(int num_heads, const KvView& cache);
 // Whether decode steps of this shape can take the attention with RoPE and the K/V write inside (the
-// tensor-core form: fp16 activations, int8 cache, 128-dim heads), and VLM_ROPE_IN_ATTENTION is not 0.
+// tensor-core form: fp16 activations, int8 or int4 cache, 128-dim heads), and VLM_ROPE_IN_ATTENTION is not 0.
 bool decode_attention_writes_kv(ActType act, int num_heads, const KvView& cache);
 // Which kernel decode_attention() runs for this shape here: 2 the tensor-core form, 1 the CUDA-core kernel,
 // 0 neither (an unsupported shape: paged_attention() takes it another way).

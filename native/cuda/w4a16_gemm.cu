@@ -29,12 +29,9 @@
 #include <algorithm>
 #include <cstdlib>
 #include <map>
-#include <optional>
 #include <tuple>
-#include <type_traits>
 
 #include "cpu/w4a16_pack.h"
-#include "cuda/decoder_kernels.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/device_query.h"
 #include "cuda/env_int.h"
@@ -450,19 +447,9 @@ Plan make_plan(int M, int N, int K, int group) {
   return p;
 }
 
-// Where a GEMM's output (the residual stream's update) feeds the next RMSNorm: the kernel after the GEMM sums
-// the K slices and computes the norm too (cuda::splitk_reduce_rms_norm).
-struct NormNext {
-  float* h;
-  const float* weight;
-  float eps;
-  void* out;
-};
-
 template <class T, int MT, int UNROLL, bool SWAP, int SPG = 0>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                   int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream,
-                   const NormNext* next = nullptr) {
+                   int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
   auto kernel = kernel_for<T, MT, UNROLL, SWAP, SPG>();
   if (const cudaError_t e = grant_smem<T, MT, UNROLL, SWAP, SPG>(); e != cudaSuccess) return e;
   int* arrivals = static_cast<int*>(workspace);
@@ -473,12 +460,7 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
                                          static_cast<const T*>(residual), static_cast<T*>(c),
                                          p.splits > 1 ? partial : nullptr, p.fold ? arrivals : nullptr, M, N, K,
                                          group, p.quantum, p.max_slice, silu_up);
-  // A norm asked for cannot be skipped: the caller would read a stale one (norm_next_plan excludes these plans).
-  if (e == cudaSuccess && next && (p.splits == 1 || p.fold)) return cudaErrorInvalidValue;
   if (e != cudaSuccess || p.splits == 1 || p.fold) return e;
-  if (next)
-    return cuda::splitk_reduce_rms_norm(std::is_same_v<T, __half> ? cuda::ActType::F16 : cuda::ActType::BF16, partial,
-                                        p.splits, c, next->h, next->weight, M, N, next->eps, next->out, stream);
   return w4a16_splitk_reduce<T>(partial, static_cast<const T*>(residual), static_cast<T*>(c), (int64_t)M * N,
                                 p.splits, stream);
 }
@@ -487,35 +469,30 @@ cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, 
 // of 64) or of 4 (one group of 64).
 template <class T, int MT>
 cudaError_t launch_codes(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                         int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream,
-                         const NormNext* next) {
-  if (p.spg == 8)
-    return launch<T, MT, 8, true, 8>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
+                         int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
+  if (p.spg == 8) return launch<T, MT, 8, true, 8>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if constexpr (MT == 1) {
     if (p.unroll == 8)
-      return launch<T, 1, 8, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
+      return launch<T, 1, 8, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   }
-  return launch<T, MT, kUnroll, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
+  return launch<T, MT, kUnroll, true, 4>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
 }
 
 template <class T>
 cudaError_t dispatch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                     int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream,
-                     const NormNext* next = nullptr) {
+                     int M, int N, int K, int group, void* workspace, bool silu_up, cudaStream_t stream) {
   if (p.codes() && p.mt == 2)
-    return launch_codes<T, 2>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
-  if (p.codes()) return launch_codes<T, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
+    return launch_codes<T, 2>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.codes()) return launch_codes<T, 1>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.swap && p.unroll == 8)
-    return launch<T, 1, 8, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
-  if (p.swap)
-    return launch<T, 1, kUnroll, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
+    return launch<T, 1, 8, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.swap) return launch<T, 1, kUnroll, true>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.mt == 1 && p.unroll == 8)
-    return launch<T, 1, 8, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
+    return launch<T, 1, 8, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
   if (p.mt == 1)
-    return launch<T, 1, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
-  if (p.mt == 2)
-    return launch<T, 2, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
-  return launch<T, 4, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream, next);
+    return launch<T, 1, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  if (p.mt == 2) return launch<T, 2, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
+  return launch<T, 4, kUnroll, false>(p, a, w, sz, residual, c, M, N, K, group, workspace, silu_up, stream);
 }
 
 }  // namespace
@@ -543,34 +520,6 @@ cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void*
   if (!p.ok || (p.splits > 1 && workspace == nullptr)) return cudaErrorInvalidValue;
   if (bf16) return dispatch<__nv_bfloat16>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
   return dispatch<__half>(p, a, w, sz, residual, c, M, N, K, group, workspace, a_is_gate_up, stream);
-}
-
-namespace {
-// The general kernel's plan for a GEMM whose K-slice sum takes the norm after it, or nullopt where none applies.
-std::optional<Plan> norm_next_plan(int M, int N, int K, int group) {
-  if (w4a16_decode_applies(M, N, K, group) || w4a16_wgmma_applies(M, N, K, group) ||
-      !cuda::splitk_reduce_rms_norm_applies(N))
-    return std::nullopt;
-  const Plan p = make_plan(M, N, K, group);
-  if (!p.ok || p.splits == 1 || p.fold) return std::nullopt;
-  return p;
-}
-}  // namespace
-
-bool w4a16_gemm_rms_norm_next_applies(int M, int N, int K, int group) {
-  return norm_next_plan(M, N, K, group).has_value();
-}
-
-cudaError_t w4a16_gemm_rms_norm_next(const void* a, const void* w, const void* sz, void* c, int M, int N, int K,
-                                     int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up,
-                                     float* h, const float* norm_weight, float eps, void* norm_out) {
-  const std::optional<Plan> plan = norm_next_plan(M, N, K, group);
-  if (!plan || workspace == nullptr || !h || !norm_weight || !norm_out) return cudaErrorInvalidValue;
-  const Plan& p = *plan;
-  const NormNext next{h, norm_weight, eps, norm_out};
-  if (bf16)
-    return dispatch<__nv_bfloat16>(p, a, w, sz, nullptr, c, M, N, K, group, workspace, a_is_gate_up, stream, &next);
-  return dispatch<__half>(p, a, w, sz, nullptr, c, M, N, K, group, workspace, a_is_gate_up, stream, &next);
 }
 
 cudaError_t w4a16_dequantize(const void* w, const void* sz, void* out, int N, int K, int group, bool bf16,

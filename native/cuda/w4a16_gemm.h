@@ -17,16 +17,6 @@ int64_t w4a16_workspace_bytes(int M, int N, int K, int group);
 cudaError_t w4a16_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c, int M,
                        int N, int K, int group, bool bf16, void* workspace, cudaStream_t stream,
                        bool a_is_gate_up = false);
-// Whether w4a16_gemm_rms_norm_next runs this shape: the general kernel with K split and the slices summed by a
-// kernel after it (not the decode or wgmma kernels, not a sum folded into the GEMM), N (the hidden size) <= 8192.
-bool w4a16_gemm_rms_norm_next_applies(int M, int N, int K, int group);
-// w4a16_gemm (no residual) whose output c [M][N] is the residual stream's update: the kernel that sums the K
-// slices also adds c to h (fp32 [M][N], in place) and writes rms_norm(h) * norm_weight to norm_out, the same
-// bits as w4a16_gemm then cuda::add_rms_norm (decoder_kernels.h), one kernel fewer. cudaErrorInvalidValue
-// where the shape does not apply.
-cudaError_t w4a16_gemm_rms_norm_next(const void* a, const void* w, const void* scale_zero, void* c, int M, int N, int K,
-                                     int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up,
-                                     float* h, const float* norm_weight, float eps, void* norm_out);
 // W [N][K] row-major in fp16/bf16, exactly the values the GEMM multiplies (for a dense GEMM at large M).
 cudaError_t w4a16_dequantize(const void* w, const void* scale_zero, void* out, int N, int K, int group, bool bf16,
                              cudaStream_t stream);
