@@ -98,7 +98,7 @@ def test_the_parsers_find_the_script_commands():
     assert len(_pytest_selections()) >= 20
     assert len(_bench_invocations()) >= 6
     assert "--mps" in dict(_bench_invocations())["bench/serve.py"]
-    assert any(sel[-2:] == ("-k", "split_k_sum") for sel in _pytest_selections())
+    assert any(sel[-2:] == ("-k", "rope_inside") for sel in _pytest_selections())
 
 
 @pytest.mark.parametrize("selection", _pytest_selections(), ids=lambda s: " ".join(s))
