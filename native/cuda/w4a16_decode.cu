@@ -67,7 +67,7 @@ constexpr int kThreads = kWarps * 32;
 // M = 1 and the 2B layers from 5.0 to 5.7 (qkv), 4.4 to 5.4 (o), 6.6 to 7.8 (down), so both are built and the
 // plan takes 8 unless VLM_W4A16_DECODE_RING=16 (for bench/decode_plan_sweep.py, until a per-shape rule is
 // measured).
-constexpr int kRingStages[] = {8, 16};
+constexpr int kDefaultRingStages = 8;  // the other depth built: 16
 constexpr int kMaxCluster = 8;       // the portable cluster size
 constexpr int kMaxStrips = 4;        // strips per block (S)
 constexpr int kSmemPad = 8;          // halves per staged A row: ldmatrix rows in distinct banks
@@ -328,7 +328,7 @@ struct Plan {
   bool ok;
   int S, C, U, slice_steps;
   int smem;
-  int stages;  // ring stages a warp (kRingStages)
+  int stages;  // ring stages a warp (8 or 16)
 };
 
 // Per-layer pins, VLM_W4A16_DECODE_PLANS="NxK:S,C,R;..." (e.g. "16384x2048:1,1,8"): the plan of one layer shape,
@@ -367,7 +367,7 @@ Plan make_plan_uncached(int M, int N, int K, int group) {
   const ShapePin pin = shape_pin(N, K);
   const int force_s = pin.S ? pin.S : cuda::env_int("VLM_W4A16_DECODE_S", 0);
   const int force_c = pin.C ? pin.C : cuda::env_int("VLM_W4A16_DECODE_C", 0);
-  const int stages = (pin.R ? pin.R : cuda::env_int("VLM_W4A16_DECODE_RING", kRingStages[0])) == 16 ? 16 : 8;
+  const int stages = (pin.R ? pin.R : cuda::env_int("VLM_W4A16_DECODE_RING", kDefaultRingStages)) == 16 ? 16 : 8;
   for (int S : {4, 2, 1}) {
     if (force_s && S != force_s) continue;
     const int blocks_n = (strips + S - 1) / S, kw = kWarps / S;
