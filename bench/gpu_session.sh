@@ -208,8 +208,10 @@ decode_new() {  # 2B w4a16 + int8 KV at batch 1/16/64; batch 1 again with the no
   VLM_FUSED_NORM=0 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_2b_unfused_norm.json" | tail -n 3
 }
-dtests() {  # the decode-size w4a16 kernel and its fused norm in every plan arrangement
-  python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py tests/kernels/test_w4a16_rms_norm.py
+dtests() {  # the decode-size w4a16 kernel and its fused norm in every plan arrangement (each plan test checks ~20 s
+  # of shapes in a process of its own: ~230 s in all on the H200; one line a test, so a cut step says which passed)
+  python3 -m pytest -v -rfE -m gpu tests/kernels/test_w4a16_rms_norm.py tests/kernels/test_w4a16_decode.py |
+    grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E "
 }
 decode_table() {  # 2B w4a16 + int8 KV at batch 1-128, fp16 weights at batch 1 beside transformers
   python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16,64,128 --peer-batches 0 \
@@ -869,7 +871,7 @@ step rope 300
 step dequant 200
 step dequant_chunks 560
 step tests 300
-step dtests 200
+step dtests 360
 step dense 420
 step stages16 480
 step dense_check 240
