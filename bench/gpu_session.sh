@@ -25,6 +25,11 @@
 #   serve_dequant_chunks fp16 vs w4a16 + int8 KV at 1/16 with VLM_DEQUANT_CHUNK_MB=16, then w4a16 + int8 KV at 64/256
 #                 without and with it (serving carry)
 #   serve_chunk   fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of 128 tokens, then 2,048 (serving carry)
+#   dense_prefill 4-bit layers kept dequantized for prefill-sized GEMMs (VLM_PREFILL_DENSE_WEIGHTS=1): its GPU test,
+#                 2B prefill at batch 1/64 without and with it, then fp16 vs w4a16 + int8 KV serving at 1/16 with it
+#                 (the 1.3x target; serving carry)
+#   serve_dense_prefill model (a), w4a16 + int8 KV through MPS at 64/256 with VLM_PREFILL_DENSE_WEIGHTS=1, then
+#                 without (serving carry)
 #   serve_mps     model (a), w4a16 + int8 KV at concurrency 1/64/256: the two service processes in GPU time slices (the
 #                 default), then sharing it through NVIDIA MPS (--mps; serving carry)
 #   serve_mps_acc the same through MPS with 4 gRPC acceptors in each service, at 64/256
@@ -520,6 +525,27 @@ prefill() {  # prefill time of the same batches with each form of the prefill at
         for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_$form.json" $form
   done
 }
+dense_prefill() {  # 4-bit layers also kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1): the bits test, prefill time,
+  # then fp16 vs w4a16 + int8 KV serving at 1/16 with the setting (fp16 weights do not read it)
+  python3 -m pytest -v -rfE -m gpu tests/engine/test_cuda_backend.py -k dense_prefill |
+    grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E "
+  for v in 0 1; do
+    VLM_PREFILL_DENSE_WEIGHTS=$v python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/prefill_dense$v.json" >/dev/null &&
+      python3 -c "import json,sys; [print('dense', sys.argv[2], r['batch'], 'prefill_s_median', r['prefill_s_median'], 'tok_s', round(r['tok_s']))
+        for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_dense$v.json" $v
+  done
+  serve_site || return 1
+  VLM_PREFILL_DENSE_WEIGHTS=1 python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 \
+    --vision-batch 16 --output-tokens 128 --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 \
+    --out-dir "$RES/serve" --stem internvl-2b-$GPU_TAG-dense-prefill-compare 2>&1 | grep -E "c=[0-9]+:|rror|ABORT"
+}
+serve_dense_prefill() {  # through MPS (the better layout at 64/256, this session's H200 call), with then without
+  mps_path || return 1
+  local si="--lm-flag=--stream-interval=4"
+  (export VLM_PREFILL_DENSE_WEIGHTS=1; serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-mps-dense-prefill $si --mps")
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-mps-dequantize $si --mps"
+}
 stages16() {  # the decode-size w4a16 kernel with 16 ring stages a warp (VLM_W4A16_DECODE_RING=16) against 8: its
   # tests, bench/gemm at M = 1/4 and 2B decode at batch 1/16/64 (both depths are in every build)
   VLM_W4A16_DECODE_RING=16 python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py \
@@ -830,7 +856,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f dense_prefill serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
@@ -840,6 +866,8 @@ step early_loads 500
 step decode_plan_sweep 540
 step layer_plans 540
 step int4_attention 560
+step dense_prefill 580
+step serve_dense_prefill 580
 step serve_mps 580
 step serve_mps_acc 400
 step serve_layouts 480

@@ -145,6 +145,9 @@ struct DeviceLinear {
   int out = 0, in = 0, group = 0;  // group 0: dense
   bool tensor_core = false;        // w4a16 fragment layout (w, scale = packed scale/zero)
   DeviceBuffer w, scale, nzs, bias;
+  // A tensor-core layer dequantized once at load (VLM_PREFILL_DENSE_WEIGHTS=1): prefill-sized GEMMs multiply it
+  // through cuBLAS instead of dequantizing the layer on every such call; empty otherwise.
+  DeviceBuffer dense;
 };
 
 struct DeviceLayer {
@@ -379,6 +382,7 @@ class CudaRunner final : public StepRunner {
       upload_linear(StackedLinear({&w.gate, &w.up}), bf16_, d.gate_up);
       upload_linear(w.down, bf16_, d.down);
     }
+    if (prefill_dense_weights_requested()) keep_dense_prefill_weights();
     VLM_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
@@ -425,6 +429,8 @@ class CudaRunner final : public StepRunner {
         }
     }
   }
+
+  int64_t dense_prefill_weight_bytes() const override { return dense_prefill_bytes_; }
 
   int64_t kv_cache_bytes() const override {
     return KvCache::bytes_per_block(p_.num_layers, block_size_, p_.num_kv_heads, p_.head_dim, kv_dtype_) *
@@ -828,6 +834,42 @@ class CudaRunner final : public StepRunner {
     return (int)std::min<int64_t>(out, std::max<int64_t>(kW4StripN, cols));
   }
 
+  // VLM_PREFILL_DENSE_WEIGHTS=1: keep every tensor-core 4-bit layer dequantized too (2 bytes a weight, on top of
+  // the 4-bit copy that decode-sized GEMMs read), so that a step of at least w4a16_dequant_gemm_min_rows() rows
+  // (prefill, and serving steps that carry an image's prompt) calls cuBLAS on it directly. Without it such a
+  // step dequantizes every layer it multiplies (the 2B model: ~1.1 ms a step, written to and read back from
+  // HBM). Memory for speed, so off by default; the KV cache is sized from what is free after these copies.
+  static bool prefill_dense_weights_requested() {
+#if VLM_HAVE_CUBLAS
+    return cuda::env_int("VLM_PREFILL_DENSE_WEIGHTS", 0) != 0;
+#else
+    return false;  // prefill-sized 4-bit GEMMs never go through cuBLAS without it
+#endif
+  }
+
+  void keep_dense_prefill_weights() {
+    int64_t need = 0;
+    for (DeviceLayer& d : layers_)
+      for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down})
+        if (l->tensor_core) need += (int64_t)l->out * l->in * 2;
+    if (need == 0) return;  // no 4-bit layer on the tensor-core path
+    size_t free_b = 0, total_b = 0;
+    VLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    VLM_CHECK((int64_t)free_b > need, VLM_ERR_OUT_OF_MEMORY,
+              "VLM_PREFILL_DENSE_WEIGHTS=1 needs " << (need >> 20) << " MiB of device memory for the dequantized "
+              "layers and " << (free_b >> 20) << " MiB are free after the weights; unset it");
+    for (DeviceLayer& d : layers_)
+      for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down}) {
+        if (!l->tensor_core) continue;
+        l->dense.reserve((size_t)l->out * l->in * 2);
+        // The same kernel and arguments as the per-call dequantization in linear(): the same matrix, bit for bit.
+        VLM_CUDA_CHECK(w4a16_dequantize(l->w.as(), l->scale.as(), l->dense.as(), l->out, l->in, l->group, bf16_,
+                                        stream_));
+      }
+    VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    dense_prefill_bytes_ = need;
+  }
+
   static bool dense_decodes(const DeviceLinear& l, int M) {
     return M <= kDenseDecodeEngineRows && !l.tensor_core && !l.group && dense_decode_applies(M, l.out, l.in);
   }
@@ -841,6 +883,11 @@ class CudaRunner final : public StepRunner {
       // The layer dequantized for cuBLAS, whole or (VLM_DEQUANT_CHUNK_MB) a stretch of output columns at a time
       // through a scratch small enough to stay in the L2 between its write and the GEMM's read. Column
       // stretches of whole strips are contiguous in the packed layout (cpu/w4a16_pack.h).
+      if (l.dense.bytes()) {  // dequantized at load: the whole-layer call below, without the dequantization
+        dense_gemm(l.dense.as(), l.out, l.in, x, M, y, false, l.out);
+        if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
+        return;
+      }
       const int chunk = dequant_chunk_columns(l.out, l.in);
       grow(dequant_, (size_t)chunk * l.in * 2);
       for (int n0 = 0; n0 < l.out; n0 += chunk) {
@@ -986,6 +1033,7 @@ class CudaRunner final : public StepRunner {
   DeviceBuffer h_, h_next_, x_, qkv_, q_, attn_, delta_, gate_up_, ffn_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
   DeviceBuffer blas_workspace_, argmax_d_, argmax_partial_, argmax_arrivals_, tiles_, attn_arrivals_;
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
+  int64_t dense_prefill_bytes_ = 0;  // the layers kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1)
   std::vector<int2> tiles_host_;
   std::vector<float> splice_host_;  // spliced rows past VLM_PINNED_ROWS_MAX_MB
   std::vector<int32_t> meta_host_;

@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change to a struct layout or a signature below. */
-#define VLM_ABI_VERSION 3
+#define VLM_ABI_VERSION 4
 #define VLM_MAX_TOP_LOGPROBS 20
 #define VLM_MAX_STOP_SEQUENCES 16
 #define VLM_MAX_STOP_SEQUENCE_LEN 16
@@ -296,6 +296,8 @@ typedef struct vlm_engine_stats {
   int64_t preemptions;
   int64_t kv_cache_bytes;
   int64_t overlapped_steps; /* steps launched while the step before was still running (VLM_OVERLAP_STEPS) */
+  int64_t dense_prefill_weight_bytes; /* device memory of 4-bit layers kept dequantized for prefill-sized GEMMs
+                                         (VLM_PREFILL_DENSE_WEIGHTS=1 on CUDA); 0 otherwise */
 } vlm_engine_stats;
 
 VLM_API int vlm_engine_get_stats(vlm_engine* engine, vlm_engine_stats* out);

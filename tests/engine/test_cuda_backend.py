@@ -126,6 +126,58 @@ def test_awq_long_prefill_in_dequantized_stretches_matches_the_cpu_backend():
     assert "3 passed" in done.stdout, done.stdout[-2000:]
 
 
+_DENSE_PREFILL_RUN = """
+import sys
+import numpy as np
+from vlmserve import Engine, EngineConfig, GenerationConfig
+model, out = sys.argv[1], sys.argv[2]
+# Prompts of 300 and 140 tokens prefill in steps of well over the rows where 4-bit GEMMs go through cuBLAS; the
+# short ones and the decode steps stay on the 4-bit kernels.
+prompts = [np.random.default_rng(700 + i).integers(3, 320, size=n).tolist() for i, n in enumerate((300, 140, 9, 40))]
+gen = GenerationConfig(max_new_tokens=12, ignore_eos=True, return_logits=True)
+cfg = EngineConfig(device="cuda", num_kv_blocks=128, block_size=16, max_batch_size=8)
+with Engine(model, cfg) as eng:
+    res = [s.wait(timeout=300) for s in eng.add_requests([(p, gen) for p in prompts])]
+    dense = eng.stats().dense_prefill_weight_bytes
+np.savez(out, dense=np.array(dense), **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)},
+         **{f"logits{i}": r.logits for i, r in enumerate(res)})
+"""
+
+
+@pytest.mark.parametrize("family,group", [("llama_gqa_hd128", 64), ("qwen2_bias_tied", 128)])
+def test_dense_prefill_weights_change_no_bits(tiny_model_dir, tmp_path, family, group):
+    """VLM_PREFILL_DENSE_WEIGHTS=1 keeps each 4-bit layer dequantized from load on, and prefill-sized GEMMs
+    multiply that copy instead of dequantizing the layer per call: the same matrix and the same cuBLAS call, so
+    the same tokens and logits, bit for bit, as the default; the engine reports the copies' bytes (every 4-bit
+    layer's weights at 2 bytes each) and none without the setting. Read once per process: processes of their own."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from vlmserve.awq_checkpoint import write_awq_checkpoint
+    from vlmserve.awq_format import quantize_rtn
+
+    dst = write_awq_checkpoint(tiny_model_dir(family), tmp_path / "awq", group, lambda k, w: quantize_rtn(w, group))
+    runs = {}
+    for setting in ("0", "1"):
+        out = tmp_path / f"dense{setting}.npz"
+        done = subprocess.run([sys.executable, "-c", _DENSE_PREFILL_RUN, str(dst), str(out)], capture_output=True,
+                              text=True, timeout=600, env=dict(os.environ, VLM_PREFILL_DENSE_WEIGHTS=setting))
+        assert done.returncode == 0, done.stderr[-4000:]
+        runs[setting] = np.load(out)
+    cfg = json.loads((tiny_model_dir(family) / "config.json").read_text())
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads, kv_heads = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    hd = cfg.get("head_dim") or h // heads
+    per_layer = h * (heads + 2 * kv_heads) * hd + heads * hd * h + 2 * inter * h + inter * h
+    assert int(runs["0"]["dense"]) == 0
+    assert int(runs["1"]["dense"]) == 2 * layers * per_layer
+    for name in runs["0"].files:
+        if name != "dense":
+            np.testing.assert_array_equal(runs["1"][name], runs["0"][name], err_msg=name)
+
+
 def test_embedding_spans_match_the_cpu_backend(tiny_model_dir):
     d = tiny_model_dir("llama_gqa_hd128")
     rng = np.random.default_rng(17)
