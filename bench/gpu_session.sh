@@ -527,13 +527,16 @@ prefill() {  # prefill time of the same batches with each form of the prefill at
 }
 dense_prefill() {  # 4-bit layers also kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1): the bits test, prefill time,
   # then fp16 vs w4a16 + int8 KV serving at 1/16 with the setting (fp16 weights do not read it)
-  python3 -m pytest -v -rfE -m gpu tests/engine/test_cuda_backend.py -k dense_prefill |
+  python3 -m pytest -v -rfE -m gpu tests/engine/test_cuda_backend.py -k "dense_prefill or dense_copies" |
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E "
-  for v in 0 1; do
-    VLM_PREFILL_DENSE_WEIGHTS=$v python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 \
-      --peer-batches 0 --work /tmp/decode-models --out "$RES/prefill_dense$v.json" >/dev/null &&
+  # prefill at batch 1/64 and decode at 64/128 (17-128-row steps: the wgmma kernel), without the copies, with them
+  # from the default 129 rows, and from 33 rows (VLM_PREFILL_DENSE_MIN_ROWS: cuBLAS on the copies in decode too)
+  for v in 0:0 1:0 1:33; do  # WEIGHTS:MIN_ROWS (0: the default rows)
+    VLM_PREFILL_DENSE_WEIGHTS=${v%%:*} VLM_PREFILL_DENSE_MIN_ROWS=${v#*:} python3 bench/decode.py --models 2b \
+      --weights w4a16 --kv int8 --batches 1,64,128 --peer-batches 0 --work /tmp/decode-models \
+      --out "$RES/prefill_dense${v/:/_}.json" >/dev/null &&
       python3 -c "import json,sys; [print('dense', sys.argv[2], r['batch'], 'prefill_s_median', r['prefill_s_median'], 'tok_s', round(r['tok_s']))
-        for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_dense$v.json" $v
+        for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_dense${v/:/_}.json" $v
   done
   serve_site || return 1
   VLM_PREFILL_DENSE_WEIGHTS=1 python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 \

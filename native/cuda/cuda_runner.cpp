@@ -847,6 +847,18 @@ class CudaRunner final : public StepRunner {
 #endif
   }
 
+  // The rows from which a layer with a dequantized copy multiplies it through cuBLAS (whatever 4-bit kernel the
+  // plan would take there): where the layer would otherwise be dequantized per call, unless
+  // VLM_PREFILL_DENSE_MIN_ROWS lowers it into the 4-bit kernels' range (17-128 rows on Hopper: the wgmma kernel
+  // there runs at 0.7-1.1x cuBLAS fp16, which with the copy pays no dequantization), to be measured.
+  static int dense_copy_min_rows() {
+    static const int rows = [] {
+      const int v = cuda::env_int("VLM_PREFILL_DENSE_MIN_ROWS", 0);
+      return v > 0 ? v : w4a16_dequant_gemm_min_rows();
+    }();
+    return rows;
+  }
+
   void keep_dense_prefill_weights() {
     int64_t need = 0;
     for (DeviceLayer& d : layers_)
@@ -878,16 +890,17 @@ class CudaRunner final : public StepRunner {
   // stacked [gate | up] output and the GEMM reads silu(gate) * up.
   void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false) {
 #if VLM_HAVE_CUBLAS
+    if (l.dense.bytes() && !gate_up_input && M >= dense_copy_min_rows()) {
+      // Dequantized at load: the whole-layer call of the branch below, without the dequantization.
+      dense_gemm(l.dense.as(), l.out, l.in, x, M, y, false, l.out);
+      if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
+      return;
+    }
     if (l.tensor_core && !gate_up_input && M >= w4a16_dequant_gemm_min_rows() &&
         !w4a16_wgmma_applies(M, l.out, l.in, l.group)) {
       // The layer dequantized for cuBLAS, whole or (VLM_DEQUANT_CHUNK_MB) a stretch of output columns at a time
       // through a scratch small enough to stay in the L2 between its write and the GEMM's read. Column
       // stretches of whole strips are contiguous in the packed layout (cpu/w4a16_pack.h).
-      if (l.dense.bytes()) {  // dequantized at load: the whole-layer call below, without the dequantization
-        dense_gemm(l.dense.as(), l.out, l.in, x, M, y, false, l.out);
-        if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
-        return;
-      }
       const int chunk = dequant_chunk_columns(l.out, l.in);
       grow(dequant_, (size_t)chunk * l.in * 2);
       for (int n0 = 0; n0 < l.out; n0 += chunk) {

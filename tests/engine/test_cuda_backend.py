@@ -178,6 +178,25 @@ def test_dense_prefill_weights_change_no_bits(tiny_model_dir, tmp_path, family, 
             np.testing.assert_array_equal(runs["1"][name], runs["0"][name], err_msg=name)
 
 
+def test_dense_copies_from_few_rows_match_the_cpu_backend():
+    """VLM_PREFILL_DENSE_MIN_ROWS lowers the rows from which a layer's dequantized copy is multiplied through
+    cuBLAS into the 4-bit kernels' range: at 2, the AWQ families' prompt steps (23 and 300 rows) take the copies,
+    the batch-1 decode steps the decode kernel, all against the CPU backend as in the default runs (a different
+    GEMM from the default at 23 rows, so a tolerance, not bits). A process of its own (settings read once)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
+                           "-k", "test_awq_weights_match_the_cpu_backend or test_awq_long_prefill_matches_the_cpu_backend"],
+                          cwd=root, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, VLM_PREFILL_DENSE_WEIGHTS="1", VLM_PREFILL_DENSE_MIN_ROWS="2"))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "8 passed" in done.stdout, done.stdout[-2000:]
+
+
 def test_embedding_spans_match_the_cpu_backend(tiny_model_dir):
     d = tiny_model_dir("llama_gqa_hd128")
     rng = np.random.default_rng(17)
