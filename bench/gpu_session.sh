@@ -25,9 +25,9 @@
 #   serve_dequant_chunks fp16 vs w4a16 + int8 KV at 1/16 with VLM_DEQUANT_CHUNK_MB=16, then w4a16 + int8 KV at 64/256
 #                 without and with it (serving carry)
 #   serve_chunk   fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of 128 tokens, then 2,048 (serving carry)
-#   dense_prefill 4-bit layers kept dequantized for prefill-sized GEMMs (VLM_PREFILL_DENSE_WEIGHTS=1): its GPU test,
-#                 2B prefill at batch 1/64 without and with it, then fp16 vs w4a16 + int8 KV serving at 1/16 with it
-#                 (the 1.3x target; serving carry)
+#   dense_prefill 4-bit layers kept dequantized for prefill-sized GEMMs (VLM_PREFILL_DENSE_WEIGHTS=1): its GPU tests,
+#                 2B prefill at batch 1/64 and decode at 64/128 without the copies, with them, with them from 33 rows
+#   serve_dense_compare fp16 vs w4a16 + int8 KV serving at 1/16 with the copies (the 1.3x target; serving carry)
 #   serve_dense_prefill model (a), w4a16 + int8 KV through MPS at 64/256 with VLM_PREFILL_DENSE_WEIGHTS=1, then
 #                 without (serving carry)
 #   serve_mps     model (a), w4a16 + int8 KV at concurrency 1/64/256: the two service processes in GPU time slices (the
@@ -525,8 +525,7 @@ prefill() {  # prefill time of the same batches with each form of the prefill at
         for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_$form.json" $form
   done
 }
-dense_prefill() {  # 4-bit layers also kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1): the bits test, prefill time,
-  # then fp16 vs w4a16 + int8 KV serving at 1/16 with the setting (fp16 weights do not read it)
+dense_prefill() {  # 4-bit layers also kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1): its tests, prefill and decode
   python3 -m pytest -v -rfE -m gpu tests/engine/test_cuda_backend.py -k "dense_prefill or dense_copies" |
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E "
   # prefill at batch 1/64 and decode at 64/128 (17-128-row steps: the wgmma kernel), without the copies, with them
@@ -538,6 +537,8 @@ dense_prefill() {  # 4-bit layers also kept dequantized (VLM_PREFILL_DENSE_WEIGH
       python3 -c "import json,sys; [print('dense', sys.argv[2], r['batch'], 'prefill_s_median', r['prefill_s_median'], 'tok_s', round(r['tok_s']))
         for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_dense${v/:/_}.json" $v
   done
+}
+serve_dense_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/16 with the dequantized copies (fp16 weights have none)
   serve_site || return 1
   VLM_PREFILL_DENSE_WEIGHTS=1 python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 \
     --vision-batch 16 --output-tokens 128 --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 \
@@ -859,7 +860,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f dense_prefill serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
@@ -869,7 +870,8 @@ step early_loads 500
 step decode_plan_sweep 540
 step layer_plans 540
 step int4_attention 560
-step dense_prefill 580
+step dense_prefill 420
+step serve_dense_compare 400
 step serve_dense_prefill 580
 step serve_mps 580
 step serve_mps_acc 400
