@@ -15,6 +15,7 @@ import numpy as np
 @dataclass
 class RequestRecord:
     start: float
+    start_unix: float = 0.0            # the wall clock at start, to place the service's arrival time against
     headers: float | None = None       # when the service's response headers arrived (its handler had started)
     first_token: float | None = None
     end: float | None = None
@@ -25,7 +26,7 @@ class RequestRecord:
 
 
 def one_request(stub, pb, request, timeout_s: float) -> RequestRecord:
-    rec = RequestRecord(start=time.perf_counter())
+    rec = RequestRecord(start=time.perf_counter(), start_unix=time.time())
     last = rec.start
     try:
         call = stub.Chat(request, timeout=timeout_s)
@@ -48,6 +49,8 @@ def one_request(stub, pb, request, timeout_s: float) -> RequestRecord:
                 t = msg.timings
                 rec.timings = {"queue": t.queue_ns / 1e9, "vision": t.vision_ns / 1e9,
                                "prefill": t.prefill_ns / 1e9, "decode": t.decode_ns / 1e9, "total": t.total_ns / 1e9}
+                if t.arrival_unix_ns:  # the call at the service's handler, on the host's wall clock
+                    rec.timings["to_handler"] = t.arrival_unix_ns / 1e9 - rec.start_unix
         rec.end = time.perf_counter()
     except grpc.RpcError as e:
         rec.end = time.perf_counter()
@@ -75,6 +78,7 @@ class LevelResult:
 
         breakdown = {k: float(np.mean([r.timings[k] for r in ok if k in r.timings])) if ok else None
                      for k in ("queue", "vision", "prefill", "decode", "total")}
+        to_handler = [r.timings["to_handler"] for r in ok if "to_handler" in r.timings]
         # Beside the service's "total" (its handler's time), what the client waited: the difference is time
         # spent before the handler ran or after its last message (client, connection, event loop).
         e2e = float(np.mean([r.end - r.start for r in ok])) if ok else None
@@ -86,6 +90,9 @@ class LevelResult:
                 "client_ttft_mean_s": float(ttft.mean()) if len(ttft) else None,
                 "client_headers_mean_s": float(np.mean([r.headers - r.start for r in ok if r.headers is not None]))
                 if ok else None,
+                # From the client's start to the call reaching the service's handler (the service's wall clock:
+                # meaningful with the client on the service's host, as the benchmark runs it)
+                "client_to_handler_mean_s": float(np.mean(to_handler)) if to_handler else None,
                 "itl_p50_s": pct(gaps, 50), "itl_p99_s": pct(gaps, 99), "mean_service_breakdown_s": breakdown,
                 "client_e2e_mean_s": e2e,
                 # Cores the load generator kept busy: near client_processes means the clients, not the service,

@@ -89,10 +89,16 @@ def test_text_chat_streams_the_engine_answer(stack):
     ch, s = stub(lm.address)
     req = user("What is the capital of France?")
     req.params.max_tokens = 32
+    sent_ns = time.time_ns()
     ids, text, last = collect(s.Chat(req, timeout=60))
+    done_ns = time.time_ns()
     assert "Paris" in text
     assert last.finish_reason == pb.FINISH_REASON_STOP and last.usage.completion_tokens == len(ids)
     assert last.timings.total_ns > 0 and last.timings.prefill_ns > 0
+    # the call's arrival at the handler on the wall clock: after it was sent, its whole span before the answer ended
+    # (1 ms slack: the service derives it from a monotonic clock)
+    assert sent_ns - 1_000_000 <= last.timings.arrival_unix_ns
+    assert last.timings.arrival_unix_ns + last.timings.total_ns <= done_ns + 1_000_000
     assert ids == direct(lm, [{"role": "user", "content": "What is the capital of France?"}], [], 32)
     ch.close()
 

@@ -192,6 +192,7 @@ class LmServicer:
         t = msg.timings
         t.queue_ns, t.vision_ns = int(out.queue_s * 1e9), vision_ns
         t.prefill_ns, t.decode_ns, t.total_ns = int(out.prefill_s * 1e9), int(out.decode_s * 1e9), total
+        t.arrival_unix_ns = time.time_ns() - total  # the wall clock at arrival (`received` is a monotonic clock)
         m = self.owner.metrics
         m.e2e.observe(total / 1e9)
         m.queue.observe(out.queue_s)
