@@ -33,6 +33,7 @@
 #   serve_mps     model (a), w4a16 + int8 KV at concurrency 1/64/256: the two service processes in GPU time slices (the
 #                 default), then sharing it through NVIDIA MPS (--mps; serving carry)
 #   serve_mps_acc the same through MPS with 4 gRPC acceptors in each service, at 64/256
+#   serve_mps_prep16 through MPS at 64/256 with 16 image-preprocessing workers in the vision service (default 8)
 #   serve_layouts model (a), w4a16 + int8 KV at 64/256: the services as two processes, then as one (serve stack)
 #   serve_overlap model (a), w4a16 + int8 KV at concurrency 1/64/256: steps one at a time, then overlapped (serving carry);
 #                 serve_overlap1: overlapped only
@@ -412,6 +413,12 @@ serve_mps_acc() {  # MPS with 4 gRPC acceptors in each service (the two leads at
   mps_path || return 1
   serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-mps-acc4 --lm-flag=--stream-interval=4 --mps --lm-flag=--grpc-acceptors=4 \
 --vision-flag=--grpc-acceptors=4"
+}
+serve_mps_prep16() {  # 16 preprocessing workers (the default takes 8 of the host's cores; at 256 through MPS an
+  # image waited 167 ms to be prepared, 10 ms alone, with 2.5 of 16 cores busy), through MPS at 64/256
+  mps_path || return 1
+  serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-mps-prep16 --lm-flag=--stream-interval=4 --mps \
+--vision-flag=--preprocess-threads=16"
 }
 serve_layouts() {  # the two services as two processes (GPU time slices between their contexts) against one process
   # (`serve stack`: one context, kernels side by side, one GIL), model (a) w4a16 + int8 KV at 64/256
@@ -860,7 +867,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step gemm_codes 480
@@ -875,6 +882,7 @@ step serve_dense_compare 400
 step serve_dense_prefill 580
 step serve_mps 580
 step serve_mps_acc 400
+step serve_mps_prep16 400
 step serve_layouts 480
 step decode_matrix_2b 560
 step decode_matrix_7b_fp16 580
