@@ -16,6 +16,7 @@ import numpy as np
 class RequestRecord:
     start: float
     start_unix: float = 0.0            # the wall clock at start, to place the service's arrival time against
+    to_handler: float | None = None    # seconds until the call reached the service's handler (its arrival time)
     headers: float | None = None       # when the service's response headers arrived (its handler had started)
     first_token: float | None = None
     end: float | None = None
@@ -50,7 +51,7 @@ def one_request(stub, pb, request, timeout_s: float) -> RequestRecord:
                 rec.timings = {"queue": t.queue_ns / 1e9, "vision": t.vision_ns / 1e9,
                                "prefill": t.prefill_ns / 1e9, "decode": t.decode_ns / 1e9, "total": t.total_ns / 1e9}
                 if t.arrival_unix_ns:  # the call at the service's handler, on the host's wall clock
-                    rec.timings["to_handler"] = t.arrival_unix_ns / 1e9 - rec.start_unix
+                    rec.to_handler = t.arrival_unix_ns / 1e9 - rec.start_unix
         rec.end = time.perf_counter()
     except grpc.RpcError as e:
         rec.end = time.perf_counter()
@@ -78,7 +79,7 @@ class LevelResult:
 
         breakdown = {k: float(np.mean([r.timings[k] for r in ok if k in r.timings])) if ok else None
                      for k in ("queue", "vision", "prefill", "decode", "total")}
-        to_handler = [r.timings["to_handler"] for r in ok if "to_handler" in r.timings]
+        to_handler = [r.to_handler for r in ok if r.to_handler is not None]
         # Beside the service's "total" (its handler's time), what the client waited: the difference is time
         # spent before the handler ran or after its last message (client, connection, event loop).
         e2e = float(np.mean([r.end - r.start for r in ok])) if ok else None

@@ -860,24 +860,26 @@ class CudaRunner final : public StepRunner {
   }
 
   void keep_dense_prefill_weights() {
+    std::vector<DeviceLinear*> quantized;  // the layers on the tensor-core 4-bit path
     int64_t need = 0;
     for (DeviceLayer& d : layers_)
       for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down})
-        if (l->tensor_core) need += (int64_t)l->out * l->in * 2;
-    if (need == 0) return;  // no 4-bit layer on the tensor-core path
+        if (l->tensor_core) {
+          quantized.push_back(l);
+          need += (int64_t)l->out * l->in * 2;
+        }
+    if (quantized.empty()) return;
     size_t free_b = 0, total_b = 0;
     VLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     VLM_CHECK((int64_t)free_b > need, VLM_ERR_OUT_OF_MEMORY,
               "VLM_PREFILL_DENSE_WEIGHTS=1 needs " << (need >> 20) << " MiB of device memory for the dequantized "
               "layers and " << (free_b >> 20) << " MiB are free after the weights; unset it");
-    for (DeviceLayer& d : layers_)
-      for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down}) {
-        if (!l->tensor_core) continue;
-        l->dense.reserve((size_t)l->out * l->in * 2);
-        // The same kernel and arguments as the per-call dequantization in linear(): the same matrix, bit for bit.
-        VLM_CUDA_CHECK(w4a16_dequantize(l->w.as(), l->scale.as(), l->dense.as(), l->out, l->in, l->group, bf16_,
-                                        stream_));
-      }
+    for (DeviceLinear* l : quantized) {
+      l->dense.reserve((size_t)l->out * l->in * 2);
+      // The same kernel and arguments as the per-call dequantization in linear(): the same matrix, bit for bit.
+      VLM_CUDA_CHECK(w4a16_dequantize(l->w.as(), l->scale.as(), l->dense.as(), l->out, l->in, l->group, bf16_,
+                                      stream_));
+    }
     VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     dense_prefill_bytes_ = need;
   }
