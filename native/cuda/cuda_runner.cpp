@@ -36,6 +36,7 @@
 #include "cuda/step_profiler.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
+#include "cuda/w4a16_layer_tail.h"
 #include "cuda/w4a16_wgmma.h"
 #include "engine/communicator.h"
 #include "engine/kv_cache.h"
@@ -525,6 +526,14 @@ class CudaRunner final : public StepRunner {
     grow(attn_workspace_, (size_t)cuda::paged_attention_workspace_bytes(T, p_.num_heads, p_.head_dim,
                                                                        p_.num_kv_heads, context, num_sms_));
     grow_zeroed(attn_arrivals_, (size_t)T * p_.num_kv_heads * sizeof(int));  // split-KV arrival counters
+    if (layer_tail_runs(T)) {
+      size_t partials = 0, arrivals = 0;
+      int grid = 0;
+      w4a16_layer_tail_plan(layer_tail_args(0, T), &partials, &arrivals, &grid);
+      grow(tail_partials_, std::max<size_t>(partials, 1) * sizeof(float));
+      grow_zeroed(tail_arrivals_, arrivals * sizeof(int));
+      grow(tail_barrier_, sizeof(unsigned));
+    }
     const cuda::StepMeta meta = upload_meta(b, slot);
     // The spliced rows (an image's embeddings: 2 MB for 256 rows of 2,048) and the row tiles go up through this
     // step's page-locked buffers, as the metadata does: a copy from pageable memory may wait for the stream, i.e.
@@ -629,6 +638,11 @@ class CudaRunner final : public StepRunner {
     float* h = h_.as<float>();
     float* h_other = h_next_.as<float>();
     const bool fuse_norms = norms_fuse(T);
+    // The GEMMs after each attention in one persistent launch (w4a16_layer_tail.h); its grid barrier counts on
+    // from zero through the step's launches.
+    const bool tail = layer_tail_runs(T);
+    unsigned tail_barrier_count = 0;
+    if (tail) VLM_CUDA_CHECK(cudaMemsetAsync(tail_barrier_.as(), 0, sizeof(unsigned), stream_));
     // The norm before `l` (rms_norm(h + delta) * weight) as its input, fused or as its own kernel.
     auto normed_linear = [&](const DeviceLinear& l, const DeviceBuffer& weight, void* y, const char* fused_phase,
                              const char* phase) {
@@ -647,7 +661,8 @@ class CudaRunner final : public StepRunner {
     for (int l = 0; l < p_.num_layers; ++l) {
       DeviceLayer& w = layers_[l];
       const cuda::KvView kv = kv_view(l);
-      normed_linear(w.qkv, w.input_norm, qkv_.as(), "rms norm + qkv proj", "qkv proj");
+      if (!tail || l == 0)  // with the persistent tail, a layer's q/k/v come from the tail of the layer before
+        normed_linear(w.qkv, w.input_norm, qkv_.as(), "rms norm + qkv proj", "qkv proj");
       // Small decode steps on the tensor-core attention rotate q and write K/V inside it: one kernel fewer.
       const bool rope_in_attention =
           !num_tiles && T <= kRopeInAttentionMaxRows && cuda::decode_attention_writes_kv(act_, p_.num_heads, kv);
@@ -665,6 +680,23 @@ class CudaRunner final : public StepRunner {
         VLM_CUDA_CHECK(cuda::paged_attention(act_, q_.as(), attn_.as(), meta, T, p_.num_heads, p_.sliding_window,
                                              context, num_sms_, kv, attn_workspace_.as(),
                                              attn_arrivals_.as<int>(), stream_, rope_in_attention ? &rope : nullptr));
+      if (tail) {
+        const LayerTailArgs args = layer_tail_args(l, T, h, h_other);
+        size_t partials = 0, arrivals = 0;
+        int grid = 0;
+        VLM_CHECK(w4a16_layer_tail_plan(args, &partials, &arrivals, &grid), VLM_ERR_INTERNAL,
+                  "layer " << l << ": the persistent layer tail has no plan for " << T << " rows");
+        mark(args.next_qkv.w ? "layer tail (o, gate_up, down, next qkv)" : "layer tail (o, gate_up, down)");
+        const LayerTailWorkspace ws{tail_partials_.as<float>(), tail_arrivals_.as<int>(), tail_barrier_.as<unsigned>(),
+                                    tail_barrier_count * (unsigned)grid};
+        VLM_CUDA_CHECK(w4a16_layer_tail(args, ws, bf16_, stream_));
+        tail_barrier_count += w4a16_layer_tail_barriers(args);
+        if (!args.next_qkv.w) {  // the last layer: h_other holds h + o's delta, delta_ down's output
+          std::swap(h, h_other);
+          delta = delta_.as();
+        }
+        continue;
+      }
       mark("o proj");
       linear(w.o, attn_.as(), T, delta_.as());
       mark("all-reduce");
@@ -954,6 +986,47 @@ class CudaRunner final : public StepRunner {
            w4a16_decode_applies(T, w.gate_up.out, w.gate_up.in, w.gate_up.group);
   }
 
+  // Whether a step of T rows runs each layer's GEMMs after its attention as one persistent launch
+  // (VLM_LAYER_TAIL=1, off by default until measured): one shard, the norms fused, every layer on the 4-bit
+  // tensor-core path at this size (no dequantized copy taking it) and a plan for the shapes.
+  bool layer_tail_runs(int T) const {
+    static const bool enabled = cuda::env_int("VLM_LAYER_TAIL", 0) != 0;
+    if (!enabled || comm_ || T > kMaxDecodeRows || !norms_fuse(T)) return false;
+    for (const DeviceLayer& w : layers_)
+      for (const DeviceLinear* l : {&w.qkv, &w.o, &w.gate_up, &w.down})
+        if (!l->tensor_core || (l->dense.bytes() && T >= dense_copy_min_rows())) return false;
+    size_t partials = 0, arrivals = 0;
+    int grid = 0;
+    return w4a16_layer_tail_plan(layer_tail_args(0, T), &partials, &arrivals, &grid);
+  }
+
+  static W4a16Layer tail_layer(const DeviceLinear& l) {
+    return {l.w.as(), l.scale.as(), l.bias.bytes() ? l.bias.as<float>() : nullptr, l.out, l.in, l.group};
+  }
+
+  // Layer l's tail at T rows over the residual h (h + o's delta goes to h_other); its shapes alone where h is null.
+  LayerTailArgs layer_tail_args(int l, int T, float* h = nullptr, float* h_other = nullptr) const {
+    const DeviceLayer& w = layers_[l];
+    LayerTailArgs a;
+    a.M = T;
+    a.o = tail_layer(w.o);
+    a.gate_up = tail_layer(w.gate_up);
+    a.down = tail_layer(w.down);
+    if (l + 1 < (int)layers_.size()) {
+      a.next_qkv = tail_layer(layers_[l + 1].qkv);
+      a.next_input_norm = layers_[l + 1].input_norm.as<float>();
+      a.qkv_out = qkv_.as();
+    }
+    a.attn = attn_.as();
+    a.delta = delta_.as();
+    a.gate_up_out = gate_up_.as();
+    a.h = h;
+    a.h_other = h_other;
+    a.post_norm = w.post_norm.as<float>();
+    a.eps = p_.rms_norm_eps;
+    return a;
+  }
+
   // y = rms_norm(h + delta) · Wᵀ (+ bias) in one launch (w4a16_decode_gemm_rms_norm or the dense form).
   void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y) {
     if (l.tensor_core)
@@ -1047,6 +1120,7 @@ class CudaRunner final : public StepRunner {
   // Step scratch (grows to the largest step seen).
   DeviceBuffer h_, h_next_, x_, qkv_, q_, attn_, delta_, gate_up_, ffn_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
   DeviceBuffer blas_workspace_, argmax_d_, argmax_partial_, argmax_arrivals_, tiles_, attn_arrivals_;
+  DeviceBuffer tail_partials_, tail_arrivals_, tail_barrier_;  // the persistent layer tail's (w4a16_layer_tail.h)
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   int64_t dense_prefill_bytes_ = 0;  // the layers kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1)
   std::vector<int2> tiles_host_;

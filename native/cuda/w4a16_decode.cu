@@ -48,19 +48,16 @@
 #include "cuda/device_query.h"
 #include "cuda/rms_norm_row.cuh"
 #include "cuda/w4a16_decode.h"
+#include "cuda/w4a16_decode_block.cuh"
 #include "cuda/w4a16_fragments.cuh"
 
 namespace vlm {
 namespace {
 
 using w4a16::Act;
-using w4a16::GroupParams;
-using w4a16::cp_async16;
-using w4a16::cp_async_commit;
-using w4a16::cp_async_wait;
 
-constexpr int kWarps = 8;
-constexpr int kThreads = kWarps * 32;
+constexpr int kWarps = w4a16::kDecodeWarps;
+constexpr int kThreads = w4a16::kDecodeThreads;
 // Ring stages a warp (steps of 512 B of weights in flight; a multiple of 8, the longest unit): 8 by default;
 // 16 holds twice the bytes in flight but fits 2 blocks an SM instead of 3 (shared memory). Measured as a build-
 // wide setting (H200, 2026-12-04): 16 took the 7B qkv and down layers from 13.1 to 11.7 and 12.5 to 12.1 us at
@@ -68,9 +65,9 @@ constexpr int kThreads = kWarps * 32;
 // plan takes 8 unless VLM_W4A16_DECODE_RING=16 (for bench/decode_plan_sweep.py, until a per-shape rule is
 // measured).
 constexpr int kDefaultRingStages = 8;  // the other depth built: 16
-constexpr int kMaxCluster = 8;       // the portable cluster size
-constexpr int kMaxStrips = 4;        // strips per block (S)
-constexpr int kSmemPad = 8;          // halves per staged A row: ldmatrix rows in distinct banks
+constexpr int kMaxCluster = w4a16::kDecodeMaxCluster;
+constexpr int kMaxStrips = w4a16::kDecodeMaxStrips;
+constexpr int kSmemPad = w4a16::kDecodeSmemPad;
 constexpr int kMaxSmem = 200 * 1024;
 
 // Shared memory of a block: rings (weights, group records), the block's partial sums, staged A.
@@ -96,16 +93,9 @@ __host__ __device__ inline Layout layout_of(int rows, int slice_steps, int stage
 // rank = its K slice. U: k16 steps per unit of K the slices are cut in (2, 4 or 8, at most one
 // group: 4 steps for groups of 64, 8 for 128; group_shift = log2 of the latter). A comes
 // from `a`, or, where norm.weight is set, from the residual stream (stage_rms_norm). residual may be
-// c itself (each element is read, then written, by one thread).
-//
-// The tensor cores multiply the codes q themselves (exact small integers, w4a16::code_fragments),
-// and each group's scale s and zero z are applied to the fp32 sums of a unit of its steps:
-//   sum_k (q - z) s a = s (sum_k q a - z sum_k a),
-// the activations' sum over the group coming from one more mma with an all-ones operand. This
-// takes the per-weight dequantization from four instructions a pair of weights to two (the kernel
-// is bound by instruction issue, not bandwidth: docs/benchmarks/gemm.md), and rounds no weight to
-// 16 bits. The sum is linear, so each unit of U steps (a group or part of one) is scaled on its
-// own: slices need only be whole units, and where a unit starts and ends is known at compile time.
+// c itself (each element is read, then written, by one thread). The block's own work (its warps'
+// rings, the codes on the tensor cores, its partial) is w4a16_decode_block.cuh's; the sum is
+// linear, so each unit of U steps is scaled on its own and slices need only be whole units.
 template <class T, int U, int ST>
 __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
@@ -121,34 +111,14 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   const Layout L = layout_of(rows, slice_steps_max, ST);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int C = gridDim.y, rank = blockIdx.y;
-  const int ksteps = K / 16, units = ksteps / U, groups = ksteps >> group_shift;
-  // The block's K slice, then the warp's sub-slice of it, in whole units (as even as possible).
-  const int bu0 = (int)((int64_t)rank * units / C), bu1 = (int)((int64_t)(rank + 1) * units / C);
-  const int kw = kWarps / S, sl = warp % S, sub = warp / S;
-  const int wu0 = bu0 + (int)((int64_t)sub * (bu1 - bu0) / kw), wu1 = bu0 + (int)((int64_t)(sub + 1) * (bu1 - bu0) / kw);
-  const int bs0 = bu0 * U, bs1 = bu1 * U, ws0 = wu0 * U;
-  const int strip = blockIdx.x * S + sl;
-  const bool active = strip < N / kW4StripN;
-  const int n_steps = active ? (wu1 - wu0) * U : 0;
-
-  uint4* ring = reinterpret_cast<uint4*>(smem + L.ring) + warp * ST * 32;
-  uint4* grp = reinterpret_cast<uint4*>(smem + L.grp) + warp * ST * 16;
-  const uint4* wsrc = w + ((int64_t)strip * ksteps + ws0) * 32 + lane;
-  const uint4* gsrc = sz + (int64_t)strip * groups * 16 + lane;
-  // Stage j of this warp (step ws0 + j) into ring slot `slot` (= j % ST, a constant where
-  // the loops below are unrolled), with its group's record where it starts a unit; always one
-  // commit group, empty past the last step.
-  auto issue = [&](int j, int slot) {
-    if (j < n_steps) {
-      cp_async16(ring + slot * 32 + lane, wsrc + (int64_t)j * 32);
-      if (slot % U == 0 && lane < 16) cp_async16(grp + slot * 16 + lane, gsrc + (int64_t)((ws0 + j) >> group_shift) * 16);
-    }
-    cp_async_commit();
-  };
+  const w4a16::BlockSlice bsl = w4a16::block_slice(blockIdx.x, rank, C, S, N, K, U, warp);
+  const w4a16::WarpRing<U, ST> ring = w4a16::warp_ring<U, ST>(bsl, w, sz, K, group_shift,
+                                                              reinterpret_cast<uint4*>(smem + L.ring),
+                                                              reinterpret_cast<uint4*>(smem + L.grp), warp, lane);
+  const int bs0 = bsl.bs0, bs1 = bsl.bs1;
 
   // Weights and scales depend on no earlier kernel: request them before waiting for A's writer.
-#pragma unroll
-  for (int j = 0; j < ST; ++j) issue(j, j);
+  ring.prime();
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 
@@ -168,80 +138,23 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   }
   __syncthreads();
 
-  // acc[i]: the n16m8 tile of strip columns 16 i.., rows 0..7, over the warp's units so far;
-  // gacc[i] the same for the current unit, of codes (no scale, no zero). asum: the current unit's
-  // activation sums, rows 2 (lane % 4) and 2 (lane % 4) + 1 in [0] and [1] (the mma's layout).
-  float acc[4][4], gacc[4][4], asum[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
   // ldmatrix rows of the B operand: lanes 0-7 give rows 0..7 at k, lanes 8-15 the same rows at k + 8.
-  const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (ws0 - bs0) * 16;
-  uint4 sv = make_uint4(0, 0, 0, 0), zv = sv;  // the current unit's scales and zeros (columns 8 tile + lane / 4)
+  const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (bsl.ws0 - bs0) * 16;
+  float acc[4][4];
+  w4a16::ring_sums<T, U, ST>(ring, b_row, acc);
 
-  // Unrolled by the ring's length, so every slot address is a constant offset and where units start
-  // and end is known at compile time.
-  for (int j0 = 0; j0 < n_steps; j0 += ST) {
-#pragma unroll
-    for (int slot = 0; slot < ST; ++slot) {
-      const int j = j0 + slot;
-      const bool starts = slot % U == 0;
-      if (starts && j >= n_steps) break;  // n_steps is a whole number of units
-      cp_async_wait<ST - 1>();
-      __syncwarp();  // the group record was copied by lanes 0-15 for the whole warp
-      const uint4 wv = ring[slot * 32 + lane];
-      if (starts) {
-        sv = grp[slot * 16 + lane / 4];
-        zv = grp[slot * 16 + 8 + lane / 4];
-      }
-      uint32_t b[8][2];
-      w4a16::code_fragments<T>(wv, b);
-      uint32_t bf[2];
-      w4a16::ldmatrix_x2(bf, b_row + j * 16);
-      w4a16::codes_mma<T>(gacc, asum, b, bf, starts);
-      if (slot % U == U - 1) w4a16::add_group_sums<T>(acc, gacc, asum, sv, zv);
-      __syncwarp();  // every lane has read this slot before it is refilled
-      issue(j + ST, slot);
-    }
-  }
-  cp_async_wait<0>();
-  __syncwarp();
-
-  // The warp's sums replace its own ring (ST * 512 bytes >= 2 KiB).
-  float* red = reinterpret_cast<float*>(smem + L.ring);
-  float* mine = red + warp * ST * 128;
-#pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int q = 0; q < 4; ++q) mine[(i * 4 + q) * 32 + lane] = acc[i][q];
-  __syncthreads();
-
-  // The block's partial over the real outputs only: element e = (strip sl, row < M, column), its K
-  // sub-slices summed in order. Consecutive elements are consecutive output columns.
+  // The warp's sums replace its own ring (ST * 512 bytes >= 2 KiB), then the block's partial.
   float* part = reinterpret_cast<float*>(smem + L.part);
-  const int per_strip = M * kW4StripN, elems = S * per_strip;
-  for (int e = threadIdx.x; e < elems; e += kThreads) {
-    const int es = e / per_strip, row = (e / kW4StripN) % M, col = e % kW4StripN;
-    // Where the mma left (row, col): row = 2 t + (q & 1), col = 16 i + g + 8 (q >> 1), lane = 4 g + t.
-    const int t = row / 2, i = col / 16, g = col % 8;
-    const int q = ((col % 16) / 8) * 2 + (row & 1);
-    const int at = (i * 4 + q) * 32 + 4 * g + t;
-    float v = 0.f;
-    for (int k = 0; k < kw; ++k) v += red[(k * S + es) * ST * 128 + at];
-    part[e] = v;
-  }
+  w4a16::block_partial(acc, reinterpret_cast<float*>(smem + L.ring), ST * 128, part, S, M, bsl.kw, warp, lane);
+  const int elems = S * M * kW4StripN;
 
   auto store = [&](int e, float v) {
-    const int es = e / per_strip, row = (e / kW4StripN) % M, col = e % kW4StripN;
-    const int st = blockIdx.x * S + es;
-    if (st >= N / kW4StripN) return;
-    const int64_t o = (int64_t)row * N + st * kW4StripN + col;
+    int64_t o;
+    if (!w4a16::partial_element(e, blockIdx.x, S, M, N, &o)) return;
     if (residual) v += Act<T>::to_float(residual[o]);
     c[o] = Act<T>::from_float(v);
   };
   if (C == 1) {
-    __syncthreads();
     for (int e = threadIdx.x; e < elems; e += kThreads) store(e, part[e]);
     return;
   }

@@ -258,11 +258,16 @@ __device__ __forceinline__ void dequant_fragments(const uint4& wv, const GroupPa
 
 // Eight activations A[row][k .. k+8) as one 16-byte vector. With silu_up, A's rows are
 // [gate (K) | up (K)] and the value is silu(gate) * up, rounded to T as a separate pass would.
-template <class T>
+// kFromL2: loads that bypass the SM's caches (for A written by other blocks of the same launch).
+template <class T, bool kFromL2 = false>
 __device__ __forceinline__ uint4 load_a8(const T* __restrict__ a, int64_t row, int k, int K, bool silu_up) {
-  if (!silu_up) return *reinterpret_cast<const uint4*>(a + row * K + k);
+  auto load = [](const T* q) {
+    if constexpr (kFromL2) return __ldcg(reinterpret_cast<const uint4*>(q));
+    else return *reinterpret_cast<const uint4*>(q);
+  };
+  if (!silu_up) return load(a + row * K + k);
   const T* p = a + row * 2 * K + k;
-  const uint4 gv = *reinterpret_cast<const uint4*>(p), uv = *reinterpret_cast<const uint4*>(p + K);
+  const uint4 gv = load(p), uv = load(p + K);
   const T* gs = reinterpret_cast<const T*>(&gv);
   const T* us = reinterpret_cast<const T*>(&uv);
   uint4 val;

@@ -197,6 +197,66 @@ def test_dense_copies_from_few_rows_match_the_cpu_backend():
     assert "8 passed" in done.stdout, done.stdout[-2000:]
 
 
+_LAYER_TAIL_RUN = """
+import sys
+import numpy as np
+from vlmserve import Engine, EngineConfig, GenerationConfig
+model, out = sys.argv[1], sys.argv[2]
+# Four requests that end after 5, 8, 11 and 14 tokens: decode steps of 4, 3, 2 and 1 rows.
+prompts = [np.random.default_rng(900 + i).integers(3, 300, size=n).tolist() for i, n in enumerate((7, 19, 33, 12))]
+gens = [GenerationConfig(max_new_tokens=n, ignore_eos=True, return_logits=True) for n in (5, 8, 11, 14)]
+cfg = EngineConfig(device="cuda", num_kv_blocks=64, block_size=16, max_batch_size=4)
+with Engine(model, cfg) as eng:
+    res = [s.wait(timeout=300) for s in eng.add_requests(list(zip(prompts, gens)))]
+np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)},
+         **{f"logits{i}": r.logits for i, r in enumerate(res)})
+"""
+
+
+# Tiny families (one K slice a GEMM, biased q/k/v) and layers of the 2B model's shapes (K cut into slices whose
+# partials are summed through global memory, several items a block).
+_LAYER_TAIL_MODELS = {
+    "llama_gqa_hd128-64": ("llama_gqa_hd128", 64, {}),
+    "qwen2_bias_tied-128": ("qwen2_bias_tied", 128, {}),
+    "llama_2b_layers-128": ("llama_gqa_hd128", 128,
+                            dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=16,
+                                 num_key_value_heads=8, head_dim=128)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LAYER_TAIL_MODELS))
+def test_layer_tail_changes_no_bits(tiny_model_dir, tmp_path, name):
+    """VLM_LAYER_TAIL=1 runs each layer's GEMMs after its attention (o, norm + gate_up, silu * up + down, the
+    next layer's norm + q/k/v) as one persistent launch that cuts and sums every GEMM as the decode kernel does:
+    decode steps of 1-4 rows give the same tokens and logits, bit for bit, as the kernel chain, in captured
+    graphs (the default) and in eager steps under the step profiler, whose report shows the tail ran. Settings
+    are read once per process: processes of their own."""
+    import os
+    import subprocess
+    import sys
+
+    from vlmserve.awq_checkpoint import write_awq_checkpoint
+    from vlmserve.awq_format import quantize_rtn
+
+    family, group, overrides = _LAYER_TAIL_MODELS[name]
+    dst = write_awq_checkpoint(tiny_model_dir(family, **overrides), tmp_path / "awq", group,
+                               lambda k, w: quantize_rtn(w, group))
+    runs = {}
+    for label, env in (("chain", {"VLM_LAYER_TAIL": "0"}), ("tail", {"VLM_LAYER_TAIL": "1"}),
+                       ("tail_eager", {"VLM_LAYER_TAIL": "1", "VLM_CUDA_PROFILE": "1"})):
+        out = tmp_path / f"{label}.npz"
+        done = subprocess.run([sys.executable, "-c", _LAYER_TAIL_RUN, str(dst), str(out)], capture_output=True,
+                              text=True, timeout=600, env=dict(os.environ, **env))
+        assert done.returncode == 0, done.stderr[-4000:]
+        if label == "tail_eager":
+            assert "layer tail (o, gate_up, down, next qkv)" in done.stderr, done.stderr[-4000:]
+            assert "layer tail (o, gate_up, down)" in done.stderr, done.stderr[-4000:]
+        runs[label] = np.load(out)
+    for label in ("tail", "tail_eager"):
+        for key in runs["chain"].files:
+            np.testing.assert_array_equal(runs[label][key], runs["chain"][key], err_msg=f"{label}: {key}")
+
+
 def test_embedding_spans_match_the_cpu_backend(tiny_model_dir):
     d = tiny_model_dir("llama_gqa_hd128")
     rng = np.random.default_rng(17)

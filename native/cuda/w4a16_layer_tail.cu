@@ -1,0 +1,373 @@
+// The persistent layer-tail kernel (w4a16_layer_tail.h): o, the post-attention norm with
+// gate_up, silu * up with down, and the next layer's input norm with q/k/v, in one launch of
+// resident blocks.
+//
+// Each GEMM ("phase") is cut as the decode kernel cuts it for the same plan (w4a16_decode_plan():
+// column blocks of S strips, C K slices, units of U steps) into items (column block, slice); the
+// grid's blocks take items in turn. An item is the decode kernel's block: its warps' rings, the
+// codes on the tensor cores, the block's partial (w4a16_decode_block.cuh). Where the decode kernel
+// sums a column block's C partials across a thread-block cluster, here each item stores its
+// partial in global memory and the last of the C to arrive sums them, in slice order as the
+// cluster does: the same bits. Between phases a grid-wide barrier (a counter every block adds to
+// and waits on); before it, each block has already requested its next item's first ring stages,
+// so the weight stream does not stop at the barrier.
+//
+// The grid is the blocks the GPU holds at once (cooperative launch: refused, not deadlocked, where
+// they do not fit, e.g. under an MPS limit on SMs). The counter is zeroed once a step; each launch
+// is told where it starts (LayerTailWorkspace), so no launch needs its own reset.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <map>
+
+#include "cpu/w4a16_pack.h"
+#include "cuda/device_query.h"
+#include "cuda/dependent_launch.cuh"
+#include "cuda/rms_norm_row.cuh"
+#include "cuda/w4a16_decode.h"
+#include "cuda/w4a16_decode_block.cuh"
+#include "cuda/w4a16_layer_tail.h"
+
+namespace vlm {
+namespace {
+
+using w4a16::Act;
+using w4a16::BlockSlice;
+using w4a16::WarpRing;
+using w4a16::kDecodeMaxCluster;
+using w4a16::kDecodeThreads;
+using w4a16::kDecodeWarps;
+
+// Ring stages a warp: the deeper of the decode kernel's two depths. The depth changes when bytes arrive, not
+// what is summed, and with one block an SM (the staged A of a whole K slice) it is what keeps bytes in flight.
+constexpr int kStages = 16;
+constexpr int kMaxPhases = 4;
+constexpr int kMaxSmem = 227 * 1024;  // Hopper's opt-in limit a block
+constexpr int kRedStride = 512;       // floats a warp leaves its sums in (4 x 4 x 32)
+
+struct Phase {
+  const uint4* w;
+  const uint4* sz;
+  const float* bias;  // null: none
+  const void* a;      // the input where norm.weight is null ([M][K], or [M][2K] of gate | up with silu_up)
+  RmsNormInput norm;  // norm.weight set: the input is rms_norm(norm.h + norm.delta) (h_out by column block 0)
+  void* c;            // [M][N]
+  int N, K, group_shift, S, C, U, slice_steps;
+  bool silu_up;
+};
+
+struct Params {
+  Phase phase[kMaxPhases];
+  int phases, M;
+  float* partials;
+  int* arrivals;
+  unsigned* barrier;
+  unsigned barrier_start;
+};
+
+// Shared memory: rings (weights, group records), the warps' sums, the block's partial, the staged A.
+struct Layout {
+  int ring, grp, red, part, a, bytes;
+};
+__host__ __device__ inline Layout layout_of(int lda) {
+  Layout l;
+  l.ring = 0;
+  l.grp = l.ring + kDecodeWarps * kStages * 512;
+  l.red = l.grp + kDecodeWarps * kStages * 256;
+  l.part = l.red + kDecodeWarps * kRedStride * 4;
+  l.a = l.part + w4a16::kDecodeMaxStrips * kMaxDecodeRows * kW4StripN * 4;
+  l.bytes = l.a + kMaxDecodeRows * lda * 2;
+  return l;
+}
+
+__host__ __device__ inline int column_blocks(const Phase& f) { return (f.N / kW4StripN + f.S - 1) / f.S; }
+__host__ __device__ inline int items_of(const Phase& f) { return column_blocks(f) * f.C; }
+
+// Every block adds one and waits for `target` (the blocks of the grid times the barriers so far). The fences
+// make each block's writes before the barrier visible to every block after it, as a cooperative grid sync does.
+__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    atomicAdd(counter, 1u);
+    unsigned seen;
+    do {
+      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
+    } while ((int)(seen - target) < 0);
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+struct Smem {
+  uint4* ring;
+  uint4* grp;
+  float* red;
+  float* part;
+  unsigned char* a;
+};
+
+template <int U>
+__device__ __forceinline__ void prime_unit(const Phase& f, int item, const Smem& s, int warp, int lane) {
+  const BlockSlice b = w4a16::block_slice(item / f.C, item % f.C, f.C, f.S, f.N, f.K, U, warp);
+  w4a16::warp_ring<U, kStages>(b, f.w, f.sz, f.K, f.group_shift, s.ring, s.grp, warp, lane).prime();
+}
+// The first ring stages of `item` of phase f (weights only: it may run before the phase's input exists).
+__device__ __forceinline__ void prime(const Phase& f, int item, const Smem& s, int warp, int lane) {
+  switch (f.U) {
+    case 8: prime_unit<8>(f, item, s, warp, lane); break;
+    case 4: prime_unit<4>(f, item, s, warp, lane); break;
+    default: prime_unit<2>(f, item, s, warp, lane);
+  }
+}
+
+// This block's item after (ph, item): the next of the same phase, else its first of a later phase; false if none.
+__device__ __forceinline__ bool next_item(const Params& p, int ph, int item, int* nph, int* nitem) {
+  if (item + (int)gridDim.x < items_of(p.phase[ph])) {
+    *nph = ph;
+    *nitem = item + gridDim.x;
+    return true;
+  }
+  for (int q = ph + 1; q < p.phases; ++q)
+    if ((int)blockIdx.x < items_of(p.phase[q])) {
+      *nph = q;
+      *nitem = blockIdx.x;
+      return true;
+    }
+  return false;
+}
+
+// One item of phase ph (its ring primed): stage its A, run the rings, start the next item's weights, sum the
+// block's partial and, once the column block's C partials are in, write its outputs.
+template <class T, int U>
+__device__ void run_item(const Params& p, int ph, int item, const Smem& s, int warp, int lane) {
+  const Phase& f = p.phase[ph];
+  const int M = p.M, bx = item / f.C, rank = item % f.C;
+  const BlockSlice b = w4a16::block_slice(bx, rank, f.C, f.S, f.N, f.K, U, warp);
+  const WarpRing<U, kStages> ring = w4a16::warp_ring<U, kStages>(b, f.w, f.sz, f.K, f.group_shift, s.ring, s.grp,
+                                                                 warp, lane);
+  T* sa = reinterpret_cast<T*>(s.a);
+  const int lda = f.slice_steps * 16 + w4a16::kDecodeSmemPad;
+  const int vec_per_row = (b.bs1 - b.bs0) * 2;
+  if (f.norm.weight) {
+    cuda::stage_rms_norm_rows<T, kMaxDecodeRows>(f.norm, M, f.K, b.bs0 * 16, vec_per_row, sa, lda,
+                                                   f.norm.h_out && bx == 0);
+  } else {
+    for (int i = threadIdx.x; i < M * vec_per_row; i += kDecodeThreads) {
+      const int r = i / vec_per_row, v = i % vec_per_row;
+      *reinterpret_cast<uint4*>(sa + r * lda + v * 8) =
+          w4a16::load_a8<T, true>(static_cast<const T*>(f.a), r, b.bs0 * 16 + v * 8, f.K, f.silu_up);
+    }
+  }
+  __syncthreads();
+
+  const T* b_row = sa + min(lane % 8, M - 1) * lda + ((lane / 8) % 2) * 8 + (b.ws0 - b.bs0) * 16;
+  float acc[4][4];
+  w4a16::ring_sums<T, U, kStages>(ring, b_row, acc);
+  int nph, nitem;
+  if (next_item(p, ph, item, &nph, &nitem)) prime(p.phase[nph], nitem, s, warp, lane);
+  w4a16::block_partial(acc, s.red, kRedStride, s.part, f.S, M, b.kw, warp, lane);
+
+  const int elems = f.S * M * kW4StripN;
+  auto store = [&](int e, float v) {
+    int64_t o;
+    if (!w4a16::partial_element(e, bx, f.S, M, f.N, &o)) return;
+    T y = Act<T>::from_float(v);
+    // As the bias kernel after the chain's GEMM: the GEMM's output rounded, then the bias added and rounded.
+    if (f.bias) y = Act<T>::from_float(Act<T>::to_float(y) + f.bias[o % f.N]);
+    static_cast<T*>(f.c)[o] = y;
+  };
+  if (f.C == 1) {
+    for (int e = threadIdx.x; e < elems; e += kDecodeThreads) store(e, s.part[e]);
+    return;
+  }
+  float* mine = p.partials + (int64_t)item * elems;  // items of a column block are consecutive: bx * C + rank
+  for (int e = threadIdx.x; e < elems; e += kDecodeThreads) __stcg(mine + e, s.part[e]);
+  __shared__ int last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    const int before = atomicAdd(p.arrivals + bx, 1);
+    last = before == f.C - 1;
+    if (last) p.arrivals[bx] = 0;  // left at zero for the next phase and launch
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const float* column_block = p.partials + (int64_t)bx * f.C * elems;
+  for (int e = threadIdx.x; e < elems; e += kDecodeThreads) {
+    float v = 0.f;
+#pragma unroll
+    for (int r = 0; r < kDecodeMaxCluster; ++r) v += r < f.C ? __ldcg(column_block + (int64_t)r * elems + e) : 0.f;
+    store(e, v);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __grid_constant__ Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static_assert(kDecodeThreads == cuda::kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
+  extern __shared__ __align__(16) unsigned char smem[];
+  int lda_max = 0;
+  for (int ph = 0; ph < p.phases; ++ph) lda_max = max(lda_max, p.phase[ph].slice_steps * 16 + w4a16::kDecodeSmemPad);
+  const Layout L = layout_of(lda_max);
+  const Smem s{reinterpret_cast<uint4*>(smem + L.ring), reinterpret_cast<uint4*>(smem + L.grp),
+               reinterpret_cast<float*>(smem + L.red), reinterpret_cast<float*>(smem + L.part), smem + L.a};
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  {
+    int ph = 0;
+    while (ph < p.phases && (int)blockIdx.x >= items_of(p.phase[ph])) ++ph;
+    if (ph < p.phases) prime(p.phase[ph], blockIdx.x, s, warp, lane);
+  }
+  unsigned target = p.barrier_start;
+  for (int ph = 0; ph < p.phases; ++ph) {
+    const Phase& f = p.phase[ph];
+    for (int item = blockIdx.x; item < items_of(f); item += gridDim.x) {
+      switch (f.U) {
+        case 8: run_item<T, 8>(p, ph, item, s, warp, lane); break;
+        case 4: run_item<T, 4>(p, ph, item, s, warp, lane); break;
+        default: run_item<T, 2>(p, ph, item, s, warp, lane);
+      }
+      __syncthreads();  // the item's shared memory is read before the next item's A overwrites it
+    }
+    if (ph + 1 < p.phases) grid_barrier(p.barrier, target += gridDim.x);
+  }
+#endif
+}
+
+// Hopper code present (older PTX leaves the kernel's body empty); whether the engine uses it is its own setting.
+bool decide_supported() { return cuda::hopper_code_runs(); }
+
+// The phases of `args` without their activation pointers, each with its decode plan; false where one has none.
+bool plan_phases(const LayerTailArgs& a, Params* p) {
+  const W4a16Layer* layers[kMaxPhases] = {&a.o, &a.gate_up, &a.down, &a.next_qkv};
+  p->phases = a.next_qkv.w ? 4 : 3;
+  p->M = a.M;
+  for (int i = 0; i < p->phases; ++i) {
+    const W4a16Layer& l = *layers[i];
+    int S = 0, C = 0, U = 0, ring = 0;
+    if (!l.w || !l.scale_zero || (l.group != 64 && l.group != 128)) return false;
+    w4a16_decode_plan(a.M, l.N, l.K, l.group, &S, &C, &U, &ring);
+    if (S == 0 || C > kDecodeMaxCluster || (U != 2 && U != 4 && U != 8)) return false;
+    Phase& f = p->phase[i];
+    f = Phase{};
+    f.w = static_cast<const uint4*>(l.w);
+    f.sz = static_cast<const uint4*>(l.scale_zero);
+    f.bias = l.bias;
+    f.N = l.N;
+    f.K = l.K;
+    f.group_shift = l.group == 128 ? 3 : 2;
+    f.S = S;
+    f.C = C;
+    f.U = U;
+    f.slice_steps = (l.K / 16 / U + C - 1) / C * U;
+  }
+  return true;
+}
+
+template <class T>
+cudaError_t grant(int smem) {
+  return cudaFuncSetAttribute(layer_tail_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+}
+
+// Blocks an SM holds with `smem` bytes each (both instantiations granted it; they have the same resources, the
+// fp16 one stands for both); 0 where the kernel cannot be launched cooperatively. Asked once per size.
+int resident_blocks(int smem) {
+  thread_local std::map<int, int> cache;
+  if (auto it = cache.find(smem); it != cache.end()) return it->second;
+  int per_sm = 0, device = 0, cooperative = 0;
+  if (grant<__half>(smem) != cudaSuccess || grant<__nv_bfloat16>(smem) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer_tail_kernel<__half>, kDecodeThreads, smem) !=
+          cudaSuccess ||
+      cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device) != cudaSuccess || !cooperative) {
+    cudaGetLastError();  // not sticky: leave no error for the caller's own checks
+    per_sm = 0;
+  }
+  cache.emplace(smem, per_sm);
+  return per_sm;
+}
+
+// Shared memory, grid and workspace of a planned launch; false where it cannot run.
+bool size_launch(const Params& p, int* smem, int* grid, size_t* partial_floats, size_t* arrival_ints) {
+  int lda = 0;
+  size_t partials = 0, arrivals = 0;
+  for (int i = 0; i < p.phases; ++i) {
+    const Phase& f = p.phase[i];
+    lda = std::max(lda, f.slice_steps * 16 + w4a16::kDecodeSmemPad);
+    if (f.C > 1) partials = std::max(partials, (size_t)items_of(f) * f.S * p.M * kW4StripN);
+    arrivals = std::max(arrivals, (size_t)column_blocks(f));
+  }
+  *smem = layout_of(lda).bytes;
+  if (*smem > kMaxSmem) return false;
+  const int per_sm = resident_blocks(*smem);
+  if (per_sm < 1) return false;
+  *grid = per_sm * cuda::sm_count();
+  *partial_floats = partials;
+  *arrival_ints = arrivals;
+  return true;
+}
+
+bool shapes_fit(const LayerTailArgs& a) {
+  const int H = a.o.N;
+  return a.M >= 1 && a.M <= kMaxDecodeRows && H % 8 == 0 && a.gate_up.K == H && a.down.N == H &&
+         a.gate_up.N == 2 * a.down.K && (!a.next_qkv.w || a.next_qkv.K == H);
+}
+
+}  // namespace
+
+bool w4a16_layer_tail_plan(const LayerTailArgs& args, size_t* partial_floats, size_t* arrival_ints, int* grid) {
+  static const bool supported = decide_supported();
+  Params p{};
+  int smem = 0;
+  return supported && shapes_fit(args) && plan_phases(args, &p) &&
+         size_launch(p, &smem, grid, partial_floats, arrival_ints);
+}
+
+int w4a16_layer_tail_barriers(const LayerTailArgs& args) { return args.next_qkv.w ? 3 : 2; }
+
+cudaError_t w4a16_layer_tail(const LayerTailArgs& a, const LayerTailWorkspace& ws, bool bf16, cudaStream_t stream) {
+  Params p{};
+  int smem = 0, grid = 0;
+  size_t partial_floats = 0, arrival_ints = 0;
+  static const bool supported = decide_supported();
+  if (!supported || !shapes_fit(a) || !plan_phases(a, &p) ||
+      !size_launch(p, &smem, &grid, &partial_floats, &arrival_ints) || !ws.barrier || !ws.arrivals ||
+      (partial_floats && !ws.partials) || !a.attn || !a.delta || !a.gate_up_out || !a.h || !a.h_other ||
+      a.h == a.h_other || !a.post_norm || (a.next_qkv.w && (!a.qkv_out || !a.next_input_norm)))
+    return cudaErrorInvalidValue;
+  // o: attn -> delta. gate_up: rms_norm(h + delta) -> gate_up_out, h + delta -> h_other. down: silu(gate) * up ->
+  // delta. q/k/v of the next layer: rms_norm(h_other + delta) -> qkv_out, h_other + delta -> h.
+  p.phase[0].a = a.attn;
+  p.phase[0].c = a.delta;
+  p.phase[1].norm = RmsNormInput{a.h, a.delta, a.post_norm, a.h_other, a.eps};
+  p.phase[1].c = a.gate_up_out;
+  p.phase[2].a = a.gate_up_out;
+  p.phase[2].silu_up = true;
+  p.phase[2].c = a.delta;
+  if (p.phases == 4) {
+    p.phase[3].norm = RmsNormInput{a.h_other, a.delta, a.next_input_norm, a.h, a.eps};
+    p.phase[3].c = a.qkv_out;
+  }
+  p.partials = ws.partials;
+  p.arrivals = ws.arrivals;
+  p.barrier = ws.barrier;
+  p.barrier_start = ws.barrier_start;
+
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeCooperative;
+  attr.val.cooperative = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(grid);
+  cfg.blockDim = dim3(kDecodeThreads);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  if (bf16) return cudaLaunchKernelEx(&cfg, layer_tail_kernel<__nv_bfloat16>, p);
+  return cudaLaunchKernelEx(&cfg, layer_tail_kernel<__half>, p);
+}
+
+}  // namespace vlm
