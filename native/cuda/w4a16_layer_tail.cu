@@ -224,6 +224,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __g
   unsigned target = p.barrier_start;
   for (int ph = 0; ph < p.phases; ++ph) {
     const Phase& f = p.phase[ph];
+    // The next kernel (the next layer's attention, launched dependent) may start its own prologue during the last
+    // GEMM: its blocks wait for this whole grid before they read anything it writes (dependent_launch.cuh).
+    if (ph + 1 == p.phases) cuda::pdl_allow_next();
     for (int item = blockIdx.x; item < items_of(f); item += gridDim.x) {
       switch (f.U) {
         case 8: run_item<T, 8>(p, ph, item, s, warp, lane); break;
