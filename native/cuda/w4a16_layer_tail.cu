@@ -275,13 +275,15 @@ cudaError_t grant(int smem) {
   return cudaFuncSetAttribute(layer_tail_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
 }
 
-// Blocks an SM holds with `smem` bytes each (both instantiations granted it; they have the same resources, the
-// fp16 one stands for both); 0 where the kernel cannot be launched cooperatively. Asked once per size.
+// Blocks an SM holds with `smem` bytes each (the fp16 instantiation stands for both: the same resources); 0 where
+// the kernel cannot be launched cooperatively. Asked once per size. Both are granted the most any launch may ask
+// (launches of several sizes interleave: steps of 1-4 rows plan their slices differently), once.
 int resident_blocks(int smem) {
+  static const bool granted = grant<__half>(kMaxSmem) == cudaSuccess && grant<__nv_bfloat16>(kMaxSmem) == cudaSuccess;
   thread_local std::map<int, int> cache;
   if (auto it = cache.find(smem); it != cache.end()) return it->second;
   int per_sm = 0, device = 0, cooperative = 0;
-  if (grant<__half>(smem) != cudaSuccess || grant<__nv_bfloat16>(smem) != cudaSuccess ||
+  if (!granted ||
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer_tail_kernel<__half>, kDecodeThreads, smem) !=
           cudaSuccess ||
       cudaGetDevice(&device) != cudaSuccess ||
