@@ -557,6 +557,14 @@ layer_tail() {  # the persistent layer tail (VLM_LAYER_TAIL=1): its bit-for-bit 
     VLM_LAYER_TAIL=$t python3 bench/decode.py --models 2b,7b --weights w4a16 --kv int8 --batches 1,4 --peer-batches 0 \
       --work /tmp/decode-models --out "$RES/decode_layer_tail$t.json" 2>&1 | grep -E "tok/s|FAILED"
   done
+  # Where a batch-1 step's time goes with and without it (eager steps, each phase timed by events: the report's
+  # per-phase means, the tail's launch against the four GEMMs it replaces)
+  for t in 0 1; do
+    VLM_LAYER_TAIL=$t VLM_CUDA_PROFILE=1 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_layer_tail${t}_profile.json" 2>"$RES/profile_tail$t.txt" |
+      grep -E "tok/s|FAILED"
+    grep -E "decode, 1 rows|proj|layer tail|attention|lm head|total" "$RES/profile_tail$t.txt" | head -n 20
+  done
 }
 serve_dense_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/16 with the dequantized copies (fp16 weights have none)
   serve_site || return 1
