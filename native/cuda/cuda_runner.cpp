@@ -987,11 +987,12 @@ class CudaRunner final : public StepRunner {
   }
 
   // Whether a step of T rows runs each layer's GEMMs after its attention as one persistent launch
-  // (VLM_LAYER_TAIL=1, off by default until measured): one shard, the norms fused, every layer on the 4-bit
-  // tensor-core path at this size (no dequantized copy taking it) and a plan for the shapes.
+  // (VLM_LAYER_TAIL=1, off by default until measured): one shard, every layer on the 4-bit tensor-core path at
+  // this size (no dequantized copy taking it) and a plan for the shapes. Its norms are its own (the same bits as
+  // the norm kernel's), so it does not depend on the chain fusing them.
   bool layer_tail_runs(int T) const {
     static const bool enabled = cuda::env_int("VLM_LAYER_TAIL", 0) != 0;
-    if (!enabled || comm_ || T > kMaxDecodeRows || !norms_fuse(T)) return false;
+    if (!enabled || comm_ || T < 1 || T > kLayerTailMaxRows || layers_.empty()) return false;
     for (const DeviceLayer& w : layers_)
       for (const DeviceLinear* l : {&w.qkv, &w.o, &w.gate_up, &w.down})
         if (!l->tensor_core || (l->dense.bytes() && T >= dense_copy_min_rows())) return false;

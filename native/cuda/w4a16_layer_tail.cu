@@ -40,10 +40,11 @@ using w4a16::kDecodeMaxCluster;
 using w4a16::kDecodeThreads;
 using w4a16::kDecodeWarps;
 
-// Ring stages a warp: the deeper of the decode kernel's two depths. The depth changes when bytes arrive, not
-// what is summed, and with one block an SM (the staged A of a whole K slice) it is what keeps bytes in flight.
-constexpr int kStages = 16;
+// Ring stages a warp: the deeper of the decode kernel's two depths where shared memory allows (the depth changes
+// when bytes arrive, not what is summed, and with one block an SM it is what keeps bytes in flight), else 8.
+constexpr int kDeepStages = 16, kShallowStages = 8;
 constexpr int kMaxPhases = 4;
+constexpr int kMaxRows = kLayerTailMaxRows;  // one n8 tile of the mma: the decode kernel's block takes up to 8 rows
 constexpr int kMaxSmem = 227 * 1024;  // Hopper's opt-in limit a block
 constexpr int kRedStride = 512;       // floats a warp leaves its sums in (4 x 4 x 32)
 
@@ -67,19 +68,27 @@ struct Params {
   unsigned barrier_start;
 };
 
-// Shared memory: rings (weights, group records), the warps' sums, the block's partial, the staged A.
+// Shared memory: rings (weights, group records), the warps' sums, the block's partial, the staged A of `rows` rows.
 struct Layout {
   int ring, grp, red, part, a, bytes;
 };
-__host__ __device__ inline Layout layout_of(int lda) {
+__host__ __device__ inline Layout layout_of(int lda, int rows, int stages) {
   Layout l;
   l.ring = 0;
-  l.grp = l.ring + kDecodeWarps * kStages * 512;
-  l.red = l.grp + kDecodeWarps * kStages * 256;
+  l.grp = l.ring + kDecodeWarps * stages * 512;
+  l.red = l.grp + kDecodeWarps * stages * 256;
   l.part = l.red + kDecodeWarps * kRedStride * 4;
-  l.a = l.part + w4a16::kDecodeMaxStrips * kMaxDecodeRows * kW4StripN * 4;
-  l.bytes = l.a + kMaxDecodeRows * lda * 2;
+  l.a = l.part + w4a16::kDecodeMaxStrips * rows * kW4StripN * 4;
+  l.bytes = l.a + rows * lda * 2;
   return l;
+}
+__host__ __device__ inline int longest_row(const Params& p) {  // halves per staged A row: the longest slice + pad
+  int lda = 0;
+  for (int ph = 0; ph < p.phases; ++ph) {
+    const int need = p.phase[ph].slice_steps * 16 + w4a16::kDecodeSmemPad;
+    lda = need > lda ? need : lda;
+  }
+  return lda;
 }
 
 __host__ __device__ inline int column_blocks(const Phase& f) { return (f.N / kW4StripN + f.S - 1) / f.S; }
@@ -109,17 +118,18 @@ struct Smem {
   unsigned char* a;
 };
 
-template <int U>
+template <int U, int ST>
 __device__ __forceinline__ void prime_unit(const Phase& f, int item, const Smem& s, int warp, int lane) {
   const BlockSlice b = w4a16::block_slice(item / f.C, item % f.C, f.C, f.S, f.N, f.K, U, warp);
-  w4a16::warp_ring<U, kStages>(b, f.w, f.sz, f.K, f.group_shift, s.ring, s.grp, warp, lane).prime();
+  w4a16::warp_ring<U, ST>(b, f.w, f.sz, f.K, f.group_shift, s.ring, s.grp, warp, lane).prime();
 }
 // The first ring stages of `item` of phase f (weights only: it may run before the phase's input exists).
+template <int ST>
 __device__ __forceinline__ void prime(const Phase& f, int item, const Smem& s, int warp, int lane) {
   switch (f.U) {
-    case 8: prime_unit<8>(f, item, s, warp, lane); break;
-    case 4: prime_unit<4>(f, item, s, warp, lane); break;
-    default: prime_unit<2>(f, item, s, warp, lane);
+    case 8: prime_unit<8, ST>(f, item, s, warp, lane); break;
+    case 4: prime_unit<4, ST>(f, item, s, warp, lane); break;
+    default: prime_unit<2, ST>(f, item, s, warp, lane);
   }
 }
 
@@ -141,18 +151,17 @@ __device__ __forceinline__ bool next_item(const Params& p, int ph, int item, int
 
 // One item of phase ph (its ring primed): stage its A, run the rings, start the next item's weights, sum the
 // block's partial and, once the column block's C partials are in, write its outputs.
-template <class T, int U>
+template <class T, int U, int ST>
 __device__ void run_item(const Params& p, int ph, int item, const Smem& s, int warp, int lane) {
   const Phase& f = p.phase[ph];
   const int M = p.M, bx = item / f.C, rank = item % f.C;
   const BlockSlice b = w4a16::block_slice(bx, rank, f.C, f.S, f.N, f.K, U, warp);
-  const WarpRing<U, kStages> ring = w4a16::warp_ring<U, kStages>(b, f.w, f.sz, f.K, f.group_shift, s.ring, s.grp,
-                                                                 warp, lane);
+  const WarpRing<U, ST> ring = w4a16::warp_ring<U, ST>(b, f.w, f.sz, f.K, f.group_shift, s.ring, s.grp, warp, lane);
   T* sa = reinterpret_cast<T*>(s.a);
   const int lda = f.slice_steps * 16 + w4a16::kDecodeSmemPad;
   const int vec_per_row = (b.bs1 - b.bs0) * 2;
   if (f.norm.weight) {
-    cuda::stage_rms_norm_rows<T, kMaxDecodeRows>(f.norm, M, f.K, b.bs0 * 16, vec_per_row, sa, lda,
+    cuda::stage_rms_norm_rows<T, kMaxRows>(f.norm, M, f.K, b.bs0 * 16, vec_per_row, sa, lda,
                                                    f.norm.h_out && bx == 0);
   } else {
     for (int i = threadIdx.x; i < M * vec_per_row; i += kDecodeThreads) {
@@ -165,9 +174,9 @@ __device__ void run_item(const Params& p, int ph, int item, const Smem& s, int w
 
   const T* b_row = sa + min(lane % 8, M - 1) * lda + ((lane / 8) % 2) * 8 + (b.ws0 - b.bs0) * 16;
   float acc[4][4];
-  w4a16::ring_sums<T, U, kStages>(ring, b_row, acc);
+  w4a16::ring_sums<T, U, ST>(ring, b_row, acc);
   int nph, nitem;
-  if (next_item(p, ph, item, &nph, &nitem)) prime(p.phase[nph], nitem, s, warp, lane);
+  if (next_item(p, ph, item, &nph, &nitem)) prime<ST>(p.phase[nph], nitem, s, warp, lane);
   w4a16::block_partial(acc, s.red, kRedStride, s.part, f.S, M, b.kw, warp, lane);
 
   const int elems = f.S * M * kW4StripN;
@@ -205,21 +214,19 @@ __device__ void run_item(const Params& p, int ph, int item, const Smem& s, int w
   }
 }
 
-template <class T>
+template <class T, int ST>
 __global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __grid_constant__ Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(kDecodeThreads == cuda::kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
   extern __shared__ __align__(16) unsigned char smem[];
-  int lda_max = 0;
-  for (int ph = 0; ph < p.phases; ++ph) lda_max = max(lda_max, p.phase[ph].slice_steps * 16 + w4a16::kDecodeSmemPad);
-  const Layout L = layout_of(lda_max);
+  const Layout L = layout_of(longest_row(p), p.M, ST);
   const Smem s{reinterpret_cast<uint4*>(smem + L.ring), reinterpret_cast<uint4*>(smem + L.grp),
                reinterpret_cast<float*>(smem + L.red), reinterpret_cast<float*>(smem + L.part), smem + L.a};
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   {
     int ph = 0;
     while (ph < p.phases && (int)blockIdx.x >= items_of(p.phase[ph])) ++ph;
-    if (ph < p.phases) prime(p.phase[ph], blockIdx.x, s, warp, lane);
+    if (ph < p.phases) prime<ST>(p.phase[ph], blockIdx.x, s, warp, lane);
   }
   unsigned target = p.barrier_start;
   for (int ph = 0; ph < p.phases; ++ph) {
@@ -229,9 +236,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __g
     if (ph + 1 == p.phases) cuda::pdl_allow_next();
     for (int item = blockIdx.x; item < items_of(f); item += gridDim.x) {
       switch (f.U) {
-        case 8: run_item<T, 8>(p, ph, item, s, warp, lane); break;
-        case 4: run_item<T, 4>(p, ph, item, s, warp, lane); break;
-        default: run_item<T, 2>(p, ph, item, s, warp, lane);
+        case 8: run_item<T, 8, ST>(p, ph, item, s, warp, lane); break;
+        case 4: run_item<T, 4, ST>(p, ph, item, s, warp, lane); break;
+        default: run_item<T, 2, ST>(p, ph, item, s, warp, lane);
       }
       __syncthreads();  // the item's shared memory is read before the next item's A overwrites it
     }
@@ -243,7 +250,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __g
 // Hopper code present (older PTX leaves the kernel's body empty); whether the engine uses it is its own setting.
 bool decide_supported() { return cuda::hopper_code_runs(); }
 
-// The phases of `args` without their activation pointers, each with its decode plan; false where one has none.
+// The phases of `args` without their activation pointers, each cut as the decode kernel cuts it: its plan for
+// these rows (the chain's own up to 4 rows; the 4-row plan above, since how K and N are cut does not depend on
+// the rows); false where a GEMM has none.
 bool plan_phases(const LayerTailArgs& a, Params* p) {
   const W4a16Layer* layers[kMaxPhases] = {&a.o, &a.gate_up, &a.down, &a.next_qkv};
   p->phases = a.next_qkv.w ? 4 : 3;
@@ -252,7 +261,7 @@ bool plan_phases(const LayerTailArgs& a, Params* p) {
     const W4a16Layer& l = *layers[i];
     int S = 0, C = 0, U = 0, ring = 0;
     if (!l.w || !l.scale_zero || (l.group != 64 && l.group != 128)) return false;
-    w4a16_decode_plan(a.M, l.N, l.K, l.group, &S, &C, &U, &ring);
+    w4a16_decode_plan(std::min(a.M, kMaxDecodeRows), l.N, l.K, l.group, &S, &C, &U, &ring);
     if (S == 0 || C > kDecodeMaxCluster || (U != 2 && U != 4 && U != 8)) return false;
     Phase& f = p->phase[i];
     f = Phase{};
@@ -270,21 +279,23 @@ bool plan_phases(const LayerTailArgs& a, Params* p) {
   return true;
 }
 
-template <class T>
-cudaError_t grant(int smem) {
-  return cudaFuncSetAttribute(layer_tail_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+template <class T, int ST>
+cudaError_t grant() {
+  return cudaFuncSetAttribute(layer_tail_kernel<T, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
 }
 
-// Blocks an SM holds with `smem` bytes each (the fp16 instantiation stands for both: the same resources); 0 where
-// the kernel cannot be launched cooperatively. Asked once per size. Both are granted the most any launch may ask
-// (launches of several sizes interleave: steps of 1-4 rows plan their slices differently), once.
+// Blocks an SM holds with `smem` bytes each and ST ring stages (the fp16 instantiation stands for both: the same
+// resources); 0 where the kernel cannot be launched cooperatively. Asked once per size. Every instantiation is
+// granted the most any launch may ask, once (launches of several sizes interleave: steps of 1-8 rows stage
+// different slices).
+template <int ST>
 int resident_blocks(int smem) {
-  static const bool granted = grant<__half>(kMaxSmem) == cudaSuccess && grant<__nv_bfloat16>(kMaxSmem) == cudaSuccess;
+  static const bool granted = grant<__half, ST>() == cudaSuccess && grant<__nv_bfloat16, ST>() == cudaSuccess;
   thread_local std::map<int, int> cache;
   if (auto it = cache.find(smem); it != cache.end()) return it->second;
   int per_sm = 0, device = 0, cooperative = 0;
   if (!granted ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer_tail_kernel<__half>, kDecodeThreads, smem) !=
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer_tail_kernel<__half, ST>, kDecodeThreads, smem) !=
           cudaSuccess ||
       cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device) != cudaSuccess || !cooperative) {
@@ -295,30 +306,52 @@ int resident_blocks(int smem) {
   return per_sm;
 }
 
-// Shared memory, grid and workspace of a planned launch; false where it cannot run.
-bool size_launch(const Params& p, int* smem, int* grid, size_t* partial_floats, size_t* arrival_ints) {
-  int lda = 0;
+struct Launch {
+  int stages, smem, grid;
+  size_t partial_floats, arrival_ints;
+};
+
+// Ring depth, shared memory, grid and workspace of a planned launch: 16 stages where they fit, else 8; false
+// where neither does.
+bool size_launch(const Params& p, Launch* out) {
   size_t partials = 0, arrivals = 0;
   for (int i = 0; i < p.phases; ++i) {
     const Phase& f = p.phase[i];
-    lda = std::max(lda, f.slice_steps * 16 + w4a16::kDecodeSmemPad);
     if (f.C > 1) partials = std::max(partials, (size_t)items_of(f) * f.S * p.M * kW4StripN);
     arrivals = std::max(arrivals, (size_t)column_blocks(f));
   }
-  *smem = layout_of(lda).bytes;
-  if (*smem > kMaxSmem) return false;
-  const int per_sm = resident_blocks(*smem);
-  if (per_sm < 1) return false;
-  *grid = per_sm * cuda::sm_count();
-  *partial_floats = partials;
-  *arrival_ints = arrivals;
-  return true;
+  const int lda = longest_row(p);
+  for (int stages : {kDeepStages, kShallowStages}) {
+    const int smem = layout_of(lda, p.M, stages).bytes;
+    if (smem > kMaxSmem) continue;
+    const int per_sm = stages == kDeepStages ? resident_blocks<kDeepStages>(smem) : resident_blocks<kShallowStages>(smem);
+    if (per_sm < 1) continue;
+    *out = Launch{stages, smem, per_sm * cuda::sm_count(), partials, arrivals};
+    return true;
+  }
+  return false;
 }
 
 bool shapes_fit(const LayerTailArgs& a) {
   const int H = a.o.N;
-  return a.M >= 1 && a.M <= kMaxDecodeRows && H % 8 == 0 && a.gate_up.K == H && a.down.N == H &&
+  return a.M >= 1 && a.M <= kMaxRows && H % 8 == 0 && a.gate_up.K == H && a.down.N == H &&
          a.gate_up.N == 2 * a.down.K && (!a.next_qkv.w || a.next_qkv.K == H);
+}
+
+template <class T>
+cudaError_t launch(const Launch& l, const Params& p, cudaStream_t stream) {
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeCooperative;
+  attr.val.cooperative = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(l.grid);
+  cfg.blockDim = dim3(kDecodeThreads);
+  cfg.dynamicSmemBytes = l.smem;
+  cfg.stream = stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  if (l.stages == kDeepStages) return cudaLaunchKernelEx(&cfg, layer_tail_kernel<T, kDeepStages>, p);
+  return cudaLaunchKernelEx(&cfg, layer_tail_kernel<T, kShallowStages>, p);
 }
 
 }  // namespace
@@ -326,21 +359,22 @@ bool shapes_fit(const LayerTailArgs& a) {
 bool w4a16_layer_tail_plan(const LayerTailArgs& args, size_t* partial_floats, size_t* arrival_ints, int* grid) {
   static const bool supported = decide_supported();
   Params p{};
-  int smem = 0;
-  return supported && shapes_fit(args) && plan_phases(args, &p) &&
-         size_launch(p, &smem, grid, partial_floats, arrival_ints);
+  Launch l{};
+  if (!supported || !shapes_fit(args) || !plan_phases(args, &p) || !size_launch(p, &l)) return false;
+  *partial_floats = l.partial_floats;
+  *arrival_ints = l.arrival_ints;
+  *grid = l.grid;
+  return true;
 }
 
 int w4a16_layer_tail_barriers(const LayerTailArgs& args) { return args.next_qkv.w ? 3 : 2; }
 
 cudaError_t w4a16_layer_tail(const LayerTailArgs& a, const LayerTailWorkspace& ws, bool bf16, cudaStream_t stream) {
-  Params p{};
-  int smem = 0, grid = 0;
-  size_t partial_floats = 0, arrival_ints = 0;
   static const bool supported = decide_supported();
-  if (!supported || !shapes_fit(a) || !plan_phases(a, &p) ||
-      !size_launch(p, &smem, &grid, &partial_floats, &arrival_ints) || !ws.barrier || !ws.arrivals ||
-      (partial_floats && !ws.partials) || !a.attn || !a.delta || !a.gate_up_out || !a.h || !a.h_other ||
+  Params p{};
+  Launch l{};
+  if (!supported || !shapes_fit(a) || !plan_phases(a, &p) || !size_launch(p, &l) || !ws.barrier || !ws.arrivals ||
+      (l.partial_floats && !ws.partials) || !a.attn || !a.delta || !a.gate_up_out || !a.h || !a.h_other ||
       a.h == a.h_other || !a.post_norm || (a.next_qkv.w && (!a.qkv_out || !a.next_input_norm)))
     return cudaErrorInvalidValue;
   // o: attn -> delta. gate_up: rms_norm(h + delta) -> gate_up_out, h + delta -> h_other. down: silu(gate) * up ->
@@ -360,19 +394,7 @@ cudaError_t w4a16_layer_tail(const LayerTailArgs& a, const LayerTailWorkspace& w
   p.arrivals = ws.arrivals;
   p.barrier = ws.barrier;
   p.barrier_start = ws.barrier_start;
-
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeCooperative;
-  attr.val.cooperative = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(grid);
-  cfg.blockDim = dim3(kDecodeThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = stream;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  if (bf16) return cudaLaunchKernelEx(&cfg, layer_tail_kernel<__nv_bfloat16>, p);
-  return cudaLaunchKernelEx(&cfg, layer_tail_kernel<__half>, p);
+  return bf16 ? launch<__nv_bfloat16>(l, p, stream) : launch<__half>(l, p, stream);
 }
 
 }  // namespace vlm

@@ -1,5 +1,5 @@
 // A decoder layer's GEMMs after its attention, in one persistent launch, for decode steps of
-// up to 4 rows with 4-bit weights on Hopper (w4a16_layer_tail.cu):
+// up to 8 rows with 4-bit weights on Hopper (w4a16_layer_tail.cu):
 //   delta = attn · Woᵀ;  h' = h + delta;  gate_up = rms_norm(h') · Wgate_upᵀ;
 //   delta = (silu(gate) * up) · Wdownᵀ;  and, where the layer has a successor,
 //   h = h' + delta;  qkv = rms_norm(h) · Wqkv(next)ᵀ (+ bias).
@@ -8,7 +8,9 @@
 // batch 1, docs/benchmarks/cuda_engine.md). Here every block stays resident: between two GEMMs
 // it waits at a grid-wide barrier while its rings already stream its next GEMM's weights (they
 // depend on no activation). Each GEMM is cut and summed exactly as the decode kernel cuts and
-// sums it (w4a16_decode_block.cuh, the same plan), so the results are the chain's bits.
+// sums it (w4a16_decode_block.cuh, the same plan), so up to 4 rows, where the chain runs that
+// kernel, the results are the chain's bits; at 5-8 rows (where the chain runs the general kernel,
+// another sum order) the rows fill more of the mma's 8-column operand, at the same mma count.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -24,8 +26,10 @@ struct W4a16Layer {
   int N = 0, K = 0, group = 0;
 };
 
+constexpr int kLayerTailMaxRows = 8;  // the mma's 8-row operand
+
 struct LayerTailArgs {
-  int M = 0;  // rows, 1..4
+  int M = 0;  // rows, 1..kLayerTailMaxRows
   W4a16Layer o, gate_up, down;
   W4a16Layer next_qkv;           // w null: the model's last layer (the tail ends with down)
   const void* attn = nullptr;    // [M][o.K], the attention's output

@@ -257,6 +257,79 @@ def test_layer_tail_changes_no_bits(tiny_model_dir, tmp_path, name):
             np.testing.assert_array_equal(runs[label][key], runs["chain"][key], err_msg=f"{label}: {key}")
 
 
+_LAYER_TAIL_WIDE_RUN = """
+import sys
+import numpy as np
+from vlmserve import Engine, EngineConfig, GenerationConfig
+model, out, prompts = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+# Eight requests that end after 9..16 tokens: decode steps of 8 rows down to 1.
+gens = [GenerationConfig(max_new_tokens=9 + i, ignore_eos=True, return_logits=True) for i in range(len(prompts))]
+cfg = EngineConfig(device="cuda", num_kv_blocks=64, block_size=16, max_batch_size=8)
+with Engine(model, cfg) as eng:
+    res = [s.wait(timeout=300) for s in eng.add_requests(list(zip(prompts, gens)))]
+np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)},
+         **{f"logits{i}": r.logits for i, r in enumerate(res)})
+"""
+
+
+def _profiled_phases(stderr: str) -> dict[str, str]:
+    """The step profiler's report (VLM_CUDA_PROFILE=1) as {step kind: its phase lines}."""
+    kinds: dict[str, str] = {}
+    kind = None
+    for line in stderr.splitlines():
+        if not line.startswith("[vlm profile]"):
+            continue
+        body = line[len("[vlm profile]"):]
+        if not body.startswith("  "):
+            kind = body.strip().split(":")[0]
+            kinds[kind] = ""
+        elif kind is not None:
+            kinds[kind] += body + "\n"
+    return kinds
+
+
+@pytest.mark.parametrize("name", sorted(_LAYER_TAIL_MODELS))
+def test_layer_tail_at_up_to_eight_rows_matches_the_cpu_backend(tiny_model_dir, tmp_path, name):
+    """The persistent layer tail at decode steps of 5-8 rows (where the chain runs the general kernel, so not
+    the chain's bits) and 1-4: eight requests ending after 9..16 tokens, each against its own greedy run on the
+    CPU backend within the engine's tolerance; in graphs and in eager steps (the same bits), the profiler's
+    report showing the tail in the steps of 8 and 5 rows."""
+    import os
+    import subprocess
+    import sys
+
+    from vlmserve.awq_checkpoint import write_awq_checkpoint
+    from vlmserve.awq_format import quantize_rtn
+
+    family, group, overrides = _LAYER_TAIL_MODELS[name]
+    dst = write_awq_checkpoint(tiny_model_dir(family, **overrides), tmp_path / "awq", group,
+                               lambda k, w: quantize_rtn(w, group))
+    prompts = [prompt_for(1000 + i, n=5 + 3 * i, vocab=300) for i in range(8)]
+    runs = {}
+    for label, env in (("graphs", {"VLM_LAYER_TAIL": "1"}),
+                       ("eager", {"VLM_LAYER_TAIL": "1", "VLM_CUDA_PROFILE": "1"})):
+        out = tmp_path / f"{label}.npz"
+        done = subprocess.run([sys.executable, "-c", _LAYER_TAIL_WIDE_RUN, str(dst), str(out), repr(prompts)],
+                              capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
+        assert done.returncode == 0, done.stderr[-4000:]
+        if label == "eager":
+            phases = _profiled_phases(done.stderr)
+            for rows in (8, 5):
+                assert "layer tail" in phases.get(f"decode, {rows} rows", ""), done.stderr[-4000:]
+        runs[label] = np.load(out)
+    for key in runs["graphs"].files:
+        np.testing.assert_array_equal(runs["eager"][key], runs["graphs"][key], err_msg=key)
+
+    class Result:
+        def __init__(self, tokens, logits):
+            self.token_ids, self.logits = tokens.tolist(), logits
+
+    for i, prompt in enumerate(prompts):
+        n = 9 + i
+        got = Result(runs["graphs"][f"tokens{i}"], runs["graphs"][f"logits{i}"])
+        assert_same_greedy(run(dst, "cpu", prompt, steps=n), got, len(prompt), TOL["auto"], min_steps=n // 2)
+
+
 def test_embedding_spans_match_the_cpu_backend(tiny_model_dir):
     d = tiny_model_dir("llama_gqa_hd128")
     rng = np.random.default_rng(17)
