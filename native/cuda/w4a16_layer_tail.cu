@@ -45,7 +45,6 @@ using w4a16::kDecodeWarps;
 constexpr int kDeepStages = 16, kShallowStages = 8;
 constexpr int kMaxPhases = 4;
 constexpr int kMaxRows = kLayerTailMaxRows;  // one n8 tile of the mma: the decode kernel's block takes up to 8 rows
-constexpr int kMaxSmem = 227 * 1024;  // Hopper's opt-in limit a block
 constexpr int kRedStride = 512;       // floats a warp leaves its sums in (4 x 4 x 32)
 
 struct Phase {
@@ -279,27 +278,46 @@ bool plan_phases(const LayerTailArgs& a, Params* p) {
   return true;
 }
 
+// The dynamic shared memory a block of this instantiation may have: the device's opt-in limit a block less the
+// kernel's own static shared memory (the norm's sums, the arrival flag); granted once, 0 where it cannot be.
 template <class T, int ST>
-cudaError_t grant() {
-  return cudaFuncSetAttribute(layer_tail_kernel<T, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem);
+int granted_smem() {
+  static const int granted = [] {
+    cudaFuncAttributes attrs{};
+    int device = 0, optin = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
+        cudaFuncGetAttributes(&attrs, layer_tail_kernel<T, ST>) != cudaSuccess) {
+      cudaGetLastError();  // not sticky: leave no error for the caller's own checks
+      return 0;
+    }
+    const int most = optin - (int)attrs.sharedSizeBytes;
+    if (most <= 0 ||
+        cudaFuncSetAttribute(layer_tail_kernel<T, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, most) !=
+            cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return most;
+  }();
+  return granted;
 }
 
-// Blocks an SM holds with `smem` bytes each and ST ring stages (the fp16 instantiation stands for both: the same
-// resources); 0 where the kernel cannot be launched cooperatively. Asked once per size. Every instantiation is
-// granted the most any launch may ask, once (launches of several sizes interleave: steps of 1-8 rows stage
-// different slices).
+// Blocks an SM holds with `smem` bytes of dynamic shared memory each and ST ring stages (the fp16 instantiation
+// stands for both: the same resources); 0 where that is more than both instantiations were granted (launches
+// of several sizes interleave: steps of 1-8 rows stage different slices, so each is granted the most once) or
+// the kernel cannot be launched cooperatively. Asked once per size.
 template <int ST>
 int resident_blocks(int smem) {
-  static const bool granted = grant<__half, ST>() == cudaSuccess && grant<__nv_bfloat16, ST>() == cudaSuccess;
+  if (smem > std::min(granted_smem<__half, ST>(), granted_smem<__nv_bfloat16, ST>())) return 0;
   thread_local std::map<int, int> cache;
   if (auto it = cache.find(smem); it != cache.end()) return it->second;
   int per_sm = 0, device = 0, cooperative = 0;
-  if (!granted ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer_tail_kernel<__half, ST>, kDecodeThreads, smem) !=
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer_tail_kernel<__half, ST>, kDecodeThreads, smem) !=
           cudaSuccess ||
       cudaGetDevice(&device) != cudaSuccess ||
       cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device) != cudaSuccess || !cooperative) {
-    cudaGetLastError();  // not sticky: leave no error for the caller's own checks
+    cudaGetLastError();
     per_sm = 0;
   }
   cache.emplace(smem, per_sm);
@@ -323,7 +341,6 @@ bool size_launch(const Params& p, Launch* out) {
   const int lda = longest_row(p);
   for (int stages : {kDeepStages, kShallowStages}) {
     const int smem = layout_of(lda, p.M, stages).bytes;
-    if (smem > kMaxSmem) continue;
     const int per_sm = stages == kDeepStages ? resident_blocks<kDeepStages>(smem) : resident_blocks<kShallowStages>(smem);
     if (per_sm < 1) continue;
     *out = Launch{stages, smem, per_sm * cuda::sm_count(), partials, arrivals};
