@@ -30,6 +30,7 @@
 #                 w4a16 + int8 KV decode at batch 1/4/8 without and with it, a profiled batch-1 step each way
 #   dense_prefill 4-bit layers kept dequantized for prefill-sized GEMMs (VLM_PREFILL_DENSE_WEIGHTS=1): its GPU tests,
 #                 2B prefill at batch 1/64 and decode at 64/128 without the copies, with them, with them from 33 rows
+#   serve_tail_compare fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the copies (serving carry)
 #   serve_dense_compare fp16 vs w4a16 + int8 KV serving at 1/16 with the copies (the 1.3x target; serving carry)
 #   serve_dense_prefill model (a), w4a16 + int8 KV through MPS at 64/256 with VLM_PREFILL_DENSE_WEIGHTS=1, then
 #                 without (serving carry)
@@ -570,6 +571,14 @@ layer_tail_bench() {  # 2B and 7B w4a16 + int8 KV decode at batch 1/4/8 without 
     grep -E "decode, 1 rows|proj|layer tail|attention|lm head|total" "$RES/profile_tail$t.txt" | head -n 20
   done
 }
+serve_tail_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the dequantized copies
+  # (the 1.3x target at every concurrency up to 16; fp16 weights have neither)
+  serve_site || return 1
+  VLM_LAYER_TAIL=1 VLM_PREFILL_DENSE_WEIGHTS=1 python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 \
+    --vision-batch 16 --output-tokens 128 --no-peer --calib-samples 16 --work /tmp/serve-work \
+    --concurrency 1,2,4,8,16 --out-dir "$RES/serve" --stem internvl-2b-$GPU_TAG-tail-compare 2>&1 |
+    grep -E "c=[0-9]+:|rror|ABORT"
+}
 serve_dense_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/16 with the dequantized copies (fp16 weights have none)
   serve_site || return 1
   VLM_PREFILL_DENSE_WEIGHTS=1 python3 bench/serve.py --model-name internvl-2b --variants fp16,w4a16-kv8 \
@@ -892,11 +901,12 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f layer_tail layer_tail_bench serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f layer_tail layer_tail_bench serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step layer_tail 400
 step layer_tail_bench 400
+step serve_tail_compare 560
 step gemm_codes 480
 step overlap 400
 step serve_overlap 580
