@@ -17,9 +17,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
@@ -527,11 +529,9 @@ class CudaRunner final : public StepRunner {
                                                                        p_.num_kv_heads, context, num_sms_));
     grow_zeroed(attn_arrivals_, (size_t)T * p_.num_kv_heads * sizeof(int));  // split-KV arrival counters
     if (layer_tail_runs(T)) {
-      size_t partials = 0, arrivals = 0;
-      int grid = 0;
-      w4a16_layer_tail_plan(layer_tail_args(0, T), &partials, &arrivals, &grid);
-      grow(tail_partials_, std::max<size_t>(partials, 1) * sizeof(float));
-      grow_zeroed(tail_arrivals_, arrivals * sizeof(int));
+      const TailPlan& plan = tail_plan(T);
+      grow(tail_partials_, std::max<size_t>(plan.partial_floats, 1) * sizeof(float));
+      grow_zeroed(tail_arrivals_, plan.arrival_ints * sizeof(int));
       grow(tail_barrier_, sizeof(unsigned));
     }
     const cuda::StepMeta meta = upload_meta(b, slot);
@@ -640,8 +640,8 @@ class CudaRunner final : public StepRunner {
     const bool fuse_norms = norms_fuse(T);
     // The GEMMs after each attention in one persistent launch (w4a16_layer_tail.h); its grid barrier counts on
     // from zero through the step's launches.
-    const bool tail = layer_tail_runs(T);
-    unsigned tail_barrier_count = 0;
+    bool tail = layer_tail_runs(T);
+    unsigned tail_arrivals = 0;  // the barrier counter's value where the next launch starts
     if (tail) VLM_CUDA_CHECK(cudaMemsetAsync(tail_barrier_.as(), 0, sizeof(unsigned), stream_));
     // The norm before `l` (rms_norm(h + delta) * weight) as its input, fused or as its own kernel.
     auto normed_linear = [&](const DeviceLinear& l, const DeviceBuffer& weight, void* y, const char* fused_phase,
@@ -688,14 +688,23 @@ class CudaRunner final : public StepRunner {
                   "layer " << l << ": the persistent layer tail has no plan for " << T << " rows");
         mark(args.next_qkv.w ? "layer tail (o, gate_up, down, next qkv)" : "layer tail (o, gate_up, down)");
         const LayerTailWorkspace ws{tail_partials_.as<float>(), tail_arrivals_.as<int>(), tail_barrier_.as<unsigned>(),
-                                    tail_barrier_count * (unsigned)grid};
-        VLM_CUDA_CHECK(w4a16_layer_tail(args, ws, bf16_, stream_));
-        tail_barrier_count += w4a16_layer_tail_barriers(args);
-        if (!args.next_qkv.w) {  // the last layer: h_other holds h + o's delta, delta_ down's output
-          std::swap(h, h_other);
-          delta = delta_.as();
+                                    tail_arrivals};
+        const cudaError_t launched = w4a16_layer_tail(args, ws, bf16_, stream_);
+        if (launched == cudaSuccess) {
+          tail_arrivals += (unsigned)(w4a16_layer_tail_barriers(args) * grid);
+          if (!args.next_qkv.w) {  // the last layer: h_other holds h + o's delta, delta_ down's output
+            std::swap(h, h_other);
+            delta = delta_.as();
+          }
+          continue;
         }
-        continue;
+        // Refused at launch (nothing was queued): this layer and the rest of the step take the chain, and the
+        // tail is off for this runner from now on, said once.
+        cudaGetLastError();
+        std::fprintf(stderr, "vlmcore: the persistent layer tail could not be launched (%s); the kernel chain runs\n",
+                     cudaGetErrorString(launched));
+        tail = false;
+        tail_refused_ = true;
       }
       mark("o proj");
       linear(w.o, attn_.as(), T, delta_.as());
@@ -988,17 +997,35 @@ class CudaRunner final : public StepRunner {
 
   // Whether a step of T rows runs each layer's GEMMs after its attention as one persistent launch
   // (VLM_LAYER_TAIL=1, off by default until measured): one shard, every layer on the 4-bit tensor-core path at
-  // this size (no dequantized copy taking it) and a plan for the shapes. Its norms are its own (the same bits as
-  // the norm kernel's), so it does not depend on the chain fusing them.
+  // this size (no dequantized copy taking it) and a plan for every layer's shapes. Its norms are its own (the
+  // same bits as the norm kernel's), so it does not depend on the chain fusing them.
   bool layer_tail_runs(int T) const {
     static const bool enabled = cuda::env_int("VLM_LAYER_TAIL", 0) != 0;
-    if (!enabled || comm_ || T < 1 || T > kLayerTailMaxRows || layers_.empty()) return false;
+    if (!enabled || tail_refused_ || comm_ || T < 1 || T > kLayerTailMaxRows || layers_.empty()) return false;
     for (const DeviceLayer& w : layers_)
       for (const DeviceLinear* l : {&w.qkv, &w.o, &w.gate_up, &w.down})
         if (!l->tensor_core || (l->dense.bytes() && T >= dense_copy_min_rows())) return false;
-    size_t partials = 0, arrivals = 0;
-    int grid = 0;
-    return w4a16_layer_tail_plan(layer_tail_args(0, T), &partials, &arrivals, &grid);
+    return tail_plan(T).ok;
+  }
+
+  // Every layer's tail at T rows planned (once per T): whether all have a plan, and the largest workspace.
+  struct TailPlan {
+    bool ok = false;
+    size_t partial_floats = 0, arrival_ints = 0;
+  };
+  const TailPlan& tail_plan(int T) const {
+    auto it = tail_plans_.find(T);
+    if (it != tail_plans_.end()) return it->second;
+    TailPlan plan;
+    plan.ok = true;
+    for (int l = 0; l < (int)layers_.size() && plan.ok; ++l) {
+      size_t partials = 0, arrivals = 0;
+      int grid = 0;
+      plan.ok = w4a16_layer_tail_plan(layer_tail_args(l, T), &partials, &arrivals, &grid);
+      plan.partial_floats = std::max(plan.partial_floats, partials);
+      plan.arrival_ints = std::max(plan.arrival_ints, arrivals);
+    }
+    return tail_plans_.emplace(T, plan).first->second;
   }
 
   static W4a16Layer tail_layer(const DeviceLinear& l) {
@@ -1122,6 +1149,8 @@ class CudaRunner final : public StepRunner {
   DeviceBuffer h_, h_next_, x_, qkv_, q_, attn_, delta_, gate_up_, ffn_, logits_d_, workspace_, attn_workspace_, meta_, splice_;
   DeviceBuffer blas_workspace_, argmax_d_, argmax_partial_, argmax_arrivals_, tiles_, attn_arrivals_;
   DeviceBuffer tail_partials_, tail_arrivals_, tail_barrier_;  // the persistent layer tail's (w4a16_layer_tail.h)
+  mutable std::map<int, TailPlan> tail_plans_;                  // by rows
+  bool tail_refused_ = false;                                   // a launch was refused: the chain from then on
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   int64_t dense_prefill_bytes_ = 0;  // the layers kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1)
   std::vector<int2> tiles_host_;

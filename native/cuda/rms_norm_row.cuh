@@ -17,11 +17,19 @@ namespace cuda {
 constexpr int kRmsNormThreads = 256;
 
 // Float4 element k4 of the fp32 residual row h plus, where delta is set, the update delta (act dtype).
-template <class T>
+// kFromL2: loads that bypass the SM's caches (for rows written by other blocks of the same launch).
+template <class T, bool kFromL2 = false>
 __device__ __forceinline__ float4 residual4(const float* h, const T* delta, int k4) {
-  float4 x = reinterpret_cast<const float4*>(h)[k4];
+  float4 x;
+  uint2 d;
+  if constexpr (kFromL2) {
+    x = __ldcg(reinterpret_cast<const float4*>(h) + k4);
+    if (delta) d = __ldcg(reinterpret_cast<const uint2*>(delta) + k4);
+  } else {
+    x = reinterpret_cast<const float4*>(h)[k4];
+    if (delta) d = reinterpret_cast<const uint2*>(delta)[k4];
+  }
   if (delta) {
-    const uint2 d = reinterpret_cast<const uint2*>(delta)[k4];
     const T* dv = reinterpret_cast<const T*>(&d);
     x.x += to_float(dv[0]), x.y += to_float(dv[1]), x.z += to_float(dv[2]), x.w += to_float(dv[3]);
   }
@@ -50,8 +58,9 @@ __device__ __forceinline__ uint2 rms_scaled4(const float4& x, const float4& w, f
 // Stages A[0 : rows][k0 : k0 + 8 vec_per_row) (vec_per_row vectors of 8 per row, rows <= MaxRows)
 // into sa (row stride lda) as rms_norm(h + delta) * weight (RmsNormInput), writing h + delta of
 // those columns to h_out where `write_h`. Every thread of a kRmsNormThreads-thread block takes
-// part (the row sums are shared); each block sums whole rows, whichever columns it stages.
-template <class T, int MaxRows>
+// part (the row sums are shared); each block sums whole rows, whichever columns it stages. kFromL2:
+// residual4's.
+template <class T, int MaxRows, bool kFromL2 = false>
 __device__ __forceinline__ void stage_rms_norm_rows(const RmsNormInput& norm, int rows, int K, int k0,
                                                     int vec_per_row, T* sa, int lda, bool write_h) {
   constexpr int kWarps = kRmsNormThreads / 32;
@@ -62,7 +71,7 @@ __device__ __forceinline__ void stage_rms_norm_rows(const RmsNormInput& norm, in
     const float* hr = norm.h + (int64_t)r * K;
     const T* dr = delta ? delta + (int64_t)r * K : nullptr;
     float ss = 0.f;
-    for (int k4 = threadIdx.x; k4 < n4; k4 += kRmsNormThreads) ss += sum_sq4(residual4(hr, dr, k4));
+    for (int k4 = threadIdx.x; k4 < n4; k4 += kRmsNormThreads) ss += sum_sq4(residual4<T, kFromL2>(hr, dr, k4));
     ss = warp_sum(ss);
     if (lane == 0) s_sum[r][warp] = ss;
   }
@@ -77,7 +86,7 @@ __device__ __forceinline__ void stage_rms_norm_rows(const RmsNormInput& norm, in
     const float* hr = norm.h + (int64_t)r * K;
     const T* dr = delta ? delta + (int64_t)r * K : nullptr;
     const int k4 = (k0 + v * 8) / 4;
-    const float4 x0 = residual4(hr, dr, k4), x1 = residual4(hr, dr, k4 + 1);
+    const float4 x0 = residual4<T, kFromL2>(hr, dr, k4), x1 = residual4<T, kFromL2>(hr, dr, k4 + 1);
     const uint2 y0 = rms_scaled4<T>(x0, w4[k4], inv), y1 = rms_scaled4<T>(x1, w4[k4 + 1], inv);
     *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = make_uint4(y0.x, y0.y, y1.x, y1.y);
     if (write_h) {

@@ -12,14 +12,17 @@
 // and waits on); before it, each block has already requested its next item's first ring stages,
 // so the weight stream does not stop at the barrier.
 //
-// The grid is the blocks the GPU holds at once (cooperative launch: refused, not deadlocked, where
-// they do not fit, e.g. under an MPS limit on SMs). The counter is zeroed once a step; each launch
-// is told where it starts (LayerTailWorkspace), so no launch needs its own reset.
+// The grid is the blocks the GPU holds at once, so every block is resident while others wait at a
+// barrier (the launch is a dependent one like the chain's, not a cooperative one: it starts its
+// weight loads while the attention before it finishes, and a cooperative kernel's programmatic
+// edges are not something the chain has relied on). The counter is zeroed once a step; each
+// launch is told where it starts (LayerTailWorkspace), so no launch needs its own reset.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <map>
 
 #include "cpu/w4a16_pack.h"
@@ -160,7 +163,7 @@ __device__ void run_item(const Params& p, int ph, int item, const Smem& s, int w
   const int lda = f.slice_steps * 16 + w4a16::kDecodeSmemPad;
   const int vec_per_row = (b.bs1 - b.bs0) * 2;
   if (f.norm.weight) {
-    cuda::stage_rms_norm_rows<T, kMaxRows>(f.norm, M, f.K, b.bs0 * 16, vec_per_row, sa, lda,
+    cuda::stage_rms_norm_rows<T, kMaxRows, true>(f.norm, M, f.K, b.bs0 * 16, vec_per_row, sa, lda,
                                                    f.norm.h_out && bx == 0);
   } else {
     for (int i = threadIdx.x; i < M * vec_per_row; i += kDecodeThreads) {
@@ -198,6 +201,7 @@ __device__ void run_item(const Params& p, int ph, int item, const Smem& s, int w
   if (threadIdx.x == 0) {
     __threadfence();
     const int before = atomicAdd(p.arrivals + bx, 1);
+    __threadfence();  // the other blocks' partials, published before their arrivals, are read after this one
     last = before == f.C - 1;
     if (last) p.arrivals[bx] = 0;  // left at zero for the next phase and launch
   }
@@ -227,6 +231,8 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __g
     while (ph < p.phases && (int)blockIdx.x >= items_of(p.phase[ph])) ++ph;
     if (ph < p.phases) prime<ST>(p.phase[ph], blockIdx.x, s, warp, lane);
   }
+  // Weights depend on no earlier kernel: the first ones were requested above, while the attention may still run.
+  cuda::pdl_wait();
   unsigned target = p.barrier_start;
   for (int ph = 0; ph < p.phases; ++ph) {
     const Phase& f = p.phase[ph];
@@ -246,8 +252,15 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __g
 #endif
 }
 
-// Hopper code present (older PTX leaves the kernel's body empty); whether the engine uses it is its own setting.
-bool decide_supported() { return cuda::hopper_code_runs(); }
+// Hopper code present (older PTX leaves the kernel's body empty), and every SM this process may use: the grid is
+// sized to be resident on all of them at once, which an MPS client limited to a share of the SMs
+// (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE) cannot promise, and blocks waiting at a barrier for blocks that never
+// start would never return. Whether the engine uses the tail is its own setting.
+bool decide_supported() {
+  const char* share = std::getenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE");
+  if (share && *share && std::atof(share) < 100.0) return false;
+  return cuda::hopper_code_runs();
+}
 
 // The phases of `args` without their activation pointers, each cut as the decode kernel cuts it: its plan for
 // these rows (the chain's own up to 4 rows; the 4-row plan above, since how K and N are cut does not depend on
@@ -303,23 +316,23 @@ int granted_smem() {
   return granted;
 }
 
-// Blocks an SM holds with `smem` bytes of dynamic shared memory each and ST ring stages (the fp16 instantiation
-// stands for both: the same resources); 0 where that is more than both instantiations were granted (launches
-// of several sizes interleave: steps of 1-8 rows stage different slices, so each is granted the most once) or
-// the kernel cannot be launched cooperatively. Asked once per size.
+// Blocks an SM holds with `smem` bytes of dynamic shared memory each and ST ring stages, the fewer of the two
+// instantiations; 0 where that is more than they were granted (launches of several sizes interleave: steps of
+// 1-8 rows stage different slices, so each is granted the most once). Asked once per size.
 template <int ST>
 int resident_blocks(int smem) {
   if (smem > std::min(granted_smem<__half, ST>(), granted_smem<__nv_bfloat16, ST>())) return 0;
   thread_local std::map<int, int> cache;
   if (auto it = cache.find(smem); it != cache.end()) return it->second;
-  int per_sm = 0, device = 0, cooperative = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, layer_tail_kernel<__half, ST>, kDecodeThreads, smem) !=
+  int fp16 = 0, bf16 = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fp16, layer_tail_kernel<__half, ST>, kDecodeThreads, smem) !=
           cudaSuccess ||
-      cudaGetDevice(&device) != cudaSuccess ||
-      cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device) != cudaSuccess || !cooperative) {
-    cudaGetLastError();
-    per_sm = 0;
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bf16, layer_tail_kernel<__nv_bfloat16, ST>, kDecodeThreads,
+                                                    smem) != cudaSuccess) {
+    cudaGetLastError();  // not sticky: leave no error for the caller's own checks
+    fp16 = bf16 = 0;
   }
+  const int per_sm = std::min(fp16, bf16);
   cache.emplace(smem, per_sm);
   return per_sm;
 }
@@ -357,18 +370,11 @@ bool shapes_fit(const LayerTailArgs& a) {
 
 template <class T>
 cudaError_t launch(const Launch& l, const Params& p, cudaStream_t stream) {
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeCooperative;
-  attr.val.cooperative = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(l.grid);
-  cfg.blockDim = dim3(kDecodeThreads);
-  cfg.dynamicSmemBytes = l.smem;
-  cfg.stream = stream;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  if (l.stages == kDeepStages) return cudaLaunchKernelEx(&cfg, layer_tail_kernel<T, kDeepStages>, p);
-  return cudaLaunchKernelEx(&cfg, layer_tail_kernel<T, kShallowStages>, p);
+  if (l.stages == kDeepStages)
+    return cuda::launch_dependent(layer_tail_kernel<T, kDeepStages>, dim3(l.grid), dim3(kDecodeThreads), l.smem, stream,
+                                  p);
+  return cuda::launch_dependent(layer_tail_kernel<T, kShallowStages>, dim3(l.grid), dim3(kDecodeThreads), l.smem,
+                                stream, p);
 }
 
 }  // namespace

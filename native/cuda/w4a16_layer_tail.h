@@ -9,8 +9,10 @@
 // it waits at a grid-wide barrier while its rings already stream its next GEMM's weights (they
 // depend on no activation). Each GEMM is cut and summed exactly as the decode kernel cuts and
 // sums it (w4a16_decode_block.cuh, the same plan), so up to 4 rows, where the chain runs that
-// kernel, the results are the chain's bits; at 5-8 rows (where the chain runs the general kernel,
-// another sum order) the rows fill more of the mma's 8-column operand, at the same mma count.
+// kernel, the results are the chain's bits (its norms are those of the fused-norm GEMMs and of the
+// norm kernel's vectorised form, i.e. rows of up to 8192 elements); at 5-8 rows (where the chain
+// runs the general kernel, another sum order) the rows fill more of the mma's 8-column operand, at
+// the same mma count.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -54,10 +56,11 @@ struct LayerTailWorkspace {
 };
 
 // Whether the persistent form runs these shapes on this GPU and build (sm_90 code, every GEMM's decode
-// plan, shared memory, cooperative launch); when it does, the sizes of the workspace it
-// needs and the grid (blocks) it launches with.
+// plan, shared memory, all SMs usable: no MPS share limit); when it does, the sizes of the workspace it needs
+// and the grid (blocks) it launches with, which may differ between layers of different shapes or between the
+// last layer and the others.
 bool w4a16_layer_tail_plan(const LayerTailArgs& args, size_t* partial_floats, size_t* arrival_ints, int* grid);
-// Grid barriers one launch counts (its GEMMs less one): the next launch's barrier_start grows by this x grid.
+// Grid barriers one launch counts (its GEMMs less one): the next launch's barrier_start grows by this x its grid.
 int w4a16_layer_tail_barriers(const LayerTailArgs& args);
 // Queues the launch; cudaErrorInvalidValue where w4a16_layer_tail_plan() is false.
 cudaError_t w4a16_layer_tail(const LayerTailArgs& args, const LayerTailWorkspace& ws, bool bf16,

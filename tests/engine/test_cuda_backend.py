@@ -213,10 +213,11 @@ np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)}
 """
 
 
-# Tiny families (one K slice a GEMM, biased q/k/v) and layers of the 2B model's shapes (K cut into slices whose
-# partials are summed through global memory, several items a block).
+# Tiny families (one K slice a GEMM, biased q/k/v; one layer: the first is also the last) and layers of the 2B
+# model's shapes (K cut into slices whose partials are summed through global memory, several items a block).
 _LAYER_TAIL_MODELS = {
     "llama_gqa_hd128-64": ("llama_gqa_hd128", 64, {}),
+    "llama_gqa_hd128-64-one_layer": ("llama_gqa_hd128", 64, dict(num_hidden_layers=1)),
     "qwen2_bias_tied-128": ("qwen2_bias_tied", 128, {}),
     "llama_2b_layers-128": ("llama_gqa_hd128", 128,
                             dict(hidden_size=2048, intermediate_size=8192, num_attention_heads=16,
@@ -224,13 +225,41 @@ _LAYER_TAIL_MODELS = {
 }
 
 
+def _profiled_phases(stderr: str) -> dict[str, str]:
+    """The step profiler's report (VLM_CUDA_PROFILE=1) as {step kind: its phase lines}."""
+    kinds: dict[str, str] = {}
+    kind = None
+    for line in stderr.splitlines():
+        if not line.startswith("[vlm profile]"):
+            continue
+        body = line[len("[vlm profile]"):]
+        if not body.startswith("  "):
+            kind = body.strip().split(":")[0]
+            kinds[kind] = ""
+        elif kind is not None:
+            kinds[kind] += body + "\n"
+    return kinds
+
+
+def _assert_tail_ran(stderr: str, rows, layers: int) -> None:
+    """Every decode step of each row count in `rows` ran the tail: the last layer's form, and with more than one
+    layer the form that also computes the next layer's q/k/v."""
+    phases = _profiled_phases(stderr)
+    for r in rows:
+        kind = phases.get(f"decode, {r} rows", "")
+        assert "layer tail (o, gate_up, down)" in kind, f"{r} rows: {kind or stderr[-4000:]}"
+        if layers > 1:
+            assert "layer tail (o, gate_up, down, next qkv)" in kind, f"{r} rows: {kind}"
+        assert "o proj" not in kind, f"{r} rows: the chain's o GEMM ran beside the tail: {kind}"
+
+
 @pytest.mark.parametrize("name", sorted(_LAYER_TAIL_MODELS))
 def test_layer_tail_changes_no_bits(tiny_model_dir, tmp_path, name):
     """VLM_LAYER_TAIL=1 runs each layer's GEMMs after its attention (o, norm + gate_up, silu * up + down, the
     next layer's norm + q/k/v) as one persistent launch that cuts and sums every GEMM as the decode kernel does:
     decode steps of 1-4 rows give the same tokens and logits, bit for bit, as the kernel chain, in captured
-    graphs (the default) and in eager steps under the step profiler, whose report shows the tail ran. Settings
-    are read once per process: processes of their own."""
+    graphs (the default) and in eager steps under the step profiler, whose report shows the tail ran in the
+    steps of every row count. Settings are read once per process: processes of their own."""
     import os
     import subprocess
     import sys
@@ -249,8 +278,7 @@ def test_layer_tail_changes_no_bits(tiny_model_dir, tmp_path, name):
                               text=True, timeout=600, env=dict(os.environ, **env))
         assert done.returncode == 0, done.stderr[-4000:]
         if label == "tail_eager":
-            assert "layer tail (o, gate_up, down, next qkv)" in done.stderr, done.stderr[-4000:]
-            assert "layer tail (o, gate_up, down)" in done.stderr, done.stderr[-4000:]
+            _assert_tail_ran(done.stderr, (4, 3, 2, 1), overrides.get("num_hidden_layers", 2))
         runs[label] = np.load(out)
     for label in ("tail", "tail_eager"):
         for key in runs["chain"].files:
@@ -272,28 +300,12 @@ np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)}
 """
 
 
-def _profiled_phases(stderr: str) -> dict[str, str]:
-    """The step profiler's report (VLM_CUDA_PROFILE=1) as {step kind: its phase lines}."""
-    kinds: dict[str, str] = {}
-    kind = None
-    for line in stderr.splitlines():
-        if not line.startswith("[vlm profile]"):
-            continue
-        body = line[len("[vlm profile]"):]
-        if not body.startswith("  "):
-            kind = body.strip().split(":")[0]
-            kinds[kind] = ""
-        elif kind is not None:
-            kinds[kind] += body + "\n"
-    return kinds
-
-
 @pytest.mark.parametrize("name", sorted(_LAYER_TAIL_MODELS))
 def test_layer_tail_at_up_to_eight_rows_matches_the_cpu_backend(tiny_model_dir, tmp_path, name):
     """The persistent layer tail at decode steps of 5-8 rows (where the chain runs the general kernel, so not
     the chain's bits) and 1-4: eight requests ending after 9..16 tokens, each against its own greedy run on the
     CPU backend within the engine's tolerance; in graphs and in eager steps (the same bits), the profiler's
-    report showing the tail in the steps of 8 and 5 rows."""
+    report showing the tail in the steps of every row count."""
     import os
     import subprocess
     import sys
@@ -313,9 +325,7 @@ def test_layer_tail_at_up_to_eight_rows_matches_the_cpu_backend(tiny_model_dir, 
                               capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
         assert done.returncode == 0, done.stderr[-4000:]
         if label == "eager":
-            phases = _profiled_phases(done.stderr)
-            for rows in (8, 5):
-                assert "layer tail" in phases.get(f"decode, {rows} rows", ""), done.stderr[-4000:]
+            _assert_tail_ran(done.stderr, range(1, 9), overrides.get("num_hidden_layers", 2))
         runs[label] = np.load(out)
     for key in runs["graphs"].files:
         np.testing.assert_array_equal(runs["eager"][key], runs["graphs"][key], err_msg=key)
