@@ -26,8 +26,8 @@
 #                 without and with it (serving carry)
 #   serve_chunk   fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of 128 tokens, then 2,048 (serving carry)
 #   layer_tail    the persistent layer tail (VLM_LAYER_TAIL=1): its tests (bit for bit against the kernel chain up to 4
-#                 rows, against the CPU backend up to 8), memcheck on one tiny model; layer_tail_bench: 2B and 7B
-#                 w4a16 + int8 KV decode at batch 1/4/8 without and with it, a profiled batch-1 step each way
+#                 rows, against the CPU backend up to 16), memcheck on one tiny model; layer_tail_bench: 2B and 7B
+#                 w4a16 + int8 KV decode at batch 1/4/8/16 without and with it, a profiled batch-1 step each way
 #   dense_prefill 4-bit layers kept dequantized for prefill-sized GEMMs (VLM_PREFILL_DENSE_WEIGHTS=1): its GPU tests,
 #                 2B prefill at batch 1/64 and decode at 64/128 without the copies, with them, with them from 33 rows
 #   serve_tail_compare fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the copies (serving carry)
@@ -550,16 +550,16 @@ dense_prefill() {  # 4-bit layers also kept dequantized (VLM_PREFILL_DENSE_WEIGH
   done
 }
 layer_tail() {  # the persistent layer tail (VLM_LAYER_TAIL=1): its tests (bit for bit against the kernel chain up to 4
-  # rows, against the CPU backend up to 8; tiny families and 2B-shaped layers), memcheck on one tiny model
+  # rows, against the CPU backend up to 16; tiny families and 2B-shaped layers), memcheck on one tiny model
   python3 -m pytest -v -rfE -m gpu tests/engine/test_cuda_backend.py -k "layer_tail" |
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E " | head -n 40
   compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 python3 -m pytest -q \
     -m gpu tests/engine/test_cuda_backend.py -k "layer_tail_changes_no_bits and llama_gqa_hd128-64" 2>&1 | tail -n 4
 }
-layer_tail_bench() {  # 2B and 7B w4a16 + int8 KV decode at batch 1/4/8 without and with the layer tail, then a profiled
+layer_tail_bench() {  # 2B and 7B w4a16 + int8 KV decode at batch 1/4/8/16 without and with the layer tail, then a profiled
   # batch-1 step each way
   for t in 0 1; do
-    VLM_LAYER_TAIL=$t python3 bench/decode.py --models 2b,7b --weights w4a16 --kv int8 --batches 1,4,8 --peer-batches 0 \
+    VLM_LAYER_TAIL=$t python3 bench/decode.py --models 2b,7b --weights w4a16 --kv int8 --batches 1,4,8,16 --peer-batches 0 \
       --work /tmp/decode-models --out "$RES/decode_layer_tail$t.json" 2>&1 | grep -E "tok/s|FAILED"
   done
   # Where a batch-1 step's time goes with and without it (eager steps, each phase timed by events: the report's

@@ -139,13 +139,13 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   __syncthreads();
 
   // ldmatrix rows of the B operand: lanes 0-7 give rows 0..7 at k, lanes 8-15 the same rows at k + 8.
-  const T* b_row = sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (bsl.ws0 - bs0) * 16;
-  float acc[4][4];
-  w4a16::ring_sums<T, U, ST>(ring, b_row, acc);
+  const T* const b_rows[1] = {sa + min(lane % 8, rows - 1) * lda + ((lane / 8) % 2) * 8 + (bsl.ws0 - bs0) * 16};
+  float acc[1][4][4];
+  w4a16::ring_sums<T, U, ST, 1>(ring, b_rows, acc);
 
   // The warp's sums replace its own ring (ST * 512 bytes >= 2 KiB), then the block's partial.
   float* part = reinterpret_cast<float*>(smem + L.part);
-  w4a16::block_partial(acc, reinterpret_cast<float*>(smem + L.ring), ST * 128, part, S, M, bsl.kw, warp, lane);
+  w4a16::block_partial<1>(acc, reinterpret_cast<float*>(smem + L.ring), ST * 128, part, S, M, bsl.kw, warp, lane);
   const int elems = S * M * kW4StripN;
 
   auto store = [&](int e, float v) {

@@ -102,25 +102,29 @@ __device__ __forceinline__ WarpRing<U, ST> warp_ring(const BlockSlice& s, const 
   return r;
 }
 
-// The warp's sums over its primed ring: acc[i] is the n16m8 tile of strip columns 16 i.., rows 0..7 (rows past
-// M repeat row M - 1 and are never stored). b_row: this lane's ldmatrix row of the staged A at the warp's first
-// step. Ends with every copy complete.
+// The warp's sums over its primed ring for NT tiles of 8 activation rows: acc[n][i] is the n16m8 tile of strip
+// columns 16 i.., rows 8 n .. 8 n + 7 (rows past M repeat row M - 1 and are never stored). b_rows[n]: this lane's
+// ldmatrix row of the staged A for tile n at the warp's first step. Ends with every copy complete.
 //
 // The tensor cores multiply the codes q themselves (exact small integers, code_fragments), and each group's
 // scale s and zero z are applied to the fp32 sums of a unit of its steps:
 //   sum_k (q - z) s a = s (sum_k q a - z sum_k a),
 // the activations' sum over the group coming from one more mma with an all-ones operand. This takes the
 // per-weight dequantization from four instructions a pair of weights to two (the kernel is bound by instruction
-// issue, not bandwidth: docs/benchmarks/gemm.md), and rounds no weight to 16 bits. Unrolled by the ring's
-// length, so every slot address is a constant offset and where units start and end is known at compile time.
-template <class T, int U, int ST>
-__device__ __forceinline__ void ring_sums(const WarpRing<U, ST>& r, const T* b_row, float (&acc)[4][4]) {
+// issue, not bandwidth: docs/benchmarks/gemm.md), and rounds no weight to 16 bits; with two tiles a weight's
+// fragments serve 16 rows. Unrolled by the ring's length, so every slot address is a constant offset and where
+// units start and end is known at compile time.
+template <class T, int U, int ST, int NT>
+__device__ __forceinline__ void ring_sums(const WarpRing<U, ST>& r, const T* const (&b_rows)[NT],
+                                          float (&acc)[NT][4][4]) {
   static_assert(ST % U == 0, "a ring slot that starts a unit must start one on every pass");
-  float gacc[4][4], asum[4];
+  float gacc[NT][4][4], asum[NT][4];
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int q = 0; q < 4; ++q) acc[i][q] = 0.f;
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[n][i][q] = 0.f;
   uint4 sv = make_uint4(0, 0, 0, 0), zv = sv;  // the current unit's scales and zeros (columns 8 tile + lane / 4)
   const int lane = r.lane;
   for (int j0 = 0; j0 < r.n_steps; j0 += ST) {
@@ -138,10 +142,13 @@ __device__ __forceinline__ void ring_sums(const WarpRing<U, ST>& r, const T* b_r
       }
       uint32_t b[8][2];
       code_fragments<T>(wv, b);
-      uint32_t bf[2];
-      ldmatrix_x2(bf, b_row + j * 16);
-      codes_mma<T>(gacc, asum, b, bf, starts);
-      if (slot % U == U - 1) add_group_sums<T>(acc, gacc, asum, sv, zv);
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        uint32_t bf[2];
+        ldmatrix_x2(bf, b_rows[n] + j * 16);
+        codes_mma<T>(gacc[n], asum[n], b, bf, starts);
+        if (slot % U == U - 1) add_group_sums<T>(acc[n], gacc[n], asum[n], sv, zv);
+      }
       __syncwarp();  // every lane has read this slot before it is refilled
       r.issue(j + ST, slot);
     }
@@ -152,22 +159,27 @@ __device__ __forceinline__ void ring_sums(const WarpRing<U, ST>& r, const T* b_r
 
 // The block's partial over the real outputs: part[e], e = (strip sl, row < M, column), the warps' K sub-slices
 // summed in order; consecutive elements are consecutive output columns. red: kDecodeWarps regions of red_stride
-// floats (>= 512) where each warp leaves its acc. Ends with part written and visible to the block.
-__device__ __forceinline__ void block_partial(const float (&acc)[4][4], float* red, int red_stride, float* part,
+// floats (>= NT x 512) where each warp leaves its acc. Ends with part written and visible to the block.
+template <int NT>
+__device__ __forceinline__ void block_partial(const float (&acc)[NT][4][4], float* red, int red_stride, float* part,
                                               int S, int M, int kw, int warp, int lane) {
   float* mine = red + warp * red_stride;
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
+  for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int q = 0; q < 4; ++q) mine[(i * 4 + q) * 32 + lane] = acc[i][q];
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) mine[((n * 4 + i) * 4 + q) * 32 + lane] = acc[n][i][q];
   __syncthreads();
   const int per_strip = M * kW4StripN, elems = S * per_strip;
   for (int e = threadIdx.x; e < elems; e += kDecodeThreads) {
     const int es = e / per_strip, row = (e / kW4StripN) % M, col = e % kW4StripN;
-    // Where the mma left (row, col): row = 2 t + (q & 1), col = 16 i + g + 8 (q >> 1), lane = 4 g + t.
-    const int t = row / 2, i = col / 16, g = col % 8;
-    const int q = ((col % 16) / 8) * 2 + (row & 1);
-    const int at = (i * 4 + q) * 32 + 4 * g + t;
+    // Where the mma left (row, col) of tile n = row / 8: row % 8 = 2 t + (q & 1), col = 16 i + g + 8 (q >> 1),
+    // lane = 4 g + t.
+    const int n = row / 8, r8 = row % 8;
+    const int t = r8 / 2, i = col / 16, g = col % 8;
+    const int q = ((col % 16) / 8) * 2 + (r8 & 1);
+    const int at = ((n * 4 + i) * 4 + q) * 32 + 4 * g + t;
     float v = 0.f;
     for (int k = 0; k < kw; ++k) v += red[(k * S + es) * red_stride + at];
     part[e] = v;

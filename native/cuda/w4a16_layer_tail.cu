@@ -47,8 +47,9 @@ using w4a16::kDecodeWarps;
 // when bytes arrive, not what is summed, and with one block an SM it is what keeps bytes in flight), else 8.
 constexpr int kDeepStages = 16, kShallowStages = 8;
 constexpr int kMaxPhases = 4;
-constexpr int kMaxRows = kLayerTailMaxRows;  // one n8 tile of the mma: the decode kernel's block takes up to 8 rows
-constexpr int kRedStride = 512;       // floats a warp leaves its sums in (4 x 4 x 32)
+constexpr int kMaxRows = kLayerTailMaxRows;  // two 8-row tiles of the mma's activation operand
+constexpr int kTileRows = 8;
+constexpr int kRedPerTile = 512;  // floats a warp leaves a tile's sums in (4 x 4 x 32)
 
 struct Phase {
   const uint4* w;
@@ -70,6 +71,8 @@ struct Params {
   unsigned barrier_start;
 };
 
+__host__ __device__ inline int tiles_of(int rows) { return (rows + kTileRows - 1) / kTileRows; }
+
 // Shared memory: rings (weights, group records), the warps' sums, the block's partial, the staged A of `rows` rows.
 struct Layout {
   int ring, grp, red, part, a, bytes;
@@ -79,7 +82,7 @@ __host__ __device__ inline Layout layout_of(int lda, int rows, int stages) {
   l.ring = 0;
   l.grp = l.ring + kDecodeWarps * stages * 512;
   l.red = l.grp + kDecodeWarps * stages * 256;
-  l.part = l.red + kDecodeWarps * kRedStride * 4;
+  l.part = l.red + kDecodeWarps * tiles_of(rows) * kRedPerTile * 4;
   l.a = l.part + w4a16::kDecodeMaxStrips * rows * kW4StripN * 4;
   l.bytes = l.a + rows * lda * 2;
   return l;
@@ -153,7 +156,7 @@ __device__ __forceinline__ bool next_item(const Params& p, int ph, int item, int
 
 // One item of phase ph (its ring primed): stage its A, run the rings, start the next item's weights, sum the
 // block's partial and, once the column block's C partials are in, write its outputs.
-template <class T, int U, int ST>
+template <class T, int U, int ST, int NT>
 __device__ void run_item(const Params& p, int ph, int item, const Smem& s, int warp, int lane) {
   const Phase& f = p.phase[ph];
   const int M = p.M, bx = item / f.C, rank = item % f.C;
@@ -174,12 +177,15 @@ __device__ void run_item(const Params& p, int ph, int item, const Smem& s, int w
   }
   __syncthreads();
 
-  const T* b_row = sa + min(lane % 8, M - 1) * lda + ((lane / 8) % 2) * 8 + (b.ws0 - b.bs0) * 16;
-  float acc[4][4];
-  w4a16::ring_sums<T, U, ST>(ring, b_row, acc);
+  const T* b_rows[NT];
+#pragma unroll
+  for (int n = 0; n < NT; ++n)
+    b_rows[n] = sa + min(kTileRows * n + lane % 8, M - 1) * lda + ((lane / 8) % 2) * 8 + (b.ws0 - b.bs0) * 16;
+  float acc[NT][4][4];
+  w4a16::ring_sums<T, U, ST, NT>(ring, b_rows, acc);
   int nph, nitem;
   if (next_item(p, ph, item, &nph, &nitem)) prime<ST>(p.phase[nph], nitem, s, warp, lane);
-  w4a16::block_partial(acc, s.red, kRedStride, s.part, f.S, M, b.kw, warp, lane);
+  w4a16::block_partial<NT>(acc, s.red, NT * kRedPerTile, s.part, f.S, M, b.kw, warp, lane);
 
   const int elems = f.S * M * kW4StripN;
   auto store = [&](int e, float v) {
@@ -217,7 +223,8 @@ __device__ void run_item(const Params& p, int ph, int item, const Smem& s, int w
   }
 }
 
-template <class T, int ST>
+// NT: tiles of 8 rows (1 up to 8 rows, 2 up to 16).
+template <class T, int ST, int NT>
 __global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __grid_constant__ Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(kDecodeThreads == cuda::kRmsNormThreads, "the shared norm arithmetic is defined for 256 threads");
@@ -241,9 +248,9 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __g
     if (ph + 1 == p.phases) cuda::pdl_allow_next();
     for (int item = blockIdx.x; item < items_of(f); item += gridDim.x) {
       switch (f.U) {
-        case 8: run_item<T, 8, ST>(p, ph, item, s, warp, lane); break;
-        case 4: run_item<T, 4, ST>(p, ph, item, s, warp, lane); break;
-        default: run_item<T, 2, ST>(p, ph, item, s, warp, lane);
+        case 8: run_item<T, 8, ST, NT>(p, ph, item, s, warp, lane); break;
+        case 4: run_item<T, 4, ST, NT>(p, ph, item, s, warp, lane); break;
+        default: run_item<T, 2, ST, NT>(p, ph, item, s, warp, lane);
       }
       __syncthreads();  // the item's shared memory is read before the next item's A overwrites it
     }
@@ -263,8 +270,9 @@ bool decide_supported() {
 }
 
 // The phases of `args` without their activation pointers, each cut as the decode kernel cuts it: its plan for
-// these rows (the chain's own up to 4 rows; the 4-row plan above, since how K and N are cut does not depend on
-// the rows); false where a GEMM has none.
+// these rows up to 4 (the chain's own, so the chain's bits), else the 4-row plan (how K and N are cut does not
+// depend on the rows; launch_for() may cut K finer where the staged A of more rows needs it); false where a GEMM
+// has none.
 bool plan_phases(const LayerTailArgs& a, Params* p) {
   const W4a16Layer* layers[kMaxPhases] = {&a.o, &a.gate_up, &a.down, &a.next_qkv};
   p->phases = a.next_qkv.w ? 4 : 3;
@@ -291,22 +299,27 @@ bool plan_phases(const LayerTailArgs& a, Params* p) {
   return true;
 }
 
+template <class T, int ST, int NT>
+constexpr auto kernel_of() {
+  return layer_tail_kernel<T, ST, NT>;
+}
+
 // The dynamic shared memory a block of this instantiation may have: the device's opt-in limit a block less the
 // kernel's own static shared memory (the norm's sums, the arrival flag); granted once, 0 where it cannot be.
-template <class T, int ST>
+template <class T, int ST, int NT>
 int granted_smem() {
   static const int granted = [] {
     cudaFuncAttributes attrs{};
     int device = 0, optin = 0;
     if (cudaGetDevice(&device) != cudaSuccess ||
         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
-        cudaFuncGetAttributes(&attrs, layer_tail_kernel<T, ST>) != cudaSuccess) {
+        cudaFuncGetAttributes(&attrs, kernel_of<T, ST, NT>()) != cudaSuccess) {
       cudaGetLastError();  // not sticky: leave no error for the caller's own checks
       return 0;
     }
     const int most = optin - (int)attrs.sharedSizeBytes;
     if (most <= 0 ||
-        cudaFuncSetAttribute(layer_tail_kernel<T, ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, most) !=
+        cudaFuncSetAttribute(kernel_of<T, ST, NT>(), cudaFuncAttributeMaxDynamicSharedMemorySize, most) !=
             cudaSuccess) {
       cudaGetLastError();
       return 0;
@@ -316,25 +329,38 @@ int granted_smem() {
   return granted;
 }
 
-// Blocks an SM holds with `smem` bytes of dynamic shared memory each and ST ring stages, the fewer of the two
-// instantiations; 0 where that is more than they were granted (launches of several sizes interleave: steps of
-// 1-8 rows stage different slices, so each is granted the most once). Asked once per size.
-template <int ST>
-int resident_blocks(int smem) {
-  if (smem > std::min(granted_smem<__half, ST>(), granted_smem<__nv_bfloat16, ST>())) return 0;
-  thread_local std::map<int, int> cache;
-  if (auto it = cache.find(smem); it != cache.end()) return it->second;
-  int fp16 = 0, bf16 = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fp16, layer_tail_kernel<__half, ST>, kDecodeThreads, smem) !=
-          cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bf16, layer_tail_kernel<__nv_bfloat16, ST>, kDecodeThreads,
-                                                    smem) != cudaSuccess) {
-    cudaGetLastError();  // not sticky: leave no error for the caller's own checks
-    fp16 = bf16 = 0;
+// What one (ring depth, row tiles) form may use: the shared memory both activation types were granted, and the
+// blocks an SM holds with `smem` bytes each, the fewer of the two (asked once per size). Launches of several
+// sizes interleave (steps of 1-16 rows stage different slices), so each instantiation is granted the most once.
+template <int ST, int NT>
+struct Form {
+  static int smem_limit() { return std::min(granted_smem<__half, ST, NT>(), granted_smem<__nv_bfloat16, ST, NT>()); }
+  static int resident_blocks(int smem) {
+    if (smem > smem_limit()) return 0;
+    thread_local std::map<int, int> cache;
+    if (auto it = cache.find(smem); it != cache.end()) return it->second;
+    int fp16 = 0, bf16 = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fp16, kernel_of<__half, ST, NT>(), kDecodeThreads, smem) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bf16, kernel_of<__nv_bfloat16, ST, NT>(), kDecodeThreads,
+                                                      smem) != cudaSuccess) {
+      cudaGetLastError();
+      fp16 = bf16 = 0;
+    }
+    const int per_sm = std::min(fp16, bf16);
+    cache.emplace(smem, per_sm);
+    return per_sm;
   }
-  const int per_sm = std::min(fp16, bf16);
-  cache.emplace(smem, per_sm);
-  return per_sm;
+};
+
+int smem_limit(int stages, int tiles) {
+  if (stages == kDeepStages) return tiles == 1 ? Form<kDeepStages, 1>::smem_limit() : Form<kDeepStages, 2>::smem_limit();
+  return tiles == 1 ? Form<kShallowStages, 1>::smem_limit() : Form<kShallowStages, 2>::smem_limit();
+}
+int resident_blocks(int stages, int tiles, int smem) {
+  if (stages == kDeepStages)
+    return tiles == 1 ? Form<kDeepStages, 1>::resident_blocks(smem) : Form<kDeepStages, 2>::resident_blocks(smem);
+  return tiles == 1 ? Form<kShallowStages, 1>::resident_blocks(smem) : Form<kShallowStages, 2>::resident_blocks(smem);
 }
 
 struct Launch {
@@ -342,20 +368,36 @@ struct Launch {
   size_t partial_floats, arrival_ints;
 };
 
-// Ring depth, shared memory, grid and workspace of a planned launch: 16 stages where they fit, else 8; false
-// where neither does.
-bool size_launch(const Params& p, Launch* out) {
-  size_t partials = 0, arrivals = 0;
-  for (int i = 0; i < p.phases; ++i) {
-    const Phase& f = p.phase[i];
-    if (f.C > 1) partials = std::max(partials, (size_t)items_of(f) * f.S * p.M * kW4StripN);
-    arrivals = std::max(arrivals, (size_t)column_blocks(f));
-  }
-  const int lda = longest_row(p);
+// Ring depth, shared memory, grid and workspace of a planned launch: 16 stages where they fit, else 8. Past 4 rows
+// (not the chain's bits anyway) a GEMM whose K slice would not fit the staged A of M rows is cut into twice the
+// slices until it does (up to 8); false where nothing fits. p's slices are updated to what runs.
+bool launch_for(Params* p, Launch* out) {
+  const int tiles = tiles_of(p->M);
   for (int stages : {kDeepStages, kShallowStages}) {
-    const int smem = layout_of(lda, p.M, stages).bytes;
-    const int per_sm = stages == kDeepStages ? resident_blocks<kDeepStages>(smem) : resident_blocks<kShallowStages>(smem);
+    Params q = *p;
+    const int fixed = layout_of(0, q.M, stages).bytes, limit = smem_limit(stages, tiles);
+    const int most_lda = (limit - fixed) / (q.M * 2);  // halves a staged row may take
+    bool fits = most_lda > 0;
+    for (int i = 0; i < q.phases && fits; ++i) {
+      Phase& f = q.phase[i];
+      while (q.M > kMaxDecodeRows && f.slice_steps * 16 + w4a16::kDecodeSmemPad > most_lda &&
+             f.C * 2 <= kDecodeMaxCluster) {
+        f.C *= 2;
+        f.slice_steps = (f.K / 16 / f.U + f.C - 1) / f.C * f.U;
+      }
+      fits = f.slice_steps * 16 + w4a16::kDecodeSmemPad <= most_lda;
+    }
+    if (!fits) continue;
+    const int smem = layout_of(longest_row(q), q.M, stages).bytes;
+    const int per_sm = resident_blocks(stages, tiles, smem);
     if (per_sm < 1) continue;
+    size_t partials = 0, arrivals = 0;
+    for (int i = 0; i < q.phases; ++i) {
+      const Phase& f = q.phase[i];
+      if (f.C > 1) partials = std::max(partials, (size_t)items_of(f) * f.S * q.M * kW4StripN);
+      arrivals = std::max(arrivals, (size_t)column_blocks(f));
+    }
+    *p = q;
     *out = Launch{stages, smem, per_sm * cuda::sm_count(), partials, arrivals};
     return true;
   }
@@ -368,13 +410,17 @@ bool shapes_fit(const LayerTailArgs& a) {
          a.gate_up.N == 2 * a.down.K && (!a.next_qkv.w || a.next_qkv.K == H);
 }
 
+template <class T, int NT>
+cudaError_t launch_tiles(const Launch& l, const Params& p, cudaStream_t stream) {
+  if (l.stages == kDeepStages)
+    return cuda::launch_dependent(kernel_of<T, kDeepStages, NT>(), dim3(l.grid), dim3(kDecodeThreads), l.smem, stream,
+                                  p);
+  return cuda::launch_dependent(kernel_of<T, kShallowStages, NT>(), dim3(l.grid), dim3(kDecodeThreads), l.smem,
+                                stream, p);
+}
 template <class T>
 cudaError_t launch(const Launch& l, const Params& p, cudaStream_t stream) {
-  if (l.stages == kDeepStages)
-    return cuda::launch_dependent(layer_tail_kernel<T, kDeepStages>, dim3(l.grid), dim3(kDecodeThreads), l.smem, stream,
-                                  p);
-  return cuda::launch_dependent(layer_tail_kernel<T, kShallowStages>, dim3(l.grid), dim3(kDecodeThreads), l.smem,
-                                stream, p);
+  return tiles_of(p.M) == 1 ? launch_tiles<T, 1>(l, p, stream) : launch_tiles<T, 2>(l, p, stream);
 }
 
 }  // namespace
@@ -383,7 +429,7 @@ bool w4a16_layer_tail_plan(const LayerTailArgs& args, size_t* partial_floats, si
   static const bool supported = decide_supported();
   Params p{};
   Launch l{};
-  if (!supported || !shapes_fit(args) || !plan_phases(args, &p) || !size_launch(p, &l)) return false;
+  if (!supported || !shapes_fit(args) || !plan_phases(args, &p) || !launch_for(&p, &l)) return false;
   *partial_floats = l.partial_floats;
   *arrival_ints = l.arrival_ints;
   *grid = l.grid;
@@ -396,7 +442,7 @@ cudaError_t w4a16_layer_tail(const LayerTailArgs& a, const LayerTailWorkspace& w
   static const bool supported = decide_supported();
   Params p{};
   Launch l{};
-  if (!supported || !shapes_fit(a) || !plan_phases(a, &p) || !size_launch(p, &l) || !ws.barrier || !ws.arrivals ||
+  if (!supported || !shapes_fit(a) || !plan_phases(a, &p) || !launch_for(&p, &l) || !ws.barrier || !ws.arrivals ||
       (l.partial_floats && !ws.partials) || !a.attn || !a.delta || !a.gate_up_out || !a.h || !a.h_other ||
       a.h == a.h_other || !a.post_norm || (a.next_qkv.w && (!a.qkv_out || !a.next_input_norm)))
     return cudaErrorInvalidValue;

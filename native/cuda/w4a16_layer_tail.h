@@ -1,5 +1,5 @@
 // A decoder layer's GEMMs after its attention, in one persistent launch, for decode steps of
-// up to 8 rows with 4-bit weights on Hopper (w4a16_layer_tail.cu):
+// up to 16 rows with 4-bit weights on Hopper (w4a16_layer_tail.cu):
 //   delta = attn · Woᵀ;  h' = h + delta;  gate_up = rms_norm(h') · Wgate_upᵀ;
 //   delta = (silu(gate) * up) · Wdownᵀ;  and, where the layer has a successor,
 //   h = h' + delta;  qkv = rms_norm(h) · Wqkv(next)ᵀ (+ bias).
@@ -10,9 +10,9 @@
 // depend on no activation). Each GEMM is cut and summed exactly as the decode kernel cuts and
 // sums it (w4a16_decode_block.cuh, the same plan), so up to 4 rows, where the chain runs that
 // kernel, the results are the chain's bits (its norms are those of the fused-norm GEMMs and of the
-// norm kernel's vectorised form, i.e. rows of up to 8192 elements); at 5-8 rows (where the chain
-// runs the general kernel, another sum order) the rows fill more of the mma's 8-column operand, at
-// the same mma count.
+// norm kernel's vectorised form, i.e. rows of up to 8192 elements); at 5-16 rows (where the chain
+// runs the general kernel, another sum order) the rows fill more of the mma's 8-column operand
+// (one tile to 8 rows, two to 16, the weights' fragments made once for both).
 #pragma once
 #include <cuda_runtime.h>
 
@@ -28,7 +28,7 @@ struct W4a16Layer {
   int N = 0, K = 0, group = 0;
 };
 
-constexpr int kLayerTailMaxRows = 8;  // the mma's 8-row operand
+constexpr int kLayerTailMaxRows = 16;  // two 8-row tiles of the mma's activation operand
 
 struct LayerTailArgs {
   int M = 0;  // rows, 1..kLayerTailMaxRows

@@ -290,9 +290,9 @@ import sys
 import numpy as np
 from vlmserve import Engine, EngineConfig, GenerationConfig
 model, out, prompts = sys.argv[1], sys.argv[2], eval(sys.argv[3])
-# Eight requests that end after 9..16 tokens: decode steps of 8 rows down to 1.
+# Sixteen requests that end after 9..24 tokens: decode steps of 16 rows down to 1.
 gens = [GenerationConfig(max_new_tokens=9 + i, ignore_eos=True, return_logits=True) for i in range(len(prompts))]
-cfg = EngineConfig(device="cuda", num_kv_blocks=64, block_size=16, max_batch_size=8)
+cfg = EngineConfig(device="cuda", num_kv_blocks=128, block_size=16, max_batch_size=16)
 with Engine(model, cfg) as eng:
     res = [s.wait(timeout=300) for s in eng.add_requests(list(zip(prompts, gens)))]
 np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)},
@@ -301,11 +301,11 @@ np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)}
 
 
 @pytest.mark.parametrize("name", sorted(_LAYER_TAIL_MODELS))
-def test_layer_tail_at_up_to_eight_rows_matches_the_cpu_backend(tiny_model_dir, tmp_path, name):
-    """The persistent layer tail at decode steps of 5-8 rows (where the chain runs the general kernel, so not
-    the chain's bits) and 1-4: eight requests ending after 9..16 tokens, each against its own greedy run on the
-    CPU backend within the engine's tolerance; in graphs and in eager steps (the same bits), the profiler's
-    report showing the tail in the steps of every row count."""
+def test_layer_tail_at_up_to_sixteen_rows_matches_the_cpu_backend(tiny_model_dir, tmp_path, name):
+    """The persistent layer tail at decode steps of 5-16 rows (where the chain runs the general kernel, so not
+    the chain's bits; two 8-row tiles past 8) and 1-4: sixteen requests ending after 9..24 tokens, each against
+    its own greedy run on the CPU backend within the engine's tolerance; in graphs and in eager steps (the same
+    bits), the profiler's report showing the tail in the steps of every row count."""
     import os
     import subprocess
     import sys
@@ -316,7 +316,7 @@ def test_layer_tail_at_up_to_eight_rows_matches_the_cpu_backend(tiny_model_dir, 
     family, group, overrides = _LAYER_TAIL_MODELS[name]
     dst = write_awq_checkpoint(tiny_model_dir(family, **overrides), tmp_path / "awq", group,
                                lambda k, w: quantize_rtn(w, group))
-    prompts = [prompt_for(1000 + i, n=5 + 3 * i, vocab=300) for i in range(8)]
+    prompts = [prompt_for(1000 + i, n=5 + 2 * i, vocab=300) for i in range(16)]
     runs = {}
     for label, env in (("graphs", {"VLM_LAYER_TAIL": "1"}),
                        ("eager", {"VLM_LAYER_TAIL": "1", "VLM_CUDA_PROFILE": "1"})):
@@ -325,7 +325,7 @@ def test_layer_tail_at_up_to_eight_rows_matches_the_cpu_backend(tiny_model_dir, 
                               capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
         assert done.returncode == 0, done.stderr[-4000:]
         if label == "eager":
-            _assert_tail_ran(done.stderr, range(1, 9), overrides.get("num_hidden_layers", 2))
+            _assert_tail_ran(done.stderr, range(1, 17), overrides.get("num_hidden_layers", 2))
         runs[label] = np.load(out)
     for key in runs["graphs"].files:
         np.testing.assert_array_equal(runs["eager"][key], runs["graphs"][key], err_msg=key)
