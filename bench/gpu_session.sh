@@ -26,7 +26,7 @@
 #                 without and with it (serving carry)
 #   serve_chunk   fp16 vs w4a16 + int8 KV at 1/16 with prefill chunks of 128 tokens, then 2,048 (serving carry)
 #   layer_tail    the persistent layer tail (VLM_LAYER_TAIL=1): its tests (bit for bit against the kernel chain up to 4
-#                 rows, against the CPU backend up to 16), memcheck on one tiny model; layer_tail_bench: 2B and 7B
+#                 rows, against the CPU backend up to 16); layer_tail_memcheck: memcheck on one tiny model; layer_tail_bench: 2B and 7B
 #                 w4a16 + int8 KV decode at batch 1/4/8/16 without and with it, a profiled batch-1 step each way
 #   dense_prefill 4-bit layers kept dequantized for prefill-sized GEMMs (VLM_PREFILL_DENSE_WEIGHTS=1): its GPU tests,
 #                 2B prefill at batch 1/64 and decode at 64/128 without the copies, with them, with them from 33 rows
@@ -550,11 +550,13 @@ dense_prefill() {  # 4-bit layers also kept dequantized (VLM_PREFILL_DENSE_WEIGH
   done
 }
 layer_tail() {  # the persistent layer tail (VLM_LAYER_TAIL=1): its tests (bit for bit against the kernel chain up to 4
-  # rows, against the CPU backend up to 16; tiny families and 2B-shaped layers), memcheck on one tiny model
+  # rows, against the CPU backend up to 16; tiny families, a one-layer model and 2B-shaped layers)
   python3 -m pytest -v -rfE -m gpu tests/engine/test_cuda_backend.py -k "layer_tail" |
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E " | head -n 40
-  compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 python3 -m pytest -q \
-    -m gpu tests/engine/test_cuda_backend.py -k "layer_tail_changes_no_bits and llama_gqa_hd128-64" 2>&1 | tail -n 4
+}
+layer_tail_memcheck() {  # compute-sanitizer memcheck on the tail's bit-for-bit test of one tiny model (its three engines)
+  compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 python3 -m pytest -q -m gpu \
+    "tests/engine/test_cuda_backend.py::test_layer_tail_changes_no_bits[llama_gqa_hd128-64]" 2>&1 | tail -n 4
 }
 layer_tail_bench() {  # 2B and 7B w4a16 + int8 KV decode at batch 1/4/8/16 without and with the layer tail, then a profiled
   # batch-1 step each way
@@ -901,10 +903,11 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f layer_tail layer_tail_bench serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f layer_tail layer_tail_memcheck layer_tail_bench serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step layer_tail 400
+step layer_tail_memcheck 300
 step layer_tail_bench 400
 step serve_tail_compare 560
 step gemm_codes 480

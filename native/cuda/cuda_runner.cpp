@@ -638,10 +638,10 @@ class CudaRunner final : public StepRunner {
     float* h = h_.as<float>();
     float* h_other = h_next_.as<float>();
     const bool fuse_norms = norms_fuse(T);
-    // The GEMMs after each attention in one persistent launch (w4a16_layer_tail.h); its grid barrier counts on
-    // from zero through the step's launches.
-    bool tail = layer_tail_runs(T);
-    unsigned tail_arrivals = 0;  // the barrier counter's value where the next launch starts
+    // The GEMMs after each attention in one persistent launch (w4a16_layer_tail.h), in steps whose rows all decode
+    // (the ones its tests cover); its grid barrier counts on from zero through the step's launches.
+    bool tail = num_tiles == 0 && layer_tail_runs(T);
+    unsigned tail_barrier_count = 0;  // the barrier counter's value where the next launch starts
     if (tail) VLM_CUDA_CHECK(cudaMemsetAsync(tail_barrier_.as(), 0, sizeof(unsigned), stream_));
     // The norm before `l` (rms_norm(h + delta) * weight) as its input, fused or as its own kernel.
     auto normed_linear = [&](const DeviceLinear& l, const DeviceBuffer& weight, void* y, const char* fused_phase,
@@ -688,10 +688,10 @@ class CudaRunner final : public StepRunner {
                   "layer " << l << ": the persistent layer tail has no plan for " << T << " rows");
         mark(args.next_qkv.w ? "layer tail (o, gate_up, down, next qkv)" : "layer tail (o, gate_up, down)");
         const LayerTailWorkspace ws{tail_partials_.as<float>(), tail_arrivals_.as<int>(), tail_barrier_.as<unsigned>(),
-                                    tail_arrivals};
+                                    tail_barrier_count};
         const cudaError_t launched = w4a16_layer_tail(args, ws, bf16_, stream_);
         if (launched == cudaSuccess) {
-          tail_arrivals += (unsigned)(w4a16_layer_tail_barriers(args) * grid);
+          tail_barrier_count += (unsigned)(w4a16_layer_tail_barriers(args) * grid);
           if (!args.next_qkv.w) {  // the last layer: h_other holds h + o's delta, delta_ down's output
             std::swap(h, h_other);
             delta = delta_.as();

@@ -22,11 +22,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <map>
 
 #include "cpu/w4a16_pack.h"
-#include "cuda/device_query.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/rms_norm_row.cuh"
 #include "cuda/w4a16_decode.h"
@@ -99,6 +99,17 @@ __host__ __device__ inline int longest_row(const Params& p) {  // halves per sta
 __host__ __device__ inline int column_blocks(const Phase& f) { return (f.N / kW4StripN + f.S - 1) / f.S; }
 __host__ __device__ inline int items_of(const Phase& f) { return column_blocks(f) * f.C; }
 
+__device__ __forceinline__ uint64_t global_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+  return t;
+}
+
+// A barrier wait is microseconds; one of seconds means blocks of the grid cannot all be resident (e.g. another
+// client's limit on SMs that this process could not see): the launch traps, an error the engine reports, instead
+// of a process that hangs.
+constexpr uint64_t kBarrierTimeoutNs = 5'000'000'000ull;
+
 // Every block adds one and waits for `target` (the blocks of the grid times the barriers so far). The fences
 // make each block's writes before the barrier visible to every block after it, as a cooperative grid sync does.
 __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target) {
@@ -106,10 +117,14 @@ __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target)
   if (threadIdx.x == 0) {
     __threadfence();
     atomicAdd(counter, 1u);
+    const uint64_t start = global_ns();
     unsigned seen;
-    do {
+    for (;;) {
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-    } while ((int)(seen - target) < 0);
+      if ((int)(seen - target) >= 0) break;
+      __nanosleep(32);  // one L2 line polled by every block: a little backoff
+      if (global_ns() - start > kBarrierTimeoutNs) __trap();
+    }
     __threadfence();
   }
   __syncthreads();
@@ -259,15 +274,19 @@ __global__ void __launch_bounds__(kDecodeThreads, 1) layer_tail_kernel(const __g
 #endif
 }
 
-// Hopper code present (older PTX leaves the kernel's body empty), and every SM this process may use: the grid is
-// sized to be resident on all of them at once, which an MPS client limited to a share of the SMs
-// (CUDA_MPS_ACTIVE_THREAD_PERCENTAGE) cannot promise, and blocks waiting at a barrier for blocks that never
-// start would never return. Whether the engine uses the tail is its own setting.
+// Hopper code present (older PTX leaves the kernel's body empty), and not an MPS client: the grid is sized to be
+// resident on every SM at once, which a client of an MPS server cannot rely on (a share of the SMs may be set by
+// the client's environment or by the server's control daemon, and other clients' kernels hold SMs), and blocks
+// waiting at a barrier for blocks that cannot start would wait until the barrier's timeout. Whether the engine
+// uses the tail is its own setting.
 bool decide_supported() {
-  const char* share = std::getenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE");
-  if (share && *share && std::atof(share) < 100.0) return false;
+  for (const char* mps : {"CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"})
+    if (const char* v = std::getenv(mps); v && *v) return false;
   return cuda::hopper_code_runs();
 }
+
+// k16 steps of a GEMM's longest K slice: its units cut into C slices as evenly as block_slice() cuts them.
+int slice_steps_of(const Phase& f) { return (f.K / 16 / f.U + f.C - 1) / f.C * f.U; }
 
 // The phases of `args` without their activation pointers, each cut as the decode kernel cuts it: its plan for
 // these rows up to 4 (the chain's own, so the chain's bits), else the 4-row plan (how K and N are cut does not
@@ -294,7 +313,7 @@ bool plan_phases(const LayerTailArgs& a, Params* p) {
     f.S = S;
     f.C = C;
     f.U = U;
-    f.slice_steps = (l.K / 16 / U + C - 1) / C * U;
+    f.slice_steps = slice_steps_of(f);
   }
   return true;
 }
@@ -304,41 +323,59 @@ constexpr auto kernel_of() {
   return layer_tail_kernel<T, ST, NT>;
 }
 
-// The dynamic shared memory a block of this instantiation may have: the device's opt-in limit a block less the
-// kernel's own static shared memory (the norm's sums, the arrival flag); granted once, 0 where it cannot be.
-template <class T, int ST, int NT>
-int granted_smem() {
-  static const int granted = [] {
-    cudaFuncAttributes attrs{};
-    int device = 0, optin = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess ||
-        cudaFuncGetAttributes(&attrs, kernel_of<T, ST, NT>()) != cudaSuccess) {
-      cudaGetLastError();  // not sticky: leave no error for the caller's own checks
-      return 0;
-    }
-    const int most = optin - (int)attrs.sharedSizeBytes;
-    if (most <= 0 ||
-        cudaFuncSetAttribute(kernel_of<T, ST, NT>(), cudaFuncAttributeMaxDynamicSharedMemorySize, most) !=
-            cudaSuccess) {
-      cudaGetLastError();
-      return 0;
-    }
-    return most;
-  }();
-  return granted;
+int current_device() {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  return device;
 }
 
-// What one (ring depth, row tiles) form may use: the shared memory both activation types were granted, and the
-// blocks an SM holds with `smem` bytes each, the fewer of the two (asked once per size). Launches of several
-// sizes interleave (steps of 1-16 rows stage different slices), so each instantiation is granted the most once.
+// The current device's SMs, 0 where the runtime cannot say (then the tail does not run: its grid must fit).
+int device_sms() {
+  thread_local std::map<int, int> cache;
+  const int device = current_device();
+  if (auto it = cache.find(device); it != cache.end()) return it->second;
+  int n = 0;
+  if (device < 0 || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  return cache.emplace(device, n).first->second;
+}
+
+// The dynamic shared memory a block of this instantiation may have on the current device: its opt-in limit a block
+// less the kernel's own static shared memory (the norm's sums, the arrival flag); granted once a device (the most
+// any launch may ask: launches of several sizes interleave), 0 where it cannot be.
+template <class T, int ST, int NT>
+int granted_smem() {
+  thread_local std::map<int, int> cache;
+  const int device = current_device();
+  if (auto it = cache.find(device); it != cache.end()) return it->second;
+  cudaFuncAttributes attrs{};
+  int optin = 0, most = 0;
+  if (device >= 0 && cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) == cudaSuccess &&
+      cudaFuncGetAttributes(&attrs, kernel_of<T, ST, NT>()) == cudaSuccess) {
+    most = optin - (int)attrs.sharedSizeBytes;
+    if (most <= 0 ||
+        cudaFuncSetAttribute(kernel_of<T, ST, NT>(), cudaFuncAttributeMaxDynamicSharedMemorySize, most) != cudaSuccess)
+      most = 0;
+  }
+  cudaGetLastError();  // not sticky: leave no error for the caller's own checks
+  return cache.emplace(device, most).first->second;
+}
+
+// What one (ring depth, row tiles) form may use on the current device: the shared memory both activation types
+// were granted, and the blocks an SM holds with `smem` bytes each, the fewer of the two (asked once per size).
 template <int ST, int NT>
 struct Form {
   static int smem_limit() { return std::min(granted_smem<__half, ST, NT>(), granted_smem<__nv_bfloat16, ST, NT>()); }
   static int resident_blocks(int smem) {
     if (smem > smem_limit()) return 0;
-    thread_local std::map<int, int> cache;
-    if (auto it = cache.find(smem); it != cache.end()) return it->second;
+    thread_local std::map<std::pair<int, int>, int> cache;
+    const auto key = std::make_pair(current_device(), smem);
+    if (auto it = cache.find(key); it != cache.end()) return it->second;
     int fp16 = 0, bf16 = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fp16, kernel_of<__half, ST, NT>(), kDecodeThreads, smem) !=
             cudaSuccess ||
@@ -347,9 +384,7 @@ struct Form {
       cudaGetLastError();
       fp16 = bf16 = 0;
     }
-    const int per_sm = std::min(fp16, bf16);
-    cache.emplace(smem, per_sm);
-    return per_sm;
+    return cache.emplace(key, std::min(fp16, bf16)).first->second;
   }
 };
 
@@ -369,10 +404,11 @@ struct Launch {
 };
 
 // Ring depth, shared memory, grid and workspace of a planned launch: 16 stages where they fit, else 8. Past 4 rows
-// (not the chain's bits anyway) a GEMM whose K slice would not fit the staged A of M rows is cut into twice the
-// slices until it does (up to 8); false where nothing fits. p's slices are updated to what runs.
+// (not the chain's bits anyway) a GEMM whose K slice would not fit the staged A of M rows is cut into the fewest
+// more slices (up to 8) that fit; false where nothing fits. p's slices are updated to what runs.
 bool launch_for(Params* p, Launch* out) {
-  const int tiles = tiles_of(p->M);
+  const int tiles = tiles_of(p->M), sms = device_sms();
+  if (sms <= 0) return false;
   for (int stages : {kDeepStages, kShallowStages}) {
     Params q = *p;
     const int fixed = layout_of(0, q.M, stages).bytes, limit = smem_limit(stages, tiles);
@@ -381,9 +417,9 @@ bool launch_for(Params* p, Launch* out) {
     for (int i = 0; i < q.phases && fits; ++i) {
       Phase& f = q.phase[i];
       while (q.M > kMaxDecodeRows && f.slice_steps * 16 + w4a16::kDecodeSmemPad > most_lda &&
-             f.C * 2 <= kDecodeMaxCluster) {
-        f.C *= 2;
-        f.slice_steps = (f.K / 16 / f.U + f.C - 1) / f.C * f.U;
+             f.C < kDecodeMaxCluster) {
+        ++f.C;
+        f.slice_steps = slice_steps_of(f);
       }
       fits = f.slice_steps * 16 + w4a16::kDecodeSmemPad <= most_lda;
     }
@@ -398,10 +434,29 @@ bool launch_for(Params* p, Launch* out) {
       arrivals = std::max(arrivals, (size_t)column_blocks(f));
     }
     *p = q;
-    *out = Launch{stages, smem, per_sm * cuda::sm_count(), partials, arrivals};
+    *out = Launch{stages, smem, per_sm * sms, partials, arrivals};
     return true;
   }
   return false;
+}
+
+// A planned launch for these shapes on the current device, without pointers: each phase's cut (S, C, U, slice)
+// and the launch's form. Planned once per shape (the engine asks it for every layer of every eager step).
+struct Planned {
+  bool ok = false;
+  Params shape{};
+  Launch launch{};
+};
+const Planned& planned(const LayerTailArgs& a) {
+  using Key = std::array<int, 16>;
+  const Key key{current_device(), a.M, a.o.N, a.o.K, a.o.group, a.gate_up.N, a.gate_up.K, a.gate_up.group,
+                a.down.N, a.down.K, a.down.group, a.next_qkv.w ? 1 : 0, a.next_qkv.N, a.next_qkv.K,
+                a.next_qkv.group, 0};
+  thread_local std::map<Key, Planned> cache;
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  Planned pl;
+  pl.ok = plan_phases(a, &pl.shape) && launch_for(&pl.shape, &pl.launch);
+  return cache.emplace(key, pl).first->second;
 }
 
 bool shapes_fit(const LayerTailArgs& a) {
@@ -427,12 +482,12 @@ cudaError_t launch(const Launch& l, const Params& p, cudaStream_t stream) {
 
 bool w4a16_layer_tail_plan(const LayerTailArgs& args, size_t* partial_floats, size_t* arrival_ints, int* grid) {
   static const bool supported = decide_supported();
-  Params p{};
-  Launch l{};
-  if (!supported || !shapes_fit(args) || !plan_phases(args, &p) || !launch_for(&p, &l)) return false;
-  *partial_floats = l.partial_floats;
-  *arrival_ints = l.arrival_ints;
-  *grid = l.grid;
+  if (!supported || !shapes_fit(args)) return false;
+  const Planned& pl = planned(args);
+  if (!pl.ok) return false;
+  *partial_floats = pl.launch.partial_floats;
+  *arrival_ints = pl.launch.arrival_ints;
+  *grid = pl.launch.grid;
   return true;
 }
 
@@ -440,14 +495,22 @@ int w4a16_layer_tail_barriers(const LayerTailArgs& args) { return args.next_qkv.
 
 cudaError_t w4a16_layer_tail(const LayerTailArgs& a, const LayerTailWorkspace& ws, bool bf16, cudaStream_t stream) {
   static const bool supported = decide_supported();
-  Params p{};
-  Launch l{};
-  if (!supported || !shapes_fit(a) || !plan_phases(a, &p) || !launch_for(&p, &l) || !ws.barrier || !ws.arrivals ||
-      (l.partial_floats && !ws.partials) || !a.attn || !a.delta || !a.gate_up_out || !a.h || !a.h_other ||
-      a.h == a.h_other || !a.post_norm || (a.next_qkv.w && (!a.qkv_out || !a.next_input_norm)))
+  if (!supported || !shapes_fit(a)) return cudaErrorInvalidValue;
+  const Planned& pl = planned(a);
+  if (!pl.ok || !ws.barrier || !ws.arrivals || (pl.launch.partial_floats && !ws.partials) || !a.attn || !a.delta ||
+      !a.gate_up_out || !a.h || !a.h_other || a.h == a.h_other || !a.post_norm ||
+      (a.next_qkv.w && (!a.qkv_out || !a.next_input_norm)))
     return cudaErrorInvalidValue;
-  // o: attn -> delta. gate_up: rms_norm(h + delta) -> gate_up_out, h + delta -> h_other. down: silu(gate) * up ->
-  // delta. q/k/v of the next layer: rms_norm(h_other + delta) -> qkv_out, h_other + delta -> h.
+  // The planned cut of each GEMM with this layer's weights. o: attn -> delta. gate_up: rms_norm(h + delta) ->
+  // gate_up_out, h + delta -> h_other. down: silu(gate) * up -> delta. q/k/v of the next layer:
+  // rms_norm(h_other + delta) -> qkv_out, h_other + delta -> h.
+  Params p = pl.shape;
+  const W4a16Layer* layers[kMaxPhases] = {&a.o, &a.gate_up, &a.down, &a.next_qkv};
+  for (int i = 0; i < p.phases; ++i) {
+    p.phase[i].w = static_cast<const uint4*>(layers[i]->w);
+    p.phase[i].sz = static_cast<const uint4*>(layers[i]->scale_zero);
+    p.phase[i].bias = layers[i]->bias;
+  }
   p.phase[0].a = a.attn;
   p.phase[0].c = a.delta;
   p.phase[1].norm = RmsNormInput{a.h, a.delta, a.post_norm, a.h_other, a.eps};
@@ -463,7 +526,7 @@ cudaError_t w4a16_layer_tail(const LayerTailArgs& a, const LayerTailWorkspace& w
   p.arrivals = ws.arrivals;
   p.barrier = ws.barrier;
   p.barrier_start = ws.barrier_start;
-  return bf16 ? launch<__nv_bfloat16>(l, p, stream) : launch<__half>(l, p, stream);
+  return bf16 ? launch<__nv_bfloat16>(pl.launch, p, stream) : launch<__half>(pl.launch, p, stream);
 }
 
 }  // namespace vlm
