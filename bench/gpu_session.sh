@@ -564,6 +564,9 @@ layer_tail_bench() {  # 2B and 7B w4a16 + int8 KV decode at batch 1/4/8/16 witho
     VLM_LAYER_TAIL=$t python3 bench/decode.py --models 2b,7b --weights w4a16 --kv int8 --batches 1,4,8,16 --peer-batches 0 \
       --work /tmp/decode-models --out "$RES/decode_layer_tail$t.json" 2>&1 | grep -E "tok/s|FAILED"
   done
+  echo "-- the tail with 8 ring stages first (2 blocks an SM where they fit)"
+  VLM_LAYER_TAIL=1 VLM_LAYER_TAIL_RING=8 python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,16 \
+    --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_layer_tail1_ring8.json" 2>&1 | grep -E "tok/s|FAILED"
   # Where a batch-1 step's time goes with and without it (eager steps, each phase timed by events: the report's
   # per-phase means, the tail's launch against the four GEMMs it replaces)
   for t in 0 1; do

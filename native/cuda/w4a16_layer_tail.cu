@@ -28,6 +28,7 @@
 
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
+#include "cuda/env_int.h"
 #include "cuda/rms_norm_row.cuh"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_decode_block.cuh"
@@ -403,13 +404,18 @@ struct Launch {
   size_t partial_floats, arrival_ints;
 };
 
-// Ring depth, shared memory, grid and workspace of a planned launch: 16 stages where they fit, else 8. Past 4 rows
+// Ring depth, shared memory, grid and workspace of a planned launch: 16 stages where they fit, else 8 (or the other
+// way round, VLM_LAYER_TAIL_RING=8). Past 4 rows
 // (not the chain's bits anyway) a GEMM whose K slice would not fit the staged A of M rows is cut into the fewest
 // more slices (up to 8) that fit; false where nothing fits. p's slices are updated to what runs.
 bool launch_for(Params* p, Launch* out) {
   const int tiles = tiles_of(p->M), sms = device_sms();
   if (sms <= 0) return false;
-  for (int stages : {kDeepStages, kShallowStages}) {
+  // VLM_LAYER_TAIL_RING=8 tries the shallow ring first (more blocks an SM where the staged A is small), for
+  // measuring one depth against the other.
+  static const bool shallow_first = cuda::env_int("VLM_LAYER_TAIL_RING", kDeepStages) == kShallowStages;
+  const int order[2] = {shallow_first ? kShallowStages : kDeepStages, shallow_first ? kDeepStages : kShallowStages};
+  for (int stages : order) {
     Params q = *p;
     const int fixed = layout_of(0, q.M, stages).bytes, limit = smem_limit(stages, tiles);
     const int most_lda = (limit - fixed) / (q.M * 2);  // halves a staged row may take
