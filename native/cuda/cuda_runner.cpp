@@ -682,16 +682,13 @@ class CudaRunner final : public StepRunner {
                                              attn_arrivals_.as<int>(), stream_, rope_in_attention ? &rope : nullptr));
       if (tail) {
         const LayerTailArgs args = layer_tail_args(l, T, h, h_other);
-        size_t partials = 0, arrivals = 0;
-        int grid = 0;
-        VLM_CHECK(w4a16_layer_tail_plan(args, &partials, &arrivals, &grid), VLM_ERR_INTERNAL,
-                  "layer " << l << ": the persistent layer tail has no plan for " << T << " rows");
         mark(args.next_qkv.w ? "layer tail (o, gate_up, down, next qkv)" : "layer tail (o, gate_up, down)");
         const LayerTailWorkspace ws{tail_partials_.as<float>(), tail_arrivals_.as<int>(), tail_barrier_.as<unsigned>(),
                                     tail_barrier_count};
-        const cudaError_t launched = w4a16_layer_tail(args, ws, bf16_, stream_);
+        unsigned added = 0;
+        const cudaError_t launched = w4a16_layer_tail(args, ws, bf16_, stream_, &added);
         if (launched == cudaSuccess) {
-          tail_barrier_count += (unsigned)(w4a16_layer_tail_barriers(args) * grid);
+          tail_barrier_count += added;
           if (!args.next_qkv.w) {  // the last layer: h_other holds h + o's delta, delta_ down's output
             std::swap(h, h_other);
             delta = delta_.as();
@@ -1002,13 +999,10 @@ class CudaRunner final : public StepRunner {
   bool layer_tail_runs(int T) const {
     static const bool enabled = cuda::env_int("VLM_LAYER_TAIL", 0) != 0;
     if (!enabled || tail_refused_ || comm_ || T < 1 || T > kLayerTailMaxRows || layers_.empty()) return false;
-    for (const DeviceLayer& w : layers_)
-      for (const DeviceLinear* l : {&w.qkv, &w.o, &w.gate_up, &w.down})
-        if (!l->tensor_core || (l->dense.bytes() && T >= dense_copy_min_rows())) return false;
     return tail_plan(T).ok;
   }
 
-  // Every layer's tail at T rows planned (once per T): whether all have a plan, and the largest workspace.
+  // Every layer's tail at T rows checked and planned (once per T): whether all run it, and the largest workspace.
   struct TailPlan {
     bool ok = false;
     size_t partial_floats = 0, arrival_ints = 0;
@@ -1018,6 +1012,9 @@ class CudaRunner final : public StepRunner {
     if (it != tail_plans_.end()) return it->second;
     TailPlan plan;
     plan.ok = true;
+    for (const DeviceLayer& w : layers_)
+      for (const DeviceLinear* l : {&w.qkv, &w.o, &w.gate_up, &w.down})
+        if (!l->tensor_core || (l->dense.bytes() && T >= dense_copy_min_rows())) plan.ok = false;
     for (int l = 0; l < (int)layers_.size() && plan.ok; ++l) {
       size_t partials = 0, arrivals = 0;
       int grid = 0;

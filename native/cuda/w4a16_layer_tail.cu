@@ -497,9 +497,8 @@ bool w4a16_layer_tail_plan(const LayerTailArgs& args, size_t* partial_floats, si
   return true;
 }
 
-int w4a16_layer_tail_barriers(const LayerTailArgs& args) { return args.next_qkv.w ? 3 : 2; }
-
-cudaError_t w4a16_layer_tail(const LayerTailArgs& a, const LayerTailWorkspace& ws, bool bf16, cudaStream_t stream) {
+cudaError_t w4a16_layer_tail(const LayerTailArgs& a, const LayerTailWorkspace& ws, bool bf16, cudaStream_t stream,
+                             unsigned* barrier_arrivals) {
   static const bool supported = decide_supported();
   if (!supported || !shapes_fit(a)) return cudaErrorInvalidValue;
   const Planned& pl = planned(a);
@@ -532,7 +531,9 @@ cudaError_t w4a16_layer_tail(const LayerTailArgs& a, const LayerTailWorkspace& w
   p.arrivals = ws.arrivals;
   p.barrier = ws.barrier;
   p.barrier_start = ws.barrier_start;
-  return bf16 ? launch<__nv_bfloat16>(pl.launch, p, stream) : launch<__half>(pl.launch, p, stream);
+  const cudaError_t e = bf16 ? launch<__nv_bfloat16>(pl.launch, p, stream) : launch<__half>(pl.launch, p, stream);
+  if (e == cudaSuccess && barrier_arrivals) *barrier_arrivals = (unsigned)((p.phases - 1) * pl.launch.grid);
+  return e;
 }
 
 }  // namespace vlm

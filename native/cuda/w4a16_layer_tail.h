@@ -60,10 +60,10 @@ struct LayerTailWorkspace {
 // and the grid (blocks) it launches with, which may differ between layers of different shapes or between the
 // last layer and the others.
 bool w4a16_layer_tail_plan(const LayerTailArgs& args, size_t* partial_floats, size_t* arrival_ints, int* grid);
-// Grid barriers one launch counts (its GEMMs less one): the next launch's barrier_start grows by this x its grid.
-int w4a16_layer_tail_barriers(const LayerTailArgs& args);
-// Queues the launch; cudaErrorInvalidValue where w4a16_layer_tail_plan() is false.
+// Queues the launch; cudaErrorInvalidValue where w4a16_layer_tail_plan() is false. On success *barrier_arrivals is
+// what the launch adds to the barrier counter (its barriers times its grid): the next launch's barrier_start grows
+// by it.
 cudaError_t w4a16_layer_tail(const LayerTailArgs& args, const LayerTailWorkspace& ws, bool bf16,
-                             cudaStream_t stream);
+                             cudaStream_t stream, unsigned* barrier_arrivals);
 
 }  // namespace vlm
