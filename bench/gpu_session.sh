@@ -591,9 +591,12 @@ serve_dense_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/16 with the dequ
     --out-dir "$RES/serve" --stem internvl-2b-$GPU_TAG-dense-prefill-compare 2>&1 | grep -E "c=[0-9]+:|rror|ABORT"
 }
 serve_dense_prefill() {  # through MPS (the better layout at 64/256, this session's H200 call), with then without
+  # the copies; used from 33 rows (VLM_PREFILL_DENSE_MIN_ROWS: cuBLAS on the copies in 33-128-row decode steps too,
+  # as in the H200 runs that met the 256 target)
   mps_path || return 1
   local si="--lm-flag=--stream-interval=4"
-  (export VLM_PREFILL_DENSE_WEIGHTS=1; serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-mps-dense-prefill $si --mps")
+  (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
+    serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-mps-dense-prefill $si --mps")
   serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-mps-dequantize $si --mps"
 }
 stages16() {  # the decode-size w4a16 kernel with 16 ring stages a warp (VLM_W4A16_DECODE_RING=16) against 8: its
