@@ -30,6 +30,8 @@
 #                 w4a16 + int8 KV decode at batch 1/4/8/16 without and with it, a profiled batch-1 step each way
 #   dense_prefill 4-bit layers kept dequantized for prefill-sized GEMMs (VLM_PREFILL_DENSE_WEIGHTS=1): its GPU tests,
 #                 2B prefill at batch 1/64 and decode at 64/128 without the copies, with them, with them from 33 rows
+#   layer_tail_wide the tail with its own cut (VLM_LAYER_TAIL_WIDE=1): its CPU comparisons, 2B/7B decode at batch 1/4/16
+#                 with the chain, the tail cut the chain's way and its own (16 and 8 ring stages), a profiled step
 #   serve_tail_compare fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the copies (serving carry)
 #   serve_dense_compare fp16 vs w4a16 + int8 KV serving at 1/16 with the copies (the 1.3x target; serving carry)
 #   serve_dense_prefill model (a), w4a16 + int8 KV through MPS at 64/256 with VLM_PREFILL_DENSE_WEIGHTS=1, then
@@ -576,6 +578,23 @@ layer_tail_bench() {  # 2B and 7B w4a16 + int8 KV decode at batch 1/4/8/16 witho
     grep -E "decode, 1 rows|proj|layer tail|attention|lm head|total" "$RES/profile_tail$t.txt" | head -n 20
   done
 }
+layer_tail_wide() {  # the layer tail with its own cut (VLM_LAYER_TAIL_WIDE=1: about one long K slice a block): its
+  # CPU comparisons, then 2B and 7B decode at batch 1/4/16 with the chain, the tail cut the chain's way and its own (8
+  # ring stages first too), and a profiled batch-1 step of the wide cut
+  python3 -m pytest -v -rfE -m gpu tests/engine/test_cuda_backend.py -k "layer_tail_at_up_to and wide" |
+    grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E " | head -n 20
+  for v in 0:0:16 1:0:16 1:1:16 1:1:8; do  # TAIL:WIDE:RING
+    IFS=: read -r t w r <<<"$v"
+    echo "-- VLM_LAYER_TAIL=$t VLM_LAYER_TAIL_WIDE=$w VLM_LAYER_TAIL_RING=$r"
+    VLM_LAYER_TAIL=$t VLM_LAYER_TAIL_WIDE=$w VLM_LAYER_TAIL_RING=$r python3 bench/decode.py --models 2b,7b \
+      --weights w4a16 --kv int8 --batches 1,4,16 --peer-batches 0 --work /tmp/decode-models \
+      --out "$RES/decode_tail${t}_wide${w}_ring$r.json" 2>&1 | grep -E "tok/s|FAILED"
+  done
+  VLM_LAYER_TAIL=1 VLM_LAYER_TAIL_WIDE=1 VLM_CUDA_PROFILE=1 python3 bench/decode.py --models 2b --weights w4a16 \
+    --kv int8 --batches 1 --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_tail_wide_profile.json" \
+    2>"$RES/profile_tail_wide.txt" | grep -E "tok/s|FAILED"
+  grep -E "decode, 1 rows|layer tail|attention|lm head" "$RES/profile_tail_wide.txt" | head -n 8
+}
 serve_tail_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the dequantized copies
   # (the 1.3x target at every concurrency up to 16; fp16 weights have neither)
   serve_site || return 1
@@ -915,6 +934,7 @@ step build 180
 step layer_tail 400
 step layer_tail_memcheck 300
 step layer_tail_bench 400
+step layer_tail_wide 480
 step serve_tail_compare 560
 step gemm_codes 480
 step overlap 400

@@ -682,7 +682,11 @@ class CudaRunner final : public StepRunner {
                                              attn_arrivals_.as<int>(), stream_, rope_in_attention ? &rope : nullptr));
       if (tail) {
         const LayerTailArgs args = layer_tail_args(l, T, h, h_other);
-        mark(args.next_qkv.w ? "layer tail (o, gate_up, down, next qkv)" : "layer tail (o, gate_up, down)");
+        if (w4a16_layer_tail_wide_cut())
+          mark(args.next_qkv.w ? "layer tail, wide cut (o, gate_up, down, next qkv)"
+                               : "layer tail, wide cut (o, gate_up, down)");
+        else
+          mark(args.next_qkv.w ? "layer tail (o, gate_up, down, next qkv)" : "layer tail (o, gate_up, down)");
         const LayerTailWorkspace ws{tail_partials_.as<float>(), tail_arrivals_.as<int>(), tail_barrier_.as<unsigned>(),
                                     tail_barrier_count};
         unsigned added = 0;

@@ -405,10 +405,10 @@ struct Launch {
 };
 
 // Ring depth, shared memory, grid and workspace of a planned launch: 16 stages where they fit, else 8 (or the other
-// way round, VLM_LAYER_TAIL_RING=8). Past 4 rows
-// (not the chain's bits anyway) a GEMM whose K slice would not fit the staged A of M rows is cut into the fewest
-// more slices (up to 8) that fit; false where nothing fits. p's slices are updated to what runs.
-bool launch_for(Params* p, Launch* out) {
+// way round, VLM_LAYER_TAIL_RING=8). Where the cut need not be the chain's (past 4 rows, or `recut`: the tail's own
+// cut), a GEMM whose K slice would not fit the staged A of M rows is cut into the fewest more slices (up to 8) that
+// fit; false where nothing fits. p's slices are updated to what runs.
+bool launch_for(Params* p, Launch* out, bool recut) {
   const int tiles = tiles_of(p->M), sms = device_sms();
   if (sms <= 0) return false;
   // VLM_LAYER_TAIL_RING=8 tries the shallow ring first (more blocks an SM where the staged A is small), for
@@ -422,7 +422,7 @@ bool launch_for(Params* p, Launch* out) {
     bool fits = most_lda > 0;
     for (int i = 0; i < q.phases && fits; ++i) {
       Phase& f = q.phase[i];
-      while (q.M > kMaxDecodeRows && f.slice_steps * 16 + w4a16::kDecodeSmemPad > most_lda &&
+      while ((recut || q.M > kMaxDecodeRows) && f.slice_steps * 16 + w4a16::kDecodeSmemPad > most_lda &&
              f.C < kDecodeMaxCluster) {
         ++f.C;
         f.slice_steps = slice_steps_of(f);
@@ -446,6 +446,40 @@ bool launch_for(Params* p, Launch* out) {
   return false;
 }
 
+// The tail's own cut of one GEMM for `grid` resident blocks (VLM_LAYER_TAIL_WIDE=1). The decode kernel's cut is
+// made for 3-4 resident blocks an SM; at the tail's one block an SM its short items run one after another, each a
+// round trip with its own staged A, reduction and partial exchange (2B gate_up at one row: 512 items of 8 steps a
+// warp for 132 blocks; docs/benchmarks/cuda_engine.md, eighth session). Here: the cut whose busiest block takes the
+// least time by a simple model — waves (items over the grid, rounded up) times an item's weight (S strips of a K
+// slice, in k16 steps) plus its fixed cost — among equals fewer K slices, then fewer items. The fixed costs are in
+// steps of one SM's share of the bandwidth (512 bytes at ~23 GB/s, ~22 ns): ~1.4 us for an item's first round trip,
+// staged A and reduction, ~1 us more where its partial goes through global memory; estimates, to be measured.
+// Not the chain's sum order at any row count.
+constexpr int kItemFixedSteps = 64, kExchangeSteps = 48;
+void widen(Phase* f, int grid) {
+  const int strips = f->N / kW4StripN, ksteps = f->K / 16, gsteps = 1 << f->group_shift;
+  int64_t best_cost = -1, best_items = 0;
+  int best_s = 0, best_c = 0, best_u = 0;
+  for (int C = 1; C <= kDecodeMaxCluster; ++C)
+    for (int S : {4, 2, 1}) {
+      const int kw = kDecodeWarps / S;
+      int U = gsteps;
+      while (U > 2 && ksteps / U < C * kw) U /= 2;
+      if (ksteps / U < C * kw) continue;  // every warp at least one unit
+      const int64_t items = (int64_t)(strips + S - 1) / S * C, waves = (items + grid - 1) / grid;
+      const int64_t slice = (int64_t)(ksteps / U + C - 1) / C * U;
+      const int64_t cost = waves * (S * slice + kItemFixedSteps + (C > 1 ? kExchangeSteps : 0));
+      if (best_cost < 0 || cost < best_cost || (cost == best_cost && C == best_c && items < best_items)) {
+        best_cost = cost, best_items = items, best_s = S, best_c = C, best_u = U;
+      }
+    }
+  if (best_cost < 0) return;  // no cut gives every warp a unit: the decode kernel's stays
+  f->S = best_s;
+  f->C = best_c;
+  f->U = best_u;
+  f->slice_steps = slice_steps_of(*f);
+}
+
 // A planned launch for these shapes on the current device, without pointers: each phase's cut (S, C, U, slice)
 // and the launch's form. Planned once per shape (the engine asks it for every layer of every eager step).
 struct Planned {
@@ -461,7 +495,20 @@ const Planned& planned(const LayerTailArgs& a) {
   thread_local std::map<Key, Planned> cache;
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   Planned pl;
-  pl.ok = plan_phases(a, &pl.shape) && launch_for(&pl.shape, &pl.launch);
+  pl.ok = plan_phases(a, &pl.shape) && launch_for(&pl.shape, &pl.launch, false);
+  static const bool wide = w4a16_layer_tail_wide_cut();
+  // The wide cut depends on the grid, and the grid on the shared memory its staged A needs: cut for the chain's
+  // grid, plan the launch, and cut again once if that launch has fewer blocks.
+  for (int pass = 0; wide && pl.ok && pass < 2; ++pass) {
+    const int grid = pl.launch.grid;
+    Params q = pl.shape;
+    for (int i = 0; i < q.phases; ++i) widen(&q.phase[i], grid);
+    Launch l{};
+    pl.ok = launch_for(&q, &l, true);
+    pl.shape = q;
+    pl.launch = l;
+    if (!pl.ok || l.grid >= grid) break;
+  }
   return cache.emplace(key, pl).first->second;
 }
 
@@ -485,6 +532,11 @@ cudaError_t launch(const Launch& l, const Params& p, cudaStream_t stream) {
 }
 
 }  // namespace
+
+bool w4a16_layer_tail_wide_cut() {
+  static const bool wide = cuda::env_int("VLM_LAYER_TAIL_WIDE", 0) != 0;
+  return wide;
+}
 
 bool w4a16_layer_tail_plan(const LayerTailArgs& args, size_t* partial_floats, size_t* arrival_ints, int* grid) {
   static const bool supported = decide_supported();

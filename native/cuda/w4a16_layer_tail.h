@@ -60,6 +60,9 @@ struct LayerTailWorkspace {
 // and the grid (blocks) it launches with, which may differ between layers of different shapes or between the
 // last layer and the others.
 bool w4a16_layer_tail_plan(const LayerTailArgs& args, size_t* partial_floats, size_t* arrival_ints, int* grid);
+// Whether GEMMs are cut the tail's own way (VLM_LAYER_TAIL_WIDE=1: about one long K slice a block, not the chain's
+// sum order at any row count) rather than as the decode kernel cuts them (the default: the chain's bits up to 4 rows).
+bool w4a16_layer_tail_wide_cut();
 // Queues the launch; cudaErrorInvalidValue where w4a16_layer_tail_plan() is false. On success *barrier_arrivals is
 // what the launch adds to the barrier counter (its barriers times its grid): the next launch's barrier_start grows
 // by it.

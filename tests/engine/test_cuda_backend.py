@@ -241,15 +241,16 @@ def _profiled_phases(stderr: str) -> dict[str, str]:
     return kinds
 
 
-def _assert_tail_ran(stderr: str, rows, layers: int) -> None:
-    """Every decode step of each row count in `rows` ran the tail: the last layer's form, and with more than one
-    layer the form that also computes the next layer's q/k/v."""
+def _assert_tail_ran(stderr: str, rows, layers: int, wide: bool = False) -> None:
+    """Every decode step of each row count in `rows` ran the tail, cut the chain's way or its own (`wide`): the
+    last layer's form, and with more than one layer the form that also computes the next layer's q/k/v."""
     phases = _profiled_phases(stderr)
+    tail = "layer tail, wide cut" if wide else "layer tail"
     for r in rows:
         kind = phases.get(f"decode, {r} rows", "")
-        assert "layer tail (o, gate_up, down)" in kind, f"{r} rows: {kind or stderr[-4000:]}"
+        assert f"{tail} (o, gate_up, down)" in kind, f"{r} rows: {kind or stderr[-4000:]}"
         if layers > 1:
-            assert "layer tail (o, gate_up, down, next qkv)" in kind, f"{r} rows: {kind}"
+            assert f"{tail} (o, gate_up, down, next qkv)" in kind, f"{r} rows: {kind}"
         assert "o proj" not in kind, f"{r} rows: the chain's o GEMM ran beside the tail: {kind}"
 
 
@@ -271,8 +272,9 @@ def test_layer_tail_changes_no_bits(tiny_model_dir, tmp_path, name):
     dst = write_awq_checkpoint(tiny_model_dir(family, **overrides), tmp_path / "awq", group,
                                lambda k, w: quantize_rtn(w, group))
     runs = {}
-    for label, env in (("chain", {"VLM_LAYER_TAIL": "0"}), ("tail", {"VLM_LAYER_TAIL": "1"}),
-                       ("tail_eager", {"VLM_LAYER_TAIL": "1", "VLM_CUDA_PROFILE": "1"})):
+    chain_cut = {"VLM_LAYER_TAIL_WIDE": "0"}  # the tail's own cut is not the chain's sum order
+    for label, env in (("chain", {"VLM_LAYER_TAIL": "0"}), ("tail", {"VLM_LAYER_TAIL": "1", **chain_cut}),
+                       ("tail_eager", {"VLM_LAYER_TAIL": "1", "VLM_CUDA_PROFILE": "1", **chain_cut})):
         out = tmp_path / f"{label}.npz"
         done = subprocess.run([sys.executable, "-c", _LAYER_TAIL_RUN, str(dst), str(out)], capture_output=True,
                               text=True, timeout=600, env=dict(os.environ, **env))
@@ -302,12 +304,15 @@ np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)}
 """
 
 
+@pytest.mark.parametrize("cut", ["chain", "wide"])
 @pytest.mark.parametrize("name", sorted(_LAYER_TAIL_MODELS))
-def test_layer_tail_at_up_to_sixteen_rows_matches_the_cpu_backend(tiny_model_dir, tmp_path, name):
+def test_layer_tail_at_up_to_sixteen_rows_matches_the_cpu_backend(tiny_model_dir, tmp_path, name, cut):
     """The persistent layer tail at decode steps of 5-16 rows (where the chain runs the general kernel, so not
     the chain's bits; two 8-row tiles past 8) and 1-4: sixteen requests ending after 9..39 tokens, each against
     its own greedy run on the CPU backend within the engine's tolerance; in graphs and in eager steps (the same
-    bits), the profiler's report showing the tail in the steps of every row count."""
+    bits), the profiler's report showing the tail in the steps of every row count. With each GEMM cut as the
+    decode kernel cuts it, and with the tail's own cut (VLM_LAYER_TAIL_WIDE=1: about one long K slice a block; on
+    the 2B-shaped layers several slices summed through global memory, on the tiny ones one slice a column block)."""
     import os
     import subprocess
     import sys
@@ -320,15 +325,15 @@ def test_layer_tail_at_up_to_sixteen_rows_matches_the_cpu_backend(tiny_model_dir
                                lambda k, w: quantize_rtn(w, group))
     prompts = [prompt_for(1000 + i, n=5 + i, vocab=300) for i in range(16)]
     runs = {}
-    for label, env in (("graphs", {"VLM_LAYER_TAIL": "1"}),
-                       ("eager", {"VLM_LAYER_TAIL": "1", "VLM_CUDA_PROFILE": "1"})):
+    tail_env = {"VLM_LAYER_TAIL": "1", "VLM_LAYER_TAIL_WIDE": "1" if cut == "wide" else "0"}
+    for label, env in (("graphs", tail_env), ("eager", dict(tail_env, VLM_CUDA_PROFILE="1"))):
         out = tmp_path / f"{label}.npz"
         done = subprocess.run([sys.executable, "-c", _LAYER_TAIL_WIDE_RUN, str(dst), str(out), repr(prompts)],
                               capture_output=True, text=True, timeout=600, env=dict(os.environ, **env))
         assert done.returncode == 0, done.stderr[-4000:]
         assert "could not be launched" not in done.stderr, done.stderr[-4000:]
         if label == "eager":
-            _assert_tail_ran(done.stderr, range(1, 17), overrides.get("num_hidden_layers", 2))
+            _assert_tail_ran(done.stderr, range(1, 17), overrides.get("num_hidden_layers", 2), cut == "wide")
         runs[label] = np.load(out)
     for key in runs["graphs"].files:
         np.testing.assert_array_equal(runs["eager"][key], runs["graphs"][key], err_msg=key)
