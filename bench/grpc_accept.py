@@ -17,6 +17,11 @@ machine: where the streams want more, calls queue for their headers.
 
     python3 bench/grpc_accept.py --servers 1,2 --calls 256 --burners 2
     python3 bench/grpc_accept.py --servers 1,4 --calls 256 --burners 2 --burn-ms 0.8 --closed-loop 20 --hold-s 2
+
+Every call carries the client's wall clock; the server's interceptor and handler stamp theirs, so the report also
+splits the wait into before the interceptor (the call not yet accepted from the core) and after it, and gives the
+gap between consecutive handler starts. --blocking-burn makes the busy callbacks sleep instead of spin: the loop's
+iterations as long, the CPU and the interpreter lock free.
 """
 from __future__ import annotations
 
@@ -34,8 +39,25 @@ def _busy(ms: float) -> None:
         pass
 
 
-def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: float = 0.3) -> None:
+def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: float = 0.3,
+            blocking_burn: bool = False, stamps_q=None) -> None:
     import grpc
+
+    # Per call: the client's wall clock when it sent the call (its metadata), when the server's interceptor saw it
+    # (the call accepted from the core) and when the handler started (its request read).
+    stamps: list[tuple[float, float, float]] = []
+
+    class Stamp(grpc.aio.ServerInterceptor):
+        async def intercept_service(self, continuation, details):
+            seen = time.time()
+            sent = float(dict(details.invocation_metadata or ()).get("x-sent", "0") or 0)
+            handler = await continuation(details)
+
+            async def stamped(raw, context):
+                stamps.append((sent, seen, time.time()))
+                async for item in handler.unary_stream(raw, context):
+                    yield item
+            return grpc.unary_stream_rpc_method_handler(stamped)
 
     async def handler(raw, context):
         await context.send_initial_metadata((("x-started", "1"),))
@@ -44,13 +66,14 @@ def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: 
 
     async def burner():
         while True:
-            _busy(burn_ms)
+            # Spinning takes a core and the interpreter lock; sleeping holds only the loop (both free).
+            time.sleep(burn_ms / 1e3) if blocking_burn else _busy(burn_ms)
             await asyncio.sleep(0)
 
     async def main():
         port, made = 0, []
         for _ in range(servers):
-            s = grpc.aio.server(options=[("grpc.so_reuseport", 1)])
+            s = grpc.aio.server(interceptors=[Stamp()], options=[("grpc.so_reuseport", 1)])
             s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Accept", {
                 "Go": grpc.unary_stream_rpc_method_handler(handler)}),))
             port = s.add_insecure_port(f"127.0.0.1:{port}")
@@ -59,6 +82,8 @@ def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: 
         tasks = [asyncio.create_task(burner()) for _ in range(burners)]
         port_q.put(port)
         await asyncio.get_running_loop().run_in_executor(None, stop_q.get)
+        if stamps_q is not None:
+            stamps_q.put(stamps)
         for t in tasks:
             t.cancel()
         for s in made:
@@ -83,7 +108,7 @@ async def _stubs(port: int, channels: int) -> tuple[list, list]:
 async def _timed_call(stub) -> float:
     """One call with a 70 KB request (an image's size): seconds until its response headers; then read to its end."""
     start = time.perf_counter()
-    call = stub(b"x" * 70_000)
+    call = stub(b"x" * 70_000, metadata=(("x-sent", repr(time.time())),))
     await call.initial_metadata()
     waited = time.perf_counter() - start
     async for _ in call:
@@ -130,13 +155,29 @@ def _summary(waits: list[float]) -> dict:
             "headers_p90_s": waits[int(len(waits) * 0.9)], "headers_max_s": waits[-1]}
 
 
+def _stamp_summary(stamps: list[tuple[float, float, float]]) -> dict:
+    """Where a call's wait went (the first fifth left out as warm-up): client send -> the server's interceptor (the
+    call accepted from the core), interceptor -> handler (its request read), and the gaps between consecutive
+    handler starts (calls started one at a time show a steady gap)."""
+    stamps = sorted(stamps[len(stamps) // 5:], key=lambda t: t[2])
+    if len(stamps) < 2:
+        return {}
+    starts = [t[2] for t in stamps]
+    gaps = sorted(b - a for a, b in zip(starts, starts[1:]))
+    return {"to_interceptor_mean_s": statistics.mean(t[1] - t[0] for t in stamps),
+            "interceptor_to_handler_mean_s": statistics.mean(t[2] - t[1] for t in stamps),
+            "start_gap_p50_s": gaps[len(gaps) // 2], "start_gap_p90_s": gaps[int(len(gaps) * 0.9)]}
+
+
 def measure(servers: int, calls: int, channels: int = 8, burn_ms: float = 0.5, burners: int = 2,
-            bursts: int = 3, closed_loop_s: float = 0.0, hold_s: float = 0.3, client_processes: int = 2) -> dict:
+            bursts: int = 3, closed_loop_s: float = 0.0, hold_s: float = 0.3, client_processes: int = 2,
+            blocking_burn: bool = False) -> dict:
     """Bursts of `calls` calls, or (closed_loop_s > 0) `calls` streams in a closed loop spread over
     `client_processes` processes and `channels` connections."""
     ctx = mp.get_context("spawn")
-    port_q, stop_q = ctx.Queue(), ctx.Queue()
-    proc = ctx.Process(target=_server, args=(port_q, stop_q, servers, burn_ms, burners, hold_s))
+    port_q, stop_q, stamps_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    proc = ctx.Process(target=_server, args=(port_q, stop_q, servers, burn_ms, burners, hold_s, blocking_burn,
+                                             stamps_q))
     proc.start()
     try:
         port = port_q.get(timeout=60)
@@ -155,8 +196,10 @@ def measure(servers: int, calls: int, channels: int = 8, burn_ms: float = 0.5, b
                 c.join(30)
     finally:
         stop_q.put(1)
-        proc.join(30)
-    r = {"servers": servers, "burners": burners, "burn_ms": burn_ms, **_summary(waits)}
+    stamps = stamps_q.get(timeout=60)
+    proc.join(30)
+    r = {"servers": servers, "burners": burners, "burn_ms": burn_ms, "blocking_burn": blocking_burn,
+         **_summary(waits), **_stamp_summary(stamps)}
     if closed_loop_s > 0:
         r["calls_per_s"] = len(waits) / closed_loop_s
     return r
@@ -173,15 +216,21 @@ def main() -> int:
                     help="seconds of closed-loop streams (--calls of them) instead of bursts")
     ap.add_argument("--hold-s", type=float, default=0.3, help="how long each call stays open after its headers")
     ap.add_argument("--client-processes", type=int, default=2, help="client processes of the closed loop")
+    ap.add_argument("--blocking-burn", action="store_true",
+                    help="the busy callbacks sleep (the loop held, the CPU and the interpreter lock free)")
     a = ap.parse_args()
     for n in (int(x) for x in a.servers.split(",")):
         r = measure(n, a.calls, a.channels, a.burn_ms, a.burners, closed_loop_s=a.closed_loop, hold_s=a.hold_s,
-                    client_processes=a.client_processes)
+                    client_processes=a.client_processes, blocking_burn=a.blocking_burn)
         what = (f"{a.calls} closed-loop streams holding calls {a.hold_s} s: {r['calls_per_s']:.1f} calls/s, "
                 if a.closed_loop > 0 else f"bursts of {a.calls}: ")
         print(f"{n} server(s), {a.burners} × {a.burn_ms} ms busy callbacks, {what}response "
               f"headers after {r['headers_mean_s'] * 1e3:.1f} ms mean, p50 {r['headers_p50_s'] * 1e3:.1f}, "
               f"p90 {r['headers_p90_s'] * 1e3:.1f}, max {r['headers_max_s'] * 1e3:.1f}", flush=True)
+        if "to_interceptor_mean_s" in r:
+            print(f"  client send -> interceptor {r['to_interceptor_mean_s'] * 1e3:.1f} ms mean, interceptor -> "
+                  f"handler {r['interceptor_to_handler_mean_s'] * 1e3:.1f} ms; handler starts every "
+                  f"{r['start_gap_p50_s'] * 1e3:.2f} ms (p50), p90 {r['start_gap_p90_s'] * 1e3:.2f}", flush=True)
     return 0
 
 
