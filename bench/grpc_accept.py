@@ -21,7 +21,8 @@ machine: where the streams want more, calls queue for their headers.
 Every call carries the client's wall clock; the server's interceptor and handler stamp theirs, so the report also
 splits the wait into before the interceptor (the call not yet accepted from the core) and after it, and gives the
 gap between consecutive handler starts. --blocking-burn makes the busy callbacks sleep instead of spin: the loop's
-iterations as long, the CPU and the interpreter lock free.
+iterations as long, the CPU and the interpreter lock free. --server-processes N runs N such server processes on
+the port, each with its own loop.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def _busy(ms: float) -> None:
 
 
 def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: float = 0.3,
-            blocking_burn: bool = False, stamps_q=None) -> None:
+            blocking_burn: bool = False, stamps_q=None, port: int = 0) -> None:
+    """One server process: `servers` grpc.aio servers on one event loop, on `port` (0: a free one, put on port_q)."""
     import grpc
 
     # Per call: the client's wall clock when it sent the call (its metadata), when the server's interceptor saw it
@@ -71,16 +73,16 @@ def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: 
             await asyncio.sleep(0)
 
     async def main():
-        port, made = 0, []
+        bound, made = port, []
         for _ in range(servers):
             s = grpc.aio.server(interceptors=[Stamp()], options=[("grpc.so_reuseport", 1)])
             s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Accept", {
                 "Go": grpc.unary_stream_rpc_method_handler(handler)}),))
-            port = s.add_insecure_port(f"127.0.0.1:{port}")
+            bound = s.add_insecure_port(f"127.0.0.1:{bound}")
             await s.start()
             made.append(s)
         tasks = [asyncio.create_task(burner()) for _ in range(burners)]
-        port_q.put(port)
+        port_q.put(bound)
         await asyncio.get_running_loop().run_in_executor(None, stop_q.get)
         if stamps_q is not None:
             stamps_q.put(stamps)
@@ -171,16 +173,20 @@ def _stamp_summary(stamps: list[tuple[float, float, float]]) -> dict:
 
 def measure(servers: int, calls: int, channels: int = 8, burn_ms: float = 0.5, burners: int = 2,
             bursts: int = 3, closed_loop_s: float = 0.0, hold_s: float = 0.3, client_processes: int = 2,
-            blocking_burn: bool = False) -> dict:
+            blocking_burn: bool = False, server_processes: int = 1) -> dict:
     """Bursts of `calls` calls, or (closed_loop_s > 0) `calls` streams in a closed loop spread over
-    `client_processes` processes and `channels` connections."""
+    `client_processes` processes and `channels` connections; against `server_processes` processes of `servers`
+    servers each, all on one port (the kernel spreads the connections over them), each process with its own loop
+    and its own busy callbacks."""
     ctx = mp.get_context("spawn")
     port_q, stop_q, stamps_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
-    proc = ctx.Process(target=_server, args=(port_q, stop_q, servers, burn_ms, burners, hold_s, blocking_burn,
-                                             stamps_q))
-    proc.start()
+    procs, port = [], 0
     try:
-        port = port_q.get(timeout=60)
+        for _ in range(server_processes):
+            procs.append(ctx.Process(target=_server, args=(port_q, stop_q, servers, burn_ms, burners, hold_s,
+                                                           blocking_burn, stamps_q, port)))
+            procs[-1].start()
+            port = port_q.get(timeout=60)
         if closed_loop_s <= 0:
             waits = _bursts(port, calls, channels, bursts)
         else:
@@ -195,10 +201,13 @@ def measure(servers: int, calls: int, channels: int = 8, burn_ms: float = 0.5, b
             for c in clients:
                 c.join(30)
     finally:
-        stop_q.put(1)
-    stamps = stamps_q.get(timeout=60)
-    proc.join(30)
-    r = {"servers": servers, "burners": burners, "burn_ms": burn_ms, "blocking_burn": blocking_burn,
+        for _ in procs:
+            stop_q.put(1)
+    stamps = [t for _ in procs for t in stamps_q.get(timeout=60)]
+    for proc in procs:
+        proc.join(30)
+    r = {"servers": servers, "server_processes": server_processes, "burners": burners, "burn_ms": burn_ms,
+         "blocking_burn": blocking_burn,
          **_summary(waits), **_stamp_summary(stamps)}
     if closed_loop_s > 0:
         r["calls_per_s"] = len(waits) / closed_loop_s
@@ -216,15 +225,18 @@ def main() -> int:
                     help="seconds of closed-loop streams (--calls of them) instead of bursts")
     ap.add_argument("--hold-s", type=float, default=0.3, help="how long each call stays open after its headers")
     ap.add_argument("--client-processes", type=int, default=2, help="client processes of the closed loop")
+    ap.add_argument("--server-processes", type=int, default=1,
+                    help="server processes on the port, each with --servers servers on its own loop")
     ap.add_argument("--blocking-burn", action="store_true",
                     help="the busy callbacks sleep (the loop held, the CPU and the interpreter lock free)")
     a = ap.parse_args()
     for n in (int(x) for x in a.servers.split(",")):
         r = measure(n, a.calls, a.channels, a.burn_ms, a.burners, closed_loop_s=a.closed_loop, hold_s=a.hold_s,
-                    client_processes=a.client_processes, blocking_burn=a.blocking_burn)
+                    client_processes=a.client_processes, blocking_burn=a.blocking_burn,
+                    server_processes=a.server_processes)
         what = (f"{a.calls} closed-loop streams holding calls {a.hold_s} s: {r['calls_per_s']:.1f} calls/s, "
                 if a.closed_loop > 0 else f"bursts of {a.calls}: ")
-        print(f"{n} server(s), {a.burners} × {a.burn_ms} ms busy callbacks, {what}response "
+        print(f"{a.server_processes} process(es) of {n} server(s), {a.burners} × {a.burn_ms} ms busy callbacks, {what}response "
               f"headers after {r['headers_mean_s'] * 1e3:.1f} ms mean, p50 {r['headers_p50_s'] * 1e3:.1f}, "
               f"p90 {r['headers_p90_s'] * 1e3:.1f}, max {r['headers_max_s'] * 1e3:.1f}", flush=True)
         if "to_interceptor_mean_s" in r:
