@@ -593,7 +593,7 @@ layer_tail_wide() {  # the layer tail with its own cut (VLM_LAYER_TAIL_WIDE=1: a
   VLM_LAYER_TAIL=1 VLM_LAYER_TAIL_WIDE=1 VLM_CUDA_PROFILE=1 python3 bench/decode.py --models 2b --weights w4a16 \
     --kv int8 --batches 1 --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_tail_wide_profile.json" \
     2>"$RES/profile_tail_wide.txt" | grep -E "tok/s|FAILED"
-  grep -E "decode, 1 rows|layer tail|attention|lm head" "$RES/profile_tail_wide.txt" | head -n 8
+  grep -E "decode, 1 rows|layer tail|attention|lm head" "$RES/profile_tail_wide.txt" | head -n 12
 }
 serve_tail_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the dequantized copies
   # (the 1.3x target at every concurrency up to 16; fp16 weights have neither)

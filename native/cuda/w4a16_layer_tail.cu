@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 
@@ -508,6 +509,17 @@ const Planned& planned(const LayerTailArgs& a) {
     pl.shape = q;
     pl.launch = l;
     if (!pl.ok || l.grid >= grid) break;
+  }
+  // With the step profiler on, each shape's cut once on stderr, to read the profile's tail times against.
+  static const bool report = cuda::env_int("VLM_CUDA_PROFILE", 0) != 0;
+  if (report && pl.ok) {
+    std::fprintf(stderr, "[vlm layer tail] %d rows, %s cut, grid %d, %d ring stages:", a.M, wide ? "wide" : "chain",
+                 pl.launch.grid, pl.launch.stages);
+    for (int i = 0; i < pl.shape.phases; ++i) {
+      const Phase& f = pl.shape.phase[i];
+      std::fprintf(stderr, " [%dx%d S=%d C=%d U=%d items %d]", f.N, f.K, f.S, f.C, f.U, items_of(f));
+    }
+    std::fprintf(stderr, "\n");
   }
   return cache.emplace(key, pl).first->second;
 }
