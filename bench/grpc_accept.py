@@ -22,7 +22,7 @@ Every call carries the client's wall clock; the server's interceptor and handler
 splits the wait into before the interceptor (the call not yet accepted from the core) and after it, and gives the
 gap between consecutive handler starts. --blocking-burn makes the busy callbacks sleep instead of spin: the loop's
 iterations as long, the CPU and the interpreter lock free. --server-processes N runs N such server processes on
-the port, each with its own loop.
+the port, each with its own loop; --event-loops N runs N loops in each server process (the others in threads).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import asyncio
 import multiprocessing as mp
 import statistics
 import sys
+import threading
 import time
 
 
@@ -41,9 +42,14 @@ def _busy(ms: float) -> None:
 
 
 def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: float = 0.3,
-            blocking_burn: bool = False, stamps_q=None, port: int = 0) -> None:
-    """One server process: `servers` grpc.aio servers on one event loop, on `port` (0: a free one, put on port_q)."""
+            blocking_burn: bool = False, stamps_q=None, port: int = 0, event_loops: int = 1,
+            switch_interval_ms: float | None = None) -> None:
+    """One server process on `port` (0: a free one, put on port_q): `event_loops` event loops (the process's and
+    each further one in a thread), each with `servers` grpc.aio servers and `burners` busy callbacks."""
     import grpc
+
+    if switch_interval_ms is not None:
+        sys.setswitchinterval(switch_interval_ms / 1e3)
 
     # Per call: the client's wall clock when it sent the call (its metadata), when the server's interceptor saw it
     # (the call accepted from the core) and when the handler started (its request read).
@@ -72,8 +78,9 @@ def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: 
             time.sleep(burn_ms / 1e3) if blocking_burn else _busy(burn_ms)
             await asyncio.sleep(0)
 
-    async def main():
-        bound, made = port, []
+    async def serve(bound: int):
+        """This loop's servers on the port and its busy callbacks."""
+        made = []
         for _ in range(servers):
             s = grpc.aio.server(interceptors=[Stamp()], options=[("grpc.so_reuseport", 1)])
             s.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Accept", {
@@ -81,15 +88,32 @@ def _server(port_q, stop_q, servers: int, burn_ms: float, burners: int, hold_s: 
             bound = s.add_insecure_port(f"127.0.0.1:{bound}")
             await s.start()
             made.append(s)
-        tasks = [asyncio.create_task(burner()) for _ in range(burners)]
-        port_q.put(bound)
-        await asyncio.get_running_loop().run_in_executor(None, stop_q.get)
-        if stamps_q is not None:
-            stamps_q.put(stamps)
+        return bound, made, [asyncio.create_task(burner()) for _ in range(burners)]
+
+    async def shut(made, tasks) -> None:
         for t in tasks:
             t.cancel()
         for s in made:
             await s.stop(0)
+
+    async def main():
+        bound, made, tasks = await serve(port)
+        further = []
+        for _ in range(1, event_loops):
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, daemon=True)
+            thread.start()
+            _, m, t = asyncio.run_coroutine_threadsafe(serve(bound), loop).result(60)
+            further.append((loop, thread, m, t))
+        port_q.put(bound)
+        await asyncio.get_running_loop().run_in_executor(None, stop_q.get)
+        if stamps_q is not None:
+            stamps_q.put(list(stamps))
+        await shut(made, tasks)
+        for loop, thread, m, t in further:
+            asyncio.run_coroutine_threadsafe(shut(m, t), loop).result(60)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
 
     asyncio.run(main())
 
@@ -173,18 +197,20 @@ def _stamp_summary(stamps: list[tuple[float, float, float]]) -> dict:
 
 def measure(servers: int, calls: int, channels: int = 8, burn_ms: float = 0.5, burners: int = 2,
             bursts: int = 3, closed_loop_s: float = 0.0, hold_s: float = 0.3, client_processes: int = 2,
-            blocking_burn: bool = False, server_processes: int = 1) -> dict:
+            blocking_burn: bool = False, server_processes: int = 1, event_loops: int = 1,
+            switch_interval_ms: float | None = None) -> dict:
     """Bursts of `calls` calls, or (closed_loop_s > 0) `calls` streams in a closed loop spread over
-    `client_processes` processes and `channels` connections; against `server_processes` processes of `servers`
-    servers each, all on one port (the kernel spreads the connections over them), each process with its own loop
-    and its own busy callbacks."""
+    `client_processes` processes and `channels` connections; against `server_processes` processes of
+    `event_loops` loops of `servers` servers each, all on one port (the kernel spreads the connections over them),
+    each loop with its own busy callbacks."""
     ctx = mp.get_context("spawn")
     port_q, stop_q, stamps_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
     procs, port = [], 0
     try:
         for _ in range(server_processes):
             procs.append(ctx.Process(target=_server, args=(port_q, stop_q, servers, burn_ms, burners, hold_s,
-                                                           blocking_burn, stamps_q, port)))
+                                                           blocking_burn, stamps_q, port, event_loops,
+                                                           switch_interval_ms)))
             procs[-1].start()
             port = port_q.get(timeout=60)
         if closed_loop_s <= 0:
@@ -206,7 +232,8 @@ def measure(servers: int, calls: int, channels: int = 8, burn_ms: float = 0.5, b
     stamps = [t for _ in procs for t in stamps_q.get(timeout=60)]
     for proc in procs:
         proc.join(30)
-    r = {"servers": servers, "server_processes": server_processes, "burners": burners, "burn_ms": burn_ms,
+    r = {"servers": servers, "server_processes": server_processes, "event_loops": event_loops,
+         "burners": burners, "burn_ms": burn_ms,
          "blocking_burn": blocking_burn,
          **_summary(waits), **_stamp_summary(stamps)}
     if closed_loop_s > 0:
@@ -227,16 +254,22 @@ def main() -> int:
     ap.add_argument("--client-processes", type=int, default=2, help="client processes of the closed loop")
     ap.add_argument("--server-processes", type=int, default=1,
                     help="server processes on the port, each with --servers servers on its own loop")
+    ap.add_argument("--event-loops", type=int, default=1,
+                    help="event loops in each server process (the others in threads), each with --servers servers "
+                         "and --burners busy callbacks of its own")
+    ap.add_argument("--switch-interval-ms", type=float, default=None,
+                    help="the server processes' GIL switch interval (default: Python's)")
     ap.add_argument("--blocking-burn", action="store_true",
                     help="the busy callbacks sleep (the loop held, the CPU and the interpreter lock free)")
     a = ap.parse_args()
     for n in (int(x) for x in a.servers.split(",")):
         r = measure(n, a.calls, a.channels, a.burn_ms, a.burners, closed_loop_s=a.closed_loop, hold_s=a.hold_s,
                     client_processes=a.client_processes, blocking_burn=a.blocking_burn,
-                    server_processes=a.server_processes)
+                    server_processes=a.server_processes, event_loops=a.event_loops,
+                    switch_interval_ms=a.switch_interval_ms)
         what = (f"{a.calls} closed-loop streams holding calls {a.hold_s} s: {r['calls_per_s']:.1f} calls/s, "
                 if a.closed_loop > 0 else f"bursts of {a.calls}: ")
-        print(f"{a.server_processes} process(es) of {n} server(s), {a.burners} × {a.burn_ms} ms busy callbacks, {what}response "
+        print(f"{a.server_processes} process(es) of {a.event_loops} loop(s) of {n} server(s), {a.burners} × {a.burn_ms} ms busy callbacks, {what}response "
               f"headers after {r['headers_mean_s'] * 1e3:.1f} ms mean, p50 {r['headers_p50_s'] * 1e3:.1f}, "
               f"p90 {r['headers_p90_s'] * 1e3:.1f}, max {r['headers_max_s'] * 1e3:.1f}", flush=True)
         if "to_interceptor_mean_s" in r:

@@ -17,13 +17,16 @@ def test_every_call_of_every_burst_starts(servers):
     assert r["headers_mean_s"] <= r["headers_max_s"]
 
 
-@pytest.mark.parametrize("blocking_burn,server_processes", [(False, 1), (True, 2)])
-def test_closed_loop_streams_keep_calling(blocking_burn, server_processes):
+# With two loops whose callbacks spin without pause, calls on this 2-core machine stall for seconds at times (the
+# cause not established; docs/benchmarks/serving/README.md): the two-loop case holds its loops by sleeping.
+@pytest.mark.parametrize("blocking_burn,server_processes,event_loops", [(False, 1, 1), (True, 2, 1), (True, 1, 2)])
+def test_closed_loop_streams_keep_calling(blocking_burn, server_processes, event_loops):
     # 6 streams over 2 client processes for 1.5 s, each call held 0.1 s: each stream makes several calls.
     r = measure(2, calls=6, channels=2, burn_ms=0.2, burners=1, closed_loop_s=1.5, hold_s=0.1, client_processes=2,
-                blocking_burn=blocking_burn, server_processes=server_processes)
+                blocking_burn=blocking_burn, server_processes=server_processes, event_loops=event_loops,
+                switch_interval_ms=0.5)
     assert r["calls"] >= 12 and r["calls_per_s"] == r["calls"] / 1.5 and r["blocking_burn"] is blocking_burn
-    assert r["server_processes"] == server_processes
+    assert r["server_processes"] == server_processes and r["event_loops"] == event_loops
     assert 0 < r["headers_p50_s"] <= r["headers_p90_s"] <= r["headers_max_s"]
     # every call's stamps arrived: the wait split at the server's interceptor (one host's clock, so >= 0 up to
     # its resolution), handler starts in order

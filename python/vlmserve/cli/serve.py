@@ -78,7 +78,8 @@ def server_config_from_args(a: argparse.Namespace):
                         metrics_port=None if a.metrics_port < 0 else a.metrics_port, tls_cert=a.tls_cert or None,
                         tls_key=a.tls_key or None, bearer_token=a.api_key or None, max_message_bytes=a.max_message_size,
                         keepalive_time_s=a.keepalive_time, keepalive_timeout_s=a.keepalive_timeout,
-                        shutdown_grace_s=a.shutdown_timeout, acceptors=a.grpc_acceptors)
+                        shutdown_grace_s=a.shutdown_timeout, acceptors=a.grpc_acceptors,
+                        event_loops=getattr(a, "grpc_event_loops", 1))
 
 
 # -- vision -----------------------------------------------------------------------------------------
@@ -221,6 +222,11 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     flag(p, "--max-images-per-request", type=int, default=16, help="most images one Chat request may carry")
     add_stream_interval_flag(p)
     flag(p, "--trust-remote-code", type=bool, default=False, help="allow the checkpoint's tokenizer code")
+    flag(p, "--grpc-event-loops", type=int, default=1,
+         help="event loops serving the port, each in a thread with its own gRPC server: a process starts new "
+              "calls a few loop iterations apart, whatever its servers, so under hundreds of streams a busy loop "
+              "makes them wait before their handler (bench/grpc_accept.py); a second loop takes half the "
+              "connections and their streams")
 
 
 def _resolve_model(a: argparse.Namespace) -> str:
@@ -281,7 +287,7 @@ def run_stack(a: argparse.Namespace) -> int:
     model = _resolve_model(a)
     lm_server_config = server_config_from_args(a)
     vision_server_config = dataclasses.replace(
-        lm_server_config, host="127.0.0.1", port=a.vision_port,
+        lm_server_config, host="127.0.0.1", port=a.vision_port, event_loops=1,
         metrics_port=None if a.vision_metrics_port < 0 else a.vision_metrics_port)
 
     async def serve() -> None:

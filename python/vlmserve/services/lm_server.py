@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,11 @@ class LmServer:
         self.grpc = GrpcServer(self.server_config, [SERVICE_NAME], self.registry)
         handlers = LmServicer(self).handlers()
         self.grpc.add_to_each(lambda server: server.add_generic_rpc_handlers((handlers,)))
-        self.vision = (VisionClient(self.limits.vision_addr, self.server_config.max_message_bytes,
-                                    self.limits.vision_api_key) if self.limits.vision_addr else None)
+        self.has_vision = bool(self.limits.vision_addr)
+        # A grpc.aio channel belongs to the event loop it was made on: one client of the vision service for each
+        # loop that serves the port (ServerConfig.event_loops), made on its first use there.
+        self._vision_clients: dict[asyncio.AbstractEventLoop, VisionClient] = {}
+        self._vision_lock = threading.Lock()
         self._core: _Core | None = None
 
     @property
@@ -79,6 +83,23 @@ class LmServer:
     @property
     def metrics_port(self) -> int | None:
         return self.grpc.metrics_port
+
+    def vision_client(self) -> VisionClient:
+        """The vision service's client of the running event loop (has_vision must be true)."""
+        loop = asyncio.get_running_loop()
+        with self._vision_lock:
+            client = self._vision_clients.get(loop)
+            if client is None:
+                client = self._vision_clients[loop] = VisionClient(
+                    self.limits.vision_addr, self.server_config.max_message_bytes, self.limits.vision_api_key)
+            return client
+
+    async def _close_vision_client(self) -> None:
+        """Closes the running loop's vision client, if it made one."""
+        with self._vision_lock:
+            client = self._vision_clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
 
     def ready(self) -> _Core:
         if self._core is None:
@@ -118,9 +139,7 @@ class LmServer:
                                               "vision": self.limits.vision_addr}})
 
     async def stop(self) -> None:
-        await self.grpc.stop()
-        if self.vision is not None:
-            await self.vision.close()
+        await self.grpc.stop(cleanup=self._close_vision_client)
         if self._core is not None:
             self._core.engine.close()
         log.info("stopped")

@@ -68,9 +68,10 @@ class LmServicer:
         messages, images = chat_messages(request, core.limits.max_images_per_request)
         encoded, vision_ns = [], 0
         if images:
-            if self.owner.vision is None:
+            if not self.owner.has_vision:
                 raise InvalidArgumentError("this server has no vision service configured; send text only")
-            encoded, vision_ns = await self.owner.vision.encode(images, context.time_remaining(), request_id.get())
+            encoded, vision_ns = await self.owner.vision_client().encode(images, context.time_remaining(),
+                                                                         request_id.get())
             self.owner.metrics.vision.observe(vision_ns / 1e9)
         add_prompt = request.add_generation_prompt if request.HasField("add_generation_prompt") else True
         loop = asyncio.get_running_loop()
@@ -111,7 +112,7 @@ class LmServicer:
             model=str(self.owner.model), model_type=spec.config.get("model_type", ""),
             dtype=1, quantization=2 if spec.awq_group_size else 1, quantization_group_size=spec.awq_group_size,
             kv_cache_dtype=KV_ENUM[cfg.kv_cache_dtype], vocab_size=spec.vocab_size, hidden_size=spec.hidden_size,
-            eos_token_ids=spec.eos_token_ids, supports_images=self.owner.vision is not None and spec.family != "causal_lm",
+            eos_token_ids=spec.eos_token_ids, supports_images=self.owner.has_vision and spec.family != "causal_lm",
             device="cpu", server_version=__version__,
             limits=lm.LmLimits(max_model_len=stats.max_model_len, max_batch_size=cfg.max_batch_size,
                                max_images_per_request=core.limits.max_images_per_request,

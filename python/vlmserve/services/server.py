@@ -14,7 +14,15 @@ of calls waits for its headers in a queue. With acceptors > 1, that many grpc.ai
 servers with the same handlers, interceptors and health state listen on the port
 (SO_REUSEPORT: the kernel spreads the connections over them), each starting
 calls in a chain of its own on the same loop. The port is first checked free
-without SO_REUSEPORT, so a second process cannot silently share it."""
+without SO_REUSEPORT, so a second process cannot silently share it.
+
+Event loops: how fast a process starts new calls is set by its event loop's
+iterations, and more servers on the same loop do not raise it (bench/grpc_accept.py:
+~95-105 calls a second at 1.6 ms iterations with 1 or 4 servers; a second loop
+serves the same 256 streams as fast as they ask). With event_loops > 1 the
+first loop is the caller's and each further one runs in a thread of its own with
+its own servers (and health servicer) on the same port; the owners' handlers are
+registered on every loop's servers and run on the loop of the call's connection."""
 from __future__ import annotations
 
 import asyncio
@@ -22,7 +30,8 @@ import errno
 import logging
 import signal
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,7 +56,8 @@ def _require(cond: bool, message: str) -> None:
 @dataclass
 class ServerConfig:
     """port 0 binds an ephemeral port; metrics_port None turns the endpoint off; acceptors: grpc.aio servers
-    sharing the port, each starting new calls on its own (see the module doc)."""
+    sharing the port on each event loop, each starting new calls on its own; event_loops: loops serving the port,
+    the caller's and each further one in a thread (see the module doc)."""
 
     host: str = "0.0.0.0"
     port: int = 50052
@@ -61,6 +71,7 @@ class ServerConfig:
     keepalive_timeout_s: float = 20.0
     shutdown_grace_s: float = 30.0
     acceptors: int = 1
+    event_loops: int = 1
 
     def __post_init__(self) -> None:
         _require(isinstance(self.port, int) and 0 <= self.port < 65536,
@@ -77,6 +88,14 @@ class ServerConfig:
         _require(self.shutdown_grace_s >= 0, f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s!r}")
         _require(isinstance(self.acceptors, int) and not isinstance(self.acceptors, bool)
                  and 1 <= self.acceptors <= 64, f"acceptors must be an integer in [1, 64], got {self.acceptors!r}")
+        _require(isinstance(self.event_loops, int) and not isinstance(self.event_loops, bool)
+                 and 1 <= self.event_loops <= 16,
+                 f"event_loops must be an integer in [1, 16], got {self.event_loops!r}")
+
+    @property
+    def shares_port(self) -> bool:
+        """Whether several servers listen on the port (SO_REUSEPORT among themselves)."""
+        return self.acceptors > 1 or self.event_loops > 1
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -93,6 +112,37 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
+class _LoopThread:
+    """An asyncio event loop running in a thread of its own, for a further set of servers on the port."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    async def run(self, make: Callable[[], Awaitable]):
+        """Runs the coroutine make() on this loop and waits for it from the caller's loop."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(make(), self.loop))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class _LoopServers:
+    """One event loop's servers on the port and the health servicer they answer from."""
+
+    def __init__(self, servers: list, health_servicer):
+        self.servers = servers
+        self.health = health_servicer
+
+
 class GrpcServer:
     """Owners register their servicers with add_to_each() before start(), then call set_serving()."""
 
@@ -100,12 +150,12 @@ class GrpcServer:
         self.config = config
         self.service_names = service_names
         self.registry = registry
-        interceptors = [ObservabilityInterceptor(RpcMetrics(registry))]
+        self._interceptors = [ObservabilityInterceptor(RpcMetrics(registry))]
         if config.bearer_token:
-            interceptors.append(BearerAuthInterceptor(config.bearer_token))
-        interceptors.append(ErrorStatusInterceptor())
+            self._interceptors.append(BearerAuthInterceptor(config.bearer_token))
+        self._interceptors.append(ErrorStatusInterceptor())
         ms = config.max_message_bytes
-        options = [
+        self._options = [
             ("grpc.max_receive_message_length", ms),
             ("grpc.max_send_message_length", ms),
             ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
@@ -114,60 +164,121 @@ class GrpcServer:
             # Let clients ping as often as every 10 s without being sent GOAWAY.
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             # One server alone never shares its port; several share it with each other only (start() checks).
-            ("grpc.so_reuseport", int(config.acceptors > 1)),
+            ("grpc.so_reuseport", int(config.shares_port)),
         ]
-        self.servers = [grpc.aio.server(interceptors=interceptors, options=options) for _ in range(config.acceptors)]
-        self.health = health.aio.HealthServicer()  # one health state, answered by every acceptor
-        self.add_to_each(lambda server: health_pb2_grpc.add_HealthServicer_to_server(self.health, server))
-        self.add_to_each(lambda server: reflection.enable_server_reflection(
-            [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server))
+        self._registrations: list[Callable[[grpc.aio.Server], object]] = []
+        # The caller's loop: its servers are made now (the others' on their own loops, at start()).
+        self.servers = self._make_servers()
+        self.health = health.aio.HealthServicer()  # one health state, answered by every acceptor of this loop
+        self._register_common(self.servers, self.health)
+        self._further: list[tuple[_LoopThread, _LoopServers]] = []
         self.loop_lag = LoopLagMonitor(registry)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._metrics_http = None
 
+    def _make_servers(self) -> list:
+        return [grpc.aio.server(interceptors=self._interceptors, options=self._options)
+                for _ in range(self.config.acceptors)]
+
+    def _register_common(self, servers: list, health_servicer) -> None:
+        names = [*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        for server in servers:
+            health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+            reflection.enable_server_reflection(names, server)
+
     def add_to_each(self, register: Callable[[grpc.aio.Server], object]) -> None:
-        """register(server) for every acceptor: the same servicer objects behind each."""
+        """register(server) for every acceptor of every event loop: the same servicer objects behind each (their
+        handlers must not hold state of one loop). Before start()."""
+        self._registrations.append(register)
         for server in self.servers:
             register(server)
 
-    async def start(self) -> int:
-        """Binds and starts serving (health NOT_SERVING); returns the bound port."""
-        c = self.config
-        if len(self.servers) > 1 and c.port != 0 and not _port_is_free(c.host, c.port):
-            raise InvalidArgumentError(f"cannot bind {c.host}:{c.port}: the port is in use")
-        creds = (grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
-                 if c.tls_cert else None)
-        port = c.port
-        for server in self.servers:  # the first binds (port 0: picks one), the others join it
-            address = f"{c.host}:{port}"
+    def _bind(self, servers: list, port: int, creds) -> int:
+        for server in servers:  # the first binds (port 0: picks one), the others join it
+            address = f"{self.config.host}:{port}"
             bound = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
             if not bound:
                 raise InvalidArgumentError(f"cannot bind {address}")
             port = bound
-        self.port = port
+        return port
+
+    async def _start_further_loop(self, port: int, creds) -> _LoopServers:
+        """On a further loop: its servers and health servicer, registered, bound to the port, NOT_SERVING, started."""
+        servers = self._make_servers()
+        health_servicer = health.aio.HealthServicer()
+        self._register_common(servers, health_servicer)
+        for register in self._registrations:
+            for server in servers:
+                register(server)
+        self._bind(servers, port, creds)
+        await self._set_health(health_servicer, False)
+        for server in servers:
+            await server.start()
+        return _LoopServers(servers, health_servicer)
+
+    async def start(self) -> int:
+        """Binds and starts serving (health NOT_SERVING); returns the bound port."""
+        c = self.config
+        if c.shares_port and c.port != 0 and not _port_is_free(c.host, c.port):
+            raise InvalidArgumentError(f"cannot bind {c.host}:{c.port}: the port is in use")
+        creds = (grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
+                 if c.tls_cert else None)
+        self.port = self._bind(self.servers, c.port, creds)
         await self.set_serving(False)
         for server in self.servers:
             await server.start()
+        for i in range(1, c.event_loops):
+            thread = _LoopThread(f"grpc-loop-{i}")
+            try:
+                self._further.append((thread, await thread.run(lambda: self._start_further_loop(self.port, creds))))
+            except BaseException:
+                thread.close()
+                raise
         self.loop_lag.start()
         if c.metrics_port is not None:
             self._metrics_http, self.metrics_port = serve_http(self.registry, c.metrics_port, c.metrics_host)
         log.info("listening", extra={"fields": {"port": self.port, "metrics_port": self.metrics_port,
-                                                "acceptors": len(self.servers),
+                                                "acceptors": len(self.servers), "event_loops": c.event_loops,
                                                 "tls": bool(c.tls_cert), "auth": bool(c.bearer_token),
                                                 "services": self.service_names}})
         return self.port
 
-    async def set_serving(self, serving: bool) -> None:
+    async def _set_health(self, health_servicer, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", *self.service_names):
-            await self.health.set(name, status)
+            await health_servicer.set(name, status)
 
-    async def stop(self) -> None:
-        """Health NOT_SERVING, refuse new calls, give calls in flight the grace period."""
-        await self.health.enter_graceful_shutdown()
-        log.info("draining", extra={"fields": {"grace_s": self.config.shutdown_grace_s}})
-        await asyncio.gather(*(server.stop(self.config.shutdown_grace_s) for server in self.servers))
+    async def set_serving(self, serving: bool) -> None:
+        await self._set_health(self.health, serving)
+        for thread, loop_servers in self._further:
+            await thread.run(lambda h=loop_servers.health: self._set_health(h, serving))
+
+    async def on_each_loop(self, make: Callable[[], Awaitable]) -> None:
+        """Runs make() on every event loop serving the port (the caller's first), one after another."""
+        await make()
+        for thread, _ in self._further:
+            await thread.run(make)
+
+    async def stop(self, cleanup: Callable[[], Awaitable] | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, give calls in flight the grace period; then cleanup() on every
+        event loop (what the owner made on it, e.g. client channels) and the further loops closed."""
+        grace = self.config.shutdown_grace_s
+
+        async def drain(servers: list, health_servicer) -> None:
+            await health_servicer.enter_graceful_shutdown()
+            await asyncio.gather(*(server.stop(grace) for server in servers))
+
+        log.info("draining", extra={"fields": {"grace_s": grace}})
+        await asyncio.gather(drain(self.servers, self.health),
+                             *(thread.run(lambda ls=ls: drain(ls.servers, ls.health)) for thread, ls in self._further))
+        try:
+            if cleanup is not None:
+                await self.on_each_loop(cleanup)
+        finally:
+            for thread, _ in self._further:
+                thread.close()
+            self._further = []
         await self.loop_lag.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

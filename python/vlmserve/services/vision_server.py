@@ -38,6 +38,9 @@ class VisionServer:
         self.server_config = server_config or ServerConfig()
         if max_chunk_bytes < MIN_CHUNK_BYTES:
             raise InvalidArgumentError(f"max_chunk_bytes must be >= {MIN_CHUNK_BYTES}, got {max_chunk_bytes}")
+        if self.server_config.event_loops != 1:  # its tile batcher gathers images across requests on one loop
+            raise InvalidArgumentError("the vision service serves on one event loop: event_loops must be 1, got "
+                                       f"{self.server_config.event_loops}")
         # A chunk and its message framing must fit the message size limit.
         self.max_chunk_bytes = min(max_chunk_bytes, self.server_config.max_message_bytes - MIN_CHUNK_BYTES)
         self.registry = CollectorRegistry()

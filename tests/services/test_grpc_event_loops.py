@@ -1,0 +1,146 @@
+"""Several event loops serving one port (ServerConfig.event_loops): each loop's server answers calls and health,
+the handlers run on the loop of the call's connection, stop() drains every loop and closes the further ones; the
+LM service with two loops chats with images (one vision client a loop, closed at stop); bad settings are refused."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from vlmserve.errors import InvalidArgumentError
+from vlmserve.services.server import GrpcServer, ServerConfig
+
+SERVICE = "test.Echo"
+
+
+def make_server(event_loops: int, handled: list, port: int = 0) -> GrpcServer:
+    server = GrpcServer(ServerConfig(host="127.0.0.1", port=port, metrics_port=None, event_loops=event_loops,
+                                     shutdown_grace_s=0.5), [SERVICE], CollectorRegistry())
+
+    async def echo(raw, context):
+        handled.append((threading.current_thread().name, id(asyncio.get_running_loop())))
+        return raw
+
+    handlers = grpc.method_handlers_generic_handler(SERVICE, {"Say": grpc.unary_unary_rpc_method_handler(echo)})
+    server.add_to_each(lambda s: s.add_generic_rpc_handlers((handlers,)))
+    return server
+
+
+async def call_on_new_connection(port: int) -> tuple[bytes, int]:
+    # A connection of its own (no shared subchannel): the kernel hands it to one of the listening loops' servers.
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) \
+            as channel:
+        said = await channel.unary_unary(f"/{SERVICE}/Say")(b"hello", timeout=10)
+        status = (await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)).status
+        return said, status
+
+
+def loop_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("grpc-loop-")]
+
+
+def test_every_loop_answers_calls_and_health_and_stop_closes_them():
+    handled: list = []
+
+    async def main():
+        server = make_server(event_loops=3, handled=handled)
+        port = await server.start()
+        try:
+            assert len(loop_threads()) == 2  # the caller's loop and two more
+            await server.set_serving(True)
+            # 30 connections over 3 loops: all on one loop would happen about once in 10^14 runs.
+            for _ in range(30):
+                said, status = await call_on_new_connection(port)
+                assert said == b"hello" and status == health_pb2.HealthCheckResponse.SERVING
+            await server.set_serving(False)
+            _, status = await call_on_new_connection(port)
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            cleaned: list = []
+
+            async def cleanup():
+                cleaned.append(id(asyncio.get_running_loop()))
+
+            await server.stop(cleanup=cleanup)
+        assert len(set(cleaned)) == 3  # the owner's cleanup ran once on every loop
+        assert loop_threads() == []
+
+    asyncio.run(main())
+    assert len(handled) == 31
+    assert len({loop for _, loop in handled}) >= 2, handled
+    assert {name for name, _ in handled} <= {"MainThread", "grpc-loop-1", "grpc-loop-2"}
+
+
+def test_a_port_another_socket_holds_is_refused():
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+
+    async def main():
+        with pytest.raises(InvalidArgumentError, match="in use"):
+            await make_server(event_loops=2, handled=[], port=port).start()
+
+    try:
+        asyncio.run(main())
+    finally:
+        holder.close()
+    assert loop_threads() == []
+
+
+@pytest.mark.parametrize("bad", [0, 17, True, 1.5, "2"])
+def test_bad_event_loop_counts_are_refused(bad):
+    with pytest.raises(InvalidArgumentError, match="event_loops"):
+        ServerConfig(event_loops=bad)
+
+
+def test_the_vision_service_refuses_more_than_one_loop(tmp_path):
+    from vlmserve.services.vision_server import VisionServer
+
+    with pytest.raises(InvalidArgumentError, match="one event loop"):
+        VisionServer(tmp_path, server_config=ServerConfig(port=0, metrics_port=None, event_loops=2))
+
+
+def test_the_lm_service_chats_with_images_on_two_loops():
+    from conftest import image_bytes
+    from lm_stack import LmServerThread, start_vision
+    from vlmserve.default_model import default_vlm_checkpoint
+    from vlmserve.services import protos
+
+    pb, common = protos.lm(), protos.common()
+    model = default_vlm_checkpoint()
+    vision = start_vision(model, max_images_per_request=2)
+    lm = LmServerThread(model, vision.address, max_images_per_request=2, event_loops=2)
+    request = pb.ChatRequest(
+        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=[
+            pb.ContentPart(image=common.ImageInput(data=image_bytes("chelsea.png"), mime_type="image/png")),
+            pb.ContentPart(text="What is in this picture?")])],
+        params=pb.SamplingParams(max_tokens=4, ignore_eos=True))
+
+    def chat(_):
+        # a connection of its own, so the kernel may hand it to either loop
+        with grpc.insecure_channel(lm.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            ids = []
+            for msg in protos.lm_grpc().LmServiceStub(ch).Chat(request, timeout=300):
+                ids += list(msg.token_ids)
+            return ids
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(chat, range(16)))
+        # greedy on one engine: every connection, on either loop, gets the same tokens
+        assert all(r == results[0] for r in results) and len(results[0]) == 4, results
+        # 16 connections over 2 loops: all on one would happen about once in 30,000 runs
+        assert len(lm.server._vision_clients) == 2
+    finally:
+        lm.stop()
+        vision.stop()
+    assert lm.server._vision_clients == {}
+    assert loop_threads() == []
