@@ -222,11 +222,15 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     flag(p, "--max-images-per-request", type=int, default=16, help="most images one Chat request may carry")
     add_stream_interval_flag(p)
     flag(p, "--trust-remote-code", type=bool, default=False, help="allow the checkpoint's tokenizer code")
+    add_event_loops_flag(p)
+
+
+def add_event_loops_flag(p: argparse.ArgumentParser) -> None:
     flag(p, "--grpc-event-loops", type=int, default=1,
-         help="event loops serving the port, each in a thread with its own gRPC server: a process starts new "
-              "calls a few loop iterations apart, whatever its servers, so under hundreds of streams a busy loop "
-              "makes them wait before their handler (bench/grpc_accept.py); a second loop takes half the "
-              "connections and their streams")
+         help="event loops serving the LM service's port, each further one in a thread with its own gRPC server: "
+              "a loop starts new calls a few of its iterations apart, whatever its servers, so under hundreds of "
+              "streams a busy loop makes them wait before their handler (bench/grpc_accept.py); a second loop "
+              "takes about half the connections and their streams")
 
 
 def _resolve_model(a: argparse.Namespace) -> str:
@@ -268,6 +272,7 @@ def add_stack_args(p: argparse.ArgumentParser) -> None:
             p.set_defaults(**{name: default})
     add_engine_flags(p, tp=False)
     add_stream_interval_flag(p)
+    add_event_loops_flag(p)
     flag(p, "--vision-port", type=int, default=50052, help="port of the vision service (0: pick a free one)")
     flag(p, "--vision-metrics-port", type=int, default=9092, help="Prometheus port of the vision service (-1: off)")
 
