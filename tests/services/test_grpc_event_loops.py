@@ -54,6 +54,7 @@ def test_every_loop_answers_calls_and_health_and_stop_closes_them():
         port = await server.start()
         try:
             assert len(loop_threads()) == 2  # the caller's loop and two more
+            assert len(server.loop_lag._tasks) == 3  # every loop's lag measured, into one histogram
             await server.set_serving(True)
             # 30 connections over 3 loops: all on one loop would happen about once in 10^14 runs.
             for _ in range(30):
@@ -70,7 +71,7 @@ def test_every_loop_answers_calls_and_health_and_stop_closes_them():
 
             await server.stop(cleanup=cleanup)
         assert len(set(cleaned)) == 3  # the owner's cleanup ran once on every loop
-        assert loop_threads() == []
+        assert loop_threads() == [] and server.loop_lag._tasks == {}
 
     asyncio.run(main())
     assert len(handled) == 31

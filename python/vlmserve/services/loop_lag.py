@@ -2,7 +2,8 @@
 interval and records by how much it overslept. Every gRPC message, accepted
 call and token of a service passes through its event loop, so this lag is
 what each of them waits on top of its own work; under load it says whether
-the loop itself is the bottleneck."""
+the loop itself is the bottleneck. A service served by several event loops
+(ServerConfig.event_loops) runs one such task on each, into the same histogram."""
 from __future__ import annotations
 
 import asyncio
@@ -17,22 +18,25 @@ class LoopLagMonitor:
     def __init__(self, registry: CollectorRegistry, interval_s: float = 0.01):
         self.interval_s = interval_s
         self.lag = Histogram("vlmserve_event_loop_lag_seconds",
-                             f"how late a callback due every {interval_s * 1e3:g} ms ran on the service's event loop",
+                             f"how late a callback due every {interval_s * 1e3:g} ms ran on the service's event loop(s)",
                              buckets=_BUCKETS, registry=registry)
-        self._task: asyncio.Task | None = None
+        self._tasks: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}  # one a loop, each touched on its own
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="event-loop-lag")
+        """Starts measuring the running loop (once per loop)."""
+        loop = asyncio.get_running_loop()
+        if loop not in self._tasks:
+            self._tasks[loop] = loop.create_task(self._run(), name="event-loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        """Stops measuring the running loop."""
+        task = self._tasks.pop(asyncio.get_running_loop(), None)
+        if task is not None:
+            task.cancel()
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-            self._task = None
 
     async def _run(self) -> None:
         while True:

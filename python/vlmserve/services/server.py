@@ -215,6 +215,7 @@ class GrpcServer:
         await self._set_health(health_servicer, False)
         for server in servers:
             await server.start()
+        self.loop_lag.start()  # this loop's lag, into the service's one histogram
         return _LoopServers(servers, health_servicer)
 
     async def start(self) -> int:
@@ -277,7 +278,10 @@ class GrpcServer:
                 await self.on_each_loop(cleanup)
         finally:
             for thread, _ in self._further:
-                thread.close()
+                try:
+                    await thread.run(self.loop_lag.stop)
+                finally:
+                    thread.close()
             self._further = []
         await self.loop_lag.stop()
         if self._metrics_http is not None:
