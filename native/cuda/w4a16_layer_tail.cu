@@ -497,7 +497,7 @@ const Planned& planned(const LayerTailArgs& a) {
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   Planned pl;
   pl.ok = plan_phases(a, &pl.shape) && launch_for(&pl.shape, &pl.launch, false);
-  static const bool wide = w4a16_layer_tail_wide_cut();
+  const bool wide = w4a16_layer_tail_wide_cut();  // read once a process
   // The wide cut depends on the grid, and the grid on the shared memory its staged A needs: cut for the chain's
   // grid, plan the launch, and cut again once if that launch has fewer blocks.
   for (int pass = 0; wide && pl.ok && pass < 2; ++pass) {

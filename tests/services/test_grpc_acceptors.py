@@ -5,37 +5,16 @@ from __future__ import annotations
 import asyncio
 import socket
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
+from grpc_health.v1 import health_pb2
 
+from echo_server import call_on_new_connection, make_echo_server
 from vlmserve.errors import InvalidArgumentError
-from vlmserve.services.server import GrpcServer, ServerConfig
-
-SERVICE = "test.Echo"
+from vlmserve.services.server import ServerConfig
 
 
-def make_server(acceptors: int, port: int = 0) -> GrpcServer:
-    server = GrpcServer(ServerConfig(host="127.0.0.1", port=port, metrics_port=None, acceptors=acceptors,
-                                     shutdown_grace_s=0.5), [SERVICE], CollectorRegistry())
-
-    async def echo(raw, context):
-        return raw
-
-    handlers = grpc.method_handlers_generic_handler(SERVICE, {"Say": grpc.unary_unary_rpc_method_handler(echo)})
-    server.add_to_each(lambda s: s.add_generic_rpc_handlers((handlers,)))
-    return server
-
-
-async def call_on_new_connection(port: int) -> tuple[bytes, int]:
-    # A connection of its own (no shared subchannel): the kernel hands it to one of the listening acceptors.
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) \
-            as channel:
-        said = await channel.unary_unary(f"/{SERVICE}/Say")(b"hello", timeout=10)
-        status = (await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)).status
-        return said, status
+def make_server(acceptors: int, port: int = 0):
+    return make_echo_server(port, acceptors=acceptors)
 
 
 def test_every_acceptor_answers_calls_and_health():

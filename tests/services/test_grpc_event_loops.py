@@ -10,36 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from prometheus_client import CollectorRegistry
+from grpc_health.v1 import health_pb2
 
+from echo_server import call_on_new_connection, make_echo_server
 from vlmserve.errors import InvalidArgumentError
-from vlmserve.services.server import GrpcServer, ServerConfig
-
-SERVICE = "test.Echo"
+from vlmserve.services.server import ServerConfig
 
 
-def make_server(event_loops: int, handled: list, port: int = 0) -> GrpcServer:
-    server = GrpcServer(ServerConfig(host="127.0.0.1", port=port, metrics_port=None, event_loops=event_loops,
-                                     shutdown_grace_s=0.5), [SERVICE], CollectorRegistry())
-
-    async def echo(raw, context):
+def make_server(event_loops: int, handled: list, port: int = 0):
+    def record():  # where each call ran
         handled.append((threading.current_thread().name, id(asyncio.get_running_loop())))
-        return raw
 
-    handlers = grpc.method_handlers_generic_handler(SERVICE, {"Say": grpc.unary_unary_rpc_method_handler(echo)})
-    server.add_to_each(lambda s: s.add_generic_rpc_handlers((handlers,)))
-    return server
-
-
-async def call_on_new_connection(port: int) -> tuple[bytes, int]:
-    # A connection of its own (no shared subchannel): the kernel hands it to one of the listening loops' servers.
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) \
-            as channel:
-        said = await channel.unary_unary(f"/{SERVICE}/Say")(b"hello", timeout=10)
-        status = (await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)).status
-        return said, status
+    return make_echo_server(port, on_call=record, event_loops=event_loops)
 
 
 def loop_threads() -> list[str]:
