@@ -171,6 +171,10 @@ typedef struct vlm_engine_params {
   int32_t tensor_parallel;       /* ranks (1..8) the model is split over: CUDA devices 0..tp-1, or
                                     CPU threads with a host all-reduce; heads, KV heads and the FFN
                                     must divide evenly (and AWQ groups stay whole) */
+  int32_t prefill_hold_steps;    /* 0: a new request joins the next step. >0: while requests run, new ones
+                                    wait to enter together, up to this many steps for the oldest (sooner
+                                    when their prompts fill the step's token budget or the batch): fewer,
+                                    fuller prefill steps. Requests back from preemption never wait */
 } vlm_engine_params;
 
 VLM_API vlm_engine_params vlm_engine_default_params(void);

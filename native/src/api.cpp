@@ -156,6 +156,7 @@ vlm_engine_params vlm_engine_default_params(void) {
   p.max_num_batched_tokens = 2048;
   p.max_model_len = 0;
   p.tensor_parallel = 1;
+  p.prefill_hold_steps = 0;
   return p;
 }
 

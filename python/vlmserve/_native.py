@@ -63,6 +63,7 @@ class EngineParams(ctypes.Structure):
         ("max_num_batched_tokens", ctypes.c_int32),
         ("max_model_len", ctypes.c_int32),
         ("tensor_parallel", ctypes.c_int32),
+        ("prefill_hold_steps", ctypes.c_int32),
     ]
 
 

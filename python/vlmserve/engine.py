@@ -49,14 +49,19 @@ def _wake_streams(loop: asyncio.AbstractEventLoop, streams: list["RequestStream"
 
 
 class RequestStream:
-    """Iterate (sync or async) for TokenOutputs; `result` holds the RequestOutput at the end."""
+    """Iterate (sync or async) for TokenOutputs; `result` holds the RequestOutput at the end.
 
-    def __init__(self, engine: "Engine", request_id: int, prompt: list[int], loop=None):
+    sink: instead of waking an iterating consumer, the poller calls sink(streams) with the streams that
+    received items in one poll (each once), and the sink drains them with take_queued() (the engine
+    process forwarding a front process's requests: services/engine_host.py)."""
+
+    def __init__(self, engine, request_id: int, prompt: list[int], loop=None, sink=None):
         self.engine = engine
         self.request_id = request_id
         self.result = RequestOutput(request_id, prompt)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._loop = loop
+        self._sink = sink
         self._wake = asyncio.Event() if loop is not None else None
         self._done = threading.Event()
         self.wants_logprobs = False
@@ -70,8 +75,19 @@ class RequestStream:
     # Called from the poller thread. wake=False leaves waking an async consumer to the caller (_wake_streams).
     def _push(self, item, wake: bool = True) -> None:
         self._queue.put(item)
-        if wake and self._loop is not None:
+        if wake and self._sink is not None:
+            self._sink([self])
+        elif wake and self._loop is not None:
             _wake_streams(self._loop, [self])
+
+    def take_queued(self) -> list:
+        """Everything queued so far (TokenOutputs, then None at the end), for a sink."""
+        items = []
+        try:
+            while True:
+                items.append(self._queue.get_nowait())
+        except queue.Empty:
+            return items
 
     def _token_due(self) -> bool:
         """Poller thread, after queuing a token: whether the async consumer should be woken for it now."""
@@ -82,10 +98,13 @@ class RequestStream:
         return True
 
     def _take(self, item):
-        """Applies one queued item; returns a TokenOutput to yield, or None; raises at an error finish."""
+        """Applies one queued item; returns a TokenOutput to yield, or None; raises at an error finish (or the
+        error queued in its place: a request the engine of another process refused)."""
         if isinstance(item, TokenOutput):
             return item
         self._done.set()
+        if isinstance(item, BaseException):
+            raise item
         if self.result.finish_reason == "error":
             raise RequestFailedError(self.result.error or "request failed")
         return None
@@ -197,6 +216,7 @@ class Engine:
         ep.max_num_batched_tokens = self.config.max_num_batched_tokens
         ep.max_model_len = self.config.max_model_len or 0
         ep.tensor_parallel = self.config.tp
+        ep.prefill_hold_steps = self.config.prefill_hold_steps
         status = lib.vlm_engine_create(self._model, ctypes.byref(ep), ctypes.byref(self._engine))
         if status:
             lib.vlm_model_free(self._model)
@@ -225,13 +245,14 @@ class Engine:
 
     # ----------------------------------------------------------------- requests
     def add_request(self, prompt_token_ids: Sequence[int], gen_config: GenerationConfig | None = None,
-                    embeddings: Sequence[Embeddings] = (), loop: asyncio.AbstractEventLoop | None = None
-                    ) -> RequestStream:
-        """Queues a request; it joins the running batch at the next engine step."""
-        return self.add_requests([(prompt_token_ids, gen_config, embeddings)], loop)[0]
+                    embeddings: Sequence[Embeddings] = (), loop: asyncio.AbstractEventLoop | None = None,
+                    sink=None) -> RequestStream:
+        """Queues a request; it joins the running batch at the next engine step. loop: for async iteration;
+        sink: see RequestStream."""
+        return self.add_requests([(prompt_token_ids, gen_config, embeddings)], loop, sink)[0]
 
-    def add_requests(self, requests: Sequence[tuple], loop: asyncio.AbstractEventLoop | None = None
-                     ) -> list[RequestStream]:
+    def add_requests(self, requests: Sequence[tuple], loop: asyncio.AbstractEventLoop | None = None,
+                     sink=None) -> list[RequestStream]:
         """Queues several requests, each (prompt_token_ids[, gen_config[, embeddings]]), together: all
         or, where one is invalid, none. They reach the scheduler at once, so they start in the same
         step (as far as the step's token budget allows) whatever the engine is doing meanwhile."""
@@ -254,7 +275,7 @@ class Engine:
             check(self._lib.vlm_engine_enqueue_batch(self._engine, params, len(requests), ids))
             streams = []
             for rid, gen, prompt in zip(ids, gens, prompts):
-                stream = RequestStream(self, rid, prompt.tolist(), loop)
+                stream = RequestStream(self, rid, prompt.tolist(), loop, sink)
                 stream.wants_logprobs = gen.logprobs is not None
                 self._streams[rid] = stream
                 streams.append(stream)
@@ -329,14 +350,22 @@ class Engine:
             status = self._lib.vlm_engine_poll(self._engine, _POLL_TIMEOUT_MS, events, _POLL_BATCH, ctypes.byref(n))
             if status or self._closing:
                 return
-            # The async consumers to wake, by event loop (each stream once, in order).
+            # The async consumers to wake, by event loop, and the streams to hand to each sink (each stream once,
+            # in order).
             woken: dict[asyncio.AbstractEventLoop, dict[int, RequestStream]] = {}
+            sunk: dict[int, tuple] = {}
             for i in range(n.value):
                 stream = self._dispatch(events[i])
-                if stream is not None and stream._loop is not None:
+                if stream is None:
+                    continue
+                if stream._sink is not None:
+                    sunk.setdefault(id(stream._sink), (stream._sink, {}))[1][id(stream)] = stream
+                elif stream._loop is not None:
                     woken.setdefault(stream._loop, {})[id(stream)] = stream
             for loop, streams in woken.items():
                 _wake_streams(loop, list(streams.values()))
+            for sink, streams in sunk.values():
+                sink(list(streams.values()))
 
     def _dispatch(self, ev: _native.Event) -> "RequestStream | None":
         """Applies one event to its request's stream; returns the stream where an item was queued that its

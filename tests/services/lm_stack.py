@@ -19,9 +19,11 @@ class LmServerThread(LoopThread):
         engine = dict(device="cpu", num_kv_blocks=96, block_size=32, max_batch_size=16, max_model_len=1024)
         engine.update(engine_kw or {})
 
+        fronts = cfg.pop("front_processes", 1)
+
         async def make():
             return LmServer(model_dir, EngineConfig(**engine), LmLimits(vision_addr=vision_addr, **limits_kw),
-                            ServerConfig(**cfg))
+                            ServerConfig(**cfg), front_processes=fronts)
 
         super().__init__(make, load, load_timeout=300)
 

@@ -25,6 +25,7 @@ Engine::Engine(std::shared_ptr<const Model> model, const vlm_engine_params& p)
                 "block_size must be a power of two in [1, 1024], got " << p.block_size);
   VLM_CHECK_ARG(p.max_batch_size >= 1, "max_batch_size must be >= 1, got " << p.max_batch_size);
   VLM_CHECK_ARG(p.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1");
+  VLM_CHECK_ARG(p.prefill_hold_steps >= 0, "prefill_hold_steps must be >= 0, got " << p.prefill_hold_steps);
   VLM_CHECK_ARG(p.max_model_len >= 0, "max_model_len must be >= 0");
   VLM_CHECK_ARG(p.num_blocks >= 0, "num_blocks must be >= 0");
   VLM_CHECK_ARG(p.num_blocks > 0 || (p.cache_max_entry_count > 0.f && p.cache_max_entry_count <= 1.f),
@@ -55,7 +56,8 @@ Engine::Engine(std::shared_ptr<const Model> model, const vlm_engine_params& p)
             "the KV cache budget holds no block (" << per_block << " bytes per block)");
   runner_->allocate_cache(num_blocks, p.block_size, kv_dtype);
   blocks_ = std::make_unique<BlockManager>(num_blocks);
-  scheduler_ = std::make_unique<Scheduler>(*blocks_, p.block_size, p.max_batch_size, p.max_num_batched_tokens);
+  scheduler_ = std::make_unique<Scheduler>(*blocks_, p.block_size, p.max_batch_size, p.max_num_batched_tokens,
+                                           p.prefill_hold_steps);
   free_blocks_ = num_blocks;
   // Steps overlap where the runner can (measured on the H200, 2026-12-05: 2B w4a16 decode +2-5 %);
   // VLM_OVERLAP_STEPS=0 plans, runs and completes one step at a time.

@@ -42,6 +42,8 @@ struct Request {
   std::vector<int32_t> block_table;
   std::mt19937_64 rng;
   int preemptions = 0;
+  int64_t queued_at_plan = 0;  // the scheduler's plan count when it last joined the queue (the prefill hold)
+  bool hold_exempt = false;    // back in the queue after a preemption: admitted without the prefill hold
   std::vector<float> prompt_logprob_buf;  // held until the first token, then sent in one event
   std::vector<float> logits_buf;          // likewise for return_logits rows
 

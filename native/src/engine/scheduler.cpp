@@ -13,6 +13,7 @@ void Scheduler::preempt(Request* r) {
   blocks_.release(r->block_table);
   r->num_computed = 0;
   r->preemptions += 1;
+  r->hold_exempt = true;
   running_.erase(std::find(running_.begin(), running_.end(), r));
   waiting_.push_front(r);
 }
@@ -26,6 +27,7 @@ void Scheduler::remove(Request* r) {
 }
 
 std::vector<ScheduledWork> Scheduler::schedule(std::vector<Request*>& preempted) {
+  ++plans_;
   std::vector<ScheduledWork> work;
   int budget = budget_;
 
@@ -52,6 +54,7 @@ std::vector<ScheduledWork> Scheduler::schedule(std::vector<Request*>& preempted)
 }
 
 std::vector<ScheduledWork> Scheduler::schedule_ahead(const std::function<bool(const Request&)>& hold) {
+  ++plans_;
   std::vector<ScheduledWork> work;
   int budget = budget_;
   for (Request* r : running_) {
@@ -69,9 +72,24 @@ std::vector<ScheduledWork> Scheduler::schedule_ahead(const std::function<bool(co
   return work;
 }
 
+// Whether waiting requests may be let in this plan (the prefill hold, scheduler.h).
+bool Scheduler::admission_due(int budget) const {
+  if (hold_steps_ <= 0 || running_.empty() || waiting_.empty()) return true;
+  const Request* oldest = waiting_.front();
+  if (oldest->hold_exempt || plans_ - oldest->queued_at_plan >= hold_steps_) return true;
+  if ((int)waiting_.size() >= max_batch_ - (int)running_.size()) return true;  // they would fill the batch
+  int64_t tokens = 0;  // or the step's token budget: waiting longer would not put more of them in it
+  for (const Request* r : waiting_) {
+    tokens += r->length() - r->num_computed;
+    if (tokens >= budget) return true;
+  }
+  return false;
+}
+
 // Admission keeps one free block per running request in reserve, so the
 // requests just admitted do not force an immediate preemption.
 void Scheduler::admit(std::vector<ScheduledWork>& work, int& budget) {
+  if (!admission_due(budget)) return;
   while (!waiting_.empty() && budget > 0 && (int)running_.size() < max_batch_) {
     Request* r = waiting_.front();
     const int count = std::min(r->length() - r->num_computed, budget);
@@ -79,6 +97,7 @@ void Scheduler::admit(std::vector<ScheduledWork>& work, int& budget) {
     if (need + (int64_t)running_.size() > blocks_.num_free() && !running_.empty()) break;
     if (need > blocks_.num_free()) break;
     waiting_.pop_front();
+    r->hold_exempt = false;
     blocks_.allocate(need, r->block_table);
     running_.push_back(r);
     work.push_back({r, count});

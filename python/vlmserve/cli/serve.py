@@ -190,6 +190,8 @@ def add_engine_flags(p: argparse.ArgumentParser, tp: bool = True) -> None:
     flag(p, "--num-kv-blocks", type=int, default=0, help="exact KV block count (overrides the fraction)")
     flag(p, "--block-size", type=int, default=64, help="tokens per KV block")
     flag(p, "--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step (chunked prefill)")
+    flag(p, "--prefill-hold-steps", type=int, default=0,
+         help="while requests run, new ones wait up to this many engine steps to enter together (sooner when their prompts fill a step's token budget or the batch): fewer, fuller prefill steps; 0: each at the next step")
     flag(p, "--engine-device", default="auto", choices=["auto", "cpu", "cuda"], help="engine backend")
     flag(p, "--threads", type=int, default=0, help="CPU engine threads (0: all cores)")
     if tp:
@@ -203,7 +205,8 @@ def engine_config_from_flags(a: argparse.Namespace):
                         max_batch_size=a.max_batch_size, max_model_len=a.max_model_len,
                         cache_max_entry_count=a.cache_max_entry_count, num_kv_blocks=a.num_kv_blocks,
                         block_size=a.block_size, max_num_batched_tokens=a.max_num_batched_tokens,
-                        device=a.engine_device, threads=a.threads, tp=a.tp)
+                        prefill_hold_steps=a.prefill_hold_steps, device=a.engine_device, threads=a.threads,
+                        tp=a.tp)
 
 
 def add_stream_interval_flag(p: argparse.ArgumentParser) -> None:
@@ -223,6 +226,12 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
     add_stream_interval_flag(p)
     flag(p, "--trust-remote-code", type=bool, default=False, help="allow the checkpoint's tokenizer code")
     add_event_loops_flag(p)
+    flag(p, "--front-processes", type=int, default=1,
+         help="processes serving the port around the one engine: this one and N - 1 started beside it, each doing "
+              "its calls' gRPC, vision calls, templating and detokenizing, their requests sent to this process's "
+              "engine over a pipe. A process starts new calls only as fast as its event loop turns; under hundreds "
+              "of streams more processes start them sooner. The further fronts' request metrics are not exported "
+              "(/metrics has the engine and this process's calls)")
 
 
 def add_event_loops_flag(p: argparse.ArgumentParser) -> None:
@@ -256,7 +265,7 @@ def run_lm(a: argparse.Namespace) -> int:
     engine_config, server_config = engine_config_from_flags(a), server_config_from_args(a)
 
     async def serve() -> None:
-        await LmServer(model, engine_config, limits, server_config).run()
+        await LmServer(model, engine_config, limits, server_config, front_processes=a.front_processes).run()
 
     asyncio.run(serve())
     return 0

@@ -4,11 +4,17 @@ SERVING; on SIGTERM drain and stop.
 
     server = LmServer("/ckpt", EngineConfig(), LmLimits(vision_addr="localhost:50052"), ServerConfig(port=0))
     await server.start(); await server.load()      # or: await server.run()
+
+front_processes > 1: further processes serve the port beside this one, around
+its engine (lm_fronts.py); engine: an engine of another process (RemoteEngine),
+given to a front, which then loads only the tokenizer.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,18 +58,31 @@ class LmLimits:
 
 @dataclass
 class _Core:
-    engine: Engine
+    engine: Engine  # or a RemoteEngine, in a front process
     builder: PromptBuilder
     limits: LmLimits
 
 
 class LmServer:
     def __init__(self, model: str | Path, engine_config: EngineConfig | None = None, limits: LmLimits | None = None,
-                 server_config: ServerConfig | None = None):
+                 server_config: ServerConfig | None = None, front_processes: int = 1, engine=None):
+        if not isinstance(front_processes, int) or isinstance(front_processes, bool) or not 1 <= front_processes <= 64:
+            raise InvalidArgumentError(f"front_processes must be an integer in [1, 64], got {front_processes!r}")
+        if engine is not None and front_processes > 1:
+            raise InvalidArgumentError("a front process (given an engine) starts no fronts of its own")
         self.model = Path(model)
         self.engine_config = engine_config or EngineConfig()
         self.limits = limits or LmLimits()
-        self.server_config = server_config or ServerConfig(port=50051, metrics_port=9091)
+        server_config = server_config or ServerConfig(port=50051, metrics_port=9091)
+        if front_processes > 1:
+            server_config = dataclasses.replace(server_config, processes=front_processes)
+        self.server_config = server_config
+        self._given_engine = engine
+        self._fronts = None
+        if front_processes > 1:
+            from vlmserve.services.lm_fronts import LmFronts
+
+            self._fronts = LmFronts(front_processes - 1)
         self.registry = CollectorRegistry()
         self.metrics = LmMetrics(self.registry)
         self.grpc = GrpcServer(self.server_config, [SERVICE_NAME], self.registry)
@@ -113,6 +132,13 @@ class LmServer:
         """Loads and warms up the engine; then health SERVING unless go_serving is False (the
         stack first waits for its vision service too, then calls set_serving())."""
         loop = asyncio.get_running_loop()
+        if self._given_engine is not None:  # a front process: the engine is another process's, loaded there
+            builder = await loop.run_in_executor(None, PromptBuilder, self.model, self._given_engine.spec.family,
+                                                 self.limits.trust_remote_code)
+            self._core = _Core(self._given_engine, builder, self.limits)
+            if go_serving:
+                await self.set_serving()
+            return
         log.info("loading language model", extra={"fields": {"model": str(self.model)}})
 
         def build() -> _Core:
@@ -130,6 +156,8 @@ class LmServer:
         core = await loop.run_in_executor(None, build)
         self.metrics.watch(core.engine)
         self._core = core
+        if self._fronts is not None:
+            await self._fronts.start(core.engine, self._front_settings)
         if go_serving:
             await self.set_serving()
 
@@ -138,10 +166,26 @@ class LmServer:
         log.info("serving", extra={"fields": {"family": self._core.engine.spec.family, "port": self.port,
                                               "vision": self.limits.vision_addr}})
 
+    def _front_settings(self, index: int):
+        from vlmserve.services.lm_fronts import FrontSettings
+
+        engine = self._core.engine
+        joined = dataclasses.replace(self.server_config, port=self.port, metrics_port=None, join_port=True)
+        return FrontSettings(index=index, model=str(self.model), limits=self.limits, server_config=joined,
+                             spec=engine.spec, engine_config=self.engine_config, engine_stats=engine.stats(),
+                             log_level=logging.getLevelName(logging.getLogger().level).lower(),
+                             switch_interval_s=sys.getswitchinterval())
+
     async def stop(self) -> None:
-        await self.grpc.stop(cleanup=self._close_vision_client)
-        if self._core is not None:
-            self._core.engine.close()
+        """Drains this process's calls and every front's (the engine runs until they are done), then closes it."""
+        stopping = [self.grpc.stop(cleanup=self._close_vision_client)]
+        if self._fronts is not None:
+            stopping.append(self._fronts.stop(self.server_config.shutdown_grace_s))
+        try:
+            await asyncio.gather(*stopping)
+        finally:
+            if self._core is not None:
+                self._core.engine.close()
         log.info("stopped")
 
     async def run(self) -> None:

@@ -57,7 +57,9 @@ def _require(cond: bool, message: str) -> None:
 class ServerConfig:
     """port 0 binds an ephemeral port; metrics_port None turns the endpoint off; acceptors: grpc.aio servers
     sharing the port on each event loop, each starting new calls on its own; event_loops: loops serving the port,
-    the caller's and each further one in a thread (see the module doc)."""
+    the caller's and each further one in a thread (see the module doc); processes: processes serving the port
+    (the LM service's front processes, lm_fronts.py); join_port: this is one of a service's further processes,
+    joining the port its first process bound (SO_REUSEPORT, no check that the port is free)."""
 
     host: str = "0.0.0.0"
     port: int = 50052
@@ -72,6 +74,8 @@ class ServerConfig:
     shutdown_grace_s: float = 30.0
     acceptors: int = 1
     event_loops: int = 1
+    processes: int = 1
+    join_port: bool = False
 
     def __post_init__(self) -> None:
         _require(isinstance(self.port, int) and 0 <= self.port < 65536,
@@ -91,11 +95,14 @@ class ServerConfig:
         _require(isinstance(self.event_loops, int) and not isinstance(self.event_loops, bool)
                  and 1 <= self.event_loops <= 16,
                  f"event_loops must be an integer in [1, 16], got {self.event_loops!r}")
+        _require(isinstance(self.processes, int) and not isinstance(self.processes, bool) and 1 <= self.processes <= 64,
+                 f"processes must be an integer in [1, 64], got {self.processes!r}")
+        _require(not self.join_port or self.port != 0, "a process joining a service's port needs the port's number")
 
     @property
     def shares_port(self) -> bool:
         """Whether several servers listen on the port (SO_REUSEPORT among themselves)."""
-        return self.acceptors > 1 or self.event_loops > 1
+        return self.acceptors > 1 or self.event_loops > 1 or self.processes > 1 or self.join_port
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -221,7 +228,7 @@ class GrpcServer:
     async def start(self) -> int:
         """Binds and starts serving (health NOT_SERVING); returns the bound port."""
         c = self.config
-        if c.shares_port and c.port != 0 and not _port_is_free(c.host, c.port):
+        if c.shares_port and not c.join_port and c.port != 0 and not _port_is_free(c.host, c.port):
             raise InvalidArgumentError(f"cannot bind {c.host}:{c.port}: the port is in use")
         creds = (grpc.ssl_server_credentials([(Path(c.tls_key).read_bytes(), Path(c.tls_cert).read_bytes())])
                  if c.tls_cert else None)

@@ -1,0 +1,167 @@
+"""LM front processes (--front-processes): the link between a front and the engine (in one process, over a
+pipe), and the LM service served by three processes around one engine (CPU engine, tiny checkpoints)."""
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from vlmserve.config import EngineConfig, GenerationConfig
+from vlmserve.errors import OutOfRangeError, UnavailableError
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    from vlmserve.engine import Engine
+
+    e = Engine(tiny_model_dir("llama_gqa_hd128"), EngineConfig(device="cpu", num_kv_blocks=64, block_size=16, max_batch_size=8))
+    yield e
+    e.close()
+
+
+def linked(engine):
+    """A FrontLink on the engine and a RemoteEngine at the pipe's other end, both in this process."""
+    from vlmserve.services.engine_host import FrontLink
+    from vlmserve.services.remote_engine import RemoteEngine
+
+    here, there = multiprocessing.Pipe(duplex=True)
+    link = FrontLink(engine, here, "front-test")
+    link.start()
+    lost = threading.Event()
+    remote = RemoteEngine(there, engine.spec, engine.config, engine.stats(), on_lost=lost.set)
+    return link, remote, lost
+
+
+def wait_idle(engine, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while engine.stats().running_requests or engine.stats().waiting_requests:
+        assert time.monotonic() < deadline, engine.stats()
+        time.sleep(0.01)
+
+
+def test_a_remote_request_gets_the_local_tokens_and_timings(engine):
+    link, remote, _ = linked(engine)
+    try:
+        gen = GenerationConfig(max_new_tokens=6, ignore_eos=True, logprobs=2)
+        want = engine.generate([1, 5, 9, 13], gen)
+        streams = [remote.add_request([1, 5, 9, 13], gen) for _ in range(4)]
+        for s in streams:
+            tokens = [t.token_id for t in s]
+            out = s.result
+            assert tokens == want.token_ids == out.token_ids
+            assert out.finish_reason == "length" and out.request_id == s.request_id
+            assert out.logprobs == pytest.approx(want.logprobs, abs=1e-5)
+            assert out.decode_s > 0 and out.prefill_s >= 0
+    finally:
+        remote.close()
+        link.closed.wait(10)
+    wait_idle(engine)
+
+
+def test_a_refused_request_fails_with_the_engines_error_and_the_link_goes_on(engine):
+    link, remote, _ = linked(engine)
+    try:
+        bad = remote.add_request([engine.spec.vocab_size + 7], GenerationConfig(max_new_tokens=2))
+        with pytest.raises(OutOfRangeError, match="outside the vocabulary"):
+            list(bad)
+        good = remote.add_request([1, 2, 3], GenerationConfig(max_new_tokens=3, ignore_eos=True))
+        assert len(list(good)) == 3
+    finally:
+        remote.close()
+        link.closed.wait(10)
+
+
+def test_abort_and_a_front_that_goes_away_free_the_engine(engine):
+    link, remote, _ = linked(engine)
+    gen = GenerationConfig(max_new_tokens=400, ignore_eos=True)
+    aborted = remote.add_request([1, 2, 3], gen)
+    next(iter(aborted))  # running
+    assert remote.abort(aborted.request_id)
+    assert aborted.wait(30).finish_reason == "cancelled"
+    left = [remote.add_request([4, 5, 6], gen) for _ in range(3)]
+    for s in left:
+        next(iter(s))
+    assert engine.stats().running_requests == 3
+    remote.close()  # the front is gone: the engine aborts its requests
+    assert link.closed.wait(10)
+    wait_idle(engine)
+    assert engine.stats().free_blocks == engine.stats().total_blocks
+
+
+def test_a_lost_engine_fails_the_requests_in_flight_unavailable(engine):
+    from vlmserve.services.remote_engine import RemoteEngine
+
+    here, there = multiprocessing.Pipe(duplex=True)
+    lost = threading.Event()
+    remote = RemoteEngine(there, engine.spec, engine.config, engine.stats(), on_lost=lost.set)
+    stream = remote.add_request([1, 2], GenerationConfig(max_new_tokens=4))
+    here.close()  # the engine process is gone
+    assert lost.wait(10)
+    with pytest.raises(UnavailableError, match="engine process is gone"):
+        list(stream)
+    with pytest.raises(UnavailableError):
+        remote.add_request([1, 2], GenerationConfig(max_new_tokens=4))
+
+
+def test_bad_front_process_counts_are_refused(tiny_model_dir):
+    from vlmserve.errors import InvalidArgumentError
+    from vlmserve.services.lm_server import LmServer
+
+    for bad in (0, 65, True, 1.5):
+        with pytest.raises(InvalidArgumentError, match="front_processes"):
+            LmServer(tiny_model_dir("llama_gqa_hd128"), front_processes=bad)
+
+
+def test_three_processes_serve_image_chats_around_one_engine():
+    from conftest import image_bytes
+    from lm_stack import LmServerThread, start_vision
+    from vlmserve.default_model import default_vlm_checkpoint
+    from vlmserve.services import protos
+
+    pb, common = protos.lm(), protos.common()
+    model = default_vlm_checkpoint()
+    vision = start_vision(model, max_images_per_request=2)
+    lm = LmServerThread(model, vision.address, max_images_per_request=2, front_processes=3)
+    request = pb.ChatRequest(
+        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=[
+            pb.ContentPart(image=common.ImageInput(data=image_bytes("chelsea.png"), mime_type="image/png")),
+            pb.ContentPart(text="What is in this picture?")])],
+        params=pb.SamplingParams(max_tokens=4, ignore_eos=True))
+    procs = list(lm.server._fronts._procs)
+
+    def chat(_):
+        # a connection of its own, so the kernel may hand it to any of the three processes
+        with grpc.insecure_channel(lm.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            stub = protos.lm_grpc().LmServiceStub(ch)
+            ids, last = [], None
+            for msg in stub.Chat(request, timeout=300):
+                ids += list(msg.token_ids)
+                last = msg
+            # a prompt token outside the vocabulary: refused by the engine, the status the client gets from it
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.Generate(pb.GenerateRequest(token_ids=pb.TokenIds(ids=[10 ** 8])), timeout=60))
+            return ids, last.usage.image_tokens, refused.value.code()
+
+    try:
+        assert len(procs) == 2 and all(p.is_alive() for p in procs)
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(chat, range(18)))
+        ids = [r[0] for r in results]
+        # greedy on one engine: every connection, whichever process took it, gets the same tokens
+        assert all(r == ids[0] for r in ids) and len(ids[0]) == 4, ids
+        assert all(r[1] > 0 for r in results)
+        assert {r[2] for r in results} == {grpc.StatusCode.OUT_OF_RANGE}
+        # this process finished only its share of the chats (18 connections over 3 processes: all here would
+        # happen about once in 400 million runs); the engine ran them all
+        finished = lm.server.metrics.finished.labels("length")._value.get()
+        assert 0 <= finished < 18
+        assert lm.engine.stats().running_requests == 0
+    finally:
+        lm.stop()
+        vision.stop()
+    assert not any(p.is_alive() for p in procs)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
