@@ -107,6 +107,50 @@ def test_a_lost_engine_fails_the_requests_in_flight_unavailable(engine):
         remote.add_request([1, 2], GenerationConfig(max_new_tokens=4))
 
 
+def metric_value(text: str, sample: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(sample + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_of_several_processes_add_up():
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.exposition import generate_latest
+    from vlmserve.services.metrics_merge import MergedRegistry
+
+    def registry(calls: int, seconds: list[float], in_flight: int):
+        r = CollectorRegistry()
+        c = Counter("x_calls", "calls", ["code"], registry=r)
+        c.labels("OK").inc(calls)
+        h = Histogram("x_seconds", "seconds", buckets=(0.1, 1.0), registry=r)
+        for v in seconds:
+            h.observe(v)
+        Gauge("x_in_flight", "in flight", registry=r).set(in_flight)
+        return r
+
+    own = registry(3, [0.05, 0.5], 1)
+    merged = MergedRegistry(own)
+    front = registry(4, [2.0], 2)
+    merged.update(1, list(front.collect()))
+    merged.update(2, list(registry(1, [], 0).collect()))
+    merged.update(2, list(registry(2, [0.05], 5).collect()))  # a newer snapshot replaces the older
+    text = generate_latest(merged).decode()
+    assert metric_value(text, 'x_calls_total{code="OK"}') == 9
+    assert metric_value(text, 'x_seconds_bucket{le="0.1"}') == 2
+    assert metric_value(text, 'x_seconds_bucket{le="1.0"}') == 3
+    assert metric_value(text, 'x_seconds_bucket{le="+Inf"}') == 4
+    assert metric_value(text, "x_seconds_count") == 4
+    assert metric_value(text, "x_seconds_sum") == pytest.approx(2.6)
+    assert metric_value(text, "x_in_flight") == 8
+    created = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("x_calls_created")]
+    own_created = metric_value(generate_latest(own).decode(), 'x_calls_created{code="OK"}')
+    assert len(created) == 1 and created[0] <= own_created
+    assert text.count("# TYPE x_calls_total counter") == 1
+    only = generate_latest(merged.restricted_registry(["x_in_flight"])).decode()
+    assert "x_in_flight 8.0" in only and "x_calls" not in only
+
+
 def test_bad_front_process_counts_are_refused(tiny_model_dir):
     from vlmserve.errors import InvalidArgumentError
     from vlmserve.services.lm_server import LmServer
@@ -160,6 +204,20 @@ def test_three_processes_serve_image_chats_around_one_engine():
         finished = lm.server.metrics.finished.labels("length")._value.get()
         assert 0 <= finished < 18
         assert lm.engine.stats().running_requests == 0
+        # /metrics counts every process's calls once the fronts' snapshots arrive (one a second)
+        deadline = time.monotonic() + 20
+        while True:
+            text = lm.metrics_text()
+            done = metric_value(text, 'vlmserve_lm_requests_finished_total{reason="length"}')
+            if done == 18 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert done == 18, text
+        assert metric_value(text, 'vlmserve_grpc_server_handled_total{grpc_code="OUT_OF_RANGE",'
+                                  'grpc_method="/vlm.v1.LmService/Generate"}') == 18
+        assert metric_value(text, "vlmserve_lm_time_to_first_token_seconds_count") == 18
+        assert text.count("# TYPE vlmserve_lm_requests_finished_total counter") <= 1
+        assert "# TYPE vlmserve_lm_kv_cache_free_blocks gauge" in text
     finally:
         lm.stop()
         vision.stop()

@@ -230,8 +230,8 @@ def add_lm_args(p: argparse.ArgumentParser) -> None:
          help="processes serving the port around the one engine: this one and N - 1 started beside it, each doing "
               "its calls' gRPC, vision calls, templating and detokenizing, their requests sent to this process's "
               "engine over a pipe. A process starts new calls only as fast as its event loop turns; under hundreds "
-              "of streams more processes start them sooner. The further fronts' request metrics are not exported "
-              "(/metrics has the engine and this process's calls)")
+              "of streams more processes start them sooner. /metrics (this process's port) sums every process's "
+              "metrics, the fronts' as of their last snapshot (one a second)")
 
 
 def add_event_loops_flag(p: argparse.ArgumentParser) -> None:

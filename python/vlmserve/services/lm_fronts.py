@@ -21,9 +21,10 @@ dies has its requests aborted in the engine and is logged; its connections'
 clients reconnect to the others. An engine process that dies ends every front's
 calls UNAVAILABLE and the fronts stop.
 
-Metrics: the first process's /metrics has the engine's gauges and its own
-calls; each front's request metrics are its own and not exported (no port of
-their own)."""
+Metrics: each front sends a snapshot of its registry to the first process every
+METRICS_INTERVAL_S and when it stops; the first process's /metrics serves its
+own metrics (the engine's gauges among them) and the fronts', summed
+(metrics_merge.py)."""
 from __future__ import annotations
 
 import asyncio
@@ -32,6 +33,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 
 from vlmserve.config import EngineConfig
@@ -42,6 +44,7 @@ from vlmserve.services.engine_host import FrontLink
 log = logging.getLogger("vlmserve.lm")
 
 READY_TIMEOUT_S = 300.0  # a front loads only the tokenizer and binds; this bounds a stuck start
+METRICS_INTERVAL_S = 1.0  # how stale a front's share of /metrics may be
 
 
 @dataclass
@@ -92,12 +95,28 @@ async def _serve_front(engine_conn, control_conn, s: FrontSettings) -> None:
         return
     control_conn.send(("ready", os.getpid()))
     lost_wait = asyncio.ensure_future(lost.wait())
+
+    def send_metrics() -> None:
+        try:
+            control_conn.send(("metrics", list(server.registry.collect())))
+        except (OSError, ValueError):
+            pass  # the first process is gone: the engine link says so too
+
+    async def report_metrics() -> None:
+        while True:
+            await asyncio.sleep(METRICS_INTERVAL_S)
+            send_metrics()
+
+    reporting = asyncio.ensure_future(report_metrics())
     try:
         await asyncio.wait({signalled, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         signalled.cancel()
         lost_wait.cancel()
+        reporting.cancel()
         await server.stop()
+        send_metrics()  # the calls it drained counted
+        control_conn.close()
 
 
 class LmFronts:
@@ -108,11 +127,14 @@ class LmFronts:
         self._ctx = multiprocessing.get_context("spawn")
         self._procs: list = []
         self._links: list[FrontLink] = []
+        self._reporters: list[threading.Thread] = []
 
-    async def start(self, engine, make_settings) -> None:
+    async def start(self, engine, make_settings, on_metrics) -> None:
         """Starts the fronts, each with make_settings(index), and waits until every one serves; raises (after
-        stopping those started) when one fails or does not report within READY_TIMEOUT_S."""
+        stopping those started) when one fails or does not report within READY_TIMEOUT_S. on_metrics(index,
+        families): a front's metrics snapshot, from a thread of this object."""
         controls = []
+        started = False
         try:
             for i in range(1, self.count + 1):
                 engine_here, engine_there = self._ctx.Pipe(duplex=True)
@@ -139,14 +161,21 @@ class LmFronts:
                                        f"(exit code {self._procs[i - 1].exitcode})") from None
                 if msg[0] != "ready":
                     raise RuntimeError(f"LM front process {i} failed to start: {msg[1]}")
+            for i, control in enumerate(controls, start=1):
+                reporter = threading.Thread(target=_read_reports, args=(control, i, on_metrics),
+                                            name=f"front-{i}-metrics", daemon=True)
+                reporter.start()
+                self._reporters.append(reporter)
+            started = True
             log.info("front processes serving", extra={"fields": {"fronts": self.count,
                                                                   "pids": [p.pid for p in self._procs]}})
         except BaseException:
             await self.stop(grace_s=0.0)
             raise
         finally:
-            for control in controls:
-                control.close()
+            if not started:
+                for control in controls:
+                    control.close()
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM to every front (each drains its calls within grace_s); those still running after it are
@@ -161,9 +190,24 @@ class LmFronts:
                 log.error("LM front process did not stop: killed", extra={"fields": {"pid": proc.pid}})
                 proc.kill()
                 await loop.run_in_executor(None, proc.join, 5.0)
+        for reporter in self._reporters:  # each ends at its front's last snapshot (the pipe closes)
+            await loop.run_in_executor(None, reporter.join, 5.0)
         for link in self._links:
             link.close()
-        self._procs, self._links = [], []
+        self._procs, self._links, self._reporters = [], [], []
 
     def alive(self) -> list[bool]:
         return [p.is_alive() for p in self._procs]
+
+
+def _read_reports(control, index: int, on_metrics) -> None:
+    """A front's metric snapshots, until its pipe closes."""
+    try:
+        while True:
+            msg = control.recv()
+            if msg[0] == "metrics":
+                on_metrics(index, msg[1])
+    except (EOFError, OSError, TypeError):
+        pass
+    finally:
+        control.close()

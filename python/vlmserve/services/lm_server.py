@@ -86,6 +86,10 @@ class LmServer:
         self.registry = CollectorRegistry()
         self.metrics = LmMetrics(self.registry)
         self.grpc = GrpcServer(self.server_config, [SERVICE_NAME], self.registry)
+        if self._fronts is not None:  # /metrics: this process's registry plus each front's latest snapshot
+            from vlmserve.services.metrics_merge import MergedRegistry
+
+            self.grpc.exported_metrics = MergedRegistry(self.registry)
         handlers = LmServicer(self).handlers()
         self.grpc.add_to_each(lambda server: server.add_generic_rpc_handlers((handlers,)))
         self.has_vision = bool(self.limits.vision_addr)
@@ -157,7 +161,7 @@ class LmServer:
         self.metrics.watch(core.engine)
         self._core = core
         if self._fronts is not None:
-            await self._fronts.start(core.engine, self._front_settings)
+            await self._fronts.start(core.engine, self._front_settings, self.grpc.exported_metrics.update)
         if go_serving:
             await self.set_serving()
 

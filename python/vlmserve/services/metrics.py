@@ -47,7 +47,7 @@ class VisionMetrics:
                                        "0 on the host", registry=registry)
 
 
-def serve_http(registry: CollectorRegistry, port: int, host: str = "0.0.0.0"):
+def serve_http(registry, port: int, host: str = "0.0.0.0"):
     """Starts the /metrics endpoint in a daemon thread; returns (server, bound port)."""
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, server.server_port

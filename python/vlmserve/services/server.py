@@ -180,6 +180,7 @@ class GrpcServer:
         self._register_common(self.servers, self.health)
         self._further: list[tuple[_LoopThread, _LoopServers]] = []
         self.loop_lag = LoopLagMonitor(registry)
+        self.exported_metrics = registry  # what /metrics collects from (a service of several processes: merged)
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._metrics_http = None
@@ -245,7 +246,7 @@ class GrpcServer:
                 raise
         self.loop_lag.start()
         if c.metrics_port is not None:
-            self._metrics_http, self.metrics_port = serve_http(self.registry, c.metrics_port, c.metrics_host)
+            self._metrics_http, self.metrics_port = serve_http(self.exported_metrics, c.metrics_port, c.metrics_host)
         log.info("listening", extra={"fields": {"port": self.port, "metrics_port": self.metrics_port,
                                                 "acceptors": len(self.servers), "event_loops": c.event_loops,
                                                 "tls": bool(c.tls_cert), "auth": bool(c.bearer_token),

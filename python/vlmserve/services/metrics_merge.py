@@ -1,0 +1,74 @@
+"""One /metrics for a service served by several processes (the LM front processes,
+lm_fronts.py): this process's registry plus the latest snapshot of each other
+process's, summed sample by sample.
+
+Counters, histograms and gauges of the same name and labels add up (calls in
+flight, requests finished, latency buckets); a *_created sample (when a series
+began) takes the earliest. A process that stops leaves its last snapshot in the
+sum, so counters never go back."""
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
+
+
+def merge_families(collections: list[list[Metric]]) -> list[Metric]:
+    """Metric families of the same name merged: samples with the same name and labels summed (_created: the
+    earliest). The first collection's order and documentation are kept; families only later ones have follow."""
+    merged: dict[str, Metric] = {}
+    values: dict[str, dict] = {}
+    for families in collections:
+        for family in families:
+            if family.name not in merged:
+                merged[family.name] = Metric(family.name, family.documentation, family.type, family.unit)
+                values[family.name] = {}
+            by_key = values[family.name]
+            for s in family.samples:
+                key = (s.name, tuple(sorted(s.labels.items())))
+                if key not in by_key:
+                    by_key[key] = s
+                elif s.name.endswith("_created"):
+                    by_key[key] = by_key[key]._replace(value=min(by_key[key].value, s.value))
+                else:
+                    by_key[key] = by_key[key]._replace(value=by_key[key].value + s.value)
+    for name, family in merged.items():
+        family.samples = [Sample(s.name, s.labels, s.value, s.timestamp, s.exemplar) for s in values[name].values()]
+    return list(merged.values())
+
+
+class MergedRegistry:
+    """What the /metrics endpoint collects from: `own` and the snapshots set with update()."""
+
+    def __init__(self, own: CollectorRegistry):
+        self.own = own
+        self._snapshots: dict[object, list[Metric]] = {}
+        self._lock = threading.Lock()
+
+    def update(self, source, families: list[Metric]) -> None:
+        """The latest snapshot of `source` (a process), replacing its previous one."""
+        with self._lock:
+            self._snapshots[source] = families
+
+    def collect(self):
+        with self._lock:
+            others = list(self._snapshots.values())
+        return merge_families([list(self.own.collect()), *others])
+
+    def restricted_registry(self, names):
+        """For /metrics?name[]=...: only the families (or their samples) so named."""
+        wanted = set(names)
+        merged = self
+
+        class Restricted:
+            def collect(self):
+                for family in merged.collect():
+                    samples = [s for s in family.samples if s.name in wanted]
+                    if family.name in wanted or samples:
+                        if family.name not in wanted:
+                            family.samples = samples
+                        yield family
+
+        return Restricted()
