@@ -162,7 +162,8 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
     lm_flags = ["--engine-device", engine_device, "--kv-cache-dtype", kv, "--max-batch-size", str(max(a.concurrency)),
                 *a.lm_flag]
     if a.layout == "services":
-        flags = {"vision": vision_flags + shared, "lm": lm_flags + shared}
+        vision_name = "vision" if a.vision_processes == 1 else f"vision ({a.vision_processes} processes)"
+        flags = {vision_name: vision_flags + shared, "lm": lm_flags + shared}
     else:
         flags = lm_flags + vision_flags + shared + a.stack_flag
     label = f"{name} vision-batch {vision_batch}" + (f" tp {tp}" if tp > 1 else "") + (" MPS" if a.mps else "")
@@ -188,8 +189,9 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
         env = daemon.client_env if daemon is not None else None
         if a.layout == "services":
             # Under MPS a service that hangs connecting would otherwise hold the run for the usual 900 s.
-            stack = ServicesProcesses(model, flags["vision"], flags["lm"], log_path, env=env,
-                                      ready_timeout_s=300 if daemon is not None else 900)
+            stack = ServicesProcesses(model, flags[vision_name], flags["lm"], log_path, env=env,
+                                      ready_timeout_s=300 if daemon is not None else 900,
+                                      vision_processes=a.vision_processes)
         else:
             stack = StackProcess(model, flags, log_path)
         running.enter_context(stack)
@@ -200,7 +202,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             n = a.requests_per_level or max(4 * c, 16)
             run_level(stack.address, request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive,
                       streams_per_process=a.streams_per_process)
-            before, lm_before = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
+            before, lm_before = stack.scrape_vision(), stack.scrape(stack.lm_metrics_url)
             cpu_before, threads_before = stack.cpu_seconds(), stack.thread_cpu_seconds()
             host_before = host_cpu_seconds()
             # The CPU counters bracket the whole level, its client processes' start and end included, so their
@@ -221,7 +223,8 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             cpu_after, threads_after = stack.cpu_seconds(), stack.thread_cpu_seconds()
             host_after = host_cpu_seconds()
             span_s = time.monotonic() - span_start
-            after, lm_after = stack.scrape(stack.vision_metrics_url), stack.scrape(stack.lm_metrics_url)
+            lm_after = settled_lm_metrics(stack, lm_before, n)
+            after = stack.scrape_vision()
             s = result.summary(a.output_tokens)
             # Cores each service process kept busy over the level: a process whose Python threads together
             # approach one core may bound the level although the GPU figures show room.
@@ -252,6 +255,19 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
                 log(f"  errors: {s['errors']}")
     return {"name": label, "flags": flags, "levels": levels, "gil_switch_interval_ms": switch_intervals(flags),
             "mps": a.mps, "mps_servers": mps_servers}
+
+
+def settled_lm_metrics(stack, before: dict[str, float], requests: int, timeout_s: float = 5.0) -> dict[str, float]:
+    """The LM service's metrics once its finished-requests counter has counted the level's requests: with
+    --front-processes the fronts' share reaches /metrics in snapshots a second apart. After timeout_s, what it
+    has then (a request that failed at the client may never count)."""
+    key = 'vlmserve_lm_requests_finished_total{reason=length}'
+    deadline = time.monotonic() + timeout_s
+    while True:
+        after = stack.scrape(stack.lm_metrics_url)
+        if after.get(key, 0.0) - before.get(key, 0.0) >= requests or time.monotonic() > deadline:
+            return after
+        time.sleep(0.1)
 
 
 def switch_intervals(flags) -> dict[str, float]:
@@ -365,6 +381,9 @@ def main() -> int:
                          "layout; stack: `vlmserve serve stack`, both services in one process (--smoke's default). "
                          "At concurrency 64/256 on the H200 two processes gave 38 %% / 19 %% more throughput "
                          "(docs/benchmarks/serving/README.md)")
+    ap.add_argument("--vision-processes", type=int, default=1,
+                    help="with --layout services: this many vision services (replicas on the same GPU, each its own "
+                         "process and ports), the LM service's --vision-addr listing them all")
     ap.add_argument("--mps", action="store_true",
                     help="with --layout services: the two service processes share the GPU through NVIDIA MPS (a "
                          "control daemon of the run's own), so their kernels run side by side instead of in time "
@@ -400,6 +419,8 @@ def main() -> int:
     a.layout = a.layout or ("stack" if a.smoke else "services")
     if a.stack_flag and a.layout != "stack":
         ap.error("--stack-flag applies to --layout stack only; use --vision-flag / --lm-flag")
+    if a.vision_processes != 1 and (a.layout != "services" or a.vision_processes < 1):
+        ap.error("--vision-processes applies to --layout services only, and must be >= 1")
     if a.mps and a.layout != "services":
         ap.error("--mps applies to --layout services only (one process has one CUDA context: nothing to share)")
     if a.mps and a.engine_device == "cpu":

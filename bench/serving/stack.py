@@ -132,6 +132,10 @@ class StackProcess:
     def lm_metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
+    def scrape_vision(self) -> dict[str, float]:
+        """The vision service's samples (summed over its processes where it has several)."""
+        return self.scrape(self.vision_metrics_url)
+
     def start(self) -> "StackProcess":
         cmd = CLI + ["serve", "stack", str(self.model), "--host", "127.0.0.1", "--port", str(self.port),
                      "--metrics-port", str(self.metrics_port), "--vision-port", str(self.vision_port),
@@ -231,54 +235,89 @@ class StackProcess:
 
 class ServicesProcesses(StackProcess):
     """The vision service and the LM service, each in its own process (vision_flags to the first, lm_flags to
-    the second); the same interface as StackProcess. Stopped LM first, so it drains while vision answers."""
+    the second); the same interface as StackProcess. Stopped LM first, so it drains while vision answers.
+
+    vision_processes > 1: that many vision services (replicas, each on ports of its own, all on the same
+    GPU), the LM's --vision-addr listing them all (its client spreads the calls round-robin); their metrics are
+    summed."""
 
     def __init__(self, model: Path, vision_flags: list[str], lm_flags: list[str], log_path: Path,
-                 ready_timeout_s: float = 900, env: dict[str, str | None] | None = None):
+                 ready_timeout_s: float = 900, env: dict[str, str | None] | None = None, vision_processes: int = 1):
         super().__init__(model, lm_flags, log_path, ready_timeout_s, env)
+        if vision_processes < 1:
+            raise ValueError(f"vision_processes must be >= 1, got {vision_processes}")
         self.vision_flags = vision_flags
-        self.vision_proc: subprocess.Popen | None = None
-        self.vision_log_path = log_path.with_name(log_path.stem + "_vision" + log_path.suffix)
+        more = free_ports(2 * (vision_processes - 1)) if vision_processes > 1 else []
+        self.vision_ports = [self.vision_port, *more[0::2]]
+        self.vision_metrics_ports = [self.vision_metrics_port, *more[1::2]]
+        self.vision_procs: list[subprocess.Popen] = []
+        self.vision_log_paths = [log_path.with_name(log_path.stem + "_vision" + (f"{i + 1}" if i else "")
+                                                    + log_path.suffix) for i in range(vision_processes)]
+        self.vision_log_path = self.vision_log_paths[0]
+        self._vision_logs: list = []
+
+    @property
+    def vision_proc(self) -> subprocess.Popen | None:
+        return self.vision_procs[0] if self.vision_procs else None
 
     def start(self) -> "ServicesProcesses":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._vision_log = open(self.vision_log_path, "w")
-        self.vision_proc = subprocess.Popen(
-            CLI + ["serve", "vision", str(self.model), "--host", "127.0.0.1", "--port", str(self.vision_port),
-                   "--metrics-port", str(self.vision_metrics_port), *self.vision_flags],
-            stdout=self._vision_log, stderr=subprocess.STDOUT, env=self.env)
+        for port, metrics_port, path in zip(self.vision_ports, self.vision_metrics_ports, self.vision_log_paths):
+            log = open(path, "w")
+            self._vision_logs.append(log)
+            self.vision_procs.append(subprocess.Popen(
+                CLI + ["serve", "vision", str(self.model), "--host", "127.0.0.1", "--port", str(port),
+                       "--metrics-port", str(metrics_port), *self.vision_flags],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env))
         self._log = open(self.log_path, "w")
+        vision_addr = ",".join(f"127.0.0.1:{p}" for p in self.vision_ports)
         self.proc = subprocess.Popen(
             CLI + ["serve", "lm", str(self.model), "--host", "127.0.0.1", "--port", str(self.port), "--metrics-port",
-                   str(self.metrics_port), "--vision-addr", f"127.0.0.1:{self.vision_port}", *self.flags],
+                   str(self.metrics_port), "--vision-addr", vision_addr, *self.flags],
             stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
-        self._wait_serving(f"127.0.0.1:{self.vision_port}")
+        for port in self.vision_ports:
+            self._wait_serving(f"127.0.0.1:{port}")
         self._wait_serving(self.address)
         return self
 
     def processes(self) -> dict[str, subprocess.Popen]:
-        return {name: p for name, p in (("lm", self.proc), ("vision", self.vision_proc)) if p is not None}
+        named = [("lm", self.proc)] + [("vision" + (f"{i + 1}" if i else ""), p) for i, p in enumerate(self.vision_procs)]
+        return {name: p for name, p in named if p is not None}
+
+    def scrape_vision(self) -> dict[str, float]:
+        total: dict[str, float] = {}
+        for port in self.vision_metrics_ports:
+            for k, v in self.scrape(f"http://127.0.0.1:{port}/metrics").items():
+                total[k] = total.get(k, 0.0) + v
+        return total
 
     def check_alive(self) -> None:
         super().check_alive()
-        if self.vision_proc is not None and self.vision_proc.poll() is not None:
-            raise RuntimeError(f"the vision service exited with status {self.vision_proc.returncode} "
-                               f"(log: {self.vision_log_path}):\n" + self.vision_log_tail())
+        for proc, path in zip(self.vision_procs, self.vision_log_paths):
+            if proc.poll() is not None:
+                raise RuntimeError(f"the vision service exited with status {proc.returncode} "
+                                   f"(log: {path}):\n" + _tail(path))
 
     def vision_log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.vision_log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
+        return _tail(self.vision_log_path, lines)
 
     def stop(self) -> None:
         super().stop()
-        if self.vision_proc is not None and self.vision_proc.poll() is None:
-            self.vision_proc.send_signal(signal.SIGTERM)
+        for proc in self.vision_procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.vision_procs:
             try:
-                self.vision_proc.wait(timeout=60)
+                proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
-                self.vision_proc.kill()
-                self.vision_proc.wait()
-        if getattr(self, "_vision_log", None):
-            self._vision_log.close()
+                proc.kill()
+                proc.wait()
+        for log in self._vision_logs:
+            log.close()
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
