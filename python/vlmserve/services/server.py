@@ -19,7 +19,11 @@ without SO_REUSEPORT, so a second process cannot silently share it.
 Event loops: how fast a process starts new calls is set by its event loop's
 iterations, and more servers on the same loop do not raise it (bench/grpc_accept.py:
 ~95-105 calls a second at 1.6 ms iterations with 1 or 4 servers; a second loop
-serves the same 256 streams as fast as they ask). With event_loops > 1 the
+serves the same 256 streams as fast as they ask, on a 2-core CPU). In the LM
+service on the H100 host a second loop did less (the wait before the handler at
+256 streams 755 -> 564 ms, throughput the same): both loops share the
+interpreter lock and gRPC's completion-queue dispatch, which runs on the first.
+Separate processes share neither: lm_fronts.py (71 ms there). With event_loops > 1 the
 first loop is the caller's and each further one runs in a thread of its own with
 its own servers (and health servicer) on the same port; the owners' handlers are
 registered on every loop's servers and run on the loop of the call's connection."""
