@@ -34,3 +34,27 @@ class LmServerThread(LoopThread):
 
 def start_vision(model_dir: Path, **kw) -> ServerThread:
     return ServerThread(model_dir, **kw)
+
+
+def image_chat_request(max_tokens: int = 4):
+    """A greedy chat of one PNG photo and a question, max_tokens long whatever the model says."""
+    from conftest import image_bytes
+    from vlmserve.services import protos
+
+    pb, common = protos.lm(), protos.common()
+    return pb.ChatRequest(
+        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=[
+            pb.ContentPart(image=common.ImageInput(data=image_bytes("chelsea.png"), mime_type="image/png")),
+            pb.ContentPart(text="What is in this picture?")])],
+        params=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+
+
+def new_connection_stub(address: str):
+    """A channel of its own (not shared with the process's other channels to `address`), so the kernel may hand
+    its connection to any of the servers sharing the port; and the LM service's stub on it."""
+    import grpc
+
+    from vlmserve.services import protos
+
+    channel = grpc.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+    return channel, protos.lm_grpc().LmServiceStub(channel)

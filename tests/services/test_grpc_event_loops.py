@@ -92,26 +92,19 @@ def test_the_vision_service_refuses_more_than_one_loop(tmp_path):
 
 
 def test_the_lm_service_chats_with_images_on_two_loops():
-    from conftest import image_bytes
-    from lm_stack import LmServerThread, start_vision
+    from lm_stack import LmServerThread, image_chat_request, new_connection_stub, start_vision
     from vlmserve.default_model import default_vlm_checkpoint
-    from vlmserve.services import protos
 
-    pb, common = protos.lm(), protos.common()
     model = default_vlm_checkpoint()
     vision = start_vision(model, max_images_per_request=2)
     lm = LmServerThread(model, vision.address, max_images_per_request=2, event_loops=2)
-    request = pb.ChatRequest(
-        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=[
-            pb.ContentPart(image=common.ImageInput(data=image_bytes("chelsea.png"), mime_type="image/png")),
-            pb.ContentPart(text="What is in this picture?")])],
-        params=pb.SamplingParams(max_tokens=4, ignore_eos=True))
+    request = image_chat_request()
 
     def chat(_):
-        # a connection of its own, so the kernel may hand it to either loop
-        with grpc.insecure_channel(lm.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        channel, stub = new_connection_stub(lm.address)  # the kernel may hand it to either loop
+        with channel:
             ids = []
-            for msg in protos.lm_grpc().LmServiceStub(ch).Chat(request, timeout=300):
+            for msg in stub.Chat(request, timeout=300):
                 ids += list(msg.token_ids)
             return ids
 

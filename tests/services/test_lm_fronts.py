@@ -161,26 +161,20 @@ def test_bad_front_process_counts_are_refused(tiny_model_dir):
 
 
 def test_three_processes_serve_image_chats_around_one_engine():
-    from conftest import image_bytes
-    from lm_stack import LmServerThread, start_vision
+    from lm_stack import LmServerThread, image_chat_request, new_connection_stub, start_vision
     from vlmserve.default_model import default_vlm_checkpoint
     from vlmserve.services import protos
 
-    pb, common = protos.lm(), protos.common()
+    pb = protos.lm()
     model = default_vlm_checkpoint()
     vision = start_vision(model, max_images_per_request=2)
     lm = LmServerThread(model, vision.address, max_images_per_request=2, front_processes=3)
-    request = pb.ChatRequest(
-        messages=[pb.ChatMessage(role=pb.ROLE_USER, content=[
-            pb.ContentPart(image=common.ImageInput(data=image_bytes("chelsea.png"), mime_type="image/png")),
-            pb.ContentPart(text="What is in this picture?")])],
-        params=pb.SamplingParams(max_tokens=4, ignore_eos=True))
+    request = image_chat_request()
     procs = list(lm.server._fronts._procs)
 
     def chat(_):
-        # a connection of its own, so the kernel may hand it to any of the three processes
-        with grpc.insecure_channel(lm.address, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            stub = protos.lm_grpc().LmServiceStub(ch)
+        channel, stub = new_connection_stub(lm.address)  # the kernel may hand it to any of the three processes
+        with channel:
             ids, last = [], None
             for msg in stub.Chat(request, timeout=300):
                 ids += list(msg.token_ids)
