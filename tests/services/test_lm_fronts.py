@@ -170,7 +170,7 @@ def test_three_processes_serve_image_chats_around_one_engine():
     vision = start_vision(model, max_images_per_request=2)
     lm = LmServerThread(model, vision.address, max_images_per_request=2, front_processes=3)
     request = image_chat_request()
-    procs = list(lm.server._fronts._procs)
+    procs = lm.server._fronts.processes()
 
     def chat(_):
         channel, stub = new_connection_stub(lm.address)  # the kernel may hand it to any of the three processes
@@ -217,3 +217,45 @@ def test_three_processes_serve_image_chats_around_one_engine():
         vision.stop()
     assert not any(p.is_alive() for p in procs)
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+
+
+def test_a_front_that_dies_is_replaced_and_the_port_keeps_serving():
+    import os
+    import signal
+
+    from lm_stack import LmServerThread, new_connection_stub
+    from vlmserve.default_model import default_vlm_checkpoint
+    from vlmserve.services import protos
+
+    pb = protos.lm()
+    lm = LmServerThread(default_vlm_checkpoint(), None, front_processes=2)
+    request = pb.GenerateRequest(text="the cat", params=pb.SamplingParams(max_tokens=3, ignore_eos=True))
+
+    def generate(_):
+        channel, stub = new_connection_stub(lm.address)
+        with channel:
+            return [t for msg in stub.Generate(request, timeout=120) for t in msg.token_ids]
+
+    try:
+        (first,) = lm.server._fronts.processes()
+        os.kill(first.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while lm.server._fronts.restarts < 1:
+            assert time.monotonic() < deadline, "the dead front was not replaced"
+            time.sleep(0.2)
+        (second,) = lm.server._fronts.processes()
+        assert second.pid != first.pid and second.is_alive()
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(generate, range(12)))  # new connections: both processes take some
+        assert all(r == results[0] for r in results) and len(results[0]) == 3
+        # the replacement took some of them (all 12 on this process: once in 4,096 runs), and /metrics counts them
+        own = lm.server.metrics.finished.labels("length")._value.get()
+        deadline = time.monotonic() + 20
+        while metric_value(lm.metrics_text(), 'vlmserve_lm_requests_finished_total{reason="length"}') < 12:
+            assert time.monotonic() < deadline, lm.metrics_text()
+            time.sleep(0.2)
+        assert own < 12
+        assert metric_value(lm.metrics_text(), "vlmserve_lm_front_restarts_total") == 1
+    finally:
+        lm.stop()
+    assert not second.is_alive() and second.exitcode == 0

@@ -17,8 +17,9 @@ detokenizing and streaming; its requests go to the engine over a pipe
 Life: the fronts start once the engine is loaded and warmed up; the service
 reports SERVING once every front is. At stop each front drains its calls (the
 same grace) while the engine still runs; then the engine closes. A front that
-dies has its requests aborted in the engine and is logged; its connections'
-clients reconnect to the others. An engine process that dies ends every front's
+dies has its requests aborted in the engine and is started again (logged, and
+counted in vlmserve_lm_front_restarts); its connections' clients reconnect to
+the other processes meanwhile. An engine process that dies ends every front's
 calls UNAVAILABLE and the fronts stop.
 
 Metrics: each front sends a snapshot of its registry to the first process every
@@ -119,85 +120,156 @@ async def _serve_front(engine_conn, control_conn, s: FrontSettings) -> None:
         control_conn.close()
 
 
+@dataclass
+class _Front:
+    index: int
+    proc: object              # multiprocessing.Process
+    link: FrontLink
+    control: object           # this end of its control pipe
+    reporter: threading.Thread | None = None
+
+
 class LmFronts:
-    """The first process's handle on its further front processes and their links to its engine."""
+    """The first process's handle on its further front processes and their links to its engine. A front that
+    dies while the service runs is replaced (its requests were aborted in the engine when its pipe closed)."""
+
+    WATCH_INTERVAL_S = 0.5
 
     def __init__(self, count: int):
         self.count = count  # further processes (front_processes - 1)
         self._ctx = multiprocessing.get_context("spawn")
-        self._procs: list = []
-        self._links: list[FrontLink] = []
-        self._reporters: list[threading.Thread] = []
+        self._fronts: list[_Front] = []
+        self._watching: asyncio.Task | None = None
+        self._stopping = False
+        self.restarts = 0
 
-    async def start(self, engine, make_settings, on_metrics) -> None:
+    def processes(self) -> list:
+        return [f.proc for f in self._fronts]
+
+    async def start(self, engine, make_settings, on_metrics, on_restart=None) -> None:
         """Starts the fronts, each with make_settings(index), and waits until every one serves; raises (after
         stopping those started) when one fails or does not report within READY_TIMEOUT_S. on_metrics(index,
-        families): a front's metrics snapshot, from a thread of this object."""
-        controls = []
-        started = False
+        families): a front's metrics snapshot, from a thread of this object; on_restart(): a front was replaced."""
+        self._engine, self._make_settings, self._on_metrics, self._on_restart = (engine, make_settings, on_metrics,
+                                                                                 on_restart)
         try:
             for i in range(1, self.count + 1):
-                engine_here, engine_there = self._ctx.Pipe(duplex=True)
-                control_here, control_there = self._ctx.Pipe(duplex=True)
-                proc = self._ctx.Process(target=front_main, args=(engine_there, control_there, make_settings(i)),
-                                         name=f"vlmserve-lm-front-{i}", daemon=False)
-                proc.start()
-                engine_there.close()
-                control_there.close()
-                link = FrontLink(engine, engine_here, f"front-{i}")
-                link.start()
-                self._procs.append(proc)
-                self._links.append(link)
-                controls.append(control_here)
-            loop = asyncio.get_running_loop()
-            for i, control in enumerate(controls, start=1):
-                ready = await loop.run_in_executor(None, control.poll, READY_TIMEOUT_S)
-                if not ready:
-                    raise RuntimeError(f"LM front process {i} did not report within {READY_TIMEOUT_S:.0f} s")
-                try:
-                    msg = control.recv()
-                except EOFError:
-                    raise RuntimeError(f"LM front process {i} exited while starting "
-                                       f"(exit code {self._procs[i - 1].exitcode})") from None
-                if msg[0] != "ready":
-                    raise RuntimeError(f"LM front process {i} failed to start: {msg[1]}")
-            for i, control in enumerate(controls, start=1):
-                reporter = threading.Thread(target=_read_reports, args=(control, i, on_metrics),
-                                            name=f"front-{i}-metrics", daemon=True)
-                reporter.start()
-                self._reporters.append(reporter)
-            started = True
-            log.info("front processes serving", extra={"fields": {"fronts": self.count,
-                                                                  "pids": [p.pid for p in self._procs]}})
+                self._fronts.append(self._spawn(i))
+            for front in self._fronts:
+                await self._await_ready(front)
         except BaseException:
             await self.stop(grace_s=0.0)
             raise
-        finally:
-            if not started:
-                for control in controls:
-                    control.close()
+        for front in self._fronts:
+            self._start_reporter(front)
+        self._watching = asyncio.ensure_future(self._watch())
+        log.info("front processes serving", extra={"fields": {"fronts": self.count,
+                                                              "pids": [f.proc.pid for f in self._fronts]}})
+
+    def _spawn(self, index: int) -> _Front:
+        engine_here, engine_there = self._ctx.Pipe(duplex=True)
+        control_here, control_there = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=front_main, args=(engine_there, control_there, self._make_settings(index)),
+                                 name=f"vlmserve-lm-front-{index}", daemon=False)
+        proc.start()
+        engine_there.close()
+        control_there.close()
+        link = FrontLink(self._engine, engine_here, f"front-{index}")
+        link.start()
+        return _Front(index, proc, link, control_here)
+
+    async def _await_ready(self, front: _Front) -> None:
+        loop = asyncio.get_running_loop()
+        i = front.index
+        if not await loop.run_in_executor(None, front.control.poll, READY_TIMEOUT_S):
+            raise RuntimeError(f"LM front process {i} did not report within {READY_TIMEOUT_S:.0f} s")
+        try:
+            msg = front.control.recv()
+        except EOFError:
+            await loop.run_in_executor(None, front.proc.join, 5.0)
+            raise RuntimeError(f"LM front process {i} exited while starting (exit code {front.proc.exitcode})") \
+                from None
+        if msg[0] != "ready":
+            raise RuntimeError(f"LM front process {i} failed to start: {msg[1]}")
+
+    def _start_reporter(self, front: _Front) -> None:
+        front.reporter = threading.Thread(target=_read_reports, args=(front.control, front.index, self._on_metrics),
+                                          name=f"front-{front.index}-metrics", daemon=True)
+        front.reporter.start()
+
+    async def _watch(self) -> None:
+        """Replaces fronts that die while the service runs; a replacement that fails to start is tried again
+        after a pause that doubles (up to 30 s)."""
+        pause: dict[int, float] = {}
+        while not self._stopping:
+            await asyncio.sleep(self.WATCH_INTERVAL_S)
+            for k, front in enumerate(self._fronts):
+                if self._stopping or front.proc.is_alive():
+                    continue
+                try:
+                    await self._replace(k, front, pause)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the watch goes on whatever one replacement did
+                    log.exception("replacing an LM front process failed", extra={"fields": {"front": front.index}})
+
+    async def _replace(self, k: int, front: _Front, pause: dict[int, float]) -> None:
+        loop = asyncio.get_running_loop()
+        log.error("LM front process died: starting another",
+                  extra={"fields": {"front": front.index, "pid": front.proc.pid, "exit_code": front.proc.exitcode}})
+        front.link.close()
+        if front.reporter is not None:  # it ends at the pipe's close, and closes it
+            await loop.run_in_executor(None, front.reporter.join, 5.0)
+        else:
+            front.control.close()
+        replacement = self._spawn(front.index)
+        self._fronts[k] = replacement
+        try:
+            await self._await_ready(replacement)
+        except Exception as e:
+            wait = pause.get(front.index, 1.0)
+            pause[front.index] = min(30.0, wait * 2)
+            log.error("LM front process failed to start again",
+                      extra={"fields": {"front": front.index, "error": str(e), "retry_in_s": wait}})
+            if replacement.proc.is_alive():
+                replacement.proc.kill()
+            await asyncio.sleep(wait)  # then the watch sees it dead and tries again
+            return
+        pause.pop(front.index, None)
+        self._start_reporter(replacement)
+        self.restarts += 1
+        if self._on_restart is not None:
+            self._on_restart()
+        log.info("LM front process replaced", extra={"fields": {"front": front.index, "pid": replacement.proc.pid}})
 
     async def stop(self, grace_s: float) -> None:
         """SIGTERM to every front (each drains its calls within grace_s); those still running after it are
         killed; then the links close."""
-        for proc in self._procs:
-            if proc.is_alive():
-                os.kill(proc.pid, signal.SIGTERM)
+        self._stopping = True
+        if self._watching is not None:
+            self._watching.cancel()
+            try:
+                await self._watching
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._watching = None
+        for front in self._fronts:
+            if front.proc.is_alive():
+                os.kill(front.proc.pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
-        for proc in self._procs:
-            await loop.run_in_executor(None, proc.join, grace_s + 10.0)
-            if proc.is_alive():
-                log.error("LM front process did not stop: killed", extra={"fields": {"pid": proc.pid}})
-                proc.kill()
-                await loop.run_in_executor(None, proc.join, 5.0)
-        for reporter in self._reporters:  # each ends at its front's last snapshot (the pipe closes)
-            await loop.run_in_executor(None, reporter.join, 5.0)
-        for link in self._links:
-            link.close()
-        self._procs, self._links, self._reporters = [], [], []
-
-    def alive(self) -> list[bool]:
-        return [p.is_alive() for p in self._procs]
+        for front in self._fronts:
+            await loop.run_in_executor(None, front.proc.join, grace_s + 10.0)
+            if front.proc.is_alive():
+                log.error("LM front process did not stop: killed", extra={"fields": {"pid": front.proc.pid}})
+                front.proc.kill()
+                await loop.run_in_executor(None, front.proc.join, 5.0)
+        for front in self._fronts:  # each reporter ends at its front's last snapshot (the pipe closes)
+            if front.reporter is not None:
+                await loop.run_in_executor(None, front.reporter.join, 5.0)
+            else:
+                front.control.close()
+            front.link.close()
+        self._fronts = []
 
 
 def _read_reports(control, index: int, on_metrics) -> None:

@@ -161,7 +161,8 @@ class LmServer:
         self.metrics.watch(core.engine)
         self._core = core
         if self._fronts is not None:
-            await self._fronts.start(core.engine, self._front_settings, self.grpc.exported_metrics.update)
+            await self._fronts.start(core.engine, self._front_settings, self.grpc.exported_metrics.update,
+                                     self.metrics.front_restarts.inc)
         if go_serving:
             await self.set_serving()
 

@@ -71,6 +71,8 @@ class LmMetrics:
                                 ["reason"], registry=registry)
         self.prompt_tokens = Counter("vlmserve_lm_prompt_tokens", "prompt tokens processed", registry=registry)
         self.generation_tokens = Counter("vlmserve_lm_generation_tokens", "tokens generated", registry=registry)
+        self.front_restarts = Counter("vlmserve_lm_front_restarts", "LM front processes (--front-processes) started "
+                                      "again after one died", registry=registry)
         self.running = Gauge("vlmserve_lm_running_requests", "requests in the running batch", registry=registry)
         self.waiting = Gauge("vlmserve_lm_waiting_requests", "requests queued in the engine", registry=registry)
         self.kv_usage = Gauge("vlmserve_lm_kv_cache_usage", "fraction of KV cache blocks in use", registry=registry)
