@@ -259,3 +259,28 @@ def test_a_front_that_dies_is_replaced_and_the_port_keeps_serving():
     finally:
         lm.stop()
     assert not second.is_alive() and second.exitcode == 0
+
+
+def test_a_front_stopped_on_its_own_signal_drains_and_is_not_replaced():
+    import os
+    import signal
+
+    from lm_stack import LmServerThread, new_connection_stub
+    from vlmserve.default_model import default_vlm_checkpoint
+    from vlmserve.services import protos
+
+    pb = protos.lm()
+    lm = LmServerThread(default_vlm_checkpoint(), None, front_processes=2)
+    try:
+        (front,) = lm.server._fronts.processes()
+        os.kill(front.pid, signal.SIGTERM)
+        front.join(30)
+        assert front.exitcode == 0
+        time.sleep(3 * lm.server._fronts.WATCH_INTERVAL_S)
+        assert lm.server._fronts.restarts == 0 and lm.server._fronts.processes() == [front]
+        channel, stub = new_connection_stub(lm.address)  # the first process serves the port alone now
+        with channel:
+            request = pb.GenerateRequest(text="the cat", params=pb.SamplingParams(max_tokens=2, ignore_eos=True))
+            assert len([t for msg in stub.Generate(request, timeout=60) for t in msg.token_ids]) == 2
+    finally:
+        lm.stop()

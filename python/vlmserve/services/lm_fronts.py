@@ -83,8 +83,14 @@ async def _serve_front(engine_conn, control_conn, s: FrontSettings) -> None:
     loop = asyncio.get_running_loop()
     signalled = asyncio.ensure_future(wait_for_signal())
     lost = asyncio.Event()
-    engine = RemoteEngine(engine_conn, s.spec, s.engine_config, s.engine_stats,
-                          on_lost=lambda: loop.call_soon_threadsafe(lost.set))
+
+    def engine_lost() -> None:  # the link's reader thread; also at this front's own stop, after its loop closed
+        try:
+            loop.call_soon_threadsafe(lost.set)
+        except RuntimeError:
+            pass
+
+    engine = RemoteEngine(engine_conn, s.spec, s.engine_config, s.engine_stats, on_lost=engine_lost)
     server = LmServer(s.model, s.engine_config, s.limits, s.server_config, engine=engine)
     try:
         await server.start()
@@ -127,11 +133,13 @@ class _Front:
     link: FrontLink
     control: object           # this end of its control pipe
     reporter: threading.Thread | None = None
+    retired: bool = False     # it stopped cleanly (a signal of its own, e.g. Ctrl-C to the process group)
 
 
 class LmFronts:
     """The first process's handle on its further front processes and their links to its engine. A front that
-    dies while the service runs is replaced (its requests were aborted in the engine when its pipe closed)."""
+    dies while the service runs is replaced (its requests were aborted in the engine when its pipe closed); one
+    that stopped cleanly (exit code 0: it was signalled and drained) is not."""
 
     WATCH_INTERVAL_S = 0.5
 
@@ -204,7 +212,12 @@ class LmFronts:
         while not self._stopping:
             await asyncio.sleep(self.WATCH_INTERVAL_S)
             for k, front in enumerate(self._fronts):
-                if self._stopping or front.proc.is_alive():
+                if self._stopping or front.retired or front.proc.is_alive():
+                    continue
+                if front.proc.exitcode == 0:
+                    front.retired = True
+                    log.warning("LM front process stopped on a signal of its own: not started again",
+                                extra={"fields": {"front": front.index, "pid": front.proc.pid}})
                     continue
                 try:
                     await self._replace(k, front, pause)
