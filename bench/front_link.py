@@ -144,7 +144,7 @@ def run_remote(rows: int, tokens: int, interval: int, step_s: float) -> dict:
     engine.close()
     proc.join(10)
     n = rows * tokens
-    return {"tokens": n, "wall_s": wall, "delay_ms_p50": statistics.median(delays),
+    return {"tokens": n, "received": len(delays), "wall_s": wall, "delay_ms_p50": statistics.median(delays),
             "delay_ms_p99": sorted(delays)[int(0.99 * (len(delays) - 1))],
             "engine_cpu_us_per_token": engine_cpu / n * 1e6, "front_cpu_us_per_token": front_cpu / n * 1e6}
 
@@ -156,7 +156,7 @@ def run_local(rows: int, tokens: int, interval: int, step_s: float) -> dict:
     wall, cpu = time.perf_counter() - wall, _cpu_s() - start
     engine._stop = True
     n = rows * tokens
-    return {"tokens": n, "wall_s": wall, "delay_ms_p50": statistics.median(delays),
+    return {"tokens": n, "received": len(delays), "wall_s": wall, "delay_ms_p50": statistics.median(delays),
             "delay_ms_p99": sorted(delays)[int(0.99 * (len(delays) - 1))], "process_cpu_us_per_token": cpu / n * 1e6}
 
 
