@@ -77,6 +77,10 @@ int main() {
   ep.num_blocks = 8;
   ep.block_size = 16;
   vlm_engine* e = nullptr;
+  EXPECT(ep.prefill_hold_steps == 0);
+  ep.prefill_hold_steps = -1;  // a negative hold is refused
+  EXPECT(vlm_engine_create(m, &ep, &e) == VLM_ERR_INVALID_ARGUMENT && e == nullptr);
+  ep.prefill_hold_steps = 0;
   EXPECT(vlm_engine_create(m, &ep, &e) == VLM_OK);
 
   // Bad requests are refused; a good one still runs to completion.

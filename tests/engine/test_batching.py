@@ -177,3 +177,25 @@ def test_a_batch_with_an_invalid_request_queues_none(model):
         assert len(out[0].wait(timeout=60).token_ids) >= 1
         assert len(out[1].wait(timeout=60).token_ids) == 2
         assert_all_blocks_free(eng)
+
+
+def test_the_prefill_hold_changes_no_output_and_leaves_nothing_behind(model):
+    # Three requests decode; six more arrive one by one while they run and wait (up to 4 steps) to enter together
+    # (the admission itself: native/tests/scheduler_tests.cpp). Every late output is its greedy run alone, every
+    # request ends, and nothing is left in the cache.
+    gen = GenerationConfig(max_new_tokens=30, ignore_eos=True)
+    late_prompts = prompts(6, seed=5)
+    with Engine(model, cfg()) as eng:
+        alone = [eng.generate(p, gen).token_ids for p in late_prompts]
+    with Engine(model, cfg(prefill_hold_steps=4)) as eng:
+        early = [eng.add_request(p, GenerationConfig(max_new_tokens=200, ignore_eos=True)) for p in prompts(3, 2)]
+        for s in early:
+            next(iter(s))
+        late = []
+        for p in late_prompts:
+            late.append(eng.add_request(p, gen))
+            time.sleep(0.002)
+        assert [s.wait(60).token_ids for s in late] == alone
+        for s in early:
+            s.cancel()
+        assert_all_blocks_free(eng)
