@@ -40,6 +40,8 @@
 #                 with the copies from 33 rows, at 256 (serving carry)
 #   serve_fronts_vision2 4 LM fronts with 2 vision processes against 4 fronts and 1, MPS, copies from 33 rows,
 #                 at 64/256 (serving carry)
+#   serve_fronts_hold 4 LM fronts and 2 vision processes with --prefill-hold-steps 8 against 0, at 256 (serving carry)
+#   serve_fronts_low 4 LM fronts against one process at concurrency 1/16 (serving carry)
 #   serve_tail_compare fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the copies (serving carry)
 #   serve_dense_compare fp16 vs w4a16 + int8 KV serving at 1/16 with the copies (the 1.3x target; serving carry)
 #   serve_dense_prefill model (a), w4a16 + int8 KV through MPS at 64/256 with VLM_PREFILL_DENSE_WEIGHTS=1, then
@@ -636,6 +638,22 @@ serve_fronts_vision2() {  # 4 LM front processes with 2 vision service processes
     serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-mps-fronts4-vision2 $si --mps --lm-flag=--front-processes=4 --vision-processes 2" \
       "--stem internvl-2b-$GPU_TAG-mps-fronts4-vision1 $si --mps --lm-flag=--front-processes=4")
 }
+serve_fronts_hold() {  # 4 LM fronts, 2 vision processes, new requests held up to 8 steps (--prefill-hold-steps 8)
+  # against no hold, MPS, copies from 33 rows, at 256 (fewer, fuller prefill steps once the engine is the bound)
+  mps_path || return 1
+  local si="--lm-flag=--stream-interval=4" f="--lm-flag=--front-processes=4 --vision-processes 2"
+  (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
+    serve_runs 256 "--stem internvl-2b-$GPU_TAG-mps-fronts4-vision2-hold8 $si --mps $f --lm-flag=--prefill-hold-steps=8" \
+      "--stem internvl-2b-$GPU_TAG-mps-fronts4-vision2-hold0 $si --mps $f")
+}
+serve_fronts_low() {  # 4 LM fronts against one process at concurrency 1 and 16 (what the link's hop costs where the
+  # wait before the handler is nil: whether fronts can be the default), MPS, copies from 33 rows
+  mps_path || return 1
+  local si="--lm-flag=--stream-interval=4"
+  (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
+    serve_runs 1,16 "--stem internvl-2b-$GPU_TAG-mps-fronts4-low $si --mps --lm-flag=--front-processes=4" \
+      "--stem internvl-2b-$GPU_TAG-mps-fronts1-low $si --mps")
+}
 serve_tail_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the dequantized copies
   # (the 1.3x target at every concurrency up to 16; fp16 weights have neither)
   serve_site || return 1
@@ -969,7 +987,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step layer_tail 400
@@ -981,6 +999,8 @@ step serve_event_loops 580
 step serve_prefill_hold 580
 step serve_fronts 580
 step serve_fronts_vision2 580
+step serve_fronts_hold 580
+step serve_fronts_low 580
 step gemm_codes 480
 step overlap 400
 step serve_overlap 580
