@@ -284,3 +284,34 @@ def test_a_front_stopped_on_its_own_signal_drains_and_is_not_replaced():
             assert len([t for msg in stub.Generate(request, timeout=60) for t in msg.token_ids]) == 2
     finally:
         lm.stop()
+
+
+def test_calls_cancelled_mid_stream_on_any_process_free_the_engine():
+    from lm_stack import LmServerThread, new_connection_stub
+    from vlmserve.default_model import default_vlm_checkpoint
+    from vlmserve.services import protos
+
+    pb = protos.lm()
+    lm = LmServerThread(default_vlm_checkpoint(), None, front_processes=2)
+    # long enough that requests left running would still hold the engine when the check below gives up
+    request = pb.GenerateRequest(text="the cat", params=pb.SamplingParams(max_tokens=4000, ignore_eos=True))
+
+    def cancel_after_first(_):
+        channel, stub = new_connection_stub(lm.address)
+        with channel:
+            call = stub.Generate(request, timeout=120)
+            next(call)
+            call.cancel()
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(cancel_after_first, range(8)))  # 8 connections over 2 processes
+        deadline = time.monotonic() + 5
+        while True:
+            s = lm.engine.stats()
+            if (s.running_requests == 0 and s.waiting_requests == 0) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert s.running_requests == 0 and s.waiting_requests == 0 and s.free_blocks == s.total_blocks, s
+    finally:
+        lm.stop()
