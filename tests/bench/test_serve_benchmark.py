@@ -123,6 +123,27 @@ def test_services_layout_runs_two_processes(tmp_path):
             assert dumps and all(d.read_text().strip() for d in dumps)
 
 
+def test_front_and_vision_processes(tmp_path):
+    # The LM service's port served by two processes, two vision services: every process's CPU counted, and the
+    # service's own figures (from /metrics, where the front's share arrives in snapshots) there for every level.
+    proc, out = run(tmp_path, "--no-peer", "--layout", "services", "--vision-processes", "2",
+                    "--lm-flag=--front-processes=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    variants = json.loads((out / "internvl-tiny.json").read_text())["variants"]
+    assert variants and all(set(v["flags"]) == {"vision (2 processes)", "lm"} for v in variants)
+    for lv in (lv for v in variants for lv in v["levels"]):
+        assert lv["failed"] == 0 and lv["out_tok_s"] > 0
+        assert set(lv["service_cpu_cores"]) == {"lm", "vision", "vision2"}
+        assert lv["generated_tokens_per_step"] > 0 and lv["service_ttft_mean_s"] > 0
+        assert lv["vision_encode_mean_s"] > 0
+    assert "vision (2 processes)" in (out / "internvl-tiny.md").read_text()
+
+
+def test_vision_processes_need_the_services_layout(tmp_path):
+    proc, _ = run(tmp_path, "--layout", "stack", "--vision-processes", "2")
+    assert proc.returncode == 2 and "--vision-processes applies to --layout services only" in proc.stderr
+
+
 def test_stack_flag_needs_the_stack_layout(tmp_path):
     proc, _ = run(tmp_path, "--layout", "services", "--stack-flag=--max-model-len")
     assert proc.returncode == 2 and "--stack-flag applies to --layout stack only" in proc.stderr
