@@ -281,7 +281,8 @@ class ServicesProcesses(StackProcess):
         return self
 
     def processes(self) -> dict[str, subprocess.Popen]:
-        named = [("lm", self.proc)] + [("vision" + (f"{i + 1}" if i else ""), p) for i, p in enumerate(self.vision_procs)]
+        named = [("lm", self.proc)] + [("vision" + (f"{i + 1}" if i else ""), p)
+                                       for i, p in enumerate(self.vision_procs)]
         return {name: p for name, p in named if p is not None}
 
     def scrape_vision(self) -> dict[str, float]:

@@ -18,7 +18,8 @@ from vlmserve.errors import OutOfRangeError, UnavailableError
 def engine(tiny_model_dir):
     from vlmserve.engine import Engine
 
-    e = Engine(tiny_model_dir("llama_gqa_hd128"), EngineConfig(device="cpu", num_kv_blocks=64, block_size=16, max_batch_size=8))
+    e = Engine(tiny_model_dir("llama_gqa_hd128"),
+               EngineConfig(device="cpu", num_kv_blocks=64, block_size=16, max_batch_size=8))
     yield e
     e.close()
 

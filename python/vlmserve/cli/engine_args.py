@@ -20,7 +20,9 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-size", type=int, default=int(env("VLMSERVE_BLOCK_SIZE", 64)))
     p.add_argument("--max-num-batched-tokens", type=int, default=int(env("VLMSERVE_MAX_NUM_BATCHED_TOKENS", 2048)))
     p.add_argument("--prefill-hold-steps", type=int, default=int(env("VLMSERVE_PREFILL_HOLD_STEPS", 0)),
-                   help="while requests run, new ones wait up to this many engine steps to enter together (sooner when their prompts fill a step's token budget or the batch): fewer, fuller prefill steps; 0: each at the next step")
+                   help="while requests run, new ones wait up to this many engine steps to enter together (sooner when "
+                   "their prompts fill a step's token budget or the batch): fewer, fuller prefill steps; 0: each "
+                   "at the next step")
     p.add_argument("--device", default=env("VLMSERVE_DEVICE", "auto"), choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=int(env("VLMSERVE_THREADS", 0)))
     p.add_argument("--tp", type=int, default=int(env("VLMSERVE_TP", 1)),

@@ -191,7 +191,9 @@ def add_engine_flags(p: argparse.ArgumentParser, tp: bool = True) -> None:
     flag(p, "--block-size", type=int, default=64, help="tokens per KV block")
     flag(p, "--max-num-batched-tokens", type=int, default=2048, help="tokens per engine step (chunked prefill)")
     flag(p, "--prefill-hold-steps", type=int, default=0,
-         help="while requests run, new ones wait up to this many engine steps to enter together (sooner when their prompts fill a step's token budget or the batch): fewer, fuller prefill steps; 0: each at the next step")
+         help="while requests run, new ones wait up to this many engine steps to enter together (sooner when "
+         "their prompts fill a step's token budget or the batch): fewer, fuller prefill steps; 0: each "
+         "at the next step")
     flag(p, "--engine-device", default="auto", choices=["auto", "cpu", "cuda"], help="engine backend")
     flag(p, "--threads", type=int, default=0, help="CPU engine threads (0: all cores)")
     if tp:
