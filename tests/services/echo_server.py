@@ -2,6 +2,9 @@
 sharing a port (acceptors, event loops)."""
 from __future__ import annotations
 
+import contextlib
+import socket
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
@@ -24,6 +27,18 @@ def make_echo_server(port: int = 0, on_call=None, **config) -> GrpcServer:
     handlers = grpc.method_handlers_generic_handler(SERVICE, {"Say": grpc.unary_unary_rpc_method_handler(echo)})
     server.add_to_each(lambda s: s.add_generic_rpc_handlers((handlers,)))
     return server
+
+
+@contextlib.contextmanager
+def held_port():
+    """A port on 127.0.0.1 that another socket listens on (without SO_REUSEPORT) while the block runs."""
+    holder = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+    finally:
+        holder.close()
 
 
 async def call_on_new_connection(port: int) -> tuple[bytes, int]:

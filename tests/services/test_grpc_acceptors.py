@@ -3,12 +3,11 @@ health state; the port is refused when anything else holds it, so no other proce
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 from grpc_health.v1 import health_pb2
 
-from echo_server import call_on_new_connection, make_echo_server
+from echo_server import call_on_new_connection, held_port, make_echo_server
 from vlmserve.errors import InvalidArgumentError
 from vlmserve.services.server import ServerConfig
 
@@ -40,19 +39,12 @@ def test_every_acceptor_answers_calls_and_health():
 
 
 def test_acceptors_refuse_a_port_another_socket_holds():
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
-
-    async def main():
+    async def main(port):
         with pytest.raises(InvalidArgumentError, match="in use"):
             await make_server(acceptors=2, port=port).start()
 
-    try:
-        asyncio.run(main())
-    finally:
-        holder.close()
+    with held_port() as port:
+        asyncio.run(main(port))
 
 
 def test_a_second_stack_cannot_join_a_port_shared_by_acceptors():

@@ -4,15 +4,13 @@ LM service with two loops chats with images (one vision client a loop, closed at
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from echo_server import call_on_new_connection, make_echo_server
+from echo_server import call_on_new_connection, held_port, make_echo_server
 from vlmserve.errors import InvalidArgumentError
 from vlmserve.services.server import ServerConfig
 
@@ -62,19 +60,12 @@ def test_every_loop_answers_calls_and_health_and_stop_closes_them():
 
 
 def test_a_port_another_socket_holds_is_refused():
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
-
-    async def main():
+    async def main(port):
         with pytest.raises(InvalidArgumentError, match="in use"):
             await make_server(event_loops=2, handled=[], port=port).start()
 
-    try:
-        asyncio.run(main())
-    finally:
-        holder.close()
+    with held_port() as port:
+        asyncio.run(main(port))
     assert loop_threads() == []
 
 

@@ -220,23 +220,35 @@ def test_three_processes_serve_image_chats_around_one_engine():
     assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
 
 
+def two_process_text_lm():
+    """The default model's LM service, text only, its port served by this process and one front."""
+    from lm_stack import LmServerThread
+    from vlmserve.default_model import default_vlm_checkpoint
+
+    return LmServerThread(default_vlm_checkpoint(), None, front_processes=2)
+
+
+def generate_request(max_tokens: int):
+    from vlmserve.services import protos
+
+    pb = protos.lm()
+    return pb.GenerateRequest(text="the cat", params=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+
+
+def generate_on_new_connection(address: str, request, timeout: float = 120) -> list[int]:
+    from lm_stack import new_connection_stub
+
+    channel, stub = new_connection_stub(address)
+    with channel:
+        return [t for msg in stub.Generate(request, timeout=timeout) for t in msg.token_ids]
+
+
 def test_a_front_that_dies_is_replaced_and_the_port_keeps_serving():
     import os
     import signal
 
-    from lm_stack import LmServerThread, new_connection_stub
-    from vlmserve.default_model import default_vlm_checkpoint
-    from vlmserve.services import protos
-
-    pb = protos.lm()
-    lm = LmServerThread(default_vlm_checkpoint(), None, front_processes=2)
-    request = pb.GenerateRequest(text="the cat", params=pb.SamplingParams(max_tokens=3, ignore_eos=True))
-
-    def generate(_):
-        channel, stub = new_connection_stub(lm.address)
-        with channel:
-            return [t for msg in stub.Generate(request, timeout=120) for t in msg.token_ids]
-
+    lm = two_process_text_lm()
+    request = generate_request(3)
     try:
         (first,) = lm.server._fronts.processes()
         os.kill(first.pid, signal.SIGKILL)
@@ -246,8 +258,8 @@ def test_a_front_that_dies_is_replaced_and_the_port_keeps_serving():
             time.sleep(0.2)
         (second,) = lm.server._fronts.processes()
         assert second.pid != first.pid and second.is_alive()
-        with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(generate, range(12)))  # new connections: both processes take some
+        with ThreadPoolExecutor(4) as pool:  # new connections: both processes take some
+            results = list(pool.map(lambda _: generate_on_new_connection(lm.address, request), range(12)))
         assert all(r == results[0] for r in results) and len(results[0]) == 3
         # the replacement took some of them (all 12 on this process: once in 4,096 runs), and /metrics counts them
         own = lm.server.metrics.finished.labels("length")._value.get()
@@ -266,12 +278,7 @@ def test_a_front_stopped_on_its_own_signal_drains_and_is_not_replaced():
     import os
     import signal
 
-    from lm_stack import LmServerThread, new_connection_stub
-    from vlmserve.default_model import default_vlm_checkpoint
-    from vlmserve.services import protos
-
-    pb = protos.lm()
-    lm = LmServerThread(default_vlm_checkpoint(), None, front_processes=2)
+    lm = two_process_text_lm()
     try:
         (front,) = lm.server._fronts.processes()
         os.kill(front.pid, signal.SIGTERM)
@@ -279,23 +286,18 @@ def test_a_front_stopped_on_its_own_signal_drains_and_is_not_replaced():
         assert front.exitcode == 0
         time.sleep(3 * lm.server._fronts.WATCH_INTERVAL_S)
         assert lm.server._fronts.restarts == 0 and lm.server._fronts.processes() == [front]
-        channel, stub = new_connection_stub(lm.address)  # the first process serves the port alone now
-        with channel:
-            request = pb.GenerateRequest(text="the cat", params=pb.SamplingParams(max_tokens=2, ignore_eos=True))
-            assert len([t for msg in stub.Generate(request, timeout=60) for t in msg.token_ids]) == 2
+        # the first process serves the port alone now
+        assert len(generate_on_new_connection(lm.address, generate_request(2), timeout=60)) == 2
     finally:
         lm.stop()
 
 
 def test_calls_cancelled_mid_stream_on_any_process_free_the_engine():
-    from lm_stack import LmServerThread, new_connection_stub
-    from vlmserve.default_model import default_vlm_checkpoint
-    from vlmserve.services import protos
+    from lm_stack import new_connection_stub
 
-    pb = protos.lm()
-    lm = LmServerThread(default_vlm_checkpoint(), None, front_processes=2)
+    lm = two_process_text_lm()
     # long enough that requests left running would still hold the engine when the check below gives up
-    request = pb.GenerateRequest(text="the cat", params=pb.SamplingParams(max_tokens=4000, ignore_eos=True))
+    request = generate_request(4000)
 
     def cancel_after_first(_):
         channel, stub = new_connection_stub(lm.address)
