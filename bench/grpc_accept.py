@@ -269,7 +269,8 @@ def main() -> int:
                     switch_interval_ms=a.switch_interval_ms)
         what = (f"{a.calls} closed-loop streams holding calls {a.hold_s} s: {r['calls_per_s']:.1f} calls/s, "
                 if a.closed_loop > 0 else f"bursts of {a.calls}: ")
-        print(f"{a.server_processes} process(es) of {a.event_loops} loop(s) of {n} server(s), {a.burners} × {a.burn_ms} ms busy callbacks, {what}response "
+        print(f"{a.server_processes} process(es) of {a.event_loops} loop(s) of {n} server(s), "
+              f"{a.burners} × {a.burn_ms} ms busy callbacks, {what}response "
               f"headers after {r['headers_mean_s'] * 1e3:.1f} ms mean, p50 {r['headers_p50_s'] * 1e3:.1f}, "
               f"p90 {r['headers_p90_s'] * 1e3:.1f}, max {r['headers_max_s'] * 1e3:.1f}", flush=True)
         if "to_interceptor_mean_s" in r:

@@ -18,7 +18,8 @@ class LoopLagMonitor:
     def __init__(self, registry: CollectorRegistry, interval_s: float = 0.01):
         self.interval_s = interval_s
         self.lag = Histogram("vlmserve_event_loop_lag_seconds",
-                             f"how late a callback due every {interval_s * 1e3:g} ms ran on the service's event loop(s)",
+                             f"how late a callback due every {interval_s * 1e3:g} ms ran on the service's "
+                             "event loop(s)",
                              buckets=_BUCKETS, registry=registry)
         self._tasks: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}  # one a loop, each touched on its own
 
