@@ -45,6 +45,9 @@
 #   serve_final   the whole sweep (1-256) with 4 LM fronts and 2 vision processes, then with one of each (the default),
 #                 then one LM process with 2 vision processes at 64/256; MPS, copies from 33 rows (serving carry)
 #   serve_final_fronts the whole sweep with 4 LM fronts and 2 vision processes only (serving carry)
+#   serve_targets_high / serve_targets_low  issue 6's targets on one machine (two calls back to back, serving carry):
+#                 high: 64/256 with 4 LM fronts and 2 vision processes; low: fp16 against w4a16 + int8 KV at 1/16 in
+#                 the default layout with transformers at batch 1 and 16 beside; both through MPS, copies from 33 rows
 #   serve_tail_compare fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the copies (serving carry)
 #   serve_dense_compare fp16 vs w4a16 + int8 KV serving at 1/16 with the copies (the 1.3x target; serving carry)
 #   serve_dense_prefill model (a), w4a16 + int8 KV through MPS at 64/256 with VLM_PREFILL_DENSE_WEIGHTS=1, then
@@ -672,6 +675,20 @@ serve_final_fronts() {  # the whole sweep with 4 LM fronts and 2 vision processe
   (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
     serve_runs 1,2,4,8,16,32,64,128,256 "--stem internvl-2b-$GPU_TAG-final-fronts4-vision2 --lm-flag=--stream-interval=4 --mps --lm-flag=--front-processes=4 --vision-processes 2")
 }
+serve_targets_high() {  # the 64/256 targets: 4 LM fronts and 2 vision processes (the high-concurrency setting)
+  mps_path || return 1
+  (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
+    serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-targets-high --lm-flag=--stream-interval=4 --mps --lm-flag=--front-processes=4 --vision-processes 2")
+}
+serve_targets_low() {  # the 1/16 targets in the default layout (one process of each service): fp16 against w4a16 +
+  # int8 KV, transformers generate at batch 1 and 16 in the same run
+  mps_path || return 1
+  serve_site || return 1
+  VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33 python3 bench/serve.py --model-name internvl-2b \
+    --variants fp16,w4a16-kv8 --vision-batch 16 --output-tokens 128 --peer-batches 1,16 --calib-samples 16 \
+    --work /tmp/serve-work --concurrency 1,16 --lm-flag=--stream-interval=4 --mps --out-dir "$RES/serve" \
+    --stem internvl-2b-$GPU_TAG-targets-low 2>&1 | grep -E "c=[0-9]+:|transformers|peer|rror|ABORT" | tail -n 20
+}
 serve_tail_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the dequantized copies
   # (the 1.3x target at every concurrency up to 16; fp16 weights have neither)
   serve_site || return 1
@@ -1005,7 +1022,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES
-export -f layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step layer_tail 400
@@ -1021,6 +1038,8 @@ step serve_fronts_hold 580
 step serve_fronts_low 580
 step serve_final 580
 step serve_final_fronts 420
+step serve_targets_high 560
+step serve_targets_low 580
 step gemm_codes 480
 step overlap 400
 step serve_overlap 580
