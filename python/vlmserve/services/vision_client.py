@@ -5,9 +5,16 @@ Addresses: "host:port", several comma-separated ("h1:p1,h2:p2"), or a DNS
 name ("dns:///vision:50052") whose every address is used; calls are spread
 with gRPC's round_robin policy, so vision replicas scale out behind one name.
 The channel fails fast while no replica is reachable (UNAVAILABLE) and
-reconnects quickly once one is back."""
+reconnects quickly once one is back.
+
+An Encode call that a replica ends UNAVAILABLE before sending anything (it
+died or is draining) is tried again by gRPC on the next replica (the channel's
+retry policy, up to ENCODE_ATTEMPTS in all, within the call's deadline):
+encoding is a pure function of the images, so a replica going away loses no
+request while another serves."""
 from __future__ import annotations
 
+import json
 import socket
 import time
 from dataclasses import dataclass
@@ -19,6 +26,16 @@ from vlmserve.errors import (DeadlineExceededError, InternalError, InvalidArgume
                              UnavailableError)
 from vlmserve.prompt_builder import Layout
 from vlmserve.services import protos, tensors
+
+
+ENCODE_ATTEMPTS = 3
+# The request (its images) is kept for a retry up to this size; a larger one is sent once.
+RETRY_BUFFER_BYTES = 16 * 1024 * 1024
+SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "vlm.v1.VisionService", "method": "Encode"}],
+    "retryPolicy": {"maxAttempts": ENCODE_ATTEMPTS, "initialBackoff": "0.02s", "maxBackoff": "0.2s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]},
+}]})
 
 
 @dataclass
@@ -71,6 +88,10 @@ class VisionClient:
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.min_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2_000),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", SERVICE_CONFIG),
+            ("grpc.service_config_disable_resolution", 1),  # ours, not one from a DNS TXT record
+            ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
         ]
         if tls_root_cert is not None:
             self.channel = grpc.aio.secure_channel(self.target, grpc.ssl_channel_credentials(tls_root_cert), options)
