@@ -662,7 +662,8 @@ serve_fronts_low() {  # 4 LM fronts against one process at concurrency 1 and 16 
 }
 serve_final() {  # the whole sweep with the high-concurrency setting (4 LM fronts, 2 vision processes), then with one
   # process of each (the default), then one LM process with 2 vision processes at 64/256 (which of the two the gain
-  # needs); MPS, copies from 33 rows, --stream-interval 4
+  # needs); MPS, copies from 33 rows, --stream-interval 4. Its one call (2026-12-05 19:41) lost the machine mid-run
+  # with nothing returned; serve_final_fronts is its first run alone
   mps_path || return 1
   local si="--lm-flag=--stream-interval=4" all=1,2,4,8,16,32,64,128,256
   (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33

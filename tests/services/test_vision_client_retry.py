@@ -14,7 +14,7 @@ import pytest
 
 from vlmserve.errors import InvalidArgumentError, UnavailableError
 from vlmserve.services import protos, tensors
-from vlmserve.services.vision_client import ENCODE_ATTEMPTS, VisionClient
+from vlmserve.services.vision_client import ENCODE_ATTEMPTS, RETRY_BUFFER_BYTES, VisionClient
 
 ROWS = np.arange(8, dtype=np.float16).reshape(2, 4)
 
@@ -94,7 +94,7 @@ def test_with_every_replica_unavailable_the_call_fails_unavailable_after_its_att
     assert sum(r.calls for r in replicas) == ENCODE_ATTEMPTS
 
 
-@pytest.mark.parametrize("size", [1, 1024])
+@pytest.mark.parametrize("size", [17 * 1024, RETRY_BUFFER_BYTES + (1 << 20)])
 def test_a_large_request_is_still_sent(size):
     """Requests larger than the retry buffer go out once, not refused (the buffer is an upper bound on what is
     kept for a retry)."""
@@ -103,7 +103,7 @@ def test_a_large_request_is_still_sent(size):
     async def main():
         server, port = await _serve(good)
         client = VisionClient(f"127.0.0.1:{port}")
-        image = protos.common().ImageInput(data=bytes(size * 1024 * 17), mime_type="image/png")
+        image = protos.common().ImageInput(data=bytes(size), mime_type="image/png")
         try:
             images, _ = await client.encode([image], timeout=10, request_id="big")
         finally:
