@@ -660,6 +660,8 @@ serve_fronts_low() {  # 4 LM fronts against one process at concurrency 1 and 16 
     serve_runs 1,16 "--stem internvl-2b-$GPU_TAG-mps-fronts4-low $si --mps --lm-flag=--front-processes=4" \
       "--stem internvl-2b-$GPU_TAG-mps-fronts1-low $si --mps")
 }
+# The high-concurrency setting: 4 LM front processes and 2 vision processes, the services sharing the GPU through MPS
+HIGH_CONCURRENCY="--mps --lm-flag=--front-processes=4 --vision-processes 2"
 serve_final() {  # the whole sweep with the high-concurrency setting (4 LM fronts, 2 vision processes), then with one
   # process of each (the default), then one LM process with 2 vision processes at 64/256 (which of the two the gain
   # needs); MPS, copies from 33 rows, --stream-interval 4. Its one call (2026-12-05 19:41) lost the machine mid-run
@@ -667,19 +669,20 @@ serve_final() {  # the whole sweep with the high-concurrency setting (4 LM front
   mps_path || return 1
   local si="--lm-flag=--stream-interval=4" all=1,2,4,8,16,32,64,128,256
   (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
-    serve_runs $all "--stem internvl-2b-$GPU_TAG-final-fronts4-vision2 $si --mps --lm-flag=--front-processes=4 --vision-processes 2" \
+    serve_runs $all "--stem internvl-2b-$GPU_TAG-final-fronts4-vision2 $si $HIGH_CONCURRENCY" \
       "--stem internvl-2b-$GPU_TAG-final-default $si --mps" &&
     serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-final-fronts1-vision2 $si --mps --vision-processes 2")
 }
 serve_final_fronts() {  # the whole sweep with 4 LM fronts and 2 vision processes only (serve_final's first run)
   mps_path || return 1
   (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
-    serve_runs 1,2,4,8,16,32,64,128,256 "--stem internvl-2b-$GPU_TAG-final-fronts4-vision2 --lm-flag=--stream-interval=4 --mps --lm-flag=--front-processes=4 --vision-processes 2")
+    serve_runs 1,2,4,8,16,32,64,128,256 \
+      "--stem internvl-2b-$GPU_TAG-final-fronts4-vision2 --lm-flag=--stream-interval=4 $HIGH_CONCURRENCY")
 }
 serve_targets_high() {  # the 64/256 targets: 4 LM fronts and 2 vision processes (the high-concurrency setting)
   mps_path || return 1
   (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
-    serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-targets-high --lm-flag=--stream-interval=4 --mps --lm-flag=--front-processes=4 --vision-processes 2")
+    serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-targets-high --lm-flag=--stream-interval=4 $HIGH_CONCURRENCY")
 }
 serve_targets_low() {  # the 1/16 targets in the default layout (one process of each service): fp16 against w4a16 +
   # int8 KV, transformers generate at batch 1 and 16 in the same run
@@ -1022,7 +1025,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
   python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py \
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
-export RES
+export RES HIGH_CONCURRENCY
 export -f layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
