@@ -48,6 +48,8 @@
 #   serve_targets_high / serve_targets_low  issue 6's targets on one machine (two calls back to back, serving carry):
 #                 high: 64/256 with 4 LM fronts and 2 vision processes; low: fp16 against w4a16 + int8 KV at 1/16 in
 #                 the default layout with transformers at batch 1 and 16 beside; both through MPS, copies from 33 rows
+#   serve_connections the high-concurrency setting at 256 with 4 streams a client connection (64 connections) against
+#                 32 (8, the default): the LM fronts share the port by connection (serving carry)
 #   serve_tail_compare fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the copies (serving carry)
 #   serve_dense_compare fp16 vs w4a16 + int8 KV serving at 1/16 with the copies (the 1.3x target; serving carry)
 #   serve_dense_prefill model (a), w4a16 + int8 KV through MPS at 64/256 with VLM_PREFILL_DENSE_WEIGHTS=1, then
@@ -693,6 +695,14 @@ serve_targets_low() {  # the 1/16 targets in the default layout (one process of 
     --work /tmp/serve-work --concurrency 1,16 --lm-flag=--stream-interval=4 --mps --out-dir "$RES/serve" \
     --stem internvl-2b-$GPU_TAG-targets-low 2>&1 | grep -E "c=[0-9]+:|transformers|peer|rror|ABORT" | tail -n 20
 }
+serve_connections() {  # 4 LM fronts and 2 vision processes at 256: 64 client connections against 8 (SO_REUSEPORT
+  # spreads connections, not calls, over the fronts: with 8, one process may hold half the streams)
+  mps_path || return 1
+  local si="--lm-flag=--stream-interval=4"
+  (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
+    serve_runs 256 "--stem internvl-2b-$GPU_TAG-conn4 $si $HIGH_CONCURRENCY --streams-per-connection 4" \
+      "--stem internvl-2b-$GPU_TAG-conn32 $si $HIGH_CONCURRENCY")
+}
 serve_tail_compare() {  # fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the dequantized copies
   # (the 1.3x target at every concurrency up to 16; fp16 weights have neither)
   serve_site || return 1
@@ -1026,7 +1036,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step layer_tail 400
@@ -1044,6 +1054,7 @@ step serve_final 580
 step serve_final_fronts 420
 step serve_targets_high 560
 step serve_targets_low 580
+step serve_connections 560
 step gemm_codes 480
 step overlap 400
 step serve_overlap 580

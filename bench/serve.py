@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
 from run_info import git_revision, ints, library_settings, write_atomic  # noqa: E402
-from serving.load import STREAMS_PER_PROCESS, run_level  # noqa: E402
+from serving.load import STREAMS_PER_CHANNEL, STREAMS_PER_PROCESS, run_level  # noqa: E402
 from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
 from serving.mps import MpsDaemon  # noqa: E402
 from serving.report import markdown, plots, threads_cell  # noqa: E402
@@ -204,7 +204,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
         for c in a.concurrency:
             n = a.requests_per_level or max(4 * c, MIN_REQUESTS_PER_LEVEL)
             run_level(stack.address, request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive,
-                      streams_per_process=a.streams_per_process)
+                      streams_per_process=a.streams_per_process, streams_per_connection=a.streams_per_connection)
             before, lm_before = stack.scrape_vision(), stack.scrape(stack.lm_metrics_url)
             cpu_before, threads_before = stack.cpu_seconds(), stack.thread_cpu_seconds()
             host_before = host_cpu_seconds()
@@ -219,7 +219,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             with tqdm(total=n, desc=f"{label} c={c}", unit="req", leave=False, disable=not sys.stderr.isatty()) as bar:
                 result = run_level(stack.address, request, c, n, a.timeout, progress=bar,
                                    streams_per_process=a.streams_per_process,
-                                   alive=stack.check_alive)
+                                   streams_per_connection=a.streams_per_connection, alive=stack.check_alive)
             if spy is not None:
                 spy.cancel()
                 spy.join()
@@ -380,6 +380,9 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="deadline of one request, seconds")
     ap.add_argument("--streams-per-process", type=int, default=STREAMS_PER_PROCESS,
                     help="above this concurrency the load comes from several client processes, this many streams each")
+    ap.add_argument("--streams-per-connection", type=int, default=STREAMS_PER_CHANNEL,
+                    help="streams sharing one client connection (the LM's front processes share connections, not "
+                         "calls: with few connections their shares are uneven)")
     ap.add_argument("--layout", choices=["stack", "services"], default=None,
                     help="services (default): `serve vision` and `serve lm` as two processes, the compose file's "
                          "layout; stack: `vlmserve serve stack`, both services in one process (--smoke's default). "
@@ -429,6 +432,8 @@ def main() -> int:
         ap.error("--mps applies to --layout services only (one process has one CUDA context: nothing to share)")
     if a.mps and a.engine_device == "cpu":
         ap.error("--mps shares a GPU: it needs --engine-device cuda (or auto, which it makes cuda)")
+    if a.streams_per_connection < 1 or a.streams_per_process < 1:
+        ap.error("--streams-per-connection and --streams-per-process must be at least 1")
     a.stem = a.stem or a.model_name
     if a.render:
         r = json.loads((a.out_dir / f"{a.stem}.json").read_text())
@@ -456,7 +461,7 @@ def main() -> int:
     r = {"meta": {"command": "python3 bench/serve.py " + " ".join(sys.argv[1:]),
                   "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "device": device, "git": git_revision(), "model_name": a.model_name,
-                  "streams_per_process": a.streams_per_process,
+                  "streams_per_process": a.streams_per_process, "streams_per_connection": a.streams_per_connection,
                   "model_desc": describe(a.model_name), "image": a.image.name, "image_size": a.image_size,
                   "image_format": a.image_format, "image_bytes": len(image),
                   "prompt": PROMPT, "output_tokens": a.output_tokens, "warmup_requests": a.warmup,

@@ -103,6 +103,9 @@ class LevelResult:
                 "client_processes": self.client_processes}
 
 
+# Streams sharing one client connection. The LM service's front processes (--front-processes) share its port
+# through SO_REUSEPORT, which hands out connections, not calls: the fewer the connections, the less even the
+# processes' shares (8 connections over 4 processes at 256 streams by default).
 STREAMS_PER_CHANNEL = 32
 # Above this many streams the load comes from several client processes (this many streams each): one
 # Python process handling every token message of hundreds of streams could itself become the
@@ -110,15 +113,16 @@ STREAMS_PER_CHANNEL = 32
 STREAMS_PER_PROCESS = 32
 
 
-def _stream_threads(address: str, request, concurrency: int, take, finished, timeout_s: float) -> None:
+def _stream_threads(address: str, request, concurrency: int, take, finished, timeout_s: float,
+                    streams_per_channel: int = STREAMS_PER_CHANNEL) -> None:
     """`concurrency` threads, each sending Chat streams one after another while take() grants one."""
     from vlmserve.services import protos
 
-    # One channel, i.e. one HTTP/2 connection (a local subchannel pool each), per STREAMS_PER_CHANNEL streams.
+    # One channel, i.e. one HTTP/2 connection (a local subchannel pool each), per streams_per_channel streams.
     channels = [grpc.insecure_channel(address, [("grpc.max_send_message_length", 64 << 20),
                                                 ("grpc.max_receive_message_length", 64 << 20),
                                                 ("grpc.use_local_subchannel_pool", 1)])
-                for _ in range((concurrency + STREAMS_PER_CHANNEL - 1) // STREAMS_PER_CHANNEL)]
+                for _ in range((concurrency + streams_per_channel - 1) // streams_per_channel)]
     stubs = [protos.lm_grpc().LmServiceStub(c) for c in channels]
     pb = protos.lm()
 
@@ -136,7 +140,7 @@ def _stream_threads(address: str, request, concurrency: int, take, finished, tim
 
 
 def _client_process(address: str, request_bytes: bytes, concurrency: int, remaining, done, ready, go,
-                    timeout_s: float, results) -> None:
+                    timeout_s: float, results, streams_per_channel: int) -> None:
     """One client process: its share of the streams; its records go back through `results`."""
     from dataclasses import asdict
 
@@ -161,16 +165,19 @@ def _client_process(address: str, request_bytes: bytes, concurrency: int, remain
         ready.value += 1
     go.wait()
     cpu0 = time.process_time()
-    _stream_threads(address, request, concurrency, take, finished, timeout_s)
+    _stream_threads(address, request, concurrency, take, finished, timeout_s, streams_per_channel)
     results.put(([asdict(r) for r in records], time.process_time() - cpu0))
 
 
 def run_level(address: str, request, concurrency: int, n_requests: int, timeout_s: float,
-              progress=None, alive=None, streams_per_process: int = STREAMS_PER_PROCESS) -> LevelResult:
+              progress=None, alive=None, streams_per_process: int = STREAMS_PER_PROCESS,
+              streams_per_connection: int = STREAMS_PER_CHANNEL) -> LevelResult:
     """n_requests Chat streams of `request`, at most `concurrency` in flight. alive() raises if the stack died."""
+    if streams_per_connection < 1 or streams_per_process < 1:
+        raise ValueError("streams per connection and per process must be at least 1")
     if concurrency > streams_per_process:
         return _run_level_processes(address, request, concurrency, n_requests, timeout_s, progress, alive,
-                                    streams_per_process)
+                                    streams_per_process, streams_per_connection)
     lock = threading.Lock()
     remaining = [n_requests]
     records: list[RequestRecord] = []
@@ -189,8 +196,8 @@ def run_level(address: str, request, concurrency: int, n_requests: int, timeout_
             progress.update(1)
 
     start, cpu0 = time.perf_counter(), time.process_time()
-    runner = threading.Thread(target=_stream_threads, args=(address, request, concurrency, take, finished, timeout_s),
-                              daemon=True)
+    runner = threading.Thread(target=_stream_threads, daemon=True,
+                              args=(address, request, concurrency, take, finished, timeout_s, streams_per_connection))
     runner.start()
     while runner.is_alive():
         runner.join(timeout=1.0)
@@ -201,7 +208,7 @@ def run_level(address: str, request, concurrency: int, n_requests: int, timeout_
 
 
 def _run_level_processes(address: str, request, concurrency: int, n_requests: int, timeout_s: float,
-                         progress, alive, streams_per_process: int) -> LevelResult:
+                         progress, alive, streams_per_process: int, streams_per_channel: int) -> LevelResult:
     import multiprocessing as mp
     import queue
 
@@ -212,7 +219,7 @@ def _run_level_processes(address: str, request, concurrency: int, n_requests: in
     go, results = ctx.Event(), ctx.Queue()
     procs = [ctx.Process(target=_client_process, daemon=True,
                          args=(address, request.SerializeToString(), share, remaining, done, ready, go, timeout_s,
-                               results))
+                               results, streams_per_channel))
              for share in shares]
     for p in procs:
         p.start()

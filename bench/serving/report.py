@@ -93,7 +93,8 @@ def markdown(r: dict, plots: list[str]) -> str:
            f"{m['warmup_requests']} warm-up requests, then the timed ones (the count is in the table).",
            "- TTFT and inter-token latency as the client sees them (gRPC included); the service's own "
            "breakdown (queue, vision, prefill, decode: means over requests) comes from its final message.",
-           f"- Client: one thread per stream, one HTTP/2 connection per 32 streams; above "
+           f"- Client: one thread per stream, one HTTP/2 connection per {m.get('streams_per_connection', 32)} "
+           f"streams; above "
            f"{m.get('streams_per_process', 'all')} streams, several client processes of that many streams each.",
            *settings_line(m.get("library_settings")), ""]
     for plot in plots:

@@ -85,9 +85,11 @@ def test_smoke_run_writes_json_markdown_and_plots(tmp_path, model, image_format,
 def test_tensor_parallel_runs_beside_the_unsplit_stack(tmp_path):
     # tp=2 on the CPU: the engine's ranks are threads, the vision service runs two encoder copies.
     # One stream per client process: concurrency 2 is driven by two processes (the path of large loads).
-    proc, out = run(tmp_path, "--no-peer", "--tp", "1,2", "--streams-per-process", "1")
+    proc, out = run(tmp_path, "--no-peer", "--tp", "1,2", "--streams-per-process", "1", "--streams-per-connection", "1")
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads((out / "internvl-tiny.json").read_text())
+    assert r["meta"]["streams_per_connection"] == 1
+    assert "one HTTP/2 connection per 1 streams" in (out / "internvl-tiny.md").read_text()
     assert [v["name"] for v in r["variants"]] == ["fp16 vision-batch 4", "fp16 vision-batch 4 tp 2",
                                                   "w4a16 vision-batch 4", "w4a16 vision-batch 4 tp 2"]
     assert all("--tp" in v["flags"] for v in r["variants"])
@@ -142,6 +144,12 @@ def test_front_and_vision_processes(tmp_path):
 def test_vision_processes_need_the_services_layout(tmp_path):
     proc, _ = run(tmp_path, "--layout", "stack", "--vision-processes", "2")
     assert proc.returncode == 2 and "--vision-processes applies to --layout services only" in proc.stderr
+
+
+def test_a_connection_needs_a_stream(tmp_path):
+    proc, _ = run(tmp_path, "--streams-per-connection", "0")
+    assert proc.returncode == 2
+    assert "--streams-per-connection and --streams-per-process must be at least 1" in proc.stderr
 
 
 def test_stack_flag_needs_the_stack_layout(tmp_path):
