@@ -92,6 +92,13 @@ def histogram_delta(before: dict, after: dict, name: str) -> float | None:
     return (after.get(f"{name}_sum", 0) - before.get(f"{name}_sum", 0)) / n if n > 0 else None
 
 
+def calls_by_process(before: dict, after: dict) -> dict[str, float]:
+    """Calls each process of the LM service finished over a level ("0": the engine's; the others its
+    --front-processes): the port is shared by connection, so the shares need not be even. Empty with one process."""
+    prefix = "vlmserve_lm_process_calls_handled_total{process="
+    return {k[len(prefix):-1]: v - before.get(k, 0.0) for k, v in sorted(after.items()) if k.startswith(prefix)}
+
+
 def engine_rates(before: dict, after: dict, wall_s: float) -> dict:
     """Engine steps per second and tokens per step over a level (from the LM service's metrics)."""
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0)
@@ -203,9 +210,12 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             log(f"{label}: the services share the GPU through MPS (server pid {', '.join(map(str, mps_servers))})")
         for c in a.concurrency:
             n = a.requests_per_level or max(4 * c, MIN_REQUESTS_PER_LEVEL)
+            warm_before = stack.scrape(stack.lm_metrics_url)
             run_level(stack.address, request, c, min(c, a.warmup), a.timeout, alive=stack.check_alive,
                       streams_per_process=a.streams_per_process, streams_per_connection=a.streams_per_connection)
-            before, lm_before = stack.scrape_vision(), stack.scrape(stack.lm_metrics_url)
+            # The LM metrics from once the warm-up's requests are counted (a front's arrive in snapshots a second
+            # apart), so none of them lands in the level's figures.
+            before, lm_before = stack.scrape_vision(), settled_lm_metrics(stack, warm_before, min(c, a.warmup))
             cpu_before, threads_before = stack.cpu_seconds(), stack.thread_cpu_seconds()
             host_before = host_cpu_seconds()
             # The CPU counters bracket the whole level, its client processes' start and end included, so their
@@ -238,6 +248,7 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             # a busier or shared host is what moves the figures most).
             s["host_cpu"] = host_load(host_before, host_after, span_s)
             s.update(engine_rates(lm_before, lm_after, result.wall_s))
+            s["lm_calls_by_process"] = calls_by_process(lm_before, lm_after)
             s["service_ttft_mean_s"] = histogram_delta(lm_before, lm_after, "vlmserve_lm_time_to_first_token_seconds")
             s["vision_batch_mean"] = histogram_delta(before, after, "vlmserve_vision_batch_size")
             # Where the vision service ran its image processor (it may refuse the GPU at start-up: its log says why).
@@ -254,6 +265,8 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             ttft = "" if s["ttft_p50_s"] is None else f", TTFT p50 {s['ttft_p50_s'] * 1e3:.0f} ms"
             log(f"{label} c={c}: {s['out_tok_s']:.1f} out tok/s{ttft}, {s['failed']} failed of {s['requests']}")
             log(f"  busiest threads (cores): {threads_cell(s)}")
+            if s["lm_calls_by_process"]:
+                log("  calls by LM process: " + ", ".join(f"{p}: {n:.0f}" for p, n in s["lm_calls_by_process"].items()))
             if s["failed"]:
                 log(f"  errors: {s['errors']}")
     return {"name": label, "flags": flags, "levels": levels, "gil_switch_interval_ms": switch_intervals(flags),

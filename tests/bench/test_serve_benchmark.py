@@ -138,6 +138,9 @@ def test_front_and_vision_processes(tmp_path):
         assert set(lv["service_cpu_cores"]) == {"lm", "vision", "vision2"}
         assert lv["generated_tokens_per_step"] > 0 and lv["service_ttft_mean_s"] > 0
         assert lv["vision_encode_mean_s"] > 0
+        # the calls each LM process finished (the front's arrive in snapshots, so the last may be missing)
+        assert set(lv["lm_calls_by_process"]) == {"0", "1"}
+        assert lv["requests"] - lv["concurrency"] <= sum(lv["lm_calls_by_process"].values()) <= lv["requests"]
     assert "vision (2 processes)" in (out / "internvl-tiny.md").read_text()
 
 

@@ -152,6 +152,36 @@ def test_metrics_of_several_processes_add_up():
     assert "x_in_flight 8.0" in only and "x_calls" not in only
 
 
+def test_calls_are_also_given_per_process():
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+    from prometheus_client.exposition import generate_latest
+    from vlmserve.services.metrics_merge import MergedRegistry
+
+    def registry(calls: dict[tuple[str, str], int], in_flight: int):
+        r = CollectorRegistry()
+        c = Counter("x_handled", "calls", ["method", "code"], registry=r)
+        for labels, n in calls.items():
+            c.labels(*labels).inc(n)
+        Gauge("x_in_flight", "in flight", registry=r).set(in_flight)
+        return r
+
+    own = registry({("Chat", "OK"): 3, ("Info", "OK"): 1}, 1)
+    merged = MergedRegistry(own, by_process={"x_handled": ("x_process_calls", "calls by process"),
+                                             "x_in_flight": ("x_process_in_flight", "in flight by process")})
+    merged.update(1, list(registry({("Chat", "OK"): 5}, 2).collect()))
+    merged.update(2, list(registry({("Chat", "CANCELLED"): 2}, 5).collect()))
+    text = generate_latest(merged).decode()
+    assert [metric_value(text, f'x_process_calls_total{{process="{p}"}}') for p in range(3)] == [4, 5, 2]
+    assert [metric_value(text, f'x_process_in_flight{{process="{p}"}}') for p in range(3)] == [1, 2, 5]
+    types = {line.split()[2]: line.split()[3] for line in text.splitlines() if line.startswith("# TYPE ")}
+    assert types.get("x_process_calls_total", types.get("x_process_calls")) == "counter"
+    assert types["x_process_in_flight"] == "gauge"
+    assert metric_value(text, 'x_handled_total{code="OK",method="Chat"}') == 8  # the sums stay as they were
+    assert metric_value(text, "x_in_flight") == 8
+    only = generate_latest(merged.restricted_registry(["x_process_calls_total"])).decode()
+    assert 'x_process_calls_total{process="2"} 2.0' in only and "x_in_flight" not in only
+
+
 def test_bad_front_process_counts_are_refused(tiny_model_dir):
     from vlmserve.errors import InvalidArgumentError
     from vlmserve.services.lm_server import LmServer
@@ -211,6 +241,11 @@ def test_three_processes_serve_image_chats_around_one_engine():
         assert metric_value(text, 'vlmserve_grpc_server_handled_total{grpc_code="OUT_OF_RANGE",'
                                   'grpc_method="/vlm.v1.LmService/Generate"}') == 18
         assert metric_value(text, "vlmserve_lm_time_to_first_token_seconds_count") == 18
+        # each process's share of the calls, adding up to the calls of all
+        shares = [metric_value(text, f'vlmserve_lm_process_calls_handled_total{{process="{p}"}}') for p in range(3)]
+        handled = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith("vlmserve_grpc_server_handled_total{"))
+        assert None not in shares and sum(shares) == handled >= 36, shares
         assert text.count("# TYPE vlmserve_lm_requests_finished_total counter") <= 1
         assert "# TYPE vlmserve_lm_kv_cache_free_blocks gauge" in text
     finally:

@@ -89,7 +89,12 @@ class LmServer:
         if self._fronts is not None:  # /metrics: this process's registry plus each front's latest snapshot
             from vlmserve.services.metrics_merge import MergedRegistry
 
-            self.grpc.exported_metrics = MergedRegistry(self.registry)
+            self.grpc.exported_metrics = MergedRegistry(self.registry, by_process={
+                "vlmserve_grpc_server_handled": ("vlmserve_lm_process_calls_handled",
+                                                 "gRPC calls finished, by the process of the LM service that served "
+                                                 "them (0: the engine's; --front-processes)"),
+                "vlmserve_grpc_server_in_flight": ("vlmserve_lm_process_calls_in_flight",
+                                                   "gRPC calls being served, by process of the LM service")})
         handlers = LmServicer(self).handlers()
         self.grpc.add_to_each(lambda server: server.add_generic_rpc_handlers((handlers,)))
         self.has_vision = bool(self.limits.vision_addr)

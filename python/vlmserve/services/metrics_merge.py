@@ -5,7 +5,12 @@ process's, summed sample by sample.
 Counters, histograms and gauges of the same name and labels add up (calls in
 flight, requests finished, latency buckets); a *_created sample (when a series
 began) takes the earliest. A process that stops leaves its last snapshot in the
-sum, so counters never go back."""
+sum, so counters never go back.
+
+Some families are also given per process (by_process): a counter's or gauge's
+samples summed within each process into a family of its own with a `process`
+label ("0": this process; a front: its index), so an uneven share of the calls
+among the processes shows (the port is shared by connection, not by call)."""
 from __future__ import annotations
 
 import threading
@@ -39,11 +44,30 @@ def merge_families(collections: list[list[Metric]]) -> list[Metric]:
     return list(merged.values())
 
 
-class MergedRegistry:
-    """What the /metrics endpoint collects from: `own` and the snapshots set with update()."""
+def per_process(name: str, documentation: str, sources: list[tuple[str, list[Metric]]], source_family: str) -> \
+        Metric | None:
+    """`source_family` (a counter or gauge) of each (process, families) as one family `name`: each process's
+    samples summed (a counter's _total samples only) into one sample labelled process=<process>."""
+    out = None
+    for process, families in sources:
+        for family in families:
+            if family.name != source_family or family.type not in ("counter", "gauge"):
+                continue
+            if out is None:
+                out = Metric(name, documentation, family.type)
+            suffix = "_total" if family.type == "counter" else ""
+            total = sum(s.value for s in family.samples if s.name == family.name + suffix)
+            out.samples.append(Sample(name + suffix, {"process": str(process)}, total, None, None))
+    return out
 
-    def __init__(self, own: CollectorRegistry):
+
+class MergedRegistry:
+    """What the /metrics endpoint collects from: `own` and the snapshots set with update(). by_process: {name of
+    a family to give per process: (name of the per-process family, its documentation)}."""
+
+    def __init__(self, own: CollectorRegistry, by_process: dict[str, tuple[str, str]] | None = None):
         self.own = own
+        self.by_process = by_process or {}
         self._snapshots: dict[object, list[Metric]] = {}
         self._lock = threading.Lock()
 
@@ -54,8 +78,15 @@ class MergedRegistry:
 
     def collect(self):
         with self._lock:
-            others = list(self._snapshots.values())
-        return merge_families([list(self.own.collect()), *others])
+            others = list(self._snapshots.items())
+        own = list(self.own.collect())
+        merged = merge_families([own, *(families for _, families in others)])
+        sources = [(0, own), *others]
+        for source_family, (name, documentation) in self.by_process.items():
+            family = per_process(name, documentation, sources, source_family)
+            if family is not None:
+                merged.append(family)
+        return merged
 
     def restricted_registry(self, names):
         """For /metrics?name[]=...: only the families (or their samples) so named."""
