@@ -93,6 +93,31 @@ def test_abort_and_a_front_that_goes_away_free_the_engine(engine):
     assert engine.stats().free_blocks == engine.stats().total_blocks
 
 
+def test_the_link_stops_sending_quietly_when_the_front_is_gone():
+    """Tokens and the link's end queued together, the front's pipe broken: the sender ends without an unhandled
+    exception (the reader sees the front gone and aborts its requests)."""
+    from vlmserve.services.engine_host import FrontLink
+
+    class BrokenPipe:
+        sent = 0
+
+        def send(self, msg):
+            BrokenPipe.sent += 1
+            raise BrokenPipeError(32, "Broken pipe")
+
+    raised = []
+    hook, threading.excepthook = threading.excepthook, raised.append
+    try:
+        link = FrontLink(None, BrokenPipe(), "front-test")
+        link._outbox.put([(1, [], None)])
+        link._outbox.put(None)
+        link._sender.start()
+        link._sender.join(10)
+    finally:
+        threading.excepthook = hook
+    assert not link._sender.is_alive() and BrokenPipe.sent == 1 and raised == []
+
+
 def test_a_lost_engine_fails_the_requests_in_flight_unavailable(engine):
     from vlmserve.services.remote_engine import RemoteEngine
 

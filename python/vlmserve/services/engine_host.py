@@ -112,18 +112,21 @@ class FrontLink:
             batch = self._outbox.get()
             if batch is None:
                 return
+            last = False
             try:  # everything waiting goes in one message
                 while True:
                     more = self._outbox.get_nowait()
-                    if more is None:
-                        self.conn.send(batch)
-                        return
+                    if more is None:  # the end: what came before it still goes
+                        last = True
+                        break
                     batch.extend(more)
             except queue.Empty:
                 pass
             try:
                 self.conn.send(batch)
             except (OSError, ValueError):  # the front is gone: the reader sees it too
+                return
+            if last:
                 return
 
     def close(self) -> None:

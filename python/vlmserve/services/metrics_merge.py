@@ -44,7 +44,7 @@ def merge_families(collections: list[list[Metric]]) -> list[Metric]:
     return list(merged.values())
 
 
-def per_process(name: str, documentation: str, sources: list[tuple[str, list[Metric]]], source_family: str) -> \
+def per_process(name: str, documentation: str, sources: list[tuple[object, list[Metric]]], source_family: str) -> \
         Metric | None:
     """`source_family` (a counter or gauge) of each (process, families) as one family `name`: each process's
     samples summed (a counter's _total samples only) into one sample labelled process=<process>."""
