@@ -100,14 +100,15 @@ async def _serve_front(engine_conn, control_conn, s: FrontSettings) -> None:
         await server.stop()
         signalled.cancel()
         return
-    control_conn.send(("ready", os.getpid()))
-    lost_wait = asyncio.ensure_future(lost.wait())
-
     def send_metrics() -> None:
         try:
             control_conn.send(("metrics", list(server.registry.collect())))
         except (OSError, ValueError):
             pass  # the first process is gone: the engine link says so too
+
+    control_conn.send(("ready", os.getpid()))
+    send_metrics()  # at once: this front is in /metrics (its share of the calls too) from when the service serves
+    lost_wait = asyncio.ensure_future(lost.wait())
 
     async def report_metrics() -> None:
         while True:
