@@ -207,6 +207,31 @@ def test_calls_are_also_given_per_process():
     assert 'x_process_calls_total{process="2"} 2.0' in only and "x_in_flight" not in only
 
 
+def test_a_replaced_front_adds_to_its_predecessors_counts():
+    """Snapshots keyed (index, pid): the dead front's counters stay in the sums (they never go back), its gauges
+    go; the replacement counts under the same index."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge
+    from prometheus_client.exposition import generate_latest
+    from vlmserve.services.metrics_merge import MergedRegistry
+
+    def registry(calls: int, in_flight: int):
+        r = CollectorRegistry()
+        Counter("x_handled", "calls", registry=r).inc(calls)
+        Gauge("x_in_flight", "in flight", registry=r).set(in_flight)
+        return r
+
+    merged = MergedRegistry(registry(3, 1), by_process={"x_handled": ("x_process_calls", "calls by process"),
+                                                        "x_in_flight": ("x_process_in_flight", "in flight")})
+    merged.update((1, 100), list(registry(5, 2).collect()))  # front 1, which then dies
+    merged.update((1, 200), list(registry(1, 4).collect()))  # its replacement
+    text = generate_latest(merged).decode()
+    assert metric_value(text, "x_handled_total") == 9
+    assert metric_value(text, "x_in_flight") == 5
+    assert metric_value(text, 'x_process_calls_total{process="1"}') == 6
+    assert metric_value(text, 'x_process_in_flight{process="1"}') == 4
+    assert text.count('x_process_calls_total{process="1"}') == 1
+
+
 def test_bad_front_process_counts_are_refused(tiny_model_dir):
     from vlmserve.errors import InvalidArgumentError
     from vlmserve.services.lm_server import LmServer

@@ -157,7 +157,7 @@ class LmFronts:
 
     async def start(self, engine, make_settings, on_metrics, on_restart=None) -> None:
         """Starts the fronts, each with make_settings(index), and waits until every one serves; raises (after
-        stopping those started) when one fails or does not report within READY_TIMEOUT_S. on_metrics(index,
+        stopping those started) when one fails or does not report within READY_TIMEOUT_S. on_metrics((index, pid),
         families): a front's metrics snapshot, from a thread of this object; on_restart(): a front was replaced."""
         self._engine, self._make_settings, self._on_metrics, self._on_restart = (engine, make_settings, on_metrics,
                                                                                  on_restart)
@@ -202,7 +202,10 @@ class LmFronts:
             raise RuntimeError(f"LM front process {i} failed to start: {msg[1]}")
 
     def _start_reporter(self, front: _Front) -> None:
-        front.reporter = threading.Thread(target=_read_reports, args=(front.control, front.index, self._on_metrics),
+        # Snapshots keyed by the process, not its slot: a replacement's counters start from 0, and its
+        # predecessor's last snapshot stays in the sums (metrics_merge.py).
+        source = (front.index, front.proc.pid)
+        front.reporter = threading.Thread(target=_read_reports, args=(front.control, source, self._on_metrics),
                                           name=f"front-{front.index}-metrics", daemon=True)
         front.reporter.start()
 
@@ -286,13 +289,13 @@ class LmFronts:
         self._fronts = []
 
 
-def _read_reports(control, index: int, on_metrics) -> None:
-    """A front's metric snapshots, until its pipe closes."""
+def _read_reports(control, source: tuple[int, int], on_metrics) -> None:
+    """A front's metric snapshots, until its pipe closes; source: (its index, its pid)."""
     try:
         while True:
             msg = control.recv()
             if msg[0] == "metrics":
-                on_metrics(index, msg[1])
+                on_metrics(source, msg[1])
     except (EOFError, OSError, TypeError):
         pass
     finally:

@@ -10,7 +10,11 @@ sum, so counters never go back.
 Some families are also given per process (by_process): a counter's or gauge's
 samples summed within each process into a family of its own with a `process`
 label ("0": this process; a front: its index), so an uneven share of the calls
-among the processes shows (the port is shared by connection, not by call)."""
+among the processes shows (the port is shared by connection, not by call). A
+source given as (index, pid) counts under its index: a front started again in
+the place of one that died adds to its predecessor's last snapshot, of which
+only the counters and histograms still count (its gauges, such as its calls
+in flight, went with it)."""
 from __future__ import annotations
 
 import threading
@@ -44,20 +48,30 @@ def merge_families(collections: list[list[Metric]]) -> list[Metric]:
     return list(merged.values())
 
 
+def _slot(source):
+    """The place a source counts under: its index where it is given as (index, pid)."""
+    return source[0] if isinstance(source, tuple) else source
+
+
 def per_process(name: str, documentation: str, sources: list[tuple[object, list[Metric]]], source_family: str) -> \
         Metric | None:
     """`source_family` (a counter or gauge) of each (process, families) as one family `name`: each process's
     samples summed (a counter's _total samples only) into one sample labelled process=<process>."""
-    out = None
-    for process, families in sources:
+    kind, totals = None, {}
+    for source, families in sources:
+        process = _slot(source)
         for family in families:
             if family.name != source_family or family.type not in ("counter", "gauge"):
                 continue
-            if out is None:
-                out = Metric(name, documentation, family.type)
-            suffix = "_total" if family.type == "counter" else ""
-            total = sum(s.value for s in family.samples if s.name == family.name + suffix)
-            out.samples.append(Sample(name + suffix, {"process": str(process)}, total, None, None))
+            kind = family.type
+            suffix = "_total" if kind == "counter" else ""
+            totals[process] = totals.get(process, 0.0) + sum(s.value for s in family.samples
+                                                             if s.name == family.name + suffix)
+    if kind is None:
+        return None
+    out = Metric(name, documentation, kind)
+    suffix = "_total" if kind == "counter" else ""
+    out.samples = [Sample(name + suffix, {"process": str(p)}, v, None, None) for p, v in totals.items()]
     return out
 
 
@@ -79,6 +93,9 @@ class MergedRegistry:
     def collect(self):
         with self._lock:
             others = list(self._snapshots.items())
+        latest = {_slot(source): source for source, _ in others}  # a slot's latest process (insertion order)
+        others = [(source, families if latest[_slot(source)] == source else
+                   [f for f in families if f.type != "gauge"]) for source, families in others]
         own = list(self.own.collect())
         merged = merge_families([own, *(families for _, families in others)])
         sources = [(0, own), *others]
