@@ -668,11 +668,10 @@ serve_final() {  # the whole sweep with the high-concurrency setting (4 LM front
   # process of each (the default), then one LM process with 2 vision processes at 64/256 (which of the two the gain
   # needs); MPS, copies from 33 rows, --stream-interval 4. Its one call (2026-12-05 19:41) lost the machine mid-run
   # with nothing returned; serve_final_fronts is its first run alone
-  mps_path || return 1
-  local si="--lm-flag=--stream-interval=4" all=1,2,4,8,16,32,64,128,256
+  serve_final_fronts || return 1
+  local si="--lm-flag=--stream-interval=4"
   (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
-    serve_runs $all "--stem internvl-2b-$GPU_TAG-final-fronts4-vision2 $si $HIGH_CONCURRENCY" \
-      "--stem internvl-2b-$GPU_TAG-final-default $si --mps" &&
+    serve_runs 1,2,4,8,16,32,64,128,256 "--stem internvl-2b-$GPU_TAG-final-default $si --mps" &&
     serve_runs 64,256 "--stem internvl-2b-$GPU_TAG-final-fronts1-vision2 $si --mps --vision-processes 2")
 }
 serve_final_fronts() {  # the whole sweep with 4 LM fronts and 2 vision processes only (serve_final's first run)

@@ -338,7 +338,7 @@ def test_a_front_that_dies_is_replaced_and_the_port_keeps_serving():
         (first,) = lm.server._fronts.processes()
         os.kill(first.pid, signal.SIGKILL)
         deadline = time.monotonic() + 120
-        while lm.server._fronts.restarts < 1:
+        while lm.server.metrics.front_restarts._value.get() < 1:
             assert time.monotonic() < deadline, "the dead front was not replaced"
             time.sleep(0.2)
         (second,) = lm.server._fronts.processes()
@@ -370,7 +370,7 @@ def test_a_front_stopped_on_its_own_signal_drains_and_is_not_replaced():
         front.join(30)
         assert front.exitcode == 0
         time.sleep(3 * lm.server._fronts.WATCH_INTERVAL_S)
-        assert lm.server._fronts.restarts == 0 and lm.server._fronts.processes() == [front]
+        assert lm.server.metrics.front_restarts._value.get() == 0 and lm.server._fronts.processes() == [front]
         # the first process serves the port alone now
         assert len(generate_on_new_connection(lm.address, generate_request(2), timeout=60)) == 2
     finally:

@@ -150,7 +150,6 @@ class LmFronts:
         self._fronts: list[_Front] = []
         self._watching: asyncio.Task | None = None
         self._stopping = False
-        self.restarts = 0
 
     def processes(self) -> list:
         return [f.proc for f in self._fronts]
@@ -254,7 +253,6 @@ class LmFronts:
             return
         pause.pop(front.index, None)
         self._start_reporter(replacement)
-        self.restarts += 1
         if self._on_restart is not None:
             self._on_restart()
         log.info("LM front process replaced", extra={"fields": {"front": front.index, "pid": replacement.proc.pid}})
