@@ -15,13 +15,13 @@ def _mps_line(v: dict) -> list[str]:
     if not v.get("mps"):
         return []
     pids = ", ".join(map(str, v.get("mps_servers") or [])) or "?"
-    return [f"The two service processes share the GPU through NVIDIA MPS (a control daemon of the run's own; MPS "
+    return [f"The service processes share the GPU through NVIDIA MPS (a control daemon of the run's own; MPS "
             f"server pid {pids}): their kernels run side by side, not in time slices.", ""]
 
 
 def _flags_line(flags) -> str:
     if isinstance(flags, dict):  # two processes: each service's own flags
-        return "Services, one process each: " + "; ".join(f"{k} `{' '.join(v)}`" for k, v in flags.items())
+        return "Services, in processes of their own: " + "; ".join(f"{k} `{' '.join(v)}`" for k, v in flags.items())
     return f"Stack flags (one process): `{' '.join(flags)}`"
 
 
@@ -133,6 +133,10 @@ def markdown(r: dict, plots: list[str]) -> str:
         if busy:
             out += ["", "Busiest threads of the service processes (cores over the level; main = the asyncio loop):", ""]
             out += [f"- c={c}: {cell}" for c, cell in busy]
+        shares = [(lv["concurrency"], lv["lm_calls_by_process"]) for lv in v["levels"] if lv.get("lm_calls_by_process")]
+        if shares:  # the LM's processes (--front-processes) take connections, not calls: how evenly they shared
+            out += ["", "Calls by LM process (0 holds the engine; the kernel hands each client connection to one):", ""]
+            out += [f"- c={c}: " + ", ".join(f"{p}: {n:.0f}" for p, n in share.items()) for c, share in shares]
         out.append("")
     peer = r.get("peer") or []
     if peer:

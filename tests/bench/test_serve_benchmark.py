@@ -114,7 +114,7 @@ def test_services_layout_runs_two_processes(tmp_path):
                and min(c for t in lv["service_thread_cores"].values() for c in t.values()) > 0
                for v in r["variants"] for lv in v["levels"])
     md = (out / "internvl-tiny.md").read_text()
-    assert "Services, one process each" in md and "Busiest threads of the service processes" in md
+    assert "Services, in processes of their own" in md and "Busiest threads of the service processes" in md
     from vlmserve.cli.serve import DEFAULT_SWITCH_INTERVAL_MS as default_switch
 
     assert f"GIL switch interval: vision {default_switch:g} ms, lm 2 ms." in md
@@ -141,7 +141,11 @@ def test_front_and_vision_processes(tmp_path):
         # the calls each LM process finished (the front's arrive in snapshots, so the last may be missing)
         assert set(lv["lm_calls_by_process"]) == {"0", "1"}
         assert lv["requests"] - lv["concurrency"] <= sum(lv["lm_calls_by_process"].values()) <= lv["requests"]
-    assert "vision (2 processes)" in (out / "internvl-tiny.md").read_text()
+    md = (out / "internvl-tiny.md").read_text()
+    assert "vision (2 processes)" in md and "Calls by LM process" in md
+    shares = md.split("Calls by LM process")[1].split("\n\n")[1].splitlines()
+    assert [line.split(":")[0] for line in shares[:2]] == ["- c=1", "- c=2"]
+    assert all("0: " in line and "1: " in line for line in shares[:2])
 
 
 def test_vision_processes_need_the_services_layout(tmp_path):
