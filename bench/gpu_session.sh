@@ -354,8 +354,10 @@ dequant_chunks() {  # the prefill path's dequantization in L2-sized stretches of
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py -k "dequantiz" 2>&1 | tail -n 2
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k "dequantized_stretches" 2>&1 | tail -n 2
   for mb in 0 8 16 32; do
-    VLM_DEQUANT_CHUNK_MB=$mb python3 bench/gemm.py --ms 256,2048 --out-dir "$RES/gemm_dequant_chunk$mb" | grep -E "^- M"
+    VLM_DEQUANT_CHUNK_MB=$mb python3 bench/gemm.py --ms 256,2048 --layers "${DEQUANT_CHUNK_LAYERS:-2B.qkv,2B.o,2B.gate_up,2B.down,7B.qkv,7B.o,7B.gate_up,7B.down}" \
+      --out-dir "$RES/gemm_dequant_chunk$mb" | grep -E "^- M"
   done
+  [ -n "${DEQUANT_CHUNK_GEMM_ONLY:-}" ] && return 0  # the GEMMs alone (the targets' 7B shapes: a shorter call)
   VLM_DEQUANT_CHUNK_MB=16 python3 -m pytest -q -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 | tail -n 2
   for mb in 0 16; do
     VLM_DEQUANT_CHUNK_MB=$mb python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64 \
