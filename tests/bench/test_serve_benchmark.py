@@ -145,7 +145,9 @@ def test_front_and_vision_processes(tmp_path):
     assert "vision (2 processes)" in md and "Calls by LM process" in md
     shares = md.split("Calls by LM process")[1].split("\n\n")[1].splitlines()
     assert [line.split(":")[0] for line in shares[:2]] == ["- c=1", "- c=2"]
-    assert all("0: " in line and "1: " in line for line in shares[:2])
+    for line in shares[:2]:  # "- c=1: 0: 3, 1: 5": each process and its count
+        counts = dict(pair.split(": ") for pair in line.split(": ", 1)[1].split(", "))
+        assert set(counts) == {"0", "1"} and all(n.isdigit() for n in counts.values())
 
 
 def test_vision_processes_need_the_services_layout(tmp_path):
