@@ -48,6 +48,7 @@
 #   serve_targets_high / serve_targets_low  issue 6's targets on one machine (two calls back to back, serving carry):
 #                 high: 64/256 with 4 LM fronts and 2 vision processes; low: fp16 against w4a16 + int8 KV at 1/16 in
 #                 the default layout with transformers at batch 1 and 16 beside; both through MPS, copies from 33 rows
+#   serve_c1_layouts concurrency 1 in the high-concurrency setting, then in the default layout (serving carry)
 #   serve_connections the high-concurrency setting at 256 with 4 streams a client connection (64 connections) against
 #                 32 (8, the default): the LM fronts share the port by connection (serving carry)
 #   serve_tail_compare fp16 vs w4a16 + int8 KV serving at 1/2/4/8/16 with the layer tail and the copies (serving carry)
@@ -666,6 +667,18 @@ serve_fronts_low() {  # 4 LM fronts against one process at concurrency 1 and 16 
 }
 # The high-concurrency setting: 4 LM front processes and 2 vision processes, the services sharing the GPU through MPS
 HIGH_CONCURRENCY="--mps --lm-flag=--front-processes=4 --vision-processes 2"
+serve_c1_layouts() {  # concurrency 1 in the high-concurrency setting, then in the default layout (one process of
+  # each service), MPS, copies from 33 rows: what the fronts cost a lone stream, and which LM process took it
+  mps_path || return 1
+  local si="--lm-flag=--stream-interval=4"
+  (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
+    serve_runs 1 "--stem internvl-2b-$GPU_TAG-c1-high $si $HIGH_CONCURRENCY" "--stem internvl-2b-$GPU_TAG-c1-default $si --mps")
+  for f in "$RES"/serve/internvl-2b-$GPU_TAG-c1-*.json; do
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); lv=d['variants'][0]['levels'][0]
+print(sys.argv[1].split('/')[-1], 'calls by LM process', lv.get('lm_calls_by_process'), 'service TTFT mean',
+      lv.get('service_ttft_mean_s'), 'vision', lv.get('vision_encode_mean_s'))" "$f"
+  done
+}
 serve_final() {  # the whole sweep with the high-concurrency setting (4 LM fronts, 2 vision processes), then with one
   # process of each (the default), then one LM process with 2 vision processes at 64/256 (which of the two the gain
   # needs); MPS, copies from 33 rows, --stream-interval 4. Its one call (2026-12-05 19:41) lost the machine mid-run
@@ -1037,7 +1050,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step layer_tail 400
@@ -1054,6 +1067,7 @@ step serve_fronts_low 580
 step serve_final 580
 step serve_final_fronts 420
 step serve_targets_high 560
+step serve_c1_layouts 420
 step serve_targets_low 580
 step serve_connections 560
 step gemm_codes 480
