@@ -673,11 +673,6 @@ serve_c1_layouts() {  # concurrency 1 in the high-concurrency setting, then in t
   local si="--lm-flag=--stream-interval=4"
   (export VLM_PREFILL_DENSE_WEIGHTS=1 VLM_PREFILL_DENSE_MIN_ROWS=33
     serve_runs 1 "--stem internvl-2b-$GPU_TAG-c1-high $si $HIGH_CONCURRENCY" "--stem internvl-2b-$GPU_TAG-c1-default $si --mps")
-  for f in "$RES"/serve/internvl-2b-$GPU_TAG-c1-*.json; do
-    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); lv=d['variants'][0]['levels'][0]
-print(sys.argv[1].split('/')[-1], 'calls by LM process', lv.get('lm_calls_by_process'), 'service TTFT mean',
-      lv.get('service_ttft_mean_s'), 'vision', lv.get('vision_encode_mean_s'))" "$f"
-  done
 }
 serve_final() {  # the whole sweep with the high-concurrency setting (4 LM fronts, 2 vision processes), then with one
   # process of each (the default), then one LM process with 2 vision processes at 64/256 (which of the two the gain
@@ -886,7 +881,7 @@ serve_runs() {  # serve_runs LEVELS ARGS...: bench/serve.py on model (a), w4a16 
   for v in "$@"; do
     python3 bench/serve.py --model-name internvl-2b --variants w4a16-kv8 --vision-batch 16 --output-tokens 128 \
       --no-peer --calib-samples 16 --work /tmp/serve-work --concurrency "$levels" --out-dir "$RES/serve" $v 2>&1 |
-      grep -E "c=[0-9]+:|ABORT|Error|busiest" | tail -n 8
+      grep -E "c=[0-9]+:|ABORT|Error|busiest|calls by LM process" | tail -n 12
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   done
   return $status

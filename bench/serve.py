@@ -38,7 +38,7 @@ from run_info import git_revision, ints, library_settings, write_atomic  # noqa:
 from serving.load import STREAMS_PER_CHANNEL, STREAMS_PER_PROCESS, run_level  # noqa: E402
 from serving.models import SIZES, add_model_args, describe, write_model  # noqa: E402
 from serving.mps import MpsDaemon  # noqa: E402
-from serving.report import markdown, plots, threads_cell  # noqa: E402
+from serving.report import calls_cell, markdown, plots, threads_cell  # noqa: E402
 from serving.stack import ServicesProcesses, StackProcess, host_cpu_seconds, host_load  # noqa: E402
 
 VARIANTS = {"fp16": ("dense", "auto"), "w4a16": ("awq", "auto"), "w4a16-kv8": ("awq", "int8"),
@@ -265,8 +265,8 @@ def run_variant(name: str, model: Path, kv: str, vision_batch: int, a, image: by
             ttft = "" if s["ttft_p50_s"] is None else f", TTFT p50 {s['ttft_p50_s'] * 1e3:.0f} ms"
             log(f"{label} c={c}: {s['out_tok_s']:.1f} out tok/s{ttft}, {s['failed']} failed of {s['requests']}")
             log(f"  busiest threads (cores): {threads_cell(s)}")
-            if s["lm_calls_by_process"]:
-                log("  calls by LM process: " + ", ".join(f"{p}: {n:.0f}" for p, n in s["lm_calls_by_process"].items()))
+            if calls_cell(s):
+                log(f"  calls by LM process: {calls_cell(s)}")
             if s["failed"]:
                 log(f"  errors: {s['errors']}")
     return {"name": label, "flags": flags, "levels": levels, "gil_switch_interval_ms": switch_intervals(flags),

@@ -67,6 +67,11 @@ def threads_cell(lv: dict) -> str:
                      for proc, threads in (lv.get("service_thread_cores") or {}).items())
 
 
+def calls_cell(lv: dict) -> str:
+    """e.g. "0: 512, 1: 0, 2: 256, 3: 256": the calls each LM process finished ("" with one process)."""
+    return ", ".join(f"{p}: {n:.0f}" for p, n in (lv.get("lm_calls_by_process") or {}).items())
+
+
 def sampling_words(m: dict) -> str:
     """How the requests chose their tokens (runs before the field was recorded were greedy)."""
     s = m.get("sampling") or {}
@@ -133,10 +138,10 @@ def markdown(r: dict, plots: list[str]) -> str:
         if busy:
             out += ["", "Busiest threads of the service processes (cores over the level; main = the asyncio loop):", ""]
             out += [f"- c={c}: {cell}" for c, cell in busy]
-        shares = [(lv["concurrency"], lv["lm_calls_by_process"]) for lv in v["levels"] if lv.get("lm_calls_by_process")]
+        shares = [(lv["concurrency"], calls_cell(lv)) for lv in v["levels"] if calls_cell(lv)]
         if shares:  # the LM's processes (--front-processes) take connections, not calls: how evenly they shared
             out += ["", "Calls by LM process (0 holds the engine; the kernel hands each client connection to one):", ""]
-            out += [f"- c={c}: " + ", ".join(f"{p}: {n:.0f}" for p, n in share.items()) for c, share in shares]
+            out += [f"- c={c}: {cell}" for c, cell in shares]
         out.append("")
     peer = r.get("peer") or []
     if peer:
