@@ -18,6 +18,9 @@ $(VENV)/.installed: pyproject.toml
 	# The CPU build of torch (the registry's default build pulls several GB of CUDA packages).
 	$(BIN)/pip install -q "torch==2.13.0"
 	$(BIN)/pip install -q -e ".[test,proto]"
+	# CUTLASS's headers, for the prefill-size w4a16 GEMM of CUDA builds (CMake finds them in the venv); its
+	# Python interface and that interface's dependencies are not used.
+	$(BIN)/pip install -q --no-deps "nvidia-cutlass==4.2.0.0"
 	touch $@
 
 native: build/libvlmcore.so
@@ -28,7 +31,7 @@ proto: python/vlmserve/_proto/__init__.py
 python/vlmserve/_proto/__init__.py: $(wildcard protos/vlm/v1/*.proto) python/vlmserve/proto_build.py $(VENV)/.installed
 	$(BIN)/python python/vlmserve/proto_build.py
 
-build/libvlmcore.so: $(NATIVE_SOURCES)
+build/libvlmcore.so: $(NATIVE_SOURCES) $(VENV)/.installed
 	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
 	cmake --build build -j $(JOBS)
 

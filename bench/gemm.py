@@ -31,8 +31,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
 from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, stream_read, stream_read_sink,  # noqa: E402
-                              w4a16_dequantize, w4a16_gemm, w4a16_dequant_gemm_min_rows, w4a16_wgmma_form,
-                              w4a16_wgmma_plan, w4a16_workspace_bytes)
+                              w4a16_cutlass_built, w4a16_cutlass_gemm, w4a16_cutlass_prepare, w4a16_dequantize,
+                              w4a16_gemm, w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_wgmma_plan,
+                              w4a16_workspace_bytes)
 from run_info import library_settings, settings_line  # noqa: E402  (bench/, the script's own folder)
 
 LAYERS = {  # name: (N, K)
@@ -53,6 +54,8 @@ WGMMA_FORM = os.environ.get("VLM_W4A16_WGMMA", "") or "default"
 WGMMA_FORM_NAMES = {1: "w4a16 wgmma kernel, block form", 2: "w4a16 wgmma kernel, strip form"}
 # Rows our dense decode kernel takes (dense_decode.h); the engine runs it at one row.
 DENSE_DECODE_MAX_ROWS = 4
+# Rows from which the CUTLASS mixed-input GEMM (w4a16_cutlass.cu, on builds that have it) is timed too.
+CUTLASS_MIN_ROWS = 17
 
 
 def dequant_chunk_columns(n: int, k: int) -> int:
@@ -136,6 +139,7 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
         sink = stream_read_sink(dev)
         t_read4 = time_graph(lambda i: stream_read(ours_w[i % len(ours_w)], sink))
         t_read16 = time_graph(lambda i: stream_read(fp16_w[i % len(fp16_w)], sink))
+    cutlass_w = None  # the CUTLASS kernel's copies of the layer, made at the first M that times it
     rows = []
     for m in ms:
         x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
@@ -170,6 +174,12 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
 
                 t_ours = time_graph(chunked)
                 path = f"dequantize + cuBLAS, {chunk} columns at a time"
+        t_cutlass = float("nan")
+        if m >= CUTLASS_MIN_ROWS and w4a16_cutlass_built():
+            if cutlass_w is None:
+                cutlass_w = [w4a16_cutlass_prepare(p, ours_sz, n, k, GROUP) for p in ours_w]
+            t_cutlass = time_graph(lambda i: w4a16_cutlass_gemm(x16, cutlass_w[i % len(cutlass_w)], n, GROUP,
+                                                                out=out))
         t_fp16 = time_graph(lambda i: torch.nn.functional.linear(x16, fp16_w[i % len(fp16_w)]))
         t_dense = float("nan")
         if m <= DENSE_DECODE_MAX_ROWS:
@@ -183,11 +193,11 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
             except Exception as e:
                 print(f"torch int4 failed at M={m} {n}x{k}: {e}", file=sys.stderr)
         rows.append({"n": n, "k": k, "m": m, "ours_s": t_ours, "ours_path": path, "w4a16_kernel_s": t_kernel,
-                     "torch_fp16_s": t_fp16, "torch_int4_s": t_int4, "dense_decode_s": t_dense,
+                     "torch_fp16_s": t_fp16, "torch_int4_s": t_int4, "dense_decode_s": t_dense, "cutlass_s": t_cutlass,
                      "read_4bit_s": t_read4, "read_fp16_s": t_read16})
         print(f"  {n}x{k} M={m}: ours {t_ours * 1e6:.1f} us, fp16 {t_fp16 * 1e6:.1f} us, "
-              f"int4 {t_int4 * 1e6:.1f} us", file=sys.stderr)
-    del ours_w, fp16_w, int4
+              f"int4 {t_int4 * 1e6:.1f} us, cutlass {t_cutlass * 1e6:.1f} us", file=sys.stderr)
+    del ours_w, fp16_w, int4, cutlass_w
     torch.cuda.empty_cache()
     return rows
 
@@ -239,11 +249,13 @@ def main() -> None:
              f"{DENSE_DECODE_MAX_ROWS} rows (the engine runs it for unquantized models' one-row steps)",
              "- Read floor (with --read-floor): one kernel that only reads the layer's packed 4-bit weights, and its "
              "fp16 weights, with the same rotation and timing (vlm_stream_read): a call of those bytes cannot be "
-             "faster", "",
+             "faster",
+             f"- CUTLASS (from {CUTLASS_MIN_ROWS} rows, builds that have it): the mixed-input GEMM of "
+             "w4a16_cutlass.cu on its own copy of the layer (vlm_w4a16_cutlass_gemm), same rotation and timing", "",
              "| layer | M | torch fp16 µs | torch int4 µs | ours µs | our path | w4a16 kernel µs | × fp16 | × int4 "
              "| ours % of int4 floor | fp16 % of fp16 floor | our fp16 µs | our fp16 % of fp16 floor "
-             "| read floor 4-bit / fp16 µs |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| read floor 4-bit / fp16 µs | CUTLASS µs | CUTLASS × fp16 | CUTLASS × int4 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['layer']} | {r['m']} | {r['torch_fp16_s'] * 1e6:.1f} | {r['torch_int4_s'] * 1e6:.1f} | "
                      f"{r['ours_s'] * 1e6:.1f} | {r['ours_path']} | {r['w4a16_kernel_s'] * 1e6:.1f} | "
@@ -253,7 +265,10 @@ def main() -> None:
                      + (f"{r['dense_decode_s'] * 1e6:.1f} | {100 * r['fp16_floor_s'] / r['dense_decode_s']:.0f}% |"
                         if not math.isnan(r['dense_decode_s']) else "— | — |")
                      + (f" {r['read_4bit_s'] * 1e6:.1f} / {r['read_fp16_s'] * 1e6:.1f} |"
-                        if not math.isnan(r.get("read_4bit_s", math.nan)) else " — |"))
+                        if not math.isnan(r.get("read_4bit_s", math.nan)) else " — |")
+                     + (f" {r['cutlass_s'] * 1e6:.1f} | {r['torch_fp16_s'] / r['cutlass_s']:.2f} | "
+                        f"{r['torch_int4_s'] / r['cutlass_s']:.2f} |"
+                        if not math.isnan(r.get("cutlass_s", math.nan)) else " — | — | — |"))
     lines += ["", "## Targets (7B shapes: ours / torch fp16; and faster than torch int4 at every M)", ""]
     for m, target in TARGETS_7B.items():
         rs = [r for r in results if r["m"] == m and r["layer"].startswith("7B")]
@@ -264,6 +279,12 @@ def main() -> None:
         lines.append(f"- M={m}: ≥ {target}× fp16 — measured {', '.join(f'{x:.2f}' for x in ratios)} "
                      f"(min {min(ratios):.2f}): {'met' if min(ratios) >= target else 'NOT met'}; "
                      f"faster than torch int4: {'yes' if beats_int4 else 'NO'}")
+        cut = [r for r in rs if not math.isnan(r.get("cutlass_s", math.nan))]
+        if cut:  # the CUTLASS kernel's figures against the same target
+            cr = [r["torch_fp16_s"] / r["cutlass_s"] for r in cut]
+            lines.append(f"  - CUTLASS: {', '.join(f'{x:.2f}' for x in cr)} (min {min(cr):.2f}): "
+                         f"{'met' if min(cr) >= target and len(cut) == len(rs) else 'NOT met'}; faster than torch "
+                         f"int4: {'yes' if all(r['cutlass_s'] < r['torch_int4_s'] for r in cut) else 'NO'}")
         floors = [r for r in rs if not math.isnan(r["read_4bit_s"])]
         if floors:  # the time the target asks for against what reading the 4-bit weights alone takes
             lines.append("  - target time (torch fp16 / target) against the 4-bit read floor, µs: " + ", ".join(

@@ -122,6 +122,20 @@ VLM_API int vlm_argmax_rows(const float* logits, int32_t rows, int32_t vocab, in
 VLM_API int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_scale_zero, void* out, int32_t n,
                                  int32_t k, int32_t group_size, int32_t act_dtype, void* stream);
 
+/* The prefill-size w4a16 GEMM through CUTLASS's mixed-input kernel (Hopper, builds that found CUTLASS's
+ * headers): *built is 1 where it exists. It reads its own copy of a layer ("prepared": the codes reordered
+ * for the kernel, scales and offsets -s*z), *bytes long, made on the device from the packed layout by
+ * vlm_w4a16_cutlass_prepare (scratch: n*k/2 bytes). Then C [M][N] = A [M][K] · dequant(W)^T in act_dtype,
+ * computed as s*q + (-s*z) per weight (the offset rounded to act_dtype). Device pointers; asynchronous on
+ * `stream`. */
+VLM_API int vlm_w4a16_cutlass_built(int32_t* built);
+VLM_API int vlm_w4a16_cutlass_prepared_bytes(int32_t n, int32_t k, int32_t group_size, int64_t* bytes);
+VLM_API int vlm_w4a16_cutlass_prepare(const void* packed_weight, const void* packed_scale_zero, void* prepared,
+                                      void* scratch, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
+                                      void* stream);
+VLM_API int vlm_w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int32_t m, int32_t n, int32_t k,
+                                   int32_t group_size, int32_t act_dtype, void* stream);
+
 /* Sampled decoding's draw on the GPU, as the engine makes it with VLM_DEVICE_SAMPLING=1: for each of `rows`
  * fp32 rows of `vocab` logits, x = logit / temperature[row]; the top_k[row] tokens by x (0: off; ties by lower
  * index); within them the smallest prefix of that order holding top_p[row] of their weight (1: off); tokens

@@ -14,6 +14,7 @@
 #include "cuda/dense_decode.h"
 #include "cuda/draw_rows.h"
 #include "cuda/stream_read.h"
+#include "cuda/w4a16_cutlass.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
 #include "cuda/w4a16_wgmma.h"
@@ -232,6 +233,79 @@ int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_scale_zer
 #ifdef VLM_HAVE_CUDA
     VLM_CUDA_CHECK(vlm::w4a16_dequantize(packed_weight, packed_scale_zero, out, n, k, group_size,
                                          act_dtype == VLM_DTYPE_BF16, static_cast<cudaStream_t>(stream)));
+#else
+    (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_w4a16_cutlass_built(int32_t* built) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(built, "NULL output");
+#ifdef VLM_HAVE_CUDA
+    *built = vlm::w4a16_cutlass_built() ? 1 : 0;
+#else
+    *built = 0;
+#endif
+  });
+}
+
+namespace {
+
+#ifdef VLM_HAVE_CUDA
+// After check_w4a16_shape (every build checks shapes first).
+void check_cutlass_shape(int32_t m, int32_t n, int32_t k, int32_t group_size) {
+  VLM_CHECK(vlm::w4a16_cutlass_built(), VLM_ERR_UNSUPPORTED,
+            "this build has no CUTLASS w4a16 GEMM (CUTLASS's headers were not found, or no sm_90a code)");
+  VLM_CHECK_ARG(vlm::w4a16_cutlass_applies(m, n, k, group_size),
+                "w4a16 CUTLASS GEMM: K " << k << " must be a multiple of 64 and of the group size " << group_size);
+}
+#endif
+
+}  // namespace
+
+int vlm_w4a16_cutlass_prepared_bytes(int32_t n, int32_t k, int32_t group_size, int64_t* bytes) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(bytes, "NULL output");
+    vlm::check_w4a16_shape(1, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    check_cutlass_shape(1, n, k, group_size);
+    *bytes = vlm::w4a16_cutlass_prepared_bytes(n, k, group_size);
+#else
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_w4a16_cutlass_prepare(const void* packed_weight, const void* packed_scale_zero, void* prepared,
+                              void* scratch, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
+                              void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(packed_weight && packed_scale_zero && prepared && scratch, "NULL device pointer");
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    vlm::check_w4a16_shape(1, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    check_cutlass_shape(1, n, k, group_size);
+    VLM_CUDA_CHECK(vlm::w4a16_cutlass_prepare(packed_weight, packed_scale_zero, prepared, scratch, n, k, group_size,
+                                              act_dtype == VLM_DTYPE_BF16, static_cast<cudaStream_t>(stream)));
+#else
+    (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int32_t m, int32_t n, int32_t k,
+                           int32_t group_size, int32_t act_dtype, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(a && prepared && c, "NULL device pointer");
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    check_cutlass_shape(m, n, k, group_size);
+    VLM_CUDA_CHECK(vlm::w4a16_cutlass_gemm(a, prepared, c, m, n, k, group_size, act_dtype == VLM_DTYPE_BF16,
+                                           static_cast<cudaStream_t>(stream)));
 #else
     (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");

@@ -201,6 +201,41 @@ def w4a16_dequantize(packed, scale_zero, n: int, k: int, group_size: int, bf16: 
     return out
 
 
+def w4a16_cutlass_built() -> bool:
+    """Whether this library has the CUTLASS prefill-size w4a16 GEMM (Hopper builds that found CUTLASS)."""
+    out = ctypes.c_int32()
+    check(_native.lib().vlm_w4a16_cutlass_built(ctypes.byref(out)))
+    return bool(out.value)
+
+
+def w4a16_cutlass_prepare(packed, scale_zero, n: int, k: int, group_size: int, bf16: bool = False):
+    """The layer's copy for the CUTLASS GEMM (uint8 CUDA tensor), made on the device of `packed`."""
+    import torch
+
+    size = ctypes.c_int64()
+    check(_native.lib().vlm_w4a16_cutlass_prepared_bytes(n, k, group_size, ctypes.byref(size)))
+    prepared = torch.empty(size.value, dtype=torch.uint8, device=packed.device)
+    scratch = torch.empty(n * k // 2, dtype=torch.uint8, device=packed.device)
+    check(_native.lib().vlm_w4a16_cutlass_prepare(
+        packed.data_ptr(), scale_zero.data_ptr(), prepared.data_ptr(), scratch.data_ptr(), n, k, group_size,
+        _act_dtype(bf16), _stream(packed.device)))
+    return prepared
+
+
+def w4a16_cutlass_gemm(a, prepared, n: int, group_size: int, out=None):
+    """a [M, K] fp16/bf16 CUDA tensor · dequant(W)ᵀ -> [M, N] through the CUTLASS GEMM, on torch's current
+    stream; `prepared` from w4a16_cutlass_prepare with the same dtype."""
+    import torch
+
+    m, k = a.shape
+    if out is None:
+        out = torch.empty(m, n, dtype=a.dtype, device=a.device)
+    check(_native.lib().vlm_w4a16_cutlass_gemm(
+        a.data_ptr(), prepared.data_ptr(), out.data_ptr(), m, n, k, group_size,
+        _act_dtype(a.dtype == torch.bfloat16), _stream(a.device)))
+    return out
+
+
 def draw_rows(logits, temperature, top_k, top_p, min_p, u, tokens):
     """Sampled rows' tokens drawn on the GPU (vlm_draw_rows) into `tokens` (int32 [rows], left alone where the
     temperature is not > 0): logits float32 [rows, vocab]; temperature, top_p, min_p float32 [rows]; top_k int32

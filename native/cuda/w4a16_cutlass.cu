@@ -1,0 +1,280 @@
+// w4a16 GEMM at prefill sizes on Hopper through CUTLASS's mixed-input GEMM (TMA loads, warp-specialized
+// producer and consumer warpgroups, the 4-bit codes converted to fp16/bf16 in registers and fed to wgmma as its
+// register operand): C = A · dequant(W)ᵀ, A [M][K] fp16/bf16, fp32 accumulation, no dequantized copy of W.
+//
+// Why a second weight layout: the decode kernels read W in the strip layout of cpu/w4a16_pack.h (one warp's
+// mma fragments, 512 bytes a k16 step). CUTLASS's main loop reads the codes K-major through TMA, reordered so
+// that the 16 codes one thread converts for a wgmma are contiguous (one 64-bit shared-memory load) and
+// interleaved [0,2,4,6,1,3,5,7] for the conversion's bit tricks. w4a16_cutlass_prepare() builds that copy from
+// the strip layout on the device (0.53 bytes a weight), once per layer.
+//
+// Dequantization: CUTLASS computes w = s q + b with b = -s z (the zero folded into an offset, as the scaled-zero
+// form of common AWQ kernels): one fused multiply-add a weight. b is rounded to the activation type once, so w
+// differs from the reference (q - z) s by up to half a unit in the last place of s z (fp16: ~0.05 % of a
+// quantization step for z < 16; bf16: ~0.4 %): inside the tests' tolerance, and not bit-identical to the
+// strip-layout kernels.
+//
+// The GEMM is computed transposed (CUTLASS passes the narrow type through registers as the A operand): the
+// kernel's M is our N (weight rows), its N our M (tokens), and C [M][N] row-major is its N x M column-major
+// output.
+#include "cuda/w4a16_cutlass.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#if VLM_HAVE_CUTLASS
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/mixed_dtype_utils.hpp"
+#include "cutlass/util/packed_stride.hpp"
+#endif
+
+#include "cpu/w4a16_pack.h"
+#include "cuda/env_int.h"
+
+namespace vlm {
+
+#if VLM_HAVE_CUTLASS
+namespace {
+
+using namespace cute;
+
+using Codes = cutlass::uint4b_t;
+
+// The kernel's configuration for activation type T and a tile of TileM weight rows by TileN tokens.
+// CUTLASS's element type for the activations' CUDA type.
+template <class T>
+using Element = std::conditional_t<std::is_same_v<T, __half>, cutlass::half_t, cutlass::bfloat16_t>;
+
+template <class T, int TileM, int TileN>
+struct Config {
+  using E = Element<T>;
+  static constexpr int kTileK = 64;  // 128 bytes of 16-bit activations: TMA's and the builder's K for 16-bit types
+  using TileShape = Shape<Int<TileM>, Int<TileN>, Int<kTileK>>;
+  using ClusterShape = Shape<_1, _1, _1>;
+  // Weights [N][K] K-major ("row-major" as the kernel's A), activations [M][K] K-major (column-major as its B),
+  // output N x M column-major (= [M][N] row-major).
+  using LayoutW = cutlass::layout::RowMajor;
+  using LayoutX = cutlass::layout::ColumnMajor;
+  using LayoutOut = cutlass::layout::ColumnMajor;
+  using StrideW = cutlass::detail::TagToStrideA_t<LayoutW>;
+  using StrideX = cutlass::detail::TagToStrideB_t<LayoutX>;
+  // The order one thread's codes sit in (CUTLASS's reordering atom for a 16-bit wgmma, values [0,2,4,6,1,3,5,7]).
+  using ValueShuffle = Layout<Shape<_2, _4>, Stride<_4, _1>>;
+  using LayoutAtom =
+      decltype(cutlass::compute_memory_reordering_atom<E, Layout<Shape<_1, _1>>, ValueShuffle>());
+  using LayoutWReordered = decltype(cute::tile_to_shape(LayoutAtom{}, Layout<Shape<int, int, int>, StrideW>{}));
+  using Schedule = cute::conditional_t<TileM >= 128, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                       cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
+  using EpilogueSchedule = cute::conditional_t<TileM >= 128, cutlass::epilogue::TmaWarpSpecializedCooperative,
+                                               cutlass::epilogue::TmaWarpSpecialized>;
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutOut, 8, E, LayoutOut, 8,
+      EpilogueSchedule>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cute::tuple<Codes, E, E>, LayoutWReordered, 32, E,
+      LayoutX, 8, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      Schedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using StrideScale = typename Mainloop::StrideScale;
+  using StrideOut = typename Kernel::StrideD;
+};
+
+// The prepared copy of one layer: codes (reordered, N*K/2 bytes), then scales [K/g][N], then offsets [K/g][N].
+struct Prepared {
+  const Codes* codes;
+  const void* scales;
+  const void* offsets;
+};
+int64_t codes_bytes(int n, int k) { return (int64_t)n * k / 2; }
+int64_t params_bytes(int n, int k, int group) { return (int64_t)(k / group) * n * 2; }
+Prepared prepared_at(const void* p, int n, int k, int group) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  return {reinterpret_cast<const Codes*>(b), b + codes_bytes(n, k), b + codes_bytes(n, k) + params_bytes(n, k, group)};
+}
+
+template <class T>
+__device__ __forceinline__ float to_f(uint16_t bits);
+template <>
+__device__ __forceinline__ float to_f<__half>(uint16_t bits) { return __half2float(__ushort_as_half(bits)); }
+template <>
+__device__ __forceinline__ float to_f<__nv_bfloat16>(uint16_t bits) { return __uint_as_float((uint32_t)bits << 16); }
+template <class T>
+__device__ __forceinline__ uint16_t from_f(float x);
+template <>
+__device__ __forceinline__ uint16_t from_f<__half>(float x) { return __half_as_ushort(__float2half_rn(x)); }
+template <>
+__device__ __forceinline__ uint16_t from_f<__nv_bfloat16>(float x) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+
+// One thread per (strip, k16 step, lane): the lane's 16 bytes of the strip layout hold the codes of columns
+// 8 tile + lane / 4 (tiles 0..7) at k = 2t, 2t+1, 2t+8, 2t+9 (t = lane % 4), i.e. whole bytes (t) and (t + 4) of
+// each column's K-major row: written as bytes, no two threads share one. Output: [N][K/2] bytes, low nibble first.
+__global__ void strip_to_rows_kernel(const uint4* __restrict__ w, unsigned char* __restrict__ rows, int N, int K) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  const int ksteps = K / 16, lane = (int)(i % 32);
+  const int64_t sj = i / 32;
+  if (sj >= (int64_t)(N / kW4StripN) * ksteps) return;
+  const int strip = (int)(sj / ksteps), step = (int)(sj % ksteps);
+  const uint4 v = w[sj * 32 + lane];
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+  const int g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int wi = 0; wi < 4; ++wi)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      const uint32_t x = words[wi] >> (8 * j);
+      const int col = strip * kW4StripN + 8 * (2 * wi + j) + g;
+      // k = 2t (bits 0-3), 2t+1 (16-19), 2t+8 (4-7), 2t+9 (20-23)
+      const unsigned char lo = (unsigned char)((x & 0xF) | (((x >> 16) & 0xF) << 4));
+      const unsigned char hi = (unsigned char)(((x >> 4) & 0xF) | (((x >> 20) & 0xF) << 4));
+      unsigned char* row = rows + (int64_t)col * (K / 2) + step * 8;
+      row[t] = lo;
+      row[t + 4] = hi;
+    }
+}
+
+// One thread per (group, column): the scale s and the offset -s z in [K/g][N] order (N fastest).
+template <class T>
+__global__ void scales_offsets_kernel(const uint16_t* __restrict__ sz, uint16_t* __restrict__ scales,
+                                      uint16_t* __restrict__ offsets, int N, int groups, float magic) {
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= (int64_t)groups * N) return;
+  const int grp = (int)(i / N), col = (int)(i % N);
+  const int strip = col / kW4StripN, c = col % kW4StripN;
+  const int pos = (c % 8) * 8 + c / 8;  // column 8 j + g is stored at g * 8 + j
+  const uint16_t* rec = sz + ((int64_t)strip * groups + grp) * 128;
+  const float s = to_f<T>(rec[pos]), z = to_f<T>(rec[64 + pos]) - magic;
+  scales[i] = rec[pos];
+  offsets[i] = from_f<T>(-s * z);
+}
+
+template <class C>
+void reorder_codes(const unsigned char* rows, Codes* out, int N, int K, cudaStream_t stream) {
+  const auto shape = cute::make_shape(N, K, 1);
+  const auto src_layout = cute::make_layout(shape, cutlass::make_cute_packed_stride(typename C::StrideW{}, shape));
+  const auto dst_layout = cute::tile_to_shape(typename C::LayoutAtom{}, shape);
+  auto S = cute::make_tensor(cute::make_gmem_ptr<Codes>(reinterpret_cast<const Codes*>(rows)), src_layout);
+  auto D = cute::make_tensor(cute::make_gmem_ptr<Codes>(out), dst_layout);
+  // As cutlass::reorder_tensor, on our stream and without its synchronization: each thread owns whole bytes of
+  // the destination (2 codes), 16 weight rows a block.
+  auto val_layout = make_layout(make_shape(Int<1>{}, Int<2>{}), GenRowMajor{});
+  auto thr_layout = make_layout(make_shape(Int<1>{}, Int<128>{}));
+  auto tiled_copy = make_tiled_copy(Copy_Atom<DefaultCopy, Codes>{}, thr_layout, val_layout);
+  using Tile16 = Shape<_16>;
+  auto tiled_D = group_modes<3, rank_v<decltype(dst_layout)>>(tiled_divide(D, Tile16{}));
+  const dim3 blocks{unsigned(size<1>(tiled_D)), 1u, unsigned(size<3>(tiled_D))};
+  cutlass::reorder_tensor_kernel<Tile16><<<blocks, 128, 0, stream>>>(S, D, tiled_copy);
+}
+
+template <class T, int TileM, int TileN>
+cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
+                     size_t workspace_bytes, cudaStream_t stream) {
+  using C = Config<T, TileM, TileN>;
+  using E = Element<T>;
+  const auto w_shape = cute::make_shape(N, K, 1);
+  const auto layout_w = cute::tile_to_shape(typename C::LayoutAtom{}, w_shape);
+  const auto stride_x = cutlass::make_cute_packed_stride(typename C::StrideX{}, cute::make_shape(M, K, 1));
+  const auto stride_s = cutlass::make_cute_packed_stride(typename C::StrideScale{}, cute::make_shape(N, K / group, 1));
+  const auto stride_out = cutlass::make_cute_packed_stride(typename C::StrideOut{}, cute::make_shape(N, M, 1));
+  typename C::Gemm::Arguments args{
+      cutlass::gemm::GemmUniversalMode::kGemm,
+      {N, M, K, 1},
+      {p.codes, layout_w, static_cast<const E*>(a), stride_x, static_cast<const E*>(p.scales), stride_s, group,
+       static_cast<const E*>(p.offsets)},
+      {{1.f, 0.f}, nullptr, stride_out, static_cast<E*>(c), stride_out}};
+  typename C::Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  if (C::Gemm::get_workspace_size(args) > workspace_bytes) return cudaErrorInvalidValue;
+  if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  if (gemm.run(stream) != cutlass::Status::kSuccess) return cudaErrorLaunchFailure;
+  return cudaGetLastError();
+}
+
+// Tokens a tile (the kernel's N): 128 from 256 rows, 64 below (fewer idle rows in a tile at 65-255). Tunable
+// with VLM_W4A16_CUTLASS_TILE_N (64 or 128) for measuring.
+int tile_n_for(int M) {
+  static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_N", 0);
+  if (forced == 64 || forced == 128) return forced;
+  return M >= 256 ? 128 : 64;
+}
+
+template <class T>
+cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream) {
+  if (tile_n_for(M) == 128) return run_gemm<T, 128, 128>(a, p, c, M, N, K, group, nullptr, 0, stream);
+  return run_gemm<T, 128, 64>(a, p, c, M, N, K, group, nullptr, 0, stream);
+}
+
+}  // namespace
+
+bool w4a16_cutlass_built() { return true; }
+
+bool w4a16_cutlass_applies(int M, int N, int K, int group) {
+  // TMA: 16-byte aligned rows of codes (K % 32) and of activations; the main loop: a group is whole K tiles.
+  return M >= 1 && N % kW4StripN == 0 && K % 64 == 0 && (group == 64 || group == 128) && K % group == 0;
+}
+
+int64_t w4a16_cutlass_prepared_bytes(int N, int K, int group) {
+  return codes_bytes(N, K) + 2 * params_bytes(N, K, group);
+}
+
+cudaError_t w4a16_cutlass_prepare(const void* w, const void* sz, void* prepared, void* scratch, int N, int K,
+                                  int group, bool bf16, cudaStream_t stream) {
+  if (!w4a16_cutlass_applies(1, N, K, group)) return cudaErrorInvalidValue;
+  auto* rows = static_cast<unsigned char*>(scratch);
+  const int64_t lanes = (int64_t)(N / kW4StripN) * (K / 16) * 32;
+  strip_to_rows_kernel<<<(unsigned)((lanes + 255) / 256), 256, 0, stream>>>(static_cast<const uint4*>(w), rows, N, K);
+  Prepared p = prepared_at(prepared, N, K, group);
+  auto* codes = const_cast<Codes*>(p.codes);
+  auto* scales = static_cast<uint16_t*>(const_cast<void*>(p.scales));
+  auto* offsets = static_cast<uint16_t*>(const_cast<void*>(p.offsets));
+  const int groups = K / group;
+  const unsigned blocks = (unsigned)(((int64_t)groups * N + 255) / 256);
+  if (bf16) {
+    reorder_codes<Config<__nv_bfloat16, 128, 128>>(rows, codes, N, K, stream);
+    scales_offsets_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<const uint16_t*>(sz), scales,
+                                                                     offsets, N, groups, 128.f);
+  } else {
+    reorder_codes<Config<__half, 128, 128>>(rows, codes, N, K, stream);
+    scales_offsets_kernel<__half><<<blocks, 256, 0, stream>>>(static_cast<const uint16_t*>(sz), scales, offsets, N,
+                                                              groups, 1024.f);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int M, int N, int K, int group,
+                               bool bf16, cudaStream_t stream) {
+  if (!w4a16_cutlass_applies(M, N, K, group)) return cudaErrorInvalidValue;
+  const Prepared p = prepared_at(prepared, N, K, group);
+  if (bf16) return dispatch<__nv_bfloat16>(a, p, c, M, N, K, group, stream);
+  return dispatch<__half>(a, p, c, M, N, K, group, stream);
+}
+
+#else  // built without CUTLASS's headers
+
+bool w4a16_cutlass_built() { return false; }
+bool w4a16_cutlass_applies(int, int, int, int) { return false; }
+int64_t w4a16_cutlass_prepared_bytes(int, int, int) { return -1; }
+cudaError_t w4a16_cutlass_prepare(const void*, const void*, void*, void*, int, int, int, bool, cudaStream_t) {
+  return cudaErrorNotSupported;
+}
+cudaError_t w4a16_cutlass_gemm(const void*, const void*, void*, int, int, int, int, bool, cudaStream_t) {
+  return cudaErrorNotSupported;
+}
+
+#endif
+
+}  // namespace vlm
