@@ -20,7 +20,7 @@
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   cutlass_gemm  the CUTLASS mixed-input GEMM (w4a16_cutlass.cu; carry .gpu-carry/cutlass, CUTLASS's include/ and
-#                 tools/util/include/): its tests, then bench/gemm at 64/256/2048 rows on the 7B layers
+#                 tools/util/include/): its tests, bench/gemm at 64/256/2048 rows on the 7B layers, the engine with it
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
@@ -330,6 +330,7 @@ cutlass_gemm() {  # the CUTLASS mixed-input GEMM: its tests, then bench/gemm fro
   python3 bench/gemm.py --ms "${CUTLASS_GEMM_MS:-64,256,2048}" \
     --layers "${CUTLASS_GEMM_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_cutlass" |
     grep -E "^\| |^- M|^  - "
+  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k cutlass_prefill 2>&1 | tail -n 3
 }
 layer_plans() {  # one layer's plan at a time in the engine: the sweep's fastest alone, which pinned for every layer
   # at once decoded slower (docs/benchmarks/gemm.md, 2026-12-05)

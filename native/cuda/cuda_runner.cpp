@@ -36,6 +36,7 @@
 #include "cuda/env_int.h"
 #include "cuda/simt_linear.h"
 #include "cuda/step_profiler.h"
+#include "cuda/w4a16_cutlass.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
 #include "cuda/w4a16_layer_tail.h"
@@ -151,6 +152,9 @@ struct DeviceLinear {
   // A tensor-core layer dequantized once at load (VLM_PREFILL_DENSE_WEIGHTS=1): prefill-sized GEMMs multiply it
   // through cuBLAS instead of dequantizing the layer on every such call; empty otherwise.
   DeviceBuffer dense;
+  // The same layer for the CUTLASS mixed-input GEMM (w4a16_cutlass.h: codes reordered, scales, offsets), made at
+  // load where cutlass_prefill_requested(): prefill-sized GEMMs read it instead of dequantizing; empty otherwise.
+  DeviceBuffer cutlass;
 };
 
 struct DeviceLayer {
@@ -386,6 +390,7 @@ class CudaRunner final : public StepRunner {
       upload_linear(w.down, bf16_, d.down);
     }
     if (prefill_dense_weights_requested()) keep_dense_prefill_weights();
+    else if (cutlass_prefill_requested()) keep_cutlass_prefill_weights();
     VLM_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
@@ -926,6 +931,47 @@ class CudaRunner final : public StepRunner {
     dense_prefill_bytes_ = need;
   }
 
+  // VLM_W4A16_CUTLASS=1: prefill-sized GEMMs of tensor-core 4-bit layers (from cutlass_min_rows() rows) run
+  // CUTLASS's mixed-input kernel on a copy of each layer in its layout (0.53 bytes a weight more, made at load),
+  // instead of dequantizing the layer for cuBLAS on every such call. Needs a library built with it
+  // on a Hopper GPU (w4a16_cutlass_runs()); VLM_PREFILL_DENSE_WEIGHTS=1 takes precedence.
+  static bool cutlass_prefill_requested() {
+    return cuda::env_int("VLM_W4A16_CUTLASS", 0) != 0 && w4a16_cutlass_runs();
+  }
+  static int cutlass_min_rows() {
+    static const int rows = [] {
+      const int v = cuda::env_int("VLM_W4A16_CUTLASS_MIN_ROWS", 0);
+      return v > 0 ? v : w4a16_dequant_gemm_min_rows();
+    }();
+    return rows;
+  }
+
+  void keep_cutlass_prefill_weights() {
+    std::vector<DeviceLinear*> quantized;
+    int64_t need = 0, scratch = 0;
+    for (DeviceLayer& d : layers_)
+      for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down})
+        if (l->tensor_core && w4a16_cutlass_applies(1, l->out, l->in, l->group)) {
+          quantized.push_back(l);
+          need += w4a16_cutlass_prepared_bytes(l->out, l->in, l->group);
+          scratch = std::max<int64_t>(scratch, (int64_t)l->out * l->in / 2);
+        }
+    if (quantized.empty()) return;
+    size_t free_b = 0, total_b = 0;
+    VLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    VLM_CHECK((int64_t)free_b > need + scratch, VLM_ERR_OUT_OF_MEMORY,
+              "VLM_W4A16_CUTLASS=1 needs " << ((need + scratch) >> 20) << " MiB of device memory for the layers' "
+              "CUTLASS copies and " << (free_b >> 20) << " MiB are free after the weights; unset it");
+    DeviceBuffer rows;
+    rows.reserve((size_t)scratch);
+    for (DeviceLinear* l : quantized) {
+      l->cutlass.reserve((size_t)w4a16_cutlass_prepared_bytes(l->out, l->in, l->group));
+      VLM_CUDA_CHECK(w4a16_cutlass_prepare(l->w.as(), l->scale.as(), l->cutlass.as(), rows.as(), l->out, l->in,
+                                           l->group, bf16_, stream_));
+    }
+    VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+
   static bool dense_decodes(const DeviceLinear& l, int M) {
     return M <= kDenseDecodeEngineRows && !l.tensor_core && !l.group && dense_decode_applies(M, l.out, l.in);
   }
@@ -937,6 +983,11 @@ class CudaRunner final : public StepRunner {
     if (l.dense.bytes() && !gate_up_input && M >= dense_copy_min_rows()) {
       // Dequantized at load: the whole-layer call of the branch below, without the dequantization.
       dense_gemm(l.dense.as(), l.out, l.in, x, M, y, false, l.out);
+      if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
+      return;
+    }
+    if (l.cutlass.bytes() && !gate_up_input && M >= cutlass_min_rows()) {
+      VLM_CUDA_CHECK(w4a16_cutlass_gemm(x, l.cutlass.as(), y, M, l.out, l.in, l.group, bf16_, stream_));
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }

@@ -222,6 +222,20 @@ cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, in
 
 bool w4a16_cutlass_built() { return true; }
 
+bool w4a16_cutlass_runs() {
+  static const bool runs = [] {
+    int device = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 alone
+  }();
+  return runs;
+}
+
 bool w4a16_cutlass_applies(int M, int N, int K, int group) {
   // TMA: 16-byte aligned rows of codes (K % 32) and of activations; the main loop: a group is whole K tiles.
   return M >= 1 && N % kW4StripN == 0 && K % 64 == 0 && (group == 64 || group == 128) && K % group == 0;
@@ -266,6 +280,7 @@ cudaError_t w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int
 #else  // built without CUTLASS's headers
 
 bool w4a16_cutlass_built() { return false; }
+bool w4a16_cutlass_runs() { return false; }
 bool w4a16_cutlass_applies(int, int, int, int) { return false; }
 int64_t w4a16_cutlass_prepared_bytes(int, int, int) { return -1; }
 cudaError_t w4a16_cutlass_prepare(const void*, const void*, void*, void*, int, int, int, bool, cudaStream_t) {
