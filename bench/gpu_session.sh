@@ -331,6 +331,12 @@ cutlass_gemm() {  # the CUTLASS mixed-input GEMM: its tests, then bench/gemm fro
     --layers "${CUTLASS_GEMM_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_cutlass" |
     grep -E "^\| |^- M|^  - "
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k cutlass_prefill 2>&1 | tail -n 3
+  local t
+  for t in ${CUTLASS_TILE_VARIANTS:-}; do  # the other tile widths (tokens a tile) at every M
+    VLM_W4A16_CUTLASS_TILE_N=$t python3 bench/gemm.py --ms "${CUTLASS_GEMM_MS:-64,256,2048}" \
+      --layers "${CUTLASS_GEMM_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_cutlass_tile$t" |
+      grep -E "^- M|^  - "
+  done
 }
 layer_plans() {  # one layer's plan at a time in the engine: the sweep's fastest alone, which pinned for every layer
   # at once decoded slower (docs/benchmarks/gemm.md, 2026-12-05)
