@@ -20,7 +20,9 @@
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   cutlass_gemm  the CUTLASS mixed-input GEMM (w4a16_cutlass.cu; carry .gpu-carry/cutlass, CUTLASS's include/ and
-#                 tools/util/include/): its tests, bench/gemm at 64/256/2048 rows on the 7B layers, the engine with it
+#                 tools/util/include/): its tests, bench/gemm at 64/256/2048 rows on the 7B layers, the engine with it;
+#                 cutlass_prefill: 2B prefill at batch 1/64, decode at 64/128, without and with it; cutlass_memcheck:
+#                 compute-sanitizer memcheck on its tests
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
@@ -336,6 +338,21 @@ cutlass_gemm() {  # the CUTLASS mixed-input GEMM: its tests, then bench/gemm fro
     VLM_W4A16_CUTLASS_TILE_N=$t python3 bench/gemm.py --ms "${CUTLASS_GEMM_MS:-64,256,2048}" \
       --layers "${CUTLASS_GEMM_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_cutlass_tile$t" |
       grep -E "^- M|^  - "
+  done
+}
+cutlass_memcheck() {  # compute-sanitizer memcheck on the CUTLASS GEMM's tests
+  compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 python3 -m pytest -q -m gpu \
+    tests/kernels/test_w4a16_cutlass.py 2>&1 | tail -n 4
+}
+cutlass_prefill() {  # 2B prefill at batch 1/64 and decode at 64/128 without and with the CUTLASS GEMM (from its
+  # default 129 rows, and from 33: the wgmma kernel's range too)
+  local v
+  for v in 0:0 1:0 1:33; do  # VLM_W4A16_CUTLASS:MIN_ROWS (0: the default rows)
+    VLM_W4A16_CUTLASS=${v%%:*} VLM_W4A16_CUTLASS_MIN_ROWS=${v#*:} python3 bench/decode.py --models 2b \
+      --weights w4a16 --kv int8 --batches 1,64,128 --peer-batches 0 --work /tmp/decode-models \
+      --out "$RES/prefill_cutlass${v/:/_}.json" >/dev/null &&
+      python3 -c "import json,sys; [print('cutlass', sys.argv[2], r['batch'], 'prefill_s_median', r['prefill_s_median'], 'tok_s', round(r['tok_s']))
+        for r in json.load(open(sys.argv[1]))['rows'] if r.get('engine') == 'vlmserve']" "$RES/prefill_cutlass${v/:/_}.json" $v
   done
 }
 layer_plans() {  # one layer's plan at a time in the engine: the sweep's fastest alone, which pinned for every layer
@@ -1063,10 +1080,12 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f cutlass_gemm layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 180
 step cutlass_gemm 420
+step cutlass_prefill 300
+step cutlass_memcheck 300
 step layer_tail 400
 step layer_tail_memcheck 300
 step layer_tail_bench 400

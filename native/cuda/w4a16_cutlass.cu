@@ -22,6 +22,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -54,7 +55,9 @@ using Codes = cutlass::uint4b_t;
 template <class T>
 using Element = std::conditional_t<std::is_same_v<T, __half>, cutlass::half_t, cutlass::bfloat16_t>;
 
-template <class T, int TileM, int TileN>
+// StreamK: CUTLASS's stream-K tile scheduler (its heuristic splits K across the SMs where the output tiles are
+// too few to fill them, with a deterministic reduction through a workspace), else its persistent data-parallel one.
+template <class T, int TileM, int TileN, bool StreamK>
 struct Config {
   using E = Element<T>;
   static constexpr int kTileK = 64;  // 128 bytes of 16-bit activations: TMA's and the builder's K for 16-bit types
@@ -86,7 +89,9 @@ struct Config {
       LayoutX, 8, float, TileShape, ClusterShape,
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
       Schedule>::CollectiveOp;
-  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      cute::conditional_t<StreamK, cutlass::gemm::StreamKScheduler,
+                                                                          cutlass::gemm::PersistentScheduler>>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
   using StrideScale = typename Mainloop::StrideScale;
   using StrideOut = typename Kernel::StrideD;
@@ -180,10 +185,40 @@ void reorder_codes(const unsigned char* rows, Codes* out, int N, int K, cudaStre
   cutlass::reorder_tensor_kernel<Tile16><<<blocks, 128, 0, stream>>>(S, D, tiled_copy);
 }
 
-template <class T, int TileM, int TileN>
-cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
-                     size_t workspace_bytes, cudaStream_t stream) {
-  using C = Config<T, TileM, TileN>;
+// The stream-K scheduler's workspace (partial tiles and their flags): one per host thread (the engine's calls
+// on one stream are serialized), grown outside graph capture; 32 MiB at first, more than 132 SMs' partial
+// 128 x 128 fp32 tiles, so that a captured call finds it big enough.
+struct Workspace {
+  void* p = nullptr;
+  size_t bytes = 0;
+  ~Workspace() {
+    if (p) cudaFree(p);
+  }
+};
+cudaError_t workspace_for(size_t need, cudaStream_t stream, void** out) {
+  thread_local Workspace ws;
+  if (need <= ws.bytes) {
+    *out = ws.p;
+    return cudaSuccess;
+  }
+  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &capturing) != cudaSuccess || capturing != cudaStreamCaptureStatusNone)
+    return cudaErrorStreamCaptureUnsupported;  // a first call of this size inside a graph capture
+  if (ws.p) {
+    if (const cudaError_t e = cudaStreamSynchronize(stream); e != cudaSuccess) return e;
+    cudaFree(ws.p);
+    ws = {};
+  }
+  const size_t bytes = std::max<size_t>(need, size_t{32} << 20);
+  if (const cudaError_t e = cudaMalloc(&ws.p, bytes); e != cudaSuccess) return e;
+  ws.bytes = bytes;
+  *out = ws.p;
+  return cudaSuccess;
+}
+
+template <class T, int TileM, int TileN, bool StreamK>
+cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream) {
+  using C = Config<T, TileM, TileN, StreamK>;
   using E = Element<T>;
   const auto w_shape = cute::make_shape(N, K, 1);
   const auto layout_w = cute::tile_to_shape(typename C::LayoutAtom{}, w_shape);
@@ -198,7 +233,9 @@ cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, in
       {{1.f, 0.f}, nullptr, stride_out, static_cast<E*>(c), stride_out}};
   typename C::Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-  if (C::Gemm::get_workspace_size(args) > workspace_bytes) return cudaErrorInvalidValue;
+  void* workspace = nullptr;
+  if (const size_t need = C::Gemm::get_workspace_size(args); need > 0)
+    if (const cudaError_t e = workspace_for(need, stream, &workspace); e != cudaSuccess) return e;
   if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
   if (gemm.run(stream) != cutlass::Status::kSuccess) return cudaErrorLaunchFailure;
   return cudaGetLastError();
@@ -212,10 +249,20 @@ int tile_n_for(int M) {
   return M >= 256 ? 128 : 64;
 }
 
+// Stream-K unless VLM_W4A16_CUTLASS_STREAMK=0 (the persistent data-parallel schedule, for measuring).
+bool stream_k() {
+  static const bool on = cuda::env_int("VLM_W4A16_CUTLASS_STREAMK", 1) != 0;
+  return on;
+}
+
 template <class T>
 cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream) {
-  if (tile_n_for(M) == 128) return run_gemm<T, 128, 128>(a, p, c, M, N, K, group, nullptr, 0, stream);
-  return run_gemm<T, 128, 64>(a, p, c, M, N, K, group, nullptr, 0, stream);
+  const bool wide = tile_n_for(M) == 128;
+  if (stream_k())
+    return wide ? run_gemm<T, 128, 128, true>(a, p, c, M, N, K, group, stream)
+                : run_gemm<T, 128, 64, true>(a, p, c, M, N, K, group, stream);
+  return wide ? run_gemm<T, 128, 128, false>(a, p, c, M, N, K, group, stream)
+              : run_gemm<T, 128, 64, false>(a, p, c, M, N, K, group, stream);
 }
 
 }  // namespace
@@ -258,11 +305,11 @@ cudaError_t w4a16_cutlass_prepare(const void* w, const void* sz, void* prepared,
   const int groups = K / group;
   const unsigned blocks = (unsigned)(((int64_t)groups * N + 255) / 256);
   if (bf16) {
-    reorder_codes<Config<__nv_bfloat16, 128, 128>>(rows, codes, N, K, stream);
+    reorder_codes<Config<__nv_bfloat16, 128, 128, false>>(rows, codes, N, K, stream);
     scales_offsets_kernel<__nv_bfloat16><<<blocks, 256, 0, stream>>>(static_cast<const uint16_t*>(sz), scales,
                                                                      offsets, N, groups, 128.f);
   } else {
-    reorder_codes<Config<__half, 128, 128>>(rows, codes, N, K, stream);
+    reorder_codes<Config<__half, 128, 128, false>>(rows, codes, N, K, stream);
     scales_offsets_kernel<__half><<<blocks, 256, 0, stream>>>(static_cast<const uint16_t*>(sz), scales, offsets, N,
                                                               groups, 1024.f);
   }
