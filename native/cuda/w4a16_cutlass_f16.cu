@@ -1,0 +1,12 @@
+// The CUTLASS mixed-input GEMM's kernels for fp16 activations (w4a16_cutlass_kernel.cuh).
+#include "cuda/w4a16_cutlass_kernel.cuh"
+
+namespace vlm {
+namespace cutlass_w4a16 {
+
+cudaError_t gemm_f16(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream) {
+  return dispatch<__half>(a, p, c, M, N, K, group, stream);
+}
+
+}  // namespace cutlass_w4a16
+}  // namespace vlm

@@ -1,0 +1,135 @@
+// The CUTLASS mixed-input GEMM's configuration and launch (w4a16_cutlass.cu says what it computes and why),
+// shared by the host entry points (w4a16_cutlass.cu) and the files that instantiate the kernels, one per
+// activation type (w4a16_cutlass_f16.cu, w4a16_cutlass_bf16.cu: compiled in parallel). Compiled only with
+// CUTLASS's headers (VLM_HAVE_CUTLASS).
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cute/tensor.hpp"
+#include "cutlass/cutlass.h"
+#include "cutlass/epilogue/collective/collective_builder.hpp"
+#include "cutlass/gemm/collective/collective_builder.hpp"
+#include "cutlass/gemm/device/gemm_universal_adapter.h"
+#include "cutlass/gemm/dispatch_policy.hpp"
+#include "cutlass/gemm/kernel/gemm_universal.hpp"
+#include "cutlass/util/mixed_dtype_utils.hpp"
+#include "cutlass/util/packed_stride.hpp"
+
+namespace vlm {
+namespace cutlass_w4a16 {
+
+using namespace cute;
+
+using Codes = cutlass::uint4b_t;
+
+// CUTLASS's element type for the activations' CUDA type.
+template <class T>
+using Element = std::conditional_t<std::is_same_v<T, __half>, cutlass::half_t, cutlass::bfloat16_t>;
+
+// The kernel for activation type T, tiles of TileM weight rows by TileN tokens. StreamK: CUTLASS's stream-K tile
+// scheduler (its heuristic splits K across the SMs where the output tiles are too few to fill them, with a
+// deterministic reduction through a workspace), else its persistent data-parallel one.
+template <class T, int TileM, int TileN, bool StreamK>
+struct Config {
+  using E = Element<T>;
+  static constexpr int kTileK = 64;  // 128 bytes of 16-bit activations: TMA's and the builder's K for 16-bit types
+  using TileShape = Shape<Int<TileM>, Int<TileN>, Int<kTileK>>;
+  using ClusterShape = Shape<_1, _1, _1>;
+  // Weights [N][K] K-major ("row-major" as the kernel's A), activations [M][K] K-major (column-major as its B),
+  // output N x M column-major (= [M][N] row-major).
+  using LayoutW = cutlass::layout::RowMajor;
+  using LayoutX = cutlass::layout::ColumnMajor;
+  using LayoutOut = cutlass::layout::ColumnMajor;
+  using StrideW = cutlass::detail::TagToStrideA_t<LayoutW>;
+  using StrideX = cutlass::detail::TagToStrideB_t<LayoutX>;
+  // The order one thread's codes sit in (CUTLASS's reordering atom for a 16-bit wgmma, values [0,2,4,6,1,3,5,7]).
+  using ValueShuffle = Layout<Shape<_2, _4>, Stride<_4, _1>>;
+  using LayoutAtom =
+      decltype(cutlass::compute_memory_reordering_atom<E, Layout<Shape<_1, _1>>, ValueShuffle>());
+  using LayoutWReordered = decltype(cute::tile_to_shape(LayoutAtom{}, Layout<Shape<int, int, int>, StrideW>{}));
+  using Schedule = cute::conditional_t<TileM >= 128, cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                                       cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
+  using EpilogueSchedule = cute::conditional_t<TileM >= 128, cutlass::epilogue::TmaWarpSpecializedCooperative,
+                                               cutlass::epilogue::TmaWarpSpecialized>;
+
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutOut, 8, E, LayoutOut, 8,
+      EpilogueSchedule>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, cute::tuple<Codes, E, E>, LayoutWReordered, 32, E,
+      LayoutX, 8, float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      Schedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      cute::conditional_t<StreamK, cutlass::gemm::StreamKScheduler,
+                                                                          cutlass::gemm::PersistentScheduler>>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+  using StrideScale = typename Mainloop::StrideScale;
+  using StrideOut = typename Kernel::StrideD;
+};
+
+// The prepared copy of one layer: codes (reordered, N*K/2 bytes), then scales [K/g][N], then offsets [K/g][N].
+struct Prepared {
+  const Codes* codes;
+  const void* scales;
+  const void* offsets;
+};
+inline int64_t codes_bytes(int n, int k) { return (int64_t)n * k / 2; }
+inline int64_t params_bytes(int n, int k, int group) { return (int64_t)(k / group) * n * 2; }
+inline Prepared prepared_at(const void* p, int n, int k, int group) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  return {reinterpret_cast<const Codes*>(b), b + codes_bytes(n, k), b + codes_bytes(n, k) + params_bytes(n, k, group)};
+}
+
+// The stream-K scheduler's workspace for a call needing `need` bytes (w4a16_cutlass.cu).
+cudaError_t workspace_for(size_t need, cudaStream_t stream, void** out);
+// Tokens a tile (the kernel's N) for M rows, and whether the stream-K scheduler runs (w4a16_cutlass.cu).
+int tile_n_for(int M);
+bool stream_k();
+
+template <class T, int TileM, int TileN, bool StreamK>
+cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream) {
+  using C = Config<T, TileM, TileN, StreamK>;
+  using E = Element<T>;
+  const auto w_shape = cute::make_shape(N, K, 1);
+  const auto layout_w = cute::tile_to_shape(typename C::LayoutAtom{}, w_shape);
+  const auto stride_x = cutlass::make_cute_packed_stride(typename C::StrideX{}, cute::make_shape(M, K, 1));
+  const auto stride_s = cutlass::make_cute_packed_stride(typename C::StrideScale{}, cute::make_shape(N, K / group, 1));
+  const auto stride_out = cutlass::make_cute_packed_stride(typename C::StrideOut{}, cute::make_shape(N, M, 1));
+  typename C::Gemm::Arguments args{
+      cutlass::gemm::GemmUniversalMode::kGemm,
+      {N, M, K, 1},
+      {p.codes, layout_w, static_cast<const E*>(a), stride_x, static_cast<const E*>(p.scales), stride_s, group,
+       static_cast<const E*>(p.offsets)},
+      {{1.f, 0.f}, nullptr, stride_out, static_cast<E*>(c), stride_out}};
+  typename C::Gemm gemm;
+  if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  void* workspace = nullptr;
+  if (const size_t need = C::Gemm::get_workspace_size(args); need > 0)
+    if (const cudaError_t e = workspace_for(need, stream, &workspace); e != cudaSuccess) return e;
+  if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  if (gemm.run(stream) != cutlass::Status::kSuccess) return cudaErrorLaunchFailure;
+  return cudaGetLastError();
+}
+
+template <class T>
+cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream) {
+  const bool wide = tile_n_for(M) == 128;
+  if (stream_k())
+    return wide ? run_gemm<T, 128, 128, true>(a, p, c, M, N, K, group, stream)
+                : run_gemm<T, 128, 64, true>(a, p, c, M, N, K, group, stream);
+  return wide ? run_gemm<T, 128, 128, false>(a, p, c, M, N, K, group, stream)
+              : run_gemm<T, 128, 64, false>(a, p, c, M, N, K, group, stream);
+}
+
+// The instantiations (w4a16_cutlass_f16.cu, w4a16_cutlass_bf16.cu).
+cudaError_t gemm_f16(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream);
+cudaError_t gemm_bf16(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream);
+
+}  // namespace cutlass_w4a16
+}  // namespace vlm
