@@ -962,6 +962,9 @@ class CudaRunner final : public StepRunner {
     VLM_CHECK((int64_t)free_b > need + scratch, VLM_ERR_OUT_OF_MEMORY,
               "VLM_W4A16_CUTLASS=1 needs " << ((need + scratch) >> 20) << " MiB of device memory for the layers' "
               "CUTLASS copies and " << (free_b >> 20) << " MiB are free after the weights; unset it");
+    // The stream-K workspace before any decode graph is captured (64 MiB: the scheduler's partial tiles for every
+    // SM several times over).
+    VLM_CUDA_CHECK(w4a16_cutlass_reserve_workspace(size_t{64} << 20, stream_));
     DeviceBuffer rows;
     rows.reserve((size_t)scratch);
     for (DeviceLinear* l : quantized) {

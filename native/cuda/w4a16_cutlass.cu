@@ -216,6 +216,11 @@ cudaError_t w4a16_cutlass_prepare(const void* w, const void* sz, void* prepared,
   return cudaGetLastError();
 }
 
+cudaError_t w4a16_cutlass_reserve_workspace(size_t bytes, cudaStream_t stream) {
+  void* p = nullptr;
+  return workspace_for(bytes, stream, &p);
+}
+
 cudaError_t w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int M, int N, int K, int group,
                                bool bf16, cudaStream_t stream) {
   if (!w4a16_cutlass_applies(M, N, K, group)) return cudaErrorInvalidValue;
@@ -233,6 +238,7 @@ int64_t w4a16_cutlass_prepared_bytes(int, int, int) { return -1; }
 cudaError_t w4a16_cutlass_prepare(const void*, const void*, void*, void*, int, int, int, bool, cudaStream_t) {
   return cudaErrorNotSupported;
 }
+cudaError_t w4a16_cutlass_reserve_workspace(size_t, cudaStream_t) { return cudaErrorNotSupported; }
 cudaError_t w4a16_cutlass_gemm(const void*, const void*, void*, int, int, int, int, bool, cudaStream_t) {
   return cudaErrorNotSupported;
 }
