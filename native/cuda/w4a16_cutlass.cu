@@ -24,7 +24,8 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <type_traits>
+#include <map>
+#include <mutex>
 
 #if VLM_HAVE_CUTLASS
 #include "cuda/w4a16_cutlass_kernel.cuh"
@@ -120,18 +121,19 @@ void reorder_codes(const unsigned char* rows, Codes* out, int N, int K, cudaStre
 
 namespace cutlass_w4a16 {
 
-// The stream-K scheduler's workspace (partial tiles and their flags): one per host thread (the engine's calls
-// on one stream are serialized), grown outside graph capture; 32 MiB at first, more than 132 SMs' partial
+// The stream-K scheduler's workspace (partial tiles and their flags): one per stream, whose calls are serialized
+// (the engine reserves its stream's at load, from its loading thread, and calls from its stepping thread; a
+// benchmark calls on torch's stream), grown outside graph capture; 32 MiB at least, more than 132 SMs' partial
 // 128 x 128 fp32 tiles, so that a captured call finds it big enough.
 struct Workspace {
   void* p = nullptr;
   size_t bytes = 0;
-  ~Workspace() {
-    if (p) cudaFree(p);
-  }
 };
 cudaError_t workspace_for(size_t need, cudaStream_t stream, void** out) {
-  thread_local Workspace ws;
+  static std::mutex mu;
+  static std::map<cudaStream_t, Workspace> by_stream;  // kept for the process's life
+  std::lock_guard<std::mutex> lock(mu);
+  Workspace& ws = by_stream[stream];
   if (need <= ws.bytes) {
     *out = ws.p;
     return cudaSuccess;
