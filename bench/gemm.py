@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
 from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, stream_read, stream_read_sink,  # noqa: E402
-                              w4a16_cutlass_built, w4a16_cutlass_gemm, w4a16_cutlass_prepare, w4a16_dequantize,
+                              w4a16_cutlass_built, w4a16_cutlass_gemm, w4a16_cutlass_prepare, w4a16_cutlass_workspace_bytes,
+                              w4a16_dequantize,
                               w4a16_gemm, w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_wgmma_plan,
                               w4a16_workspace_bytes)
 from run_info import library_settings, settings_line  # noqa: E402  (bench/, the script's own folder)
@@ -178,8 +179,9 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
         if m >= CUTLASS_MIN_ROWS and w4a16_cutlass_built():
             if cutlass_w is None:
                 cutlass_w = [w4a16_cutlass_prepare(p, ours_sz, n, k, GROUP) for p in ours_w]
+            cws = torch.empty(max(1, w4a16_cutlass_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
             t_cutlass = time_graph(lambda i: w4a16_cutlass_gemm(x16, cutlass_w[i % len(cutlass_w)], n, GROUP,
-                                                                out=out))
+                                                                out=out, workspace=cws))
         t_fp16 = time_graph(lambda i: torch.nn.functional.linear(x16, fp16_w[i % len(fp16_w)]))
         t_dense = float("nan")
         if m <= DENSE_DECODE_MAX_ROWS:

@@ -328,7 +328,10 @@ decode_plan_sweep() {  # every pinned plan of the decode-size w4a16 kernel again
 }
 cutlass_gemm() {  # the CUTLASS mixed-input GEMM: its tests, then bench/gemm from 64 rows (CUTLASS_GEMM_LAYERS)
   python3 -c "from vlmserve.kernels import w4a16_cutlass_built as b; print('CUTLASS GEMM built:', b())"
-  python3 -m pytest -q -m gpu tests/kernels/test_w4a16_cutlass.py 2>&1 | tail -n 5
+  python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed"
+  # the same with the persistent data-parallel schedule (no K split across SMs)
+  VLM_W4A16_CUTLASS_STREAMK=0 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
+    -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/no stream-K: /'
   python3 bench/gemm.py --ms "${CUTLASS_GEMM_MS:-64,256,2048}" \
     --layers "${CUTLASS_GEMM_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_cutlass" |
     grep -E "^\| |^- M|^  - "

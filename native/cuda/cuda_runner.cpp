@@ -962,9 +962,6 @@ class CudaRunner final : public StepRunner {
     VLM_CHECK((int64_t)free_b > need + scratch, VLM_ERR_OUT_OF_MEMORY,
               "VLM_W4A16_CUTLASS=1 needs " << ((need + scratch) >> 20) << " MiB of device memory for the layers' "
               "CUTLASS copies and " << (free_b >> 20) << " MiB are free after the weights; unset it");
-    // The stream-K workspace before any decode graph is captured (64 MiB: the scheduler's partial tiles for every
-    // SM several times over).
-    VLM_CUDA_CHECK(w4a16_cutlass_reserve_workspace(size_t{64} << 20, stream_));
     DeviceBuffer rows;
     rows.reserve((size_t)scratch);
     for (DeviceLinear* l : quantized) {
@@ -990,7 +987,11 @@ class CudaRunner final : public StepRunner {
       return;
     }
     if (l.cutlass.bytes() && !gate_up_input && M >= cutlass_min_rows()) {
-      VLM_CUDA_CHECK(w4a16_cutlass_gemm(x, l.cutlass.as(), y, M, l.out, l.in, l.group, bf16_, stream_));
+      const int64_t ws = w4a16_cutlass_workspace_bytes(M, l.out, l.in, l.group, bf16_);
+      VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16 CUTLASS GEMM: no workspace size for M=" << M << " N=" << l.out);
+      if (ws > 0) grow(cutlass_workspace_, (size_t)ws);
+      VLM_CUDA_CHECK(w4a16_cutlass_gemm(x, l.cutlass.as(), y, M, l.out, l.in, l.group, bf16_,
+                                        cutlass_workspace_.as(), cutlass_workspace_.bytes(), stream_));
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
@@ -1207,6 +1208,7 @@ class CudaRunner final : public StepRunner {
   mutable std::map<int, TailPlan> tail_plans_;                  // by rows
   bool tail_refused_ = false;                                   // a launch was refused: the chain from then on
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
+  DeviceBuffer cutlass_workspace_;  // the CUTLASS GEMM's stream-K partial tiles (VLM_W4A16_CUTLASS=1)
   int64_t dense_prefill_bytes_ = 0;  // the layers kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1)
   std::vector<int2> tiles_host_;
   std::vector<float> splice_host_;  // spliced rows past VLM_PINNED_ROWS_MAX_MB

@@ -22,10 +22,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <map>
-#include <mutex>
 
 #if VLM_HAVE_CUTLASS
 #include "cuda/w4a16_cutlass_kernel.cuh"
@@ -121,38 +118,6 @@ void reorder_codes(const unsigned char* rows, Codes* out, int N, int K, cudaStre
 
 namespace cutlass_w4a16 {
 
-// The stream-K scheduler's workspace (partial tiles and their flags): one per stream, whose calls are serialized
-// (the engine reserves its stream's at load, from its loading thread, and calls from its stepping thread; a
-// benchmark calls on torch's stream), grown outside graph capture; 32 MiB at least, more than 132 SMs' partial
-// 128 x 128 fp32 tiles, so that a captured call finds it big enough.
-struct Workspace {
-  void* p = nullptr;
-  size_t bytes = 0;
-};
-cudaError_t workspace_for(size_t need, cudaStream_t stream, void** out) {
-  static std::mutex mu;
-  static std::map<cudaStream_t, Workspace> by_stream;  // kept for the process's life
-  std::lock_guard<std::mutex> lock(mu);
-  Workspace& ws = by_stream[stream];
-  if (need <= ws.bytes) {
-    *out = ws.p;
-    return cudaSuccess;
-  }
-  cudaStreamCaptureStatus capturing = cudaStreamCaptureStatusNone;
-  if (cudaStreamIsCapturing(stream, &capturing) != cudaSuccess || capturing != cudaStreamCaptureStatusNone)
-    return cudaErrorStreamCaptureUnsupported;  // a first call of this size inside a graph capture
-  if (ws.p) {
-    if (const cudaError_t e = cudaStreamSynchronize(stream); e != cudaSuccess) return e;
-    cudaFree(ws.p);
-    ws = {};
-  }
-  const size_t bytes = std::max<size_t>(need, size_t{32} << 20);
-  if (const cudaError_t e = cudaMalloc(&ws.p, bytes); e != cudaSuccess) return e;
-  ws.bytes = bytes;
-  *out = ws.p;
-  return cudaSuccess;
-}
-
 // Tokens a tile (the kernel's N): 128 from 256 rows, 64 below (fewer idle rows in a tile at 65-255). Tunable
 // with VLM_W4A16_CUTLASS_TILE_N (64 or 128) for measuring.
 int tile_n_for(int M) {
@@ -218,17 +183,22 @@ cudaError_t w4a16_cutlass_prepare(const void* w, const void* sz, void* prepared,
   return cudaGetLastError();
 }
 
-cudaError_t w4a16_cutlass_reserve_workspace(size_t bytes, cudaStream_t stream) {
-  void* p = nullptr;
-  return workspace_for(bytes, stream, &p);
+int64_t w4a16_cutlass_workspace_bytes(int M, int N, int K, int group, bool bf16) {
+  if (!w4a16_cutlass_applies(M, N, K, group)) return -1;
+  size_t need = 0;
+  const Prepared none{nullptr, nullptr, nullptr};
+  const cudaError_t e = bf16 ? gemm_bf16(nullptr, none, nullptr, M, N, K, group, nullptr, 0, &need, nullptr)
+                             : gemm_f16(nullptr, none, nullptr, M, N, K, group, nullptr, 0, &need, nullptr);
+  return e == cudaSuccess ? (int64_t)need : -1;
 }
 
 cudaError_t w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int M, int N, int K, int group,
-                               bool bf16, cudaStream_t stream) {
-  if (!w4a16_cutlass_applies(M, N, K, group)) return cudaErrorInvalidValue;
+                               bool bf16, void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (!a || !w4a16_cutlass_applies(M, N, K, group)) return cudaErrorInvalidValue;
   const Prepared p = prepared_at(prepared, N, K, group);
-  if (bf16) return gemm_bf16(a, p, c, M, N, K, group, stream);
-  return gemm_f16(a, p, c, M, N, K, group, stream);
+  size_t need = 0;
+  if (bf16) return gemm_bf16(a, p, c, M, N, K, group, workspace, workspace_bytes, &need, stream);
+  return gemm_f16(a, p, c, M, N, K, group, workspace, workspace_bytes, &need, stream);
 }
 
 #else  // built without CUTLASS's headers
@@ -240,8 +210,8 @@ int64_t w4a16_cutlass_prepared_bytes(int, int, int) { return -1; }
 cudaError_t w4a16_cutlass_prepare(const void*, const void*, void*, void*, int, int, int, bool, cudaStream_t) {
   return cudaErrorNotSupported;
 }
-cudaError_t w4a16_cutlass_reserve_workspace(size_t, cudaStream_t) { return cudaErrorNotSupported; }
-cudaError_t w4a16_cutlass_gemm(const void*, const void*, void*, int, int, int, int, bool, cudaStream_t) {
+int64_t w4a16_cutlass_workspace_bytes(int, int, int, int, bool) { return -1; }
+cudaError_t w4a16_cutlass_gemm(const void*, const void*, void*, int, int, int, int, bool, void*, size_t, cudaStream_t) {
   return cudaErrorNotSupported;
 }
 

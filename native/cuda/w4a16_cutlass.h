@@ -19,11 +19,12 @@ int64_t w4a16_cutlass_prepared_bytes(int N, int K, int group);
 // bytes (the codes row by row before their reordering).
 cudaError_t w4a16_cutlass_prepare(const void* w, const void* scale_zero, void* prepared, void* scratch, int N, int K,
                                   int group, bool bf16, cudaStream_t stream);
-// Makes the stream-K workspace of this host thread at least `bytes` long (outside graph capture: a call inside
-// one that needs more fails with cudaErrorStreamCaptureUnsupported).
-cudaError_t w4a16_cutlass_reserve_workspace(size_t bytes, cudaStream_t stream);
-// C [M][N] = A [M][K] · dequant(W)ᵀ from the prepared copy.
+// Bytes of workspace a call of this shape needs (the stream-K scheduler's partial tiles; 0 where it splits no
+// tile), -1 where the kernel does not apply.
+int64_t w4a16_cutlass_workspace_bytes(int M, int N, int K, int group, bool bf16);
+// C [M][N] = A [M][K] · dequant(W)ᵀ from the prepared copy; workspace of at least
+// w4a16_cutlass_workspace_bytes() bytes (cudaErrorInvalidValue if shorter).
 cudaError_t w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int M, int N, int K, int group, bool bf16,
-                               cudaStream_t stream);
+                               void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 }  // namespace vlm

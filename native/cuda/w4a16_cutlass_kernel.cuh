@@ -86,50 +86,61 @@ inline Prepared prepared_at(const void* p, int n, int k, int group) {
   return {reinterpret_cast<const Codes*>(b), b + codes_bytes(n, k), b + codes_bytes(n, k) + params_bytes(n, k, group)};
 }
 
-// The stream-K scheduler's workspace for a call needing `need` bytes (w4a16_cutlass.cu).
-cudaError_t workspace_for(size_t need, cudaStream_t stream, void** out);
 // Tokens a tile (the kernel's N) for M rows, and whether the stream-K scheduler runs (w4a16_cutlass.cu).
 int tile_n_for(int M);
 bool stream_k();
 
-template <class T, int TileM, int TileN, bool StreamK>
-cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream) {
-  using C = Config<T, TileM, TileN, StreamK>;
-  using E = Element<T>;
-  const auto w_shape = cute::make_shape(N, K, 1);
-  const auto layout_w = cute::tile_to_shape(typename C::LayoutAtom{}, w_shape);
+// The kernel's arguments for one call (pointers may be null where only the workspace size is asked).
+template <class C>
+typename C::Gemm::Arguments arguments(const void* a, const Prepared& p, void* c, int M, int N, int K, int group) {
+  using E = typename C::E;
+  const auto layout_w = cute::tile_to_shape(typename C::LayoutAtom{}, cute::make_shape(N, K, 1));
   const auto stride_x = cutlass::make_cute_packed_stride(typename C::StrideX{}, cute::make_shape(M, K, 1));
   const auto stride_s = cutlass::make_cute_packed_stride(typename C::StrideScale{}, cute::make_shape(N, K / group, 1));
   const auto stride_out = cutlass::make_cute_packed_stride(typename C::StrideOut{}, cute::make_shape(N, M, 1));
-  typename C::Gemm::Arguments args{
+  return typename C::Gemm::Arguments{
       cutlass::gemm::GemmUniversalMode::kGemm,
       {N, M, K, 1},
       {p.codes, layout_w, static_cast<const E*>(a), stride_x, static_cast<const E*>(p.scales), stride_s, group,
        static_cast<const E*>(p.offsets)},
       {{1.f, 0.f}, nullptr, stride_out, static_cast<E*>(c), stride_out}};
+}
+
+// Runs the GEMM (workspace: at least workspace_bytes<C>() bytes), or with run = false only says how much workspace
+// it needs in *need.
+template <class T, int TileM, int TileN, bool StreamK>
+cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
+                     size_t workspace_bytes, size_t* need, cudaStream_t stream) {
+  using C = Config<T, TileM, TileN, StreamK>;
+  const auto args = arguments<C>(a, p, c, M, N, K, group);
+  *need = C::Gemm::get_workspace_size(args);
+  if (!a) return cudaSuccess;  // the size alone
   typename C::Gemm gemm;
   if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
-  void* workspace = nullptr;
-  if (const size_t need = C::Gemm::get_workspace_size(args); need > 0)
-    if (const cudaError_t e = workspace_for(need, stream, &workspace); e != cudaSuccess) return e;
-  if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+  if (*need > workspace_bytes) return cudaErrorInvalidValue;
+  if (gemm.initialize(args, *need ? workspace : nullptr, stream) != cutlass::Status::kSuccess)
+    return cudaErrorInvalidValue;
   if (gemm.run(stream) != cutlass::Status::kSuccess) return cudaErrorLaunchFailure;
   return cudaGetLastError();
 }
 
+// The configuration for M rows (tile_n_for, stream_k); a = null asks only the workspace size.
 template <class T>
-cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream) {
+cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
+                     size_t workspace_bytes, size_t* need, cudaStream_t stream) {
   const bool wide = tile_n_for(M) == 128;
   if (stream_k())
-    return wide ? run_gemm<T, 128, 128, true>(a, p, c, M, N, K, group, stream)
-                : run_gemm<T, 128, 64, true>(a, p, c, M, N, K, group, stream);
-  return wide ? run_gemm<T, 128, 128, false>(a, p, c, M, N, K, group, stream)
-              : run_gemm<T, 128, 64, false>(a, p, c, M, N, K, group, stream);
+    return wide ? run_gemm<T, 128, 128, true>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
+                : run_gemm<T, 128, 64, true>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+  return wide ? run_gemm<T, 128, 128, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
+              : run_gemm<T, 128, 64, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
 }
 
 // The instantiations (w4a16_cutlass_f16.cu, w4a16_cutlass_bf16.cu).
-cudaError_t gemm_f16(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream);
-cudaError_t gemm_bf16(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, cudaStream_t stream);
+cudaError_t gemm_f16(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
+                     size_t workspace_bytes, size_t* need, cudaStream_t stream);
+cudaError_t gemm_bf16(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
+                      size_t workspace_bytes, size_t* need, cudaStream_t stream);
 
 }  // namespace cutlass_w4a16
 }  // namespace vlm

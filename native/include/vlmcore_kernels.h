@@ -126,15 +126,19 @@ VLM_API int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_s
  * headers): *built is 1 where it exists. It reads its own copy of a layer ("prepared": the codes reordered
  * for the kernel, scales and offsets -s*z), *bytes long, made on the device from the packed layout by
  * vlm_w4a16_cutlass_prepare (scratch: n*k/2 bytes). Then C [M][N] = A [M][K] · dequant(W)^T in act_dtype,
- * computed as s*q + (-s*z) per weight (the offset rounded to act_dtype). Device pointers; asynchronous on
- * `stream`. */
+ * computed as s*q + (-s*z) per weight (the offset rounded to act_dtype), with a workspace of
+ * vlm_w4a16_cutlass_workspace_bytes (the stream-K scheduler's partial tiles; may be 0 bytes). Device pointers;
+ * asynchronous on `stream`. */
 VLM_API int vlm_w4a16_cutlass_built(int32_t* built);
 VLM_API int vlm_w4a16_cutlass_prepared_bytes(int32_t n, int32_t k, int32_t group_size, int64_t* bytes);
 VLM_API int vlm_w4a16_cutlass_prepare(const void* packed_weight, const void* packed_scale_zero, void* prepared,
                                       void* scratch, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
                                       void* stream);
+VLM_API int vlm_w4a16_cutlass_workspace_bytes(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
+                                              int64_t* bytes);
 VLM_API int vlm_w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int32_t m, int32_t n, int32_t k,
-                                   int32_t group_size, int32_t act_dtype, void* stream);
+                                   int32_t group_size, int32_t act_dtype, void* workspace, int64_t workspace_bytes,
+                                   void* stream);
 
 /* Sampled decoding's draw on the GPU, as the engine makes it with VLM_DEVICE_SAMPLING=1: for each of `rows`
  * fp32 rows of `vocab` logits, x = logit / temperature[row]; the top_k[row] tokens by x (0: off; ties by lower

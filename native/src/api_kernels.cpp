@@ -296,18 +296,40 @@ int vlm_w4a16_cutlass_prepare(const void* packed_weight, const void* packed_scal
   });
 }
 
+int vlm_w4a16_cutlass_workspace_bytes(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
+                                      int64_t* bytes) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(bytes, "NULL output");
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    check_cutlass_shape(m, n, k, group_size);
+    *bytes = vlm::w4a16_cutlass_workspace_bytes(m, n, k, group_size, act_dtype == VLM_DTYPE_BF16);
+    VLM_CHECK(*bytes >= 0, VLM_ERR_INTERNAL, "w4a16 CUTLASS GEMM: no workspace size for this shape");
+#else
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
 int vlm_w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int32_t m, int32_t n, int32_t k,
-                           int32_t group_size, int32_t act_dtype, void* stream) {
+                           int32_t group_size, int32_t act_dtype, void* workspace, int64_t workspace_bytes,
+                           void* stream) {
   return vlm::guarded([&] {
     VLM_CHECK_ARG(a && prepared && c, "NULL device pointer");
     VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
     vlm::check_w4a16_shape(m, n, k, group_size);
 #ifdef VLM_HAVE_CUDA
     check_cutlass_shape(m, n, k, group_size);
-    VLM_CUDA_CHECK(vlm::w4a16_cutlass_gemm(a, prepared, c, m, n, k, group_size, act_dtype == VLM_DTYPE_BF16,
-                                           static_cast<cudaStream_t>(stream)));
+    const bool bf16 = act_dtype == VLM_DTYPE_BF16;
+    const int64_t need = vlm::w4a16_cutlass_workspace_bytes(m, n, k, group_size, bf16);
+    VLM_CHECK_ARG(need >= 0 && workspace_bytes >= need && (need == 0 || workspace),
+                  "w4a16 CUTLASS GEMM: this shape needs a workspace of " << need
+                      << " bytes (vlm_w4a16_cutlass_workspace_bytes), " << workspace_bytes << " given");
+    VLM_CUDA_CHECK(vlm::w4a16_cutlass_gemm(a, prepared, c, m, n, k, group_size, bf16, workspace,
+                                           (size_t)workspace_bytes, static_cast<cudaStream_t>(stream)));
 #else
-    (void)stream;
+    (void)workspace, (void)workspace_bytes, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif
   });

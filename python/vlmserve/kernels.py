@@ -222,17 +222,29 @@ def w4a16_cutlass_prepare(packed, scale_zero, n: int, k: int, group_size: int, b
     return prepared
 
 
-def w4a16_cutlass_gemm(a, prepared, n: int, group_size: int, out=None):
+def w4a16_cutlass_workspace_bytes(m: int, n: int, k: int, group_size: int, bf16: bool = False) -> int:
+    """Workspace bytes the CUTLASS GEMM needs for this shape (0 where it splits no tile)."""
+    out = ctypes.c_int64()
+    check(_native.lib().vlm_w4a16_cutlass_workspace_bytes(m, n, k, group_size, _act_dtype(bf16), ctypes.byref(out)))
+    return out.value
+
+
+def w4a16_cutlass_gemm(a, prepared, n: int, group_size: int, out=None, workspace=None):
     """a [M, K] fp16/bf16 CUDA tensor · dequant(W)ᵀ -> [M, N] through the CUTLASS GEMM, on torch's current
-    stream; `prepared` from w4a16_cutlass_prepare with the same dtype."""
+    stream; `prepared` from w4a16_cutlass_prepare with the same dtype; `workspace` (a CUDA tensor of at least
+    w4a16_cutlass_workspace_bytes bytes) is made when not given."""
     import torch
 
     m, k = a.shape
+    bf16 = a.dtype == torch.bfloat16
     if out is None:
         out = torch.empty(m, n, dtype=a.dtype, device=a.device)
+    if workspace is None:
+        workspace = torch.empty(max(1, w4a16_cutlass_workspace_bytes(m, n, k, group_size, bf16)), dtype=torch.uint8,
+                                device=a.device)
     check(_native.lib().vlm_w4a16_cutlass_gemm(
-        a.data_ptr(), prepared.data_ptr(), out.data_ptr(), m, n, k, group_size,
-        _act_dtype(a.dtype == torch.bfloat16), _stream(a.device)))
+        a.data_ptr(), prepared.data_ptr(), out.data_ptr(), m, n, k, group_size, _act_dtype(bf16),
+        workspace.data_ptr(), workspace.numel() * workspace.element_size(), _stream(a.device)))
     return out
 
 
