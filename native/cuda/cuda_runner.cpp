@@ -931,19 +931,24 @@ class CudaRunner final : public StepRunner {
     dense_prefill_bytes_ = need;
   }
 
-  // VLM_W4A16_CUTLASS=1: prefill-sized GEMMs of tensor-core 4-bit layers (from cutlass_min_rows() rows) run
+  // VLM_W4A16_CUTLASS=1: prefill-sized GEMMs of tensor-core 4-bit layers (cutlass_takes()) run
   // CUTLASS's mixed-input kernel on a copy of each layer in its layout (0.53 bytes a weight more, made at load),
   // instead of dequantizing the layer for cuBLAS on every such call. Needs a library built with it
   // on a Hopper GPU (w4a16_cutlass_runs()); VLM_PREFILL_DENSE_WEIGHTS=1 takes precedence.
   static bool cutlass_prefill_requested() {
     return cuda::env_int("VLM_W4A16_CUTLASS", 0) != 0 && w4a16_cutlass_runs();
   }
-  static int cutlass_min_rows() {
-    static const int rows = [] {
+  // The rows it takes: from VLM_W4A16_CUTLASS_MIN_ROWS (default: where the dequantization for cuBLAS starts) to
+  // VLM_W4A16_CUTLASS_MAX_ROWS (default 1024). Measured on the H100 (docs/benchmarks/gemm.md, 2026-12-06): at 256
+  // rows 1.9-2.1x faster than dequantization + cuBLAS on the 7B layers, at 2048 the same or 7 % slower (the
+  // dequantization's fixed cost is then small against cuBLAS's GEMM); 512-1024 not measured.
+  static bool cutlass_takes(int M) {
+    static const int lo = [] {
       const int v = cuda::env_int("VLM_W4A16_CUTLASS_MIN_ROWS", 0);
       return v > 0 ? v : w4a16_dequant_gemm_min_rows();
     }();
-    return rows;
+    static const int hi = cuda::env_int("VLM_W4A16_CUTLASS_MAX_ROWS", 1024);
+    return M >= lo && M <= hi;
   }
 
   void keep_cutlass_prefill_weights() {
@@ -986,7 +991,7 @@ class CudaRunner final : public StepRunner {
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
-    if (l.cutlass.bytes() && !gate_up_input && M >= cutlass_min_rows()) {
+    if (l.cutlass.bytes() && !gate_up_input && cutlass_takes(M)) {
       const int64_t ws = w4a16_cutlass_workspace_bytes(M, l.out, l.in, l.group, bf16_);
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16 CUTLASS GEMM: no workspace size for M=" << M << " N=" << l.out);
       if (ws > 0) grow(cutlass_workspace_, (size_t)ws);

@@ -198,10 +198,11 @@ def test_dense_copies_from_few_rows_match_the_cpu_backend():
 
 
 def test_cutlass_prefill_gemms_match_the_cpu_backend():
-    """VLM_W4A16_CUTLASS=1 makes a copy of each 4-bit layer for CUTLASS's mixed-input GEMM at load and multiplies
-    prefill-sized steps through it; with VLM_W4A16_CUTLASS_MIN_ROWS=2 the AWQ families' prompt steps (23 and 300
-    rows) and the o/down GEMMs of multi-row steps take it, against the CPU backend as in the default runs (each
-    weight rounded as s q + (-s z): a tolerance, not bits). A process of its own (settings read once)."""
+    """VLM_W4A16_CUTLASS=1 makes a copy of each 4-bit layer for CUTLASS's mixed-input GEMM at load (layers whose
+    N is a multiple of 128) and multiplies prefill-sized steps through it; with VLM_W4A16_CUTLASS_MIN_ROWS=2 the
+    AWQ families' prompt steps (23 and 300 rows) and the o/down GEMMs of multi-row steps take it, against the CPU
+    backend as in the default runs (each weight rounded as s q + (-s z): a tolerance, not bits). A process of its
+    own (settings read once)."""
     import os
     import subprocess
     import sys
