@@ -183,18 +183,7 @@ def test_dense_copies_from_few_rows_match_the_cpu_backend():
     cuBLAS into the 4-bit kernels' range: at 2, the AWQ families' prompt steps (23 and 300 rows) take the copies,
     the batch-1 decode steps the decode kernel, all against the CPU backend as in the default runs (a different
     GEMM from the default at 23 rows, so a tolerance, not bits). A process of its own (settings read once)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
-                           "-k", "test_awq_weights_match_the_cpu_backend or test_awq_long_prefill_matches_the_cpu_backend"],
-                          cwd=root, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, VLM_PREFILL_DENSE_WEIGHTS="1", VLM_PREFILL_DENSE_MIN_ROWS="2"))
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "8 passed" in done.stdout, done.stdout[-2000:]
+    _awq_comparisons_pass_with(VLM_PREFILL_DENSE_WEIGHTS="1", VLM_PREFILL_DENSE_MIN_ROWS="2")
 
 
 def test_cutlass_prefill_gemms_match_the_cpu_backend():
@@ -203,20 +192,25 @@ def test_cutlass_prefill_gemms_match_the_cpu_backend():
     AWQ families' prompt steps (23 and 300 rows) and the o/down GEMMs of multi-row steps take it, against the CPU
     backend as in the default runs (each weight rounded as s q + (-s z): a tolerance, not bits). A process of its
     own (settings read once)."""
+    from vlmserve.kernels import w4a16_cutlass_built
+
+    if not w4a16_cutlass_built():
+        pytest.skip("this library has no CUTLASS w4a16 GEMM (built without CUTLASS's headers or without sm_90a)")
+    _awq_comparisons_pass_with(VLM_W4A16_CUTLASS="1", VLM_W4A16_CUTLASS_MIN_ROWS="2")
+
+
+def _awq_comparisons_pass_with(**settings):
+    """The AWQ families' comparisons with the CPU backend (short and long prompts: 8 tests) in a process of its own
+    with these settings (the library reads them once per process)."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from vlmserve.kernels import w4a16_cutlass_built
-
-    if not w4a16_cutlass_built():
-        pytest.skip("this library has no CUTLASS w4a16 GEMM (built without CUTLASS's headers or without sm_90a)")
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
                            "-k", "test_awq_weights_match_the_cpu_backend or test_awq_long_prefill_matches_the_cpu_backend"],
-                          cwd=root, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, VLM_W4A16_CUTLASS="1", VLM_W4A16_CUTLASS_MIN_ROWS="2"))
+                          cwd=root, capture_output=True, text=True, timeout=900, env=dict(os.environ, **settings))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "8 passed" in done.stdout, done.stdout[-2000:]
 
