@@ -33,10 +33,10 @@
 
 namespace vlm {
 
-constexpr int kTileRows = 128;  // weight rows a tile of the kernel (Config's TileM)
-
 #if VLM_HAVE_CUTLASS
 namespace {
+
+constexpr int kTileRows = 128;  // weight rows a tile of the kernel (Config's TileM)
 
 using namespace cute;
 using namespace cutlass_w4a16;
