@@ -106,8 +106,8 @@ typename C::Gemm::Arguments arguments(const void* a, const Prepared& p, void* c,
       {{1.f, 0.f}, nullptr, stride_out, static_cast<E*>(c), stride_out}};
 }
 
-// Runs the GEMM (workspace: at least workspace_bytes<C>() bytes), or with run = false only says how much workspace
-// it needs in *need.
+// Sets *need to the workspace bytes this call needs and runs the GEMM with `workspace` (workspace_bytes long, at
+// least *need); with a = null it only sets *need.
 template <class T, int TileM, int TileN, bool StreamK>
 cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
