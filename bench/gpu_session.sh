@@ -216,6 +216,15 @@ prefill_rows() {  # prefill_rows LABEL SETTING FILE: bench/decode.py's rows of o
   python3 -c "import json,sys; [print(sys.argv[1], sys.argv[2], r['batch'], 'prefill_s_median', r['prefill_s_median'], 'tok_s', round(r['tok_s']))
     for r in json.load(open(sys.argv[3]))['rows'] if r.get('engine') == 'vlmserve']" "$@"
 }
+prefill_settings() {  # prefill_settings LABEL SWITCH MIN_ROWS_VAR: 2B w4a16 + int8 KV at batch 1/64/128 with the
+  # setting SWITCH off, on from its default rows, and on from 33 rows (MIN_ROWS_VAR; 0: the default), prefill_rows each
+  local v
+  for v in 0:0 1:0 1:33; do  # SWITCH:MIN_ROWS
+    env "$2=${v%%:*}" "$3=${v#*:}" python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1,64,128 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/prefill_$1${v/:/_}.json" >/dev/null &&
+      prefill_rows "$1" $v "$RES/prefill_$1${v/:/_}.json"
+  done
+}
 build() {  # CUTLASS's headers from .gpu-carry/cutlass where carried (the device image has no network)
   local cutlass=()
   [ -f .gpu-carry/cutlass/include/cutlass/cutlass.h ] && cutlass=(-DVLM_CUTLASS_DIR="$PWD/.gpu-carry/cutlass")
@@ -356,13 +365,7 @@ cutlass_memcheck() {  # compute-sanitizer memcheck on the CUTLASS GEMM's tests
 }
 cutlass_prefill() {  # 2B prefill at batch 1/64 and decode at 64/128 without and with the CUTLASS GEMM (from its
   # default 129 rows, and from 33: the wgmma kernel's range too)
-  local v
-  for v in 0:0 1:0 1:33; do  # VLM_W4A16_CUTLASS:MIN_ROWS (0: the default rows)
-    VLM_W4A16_CUTLASS=${v%%:*} VLM_W4A16_CUTLASS_MIN_ROWS=${v#*:} python3 bench/decode.py --models 2b \
-      --weights w4a16 --kv int8 --batches 1,64,128 --peer-batches 0 --work /tmp/decode-models \
-      --out "$RES/prefill_cutlass${v/:/_}.json" >/dev/null &&
-      prefill_rows cutlass $v "$RES/prefill_cutlass${v/:/_}.json"
-  done
+  prefill_settings cutlass VLM_W4A16_CUTLASS VLM_W4A16_CUTLASS_MIN_ROWS
 }
 layer_plans() {  # one layer's plan at a time in the engine: the sweep's fastest alone, which pinned for every layer
   # at once decoded slower (docs/benchmarks/gemm.md, 2026-12-05)
@@ -608,12 +611,7 @@ dense_prefill() {  # 4-bit layers also kept dequantized (VLM_PREFILL_DENSE_WEIGH
     grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E "
   # prefill at batch 1/64 and decode at 64/128 (17-128-row steps: the wgmma kernel), without the copies, with them
   # from the default 129 rows, and from 33 rows (VLM_PREFILL_DENSE_MIN_ROWS: cuBLAS on the copies in decode too)
-  for v in 0:0 1:0 1:33; do  # WEIGHTS:MIN_ROWS (0: the default rows)
-    VLM_PREFILL_DENSE_WEIGHTS=${v%%:*} VLM_PREFILL_DENSE_MIN_ROWS=${v#*:} python3 bench/decode.py --models 2b \
-      --weights w4a16 --kv int8 --batches 1,64,128 --peer-batches 0 --work /tmp/decode-models \
-      --out "$RES/prefill_dense${v/:/_}.json" >/dev/null &&
-      prefill_rows dense $v "$RES/prefill_dense${v/:/_}.json"
-  done
+  prefill_settings dense VLM_PREFILL_DENSE_WEIGHTS VLM_PREFILL_DENSE_MIN_ROWS
 }
 layer_tail() {  # the persistent layer tail (VLM_LAYER_TAIL=1): its tests (bit for bit against the kernel chain up to 4
   # rows, against the CPU backend up to 16; tiny families, a one-layer model and 2B-shaped layers)
@@ -1088,7 +1086,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f prefill_rows cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f prefill_rows prefill_settings cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_gemm 420

@@ -27,5 +27,19 @@ int sm_count() {
   return sms;
 }
 
+bool compute_capability_is_9_0() {
+  static const bool is = [] {
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major == 9 && minor == 0;
+  }();
+  return is;
+}
+
 }  // namespace cuda
 }  // namespace vlm

@@ -7,6 +7,9 @@ namespace cuda {
 // Multiprocessors of the device current at the first call (100 if it cannot be read); the
 // w4a16 plans size their grids from it. Asked once per process.
 int sm_count();
+// Whether the current device (at the first call) is compute capability 9.0: the only one that runs sm_90a
+// (arch-specific) code. Asked once per process.
+bool compute_capability_is_9_0();
 
 }  // namespace cuda
 }  // namespace vlm

@@ -29,6 +29,7 @@
 #endif
 
 #include "cpu/w4a16_pack.h"
+#include "cuda/device_query.h"
 #include "cuda/env_int.h"
 
 namespace vlm {
@@ -138,19 +139,7 @@ bool stream_k() {
 
 bool w4a16_cutlass_built() { return true; }
 
-bool w4a16_cutlass_runs() {
-  static const bool runs = [] {
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 alone
-  }();
-  return runs;
-}
+bool w4a16_cutlass_runs() { return cuda::compute_capability_is_9_0(); }  // its code is sm_90a only
 
 bool w4a16_cutlass_applies(int M, int N, int K, int group) {
   // TMA: 16-byte aligned rows of codes (K % 32) and of activations; the main loop: a group is whole K tiles.

@@ -445,16 +445,7 @@ constexpr int kStripDefaultMaxRows = 128;
 // capability 9.0 (arch-specific code runs nowhere else; other GPUs would get the trap).
 bool wgmma_code_runs() {
 #if defined(VLM_CUDA_SM90A)
-  static const bool runs = [] {
-    int dev = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    return major == 9 && minor == 0 && cuda::hopper_code_runs();
-  }();
+  static const bool runs = cuda::compute_capability_is_9_0() && cuda::hopper_code_runs();
   return runs;
 #else
   return false;
