@@ -37,8 +37,6 @@ namespace vlm {
 #if VLM_HAVE_CUTLASS
 namespace {
 
-constexpr int kTileRows = 128;  // weight rows a tile of the kernel (Config's TileM)
-
 using namespace cute;
 using namespace cutlass_w4a16;
 
@@ -129,6 +127,16 @@ int tile_n_for(int M) {
   return M >= 256 ? 128 : 64;
 }
 
+// Weight rows a tile: 128 (two consumer warpgroups on one tile) where N is whole such tiles, else 64. Tunable with
+// VLM_W4A16_CUTLASS_TILE_M (64 or 128; 128 only where N allows) for measuring: at 64 tokens a 7B layer's 96-192
+// tiles of 128 rows leave SMs idle or split K, and tiles of 64 double the tiles.
+int tile_m_for(int M, int N) {
+  (void)M;
+  static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_M", 0);
+  if (forced == 64 || (forced == 128 && N % 128 == 0)) return forced;
+  return N % 128 == 0 ? 128 : 64;
+}
+
 // Stream-K unless VLM_W4A16_CUTLASS_STREAMK=0 (the persistent data-parallel schedule, for measuring).
 bool stream_k() {
   static const bool on = cuda::env_int("VLM_W4A16_CUTLASS_STREAMK", 1) != 0;
@@ -143,11 +151,11 @@ bool w4a16_cutlass_runs() { return cuda::compute_capability_is_9_0(); }  // its 
 
 bool w4a16_cutlass_applies(int M, int N, int K, int group) {
   // TMA: 16-byte aligned rows of codes (K % 32) and of activations; the main loop: a group is whole K tiles.
-  // N whole tiles of 128 weight rows: with a partial last tile and groups of 64 the kernel's results were wrong
-  // (H100, 2026-12-06: N = 64 and 192, K = 128 and 640, relative errors 0.07-0.91 with either scheduler; N = 320
-  // with groups of 128 and every N a multiple of 128 correct); the cause is not found, so such layers keep the
-  // other paths. Every layer of the 2B and 7B shapes (and 7B's FFN over 2 ranks, 5,504) is whole tiles.
-  return M >= 1 && N % kTileRows == 0 && K % 64 == 0 && (group == 64 || group == 128) && K % group == 0;
+  // N whole tiles of weight rows (tile_m_for): with a partial last tile of 128 rows and groups of 64 the kernel's
+  // results were wrong (H100, 2026-12-06: N = 64 and 192, K = 128 and 640, relative errors 0.07-0.91 with either
+  // scheduler; N = 320 with groups of 128 and every N a multiple of 128 correct; cause not found), so such N take
+  // tiles of 64 rows.
+  return M >= 1 && N % tile_m_for(M, N) == 0 && K % 64 == 0 && (group == 64 || group == 128) && K % group == 0;
 }
 
 int64_t w4a16_cutlass_prepared_bytes(int N, int K, int group) {
