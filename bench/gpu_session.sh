@@ -23,8 +23,8 @@
 #                 tools/util/include/, made after `make setup` by: c=.venv/lib/python3.11/site-packages/cutlass_library/source;
 #                 mkdir -p .gpu-carry/cutlass/tools/util; cp -r $c/include .gpu-carry/cutlass/;
 #                 cp -r $c/tools/util/include .gpu-carry/cutlass/tools/util/): its tests, bench/gemm at 64/256/2048 rows on
-#                 the 7B layers (CUTLASS_GEMM_MS, CUTLASS_GEMM_LAYERS), the engine with it;
-#                 cutlass_prefill: 2B prefill at batch 1/64, decode at 64/128, without and with it; cutlass_memcheck:
+#                 the 7B layers (CUTLASS_GEMM_MS, CUTLASS_GEMM_LAYERS; CUTLASS_TILE_VARIANTS="M:64 N:128" the other
+#                 tiles), the engine with it; cutlass_tests: the tests alone; cutlass_prefill: 2B prefill at batch 1/64, decode at 64/128, without and with it; cutlass_memcheck:
 #                 compute-sanitizer memcheck on its tests
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
@@ -106,7 +106,6 @@
 #   decode_plan_sweep every plan of the decode-size w4a16 kernel (strips a block 1/2/4 x K slices a cluster 1/2/4/6/8
 #                 x ring stages 8/16, pinned) against the default one, 8 layers at M = 1/2/4
 #                 (bench/decode_plan_sweep.py), then the decode kernel's tests
-#   l2_prefetch   later GEMMs' weights asked into the L2 at decode sizes (VLM_L2_PREFETCH): bits, decode A/B
 #   layer_plans   each layer's fastest plan alone (decode_plan_sweep, H100 2026-12-05) pinned for that layer only
 #                 (VLM_W4A16_DECODE_PLANS), 2B w4a16 + int8 KV decode at batch 1/4 (7B layers: 7B at batch 1) against
 #                 the default, then the plan tests
@@ -343,19 +342,22 @@ decode_plan_sweep() {  # every pinned plan of the decode-size w4a16 kernel again
   python3 bench/decode_plan_sweep.py --out "$RES/decode_plan_sweep.json" 2>&1 | tail -n 24
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_decode.py 2>&1 | tail -n 2
 }
-cutlass_gemm() {  # the CUTLASS mixed-input GEMM: its tests, then bench/gemm from 64 rows (CUTLASS_GEMM_LAYERS)
+cutlass_tests() {  # the CUTLASS mixed-input GEMM's tests (each schedule), then the engine with it against the CPU
   python3 -c "from vlmserve.kernels import w4a16_cutlass_built as b; print('CUTLASS GEMM built:', b())"
   python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed"
   # the same with the persistent data-parallel schedule (no K split across SMs)
   VLM_W4A16_CUTLASS_STREAMK=0 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/no stream-K: /'
-  # every shape on tiles of 64 weight rows (the ping-pong schedule; by default only N not of 128 take them)
+  # every shape on tiles of 64 weight rows (the ping-pong schedule)
   VLM_W4A16_CUTLASS_TILE_M=64 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/tiles of 64: /'
+  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k cutlass_prefill 2>&1 | tail -n 3
+}
+cutlass_gemm() {  # cutlass_tests, then bench/gemm from 64 rows (CUTLASS_GEMM_LAYERS) and its other tiles
+  cutlass_tests
   python3 bench/gemm.py --ms "${CUTLASS_GEMM_MS:-64,256,2048}" \
     --layers "${CUTLASS_GEMM_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_cutlass" |
     grep -E "^\| |^- M|^  - "
-  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k cutlass_prefill 2>&1 | tail -n 3
   local t
   for t in ${CUTLASS_TILE_VARIANTS:-}; do  # other tiles at every M: N:64 / N:128 tokens a tile, M:64 weight rows
     env "VLM_W4A16_CUTLASS_TILE_${t%%:*}=${t#*:}" python3 bench/gemm.py --ms "${CUTLASS_GEMM_MS:-64,256,2048}" \
@@ -363,23 +365,13 @@ cutlass_gemm() {  # the CUTLASS mixed-input GEMM: its tests, then bench/gemm fro
       grep -E "^- M|^  - " | sed "s/^/tile $t: /"
   done
 }
-cutlass_memcheck() {  # compute-sanitizer memcheck on the CUTLASS GEMM's tests
-  compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 python3 -m pytest -q -m gpu \
-    tests/kernels/test_w4a16_cutlass.py 2>&1 | tail -n 4
+cutlass_memcheck() {  # compute-sanitizer memcheck on the CUTLASS GEMM's tests (the first errors in full)
+  compute-sanitizer --tool memcheck --print-limit 4 --target-processes all --error-exitcode 1 python3 -m pytest -q \
+    -m gpu tests/kernels/test_w4a16_cutlass.py 2>&1 | grep -vE "^=========     Host Frame|^========= *$" | head -n 60
 }
 cutlass_prefill() {  # 2B prefill at batch 1/64 and decode at 64/128 without and with the CUTLASS GEMM (from its
   # default 129 rows, and from 33: the wgmma kernel's range too)
   prefill_settings cutlass VLM_W4A16_CUTLASS VLM_W4A16_CUTLASS_MIN_ROWS
-}
-l2_prefetch() {  # each decode-size GEMM asking the L2 for the next GEMMs' weights (VLM_L2_PREFETCH): its bit-identity
-  # test, then 2B/7B w4a16 + int8 KV decode without it, with the default budget (half the L2) and with 12 MiB
-  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k l2_prefetch 2>&1 | tail -n 3
-  local v
-  for v in 0:0 1:0 1:12; do  # VLM_L2_PREFETCH:VLM_L2_PREFETCH_MB
-    VLM_L2_PREFETCH=${v%%:*} VLM_L2_PREFETCH_MB=${v#*:} python3 bench/decode.py --models 2b,7b --weights w4a16 \
-      --kv int8 --batches 1,4 --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_l2_prefetch${v/:/_}.json" \
-      2>&1 | grep -E "tok/s" | sed "s/^/prefetch $v: /"
-  done
 }
 layer_plans() {  # one layer's plan at a time in the engine: the sweep's fastest alone, which pinned for every layer
   # at once decoded slower (docs/benchmarks/gemm.md, 2026-12-05)
@@ -1100,10 +1092,10 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f l2_prefetch prefill_rows prefill_settings cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f prefill_rows prefill_settings cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
-step l2_prefetch 420
+step cutlass_tests 300
 step cutlass_gemm 420
 step cutlass_prefill 300
 step cutlass_memcheck 300

@@ -21,7 +21,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
-#include <initializer_list>
 #include <map>
 #include <memory>
 #include <unordered_map>
@@ -326,21 +325,6 @@ constexpr int kRopeInAttentionMaxRows = 16;
 // Rows up to which dense layers run the decode-size kernel instead of cuBLAS (CudaRunner::dense_decodes).
 constexpr int kDenseDecodeEngineRows = 1;
 
-// VLM_L2_PREFETCH=1: at decode sizes each w4a16 GEMM asks the L2 for the weights of the next GEMMs in the chain
-// (l2_prefetch.h): q/k/v for o and gate_up (their loads then run under the attention), o for down, gate_up for
-// the next layer's q/k/v. At most VLM_L2_PREFETCH_MB MiB a GEMM (default: half the L2, so that what one asks for
-// is not evicted by what the next asks for). Off by default until measured in the engine.
-int64_t l2_prefetch_budget(int device) {
-  if (cuda::env_int("VLM_L2_PREFETCH", 0) == 0) return 0;
-  int l2 = 0;
-  if (cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device) != cudaSuccess) {
-    cudaGetLastError();
-    l2 = 0;
-  }
-  const int mb = cuda::env_int("VLM_L2_PREFETCH_MB", 0);
-  return mb > 0 ? (int64_t)mb << 20 : (int64_t)l2 / 2;
-}
-
 // VLM_FUSED_NORM=0 keeps every RMSNorm a kernel of its own (to measure what folding it into the
 // decode-size GEMM saves; both give the same bits for hidden sizes up to 8192).
 bool fused_norm_enabled() {
@@ -361,10 +345,6 @@ class CudaRunner final : public StepRunner {
               "device=cuda but no CUDA GPU is visible (" << count << " found); use device=cpu");
     VLM_CUDA_CHECK(cudaSetDevice(device_));
     VLM_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
-    l2_prefetch_bytes_ = l2_prefetch_budget(device_);
-    if (l2_prefetch_bytes_ > 0)
-      std::fprintf(stderr, "vlmcore: L2 prefetch on: up to %lld MiB a decode-size w4a16 GEMM\n",
-                   (long long)(l2_prefetch_bytes_ >> 20));
     bf16_ = is_bf16_model(model);
     act_ = bf16_ ? ActType::BF16 : ActType::F16;
     VLM_CHECK(p_.hidden_size % 8 == 0 && p_.intermediate_size % 8 == 0 && (p_.num_heads * p_.head_dim) % 8 == 0,
@@ -670,10 +650,10 @@ class CudaRunner final : public StepRunner {
     if (tail) VLM_CUDA_CHECK(cudaMemsetAsync(tail_barrier_.as(), 0, sizeof(unsigned), stream_));
     // The norm before `l` (rms_norm(h + delta) * weight) as its input, fused or as its own kernel.
     auto normed_linear = [&](const DeviceLinear& l, const DeviceBuffer& weight, void* y, const char* fused_phase,
-                             const char* phase, const L2Prefetch& prefetch) {
+                             const char* phase) {
       if (fuse_norms) {
         mark(fused_phase);
-        linear_rms_norm(l, {h, delta, weight.as<float>(), delta ? h_other : nullptr, p_.rms_norm_eps}, T, y, prefetch);
+        linear_rms_norm(l, {h, delta, weight.as<float>(), delta ? h_other : nullptr, p_.rms_norm_eps}, T, y);
         if (delta) std::swap(h, h_other);
         return;
       }
@@ -681,26 +661,13 @@ class CudaRunner final : public StepRunner {
       VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h, delta, weight.as<float>(), nullptr, T, H, p_.rms_norm_eps, x_.as(),
                                         stream_));
       mark(phase);
-      linear(l, x_.as(), T, y, false, prefetch);
-    };
-    // Later GEMMs' weights for the L2 (VLM_L2_PREFETCH), in decode steps of the decode-size kernel's rows.
-    const bool prefetching = l2_prefetch_bytes_ > 0 && !num_tiles && T <= kMaxDecodeRows;
-    auto ahead = [&](std::initializer_list<const DeviceLinear*> later) {
-      L2Prefetch p;
-      if (!prefetching) return p;
-      int64_t budget = l2_prefetch_bytes_;
-      for (const DeviceLinear* l : later) {
-        if (!l->tensor_core) continue;
-        if (!p.add(l->w.as(), l->w.bytes(), &budget) || !p.add(l->scale.as(), l->scale.bytes(), &budget)) break;
-      }
-      return p;
+      linear(l, x_.as(), T, y);
     };
     for (int l = 0; l < p_.num_layers; ++l) {
       DeviceLayer& w = layers_[l];
       const cuda::KvView kv = kv_view(l);
       if (!tail || l == 0)  // with the persistent tail, a layer's q/k/v come from the tail of the layer before
-        normed_linear(w.qkv, w.input_norm, qkv_.as(), "rms norm + qkv proj", "qkv proj",
-                      ahead({&w.o, &w.gate_up}));
+        normed_linear(w.qkv, w.input_norm, qkv_.as(), "rms norm + qkv proj", "qkv proj");
       // Small decode steps on the tensor-core attention rotate q and write K/V inside it: one kernel fewer.
       const bool rope_in_attention =
           !num_tiles && T <= kRopeInAttentionMaxRows && cuda::decode_attention_writes_kv(act_, p_.num_heads, kv);
@@ -746,12 +713,11 @@ class CudaRunner final : public StepRunner {
         tail_refused_ = true;
       }
       mark("o proj");
-      linear(w.o, attn_.as(), T, delta_.as(), false, ahead({&w.down}));
+      linear(w.o, attn_.as(), T, delta_.as());
       mark("all-reduce");
       all_reduce(delta_.as(), (int64_t)T * H);
       delta = delta_.as();
-      normed_linear(w.gate_up, w.post_norm, gate_up_.as(), "rms norm + gate_up proj", "gate_up proj",
-                    l + 1 < p_.num_layers ? ahead({&layers_[l + 1].qkv}) : L2Prefetch{});
+      normed_linear(w.gate_up, w.post_norm, gate_up_.as(), "rms norm + gate_up proj", "gate_up proj");
       // Decode sizes: silu(gate) * up computed as the down GEMM stages its input (one launch
       // fewer). Larger steps keep the separate pass: every column block of the GEMM would
       // recompute it for its rows (measured slower at 64 rows).
@@ -1017,9 +983,7 @@ class CudaRunner final : public StepRunner {
 
   // y = x · Wᵀ (+ bias); gate_up_input (tensor-core w4a16, and dense layers at decode sizes): x is the
   // stacked [gate | up] output and the GEMM reads silu(gate) * up.
-  // prefetch: later weights for the L2 where the decode-size w4a16 kernel runs (l2_prefetch.h).
-  void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false,
-              const L2Prefetch& prefetch = {}) {
+  void linear(const DeviceLinear& l, const void* x, int M, void* y, bool gate_up_input = false) {
 #if VLM_HAVE_CUBLAS
     if (l.dense.bytes() && !gate_up_input && M >= dense_copy_min_rows()) {
       // Dequantized at load: the whole-layer call of the branch below, without the dequantization.
@@ -1060,7 +1024,7 @@ class CudaRunner final : public StepRunner {
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16: no plan for M=" << M << " N=" << l.out << " K=" << l.in);
       if (ws > 0) grow_zeroed(workspace_, ws);  // its split-K counters
       VLM_CUDA_CHECK(w4a16_gemm(x, l.w.as(), l.scale.as(), nullptr, y, M, l.out, l.in, l.group, bf16_,
-                                workspace_.as(), stream_, gate_up_input, prefetch));
+                                workspace_.as(), stream_, gate_up_input));
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
@@ -1153,11 +1117,10 @@ class CudaRunner final : public StepRunner {
   }
 
   // y = rms_norm(h + delta) · Wᵀ (+ bias) in one launch (w4a16_decode_gemm_rms_norm or the dense form).
-  void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y,
-                       const L2Prefetch& prefetch = {}) {
+  void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y) {
     if (l.tensor_core)
       VLM_CUDA_CHECK(w4a16_decode_gemm_rms_norm(norm, l.w.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
-                                                stream_, prefetch));
+                                                stream_));
     else
       VLM_CUDA_CHECK(dense_decode_gemm_rms_norm(norm, l.w.as(), y, M, l.out, l.in, bf16_, stream_));
     if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
@@ -1228,7 +1191,6 @@ class CudaRunner final : public StepRunner {
   Communicator* comm_;  // null unless this model is a tensor-parallel shard
   int vocab_out_;       // logits columns: the vocabulary, or this shard's slice of it
   int num_sms_ = 1;
-  int64_t l2_prefetch_bytes_ = 0;  // bytes a decode-size GEMM asks the L2 for ahead (0: off; l2_prefetch_budget)
   bool bf16_ = false;
   ActType act_ = ActType::F16;
   cudaStream_t stream_ = nullptr;

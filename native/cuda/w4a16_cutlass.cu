@@ -104,15 +104,18 @@ void reorder_codes(const unsigned char* rows, Codes* out, int N, int K, cudaStre
   const auto dst_layout = cute::tile_to_shape(typename C::LayoutAtom{}, shape);
   auto S = cute::make_tensor(cute::make_gmem_ptr<Codes>(reinterpret_cast<const Codes*>(rows)), src_layout);
   auto D = cute::make_tensor(cute::make_gmem_ptr<Codes>(out), dst_layout);
-  // As cutlass::reorder_tensor, on our stream and without its synchronization: each thread owns whole bytes of
-  // the destination (2 codes), 16 weight rows a block.
+  // As cutlass::reorder_tensor, on our stream and without its synchronization: 16 weight rows a block, each
+  // thread 2 codes of a row at a time and the same codes of all 16 rows (the two codes of a destination byte are
+  // rows n and n + 8 of one K position: one thread writes both). 32 threads, so that the copy's 64 codes of K
+  // divide every K the kernel takes: CUTLASS's 128 threads cut K in 256s, and where 256 does not divide K the
+  // copy reads and writes past the rows (K = 64, 128, 640: wrong results, H100 2026-12-06).
   auto val_layout = make_layout(make_shape(Int<1>{}, Int<2>{}), GenRowMajor{});
-  auto thr_layout = make_layout(make_shape(Int<1>{}, Int<128>{}));
+  auto thr_layout = make_layout(make_shape(Int<1>{}, Int<32>{}));
   auto tiled_copy = make_tiled_copy(Copy_Atom<DefaultCopy, Codes>{}, thr_layout, val_layout);
   using Tile16 = Shape<_16>;
   auto tiled_D = group_modes<3, rank_v<decltype(dst_layout)>>(tiled_divide(D, Tile16{}));
   const dim3 blocks{unsigned(size<1>(tiled_D)), 1u, unsigned(size<3>(tiled_D))};
-  cutlass::reorder_tensor_kernel<Tile16><<<blocks, 128, 0, stream>>>(S, D, tiled_copy);
+  cutlass::reorder_tensor_kernel<Tile16><<<blocks, 32, 0, stream>>>(S, D, tiled_copy);
 }
 
 }  // namespace
@@ -127,14 +130,15 @@ int tile_n_for(int M) {
   return M >= 256 ? 128 : 64;
 }
 
-// Weight rows a tile: 128 (two consumer warpgroups on one tile) where N is whole such tiles, else 64. Tunable with
-// VLM_W4A16_CUTLASS_TILE_M (64 or 128; 128 only where N allows) for measuring: at 64 tokens a 7B layer's 96-192
-// tiles of 128 rows leave SMs idle or split K, and tiles of 64 double the tiles.
+// Weight rows a tile: 128 (two consumer warpgroups on one tile, stream-K). VLM_W4A16_CUTLASS_TILE_M=64 takes tiles
+// of 64 (ping-pong, data-parallel) for measuring: at 64 tokens a 7B layer's 32-172 tiles of 128 rows leave SMs idle
+// or split K. Measured on the H100 (docs/benchmarks/gemm.md, 2026-12-06): slower on 7B qkv/gate_up/down at 64, 256
+// and 2048 rows, faster only on 7B o (4096 x 4096) at 64 and 256.
 int tile_m_for(int M, int N) {
   (void)M;
+  (void)N;
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_M", 0);
-  if (forced == 64 || (forced == 128 && N % 128 == 0)) return forced;
-  return N % 128 == 0 ? 128 : 64;
+  return forced == 64 ? 64 : 128;
 }
 
 // Stream-K unless VLM_W4A16_CUTLASS_STREAMK=0 (the persistent data-parallel schedule, for measuring).
@@ -151,11 +155,11 @@ bool w4a16_cutlass_runs() { return cuda::compute_capability_is_9_0(); }  // its 
 
 bool w4a16_cutlass_applies(int M, int N, int K, int group) {
   // TMA: 16-byte aligned rows of codes (K % 32) and of activations; the main loop: a group is whole K tiles.
-  // N whole tiles of weight rows (tile_m_for): with a partial last tile of 128 rows and groups of 64 the kernel's
-  // results were wrong (H100, 2026-12-06: N = 64 and 192, K = 128 and 640, relative errors 0.07-0.91 with either
-  // scheduler; N = 320 with groups of 128 and every N a multiple of 128 correct; cause not found), so such N take
-  // tiles of 64 rows.
-  return M >= 1 && N % tile_m_for(M, N) == 0 && K % 64 == 0 && (group == 64 || group == 128) && K % group == 0;
+  // N whole tiles of 128 weight rows: N = 192 and 320 gave wrong results with tiles of 64 rows (H100, 2026-12-06,
+  // K = 1024 and 256, groups of 64 and 128; cause not found); partial tiles of 128 rows were last seen wrong only
+  // where the reordering of the codes overran (K not a multiple of 256, since mended) and are not run again.
+  // Every layer of the 2B and 7B shapes (and 7B's FFN over 2 ranks, 5,504) is whole tiles.
+  return M >= 1 && N % 128 == 0 && K % 64 == 0 && (group == 64 || group == 128) && K % group == 0;
 }
 
 int64_t w4a16_cutlass_prepared_bytes(int N, int K, int group) {

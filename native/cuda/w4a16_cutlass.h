@@ -11,7 +11,7 @@ namespace vlm {
 bool w4a16_cutlass_built();
 // Built, and the current device runs its sm_90a code (compute capability 9.0). Asked once per process.
 bool w4a16_cutlass_runs();
-// Shapes the kernel takes (N a multiple of 64, K of 64 and of the group, groups of 64 or 128).
+// Shapes the kernel takes (N a multiple of 128, K of 64 and of the group, groups of 64 or 128).
 bool w4a16_cutlass_applies(int M, int N, int K, int group);
 // Bytes of a layer's prepared copy (codes reordered for the kernel, scales, offsets); -1 without the kernel.
 int64_t w4a16_cutlass_prepared_bytes(int N, int K, int group);

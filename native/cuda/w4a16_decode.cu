@@ -46,7 +46,6 @@
 #include "cuda/dependent_launch.cuh"
 #include "cuda/env_int.h"
 #include "cuda/device_query.h"
-#include "cuda/l2_prefetch.cuh"
 #include "cuda/rms_norm_row.cuh"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_decode_block.cuh"
@@ -102,7 +101,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
                                                                  RmsNormInput norm, int M, int N, int K,
                                                                  int group_shift, int S, int slice_steps_max,
-                                                                 bool silu_up, L2Prefetch prefetch) {
+                                                                 bool silu_up) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(ST % U == 0, "a ring slot that starts a unit must start one on every pass");
   static_assert(ST >= 4, "the warp's sums take its ring's place (ST * 512 bytes >= 2 KiB)");
@@ -118,10 +117,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                               reinterpret_cast<uint4*>(smem + L.grp), warp, lane);
   const int bs0 = bsl.bs0, bs1 = bsl.bs1;
 
-  // Weights and scales depend on no earlier kernel: request them before waiting for A's writer, and after them
-  // a later GEMM's weights into the L2 (l2_prefetch.h).
+  // Weights and scales depend on no earlier kernel: request them before waiting for A's writer.
   ring.prime();
-  cuda::l2_prefetch_share(prefetch, (int64_t)blockIdx.y * gridDim.x + blockIdx.x, (int64_t)gridDim.x * gridDim.y);
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 
@@ -184,7 +181,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 
 template <class T, int U, int ST>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
-                     bool, L2Prefetch) {
+                     bool) {
   return w4a16_decode_kernel<T, U, ST>;
 }
 
@@ -323,8 +320,7 @@ const Plan& plan_for(int M, int N, int K, int group) {
 
 template <class T, int U, int ST>
 cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                        const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up,
-                        const L2Prefetch& prefetch, cudaStream_t stream) {
+                        const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
   if (const cudaError_t e = grant_smem<T, U, ST>(); e != cudaSuccess) return e;
   const dim3 grid((N / kW4StripN + p.S - 1) / p.S, p.C);
   const int group_shift = group == 128 ? 3 : 2;
@@ -332,27 +328,25 @@ cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void*
                                             stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                             static_cast<T*>(c), norm, M, N, K, group_shift, p.S, p.slice_steps,
-                                            silu_up, prefetch);
+                                            silu_up);
 }
 
 template <class T, int ST>
 cudaError_t launch_ring(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                        const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up,
-                        const L2Prefetch& pf, cudaStream_t stream) {
+                        const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
   switch (p.U) {
-    case 8: return launch_unit<T, 8, ST>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, pf, stream);
-    case 4: return launch_unit<T, 4, ST>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, pf, stream);
-    default: return launch_unit<T, 2, ST>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, pf, stream);
+    case 8: return launch_unit<T, 8, ST>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    case 4: return launch_unit<T, 4, ST>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+    default: return launch_unit<T, 2, ST>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
   }
 }
 
 template <class T>
 cudaError_t launch(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
-                   const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, const L2Prefetch& pf,
-                   cudaStream_t stream) {
+                   const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
   if (p.stages == 16)
-    return launch_ring<T, 16>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, pf, stream);
-  return launch_ring<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, pf, stream);
+    return launch_ring<T, 16>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
+  return launch_ring<T, 8>(p, a, w, sz, residual, c, norm, M, N, K, group, silu_up, stream);
 }
 
 // The plan for this shape, or null where the kernel does not apply (one cached lookup per call).
@@ -381,23 +375,20 @@ void w4a16_decode_plan(int M, int N, int K, int group, int* strips_per_block, in
 }
 
 cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M,
-                              int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up,
-                              const L2Prefetch& prefetch) {
+                              int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up) {
   const Plan* p = applicable_plan(M, N, K, group);
   if (!p) return cudaErrorInvalidValue;
   const RmsNormInput none{};
-  if (bf16)
-    return launch<__nv_bfloat16>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, prefetch, stream);
-  return launch<__half>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, prefetch, stream);
+  if (bf16) return launch<__nv_bfloat16>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
+  return launch<__half>(*p, a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
 }
 
 cudaError_t w4a16_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, const void* sz, void* c, int M, int N,
-                                       int K, int group, bool bf16, cudaStream_t stream, const L2Prefetch& prefetch) {
+                                       int K, int group, bool bf16, cudaStream_t stream) {
   const Plan* p = applicable_plan(M, N, K, group);
   if (!p || !norm.h || !norm.weight || norm.h_out == norm.h) return cudaErrorInvalidValue;
-  if (bf16)
-    return launch<__nv_bfloat16>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, prefetch, stream);
-  return launch<__half>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, prefetch, stream);
+  if (bf16) return launch<__nv_bfloat16>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
+  return launch<__half>(*p, nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
 }
 
 }  // namespace vlm

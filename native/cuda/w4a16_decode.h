@@ -4,7 +4,6 @@
 #pragma once
 #include <cuda_runtime.h>
 
-#include "cuda/l2_prefetch.h"
 #include "cuda/rms_norm_input.h"
 
 namespace vlm {
@@ -21,18 +20,15 @@ bool w4a16_decode_applies(int M, int N, int K, int group);
 // first two, VLM_W4A16_DECODE_RING the last.
 void w4a16_decode_plan(int M, int N, int K, int group, int* strips_per_block, int* k_slices, int* unit_steps,
                        int* ring_stages);
-// C = A · dequant(W)ᵀ (+ residual), as w4a16_gemm(); cudaErrorInvalidValue where it does not apply. `prefetch`:
-// ranges its blocks ask the L2 for after their own weights (l2_prefetch.h; 16-byte aligned).
+// C = A · dequant(W)ᵀ (+ residual), as w4a16_gemm(); cudaErrorInvalidValue where it does not apply.
 cudaError_t w4a16_decode_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c,
-                              int M, int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up,
-                              const L2Prefetch& prefetch = {});
+                              int M, int N, int K, int group, bool bf16, cudaStream_t stream, bool a_is_gate_up);
 
 // The GEMM's A from the fp32 residual stream (rms_norm_input.h), bit for bit what
 // cuda::add_rms_norm() writes for rows of up to 8192 elements (its vectorised kernel,
 // rms_norm_row.cuh; longer rows it sums in another order). One launch instead of the norm kernel
 // and the GEMM.
 cudaError_t w4a16_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, const void* scale_zero, void* c,
-                                       int M, int N, int K, int group, bool bf16, cudaStream_t stream,
-                                       const L2Prefetch& prefetch = {});
+                                       int M, int N, int K, int group, bool bf16, cudaStream_t stream);
 
 }  // namespace vlm

@@ -510,10 +510,9 @@ int64_t w4a16_workspace_bytes(int M, int N, int K, int group) {
 }
 
 cudaError_t w4a16_gemm(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
-                       int K, int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up,
-                       const L2Prefetch& prefetch) {
+                       int K, int group, bool bf16, void* workspace, cudaStream_t stream, bool a_is_gate_up) {
   if (w4a16_decode_applies(M, N, K, group))
-    return w4a16_decode_gemm(a, w, sz, residual, c, M, N, K, group, bf16, stream, a_is_gate_up, prefetch);
+    return w4a16_decode_gemm(a, w, sz, residual, c, M, N, K, group, bf16, stream, a_is_gate_up);
   if (!a_is_gate_up && w4a16_wgmma_applies(M, N, K, group))
     return w4a16_wgmma_gemm(a, w, sz, residual, c, M, N, K, group, bf16,
                             workspace ? static_cast<int*>(workspace) + kArrivalInts : nullptr, stream);

@@ -5,8 +5,6 @@
 
 #include <cstdint>
 
-#include "cuda/l2_prefetch.h"
-
 namespace vlm {
 
 // Bytes of workspace for this shape (arrival counters, then fp32 split-K
@@ -15,11 +13,10 @@ namespace vlm {
 int64_t w4a16_workspace_bytes(int M, int N, int K, int group);
 // C = A · dequant(W)ᵀ (+ residual). See vlmcore_kernels.h. With a_is_gate_up, A's
 // rows are [gate (K) | up (K)] and the GEMM reads A = silu(gate) * up (the MLP's down
-// projection straight from the stacked gate/up output, without a separate pass). `prefetch`: a later GEMM's weights
-// for the L2, where the decode-size kernel runs (l2_prefetch.h; other kernels ignore it).
+// projection straight from the stacked gate/up output, without a separate pass).
 cudaError_t w4a16_gemm(const void* a, const void* w, const void* scale_zero, const void* residual, void* c, int M,
                        int N, int K, int group, bool bf16, void* workspace, cudaStream_t stream,
-                       bool a_is_gate_up = false, const L2Prefetch& prefetch = {});
+                       bool a_is_gate_up = false);
 // W [N][K] row-major in fp16/bf16, exactly the values the GEMM multiplies (for a dense GEMM at large M).
 cudaError_t w4a16_dequantize(const void* w, const void* scale_zero, void* out, int N, int K, int group, bool bf16,
                              cudaStream_t stream);

@@ -126,7 +126,7 @@ VLM_API int vlm_w4a16_dequantize(const void* packed_weight, const void* packed_s
  * headers): *built is 1 where it exists. It reads its own copy of a layer ("prepared": the codes reordered
  * for the kernel, scales and offsets -s*z), *bytes long, made on the device from the packed layout by
  * vlm_w4a16_cutlass_prepare (scratch: n*k/2 bytes). Then C [M][N] = A [M][K] · dequant(W)^T in act_dtype,
- * computed as s*q + (-s*z) per weight (the offset rounded to act_dtype), n a multiple of 64, with a workspace of
+ * computed as s*q + (-s*z) per weight (the offset rounded to act_dtype), n a multiple of 128, with a workspace of
  * vlm_w4a16_cutlass_workspace_bytes (the stream-K scheduler's partial tiles; may be 0 bytes). Device pointers;
  * asynchronous on `stream`. */
 VLM_API int vlm_w4a16_cutlass_built(int32_t* built);

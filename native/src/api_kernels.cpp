@@ -259,7 +259,7 @@ void check_cutlass_shape(int32_t m, int32_t n, int32_t k, int32_t group_size) {
   VLM_CHECK(vlm::w4a16_cutlass_built(), VLM_ERR_UNSUPPORTED,
             "this build has no CUTLASS w4a16 GEMM (CUTLASS's headers were not found, or no sm_90a code)");
   VLM_CHECK_ARG(vlm::w4a16_cutlass_applies(m, n, k, group_size),
-                "w4a16 CUTLASS GEMM: N " << n << " must be a multiple of 64, K " << k
+                "w4a16 CUTLASS GEMM: N " << n << " must be a multiple of 128, K " << k
                                          << " of 64 and of the group size " << group_size);
 }
 #endif
