@@ -939,16 +939,22 @@ class CudaRunner final : public StepRunner {
     return cuda::env_int("VLM_W4A16_CUTLASS", 0) != 0 && w4a16_cutlass_runs();
   }
   // The rows it takes: from VLM_W4A16_CUTLASS_MIN_ROWS (default: where the dequantization for cuBLAS starts) to
-  // VLM_W4A16_CUTLASS_MAX_ROWS (default 1024). Measured on the H100 (docs/benchmarks/gemm.md, 2026-12-06): at 256
-  // rows 1.9-2.1x faster than dequantization + cuBLAS on the 7B layers, at 2048 the same or 7 % slower (the
-  // dequantization's fixed cost is then small against cuBLAS's GEMM); 512-1024 not measured.
-  static bool cutlass_takes(int M) {
+  // VLM_W4A16_CUTLASS_MAX_ROWS (default 1024), and for wide layers (N >= kCutlassWideN: 2B gate_up, 7B q/k/v and
+  // gate_up) from VLM_W4A16_CUTLASS_WIDE_MIN_ROWS (default 32) already. Measured on the H100
+  // (docs/benchmarks/gemm.md, 2026-12-06): at 256 rows 1.9-2.1x faster than dequantization + cuBLAS on the 7B
+  // layers, at 2048 the same or 7 % slower (the dequantization's fixed cost is then small against cuBLAS's GEMM);
+  // at 32 and 64 rows faster than the wgmma and general kernels on the wide layers (13.0 vs 21.1 us on 2B gate_up,
+  // 22.2 vs 39.6 on 7B q/k/v at 64 rows) and slower on the others (13.6 vs 7.9 us on 2B o: the stream-K schedule's
+  // fixed cost over few tiles); 512-1024 not measured.
+  static constexpr int kCutlassWideN = 8192;
+  static bool cutlass_takes(int M, int N) {
     static const int lo = [] {
       const int v = cuda::env_int("VLM_W4A16_CUTLASS_MIN_ROWS", 0);
       return v > 0 ? v : w4a16_dequant_gemm_min_rows();
     }();
+    static const int wide_lo = std::min(lo, cuda::env_int("VLM_W4A16_CUTLASS_WIDE_MIN_ROWS", 32));
     static const int hi = cuda::env_int("VLM_W4A16_CUTLASS_MAX_ROWS", 1024);
-    return M >= lo && M <= hi;
+    return M >= (N >= kCutlassWideN ? wide_lo : lo) && M <= hi;
   }
 
   void keep_cutlass_prefill_weights() {
@@ -991,7 +997,7 @@ class CudaRunner final : public StepRunner {
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
-    if (l.cutlass.bytes() && !gate_up_input && cutlass_takes(M)) {
+    if (l.cutlass.bytes() && !gate_up_input && cutlass_takes(M, l.out)) {
       const int64_t ws = w4a16_cutlass_workspace_bytes(M, l.out, l.in, l.group, bf16_);
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16 CUTLASS GEMM: no workspace size for M=" << M << " N=" << l.out);
       if (ws > 0) grow(cutlass_workspace_, (size_t)ws);
