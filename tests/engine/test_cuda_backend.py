@@ -97,8 +97,10 @@ def test_awq_weights_match_the_cpu_backend(tiny_model_dir, tmp_path, family, gro
 
 @pytest.mark.parametrize("family,group", [("llama_mha_hd64", 128), ("llama_gqa_hd128", 64), ("qwen2_bias_tied", 64)])
 def test_awq_long_prefill_matches_the_cpu_backend(tiny_model_dir, tmp_path, family, group):
-    """A 300-token prompt: its prefill step (>= 256 rows) dequantizes each tensor-core w4a16 layer into a
-    dense matrix for cuBLAS; the decode steps after it use the w4a16 kernel."""
+    """A 300-token prompt: its prefill step (>= 129 rows) runs the CUTLASS mixed-input GEMM on Hopper builds that
+    have it (its layers of whole 128-row tiles) and otherwise dequantizes each tensor-core w4a16 layer into a dense
+    matrix for cuBLAS (test_awq_long_prefill_in_dequantized_stretches runs that path on every GPU); the decode steps
+    after it use the w4a16 kernel."""
     from vlmserve.awq_checkpoint import write_awq_checkpoint
     from vlmserve.awq_format import quantize_rtn
 
@@ -110,9 +112,9 @@ def test_awq_long_prefill_matches_the_cpu_backend(tiny_model_dir, tmp_path, fami
 def test_awq_long_prefill_in_dequantized_stretches_matches_the_cpu_backend():
     """The same long prefills with each layer dequantized and multiplied 192 columns at a time
     (VLM_DEQUANT_CHUNK_COLUMNS; VLM_DEQUANT_CHUNK_MB's stretches in the engine's own loop: packed weight and
-    scale/zero offsets of whole strips, each stretch's output columns within the rows): the tiny layers are
-    256-768 columns wide, so several stretches and ragged last ones, groups 64 and 128, with bias. The
-    setting is read once per process, hence a process of its own."""
+    scale/zero offsets of whole strips, each stretch's output columns within the rows), the CUTLASS GEMM off: the
+    tiny layers are 256-768 columns wide, so several stretches and ragged last ones, groups 64 and 128, with bias.
+    The settings are read once per process, hence a process of its own."""
     import os
     import subprocess
     import sys
@@ -121,7 +123,8 @@ def test_awq_long_prefill_in_dequantized_stretches_matches_the_cpu_backend():
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
                            "-k", "test_awq_long_prefill_matches_the_cpu_backend"], cwd=root, capture_output=True,
-                          text=True, timeout=900, env=dict(os.environ, VLM_DEQUANT_CHUNK_COLUMNS="192"))
+                          text=True, timeout=900,
+                          env=dict(os.environ, VLM_DEQUANT_CHUNK_COLUMNS="192", VLM_W4A16_CUTLASS="0"))
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "3 passed" in done.stdout, done.stdout[-2000:]
 
@@ -148,7 +151,7 @@ np.savez(out, dense=np.array(dense), **{f"tokens{i}": np.array(r.token_ids) for 
 def test_dense_prefill_weights_change_no_bits(tiny_model_dir, tmp_path, family, group):
     """VLM_PREFILL_DENSE_WEIGHTS=1 keeps each 4-bit layer dequantized from load on, and prefill-sized GEMMs
     multiply that copy instead of dequantizing the layer per call: the same matrix and the same cuBLAS call, so
-    the same tokens and logits, bit for bit, as the default; the engine reports the copies' bytes (every 4-bit
+    the same tokens and logits, bit for bit, as without it (the CUTLASS GEMM off in both); the engine reports the copies' bytes (every 4-bit
     layer's weights at 2 bytes each) and none without the setting. Read once per process: processes of their own."""
     import json
     import os
@@ -163,7 +166,8 @@ def test_dense_prefill_weights_change_no_bits(tiny_model_dir, tmp_path, family, 
     for setting in ("0", "1"):
         out = tmp_path / f"dense{setting}.npz"
         done = subprocess.run([sys.executable, "-c", _DENSE_PREFILL_RUN, str(dst), str(out)], capture_output=True,
-                              text=True, timeout=600, env=dict(os.environ, VLM_PREFILL_DENSE_WEIGHTS=setting))
+                              text=True, timeout=600,
+                              env=dict(os.environ, VLM_PREFILL_DENSE_WEIGHTS=setting, VLM_W4A16_CUTLASS="0"))
         assert done.returncode == 0, done.stderr[-4000:]
         runs[setting] = np.load(out)
     cfg = json.loads((tiny_model_dir(family) / "config.json").read_text())
@@ -187,8 +191,9 @@ def test_dense_copies_from_few_rows_match_the_cpu_backend():
 
 
 def test_cutlass_prefill_gemms_match_the_cpu_backend():
-    """VLM_W4A16_CUTLASS=1 makes a copy of each 4-bit layer for CUTLASS's mixed-input GEMM at load (layers whose
-    N is a multiple of 128) and multiplies prefill-sized steps through it; with VLM_W4A16_CUTLASS_MIN_ROWS=2 the
+    """VLM_W4A16_CUTLASS=1 (required; the default where it runs) makes a copy of each 4-bit layer for CUTLASS's
+    mixed-input GEMM at load (layers whose N is a multiple of 128) and multiplies prefill-sized steps through
+    it; with VLM_W4A16_CUTLASS_MIN_ROWS=2 the
     AWQ families' prompt steps (23 and 300 rows) and the o/down GEMMs of multi-row steps take it, against the CPU
     backend as in the default runs (each weight rounded as s q + (-s z): a tolerance, not bits). A process of its
     own (settings read once)."""
