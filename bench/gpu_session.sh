@@ -25,7 +25,8 @@
 #                 cp -r $c/tools/util/include .gpu-carry/cutlass/tools/util/): its tests, bench/gemm at 64/256/2048 rows on
 #                 the 7B layers (CUTLASS_GEMM_MS, CUTLASS_GEMM_LAYERS; CUTLASS_TILE_VARIANTS="M:64 N:128" the other
 #                 tiles), the engine with it; cutlass_tests: the tests alone; cutlass_engine: 2B/7B prefill at batch
-#                 1 and decode at 32/64/128 without and with it (its default rows); cutlass_prefill: 2B prefill at batch 1/64, decode at 64/128, without and with it; cutlass_memcheck:
+#                 1 and decode at 32/64/128 without and with it (its default rows); etests_cutlass: the engine's
+#                 GPU tests with it on; cutlass_prefill: 2B prefill at batch 1/64, decode at 64/128, without and with it; cutlass_memcheck:
 #                 compute-sanitizer memcheck on its tests
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
@@ -384,6 +385,9 @@ cutlass_engine() {  # the engine without and with the CUTLASS GEMM (its default 
         prefill_rows "$m cutlass" $v "$RES/cutlass_engine_${m}_$v.json"
     done
   done
+}
+etests_cutlass() {  # etests with the CUTLASS GEMM on (VLM_W4A16_CUTLASS=1): what its default needs first
+  VLM_W4A16_CUTLASS=1 etests
 }
 layer_plans() {  # one layer's plan at a time in the engine: the sweep's fastest alone, which pinned for every layer
   # at once decoded slower (docs/benchmarks/gemm.md, 2026-12-05)
@@ -1104,13 +1108,14 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f prefill_rows prefill_settings cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f prefill_rows prefill_settings etests_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_tests 300
 step cutlass_gemm 420
 step cutlass_prefill 300
 step cutlass_engine 480
+step etests_cutlass 400
 step cutlass_memcheck 300
 step layer_tail 400
 step layer_tail_memcheck 300

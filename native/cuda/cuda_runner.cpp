@@ -933,14 +933,14 @@ class CudaRunner final : public StepRunner {
 
   // GEMMs of tensor-core 4-bit layers of the rows cutlass_takes() run CUTLASS's mixed-input kernel on a copy of
   // each layer in its layout (0.53 bytes a weight more, made at load), instead of dequantizing the layer for cuBLAS
-  // on every such call or the wgmma kernel. Where a library built with it runs on a Hopper GPU
-  // (w4a16_cutlass_runs()), by default: measured on the H200 (docs/benchmarks/gemm.md, 2026-12-06), prefill of a
-  // 512-token prompt 13-21 % faster, decode at 32-128 rows 3-19 % faster on the 2B and 7B shapes. The copies are
-  // left out, with a note, where they would take more than a quarter of the free memory (the KV cache is sized
-  // from what is left). VLM_W4A16_CUTLASS=0 turns it off, =1 makes it required (loading fails where the copies
-  // do not fit); VLM_PREFILL_DENSE_WEIGHTS=1 takes precedence.
-  static int cutlass_setting() { return cuda::env_int("VLM_W4A16_CUTLASS", -1); }
-  static bool cutlass_prefill_requested() { return cutlass_setting() != 0 && w4a16_cutlass_runs(); }
+  // on every such call or the wgmma kernel, where a library built with it runs on a Hopper GPU
+  // (w4a16_cutlass_runs()). Measured on the H200 (docs/benchmarks/gemm.md, 2026-12-06): prefill of a 512-token
+  // prompt 13-21 % faster, decode at 32-128 rows 3-19 % faster on the 2B and 7B shapes. VLM_W4A16_CUTLASS=1 turns
+  // it on, leaving the copies out (with a note) where they would take more than a quarter of the free memory (the
+  // KV cache is sized from what is left); =2 requires it (loading fails where the copies do not fit). Off by
+  // default until the engine's whole GPU suite has run with it; VLM_PREFILL_DENSE_WEIGHTS=1 takes precedence.
+  static int cutlass_setting() { return cuda::env_int("VLM_W4A16_CUTLASS", 0); }
+  static bool cutlass_prefill_requested() { return cutlass_setting() > 0 && w4a16_cutlass_runs(); }
   // The rows it takes: from VLM_W4A16_CUTLASS_MIN_ROWS (default: where the dequantization for cuBLAS starts) to
   // VLM_W4A16_CUTLASS_MAX_ROWS (default 1024), and for wide layers (N >= kCutlassWideN: 2B gate_up, 7B q/k/v and
   // gate_up) from VLM_W4A16_CUTLASS_WIDE_MIN_ROWS (default 32) already. Measured on the H100
@@ -973,15 +973,15 @@ class CudaRunner final : public StepRunner {
     if (quantized.empty()) return;
     size_t free_b = 0, total_b = 0;
     VLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    if (cutlass_setting() != 1 && need + scratch > (int64_t)free_b / 4) {
+    if (cutlass_setting() < 2 && need + scratch > (int64_t)free_b / 4) {
       std::fprintf(stderr, "vlmcore: the CUTLASS GEMM's layer copies (%lld MiB) would take more than a quarter of "
-                           "the %lld MiB free after the weights: left out (VLM_W4A16_CUTLASS=1 keeps them)\n",
+                           "the %lld MiB free after the weights: left out (VLM_W4A16_CUTLASS=2 requires them)\n",
                    (long long)((need + scratch) >> 20), (long long)(free_b >> 20));
       return;
     }
     VLM_CHECK((int64_t)free_b > need + scratch, VLM_ERR_OUT_OF_MEMORY,
-              "VLM_W4A16_CUTLASS=1 needs " << ((need + scratch) >> 20) << " MiB of device memory for the layers' "
-              "CUTLASS copies and " << (free_b >> 20) << " MiB are free after the weights; set it to 0");
+              "VLM_W4A16_CUTLASS=2 needs " << ((need + scratch) >> 20) << " MiB of device memory for the layers' "
+              "CUTLASS copies and " << (free_b >> 20) << " MiB are free after the weights; set it to 1 or 0");
     DeviceBuffer rows;
     rows.reserve((size_t)scratch);
     for (DeviceLinear* l : quantized) {

@@ -97,10 +97,9 @@ def test_awq_weights_match_the_cpu_backend(tiny_model_dir, tmp_path, family, gro
 
 @pytest.mark.parametrize("family,group", [("llama_mha_hd64", 128), ("llama_gqa_hd128", 64), ("qwen2_bias_tied", 64)])
 def test_awq_long_prefill_matches_the_cpu_backend(tiny_model_dir, tmp_path, family, group):
-    """A 300-token prompt: its prefill step (>= 129 rows) runs the CUTLASS mixed-input GEMM on Hopper builds that
-    have it (its layers of whole 128-row tiles) and otherwise dequantizes each tensor-core w4a16 layer into a dense
-    matrix for cuBLAS (test_awq_long_prefill_in_dequantized_stretches runs that path on every GPU); the decode steps
-    after it use the w4a16 kernel."""
+    """A 300-token prompt: its prefill step (>= 129 rows) dequantizes each tensor-core w4a16 layer into a dense
+    matrix for cuBLAS (or, with VLM_W4A16_CUTLASS on, runs the CUTLASS mixed-input GEMM on its layers of whole
+    128-row tiles); the decode steps after it use the w4a16 kernel."""
     from vlmserve.awq_checkpoint import write_awq_checkpoint
     from vlmserve.awq_format import quantize_rtn
 
@@ -191,9 +190,9 @@ def test_dense_copies_from_few_rows_match_the_cpu_backend():
 
 
 def test_cutlass_prefill_gemms_match_the_cpu_backend():
-    """VLM_W4A16_CUTLASS=1 (required; the default where it runs) makes a copy of each 4-bit layer for CUTLASS's
-    mixed-input GEMM at load (layers whose N is a multiple of 128) and multiplies prefill-sized steps through
-    it; with VLM_W4A16_CUTLASS_MIN_ROWS=2 the
+    """VLM_W4A16_CUTLASS=2 (required) makes a copy of each 4-bit layer for CUTLASS's mixed-input GEMM at load
+    (layers whose N is a multiple of 128) and multiplies prefill-sized steps through it; with
+    VLM_W4A16_CUTLASS_MIN_ROWS=2 the
     AWQ families' prompt steps (23 and 300 rows) and the o/down GEMMs of multi-row steps take it, against the CPU
     backend as in the default runs (each weight rounded as s q + (-s z): a tolerance, not bits). A process of its
     own (settings read once)."""
@@ -201,7 +200,7 @@ def test_cutlass_prefill_gemms_match_the_cpu_backend():
 
     if not w4a16_cutlass_built():
         pytest.skip("this library has no CUTLASS w4a16 GEMM (built without CUTLASS's headers or without sm_90a)")
-    _awq_comparisons_pass_with(VLM_W4A16_CUTLASS="1", VLM_W4A16_CUTLASS_MIN_ROWS="2")
+    _awq_comparisons_pass_with(VLM_W4A16_CUTLASS="2", VLM_W4A16_CUTLASS_MIN_ROWS="2")
 
 
 def _awq_comparisons_pass_with(**settings):
