@@ -59,7 +59,7 @@ def test_a_remote_request_gets_the_local_tokens_and_timings(engine):
             assert out.decode_s > 0 and out.prefill_s >= 0
     finally:
         remote.close()
-        link.closed.wait(10)
+        assert link.closed.wait(10)
     wait_idle(engine)
 
 
@@ -73,7 +73,7 @@ def test_a_refused_request_fails_with_the_engines_error_and_the_link_goes_on(eng
         assert len(list(good)) == 3
     finally:
         remote.close()
-        link.closed.wait(10)
+        assert link.closed.wait(10)
 
 
 def test_abort_and_a_front_that_goes_away_free_the_engine(engine):
@@ -91,6 +91,20 @@ def test_abort_and_a_front_that_goes_away_free_the_engine(engine):
     assert link.closed.wait(10)
     wait_idle(engine)
     assert engine.stats().free_blocks == engine.stats().total_blocks
+
+
+def test_closing_either_end_ends_the_link_for_both(engine):
+    """close() on either end wakes both ends' reader threads, blocked in recv() (closing the descriptor alone
+    leaves them blocked and the pipe open: services/pipe_close.py)."""
+    link, remote, lost = linked(engine)
+    remote.close()  # the front's end: the engine's side sees the front gone, the front's reader stops
+    assert link.closed.wait(5) and lost.wait(5)
+    link, remote, lost = linked(engine)
+    link.close()  # the engine's end: the front sees the engine gone
+    assert lost.wait(5) and link.closed.wait(5)
+    with pytest.raises(UnavailableError):
+        remote.add_request([1, 2], GenerationConfig(max_new_tokens=2))
+    remote.close()
 
 
 def test_the_link_stops_sending_quietly_when_the_front_is_gone():

@@ -17,6 +17,7 @@ import threading
 
 from vlmserve.engine import Embeddings, Engine, RequestStream
 from vlmserve.errors import VlmError
+from vlmserve.services.pipe_close import close_pipe_end
 
 log = logging.getLogger("vlmserve.lm")
 
@@ -130,9 +131,6 @@ class FrontLink:
                 return
 
     def close(self) -> None:
-        """Stops sending (the reader ends when the pipe closes)."""
+        """Stops sending and ends the pipe (the reader wakes, aborts what the front had running and stops)."""
         self._outbox.put(None)
-        try:
-            self.conn.close()
-        except OSError:
-            pass
+        close_pipe_end(self.conn)

@@ -19,6 +19,7 @@ from vlmserve.config import EngineConfig, GenerationConfig
 from vlmserve.engine import Embeddings, RequestStream, _wake_streams
 from vlmserve.model_spec import ModelSpec
 from vlmserve.outputs import EngineStats
+from vlmserve.services.pipe_close import close_pipe_end
 
 log = logging.getLogger("vlmserve.lm")
 
@@ -70,10 +71,9 @@ class RemoteEngine:
         return running
 
     def close(self) -> None:
-        try:
-            self._conn.close()
-        except OSError:
-            pass
+        """Ends the link: the engine process aborts this front's requests, and any still in flight here end with
+        UNAVAILABLE (the reader thread wakes and stops)."""
+        close_pipe_end(self._conn)
 
     def _send(self, msg) -> None:
         try:

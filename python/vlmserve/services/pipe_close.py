@@ -1,0 +1,29 @@
+"""Closing one end of a process pipe (multiprocessing.Pipe) so that it really ends.
+
+While another thread of this process is blocked in recv() on a Connection, closing the Connection's descriptor
+neither wakes that thread nor ends the pipe for the process at the other end: Linux keeps the socket open until
+the blocked call returns, which it never does. The front's link (remote_engine.py) and the engine's side of it
+(engine_host.py) each keep such a reader thread, so their close() shuts the socket down first: the reader wakes
+with EOF, and the other end sees the pipe end and aborts or fails what it had in flight."""
+from __future__ import annotations
+
+import os
+import socket
+
+
+def close_pipe_end(conn) -> None:
+    """Shuts down and closes `conn`; nothing happens to one already closed. A pipe end that is not a socket (a
+    one-way os.pipe) is only closed."""
+    try:
+        fd = conn.fileno()
+    except (OSError, ValueError):  # already closed
+        return
+    try:
+        with socket.socket(fileno=os.dup(fd)) as s:  # a second descriptor of the same socket: shutdown ends both
+            s.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # not a socket, or the other end is already gone
+    try:
+        conn.close()
+    except OSError:
+        pass
