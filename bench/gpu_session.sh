@@ -23,7 +23,7 @@
 #                 tools/util/include/, made after `make setup` by: c=.venv/lib/python3.11/site-packages/cutlass_library/source;
 #                 mkdir -p .gpu-carry/cutlass/tools/util; cp -r $c/include .gpu-carry/cutlass/;
 #                 cp -r $c/tools/util/include .gpu-carry/cutlass/tools/util/): its tests, bench/gemm at 64/256/2048 rows on
-#                 the 7B layers (CUTLASS_GEMM_MS, CUTLASS_GEMM_LAYERS; CUTLASS_TILE_VARIANTS="M:64 N:128" the other
+#                 the 7B layers (CUTLASS_GEMM_MS, CUTLASS_GEMM_LAYERS; CUTLASS_TILE_VARIANTS="M:64 N:256" the other
 #                 tiles), the engine with it; cutlass_tests: the tests alone; cutlass_engine: 2B/7B prefill at batch
 #                 1 and decode at 32/64/128 without and with it (its default rows); etests_cutlass: the engine's
 #                 GPU tests with it on; cutlass_prefill: 2B prefill at batch 1/64, decode at 64/128, without and with it; cutlass_memcheck:
@@ -353,6 +353,9 @@ cutlass_tests() {  # the CUTLASS mixed-input GEMM's tests (each schedule), then 
   # every shape on tiles of 64 weight rows (the ping-pong schedule)
   VLM_W4A16_CUTLASS_TILE_M=64 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/tiles of 64: /'
+  # and on tiles of 256 tokens
+  VLM_W4A16_CUTLASS_TILE_N=256 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
+    -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/256 tokens: /'
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k cutlass_prefill 2>&1 | tail -n 3
 }
 cutlass_gemm() {  # cutlass_tests, then bench/gemm from 64 rows (CUTLASS_GEMM_LAYERS) and its other tiles
@@ -361,7 +364,7 @@ cutlass_gemm() {  # cutlass_tests, then bench/gemm from 64 rows (CUTLASS_GEMM_LA
     --layers "${CUTLASS_GEMM_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_cutlass" |
     grep -E "^\| |^- M|^  - "
   local t
-  for t in ${CUTLASS_TILE_VARIANTS:-}; do  # other tiles at every M: N:64 / N:128 tokens a tile, M:64 weight rows
+  for t in ${CUTLASS_TILE_VARIANTS:-}; do  # other tiles at every M: N:64 / N:128 / N:256 tokens, M:64 weight rows
     env "VLM_W4A16_CUTLASS_TILE_${t%%:*}=${t#*:}" python3 bench/gemm.py --ms "${CUTLASS_GEMM_MS:-64,256,2048}" \
       --layers "${CUTLASS_GEMM_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_cutlass_tile${t/:/}" |
       grep -E "^- M|^  - " | sed "s/^/tile $t: /"

@@ -132,7 +132,10 @@ cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, in
 template <class T>
 cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
-  const bool wide = tile_n_for(M) == 128;
+  const int tile_n = tile_n_for(M);
+  const bool wide = tile_n == 128;
+  if (tile_n == 256)  // 128 x 256 tiles (stream-K): each converted weight serves twice the tokens
+    return run_gemm<T, 128, 256, true>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
   if (tile_m_for(M, N) == 64)
     return wide ? run_gemm<T, 64, 128, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
                 : run_gemm<T, 64, 64, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
