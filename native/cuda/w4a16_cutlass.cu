@@ -135,9 +135,7 @@ int tile_n_for(int M) {
 // of 64 (ping-pong, data-parallel) for measuring: at 64 tokens a 7B layer's 32-172 tiles of 128 rows leave SMs idle
 // or split K. Measured on the H100 (docs/benchmarks/gemm.md, 2026-12-06): slower on 7B qkv/gate_up/down at 64, 256
 // and 2048 rows, faster only on 7B o (4096 x 4096) at 64 and 256.
-int tile_m_for(int M, int N) {
-  (void)M;
-  (void)N;
+int tile_m() {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_M", 0);
   return forced == 64 ? 64 : 128;
 }

@@ -19,10 +19,20 @@ def close_pipe_end(conn) -> None:
     except (OSError, ValueError):  # already closed
         return
     try:
-        with socket.socket(fileno=os.dup(fd)) as s:  # a second descriptor of the same socket: shutdown ends both
-            s.shutdown(socket.SHUT_RDWR)
+        dup = os.dup(fd)  # a second descriptor of the same socket: shutdown ends both
     except OSError:
-        pass  # not a socket, or the other end is already gone
+        dup = -1
+    if dup >= 0:
+        try:
+            s = socket.socket(fileno=dup)
+        except OSError:  # not a socket
+            os.close(dup)
+        else:
+            with s:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # the other end is already gone
     try:
         conn.close()
     except OSError:
