@@ -150,8 +150,9 @@ np.savez(out, dense=np.array(dense), **{f"tokens{i}": np.array(r.token_ids) for 
 def test_dense_prefill_weights_change_no_bits(tiny_model_dir, tmp_path, family, group):
     """VLM_PREFILL_DENSE_WEIGHTS=1 keeps each 4-bit layer dequantized from load on, and prefill-sized GEMMs
     multiply that copy instead of dequantizing the layer per call: the same matrix and the same cuBLAS call, so
-    the same tokens and logits, bit for bit, as without it (the CUTLASS GEMM off in both); the engine reports the copies' bytes (every 4-bit
-    layer's weights at 2 bytes each) and none without the setting. Read once per process: processes of their own."""
+    the same tokens and logits, bit for bit, as without it (the CUTLASS GEMM off in both); the engine reports the
+    copies' bytes (every 4-bit layer's weights at 2 bytes each) and none without the setting. Read once per
+    process: processes of their own."""
     import json
     import os
     import subprocess
@@ -192,10 +193,9 @@ def test_dense_copies_from_few_rows_match_the_cpu_backend():
 def test_cutlass_prefill_gemms_match_the_cpu_backend():
     """VLM_W4A16_CUTLASS=2 (required) makes a copy of each 4-bit layer for CUTLASS's mixed-input GEMM at load
     (layers whose N is a multiple of 128) and multiplies prefill-sized steps through it; with
-    VLM_W4A16_CUTLASS_MIN_ROWS=2 the
-    AWQ families' prompt steps (23 and 300 rows) and the o/down GEMMs of multi-row steps take it, against the CPU
-    backend as in the default runs (each weight rounded as s q + (-s z): a tolerance, not bits). A process of its
-    own (settings read once)."""
+    VLM_W4A16_CUTLASS_MIN_ROWS=2 the AWQ families' prompt steps (23 and 300 rows) and the o/down GEMMs of multi-row
+    steps take it, against the CPU backend as in the default runs (each weight rounded as s q + (-s z): a
+    tolerance, not bits). A process of its own (settings read once)."""
     from vlmserve.kernels import w4a16_cutlass_built
 
     if not w4a16_cutlass_built():

@@ -18,8 +18,9 @@ def close_pipe_end(conn) -> None:
         fd = conn.fileno()
     except (OSError, ValueError):  # already closed
         return
-    try:
-        dup = os.dup(fd)  # a second descriptor of the same socket: shutdown ends both
+    try:  # a second descriptor of the same socket: shutdown ends both (socket.fromfd would leak it where the end
+        # is not a socket)
+        dup = os.dup(fd)
     except OSError:
         dup = -1
     if dup >= 0:
