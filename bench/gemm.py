@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
 from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, stream_read, stream_read_sink,  # noqa: E402
-                              w4a16_cutlass_built, w4a16_cutlass_gemm, w4a16_cutlass_prepare, w4a16_cutlass_workspace_bytes,
-                              w4a16_dequantize,
+                              w4a16_cutlass_built, w4a16_cutlass_engine_takes, w4a16_cutlass_gemm,
+                              w4a16_cutlass_prepare, w4a16_cutlass_workspace_bytes, w4a16_dequantize,
                               w4a16_gemm, w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_wgmma_plan,
                               w4a16_workspace_bytes)
 from run_info import library_settings, settings_line  # noqa: E402  (bench/, the script's own folder)
@@ -148,13 +148,23 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
         ws = torch.zeros(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
         t_kernel = time_graph(lambda i: w4a16_gemm(x16, ours_w[i % len(ours_w)], ours_sz, n, GROUP, out=out,
                                                    workspace=ws))
+        t_cutlass = float("nan")
+        cutlass_is_ours = w4a16_cutlass_engine_takes(m, n, k, GROUP)
+        if (m >= CUTLASS_MIN_ROWS or cutlass_is_ours) and w4a16_cutlass_built():
+            if cutlass_w is None:
+                cutlass_w = [w4a16_cutlass_prepare(p, ours_sz, n, k, GROUP) for p in ours_w]
+            cws = torch.empty(max(1, w4a16_cutlass_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
+            t_cutlass = time_graph(lambda i: w4a16_cutlass_gemm(x16, cutlass_w[i % len(cutlass_w)], n, GROUP,
+                                                                out=out, workspace=cws))
         form = w4a16_wgmma_form(m, n, k, GROUP)
         t_ours, path = t_kernel, WGMMA_FORM_NAMES.get(form, "w4a16 kernel")
         if form:  # how its K slices are summed (w4a16_wgmma_plan; VLM_W4A16_WGMMA_CLUSTER forces one way)
             splits, cluster = w4a16_wgmma_plan(m, n, k, GROUP)
             if splits > 1:
                 path += f", {splits} K slices summed {'in clusters' if cluster else 'from partials'}"
-        if m >= w4a16_dequant_gemm_min_rows() and not form:  # the engine's path at this size: dequantize, then cuBLAS
+        if cutlass_is_ours:  # the engine's path at this size (w4a16_cutlass_rows.h)
+            t_ours, path = t_cutlass, "CUTLASS mixed-input GEMM"
+        elif m >= w4a16_dequant_gemm_min_rows() and not form:  # the engine's path here: dequantize, then cuBLAS
             chunk = dequant_chunk_columns(n, k)
             if chunk >= n:
                 scratch = torch.empty(n, k, device=dev, dtype=torch.float16)
@@ -175,13 +185,6 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
 
                 t_ours = time_graph(chunked)
                 path = f"dequantize + cuBLAS, {chunk} columns at a time"
-        t_cutlass = float("nan")
-        if m >= CUTLASS_MIN_ROWS and w4a16_cutlass_built():
-            if cutlass_w is None:
-                cutlass_w = [w4a16_cutlass_prepare(p, ours_sz, n, k, GROUP) for p in ours_w]
-            cws = torch.empty(max(1, w4a16_cutlass_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
-            t_cutlass = time_graph(lambda i: w4a16_cutlass_gemm(x16, cutlass_w[i % len(cutlass_w)], n, GROUP,
-                                                                out=out, workspace=cws))
         t_fp16 = time_graph(lambda i: torch.nn.functional.linear(x16, fp16_w[i % len(fp16_w)]))
         t_dense = float("nan")
         if m <= DENSE_DECODE_MAX_ROWS:
@@ -246,7 +249,9 @@ def main() -> None:
              f"(decode-size up to 16 rows, else the general one) or the wgmma kernel; from "
              f"{w4a16_dequant_gemm_min_rows()} rows, where the wgmma kernel does not run, the layer is dequantized "
              f"(vlm_w4a16_dequantize) into a "
-             f"scratch matrix and multiplied by cuBLAS (here through torch), both inside the timed graph",
+             f"scratch matrix and multiplied by cuBLAS (here through torch), both inside the timed graph; where the "
+             f"engine gives the shape to the CUTLASS GEMM (vlm_w4a16_cutlass_engine_takes; VLM_W4A16_CUTLASS, on by "
+             f"default) it is that kernel's time",
              f"- Our fp16: the dense decode kernel (vlm_dense_decode_gemm) on the same fp16 weights, up to "
              f"{DENSE_DECODE_MAX_ROWS} rows (the engine runs it for unquantized models' one-row steps)",
              "- Read floor (with --read-floor): one kernel that only reads the layer's packed 4-bit weights, and its "

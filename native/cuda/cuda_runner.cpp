@@ -37,6 +37,7 @@
 #include "cuda/simt_linear.h"
 #include "cuda/step_profiler.h"
 #include "cuda/w4a16_cutlass.h"
+#include "cuda/w4a16_cutlass_rows.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
 #include "cuda/w4a16_layer_tail.h"
@@ -931,34 +932,14 @@ class CudaRunner final : public StepRunner {
     dense_prefill_bytes_ = need;
   }
 
-  // GEMMs of tensor-core 4-bit layers of the rows cutlass_takes() run CUTLASS's mixed-input kernel on a copy of
-  // each layer in its layout (0.53 bytes a weight more, made at load), instead of dequantizing the layer for cuBLAS
-  // on every such call or the wgmma kernel, where a library built with it runs on a Hopper GPU
-  // (w4a16_cutlass_runs()). Measured on the H200 (docs/benchmarks/gemm.md, 2026-12-06): prefill of a 512-token
-  // prompt 13-21 % faster, decode at 32-128 rows 3-19 % faster on the 2B and 7B shapes. VLM_W4A16_CUTLASS=1 turns
-  // it on, leaving the copies out (with a note) where they would take more than a quarter of the free memory (the
-  // KV cache is sized from what is left); =2 requires it (loading fails where the copies do not fit). Off by
-  // default until the engine's whole GPU suite has run with it; VLM_PREFILL_DENSE_WEIGHTS=1 takes precedence.
-  static int cutlass_setting() { return cuda::env_int("VLM_W4A16_CUTLASS", 0); }
-  static bool cutlass_prefill_requested() { return cutlass_setting() > 0 && w4a16_cutlass_runs(); }
-  // The rows it takes: from VLM_W4A16_CUTLASS_MIN_ROWS (default: where the dequantization for cuBLAS starts) to
-  // VLM_W4A16_CUTLASS_MAX_ROWS (default 1024), and for wide layers (N >= kCutlassWideN: 2B gate_up, 7B q/k/v and
-  // gate_up) from VLM_W4A16_CUTLASS_WIDE_MIN_ROWS (default 32) already. Measured on the H100
-  // (docs/benchmarks/gemm.md, 2026-12-06): at 256 rows 1.9-2.1x faster than dequantization + cuBLAS on the 7B
-  // layers, at 2048 the same or 7 % slower (the dequantization's fixed cost is then small against cuBLAS's GEMM);
-  // at 32 and 64 rows faster than the wgmma and general kernels on the wide layers (13.0 vs 21.1 us on 2B gate_up,
-  // 22.2 vs 39.6 on 7B q/k/v at 64 rows) and slower on the others (13.6 vs 7.9 us on 2B o: the stream-K schedule's
-  // fixed cost over few tiles); 512-1024 not measured.
-  static constexpr int kCutlassWideN = 8192;
-  static bool cutlass_takes(int M, int N) {
-    static const int lo = [] {
-      const int v = cuda::env_int("VLM_W4A16_CUTLASS_MIN_ROWS", 0);
-      return v > 0 ? v : w4a16_dequant_gemm_min_rows();
-    }();
-    static const int wide_lo = std::min(lo, cuda::env_int("VLM_W4A16_CUTLASS_WIDE_MIN_ROWS", 32));
-    static const int hi = cuda::env_int("VLM_W4A16_CUTLASS_MAX_ROWS", 1024);
-    return M >= (N >= kCutlassWideN ? wide_lo : lo) && M <= hi;
-  }
+  // GEMMs of tensor-core 4-bit layers of the rows w4a16_cutlass_takes_rows() (w4a16_cutlass_rows.h: from 32 rows
+  // on wide layers, from where the dequantization for cuBLAS starts on the others) run CUTLASS's mixed-input kernel
+  // on a copy of each layer in its layout (0.53 bytes a weight more, made at load), instead of dequantizing the
+  // layer for cuBLAS on every such call or the wgmma kernel, where a library built with it runs on a Hopper GPU
+  // (w4a16_cutlass_runs()). On by default (VLM_W4A16_CUTLASS=1), leaving the copies out (with a note) where they
+  // would take more than a quarter of the free memory (the KV cache is sized from what is left); =2 requires it
+  // (loading fails where the copies do not fit), =0 turns it off. VLM_PREFILL_DENSE_WEIGHTS=1 takes precedence.
+  static bool cutlass_prefill_requested() { return w4a16_cutlass_setting() > 0 && w4a16_cutlass_runs(); }
 
   void keep_cutlass_prefill_weights() {
     std::vector<DeviceLinear*> quantized;
@@ -973,7 +954,7 @@ class CudaRunner final : public StepRunner {
     if (quantized.empty()) return;
     size_t free_b = 0, total_b = 0;
     VLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    if (cutlass_setting() < 2 && need + scratch > (int64_t)free_b / 4) {
+    if (w4a16_cutlass_setting() < 2 && need + scratch > (int64_t)free_b / 4) {
       std::fprintf(stderr, "vlmcore: the CUTLASS GEMM's layer copies (%lld MiB) would take more than a quarter of "
                            "the %lld MiB free after the weights: left out (VLM_W4A16_CUTLASS=2 requires them)\n",
                    (long long)((need + scratch) >> 20), (long long)(free_b >> 20));
@@ -1006,7 +987,7 @@ class CudaRunner final : public StepRunner {
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
-    if (l.cutlass.bytes() && !gate_up_input && cutlass_takes(M, l.out)) {
+    if (l.cutlass.bytes() && !gate_up_input && w4a16_cutlass_takes_rows(M, l.out)) {
       const int64_t ws = w4a16_cutlass_workspace_bytes(M, l.out, l.in, l.group, bf16_);
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16 CUTLASS GEMM: no workspace size for M=" << M << " N=" << l.out);
       if (ws > 0) grow(cutlass_workspace_, (size_t)ws);

@@ -122,13 +122,19 @@ void reorder_codes(const unsigned char* rows, Codes* out, int N, int K, cudaStre
 
 namespace cutlass_w4a16 {
 
-// Tokens a tile (the kernel's N): 128 from 256 rows, 64 below (fewer idle rows in a tile at 65-255). Tunable
-// with VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) for measuring: tiles of 256 tokens convert each weight once for
-// twice the tokens, for the compute-bound sizes (2048 rows: 0.82-0.92x torch fp16 with 128, H100 2026-12-06).
-int tile_n_for(int M) {
+// Tokens a tile (the kernel's N). 64 below 256 rows (fewer idle rows in a tile at 65-255); from 256 rows tiles of
+// 256 tokens, which convert each weight once for twice the tokens, where they still make at least half as many
+// tiles of 128 weight rows as the GPU has SMs, else 128. Measured on the H100 (docs/benchmarks/gemm.md,
+// 2026-12-06), 128 -> 256 tokens: at 2048 rows 0.84/0.87/0.90/0.81x -> 0.98/0.98/1.05/0.94x torch fp16 on 7B
+// q/k/v, o, gate_up, down (the conversion bounds the main loop there); at 256 rows q/k/v and gate_up (96 and 172
+// tiles of 256) 0.90/0.89 -> 0.98/0.96x, o and down (32 tiles) 0.81/1.18 -> 0.56/1.01x. VLM_W4A16_CUTLASS_TILE_N
+// (64, 128 or 256) pins it, for measuring.
+int tile_n_for(int M, int N) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_N", 0);
   if (forced == 64 || forced == 128 || forced == 256) return forced;
-  return M >= 256 ? 128 : 64;
+  if (M < 256) return 64;
+  const int64_t wide_tiles = (int64_t)(N / 128) * ((M + 255) / 256);
+  return 2 * wide_tiles >= cuda::sm_count() ? 256 : 128;
 }
 
 // Weight rows a tile: 128 (two consumer warpgroups on one tile, stream-K). VLM_W4A16_CUTLASS_TILE_M=64 takes tiles

@@ -89,7 +89,7 @@ inline Prepared prepared_at(const void* p, int n, int k, int group) {
 // Weight rows a tile (the kernel's M), tokens a tile (its N) for M tokens, and whether the stream-K scheduler runs
 // (w4a16_cutlass.cu).
 int tile_m();
-int tile_n_for(int M);
+int tile_n_for(int M, int N);
 bool stream_k();
 
 // The kernel's arguments for one call (pointers may be null where only the workspace size is asked).
@@ -132,7 +132,7 @@ cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, in
 template <class T>
 cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
-  const int tile_n = tile_n_for(M);
+  const int tile_n = tile_n_for(M, N);
   const bool wide = tile_n == 128;
   if (tile_n == 256)  // 128 x 256 tiles (stream-K): each converted weight serves twice the tokens
     return run_gemm<T, 128, 256, true>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);

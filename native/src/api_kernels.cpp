@@ -15,6 +15,7 @@
 #include "cuda/draw_rows.h"
 #include "cuda/stream_read.h"
 #include "cuda/w4a16_cutlass.h"
+#include "cuda/w4a16_cutlass_rows.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
 #include "cuda/w4a16_wgmma.h"
@@ -247,6 +248,18 @@ int vlm_w4a16_cutlass_built(int32_t* built) {
     *built = vlm::w4a16_cutlass_built() ? 1 : 0;
 #else
     *built = 0;
+#endif
+  });
+}
+
+int vlm_w4a16_cutlass_engine_takes(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* takes) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(takes, "NULL output");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    *takes = vlm::w4a16_cutlass_engine_takes(m, n, k, group_size) ? 1 : 0;
+#else
+    *takes = 0;
 #endif
   });
 }

@@ -248,6 +248,14 @@ def w4a16_cutlass_gemm(a, prepared, n: int, group_size: int, out=None, workspace
     return out
 
 
+def w4a16_cutlass_engine_takes(m: int, n: int, k: int, group_size: int) -> bool:
+    """Whether the engine runs a tensor-core w4a16 layer of this shape at m rows through the CUTLASS GEMM here
+    (VLM_W4A16_CUTLASS on, built, a Hopper GPU, a shape it takes, rows in its window); False without CUDA."""
+    out = ctypes.c_int32()
+    check(_native.lib().vlm_w4a16_cutlass_engine_takes(m, n, k, group_size, ctypes.byref(out)))
+    return bool(out.value)
+
+
 def draw_rows(logits, temperature, top_k, top_p, min_p, u, tokens):
     """Sampled rows' tokens drawn on the GPU (vlm_draw_rows) into `tokens` (int32 [rows], left alone where the
     temperature is not > 0): logits float32 [rows, vocab]; temperature, top_p, min_p float32 [rows]; top_k int32

@@ -97,9 +97,10 @@ def test_awq_weights_match_the_cpu_backend(tiny_model_dir, tmp_path, family, gro
 
 @pytest.mark.parametrize("family,group", [("llama_mha_hd64", 128), ("llama_gqa_hd128", 64), ("qwen2_bias_tied", 64)])
 def test_awq_long_prefill_matches_the_cpu_backend(tiny_model_dir, tmp_path, family, group):
-    """A 300-token prompt: its prefill step (>= 129 rows) dequantizes each tensor-core w4a16 layer into a dense
-    matrix for cuBLAS (or, with VLM_W4A16_CUTLASS on, runs the CUTLASS mixed-input GEMM on its layers of whole
-    128-row tiles); the decode steps after it use the w4a16 kernel."""
+    """A 300-token prompt: its prefill step (>= 129 rows) runs the CUTLASS mixed-input GEMM on the tensor-core w4a16
+    layers of whole 128-row tiles where the library has it and the GPU runs it (VLM_W4A16_CUTLASS, on by default),
+    else dequantizes each layer into a dense matrix for cuBLAS (test_awq_prefill_through_dequantization_matches_the_
+    cpu_backend checks that path everywhere); the decode steps after it use the w4a16 kernel."""
     from vlmserve.awq_checkpoint import write_awq_checkpoint
     from vlmserve.awq_format import quantize_rtn
 
@@ -201,6 +202,13 @@ def test_cutlass_prefill_gemms_match_the_cpu_backend():
     if not w4a16_cutlass_built():
         pytest.skip("this library has no CUTLASS w4a16 GEMM (built without CUTLASS's headers or without sm_90a)")
     _awq_comparisons_pass_with(VLM_W4A16_CUTLASS="2", VLM_W4A16_CUTLASS_MIN_ROWS="2")
+
+
+def test_awq_prefill_through_dequantization_matches_the_cpu_backend():
+    """The AWQ comparisons with the CUTLASS GEMM off (VLM_W4A16_CUTLASS=0): prefill-sized steps dequantize each
+    layer whole for cuBLAS, the path of GPUs and builds without that kernel. A process of its own (settings read
+    once)."""
+    _awq_comparisons_pass_with(VLM_W4A16_CUTLASS="0")
 
 
 def _awq_comparisons_pass_with(**settings):

@@ -4,24 +4,31 @@ a poisoned output, ragged M, both group sizes, fp16/bf16. The GPU tests need a C
 with CUTLASS for sm_90a; the first test (bad input at the C ABI) runs everywhere."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from vlmserve import _native
 from vlmserve.awq_format import dequantize, quantize_rtn, unpack_int4
-from vlmserve.kernels import pack_w4a16, w4a16_cutlass_built, w4a16_cutlass_gemm, w4a16_cutlass_prepare
+from vlmserve.errors import InvalidArgumentError, check
+from vlmserve.kernels import (pack_w4a16, w4a16_cutlass_built, w4a16_cutlass_engine_takes, w4a16_cutlass_gemm,
+                              w4a16_cutlass_prepare)
 
 # N a multiple of 128 (the kernel's tile of weight rows: w4a16_cutlass_applies); ragged M, K of 1 to 86 groups,
-# K = 64, 128, 640 (not a multiple of 256: the codes' reordering once overran such rows).
+# K = 64, 128, 640 (not a multiple of 256: the codes' reordering once overran such rows). Tiles of 64 tokens below
+# 256 rows, of 128 or 256 from there (tile_n_for in w4a16_cutlass.cu); the last two shapes make enough tiles of
+# 256 tokens to take them on GPUs of up to 192 and 256 SMs.
 SHAPES = [(17, 128, 128, 64), (64, 512, 2048, 128), (100, 384, 256, 128), (129, 2048, 11008, 128),
           (256, 4096, 2048, 128), (300, 768, 512, 64), (65, 5504, 4096, 128), (2048, 1024, 1024, 128),
-          (1, 256, 256, 128), (7, 384, 640, 64), (33, 128, 64, 64), (300, 256, 640, 128)]
+          (1, 256, 256, 128), (7, 384, 640, 64), (33, 128, 64, 64), (300, 256, 640, 128),
+          (600, 12288, 256, 64), (1000, 8192, 1024, 128)]
 
 
 def test_bad_input_is_refused_before_any_gpu_work():
     # The C ABI checks pointers, dtype and shape first, on every build and machine, with clear errors.
-    from vlmserve.errors import InvalidArgumentError, check
-
     lib = _native.lib()
     assert isinstance(w4a16_cutlass_built(), bool)
     with pytest.raises(InvalidArgumentError, match="NULL device pointer"):
@@ -35,6 +42,49 @@ def test_bad_input_is_refused_before_any_gpu_work():
             check(lib.vlm_w4a16_cutlass_gemm(1, 1, 1, 4, 192, 640, 64, _native.DTYPE_F16, None, 0, None))
     with pytest.raises(InvalidArgumentError, match="group size"):
         check(lib.vlm_w4a16_cutlass_prepare(1, 1, 1, 1, 256, 256, 32, _native.DTYPE_F16, None))
+
+
+def test_the_engine_rule_refuses_bad_shapes_and_is_off_where_the_kernel_cannot_run():
+    with pytest.raises(InvalidArgumentError, match="multiple of 64"):
+        w4a16_cutlass_engine_takes(256, 100, 256, 128)
+    with pytest.raises(InvalidArgumentError, match="group size"):
+        w4a16_cutlass_engine_takes(256, 256, 256, 32)
+    with pytest.raises(InvalidArgumentError, match="NULL output"):
+        check(_native.lib().vlm_w4a16_cutlass_engine_takes(256, 256, 256, 128, None))
+    if _native.lib().vlm_cuda_device_count() == 0 or not w4a16_cutlass_built():
+        # No GPU or no kernel here: the engine never routes a GEMM to it.
+        assert not any(w4a16_cutlass_engine_takes(m, 4096, 4096, 128) for m in (1, 64, 256, 2048))
+
+
+def _takes_in_a_process(env: dict[str, str]) -> list[bool]:
+    """The engine rule at 7B o (4096) and q/k/v (12288) shapes for 16/32/64/200/256/2048 rows, read in a fresh
+    process (the settings are read once per process)."""
+    code = ("from vlmserve.kernels import w4a16_cutlass_engine_takes as t\n"
+            "print([t(m, n, 4096, 128) for n in (4096, 12288) for m in (16, 32, 64, 200, 256, 2048)])")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    return [s.strip() == "True" for s in out.strip().strip("[]").split(",")]
+
+
+@pytest.mark.gpu
+def test_the_engine_rule_follows_its_settings():
+    # On by default: from 32 rows on wide layers (N >= 8192), from where the dequantization for cuBLAS starts
+    # (129 or 256) on the others, with no upper limit; VLM_W4A16_CUTLASS=0 turns it off, the row settings move
+    # the window.
+    import torch
+
+    from vlmserve.kernels import w4a16_dequant_gemm_min_rows
+
+    _require_kernel()
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the kernel's code is sm_90a: a compute capability 9.0 GPU runs it, this one does not")
+    lo = w4a16_dequant_gemm_min_rows()
+    rows = (16, 32, 64, 200, 256, 2048)
+    assert _takes_in_a_process({}) == [m >= lo for m in rows] + [m >= 32 for m in rows]
+    assert _takes_in_a_process({"VLM_W4A16_CUTLASS": "0"}) == [False] * 12
+    assert _takes_in_a_process({"VLM_W4A16_CUTLASS_MAX_ROWS": "256", "VLM_W4A16_CUTLASS_MIN_ROWS": "64",
+                                "VLM_W4A16_CUTLASS_WIDE_MIN_ROWS": "16"}) == \
+        [64 <= m <= 256 for m in rows] + [16 <= m <= 256 for m in rows]
 
 
 def _require_kernel():
@@ -111,7 +161,6 @@ def test_results_are_deterministic():
 def test_a_short_workspace_is_refused():
     import torch
 
-    from vlmserve.errors import InvalidArgumentError
     from vlmserve.kernels import w4a16_cutlass_workspace_bytes
 
     _require_kernel()
@@ -130,8 +179,6 @@ def test_a_short_workspace_is_refused():
 @pytest.mark.gpu
 def test_bad_shapes_are_refused():
     import torch
-
-    from vlmserve.errors import InvalidArgumentError
 
     _require_kernel()
     dev = torch.device("cuda")
