@@ -440,6 +440,7 @@ class CudaRunner final : public StepRunner {
   }
 
   int64_t dense_prefill_weight_bytes() const override { return dense_prefill_bytes_; }
+  int64_t cutlass_weight_bytes() const override { return cutlass_bytes_; }
 
   int64_t kv_cache_bytes() const override {
     return KvCache::bytes_per_block(p_.num_layers, block_size_, p_.num_kv_heads, p_.head_dim, kv_dtype_) *
@@ -971,6 +972,7 @@ class CudaRunner final : public StepRunner {
                                            l->group, bf16_, stream_));
     }
     VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    cutlass_bytes_ = need;
   }
 
   static bool dense_decodes(const DeviceLinear& l, int M) {
@@ -1211,6 +1213,7 @@ class CudaRunner final : public StepRunner {
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   DeviceBuffer cutlass_workspace_;  // the CUTLASS GEMM's stream-K partial tiles (VLM_W4A16_CUTLASS=1)
   int64_t dense_prefill_bytes_ = 0;  // the layers kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1)
+  int64_t cutlass_bytes_ = 0;        // the layers' copies for the CUTLASS GEMM (keep_cutlass_prefill_weights)
   std::vector<int2> tiles_host_;
   std::vector<float> splice_host_;  // spliced rows past VLM_PINNED_ROWS_MAX_MB
   std::vector<int32_t> meta_host_;

@@ -33,7 +33,7 @@ extern "C" {
 #endif
 
 /* Bumped on any change to a struct layout or a signature below. */
-#define VLM_ABI_VERSION 4
+#define VLM_ABI_VERSION 5
 #define VLM_MAX_TOP_LOGPROBS 20
 #define VLM_MAX_STOP_SEQUENCES 16
 #define VLM_MAX_STOP_SEQUENCE_LEN 16
@@ -302,6 +302,8 @@ typedef struct vlm_engine_stats {
   int64_t overlapped_steps; /* steps launched while the step before was still running (VLM_OVERLAP_STEPS) */
   int64_t dense_prefill_weight_bytes; /* device memory of 4-bit layers kept dequantized for prefill-sized GEMMs
                                          (VLM_PREFILL_DENSE_WEIGHTS=1 on CUDA); 0 otherwise */
+  int64_t cutlass_weight_bytes; /* device memory of 4-bit layers' copies for the CUTLASS GEMM (VLM_W4A16_CUTLASS,
+                                   on by default on Hopper builds that have it); 0 otherwise */
 } vlm_engine_stats;
 
 VLM_API int vlm_engine_get_stats(vlm_engine* engine, vlm_engine_stats* out);

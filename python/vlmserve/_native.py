@@ -9,7 +9,7 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 4
+ABI_VERSION = 5
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_LEN = 16
@@ -144,6 +144,7 @@ class EngineStats(ctypes.Structure):
         ("kv_cache_bytes", ctypes.c_int64),
         ("overlapped_steps", ctypes.c_int64),
         ("dense_prefill_weight_bytes", ctypes.c_int64),
+        ("cutlass_weight_bytes", ctypes.c_int64),
     ]
 
 

@@ -211,6 +211,54 @@ def test_awq_prefill_through_dequantization_matches_the_cpu_backend():
     _awq_comparisons_pass_with(VLM_W4A16_CUTLASS="0")
 
 
+_COPY_BYTES_RUN = """
+import sys
+from vlmserve import Engine, EngineConfig
+with Engine(sys.argv[1], EngineConfig(device="cuda", num_kv_blocks=16, block_size=16)) as eng:
+    print(eng.stats().cutlass_weight_bytes)
+"""
+
+
+def test_the_cutlass_copies_are_counted_in_the_engine_stats(tiny_model_dir, tmp_path):
+    """The engine's stats report the device memory of the CUTLASS GEMM's copies: every 4-bit layer's prepared
+    bytes with it required (VLM_W4A16_CUTLASS=2), none with it off. A process each (settings read once)."""
+    import ctypes
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from vlmserve import _native
+    from vlmserve.awq_checkpoint import write_awq_checkpoint
+    from vlmserve.awq_format import quantize_rtn
+    from vlmserve.kernels import w4a16_cutlass_built
+
+    if not w4a16_cutlass_built():
+        pytest.skip("this library has no CUTLASS w4a16 GEMM (built without CUTLASS's headers or without sm_90a)")
+    group = 64
+    family = "llama_gqa_hd128"  # every layer's N a multiple of 128: all of them get a copy
+    dst = write_awq_checkpoint(tiny_model_dir(family), tmp_path / "awq", group, lambda k, w: quantize_rtn(w, group))
+    cfg = json.loads((tiny_model_dir(family) / "config.json").read_text())
+    h, inter, heads, kv = (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
+                           cfg["num_key_value_heads"])
+    hd = cfg["head_dim"]
+
+    def prepared(n, k):
+        out = ctypes.c_int64()
+        assert _native.lib().vlm_w4a16_cutlass_prepared_bytes(n, k, group, ctypes.byref(out)) == 0
+        return out.value
+
+    per_layer = (prepared((heads + 2 * kv) * hd, h) + prepared(h, heads * hd) + prepared(2 * inter, h)
+                 + prepared(h, inter))
+    seen = {}
+    for setting in ("2", "0"):
+        done = subprocess.run([sys.executable, "-c", _COPY_BYTES_RUN, str(dst)], capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, VLM_W4A16_CUTLASS=setting))
+        assert done.returncode == 0, done.stderr[-4000:]
+        seen[setting] = int(done.stdout.split()[-1])
+    assert seen == {"2": cfg["num_hidden_layers"] * per_layer, "0": 0}
+
+
 def _awq_comparisons_pass_with(**settings):
     """The AWQ families' comparisons with the CPU backend (short and long prompts: 8 tests) in a process of its own
     with these settings (the library reads them once per process)."""

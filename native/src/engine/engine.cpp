@@ -238,6 +238,7 @@ vlm_engine_stats Engine::stats() const {
   s.kv_cache_bytes = runner_->kv_cache_bytes();
   s.overlapped_steps = overlapped_steps_;
   s.dense_prefill_weight_bytes = runner_->dense_prefill_weight_bytes();
+  s.cutlass_weight_bytes = runner_->cutlass_weight_bytes();
   return s;
 }
 
