@@ -14,7 +14,7 @@ int w4a16_cutlass_setting();
 bool w4a16_cutlass_takes_rows(int M, int N);
 // The engine's whole rule for a tensor-core 4-bit layer of this shape: on, built, a device that runs it, a shape
 // it applies to and rows in the window (the engine also needs the layer's copy, which it leaves out where memory
-// is short).
+// is short or VLM_PREFILL_DENSE_WEIGHTS=1 keeps dequantized copies instead).
 bool w4a16_cutlass_engine_takes(int M, int N, int K, int group);
 
 }  // namespace vlm
