@@ -26,8 +26,9 @@
 #                 the 7B layers (CUTLASS_GEMM_MS, CUTLASS_GEMM_LAYERS; CUTLASS_TILE_VARIANTS="M:64 N:256" the other
 #                 tiles), the engine with it; cutlass_tests: the tests alone; cutlass_engine: 2B/7B prefill at batch
 #                 1 and decode at 32/64/128 without and with it (its default rows); etests_cutlass: the engine's
-#                 GPU tests with it on (the default since 2026-12-06: as etests); cutlass_prefill: 2B prefill at batch 1/64, decode at 64/128, without and
-#                 with it; cutlass_memcheck: compute-sanitizer memcheck on its tests
+#                 GPU tests with it on (the default since 2026-12-06: as etests); cutlass_prefill: 2B prefill at
+#                 batch 1/64, decode at 64/128, without and with it; cutlass_memcheck: compute-sanitizer memcheck on
+#                 its tests
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it

@@ -144,8 +144,7 @@ VLM_API int vlm_w4a16_cutlass_gemm(const void* a, const void* prepared, void* c,
  * current device: VLM_W4A16_CUTLASS on (the default), built, a compute capability 9.0 GPU, a shape it takes and
  * rows in its window (VLM_W4A16_CUTLASS_MIN_ROWS, _WIDE_MIN_ROWS, _MAX_ROWS). The engine also needs the layer's
  * copy, which it leaves out where memory is short or VLM_PREFILL_DENSE_WEIGHTS=1 keeps dequantized copies
- * instead. 0 in builds without CUDA. For benchmarks that report the
- * engine's path. */
+ * instead. 0 in builds without CUDA. For benchmarks that report the engine's path. */
 VLM_API int vlm_w4a16_cutlass_engine_takes(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* takes);
 
 /* Sampled decoding's draw on the GPU, as the engine makes it with VLM_DEVICE_SAMPLING=1: for each of `rows`

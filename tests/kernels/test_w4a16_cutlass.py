@@ -4,6 +4,7 @@ a poisoned output, ragged M, both group sizes, fp16/bf16. The GPU tests need a C
 with CUTLASS for sm_90a; the first test (bad input at the C ABI) runs everywhere."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -59,11 +60,11 @@ def test_the_engine_rule_refuses_bad_shapes_and_is_off_where_the_kernel_cannot_r
 def _takes_in_a_process(env: dict[str, str]) -> list[bool]:
     """The engine rule at 7B o (4096) and q/k/v (12288) shapes for 16/32/64/200/256/2048 rows, read in a fresh
     process (the settings are read once per process)."""
-    code = ("from vlmserve.kernels import w4a16_cutlass_engine_takes as t\n"
-            "print([t(m, n, 4096, 128) for n in (4096, 12288) for m in (16, 32, 64, 200, 256, 2048)])")
+    code = ("import json\nfrom vlmserve.kernels import w4a16_cutlass_engine_takes as t\n"
+            "print(json.dumps([t(m, n, 4096, 128) for n in (4096, 12288) for m in (16, 32, 64, 200, 256, 2048)]))")
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
                          timeout=120, check=True).stdout
-    return [s.strip() == "True" for s in out.strip().strip("[]").split(",")]
+    return json.loads(out)
 
 
 @pytest.mark.gpu
