@@ -152,6 +152,24 @@ bool stream_k() {
   return on;
 }
 
+// How the stream-K scheduler cuts K. 0: CUTLASS's heuristic, units of at least 8 K tiles spread over one wave of
+// SMs, so a tile of a small layer is shared by up to ~8 units; their partial sums are added one unit after the
+// other (each waits for the one before): a chain that may be what holds a call near 13 us at 32-128 rows whatever
+// the layer (H100, 2026-12-06, docs/benchmarks/gemm.md).
+// VLM_W4A16_CUTLASS_SPLITS=S (> 1) cuts every tile's K in S instead (shorter chains, fewer SMs), for measuring.
+int k_splits() {
+  static const int s = cuda::env_int("VLM_W4A16_CUTLASS_SPLITS", 0);
+  return s > 1 ? s : 0;
+}
+
+// VLM_W4A16_CUTLASS_UNORDERED_SUMS=1: the units of a tile add their partial sums into the workspace as they finish
+// (atomics; only the last waits for the others), for measuring: the order of the additions then changes from
+// run to run and with it the last bits of the result, which the engine's same-output guarantee does not allow.
+bool unordered_sums() {
+  static const bool on = cuda::env_int("VLM_W4A16_CUTLASS_UNORDERED_SUMS", 0) != 0;
+  return on;
+}
+
 }  // namespace cutlass_w4a16
 
 bool w4a16_cutlass_built() { return true; }

@@ -19,6 +19,8 @@
 #include "cutlass/util/mixed_dtype_utils.hpp"
 #include "cutlass/util/packed_stride.hpp"
 
+#include "cuda/device_query.h"
+
 namespace vlm {
 namespace cutlass_w4a16 {
 
@@ -86,11 +88,13 @@ inline Prepared prepared_at(const void* p, int n, int k, int group) {
   return {reinterpret_cast<const Codes*>(b), b + codes_bytes(n, k), b + codes_bytes(n, k) + params_bytes(n, k, group)};
 }
 
-// Weight rows a tile (the kernel's M), tokens a tile (its N) for M tokens, and whether the stream-K scheduler runs
-// (w4a16_cutlass.cu).
+// Weight rows a tile (the kernel's M), tokens a tile (its N) for M tokens, whether the stream-K scheduler runs, and
+// how it splits K and sums the splits (w4a16_cutlass.cu).
 int tile_m();
 int tile_n_for(int M, int N);
 bool stream_k();
+int k_splits();
+bool unordered_sums();
 
 // The kernel's arguments for one call (pointers may be null where only the workspace size is asked).
 template <class C>
@@ -114,7 +118,17 @@ template <class T, int TileM, int TileN, bool StreamK>
 cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
   using C = Config<T, TileM, TileN, StreamK>;
-  const auto args = arguments<C>(a, p, c, M, N, K, group);
+  auto args = arguments<C>(a, p, c, M, N, K, group);
+  // The SM count CUTLASS would otherwise ask the driver for at every call (the grid and the stream-K split).
+  args.hw_info.sm_count = cuda::sm_count();
+  if constexpr (StreamK) {
+    using Scheduler = typename C::Kernel::TileScheduler;
+    if (k_splits() > 1) {  // every tile's K cut in k_splits() (CUTLASS's split-K decomposition)
+      args.scheduler.splits = k_splits();
+      args.scheduler.decomposition_mode = Scheduler::DecompositionMode::SplitK;
+    }
+    if (unordered_sums()) args.scheduler.reduction_mode = Scheduler::ReductionMode::Nondeterministic;
+  }
   *need = C::Gemm::get_workspace_size(args);
   if (!a) return cudaSuccess;  // the size alone
   typename C::Gemm gemm;

@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""How the CUTLASS w4a16 GEMM (native/cuda/w4a16_cutlass.cu) schedules its work at 32-256 rows: the same layers and
+rows under each scheduler setting, each setting in a process of its own (the library reads them once per process),
+against torch fp16 (cuBLAS) and the library's own tensor-core kernel (w4a16_gemm, up to 128 rows) timed in the
+first process. Method as bench/gemm.py: weights rotated over more than the L2, 20 calls a CUDA graph, median of
+30 replays, group 128.
+
+At 32-128 rows the kernel took ~13 us a call whatever the layer (H100, 2026-12-06): its stream-K scheduler shares a
+small layer's tiles among up to ~8 units whose partial sums are added one after the other. The settings:
+
+    default     CUTLASS's stream-K heuristic, partial sums added in order (the engine's setting)
+    splits2/4   every tile's K cut in 2 / 4 (VLM_W4A16_CUTLASS_SPLITS)
+    unordered   the heuristic's units, partial sums added as they finish (VLM_W4A16_CUTLASS_UNORDERED_SUMS=1)
+    dp          no K split: the persistent data-parallel scheduler (VLM_W4A16_CUTLASS_STREAMK=0)
+    tile_m64    tiles of 64 weight rows, data-parallel (VLM_W4A16_CUTLASS_TILE_M=64)
+    tile_n128   tiles of 128 tokens (VLM_W4A16_CUTLASS_TILE_N=128; the default takes 64 below 256 rows)
+
+    python3 bench/cutlass_schedules.py [--layers 2B.o,7B.qkv] [--ms 32,64] [--settings default,splits2] --out R.json
+
+Writes R.json and R.md (per layer and M: µs under each setting, × torch fp16 for the fastest).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "python"))
+GROUP = 128
+OWN_KERNEL_MAX_ROWS = 128  # above this the library's w4a16_gemm is not a tensor-core kernel of its own
+
+SETTINGS = {
+    "default": {},
+    "splits2": {"VLM_W4A16_CUTLASS_SPLITS": "2"},
+    "splits4": {"VLM_W4A16_CUTLASS_SPLITS": "4"},
+    "unordered": {"VLM_W4A16_CUTLASS_UNORDERED_SUMS": "1"},
+    "dp": {"VLM_W4A16_CUTLASS_STREAMK": "0"},
+    "tile_m64": {"VLM_W4A16_CUTLASS_TILE_M": "64"},
+    "tile_n128": {"VLM_W4A16_CUTLASS_TILE_N": "128"},
+}
+
+
+def child(layers: list[str], ms: list[int], peers: bool) -> None:
+    """Times the CUTLASS GEMM (and, with peers, torch fp16 and w4a16_gemm) on each layer and M; one JSON line each."""
+    import numpy as np
+    import torch
+
+    from gemm import LAYERS, copies_for, time_graph
+    from vlmserve.kernels import (pack_w4a16, w4a16_cutlass_gemm, w4a16_cutlass_prepare,
+                                  w4a16_cutlass_workspace_bytes, w4a16_gemm, w4a16_workspace_bytes)
+
+    rng = np.random.default_rng(0)
+    dev = torch.device("cuda")
+    for name in layers:
+        n, k = LAYERS[name]
+        # Timing does not depend on the values: random codes and zeros, one small scale.
+        qweight = rng.integers(0, 2**31, size=(k, n // 8), dtype=np.int64).astype(np.int32)
+        qzeros = rng.integers(0, 2**31, size=(k // GROUP, n // 8), dtype=np.int64).astype(np.int32)
+        scales = np.full((k // GROUP, n), 0.01, dtype=np.float16)
+        packed, sz = pack_w4a16(qweight, qzeros, scales, GROUP)
+        packed_d = torch.from_numpy(packed).to(dev)
+        sz_d = torch.from_numpy(sz.view(np.int16)).to(dev)
+        first = w4a16_cutlass_prepare(packed_d, sz_d, n, k, GROUP)
+        prepared = [first] + [first.clone() for _ in range(copies_for(first.numel()) - 1)]
+        own = fp16 = None
+        if peers:
+            own = [packed_d] + [packed_d.clone() for _ in range(copies_for(packed_d.numel()) - 1)]
+            w16 = (torch.randn(n, k, device=dev) * 0.02).half()
+            fp16 = [w16] + [w16.clone() for _ in range(copies_for(w16.numel() * 2) - 1)]
+        for m in ms:
+            x = torch.randn(m, k, device=dev, dtype=torch.float16)
+            out = torch.empty(m, n, device=dev, dtype=torch.float16)
+            row = {"layer": name, "n": n, "k": k, "m": m}
+            work = torch.empty(max(1, w4a16_cutlass_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
+            row["cutlass_us"] = 1e6 * time_graph(
+                lambda i: w4a16_cutlass_gemm(x, prepared[i % len(prepared)], n, GROUP, out=out, workspace=work))
+            if peers:
+                row["torch_fp16_us"] = 1e6 * time_graph(lambda i: torch.nn.functional.linear(x, fp16[i % len(fp16)]))
+                if m <= OWN_KERNEL_MAX_ROWS:
+                    ow = torch.zeros(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
+                    row["own_kernel_us"] = 1e6 * time_graph(
+                        lambda i: w4a16_gemm(x, own[i % len(own)], sz_d, n, GROUP, out=out, workspace=ow))
+            print(json.dumps(row), flush=True)
+        del prepared, own, fp16, first
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--layers", default="2B.qkv,2B.o,2B.gate_up,2B.down,7B.qkv,7B.o,7B.gate_up,7B.down")
+    ap.add_argument("--ms", default="32,64,128,256")
+    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--peers", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    layers, ms = args.layers.split(","), [int(m) for m in args.ms.split(",")]
+    if args.child:
+        child(layers, ms, args.peers)
+        return
+    from vlmserve.kernels import w4a16_cutlass_built
+
+    if not w4a16_cutlass_built():
+        sys.exit("this library was built without the CUTLASS GEMM (CUTLASS's headers not found at build time)")
+    names = args.settings.split(",")
+    unknown = [s for s in names if s not in SETTINGS]
+    if unknown:
+        sys.exit(f"unknown settings {unknown}; known: {', '.join(SETTINGS)}")
+    rows: dict[tuple[str, int], dict] = {}
+    for i, name in enumerate(names):
+        env = {**os.environ, **SETTINGS[name]}
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent / "python"), env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, __file__, "--child", "--layers", args.layers, "--ms", args.ms] + (["--peers"] if i == 0 else [])
+        run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if run.returncode != 0:
+            print(f"{name}: failed ({run.returncode}): {run.stderr.strip()[-2000:]}", file=sys.stderr)
+            continue
+        for line in run.stdout.splitlines():
+            r = json.loads(line)
+            row = rows.setdefault((r["layer"], r["m"]), {k: r[k] for k in ("layer", "n", "k", "m")})
+            row[name] = r["cutlass_us"]
+            for key in ("torch_fp16_us", "own_kernel_us"):
+                if key in r:
+                    row[key] = r[key]
+        print(f"{name}: done", file=sys.stderr)
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "settings": {n: SETTINGS[n] for n in names}, "rows": list(rows.values())}
+    try:
+        import torch
+        result["device"] = torch.cuda.get_device_name(0)
+    except Exception as e:  # the table is still worth writing
+        result["device"] = f"unknown ({e})"
+    out = Path(args.out)
+    out.write_text(json.dumps(result, indent=1))
+    lines = [f"# CUTLASS w4a16 GEMM schedules, {result['device']}, {result['date']}", "",
+             "µs a call (20 calls a CUDA graph, median of 30 replays, weights rotated over > 200 MB, group 128)", "",
+             "| layer | M | torch fp16 | own kernel | " + " | ".join(names) + " | fastest × fp16 |",
+             "|---|---|---|---|" + "---|" * len(names) + "---|"]
+    for r in rows.values():
+        times = {n: r[n] for n in names if n in r}
+        best = min(times, key=times.get) if times else None
+        fp16 = r.get("torch_fp16_us")
+        cells = " | ".join(f"{r[n]:.1f}" if n in r else "—" for n in names)
+        ratio = f"{fp16 / times[best]:.2f} ({best})" if best and fp16 else "—"
+        own = f"{r['own_kernel_us']:.1f}" if "own_kernel_us" in r else "—"
+        lines.append(f"| {r['layer']} | {r['m']} | {fp16:.1f} | {own} | {cells} | {ratio} |" if fp16 else
+                     f"| {r['layer']} | {r['m']} | — | {own} | {cells} | {ratio} |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
