@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--layers", default="2B.qkv,2B.o,2B.gate_up,2B.down,7B.qkv,7B.o,7B.gate_up,7B.down")
     ap.add_argument("--ms", default="32,64,128,256")
     ap.add_argument("--settings", default=",".join(SETTINGS))
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="R.json (required)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--peers", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -103,6 +103,8 @@ def main() -> None:
     if args.child:
         child(layers, ms, args.peers)
         return
+    if not args.out:
+        ap.error("--out is required")
     from vlmserve.kernels import w4a16_cutlass_built
 
     if not w4a16_cutlass_built():
