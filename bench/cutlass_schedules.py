@@ -8,12 +8,15 @@ first process. Method as bench/gemm.py: weights rotated over more than the L2, 2
 At 32-128 rows the kernel took ~13 us a call whatever the layer (H100, 2026-12-06): its stream-K scheduler shares a
 small layer's tiles among up to ~8 units whose partial sums are added one after the other. The settings:
 
-    default     CUTLASS's stream-K heuristic, partial sums added in order (the engine's setting)
+    default     the library's own choice of tiles (tile_n_for, tile_m_for) and CUTLASS's stream-K heuristic where
+                it runs, partial sums added in order (the engine's setting)
     splits2/4   every tile's K cut in 2 / 4 (VLM_W4A16_CUTLASS_SPLITS)
     unordered   the heuristic's units, partial sums added as they finish (VLM_W4A16_CUTLASS_UNORDERED_SUMS=1)
     dp          no K split: the persistent data-parallel scheduler (VLM_W4A16_CUTLASS_STREAMK=0)
     tile_m64    tiles of 64 weight rows, data-parallel (VLM_W4A16_CUTLASS_TILE_M=64)
-    tile_n128   tiles of 128 tokens (VLM_W4A16_CUTLASS_TILE_N=128; the default takes 64 below 256 rows)
+    tile_m128   tiles of 128 weight rows, stream-K (VLM_W4A16_CUTLASS_TILE_M=128)
+    tile_n64    tiles of 64 tokens (VLM_W4A16_CUTLASS_TILE_N=64)
+    tile_n128   tiles of 128 tokens (VLM_W4A16_CUTLASS_TILE_N=128)
 
     python3 bench/cutlass_schedules.py [--layers 2B.o,7B.qkv] [--ms 32,64] [--settings default,splits2] --out R.json
 
@@ -41,6 +44,8 @@ SETTINGS = {
     "unordered": {"VLM_W4A16_CUTLASS_UNORDERED_SUMS": "1"},
     "dp": {"VLM_W4A16_CUTLASS_STREAMK": "0"},
     "tile_m64": {"VLM_W4A16_CUTLASS_TILE_M": "64"},
+    "tile_m128": {"VLM_W4A16_CUTLASS_TILE_M": "128"},
+    "tile_n64": {"VLM_W4A16_CUTLASS_TILE_N": "64"},
     "tile_n128": {"VLM_W4A16_CUTLASS_TILE_N": "128"},
 }
 
@@ -94,7 +99,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", default="2B.qkv,2B.o,2B.gate_up,2B.down,7B.qkv,7B.o,7B.gate_up,7B.down")
     ap.add_argument("--ms", default="32,64,128,256")
-    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--settings", default="default,splits2,splits4,unordered,dp,tile_m64,tile_n128")
     ap.add_argument("--out", help="R.json (required)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--peers", action="store_true", help=argparse.SUPPRESS)

@@ -29,7 +29,7 @@
 #                 GPU tests with it on (the default since 2026-12-06: as etests); cutlass_prefill: 2B prefill at
 #                 batch 1/64, decode at 64/128, without and with it; cutlass_memcheck: compute-sanitizer memcheck on
 #                 its tests; cutlass_schedules: its stream-K settings at 32-256 rows on every layer
-#                 (bench/cutlass_schedules.py; CUTLASS_SCHED_MS, CUTLASS_SCHED_LAYERS), after its tests with each
+#                 (bench/cutlass_schedules.py; CUTLASS_SCHED_MS, _LAYERS, _SETTINGS), after its tests with each
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
@@ -352,9 +352,11 @@ cutlass_tests() {  # the CUTLASS mixed-input GEMM's tests (each schedule), then 
   # the same with the persistent data-parallel schedule (no K split across SMs)
   VLM_W4A16_CUTLASS_STREAMK=0 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/no stream-K: /'
-  # every shape on tiles of 64 weight rows (the ping-pong schedule)
+  # every shape on tiles of 64 weight rows (the ping-pong schedule), then of 128 (stream-K)
   VLM_W4A16_CUTLASS_TILE_M=64 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/tiles of 64: /'
+  VLM_W4A16_CUTLASS_TILE_M=128 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
+    -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/tiles of 128: /'
   # and on tiles of 256 tokens
   VLM_W4A16_CUTLASS_TILE_N=256 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/256 tokens: /'
@@ -373,14 +375,18 @@ cutlass_gemm() {  # cutlass_tests, then bench/gemm from 64 rows (CUTLASS_GEMM_LA
   done
 }
 cutlass_schedules() {  # the CUTLASS GEMM's scheduler settings at 32-256 rows (bench/cutlass_schedules.py: K cut in
-  # 2/4, partial sums unordered, data-parallel, other tiles) against torch fp16, after its tests with the two new ones
+  # 2/4, partial sums unordered, data-parallel, other tiles) against torch fp16, after its tests with the split and
+  # sum settings (CUTLASS_SCHED_TESTS=0 leaves them out)
   local v
-  for v in VLM_W4A16_CUTLASS_SPLITS=2 VLM_W4A16_CUTLASS_SPLITS=4 VLM_W4A16_CUTLASS_UNORDERED_SUMS=1; do
-    env "$v" python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py -k "matches_reference" 2>&1 |
-      grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed "s/^/$v: /"
-  done
+  if [ "${CUTLASS_SCHED_TESTS:-1}" != 0 ]; then
+    for v in VLM_W4A16_CUTLASS_SPLITS=2 VLM_W4A16_CUTLASS_SPLITS=4 VLM_W4A16_CUTLASS_UNORDERED_SUMS=1; do
+      env "$v" python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py -k "matches_reference" 2>&1 |
+        grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed "s/^/$v: /"
+    done
+  fi
   python3 bench/cutlass_schedules.py --ms "${CUTLASS_SCHED_MS:-32,64,128,256}" \
-    ${CUTLASS_SCHED_LAYERS:+--layers "$CUTLASS_SCHED_LAYERS"} --out "$RES/cutlass_schedules.json" 2>&1 | tail -n 45
+    ${CUTLASS_SCHED_LAYERS:+--layers "$CUTLASS_SCHED_LAYERS"} ${CUTLASS_SCHED_SETTINGS:+--settings "$CUTLASS_SCHED_SETTINGS"} \
+    --out "$RES/cutlass_schedules.json" 2>&1 | tail -n 60
 }
 cutlass_memcheck() {  # compute-sanitizer memcheck on the CUTLASS GEMM's tests (the first errors in full)
   compute-sanitizer --tool memcheck --print-limit 4 --target-processes all --error-exitcode 1 python3 -m pytest -q \

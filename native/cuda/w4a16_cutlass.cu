@@ -122,28 +122,40 @@ void reorder_codes(const unsigned char* rows, Codes* out, int N, int K, cudaStre
 
 namespace cutlass_w4a16 {
 
-// Tokens a tile (the kernel's N). 64 below 256 rows (fewer idle rows in a tile at 65-255); from 256 rows tiles of
-// 256 tokens, which convert each weight once for twice the tokens, where they still make at least half as many
-// tiles of 128 weight rows as the GPU has SMs, else 128. Measured on the H100 (docs/benchmarks/gemm.md,
-// 2026-12-06), 128 -> 256 tokens: at 2048 rows 0.84/0.87/0.90/0.81x -> 0.98/0.98/1.05/0.94x torch fp16 on 7B
-// q/k/v, o, gate_up, down (the conversion bounds the main loop there); at 256 rows q/k/v and gate_up (96 and 172
-// tiles of 256) 0.90/0.89 -> 0.98/0.96x, o and down (32 tiles) 0.81/1.18 -> 0.56/1.01x. VLM_W4A16_CUTLASS_TILE_N
-// (64, 128 or 256) pins it, for measuring.
+// Tokens a tile (the kernel's N): up to 64 rows 64; from 65 rows the wider tile of the size class (128 below 256
+// rows, 256 from there), which converts each weight once for more tokens, where its tiles of 128 weight rows still
+// number at least half the SMs; else the narrower one (64, or 128), which makes more tiles. The conversion of the
+// codes bounds the main loop, so the wider tile wins where the SMs stay busy. Measured on the H100
+// (docs/benchmarks/gemm.md, 2026-12-06), × torch fp16: at 2048 rows 128 -> 256 tokens took 7B q/k/v, o, gate_up,
+// down from 0.84/0.87/0.90/0.81x to 0.98/0.98/1.05/0.94x; at 256 rows q/k/v and gate_up (96 and 172 tiles of 256)
+// 0.90/0.89 -> 0.98/0.96x, o and down (32 tiles) 0.81/1.18 -> 0.56/1.01x; at 128 rows 64 -> 128 tokens took
+// 2B gate_up 23.3 -> 16.5 us, 7B q/k/v 37.7 -> 26.5, 7B gate_up 62.4 -> 43.8 (128, 96 and 172 tiles) and slowed
+// 2B q/k/v, 2B o, 7B o (16-32 tiles). VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) pins it, for measuring.
 int tile_n_for(int M, int N) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_N", 0);
   if (forced == 64 || forced == 128 || forced == 256) return forced;
-  if (M < 256) return 64;
-  const int64_t wide_tiles = (int64_t)(N / 128) * ((M + 255) / 256);
-  return 2 * wide_tiles >= cuda::sm_count() ? 256 : 128;
+  if (M <= 64) return 64;
+  const int wide = M < 256 ? 128 : 256;
+  const int64_t wide_tiles = (int64_t)(N / 128) * ((M + wide - 1) / wide);
+  if (2 * wide_tiles >= cuda::sm_count()) return wide;
+  return M < 256 ? 64 : 128;
 }
 
-// Weight rows a tile: 128 (two consumer warpgroups on one tile, stream-K). VLM_W4A16_CUTLASS_TILE_M=64 takes tiles
-// of 64 (ping-pong, data-parallel) for measuring: at 64 tokens a 7B layer's 32-172 tiles of 128 rows leave SMs idle
-// or split K. Measured on the H100 (docs/benchmarks/gemm.md, 2026-12-06): slower on 7B qkv/gate_up/down at 64, 256
-// and 2048 rows, faster only on 7B o (4096 x 4096) at 64 and 256.
-int tile_m() {
+// Weight rows a tile: 64 (one consumer warpgroup a tile, two tiles in flight: CUTLASS's ping-pong schedule under
+// the persistent data-parallel scheduler) where tiles of 64 rows all fit in one wave and K is at most 4,096; else
+// 128 (two consumer warpgroups on one tile, stream-K), whose scheduler also splits a long K over idle SMs. A
+// layer of few tiles is bounded by how fast one SM converts its tiles' codes (~0.33 us a 128 x 64 K tile), so
+// twice the tiles on twice the SMs pay. Measured on the H100 (docs/benchmarks/gemm.md, 2026-12-06, 06:40), 128 ->
+// 64 rows: 2B q/k/v 14.6 -> 10.1 us at 128 rows and 17.1 -> 11.8 at 256, 2B o 14.8 -> 10.2 and 19.4 -> 11.3, 7B o
+// 19.4 -> 17.3 and 23.1 -> 20.0; slower on the long-K layers (2B down 22.3 -> 30.5 at 128 rows, 7B down 34.3 ->
+// 40.8) and no faster on the wide ones. VLM_W4A16_CUTLASS_TILE_M (64 or 128) pins it, for measuring.
+int tile_m_for(int M, int N, int K) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_M", 0);
-  return forced == 64 ? 64 : 128;
+  if (forced == 64 || forced == 128) return forced;
+  const int tile_n = tile_n_for(M, N);
+  if (tile_n == 256) return 128;  // no ping-pong kernel of 256 tokens
+  const int64_t tiles = (int64_t)(N / 128) * ((M + tile_n - 1) / tile_n);
+  return K <= 4096 && 2 * tiles <= cuda::sm_count() ? 64 : 128;
 }
 
 // Stream-K unless VLM_W4A16_CUTLASS_STREAMK=0 (the persistent data-parallel schedule, for measuring).

@@ -88,10 +88,10 @@ inline Prepared prepared_at(const void* p, int n, int k, int group) {
   return {reinterpret_cast<const Codes*>(b), b + codes_bytes(n, k), b + codes_bytes(n, k) + params_bytes(n, k, group)};
 }
 
-// Weight rows a tile (the kernel's M), tokens a tile (its N) for M tokens, whether the stream-K scheduler runs, and
-// how it splits K and sums the splits (w4a16_cutlass.cu).
-int tile_m();
+// Tokens a tile (the kernel's N) and weight rows a tile (its M) for M tokens, N weight rows and K, whether the
+// stream-K scheduler runs, and how it splits K and sums the splits (w4a16_cutlass.cu).
 int tile_n_for(int M, int N);
+int tile_m_for(int M, int N, int K);
 bool stream_k();
 int k_splits();
 bool unordered_sums();
@@ -140,9 +140,9 @@ cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, in
   return cudaGetLastError();
 }
 
-// The configuration for M rows (tile_m, tile_n_for, stream_k); a = null asks only the workspace size. Tiles of
-// 64 weight rows (one consumer warpgroup a tile, two tiles in flight: CUTLASS's ping-pong schedule, which has no
-// stream-K) run under the persistent data-parallel scheduler.
+// The configuration for the shape (tile_n_for, tile_m_for, stream_k); a = null asks only the workspace size. Tiles
+// of 64 weight rows (CUTLASS's ping-pong schedule, which has no stream-K) run under the persistent data-parallel
+// scheduler.
 template <class T>
 cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
@@ -150,7 +150,7 @@ cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, in
   const bool wide = tile_n == 128;
   if (tile_n == 256)  // 128 x 256 tiles (stream-K): each converted weight serves twice the tokens
     return run_gemm<T, 128, 256, true>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
-  if (tile_m() == 64)
+  if (tile_m_for(M, N, K) == 64)
     return wide ? run_gemm<T, 64, 128, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
                 : run_gemm<T, 64, 64, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
   if (stream_k())

@@ -7,6 +7,10 @@
 // at 64 rows) and slower on the others (13.6 vs 7.9 us on 2B o: the stream-K schedule's fixed cost over few
 // tiles). On the H200 the engine with it prefills a 512-token prompt 13-21 % faster and decodes 32-128 rows
 // 3-19 % faster on the 2B and 7B shapes. The engine's whole GPU suite passes with it (H100, 2026-12-06).
+// With tiles of 64 weight rows on the layers of few tiles (H100 06:40, w4a16_cutlass.cu) it is also faster than
+// our kernels on every narrower layer at 128 rows (2B q/k/v 10.1 vs 16.4 us, 2B o 10.2 vs 13.9, 7B o 17.3 vs
+// 21.7, 7B down 34.3 vs 41.4; 2B down 22.3 vs 21.7) and slower at 64 (2B o 10.2 vs 8.0, 7B o 17.1 vs 14.0): those
+// layers take it from 97 rows, between the two.
 #include "cuda/w4a16_cutlass_rows.h"
 
 #include <algorithm>
@@ -14,12 +18,12 @@
 
 #include "cuda/env_int.h"
 #include "cuda/w4a16_cutlass.h"
-#include "cuda/w4a16_wgmma.h"
 
 namespace vlm {
 
 namespace {
 constexpr int kWideN = 8192;  // 2B gate_up, 7B q/k/v and gate_up
+constexpr int kNarrowMinRows = 97;
 }
 
 int w4a16_cutlass_setting() {
@@ -30,7 +34,7 @@ int w4a16_cutlass_setting() {
 bool w4a16_cutlass_takes_rows(int M, int N) {
   static const int lo = [] {
     const int v = cuda::env_int("VLM_W4A16_CUTLASS_MIN_ROWS", 0);
-    return v > 0 ? v : w4a16_dequant_gemm_min_rows();
+    return v > 0 ? v : kNarrowMinRows;
   }();
   static const int wide_lo = std::min(lo, cuda::env_int("VLM_W4A16_CUTLASS_WIDE_MIN_ROWS", 32));
   static const int hi = [] {

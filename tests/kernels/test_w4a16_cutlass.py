@@ -19,12 +19,14 @@ from vlmserve.kernels import (pack_w4a16, w4a16_cutlass_built, w4a16_cutlass_eng
                               w4a16_cutlass_prepare)
 
 # N a multiple of 128 (the kernel's tile of weight rows: w4a16_cutlass_applies); ragged M, K of 1 to 86 groups,
-# K = 64, 128, 640 (not a multiple of 256: the codes' reordering once overran such rows). Tiles of 64 tokens below
-# 256 rows, of 128 or 256 from there (tile_n_for in w4a16_cutlass.cu); the last two shapes make enough tiles of
-# 256 tokens to take them on GPUs of up to 192 and 256 SMs.
+# K = 64, 128, 640 (not a multiple of 256: the codes' reordering once overran such rows). By default (tile_n_for and
+# tile_m_for in w4a16_cutlass.cu, on a GPU of 132 SMs) the small layers take tiles of 64 weight rows, 129 x 2048 x
+# 11008 and 65 x 5504 x 4096 tiles of 128 rows by 64 tokens (stream-K), 2048 x 1024 x 1024 128 by 128 tokens,
+# 200 x 8448 x 512 128 by 128 tokens at fewer than 256 rows, and the last two shapes 128 by 256 tokens (on GPUs of
+# up to 192 and 256 SMs); gpu_session.sh's cutlass_tests also runs every shape on each tile and schedule forced.
 SHAPES = [(17, 128, 128, 64), (64, 512, 2048, 128), (100, 384, 256, 128), (129, 2048, 11008, 128),
           (256, 4096, 2048, 128), (300, 768, 512, 64), (65, 5504, 4096, 128), (2048, 1024, 1024, 128),
-          (1, 256, 256, 128), (7, 384, 640, 64), (33, 128, 64, 64), (300, 256, 640, 128),
+          (1, 256, 256, 128), (7, 384, 640, 64), (33, 128, 64, 64), (300, 256, 640, 128), (200, 8448, 512, 64),
           (600, 12288, 256, 64), (1000, 8192, 1024, 128)]
 
 
@@ -69,19 +71,15 @@ def _takes_in_a_process(env: dict[str, str]) -> list[bool]:
 
 @pytest.mark.gpu
 def test_the_engine_rule_follows_its_settings():
-    # On by default: from 32 rows on wide layers (N >= 8192), from where the dequantization for cuBLAS starts
-    # (129 or 256) on the others, with no upper limit; VLM_W4A16_CUTLASS=0 turns it off, the row settings move
-    # the window.
+    # On by default: from 32 rows on wide layers (N >= 8192), from 97 on the others (w4a16_cutlass_rows.cpp),
+    # with no upper limit; VLM_W4A16_CUTLASS=0 turns it off, the row settings move the window.
     import torch
-
-    from vlmserve.kernels import w4a16_dequant_gemm_min_rows
 
     _require_kernel()
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the kernel's code is sm_90a: a compute capability 9.0 GPU runs it, this one does not")
-    lo = w4a16_dequant_gemm_min_rows()
     rows = (16, 32, 64, 200, 256, 2048)
-    assert _takes_in_a_process({}) == [m >= lo for m in rows] + [m >= 32 for m in rows]
+    assert _takes_in_a_process({}) == [m >= 97 for m in rows] + [m >= 32 for m in rows]
     assert _takes_in_a_process({"VLM_W4A16_CUTLASS": "0"}) == [False] * 12
     assert _takes_in_a_process({"VLM_W4A16_CUTLASS_MAX_ROWS": "256", "VLM_W4A16_CUTLASS_MIN_ROWS": "64",
                                 "VLM_W4A16_CUTLASS_WIDE_MIN_ROWS": "16"}) == \
@@ -149,7 +147,7 @@ def test_results_are_deterministic():
     import torch
 
     _require_kernel()
-    m, n, k, group = 300, 1024, 4096, 128
+    m, n, k, group = 300, 1024, 8192, 128  # tiles of 128 rows whose K the stream-K scheduler splits over idle SMs
     _, _, packed, sz = _layer(n, k, group, "float16", 7)
     prepared = w4a16_cutlass_prepare(packed, sz, n, k, group)
     a = torch.randn(m, k, device=packed.device, dtype=torch.float16)
@@ -165,7 +163,7 @@ def test_a_short_workspace_is_refused():
     from vlmserve.kernels import w4a16_cutlass_workspace_bytes
 
     _require_kernel()
-    m, n, k, group = 64, 512, 4096, 128  # 4 output tiles for 132 SMs: the stream-K scheduler splits K
+    m, n, k, group = 64, 512, 8192, 128  # 4 tiles of 128 rows for 132 SMs: the stream-K scheduler splits K
     need = w4a16_cutlass_workspace_bytes(m, n, k, group)
     if need == 0:
         pytest.skip("the scheduler needs no workspace for this shape on this GPU")
