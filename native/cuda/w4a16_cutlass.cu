@@ -144,7 +144,7 @@ int tile_n_for(int M, int N) {
 // Weight rows a tile: 64 (one consumer warpgroup a tile, two tiles in flight: CUTLASS's ping-pong schedule under
 // the persistent data-parallel scheduler) where tiles of 64 rows all fit in one wave and K is at most 4,096; else
 // 128 (two consumer warpgroups on one tile, stream-K), whose scheduler also splits a long K over idle SMs. A
-// layer of few tiles is bounded by how fast one SM converts its tiles' codes (~0.33 us a 128 x 64 K tile), so
+// layer of few tiles is bounded by how fast one SM converts its tiles' codes (~0.35 us a 128 x 64 K tile), so
 // twice the tiles on twice the SMs pay. Measured on the H100 (docs/benchmarks/gemm.md, 2026-12-06, 06:40), 128 ->
 // 64 rows: 2B q/k/v 14.6 -> 10.1 us at 128 rows and 17.1 -> 11.8 at 256, 2B o 14.8 -> 10.2 and 19.4 -> 11.3, 7B o
 // 19.4 -> 17.3 and 23.1 -> 20.0; slower on the long-K layers (2B down 22.3 -> 30.5 at 128 rows, 7B down 34.3 ->

@@ -7,10 +7,10 @@
 // at 64 rows) and slower on the others (13.6 vs 7.9 us on 2B o: the stream-K schedule's fixed cost over few
 // tiles). On the H200 the engine with it prefills a 512-token prompt 13-21 % faster and decodes 32-128 rows
 // 3-19 % faster on the 2B and 7B shapes. The engine's whole GPU suite passes with it (H100, 2026-12-06).
-// With tiles of 64 weight rows on the layers of few tiles (H100 06:40, w4a16_cutlass.cu) it is also faster than
-// our kernels on every narrower layer at 128 rows (2B q/k/v 10.1 vs 16.4 us, 2B o 10.2 vs 13.9, 7B o 17.3 vs
-// 21.7, 7B down 34.3 vs 41.4; 2B down 22.3 vs 21.7) and slower at 64 (2B o 10.2 vs 8.0, 7B o 17.1 vs 14.0): those
-// layers take it from 97 rows, between the two.
+// With tiles of 64 weight rows on the layers of few tiles (w4a16_cutlass.cu) it is also faster than our kernels
+// from 96 rows on the narrower layers but the down layers (H100 06:56: 2B q/k/v 10.3 vs 13.7 us at 96 rows, 2B o
+// 10.0 vs 12.7, 7B o 17.2 vs 18.2; 2B down 22.3 vs 18.0, 7B down 34.6 vs 33.9 at 96 and 35.1 vs 40.4 at 128) and
+// slower up to 80 rows on 2B o and 7B o (10.1 vs 8.1 us at 64, 17.3 vs 16.6 at 80): those layers take it from 97.
 #include "cuda/w4a16_cutlass_rows.h"
 
 #include <algorithm>
