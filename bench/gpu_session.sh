@@ -28,8 +28,9 @@
 #                 1 and decode at 32/64/128 without and with it (its default rows); etests_cutlass: the engine's
 #                 GPU tests with it on (the default since 2026-12-06: as etests); cutlass_prefill: 2B prefill at
 #                 batch 1/64, decode at 64/128, without and with it; cutlass_memcheck: compute-sanitizer memcheck on
-#                 its tests; cutlass_schedules: its stream-K settings at 32-256 rows on every layer
-#                 (bench/cutlass_schedules.py; CUTLASS_SCHED_MS, _LAYERS, _SETTINGS), after its tests with each
+#                 its tests; cutlass_schedules: its stream-K settings and tiles at 32-256 rows on every layer
+#                 (bench/cutlass_schedules.py; CUTLASS_SCHED_MS, _LAYERS, _SETTINGS), after its tests with each;
+#                 ncu_cutlass: Nsight Compute on it at 64 and 128 rows (7B q/k/v, 7B o, 2B gate_up)
 #   gemm_codes    the general w4a16 kernel's codes form up to 16 rows (the default; =0 dequantizes): its tests, compute-
 #                 sanitizer on its checks, bench/gemm at M = 5/8/12/16 without and with it (and the read floor)
 #   codes_engine  the engine's GPU tests with the codes form, 2B w4a16 + int8 KV decode at batch 8/16 without and with it
@@ -387,6 +388,23 @@ cutlass_schedules() {  # the CUTLASS GEMM's scheduler settings at 32-256 rows (b
   python3 bench/cutlass_schedules.py --ms "${CUTLASS_SCHED_MS:-32,64,128,256}" \
     ${CUTLASS_SCHED_LAYERS:+--layers "$CUTLASS_SCHED_LAYERS"} ${CUTLASS_SCHED_SETTINGS:+--settings "$CUTLASS_SCHED_SETTINGS"} \
     --out "$RES/cutlass_schedules.json" 2>&1 | tail -n 60
+}
+ncu_cutlass() {  # Nsight Compute on the CUTLASS GEMM with the engine's tiles at 64 rows (7B q/k/v, 7B o, 2B gate_up)
+  # and 128 rows (7B q/k/v): what holds one SM's 64-deep K step of a 128-row tile at ~0.35 us (warp stalls, issue
+  # activity, the pipeline's shared memory), one call a shape, caches flushed before each (ncu's default)
+  cat >/tmp/ncu_cutlass.py <<'PY'
+import numpy as np, torch
+from vlmserve.kernels import pack_w4a16, w4a16_cutlass_gemm, w4a16_cutlass_prepare
+rng = np.random.default_rng(0)
+for (n, k), m in [((12288, 4096), 64), ((4096, 4096), 64), ((16384, 2048), 64), ((12288, 4096), 128)]:
+    q = rng.integers(0, 2**31, size=(k, n // 8), dtype=np.int64).astype(np.int32)
+    z = rng.integers(0, 2**31, size=(k // 128, n // 8), dtype=np.int64).astype(np.int32)
+    packed, sz = pack_w4a16(q, z, np.full((k // 128, n), 0.01, dtype=np.float16), 128)
+    p = w4a16_cutlass_prepare(torch.from_numpy(packed).cuda(), torch.from_numpy(sz.view(np.int16)).cuda(), n, k, 128)
+    w4a16_cutlass_gemm(torch.randn(m, k, device="cuda", dtype=torch.float16), p, n, 128)
+torch.cuda.synchronize()
+PY
+  ncu_run ncu_cutlass "device_kernel" /tmp/ncu_cutlass.py
 }
 cutlass_memcheck() {  # compute-sanitizer memcheck on the CUTLASS GEMM's tests (the first errors in full)
   compute-sanitizer --tool memcheck --print-limit 4 --target-processes all --error-exitcode 1 python3 -m pytest -q \
@@ -1129,7 +1147,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f prefill_rows prefill_settings etests_cutlass cutlass_schedules cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_tests 300
@@ -1139,6 +1157,7 @@ step cutlass_engine 480
 step etests_cutlass 400
 step cutlass_memcheck 300
 step cutlass_schedules 480
+step ncu_cutlass 240
 step layer_tail 400
 step layer_tail_memcheck 300
 step layer_tail_bench 400
