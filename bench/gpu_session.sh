@@ -361,6 +361,9 @@ cutlass_tests() {  # the CUTLASS mixed-input GEMM's tests (each schedule), then 
   # and on tiles of 256 tokens
   VLM_W4A16_CUTLASS_TILE_N=256 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/256 tokens: /'
+  # and on K tiles of 128 (the shapes of groups of 128)
+  VLM_W4A16_CUTLASS_TILE_K=128 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
+    -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/K tiles of 128: /'
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k cutlass_prefill 2>&1 | tail -n 3
 }
 cutlass_gemm() {  # cutlass_tests, then bench/gemm from 64 rows (CUTLASS_GEMM_LAYERS) and its other tiles

@@ -182,6 +182,14 @@ bool unordered_sums() {
   return on;
 }
 
+// K a tile: 64 (one 128-byte swizzle atom of 16-bit activations, 4 wgmmas a pipeline stage). One SM converts a
+// 128 x 64 tile's codes in ~0.35 us whatever the tokens (H100, 2026-12-06), with at most 3 of a stage's 4 wgmmas in
+// flight behind the conversion; VLM_W4A16_CUTLASS_TILE_K=128 takes stages of 8 (groups of 128 only), for measuring.
+int tile_k_for(int K, int group) {
+  static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_K", 64);
+  return forced == 128 && group % 128 == 0 && K % 128 == 0 ? 128 : 64;
+}
+
 }  // namespace cutlass_w4a16
 
 bool w4a16_cutlass_built() { return true; }

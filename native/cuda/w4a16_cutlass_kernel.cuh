@@ -32,14 +32,15 @@ using Codes = cutlass::uint4b_t;
 template <class T>
 using Element = std::conditional_t<std::is_same_v<T, __half>, cutlass::half_t, cutlass::bfloat16_t>;
 
-// The kernel for activation type T, tiles of TileM weight rows by TileN tokens. StreamK: CUTLASS's stream-K tile
-// scheduler (its heuristic splits K across the SMs where the output tiles are too few to fill them, with a
-// deterministic reduction through a workspace), else its persistent data-parallel one.
-template <class T, int TileM, int TileN, bool StreamK>
+// The kernel for activation type T, tiles of TileM weight rows by TileN tokens by TileK of K. StreamK: CUTLASS's
+// stream-K tile scheduler (its heuristic splits K across the SMs where the output tiles are too few to fill them,
+// with a deterministic reduction through a workspace), else its persistent data-parallel one. TileK 64 is 128
+// bytes of 16-bit activations, one swizzle atom; 128 (groups of 128 only: a group is whole K tiles) gives each
+// pipeline stage 8 wgmmas instead of 4.
+template <class T, int TileM, int TileN, bool StreamK, int TileK = 64>
 struct Config {
   using E = Element<T>;
-  static constexpr int kTileK = 64;  // 128 bytes of 16-bit activations: TMA's and the builder's K for 16-bit types
-  using TileShape = Shape<Int<TileM>, Int<TileN>, Int<kTileK>>;
+  using TileShape = Shape<Int<TileM>, Int<TileN>, Int<TileK>>;
   using ClusterShape = Shape<_1, _1, _1>;
   // Weights [N][K] K-major ("row-major" as the kernel's A), activations [M][K] K-major (column-major as its B),
   // output N x M column-major (= [M][N] row-major).
@@ -89,12 +90,13 @@ inline Prepared prepared_at(const void* p, int n, int k, int group) {
 }
 
 // Tokens a tile (the kernel's N) and weight rows a tile (its M) for M tokens, N weight rows and K, whether the
-// stream-K scheduler runs, and how it splits K and sums the splits (w4a16_cutlass.cu).
+// stream-K scheduler runs, how it splits K and sums the splits, and K a tile (w4a16_cutlass.cu).
 int tile_n_for(int M, int N);
 int tile_m_for(int M, int N, int K);
 bool stream_k();
 int k_splits();
 bool unordered_sums();
+int tile_k_for(int K, int group);
 
 // The kernel's arguments for one call (pointers may be null where only the workspace size is asked).
 template <class C>
@@ -114,10 +116,10 @@ typename C::Gemm::Arguments arguments(const void* a, const Prepared& p, void* c,
 
 // Sets *need to the workspace bytes this call needs and runs the GEMM with `workspace` (workspace_bytes long, at
 // least *need); with a = null it only sets *need.
-template <class T, int TileM, int TileN, bool StreamK>
+template <class T, int TileM, int TileN, bool StreamK, int TileK = 64>
 cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
-  using C = Config<T, TileM, TileN, StreamK>;
+  using C = Config<T, TileM, TileN, StreamK, TileK>;
   auto args = arguments<C>(a, p, c, M, N, K, group);
   // The SM count CUTLASS would otherwise ask the driver for at every call (the grid and the stream-K split).
   args.hw_info.sm_count = cuda::sm_count();
@@ -140,24 +142,32 @@ cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, in
   return cudaGetLastError();
 }
 
-// The configuration for the shape (tile_n_for, tile_m_for, stream_k); a = null asks only the workspace size. Tiles
-// of 64 weight rows (CUTLASS's ping-pong schedule, which has no stream-K) run under the persistent data-parallel
-// scheduler.
-template <class T>
-cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
-                     size_t workspace_bytes, size_t* need, cudaStream_t stream) {
+// The configuration for the shape (tile_n_for, tile_m_for, stream_k, tile_k_for); a = null asks only the
+// workspace size. Tiles of 64 weight rows (CUTLASS's ping-pong schedule, which has no stream-K) run under the
+// persistent data-parallel scheduler.
+template <class T, int TileK>
+cudaError_t dispatch_tiles(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
+                           size_t workspace_bytes, size_t* need, cudaStream_t stream) {
   const int tile_n = tile_n_for(M, N);
   const bool wide = tile_n == 128;
   if (tile_n == 256)  // 128 x 256 tiles (stream-K): each converted weight serves twice the tokens
-    return run_gemm<T, 128, 256, true>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+    return run_gemm<T, 128, 256, true, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
   if (tile_m_for(M, N, K) == 64)
-    return wide ? run_gemm<T, 64, 128, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
-                : run_gemm<T, 64, 64, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+    return wide ? run_gemm<T, 64, 128, false, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
+                : run_gemm<T, 64, 64, false, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
   if (stream_k())
-    return wide ? run_gemm<T, 128, 128, true>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
-                : run_gemm<T, 128, 64, true>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+    return wide ? run_gemm<T, 128, 128, true, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
+                : run_gemm<T, 128, 64, true, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
   return wide ? run_gemm<T, 128, 128, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
               : run_gemm<T, 128, 64, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+}
+
+template <class T>
+cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
+                     size_t workspace_bytes, size_t* need, cudaStream_t stream) {
+  if (tile_k_for(K, group) == 128)
+    return dispatch_tiles<T, 128>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+  return dispatch_tiles<T, 64>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
 }
 
 // The instantiations (w4a16_cutlass_f16.cu, w4a16_cutlass_bf16.cu).
