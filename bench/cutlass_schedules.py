@@ -35,7 +35,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
-GROUP = 128
 OWN_KERNEL_MAX_ROWS = 128  # above this the library's w4a16_gemm is not a tensor-core kernel of its own
 
 SETTINGS = {
@@ -57,19 +56,15 @@ def child(layers: list[str], ms: list[int], peers: bool) -> None:
     import numpy as np
     import torch
 
-    from gemm import LAYERS, copies_for, time_graph
-    from vlmserve.kernels import (pack_w4a16, w4a16_cutlass_gemm, w4a16_cutlass_prepare,
-                                  w4a16_cutlass_workspace_bytes, w4a16_gemm, w4a16_workspace_bytes)
+    from gemm import GROUP, LAYERS, copies_for, random_packed_layer, time_graph
+    from vlmserve.kernels import (w4a16_cutlass_gemm, w4a16_cutlass_prepare, w4a16_cutlass_workspace_bytes,
+                                  w4a16_gemm, w4a16_workspace_bytes)
 
     rng = np.random.default_rng(0)
     dev = torch.device("cuda")
     for name in layers:
         n, k = LAYERS[name]
-        # Timing does not depend on the values: random codes and zeros, one small scale.
-        qweight = rng.integers(0, 2**31, size=(k, n // 8), dtype=np.int64).astype(np.int32)
-        qzeros = rng.integers(0, 2**31, size=(k // GROUP, n // 8), dtype=np.int64).astype(np.int32)
-        scales = np.full((k // GROUP, n), 0.01, dtype=np.float16)
-        packed, sz = pack_w4a16(qweight, qzeros, scales, GROUP)
+        packed, sz = random_packed_layer(n, k, rng)
         packed_d = torch.from_numpy(packed).to(dev)
         sz_d = torch.from_numpy(sz.view(np.int16)).to(dev)
         first = w4a16_cutlass_prepare(packed_d, sz_d, n, k, GROUP)

@@ -25,7 +25,6 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "python"))
-GROUP = 128
 
 
 def child(layers: list[str], ms: list[int]) -> None:
@@ -33,18 +32,14 @@ def child(layers: list[str], ms: list[int]) -> None:
     import numpy as np
     import torch
 
-    from gemm import LAYERS, copies_for, time_graph
-    from vlmserve.kernels import pack_w4a16, w4a16_decode_plan, w4a16_gemm, w4a16_workspace_bytes
+    from gemm import GROUP, LAYERS, copies_for, random_packed_layer, time_graph
+    from vlmserve.kernels import w4a16_decode_plan, w4a16_gemm, w4a16_workspace_bytes
 
     rng = np.random.default_rng(0)
     dev = torch.device("cuda")
     for name in layers:
         n, k = LAYERS[name]
-        # Timing does not depend on the values: random codes and zeros, one small scale.
-        qweight = rng.integers(0, 2**31, size=(k, n // 8), dtype=np.int64).astype(np.int32)
-        qzeros = rng.integers(0, 2**31, size=(k // GROUP, n // 8), dtype=np.int64).astype(np.int32)
-        scales = np.full((k // GROUP, n), 0.01, dtype=np.float16)
-        packed, sz = pack_w4a16(qweight, qzeros, scales, GROUP)
+        packed, sz = random_packed_layer(n, k, rng)
         ws = [torch.from_numpy(packed).to(dev) for _ in range(copies_for(packed.nbytes))]
         sz_d = torch.from_numpy(sz.view(np.int16)).to(dev)
         for m in ms:

@@ -110,6 +110,15 @@ def time_graph(fn_for_call) -> float:
     return statistics.median(times)
 
 
+def random_packed_layer(n: int, k: int, rng) -> tuple:
+    """(packed codes, packed scales/zeros) of an N x K layer for timing only: timing does not depend on the values,
+    so random codes and zeros and one small scale (no quantization of real weights)."""
+    qweight = rng.integers(0, 2**31, size=(k, n // 8), dtype=np.int64).astype(np.int32)
+    qzeros = rng.integers(0, 2**31, size=(k // GROUP, n // 8), dtype=np.int64).astype(np.int32)
+    scales = np.full((k // GROUP, n), 0.01, dtype=np.float16)
+    return pack_w4a16(qweight, qzeros, scales, GROUP)
+
+
 def copies_for(bytes_each: int) -> int:
     return max(2, math.ceil(ROTATE_BYTES / bytes_each) + 1)
 
