@@ -165,10 +165,10 @@ bool stream_k() {
 }
 
 // How the stream-K scheduler cuts K. 0: CUTLASS's heuristic, units of at least 8 K tiles spread over one wave of
-// SMs, so a tile of a small layer is shared by up to ~8 units; their partial sums are added one unit after the
-// other (each waits for the one before): a chain that may be what holds a call near 13 us at 32-128 rows whatever
-// the layer (H100, 2026-12-06, docs/benchmarks/gemm.md).
-// VLM_W4A16_CUTLASS_SPLITS=S (> 1) cuts every tile's K in S instead (shorter chains, fewer SMs), for measuring.
+// SMs, so a tile of a small layer is shared by up to ~8 units, whose partial sums are added one unit after the
+// other. VLM_W4A16_CUTLASS_SPLITS=S (> 1) cuts every tile's K in S instead, for measuring. Neither S = 2 or 4 nor
+// unordered sums (below) took a small layer's call below the ~13 us it takes at 32-128 rows (H100, 2026-12-06
+// 06:40, docs/benchmarks/gemm.md): the conversion of each SM's tiles bounds it, not the sums.
 int k_splits() {
   static const int s = cuda::env_int("VLM_W4A16_CUTLASS_SPLITS", 0);
   return s > 1 ? s : 0;

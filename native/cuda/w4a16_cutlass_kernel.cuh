@@ -158,6 +158,7 @@ cudaError_t dispatch_tiles(const void* a, const Prepared& p, void* c, int M, int
   if (stream_k())
     return wide ? run_gemm<T, 128, 128, true, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
                 : run_gemm<T, 128, 64, true, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+  // data-parallel tiles of 128 rows (VLM_W4A16_CUTLASS_STREAMK=0, for measuring only): K tiles of 64 alone
   return wide ? run_gemm<T, 128, 128, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
               : run_gemm<T, 128, 64, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
 }

@@ -4,9 +4,10 @@
 // kernel is 1.9-2.1x faster than dequantizing for cuBLAS on the 7B layers; at 2048 rows, with its tiles of 256
 // tokens, 306/106/581/276 us against 359/115/667/314 us on 7B q/k/v, o, gate_up, down; at 32 and 64 rows faster
 // than the wgmma and general kernels on the wide layers (13.0 vs 21.1 us on 2B gate_up, 22.2 vs 39.6 on 7B q/k/v
-// at 64 rows) and slower on the others (13.6 vs 7.9 us on 2B o: the stream-K schedule's fixed cost over few
-// tiles). On the H200 the engine with it prefills a 512-token prompt 13-21 % faster and decodes 32-128 rows
-// 3-19 % faster on the 2B and 7B shapes. The engine's whole GPU suite passes with it (H100, 2026-12-06).
+// at 64 rows) and slower on the others (13.6 vs 7.9 us on 2B o, on tiles of 128 rows: few tiles, and one SM's
+// conversion of a tile's codes bounds each). On the H100 the engine with it (tiles chosen by the layer) prefills a
+// 512-token prompt 22-30 % faster and decodes 32-128 rows 3-26 % faster on the 2B and 7B shapes (07:01); its whole
+// GPU suite passes with it (2026-12-06).
 // With tiles of 64 weight rows on the layers of few tiles (w4a16_cutlass.cu) it is also faster than our kernels
 // from 96 rows on the narrower layers but the down layers (H100 06:56: 2B q/k/v 10.3 vs 13.7 us at 96 rows, 2B o
 // 10.0 vs 12.7, 7B o 17.2 vs 18.2; 2B down 22.3 vs 18.0, 7B down 34.6 vs 33.9 at 96 and 35.1 vs 40.4 at 128) and
