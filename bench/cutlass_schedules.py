@@ -111,6 +111,10 @@ def main() -> None:
 
     if not w4a16_cutlass_built():
         sys.exit("this library was built without the CUTLASS GEMM (CUTLASS's headers not found at build time)")
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        sys.exit("the CUTLASS GEMM runs on a compute capability 9.0 GPU (its code is sm_90a); none is visible here")
     names = args.settings.split(",")
     unknown = [s for s in names if s not in SETTINGS]
     if unknown:
@@ -134,11 +138,7 @@ def main() -> None:
         print(f"{name}: done", file=sys.stderr)
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "settings": {n: SETTINGS[n] for n in names}, "rows": list(rows.values())}
-    try:
-        import torch
-        result["device"] = torch.cuda.get_device_name(0)
-    except Exception as e:  # the table is still worth writing
-        result["device"] = f"unknown ({e})"
+    result["device"] = torch.cuda.get_device_name(0)
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=1))
     lines = [f"# CUTLASS w4a16 GEMM schedules, {result['device']}, {result['date']}", "",
