@@ -18,6 +18,8 @@ small layer's tiles among up to ~8 units whose partial sums are added one after 
     tile_n64    tiles of 64 tokens (VLM_W4A16_CUTLASS_TILE_N=64)
     tile_n128   tiles of 128 tokens (VLM_W4A16_CUTLASS_TILE_N=128)
     tile_k128   K tiles of 128, 8 wgmmas a pipeline stage instead of 4 (VLM_W4A16_CUTLASS_TILE_K=128)
+    cluster2    tiles of 128 rows in clusters of 2 that share one read of the activations
+                (VLM_W4A16_CUTLASS_CLUSTER=2; the layers of an even number of such tiles, stream-K)
 
     python3 bench/cutlass_schedules.py [--layers 2B.o,7B.qkv] [--ms 32,64] [--settings default,splits2] --out R.json
 
@@ -48,6 +50,7 @@ SETTINGS = {
     "tile_n64": {"VLM_W4A16_CUTLASS_TILE_N": "64"},
     "tile_n128": {"VLM_W4A16_CUTLASS_TILE_N": "128"},
     "tile_k128": {"VLM_W4A16_CUTLASS_TILE_K": "128"},
+    "cluster2": {"VLM_W4A16_CUTLASS_CLUSTER": "2"},
 }
 
 

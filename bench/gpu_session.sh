@@ -364,6 +364,10 @@ cutlass_tests() {  # the CUTLASS mixed-input GEMM's tests (each schedule), then 
   # and on K tiles of 128 (the shapes of groups of 128)
   VLM_W4A16_CUTLASS_TILE_K=128 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/K tiles of 128: /'
+  # and in clusters of 2 tiles of 128 rows sharing the activations' loads
+  VLM_W4A16_CUTLASS_CLUSTER=2 VLM_W4A16_CUTLASS_TILE_M=128 python3 -m pytest -q -rfE -m gpu \
+    tests/kernels/test_w4a16_cutlass.py -k "matches_reference" 2>&1 |
+    grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/clusters of 2: /'
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k cutlass_prefill 2>&1 | tail -n 3
 }
 cutlass_gemm() {  # cutlass_tests, then bench/gemm from 64 rows (CUTLASS_GEMM_LAYERS) and its other tiles

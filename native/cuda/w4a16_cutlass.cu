@@ -190,6 +190,15 @@ int tile_k_for(int K, int group) {
   return forced == 128 && group % 128 == 0 && K % 128 == 0 ? 128 : 64;
 }
 
+// CTAs a cluster along the weight rows: 1. Each 128 x 64 K step of a tile reads twice as many activation bytes
+// (64 or 128 tokens) as code bytes, every tile of a token column the same ones; VLM_W4A16_CUTLASS_CLUSTER=2 pairs
+// neighbouring tiles of 128 weight rows (stream-K, K tiles of 64, an even number of such tiles) so that one TMA read
+// of the activations feeds both, for measuring.
+int cluster_m_for(int N) {
+  static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_CLUSTER", 1);
+  return forced == 2 && (N / 128) % 2 == 0 ? 2 : 1;
+}
+
 }  // namespace cutlass_w4a16
 
 bool w4a16_cutlass_built() { return true; }

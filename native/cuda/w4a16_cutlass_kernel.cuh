@@ -36,12 +36,13 @@ using Element = std::conditional_t<std::is_same_v<T, __half>, cutlass::half_t, c
 // stream-K tile scheduler (its heuristic splits K across the SMs where the output tiles are too few to fill them,
 // with a deterministic reduction through a workspace), else its persistent data-parallel one. TileK 64 is 128
 // bytes of 16-bit activations, one swizzle atom; 128 (groups of 128 only: a group is whole K tiles) gives each
-// pipeline stage 8 wgmmas instead of 4.
-template <class T, int TileM, int TileN, bool StreamK, int TileK = 64>
+// pipeline stage 8 wgmmas instead of 4. ClusterM > 1: that many CTAs on neighbouring weight tiles form a cluster
+// and TMA multicasts their shared activation tile to all of them (one L2 read for ClusterM tiles).
+template <class T, int TileM, int TileN, bool StreamK, int TileK = 64, int ClusterM = 1>
 struct Config {
   using E = Element<T>;
   using TileShape = Shape<Int<TileM>, Int<TileN>, Int<TileK>>;
-  using ClusterShape = Shape<_1, _1, _1>;
+  using ClusterShape = Shape<Int<ClusterM>, _1, _1>;
   // Weights [N][K] K-major ("row-major" as the kernel's A), activations [M][K] K-major (column-major as its B),
   // output N x M column-major (= [M][N] row-major).
   using LayoutW = cutlass::layout::RowMajor;
@@ -90,13 +91,14 @@ inline Prepared prepared_at(const void* p, int n, int k, int group) {
 }
 
 // Tokens a tile (the kernel's N) and weight rows a tile (its M) for M tokens, N weight rows and K, whether the
-// stream-K scheduler runs, how it splits K and sums the splits, and K a tile (w4a16_cutlass.cu).
+// stream-K scheduler runs, how it splits K and sums the splits, K a tile and CTAs a cluster (w4a16_cutlass.cu).
 int tile_n_for(int M, int N);
 int tile_m_for(int M, int N, int K);
 bool stream_k();
 int k_splits();
 bool unordered_sums();
 int tile_k_for(int K, int group);
+int cluster_m_for(int N);
 
 // The kernel's arguments for one call (pointers may be null where only the workspace size is asked).
 template <class C>
@@ -116,10 +118,10 @@ typename C::Gemm::Arguments arguments(const void* a, const Prepared& p, void* c,
 
 // Sets *need to the workspace bytes this call needs and runs the GEMM with `workspace` (workspace_bytes long, at
 // least *need); with a = null it only sets *need.
-template <class T, int TileM, int TileN, bool StreamK, int TileK = 64>
+template <class T, int TileM, int TileN, bool StreamK, int TileK = 64, int ClusterM = 1>
 cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
-  using C = Config<T, TileM, TileN, StreamK, TileK>;
+  using C = Config<T, TileM, TileN, StreamK, TileK, ClusterM>;
   auto args = arguments<C>(a, p, c, M, N, K, group);
   // The SM count CUTLASS would otherwise ask the driver for at every call (the grid and the stream-K split).
   args.hw_info.sm_count = cuda::sm_count();
@@ -155,9 +157,17 @@ cudaError_t dispatch_tiles(const void* a, const Prepared& p, void* c, int M, int
   if (tile_m_for(M, N, K) == 64)
     return wide ? run_gemm<T, 64, 128, false, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
                 : run_gemm<T, 64, 64, false, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
-  if (stream_k())
+  if (stream_k()) {
+    if constexpr (TileK == 64) {  // clusters of 2 for measuring, on the stream-K tiles of 128 rows with K tiles of 64
+      if (cluster_m_for(N) == 2)
+        return wide ? run_gemm<T, 128, 128, true, 64, 2>(a, p, c, M, N, K, group, workspace, workspace_bytes, need,
+                                                         stream)
+                    : run_gemm<T, 128, 64, true, 64, 2>(a, p, c, M, N, K, group, workspace, workspace_bytes, need,
+                                                        stream);
+    }
     return wide ? run_gemm<T, 128, 128, true, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
                 : run_gemm<T, 128, 64, true, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+  }
   // data-parallel tiles of 128 rows (VLM_W4A16_CUTLASS_STREAMK=0, for measuring only): K tiles of 64 alone
   return wide ? run_gemm<T, 128, 128, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
               : run_gemm<T, 128, 64, false>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
