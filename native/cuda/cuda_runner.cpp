@@ -934,7 +934,7 @@ class CudaRunner final : public StepRunner {
   }
 
   // GEMMs of tensor-core 4-bit layers of the rows w4a16_cutlass_takes_rows() (w4a16_cutlass_rows.h: from 32 rows
-  // on wide layers, from where the dequantization for cuBLAS starts on the others) run CUTLASS's mixed-input kernel
+  // on wide layers, from 97 on the others) run CUTLASS's mixed-input kernel
   // on a copy of each layer in its layout (0.53 bytes a weight more, made at load), instead of dequantizing the
   // layer for cuBLAS on every such call or the wgmma kernel, where a library built with it runs on a Hopper GPU
   // (w4a16_cutlass_runs()). On by default (VLM_W4A16_CUTLASS=1), leaving the copies out (with a note) where they
