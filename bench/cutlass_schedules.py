@@ -8,7 +8,7 @@ first process. Method as bench/gemm.py: weights rotated over more than the L2, 2
 At 32-128 rows the kernel took ~13 us a call whatever the layer (H100, 2026-12-06): its stream-K scheduler shares a
 small layer's tiles among up to ~8 units whose partial sums are added one after the other. The settings:
 
-    default     the library's own choice of tiles (tile_n_for, tile_m_for) and CUTLASS's stream-K heuristic where
+    default     the library's own choice of tiles (tile_n_for, tile_m_for, tile_k_for) and CUTLASS's stream-K heuristic where
                 it runs, partial sums added in order (the engine's setting)
     splits2/4   every tile's K cut in 2 / 4 (VLM_W4A16_CUTLASS_SPLITS)
     unordered   the heuristic's units, partial sums added as they finish (VLM_W4A16_CUTLASS_UNORDERED_SUMS=1)
@@ -17,9 +17,11 @@ small layer's tiles among up to ~8 units whose partial sums are added one after 
     tile_m128   tiles of 128 weight rows, stream-K (VLM_W4A16_CUTLASS_TILE_M=128)
     tile_n64    tiles of 64 tokens (VLM_W4A16_CUTLASS_TILE_N=64)
     tile_n128   tiles of 128 tokens (VLM_W4A16_CUTLASS_TILE_N=128)
-    tile_k128   K tiles of 128, 8 wgmmas a pipeline stage instead of 4 (VLM_W4A16_CUTLASS_TILE_K=128)
+    tile_k64    K tiles of 64, 4 wgmmas a pipeline stage (VLM_W4A16_CUTLASS_TILE_K=64)
+    tile_k128   K tiles of 128, 8 wgmmas a pipeline stage (VLM_W4A16_CUTLASS_TILE_K=128; groups of 128)
     cluster2    tiles of 128 rows in clusters of 2 that share one read of the activations
-                (VLM_W4A16_CUTLASS_CLUSTER=2; the layers of an even number of such tiles, stream-K)
+                (VLM_W4A16_CUTLASS_CLUSTER=2 with K tiles of 64; the layers of an even number of such tiles,
+                stream-K)
 
     python3 bench/cutlass_schedules.py [--layers 2B.o,7B.qkv] [--ms 32,64] [--settings default,splits2] --out R.json
 
@@ -49,8 +51,9 @@ SETTINGS = {
     "tile_m128": {"VLM_W4A16_CUTLASS_TILE_M": "128"},
     "tile_n64": {"VLM_W4A16_CUTLASS_TILE_N": "64"},
     "tile_n128": {"VLM_W4A16_CUTLASS_TILE_N": "128"},
+    "tile_k64": {"VLM_W4A16_CUTLASS_TILE_K": "64"},
     "tile_k128": {"VLM_W4A16_CUTLASS_TILE_K": "128"},
-    "cluster2": {"VLM_W4A16_CUTLASS_CLUSTER": "2"},
+    "cluster2": {"VLM_W4A16_CUTLASS_CLUSTER": "2", "VLM_W4A16_CUTLASS_TILE_K": "64"},
 }
 
 

@@ -361,17 +361,20 @@ cutlass_tests() {  # the CUTLASS mixed-input GEMM's tests (each schedule), then 
   # and on tiles of 256 tokens
   VLM_W4A16_CUTLASS_TILE_N=256 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/256 tokens: /'
-  # and on K tiles of 128 (the shapes of groups of 128)
+  # and on K tiles of 64, then of 128 (the shapes of groups of 128), each on every shape
+  VLM_W4A16_CUTLASS_TILE_K=64 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
+    -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/K tiles of 64: /'
   VLM_W4A16_CUTLASS_TILE_K=128 python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_cutlass.py \
     -k "matches_reference" 2>&1 | grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/K tiles of 128: /'
-  # and in clusters of 2 tiles of 128 rows sharing the activations' loads
-  VLM_W4A16_CUTLASS_CLUSTER=2 VLM_W4A16_CUTLASS_TILE_M=128 python3 -m pytest -q -rfE -m gpu \
+  # and in clusters of 2 tiles of 128 rows sharing the activations' loads (K tiles of 64)
+  VLM_W4A16_CUTLASS_CLUSTER=2 VLM_W4A16_CUTLASS_TILE_M=128 VLM_W4A16_CUTLASS_TILE_K=64 python3 -m pytest -q -rfE -m gpu \
     tests/kernels/test_w4a16_cutlass.py -k "matches_reference" 2>&1 |
     grep -E "relative errors|^FAILED|^ERROR|passed|failed" | sed 's/^/clusters of 2: /'
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k cutlass_prefill 2>&1 | tail -n 3
 }
-cutlass_gemm() {  # cutlass_tests, then bench/gemm from 64 rows (CUTLASS_GEMM_LAYERS) and its other tiles
-  cutlass_tests
+cutlass_gemm() {  # cutlass_tests (unless CUTLASS_GEMM_TESTS=0), then bench/gemm from 64 rows (CUTLASS_GEMM_LAYERS)
+  # and its other tiles
+  [ "${CUTLASS_GEMM_TESTS:-1}" = 0 ] || cutlass_tests
   python3 bench/gemm.py --ms "${CUTLASS_GEMM_MS:-64,256,2048}" \
     --layers "${CUTLASS_GEMM_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_cutlass" |
     grep -E "^\| |^- M|^  - "
@@ -422,7 +425,7 @@ cutlass_prefill() {  # 2B prefill at batch 1/64 and decode at 64/128 without and
   prefill_settings cutlass VLM_W4A16_CUTLASS VLM_W4A16_CUTLASS_MIN_ROWS
 }
 cutlass_engine() {  # the engine without and with the CUTLASS GEMM (its default rows: wide layers from 32, the rest
-  # from 129): 2B/7B w4a16 + int8 KV, prefill of 512-token prompts at batch 1 and decode at 32/64/128 (prefill_rows)
+  # from 97): 2B/7B w4a16 + int8 KV, prefill of 512-token prompts at batch 1 and decode at 32/64/128 (prefill_rows)
   local m v
   for m in 2b 7b; do
     for v in 0 1; do

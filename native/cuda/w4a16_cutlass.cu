@@ -182,12 +182,19 @@ bool unordered_sums() {
   return on;
 }
 
-// K a tile: 64 (one 128-byte swizzle atom of 16-bit activations, 4 wgmmas a pipeline stage). One SM converts a
-// 128 x 64 tile's codes in ~0.35 us whatever the tokens (H100, 2026-12-06), with at most 3 of a stage's 4 wgmmas in
-// flight behind the conversion; VLM_W4A16_CUTLASS_TILE_K=128 takes stages of 8 (groups of 128 only), for measuring.
-int tile_k_for(int K, int group) {
-  static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_K", 64);
-  return forced == 128 && group % 128 == 0 && K % 128 == 0 ? 128 : 64;
+// K a tile: 128 (8 wgmmas a pipeline stage, so that more of them are in flight behind each stage's conversion;
+// groups of 128 only, a group being whole K tiles) on the layers of few tiles at up to 256 rows: the token tile at
+// most 128, K at most 4,096 and fewer 128-row weight tiles than SMs; else 64 (one 128-byte swizzle atom of 16-bit
+// activations, 4 wgmmas a stage). Measured on the H100 (docs/benchmarks/gemm.md, 2026-12-06 08:33), 64 -> 128
+// with the rule's tiles: 7B o 17.0 -> 15.8 us at 64 rows and 19.6 -> 17.8 at 256, 7B q/k/v 23.2 -> 21.8 at 64,
+// 2B q/k/v and o ~10.0 -> ~9.5 at 32-128; no faster on 2B gate_up (128 tiles) and slower on 7B gate_up (172 tiles,
+// 34.4 -> 36.1 at 64), 7B down (K = 11,008: 25.0 -> 27.2) and with tiles of 256 tokens (7B q/k/v at 256 rows 43.4 ->
+// 62.0: the deeper stages leave fewer of them). VLM_W4A16_CUTLASS_TILE_K (64 or 128) pins it, for measuring.
+int tile_k_for(int M, int N, int K, int group) {
+  static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_K", 0);
+  const bool fits = group % 128 == 0 && K % 128 == 0;
+  if (forced == 64 || forced == 128) return forced == 128 && fits ? 128 : 64;
+  return fits && M <= 256 && tile_n_for(M, N) <= 128 && K <= 4096 && N / 128 < cuda::sm_count() ? 128 : 64;
 }
 
 // CTAs a cluster along the weight rows: 1. Each 128 x 64 K step of a tile reads twice as many activation bytes

@@ -97,7 +97,7 @@ int tile_m_for(int M, int N, int K);
 bool stream_k();
 int k_splits();
 bool unordered_sums();
-int tile_k_for(int K, int group);
+int tile_k_for(int M, int N, int K, int group);
 int cluster_m_for(int N);
 
 // The kernel's arguments for one call (pointers may be null where only the workspace size is asked).
@@ -176,7 +176,7 @@ cudaError_t dispatch_tiles(const void* a, const Prepared& p, void* c, int M, int
 template <class T>
 cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
-  if (tile_k_for(K, group) == 128)
+  if (tile_k_for(M, N, K, group) == 128)
     return dispatch_tiles<T, 128>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
   return dispatch_tiles<T, 64>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
 }
