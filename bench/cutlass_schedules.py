@@ -19,6 +19,7 @@ small layer's tiles among up to ~8 units whose partial sums are added one after 
     tile_n128   tiles of 128 tokens (VLM_W4A16_CUTLASS_TILE_N=128)
     tile_k64    K tiles of 64, 4 wgmmas a pipeline stage (VLM_W4A16_CUTLASS_TILE_K=64)
     tile_k128   K tiles of 128, 8 wgmmas a pipeline stage (VLM_W4A16_CUTLASS_TILE_K=128; groups of 128)
+    tile_n128_k128  both
     cluster2    tiles of 128 rows in clusters of 2 that share one read of the activations
                 (VLM_W4A16_CUTLASS_CLUSTER=2 with K tiles of 64; the layers of an even number of such tiles,
                 stream-K)
@@ -52,6 +53,7 @@ SETTINGS = {
     "tile_n64": {"VLM_W4A16_CUTLASS_TILE_N": "64"},
     "tile_n128": {"VLM_W4A16_CUTLASS_TILE_N": "128"},
     "tile_k64": {"VLM_W4A16_CUTLASS_TILE_K": "64"},
+    "tile_n128_k128": {"VLM_W4A16_CUTLASS_TILE_N": "128", "VLM_W4A16_CUTLASS_TILE_K": "128"},
     "tile_k128": {"VLM_W4A16_CUTLASS_TILE_K": "128"},
     "cluster2": {"VLM_W4A16_CUTLASS_CLUSTER": "2", "VLM_W4A16_CUTLASS_TILE_K": "64"},
 }
