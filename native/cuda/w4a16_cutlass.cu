@@ -130,15 +130,21 @@ namespace cutlass_w4a16 {
 // down from 0.84/0.87/0.90/0.81x to 0.98/0.98/1.05/0.94x; at 256 rows q/k/v and gate_up (96 and 172 tiles of 256)
 // 0.90/0.89 -> 0.98/0.96x, o and down (32 tiles) 0.81/1.18 -> 0.56/1.01x; at 128 rows 64 -> 128 tokens took
 // 2B gate_up 23.3 -> 16.5 us, 7B q/k/v 37.7 -> 26.5, 7B gate_up 62.4 -> 43.8 (128, 96 and 172 tiles) and slowed
-// 2B q/k/v, 2B o, 7B o (16-32 tiles). VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) pins it, for measuring.
+// 2B q/k/v, 2B o, 7B o (16-32 tiles). From 256 rows the 256-token tile is taken only where it pads no more tokens
+// than 128-token tiles (the rows' remainder by 256 is 0 or above 128): at 384 rows it computes 512 tokens, and 128
+// took 7B q/k/v 91.8 -> 64.8 us and 7B gate_up 131.3 -> 113.8 (H100, 2026-12-06 09:00; slower only on 2B down,
+// 31.5 -> 33.2). VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) pins it, for measuring.
 int tile_n_for(int M, int N) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_N", 0);
   if (forced == 64 || forced == 128 || forced == 256) return forced;
   if (M <= 64) return 64;
   const int wide = M < 256 ? 128 : 256;
+  const int narrow = M < 256 ? 64 : 128;
+  const auto padded = [M](int tile) { return (M + tile - 1) / tile * tile; };
+  if (wide == 256 && padded(wide) > padded(narrow)) return narrow;
   const int64_t wide_tiles = (int64_t)(N / 128) * ((M + wide - 1) / wide);
   if (2 * wide_tiles >= cuda::sm_count()) return wide;
-  return M < 256 ? 64 : 128;
+  return narrow;
 }
 
 // Weight rows a tile: 64 (one consumer warpgroup a tile, two tiles in flight: CUTLASS's ping-pong schedule under
