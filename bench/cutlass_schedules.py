@@ -5,11 +5,12 @@ against torch fp16 (cuBLAS) and the library's own tensor-core kernel (w4a16_gemm
 first process. Method as bench/gemm.py: weights rotated over more than the L2, 20 calls a CUDA graph, median of
 30 replays, group 128.
 
-At 32-128 rows the kernel took ~13 us a call whatever the layer (H100, 2026-12-06): its stream-K scheduler shares a
-small layer's tiles among up to ~8 units whose partial sums are added one after the other. The settings:
+At 32-128 rows the kernel took ~13 us a call whatever the layer (H100, 2026-12-06): not its stream-K partial sums
+(the settings below that split or sum otherwise changed little) but one SM converting its tiles' codes, ~0.35 us a
+128 x 64 K tile whatever the tokens, which the library's choice of tiles now spreads over the SMs. The settings:
 
-    default     the library's own choice of tiles (tile_n_for, tile_m_for, tile_k_for) and CUTLASS's stream-K heuristic where
-                it runs, partial sums added in order (the engine's setting)
+    default     the library's own choice of tiles (tile_n_for, tile_m_for, tile_k_for) and CUTLASS's stream-K
+                heuristic where it runs, partial sums added in order (the engine's setting)
     splits2/4   every tile's K cut in 2 / 4 (VLM_W4A16_CUTLASS_SPLITS)
     unordered   the heuristic's units, partial sums added as they finish (VLM_W4A16_CUTLASS_UNORDERED_SUMS=1)
     dp          no K split: the persistent data-parallel scheduler (VLM_W4A16_CUTLASS_STREAMK=0)
