@@ -27,7 +27,8 @@ At 32-128 rows the kernel took ~13 us a call whatever the layer (H100, 2026-12-0
 
     python3 bench/cutlass_schedules.py [--layers 2B.o,7B.qkv] [--ms 32,64] [--settings default,splits2] --out R.json
 
-Writes R.json and R.md (per layer and M: µs under each setting, × torch fp16 for the fastest).
+Writes R.json and R.md (per layer and M: µs under each setting with the tiles that ran, × torch fp16 for the
+fastest).
 """
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ def child(layers: list[str], ms: list[int], peers: bool) -> None:
     import torch
 
     from gemm import GROUP, LAYERS, copies_for, random_packed_layer, time_graph
-    from vlmserve.kernels import (w4a16_cutlass_gemm, w4a16_cutlass_prepare, w4a16_cutlass_workspace_bytes,
-                                  w4a16_gemm, w4a16_workspace_bytes)
+    from vlmserve.kernels import (w4a16_cutlass_gemm, w4a16_cutlass_prepare, w4a16_cutlass_tiles,
+                                  w4a16_cutlass_workspace_bytes, w4a16_gemm, w4a16_workspace_bytes)
 
     rng = np.random.default_rng(0)
     dev = torch.device("cuda")
@@ -87,6 +88,8 @@ def child(layers: list[str], ms: list[int], peers: bool) -> None:
             x = torch.randn(m, k, device=dev, dtype=torch.float16)
             out = torch.empty(m, n, device=dev, dtype=torch.float16)
             row = {"layer": name, "n": n, "k": k, "m": m}
+            t = w4a16_cutlass_tiles(m, n, k, GROUP)  # what this process's settings run
+            row["tiles"] = f"{t.tile_m}x{t.tile_n}x{t.tile_k} {'sk' if t.stream_k else 'dp'}"
             work = torch.empty(max(1, w4a16_cutlass_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
             row["cutlass_us"] = 1e6 * time_graph(
                 lambda i: w4a16_cutlass_gemm(x, prepared[i % len(prepared)], n, GROUP, out=out, workspace=work))
@@ -141,6 +144,7 @@ def main() -> None:
             r = json.loads(line)
             row = rows.setdefault((r["layer"], r["m"]), {k: r[k] for k in ("layer", "n", "k", "m")})
             row[name] = r["cutlass_us"]
+            row[f"{name}_tiles"] = r["tiles"]
             for key in ("torch_fp16_us", "own_kernel_us"):
                 if key in r:
                     row[key] = r[key]
@@ -151,14 +155,15 @@ def main() -> None:
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=1))
     lines = [f"# CUTLASS w4a16 GEMM schedules, {result['device']}, {result['date']}", "",
-             "µs a call (20 calls a CUDA graph, median of 30 replays, weights rotated over > 200 MB, group 128)", "",
+             "µs a call (20 calls a CUDA graph, median of 30 replays, weights rotated over > 200 MB, group 128); "
+             "in brackets the tiles that ran: weight rows x tokens x K, stream-K (sk) or data-parallel (dp)", "",
              "| layer | M | torch fp16 | own kernel | " + " | ".join(names) + " | fastest × fp16 |",
              "|---|---|---|---|" + "---|" * len(names) + "---|"]
     for r in rows.values():
         times = {n: r[n] for n in names if n in r}
         best = min(times, key=times.get) if times else None
         fp16 = r.get("torch_fp16_us")
-        cells = " | ".join(f"{r[n]:.1f}" if n in r else "—" for n in names)
+        cells = " | ".join(f"{r[n]:.1f} ({r[n + '_tiles']})" if n in r else "—" for n in names)
         ratio = f"{fp16 / times[best]:.2f} ({best})" if best and fp16 else "—"
         own = f"{r['own_kernel_us']:.1f}" if "own_kernel_us" in r else "—"
         lines.append(f"| {r['layer']} | {r['m']} | {fp16:.1f} | {own} | {cells} | {ratio} |" if fp16 else

@@ -212,9 +212,26 @@ int cluster_m_for(int N) {
   return forced == 2 && (N / 128) % 2 == 0 ? 2 : 1;
 }
 
+Tiles tiles_for(int M, int N, int K, int group) {
+  Tiles t{0, tile_n_for(M, N), tile_k_for(M, N, K, group), stream_k(), 1};
+  t.m = t.n == 256 ? 128 : tile_m_for(M, N, K);  // no ping-pong kernel of 256 tokens
+  if (t.n == 256) t.stream_k = true;              // its only kernel is stream-K
+  if (t.m == 64) t.stream_k = false;              // the ping-pong kernel runs data-parallel
+  if (t.m == 128 && !t.stream_k) t.k = 64;        // data-parallel tiles of 128 rows: K tiles of 64 alone
+  if (t.m == 128 && t.n != 256 && t.stream_k && t.k == 64) t.cluster = cluster_m_for(N);
+  return t;
+}
+
 }  // namespace cutlass_w4a16
 
 bool w4a16_cutlass_built() { return true; }
+
+bool w4a16_cutlass_tiles(int M, int N, int K, int group, int* tile_m, int* tile_n, int* tile_k, bool* stream_k) {
+  if (!w4a16_cutlass_runs() || !w4a16_cutlass_applies(M, N, K, group)) return false;
+  const cutlass_w4a16::Tiles t = cutlass_w4a16::tiles_for(M, N, K, group);
+  *tile_m = t.m, *tile_n = t.n, *tile_k = t.k, *stream_k = t.stream_k;
+  return true;
+}
 
 bool w4a16_cutlass_runs() { return cuda::compute_capability_is_9_0(); }  // its code is sm_90a only
 
@@ -277,6 +294,7 @@ cudaError_t w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int
 
 bool w4a16_cutlass_built() { return false; }
 bool w4a16_cutlass_runs() { return false; }
+bool w4a16_cutlass_tiles(int, int, int, int, int*, int*, int*, bool*) { return false; }
 bool w4a16_cutlass_applies(int, int, int, int) { return false; }
 int64_t w4a16_cutlass_prepared_bytes(int, int, int) { return -1; }
 cudaError_t w4a16_cutlass_prepare(const void*, const void*, void*, void*, int, int, int, bool, cudaStream_t) {

@@ -100,6 +100,16 @@ bool unordered_sums();
 int tile_k_for(int M, int N, int K, int group);
 int cluster_m_for(int N);
 
+// What a call of this shape runs, from the functions above: weight rows (m), tokens (n) and K (k) a tile,
+// the stream-K scheduler or the data-parallel one, CTAs a cluster. The launch (dispatch) and the query
+// (w4a16_cutlass_tiles) both read it, so that what a benchmark reports is what ran.
+struct Tiles {
+  int m, n, k;
+  bool stream_k;
+  int cluster;
+};
+Tiles tiles_for(int M, int N, int K, int group);
+
 // The kernel's arguments for one call (pointers may be null where only the workspace size is asked).
 template <class C>
 typename C::Gemm::Arguments arguments(const void* a, const Prepared& p, void* c, int M, int N, int K, int group) {
@@ -144,22 +154,20 @@ cudaError_t run_gemm(const void* a, const Prepared& p, void* c, int M, int N, in
   return cudaGetLastError();
 }
 
-// The configuration for the shape (tile_n_for, tile_m_for, stream_k, tile_k_for); a = null asks only the
-// workspace size. Tiles of 64 weight rows (CUTLASS's ping-pong schedule, which has no stream-K) run under the
-// persistent data-parallel scheduler.
+// The kernel of the shape's tiles (tiles_for); a = null asks only the workspace size. Tiles of 64 weight rows
+// (CUTLASS's ping-pong schedule, which has no stream-K) run under the persistent data-parallel scheduler.
 template <class T, int TileK>
-cudaError_t dispatch_tiles(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
-                           size_t workspace_bytes, size_t* need, cudaStream_t stream) {
-  const int tile_n = tile_n_for(M, N);
-  const bool wide = tile_n == 128;
-  if (tile_n == 256)  // 128 x 256 tiles (stream-K): each converted weight serves twice the tokens
+cudaError_t dispatch_tiles(const Tiles& t, const void* a, const Prepared& p, void* c, int M, int N, int K, int group,
+                           void* workspace, size_t workspace_bytes, size_t* need, cudaStream_t stream) {
+  const bool wide = t.n == 128;
+  if (t.n == 256)  // 128 x 256 tiles (stream-K): each converted weight serves twice the tokens
     return run_gemm<T, 128, 256, true, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
-  if (tile_m_for(M, N, K) == 64)
+  if (t.m == 64)
     return wide ? run_gemm<T, 64, 128, false, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream)
                 : run_gemm<T, 64, 64, false, TileK>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
-  if (stream_k()) {
+  if (t.stream_k) {
     if constexpr (TileK == 64) {  // clusters of 2 for measuring, on the stream-K tiles of 128 rows with K tiles of 64
-      if (cluster_m_for(N) == 2)
+      if (t.cluster == 2)
         return wide ? run_gemm<T, 128, 128, true, 64, 2>(a, p, c, M, N, K, group, workspace, workspace_bytes, need,
                                                          stream)
                     : run_gemm<T, 128, 64, true, 64, 2>(a, p, c, M, N, K, group, workspace, workspace_bytes, need,
@@ -176,9 +184,10 @@ cudaError_t dispatch_tiles(const void* a, const Prepared& p, void* c, int M, int
 template <class T>
 cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
-  if (tile_k_for(M, N, K, group) == 128)
-    return dispatch_tiles<T, 128>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
-  return dispatch_tiles<T, 64>(a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+  const Tiles t = tiles_for(M, N, K, group);
+  if (t.k == 128)
+    return dispatch_tiles<T, 128>(t, a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
+  return dispatch_tiles<T, 64>(t, a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
 }
 
 // The instantiations (w4a16_cutlass_f16.cu, w4a16_cutlass_bf16.cu).

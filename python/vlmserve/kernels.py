@@ -3,6 +3,7 @@ benchmarks (vlmcore_kernels.h). Serving code goes through Engine instead."""
 from __future__ import annotations
 
 import ctypes
+from typing import NamedTuple
 
 import numpy as np
 
@@ -254,6 +255,25 @@ def w4a16_cutlass_engine_takes(m: int, n: int, k: int, group_size: int) -> bool:
     out = ctypes.c_int32()
     check(_native.lib().vlm_w4a16_cutlass_engine_takes(m, n, k, group_size, ctypes.byref(out)))
     return bool(out.value)
+
+
+class CutlassTiles(NamedTuple):
+    """The tiles of one CUTLASS GEMM call: weight rows, tokens and K a tile, and its tile scheduler."""
+
+    tile_m: int
+    tile_n: int
+    tile_k: int
+    stream_k: bool
+
+
+def w4a16_cutlass_tiles(m: int, n: int, k: int, group_size: int) -> CutlassTiles | None:
+    """The tiles the CUTLASS GEMM runs this shape with on this device (chosen by the layer and the
+    VLM_W4A16_CUTLASS_TILE_* / _STREAMK settings, read once per process); None where it does not run here or does
+    not take the shape. Bad shapes raise InvalidArgumentError."""
+    out = [ctypes.c_int32() for _ in range(4)]
+    check(_native.lib().vlm_w4a16_cutlass_tiles(m, n, k, group_size, *(ctypes.byref(o) for o in out)))
+    tm, tn, tk, sk = (o.value for o in out)
+    return CutlassTiles(tm, tn, tk, bool(sk)) if tm else None
 
 
 def draw_rows(logits, temperature, top_k, top_p, min_p, u, tokens):

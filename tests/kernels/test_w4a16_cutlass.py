@@ -15,15 +15,17 @@ import pytest
 from vlmserve import _native
 from vlmserve.awq_format import dequantize, quantize_rtn, unpack_int4
 from vlmserve.errors import InvalidArgumentError, check
-from vlmserve.kernels import (pack_w4a16, w4a16_cutlass_built, w4a16_cutlass_engine_takes, w4a16_cutlass_gemm,
-                              w4a16_cutlass_prepare)
+from vlmserve.kernels import (CutlassTiles, pack_w4a16, w4a16_cutlass_built, w4a16_cutlass_engine_takes,
+                              w4a16_cutlass_gemm, w4a16_cutlass_prepare, w4a16_cutlass_tiles)
 
 # N a multiple of 128 (the kernel's tile of weight rows: w4a16_cutlass_applies); ragged M, K of 1 to 86 groups,
 # K = 64, 128, 640 (not a multiple of 256: the codes' reordering once overran such rows). By default (tile_n_for and
 # tile_m_for in w4a16_cutlass.cu, on a GPU of 132 SMs) the small layers take tiles of 64 weight rows, 129 x 2048 x
 # 11008 and 65 x 5504 x 4096 tiles of 128 rows by 64 tokens (stream-K), 2048 x 1024 x 1024 128 by 128 tokens,
-# 200 x 8448 x 512 128 by 128 tokens at fewer than 256 rows, and the last two shapes 128 by 256 tokens (on GPUs of
-# up to 192 and 256 SMs); gpu_session.sh's cutlass_tests also runs every shape on each tile and schedule forced.
+# 200 x 8448 x 512 128 by 128 tokens at fewer than 256 rows, 600 x 12288 x 256 128 by 128 tokens (256-token tiles
+# would pad its rows to 768) and 1000 x 8192 x 1024 128 by 256 tokens (on GPUs of up to 256 SMs); K tiles of 128 on
+# the shapes of groups of 128 at up to 256 rows with fewer 128-row tiles than SMs; gpu_session.sh's cutlass_tests
+# also runs every shape on each tile and schedule forced.
 SHAPES = [(17, 128, 128, 64), (64, 512, 2048, 128), (100, 384, 256, 128), (129, 2048, 11008, 128),
           (256, 4096, 2048, 128), (300, 768, 512, 64), (65, 5504, 4096, 128), (2048, 1024, 1024, 128),
           (1, 256, 256, 128), (7, 384, 640, 64), (33, 128, 64, 64), (300, 256, 640, 128), (200, 8448, 512, 64),
@@ -57,6 +59,69 @@ def test_the_engine_rule_refuses_bad_shapes_and_is_off_where_the_kernel_cannot_r
     if _native.lib().vlm_cuda_device_count() == 0 or not w4a16_cutlass_built():
         # No GPU or no kernel here: the engine never routes a GEMM to it.
         assert not any(w4a16_cutlass_engine_takes(m, 4096, 4096, 128) for m in (1, 64, 256, 2048))
+
+
+def test_the_tiles_query_refuses_bad_shapes_and_is_empty_where_the_kernel_cannot_run():
+    with pytest.raises(InvalidArgumentError, match="multiple of 64"):
+        w4a16_cutlass_tiles(256, 100, 256, 128)
+    with pytest.raises(InvalidArgumentError, match="group size"):
+        w4a16_cutlass_tiles(256, 256, 256, 32)
+    with pytest.raises(InvalidArgumentError, match="NULL output"):
+        check(_native.lib().vlm_w4a16_cutlass_tiles(256, 256, 256, 128, None, None, None, None))
+    assert w4a16_cutlass_tiles(64, 192, 640, 64) is None  # whole 64-column strips, not whole 128-row tiles
+    if _native.lib().vlm_cuda_device_count() == 0 or not w4a16_cutlass_built():
+        assert all(w4a16_cutlass_tiles(m, 4096, 4096, 128) is None for m in (1, 64, 256, 2048))
+
+
+# (m, n, k, group) -> the tiles on a GPU of 132 SMs (H100 SXM, H200), each the rule's documented choice
+# (w4a16_cutlass.cu): 7B q/k/v, o, gate_up, down and 2B o shapes.
+EXPECTED_TILES = {
+    (64, 12288, 4096, 128): CutlassTiles(128, 64, 128, True),   # 96 tiles: stream-K, K tiles of 128
+    (64, 4096, 4096, 128): CutlassTiles(64, 64, 128, False),    # 32 tiles: 64-row ping-pong, K tiles of 128
+    (64, 4096, 4096, 64): CutlassTiles(64, 64, 64, False),      # groups of 64: K tiles of 64
+    (64, 22016, 4096, 128): CutlassTiles(128, 64, 64, True),    # 172 tiles, more than the SMs: K tiles of 64
+    (64, 4096, 11008, 128): CutlassTiles(128, 64, 64, True),    # K > 4096: stream-K, K tiles of 64
+    (128, 12288, 4096, 128): CutlassTiles(128, 128, 128, True),  # 128 tokens: 96 tiles still half the SMs
+    (256, 12288, 4096, 128): CutlassTiles(128, 256, 64, True),  # 256 tokens (no padding), K tiles of 64
+    (256, 4096, 4096, 128): CutlassTiles(64, 128, 128, False),  # 32 tiles of 256 tokens too few: 128 tokens
+    (384, 12288, 4096, 128): CutlassTiles(128, 128, 64, True),  # 256-token tiles would pad 384 rows to 512
+    (384, 2048, 2048, 128): CutlassTiles(64, 128, 64, False),   # the same, 48 tiles: 64-row ping-pong
+    (512, 12288, 4096, 128): CutlassTiles(128, 256, 64, True),  # 256 divides the rows
+    (2048, 4096, 4096, 128): CutlassTiles(128, 256, 64, True),
+}
+
+
+def _tiles_in_a_process(env: dict[str, str]) -> list[list]:
+    """w4a16_cutlass_tiles for EXPECTED_TILES' shapes, read in a fresh process (settings are read once)."""
+    code = ("import json, sys\nfrom vlmserve.kernels import w4a16_cutlass_tiles as t\n"
+            "print(json.dumps([t(*s) for s in json.loads(sys.argv[1])]))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(list(EXPECTED_TILES))], env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    return json.loads(out)
+
+
+@pytest.mark.gpu
+def test_the_tiles_follow_the_layer_and_the_settings():
+    import torch
+
+    _require_kernel()
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the kernel's code is sm_90a: a compute capability 9.0 GPU runs it, this one does not")
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    if sms != 132:
+        pytest.skip(f"the expected tiles are those of a GPU of 132 SMs; this one has {sms}")
+    assert _tiles_in_a_process({}) == [list(t) for t in EXPECTED_TILES.values()]
+    # Each setting pins its part: K tiles of 64; 256 tokens (on 128 rows, stream-K); no stream-K.
+    assert [t[2] for t in _tiles_in_a_process({"VLM_W4A16_CUTLASS_TILE_K": "64"})] == [64] * len(EXPECTED_TILES)
+    assert all(t[:2] == [128, 256] and t[3] for t in _tiles_in_a_process({"VLM_W4A16_CUTLASS_TILE_N": "256"}))
+    assert _tiles_in_a_process({"VLM_W4A16_CUTLASS_STREAMK": "0"}) == \
+        [_without_stream_k(t) for t in EXPECTED_TILES.values()]
+
+
+def _without_stream_k(t: CutlassTiles) -> list:
+    if t.tile_n == 256 or t.tile_m == 64:  # the 256-token kernel is stream-K only; 64-row tiles are data-parallel
+        return list(t)
+    return [t.tile_m, t.tile_n, 64, False]  # data-parallel tiles of 128 rows: K tiles of 64 alone
 
 
 def _takes_in_a_process(env: dict[str, str]) -> list[bool]:
