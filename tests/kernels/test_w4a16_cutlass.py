@@ -49,28 +49,21 @@ def test_bad_input_is_refused_before_any_gpu_work():
         check(lib.vlm_w4a16_cutlass_prepare(1, 1, 1, 1, 256, 256, 32, _native.DTYPE_F16, None))
 
 
-def test_the_engine_rule_refuses_bad_shapes_and_is_off_where_the_kernel_cannot_run():
+@pytest.mark.parametrize("query,outputs", [("engine_takes", 1), ("tiles", 4)])
+def test_the_shape_queries_refuse_bad_shapes_and_are_off_where_the_kernel_cannot_run(query, outputs):
+    # vlm_w4a16_cutlass_engine_takes (whether the engine runs a layer through the kernel) and
+    # vlm_w4a16_cutlass_tiles (what the kernel runs it with): falsy where the kernel does not take the shape.
+    ask = {"engine_takes": w4a16_cutlass_engine_takes, "tiles": w4a16_cutlass_tiles}[query]
     with pytest.raises(InvalidArgumentError, match="multiple of 64"):
-        w4a16_cutlass_engine_takes(256, 100, 256, 128)
+        ask(256, 100, 256, 128)
     with pytest.raises(InvalidArgumentError, match="group size"):
-        w4a16_cutlass_engine_takes(256, 256, 256, 32)
+        ask(256, 256, 256, 32)
     with pytest.raises(InvalidArgumentError, match="NULL output"):
-        check(_native.lib().vlm_w4a16_cutlass_engine_takes(256, 256, 256, 128, None))
+        check(getattr(_native.lib(), f"vlm_w4a16_cutlass_{query}")(256, 256, 256, 128, *[None] * outputs))
+    assert not ask(64, 192, 640, 64)  # whole 64-column strips, not whole 128-row tiles
     if _native.lib().vlm_cuda_device_count() == 0 or not w4a16_cutlass_built():
-        # No GPU or no kernel here: the engine never routes a GEMM to it.
-        assert not any(w4a16_cutlass_engine_takes(m, 4096, 4096, 128) for m in (1, 64, 256, 2048))
-
-
-def test_the_tiles_query_refuses_bad_shapes_and_is_empty_where_the_kernel_cannot_run():
-    with pytest.raises(InvalidArgumentError, match="multiple of 64"):
-        w4a16_cutlass_tiles(256, 100, 256, 128)
-    with pytest.raises(InvalidArgumentError, match="group size"):
-        w4a16_cutlass_tiles(256, 256, 256, 32)
-    with pytest.raises(InvalidArgumentError, match="NULL output"):
-        check(_native.lib().vlm_w4a16_cutlass_tiles(256, 256, 256, 128, None, None, None, None))
-    assert w4a16_cutlass_tiles(64, 192, 640, 64) is None  # whole 64-column strips, not whole 128-row tiles
-    if _native.lib().vlm_cuda_device_count() == 0 or not w4a16_cutlass_built():
-        assert all(w4a16_cutlass_tiles(m, 4096, 4096, 128) is None for m in (1, 64, 256, 2048))
+        # No GPU or no kernel here: the engine never routes a GEMM to it, and no call has tiles.
+        assert not any(ask(m, 4096, 4096, 128) for m in (1, 64, 256, 2048))
 
 
 # (m, n, k, group) -> the tiles on a GPU of 132 SMs (H100 SXM, H200), each the rule's documented choice
@@ -91,22 +84,33 @@ EXPECTED_TILES = {
 }
 
 
-def _tiles_in_a_process(env: dict[str, str]) -> list[list]:
-    """w4a16_cutlass_tiles for EXPECTED_TILES' shapes, read in a fresh process (settings are read once)."""
-    code = ("import json, sys\nfrom vlmserve.kernels import w4a16_cutlass_tiles as t\n"
-            "print(json.dumps([t(*s) for s in json.loads(sys.argv[1])]))")
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(list(EXPECTED_TILES))], env={**os.environ, **env},
+def _in_a_process(query: str, calls: list[list[int]], env: dict[str, str]) -> list:
+    """vlmserve.kernels.<query>(*call) for each call, JSON-encoded, in a fresh process with `env` added (the library
+    reads its settings once per process)."""
+    code = (f"import json, sys\nfrom vlmserve.kernels import {query} as q\n"
+            "print(json.dumps([q(*c) for c in json.loads(sys.argv[1])]))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(calls)], env={**os.environ, **env},
                          capture_output=True, text=True, timeout=120, check=True).stdout
     return json.loads(out)
+
+
+def _tiles_in_a_process(env: dict[str, str]) -> list[list]:
+    return _in_a_process("w4a16_cutlass_tiles", [list(shape) for shape in EXPECTED_TILES], env)
+
+
+def _require_kernel_on_this_gpu():
+    import torch
+
+    _require_kernel()
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the kernel's code is sm_90a: a compute capability 9.0 GPU runs it, this one does not")
 
 
 @pytest.mark.gpu
 def test_the_tiles_follow_the_layer_and_the_settings():
     import torch
 
-    _require_kernel()
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the kernel's code is sm_90a: a compute capability 9.0 GPU runs it, this one does not")
+    _require_kernel_on_this_gpu()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     if sms != 132:
         pytest.skip(f"the expected tiles are those of a GPU of 132 SMs; this one has {sms}")
@@ -125,24 +129,16 @@ def _without_stream_k(t: CutlassTiles) -> list:
 
 
 def _takes_in_a_process(env: dict[str, str]) -> list[bool]:
-    """The engine rule at 7B o (4096) and q/k/v (12288) shapes for 16/32/64/200/256/2048 rows, read in a fresh
-    process (the settings are read once per process)."""
-    code = ("import json\nfrom vlmserve.kernels import w4a16_cutlass_engine_takes as t\n"
-            "print(json.dumps([t(m, n, 4096, 128) for n in (4096, 12288) for m in (16, 32, 64, 200, 256, 2048)]))")
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    return json.loads(out)
+    """The engine rule at 7B o (4096) and q/k/v (12288) shapes for 16/32/64/200/256/2048 rows."""
+    calls = [[m, n, 4096, 128] for n in (4096, 12288) for m in (16, 32, 64, 200, 256, 2048)]
+    return _in_a_process("w4a16_cutlass_engine_takes", calls, env)
 
 
 @pytest.mark.gpu
 def test_the_engine_rule_follows_its_settings():
     # On by default: from 32 rows on wide layers (N >= 8192), from 97 on the others (w4a16_cutlass_rows.cpp),
     # with no upper limit; VLM_W4A16_CUTLASS=0 turns it off, the row settings move the window.
-    import torch
-
-    _require_kernel()
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the kernel's code is sm_90a: a compute capability 9.0 GPU runs it, this one does not")
+    _require_kernel_on_this_gpu()
     rows = (16, 32, 64, 200, 256, 2048)
     assert _takes_in_a_process({}) == [m >= 97 for m in rows] + [m >= 32 for m in rows]
     assert _takes_in_a_process({"VLM_W4A16_CUTLASS": "0"}) == [False] * 12
