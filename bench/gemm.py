@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
 from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, stream_read, stream_read_sink,  # noqa: E402
                               w4a16_cutlass_built, w4a16_cutlass_engine_takes, w4a16_cutlass_gemm,
-                              w4a16_cutlass_prepare, w4a16_cutlass_workspace_bytes, w4a16_dequantize,
+                              w4a16_cutlass_prepare, w4a16_cutlass_tiles, w4a16_cutlass_workspace_bytes,
+                              w4a16_dequantize,
                               w4a16_gemm, w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_wgmma_plan,
                               w4a16_workspace_bytes)
 from run_info import library_settings, settings_line  # noqa: E402  (bench/, the script's own folder)
@@ -172,7 +173,10 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
             if splits > 1:
                 path += f", {splits} K slices summed {'in clusters' if cluster else 'from partials'}"
         if cutlass_is_ours:  # the engine's path at this size (w4a16_cutlass_rows.h)
-            t_ours, path = t_cutlass, "CUTLASS mixed-input GEMM"
+            tiles = w4a16_cutlass_tiles(m, n, k, GROUP)  # weight rows x tokens x K a tile, and the scheduler
+            path = "CUTLASS mixed-input GEMM" + (f", tiles {tiles.tile_m}x{tiles.tile_n}x{tiles.tile_k} "
+                                                 f"{'stream-K' if tiles.stream_k else 'data-parallel'}" if tiles else "")
+            t_ours = t_cutlass
         elif m >= w4a16_dequant_gemm_min_rows() and not form:  # the engine's path here: dequantize, then cuBLAS
             chunk = dequant_chunk_columns(n, k)
             if chunk >= n:
