@@ -33,9 +33,8 @@ from vlmserve.awq_format import quantize_rtn  # noqa: E402
 from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, stream_read, stream_read_sink,  # noqa: E402
                               w4a16_cutlass_built, w4a16_cutlass_engine_takes, w4a16_cutlass_gemm,
                               w4a16_cutlass_prepare, w4a16_cutlass_tiles, w4a16_cutlass_workspace_bytes,
-                              w4a16_dequantize,
-                              w4a16_gemm, w4a16_dequant_gemm_min_rows, w4a16_wgmma_form, w4a16_wgmma_plan,
-                              w4a16_workspace_bytes)
+                              w4a16_dequantize, w4a16_gemm, w4a16_dequant_gemm_min_rows, w4a16_wgmma_form,
+                              w4a16_wgmma_plan, w4a16_workspace_bytes)
 from run_info import library_settings, settings_line  # noqa: E402  (bench/, the script's own folder)
 
 LAYERS = {  # name: (N, K)

@@ -134,7 +134,7 @@ namespace cutlass_w4a16 {
 // than 128-token tiles (the rows' remainder by 256 is 0 or above 128): at 384 rows it computes 512 tokens, and 128
 // took 7B q/k/v 91.8 -> 64.8 us and 7B gate_up 131.3 -> 113.8 (H100, 2026-12-06 09:00; slower only on 2B down,
 // 31.5 -> 33.2). VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) pins it, for measuring.
-int tile_n_for(int M, int N) {
+static int tile_n_for(int M, int N) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_N", 0);
   if (forced == 64 || forced == 128 || forced == 256) return forced;
   if (M <= 64) return 64;
@@ -155,17 +155,16 @@ int tile_n_for(int M, int N) {
 // 64 rows: 2B q/k/v 14.6 -> 10.1 us at 128 rows and 17.1 -> 11.8 at 256, 2B o 14.8 -> 10.2 and 19.4 -> 11.3, 7B o
 // 19.4 -> 17.3 and 23.1 -> 20.0; slower on the long-K layers (2B down 22.3 -> 30.5 at 128 rows, 7B down 34.3 ->
 // 40.8) and no faster on the wide ones. VLM_W4A16_CUTLASS_TILE_M (64 or 128) pins it, for measuring.
-int tile_m_for(int M, int N, int K) {
+static int tile_m_for(int M, int N, int K, int tile_n) {
+  if (tile_n == 256) return 128;  // no ping-pong kernel of 256 tokens, whatever is pinned
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_M", 0);
   if (forced == 64 || forced == 128) return forced;
-  const int tile_n = tile_n_for(M, N);
-  if (tile_n == 256) return 128;  // no ping-pong kernel of 256 tokens
   const int64_t tiles = (int64_t)(N / 128) * ((M + tile_n - 1) / tile_n);
   return K <= 4096 && 2 * tiles <= cuda::sm_count() ? 64 : 128;
 }
 
 // Stream-K unless VLM_W4A16_CUTLASS_STREAMK=0 (the persistent data-parallel schedule, for measuring).
-bool stream_k() {
+static bool stream_k() {
   static const bool on = cuda::env_int("VLM_W4A16_CUTLASS_STREAMK", 1) != 0;
   return on;
 }
@@ -196,29 +195,31 @@ bool unordered_sums() {
 // 2B q/k/v and o ~10.0 -> ~9.5 at 32-128; no faster on 2B gate_up (128 tiles) and slower on 7B gate_up (172 tiles,
 // 34.4 -> 36.1 at 64), 7B down (K = 11,008: 25.0 -> 27.2) and with tiles of 256 tokens (7B q/k/v at 256 rows 43.4 ->
 // 62.0: the deeper stages leave fewer of them). VLM_W4A16_CUTLASS_TILE_K (64 or 128) pins it, for measuring.
-int tile_k_for(int M, int N, int K, int group) {
+static int tile_k_for(int M, int N, int K, int group, int tile_n) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_K", 0);
   const bool fits = group % 128 == 0 && K % 128 == 0;
   if (forced == 64 || forced == 128) return forced == 128 && fits ? 128 : 64;
-  return fits && M <= 256 && tile_n_for(M, N) <= 128 && K <= 4096 && N / 128 < cuda::sm_count() ? 128 : 64;
+  return fits && M <= 256 && tile_n <= 128 && K <= 4096 && N / 128 < cuda::sm_count() ? 128 : 64;
 }
 
 // CTAs a cluster along the weight rows: 1. Each 128 x 64 K step of a tile reads twice as many activation bytes
 // (64 or 128 tokens) as code bytes, every tile of a token column the same ones; VLM_W4A16_CUTLASS_CLUSTER=2 pairs
 // neighbouring tiles of 128 weight rows (stream-K, K tiles of 64, an even number of such tiles) so that one TMA read
 // of the activations feeds both, for measuring.
-int cluster_m_for(int N) {
+static int cluster_m_for(int N) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_CLUSTER", 1);
   return forced == 2 && (N / 128) % 2 == 0 ? 2 : 1;
 }
 
 Tiles tiles_for(int M, int N, int K, int group) {
-  Tiles t{0, tile_n_for(M, N), tile_k_for(M, N, K, group), stream_k(), 1};
-  t.m = t.n == 256 ? 128 : tile_m_for(M, N, K);  // no ping-pong kernel of 256 tokens
-  if (t.n == 256) t.stream_k = true;              // its only kernel is stream-K
-  if (t.m == 64) t.stream_k = false;              // the ping-pong kernel runs data-parallel
-  if (t.m == 128 && !t.stream_k) t.k = 64;        // data-parallel tiles of 128 rows: K tiles of 64 alone
-  if (t.m == 128 && t.n != 256 && t.stream_k && t.k == 64) t.cluster = cluster_m_for(N);
+  Tiles t{};
+  t.n = tile_n_for(M, N);
+  t.m = tile_m_for(M, N, K, t.n);
+  // The 256-token kernel is stream-K only; the ping-pong kernel of 64 rows runs data-parallel.
+  t.stream_k = t.n == 256 || (t.m == 128 && stream_k());
+  // Data-parallel tiles of 128 rows (for measuring) have K tiles of 64 alone; clusters need those K tiles.
+  t.k = t.m == 128 && !t.stream_k ? 64 : tile_k_for(M, N, K, group, t.n);
+  t.cluster = t.m == 128 && t.n != 256 && t.stream_k && t.k == 64 ? cluster_m_for(N) : 1;
   return t;
 }
 

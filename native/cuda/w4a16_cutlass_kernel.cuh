@@ -90,19 +90,14 @@ inline Prepared prepared_at(const void* p, int n, int k, int group) {
   return {reinterpret_cast<const Codes*>(b), b + codes_bytes(n, k), b + codes_bytes(n, k) + params_bytes(n, k, group)};
 }
 
-// Tokens a tile (the kernel's N) and weight rows a tile (its M) for M tokens, N weight rows and K, whether the
-// stream-K scheduler runs, how it splits K and sums the splits, K a tile and CTAs a cluster (w4a16_cutlass.cu).
-int tile_n_for(int M, int N);
-int tile_m_for(int M, int N, int K);
-bool stream_k();
+// How the stream-K scheduler splits K and sums the splits (w4a16_cutlass.cu; measuring settings).
 int k_splits();
 bool unordered_sums();
-int tile_k_for(int M, int N, int K, int group);
-int cluster_m_for(int N);
 
-// What a call of this shape runs, from the functions above: weight rows (m), tokens (n) and K (k) a tile,
-// the stream-K scheduler or the data-parallel one, CTAs a cluster. The launch (dispatch) and the query
-// (w4a16_cutlass_tiles) both read it, so that what a benchmark reports is what ran.
+// What a call of M tokens, N weight rows and K runs (w4a16_cutlass.cu chooses it by the layer and the measuring
+// settings): weight rows (m), tokens (n) and K (k) a tile, the stream-K scheduler or the data-parallel one, CTAs a
+// cluster. The launch (dispatch) and the query (w4a16_cutlass_tiles) both read it, so that what a benchmark
+// reports is what ran.
 struct Tiles {
   int m, n, k;
   bool stream_k;
