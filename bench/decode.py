@@ -45,6 +45,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -413,6 +414,7 @@ def main() -> int:
                             save()
                     except Exception as e:  # noqa: BLE001 - record the failure and go on
                         log(f"{name} {weights} kv {kv} tp {tp}: FAILED {e}")
+                        traceback.print_exc()  # where it failed: loading, a prefill or a decode step
                         results["rows"].append({"model": name, "weights": weights, "kv": kv, "tp": tp,
                                                 "engine": "vlmserve", "error": str(e)})
                         save()

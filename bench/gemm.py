@@ -3,9 +3,9 @@ torch's int4 kernel (tinygemm, `_weight_int4pack_mm`), in one run on one GPU.
 
 Method (as the project's anchors): y = x·Wᵀ for one layer; weights rotated
 over more than 200 MB so L2 cannot hold them; 20 calls captured in one CUDA
-graph; median of 30 replays; time per call. Floors: bytes that must move at
-the HBM bandwidth measured in the same run (device-to-device copy, bytes read
-+ written): fp16 = 2 bytes per weight, int4 g128 = 0.53125 bytes per weight
+graph; median of 30 replays after 50 ms of untimed ones; time per call.
+Floors: bytes that must move at the HBM bandwidth measured in the same run
+(device-to-device copy, bytes read + written): fp16 = 2 bytes per weight, int4 g128 = 0.53125 bytes per weight
 (4-bit code + fp16 scale and zero per group of 128). With --read-floor also
 the time one kernel that only reads (vlm_stream_read) takes for the layer's
 packed 4-bit weights and for its fp16 weights under the same method: what a
@@ -23,6 +23,7 @@ import math
 import os
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ MS = (1, 16, 64, 256, 2048)
 TARGETS_7B = {1: 3.3, 16: 3.0, 64: 1.8, 256: 1.0, 2048: 0.9}  # ours / torch fp16
 GROUP = 128
 CALLS, REPLAYS = 20, 30
+WARM_S = 0.05  # seconds of untimed replays before the timed ones
 ROTATE_BYTES = 200 * 2**20
 
 
@@ -97,8 +99,14 @@ def time_graph(fn_for_call) -> float:
     with torch.cuda.graph(g):
         for i in range(CALLS):
             fn_for_call(i)
-    g.replay()
-    torch.cuda.synchronize()
+    # Replays for at least WARM_S before the timed ones: 30 replays of a ~20 us call last ~12 ms, too short to wash
+    # out the clocks and caches left by whatever ran before (another kernel's timing, the weights' copies).
+    start = time.perf_counter()
+    while True:
+        g.replay()
+        torch.cuda.synchronize()
+        if time.perf_counter() - start >= WARM_S:
+            break
     times = []
     for _ in range(REPLAYS):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
