@@ -23,6 +23,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <string>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -67,9 +68,7 @@ class DeviceBuffer {
     if (p_) cudaFree(p_);
     p_ = nullptr;
     bytes_ = 0;
-    const cudaError_t e = cudaMalloc(&p_, bytes);
-    VLM_CHECK(e == cudaSuccess, e == cudaErrorMemoryAllocation ? VLM_ERR_OUT_OF_MEMORY : VLM_ERR_INTERNAL,
-              "cannot allocate " << bytes << " bytes of device memory: " << cudaGetErrorString(e));
+    check_allocation(cudaMalloc(&p_, bytes), bytes);
     bytes_ = bytes;
     return true;
   }
@@ -78,9 +77,7 @@ class DeviceBuffer {
   bool reserve_keeping(size_t bytes, cudaStream_t stream) {
     if (bytes <= bytes_) return false;
     void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, bytes);
-    VLM_CHECK(e == cudaSuccess, e == cudaErrorMemoryAllocation ? VLM_ERR_OUT_OF_MEMORY : VLM_ERR_INTERNAL,
-              "cannot allocate " << bytes << " bytes of device memory: " << cudaGetErrorString(e));
+    check_allocation(cudaMalloc(&p, bytes), bytes);
     if (p_) {
       VLM_CUDA_CHECK(cudaMemcpyAsync(p, p_, bytes_, cudaMemcpyDeviceToDevice, stream));
       VLM_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -98,6 +95,21 @@ class DeviceBuffer {
   size_t bytes() const { return bytes_; }
 
  private:
+  // The message says how much memory was free and how much the device has, so that whoever reads it can tell a
+  // cache sized too large (little free) from one request asking too much (much free, a larger ask).
+  static void check_allocation(cudaError_t e, size_t bytes) {
+    if (e == cudaSuccess) return;
+    size_t free_b = 0, total_b = 0;
+    const bool known = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
+    cudaGetLastError();  // the failure is not sticky: leave it for no later check of a request still served
+    VLM_CHECK(false, e == cudaErrorMemoryAllocation ? VLM_ERR_OUT_OF_MEMORY : VLM_ERR_INTERNAL,
+              "cannot allocate " << bytes << " bytes (" << (bytes >> 20) << " MiB) of device memory: "
+                                 << cudaGetErrorString(e)
+                                 << (known ? "; " + std::to_string(free_b >> 20) + " MiB free of " +
+                                                 std::to_string(total_b >> 20) + " MiB"
+                                           : std::string()));
+  }
+
   void* p_ = nullptr;
   size_t bytes_ = 0;
 };
@@ -425,6 +437,17 @@ class CudaRunner final : public StepRunner {
     const int64_t rows = num_blocks * p_.num_kv_heads * block_size;
     const int64_t row_bytes = KvCache::row_bytes(kv_dtype, p_.head_dim);
     const bool quantized = kv_dtype == VLM_DTYPE_I8 || kv_dtype == VLM_DTYPE_I4;
+    // Checked whole before the first layer's buffers, so that a cache asked larger than the device says so in its
+    // own words (7B's 32 K/V heads at 384 sequences of 768 tokens: 80 GB of int8 rows) instead of failing on
+    // whichever layer's allocation runs out.
+    const int64_t need = 2 * (int64_t)p_.num_layers * rows * (row_bytes + (quantized ? 4 : 0));
+    size_t free_b = 0, total_b = 0;
+    VLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    VLM_CHECK(need <= (int64_t)free_b, VLM_ERR_OUT_OF_MEMORY,
+              "a KV cache of " << num_blocks << " blocks of " << block_size << " tokens needs " << (need >> 20)
+                               << " MiB of device memory and " << (free_b >> 20) << " MiB of "
+                               << (total_b >> 20) << " are free: ask for fewer blocks (num_kv_blocks) or "
+                               << "sequences, or a smaller KV type");
     cache_.resize(p_.num_layers);
     for (LayerCache& c : cache_) {
       for (DeviceBuffer* b : {&c.k, &c.v}) {

@@ -75,6 +75,8 @@ EXPECTED_TILES = {
     (64, 22016, 4096, 128): CutlassTiles(128, 64, 64, True),    # 172 tiles, more than the SMs: K tiles of 64
     (64, 4096, 11008, 128): CutlassTiles(128, 64, 64, True),    # K > 4096: stream-K, K tiles of 64
     (128, 12288, 4096, 128): CutlassTiles(128, 128, 128, True),  # 128 tokens: 96 tiles still half the SMs
+    (144, 12288, 4096, 128): CutlassTiles(128, 64, 128, True),   # a last 128-token tile of 16 rows: 64 tokens
+    (192, 12288, 4096, 128): CutlassTiles(128, 128, 128, True),  # a last tile half full: 128 tokens
     (256, 12288, 4096, 128): CutlassTiles(128, 256, 64, True),  # 256 tokens (no padding), K tiles of 64
     (256, 4096, 4096, 128): CutlassTiles(64, 128, 128, False),  # 32 tiles of 256 tokens too few: 128 tokens
     (384, 12288, 4096, 128): CutlassTiles(128, 128, 64, True),  # 256-token tiles would pad 384 rows to 512
