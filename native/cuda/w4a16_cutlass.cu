@@ -133,11 +133,12 @@ namespace cutlass_w4a16 {
 // 2B q/k/v, 2B o, 7B o (16-32 tiles). From 256 rows the 256-token tile is taken only where it pads no more tokens
 // than 128-token tiles (the rows' remainder by 256 is 0 or above 128): at 384 rows it computes 512 tokens, and 128
 // took 7B q/k/v 91.8 -> 64.8 us and 7B gate_up 131.3 -> 113.8 (H100, 2026-12-06 09:00; slower only on 2B down,
-// 31.5 -> 33.2). From 129 to 191 rows, where the last 128-token tile holds fewer than 64 rows, 64-token tiles:
-// at 144 rows they took 2B gate_up 34.5 -> 32.0 us, 7B q/k/v 63.4 -> 50.6, 7B gate_up 98.7 -> 82.9, while at 192
-// rows (a last tile half full) 128 tokens stayed faster on 2B and 7B gate_up (30.3 vs 33.9, 82.0 vs 90.1; H100,
-// 2026-12-06 11:07, each setting in two processes of its own). VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) pins it,
-// for measuring.
+// 31.5 -> 33.2). From 129 to 175 rows, where the last 128-token tile would hold fewer than 48 rows, 64-token
+// tiles: at 136 and 144 rows they took 2B gate_up 35.6 -> 31.7 and 34.5 -> 32.0 us, 7B q/k/v 65.4 -> 50.5 and
+// 63.4 -> 50.6, 7B gate_up 94.4 -> 80.5 and 98.7 -> 82.9; at 160 the gate_ups tie and 7B q/k/v gains 61.4 -> 51.5;
+// at 176 128 tokens are faster on 2B and 7B gate_up (31.1 vs 33.2-34.0, 83.1 vs 86.4-90.2; 7B q/k/v 53.7 vs 51.7)
+// and at 192 too (30.3 vs 33.9, 82.0 vs 90.1). H100, 2026-12-06 11:07 and 11:14, each setting in two processes of
+// its own. VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) pins it, for measuring.
 static int tile_n_for(int M, int N) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_N", 0);
   if (forced == 64 || forced == 128 || forced == 256) return forced;
@@ -146,7 +147,7 @@ static int tile_n_for(int M, int N) {
   const int narrow = M < 256 ? 64 : 128;
   const auto padded = [M](int tile) { return (M + tile - 1) / tile * tile; };
   if (wide == 256 && padded(wide) > padded(narrow)) return narrow;
-  if (wide == 128 && M > 128 && M % 128 < 64) return narrow;
+  if (wide == 128 && M > 128 && M % 128 < 48) return narrow;
   const int64_t wide_tiles = (int64_t)(N / 128) * ((M + wide - 1) / wide);
   if (2 * wide_tiles >= cuda::sm_count()) return wide;
   return narrow;

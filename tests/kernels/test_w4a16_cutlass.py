@@ -76,6 +76,8 @@ EXPECTED_TILES = {
     (64, 4096, 11008, 128): CutlassTiles(128, 64, 64, True),    # K > 4096: stream-K, K tiles of 64
     (128, 12288, 4096, 128): CutlassTiles(128, 128, 128, True),  # 128 tokens: 96 tiles still half the SMs
     (144, 12288, 4096, 128): CutlassTiles(128, 64, 128, True),   # a last 128-token tile of 16 rows: 64 tokens
+    (160, 12288, 4096, 128): CutlassTiles(128, 64, 128, True),   # of 32 rows: 64 tokens
+    (176, 22016, 4096, 128): CutlassTiles(128, 128, 64, True),   # of 48 rows: 128 tokens, 344 tiles, K tiles of 64
     (192, 12288, 4096, 128): CutlassTiles(128, 128, 128, True),  # a last tile half full: 128 tokens
     (256, 12288, 4096, 128): CutlassTiles(128, 256, 64, True),  # 256 tokens (no padding), K tiles of 64
     (256, 4096, 4096, 128): CutlassTiles(64, 128, 128, False),  # 32 tiles of 256 tokens too few: 128 tokens
