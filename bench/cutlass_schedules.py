@@ -65,9 +65,8 @@ SETTINGS = {
 
 def child(layers: list[str], ms: list[int], peers: bool) -> None:
     """Times the CUTLASS GEMM on each layer and M, or with peers torch fp16 and w4a16_gemm instead; one JSON line
-    each. Peers run in a process of their own: timed between the CUTLASS calls, cuBLAS's fp16 GEMMs slowed the
-    CUTLASS calls after them by 2-17 % (the first setting, sharing their process, was the slowest on the same tiles;
-    H100, 2026-12-06 10:50)."""
+    each. Peers run in a process of their own: timed in the same process, between the CUTLASS calls, they left the
+    CUTLASS times 1-17 % above those of the same tiles timed in a process without them (H100, 2026-12-06 10:50)."""
     import numpy as np
     import torch
 

@@ -101,7 +101,7 @@ class DeviceBuffer {
     if (e == cudaSuccess) return;
     size_t free_b = 0, total_b = 0;
     const bool known = cudaMemGetInfo(&free_b, &total_b) == cudaSuccess;
-    cudaGetLastError();  // the failure is not sticky: leave it for no later check of a request still served
+    cudaGetLastError();  // clear the (not sticky) error, so that no later check, for requests still served, sees it
     VLM_CHECK(false, e == cudaErrorMemoryAllocation ? VLM_ERR_OUT_OF_MEMORY : VLM_ERR_INTERNAL,
               "cannot allocate " << bytes << " bytes (" << (bytes >> 20) << " MiB) of device memory: "
                                  << cudaGetErrorString(e)
@@ -440,7 +440,8 @@ class CudaRunner final : public StepRunner {
     // Checked whole before the first layer's buffers, so that a cache asked larger than the device says so in its
     // own words (7B's 32 K/V heads at 384 sequences of 768 tokens: 80 GB of int8 rows) instead of failing on
     // whichever layer's allocation runs out.
-    const int64_t need = 2 * (int64_t)p_.num_layers * rows * (row_bytes + (quantized ? 4 : 0));
+    const int64_t need =
+        num_blocks * KvCache::bytes_per_block(p_.num_layers, block_size, p_.num_kv_heads, p_.head_dim, kv_dtype);
     size_t free_b = 0, total_b = 0;
     VLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
     VLM_CHECK(need <= (int64_t)free_b, VLM_ERR_OUT_OF_MEMORY,

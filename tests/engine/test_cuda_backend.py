@@ -678,6 +678,24 @@ def test_cache_capacity_comes_from_free_device_memory(tiny_model_dir):
         assert eng.generate(prompt_for(1), GenerationConfig(max_new_tokens=4)).token_ids
 
 
+@pytest.mark.gpu
+def test_a_kv_cache_larger_than_the_device_is_refused_before_any_allocation(tiny_model_dir):
+    import torch
+
+    from vlmserve.errors import OutOfMemoryError
+
+    d = tiny_model_dir("llama_mqa")
+    with Engine(d, EngineConfig(device="cuda", num_kv_blocks=64, max_model_len=256)) as eng:
+        per_block = eng.stats().kv_cache_bytes // 64
+    _, total = torch.cuda.mem_get_info()
+    too_many = 2 * total // per_block
+    with pytest.raises(OutOfMemoryError, match=rf"a KV cache of {too_many} blocks of \d+ tokens needs \d+ MiB"):
+        Engine(d, EngineConfig(device="cuda", num_kv_blocks=too_many, max_model_len=256))
+    # Nothing of the refused cache stays behind: an engine of the right size still loads and runs.
+    with Engine(d, EngineConfig(device="cuda", num_kv_blocks=64, max_model_len=256)) as eng:
+        assert eng.generate(prompt_for(1), GenerationConfig(max_new_tokens=4)).token_ids
+
+
 @pytest.mark.slow
 def test_smollm2_real_weights_match_the_cpu_backend(smollm2_dir):
     from transformers import AutoTokenizer
