@@ -19,6 +19,7 @@ At 32-128 rows the kernel took ~13 us a call whatever the layer (H100, 2026-12-0
     tile_m128   tiles of 128 weight rows, stream-K (VLM_W4A16_CUTLASS_TILE_M=128)
     tile_n64    tiles of 64 tokens (VLM_W4A16_CUTLASS_TILE_N=64)
     tile_n128   tiles of 128 tokens (VLM_W4A16_CUTLASS_TILE_N=128)
+    tile_n256   tiles of 256 tokens (VLM_W4A16_CUTLASS_TILE_N=256; 128 weight rows, stream-K)
     tile_k64    K tiles of 64, 4 wgmmas a pipeline stage (VLM_W4A16_CUTLASS_TILE_K=64)
     tile_k128   K tiles of 128, 8 wgmmas a pipeline stage (VLM_W4A16_CUTLASS_TILE_K=128; groups of 128)
     tile_n128_k128  both
@@ -56,6 +57,7 @@ SETTINGS = {
     "tile_m128": {"VLM_W4A16_CUTLASS_TILE_M": "128"},
     "tile_n64": {"VLM_W4A16_CUTLASS_TILE_N": "64"},
     "tile_n128": {"VLM_W4A16_CUTLASS_TILE_N": "128"},
+    "tile_n256": {"VLM_W4A16_CUTLASS_TILE_N": "256"},
     "tile_k64": {"VLM_W4A16_CUTLASS_TILE_K": "64"},
     "tile_n128_k128": {"VLM_W4A16_CUTLASS_TILE_N": "128", "VLM_W4A16_CUTLASS_TILE_K": "128"},
     "tile_k128": {"VLM_W4A16_CUTLASS_TILE_K": "128"},
