@@ -139,7 +139,7 @@ namespace cutlass_w4a16 {
 // at 176 128 tokens are faster on 2B and 7B gate_up (31.1 vs 33.2-34.0, 83.1 vs 86.4-90.2; 7B q/k/v 53.7 vs 51.7)
 // and at 192 too (30.3 vs 33.9, 82.0 vs 90.1). H100, 2026-12-06 11:07 and 11:14, each setting in two processes of
 // its own. VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) pins it, for measuring.
-static int tile_n_for(int M, int N) {
+static int tile_n_for(int M, int N, int sms) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_N", 0);
   if (forced == 64 || forced == 128 || forced == 256) return forced;
   if (M <= 64) return 64;
@@ -149,7 +149,7 @@ static int tile_n_for(int M, int N) {
   if (wide == 256 && padded(wide) > padded(narrow)) return narrow;
   if (wide == 128 && M > 128 && M % 128 < 48) return narrow;
   const int64_t wide_tiles = (int64_t)(N / 128) * ((M + wide - 1) / wide);
-  if (2 * wide_tiles >= cuda::sm_count()) return wide;
+  if (2 * wide_tiles >= sms) return wide;
   return narrow;
 }
 
@@ -161,12 +161,12 @@ static int tile_n_for(int M, int N) {
 // 64 rows: 2B q/k/v 14.6 -> 10.1 us at 128 rows and 17.1 -> 11.8 at 256, 2B o 14.8 -> 10.2 and 19.4 -> 11.3, 7B o
 // 19.4 -> 17.3 and 23.1 -> 20.0; slower on the long-K layers (2B down 22.3 -> 30.5 at 128 rows, 7B down 34.3 ->
 // 40.8) and no faster on the wide ones. VLM_W4A16_CUTLASS_TILE_M (64 or 128) pins it, for measuring.
-static int tile_m_for(int M, int N, int K, int tile_n) {
+static int tile_m_for(int M, int N, int K, int tile_n, int sms) {
   if (tile_n == 256) return 128;  // no ping-pong kernel of 256 tokens, whatever is pinned
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_M", 0);
   if (forced == 64 || forced == 128) return forced;
   const int64_t tiles = (int64_t)(N / 128) * ((M + tile_n - 1) / tile_n);
-  return K <= 4096 && 2 * tiles <= cuda::sm_count() ? 64 : 128;
+  return K <= 4096 && 2 * tiles <= sms ? 64 : 128;
 }
 
 // Stream-K unless VLM_W4A16_CUTLASS_STREAMK=0 (the persistent data-parallel schedule, for measuring).
@@ -201,11 +201,11 @@ bool unordered_sums() {
 // 2B q/k/v and o ~10.0 -> ~9.5 at 32-128; no faster on 2B gate_up (128 tiles) and slower on 7B gate_up (172 tiles,
 // 34.4 -> 36.1 at 64), 7B down (K = 11,008: 25.0 -> 27.2) and with tiles of 256 tokens (7B q/k/v at 256 rows 43.4 ->
 // 62.0: the deeper stages leave fewer of them). VLM_W4A16_CUTLASS_TILE_K (64 or 128) pins it, for measuring.
-static int tile_k_for(int M, int N, int K, int group, int tile_n) {
+static int tile_k_for(int M, int N, int K, int group, int tile_n, int sms) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_K", 0);
   const bool fits = group % 128 == 0 && K % 128 == 0;
   if (forced == 64 || forced == 128) return forced == 128 && fits ? 128 : 64;
-  return fits && M <= 256 && tile_n <= 128 && K <= 4096 && N / 128 < cuda::sm_count() ? 128 : 64;
+  return fits && M <= 256 && tile_n <= 128 && K <= 4096 && N / 128 < sms ? 128 : 64;
 }
 
 // CTAs a cluster along the weight rows: 1. Each 128 x 64 K step of a tile reads twice as many activation bytes
@@ -217,14 +217,14 @@ static int cluster_m_for(int N) {
   return forced == 2 && (N / 128) % 2 == 0 ? 2 : 1;
 }
 
-Tiles tiles_for(int M, int N, int K, int group) {
+Tiles tiles_for(int M, int N, int K, int group, int sms) {
   Tiles t{};
-  t.n = tile_n_for(M, N);
-  t.m = tile_m_for(M, N, K, t.n);
+  t.n = tile_n_for(M, N, sms);
+  t.m = tile_m_for(M, N, K, t.n, sms);
   // The 256-token kernel is stream-K only; the ping-pong kernel of 64 rows runs data-parallel.
   t.stream_k = t.n == 256 || (t.m == 128 && stream_k());
   // Data-parallel tiles of 128 rows (for measuring) have K tiles of 64 alone; clusters need those K tiles.
-  t.k = t.m == 128 && !t.stream_k ? 64 : tile_k_for(M, N, K, group, t.n);
+  t.k = t.m == 128 && !t.stream_k ? 64 : tile_k_for(M, N, K, group, t.n, sms);
   t.cluster = t.m == 128 && t.n != 256 && t.stream_k && t.k == 64 ? cluster_m_for(N) : 1;
   return t;
 }
@@ -233,9 +233,14 @@ Tiles tiles_for(int M, int N, int K, int group) {
 
 bool w4a16_cutlass_built() { return true; }
 
-bool w4a16_cutlass_tiles(int M, int N, int K, int group, int* tile_m, int* tile_n, int* tile_k, bool* stream_k) {
-  if (!w4a16_cutlass_runs() || !w4a16_cutlass_applies(M, N, K, group)) return false;
-  const cutlass_w4a16::Tiles t = cutlass_w4a16::tiles_for(M, N, K, group);
+bool w4a16_cutlass_tiles(int M, int N, int K, int group, int sms, int* tile_m, int* tile_n, int* tile_k,
+                         bool* stream_k) {
+  if (!w4a16_cutlass_applies(M, N, K, group)) return false;
+  if (sms == 0) {
+    if (!w4a16_cutlass_runs()) return false;
+    sms = cuda::sm_count();
+  }
+  const cutlass_w4a16::Tiles t = cutlass_w4a16::tiles_for(M, N, K, group, sms);
   *tile_m = t.m, *tile_n = t.n, *tile_k = t.k, *stream_k = t.stream_k;
   return true;
 }
@@ -301,7 +306,7 @@ cudaError_t w4a16_cutlass_gemm(const void* a, const void* prepared, void* c, int
 
 bool w4a16_cutlass_built() { return false; }
 bool w4a16_cutlass_runs() { return false; }
-bool w4a16_cutlass_tiles(int, int, int, int, int*, int*, int*, bool*) { return false; }
+bool w4a16_cutlass_tiles(int, int, int, int, int, int*, int*, int*, bool*) { return false; }
 bool w4a16_cutlass_applies(int, int, int, int) { return false; }
 int64_t w4a16_cutlass_prepared_bytes(int, int, int) { return -1; }
 cudaError_t w4a16_cutlass_prepare(const void*, const void*, void*, void*, int, int, int, bool, cudaStream_t) {

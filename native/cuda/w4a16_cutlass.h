@@ -13,10 +13,12 @@ bool w4a16_cutlass_built();
 bool w4a16_cutlass_runs();
 // Shapes the kernel takes (N a multiple of 128, K of 64 and of the group, groups of 64 or 128).
 bool w4a16_cutlass_applies(int M, int N, int K, int group);
-// The tiles a call of this shape runs here (weight rows, tokens and K a tile; the stream-K scheduler or the
-// data-parallel one), as chosen by the layer and the measuring settings; false where the kernel does not run
-// here or does not take the shape.
-bool w4a16_cutlass_tiles(int M, int N, int K, int group, int* tile_m, int* tile_n, int* tile_k, bool* stream_k);
+// The tiles a call of this shape runs (weight rows, tokens and K a tile; the stream-K scheduler or the
+// data-parallel one), as chosen by the layer and the measuring settings: on this GPU where sms is 0 (false where
+// the kernel does not run here), else on a compute capability 9.0 GPU of that many SMs, with or without one here
+// (false in builds without the kernel). False where the kernel does not take the shape.
+bool w4a16_cutlass_tiles(int M, int N, int K, int group, int sms, int* tile_m, int* tile_n, int* tile_k,
+                         bool* stream_k);
 // Bytes of a layer's prepared copy (codes reordered for the kernel, scales, offsets); -1 without the kernel.
 int64_t w4a16_cutlass_prepared_bytes(int N, int K, int group);
 // The prepared copy from a layer packed as cpu/w4a16_pack.h (w, scale_zero) on `stream`; scratch holds N*K/2

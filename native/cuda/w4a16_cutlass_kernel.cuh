@@ -103,7 +103,7 @@ struct Tiles {
   bool stream_k;
   int cluster;
 };
-Tiles tiles_for(int M, int N, int K, int group);
+Tiles tiles_for(int M, int N, int K, int group, int sms);  // sms: the GPU's SMs
 
 // The kernel's arguments for one call (pointers may be null where only the workspace size is asked).
 template <class C>
@@ -179,7 +179,7 @@ cudaError_t dispatch_tiles(const Tiles& t, const void* a, const Prepared& p, voi
 template <class T>
 cudaError_t dispatch(const void* a, const Prepared& p, void* c, int M, int N, int K, int group, void* workspace,
                      size_t workspace_bytes, size_t* need, cudaStream_t stream) {
-  const Tiles t = tiles_for(M, N, K, group);
+  const Tiles t = tiles_for(M, N, K, group, cuda::sm_count());
   if (t.k == 128)
     return dispatch_tiles<T, 128>(t, a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);
   return dispatch_tiles<T, 64>(t, a, p, c, M, N, K, group, workspace, workspace_bytes, need, stream);

@@ -32,8 +32,8 @@ extern "C" {
 #define VLM_API __attribute__((visibility("default")))
 #endif
 
-/* Bumped on any change to a struct layout or a signature below. */
-#define VLM_ABI_VERSION 5
+/* Bumped on any change to a struct layout or a signature below or in vlmcore_kernels.h. */
+#define VLM_ABI_VERSION 6
 #define VLM_MAX_TOP_LOGPROBS 20
 #define VLM_MAX_STOP_SEQUENCES 16
 #define VLM_MAX_STOP_SEQUENCE_LEN 16

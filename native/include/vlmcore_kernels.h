@@ -147,13 +147,15 @@ VLM_API int vlm_w4a16_cutlass_gemm(const void* a, const void* prepared, void* c,
  * instead. 0 in builds without CUDA. For benchmarks that report the engine's path. */
 VLM_API int vlm_w4a16_cutlass_engine_takes(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* takes);
 
-/* The tiles the CUTLASS GEMM runs a call of this shape with on this device: *tile_m weight rows, *tile_n tokens
- * and *tile_k of K a tile, *stream_k 1 under the stream-K scheduler (0: data-parallel), as the layer's shape and
- * the VLM_W4A16_CUTLASS_TILE_* / _STREAMK settings choose them; all 0 where the kernel does not run here (no
- * CUTLASS build, no compute capability 9.0 GPU) or does not take the shape, and in builds without CUDA. Bad
- * shapes are refused as by vlm_w4a16_gemm. For benchmarks that report what they measured, and checks. */
-VLM_API int vlm_w4a16_cutlass_tiles(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* tile_m,
-                                    int32_t* tile_n, int32_t* tile_k, int32_t* stream_k);
+/* The tiles the CUTLASS GEMM runs a call of this shape with: *tile_m weight rows, *tile_n tokens and *tile_k of K
+ * a tile, *stream_k 1 under the stream-K scheduler (0: data-parallel), as the layer's shape and the
+ * VLM_W4A16_CUTLASS_TILE_* / _STREAMK settings choose them. num_sms 0: on this device, all 0 where the kernel does
+ * not run here (no CUTLASS build, no compute capability 9.0 GPU); num_sms > 0: on a compute capability 9.0 GPU of
+ * that many SMs, answered without one (all 0 in builds without the kernel). All 0 where the kernel does not take
+ * the shape, and in builds without CUDA. Bad shapes are refused as by vlm_w4a16_gemm, a negative num_sms as an
+ * invalid argument. For benchmarks that report what they measured, and checks. */
+VLM_API int vlm_w4a16_cutlass_tiles(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t num_sms,
+                                    int32_t* tile_m, int32_t* tile_n, int32_t* tile_k, int32_t* stream_k);
 
 /* Sampled decoding's draw on the GPU, as the engine makes it with VLM_DEVICE_SAMPLING=1: for each of `rows`
  * fp32 rows of `vocab` logits, x = logit / temperature[row]; the top_k[row] tokens by x (0: off; ties by lower

@@ -264,16 +264,17 @@ int vlm_w4a16_cutlass_engine_takes(int32_t m, int32_t n, int32_t k, int32_t grou
   });
 }
 
-int vlm_w4a16_cutlass_tiles(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* tile_m, int32_t* tile_n,
-                            int32_t* tile_k, int32_t* stream_k) {
+int vlm_w4a16_cutlass_tiles(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t num_sms, int32_t* tile_m,
+                            int32_t* tile_n, int32_t* tile_k, int32_t* stream_k) {
   return vlm::guarded([&] {
     VLM_CHECK_ARG(tile_m && tile_n && tile_k && stream_k, "NULL output");
     vlm::check_w4a16_shape(m, n, k, group_size);
+    VLM_CHECK_ARG(num_sms >= 0, "num_sms " << num_sms << " must be 0 (this GPU's) or a count of SMs");
     *tile_m = *tile_n = *tile_k = *stream_k = 0;
 #ifdef VLM_HAVE_CUDA
     int tm = 0, tn = 0, tk = 0;
     bool sk = false;
-    if (vlm::w4a16_cutlass_tiles(m, n, k, group_size, &tm, &tn, &tk, &sk))
+    if (vlm::w4a16_cutlass_tiles(m, n, k, group_size, num_sms, &tm, &tn, &tk, &sk))
       *tile_m = tm, *tile_n = tn, *tile_k = tk, *stream_k = sk ? 1 : 0;
 #endif
   });

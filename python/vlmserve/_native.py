@@ -9,7 +9,7 @@ import ctypes
 import os
 from pathlib import Path
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 MAX_TOP_LOGPROBS = 20
 MAX_STOP_SEQUENCES = 16
 MAX_STOP_SEQUENCE_LEN = 16
@@ -235,7 +235,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vlm_w4a16_cutlass_workspace_bytes": (c.c_int, [c.c_int32] * 5 + [c.POINTER(c.c_int64)]),
         "vlm_w4a16_cutlass_gemm": (c.c_int, [c.c_void_p] * 3 + [c.c_int32] * 5 + [c.c_void_p, c.c_int64, c.c_void_p]),
         "vlm_w4a16_cutlass_engine_takes": (c.c_int, [c.c_int32] * 4 + [c.POINTER(c.c_int32)]),
-        "vlm_w4a16_cutlass_tiles": (c.c_int, [c.c_int32] * 4 + [c.POINTER(c.c_int32)] * 4),
+        "vlm_w4a16_cutlass_tiles": (c.c_int, [c.c_int32] * 5 + [c.POINTER(c.c_int32)] * 4),
         "vlm_draw_rows": (c.c_int, [c.c_void_p, c.c_int32, c.c_int32] + [c.c_void_p] * 7),
         "vlm_stream_read_sink_words": (c.c_int, [c.POINTER(c.c_int32)]),
         "vlm_stream_read": (c.c_int, [c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]),

@@ -266,12 +266,13 @@ class CutlassTiles(NamedTuple):
     stream_k: bool
 
 
-def w4a16_cutlass_tiles(m: int, n: int, k: int, group_size: int) -> CutlassTiles | None:
-    """The tiles the CUTLASS GEMM runs this shape with on this device (chosen by the layer and the
-    VLM_W4A16_CUTLASS_TILE_* / _STREAMK settings, read once per process); None where it does not run here or does
-    not take the shape. Bad shapes raise InvalidArgumentError."""
+def w4a16_cutlass_tiles(m: int, n: int, k: int, group_size: int, num_sms: int = 0) -> CutlassTiles | None:
+    """The tiles the CUTLASS GEMM runs this shape with (chosen by the layer and the VLM_W4A16_CUTLASS_TILE_* /
+    _STREAMK settings, read once per process): on this device (num_sms 0), or on a compute capability 9.0 GPU of
+    num_sms SMs, answered without one. None where it does not run here (num_sms 0), is not built, or does not take
+    the shape. Bad shapes and a negative num_sms raise InvalidArgumentError."""
     out = [ctypes.c_int32() for _ in range(4)]
-    check(_native.lib().vlm_w4a16_cutlass_tiles(m, n, k, group_size, *(ctypes.byref(o) for o in out)))
+    check(_native.lib().vlm_w4a16_cutlass_tiles(m, n, k, group_size, num_sms, *(ctypes.byref(o) for o in out)))
     tm, tn, tk, sk = (o.value for o in out)
     return CutlassTiles(tm, tn, tk, bool(sk)) if tm else None
 

@@ -49,8 +49,9 @@ def test_bad_input_is_refused_before_any_gpu_work():
         check(lib.vlm_w4a16_cutlass_prepare(1, 1, 1, 1, 256, 256, 32, _native.DTYPE_F16, None))
 
 
-@pytest.mark.parametrize("query,outputs", [("engine_takes", 1), ("tiles", 4)])
-def test_the_shape_queries_refuse_bad_shapes_and_are_off_where_the_kernel_cannot_run(query, outputs):
+@pytest.mark.parametrize("query,inputs,outputs", [("engine_takes", [256, 256, 256, 128], 1),
+                                                  ("tiles", [256, 256, 256, 128, 0], 4)])
+def test_the_shape_queries_refuse_bad_shapes_and_are_off_where_the_kernel_cannot_run(query, inputs, outputs):
     # vlm_w4a16_cutlass_engine_takes (whether the engine runs a layer through the kernel) and
     # vlm_w4a16_cutlass_tiles (what the kernel runs it with): falsy where the kernel does not take the shape.
     ask = {"engine_takes": w4a16_cutlass_engine_takes, "tiles": w4a16_cutlass_tiles}[query]
@@ -59,8 +60,12 @@ def test_the_shape_queries_refuse_bad_shapes_and_are_off_where_the_kernel_cannot
     with pytest.raises(InvalidArgumentError, match="group size"):
         ask(256, 256, 256, 32)
     with pytest.raises(InvalidArgumentError, match="NULL output"):
-        check(getattr(_native.lib(), f"vlm_w4a16_cutlass_{query}")(256, 256, 256, 128, *[None] * outputs))
+        check(getattr(_native.lib(), f"vlm_w4a16_cutlass_{query}")(*inputs, *[None] * outputs))
     assert not ask(64, 192, 640, 64)  # whole 64-column strips, not whole 128-row tiles
+    if query == "tiles":
+        with pytest.raises(InvalidArgumentError, match="num_sms -1"):
+            w4a16_cutlass_tiles(256, 256, 256, 128, num_sms=-1)
+        assert not w4a16_cutlass_tiles(64, 192, 640, 64, num_sms=132)
     if _native.lib().vlm_cuda_device_count() == 0 or not w4a16_cutlass_built():
         # No GPU or no kernel here: the engine never routes a GEMM to it, and no call has tiles.
         assert not any(ask(m, 4096, 4096, 128) for m in (1, 64, 256, 2048))
@@ -98,8 +103,8 @@ def _in_a_process(query: str, calls: list[list[int]], env: dict[str, str]) -> li
     return json.loads(out)
 
 
-def _tiles_in_a_process(env: dict[str, str]) -> list[list]:
-    return _in_a_process("w4a16_cutlass_tiles", [list(shape) for shape in EXPECTED_TILES], env)
+def _tiles_in_a_process(env: dict[str, str], num_sms: int = 132) -> list[list]:
+    return _in_a_process("w4a16_cutlass_tiles", [[*shape, num_sms] for shape in EXPECTED_TILES], env)
 
 
 def _require_kernel_on_this_gpu():
@@ -110,20 +115,25 @@ def _require_kernel_on_this_gpu():
         pytest.skip("the kernel's code is sm_90a: a compute capability 9.0 GPU runs it, this one does not")
 
 
-@pytest.mark.gpu
 def test_the_tiles_follow_the_layer_and_the_settings():
-    import torch
-
-    _require_kernel_on_this_gpu()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    if sms != 132:
-        pytest.skip(f"the expected tiles are those of a GPU of 132 SMs; this one has {sms}")
+    # The rule on a GPU of 132 SMs, asked without one (num_sms): it needs only a library with the kernel.
+    _require_kernel()
     assert _tiles_in_a_process({}) == [list(t) for t in EXPECTED_TILES.values()]
     # Each setting pins its part: K tiles of 64; 256 tokens (on 128 rows, stream-K); no stream-K.
     assert [t[2] for t in _tiles_in_a_process({"VLM_W4A16_CUTLASS_TILE_K": "64"})] == [64] * len(EXPECTED_TILES)
     assert all(t[:2] == [128, 256] and t[3] for t in _tiles_in_a_process({"VLM_W4A16_CUTLASS_TILE_N": "256"}))
     assert _tiles_in_a_process({"VLM_W4A16_CUTLASS_STREAMK": "0"}) == \
         [_without_stream_k(t) for t in EXPECTED_TILES.values()]
+
+
+@pytest.mark.gpu
+def test_the_tiles_on_this_gpu_are_the_rule_on_its_sm_count():
+    import torch
+
+    _require_kernel_on_this_gpu()
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    shapes = [list(shape) for shape in EXPECTED_TILES]
+    assert _in_a_process("w4a16_cutlass_tiles", shapes, {}) == _tiles_in_a_process({}, num_sms=sms)
 
 
 def _without_stream_k(t: CutlassTiles) -> list:
