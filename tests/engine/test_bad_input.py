@@ -103,6 +103,19 @@ def test_request_too_big_for_the_whole_cache(model):
         assert len(eng.generate(PROMPT, GenerationConfig(max_new_tokens=8, ignore_eos=True)).token_ids) == 8
 
 
+def test_a_kv_cache_larger_than_the_host_is_refused_before_any_allocation(model):
+    # 2**41 bytes (2 TiB) of cache: more than any machine that runs this; refused in the engine's words, not
+    # granted by the system's lazy mapping and killed later.
+    with Engine(model, cfg()) as eng:
+        per_block = eng.stats().kv_cache_bytes // 32
+    too_many = 2**41 // per_block
+    refusal = rf"a KV cache of {too_many} blocks of 16 tokens needs \d+ MiB of host memory"
+    with pytest.raises(OutOfMemoryError, match=refusal):
+        Engine(model, cfg(num_kv_blocks=too_many))
+    with Engine(model, cfg()) as eng:  # nothing of it stays behind
+        assert len(eng.generate(PROMPT, GenerationConfig(max_new_tokens=4, ignore_eos=True)).token_ids) == 4
+
+
 def test_engine_config_validation():
     for kw, msg in [(dict(kv_cache_dtype="int3"), "kv_cache_dtype"), (dict(block_size=12), "block_size"),
                     (dict(max_batch_size=0), "max_batch_size"), (dict(cache_max_entry_count=1.5), "cache_max"),
