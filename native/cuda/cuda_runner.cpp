@@ -444,11 +444,8 @@ class CudaRunner final : public StepRunner {
         num_blocks * KvCache::bytes_per_block(p_.num_layers, block_size, p_.num_kv_heads, p_.head_dim, kv_dtype);
     size_t free_b = 0, total_b = 0;
     VLM_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    VLM_CHECK(need <= (int64_t)free_b, VLM_ERR_OUT_OF_MEMORY,
-              "a KV cache of " << num_blocks << " blocks of " << block_size << " tokens needs " << (need >> 20)
-                               << " MiB of device memory and " << (free_b >> 20) << " MiB of "
-                               << (total_b >> 20) << " are free: ask for fewer blocks (num_kv_blocks) or "
-                               << "sequences, or a smaller KV type");
+    // At least 1: on the device no free memory means none, not "not known".
+    KvCache::check_fits(num_blocks, block_size, need, std::max<int64_t>(1, (int64_t)free_b), "device");
     cache_.resize(p_.num_layers);
     for (LayerCache& c : cache_) {
       for (DeviceBuffer* b : {&c.k, &c.v}) {

@@ -127,3 +127,22 @@ def test_cli_takes_tp(tiny_model_dir):
     p = argparse.ArgumentParser()
     add_engine_flags(p)
     assert engine_config_from_flags(p.parse_args(["--tp", "2"])).tp == 2
+
+
+def test_ranks_sharing_the_host_check_their_whole_cache_against_it(tiny_model_dir):
+    # A cache of 1.5x the available memory: each of 2 ranks' shares (0.75x) fits alone, the whole does not.
+    from pathlib import Path
+
+    from vlmserve.errors import OutOfMemoryError
+
+    meminfo = Path("/proc/meminfo")
+    if not meminfo.exists():
+        pytest.skip("needs /proc/meminfo (Linux) to size a cache larger than the available memory")
+    available = next(int(line.split()[1]) * 1024 for line in meminfo.read_text().splitlines()
+                     if line.startswith("MemAvailable:"))
+    d = tiny_model_dir("llama_mha_hd64")
+    with Engine(d, config(2)) as eng:
+        per_block = eng.stats().kv_cache_bytes // 64
+    blocks = int(1.5 * available) // per_block
+    with pytest.raises(OutOfMemoryError, match=rf"a KV cache of {blocks} blocks of 16 tokens needs \d+ MiB of host"):
+        Engine(d, config(2, num_kv_blocks=blocks))

@@ -78,6 +78,13 @@ int64_t KvCache::bytes_per_block(int num_layers, int block_size, int kv_heads, i
   return 2 * num_layers * rows * per_row;
 }
 
+void KvCache::check_fits(int64_t num_blocks, int block_size, int64_t need, int64_t free_bytes, const char* memory) {
+  VLM_CHECK(free_bytes == 0 || need <= free_bytes, VLM_ERR_OUT_OF_MEMORY,
+            "a KV cache of " << num_blocks << " blocks of " << block_size << " tokens needs " << (need >> 20)
+                             << " MiB of " << memory << " memory and " << (free_bytes >> 20) << " MiB are free: "
+                             << "ask for fewer blocks (num_kv_blocks) or sequences, or a smaller KV type");
+}
+
 int64_t KvCache::total_bytes() const {
   return bytes_per_block(num_layers_, block_size_, kv_heads_, head_dim_, dtype_) * num_blocks_;
 }

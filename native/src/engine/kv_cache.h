@@ -23,6 +23,9 @@ class KvCache {
   static int64_t row_bytes(int dtype, int head_dim);
   // Bytes one block costs across all layers (K and V, data and scales).
   static int64_t bytes_per_block(int num_layers, int block_size, int kv_heads, int head_dim, int dtype);
+  // Refuses (VLM_ERR_OUT_OF_MEMORY) a cache of `need` bytes where `free_bytes` of `memory` ("device", "host") are
+  // less, saying both, before any of it is allocated; free_bytes 0 (not known) lets it through.
+  static void check_fits(int64_t num_blocks, int block_size, int64_t need, int64_t free_bytes, const char* memory);
 
   // Stores K and V rows ([kv_heads][head_dim] each) of one token.
   void write(int layer, int64_t block, int slot, const float* k, const float* v);

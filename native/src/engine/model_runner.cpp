@@ -46,14 +46,10 @@ class CpuRunner final : public StepRunner {
     const vlm_model_params& p = runner_.model().params();
     // Checked against the memory the system reports available before allocating: zeroed memory is only mapped
     // when touched, so a cache larger than the machine would otherwise be granted and the process killed later,
-    // mid-serving, as its rows fill.
+    // mid-serving, as its rows fill. (Tensor-parallel ranks share the host: their runner checks the whole cache.)
     const int64_t need =
         num_blocks * KvCache::bytes_per_block(p.num_layers, block_size, p.num_kv_heads, p.head_dim, kv_dtype);
-    const int64_t available = available_host_memory_bytes();  // 0 where the system does not say
-    VLM_CHECK(available == 0 || need <= available, VLM_ERR_OUT_OF_MEMORY,
-              "a KV cache of " << num_blocks << " blocks of " << block_size << " tokens needs " << (need >> 20)
-                               << " MiB of host memory and " << (available >> 20) << " MiB are available: ask "
-                               << "for fewer blocks (num_kv_blocks) or sequences, or a smaller KV type");
+    KvCache::check_fits(num_blocks, block_size, need, available_host_memory_bytes(), "host");
     cache_ = std::make_unique<KvCache>(p.num_layers, num_blocks, block_size, p.num_kv_heads, p.head_dim, kv_dtype);
   }
   int64_t kv_cache_bytes() const override { return cache_ ? cache_->total_bytes() : 0; }

@@ -18,6 +18,7 @@
 
 #include "common/error.h"
 #include "engine/communicator.h"
+#include "engine/kv_cache.h"
 #include "engine/step_runner.h"
 
 namespace vlm {
@@ -128,6 +129,14 @@ class TensorParallelRunner final : public StepRunner {
   }
 
   void allocate_cache(int64_t num_blocks, int block_size, int kv_dtype) override {
+    if (!cuda_) {  // the ranks' shares of one host memory, checked together (each rank alone checks only its own)
+      int64_t need = 0;
+      for (const auto& shard : shards_) {
+        const vlm_model_params& p = shard->params();
+        need += num_blocks * KvCache::bytes_per_block(p.num_layers, block_size, p.num_kv_heads, p.head_dim, kv_dtype);
+      }
+      KvCache::check_fits(num_blocks, block_size, need, runners_[0]->kv_memory_bytes(), "host");
+    }
     on_every_rank([&](int r) { runners_[r]->allocate_cache(num_blocks, block_size, kv_dtype); });
   }
 
