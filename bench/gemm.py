@@ -7,11 +7,10 @@ graph; median of 30 replays after 50 ms of untimed ones; time per call.
 Floors: bytes that must move at the HBM bandwidth measured in the same run
 (device-to-device copy, bytes read + written): fp16 = 2 bytes per weight,
 int4 g128 = 0.53125 bytes per weight (4-bit code + fp16 scale and zero per
-group of 128). With --read-floor also
-the time one kernel that only reads (vlm_stream_read) takes for the layer's
-packed 4-bit weights and for its fp16 weights under the same method: what a
-call of those bytes cannot beat with its launch, ramp and tail, which the
-bandwidth floors leave out.
+group of 128). With --read-floor also the time one kernel that only reads
+(vlm_stream_read) takes for the layer's packed 4-bit weights and for its fp16
+weights under the same method: what a call of those bytes cannot beat with
+its launch, ramp and tail, which the bandwidth floors leave out.
 
     python bench/gemm.py [--quick] [--ms 1,16] [--read-floor] [--out-dir DIR]
 """
