@@ -127,3 +127,83 @@ def test_bad_shapes_are_refused():
         decode_attention(q, kc, kc, pos, tables, kv_dtype="int8", kv_heads=1, head_dim=64, block_size=16)
     with pytest.raises(VlmError, match="power of two"):
         decode_attention(q, kc, kc, pos, tables, kv_dtype="float16", kv_heads=1, head_dim=64, block_size=24)
+
+
+# Batch-1-like shapes of the tensor-core kernel and the key slices its plan gives them (min 64 keys a slice,
+# the grid filled once; these counts on GPUs of 114-132 SMs): up to 8 slices are merged inside a thread-block
+# cluster, more through global memory.
+MERGE_CASES = [  # kv_dtype, heads, kv_heads, positions (the context is the largest + 1), slices
+    ("int8", 16, 8, [511], 8),          # 2B heads at batch 1, context 512
+    ("int4", 16, 8, [511], 8),
+    ("int8", 32, 32, [299], 4),         # 7B heads
+    ("int8", 16, 8, [0, 499, 250], 7),  # ragged rows: the one-key row leaves six slices empty
+    ("int8", 8, 1, [699], 10),          # 10 slices: more than a cluster holds, merged through global memory
+]
+
+
+def _merge_runs():
+    """Each MERGE_CASES case on fresh random inputs from a fixed seed: (output, reference, whether the kernel wrote
+    the workspace's partials region: the global merge does, the cluster merge leaves it untouched)."""
+    import torch
+
+    from vlmserve.kernels import decode_attention_workspace_bytes
+
+    results = []
+    for kv_dtype, heads, kv_heads, positions, _ in MERGE_CASES:
+        rng = np.random.default_rng(len(positions) * 1000 + heads + kv_heads)
+        rows, head_dim = len(positions), 128
+        max_blocks = max(positions) // BLOCK + 1
+        blocks = rows * max_blocks + 2
+        tables_np = rng.permutation(blocks)[: rows * max_blocks].reshape(rows, max_blocks).astype(np.int32)
+        kc, ksz, kf = make_cache(rng, kv_dtype, blocks, kv_heads, head_dim)
+        vc, vsz, vf = make_cache(rng, kv_dtype, blocks, kv_heads, head_dim)
+        q = torch.from_numpy(rng.normal(size=(rows, heads * head_dim)).astype(np.float32)).to("cuda", torch.float16)
+        pos = torch.tensor(positions, dtype=torch.int32, device="cuda")
+        tables = torch.from_numpy(tables_np).cuda()
+        ws = torch.zeros(decode_attention_workspace_bytes(rows, heads, kv_heads, head_dim, max(positions) + 1),
+                         dtype=torch.uint8, device="cuda")
+        out = torch.full_like(q, float("nan"))
+        decode_attention(q, kc, vc, pos, tables, out=out, workspace=ws, kv_dtype=kv_dtype, kv_heads=kv_heads,
+                         head_dim=head_dim, block_size=BLOCK, k_scale_zero=ksz, v_scale_zero=vsz)
+        torch.cuda.synchronize()
+        partials_from = (rows * kv_heads * 4 + 15) // 16 * 16 + (rows * 8 + 15) // 16 * 16  # vlm_decode_attention's layout
+        ref = reference(q, kf, vf, np.array(positions), tables, kv_heads, head_dim, 0)
+        results.append((out.cpu(), ref.cpu(), bool(ws[partials_from:].any().item())))
+    return results
+
+
+def test_slices_merged_in_a_cluster_give_the_global_merges_bits():
+    """Up to 8 key slices of a (row, KV head) merge inside a thread-block cluster (through distributed shared
+    memory): the same bits as the merge through global memory (VLM_ATTENTION_CLUSTER_MERGE=0, read once per
+    process, hence a process of its own), within the reference's tolerance, and only the cases of more slices
+    write the global partials."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    if os.environ.get("VLM_ATTENTION_CLUSTER_MERGE", "1") == "0":
+        pytest.skip("VLM_ATTENTION_CLUSTER_MERGE=0 in this process: the cluster merge is not what runs here")
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("thread-block clusters need compute capability 9.0: the global merge runs on this GPU")
+    here = Path(__file__).resolve().parent
+    mine = _merge_runs()
+    with tempfile.TemporaryDirectory() as tmp:
+        saved = Path(tmp) / "global.pt"
+        env = dict(os.environ, VLM_ATTENTION_CLUSTER_MERGE="0")
+        done = subprocess.run([sys.executable, "-c", "import sys, torch; sys.path.insert(0, sys.argv[1]); "
+                               "from test_decode_attention import _merge_runs; torch.save(_merge_runs(), sys.argv[2])",
+                               str(here), str(saved)], cwd=here.parents[1], capture_output=True, text=True,
+                              timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        theirs = torch.load(saved)
+    for case, (out, ref, wrote), (g_out, _, g_wrote) in zip(MERGE_CASES, mine, theirs):
+        slices = case[-1]
+        assert not torch.isnan(out).any(), f"{case}: some outputs were never written"
+        err = ((out.float() - ref).abs().max() / ref.abs().max()).item()
+        assert err < TOL["float16"], f"{case}: max error {err:.2e} of the largest output"
+        assert torch.equal(out, g_out), f"{case}: the cluster merge's bits differ from the global merge's"
+        assert g_wrote, f"{case}: the global merge left its partials unwritten"
+        assert wrote == (slices > 8), f"{case}: {slices} slices, partials written: {wrote}"
