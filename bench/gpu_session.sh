@@ -331,13 +331,12 @@ early_loads() {  # the tensor-core decode attention's first tiles loaded before 
 }
 cluster_merge() {  # decode attention's key slices merged inside a thread-block cluster (=1, the default) against
   # through global memory: the kernel tests (the same bits, in a process each), the engine's RoPE-inside and graph
-  # tests, compute-sanitizer on the kernel's int8 cases (clusters), and 2B w4a16 + int8 KV at batch 1/4/16 and 7B at
-  # batch 1, off then on
+  # tests, compute-sanitizer on the new test, then 2B w4a16 + int8 KV at batch 1/4/16 and 7B at batch 1, off then on
   python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py 2>&1 | tail -n 3
-  decode_ab VLM_ATTENTION_CLUSTER_MERGE cluster_merge 1,4,16 1
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k "rope_inside or graph" 2>&1 | tail -n 3
   PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q \
     -m gpu tests/kernels/test_decode_attention.py -k "test_matches_reference and int8 and float16-128" 2>&1 | tail -n 3
+  decode_ab VLM_ATTENTION_CLUSTER_MERGE cluster_merge 1,4,16 1
 }
 int4_attention() {  # the tensor-core decode attention's int4 form: the kernel tests (int4 and int8 cases), compute-
   # sanitizer on them, the RoPE-inside no-bits tests and the engine's int4 tests, then 2B w4a16 + int4 KV decode at
