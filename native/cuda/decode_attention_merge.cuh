@@ -12,26 +12,6 @@
 namespace vlm {
 namespace cuda {
 
-// The block's SLOTS running softmaxes of head g meet at output dim d: the largest maximum, and the output and
-// sum of exponentials at it (0 and 0 where no slot read a key).
-template <int HD, int G, int SLOTS>
-__device__ __forceinline__ void merge_slots(const float (&s_m)[SLOTS][G], const float (&s_l)[SLOTS][G],
-                                            const float (&s_acc)[SLOTS][G][HD], int g, int d, float* max_out,
-                                            float* o_out, float* sum_out) {
-  float mx = -INFINITY;
-#pragma unroll 4
-  for (int k = 0; k < SLOTS; ++k) mx = fmaxf(mx, s_m[k][g]);
-  float o = 0.f, sum = 0.f;
-  if (mx != -INFINITY)
-#pragma unroll 4
-    for (int k = 0; k < SLOTS; ++k) {
-      const float f = __expf(s_m[k][g] - mx);  // 0 for a slot that read no key
-      o += s_acc[k][g][d] * f;
-      sum += s_l[k][g] * f;
-    }
-  *max_out = mx, *o_out = o, *sum_out = sum;
-}
-
 // The block's G query heads (heads kvh * G ..) of row r after every slot has written its running
 // maximum s_m, sum s_l and unnormalised output s_acc (no __syncthreads() needed before the call).
 // With one slice the normalised output goes to `out`; otherwise the slice's (max, sum, output) go to
@@ -47,8 +27,17 @@ __device__ __forceinline__ void merge_decode_slots(const float (&s_m)[SLOTS][G],
   float* part = partial + ((int64_t)r * num_heads + kvh * G) * sp.splits * (HD + 2);  // this row's G heads
   for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
     const int g = idx / HD, d = idx % HD;
-    float mx, o, sum;
-    merge_slots(s_m, s_l, s_acc, g, d, &mx, &o, &sum);
+    float mx = -INFINITY;
+#pragma unroll 4
+    for (int k = 0; k < SLOTS; ++k) mx = fmaxf(mx, s_m[k][g]);
+    float o = 0.f, sum = 0.f;
+    if (mx != -INFINITY)
+#pragma unroll 4
+      for (int k = 0; k < SLOTS; ++k) {
+        const float f = __expf(s_m[k][g] - mx);  // 0 for a slot that read no key
+        o += s_acc[k][g][d] * f;
+        sum += s_l[k][g] * f;
+      }
     if (sp.splits == 1) {
       out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / sum);
     } else {
@@ -120,8 +109,17 @@ __device__ __forceinline__ void merge_decode_slots_in_cluster(const float (&s_m)
   __syncthreads();
   for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
     const int g = idx / HD, d = idx % HD;
-    float mx, o, sum;
-    merge_slots(s_m, s_l, s_acc, g, d, &mx, &o, &sum);
+    float mx = -INFINITY;
+#pragma unroll 4
+    for (int k = 0; k < SLOTS; ++k) mx = fmaxf(mx, s_m[k][g]);
+    float o = 0.f, sum = 0.f;
+    if (mx != -INFINITY)
+#pragma unroll 4
+      for (int k = 0; k < SLOTS; ++k) {
+        const float f = __expf(s_m[k][g] - mx);  // 0 for a slot that read no key
+        o += s_acc[k][g][d] * f;
+        sum += s_l[k][g] * f;
+      }
     if (d == 0) c_max[g] = mx, c_sum[g] = sum;
     c_out[g][d] = o;
   }
