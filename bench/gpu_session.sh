@@ -102,9 +102,6 @@
 #   decode_matrix_2b, decode_matrix_7b_fp16, decode_matrix_7b_w4a16
 #                 the whole bench/decode table (KV fp16/int8/int4 at batch 1-128, transformers beside fp16 weights),
 #                 one step each (a device call's limit)
-#   cluster_merge the decode attention's key slices (up to 8) merged in a thread-block cluster (VLM_ATTENTION_CLUSTER_MERGE,
-#                 default 1) against through global memory: kernel tests, engine tests, memcheck, 2B batch 1/4/16
-#                 and 7B batch 1 off then on
 #   early_loads   the decode attention's first tiles loaded before its wait (VLM_ATTENTION_EARLY_LOADS=1, the
 #                 default since 2026-12-05) vs after:
 #                 its no-bits test, 2B w4a16 + int8 KV decode at batch 1/16/64 and 7B at batch 1, off then on
@@ -328,15 +325,6 @@ early_loads() {  # the tensor-core decode attention's first tiles loaded before 
   # no-bits test, then 2B w4a16 + int8 KV at batch 1/16/64 and 7B at batch 1, off then on, one call
   python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k rope_inside 2>&1 | tail -n 2
   decode_ab VLM_ATTENTION_EARLY_LOADS early 1,16,64 1
-}
-cluster_merge() {  # decode attention's key slices merged inside a thread-block cluster (=1, the default) against
-  # through global memory: the kernel tests (the same bits, in a process each), the engine's RoPE-inside and graph
-  # tests, compute-sanitizer on the new test, then 2B w4a16 + int8 KV at batch 1/4/16 and 7B at batch 1, off then on
-  python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py 2>&1 | tail -n 3
-  python3 -m pytest -q -m gpu tests/engine/test_cuda_backend.py -k "rope_inside or graph" 2>&1 | tail -n 3
-  PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest -q \
-    -m gpu tests/kernels/test_decode_attention.py -k "test_matches_reference and int8 and float16-128" 2>&1 | tail -n 3
-  decode_ab VLM_ATTENTION_CLUSTER_MERGE cluster_merge 1,4,16 1
 }
 int4_attention() {  # the tensor-core decode attention's int4 form: the kernel tests (int4 and int8 cases), compute-
   # sanitizer on them, the RoPE-inside no-bits tests and the engine's int4 tests, then 2B w4a16 + int4 KV decode at
