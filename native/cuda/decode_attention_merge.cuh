@@ -1,9 +1,7 @@
 // The end of a decode-attention block (decode_attention.cu, decode_attention_mma.cu): the block's
 // SLOTS partial softmaxes (each over the keys one part of the block read) meet, and with several
-// key slices per (row, KV head) the last slice to finish merges them all, or (at most kMaxClusterSplits
-// slices, launched as one thread-block cluster) the cluster's blocks merge them together.
+// key slices per (row, KV head) the last slice to finish merges them all.
 #pragma once
-#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include "cuda/attention_splits.cuh"
@@ -86,70 +84,6 @@ __device__ __forceinline__ void merge_decode_slots(const float (&s_m)[SLOTS][G],
     out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / s_total[g]);
   }
   if (threadIdx.x == 0) *counter = 0;
-}
-
-// Key slices a (row, KV head) may have for merge_decode_slots_in_cluster(): the portable cluster size.
-constexpr int kMaxClusterSplits = 8;
-
-// merge_decode_slots() where the sp.splits slices of (r, kvh) are the blocks of one thread-block cluster
-// (cluster dims (1, 1, splits), so the block's rank is its slice): each block keeps its slice's (max, sum,
-// output) in its own shared memory, and every block of the cluster merges a share of the G x HD outputs,
-// reading the others' through distributed shared memory. At batch 1 the global form's tail is a chain of
-// L2 round trips (partials stored, a fence, the arrival counter, the last block's two passes of loads)
-// taken by one block; here it is a cluster barrier and loads from neighbouring SMs. The arithmetic is the
-// global form's, slice by slice in the same order: the same bits.
-template <class T, int HD, int G, int SLOTS>
-__device__ __forceinline__ void merge_decode_slots_in_cluster(const float (&s_m)[SLOTS][G], const float (&s_l)[SLOTS][G],
-                                                              const float (&s_acc)[SLOTS][G][HD], T* __restrict__ out,
-                                                              int r, int kvh, int num_heads) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900  // clusters: Hopper's code only (the launch asks for it)
-  namespace cg = cooperative_groups;
-  __shared__ float c_max[G], c_sum[G];
-  __shared__ __align__(16) float c_out[G][HD];
-  __syncthreads();
-  for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
-    const int g = idx / HD, d = idx % HD;
-    float mx = -INFINITY;
-#pragma unroll 4
-    for (int k = 0; k < SLOTS; ++k) mx = fmaxf(mx, s_m[k][g]);
-    float o = 0.f, sum = 0.f;
-    if (mx != -INFINITY)
-#pragma unroll 4
-      for (int k = 0; k < SLOTS; ++k) {
-        const float f = __expf(s_m[k][g] - mx);  // 0 for a slot that read no key
-        o += s_acc[k][g][d] * f;
-        sum += s_l[k][g] * f;
-      }
-    if (d == 0) c_max[g] = mx, c_sum[g] = sum;
-    c_out[g][d] = o;
-  }
-  cg::cluster_group cluster = cg::this_cluster();
-  cluster.sync();  // every slice's (max, sum, output) written and visible to the cluster
-  const int splits = (int)cluster.num_blocks(), rank = (int)cluster.block_rank();
-  const int e0 = rank * G * HD / splits, e1 = (rank + 1) * G * HD / splits;
-  for (int idx = e0 + threadIdx.x; idx < e1; idx += blockDim.x) {
-    const int g = idx / HD, d = idx % HD;
-    float wk[kMaxClusterSplits], ok[kMaxClusterSplits];
-    float mx = -INFINITY;
-#pragma unroll
-    for (int k = 0; k < kMaxClusterSplits; ++k) {
-      wk[k] = k < splits ? *cluster.map_shared_rank(&c_max[g], k) : -INFINITY;
-      ok[k] = k < splits ? *cluster.map_shared_rank(&c_out[g][d], k) : 0.f;
-      mx = fmaxf(mx, wk[k]);
-    }
-    float total = 0.f, o = 0.f;
-#pragma unroll
-    for (int k = 0; k < kMaxClusterSplits; ++k) {
-      if (k >= splits) break;
-      const float f = wk[k] == -INFINITY ? 0.f : __expf(wk[k] - mx);  // 0: a slice with no key
-      total += *cluster.map_shared_rank(&c_sum[g], k) * f;
-      o += f * ok[k];
-    }
-    out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / total);
-  }
-  // No block leaves while another still reads its shared memory.
-  cluster.sync();
-#endif
 }
 
 }  // namespace cuda

@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
                                                                          int* __restrict__ arrivals, StepMeta meta,
                                                                          int num_heads, int sliding_window, KvView c,
                                                                          Split sp, const float* __restrict__ inv_freq,
-                                                                         bool early_loads, bool cluster_merge) {
+                                                                         bool early_loads) {
   __shared__ __align__(16) float s_acc[kWarps][G][kHeadDim];
   __shared__ float s_m[kWarps][G], s_l[kWarps][G];
   __shared__ float s_cos[ROPE ? kHeadDim / 2 : 1], s_sin[ROPE ? kHeadDim / 2 : 1];
@@ -368,11 +368,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
                                 o[4 * j4 + 3][1] + zacc);
     }
   }
-  if (cluster_merge)  // launched in clusters of the sp.splits slices of (r, kvh)
-    merge_decode_slots_in_cluster<__half, kHeadDim, G, kWarps>(s_m, s_l, s_acc, out, r, kvh, num_heads);
-  else
-    merge_decode_slots<__half, kHeadDim, G, kWarps>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh, split, num_heads,
-                                                    c.kv_heads, sp);
+  merge_decode_slots<__half, kHeadDim, G, kWarps>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh, split, num_heads,
+                                                  c.kv_heads, sp);
 }
 
 // A first tile of earlier steps' rows loads before the wait (H100, 2026-12-05: 2B w4a16 + int8 KV decode batch 1
@@ -383,45 +380,18 @@ bool early_loads() {
   return on;
 }
 
-// Slices of up to kMaxClusterSplits merged inside a thread-block cluster (merge_decode_slots_in_cluster) unless
-// VLM_ATTENTION_CLUSTER_MERGE=0, where the kernel's code for Hopper runs.
-bool cluster_merge_enabled() {
-  static const bool on = env_int("VLM_ATTENTION_CLUSTER_MERGE", 1) != 0 && hopper_code_runs();
-  return on;
-}
-
-// Whether clusters of `splits` blocks of this form fit on the GPU at all (asked once per form and size).
-template <int G, bool ROPE, bool I4>
-bool clusters_fit(int splits) {
-  static int fits[kMaxClusterSplits + 1] = {};  // 0: not asked, 1: yes, -1: no
-  if (fits[splits] == 0)
-    fits[splits] = max_active_clusters(decode_attention_mma_kernel<G, ROPE, I4>, dim3(kThreads), 0,
-                                       dim3(1, 1, splits)) > 0 ? 1 : -1;
-  return fits[splits] > 0;
-}
-
-template <int G, bool ROPE, bool I4>
-cudaError_t launch_form(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
-                        int num_heads, int sliding_window, const KvView& c, Split sp, const float* inv_freq,
-                        cudaStream_t stream) {
-  const dim3 grid(rows, c.kv_heads, sp.splits);
-  const bool in_cluster = sp.splits > 1 && sp.splits <= kMaxClusterSplits && cluster_merge_enabled() &&
-                          clusters_fit<G, ROPE, I4>(sp.splits);
-  return launch_dependent_in_clusters(decode_attention_mma_kernel<G, ROPE, I4>, grid, dim3(kThreads),
-                                      dim3(1, 1, in_cluster ? sp.splits : 1), 0, stream,
-                                      static_cast<const __half*>(q), static_cast<__half*>(out), partial, arrivals,
-                                      meta, num_heads, sliding_window, c, sp, inv_freq, early_loads(), in_cluster);
-}
-
 template <int G, bool I4>
 cudaError_t launch_codes(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
                          int num_heads, int sliding_window, const KvView& c, Split sp, const RopeSource* rope,
                          cudaStream_t stream) {
+  const dim3 grid(rows, c.kv_heads, sp.splits);
   if (rope)
-    return launch_form<G, true, I4>(rope->qkv, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp,
-                                    rope->inv_freq, stream);
-  return launch_form<G, false, I4>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, nullptr,
-                                   stream);
+    return launch_dependent(decode_attention_mma_kernel<G, true, I4>, grid, dim3(kThreads), 0, stream,
+                            static_cast<const __half*>(rope->qkv), static_cast<__half*>(out), partial, arrivals, meta,
+                            num_heads, sliding_window, c, sp, rope->inv_freq, early_loads());
+  return launch_dependent(decode_attention_mma_kernel<G, false, I4>, grid, dim3(kThreads), 0, stream,
+                          static_cast<const __half*>(q), static_cast<__half*>(out), partial, arrivals, meta, num_heads,
+                          sliding_window, c, sp, static_cast<const float*>(nullptr), early_loads());
 }
 
 template <int G>

@@ -85,18 +85,18 @@ cudaError_t launch_dependent_in_clusters(void (*kernel)(Params...), dim3 grid, d
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
-// Clusters of `cluster` blocks of `kernel` (block threads, smem bytes of dynamic shared memory, granted by the
+// Clusters of (1, C, 1) blocks of `kernel` (block threads, smem bytes of dynamic shared memory, granted by the
 // caller) that the GPU holds at once: a cluster's blocks share one GPC, so this is fewer than the resident blocks
-// over the cluster's size, the more so for large clusters. 0 if the runtime cannot say.
+// over C, the more so for large C. 0 if the runtime cannot say.
 template <class... Params>
-int max_active_clusters(void (*kernel)(Params...), dim3 block, size_t smem, dim3 cluster) {
+int max_active_clusters(void (*kernel)(Params...), dim3 block, size_t smem, int C) {
   cudaLaunchAttribute attr{};
   attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = cluster.x;
-  attr.val.clusterDim.y = cluster.y;
-  attr.val.clusterDim.z = cluster.z;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = C;
+  attr.val.clusterDim.z = 1;
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = cluster;
+  cfg.gridDim = dim3(1, C);
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.attrs = &attr;
@@ -107,11 +107,6 @@ int max_active_clusters(void (*kernel)(Params...), dim3 block, size_t smem, dim3
     n = 0;
   }
   return n;
-}
-// Clusters of (1, C, 1), the decode GEMM's K slices.
-template <class... Params>
-int max_active_clusters(void (*kernel)(Params...), dim3 block, size_t smem, int C) {
-  return max_active_clusters(kernel, block, smem, dim3(1, C, 1));
 }
 
 }  // namespace cuda
