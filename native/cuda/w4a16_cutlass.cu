@@ -138,17 +138,23 @@ namespace cutlass_w4a16 {
 // 63.4 -> 50.6, 7B gate_up 94.4 -> 80.5 and 98.7 -> 82.9; at 160 the gate_ups tie and 7B q/k/v gains 61.4 -> 51.5;
 // at 176 128 tokens are faster on 2B and 7B gate_up (31.1 vs 33.2-34.0, 83.1 vs 86.4-90.2; 7B q/k/v 53.7 vs 51.7)
 // and at 192 too (30.3 vs 33.9, 82.0 vs 90.1). H100, 2026-12-06 11:07 and 11:14, each setting in two processes of
-// its own. VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) pins it, for measuring.
-static int tile_n_for(int M, int N, int sms) {
+// its own. Except on the long-K layers (K > 4,096: 128-row tiles under stream-K, which spreads each tile's K over
+// idle SMs, so fewer tiles still keep them busy): from 129 to 255 rows they take 128 tokens wherever those tiles
+// number at least a third of the SMs, the last tile nearly empty or not: 7B down (64 such tiles) 54.4 -> 52.1 us
+// at 136 rows, 53.2 -> 46.0 at 160, 53.8 -> 51.8 at 176, 54.2 -> 45.0 at 192, while 2B down (32 tiles) is slower
+// with them (25.6 -> 30.6 at 136, 24.8 -> 28.9 at 192; H100, 2026-12-06 14:22, the fair schedule benchmark).
+// VLM_W4A16_CUTLASS_TILE_N (64, 128 or 256) pins it, for measuring.
+static int tile_n_for(int M, int N, int K, int sms) {
   static const int forced = cuda::env_int("VLM_W4A16_CUTLASS_TILE_N", 0);
   if (forced == 64 || forced == 128 || forced == 256) return forced;
   if (M <= 64) return 64;
   const int wide = M < 256 ? 128 : 256;
   const int narrow = M < 256 ? 64 : 128;
   const auto padded = [M](int tile) { return (M + tile - 1) / tile * tile; };
-  if (wide == 256 && padded(wide) > padded(narrow)) return narrow;
-  if (wide == 128 && M > 128 && M % 128 < 48) return narrow;
   const int64_t wide_tiles = (int64_t)(N / 128) * ((M + wide - 1) / wide);
+  if (wide == 256 && padded(wide) > padded(narrow)) return narrow;
+  if (wide == 128 && M > 128 && K > 4096 && 3 * wide_tiles >= sms) return wide;
+  if (wide == 128 && M > 128 && M % 128 < 48) return narrow;
   if (2 * wide_tiles >= sms) return wide;
   return narrow;
 }
@@ -219,7 +225,7 @@ static int cluster_m_for(int N) {
 
 Tiles tiles_for(int M, int N, int K, int group, int sms) {
   Tiles t{};
-  t.n = tile_n_for(M, N, sms);
+  t.n = tile_n_for(M, N, K, sms);
   t.m = tile_m_for(M, N, K, t.n, sms);
   // The 256-token kernel is stream-K only; the ping-pong kernel of 64 rows runs data-parallel.
   t.stream_k = t.n == 256 || (t.m == 128 && stream_k());

@@ -84,6 +84,8 @@ EXPECTED_TILES = {
     (160, 12288, 4096, 128): CutlassTiles(128, 64, 128, True),   # of 32 rows: 64 tokens
     (176, 22016, 4096, 128): CutlassTiles(128, 128, 64, True),   # of 48 rows: 128 tokens, 344 tiles, K tiles of 64
     (192, 12288, 4096, 128): CutlassTiles(128, 128, 128, True),  # a last tile half full: 128 tokens
+    (144, 4096, 11008, 128): CutlassTiles(128, 128, 64, True),   # long K, 64 tiles of 128 tokens: 128 tokens
+    (160, 2048, 8192, 128): CutlassTiles(128, 64, 64, True),     # long K, but 32 such tiles: 64 tokens
     (256, 12288, 4096, 128): CutlassTiles(128, 256, 64, True),  # 256 tokens (no padding), K tiles of 64
     (256, 4096, 4096, 128): CutlassTiles(64, 128, 128, False),  # 32 tiles of 256 tokens too few: 128 tokens
     (384, 12288, 4096, 128): CutlassTiles(128, 128, 64, True),  # 256-token tiles would pad 384 rows to 512
