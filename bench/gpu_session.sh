@@ -176,6 +176,13 @@
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 STEPS=${STEPS:-build tests gemm decode}
+# A step name the script does not run (a typo, or a function never given its `step NAME SECONDS` line below) would
+# otherwise be passed over in silence and the scarce call spent on the others: refuse the call before any work.
+unknown_steps=$(for s in $STEPS; do grep -qE "^step $s [0-9]+" "${BASH_SOURCE[0]}" || echo "$s"; done)
+if [ -n "$unknown_steps" ]; then
+  echo "unknown step(s): $(echo $unknown_steps) (the steps are the script's 'step NAME SECONDS' lines)" >&2
+  exit 2
+fi
 # The device call's own limit (600 s) kills everything at once, the last step's partial log and the archive with
 # it; each step is therefore also cut off where the call's budget would end (CALL_BUDGET_S, from the script's
 # start, default 585), leaving the seconds to pack what was done.

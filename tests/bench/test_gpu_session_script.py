@@ -158,3 +158,14 @@ def test_steps_stay_within_the_calls_budget_and_results_are_packed(tmp_path):
     assert re.search(r"== pyenv cut to \d+ s \(the call's budget; its own limit 30 s\)", run(25, tmp_path / "a"))
     assert "== pyenv skipped: the call's budget is spent" in run(12, tmp_path / "b")
     assert "cut to" not in run(600, tmp_path / "c")
+
+
+def test_an_unknown_step_refuses_the_call_before_any_work(tmp_path):
+    # A name with no `step NAME SECONDS` line (a typo, a new function not yet given one) ran nothing and said
+    # nothing, the call spent on the other steps; now nothing runs and the call says which.
+    proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "STEPS": "pyenv no_such_step", "OUT": str(tmp_path)})
+    assert proc.returncode == 2
+    assert "unknown step(s): no_such_step" in proc.stderr
+    assert "== pyenv" not in proc.stdout and not list(tmp_path.iterdir())
+
