@@ -168,4 +168,3 @@ def test_an_unknown_step_refuses_the_call_before_any_work(tmp_path):
     assert proc.returncode == 2
     assert "unknown step(s): no_such_step" in proc.stderr
     assert "== pyenv" not in proc.stdout and not list(tmp_path.iterdir())
-
