@@ -10,9 +10,12 @@ int4 g128 = 0.53125 bytes per weight (4-bit code + fp16 scale and zero per
 group of 128). With --read-floor also the time one kernel that only reads
 (vlm_stream_read) takes for the layer's packed 4-bit weights and for its fp16
 weights under the same method: what a call of those bytes cannot beat with
-its launch, ramp and tail, which the bandwidth floors leave out.
+its launch, ramp and tail, which the bandwidth floors leave out. Torch's
+kernels are timed in this process, each M right after the library's, unless
+--peers apart times them first in a process of their own (the order of
+timings in one process biased bench/cutlass_schedules.py by up to 17 %).
 
-    python bench/gemm.py [--quick] [--ms 1,16] [--read-floor] [--out-dir DIR]
+    python bench/gemm.py [--quick] [--ms 1,16] [--read-floor] [--peers inline|apart] [--out-dir DIR]
 """
 from __future__ import annotations
 
@@ -131,7 +134,28 @@ def copies_for(bytes_each: int) -> int:
     return max(2, math.ceil(ROTATE_BYTES / bytes_each) + 1)
 
 
-def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]:
+def tinygemm_copies(qweight, scales, n: int, k: int, dev):
+    """The layer in torch's int4 (tinygemm) layout, rotated copies and its (scale, zero-offset) array, or None where
+    this torch lacks the kernel (said on stderr)."""
+    try:  # uint8 [N, K/2] codes, bf16 [K/g, N, 2] (scale, zero-offset)
+        codes = torch.from_numpy((qweight.view(np.uint32)[:, :, None] >> np.arange(0, 32, 4, dtype=np.uint32)) & 15)
+        order = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])  # AutoAWQ nibble of column j is at position order[j]
+        q = codes[:, :, order].reshape(k, n).T.contiguous().to(torch.int32)  # [N, K]
+        q_u8 = ((q[:, 1::2] << 4) | q[:, ::2]).to(torch.uint8).to(dev)
+        tiny = torch.ops.aten._convert_weight_to_int4pack(q_u8, 8)
+        sz_t = torch.stack([torch.from_numpy(scales.astype(np.float32)),
+                            torch.zeros(k // GROUP, n)], dim=-1).to(dev, torch.bfloat16)
+        return [tiny.clone() for _ in range(copies_for(tiny.numel() * tiny.element_size()))], sz_t
+    except Exception as e:  # reported, not hidden
+        print(f"torch int4 kernel unavailable for {n}x{k}: {e}", file=sys.stderr)
+        return None
+
+
+def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False, parts: str = "all") -> list[dict]:
+    """Rows of timings for one layer at each M. parts: "all" (the library's paths and the peers, torch fp16 and int4,
+    in this process), "ours" (the library's alone) or "peers" (torch's alone); the fields of what is not timed are
+    NaN."""
+    ours_too, peers_too = parts in ("all", "ours"), parts in ("all", "peers")
     w = (rng.standard_normal((n, k), dtype=np.float32) * 0.02)
     qweight, qzeros, scales = quantize_rtn(w, GROUP)
     packed, sz = pack_w4a16(qweight, qzeros, scales, GROUP)
@@ -140,18 +164,7 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
     ours_sz = torch.from_numpy(sz.view(np.int16)).to(dev)
     w16 = torch.from_numpy(w).to(dev, torch.float16)
     fp16_w = [w16.clone() for _ in range(copies_for(w16.numel() * 2))]
-    int4 = None
-    try:  # torch's tinygemm layout: uint8 [N, K/2] codes, bf16 [K/g, N, 2] (scale, zero-offset)
-        codes = torch.from_numpy((qweight.view(np.uint32)[:, :, None] >> np.arange(0, 32, 4, dtype=np.uint32)) & 15)
-        order = torch.tensor([0, 4, 1, 5, 2, 6, 3, 7])  # AutoAWQ nibble of column j is at position order[j]
-        q = codes[:, :, order].reshape(k, n).T.contiguous().to(torch.int32)  # [N, K]
-        q_u8 = ((q[:, 1::2] << 4) | q[:, ::2]).to(torch.uint8).to(dev)
-        tiny = torch.ops.aten._convert_weight_to_int4pack(q_u8, 8)
-        sz_t = torch.stack([torch.from_numpy(scales.astype(np.float32)),
-                            torch.zeros(k // GROUP, n)], dim=-1).to(dev, torch.bfloat16)
-        int4 = ([tiny.clone() for _ in range(copies_for(tiny.numel() * tiny.element_size()))], sz_t)
-    except Exception as e:  # reported, not hidden
-        print(f"torch int4 kernel unavailable for {n}x{k}: {e}", file=sys.stderr)
+    int4 = tinygemm_copies(qweight, scales, n, k, dev) if peers_too else None
     t_read4 = t_read16 = float("nan")
     if read_floor:  # the layer's bytes read by a kernel that does nothing else, same rotation and timing
         sink = stream_read_sink(dev)
@@ -162,54 +175,56 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
     for m in ms:
         x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
         out = torch.empty(m, n, device=dev, dtype=torch.float16)
-        ws = torch.zeros(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
-        t_kernel = time_graph(lambda i: w4a16_gemm(x16, ours_w[i % len(ours_w)], ours_sz, n, GROUP, out=out,
-                                                   workspace=ws))
-        t_cutlass = float("nan")
-        cutlass_is_ours = w4a16_cutlass_engine_takes(m, n, k, GROUP)
-        if (m >= CUTLASS_MIN_ROWS or cutlass_is_ours) and w4a16_cutlass_built():
-            if cutlass_w is None:
-                cutlass_w = [w4a16_cutlass_prepare(p, ours_sz, n, k, GROUP) for p in ours_w]
-            cws = torch.empty(max(1, w4a16_cutlass_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
-            t_cutlass = time_graph(lambda i: w4a16_cutlass_gemm(x16, cutlass_w[i % len(cutlass_w)], n, GROUP,
-                                                                out=out, workspace=cws))
-        form = w4a16_wgmma_form(m, n, k, GROUP)
-        t_ours, path = t_kernel, WGMMA_FORM_NAMES.get(form, "w4a16 kernel")
-        if form:  # how its K slices are summed (w4a16_wgmma_plan; VLM_W4A16_WGMMA_CLUSTER forces one way)
-            splits, cluster = w4a16_wgmma_plan(m, n, k, GROUP)
-            if splits > 1:
-                path += f", {splits} K slices summed {'in clusters' if cluster else 'from partials'}"
-        if cutlass_is_ours:  # the engine's path at this size (w4a16_cutlass_rows.h)
-            tiles = w4a16_cutlass_tiles(m, n, k, GROUP)  # weight rows x tokens x K a tile, and the scheduler
-            path = "CUTLASS mixed-input GEMM" + (f", tiles {tiles.tile_m}x{tiles.tile_n}x{tiles.tile_k} "
-                                                 f"{'stream-K' if tiles.stream_k else 'data-parallel'}" if tiles else "")
-            t_ours = t_cutlass
-        elif m >= w4a16_dequant_gemm_min_rows() and not form:  # the engine's path here: dequantize, then cuBLAS
-            chunk = dequant_chunk_columns(n, k)
-            if chunk >= n:
-                scratch = torch.empty(n, k, device=dev, dtype=torch.float16)
-                t_ours = time_graph(lambda i: torch.nn.functional.linear(
-                    x16, w4a16_dequantize(ours_w[i % len(ours_w)], ours_sz, n, k, GROUP, out=scratch)))
-                path = "dequantize + cuBLAS"
-            else:  # as the engine with VLM_DEQUANT_CHUNK_MB: a stretch of whole strips at a time
-                scratch = torch.empty(chunk, k, device=dev, dtype=torch.float16)
-                outs = [torch.empty(m, min(chunk, n - n0), device=dev, dtype=torch.float16) for n0 in range(0, n, chunk)]
-                w_bytes, sz_bytes = k * 32, (k // GROUP) * 256  # per 64-column strip (cpu/w4a16_pack.h)
+        t_kernel = t_cutlass = t_ours = t_fp16 = t_int4 = t_dense = float("nan")
+        path = "not timed here (--peers apart: the library in another process)"
+        if ours_too:
+            ws = torch.zeros(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
+            t_kernel = time_graph(lambda i: w4a16_gemm(x16, ours_w[i % len(ours_w)], ours_sz, n, GROUP, out=out,
+                                                       workspace=ws))
+            t_cutlass = float("nan")
+            cutlass_is_ours = w4a16_cutlass_engine_takes(m, n, k, GROUP)
+            if (m >= CUTLASS_MIN_ROWS or cutlass_is_ours) and w4a16_cutlass_built():
+                if cutlass_w is None:
+                    cutlass_w = [w4a16_cutlass_prepare(p, ours_sz, n, k, GROUP) for p in ours_w]
+                cws = torch.empty(max(1, w4a16_cutlass_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
+                t_cutlass = time_graph(lambda i: w4a16_cutlass_gemm(x16, cutlass_w[i % len(cutlass_w)], n, GROUP,
+                                                                    out=out, workspace=cws))
+            form = w4a16_wgmma_form(m, n, k, GROUP)
+            t_ours, path = t_kernel, WGMMA_FORM_NAMES.get(form, "w4a16 kernel")
+            if form:  # how its K slices are summed (w4a16_wgmma_plan; VLM_W4A16_WGMMA_CLUSTER forces one way)
+                splits, cluster = w4a16_wgmma_plan(m, n, k, GROUP)
+                if splits > 1:
+                    path += f", {splits} K slices summed {'in clusters' if cluster else 'from partials'}"
+            if cutlass_is_ours:  # the engine's path at this size (w4a16_cutlass_rows.h)
+                tiles = w4a16_cutlass_tiles(m, n, k, GROUP)  # weight rows x tokens x K a tile, and the scheduler
+                path = "CUTLASS mixed-input GEMM" + (f", tiles {tiles.tile_m}x{tiles.tile_n}x{tiles.tile_k} "
+                                                     f"{'stream-K' if tiles.stream_k else 'data-parallel'}" if tiles else "")
+                t_ours = t_cutlass
+            elif m >= w4a16_dequant_gemm_min_rows() and not form:  # the engine's path here: dequantize, then cuBLAS
+                chunk = dequant_chunk_columns(n, k)
+                if chunk >= n:
+                    scratch = torch.empty(n, k, device=dev, dtype=torch.float16)
+                    t_ours = time_graph(lambda i: torch.nn.functional.linear(
+                        x16, w4a16_dequantize(ours_w[i % len(ours_w)], ours_sz, n, k, GROUP, out=scratch)))
+                    path = "dequantize + cuBLAS"
+                else:  # as the engine with VLM_DEQUANT_CHUNK_MB: a stretch of whole strips at a time
+                    scratch = torch.empty(chunk, k, device=dev, dtype=torch.float16)
+                    outs = [torch.empty(m, min(chunk, n - n0), device=dev, dtype=torch.float16) for n0 in range(0, n, chunk)]
+                    w_bytes, sz_bytes = k * 32, (k // GROUP) * 256  # per 64-column strip (cpu/w4a16_pack.h)
 
-                def chunked(i):
-                    w8, sz8 = ours_w[i % len(ours_w)].view(torch.uint8).reshape(-1), ours_sz.view(torch.uint8).reshape(-1)
-                    for j, n0 in enumerate(range(0, n, chunk)):
-                        c, s0 = min(chunk, n - n0), n0 // 64
-                        w_c = w4a16_dequantize(w8[s0 * w_bytes:], sz8[s0 * sz_bytes:], c, k, GROUP, out=scratch[:c])
-                        torch.mm(x16, w_c.t(), out=outs[j])
+                    def chunked(i):
+                        w8, sz8 = ours_w[i % len(ours_w)].view(torch.uint8).reshape(-1), ours_sz.view(torch.uint8).reshape(-1)
+                        for j, n0 in enumerate(range(0, n, chunk)):
+                            c, s0 = min(chunk, n - n0), n0 // 64
+                            w_c = w4a16_dequantize(w8[s0 * w_bytes:], sz8[s0 * sz_bytes:], c, k, GROUP, out=scratch[:c])
+                            torch.mm(x16, w_c.t(), out=outs[j])
 
-                t_ours = time_graph(chunked)
-                path = f"dequantize + cuBLAS, {chunk} columns at a time"
-        t_fp16 = time_graph(lambda i: torch.nn.functional.linear(x16, fp16_w[i % len(fp16_w)]))
-        t_dense = float("nan")
-        if m <= DENSE_DECODE_MAX_ROWS:
+                    t_ours = time_graph(chunked)
+                    path = f"dequantize + cuBLAS, {chunk} columns at a time"
+        if peers_too:
+            t_fp16 = time_graph(lambda i: torch.nn.functional.linear(x16, fp16_w[i % len(fp16_w)]))
+        if ours_too and m <= DENSE_DECODE_MAX_ROWS:
             t_dense = time_graph(lambda i: dense_decode_gemm(x16, fp16_w[i % len(fp16_w)], out=out))
-        t_int4 = float("nan")
         if int4 is not None:
             xb = x16.to(torch.bfloat16)
             try:
@@ -227,6 +242,21 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False) -> list[dict]
     return rows
 
 
+def peer_rows_apart(names: list[str], ms) -> dict:
+    """torch fp16 and int4 on the same layers and M, timed in a process of their own (this script with --part
+    peers): in one process with the library's calls each kernel's timing follows the other's, which the schedule
+    benchmark (bench/cutlass_schedules.py) found to bias a comparison by up to 17 %."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_out = Path(tmp) / "peers.json"
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--part", "peers", "--layers", ",".join(names),
+                        "--ms", ",".join(str(m) for m in ms), "--out-dir", tmp, "--rows-out", str(rows_out)],
+                       check=True)
+        return {(r["layer"], r["m"]): r for r in json.loads(rows_out.read_text())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="two layers, M = 1 and 64")
@@ -235,6 +265,11 @@ def main() -> None:
     ap.add_argument("--layers", default=None, help="comma-separated layer names (default: all, e.g. 2B.o,7B.qkv)")
     ap.add_argument("--read-floor", action="store_true",
                     help="also time a read-only kernel over each layer's packed 4-bit and fp16 weights")
+    ap.add_argument("--peers", choices=("inline", "apart"), default="inline",
+                    help="inline: torch fp16 and int4 timed in this process, each M right after the library's calls; "
+                         "apart: in a process of their own first, the library's here after them")
+    ap.add_argument("--part", choices=("all", "ours", "peers"), default="all", help=argparse.SUPPRESS)
+    ap.add_argument("--rows-out", default=None, help=argparse.SUPPRESS)  # --peers apart's child: its rows, as JSON
     a = ap.parse_args()
     out_dir = Path(a.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,14 +283,24 @@ def main() -> None:
     ms = (1, 64) if a.quick else MS
     if a.ms:
         ms = tuple(int(x) for x in a.ms.split(","))
+    peers = {}  # (layer, M): the child's row, where the peers are timed apart
+    if a.peers == "apart" and a.part == "all":
+        peers = peer_rows_apart(names, ms)
     results = []
     for name, (n, k) in layers.items():
         print(f"{name} ({n}x{k})", file=sys.stderr)
-        for r in bench_layer(n, k, ms, rng, read_floor=a.read_floor):
+        part = "ours" if peers else a.part
+        for r in bench_layer(n, k, ms, rng, read_floor=a.read_floor, parts=part):
             r["layer"] = name
             r["fp16_floor_s"] = n * k * 2 / bw
             r["int4_floor_s"] = n * k * 0.53125 / bw
+            if peers:
+                r["torch_fp16_s"] = peers[(name, r["m"])]["torch_fp16_s"]
+                r["torch_int4_s"] = peers[(name, r["m"])]["torch_int4_s"]
             results.append(r)
+    if a.rows_out:
+        Path(a.rows_out).write_text(json.dumps(results))
+        return
     device = torch.cuda.get_device_name()
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"# w4a16 GEMM: vlmserve vs torch fp16 (cuBLAS) and torch int4 (tinygemm)", "",
@@ -264,7 +309,9 @@ def main() -> None:
              *settings_line(library_settings()),
              f"- Command: `{' '.join(['python bench/gemm.py'] + sys.argv[1:])}`",
              f"- Method: weights rotated over > 200 MB, {CALLS} calls per CUDA graph, median of {REPLAYS} replays; "
-             f"group size {GROUP}; fp16 activations (torch int4 takes bf16)",
+             f"group size {GROUP}; fp16 activations (torch int4 takes bf16); "
+             + ("torch fp16 and int4 timed in a process of their own, before the library's (--peers apart)"
+                if peers else "torch fp16 and int4 timed in this process, each M right after the library's calls"),
              f"- Ours is the engine's path (VLM_W4A16_WGMMA={WGMMA_FORM}), named in the table: the w4a16 kernel "
              f"(decode-size up to 16 rows, else the general one) or the wgmma kernel; from "
              f"{w4a16_dequant_gemm_min_rows()} rows, where the wgmma kernel does not run, the layer is dequantized "
@@ -320,6 +367,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     (out_dir / "gemm.md").write_text(text)
     (out_dir / "gemm.json").write_text(json.dumps({"device": device, "date": date, "hbm_bytes_per_s": bw,
+                                                   "peers": "apart" if peers else "inline",
                                                    "library_settings": library_settings(), "results": results},
                                                   indent=1))
     print(text)

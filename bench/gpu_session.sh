@@ -19,6 +19,8 @@
 #                 norm and argmax kernels; etests, the engine against the CPU backend)
 #   sanitize      compute-sanitizer memcheck on the w4a16, fused-norm, attention and norm tests
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
+#   gemm_apart    bench/gemm with torch timed in the library's process, then in a process of its own (--peers apart),
+#                 at GEMM_APART_MS rows on GEMM_APART_LAYERS (64,256; the 7B layers)
 #   cutlass_gemm  the CUTLASS mixed-input GEMM (w4a16_cutlass.cu; carry .gpu-carry/cutlass, CUTLASS's include/ and
 #                 tools/util/include/, made after `make setup` by: c=.venv/lib/python3.11/site-packages/cutlass_library/source;
 #                 mkdir -p .gpu-carry/cutlass/tools/util; cp -r $c/include .gpu-carry/cutlass/;
@@ -670,6 +672,15 @@ wgmma_ncu() {  # Nsight Compute on the wgmma kernel at M = 256 (NCU_MS: other ro
     VLM_W4A16_WGMMA=${NCU_FORM:-2} ncu_gemm_at ncu_wgmma$m $m "w4a16_wgmma|splitk_reduce"
   done
 }
+gemm_apart() {  # bench/gemm with torch timed in the library's process (inline) and in one of its own (apart), at
+  # GEMM_APART_MS rows (default 64,256) on GEMM_APART_LAYERS (the 7B layers): whether the order biases the ratios
+  local how
+  for how in inline apart; do
+    python3 bench/gemm.py --peers "$how" --ms "${GEMM_APART_MS:-64,256}" \
+      --layers "${GEMM_APART_LAYERS:-7B.qkv,7B.o,7B.gate_up,7B.down}" --out-dir "$RES/gemm_$how" |
+      grep -E "^\| 7B|^\| 2B|^- M" | sed "s/^/$how /"
+  done
+}
 gemm_full() {  # bench/gemm at every M of the targets (1, 16, 64, 256, 2048), one run
   python3 bench/gemm.py --out-dir "$RES/gemm_full" | grep -E "^- M"
 }
@@ -1164,7 +1175,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_tests 300
@@ -1245,6 +1256,7 @@ step serve_leads 500
 step wtests 120
 step gemm_new 120
 step gemm_full 300
+step gemm_apart 420
 step etests 330
 step prefill 200
 step trace 200
