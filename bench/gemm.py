@@ -181,7 +181,6 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False, parts: str = 
             ws = torch.zeros(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
             t_kernel = time_graph(lambda i: w4a16_gemm(x16, ours_w[i % len(ours_w)], ours_sz, n, GROUP, out=out,
                                                        workspace=ws))
-            t_cutlass = float("nan")
             cutlass_is_ours = w4a16_cutlass_engine_takes(m, n, k, GROUP)
             if (m >= CUTLASS_MIN_ROWS or cutlass_is_ours) and w4a16_cutlass_built():
                 if cutlass_w is None:
@@ -197,8 +196,9 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False, parts: str = 
                     path += f", {splits} K slices summed {'in clusters' if cluster else 'from partials'}"
             if cutlass_is_ours:  # the engine's path at this size (w4a16_cutlass_rows.h)
                 tiles = w4a16_cutlass_tiles(m, n, k, GROUP)  # weight rows x tokens x K a tile, and the scheduler
-                path = "CUTLASS mixed-input GEMM" + (f", tiles {tiles.tile_m}x{tiles.tile_n}x{tiles.tile_k} "
-                                                     f"{'stream-K' if tiles.stream_k else 'data-parallel'}" if tiles else "")
+                scheduler = "stream-K" if tiles and tiles.stream_k else "data-parallel"
+                path = "CUTLASS mixed-input GEMM" + (
+                    f", tiles {tiles.tile_m}x{tiles.tile_n}x{tiles.tile_k} {scheduler}" if tiles else "")
                 t_ours = t_cutlass
             elif m >= w4a16_dequant_gemm_min_rows() and not form:  # the engine's path here: dequantize, then cuBLAS
                 chunk = dequant_chunk_columns(n, k)
@@ -209,11 +209,13 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False, parts: str = 
                     path = "dequantize + cuBLAS"
                 else:  # as the engine with VLM_DEQUANT_CHUNK_MB: a stretch of whole strips at a time
                     scratch = torch.empty(chunk, k, device=dev, dtype=torch.float16)
-                    outs = [torch.empty(m, min(chunk, n - n0), device=dev, dtype=torch.float16) for n0 in range(0, n, chunk)]
+                    outs = [torch.empty(m, min(chunk, n - n0), device=dev, dtype=torch.float16)
+                            for n0 in range(0, n, chunk)]
                     w_bytes, sz_bytes = k * 32, (k // GROUP) * 256  # per 64-column strip (cpu/w4a16_pack.h)
 
                     def chunked(i):
-                        w8, sz8 = ours_w[i % len(ours_w)].view(torch.uint8).reshape(-1), ours_sz.view(torch.uint8).reshape(-1)
+                        w8 = ours_w[i % len(ours_w)].view(torch.uint8).reshape(-1)
+                        sz8 = ours_sz.view(torch.uint8).reshape(-1)
                         for j, n0 in enumerate(range(0, n, chunk)):
                             c, s0 = min(chunk, n - n0), n0 // 64
                             w_c = w4a16_dequantize(w8[s0 * w_bytes:], sz8[s0 * sz_bytes:], c, k, GROUP, out=scratch[:c])
