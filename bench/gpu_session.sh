@@ -906,13 +906,16 @@ trace64() {
   python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch 64 --out "$RES/trace_w4a16_b64.json" |
     head -n 16
 }
-ncu_run() {  # ncu_run NAME KERNEL_REGEX SCRIPT: Nsight Compute on the kernels matching KERNEL_REGEX that SCRIPT runs
-  # (throughput, occupancy, issue activity, warp stalls) into $RES/NAME.csv; prints the headline figures
-  ncu --clock-control none --kernel-name "regex:$2" --section SpeedOfLight --section MemoryWorkloadAnalysis \
-    --section Occupancy --section LaunchStats --section SchedulerStats --section WarpStateStats \
-    --section InstructionStats \
+ncu_run() {  # ncu_run NAME KERNEL_REGEX SCRIPT [ARGS...]: Nsight Compute on the kernels matching KERNEL_REGEX that
+  # SCRIPT runs (throughput, occupancy, issue activity, warp stalls) into $RES/NAME.csv; prints the headline figures.
+  # NCU_LAUNCHES="SKIP COUNT" profiles only COUNT matching launches after the first SKIP (an engine's steady steps).
+  local launches=()
+  [ -n "${NCU_LAUNCHES:-}" ] && launches=(--launch-skip "${NCU_LAUNCHES% *}" --launch-count "${NCU_LAUNCHES#* }")
+  ncu --clock-control none --kernel-name "regex:$2" "${launches[@]}" --section SpeedOfLight \
+    --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section SchedulerStats \
+    --section WarpStateStats --section InstructionStats \
     --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" --csv --page details \
-    python3 "$3" >"$RES/$1.csv" 2>"$RES/$1.err"
+    python3 "$3" "${@:4}" >"$RES/$1.csv" 2>"$RES/$1.err"
   grep -E '"(Duration|DRAM Throughput|Memory Throughput|Issue Slots Busy|Issued Warp Per Scheduler|Eligible Warps Per Scheduler|Active Warps Per Scheduler|Achieved Occupancy|Theoretical Occupancy|Block Limit Registers|Registers Per Thread|Grid Size|Cluster Size|Executed Instructions|Stall Long Scoreboard|Warp Cycles Per Issued Instruction)"' \
     "$RES/$1.csv" | awk -F'","' '{print $1" | "$13" | "$NF}' | head -n 80
 }
@@ -937,6 +940,29 @@ PY
   NCU_GEMM_M=$2 ncu_run "$1" "$3" /tmp/ncu_gemm.py
 }
 ncu_gemm() { ncu_gemm_at ncu_gemm 1 w4a16_decode; }
+long_k_engine() {  # 7B w4a16 + int8 KV decode at 136/160/192 rows with the token-tile rule (long-K layers take 128-token
+  # tiles from 129 to 255 rows) and with every token tile pinned to 64, which at 136 and 160 rows is the rule before
+  # that clause on every 7B layer
+  local n
+  for n in 0 64; do
+    VLM_W4A16_CUTLASS_TILE_N=$n python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 136,160,192 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_7b_tile_n$n.json" 2>&1 | grep -E "tok/s|FAILED|rror"
+  done
+}
+ncu_tail() {  # what holds the persistent layer tail's GEMM phases (VLM_LAYER_TAIL=1, its own cut) at one row, against
+  # the chain's four GEMMs of the same layers: Nsight Compute on two tail launches and on one layer's four decode
+  # GEMMs of a steady 2B batch-1 decode (caches flushed before each, as ncu does), then both graph-replayed steps'
+  # kernel times (bench/decode_trace.py)
+  local run=(bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 --new-tokens 8 --peer-batches 0
+    --work /tmp/decode-models --out /tmp/ncu_tail_decode.json)
+  python3 "${run[@]}" | grep -E "tok/s"  # writes the model once, outside the profiler
+  VLM_LAYER_TAIL=1 VLM_LAYER_TAIL_WIDE=1 NCU_LAUNCHES="60 2" ncu_run ncu_tail layer_tail_kernel "${run[@]}"
+  NCU_LAUNCHES="200 4" ncu_run ncu_tail_chain w4a16_decode_kernel "${run[@]}"
+  for t in 0 1; do
+    VLM_LAYER_TAIL=$t VLM_LAYER_TAIL_WIDE=$t python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 \
+      --batch 1 --work /tmp/decode-models --out "$RES/trace_tail${t}_b1.json" | head -n 12
+  done
+}
 ncu_gemm64() { ncu_gemm_at ncu_gemm64 64 "w4a16_kernel|splitk_reduce"; }
 ncu_attn() {  # one call at each batch, caches flushed before each profiled kernel (ncu's default)
   cat >/tmp/ncu_attn.py <<'PY'
@@ -1175,7 +1201,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_tests 300
@@ -1279,6 +1305,8 @@ step decode_table 240
 step attn_b1 100
 step serve_c1 150
 step ncu_gemm 150
+step ncu_tail 420
+step long_k_engine 360
 step ncu_gemm64 150
 step decode_new 240
 step sanitize 200
