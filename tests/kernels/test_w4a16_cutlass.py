@@ -23,13 +23,14 @@ from vlmserve.kernels import (CutlassTiles, pack_w4a16, w4a16_cutlass_built, w4a
 # tile_m_for in w4a16_cutlass.cu, on a GPU of 132 SMs) the small layers take tiles of 64 weight rows, 129 x 2048 x
 # 11008 and 65 x 5504 x 4096 tiles of 128 rows by 64 tokens (stream-K), 2048 x 1024 x 1024 128 by 128 tokens,
 # 200 x 8448 x 512 128 by 128 tokens at fewer than 256 rows, 600 x 12288 x 256 128 by 128 tokens (256-token tiles
-# would pad its rows to 768) and 1000 x 8192 x 1024 128 by 256 tokens (on GPUs of up to 256 SMs); K tiles of 128 on
+# would pad its rows to 768), 1000 x 8192 x 1024 128 by 256 tokens (on GPUs of up to 256 SMs) and 144 x 4096 x
+# 11008 (the 7B down layer) 128 by 128 tokens, K above 4,096 with a nearly empty last tile; K tiles of 128 on
 # the shapes of groups of 128 at up to 256 rows with fewer 128-row tiles than SMs; gpu_session.sh's cutlass_tests
 # also runs every shape on each tile and schedule forced.
 SHAPES = [(17, 128, 128, 64), (64, 512, 2048, 128), (100, 384, 256, 128), (129, 2048, 11008, 128),
           (256, 4096, 2048, 128), (300, 768, 512, 64), (65, 5504, 4096, 128), (2048, 1024, 1024, 128),
           (1, 256, 256, 128), (7, 384, 640, 64), (33, 128, 64, 64), (300, 256, 640, 128), (200, 8448, 512, 64),
-          (600, 12288, 256, 64), (1000, 8192, 1024, 128)]
+          (600, 12288, 256, 64), (1000, 8192, 1024, 128), (144, 4096, 11008, 128)]
 
 
 def test_bad_input_is_refused_before_any_gpu_work():
