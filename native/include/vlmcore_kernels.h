@@ -177,6 +177,21 @@ VLM_API int vlm_draw_rows(const float* logits, int32_t rows, int32_t vocab, cons
 VLM_API int vlm_stream_read_sink_words(int32_t* words);
 VLM_API int vlm_stream_read(const void* p, int64_t bytes, uint32_t* sink, void* stream);
 
+/* The step-streaming probe (for benchmarks): the bytes of `phases` phases laid out
+ * back to back from `p` (16-byte aligned; phase_bytes on the host, each a positive
+ * multiple of 512) read once, as a chain of dependent kernels (mode 0), one
+ * persistent launch whose blocks wait for every block to finish a phase before
+ * consuming the next (1), or the same launch without the waits (2); blocks_per_sm
+ * blocks an SM of 8 warps, each streaming through a ring of ring_stages (4, 8 or
+ * 16) 512-byte cp.async stages. Each block XORs what it read into sink[block]
+ * (vlm_step_probe_grid words); counters: `phases` device words the persistent
+ * form counts in (zeroed on the stream first). At most 256 phases. Asynchronous
+ * on `stream`, capturable in a CUDA graph; CUDA builds only. */
+VLM_API int vlm_step_probe_grid(int32_t blocks_per_sm, int32_t ring_stages, int32_t* grid);
+VLM_API int vlm_step_stream_probe(const void* p, const int64_t* phase_bytes, int32_t phases, int32_t mode,
+                                  int32_t blocks_per_sm, int32_t ring_stages, uint32_t* sink, uint32_t* counters,
+                                  void* stream);
+
 /* Prefill attention: several consecutive query rows per request, each attending
  * causally to its request's cache as in vlm_decode_attention (same layouts and
  * dtypes; a row at position p sees [max(0, p - window + 1), p]). Request i owns

@@ -13,6 +13,7 @@
 #include "cuda/decoder_kernels.h"
 #include "cuda/dense_decode.h"
 #include "cuda/draw_rows.h"
+#include "cuda/step_stream_probe.h"
 #include "cuda/stream_read.h"
 #include "cuda/w4a16_cutlass.h"
 #include "cuda/w4a16_cutlass_rows.h"
@@ -460,6 +461,56 @@ int vlm_stream_read(const void* p, int64_t bytes, uint32_t* sink, void* stream) 
 #ifdef VLM_HAVE_CUDA
     VLM_CUDA_CHECK(vlm::stream_read(p, bytes, sink, static_cast<cudaStream_t>(stream)));
 #else
+    (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+namespace {
+void check_probe_shape(int32_t blocks_per_sm, int32_t ring_stages) {
+  VLM_CHECK_ARG(blocks_per_sm >= 1 && blocks_per_sm <= 32, "blocks_per_sm must be 1 to 32, got " << blocks_per_sm);
+  VLM_CHECK_ARG(ring_stages == 4 || ring_stages == 8 || ring_stages == 16,
+                "ring_stages must be 4, 8 or 16, got " << ring_stages);
+}
+}  // namespace
+
+int vlm_step_probe_grid(int32_t blocks_per_sm, int32_t ring_stages, int32_t* grid) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(grid, "NULL output");
+    check_probe_shape(blocks_per_sm, ring_stages);
+#ifdef VLM_HAVE_CUDA
+    *grid = vlm::step_probe_grid(blocks_per_sm, ring_stages);
+#else
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_step_stream_probe(const void* p, const int64_t* phase_bytes, int32_t phases, int32_t mode,
+                          int32_t blocks_per_sm, int32_t ring_stages, uint32_t* sink, uint32_t* counters,
+                          void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(p && sink, "NULL device pointer");
+    VLM_CHECK_ARG(phase_bytes, "NULL phase_bytes");
+    VLM_CHECK_ARG(phases >= 1 && phases <= 256, "phases must be 1 to 256, got " << phases);
+    for (int32_t i = 0; i < phases; ++i)
+      VLM_CHECK_ARG(phase_bytes[i] > 0 && phase_bytes[i] % 512 == 0,
+                    "phase " << i << " has " << phase_bytes[i] << " bytes: each must be a positive multiple of 512");
+    VLM_CHECK_ARG(mode >= 0 && mode <= 2, "mode must be 0 (chain), 1 (persistent) or 2 (no waits), got " << mode);
+    VLM_CHECK_ARG(mode == 0 || counters, "NULL counters (the persistent modes count in them)");
+    VLM_CHECK_ARG(aligned(p, 16) && aligned(sink, 4) && (!counters || aligned(counters, 4)),
+                  "p must be 16-byte aligned, sink and counters 4");
+    check_probe_shape(blocks_per_sm, ring_stages);
+#ifdef VLM_HAVE_CUDA
+    VLM_CHECK_ARG(vlm::step_probe_grid(blocks_per_sm, ring_stages) > 0,
+                  blocks_per_sm << " blocks an SM with " << ring_stages
+                                << " ring stages a warp do not fit on this GPU's SMs at once");
+    VLM_CUDA_CHECK(vlm::step_stream_probe(p, phase_bytes, phases, static_cast<vlm::StepProbeMode>(mode),
+                                          blocks_per_sm, ring_stages, sink, counters,
+                                          static_cast<cudaStream_t>(stream)));
+#else
+    (void)counters;
     (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif

@@ -316,6 +316,42 @@ def stream_read(buf, sink) -> None:
                                         _stream(buf.device)))
 
 
+STEP_PROBE_MODES = {"chain": 0, "persistent": 1, "persistent_no_waits": 2}
+
+
+def step_probe_grid(blocks_per_sm: int, ring_stages: int) -> int:
+    """Blocks of the step-streaming probe's grid on the current GPU (0: that many blocks an SM do not fit at once);
+    its sink takes one int32 word a block."""
+    grid = ctypes.c_int32()
+    check(_native.lib().vlm_step_probe_grid(blocks_per_sm, ring_stages, ctypes.byref(grid)))
+    return grid.value
+
+
+def step_stream_probe(buf, phase_bytes: list[int], mode: str, blocks_per_sm: int, ring_stages: int, sink,
+                      counters) -> None:
+    """Reads the phases laid out back to back at the start of `buf` (a contiguous CUDA tensor) once, as a chain of
+    dependent kernels or one persistent launch with or without a wait between phases (vlm_step_stream_probe), on
+    torch's current stream; each block XORs what it read into its word of `sink`; `counters` holds one int32 a
+    phase."""
+    if not buf.is_contiguous() or not buf.is_cuda:
+        raise InvalidArgumentError("step_stream_probe: the buffer must be a contiguous CUDA tensor")
+    if mode not in STEP_PROBE_MODES:
+        raise InvalidArgumentError(f"step_stream_probe: mode must be one of {sorted(STEP_PROBE_MODES)}, got {mode!r}")
+    if sum(phase_bytes) > buf.numel() * buf.element_size():
+        raise InvalidArgumentError(f"step_stream_probe: the phases take {sum(phase_bytes)} bytes, the buffer has "
+                                   f"{buf.numel() * buf.element_size()}")
+    grid = step_probe_grid(blocks_per_sm, ring_stages)
+    if grid and sink.numel() < grid:
+        raise InvalidArgumentError(f"step_stream_probe: the sink needs {grid} words, it has {sink.numel()}")
+    if counters.numel() < len(phase_bytes):
+        raise InvalidArgumentError(f"step_stream_probe: counters needs {len(phase_bytes)} words, it has "
+                                   f"{counters.numel()}")
+    sizes = (ctypes.c_int64 * len(phase_bytes))(*phase_bytes)
+    check(_native.lib().vlm_step_stream_probe(buf.data_ptr(), sizes, len(phase_bytes), STEP_PROBE_MODES[mode],
+                                              blocks_per_sm, ring_stages, sink.data_ptr(), counters.data_ptr(),
+                                              _stream(buf.device)))
+
+
 KV_DTYPES = {"float32": _native.DTYPE_F32, "float16": _native.DTYPE_F16, "bfloat16": _native.DTYPE_BF16,
              "int8": _native.DTYPE_I8, "int4": _native.DTYPE_I4}
 
