@@ -11,14 +11,18 @@ out back to back (far more than the L2), are read by vlm_step_stream_probe three
   persistent           one launch of resident blocks; a block consumes a phase once every block has finished the
                        one before (a counter in global memory), with that phase's first stages requested before
                        the wait;
-  persistent_no_waits  the same launch without the waits: the streaming alone.
+  persistent_no_waits  the same launch without the waits: the streaming alone;
+  chain_exclusive      the chain with each kernel's blocks alone on their SMs (each asks for an SM's share of
+                       shared memory), so the next kernel's blocks start and request their first stages only as
+                       these exit, as with the engine's decode GEMMs (three blocks of ~58 KB an SM).
 
 Each warp streams through a ring of cp.async stages of 512 bytes (the decode GEMM's). For each (blocks an SM, ring
 stages) that fits, each form is captured in a CUDA graph and replayed: median of 30 replays after 50 ms of untimed
 ones. Reported: µs a step (the layers only; the lm head, embedding and argmax are not in it), µs a layer, and the
 bytes over that time as a fraction of the device-to-device copy bandwidth measured in the same run (read + written,
 the anchors' floor). The gap between chain and persistent is what the kernel boundaries cost on the bytes alone;
-between persistent and persistent_no_waits, what the waits cost.
+between persistent and persistent_no_waits, what the waits cost; between chain and chain_exclusive, what the next
+kernel's early start (its blocks resident beside the running kernel's) is worth.
 
     python bench/step_stream_probe.py [--models 2b,7b] [--context 512] [--shapes 1x16,2x8,4x4] [--out FILE.json]
 """
@@ -42,7 +46,7 @@ from run_info import git_revision, library_settings, settings_line, write_atomic
 # hidden, layers, q heads, KV heads, head dim, ffn (ANCHORS.md)
 MODELS = {"2b": (2048, 24, 16, 8, 128, 8192), "7b": (4096, 32, 32, 32, 128, 11008)}
 GROUP = 128
-MODES = ("chain", "persistent", "persistent_no_waits")
+MODES = ("chain", "chain_exclusive", "persistent", "persistent_no_waits")
 REPLAYS = 30
 WARM_S = 0.05
 
@@ -117,8 +121,9 @@ def render(doc: dict) -> str:
              f"- Device: {doc['gpu']}; copy bandwidth measured {doc['bandwidth_tb_s']:.2f} TB/s (read + written)",
              f"- Date: {doc['date']}; revision {doc['revision']}; context {doc['context']} tokens (int8 KV)",
              f"- Command: `{doc['command']}`", *settings_line(doc.get("settings")), "",
-             "| model | blocks an SM × ring stages | grid | chain µs a layer | persistent µs a layer | "
-             "no waits µs a layer | chain % of copy bw | persistent % | no waits % |", "|---|---|---|---|---|---|---|---|---|"]
+             "| model | blocks an SM × ring stages | grid | chain µs a layer | exclusive chain | persistent | "
+             "no waits | chain % of copy bw | exclusive chain % | persistent % | no waits % |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     by_key: dict[tuple, dict] = {}
     for r in doc["rows"]:
         by_key.setdefault((r["model"], r["blocks_per_sm"], r["ring_stages"], r["grid"]), {})[r["mode"]] = r

@@ -148,13 +148,38 @@ __global__ void __launch_bounds__(kThreads) chain_kernel(const uint4* __restrict
 
 int smem_bytes(int stages) { return kWarps * stages * kStepProbeStepBytes; }
 
+// The most dynamic shared memory a block may ask on the current device (its opt-in limit), 0 if unknown.
+int optin_smem() {
+  int device = 0, n = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+// Shared memory a block of the exclusive chain asks for: an SM's share for `blocks_per_sm` blocks (less the 1 KB the
+// runtime reserves a block), so no further block fits beside them; at least the ring.
+int exclusive_smem(int blocks_per_sm, int stages) {
+  int device = 0, per_sm = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device) != cudaSuccess) {
+    cudaGetLastError();
+    return smem_bytes(stages);
+  }
+  const int share = per_sm / blocks_per_sm - 1024;
+  return share > smem_bytes(stages) ? (share < optin_smem() ? share : optin_smem()) : smem_bytes(stages);
+}
+
 template <int ST>
 cudaError_t grant() {
   static const cudaError_t e = [] {
     cudaError_t r = cudaFuncSetAttribute(persistent_kernel<ST>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          smem_bytes(ST));
-    if (r == cudaSuccess)
-      r = cudaFuncSetAttribute(chain_kernel<ST>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes(ST));
+    if (r == cudaSuccess)  // up to the opt-in limit: the exclusive chain asks for an SM's share
+      r = cudaFuncSetAttribute(chain_kernel<ST>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               optin_smem() > smem_bytes(ST) ? optin_smem() : smem_bytes(ST));
     return r;
   }();
   return e;
@@ -189,10 +214,11 @@ template <int ST>
 cudaError_t launch(const uint4* src, const Phases& ph, StepProbeMode mode, int grid, uint32_t* sink,
                    unsigned* counters, cudaStream_t stream) {
   if (const cudaError_t e = grant<ST>(); e != cudaSuccess) return e;
-  if (mode == StepProbeMode::kChain) {
+  if (mode == StepProbeMode::kChain || mode == StepProbeMode::kChainExclusive) {
+    const int smem = mode == StepProbeMode::kChain ? smem_bytes(ST) : exclusive_smem(grid / cuda::sm_count(), ST);
     for (int p = 0; p < ph.count; ++p) {
-      const cudaError_t e = cuda::launch_dependent(chain_kernel<ST>, dim3(grid), dim3(kThreads), smem_bytes(ST),
-                                                   stream, src, ph.begin[p], ph.begin[p + 1], sink);
+      const cudaError_t e = cuda::launch_dependent(chain_kernel<ST>, dim3(grid), dim3(kThreads), smem, stream, src,
+                                                   ph.begin[p], ph.begin[p + 1], sink);
       if (e != cudaSuccess) return e;
     }
     return cudaSuccess;
@@ -221,7 +247,8 @@ cudaError_t step_stream_probe(const void* p, const int64_t* phase_bytes, int pha
     if (phase_bytes[i] <= 0 || phase_bytes[i] % kStepProbeStepBytes != 0) return cudaErrorInvalidValue;
     ph.begin[i + 1] = ph.begin[i] + phase_bytes[i] / kStepProbeStepBytes;
   }
-  if (mode != StepProbeMode::kChain && !counters) return cudaErrorInvalidValue;
+  const bool chain = mode == StepProbeMode::kChain || mode == StepProbeMode::kChainExclusive;
+  if (!chain && !counters) return cudaErrorInvalidValue;
   const int grid = step_probe_grid(blocks_per_sm, ring_stages);
   if (grid == 0) return cudaErrorInvalidConfiguration;
   const uint4* src = static_cast<const uint4*>(p);

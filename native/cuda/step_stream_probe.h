@@ -7,7 +7,10 @@
 //    bytes only once every block has finished the phase before (a counter in global memory: a real layer's next
 //    GEMM needs the whole of the previous one's output), having requested that phase's first ring stages before
 //    the wait (weights depend on no activation);
-//  - persistent without the waits: the same streaming with no dependency between phases.
+//  - persistent without the waits: the same streaming with no dependency between phases;
+//  - chain, exclusive: the chain with each kernel asking for so much shared memory that only its own blocks fit on
+//    an SM, so the next kernel's blocks start (and request their first stages) only as this one's exit, as with the
+//    engine's decode GEMMs (three blocks of ~58 KB an SM).
 // Each warp streams its share of a phase in 512-byte steps through a ring of cp.async stages in shared memory, as
 // the decode GEMM does. bench/step_stream_probe.py times the three; docs/benchmarks/cuda_engine.md reads them.
 #pragma once
@@ -20,7 +23,7 @@ namespace vlm {
 constexpr int kStepProbeMaxPhases = 256;
 constexpr int kStepProbeStepBytes = 512;  // a phase is a whole number of these (one warp's ring stage)
 
-enum class StepProbeMode : int { kChain = 0, kPersistent = 1, kPersistentNoWaits = 2 };
+enum class StepProbeMode : int { kChain = 0, kPersistent = 1, kPersistentNoWaits = 2, kChainExclusive = 3 };
 
 // Blocks of the probe's grid on the current device for `blocks_per_sm` blocks an SM with `ring_stages` (4, 8 or 16)
 // stages a warp, or 0 where that many such blocks do not all fit on an SM at once (the persistent form's waits

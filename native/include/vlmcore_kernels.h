@@ -181,7 +181,9 @@ VLM_API int vlm_stream_read(const void* p, int64_t bytes, uint32_t* sink, void* 
  * back to back from `p` (16-byte aligned; phase_bytes on the host, each a positive
  * multiple of 512) read once, as a chain of dependent kernels (mode 0), one
  * persistent launch whose blocks wait for every block to finish a phase before
- * consuming the next (1), or the same launch without the waits (2); blocks_per_sm
+ * consuming the next (1), the same launch without the waits (2), or the chain
+ * with each kernel's blocks alone on their SMs (3: the next kernel's blocks
+ * start only as these exit); blocks_per_sm
  * blocks an SM of 8 warps, each streaming through a ring of ring_stages (4, 8 or
  * 16) 512-byte cp.async stages. Each block XORs what it read into sink[block]
  * (vlm_step_probe_grid words); counters: `phases` device words the persistent

@@ -497,8 +497,9 @@ int vlm_step_stream_probe(const void* p, const int64_t* phase_bytes, int32_t pha
     for (int32_t i = 0; i < phases; ++i)
       VLM_CHECK_ARG(phase_bytes[i] > 0 && phase_bytes[i] % 512 == 0,
                     "phase " << i << " has " << phase_bytes[i] << " bytes: each must be a positive multiple of 512");
-    VLM_CHECK_ARG(mode >= 0 && mode <= 2, "mode must be 0 (chain), 1 (persistent) or 2 (no waits), got " << mode);
-    VLM_CHECK_ARG(mode == 0 || counters, "NULL counters (the persistent modes count in them)");
+    VLM_CHECK_ARG(mode >= 0 && mode <= 3,
+                  "mode must be 0 (chain), 1 (persistent), 2 (no waits) or 3 (exclusive chain), got " << mode);
+    VLM_CHECK_ARG(mode == 0 || mode == 3 || counters, "NULL counters (the persistent modes count in them)");
     VLM_CHECK_ARG(aligned(p, 16) && aligned(sink, 4) && (!counters || aligned(counters, 4)),
                   "p must be 16-byte aligned, sink and counters 4");
     check_probe_shape(blocks_per_sm, ring_stages);

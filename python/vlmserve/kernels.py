@@ -316,7 +316,7 @@ def stream_read(buf, sink) -> None:
                                         _stream(buf.device)))
 
 
-STEP_PROBE_MODES = {"chain": 0, "persistent": 1, "persistent_no_waits": 2}
+STEP_PROBE_MODES = {"chain": 0, "persistent": 1, "persistent_no_waits": 2, "chain_exclusive": 3}
 
 
 def step_probe_grid(blocks_per_sm: int, ring_stages: int) -> int:
@@ -330,7 +330,8 @@ def step_probe_grid(blocks_per_sm: int, ring_stages: int) -> int:
 def step_stream_probe(buf, phase_bytes: list[int], mode: str, blocks_per_sm: int, ring_stages: int, sink,
                       counters) -> None:
     """Reads the phases laid out back to back at the start of `buf` (a contiguous CUDA tensor) once, as a chain of
-    dependent kernels or one persistent launch with or without a wait between phases (vlm_step_stream_probe), on
+    dependent kernels (their blocks sharing SMs with the next kernel's, or alone on them: chain_exclusive) or one
+    persistent launch with or without a wait between phases (vlm_step_stream_probe), on
     torch's current stream; each block XORs what it read into its word of `sink`; `counters` holds one int32 a
     phase."""
     if not buf.is_contiguous() or not buf.is_cuda:

@@ -30,7 +30,7 @@ def test_bad_input_is_refused_before_any_gpu_work():
     with pytest.raises(InvalidArgumentError, match="phases must be 1 to 256"):
         check(_probe(phases=[]))
     with pytest.raises(InvalidArgumentError, match="mode must be"):
-        check(_probe(phases=[512], mode=3))
+        check(_probe(phases=[512], mode=4))
     with pytest.raises(InvalidArgumentError, match="NULL counters"):
         check(_probe(phases=[512], mode=1, counters=None))
     with pytest.raises(InvalidArgumentError, match="ring_stages must be 4, 8 or 16"):
@@ -48,7 +48,7 @@ def _xor(words: np.ndarray) -> np.uint32:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["chain", "persistent", "persistent_no_waits"])
+@pytest.mark.parametrize("mode", ["chain", "persistent", "persistent_no_waits", "chain_exclusive"])
 @pytest.mark.parametrize("blocks_per_sm,ring_stages", [(1, 16), (2, 8), (4, 4)])
 def test_every_byte_of_every_phase_is_read_once(mode, blocks_per_sm, ring_stages):
     import torch
