@@ -16,7 +16,10 @@ out back to back (far more than the L2), are read by vlm_step_stream_probe three
                        shared memory), so the next kernel's blocks start and request their first stages only as
                        these exit, as with the engine's decode GEMMs (three blocks of ~58 KB an SM).
 
-Each warp streams through a ring of cp.async stages of 512 bytes (the decode GEMM's). For each (blocks an SM, ring
+Each warp streams through a ring of cp.async stages of 512 bytes (the decode GEMM's). Each form that waits also runs
+"+ row": after its wait every block reads the whole fp16 row of the model's hidden size that the phase before wrote
+and reduces its sum of squares (what the fused RMSNorm of q/k/v and gate_up does before its weights), and after its
+weights writes its share of its own phase's row (the GEMM's output): the dependent work around the weights. For each (blocks an SM, ring
 stages) that fits, each form is captured in a CUDA graph and replayed: median of 30 replays after 50 ms of untimed
 ones. Reported: µs a step (the layers only; the lm head, embedding and argmax are not in it), µs a layer, and the
 bytes over that time as a fraction of the device-to-device copy bandwidth measured in the same run (read + written,
@@ -47,6 +50,12 @@ from run_info import git_revision, library_settings, settings_line, write_atomic
 MODELS = {"2b": (2048, 24, 16, 8, 128, 8192), "7b": (4096, 32, 32, 32, 128, 11008)}
 GROUP = 128
 MODES = ("chain", "chain_exclusive", "persistent", "persistent_no_waits")
+# (mode, with the dependent row work): every form that waits with and without it
+VARIANTS = [(m, r) for m in MODES for r in ((False, True) if m != "persistent_no_waits" else (False,))]
+
+
+def _label(mode: str, with_row: bool) -> str:
+    return mode + (" + row" if with_row else "")
 REPLAYS = 30
 WARM_S = 0.05
 
@@ -102,35 +111,39 @@ def run_model(model: str, context: int, shapes: list[tuple[int, int]], bandwidth
             print(f"[{model}] {blocks_per_sm} blocks an SM of {stages} ring stages do not fit: skipped", flush=True)
             continue
         sink = torch.zeros(grid, dtype=torch.int32, device="cuda")
-        for mode in MODES:
-            s = time_graph(lambda: step_stream_probe(buf, phases, mode, blocks_per_sm, stages, sink, counters))
-            row = {"model": model, "mode": mode, "blocks_per_sm": blocks_per_sm, "ring_stages": stages, "grid": grid,
-                   "step_us": s * 1e6, "layer_us": s * 1e6 / layers, "bytes": total,
-                   "fraction_of_copy_bandwidth": total / s / bandwidth}
+        for mode, with_row in VARIANTS:
+            hidden_rows = torch.zeros(2, MODELS[model][0], dtype=torch.float16, device="cuda") if with_row else None
+            s = time_graph(lambda: step_stream_probe(buf, phases, mode, blocks_per_sm, stages, sink, counters,
+                                                     hidden_rows))
+            row = {"model": model, "mode": mode, "row": with_row, "blocks_per_sm": blocks_per_sm,
+                   "ring_stages": stages, "grid": grid, "step_us": s * 1e6, "layer_us": s * 1e6 / layers,
+                   "bytes": total, "fraction_of_copy_bandwidth": total / s / bandwidth}
             rows.append(row)
-            print(f"[{model}] {mode:20s} {blocks_per_sm} blocks/SM x {stages:2d} stages: {row['step_us']:8.1f} us a "
-                  f"step, {row['layer_us']:6.2f} us a layer, {100 * row['fraction_of_copy_bandwidth']:5.1f} % of "
-                  f"the copy bandwidth", flush=True)
+            print(f"[{model}] {_label(mode, with_row):25s} {blocks_per_sm} blocks/SM x {stages:2d} stages: "
+                  f"{row['step_us']:8.1f} us a step, {row['layer_us']:6.2f} us a layer, "
+                  f"{100 * row['fraction_of_copy_bandwidth']:5.1f} % of the copy bandwidth", flush=True)
     del buf
     torch.cuda.empty_cache()
     return rows
 
 
 def render(doc: dict) -> str:
+    variants = [v for v in VARIANTS if any(r["mode"] == v[0] and r.get("row", False) == v[1] for r in doc["rows"])]
     lines = ["# The step-streaming probe: a chain of kernels against one persistent launch, on the bytes alone", "",
              f"- Device: {doc['gpu']}; copy bandwidth measured {doc['bandwidth_tb_s']:.2f} TB/s (read + written)",
              f"- Date: {doc['date']}; revision {doc['revision']}; context {doc['context']} tokens (int8 KV)",
              f"- Command: `{doc['command']}`", *settings_line(doc.get("settings")), "",
-             "| model | blocks an SM × ring stages | grid | chain µs a layer | exclusive chain | persistent | "
-             "no waits | chain % of copy bw | exclusive chain % | persistent % | no waits % |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "µs a layer (in brackets: the layer's bytes over that time, % of the copy bandwidth)", "",
+             "| model | blocks an SM × ring stages | grid | " + " | ".join(_label(*v) for v in variants) + " |",
+             "|---|---|---|" + "---|" * len(variants)]
     by_key: dict[tuple, dict] = {}
     for r in doc["rows"]:
-        by_key.setdefault((r["model"], r["blocks_per_sm"], r["ring_stages"], r["grid"]), {})[r["mode"]] = r
-    for (model, b, st, grid), modes in by_key.items():
-        us = [f"{modes[m]['layer_us']:.2f}" if m in modes else "—" for m in MODES]
-        pct = [f"{100 * modes[m]['fraction_of_copy_bandwidth']:.0f}" if m in modes else "—" for m in MODES]
-        lines.append(f"| {model} | {b} × {st} | {grid} | {' | '.join(us)} | {' | '.join(pct)} |")
+        key = (r["model"], r["blocks_per_sm"], r["ring_stages"], r["grid"])
+        by_key.setdefault(key, {})[(r["mode"], r.get("row", False))] = r
+    for (model, b, st, grid), got in by_key.items():
+        cells = [f"{got[v]['layer_us']:.2f} ({100 * got[v]['fraction_of_copy_bandwidth']:.0f} %)" if v in got else "—"
+                 for v in variants]
+        lines.append(f"| {model} | {b} × {st} | {grid} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -2,6 +2,8 @@
 // persistent launch that goes through the phases with a counter wait between them.
 #include "cuda/step_stream_probe.h"
 
+#include <cuda_fp16.h>
+
 #include <map>
 #include <utility>
 
@@ -103,10 +105,45 @@ __device__ __forceinline__ void wait_for(const unsigned* counter, unsigned targe
   __syncthreads();
 }
 
+// The work a decode GEMM does around its weights where the previous phase's output is its input, modelled: after
+// the wait every block reads the whole row the previous phase wrote and reduces its sum of squares across the block
+// (an RMSNorm's statistics: the fused norm's prologue), and after its weights each block writes its share of this
+// phase's row (the GEMM's output columns): (p + 1) / rms of the row it read, so the dependency is real and a block
+// that skipped its read would leave a value the tests see. rows: two rows of `row` halves, phase p writing row p % 2;
+// nothing when row is 0.
+__device__ __forceinline__ float row_rms_inverse(const __half* prev, int row) {
+  __shared__ float warp_sums[kWarps];
+  float sq = 0.f;
+  for (int i = threadIdx.x * 8; i < row; i += kThreads * 8) {
+    const uint4 v = __ldcg(reinterpret_cast<const uint4*>(prev + i));
+    const __half2* h = reinterpret_cast<const __half2*>(&v);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float2 f = __half22float2(h[j]);
+      sq += f.x * f.x + f.y * f.y;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sq;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) total += warp_sums[w];
+  __syncthreads();  // warp_sums is reused by the next phase's prologue
+  return rsqrtf(total / row + 1e-6f);
+}
+__device__ __forceinline__ void write_row_share(__half* out, int row, float value) {
+  const int per_block = (row + gridDim.x - 1) / gridDim.x;
+  const int i0 = blockIdx.x * per_block, i1 = min(row, i0 + per_block);
+  for (int i = i0 + threadIdx.x; i < i1; i += kThreads) __stcg(out + i, __float2half(value));
+}
+
 template <int ST>
 __global__ void __launch_bounds__(kThreads) persistent_kernel(const __grid_constant__ Phases ph,
                                                               const uint4* __restrict__ src, uint32_t* sink,
-                                                              unsigned* counters, bool waits) {
+                                                              unsigned* counters, bool waits, __half* rows,
+                                                              int row) {
   extern __shared__ __align__(16) uint4 smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   uint4* ring = smem + warp * ST * 32;
@@ -114,9 +151,13 @@ __global__ void __launch_bounds__(kThreads) persistent_kernel(const __grid_const
   uint32_t x = 0;
   WarpSpan s = warp_span(ph.begin[0], ph.begin[1], me, warps);
   prime<ST>(ring, src, s, lane);
+  const bool rowed = waits && row > 0;
+  float inv = 1.f;
   for (int p = 0; p < ph.count; ++p) {
     if (waits && p > 0) wait_for(counters + p - 1, gridDim.x);
+    if (rowed && p > 0) inv = row_rms_inverse(rows + ((p - 1) & 1) * row, row);
     x ^= consume<ST>(ring, src, s, lane);
+    if (rowed) write_row_share(rows + (p & 1) * row, row, inv * (p + 1));
     if (p + 1 == ph.count) break;
     if (waits) {  // this block's share of phase p is done: count it, then request the next phase's first stages
       __syncthreads();
@@ -134,7 +175,7 @@ __global__ void __launch_bounds__(kThreads) persistent_kernel(const __grid_const
 // One phase of the chain: the first stages before the wait for the kernel before it, as the engine's GEMMs do.
 template <int ST>
 __global__ void __launch_bounds__(kThreads) chain_kernel(const uint4* __restrict__ src, int64_t begin, int64_t end,
-                                                         uint32_t* sink) {
+                                                         uint32_t* sink, __half* rows, int row, int phase) {
   extern __shared__ __align__(16) uint4 smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   uint4* ring = smem + warp * ST * 32;
@@ -142,7 +183,9 @@ __global__ void __launch_bounds__(kThreads) chain_kernel(const uint4* __restrict
   prime<ST>(ring, src, s, lane);
   cuda::pdl_wait();
   cuda::pdl_allow_next();
+  const float inv = row > 0 && phase > 0 ? row_rms_inverse(rows + ((phase - 1) & 1) * row, row) : 1.f;
   const uint32_t x = consume<ST>(ring, src, s, lane);
+  if (row > 0) write_row_share(rows + (phase & 1) * row, row, inv * (phase + 1));
   fold_into_sink(x, sink);
 }
 
@@ -212,13 +255,13 @@ int resident_per_sm(int stages) {
 
 template <int ST>
 cudaError_t launch(const uint4* src, const Phases& ph, StepProbeMode mode, int grid, uint32_t* sink,
-                   unsigned* counters, cudaStream_t stream) {
+                   unsigned* counters, __half* rows, int row, cudaStream_t stream) {
   if (const cudaError_t e = grant<ST>(); e != cudaSuccess) return e;
   if (mode == StepProbeMode::kChain || mode == StepProbeMode::kChainExclusive) {
     const int smem = mode == StepProbeMode::kChain ? smem_bytes(ST) : exclusive_smem(grid / cuda::sm_count(), ST);
     for (int p = 0; p < ph.count; ++p) {
       const cudaError_t e = cuda::launch_dependent(chain_kernel<ST>, dim3(grid), dim3(kThreads), smem, stream, src,
-                                                   ph.begin[p], ph.begin[p + 1], sink);
+                                                   ph.begin[p], ph.begin[p + 1], sink, rows, row, p);
       if (e != cudaSuccess) return e;
     }
     return cudaSuccess;
@@ -226,7 +269,7 @@ cudaError_t launch(const uint4* src, const Phases& ph, StepProbeMode mode, int g
   if (const cudaError_t e = cudaMemsetAsync(counters, 0, sizeof(unsigned) * ph.count, stream); e != cudaSuccess)
     return e;
   persistent_kernel<ST><<<grid, kThreads, smem_bytes(ST), stream>>>(ph, src, sink, counters,
-                                                                    mode == StepProbeMode::kPersistent);
+                                                                    mode == StepProbeMode::kPersistent, rows, row);
   return cudaGetLastError();
 }
 
@@ -238,9 +281,10 @@ int step_probe_grid(int blocks_per_sm, int ring_stages) {
 }
 
 cudaError_t step_stream_probe(const void* p, const int64_t* phase_bytes, int phases, StepProbeMode mode,
-                              int blocks_per_sm, int ring_stages, uint32_t* sink, unsigned* counters,
-                              cudaStream_t stream) {
+                              int blocks_per_sm, int ring_stages, uint32_t* sink, unsigned* counters, void* rows,
+                              int row_halves, cudaStream_t stream) {
   if (!p || !phase_bytes || !sink || phases < 1 || phases > kStepProbeMaxPhases) return cudaErrorInvalidValue;
+  if (row_halves < 0 || row_halves % 8 != 0 || (row_halves > 0 && !rows)) return cudaErrorInvalidValue;
   Phases ph{};
   ph.count = phases;
   for (int i = 0; i < phases; ++i) {
@@ -252,9 +296,10 @@ cudaError_t step_stream_probe(const void* p, const int64_t* phase_bytes, int pha
   const int grid = step_probe_grid(blocks_per_sm, ring_stages);
   if (grid == 0) return cudaErrorInvalidConfiguration;
   const uint4* src = static_cast<const uint4*>(p);
-  if (ring_stages == 16) return launch<16>(src, ph, mode, grid, sink, counters, stream);
-  if (ring_stages == 8) return launch<8>(src, ph, mode, grid, sink, counters, stream);
-  return launch<4>(src, ph, mode, grid, sink, counters, stream);
+  __half* h = static_cast<__half*>(rows);
+  if (ring_stages == 16) return launch<16>(src, ph, mode, grid, sink, counters, h, row_halves, stream);
+  if (ring_stages == 8) return launch<8>(src, ph, mode, grid, sink, counters, h, row_halves, stream);
+  return launch<4>(src, ph, mode, grid, sink, counters, h, row_halves, stream);
 }
 
 }  // namespace vlm

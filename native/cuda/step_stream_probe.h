@@ -33,9 +33,13 @@ int step_probe_grid(int blocks_per_sm, int ring_stages);
 // Reads phases[0..phases) bytes (each a positive multiple of kStepProbeStepBytes, the phases back to back from p,
 // 16-byte aligned) once, in `mode`. Each block XORs what it read into sink[block] (so no load can be left out);
 // counters: `phases` words of device memory the persistent form counts finished blocks in (zeroed here, on the
-// stream, before the launch). Asynchronous on `stream`; capturable in a CUDA graph.
+// stream, before the launch). With row_halves > 0 (a multiple of 8), the chains and the persistent form with waits
+// also model the work around a GEMM's weights that depends on the phase before: after its wait every block reads the
+// whole fp16 row the previous phase wrote and reduces its sum of squares (a fused RMSNorm's prologue), and after its
+// weights writes its share of its own phase's row (rows: 2 x row_halves halves of device memory, 16-byte aligned).
+// Asynchronous on `stream`; capturable in a CUDA graph.
 cudaError_t step_stream_probe(const void* p, const int64_t* phase_bytes, int phases, StepProbeMode mode,
-                              int blocks_per_sm, int ring_stages, uint32_t* sink, unsigned* counters,
-                              cudaStream_t stream);
+                              int blocks_per_sm, int ring_stages, uint32_t* sink, unsigned* counters, void* rows,
+                              int row_halves, cudaStream_t stream);
 
 }  // namespace vlm

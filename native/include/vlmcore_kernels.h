@@ -187,12 +187,17 @@ VLM_API int vlm_stream_read(const void* p, int64_t bytes, uint32_t* sink, void* 
  * blocks an SM of 8 warps, each streaming through a ring of ring_stages (4, 8 or
  * 16) 512-byte cp.async stages. Each block XORs what it read into sink[block]
  * (vlm_step_probe_grid words); counters: `phases` device words the persistent
- * form counts in (zeroed on the stream first). At most 256 phases. Asynchronous
- * on `stream`, capturable in a CUDA graph; CUDA builds only. */
+ * form counts in (zeroed on the stream first). At most 256 phases. With
+ * row_halves > 0 (a multiple of 8, at most 65536) modes 0, 1 and 3 also model
+ * the dependent work around a GEMM's weights: after its wait every block reads
+ * the whole fp16 row the previous phase wrote and reduces its sum of squares (a
+ * fused RMSNorm's statistics), after its weights it writes its share of its own
+ * phase's row (rows: 2 * row_halves halves of device memory, 16-byte aligned).
+ * Asynchronous on `stream`, capturable in a CUDA graph; CUDA builds only. */
 VLM_API int vlm_step_probe_grid(int32_t blocks_per_sm, int32_t ring_stages, int32_t* grid);
 VLM_API int vlm_step_stream_probe(const void* p, const int64_t* phase_bytes, int32_t phases, int32_t mode,
                                   int32_t blocks_per_sm, int32_t ring_stages, uint32_t* sink, uint32_t* counters,
-                                  void* stream);
+                                  void* rows, int32_t row_halves, void* stream);
 
 /* Prefill attention: several consecutive query rows per request, each attending
  * causally to its request's cache as in vlm_decode_attention (same layouts and

@@ -489,7 +489,7 @@ int vlm_step_probe_grid(int32_t blocks_per_sm, int32_t ring_stages, int32_t* gri
 
 int vlm_step_stream_probe(const void* p, const int64_t* phase_bytes, int32_t phases, int32_t mode,
                           int32_t blocks_per_sm, int32_t ring_stages, uint32_t* sink, uint32_t* counters,
-                          void* stream) {
+                          void* rows, int32_t row_halves, void* stream) {
   return vlm::guarded([&] {
     VLM_CHECK_ARG(p && sink, "NULL device pointer");
     VLM_CHECK_ARG(phase_bytes, "NULL phase_bytes");
@@ -502,16 +502,20 @@ int vlm_step_stream_probe(const void* p, const int64_t* phase_bytes, int32_t pha
     VLM_CHECK_ARG(mode == 0 || mode == 3 || counters, "NULL counters (the persistent modes count in them)");
     VLM_CHECK_ARG(aligned(p, 16) && aligned(sink, 4) && (!counters || aligned(counters, 4)),
                   "p must be 16-byte aligned, sink and counters 4");
+    VLM_CHECK_ARG(row_halves >= 0 && row_halves <= 65536 && row_halves % 8 == 0,
+                  "row_halves must be a multiple of 8 from 0 to 65536, got " << row_halves);
+    VLM_CHECK_ARG(row_halves == 0 || (rows && aligned(rows, 16)), "rows must be a 16-byte aligned device pointer");
     check_probe_shape(blocks_per_sm, ring_stages);
 #ifdef VLM_HAVE_CUDA
     VLM_CHECK_ARG(vlm::step_probe_grid(blocks_per_sm, ring_stages) > 0,
                   blocks_per_sm << " blocks an SM with " << ring_stages
                                 << " ring stages a warp do not fit on this GPU's SMs at once");
     VLM_CUDA_CHECK(vlm::step_stream_probe(p, phase_bytes, phases, static_cast<vlm::StepProbeMode>(mode),
-                                          blocks_per_sm, ring_stages, sink, counters,
+                                          blocks_per_sm, ring_stages, sink, counters, rows, row_halves,
                                           static_cast<cudaStream_t>(stream)));
 #else
     (void)counters;
+    (void)rows;
     (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif

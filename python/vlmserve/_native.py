@@ -241,7 +241,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         "vlm_stream_read": (c.c_int, [c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]),
         "vlm_step_probe_grid": (c.c_int, [c.c_int32, c.c_int32, c.POINTER(c.c_int32)]),
         "vlm_step_stream_probe": (c.c_int, [c.c_void_p, c.POINTER(c.c_int64), c.c_int32, c.c_int32, c.c_int32,
-                                            c.c_int32, c.c_void_p, c.c_void_p, c.c_void_p]),
+                                            c.c_int32, c.c_void_p, c.c_void_p, c.c_void_p, c.c_int32, c.c_void_p]),
         "vlm_prefill_attention_workspace_bytes": (c.c_int, [c.c_int32, c.c_int32, c.POINTER(c.c_int64)]),
         "vlm_prefill_attention": (c.c_int, [c.c_void_p, c.c_void_p] + [c.c_int32] * 7 + [c.c_void_p] * 6
                                   + [c.c_int32, c.c_void_p, c.c_int32, c.c_int32, c.c_void_p, c.c_void_p]),

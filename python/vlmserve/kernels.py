@@ -328,12 +328,14 @@ def step_probe_grid(blocks_per_sm: int, ring_stages: int) -> int:
 
 
 def step_stream_probe(buf, phase_bytes: list[int], mode: str, blocks_per_sm: int, ring_stages: int, sink,
-                      counters) -> None:
+                      counters, rows=None) -> None:
     """Reads the phases laid out back to back at the start of `buf` (a contiguous CUDA tensor) once, as a chain of
     dependent kernels (their blocks sharing SMs with the next kernel's, or alone on them: chain_exclusive) or one
     persistent launch with or without a wait between phases (vlm_step_stream_probe), on
     torch's current stream; each block XORs what it read into its word of `sink`; `counters` holds one int32 a
-    phase."""
+    phase. `rows` (two fp16 rows, as one contiguous CUDA tensor) adds the work that depends on the phase before: every
+    block reads the whole row the previous phase wrote and reduces its sum of squares, then writes its share of its
+    own phase's row."""
     if not buf.is_contiguous() or not buf.is_cuda:
         raise InvalidArgumentError("step_stream_probe: the buffer must be a contiguous CUDA tensor")
     if mode not in STEP_PROBE_MODES:
@@ -347,9 +349,18 @@ def step_stream_probe(buf, phase_bytes: list[int], mode: str, blocks_per_sm: int
     if counters.numel() < len(phase_bytes):
         raise InvalidArgumentError(f"step_stream_probe: counters needs {len(phase_bytes)} words, it has "
                                    f"{counters.numel()}")
+    row_halves = 0
+    if rows is not None:
+        import torch
+
+        if rows.dtype != torch.float16 or not rows.is_contiguous() or not rows.is_cuda or rows.numel() % 16:
+            raise InvalidArgumentError("step_stream_probe: rows must be a contiguous CUDA float16 tensor of two rows "
+                                       "of a multiple of 8 halves")
+        row_halves = rows.numel() // 2
     sizes = (ctypes.c_int64 * len(phase_bytes))(*phase_bytes)
     check(_native.lib().vlm_step_stream_probe(buf.data_ptr(), sizes, len(phase_bytes), STEP_PROBE_MODES[mode],
                                               blocks_per_sm, ring_stages, sink.data_ptr(), counters.data_ptr(),
+                                              rows.data_ptr() if rows is not None else None, row_halves,
                                               _stream(buf.device)))
 
 
