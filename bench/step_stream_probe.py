@@ -4,7 +4,7 @@ A batch-1 decode step of the 2B- and 7B-shaped models streams, layer after layer
 of its context (int8, with the fp16 scale and zero of each token and KV head), o, gate_up and down (4-bit codes
 with an fp16 scale and zero a group of 128, 0.53125 bytes a weight, as the engine keeps them): five phases a layer,
 each of which needs the whole of the one before (a GEMM's input is the previous phase's output). Those bytes, laid
-out back to back (far more than the L2), are read by vlm_step_stream_probe three ways, with no arithmetic:
+out back to back (far more than the L2), are read by vlm_step_stream_probe four ways, with no arithmetic:
 
   chain                one dependent kernel a phase, as the engine launches its kernels: each block requests its
                        first ring stages, waits for the kernel before it, streams the rest;
@@ -19,13 +19,15 @@ out back to back (far more than the L2), are read by vlm_step_stream_probe three
 Each warp streams through a ring of cp.async stages of 512 bytes (the decode GEMM's). Each form that waits also runs
 "+ row": after its wait every block reads the whole fp16 row of the model's hidden size that the phase before wrote
 and reduces its sum of squares (what the fused RMSNorm of q/k/v and gate_up does before its weights), and after its
-weights writes its share of its own phase's row (the GEMM's output): the dependent work around the weights. For each (blocks an SM, ring
-stages) that fits, each form is captured in a CUDA graph and replayed: median of 30 replays after 50 ms of untimed
-ones. Reported: µs a step (the layers only; the lm head, embedding and argmax are not in it), µs a layer, and the
-bytes over that time as a fraction of the device-to-device copy bandwidth measured in the same run (read + written,
-the anchors' floor). The gap between chain and persistent is what the kernel boundaries cost on the bytes alone;
-between persistent and persistent_no_waits, what the waits cost; between chain and chain_exclusive, what the next
-kernel's early start (its blocks resident beside the running kernel's) is worth.
+weights writes its share of its own phase's row (the GEMM's output): the dependent work around the weights. For
+each (blocks an SM, ring stages) that fits, each form is timed as bench/gemm times a layer: 20 steps captured in one
+CUDA graph, median of 30 replays after 50 ms of untimed ones, time a step (the 2026-12-06 16:16 run captured one
+step a graph). Reported: µs a step (the layers only; the lm head, embedding and argmax are not in it), µs a layer,
+and the bytes over that time as a fraction of the device-to-device copy bandwidth measured in the same run (read +
+written, the anchors' floor). The gap between chain and persistent is what the kernel boundaries cost on the bytes
+alone; between persistent and persistent_no_waits, what the waits cost; between chain and chain_exclusive, what the
+next kernel's early start (its blocks resident beside the running kernel's) is worth; between a form and its
+"+ row", what the dependent work around the weights costs.
 
     python bench/step_stream_probe.py [--models 2b,7b] [--context 512] [--shapes 1x16,2x8,4x4] [--out FILE.json]
 """
@@ -34,16 +36,14 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.kernels import step_probe_grid, step_stream_probe  # noqa: E402
-from gemm import hbm_bandwidth  # noqa: E402  (bench/, the script's own folder)
+from gemm import hbm_bandwidth, time_graph  # noqa: E402  (bench/, the script's own folder)
 from run_info import git_revision, library_settings, settings_line, write_atomic  # noqa: E402
 
 # hidden, layers, q heads, KV heads, head dim, ffn (ANCHORS.md)
@@ -56,8 +56,6 @@ VARIANTS = [(m, r) for m in MODES for r in ((False, True) if m != "persistent_no
 
 def _label(mode: str, with_row: bool) -> str:
     return mode + (" + row" if with_row else "")
-REPLAYS = 30
-WARM_S = 0.05
 
 
 def w4a16_bytes(n: int, k: int) -> int:
@@ -71,30 +69,6 @@ def layer_phases(model: str, context: int) -> list[tuple[str, int]]:
     return [("qkv", w4a16_bytes((heads + 2 * kv_heads) * head_dim, hidden)), ("attention", kv),
             ("o", w4a16_bytes(hidden, heads * head_dim)), ("gate_up", w4a16_bytes(2 * ffn, hidden)),
             ("down", w4a16_bytes(hidden, ffn))]
-
-
-def time_graph(call) -> float:
-    """Median seconds of one replay of a graph holding one call."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        call()  # outside the graph first: the kernels' attributes, the occupancy query
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        call()
-    start = time.perf_counter()
-    while time.perf_counter() - start < WARM_S:
-        g.replay()
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(REPLAYS):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        g.replay()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e) / 1e3)
-    return statistics.median(times)
 
 
 def run_model(model: str, context: int, shapes: list[tuple[int, int]], bandwidth: float) -> list[dict]:
@@ -113,8 +87,8 @@ def run_model(model: str, context: int, shapes: list[tuple[int, int]], bandwidth
         sink = torch.zeros(grid, dtype=torch.int32, device="cuda")
         for mode, with_row in VARIANTS:
             hidden_rows = torch.zeros(2, MODELS[model][0], dtype=torch.float16, device="cuda") if with_row else None
-            s = time_graph(lambda: step_stream_probe(buf, phases, mode, blocks_per_sm, stages, sink, counters,
-                                                     hidden_rows))
+            s = time_graph(lambda _i: step_stream_probe(buf, phases, mode, blocks_per_sm, stages, sink, counters,
+                                                        hidden_rows))
             row = {"model": model, "mode": mode, "row": with_row, "blocks_per_sm": blocks_per_sm,
                    "ring_stages": stages, "grid": grid, "step_us": s * 1e6, "layer_us": s * 1e6 / layers,
                    "bytes": total, "fraction_of_copy_bandwidth": total / s / bandwidth}
