@@ -202,8 +202,12 @@ int optin_smem() {
   return n;
 }
 
-// Shared memory a block of the exclusive chain asks for: an SM's share for `blocks_per_sm` blocks (less the 1 KB the
-// runtime reserves a block), so no further block fits beside them; at least the ring.
+// Room left a block for the kernel's own static shared memory (the row statistic's 32 bytes) within the limits below.
+constexpr int kStaticSmemRoom = 256;
+
+// Dynamic shared memory a block of the exclusive chain asks for: an SM's share for `blocks_per_sm` blocks, less the
+// 1 KB the runtime reserves a block and room for the static part, so no further block fits beside them (one more
+// would need the share again); within the opt-in limit a block; at least the ring.
 int exclusive_smem(int blocks_per_sm, int stages) {
   int device = 0, per_sm = 0;
   if (cudaGetDevice(&device) != cudaSuccess ||
@@ -211,8 +215,9 @@ int exclusive_smem(int blocks_per_sm, int stages) {
     cudaGetLastError();
     return smem_bytes(stages);
   }
-  const int share = per_sm / blocks_per_sm - 1024;
-  return share > smem_bytes(stages) ? (share < optin_smem() ? share : optin_smem()) : smem_bytes(stages);
+  const int share = per_sm / blocks_per_sm - 1024 - kStaticSmemRoom, most = optin_smem() - kStaticSmemRoom;
+  const int bytes = share < most ? share : most;
+  return bytes > smem_bytes(stages) ? bytes : smem_bytes(stages);
 }
 
 template <int ST>
@@ -220,9 +225,11 @@ cudaError_t grant() {
   static const cudaError_t e = [] {
     cudaError_t r = cudaFuncSetAttribute(persistent_kernel<ST>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          smem_bytes(ST));
-    if (r == cudaSuccess)  // up to the opt-in limit: the exclusive chain asks for an SM's share
+    // The exclusive chain asks for up to the opt-in limit less the static part (dynamic + static may not exceed it).
+    const int most = optin_smem() - kStaticSmemRoom;
+    if (r == cudaSuccess)
       r = cudaFuncSetAttribute(chain_kernel<ST>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               optin_smem() > smem_bytes(ST) ? optin_smem() : smem_bytes(ST));
+                               most > smem_bytes(ST) ? most : smem_bytes(ST));
     return r;
   }();
   return e;
