@@ -1315,7 +1315,7 @@ step attn_b1 100
 step serve_c1 150
 step ncu_gemm 150
 step ncu_tail 420
-step step_probe 240
+step step_probe 480  # 17 GPU tests, then 4 shapes x 7 forms x 2 models of 20-step graphs
 step long_k_engine 360
 step ncu_gemm64 150
 step decode_new 240

@@ -5,7 +5,6 @@ ring depth. Bad input is refused at the C ABI before any GPU work (that test run
 from __future__ import annotations
 
 import ctypes
-import functools
 
 import numpy as np
 import pytest
@@ -48,7 +47,7 @@ def test_bad_input_is_refused_before_any_gpu_work():
 
 
 def _xor(words: np.ndarray) -> np.uint32:
-    return functools.reduce(np.bitwise_xor, words.view(np.uint32), np.uint32(0))
+    return np.bitwise_xor.reduce(words.view(np.uint32), initial=np.uint32(0))
 
 
 @pytest.mark.gpu
