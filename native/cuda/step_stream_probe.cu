@@ -9,6 +9,7 @@
 
 #include "cuda/dependent_launch.cuh"
 #include "cuda/device_query.h"
+#include "cuda/grid_counter.cuh"
 #include "cuda/w4a16_fragments.cuh"
 
 namespace vlm {
@@ -22,10 +23,6 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kVecPerStep = kStepProbeStepBytes / 16;  // one 16-byte copy a lane
 static_assert(kVecPerStep == 32, "a ring stage is one 16-byte copy per lane");
-
-// A wait of seconds means the grid was not all resident (another process's kernels or an MPS share holding SMs):
-// trap, an error the caller sees, rather than hang.
-constexpr uint64_t kWaitTimeoutNs = 5'000'000'000ull;
 
 // Phase p is steps [begin[p], begin[p + 1]) of 512 bytes from the start of the buffer.
 struct Phases {
@@ -84,24 +81,10 @@ __device__ __forceinline__ void fold_into_sink(uint32_t x, uint32_t* sink) {
   if (threadIdx.x % 32 == 0) atomicXor(sink + blockIdx.x, x);
 }
 
-__device__ __forceinline__ uint64_t global_ns() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
-  return t;
-}
-
-// Until `target` blocks have counted themselves in: thread 0 polls with acquire loads, the block follows it.
+// Until `target` blocks have counted themselves in: thread 0 polls (grid_counter.cuh: it traps after seconds, when
+// the grid was not all resident), the block follows it.
 __device__ __forceinline__ void wait_for(const unsigned* counter, unsigned target) {
-  if (threadIdx.x == 0) {
-    const uint64_t start = global_ns();
-    unsigned seen;
-    for (;;) {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-      if (seen >= target) break;
-      __nanosleep(32);
-      if (global_ns() - start > kWaitTimeoutNs) __trap();
-    }
-  }
+  if (threadIdx.x == 0) cuda::wait_for_count(counter, target);
   __syncthreads();
 }
 

@@ -30,6 +30,7 @@
 #include "cpu/w4a16_pack.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/env_int.h"
+#include "cuda/grid_counter.cuh"
 #include "cuda/rms_norm_row.cuh"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_decode_block.cuh"
@@ -101,17 +102,6 @@ __host__ __device__ inline int longest_row(const Params& p) {  // halves per sta
 __host__ __device__ inline int column_blocks(const Phase& f) { return (f.N / kW4StripN + f.S - 1) / f.S; }
 __host__ __device__ inline int items_of(const Phase& f) { return column_blocks(f) * f.C; }
 
-__device__ __forceinline__ uint64_t global_ns() {
-  uint64_t t;
-  asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
-  return t;
-}
-
-// A barrier wait is microseconds; one of seconds means blocks of the grid cannot all be resident (e.g. another
-// client's limit on SMs that this process could not see): the launch traps, an error the engine reports, instead
-// of a process that hangs.
-constexpr uint64_t kBarrierTimeoutNs = 5'000'000'000ull;
-
 // Every block adds one and waits for `target` (the blocks of the grid times the barriers so far). The fences
 // make each block's writes before the barrier visible to every block after it, as a cooperative grid sync does.
 __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target) {
@@ -119,14 +109,7 @@ __device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target)
   if (threadIdx.x == 0) {
     __threadfence();
     atomicAdd(counter, 1u);
-    const uint64_t start = global_ns();
-    unsigned seen;
-    for (;;) {
-      asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(seen) : "l"(counter) : "memory");
-      if ((int)(seen - target) >= 0) break;
-      __nanosleep(32);  // one L2 line polled by every block: a little backoff
-      if (global_ns() - start > kBarrierTimeoutNs) __trap();
-    }
+    cuda::wait_for_count(counter, target);
     __threadfence();
   }
   __syncthreads();
