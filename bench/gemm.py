@@ -158,10 +158,12 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False, parts: str = 
     ours_too, peers_too = parts in ("all", "ours"), parts in ("all", "peers")
     w = (rng.standard_normal((n, k), dtype=np.float32) * 0.02)
     qweight, qzeros, scales = quantize_rtn(w, GROUP)
-    packed, sz = pack_w4a16(qweight, qzeros, scales, GROUP)
     dev = torch.device("cuda")
-    ours_w = [torch.from_numpy(packed).to(dev) for _ in range(copies_for(packed.nbytes))]
-    ours_sz = torch.from_numpy(sz.view(np.int16)).to(dev)
+    ours_w = ours_sz = None
+    if ours_too or read_floor:  # the peers' process (parts "peers") times none of the library's kernels
+        packed, sz = pack_w4a16(qweight, qzeros, scales, GROUP)
+        ours_w = [torch.from_numpy(packed).to(dev) for _ in range(copies_for(packed.nbytes))]
+        ours_sz = torch.from_numpy(sz.view(np.int16)).to(dev)
     w16 = torch.from_numpy(w).to(dev, torch.float16)
     fp16_w = [w16.clone() for _ in range(copies_for(w16.numel() * 2))]
     int4 = tinygemm_copies(qweight, scales, n, k, dev) if peers_too else None
