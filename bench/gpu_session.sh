@@ -175,6 +175,13 @@
 #   dense         the dense decode kernel (fp16/bf16 weights, M <= 4): its tests and compute-sanitizer on them,
 #                 bench/gemm at M = 1 and 4, 2B fp16 weights + int8 KV decode at batch 1 and 4 with it and with
 #                 cuBLAS and separate norms (VLM_DENSE_DECODE=0)
+#   base_build    the library of the sources before a change into build-base/: AB_PATCH (default
+#                 .gpu-carry/ab/base.patch, `git diff BASE -- CMakeLists.txt native` carried) applied in reverse to a
+#                 copy of CMakeLists.txt and native/; for the same-machine comparisons below (no CUTLASS: batch 1 and
+#                 the decode-size kernels do not use it)
+#   ab_decode     2B and 7B w4a16 + int8 KV decode at batch AB_BATCHES (default 1): the base library, then this tree's,
+#                 the pair twice (two rounds show the spread beside the difference)
+#   ab_gemm       bench/gemm at M = 1 (AB_GEMM_MS) with the base library, then this tree's
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 STEPS=${STEPS:-build tests gemm decode}
@@ -472,6 +479,9 @@ layer_plans() {  # one layer's plan at a time in the engine: the sweep's fastest
 decode_7b() {  # the 7B shape at batch 1, w4a16 + int8 KV
   python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
     --measure-bandwidth --work /tmp/decode-models --out "$RES/decode_7b.json" | tail -n 3
+}
+gtests() {  # the general w4a16 kernel's tests alone (one line a test)
+  python3 -m pytest -v -rfE -m gpu tests/kernels/test_w4a16_gemm.py | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed|^E "
 }
 wtests() {  # the w4a16 kernels alone
   python3 -m pytest -q -m gpu tests/kernels/test_w4a16_gemm.py tests/kernels/test_w4a16_decode.py
@@ -943,6 +953,36 @@ PY
   NCU_GEMM_M=$2 ncu_run "$1" "$3" /tmp/ncu_gemm.py
 }
 ncu_gemm() { ncu_gemm_at ncu_gemm 1 w4a16_decode; }
+base_build() {  # see the header: build-base/ from AB_PATCH reversed over a copy of the sources
+  local patch=${AB_PATCH:-.gpu-carry/ab/base.patch} src=/tmp/ab-base
+  [ -s "$patch" ] || { echo "no patch at $patch"; return 1; }
+  rm -rf "$src" && mkdir -p "$src" && cp -r CMakeLists.txt native "$src"/ &&
+    patch -d "$src" -R -p1 -s <"$patch" || return 1
+  cmake -S "$src" -B build-base -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF >/dev/null &&
+    cmake --build build-base -j "$(nproc)" | grep -E "error|warning" || true
+  test -f build-base/libvlmcore.so
+}
+ab_lib() { [ "$1" = base ] && echo "$PWD/build-base/libvlmcore.so" || echo "$PWD/build-gpu/libvlmcore.so"; }
+ab_decode() {  # see the header
+  local round tag m
+  for round in 1 2; do
+    for tag in base new; do
+      for m in 2b 7b; do
+        VLMSERVE_LIB=$(ab_lib $tag) python3 bench/decode.py --models $m --weights w4a16 --kv int8 \
+          --batches "${AB_BATCHES:-1}" --peer-batches 0 --measure-bandwidth --work /tmp/decode-models \
+          --out "$RES/ab_decode_${m}_${tag}_$round.json" | grep "tok/s" | sed "s/^/$tag round $round: /"
+      done
+    done
+  done
+}
+ab_gemm() {  # see the header
+  local tag
+  for tag in base new; do
+    echo "== $tag"
+    VLMSERVE_LIB=$(ab_lib $tag) python3 bench/gemm.py --ms "${AB_GEMM_MS:-1}" --out-dir "$RES/ab_gemm_$tag" |
+      grep -E "^\| |^- M"
+  done
+}
 step_probe() {  # the step-streaming probe: its tests, then a batch-1 step's bytes (2B, 7B) read by a chain of dependent
   # kernels, one persistent launch with a counter wait between phases, and that launch without the waits
   python3 -m pytest -q -rfE -m gpu tests/kernels/test_step_stream_probe.py 2>&1 | grep -E "^FAILED|^ERROR|passed|failed"
@@ -1181,6 +1221,13 @@ serve_compare_codes() {  # serve_compare with the codes form up to 16 rows (the 
     --output-tokens 128 --peer-batches 16 --calib-samples 16 --work /tmp/serve-work --concurrency 1,16 \
     --out-dir "$RES/serve" --stem internvl-2b-$GPU_TAG-compare-codes 2>&1 | grep -v "^\[serve\] *[0-9]*%" | tail -n 40
 }
+trace_b1() {  # per-kernel time of graph-replayed batch-1 steps, 2B and 7B w4a16 + int8 KV
+  local m
+  for m in 2b 7b; do
+    python3 bench/decode_trace.py --model $m --weights w4a16 --kv int8 --batch 1 --out "$RES/trace_${m}_w4a16_b1.json" |
+      grep -v -i "warn"
+  done
+}
 trace() {  # per-kernel time of graph-replayed decode steps
   for b in 1 64; do
     python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch $b --out "$RES/trace_w4a16_b$b.json" |
@@ -1209,7 +1256,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_tests 300
@@ -1289,6 +1336,7 @@ step serve 420
 step threads 420
 step serve_leads 500
 step wtests 120
+step gtests 280
 step gemm_new 120
 step gemm_full 300
 step gemm_apart 420
@@ -1315,6 +1363,10 @@ step attn_b1 100
 step serve_c1 150
 step ncu_gemm 150
 step ncu_tail 420
+step base_build 300
+step ab_decode 420
+step ab_gemm 200
+step trace_b1 150
 step step_probe 480  # 17 GPU tests, then 4 shapes x 7 forms x 2 models of 20-step graphs
 step long_k_engine 360
 step ncu_gemm64 150

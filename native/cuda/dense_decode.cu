@@ -88,8 +88,10 @@ __global__ void __launch_bounds__(kThreads) dense_decode_kernel(const T* __restr
     for (int j = 0; j < kVec; ++j) buf[j] = v0 + 32 * j < k8 ? w4a16::load_streaming(src + 32 * j) : make_uint4(0, 0, 0, 0);
   };
   uint4 cur[kVec], next[kVec];
-  // W depends on no earlier kernel: its first chunk is requested before waiting for A's writer.
+  // W and the norm's weights depend on no earlier kernel: W's first chunk is requested before waiting for A's
+  // writer.
   if (items > 0) load(0, cur);
+  if (norm.weight) cuda::prefetch_norm_weights(norm, 0, k8);
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 

@@ -55,6 +55,16 @@ __device__ __forceinline__ uint2 rms_scaled4(const float4& x, const float4& w, f
   return *reinterpret_cast<const uint2*>(o);
 }
 
+// Brings into this SM's L1 the norm's weights of the vectors of 8 that this thread stages first (vector
+// threadIdx.x of row 0) in stage_rms_norm_rows(). The weights depend on no kernel, so a GEMM may ask for them
+// before it waits for the residual row's writer, and the staging after the row's sum then finds them near
+// instead of going to memory (by the next step the weights have left the caches: a layer streams tens of MB
+// of GEMM weights). A prefetch holds no register, so the GEMM's occupancy is unchanged.
+__device__ __forceinline__ void prefetch_norm_weights(const RmsNormInput& norm, int k0, int vec_per_row) {
+  if ((int)threadIdx.x < vec_per_row)  // 8 floats, 32-byte aligned: within one 128-byte line
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(norm.weight + k0 + threadIdx.x * 8));
+}
+
 // Stages A[0 : rows][k0 : k0 + 8 vec_per_row) (vec_per_row vectors of 8 per row, rows <= MaxRows)
 // into sa (row stride lda) as rms_norm(h + delta) * weight (RmsNormInput), writing h + delta of
 // those columns to h_out where `write_h`. Every thread of a kRmsNormThreads-thread block takes

@@ -117,15 +117,17 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                               reinterpret_cast<uint4*>(smem + L.grp), warp, lane);
   const int bs0 = bsl.bs0, bs1 = bsl.bs1;
 
-  // Weights and scales depend on no earlier kernel: request them before waiting for A's writer.
+  // Weights, scales and the norm's weights depend on no earlier kernel: request them before waiting for A's
+  // writer.
   ring.prime();
+  const int vec_per_row = (bs1 - bs0) * 2;
+  if (norm.weight) cuda::prefetch_norm_weights(norm, bs0 * 16, vec_per_row);
   cuda::pdl_wait();
   cuda::pdl_allow_next();
 
   // Stage A[0 : rows][16 bs0 : 16 bs1].
   T* sa = reinterpret_cast<T*>(smem + L.a);
   const int lda = slice_steps_max * 16 + kSmemPad;
-  const int vec_per_row = (bs1 - bs0) * 2;
   if (norm.weight) {
     // The blocks of the first column block, one per K slice, write the updated residual.
     cuda::stage_rms_norm_rows<T, kMaxDecodeRows>(norm, rows, K, bs0 * 16, vec_per_row, sa, lda,
@@ -163,7 +165,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
-  const int e0 = (int)((int64_t)rank * elems / C), e1 = (int)((int64_t)(rank + 1) * elems / C);
+  const int e0 = rank * elems / C, e1 = (rank + 1) * elems / C;  // elems <= 1024: 32-bit (no division call)
   for (int e = e0 + threadIdx.x; e < e1; e += kThreads) {
     float parts[kMaxCluster];
 #pragma unroll

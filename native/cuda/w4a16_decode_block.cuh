@@ -42,13 +42,15 @@ struct BlockSlice {
 
 __device__ __forceinline__ BlockSlice block_slice(int bx, int rank, int C, int S, int N, int K, int U, int warp) {
   BlockSlice b;
+  // 32-bit products (units < 2^27 and rank, sub <= 8): a 64-bit division is a ~76-instruction call, and
+  // four of them in a row came before the warp's first weight request.
   const int ksteps = K / 16, units = ksteps / U;
-  const int bu0 = (int)((int64_t)rank * units / C), bu1 = (int)((int64_t)(rank + 1) * units / C);
+  const int bu0 = rank * units / C, bu1 = (rank + 1) * units / C;
   b.kw = kDecodeWarps / S;
   b.sl = warp % S;
   const int sub = warp / S;
-  const int wu0 = bu0 + (int)((int64_t)sub * (bu1 - bu0) / b.kw);
-  const int wu1 = bu0 + (int)((int64_t)(sub + 1) * (bu1 - bu0) / b.kw);
+  const int wu0 = bu0 + sub * (bu1 - bu0) / b.kw;
+  const int wu1 = bu0 + (sub + 1) * (bu1 - bu0) / b.kw;
   b.bs0 = bu0 * U;
   b.bs1 = bu1 * U;
   b.ws0 = wu0 * U;
