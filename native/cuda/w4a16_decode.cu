@@ -43,6 +43,7 @@
 #include <tuple>
 
 #include "cpu/w4a16_pack.h"
+#include "cuda/cluster_push.cuh"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/env_int.h"
 #include "cuda/device_query.h"
@@ -101,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
                                                                  RmsNormInput norm, int M, int N, int K,
                                                                  int group_shift, int S, int slice_steps_max,
-                                                                 bool silu_up) {
+                                                                 bool silu_up, bool push) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(ST % U == 0, "a ring slot that starts a unit must start one on every pass");
   static_assert(ST >= 4, "the warp's sums take its ring's place (ST * 512 bytes >= 2 KiB)");
@@ -116,6 +117,16 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                               reinterpret_cast<uint4*>(smem + L.ring),
                                                               reinterpret_cast<uint4*>(smem + L.grp), warp, lane);
   const int bs0 = bsl.bs0, bs1 = bsl.bs1;
+  // The block's partial is S strips x M rows x 64 columns (<= 1024 elements); block r's share of the cluster's
+  // sum starts at share(r) (32-bit: a 64-bit division is a ~76-instruction call).
+  const auto share = [&](int r) { return r * (S * M * kW4StripN) / C; };
+  // The pushed cluster sum (push): each block counts the bytes the others will push to it, long before.
+  __shared__ __align__(8) uint64_t push_bar;
+  if (push && C > 1) {
+    if (threadIdx.x == 0) cuda::push_barrier_init(&push_bar, (uint32_t)((share(rank + 1) - share(rank)) * C * 4));
+    __syncwarp();  // the arrival is .aligned: the warp together
+    cuda::cluster_arrive_relaxed();
+  }
 
   // Weights, scales and the norm's weights depend on no earlier kernel: request them before waiting for A's
   // writer.
@@ -148,7 +159,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   // The warp's sums replace its own ring (ST * 512 bytes >= 2 KiB), then the block's partial.
   float* part = reinterpret_cast<float*>(smem + L.part);
   w4a16::block_partial<1>(acc, reinterpret_cast<float*>(smem + L.ring), ST * 128, part, S, M, bsl.kw, warp, lane);
-  const int elems = S * M * kW4StripN;
+  const int elems = S * M * kW4StripN, e0 = share(rank), e1 = share(rank + 1);
 
   auto store = [&](int e, float v) {
     int64_t o;
@@ -160,12 +171,31 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
     for (int e = threadIdx.x; e < elems; e += kThreads) store(e, part[e]);
     return;
   }
+  if (push) {
+    // Every block pushes each element of its partial to the block that owns it (owner q of element i: the
+    // last q with share(q) <= i), into q's rows [C][its share] in the unused half of q's partial region
+    // (block_partial() writes at most 1024 of its 2048 floats); each owner then sums its share in rank order,
+    // as the pulled sum below does, from its own shared memory.
+    static_assert(2 * kMaxStrips * kMaxDecodeRows <= kMaxStrips * 8, "the pushed rows fit the partial region's half");
+    float* recv = part + kMaxStrips * kMaxDecodeRows * kW4StripN;
+    cuda::cluster_wait();  // every block's barrier is initialised
+    for (int i = threadIdx.x; i < elems; i += kThreads) {
+      const int q = ((i + 1) * C - 1) / elems, q0 = share(q);
+      cuda::push_float(recv + rank * (share(q + 1) - q0) + (i - q0), (uint32_t)q, part[i], &push_bar);
+    }
+    cuda::wait_pushes(&push_bar);
+    for (int j = threadIdx.x; j < e1 - e0; j += kThreads) {
+      float v = 0.f;
+      for (int r = 0; r < C; ++r) v += recv[r * (e1 - e0) + j];
+      store(e0 + j, v);
+    }
+    return;  // every push into this block has landed, and nothing here is read by another block
+  }
   // Each block of the cluster sums its share of the elements over the cluster's slices, in rank order;
   // the remote reads of one element are all in flight together.
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
-  const int e0 = rank * elems / C, e1 = (rank + 1) * elems / C;  // elems <= 1024: 32-bit (no division call)
   for (int e = e0 + threadIdx.x; e < e1; e += kThreads) {
     float parts[kMaxCluster];
 #pragma unroll
@@ -183,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 
 template <class T, int U, int ST>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
-                     bool) {
+                     bool, bool) {
   return w4a16_decode_kernel<T, U, ST>;
 }
 
@@ -320,6 +350,13 @@ const Plan& plan_for(int M, int N, int K, int group) {
   return it->second;
 }
 
+// VLM_W4A16_DECODE_PUSH=1: the K slices summed by pushes into the owner block's shared memory (cluster_push.cuh)
+// instead of a cluster barrier and remote reads. Off until measured on a GPU.
+bool pushed_cluster_sum() {
+  static const bool on = cuda::env_int("VLM_W4A16_DECODE_PUSH", 0) != 0;
+  return on;
+}
+
 template <class T, int U, int ST>
 cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                         const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
@@ -330,7 +367,7 @@ cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void*
                                             stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                             static_cast<T*>(c), norm, M, N, K, group_shift, p.S, p.slice_steps,
-                                            silu_up);
+                                            silu_up, pushed_cluster_sum());
 }
 
 template <class T, int ST>

@@ -117,6 +117,17 @@ def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str) -> li
     return failures
 
 
+def output_digest(env_overrides: dict[str, str]) -> str:
+    """digest_w4a16_outputs.py's digest of the decode-size outputs in a fresh process with these settings."""
+    here = Path(__file__).resolve().parent
+    env = dict(os.environ, **env_overrides)
+    env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parents[1] / "python"), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, str(here / "digest_w4a16_outputs.py")], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, f"{env_overrides}:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    return proc.stdout.strip()
+
+
 def run_shape_checks(env_overrides: dict[str, str]) -> None:
     """check_w4a16_shapes.py in a fresh process with these VLM_W4A16_* settings (the library reads them
     once per process); fails with its report."""
