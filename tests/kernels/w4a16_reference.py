@@ -117,23 +117,22 @@ def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str) -> li
     return failures
 
 
-def output_digest(env_overrides: dict[str, str]) -> str:
-    """digest_w4a16_outputs.py's digest of the decode-size outputs in a fresh process with these settings."""
+def run_check_script(script: str, env_overrides: dict[str, str]) -> str:
+    """A check script of this folder in a fresh process with these VLM_W4A16_* settings (the library reads them
+    once per process); its output, or a failure with its report."""
     here = Path(__file__).resolve().parent
     env = dict(os.environ, **env_overrides)
     env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parents[1] / "python"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(here / "digest_w4a16_outputs.py")], env=env, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, str(here / script)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{env_overrides}:\n{proc.stdout}\n{proc.stderr[-3000:]}"
-    return proc.stdout.strip()
+    return proc.stdout
+
+
+def output_digest(env_overrides: dict[str, str]) -> str:
+    """digest_w4a16_outputs.py's digest of the decode-size outputs under these settings."""
+    return run_check_script("digest_w4a16_outputs.py", env_overrides).strip()
 
 
 def run_shape_checks(env_overrides: dict[str, str]) -> None:
-    """check_w4a16_shapes.py in a fresh process with these VLM_W4A16_* settings (the library reads them
-    once per process); fails with its report."""
-    here = Path(__file__).resolve().parent
-    env = dict(os.environ, **env_overrides)
-    env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parents[1] / "python"), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, str(here / "check_w4a16_shapes.py")], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, f"{env_overrides}:\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    """check_w4a16_shapes.py under these settings; fails with its report."""
+    run_check_script("check_w4a16_shapes.py", env_overrides)
