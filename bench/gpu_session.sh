@@ -182,6 +182,10 @@
 #   ab_decode     2B and 7B w4a16 + int8 KV decode at batch AB_BATCHES (default 1): the base library, then this tree's,
 #                 the pair twice (two rounds show the spread beside the difference)
 #   ab_gemm       bench/gemm at M = 1 (AB_GEMM_MS) with the base library, then this tree's
+#   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
+#                 steady decode (the decode kernel at 2 k16 steps a warp: nearly all of it fixed cost), with the pulled
+#                 cluster sum and with the pushed one (VLM_W4A16_DECODE_PUSH=1); the reports kept, their source pages
+#                 as CSV, bench/ncu_source_top.py's ranking of each
 #   push_sum      the decode kernel's K slices summed by pushes to their owners (VLM_W4A16_DECODE_PUSH=1): its tests
 #                 (every cluster arrangement against the reference, the same bits as the pulled sum), the engine's GPU
 #                 tests with it, 2B w4a16 + int8 KV decode at batch 1/4 and 7B at 1 off then on (twice), bench/gemm at
@@ -979,6 +983,24 @@ ab_decode() {  # see the header
     done
   done
 }
+ncu_source() {  # see the header
+  local run=(bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 --new-tokens 8 --peer-batches 0
+    --work /tmp/decode-models --out /tmp/ncu_source_decode.json) on
+  python3 "${run[@]}" | grep -E "tok/s"  # writes the model once, outside the profiler
+  for on in 0 1; do
+    # launches 200-203 of the decode kernel are one steady layer's q/k/v, o, gate_up and down (ncu_tail)
+    VLM_W4A16_DECODE_PUSH=$on ncu --clock-control none --kernel-name regex:w4a16_decode_kernel --launch-skip 201 \
+      --launch-count 1 --section SourceCounters --section WarpStateStats --section LaunchStats --import-source no \
+      -o "$RES/ncu_o_push$on" python3 "${run[@]}" >"$RES/ncu_o_push$on.out" 2>&1
+    ncu --import "$RES/ncu_o_push$on.ncu-rep" --page source --csv --print-source sass >"$RES/ncu_o_push${on}_sass.csv" \
+      2>"$RES/ncu_o_push${on}_sass.err" || head -c 1500 "$RES/ncu_o_push${on}_sass.err"
+    ncu --import "$RES/ncu_o_push$on.ncu-rep" --page details --csv >"$RES/ncu_o_push${on}_details.csv" 2>/dev/null
+    echo "== VLM_W4A16_DECODE_PUSH=$on"
+    grep -E '"(Duration|Grid Size|Cluster Size|Warp Cycles Per Issued Instruction)"' "$RES/ncu_o_push${on}_details.csv" |
+      awk -F'","' '{print $(NF-2)" | "$NF}'
+    python3 bench/ncu_source_top.py "$RES/ncu_o_push${on}_sass.csv" --top 30 | tee "$RES/ncu_o_push${on}_top.md"
+  done
+}
 push_sum() {  # see the header
   python3 -m pytest -v -rfE -m gpu tests/kernels/test_w4a16_decode.py -k pushed |
     grep -E "PASSED|FAILED|ERROR|passed|failed|^E "
@@ -1273,7 +1295,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_tests 300
@@ -1385,6 +1407,7 @@ step ab_decode 420
 step ab_gemm 200
 step trace_b1 150
 step push_sum 560
+step ncu_source 300
 step step_probe 480  # 17 GPU tests, then 4 shapes x 7 forms x 2 models of 20-step graphs
 step long_k_engine 360
 step ncu_gemm64 150
