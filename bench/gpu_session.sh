@@ -980,7 +980,7 @@ ab_decode() {  # see the header
       for m in 2b 7b; do
         VLMSERVE_LIB=$(ab_lib $tag) python3 bench/decode.py --models $m --weights w4a16 --kv int8 \
           --batches "${AB_BATCHES:-1}" --peer-batches 0 --measure-bandwidth --work /tmp/decode-models \
-          --out "$RES/ab_decode_${m}_${tag}_$round.json" | grep "tok/s" | sed "s/^/$tag round $round: /"
+          --out "$RES/ab_decode_${m}_${tag}_$round.json" 2>&1 | grep "tok/s" | sed "s/^/$tag round $round: /"
       done
     done
   done

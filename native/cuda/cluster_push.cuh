@@ -62,13 +62,15 @@ __device__ __forceinline__ void push_float(const float* dst, uint32_t rank, floa
 #endif
 }
 
-// Waits until every byte pushed into this block has landed (the barrier's first phase completes).
+// Waits until every byte pushed into this block has landed (the barrier's first phase completes); acquire at
+// cluster scope, as the pushes came from other blocks of the cluster.
 __device__ __forceinline__ void wait_pushes(uint64_t* bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   uint32_t done = 0;
   while (!done)
     asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], 0;\n"
+        "selp.u32 %0, 1, 0, p;\n}\n"
         : "=r"(done)
         : "r"(shared_address(bar))
         : "memory");
