@@ -126,12 +126,22 @@ cudaError_t launch_add_rms_norm(float* h, const void* delta, const float* weight
   return launch_dependent(kernel, dim3(rows), dim3(kNormThreads), 0, stream, h, d, weight, select, hidden, eps, o);
 }
 
+// Element i of rows of n as (row, column): in 32 bits where every index of the launch fits (the same values; a
+// 64-bit division is a ~76-instruction call, here once an element).
+__device__ __forceinline__ longlong2 row_and_column(int64_t i, int n, int64_t total) {
+  if (total <= 0xFFFFFFFFll) {
+    const uint32_t u = (uint32_t)i, un = (uint32_t)n;
+    return make_longlong2(u / un, u % un);
+  }
+  return make_longlong2(i / n, i % n);
+}
+
 template <class T>
 __global__ void add_bias_kernel(T* y, const float* bias, int n, int64_t total) {
   pdl_wait();  // every input below comes from earlier kernels
   pdl_allow_next();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
-    y[i] = from_float<T>(to_float(y[i]) + bias[i % n]);
+    y[i] = from_float<T>(to_float(y[i]) + bias[row_and_column(i, n, total).y]);
 }
 
 template <class T>
@@ -139,7 +149,8 @@ __global__ void silu_mul_kernel(const T* gate_up, T* out, int n, int64_t total) 
   pdl_wait();  // every input below comes from earlier kernels
   pdl_allow_next();
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t r = i / n, c = i % n;
+    const longlong2 rc = row_and_column(i, n, total);
+    const int64_t r = rc.x, c = rc.y;
     const float g = to_float(gate_up[r * 2 * n + c]);
     out[i] = from_float<T>(g / (1.0f + expf(-g)) * to_float(gate_up[r * 2 * n + n + c]));
   }
