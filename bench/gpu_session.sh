@@ -1010,8 +1010,12 @@ ncu_source() {  # see the header
     VLM_W4A16_DECODE_PUSH=$on ncu --clock-control none --kernel-name regex:w4a16_decode_kernel --launch-skip 201 \
       --launch-count 1 --section SourceCounters --section WarpStateStats --section LaunchStats --import-source no \
       -o "$RES/ncu_o_push$on" python3 "${run[@]}" >"$RES/ncu_o_push$on.out" 2>&1
+    # --print-source picks SASS where this ncu has the option; without it the source page is SASS where no source
+    # was imported
     ncu --import "$RES/ncu_o_push$on.ncu-rep" --page source --csv --print-source sass >"$RES/ncu_o_push${on}_sass.csv" \
-      2>"$RES/ncu_o_push${on}_sass.err" || head -c 1500 "$RES/ncu_o_push${on}_sass.err"
+      2>"$RES/ncu_o_push${on}_sass.err" ||
+      ncu --import "$RES/ncu_o_push$on.ncu-rep" --page source --csv >"$RES/ncu_o_push${on}_sass.csv" \
+        2>>"$RES/ncu_o_push${on}_sass.err" || head -c 1500 "$RES/ncu_o_push${on}_sass.err"
     ncu --import "$RES/ncu_o_push$on.ncu-rep" --page details --csv >"$RES/ncu_o_push${on}_details.csv" 2>/dev/null
     echo "== VLM_W4A16_DECODE_PUSH=$on"
     grep -E '"(Duration|Grid Size|Cluster Size|Warp Cycles Per Issued Instruction)"' "$RES/ncu_o_push${on}_details.csv" |
