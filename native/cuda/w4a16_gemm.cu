@@ -140,9 +140,8 @@ __global__ void __launch_bounds__(kThreads, SPG > 0 ? 3 : 0)
   // K is cut into K / quantum units (whole groups and whole unrolled steps), spread as evenly as
   // possible over the gridDim.y slices: slices differ by at most one unit.
   const int units = K / quantum;
-  // Unsigned 32-bit (a 64-bit division is a ~76-instruction call): gridDim.y <= the GPU's resident blocks (a
-  // few thousand) and units = K / quantum (quantum >= 128) keep the products far below 2^32.
-  const int u0 = (int)(blockIdx.y * units / gridDim.y), u1 = (int)((blockIdx.y + 1) * units / gridDim.y);
+  const int u0 = splitk_slice_start(blockIdx.y, units, gridDim.y);
+  const int u1 = splitk_slice_start(blockIdx.y + 1, units, gridDim.y);
   const int k0 = u0 * quantum, k_slice = (u1 - u0) * quantum;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int strip = blockIdx.x * kWarps + warp;

@@ -10,6 +10,13 @@
 
 namespace vlm {
 
+// The first of `units` units of K that slice `slice` of `slices` takes (slices differ by at most one unit). In
+// unsigned 32 bits: a 64-bit division is a ~76-instruction call, and the plans never ask more slices than units
+// (nor more than the GPU's resident blocks), so slice x units stays far below 2^32.
+__device__ __forceinline__ int splitk_slice_start(unsigned slice, int units, unsigned slices) {
+  return (int)(slice * (unsigned)units / slices);
+}
+
 template <class T>
 __global__ void splitk_reduce_kernel(const float* __restrict__ partial, const T* __restrict__ residual,
                                      T* __restrict__ c, int64_t mn, int splits) {

@@ -199,10 +199,8 @@ __global__ void __launch_bounds__(128 * WGS) w4a16_wgmma_kernel(const T* __restr
   const bool active = strip < strips;
   const int m0 = blockIdx.z * NT;
   const int units = K / quantum;  // whole groups and whole stages
-  // Unsigned 32-bit (a 64-bit division is a ~76-instruction call): gridDim.y <= units (the plan's splits), so the
-  // products stay below units^2, far below 2^32.
-  const int u0 = (int)(blockIdx.y * units / gridDim.y);
-  const int u1 = (int)((blockIdx.y + 1) * units / gridDim.y);
+  const int u0 = splitk_slice_start(blockIdx.y, units, gridDim.y);
+  const int u1 = splitk_slice_start(blockIdx.y + 1, units, gridDim.y);
   const int k0 = u0 * quantum, stages = (u1 - u0) * quantum / kStageK;
 
   cuda::pdl_wait();
