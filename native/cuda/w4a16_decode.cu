@@ -207,7 +207,8 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   }
   // No block leaves while another still reads its shared memory. Relaxed: the reads are complete (their
   // values were stored above), and nothing written here is read by another block.
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;\nbarrier.cluster.wait.aligned;\n" ::: "memory");
+  cuda::cluster_arrive_relaxed();
+  cuda::cluster_wait();
 #endif
 }
 
