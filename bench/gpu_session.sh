@@ -186,11 +186,11 @@
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
 #                 steady decode (the decode kernel at 2 k16 steps a warp: nearly all of it fixed cost), with the pulled
-#                 cluster sum and with the pushed one (VLM_W4A16_DECODE_PUSH=1); the reports kept, their source pages
+#                 cluster sum (VLM_W4A16_DECODE_PUSH=0) and with the pushed one (=1, the default); the reports kept, their source pages
 #                 as CSV, bench/ncu_source_top.py's ranking of each
-#   push_sum      the decode kernel's K slices summed by pushes to their owners (VLM_W4A16_DECODE_PUSH=1): its tests
-#                 (every cluster arrangement against the reference, the same bits as the pulled sum), the engine's GPU
-#                 tests with it, 2B w4a16 + int8 KV decode at batch 1/4 and 7B at 1 off then on (twice), bench/gemm at
+#   push_sum      the decode kernel's K slices summed by pushes to their owners (VLM_W4A16_DECODE_PUSH=1, the default)
+#                 against the pulled sum (=0): both sums' tests (cluster arrangements against the reference, the same
+#                 bits), the engine's GPU tests with the pushed one, 2B w4a16 + int8 KV decode at batch 1/4 and 7B at 1 off then on (twice), bench/gemm at
 #                 M = 1 off then on
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
@@ -1024,7 +1024,7 @@ ncu_source() {  # see the header
   done
 }
 push_sum() {  # see the header
-  python3 -m pytest -v -rfE -m gpu tests/kernels/test_w4a16_decode.py -k pushed |
+  python3 -m pytest -v -rfE -m gpu tests/kernels/test_w4a16_decode.py -k "pulled or pushed" |
     grep -E "PASSED|FAILED|ERROR|passed|failed|^E "
   VLM_W4A16_DECODE_PUSH=1 python3 -m pytest -q -rfE -m "gpu and not slow" tests/engine/test_cuda_backend.py 2>&1 |
     tail -n 4

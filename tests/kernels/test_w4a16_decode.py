@@ -1,7 +1,7 @@
 """The decode-size w4a16 kernel (native/cuda/w4a16_decode.cu, M <= 4 on sm_90+)
 in every arrangement its plan can pick — strips per block S and cluster size C
 pinned through VLM_W4A16_DECODE_S / _C — with the K slices' sum pulled from the
-cluster's blocks or pushed to its owners (VLM_W4A16_DECODE_PUSH=1), and the
+cluster's blocks (VLM_W4A16_DECODE_PUSH=0) or pushed to its owners (the default), and the
 general kernel it replaces at these sizes (VLM_W4A16_DECODE=0, what pre-Hopper
 GPUs run), each against the float32 reference in a fresh process. Needs a CUDA
 GPU."""
@@ -26,8 +26,8 @@ def test_the_deeper_ring_matches_reference(s, c):
 
 
 @pytest.mark.parametrize("s,c,ring", [(4, 3, 8), (2, 8, 8), (1, 8, 8), (1, 5, 8), (1, 8, 16)])
-def test_the_pushed_cluster_sum_matches_reference(s, c, ring):
-    run_checks({"VLM_W4A16_DECODE_PUSH": "1", "VLM_W4A16_DECODE_S": str(s), "VLM_W4A16_DECODE_C": str(c),
+def test_the_pulled_cluster_sum_matches_reference(s, c, ring):
+    run_checks({"VLM_W4A16_DECODE_PUSH": "0", "VLM_W4A16_DECODE_S": str(s), "VLM_W4A16_DECODE_C": str(c),
                 "VLM_W4A16_DECODE_RING": str(ring)})
 
 
@@ -35,7 +35,7 @@ def test_the_pushed_cluster_sum_matches_reference(s, c, ring):
 def test_the_pushed_cluster_sum_changes_no_bits(s, c):
     # Each owner adds the slices in rank order, as the pulled sum does: the same bits on every decode shape.
     pins = {"VLM_W4A16_DECODE_S": str(s), "VLM_W4A16_DECODE_C": str(c)}
-    assert output_digest({**pins, "VLM_W4A16_DECODE_PUSH": "1"}) == output_digest(pins)
+    assert output_digest({**pins, "VLM_W4A16_DECODE_PUSH": "1"}) == output_digest({**pins, "VLM_W4A16_DECODE_PUSH": "0"})
 
 
 def test_one_shapes_pinned_plan_matches_reference():
