@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
                                                                  RmsNormInput norm, int M, int N, int K,
                                                                  int group_shift, int S, int slice_steps_max,
-                                                                 bool silu_up, bool push) {
+                                                                 bool silu_up, bool push, bool weights_evict_first) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(ST % U == 0, "a ring slot that starts a unit must start one on every pass");
   static_assert(ST >= 4, "the warp's sums take its ring's place (ST * 512 bytes >= 2 KiB)");
@@ -115,13 +115,15 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   const w4a16::BlockSlice bsl = w4a16::block_slice(blockIdx.x, rank, C, S, N, K, U, warp);
   const w4a16::WarpRing<U, ST> ring = w4a16::warp_ring<U, ST>(bsl, w, sz, K, group_shift,
                                                               reinterpret_cast<uint4*>(smem + L.ring),
-                                                              reinterpret_cast<uint4*>(smem + L.grp), warp, lane);
+                                                              reinterpret_cast<uint4*>(smem + L.grp), warp, lane,
+                                                              weights_evict_first);
   const int bs0 = bsl.bs0, bs1 = bsl.bs1;
   // The block's partial is S strips x M rows x 64 columns (<= 1024 elements); block r's share of the cluster's
   // sum starts at share(r) (32-bit: a 64-bit division is a ~76-instruction call).
   const auto share = [&](int r) { return r * (S * M * kW4StripN) / C; };
   // The pushed cluster sum (push): each block counts the bytes the others will push to it, long before.
   __shared__ __align__(8) uint64_t push_bar;
+  __shared__ int s_share[kMaxCluster + 1];  // share(0 .. C), for the pushes' owners
   if (push && C > 1) {
     if (threadIdx.x == 0) cuda::push_barrier_init(&push_bar, (uint32_t)((share(rank + 1) - share(rank)) * C * 4));
     __syncwarp();  // the arrival is .aligned: the warp together
@@ -131,6 +133,9 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   // Weights, scales and the norm's weights depend on no earlier kernel: request them before waiting for A's
   // writer.
   ring.prime();
+  // The shares' divisions while the first weights are on their way (the __syncthreads() after staging A
+  // publishes them), not between the block's partial and its pushes.
+  if (push && C > 1 && threadIdx.x <= C) s_share[threadIdx.x] = share(threadIdx.x);
   const int vec_per_row = (bs1 - bs0) * 2;
   if (norm.weight) cuda::prefetch_norm_weights(norm, bs0 * 16, vec_per_row);
   cuda::pdl_wait();
@@ -158,12 +163,13 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 
   // The warp's sums replace its own ring (ST * 512 bytes >= 2 KiB), then the block's partial.
   float* part = reinterpret_cast<float*>(smem + L.part);
-  w4a16::block_partial<1>(acc, reinterpret_cast<float*>(smem + L.ring), ST * 128, part, S, M, bsl.kw, warp, lane);
+  w4a16::block_partial<1, kMaxDecodeRows>(acc, reinterpret_cast<float*>(smem + L.ring), ST * 128, part, S, M,
+                                          bsl.kw, warp, lane);
   const int elems = S * M * kW4StripN, e0 = share(rank), e1 = share(rank + 1);
 
   auto store = [&](int e, float v) {
     int64_t o;
-    if (!w4a16::partial_element(e, blockIdx.x, S, M, N, &o)) return;
+    if (!w4a16::partial_element<kMaxDecodeRows>(e, blockIdx.x, S, M, N, &o)) return;
     if (residual) v += Act<T>::to_float(residual[o]);
     c[o] = Act<T>::from_float(v);
   };
@@ -180,13 +186,20 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
     float* recv = part + kMaxStrips * kMaxDecodeRows * kW4StripN;
     cuda::cluster_wait();  // every block's barrier is initialised
     for (int i = threadIdx.x; i < elems; i += kThreads) {
-      const int q = ((i + 1) * C - 1) / elems, q0 = share(q);
-      cuda::push_float(recv + rank * (share(q + 1) - q0) + (i - q0), (uint32_t)q, part[i], &push_bar);
+      // Straight-line code, no division: this and the sum below run once a launch, after the block's partial.
+      int q = 0;
+#pragma unroll
+      for (int r = 1; r < kMaxCluster; ++r) q += r < C && s_share[r] <= i;
+      const int q0 = s_share[q];
+      cuda::push_float(recv + rank * (s_share[q + 1] - q0) + (i - q0), (uint32_t)q, part[i], &push_bar);
     }
     cuda::wait_pushes(&push_bar);
-    for (int j = threadIdx.x; j < e1 - e0; j += kThreads) {
+    const int mine = e1 - e0;
+    for (int j = threadIdx.x; j < mine; j += kThreads) {
       float v = 0.f;
-      for (int r = 0; r < C; ++r) v += recv[r * (e1 - e0) + j];
+#pragma unroll
+      for (int r = 0; r < kMaxCluster; ++r)
+        if (r < C) v += recv[r * mine + j];
       store(e0 + j, v);
     }
     return;  // every push into this block has landed, and nothing here is read by another block
@@ -214,7 +227,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 
 template <class T, int U, int ST>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
-                     bool, bool) {
+                     bool, bool, bool) {
   return w4a16_decode_kernel<T, U, ST>;
 }
 
@@ -359,6 +372,13 @@ bool pushed_cluster_sum() {
   return on;
 }
 
+// VLM_W4A16_DECODE_EVICT_FIRST=1: the weights' and group records' copies marked to leave L2 first (l2_policy()),
+// so that a step's stream of them does not push out what every layer uses again. Off until measured on a GPU.
+bool weights_evict_first() {
+  static const bool on = cuda::env_int("VLM_W4A16_DECODE_EVICT_FIRST", 0) != 0;
+  return on;
+}
+
 template <class T, int U, int ST>
 cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                         const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
@@ -369,7 +389,7 @@ cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void*
                                             stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                             static_cast<T*>(c), norm, M, N, K, group_shift, p.S, p.slice_steps,
-                                            silu_up, pushed_cluster_sum());
+                                            silu_up, pushed_cluster_sum(), weights_evict_first());
 }
 
 template <class T, int ST>

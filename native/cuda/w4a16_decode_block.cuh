@@ -67,14 +67,16 @@ struct WarpRing {
   uint4* grp;
   const uint4* wsrc;  // the lane's 16 bytes of the warp's first step
   const uint4* gsrc;  // the lane's 16 bytes of the strip's first group record (lanes < 16)
+  uint64_t l2_policy;  // both copies' L2 eviction priority (l2_policy())
   int n_steps, ws0, group_shift, lane;
 
   // Stage j of this warp (step ws0 + j) into ring slot `slot` (= j % ST, a constant where the loops are
   // unrolled), with its group's record where it starts a unit; always one commit group, empty past the last step.
   __device__ __forceinline__ void issue(int j, int slot) const {
     if (j < n_steps) {
-      cp_async16(ring + slot * 32 + lane, wsrc + (int64_t)j * 32);
-      if (slot % U == 0 && lane < 16) cp_async16(grp + slot * 16 + lane, gsrc + (int64_t)((ws0 + j) >> group_shift) * 16);
+      cp_async16(ring + slot * 32 + lane, wsrc + (int64_t)j * 32, l2_policy);
+      if (slot % U == 0 && lane < 16)
+        cp_async16(grp + slot * 16 + lane, gsrc + (int64_t)((ws0 + j) >> group_shift) * 16, l2_policy);
     }
     cp_async_commit();
   }
@@ -86,17 +88,18 @@ struct WarpRing {
 };
 
 // The ring of warp `warp` of a block at `slice`, over weights w / group records sz of a [N][K] layer; ring_base and
-// grp_base are the block's rings (kDecodeWarps of ST stages each).
+// grp_base are the block's rings (kDecodeWarps of ST stages each). evict_first: the copies leave L2 first.
 template <int U, int ST>
 __device__ __forceinline__ WarpRing<U, ST> warp_ring(const BlockSlice& s, const uint4* w, const uint4* sz, int K,
                                                      int group_shift, uint4* ring_base, uint4* grp_base, int warp,
-                                                     int lane) {
+                                                     int lane, bool evict_first = false) {
   const int ksteps = K / 16, groups = ksteps >> group_shift;
   WarpRing<U, ST> r;
   r.ring = ring_base + warp * ST * 32;
   r.grp = grp_base + warp * ST * 16;
   r.wsrc = w + ((int64_t)s.strip * ksteps + s.ws0) * 32 + lane;
   r.gsrc = sz + (int64_t)s.strip * groups * 16 + lane;
+  r.l2_policy = l2_policy(evict_first);
   r.n_steps = s.n_steps;
   r.ws0 = s.ws0;
   r.group_shift = group_shift;
@@ -159,10 +162,20 @@ __device__ __forceinline__ void ring_sums(const WarpRing<U, ST>& r, const T* con
   __syncwarp();
 }
 
+// t / M for t >= 0 and 1 <= M <= kMaxRows. Up to 4 rows (the decode kernel's) a shift or a multiply by a
+// constant: the division routine is ~20 dependent instructions on the path of every output element, and its
+// code, reached once a launch, is instruction-cache misses in the kernel's last microseconds.
+template <int kMaxRows>
+__device__ __forceinline__ int rows_quotient(int t, int M) {
+  if constexpr (kMaxRows <= 4) return M == 3 ? (int)((unsigned)t / 3u) : t >> (M >> 1);  // M = 1, 2, 4: >> 0, 1, 2
+  else return (int)((unsigned)t / (unsigned)M);
+}
+
 // The block's partial over the real outputs: part[e], e = (strip sl, row < M, column), the warps' K sub-slices
 // summed in order; consecutive elements are consecutive output columns. red: kDecodeWarps regions of red_stride
 // floats (>= NT x 512) where each warp leaves its acc. Ends with part written and visible to the block.
-template <int NT>
+// M <= kMaxRows <= 8 NT.
+template <int NT, int kMaxRows = 8 * NT>
 __device__ __forceinline__ void block_partial(const float (&acc)[NT][4][4], float* red, int red_stride, float* part,
                                               int S, int M, int kw, int warp, int lane) {
   float* mine = red + warp * red_stride;
@@ -173,9 +186,9 @@ __device__ __forceinline__ void block_partial(const float (&acc)[NT][4][4], floa
 #pragma unroll
       for (int q = 0; q < 4; ++q) mine[((n * 4 + i) * 4 + q) * 32 + lane] = acc[n][i][q];
   __syncthreads();
-  const int per_strip = M * kW4StripN, elems = S * per_strip;
+  const int elems = S * M * kW4StripN;
   for (int e = threadIdx.x; e < elems; e += kDecodeThreads) {
-    const int es = e / per_strip, row = (e / kW4StripN) % M, col = e % kW4StripN;
+    const int sr = e / kW4StripN, es = rows_quotient<kMaxRows>(sr, M), row = sr - es * M, col = e % kW4StripN;
     // Where the mma left (row, col) of tile n = row / 8: row % 8 = 2 t + (q & 1), col = 16 i + g + 8 (q >> 1),
     // lane = 4 g + t.
     const int n = row / 8, r8 = row % 8;
@@ -190,10 +203,10 @@ __device__ __forceinline__ void block_partial(const float (&acc)[NT][4][4], floa
 }
 
 // Output element `e` of a block's partial (block_partial's order) as (row, column) of the [M][N] output, or
-// false past N.
+// false past N. M <= kMaxRows.
+template <int kMaxRows>
 __device__ __forceinline__ bool partial_element(int e, int bx, int S, int M, int N, int64_t* offset) {
-  const int per_strip = M * kW4StripN;
-  const int es = e / per_strip, row = (e / kW4StripN) % M, col = e % kW4StripN;
+  const int sr = e / kW4StripN, es = rows_quotient<kMaxRows>(sr, M), row = sr - es * M, col = e % kW4StripN;
   const int st = bx * S + es;
   if (st >= N / kW4StripN) return false;
   *offset = (int64_t)row * N + st * kW4StripN + col;

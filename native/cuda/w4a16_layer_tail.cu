@@ -190,7 +190,7 @@ __device__ void run_item(const Params& p, int ph, int item, const Smem& s, int w
   const int elems = f.S * M * kW4StripN;
   auto store = [&](int e, float v) {
     int64_t o;
-    if (!w4a16::partial_element(e, bx, f.S, M, f.N, &o)) return;
+    if (!w4a16::partial_element<kMaxRows>(e, bx, f.S, M, f.N, &o)) return;
     T y = Act<T>::from_float(v);
     // As the bias kernel after the chain's GEMM: the GEMM's output rounded, then the bias added and rounded.
     if (f.bias) y = Act<T>::from_float(Act<T>::to_float(y) + f.bias[o % f.N]);
