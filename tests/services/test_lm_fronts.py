@@ -107,6 +107,31 @@ def test_closing_either_end_ends_the_link_for_both(engine):
     remote.close()
 
 
+def test_a_pipe_end_closes_only_after_its_reader_has_stopped():
+    """close_pipe_end wakes the reader and waits for it before closing the descriptor: a reader still inside recv()
+    when the descriptor closes would read whatever the number opens next (the next link's pipe)."""
+    from vlmserve.services.pipe_close import close_pipe_end
+
+    here, there = multiprocessing.Pipe(duplex=True)
+    seen = {}
+
+    def read():
+        try:
+            here.recv()
+        except (EOFError, OSError) as e:
+            seen["woke"] = type(e).__name__
+        time.sleep(0.3)  # a reader slow to leave: its descriptor must still be its own meanwhile
+        seen["closed_while_reading"] = here.closed
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    time.sleep(0.1)  # blocked in recv()
+    close_pipe_end(here, reader)
+    assert not reader.is_alive() and here.closed
+    assert seen == {"woke": "EOFError", "closed_while_reading": False}
+    there.close()
+
+
 def test_the_link_stops_sending_quietly_when_the_front_is_gone():
     """Tokens and the link's end queued together, the front's pipe broken: the sender ends without an unhandled
     exception (the reader sees the front gone and aborts its requests)."""

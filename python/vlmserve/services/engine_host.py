@@ -133,4 +133,4 @@ class FrontLink:
     def close(self) -> None:
         """Stops sending and ends the pipe (the reader wakes, aborts what the front had running and stops)."""
         self._outbox.put(None)
-        close_pipe_end(self.conn)
+        close_pipe_end(self.conn, self._reader)

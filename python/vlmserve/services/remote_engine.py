@@ -73,7 +73,7 @@ class RemoteEngine:
     def close(self) -> None:
         """Ends the link: the engine process aborts this front's requests, and any still in flight here end with
         UNAVAILABLE (the reader thread wakes and stops)."""
-        close_pipe_end(self._conn)
+        close_pipe_end(self._conn, self._reader)
 
     def _send(self, msg) -> None:
         try:
