@@ -182,19 +182,19 @@
 #   ab_decode     2B and 7B w4a16 + int8 KV decode at batch AB_BATCHES (default 1): the base library, then this tree's,
 #                 the pair twice (two rounds show the spread beside the difference)
 #   ab_gemm       bench/gemm at M = 1 (AB_GEMM_MS) with the base library, then this tree's
-#   evict_ab      the decode kernel's weights and group records copied with L2 evict_first (VLM_W4A16_DECODE_EVICT_FIRST=1)
-#                 against without: its same-bits test, 2B w4a16 + int8 KV decode at batch 1/4 and
-#                 7B at 1 off then on (twice), bench/gemm at M = 1 off then on
+#   evict_ab      the decode kernel's weights and group records copied with L2 evict_first
+#                 (VLM_W4A16_DECODE_EVICT_FIRST=1) against without: its same-bits test, 2B w4a16 + int8 KV decode
+#                 at batch 1/4 and 7B at 1 off then on (twice), bench/gemm at M = 1 off then on
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
 #                 steady decode (the decode kernel at 2 k16 steps a warp: nearly all of it fixed cost), with the pulled
-#                 cluster sum (VLM_W4A16_DECODE_PUSH=0) and with the pushed one (=1, the default); the reports kept, their source pages
-#                 as CSV, bench/ncu_source_top.py's ranking of each
+#                 cluster sum (VLM_W4A16_DECODE_PUSH=0) and with the pushed one (=1, the default): their source
+#                 pages as gzipped CSV, bench/ncu_source_top.py's ranking and listing of each
 #   push_sum      the decode kernel's K slices summed by pushes to their owners (VLM_W4A16_DECODE_PUSH=1, the default)
 #                 against the pulled sum (=0): both sums' tests (cluster arrangements against the reference, the same
-#                 bits), the engine's GPU tests with the pushed one, 2B w4a16 + int8 KV decode at batch 1/4 and 7B at 1 off then on (twice), bench/gemm at
-#                 M = 1 off then on
+#                 bits), the engine's GPU tests with the pushed one, 2B w4a16 + int8 KV decode at batch 1/4 and 7B at
+#                 1 off then on (twice), bench/gemm at M = 1 off then on
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-out}
 STEPS=${STEPS:-build tests gemm decode}
@@ -1034,6 +1034,9 @@ ncu_source() {  # see the header
     grep -E '"(Duration|Grid Size|Cluster Size|Warp Cycles Per Issued Instruction)"' "$RES/ncu_o_push${on}_details.csv" |
       awk -F'","' '{print $(NF-2)" | "$NF}'
     python3 bench/ncu_source_top.py "$RES/ncu_o_push${on}_sass.csv" --top 30 | tee "$RES/ncu_o_push${on}_top.md"
+    python3 bench/ncu_source_top.py "$RES/ncu_o_push${on}_sass.csv" --listing >"$RES/ncu_o_push${on}_listing.md"
+    gzip -f "$RES/ncu_o_push${on}_sass.csv"  # ~2 MB each; the report itself stays on the device
+    rm -f "$RES/ncu_o_push$on.ncu-rep"
   done
 }
 push_sum() {  # see the header

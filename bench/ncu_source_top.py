@@ -1,9 +1,11 @@
 """Where one kernel's warps wait, instruction by instruction: reads the CSV of Nsight Compute's source page
 (`ncu --import R.ncu-rep --page source --csv --print-source sass`, from a profile with the SourceCounters
 section) and prints the SASS instructions holding the most warp-stall samples, each with its share of all
-samples, then the samples summed by opcode.
+samples, then the samples summed by opcode; with --listing, every instruction that holds samples in address
+order instead (its offset in the kernel, samples, executions, its two largest stall reasons), with the samples
+summed by stall reason: where a phase of the kernel begins and what its warps wait on there.
 
-    python3 bench/ncu_source_top.py REPORT_SOURCE.csv [--top 40]
+    python3 bench/ncu_source_top.py REPORT_SOURCE.csv[.gz] [--top 40] [--listing]
 
 The columns are found by name (the sample column: the first whose name holds "Warp Stall Sampling (All");
 the instruction: "Source"; its address: "Address" where present), so the script refuses a CSV without them
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import sys
 from collections import Counter
 
@@ -66,12 +69,46 @@ def render(table: list[tuple[str, str, float]], total: float, top: int) -> str:
     return "\n".join(out)
 
 
+def stall_reasons(header: list[str], row: list[str]) -> Counter:
+    """The row's samples by stall reason (the `stall_*` columns, issued or not; the "(Not Issued)" ones left out)."""
+    return Counter({name[len("stall_"):]: _number(row[i]) for i, name in enumerate(header)
+                    if name.startswith("stall_") and "Not Issued" not in name and _number(row[i]) > 0})
+
+
+def render_listing(header: list[str], rows: list[list[str]]) -> str:
+    """Every instruction with samples, in address order: offset from the kernel's first instruction, samples,
+    executions, instruction, its two largest stall reasons; then the samples summed by stall reason."""
+    s = next(i for i, name in enumerate(header) if "Warp Stall Sampling (All" in name)
+    src = header.index("Source")
+    addr = header.index("Address") if "Address" in header else None
+    execs = header.index("Instructions Executed") if "Instructions Executed" in header else None
+    base = int(rows[0][addr], 16) if addr is not None and rows else 0
+    out = ["| offset | samples | executed | instruction | top stall reasons |", "|---|---|---|---|---|"]
+    totals = Counter()
+    for row in rows:
+        samples = _number(row[s])
+        if samples <= 0:
+            continue
+        reasons = stall_reasons(header, row)
+        totals.update(reasons)
+        offset = f"0x{int(row[addr], 16) - base:x}" if addr is not None else ""
+        executed = f"{_number(row[execs]):.0f}" if execs is not None else ""
+        top = ", ".join(f"{k} {v:.0f}" for k, v in reasons.most_common(2))
+        out.append(f"| {offset} | {samples:.0f} | {executed} | `{row[src].strip()}` | {top} |")
+    if totals:
+        out += ["", "| stall reason | samples |", "|---|---|"]
+        out += [f"| {k} | {v:.0f} |" for k, v in totals.most_common()]
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("csv")
     ap.add_argument("--top", type=int, default=40)
+    ap.add_argument("--listing", action="store_true", help="every instruction with samples, in address order")
     args = ap.parse_args(argv)
-    with open(args.csv, newline="") as f:
+    opener = gzip.open if args.csv.endswith(".gz") else open
+    with opener(args.csv, "rt", newline="") as f:
         lines = f.read().splitlines()
     try:
         header, rows = read_rows(lines)
@@ -82,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     if total == 0:
         print("ncu_source_top: no warp-stall samples in this CSV", file=sys.stderr)
         return 1
-    print(render(table, total, args.top))
+    print(render_listing(header, rows) if args.listing else render(table, total, args.top))
     return 0
 
 

@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from ncu_source_top import main, opcode, read_rows, render, stall_table  # noqa: E402
+from ncu_source_top import main, opcode, read_rows, render, render_listing, stall_table  # noqa: E402
 
 CSV = """\
 "Kernel Name","w4a16_decode_kernel"
@@ -42,3 +42,31 @@ def test_a_csv_without_the_sample_column_is_refused(tmp_path, capsys):
     f.write_text('"ID","Metric Name"\n"0","Duration"\n')
     assert main([str(f)]) == 1
     assert "not the CSV of ncu's source page" in capsys.readouterr().err
+
+
+LISTING_CSV = """\
+"Address","Source","Warp Stall Sampling (All Samples)","Instructions Executed","stall_barrier","stall_no_inst","stall_wait","stall_barrier (Not Issued)"
+"0x7f00","LDC R1, c[0x0][0x28]","3","2,048","0","3","0","0"
+"0x7f10","IMAD R2, R3, R4, RZ","0","2,048","0","0","0","0"
+"0x7f40","BAR.SYNC.DEFER_BLOCKING 0x0","10","2,048","8","0","2","9"
+"0x8000","STG.E [R2.64], R5","5","256","0","4","1","0"
+"""
+
+
+def test_the_listing_keeps_address_order_and_names_each_line_s_stall_reasons():
+    header, rows = read_rows(LISTING_CSV.splitlines())
+    lines = render_listing(header, rows).splitlines()
+    assert lines[2] == "| 0x0 | 3 | 2048 | `LDC R1, c[0x0][0x28]` | no_inst 3 |"
+    assert lines[3] == "| 0x40 | 10 | 2048 | `BAR.SYNC.DEFER_BLOCKING 0x0` | barrier 8, wait 2 |"  # not-issued column left out
+    assert lines[4] == "| 0x100 | 5 | 256 | `STG.E [R2.64], R5` | no_inst 4, wait 1 |"
+    assert len(lines) == 2 + 3 + 1 + 2 + 3  # no line for the instruction without samples; three reasons summed
+    assert lines[-3:] == ["| barrier | 8 |", "| no_inst | 7 |", "| wait | 3 |"]
+
+
+def test_a_gzipped_csv_is_read(tmp_path, capsys):
+    import gzip
+    f = tmp_path / "source.csv.gz"
+    with gzip.open(f, "wt") as g:
+        g.write(LISTING_CSV)
+    assert main([str(f), "--listing"]) == 0
+    assert "| 0x40 | 10 | 2048 |" in capsys.readouterr().out
