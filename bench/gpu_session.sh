@@ -182,9 +182,10 @@
 #   ab_decode     2B and 7B w4a16 + int8 KV decode at batch AB_BATCHES (default 1): the base library, then this tree's,
 #                 the pair twice (two rounds show the spread beside the difference)
 #   ab_gemm       bench/gemm at M = 1 (AB_GEMM_MS) with the base library, then this tree's
-#   evict_ab      the decode kernel's weights and group records copied with L2 evict_first
-#                 (VLM_W4A16_DECODE_EVICT_FIRST=1) against without: its same-bits test, 2B w4a16 + int8 KV decode
-#                 at batch 1/4 and 7B at 1 off then on (twice), bench/gemm at M = 1 off then on
+#   evict_ab      the decode kernel's weights and group records copied with L2 evict_first (a second library,
+#                 build-evict/, built with -DVLM_W4A16_EVICT_FIRST=ON) against this tree's: the decode-size outputs'
+#                 digest from each (the same bits), 2B w4a16 + int8 KV decode at batch 1/4 and 7B at 1 with each
+#                 (twice), bench/gemm at M = 1 with each
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
@@ -992,13 +993,28 @@ ab_decode() {  # see the header
   done
 }
 evict_ab() {  # see the header
-  python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_decode.py -k evicted_first 2>&1 | tail -n 3
-  decode_ab VLM_W4A16_DECODE_EVICT_FIRST evict_a 1,4 1
-  decode_ab VLM_W4A16_DECODE_EVICT_FIRST evict_b 1,4 1
-  local on
-  for on in 0 1; do
-    echo "== VLM_W4A16_DECODE_EVICT_FIRST=$on"
-    VLM_W4A16_DECODE_EVICT_FIRST=$on python3 bench/gemm.py --ms 1 --out-dir "$RES/gemm_evict$on" | grep -E "^\| "
+  cmake -S . -B build-evict -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF -DVLM_W4A16_EVICT_FIRST=ON >/dev/null &&
+    cmake --build build-evict -j "$(nproc)" | grep -E "error|warning"
+  test -f build-evict/libvlmcore.so || return 1
+  local lib lib0=$PWD/build-gpu/libvlmcore.so lib1=$PWD/build-evict/libvlmcore.so d0 d1 round m path
+  d0=$(PYTHONPATH=tests/kernels:$PYTHONPATH VLMSERVE_LIB=$lib0 python3 tests/kernels/digest_w4a16_outputs.py)
+  d1=$(PYTHONPATH=tests/kernels:$PYTHONPATH VLMSERVE_LIB=$lib1 python3 tests/kernels/digest_w4a16_outputs.py)
+  [ -n "$d0" ] && [ "$d0" = "$d1" ] && echo "decode-size outputs: the same bits ($d0)" ||
+    echo "decode-size outputs DIFFER: $d0 against $d1"
+  for round in 1 2; do
+    for lib in 0 1; do
+      for m in 2b 7b; do
+        [ $lib = 0 ] && path=$lib0 || path=$lib1
+        VLMSERVE_LIB=$path python3 bench/decode.py --models $m --weights w4a16 --kv int8 \
+          --batches "$([ $m = 2b ] && echo 1,4 || echo 1)" --peer-batches 0 --work /tmp/decode-models \
+          --out "$RES/evict_${m}_${lib}_$round.json" 2>&1 | grep "tok/s" | sed "s/^/evict_first=$lib round $round: /"
+      done
+    done
+  done
+  for lib in 0 1; do
+    echo "== evict_first=$lib"
+    VLMSERVE_LIB=$([ $lib = 0 ] && echo "$lib0" || echo "$lib1") python3 bench/gemm.py --ms 1 \
+      --out-dir "$RES/gemm_evict$lib" | grep -E "^\| "
   done
 }
 push_quick() {  # see the header
@@ -1448,7 +1464,7 @@ step trace_b1 150
 step push_sum 560
 step ncu_source 300
 step push_quick 200
-step evict_ab 480
+step evict_ab 560
 step step_probe 480  # 17 GPU tests, then 4 shapes x 7 forms x 2 models of 20-step graphs
 step long_k_engine 360
 step ncu_gemm64 150

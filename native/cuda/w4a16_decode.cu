@@ -102,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
                                                                  const uint4* __restrict__ sz, const T* residual, T* c,
                                                                  RmsNormInput norm, int M, int N, int K,
                                                                  int group_shift, int S, int slice_steps_max,
-                                                                 bool silu_up, bool push, bool weights_evict_first) {
+                                                                 bool silu_up, bool push) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static_assert(ST % U == 0, "a ring slot that starts a unit must start one on every pass");
   static_assert(ST >= 4, "the warp's sums take its ring's place (ST * 512 bytes >= 2 KiB)");
@@ -115,8 +115,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   const w4a16::BlockSlice bsl = w4a16::block_slice(blockIdx.x, rank, C, S, N, K, U, warp);
   const w4a16::WarpRing<U, ST> ring = w4a16::warp_ring<U, ST>(bsl, w, sz, K, group_shift,
                                                               reinterpret_cast<uint4*>(smem + L.ring),
-                                                              reinterpret_cast<uint4*>(smem + L.grp), warp, lane,
-                                                              weights_evict_first);
+                                                              reinterpret_cast<uint4*>(smem + L.grp), warp, lane);
   const int bs0 = bsl.bs0, bs1 = bsl.bs1;
   // The block's partial is S strips x M rows x 64 columns (<= 1024 elements); block r's share of the cluster's
   // sum starts at share(r) (32-bit: a 64-bit division is a ~76-instruction call).
@@ -227,7 +226,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
 
 template <class T, int U, int ST>
 void (*kernel_for())(const T*, const uint4*, const uint4*, const T*, T*, RmsNormInput, int, int, int, int, int, int,
-                     bool, bool, bool) {
+                     bool, bool) {
   return w4a16_decode_kernel<T, U, ST>;
 }
 
@@ -372,13 +371,6 @@ bool pushed_cluster_sum() {
   return on;
 }
 
-// VLM_W4A16_DECODE_EVICT_FIRST=1: the weights' and group records' copies marked to leave L2 first (l2_policy()),
-// so that a step's stream of them does not push out what every layer uses again. Off until measured on a GPU.
-bool weights_evict_first() {
-  static const bool on = cuda::env_int("VLM_W4A16_DECODE_EVICT_FIRST", 0) != 0;
-  return on;
-}
-
 template <class T, int U, int ST>
 cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void* sz, const void* residual, void* c,
                         const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
@@ -389,7 +381,7 @@ cudaError_t launch_unit(const Plan& p, const void* a, const void* w, const void*
                                             stream, static_cast<const T*>(a), static_cast<const uint4*>(w),
                                             static_cast<const uint4*>(sz), static_cast<const T*>(residual),
                                             static_cast<T*>(c), norm, M, N, K, group_shift, p.S, p.slice_steps,
-                                            silu_up, pushed_cluster_sum(), weights_evict_first());
+                                            silu_up, pushed_cluster_sum());
 }
 
 template <class T, int ST>

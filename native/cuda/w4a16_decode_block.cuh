@@ -67,16 +67,15 @@ struct WarpRing {
   uint4* grp;
   const uint4* wsrc;  // the lane's 16 bytes of the warp's first step
   const uint4* gsrc;  // the lane's 16 bytes of the strip's first group record (lanes < 16)
-  uint64_t l2_policy;  // both copies' L2 eviction priority (l2_policy())
   int n_steps, ws0, group_shift, lane;
 
   // Stage j of this warp (step ws0 + j) into ring slot `slot` (= j % ST, a constant where the loops are
   // unrolled), with its group's record where it starts a unit; always one commit group, empty past the last step.
   __device__ __forceinline__ void issue(int j, int slot) const {
     if (j < n_steps) {
-      cp_async16(ring + slot * 32 + lane, wsrc + (int64_t)j * 32, l2_policy);
+      cp_async16_weights(ring + slot * 32 + lane, wsrc + (int64_t)j * 32);
       if (slot % U == 0 && lane < 16)
-        cp_async16(grp + slot * 16 + lane, gsrc + (int64_t)((ws0 + j) >> group_shift) * 16, l2_policy);
+        cp_async16_weights(grp + slot * 16 + lane, gsrc + (int64_t)((ws0 + j) >> group_shift) * 16);
     }
     cp_async_commit();
   }
@@ -88,18 +87,17 @@ struct WarpRing {
 };
 
 // The ring of warp `warp` of a block at `slice`, over weights w / group records sz of a [N][K] layer; ring_base and
-// grp_base are the block's rings (kDecodeWarps of ST stages each). evict_first: the copies leave L2 first.
+// grp_base are the block's rings (kDecodeWarps of ST stages each).
 template <int U, int ST>
 __device__ __forceinline__ WarpRing<U, ST> warp_ring(const BlockSlice& s, const uint4* w, const uint4* sz, int K,
                                                      int group_shift, uint4* ring_base, uint4* grp_base, int warp,
-                                                     int lane, bool evict_first = false) {
+                                                     int lane) {
   const int ksteps = K / 16, groups = ksteps >> group_shift;
   WarpRing<U, ST> r;
   r.ring = ring_base + warp * ST * 32;
   r.grp = grp_base + warp * ST * 16;
   r.wsrc = w + ((int64_t)s.strip * ksteps + s.ws0) * 32 + lane;
   r.gsrc = sz + (int64_t)s.strip * groups * 16 + lane;
-  r.l2_policy = l2_policy(evict_first);
   r.n_steps = s.n_steps;
   r.ws0 = s.ws0;
   r.group_shift = group_shift;

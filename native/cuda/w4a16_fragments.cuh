@@ -178,20 +178,22 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
 }
-// An L2 eviction priority for the lines a copy brings in: evict_first for bytes read once a step (a decode
-// GEMM's weights and group records), so that the step's stream of them replaces them before the lines that
-// are used again (the kernels' instructions, the activations); evict_unchanged is what a copy without a
-// hint does.
-__device__ __forceinline__ uint64_t l2_policy(bool evict_first) {
-  uint64_t p;
-  if (evict_first) asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(p));
-  else asm("createpolicy.fractional.L2::evict_unchanged.b64 %0, 1.0;\n" : "=l"(p));
-  return p;
-}
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, uint64_t l2_policy) {
+// A decode GEMM's weights and group records are read once a step. Built with VLM_W4A16_EVICT_FIRST (CMake option
+// VLM_W4A16_EVICT_FIRST=ON, an experiment until measured) their copies carry an L2 evict_first policy, so that a
+// step's stream of them is replaced before the lines used again (the kernels' instructions, the activations, the
+// KV cache); without it they are plain copies. A compile-time choice: chosen at run time, the policy added spills
+// or registers (80 -> 96-102) to the decode kernel's forms (ptxas, sm_90a); built in, its 8-stage forms keep 80
+// registers and no spill.
+__device__ __forceinline__ void cp_async16_weights(void* smem, const void* gmem) {
+#if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "l"(l2_policy)
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "l"(policy)
                : "memory");
+#else
+  cp_async16(smem, gmem);
+#endif
 }
 __device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, int bytes) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));

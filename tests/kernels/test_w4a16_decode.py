@@ -47,9 +47,3 @@ def test_one_shapes_pinned_plan_matches_reference():
 def test_general_kernel_matches_reference_at_decode_sizes():
     run_checks({"VLM_W4A16_DECODE": "0"})
 
-
-def test_weights_evicted_first_from_l2_change_no_bits():
-    # VLM_W4A16_DECODE_EVICT_FIRST=1 changes only the copies' L2 priority: the same bits on every decode shape.
-    pins = {"VLM_W4A16_DECODE_S": "1", "VLM_W4A16_DECODE_C": "8"}
-    assert output_digest({**pins, "VLM_W4A16_DECODE_EVICT_FIRST": "1"}) == output_digest(
-        {**pins, "VLM_W4A16_DECODE_EVICT_FIRST": "0"})
