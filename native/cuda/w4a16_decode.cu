@@ -164,7 +164,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   float* part = reinterpret_cast<float*>(smem + L.part);
   w4a16::block_partial<1, kMaxDecodeRows>(acc, reinterpret_cast<float*>(smem + L.ring), ST * 128, part, S, M,
                                           bsl.kw, warp, lane);
-  const int elems = S * M * kW4StripN, e0 = share(rank), e1 = share(rank + 1);
+  const int elems = S * M * kW4StripN;
 
   auto store = [&](int e, float v) {
     int64_t o;
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
       cuda::push_float(recv + rank * (s_share[q + 1] - q0) + (i - q0), (uint32_t)q, part[i], &push_bar);
     }
     cuda::wait_pushes(&push_bar);
-    const int mine = e1 - e0;
+    const int e0 = s_share[rank], mine = s_share[rank + 1] - e0;
     for (int j = threadIdx.x; j < mine; j += kThreads) {
       float v = 0.f;
 #pragma unroll
@@ -208,6 +208,7 @@ __global__ void __launch_bounds__(kThreads) w4a16_decode_kernel(const T* __restr
   namespace cg = cooperative_groups;
   cg::cluster_group cluster = cg::this_cluster();
   cluster.sync();
+  const int e0 = share(rank), e1 = share(rank + 1);
   for (int e = e0 + threadIdx.x; e < e1; e += kThreads) {
     float parts[kMaxCluster];
 #pragma unroll
