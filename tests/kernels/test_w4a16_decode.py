@@ -1,10 +1,9 @@
 """The decode-size w4a16 kernel (native/cuda/w4a16_decode.cu, M <= 4 on sm_90+)
 in every arrangement its plan can pick — strips per block S and cluster size C
 pinned through VLM_W4A16_DECODE_S / _C — with the K slices' sum pulled from the
-cluster's blocks (VLM_W4A16_DECODE_PUSH=0) or pushed to its owners (the default), and the
-general kernel it replaces at these sizes (VLM_W4A16_DECODE=0, what pre-Hopper
-GPUs run), each against the float32 reference in a fresh process. Needs a CUDA
-GPU."""
+cluster's blocks (VLM_W4A16_DECODE_PUSH=0) or pushed to its owners (the default),
+and the general kernel it replaces at these sizes (VLM_W4A16_DECODE=0, what pre-Hopper GPUs run), each against the
+float32 reference in a fresh process. Needs a CUDA GPU."""
 from __future__ import annotations
 
 import pytest
@@ -35,7 +34,8 @@ def test_the_pulled_cluster_sum_matches_reference(s, c, ring):
 def test_the_pushed_cluster_sum_changes_no_bits(s, c):
     # Each owner adds the slices in rank order, as the pulled sum does: the same bits on every decode shape.
     pins = {"VLM_W4A16_DECODE_S": str(s), "VLM_W4A16_DECODE_C": str(c)}
-    assert output_digest({**pins, "VLM_W4A16_DECODE_PUSH": "1"}) == output_digest({**pins, "VLM_W4A16_DECODE_PUSH": "0"})
+    pushed = output_digest({**pins, "VLM_W4A16_DECODE_PUSH": "1"})
+    assert pushed == output_digest({**pins, "VLM_W4A16_DECODE_PUSH": "0"})
 
 
 def test_one_shapes_pinned_plan_matches_reference():
@@ -46,4 +46,3 @@ def test_one_shapes_pinned_plan_matches_reference():
 
 def test_general_kernel_matches_reference_at_decode_sizes():
     run_checks({"VLM_W4A16_DECODE": "0"})
-
