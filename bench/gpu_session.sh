@@ -184,8 +184,8 @@
 #   ab_gemm       bench/gemm at M = 1 (AB_GEMM_MS) with the base library, then this tree's
 #   evict_ab      the decode kernel's weights and group records copied with L2 evict_first (a second library,
 #                 build-evict/, built with -DVLM_W4A16_EVICT_FIRST=ON) against this tree's: the decode-size outputs'
-#                 digest from each (the same bits), 2B w4a16 + int8 KV decode at batch 1/4 and 7B at 1 with each
-#                 (twice), bench/gemm at M = 1 with each
+#                 digest from each (the same bits), then ab_decode and ab_gemm with it as their "base"
+#                 (AB_BASE_LIB: the library in that place, build-base/'s by default)
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
@@ -979,7 +979,9 @@ base_build() {  # see the header: build-base/ from AB_PATCH reversed over a copy
     cmake --build build-base -j "$(nproc)" | grep -E "error|warning" || true
   test -f build-base/libvlmcore.so
 }
-ab_lib() { [ "$1" = base ] && echo "$PWD/build-base/libvlmcore.so" || echo "$PWD/build-gpu/libvlmcore.so"; }
+ab_lib() {
+  [ "$1" = base ] && echo "${AB_BASE_LIB:-$PWD/build-base/libvlmcore.so}" || echo "$PWD/build-gpu/libvlmcore.so"
+}
 ab_decode() {  # see the header
   local round tag m
   for round in 1 2; do
@@ -996,26 +998,15 @@ evict_ab() {  # see the header
   cmake -S . -B build-evict -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF -DVLM_W4A16_EVICT_FIRST=ON >/dev/null &&
     cmake --build build-evict -j "$(nproc)" | grep -E "error|warning"
   test -f build-evict/libvlmcore.so || return 1
-  local lib lib0=$PWD/build-gpu/libvlmcore.so lib1=$PWD/build-evict/libvlmcore.so d0 d1 round m path
-  d0=$(PYTHONPATH=tests/kernels:$PYTHONPATH VLMSERVE_LIB=$lib0 python3 tests/kernels/digest_w4a16_outputs.py)
-  d1=$(PYTHONPATH=tests/kernels:$PYTHONPATH VLMSERVE_LIB=$lib1 python3 tests/kernels/digest_w4a16_outputs.py)
+  local d0 d1
+  d0=$(PYTHONPATH=tests/kernels:$PYTHONPATH python3 tests/kernels/digest_w4a16_outputs.py)
+  d1=$(PYTHONPATH=tests/kernels:$PYTHONPATH VLMSERVE_LIB=$PWD/build-evict/libvlmcore.so \
+    python3 tests/kernels/digest_w4a16_outputs.py)
   [ -n "$d0" ] && [ "$d0" = "$d1" ] && echo "decode-size outputs: the same bits ($d0)" ||
     echo "decode-size outputs DIFFER: $d0 against $d1"
-  for round in 1 2; do
-    for lib in 0 1; do
-      for m in 2b 7b; do
-        [ $lib = 0 ] && path=$lib0 || path=$lib1
-        VLMSERVE_LIB=$path python3 bench/decode.py --models $m --weights w4a16 --kv int8 \
-          --batches "$([ $m = 2b ] && echo 1,4 || echo 1)" --peer-batches 0 --work /tmp/decode-models \
-          --out "$RES/evict_${m}_${lib}_$round.json" 2>&1 | grep "tok/s" | sed "s/^/evict_first=$lib round $round: /"
-      done
-    done
-  done
-  for lib in 0 1; do
-    echo "== evict_first=$lib"
-    VLMSERVE_LIB=$([ $lib = 0 ] && echo "$lib0" || echo "$lib1") python3 bench/gemm.py --ms 1 \
-      --out-dir "$RES/gemm_evict$lib" | grep -E "^\| "
-  done
+  # the evict_first library in the comparisons' "base" place
+  AB_BASE_LIB=$PWD/build-evict/libvlmcore.so ab_decode
+  AB_BASE_LIB=$PWD/build-evict/libvlmcore.so ab_gemm
 }
 push_quick() {  # see the header
   python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_decode.py -k "changes_no_bits and 1-8" 2>&1 | tail -n 3
