@@ -182,10 +182,10 @@
 #   ab_decode     2B and 7B w4a16 + int8 KV decode at batch AB_BATCHES (default 1): the base library, then this tree's,
 #                 the pair twice (two rounds show the spread beside the difference)
 #   ab_gemm       bench/gemm at M = 1 (AB_GEMM_MS) with the base library, then this tree's
-#   evict_ab      the decode kernel's weights and group records copied with L2 evict_first (a second library,
-#                 build-evict/, built with -DVLM_W4A16_EVICT_FIRST=ON) against this tree's: the decode-size outputs'
-#                 digest from each (the same bits), then ab_decode and ab_gemm with it as their "base"
-#                 (AB_BASE_LIB: the library in that place, build-base/'s by default)
+#   evict_ab      the decode kernel's weights and group records copied plainly (a second library, build-plain/,
+#                 built with -DVLM_W4A16_EVICT_FIRST=OFF) against this tree's (L2 evict_first, the default): the
+#                 decode-size outputs' digest from each (the same bits), then ab_decode and ab_gemm with the plain one
+#                 as their "base" (AB_BASE_LIB: the library in that place, build-base/'s by default)
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
@@ -995,18 +995,18 @@ ab_decode() {  # see the header
   done
 }
 evict_ab() {  # see the header
-  cmake -S . -B build-evict -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF -DVLM_W4A16_EVICT_FIRST=ON >/dev/null &&
-    cmake --build build-evict -j "$(nproc)" | grep -E "error|warning"
-  test -f build-evict/libvlmcore.so || return 1
+  cmake -S . -B build-plain -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF -DVLM_W4A16_EVICT_FIRST=OFF >/dev/null &&
+    cmake --build build-plain -j "$(nproc)" | grep -E "error|warning"
+  test -f build-plain/libvlmcore.so || return 1
   local d0 d1
   d0=$(PYTHONPATH=tests/kernels:$PYTHONPATH python3 tests/kernels/digest_w4a16_outputs.py)
-  d1=$(PYTHONPATH=tests/kernels:$PYTHONPATH VLMSERVE_LIB=$PWD/build-evict/libvlmcore.so \
+  d1=$(PYTHONPATH=tests/kernels:$PYTHONPATH VLMSERVE_LIB=$PWD/build-plain/libvlmcore.so \
     python3 tests/kernels/digest_w4a16_outputs.py)
   [ -n "$d0" ] && [ "$d0" = "$d1" ] && echo "decode-size outputs: the same bits ($d0)" ||
     echo "decode-size outputs DIFFER: $d0 against $d1"
-  # the evict_first library in the comparisons' "base" place
-  AB_BASE_LIB=$PWD/build-evict/libvlmcore.so ab_decode
-  AB_BASE_LIB=$PWD/build-evict/libvlmcore.so ab_gemm
+  # the plain-copies library in the comparisons' "base" place
+  AB_BASE_LIB=$PWD/build-plain/libvlmcore.so ab_decode
+  AB_BASE_LIB=$PWD/build-plain/libvlmcore.so ab_gemm
 }
 push_quick() {  # see the header
   python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_decode.py -k "changes_no_bits and 1-8" 2>&1 | tail -n 3
