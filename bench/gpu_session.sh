@@ -186,6 +186,9 @@
 #                 built with -DVLM_W4A16_EVICT_FIRST=OFF) against this tree's (L2 evict_first, the default): the
 #                 decode-size outputs' digest from each (the same bits), then ab_decode and ab_gemm with the plain one
 #                 as their "base" (AB_BASE_LIB: the library in that place, build-base/'s by default)
+#   policy_ab     as evict_ab, the second library (build-normal/) built with VLM_W4A16_WEIGHT_POLICY_NORMAL: the same
+#                 SASS as this tree's but the policy's constant (evict_normal, what plain copies get), so the policy's
+#                 effect alone, apart from the plain build's register allocation (it spills; these do not)
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
@@ -994,20 +997,23 @@ ab_decode() {  # see the header
     done
   done
 }
-evict_ab() {  # see the header
-  cmake -S . -B build-plain -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF -DVLM_W4A16_EVICT_FIRST=OFF >/dev/null &&
-    cmake --build build-plain -j "$(nproc)" | grep -E "error|warning"
-  test -f build-plain/libvlmcore.so || return 1
-  local d0 d1
+option_ab() {  # evict_ab / policy_ab: a second library in $1 built with the CMake arguments after it, compared
+  local dir=$1 d0 d1
+  shift
+  cmake -S . -B "$dir" -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF "$@" >/dev/null &&
+    cmake --build "$dir" -j "$(nproc)" | grep -E "error|warning"
+  test -f "$dir/libvlmcore.so" || return 1
   d0=$(PYTHONPATH=tests/kernels:$PYTHONPATH python3 tests/kernels/digest_w4a16_outputs.py)
-  d1=$(PYTHONPATH=tests/kernels:$PYTHONPATH VLMSERVE_LIB=$PWD/build-plain/libvlmcore.so \
+  d1=$(PYTHONPATH=tests/kernels:$PYTHONPATH VLMSERVE_LIB=$PWD/$dir/libvlmcore.so \
     python3 tests/kernels/digest_w4a16_outputs.py)
   [ -n "$d0" ] && [ "$d0" = "$d1" ] && echo "decode-size outputs: the same bits ($d0)" ||
     echo "decode-size outputs DIFFER: $d0 against $d1"
-  # the plain-copies library in the comparisons' "base" place
-  AB_BASE_LIB=$PWD/build-plain/libvlmcore.so ab_decode
-  AB_BASE_LIB=$PWD/build-plain/libvlmcore.so ab_gemm
+  # the second library in the comparisons' "base" place
+  AB_BASE_LIB=$PWD/$dir/libvlmcore.so ab_decode
+  AB_BASE_LIB=$PWD/$dir/libvlmcore.so ab_gemm
 }
+evict_ab() { option_ab build-plain -DVLM_W4A16_EVICT_FIRST=OFF; }  # see the header
+policy_ab() { option_ab build-normal -DCMAKE_CUDA_FLAGS=-DVLM_W4A16_WEIGHT_POLICY_NORMAL=1; }  # see the header
 push_quick() {  # see the header
   python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_decode.py -k "changes_no_bits and 1-8" 2>&1 | tail -n 3
   local on
@@ -1340,7 +1346,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f evict_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_tests 300
@@ -1456,6 +1462,7 @@ step push_sum 560
 step ncu_source 300
 step push_quick 200
 step evict_ab 560
+step policy_ab 560
 step step_probe 480  # 17 GPU tests, then 4 shapes x 7 forms x 2 models of 20-step graphs
 step long_k_engine 360
 step ncu_gemm64 150

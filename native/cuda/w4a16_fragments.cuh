@@ -185,11 +185,19 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 // batch 1 427-430 -> 436-439 tok/s, 2B 949-950 either way. A compile-time choice: chosen at run time, the policy
 // added spills or registers (80 -> 96-102) to the decode kernel's forms (ptxas, sm_90a); built in, its 8-stage
 // forms keep 80 registers and no spill (the plain build spills one address, reloaded in every unit of the loop).
+// VLM_W4A16_WEIGHT_POLICY_NORMAL (comparisons only, bench/gpu_session.sh policy_ab): the same instructions with the
+// evict_normal policy, what plain copies get, so that the policy's effect is measured apart from the register
+// allocation its instructions bring.
+#if defined(VLM_W4A16_WEIGHT_POLICY_NORMAL) && VLM_W4A16_WEIGHT_POLICY_NORMAL
+#define VLM_W4A16_WEIGHT_POLICY "evict_normal"
+#else
+#define VLM_W4A16_WEIGHT_POLICY "evict_first"
+#endif
 __device__ __forceinline__ void cp_async16_weights(void* smem, const void* gmem) {
 #if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   uint64_t policy;
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  asm("createpolicy.fractional.L2::" VLM_W4A16_WEIGHT_POLICY ".b64 %0, 1.0;\n" : "=l"(policy));
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "l"(policy)
                : "memory");
 #else
