@@ -184,7 +184,8 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 // it they are plain copies. Measured against plain copies (H100, 2026-12-06, same machine): 7B w4a16 + int8 KV
 // batch 1 427-430 -> 436-439 tok/s, 2B 949-950 either way. A compile-time choice: chosen at run time, the policy
 // added spills or registers (80 -> 96-102) to the decode kernel's forms (ptxas, sm_90a); built in, its 8-stage
-// forms keep 80 registers and no spill (the plain build spills one address, reloaded in every unit of the loop).
+// forms keep 80 registers and no spill (the plain build spills in seven forms, the fp16 group-128 one an address
+// reloaded in every unit of its main loop).
 // VLM_W4A16_WEIGHT_POLICY_NORMAL (comparisons only, bench/gpu_session.sh policy_ab): the same instructions with the
 // evict_normal policy, what plain copies get, so that the policy's effect is measured apart from the register
 // allocation its instructions bring.
