@@ -36,13 +36,17 @@ def read_rows(lines: list[str]) -> tuple[list[str], list[list[str]]]:
     raise ValueError("no header row with a 'Source' column: not the CSV of ncu's source page")
 
 
-def stall_table(header: list[str], rows: list[list[str]]) -> tuple[list[tuple[str, str, float]], float]:
-    """(address, instruction, samples) per row with samples, and the total samples."""
+def columns(header: list[str]) -> tuple[int, int, int | None]:
+    """The indices of the sample column, the instruction ("Source") and its address (None where absent)."""
     sample_cols = [i for i, name in enumerate(header) if "Warp Stall Sampling (All" in name]
     if not sample_cols:
         raise ValueError(f"no 'Warp Stall Sampling (All ...)' column among {header}")
-    s, src = sample_cols[0], header.index("Source")
-    addr = header.index("Address") if "Address" in header else None
+    return sample_cols[0], header.index("Source"), header.index("Address") if "Address" in header else None
+
+
+def stall_table(header: list[str], rows: list[list[str]]) -> tuple[list[tuple[str, str, float]], float]:
+    """(address, instruction, samples) per row with samples, and the total samples."""
+    s, src, addr = columns(header)
     table = [(row[addr] if addr is not None else "", row[src].strip(), _number(row[s])) for row in rows]
     table = [t for t in table if t[2] > 0]
     return table, sum(t[2] for t in table)
@@ -78,9 +82,7 @@ def stall_reasons(header: list[str], row: list[str]) -> Counter:
 def render_listing(header: list[str], rows: list[list[str]]) -> str:
     """Every instruction with samples, in address order: offset from the kernel's first instruction, samples,
     executions, instruction, its two largest stall reasons; then the samples summed by stall reason."""
-    s = next(i for i, name in enumerate(header) if "Warp Stall Sampling (All" in name)
-    src = header.index("Source")
-    addr = header.index("Address") if "Address" in header else None
+    s, src, addr = columns(header)
     execs = header.index("Instructions Executed") if "Instructions Executed" in header else None
     base = int(rows[0][addr], 16) if addr is not None and rows else 0
     out = ["| offset | samples | executed | instruction | top stall reasons |", "|---|---|---|---|---|"]
