@@ -377,6 +377,8 @@ class CudaRunner final : public StepRunner {
     // VLM_CUDA_GRAPHS=0 runs decode steps eagerly (the same kernels and plans, launched one by one).
     const char* graphs = std::getenv("VLM_CUDA_GRAPHS");
     graphs_enabled_ = graphs == nullptr || std::strcmp(graphs, "0") != 0;
+    // VLM_LM_HEAD_DECODE: how the lm head runs at one row (LmHeadDecode).
+    lm_head_decode_ = static_cast<LmHeadDecode>(std::clamp(cuda::env_int("VLM_LM_HEAD_DECODE", 1), 0, 2));
     // VLM_DEVICE_SAMPLING=1 draws sampled rows on the GPU (draw_rows.cu) instead of copying them back whole.
     const char* sampling = std::getenv("VLM_DEVICE_SAMPLING");
     device_draws_ = sampling != nullptr && std::strcmp(sampling, "0") != 0 && comm_ == nullptr;
@@ -763,7 +765,11 @@ class CudaRunner final : public StepRunner {
                                         p_.rms_norm_eps, x_.as(), stream_));
       const DeviceLinear& head = p_.tie_word_embeddings ? embed_ : lm_head_;
       mark("lm head");
-      if (!dense_gemm(head.w.as(), head.out, head.in, x_.as(), R, logits_d_.as(), true))
+      if (lm_head_decode_ != LmHeadDecode::kCublas && R <= kDenseDecodeEngineRows &&
+          dense_decode_applies(R, head.out, head.in))
+        VLM_CUDA_CHECK(dense_decode_logits(x_.as(), head.w.as(), logits_d_.as<float>(), R, head.out, head.in, bf16_,
+                                           lm_head_decode_ == LmHeadDecode::kEvictFirst, stream_));
+      else if (!dense_gemm(head.w.as(), head.out, head.in, x_.as(), R, logits_d_.as(), true))
         VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
                                          logits_d_.as(), true, stream_));
       mark("argmax");
@@ -1273,6 +1279,10 @@ class CudaRunner final : public StepRunner {
     }
   };
   bool graphs_enabled_ = true;
+  // The lm head at one row: the decode-size dense kernel with its weights read under an L2 evict_first policy
+  // (1, the default), the same kernel with plain loads (2; the policy's effect alone), or cuBLAS (0).
+  enum class LmHeadDecode { kCublas = 0, kEvictFirst = 1, kPlain = 2 };
+  LmHeadDecode lm_head_decode_ = LmHeadDecode::kEvictFirst;
   uint64_t graph_epoch_ = 0;
   std::unordered_map<int64_t, GraphExec> graphs_;
   std::unordered_set<int64_t> seen_;

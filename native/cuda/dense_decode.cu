@@ -17,6 +17,10 @@
 //    (dependent_launch.cuh);
 //  - the grid is what the GPU holds at once (occupancy x SMs), so each block stages
 //    A once and its warps walk the rows.
+// The lm head at one row runs it too (dense_decode_logits): fp32 logits, and its weights read
+// with an L2 evict_first policy. Those weights are a step's largest single stream (92544 x 2048
+// fp16 = 379 MB on the 2B model, against 50 MB of L2 on the H100); read with the default policy
+// they replace what the next step finds in L2 (the kernels' code, the KV cache, the norms).
 // Plain CUDA (no tensor cores: at these M a weight is used M times), sm_80 and later.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -24,6 +28,7 @@
 
 #include <algorithm>
 #include <map>
+#include <type_traits>
 
 #include "cuda/dense_decode.h"
 #include "cuda/dependent_launch.cuh"
@@ -68,11 +73,12 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& a, float acc)
 // grid: blocks (at most what the GPU holds at once), kThreads threads, M * K elements of dynamic
 // shared memory. Warp g of the grid computes output columns g, g + W, g + 2W, ... (W warps in all).
 // A comes from `a` (silu_up: silu(gate) * up of its [gate | up] rows), or from the residual stream
-// where norm.weight is set.
-template <class T, int M>
+// where norm.weight is set. C is in the act dtype T or in fp32 (OutT = float: logits); with
+// kEvictFirst, W's loads carry an L2 evict_first policy.
+template <class T, int M, class OutT, bool kEvictFirst>
 __global__ void __launch_bounds__(kThreads) dense_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
-                                                                 T* __restrict__ c, RmsNormInput norm, int N, int K,
-                                                                 bool silu_up) {
+                                                                 OutT* __restrict__ c, RmsNormInput norm, int N,
+                                                                 int K, bool silu_up) {
   extern __shared__ __align__(16) unsigned char smem[];
   T* sa = reinterpret_cast<T*>(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -81,11 +87,19 @@ __global__ void __launch_bounds__(kThreads) dense_decode_kernel(const T* __restr
   const int items = gw < N ? ((N - 1 - gw) / total_warps + 1) * chunks : 0;  // (row, chunk) pairs, in order
 
   // Item t: chunk t % chunks of output row gw + (t / chunks) W; vectors past the row's end read as 0.
+  const uint64_t policy = kEvictFirst ? w4a16::l2_evict_first_policy() : 0;
   auto load = [&](int t, uint4 (&buf)[kVec]) {
     const int n = gw + (t / chunks) * total_warps, v0 = (t % chunks) * kChunk + lane;
     const uint4* src = w + (int64_t)n * k8 + v0;
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) buf[j] = v0 + 32 * j < k8 ? w4a16::load_streaming(src + 32 * j) : make_uint4(0, 0, 0, 0);
+    for (int j = 0; j < kVec; ++j) {
+      if (v0 + 32 * j >= k8)
+        buf[j] = make_uint4(0, 0, 0, 0);
+      else if constexpr (kEvictFirst)
+        buf[j] = w4a16::load_streaming(src + 32 * j, policy);
+      else
+        buf[j] = w4a16::load_streaming(src + 32 * j);
+    }
   };
   uint4 cur[kVec], next[kVec];
   // W and the norm's weights depend on no earlier kernel: W's first chunk is requested before waiting for A's
@@ -126,7 +140,12 @@ __global__ void __launch_bounds__(kThreads) dense_decode_kernel(const T* __restr
 #pragma unroll
       for (int r = 0; r < M; ++r) {
         const float s = cuda::warp_sum(acc[r]);
-        if (lane == 0) c[(int64_t)r * N + n] = cuda::from_float<T>(s);
+        if (lane == 0) {
+          if constexpr (std::is_same_v<OutT, float>)
+            c[(int64_t)r * N + n] = s;
+          else
+            c[(int64_t)r * N + n] = cuda::from_float<T>(s);
+        }
         acc[r] = 0.f;
       }
     }
@@ -135,9 +154,9 @@ __global__ void __launch_bounds__(kThreads) dense_decode_kernel(const T* __restr
   }
 }
 
-template <class T, int M>
-void (*kernel_for())(const T*, const uint4*, T*, RmsNormInput, int, int, bool) {
-  return dense_decode_kernel<T, M>;
+template <class T, int M, class OutT, bool kEvictFirst>
+void (*kernel_for())(const T*, const uint4*, OutT*, RmsNormInput, int, int, bool) {
+  return dense_decode_kernel<T, M, OutT, kEvictFirst>;
 }
 
 // The most dynamic shared memory a block may take on this GPU (0 if the query fails): the opt-in
@@ -157,22 +176,23 @@ int smem_limit() {
 
 // Lets the kernel take any shared memory size the GPU allows (once per instantiation: an attribute
 // sized for one call would refuse a later, larger one).
-template <class T, int M>
+template <class T, int M, class OutT, bool kEvictFirst>
 cudaError_t grant_smem() {
-  static const cudaError_t e =
-      cudaFuncSetAttribute(kernel_for<T, M>(), cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit());
+  static const cudaError_t e = cudaFuncSetAttribute(kernel_for<T, M, OutT, kEvictFirst>(),
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit());
   return e;
 }
 
 // Blocks the grid holds (occupancy x SMs) for this kernel with `smem` bytes; 0 if it cannot run.
 // Cached per (dtype, M, smem).
-template <class T, int M>
+template <class T, int M, class OutT, bool kEvictFirst>
 int grid_blocks(int smem) {
   thread_local std::map<int, int> cache;
   if (auto it = cache.find(smem); it != cache.end()) return it->second;
   int per_sm = 0;
-  if (grant_smem<T, M>() != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_for<T, M>(), kThreads, smem) != cudaSuccess) {
+  if (grant_smem<T, M, OutT, kEvictFirst>() != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_for<T, M, OutT, kEvictFirst>(), kThreads,
+                                                    smem) != cudaSuccess) {
     cudaGetLastError();
     per_sm = 0;
   }
@@ -181,27 +201,35 @@ int grid_blocks(int smem) {
   return blocks;
 }
 
-template <class T, int M>
+template <class T, int M, class OutT, bool kEvictFirst>
 cudaError_t launch_rows(const void* a, const void* w, void* c, const RmsNormInput& norm, int N, int K, bool silu_up,
                         cudaStream_t stream) {
   const int smem = M * K * (int)sizeof(T);
-  const int blocks = grid_blocks<T, M>(smem);
+  const int blocks = grid_blocks<T, M, OutT, kEvictFirst>(smem);
   if (blocks == 0) return cudaErrorInvalidValue;
   const int grid = std::min(blocks, (N + kWarps - 1) / kWarps);
-  return cuda::launch_dependent(kernel_for<T, M>(), dim3(grid), dim3(kThreads), smem, stream,
-                                static_cast<const T*>(a), static_cast<const uint4*>(w), static_cast<T*>(c), norm, N,
-                                K, silu_up);
+  return cuda::launch_dependent(kernel_for<T, M, OutT, kEvictFirst>(), dim3(grid), dim3(kThreads), smem, stream,
+                                static_cast<const T*>(a), static_cast<const uint4*>(w), static_cast<OutT*>(c), norm,
+                                N, K, silu_up);
 }
 
-template <class T>
+template <class T, class OutT = T, bool kEvictFirst = false>
 cudaError_t launch(const void* a, const void* w, void* c, const RmsNormInput& norm, int M, int N, int K,
                    bool silu_up, cudaStream_t stream) {
   switch (M) {
-    case 1: return launch_rows<T, 1>(a, w, c, norm, N, K, silu_up, stream);
-    case 2: return launch_rows<T, 2>(a, w, c, norm, N, K, silu_up, stream);
-    case 3: return launch_rows<T, 3>(a, w, c, norm, N, K, silu_up, stream);
-    default: return launch_rows<T, 4>(a, w, c, norm, N, K, silu_up, stream);
+    case 1: return launch_rows<T, 1, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, stream);
+    case 2: return launch_rows<T, 2, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, stream);
+    case 3: return launch_rows<T, 3, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, stream);
+    default: return launch_rows<T, 4, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, stream);
   }
+}
+
+template <class T>
+cudaError_t launch_logits(const void* a, const void* w, float* c, int M, int N, int K, bool l2_evict_first,
+                          cudaStream_t stream) {
+  const RmsNormInput none{};
+  if (l2_evict_first) return launch<T, float, true>(a, w, c, none, M, N, K, false, stream);
+  return launch<T, float, false>(a, w, c, none, M, N, K, false, stream);
 }
 
 }  // namespace
@@ -218,6 +246,13 @@ cudaError_t dense_decode_gemm(const void* a, const void* w, void* c, int M, int 
   const RmsNormInput none{};
   if (bf16) return launch<__nv_bfloat16>(a, w, c, none, M, N, K, a_is_gate_up, stream);
   return launch<__half>(a, w, c, none, M, N, K, a_is_gate_up, stream);
+}
+
+cudaError_t dense_decode_logits(const void* a, const void* w, float* c, int M, int N, int K, bool bf16,
+                                bool l2_evict_first, cudaStream_t stream) {
+  if (!dense_decode_applies(M, N, K)) return cudaErrorInvalidValue;
+  if (bf16) return launch_logits<__nv_bfloat16>(a, w, c, M, N, K, l2_evict_first, stream);
+  return launch_logits<__half>(a, w, c, M, N, K, l2_evict_first, stream);
 }
 
 cudaError_t dense_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, void* c, int M, int N, int K,

@@ -21,6 +21,12 @@ bool dense_decode_applies(int M, int N, int K);
 cudaError_t dense_decode_gemm(const void* a, const void* w, void* c, int M, int N, int K, bool bf16,
                               bool a_is_gate_up, cudaStream_t stream);
 
+// C[M][N] = A[M][K] · W[N][K]ᵀ in fp32 (no rounding to the act dtype): the lm head's logits at decode
+// sizes. With l2_evict_first, W's loads carry an L2 evict_first policy (a step's largest stream, read
+// once: it then leaves the rest of L2 as it was); the same bits either way. a and w 16-byte aligned.
+cudaError_t dense_decode_logits(const void* a, const void* w, float* c, int M, int N, int K, bool bf16,
+                                bool l2_evict_first, cudaStream_t stream);
+
 // The same with A from the fp32 residual stream (RmsNormInput), bit for bit what cuda::add_rms_norm()
 // writes for rows of up to 8192 elements. h, h_out and norm.weight 16-byte aligned, delta 8.
 cudaError_t dense_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, void* c, int M, int N, int K,

@@ -93,6 +93,12 @@ VLM_API int vlm_w4a16_gemm_rms_norm(const float* h, const void* delta, const flo
 VLM_API int vlm_dense_decode_gemm(const void* a, const void* w, void* c, int32_t m, int32_t n, int32_t k,
                                   int32_t act_dtype, int32_t a_is_gate_up, void* stream);
 
+/* The same GEMM with fp32 C (no rounding to act_dtype): the lm head's logits at
+ * decode sizes. l2_evict_first != 0: W's loads carry an L2 evict_first policy (the
+ * same bits either way). */
+VLM_API int vlm_dense_decode_logits(const void* a, const void* w, float* c, int32_t m, int32_t n, int32_t k,
+                                    int32_t act_dtype, int32_t l2_evict_first, void* stream);
+
 /* The same GEMM with A from an fp32 residual stream, as in vlm_w4a16_gemm_rms_norm:
  * A[r] = rms_norm(h[r] + delta[r]) * norm_weight, h + delta written to h_out (if not
  * NULL; not h). h, h_out and norm_weight 16-byte aligned, delta 8. */

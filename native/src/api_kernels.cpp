@@ -183,6 +183,25 @@ int vlm_dense_decode_gemm(const void* a, const void* w, void* c, int32_t m, int3
   });
 }
 
+int vlm_dense_decode_logits(const void* a, const void* w, float* c, int32_t m, int32_t n, int32_t k,
+                            int32_t act_dtype, int32_t l2_evict_first, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(a && w && c, "NULL device pointer");
+    check_dense_decode(m, n, k, act_dtype);
+    VLM_CHECK_ARG(aligned(a, 16) && aligned(w, 16), "a and w must be 16-byte aligned");
+#ifdef VLM_HAVE_CUDA
+    VLM_CHECK(vlm::dense_decode_applies(m, n, k), VLM_ERR_UNSUPPORTED,
+              "the dense decode GEMM does not run m = " << m << ", k = " << k << " on this GPU (shared memory), "
+              "or VLM_DENSE_DECODE=0");
+    VLM_CUDA_CHECK(vlm::dense_decode_logits(a, w, c, m, n, k, act_dtype == VLM_DTYPE_BF16, l2_evict_first != 0,
+                                            static_cast<cudaStream_t>(stream)));
+#else
+    (void)l2_evict_first, (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
 int vlm_dense_decode_gemm_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps,
                                    float* h_out, const void* w, void* c, int32_t m, int32_t n, int32_t k,
                                    int32_t act_dtype, void* stream) {

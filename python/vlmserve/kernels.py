@@ -135,6 +135,27 @@ def dense_decode_gemm(a, w, gate_up_input: bool = False, out=None):
     return out
 
 
+def dense_decode_logits(a, w, l2_evict_first: bool = True, out=None):
+    """a [M, K] and w [N, K], fp16/bf16 CUDA tensors, M <= 4 -> a · wᵀ as float32 [M, N] on torch's
+    current stream (vlm_dense_decode_logits, the lm head at decode sizes); l2_evict_first: w's loads
+    carry an L2 evict_first policy."""
+    import torch
+
+    m, n, k = a.shape[0], w.shape[0], w.shape[1]
+    if a.dtype != w.dtype or a.shape[1] != k or not (a.is_contiguous() and w.is_contiguous()):
+        raise InvalidArgumentError(f"dense_decode_logits takes contiguous a [M, K] and w [N, K] of one dtype, got a "
+                                   f"{tuple(a.shape)} {a.dtype}, w {tuple(w.shape)} {w.dtype}")
+    if out is None:
+        out = torch.empty(m, n, dtype=torch.float32, device=a.device)
+    elif out.dtype != torch.float32 or tuple(out.shape) != (m, n) or not out.is_contiguous():
+        raise InvalidArgumentError(f"dense_decode_logits writes a contiguous float32 out [{m}, {n}], got "
+                                   f"{tuple(out.shape)} {out.dtype}")
+    check(_native.lib().vlm_dense_decode_logits(a.data_ptr(), w.data_ptr(), out.data_ptr(), m, n, k,
+                                                _act_dtype(a.dtype == torch.bfloat16), int(l2_evict_first),
+                                                _stream(a.device)))
+    return out
+
+
 def dense_decode_gemm_rms_norm(h, delta, norm_weight, eps: float, w, h_out=None, out=None):
     """rms_norm(h + delta) * norm_weight · wᵀ in one launch (vlm_dense_decode_gemm_rms_norm): h and
     norm_weight float32 CUDA tensors ([M, K], [K]), delta [M, K] in w's dtype or None, w [N, K];

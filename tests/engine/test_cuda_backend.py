@@ -462,6 +462,24 @@ def test_batching_and_chunking_do_not_change_results(tiny_model_dir):
         np.testing.assert_allclose(c.logits, a.logits, atol=2e-3 * np.abs(a.logits).max())
 
 
+@pytest.mark.parametrize("family", ["llama_gqa_hd128", "llama_tied"])
+def test_the_lm_head_kernel_against_cublas(tiny_model_dir, monkeypatch, family):
+    """At one row the lm head runs the decode-size dense kernel (fp32 logits, its weights read under
+    an L2 evict_first policy: VLM_LM_HEAD_DECODE=1, the default); 2 is the same kernel with plain
+    loads, 0 cuBLAS. The policy changes no bits; against cuBLAS only the order of the fp32 sums
+    differs (the activations are the same until the tokens part). Tied embeddings read the
+    embedding table as the head."""
+    d = tiny_model_dir(family)
+    prompt = prompt_for(11, n=30)
+    res = {}
+    for mode in ("1", "2", "0"):
+        monkeypatch.setenv("VLM_LM_HEAD_DECODE", mode)
+        res[mode] = run(d, "cuda", prompt, steps=24)  # graph-replayed decode steps from the second on
+    assert res["1"].token_ids == res["2"].token_ids
+    np.testing.assert_array_equal(res["1"].logits, res["2"].logits)
+    compare_greedy(res["0"], res["1"], len(prompt), 1e-4, 12, ("cublas", "kernel"))
+
+
 @pytest.mark.parametrize("kv", ["auto", "int8"])
 def test_decode_graphs_replay_exactly_what_eager_steps_compute(tiny_model_dir, monkeypatch, kv):
     """Decode steps replay CUDA graphs (captured per batch size and context bound) from their

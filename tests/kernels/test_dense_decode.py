@@ -103,11 +103,38 @@ def test_fused_norm_is_the_norm_kernel_then_the_gemm(m, n, k, dtype):
         assert _rel_err(out, a_ref.float() @ w.float().T) < TOL[dtype]
 
 
+# The lm head's shapes (2B vocab 92544 x 2048, 7B 32000 x 4096) and ragged ones (N not a multiple of a
+# block's warps, K not of a warp's chunk).
+LOGIT_SHAPES = [(1, 92544, 2048), (1, 32000, 4096), (2, 70001, 64), (4, 333, 2056), (3, 4099, 2056)]
+# fp32 outputs: no rounding to the act dtype, so only the order of the fp32 sums differs from the reference.
+LOGIT_TOL = 1e-5
+
+
+@pytest.mark.parametrize("m,n,k", LOGIT_SHAPES)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_logits_in_float32_match_reference_and_the_policy_changes_no_bits(m, n, k, dtype):
+    import torch
+
+    from vlmserve.kernels import dense_decode_gemm, dense_decode_logits
+
+    a, w = _tensors(m, n, k, dtype, seed=hash(("logits", m, n, k, dtype)) % 2**31)
+    outs = {}
+    for hint in (True, False):
+        outs[hint] = torch.full((m, n), float("nan"), dtype=torch.float32, device="cuda")  # poisoned
+        dense_decode_logits(a, w, l2_evict_first=hint, out=outs[hint])
+    rounded = dense_decode_gemm(a, w)
+    torch.cuda.synchronize()
+    assert _rel_err(outs[True], a.float() @ w.float().T) < LOGIT_TOL
+    assert torch.equal(outs[True], outs[False]), "the L2 policy changed the logits"
+    # The act-dtype form is the same sums rounded once.
+    assert torch.equal(outs[True].to(a.dtype), rounded)
+
+
 def test_refused_on_gpu():
     import torch
 
-    from vlmserve.errors import VlmError
-    from vlmserve.kernels import dense_decode_gemm
+    from vlmserve.errors import InvalidArgumentError, VlmError
+    from vlmserve.kernels import dense_decode_gemm, dense_decode_logits
 
     w = torch.zeros(64, 256, dtype=torch.float16, device="cuda")
     with pytest.raises(VlmError, match="m must be 1..4"):
@@ -117,6 +144,9 @@ def test_refused_on_gpu():
         from vlmserve import _native
         from vlmserve.errors import check
         check(_native.lib().vlm_dense_decode_gemm(a.data_ptr(), w.data_ptr(), w.data_ptr(), 1, 64, 256, 2, 0, None))
+    with pytest.raises(InvalidArgumentError, match="float32 out"):
+        dense_decode_logits(torch.zeros(1, 256, dtype=torch.float16, device="cuda"), w,
+                            out=torch.zeros(1, 64, dtype=torch.float16, device="cuda"))
     with pytest.raises(VlmError, match="shared memory"):  # 4 rows of 2^20 elements: 8 MiB of A
         big = torch.zeros(4, 1 << 20, dtype=torch.float16, device="cuda")
         dense_decode_gemm(big, torch.zeros(8, 1 << 20, dtype=torch.float16, device="cuda"))
