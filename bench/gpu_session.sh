@@ -190,9 +190,8 @@
 #                 SASS as this tree's but the policy's constant (evict_normal, what plain copies get), so the policy's
 #                 effect alone, apart from the plain build's register allocation (it spills; these do not)
 #   lm_head_ab    the lm head at one row: its tests (the kernel's fp32 logits, the engine against cuBLAS), then 2B and
-#                 7B w4a16 + int8 KV decode at batch 1 with VLM_LM_HEAD_DECODE=0 (cuBLAS), 2 (the decode-size dense
-#                 kernel, plain loads) and 1 (the same with an L2 evict_first policy, the default), two rounds; then
-#                 trace_b1 with the default
+#                 7B w4a16 + int8 KV decode at batch 1 with VLM_LM_HEAD_DECODE=0 (cuBLAS), 1 (the decode-size dense
+#                 kernel with an L2 evict_first policy, the default) and 2 (the same kernel, plain loads), two rounds
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
@@ -1023,7 +1022,7 @@ lm_head_ab() {  # see the header
     -k "logits or lm_head or refused" 2>&1 | tail -n 4
   local round mode m
   for round in 1 2; do
-    for mode in 0 2 1; do
+    for mode in 0 1 2; do
       for m in 2b 7b; do
         VLM_LM_HEAD_DECODE=$mode python3 bench/decode.py --models $m --weights w4a16 --kv int8 --batches 1 \
           --peer-batches 0 --work /tmp/decode-models --out "$RES/lm_head_${m}_${mode}_$round.json" 2>&1 |
@@ -1031,7 +1030,6 @@ lm_head_ab() {  # see the header
       done
     done
   done
-  trace_b1
 }
 push_quick() {  # see the header
   python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_decode.py -k "changes_no_bits and 1-8" 2>&1 | tail -n 3
