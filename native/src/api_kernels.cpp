@@ -164,8 +164,11 @@ void check_dense_decode(int32_t m, int32_t n, int32_t k, int32_t act_dtype) {
 }
 }  // namespace
 
-int vlm_dense_decode_gemm(const void* a, const void* w, void* c, int32_t m, int32_t n, int32_t k, int32_t act_dtype,
-                          int32_t a_is_gate_up, void* stream) {
+namespace {
+// Both entries of the dense decode GEMM on A in act_dtype: the checks, then the act-dtype C (a_is_gate_up: A is
+// [gate | up]) or, with `logits`, fp32 C (l2_evict_first: W's loads under that L2 policy).
+int dense_decode_entry(const void* a, const void* w, void* c, int32_t m, int32_t n, int32_t k, int32_t act_dtype,
+                       bool a_is_gate_up, bool logits, bool l2_evict_first, void* stream) {
   return vlm::guarded([&] {
     VLM_CHECK_ARG(a && w && c, "NULL device pointer");
     check_dense_decode(m, n, k, act_dtype);
@@ -174,32 +177,26 @@ int vlm_dense_decode_gemm(const void* a, const void* w, void* c, int32_t m, int3
     VLM_CHECK(vlm::dense_decode_applies(m, n, k), VLM_ERR_UNSUPPORTED,
               "the dense decode GEMM does not run m = " << m << ", k = " << k << " on this GPU (shared memory), "
               "or VLM_DENSE_DECODE=0");
-    VLM_CUDA_CHECK(vlm::dense_decode_gemm(a, w, c, m, n, k, act_dtype == VLM_DTYPE_BF16, a_is_gate_up != 0,
-                                          static_cast<cudaStream_t>(stream)));
+    const bool bf16 = act_dtype == VLM_DTYPE_BF16;
+    const auto s = static_cast<cudaStream_t>(stream);
+    VLM_CUDA_CHECK(logits ? vlm::dense_decode_logits(a, w, static_cast<float*>(c), m, n, k, bf16, l2_evict_first, s)
+                          : vlm::dense_decode_gemm(a, w, c, m, n, k, bf16, a_is_gate_up, s));
 #else
-    (void)a_is_gate_up, (void)stream;
+    (void)a_is_gate_up, (void)logits, (void)l2_evict_first, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif
   });
 }
+}  // namespace
+
+int vlm_dense_decode_gemm(const void* a, const void* w, void* c, int32_t m, int32_t n, int32_t k, int32_t act_dtype,
+                          int32_t a_is_gate_up, void* stream) {
+  return dense_decode_entry(a, w, c, m, n, k, act_dtype, a_is_gate_up != 0, false, false, stream);
+}
 
 int vlm_dense_decode_logits(const void* a, const void* w, float* c, int32_t m, int32_t n, int32_t k,
                             int32_t act_dtype, int32_t l2_evict_first, void* stream) {
-  return vlm::guarded([&] {
-    VLM_CHECK_ARG(a && w && c, "NULL device pointer");
-    check_dense_decode(m, n, k, act_dtype);
-    VLM_CHECK_ARG(aligned(a, 16) && aligned(w, 16), "a and w must be 16-byte aligned");
-#ifdef VLM_HAVE_CUDA
-    VLM_CHECK(vlm::dense_decode_applies(m, n, k), VLM_ERR_UNSUPPORTED,
-              "the dense decode GEMM does not run m = " << m << ", k = " << k << " on this GPU (shared memory), "
-              "or VLM_DENSE_DECODE=0");
-    VLM_CUDA_CHECK(vlm::dense_decode_logits(a, w, c, m, n, k, act_dtype == VLM_DTYPE_BF16, l2_evict_first != 0,
-                                            static_cast<cudaStream_t>(stream)));
-#else
-    (void)l2_evict_first, (void)stream;
-    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
-#endif
-  });
+  return dense_decode_entry(a, w, c, m, n, k, act_dtype, false, true, l2_evict_first != 0, stream);
 }
 
 int vlm_dense_decode_gemm_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps,
