@@ -12,6 +12,7 @@
 #include <climits>
 #include <cmath>
 
+#include "cuda/argmax_best.cuh"
 #include "cuda/decoder_kernels.h"
 #include "cuda/dependent_launch.cuh"
 
@@ -24,18 +25,6 @@ constexpr int kMaxSlices = 64;
 constexpr int kSliceEntries = 4096;  // about 16 loads per thread
 
 int slices_for(int vocab) { return std::min(kMaxSlices, std::max(1, (vocab + kSliceEntries - 1) / kSliceEntries)); }
-
-// a beats b: larger, or equal and earlier. An index of INT_MAX (a slice of NaNs only) loses to any.
-__device__ __forceinline__ bool better(float v, int i, float bv, int bi) { return v > bv || (v == bv && i < bi); }
-
-__device__ __forceinline__ void warp_best(float& v, int& i) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const float ov = __shfl_down_sync(0xffffffffu, v, off);
-    const int oi = __shfl_down_sync(0xffffffffu, i, off);
-    if (better(ov, oi, v, i)) v = ov, i = oi;
-  }
-}
 
 // grid (rows, slices), kThreads threads. counters: one per row, zero; partial: rows * slices
 // (value bits, index) pairs.
@@ -51,51 +40,10 @@ __global__ void __launch_bounds__(kThreads) argmax_rows_kernel(const float* __re
   const float* p = logits + (int64_t)row * vocab;
   float best = -INFINITY;
   int bi = INT_MAX;
-  // NaN never compares greater; an all -inf slice still yields its first index (as std::max_element).
 #pragma unroll 8
-  for (int i = lo + threadIdx.x; i < hi; i += kThreads) {
-    const float v = p[i];
-    if (v > best || (bi == INT_MAX && v == best)) best = v, bi = i;
-  }
-  __shared__ float s_v[kThreads / 32];
-  __shared__ int s_i[kThreads / 32];
-  __shared__ bool s_last;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  warp_best(best, bi);
-  if (lane == 0) s_v[warp] = best, s_i[warp] = bi;
-  __syncthreads();
-  if (warp == 0) {
-    best = lane < kThreads / 32 ? s_v[lane] : -INFINITY;
-    bi = lane < kThreads / 32 ? s_i[lane] : INT_MAX;
-    warp_best(best, bi);
-    if (lane == 0) {
-      if (slices == 1) {
-        index[row] = bi == INT_MAX ? 0 : bi;  // an all-NaN row: token 0, as the host's max_element gives
-        value[row] = best;
-      } else {
-        partial[(int64_t)row * slices + slice] = make_int2(__float_as_int(best), bi);
-        __threadfence();
-        s_last = atomicAdd(counters + row, 1) == slices - 1;
-      }
-    }
-  }
-  if (slices == 1) return;
-  __syncthreads();
-  if (!s_last || warp != 0) return;
-  __threadfence();
-  best = -INFINITY;
-  bi = INT_MAX;
-  for (int s = lane; s < slices; s += 32) {  // in slice order within a lane; ties go to the lower index anyway
-    const int2 e = __ldcg(partial + (int64_t)row * slices + s);
-    const float v = __int_as_float(e.x);
-    if (better(v, e.y, best, bi)) best = v, bi = e.y;
-  }
-  warp_best(best, bi);
-  if (lane == 0) {
-    index[row] = bi == INT_MAX ? 0 : bi;
-    value[row] = best;
-    counters[row] = 0;
-  }
+  for (int i = lo + threadIdx.x; i < hi; i += kThreads) scan_best(p[i], i, best, bi);
+  slices_best<kThreads>(best, bi, slice, slices, partial + (int64_t)row * slices, counters + row, index + row,
+                        value + row);
 }
 
 }  // namespace

@@ -379,6 +379,8 @@ class CudaRunner final : public StepRunner {
     graphs_enabled_ = graphs == nullptr || std::strcmp(graphs, "0") != 0;
     // VLM_LM_HEAD_DECODE: how the lm head runs at one row (LmHeadDecode).
     lm_head_decode_ = static_cast<LmHeadDecode>(std::clamp(cuda::env_int("VLM_LM_HEAD_DECODE", 1), 0, 2));
+    // VLM_LM_HEAD_ARGMAX=1: at one row that kernel also takes the greedy token (no argmax kernel after it).
+    lm_head_argmax_ = cuda::env_int("VLM_LM_HEAD_ARGMAX", 0) != 0;
     // VLM_DEVICE_SAMPLING=1 draws sampled rows on the GPU (draw_rows.cu) instead of copying them back whole.
     const char* sampling = std::getenv("VLM_DEVICE_SAMPLING");
     device_draws_ = sampling != nullptr && std::strcmp(sampling, "0") != 0 && comm_ == nullptr;
@@ -546,7 +548,9 @@ class CudaRunner final : public StepRunner {
     grow(logits_d_, (size_t)std::max(R, 1) * V * 4);
     // Kept when it grows: a row of this step may read its token from the previous step's argmax (a token -1 - i).
     if (argmax_d_.reserve_keeping((size_t)std::max(R, 1) * 8, stream_)) ++epoch_;
-    grow(argmax_partial_, (size_t)cuda::argmax_partial_bytes(std::max(R, 1), V));
+    // Shared by the argmax kernel and the lm head's own argmax (VLM_LM_HEAD_ARGMAX), one or the other a step.
+    grow(argmax_partial_, std::max((size_t)cuda::argmax_partial_bytes(std::max(R, 1), V),
+                                   (size_t)dense_decode_argmax_partials() * 8));
     grow_zeroed(argmax_arrivals_, (size_t)std::max(R, 1) * sizeof(int));
 
     const bool decode = is_decode_step(b);
@@ -765,16 +769,23 @@ class CudaRunner final : public StepRunner {
                                         p_.rms_norm_eps, x_.as(), stream_));
       const DeviceLinear& head = p_.tie_word_embeddings ? embed_ : lm_head_;
       mark("lm head");
-      if (lm_head_decode_ != LmHeadDecode::kCublas && R <= kDenseDecodeEngineRows &&
-          dense_decode_applies(R, head.out, head.in))
+      const bool head_kernel = lm_head_decode_ != LmHeadDecode::kCublas && R <= kDenseDecodeEngineRows &&
+                               dense_decode_applies(R, head.out, head.in);
+      const bool argmax_in_head = head_kernel && lm_head_argmax_ && R == 1;
+      const LogitArgmax in_head{argmax_d_.as<int32_t>(), argmax_d_.as<float>() + R, argmax_arrivals_.as<int>(),
+                                argmax_partial_.as()};
+      if (head_kernel)
         VLM_CUDA_CHECK(dense_decode_logits(x_.as(), head.w.as(), logits_d_.as<float>(), R, head.out, head.in, bf16_,
-                                           lm_head_decode_ == LmHeadDecode::kEvictFirst, stream_));
+                                           lm_head_decode_ == LmHeadDecode::kEvictFirst,
+                                           argmax_in_head ? &in_head : nullptr, stream_));
       else if (!dense_gemm(head.w.as(), head.out, head.in, x_.as(), R, logits_d_.as(), true))
         VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
                                          logits_d_.as(), true, stream_));
       mark("argmax");
-      VLM_CUDA_CHECK(cuda::argmax_rows(logits_d_.as<float>(), R, V, argmax_d_.as<int32_t>(), argmax_d_.as<float>() + R,
-                                       argmax_arrivals_.as<int>(), argmax_partial_.as(), stream_));
+      if (!argmax_in_head)
+        VLM_CUDA_CHECK(cuda::argmax_rows(logits_d_.as<float>(), R, V, argmax_d_.as<int32_t>(),
+                                         argmax_d_.as<float>() + R, argmax_arrivals_.as<int>(), argmax_partial_.as(),
+                                         stream_));
     }
   }
 
@@ -1284,6 +1295,9 @@ class CudaRunner final : public StepRunner {
   // is ~1 % faster a step than cuBLAS at batch 1 (2B and 7B w4a16, H100, 2026-12-07; dense_decode.cu).
   enum class LmHeadDecode { kCublas = 0, kEvictFirst = 1, kPlain = 2 };
   LmHeadDecode lm_head_decode_ = LmHeadDecode::kEvictFirst;
+  // The greedy token taken in that kernel's tail at one row (dense_decode.h's LogitArgmax), the same index and
+  // value as the argmax kernel; off until measured on a GPU.
+  bool lm_head_argmax_ = false;
   uint64_t graph_epoch_ = 0;
   std::unordered_map<int64_t, GraphExec> graphs_;
   std::unordered_set<int64_t> seen_;

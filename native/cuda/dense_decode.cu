@@ -31,6 +31,7 @@
 #include <map>
 #include <type_traits>
 
+#include "cuda/argmax_best.cuh"
 #include "cuda/dense_decode.h"
 #include "cuda/dependent_launch.cuh"
 #include "cuda/env_int.h"
@@ -75,11 +76,14 @@ __device__ __forceinline__ float dot8(const uint4& w, const uint4& a, float acc)
 // shared memory. Warp g of the grid computes output columns g, g + W, g + 2W, ... (W warps in all).
 // A comes from `a` (silu_up: silu(gate) * up of its [gate | up] rows), or from the residual stream
 // where norm.weight is set. C is in the act dtype T or in fp32 (OutT = float: logits); with
-// kEvictFirst, W's loads carry an L2 evict_first policy.
+// kEvictFirst, W's loads carry an L2 evict_first policy. Logits of one row may also give the greedy
+// token (argmax.index set): each warp keeps the best of its rows as it finishes them (in increasing
+// order), the blocks' bests are reduced by the last block to finish (argmax_best.cuh).
 template <class T, int M, class OutT, bool kEvictFirst>
 __global__ void __launch_bounds__(kThreads) dense_decode_kernel(const T* __restrict__ a, const uint4* __restrict__ w,
                                                                  OutT* __restrict__ c, RmsNormInput norm, int N,
-                                                                 int K, bool silu_up) {
+                                                                 int K, bool silu_up, LogitArgmax argmax) {
+  constexpr bool kMayArgmax = std::is_same_v<OutT, float> && M == 1;
   extern __shared__ __align__(16) unsigned char smem[];
   T* sa = reinterpret_cast<T*>(smem);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -124,6 +128,8 @@ __global__ void __launch_bounds__(kThreads) dense_decode_kernel(const T* __restr
   float acc[M];
 #pragma unroll
   for (int r = 0; r < M; ++r) acc[r] = 0.f;
+  [[maybe_unused]] float best = -INFINITY;  // this warp's best logit so far and its row (kMayArgmax)
+  [[maybe_unused]] int best_row = INT_MAX;
   for (int t = 0; t < items; ++t) {
     if (t + 1 < items) load(t + 1, next);
     const int v0 = (t % chunks) * kChunk + lane;
@@ -147,16 +153,22 @@ __global__ void __launch_bounds__(kThreads) dense_decode_kernel(const T* __restr
           else
             c[(int64_t)r * N + n] = cuda::from_float<T>(s);
         }
+        if constexpr (kMayArgmax) cuda::scan_best(s, n, best, best_row);  // every lane holds s (warp_sum)
         acc[r] = 0.f;
       }
     }
 #pragma unroll
     for (int j = 0; j < kVec; ++j) cur[j] = next[j];
   }
+  if constexpr (kMayArgmax) {
+    if (argmax.index)
+      cuda::slices_best<kThreads>(best, best_row, blockIdx.x, gridDim.x, static_cast<int2*>(argmax.partial),
+                                  argmax.counter, argmax.index, argmax.value);
+  }
 }
 
 template <class T, int M, class OutT, bool kEvictFirst>
-void (*kernel_for())(const T*, const uint4*, OutT*, RmsNormInput, int, int, bool) {
+void (*kernel_for())(const T*, const uint4*, OutT*, RmsNormInput, int, int, bool, LogitArgmax) {
   return dense_decode_kernel<T, M, OutT, kEvictFirst>;
 }
 
@@ -202,35 +214,39 @@ int grid_blocks(int smem) {
   return blocks;
 }
 
+// Blocks a grid holds at most: resident blocks an SM are bounded by its 2048 threads.
+int max_grid() { return 2048 / kThreads * cuda::sm_count(); }
+
 template <class T, int M, class OutT, bool kEvictFirst>
 cudaError_t launch_rows(const void* a, const void* w, void* c, const RmsNormInput& norm, int N, int K, bool silu_up,
-                        cudaStream_t stream) {
+                        const LogitArgmax& argmax, cudaStream_t stream) {
   const int smem = M * K * (int)sizeof(T);
   const int blocks = grid_blocks<T, M, OutT, kEvictFirst>(smem);
   if (blocks == 0) return cudaErrorInvalidValue;
   const int grid = std::min(blocks, (N + kWarps - 1) / kWarps);
+  if (argmax.index && grid > max_grid()) return cudaErrorInvalidValue;  // more blocks than partials
   return cuda::launch_dependent(kernel_for<T, M, OutT, kEvictFirst>(), dim3(grid), dim3(kThreads), smem, stream,
                                 static_cast<const T*>(a), static_cast<const uint4*>(w), static_cast<OutT*>(c), norm,
-                                N, K, silu_up);
+                                N, K, silu_up, argmax);
 }
 
 template <class T, class OutT = T, bool kEvictFirst = false>
 cudaError_t launch(const void* a, const void* w, void* c, const RmsNormInput& norm, int M, int N, int K,
-                   bool silu_up, cudaStream_t stream) {
+                   bool silu_up, cudaStream_t stream, const LogitArgmax& argmax = {}) {
   switch (M) {
-    case 1: return launch_rows<T, 1, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, stream);
-    case 2: return launch_rows<T, 2, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, stream);
-    case 3: return launch_rows<T, 3, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, stream);
-    default: return launch_rows<T, 4, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, stream);
+    case 1: return launch_rows<T, 1, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, argmax, stream);
+    case 2: return launch_rows<T, 2, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, argmax, stream);
+    case 3: return launch_rows<T, 3, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, argmax, stream);
+    default: return launch_rows<T, 4, OutT, kEvictFirst>(a, w, c, norm, N, K, silu_up, argmax, stream);
   }
 }
 
 template <class T>
 cudaError_t launch_logits(const void* a, const void* w, float* c, int M, int N, int K, bool l2_evict_first,
-                          cudaStream_t stream) {
+                          const LogitArgmax& argmax, cudaStream_t stream) {
   const RmsNormInput none{};
-  if (l2_evict_first) return launch<T, float, true>(a, w, c, none, M, N, K, false, stream);
-  return launch<T, float, false>(a, w, c, none, M, N, K, false, stream);
+  if (l2_evict_first) return launch<T, float, true>(a, w, c, none, M, N, K, false, stream, argmax);
+  return launch<T, float, false>(a, w, c, none, M, N, K, false, stream, argmax);
 }
 
 }  // namespace
@@ -249,11 +265,17 @@ cudaError_t dense_decode_gemm(const void* a, const void* w, void* c, int M, int 
   return launch<__half>(a, w, c, none, M, N, K, a_is_gate_up, stream);
 }
 
+int dense_decode_argmax_partials() { return max_grid(); }
+
 cudaError_t dense_decode_logits(const void* a, const void* w, float* c, int M, int N, int K, bool bf16,
-                                bool l2_evict_first, cudaStream_t stream) {
+                                bool l2_evict_first, const LogitArgmax* argmax, cudaStream_t stream) {
   if (!dense_decode_applies(M, N, K)) return cudaErrorInvalidValue;
-  if (bf16) return launch_logits<__nv_bfloat16>(a, w, c, M, N, K, l2_evict_first, stream);
-  return launch_logits<__half>(a, w, c, M, N, K, l2_evict_first, stream);
+  const LogitArgmax none{};
+  if (argmax && (M != 1 || !argmax->index || !argmax->value || !argmax->counter || !argmax->partial))
+    return cudaErrorInvalidValue;
+  const LogitArgmax& am = argmax ? *argmax : none;
+  if (bf16) return launch_logits<__nv_bfloat16>(a, w, c, M, N, K, l2_evict_first, am, stream);
+  return launch_logits<__half>(a, w, c, M, N, K, l2_evict_first, am, stream);
 }
 
 cudaError_t dense_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, void* c, int M, int N, int K,

@@ -5,6 +5,8 @@
 #pragma once
 #include <cuda_runtime.h>
 
+#include <cstdint>
+
 #include "cuda/rms_norm_input.h"
 
 namespace vlm {
@@ -21,12 +23,23 @@ bool dense_decode_applies(int M, int N, int K);
 cudaError_t dense_decode_gemm(const void* a, const void* w, void* c, int M, int N, int K, bool bf16,
                               bool a_is_gate_up, cudaStream_t stream);
 
+// The greedy token taken in the lm head's own tail (one row): the index and value of the largest logit by
+// argmax_best.cuh's rule, the same as argmax_rows() gives. Scratch: `counter`, one int, zero before and
+// left at zero; `partial`, dense_decode_argmax_partials() (value bits, index) pairs.
+struct LogitArgmax {
+  int32_t* index;
+  float* value;
+  int* counter;
+  void* partial;
+};
+int dense_decode_argmax_partials();
+
 // C[M][N] = A[M][K] · W[N][K]ᵀ in fp32 (no rounding to the act dtype): the lm head's logits at decode
 // sizes. With l2_evict_first, W's loads carry an L2 evict_first policy (a step's largest stream, read
-// once; at batch 1 on the H100 it measured the same as plain loads); the same bits either way. a and w
-// 16-byte aligned.
+// once; at batch 1 on the H100 it measured the same as plain loads); the same bits either way. With
+// `argmax` (M = 1 only) the kernel also writes the greedy token. a and w 16-byte aligned.
 cudaError_t dense_decode_logits(const void* a, const void* w, float* c, int M, int N, int K, bool bf16,
-                                bool l2_evict_first, cudaStream_t stream);
+                                bool l2_evict_first, const LogitArgmax* argmax, cudaStream_t stream);
 
 // The same with A from the fp32 residual stream (RmsNormInput), bit for bit what cuda::add_rms_norm()
 // writes for rows of up to 8192 elements. h, h_out and norm.weight 16-byte aligned, delta 8.

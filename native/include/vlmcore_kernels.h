@@ -95,9 +95,14 @@ VLM_API int vlm_dense_decode_gemm(const void* a, const void* w, void* c, int32_t
 
 /* The same GEMM with fp32 C (no rounding to act_dtype): the lm head's logits at
  * decode sizes. l2_evict_first != 0: W's loads carry an L2 evict_first policy (the
- * same bits either way). */
+ * same bits either way). With argmax_index, argmax_value and argmax_workspace (all
+ * three or none; m = 1 only) the kernel also writes the row's greedy token and its
+ * logit, as vlm_argmax_rows would: workspace of
+ * vlm_dense_decode_argmax_workspace_bytes(), 16-byte aligned. */
 VLM_API int vlm_dense_decode_logits(const void* a, const void* w, float* c, int32_t m, int32_t n, int32_t k,
-                                    int32_t act_dtype, int32_t l2_evict_first, void* stream);
+                                    int32_t act_dtype, int32_t l2_evict_first, int32_t* argmax_index,
+                                    float* argmax_value, void* argmax_workspace, void* stream);
+VLM_API int vlm_dense_decode_argmax_workspace_bytes(int64_t* bytes);
 
 /* The same GEMM with A from an fp32 residual stream, as in vlm_w4a16_gemm_rms_norm:
  * A[r] = rms_norm(h[r] + delta[r]) * norm_weight, h + delta written to h_out (if not

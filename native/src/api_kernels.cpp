@@ -165,22 +165,48 @@ void check_dense_decode(int32_t m, int32_t n, int32_t k, int32_t act_dtype) {
 }  // namespace
 
 namespace {
+int64_t align16(int64_t n);
+void check_workspace_alignment(const void* workspace);
+
+// The logits' greedy token (vlm_dense_decode_logits): where to write it, and its workspace (the arrival
+// counter, then the blocks' partials at a 16-byte offset). Unset: index NULL.
+struct ArgmaxArgs {
+  int32_t* index;
+  float* value;
+  void* workspace;
+};
+
 // Both entries of the dense decode GEMM on A in act_dtype: the checks, then the act-dtype C (a_is_gate_up: A is
-// [gate | up]) or, with `logits`, fp32 C (l2_evict_first: W's loads under that L2 policy).
+// [gate | up]) or, with `logits`, fp32 C (l2_evict_first: W's loads under that L2 policy; am.index set: the
+// greedy token too).
 int dense_decode_entry(const void* a, const void* w, void* c, int32_t m, int32_t n, int32_t k, int32_t act_dtype,
-                       bool a_is_gate_up, bool logits, bool l2_evict_first, void* stream) {
+                       bool a_is_gate_up, bool logits, bool l2_evict_first, const ArgmaxArgs& am, void* stream) {
   return vlm::guarded([&] {
     VLM_CHECK_ARG(a && w && c, "NULL device pointer");
     check_dense_decode(m, n, k, act_dtype);
     VLM_CHECK_ARG(aligned(a, 16) && aligned(w, 16), "a and w must be 16-byte aligned");
+    const bool argmax = am.index || am.value || am.workspace;
+    if (argmax) {
+      VLM_CHECK_ARG(am.index && am.value && am.workspace, "argmax: index, value and workspace go together");
+      VLM_CHECK_ARG(m == 1, "argmax: one row only, got m = " << m);
+      check_workspace_alignment(am.workspace);
+    }
 #ifdef VLM_HAVE_CUDA
     VLM_CHECK(vlm::dense_decode_applies(m, n, k), VLM_ERR_UNSUPPORTED,
               "the dense decode GEMM does not run m = " << m << ", k = " << k << " on this GPU (shared memory), "
               "or VLM_DENSE_DECODE=0");
     const bool bf16 = act_dtype == VLM_DTYPE_BF16;
     const auto s = static_cast<cudaStream_t>(stream);
-    VLM_CUDA_CHECK(logits ? vlm::dense_decode_logits(a, w, static_cast<float*>(c), m, n, k, bf16, l2_evict_first, s)
-                          : vlm::dense_decode_gemm(a, w, c, m, n, k, bf16, a_is_gate_up, s));
+    if (!logits) {
+      VLM_CUDA_CHECK(vlm::dense_decode_gemm(a, w, c, m, n, k, bf16, a_is_gate_up, s));
+      return;
+    }
+    vlm::LogitArgmax la{am.index, am.value, static_cast<int*>(am.workspace),
+                        static_cast<char*>(am.workspace) + align16(sizeof(int))};
+    // The arrival counter starts at zero: set here, so any workspace of the size will do.
+    if (argmax) VLM_CUDA_CHECK(cudaMemsetAsync(la.counter, 0, sizeof(int), s));
+    VLM_CUDA_CHECK(vlm::dense_decode_logits(a, w, static_cast<float*>(c), m, n, k, bf16, l2_evict_first,
+                                            argmax ? &la : nullptr, s));
 #else
     (void)a_is_gate_up, (void)logits, (void)l2_evict_first, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
@@ -191,12 +217,25 @@ int dense_decode_entry(const void* a, const void* w, void* c, int32_t m, int32_t
 
 int vlm_dense_decode_gemm(const void* a, const void* w, void* c, int32_t m, int32_t n, int32_t k, int32_t act_dtype,
                           int32_t a_is_gate_up, void* stream) {
-  return dense_decode_entry(a, w, c, m, n, k, act_dtype, a_is_gate_up != 0, false, false, stream);
+  return dense_decode_entry(a, w, c, m, n, k, act_dtype, a_is_gate_up != 0, false, false, {}, stream);
+}
+
+int vlm_dense_decode_argmax_workspace_bytes(int64_t* bytes) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(bytes, "NULL output");
+#ifdef VLM_HAVE_CUDA
+    *bytes = align16(sizeof(int)) + (int64_t)vlm::dense_decode_argmax_partials() * 8;
+#else
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
 }
 
 int vlm_dense_decode_logits(const void* a, const void* w, float* c, int32_t m, int32_t n, int32_t k,
-                            int32_t act_dtype, int32_t l2_evict_first, void* stream) {
-  return dense_decode_entry(a, w, c, m, n, k, act_dtype, false, true, l2_evict_first != 0, stream);
+                            int32_t act_dtype, int32_t l2_evict_first, int32_t* argmax_index, float* argmax_value,
+                            void* argmax_workspace, void* stream) {
+  return dense_decode_entry(a, w, c, m, n, k, act_dtype, false, true, l2_evict_first != 0,
+                            {argmax_index, argmax_value, argmax_workspace}, stream);
 }
 
 int vlm_dense_decode_gemm_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps,

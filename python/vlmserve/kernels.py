@@ -135,10 +135,11 @@ def dense_decode_gemm(a, w, gate_up_input: bool = False, out=None):
     return out
 
 
-def dense_decode_logits(a, w, l2_evict_first: bool = True, out=None):
+def dense_decode_logits(a, w, l2_evict_first: bool = True, out=None, argmax: bool = False):
     """a [M, K] and w [N, K], fp16/bf16 CUDA tensors, M <= 4 -> a · wᵀ as float32 [M, N] on torch's
     current stream (vlm_dense_decode_logits, the lm head at decode sizes); l2_evict_first: w's loads
-    carry an L2 evict_first policy."""
+    carry an L2 evict_first policy. argmax (M = 1): returns (logits, index int32 [1], value float32 [1]),
+    the greedy token taken by the same kernel."""
     import torch
 
     m, n, k = a.shape[0], w.shape[0], w.shape[1]
@@ -150,10 +151,18 @@ def dense_decode_logits(a, w, l2_evict_first: bool = True, out=None):
     elif out.dtype != torch.float32 or tuple(out.shape) != (m, n) or not out.is_contiguous():
         raise InvalidArgumentError(f"dense_decode_logits writes a contiguous float32 out [{m}, {n}], got "
                                    f"{tuple(out.shape)} {out.dtype}")
+    index = value = workspace = None
+    if argmax:
+        ws = ctypes.c_int64()
+        check(_native.lib().vlm_dense_decode_argmax_workspace_bytes(ctypes.byref(ws)))
+        workspace = torch.empty(ws.value, dtype=torch.uint8, device=a.device)
+        index = torch.full((1,), -1, dtype=torch.int32, device=a.device)  # poisoned
+        value = torch.full((1,), float("nan"), dtype=torch.float32, device=a.device)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     check(_native.lib().vlm_dense_decode_logits(a.data_ptr(), w.data_ptr(), out.data_ptr(), m, n, k,
                                                 _act_dtype(a.dtype == torch.bfloat16), int(l2_evict_first),
-                                                _stream(a.device)))
-    return out
+                                                ptr(index), ptr(value), ptr(workspace), _stream(a.device)))
+    return (out, index, value) if argmax else out
 
 
 def dense_decode_gemm_rms_norm(h, delta, norm_weight, eps: float, w, h_out=None, out=None):

@@ -284,11 +284,19 @@ def test_kernel_entry_points_check_their_arguments_before_the_device():
     with pytest.raises(InvalidArgumentError, match="16-byte aligned"):
         check(lib.vlm_dense_decode_gemm(ctypes.c_void_p(0x1002), dev, dev, 1, 64, 256, F16, 0, None))
     with pytest.raises(InvalidArgumentError, match="m must be 1..4, got 0"):
-        check(lib.vlm_dense_decode_logits(dev, dev, dev, 0, 64, 256, F16, 1, None))
+        check(lib.vlm_dense_decode_logits(dev, dev, dev, 0, 64, 256, F16, 1, None, None, None, None))
     with pytest.raises(InvalidArgumentError, match="NULL device pointer"):
-        check(lib.vlm_dense_decode_logits(dev, dev, None, 1, 64, 256, F16, 1, None))
+        check(lib.vlm_dense_decode_logits(dev, dev, None, 1, 64, 256, F16, 1, None, None, None, None))
     with pytest.raises(InvalidArgumentError, match="16-byte aligned"):
-        check(lib.vlm_dense_decode_logits(dev, ctypes.c_void_p(0x1008), dev, 1, 64, 256, F16, 1, None))
+        check(lib.vlm_dense_decode_logits(dev, ctypes.c_void_p(0x1008), dev, 1, 64, 256, F16, 1, None, None, None,
+                                          None))
+    with pytest.raises(InvalidArgumentError, match="argmax: one row only, got m = 2"):
+        check(lib.vlm_dense_decode_logits(dev, dev, dev, 2, 64, 256, F16, 1, dev, dev, dev, None))
+    with pytest.raises(InvalidArgumentError, match="index, value and workspace go together"):
+        check(lib.vlm_dense_decode_logits(dev, dev, dev, 1, 64, 256, F16, 1, dev, None, dev, None))
+    with pytest.raises(InvalidArgumentError, match="workspace must be 16-byte aligned"):
+        check(lib.vlm_dense_decode_logits(dev, dev, dev, 1, 64, 256, F16, 1, dev, dev, ctypes.c_void_p(0x1008),
+                                          None))
     with pytest.raises(InvalidArgumentError, match="must not be h"):
         check(lib.vlm_dense_decode_gemm_rms_norm(dev, None, dev, 1e-6, dev, dev, dev, 1, 64, 256, F16, None))
     with pytest.raises(InvalidArgumentError, match="delta 8"):

@@ -480,6 +480,25 @@ def test_the_lm_head_kernel_against_cublas(tiny_model_dir, monkeypatch, family):
     compare_greedy(res["0"], res["1"], len(prompt), 1e-4, 12, ("cublas", "kernel"))
 
 
+def test_the_greedy_token_taken_in_the_lm_head_changes_no_bits(tiny_model_dir, monkeypatch):
+    """VLM_LM_HEAD_ARGMAX=1: at one row the lm head's kernel also takes the greedy token, and no argmax
+    kernel runs after it. The same tokens and logits as with the argmax kernel: requests one at a time
+    (every step one row), with and without logits returned, graph-replayed steps among them."""
+    d = tiny_model_dir("llama_gqa_hd128")
+    prompts = [prompt_for(900 + i, n=12 + 7 * i) for i in range(3)]
+    results = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("VLM_LM_HEAD_ARGMAX", flag)
+        with Engine(d, config("cuda")) as eng:
+            results[flag] = [eng.generate(p, GenerationConfig(max_new_tokens=20, ignore_eos=True,
+                                                              return_logits=i % 2 == 0))
+                             for i, p in enumerate(prompts)]
+    for off, on in zip(results["0"], results["1"]):
+        assert off.token_ids == on.token_ids
+        if off.logits is not None:
+            np.testing.assert_array_equal(off.logits, on.logits)
+
+
 @pytest.mark.parametrize("kv", ["auto", "int8"])
 def test_decode_graphs_replay_exactly_what_eager_steps_compute(tiny_model_dir, monkeypatch, kv):
     """Decode steps replay CUDA graphs (captured per batch size and context bound) from their

@@ -130,6 +130,35 @@ def test_logits_in_float32_match_reference_and_the_policy_changes_no_bits(m, n, 
     assert torch.equal(outs[True].to(a.dtype), rounded)
 
 
+@pytest.mark.parametrize("n,k", [(92544, 2048), (32000, 4096), (70001, 64), (333, 2056)])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_the_greedy_token_taken_in_the_logits_kernel_is_argmax_rows(n, k, dtype):
+    """The lm head's kernel may take the greedy token in its own tail (the blocks' bests reduced by the
+    last to finish): the same index and value as argmax_rows over its logits, ties to the first index, a
+    NaN logit never winning, twice in a row on one workspace (its counter left at zero)."""
+    import torch
+
+    from vlmserve.kernels import argmax_rows, dense_decode_logits
+
+    a, w = _tensors(1, n, k, dtype, seed=hash(("argmax", n, k, dtype)) % 2**31)
+    best = int(torch.argmax(dense_decode_logits(a, w)).item())
+    # The best row copied before and after itself: a three-way tie, which the first copy must win.
+    before, after = best // 2, best + (n - best) // 2
+    w[before] = w[best]
+    w[after] = w[best]
+    nan_row = next(r for r in (best + 1, best + 2, best + 3, 0, 1, 2) if r % n not in (best, before, after)) % n
+    w[nan_row] = float("nan")
+    plain = dense_decode_logits(a, w)
+    for _ in range(2):
+        logits, index, value = dense_decode_logits(a, w, argmax=True)
+        ref_index, ref_value = argmax_rows(logits)
+        torch.cuda.synchronize()
+        assert torch.equal(logits.view(torch.int32), plain.view(torch.int32))  # bit for bit, the NaN too
+        assert index.item() == min(best, before) == ref_index.item()
+        assert torch.equal(value.view(torch.int32), ref_value.view(torch.int32))
+        assert value.item() == logits[0, index.item()].item()
+
+
 def test_refused_on_gpu():
     import torch
 
@@ -147,6 +176,8 @@ def test_refused_on_gpu():
     with pytest.raises(InvalidArgumentError, match="float32 out"):
         dense_decode_logits(torch.zeros(1, 256, dtype=torch.float16, device="cuda"), w,
                             out=torch.zeros(1, 64, dtype=torch.float16, device="cuda"))
+    with pytest.raises(VlmError, match="one row only"):
+        dense_decode_logits(torch.zeros(2, 256, dtype=torch.float16, device="cuda"), w, argmax=True)
     with pytest.raises(VlmError, match="shared memory"):  # 4 rows of 2^20 elements: 8 MiB of A
         big = torch.zeros(4, 1 << 20, dtype=torch.float16, device="cuda")
         dense_decode_gemm(big, torch.zeros(8, 1 << 20, dtype=torch.float16, device="cuda"))
