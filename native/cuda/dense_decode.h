@@ -1,6 +1,6 @@
 // Host entry points of the decode-size dense GEMM (dense_decode.cu): C = A · Wᵀ
 // for fp16/bf16 weights W [N][K] at M <= 4 rows, the unquantized models' decode
-// steps. Nothing here throws; the engine routes the shapes it applies to and
+// steps and the lm head's logits at one row. Nothing here throws; the engine routes the shapes it applies to and
 // runs cuBLAS (or simt_linear) elsewhere.
 #pragma once
 #include <cuda_runtime.h>
