@@ -36,6 +36,8 @@
 //    own position writes that position's K (rotated) and V rows into the cache before it loads a tile.
 //    One launch and one wait for a finished kernel fewer per layer; the rotation and the row's
 //    quantization are the RoPE kernel's own functions (rope_kv_write.cuh), so the bits are the same.
+//    That block's first tile is loaded before the wait too and the row it writes is patched into it from
+//    shared memory (the same codes), rather than loaded back from the cache after the write.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -162,12 +164,44 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     }
   };
 
+  // This step's K and V rows as this kernel quantizes them (ROPE), for the tile holding the row's position.
+  __shared__ __align__(16) uint8_t s_row[ROPE ? 2 : 1][kRowBytes];
+  __shared__ __half2 s_row_sz[2];
+  // The keys of tile ti that read the row's own position (the position, and the keys past it or before the
+  // window's start, which load the nearest key) take that row from s_row: a tile loaded before the kernel
+  // wrote the row holds what the cache held there before.
+  auto patch = [&](TileRegs& x, int ti) {
+    const int kb = ti * kTile;
+    auto reads_pos = [&](int key) { return min(max(kb + key, first), last) == pos; };
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+      if (reads_pos(8 * h + g)) {
+        const uint4* p = reinterpret_cast<const uint4*>(&s_row[0][(I4 ? 16 : 32) * t]);
+        x.k[h][0] = p[0];
+        if constexpr (!I4) x.k[h][1] = p[1];
+      }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      if (reads_pos(lane_key(t, i))) {
+        if constexpr (I4) {
+          const uint2 u = *reinterpret_cast<const uint2*>(&s_row[ROPE ? 1 : 0][8 * g]);
+          x.v[i] = make_uint4(u.x, u.y, 0u, 0u);
+        } else {
+          x.v[i] = *reinterpret_cast<const uint4*>(&s_row[ROPE ? 1 : 0][16 * g]);
+        }
+        x.ksz[i] = *reinterpret_cast<const uint32_t*>(&s_row_sz[0]);
+        x.vsz[i] = *reinterpret_cast<const uint32_t*>(&s_row_sz[1]);
+      }
+  };
+
   // A first tile whose keys all precede the row's position holds only cache rows of earlier steps, whose
   // kernels completed before this step's metadata was uploaded: its loads go out before waiting, while the
-  // kernel that writes q still runs. The tile holding the position waits (its row is written below, or by
-  // the RoPE kernel this one waits for). Either way the first tile's loads go out before q's.
+  // kernel that writes q still runs. So do those of the tile holding the position where this kernel writes
+  // its row (ROPE): that row is patched in from shared memory once written, so the block's slowest path (the
+  // row's write) is not followed by a load of what it wrote. Without ROPE that tile waits (its row is written
+  // by the RoPE kernel this one waits for). Either way the first tile's loads go out before q's.
   TileRegs cur;
-  const bool early = early_loads && tile < t1 && tile < tile_hi;
+  const bool early = early_loads && tile < t1 && (tile < tile_hi || (ROPE && tile == tile_hi));
   if (early) load(cur, tile, blk);
 
   if constexpr (ROPE) {
@@ -196,9 +230,11 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
           for (int e = 0; e < 4; ++e) x[e] = y[e];
         }
         const int64_t row = cache_row(c, meta.slots[r], kvh);
-        store_kv_row<4>(c, warp == 0 ? c.k : c.v, warp == 0 ? c.k_sz : c.v_sz, row, x, lane);
+        store_kv_row<4>(c, warp == 0 ? c.k : c.v, warp == 0 ? c.k_sz : c.v_sz, row, x, lane, s_row[warp],
+                        &s_row_sz[warp]);
       }
       __syncthreads();
+      if (early && tile == tile_hi) patch(cur, tile);
     }
   }
 
@@ -368,7 +404,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
                                 o[4 * j4 + 3][1] + zacc);
     }
   }
-  merge_decode_slots<__half, kHeadDim, G, kWarps>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh, split, num_heads,
+  // The last slice's merge requests two outputs' slice values at once (64 registers, below the tile loop's peak).
+  merge_decode_slots<__half, kHeadDim, G, kWarps, 2>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh, split, num_heads,
                                                   c.kv_heads, sp);
 }
 

@@ -23,9 +23,12 @@ __device__ __forceinline__ float rope_rotate(float x, float p, float c, float s,
   return first_half ? __fsub_rn(xc, ps) : __fadd_rn(xc, ps);
 }
 
-// One warp writes one head's row; lane holds elements lane + 32 e (e < E).
+// One warp writes one head's row; lane holds elements lane + 32 e (e < E). A quantized row is also written to
+// `mirror` (its row_bytes codes) and `mirror_sz` (its (scale, zero) pair) where given: the decode attention's
+// copy in shared memory of the row it writes, so that it need not load it back from the cache.
 template <int E>
-__device__ void store_kv_row(const KvView& c, void* data, void* sz, int64_t row, const float (&x)[E], int lane) {
+__device__ void store_kv_row(const KvView& c, void* data, void* sz, int64_t row, const float (&x)[E], int lane,
+                             uint8_t* mirror = nullptr, __half2* mirror_sz = nullptr) {
   uint8_t* base = static_cast<uint8_t*>(data) + row * c.row_bytes;
   const int hd = c.head_dim;
   if (c.dtype == VLM_DTYPE_F32 || c.dtype == VLM_DTYPE_F16 || c.dtype == VLM_DTYPE_BF16) {
@@ -51,16 +54,25 @@ __device__ void store_kv_row(const KvView& c, void* data, void* sz, int64_t row,
   if (__half2float(sh) == 0.f) sh = __float2half_rn(1.f);
   const __half zh = __float2half_rn(mn);
   const float s = __half2float(sh), z = __half2float(zh), inv = 1.0f / s;
-  if (lane == 0) static_cast<__half2*>(sz)[row] = __halves2half2(sh, zh);
+  if (lane == 0) {
+    static_cast<__half2*>(sz)[row] = __halves2half2(sh, zh);
+    if (mirror_sz) *mirror_sz = __halves2half2(sh, zh);
+  }
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const int d = lane + 32 * e;
     const int q = d < hd ? (int)fminf(fmaxf(rintf((x[e] - z) * inv), 0.f), qmax) : 0;
     if (c.dtype == VLM_DTYPE_I8) {
-      if (d < hd) base[d] = (uint8_t)q;
+      if (d < hd) {
+        base[d] = (uint8_t)q;
+        if (mirror) mirror[d] = (uint8_t)q;
+      }
     } else {
       const int odd = __shfl_down_sync(0xffffffffu, q, 1);  // element d + 1 sits on the next lane
-      if (d < hd && (d & 1) == 0) base[d >> 1] = (uint8_t)(q | (odd << 4));
+      if (d < hd && (d & 1) == 0) {
+        base[d >> 1] = (uint8_t)(q | (odd << 4));
+        if (mirror) mirror[d >> 1] = (uint8_t)(q | (odd << 4));
+      }
     }
   }
 }
