@@ -4,8 +4,9 @@ the kernels of a window of steady decode steps, recorded by CUPTI through torch.
 
 The same random-weight models as bench/decode.py (written under --work). `batch` requests of a
 512-token prompt decode; once every request has its first --skip tokens, --steps steps are recorded.
-A step ends with the argmax kernel (greedy requests take their token from it), so the kernels between
-two argmax kernels are one step. Reported per step: its span (argmax end to argmax end), the time at
+A step begins with the embedding kernel, so a step is the kernels from one embedding kernel to the last
+before the next (it ends with the argmax kernel, or at one row with the lm head, which then takes the greedy
+token itself). Reported per step: its span (the previous step's last end to its last end), the time at
 least one kernel ran (the union of their intervals: kernels overlap under dependent launch), the idle
 rest, and for each kernel name its launches, mean and total duration, and its own time: from the
 later of its start and the previous kernel's end to its end (under dependent launch a kernel starts
@@ -46,9 +47,10 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
 def analyse(kernels: list[dict]) -> dict:
     """kernels: chrome-trace kernel events (ts, dur in µs, name), in any order."""
     kernels = sorted(kernels, key=lambda k: k["ts"])
-    ends = [i for i, k in enumerate(kernels) if "argmax" in k["name"]]
+    # The last kernel of each step: the one before the next step's embedding kernel.
+    ends = [i - 1 for i, k in enumerate(kernels) if i > 0 and short_name(k["name"]) == "embed_kernel"]
     if len(ends) < 3:
-        raise RuntimeError(f"only {len(ends)} argmax kernels recorded: no whole decode step in the window")
+        raise RuntimeError(f"only {len(ends) + 1} embedding kernels recorded: no whole decode step in the window")
     steps = []
     per_name, own = defaultdict(list), defaultdict(float)
     for a, b in zip(ends, ends[1:]):

@@ -192,12 +192,14 @@
 #   lm_head_ab    the lm head at one row: its tests (the kernel's fp32 logits, the engine against cuBLAS), then 2B and
 #                 7B w4a16 + int8 KV decode at batch 1 with VLM_LM_HEAD_DECODE=0 (cuBLAS), 1 (the decode-size dense
 #                 kernel with an L2 evict_first policy, the default) and 2 (the same kernel, plain loads), two rounds
-#   head_argmax   the greedy token taken in the lm head's kernel at one row (VLM_LM_HEAD_ARGMAX=1, off by default): its
+#   head_argmax   the greedy token taken in the lm head's kernel at one row (VLM_LM_HEAD_ARGMAX=1, the default since 12-07): its
 #                 kernel tests (against argmax_rows: ties, a NaN logit, a reused workspace) and the engine's same-bits
 #                 test, then 2B and 7B w4a16 + int8 KV decode at batch 1 off then on, two rounds
-#   attn_latency  the tensor-core decode attention's batch-1 latency cuts (the row it writes patched into its first
-#                 tile, loaded before the wait; the last slice's merge requesting its values at once): the RoPE-inside
-#                 same-bits tests (their early and late loads); ktests, base_build and ab_decode give the rest
+#   attn_latency  the tensor-core decode attention's row written with RoPE inside patched into its first tile (loaded
+#                 before the wait) from shared memory: the RoPE-inside same-bits tests (their early and late loads);
+#                 with ktests, base_build and ab_decode, its measurement
+#   ncu_attn_source Nsight Compute's per-instruction warp-stall samples of one batch-1 tensor-core decode attention
+#                 (2B w4a16 + int8 KV, a steady step's sixth layer, in the engine; ncu runs kernels one at a time)
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
@@ -1049,6 +1051,25 @@ head_argmax() {  # see the header
 attn_latency() {  # see the header
   python3 -m pytest -q -rfE -m gpu tests/engine/test_cuda_backend.py -k rope_inside 2>&1 | tail -n 3
 }
+ncu_attn_source() {  # see the header
+  local run=(bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 --new-tokens 8 --peer-batches 0
+    --work /tmp/decode-models --out /tmp/ncu_attn_decode.json)
+  python3 "${run[@]}" | grep -E "tok/s"  # writes the model once, outside the profiler
+  # launch 101 of the attention: the fifth decode step's sixth layer (24 layers a step, 7 decode steps in all;
+  # a skip past them, 245 on 12-07, profiles nothing)
+  ncu --clock-control none --kernel-name regex:decode_attention_mma_kernel --launch-skip 101 --launch-count 1 \
+    --section SourceCounters --section WarpStateStats --section LaunchStats --import-source no \
+    -o "$RES/ncu_attn_b1" python3 "${run[@]}" >"$RES/ncu_attn_b1.out" 2>&1
+  ncu --import "$RES/ncu_attn_b1.ncu-rep" --page source --csv --print-source sass >"$RES/ncu_attn_b1_sass.csv" \
+    2>/dev/null || ncu --import "$RES/ncu_attn_b1.ncu-rep" --page source --csv >"$RES/ncu_attn_b1_sass.csv"
+  ncu --import "$RES/ncu_attn_b1.ncu-rep" --page details --csv >"$RES/ncu_attn_b1_details.csv" 2>/dev/null
+  grep -E '"(Duration|Grid Size|Block Size|Registers Per Thread|Warp Cycles Per Issued Instruction)"' \
+    "$RES/ncu_attn_b1_details.csv" | awk -F'","' '{print $(NF-2)" | "$NF}'
+  python3 bench/ncu_source_top.py "$RES/ncu_attn_b1_sass.csv" --top 30 | tee "$RES/ncu_attn_b1_top.md"
+  python3 bench/ncu_source_top.py "$RES/ncu_attn_b1_sass.csv" --listing >"$RES/ncu_attn_b1_listing.md"
+  gzip -f "$RES/ncu_attn_b1_sass.csv"
+  rm -f "$RES/ncu_attn_b1.ncu-rep"
+}
 push_quick() {  # see the header
   python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_decode.py -k "changes_no_bits and 1-8" 2>&1 | tail -n 3
   local on
@@ -1381,7 +1402,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f attn_latency head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_tests 300
@@ -1458,6 +1479,7 @@ step stages16 480
 step dense_check 240
 step ktests 200
 step attn_latency 200
+step ncu_attn_source 240
 step serve 420
 step threads 420
 step serve_leads 500

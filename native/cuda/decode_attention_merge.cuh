@@ -14,11 +14,8 @@ namespace cuda {
 // maximum s_m, sum s_l and unnormalised output s_acc (no __syncthreads() needed before the call).
 // With one slice the normalised output goes to `out`; otherwise the slice's (max, sum, output) go to
 // `partial` and the last slice of (r, kvh) to finish (a counter in `arrivals`, left at 0) merges all
-// slices in slice order, so the result does not depend on which finished last. The last slice requests
-// the slices' values of PASS of each thread's outputs at a time with its first loads (PASS * kMaxSplits
-// registers; 0: each output's values as it is summed): the merge then waits for L2 once, not once for the
-// weights and again for each 8 slices of each output. The same sums either way.
-template <class T, int HD, int G, int SLOTS, int PASS = 0>
+// slices in slice order, so the result does not depend on which finished last.
+template <class T, int HD, int G, int SLOTS>
 __device__ __forceinline__ void merge_decode_slots(const float (&s_m)[SLOTS][G], const float (&s_l)[SLOTS][G],
                                                    const float (&s_acc)[SLOTS][G][HD], T* __restrict__ out,
                                                    float* __restrict__ partial, int* __restrict__ arrivals, int r,
@@ -56,20 +53,6 @@ __device__ __forceinline__ void merge_decode_slots(const float (&s_m)[SLOTS][G],
   __syncthreads();
   if (!s_last) return;
   __threadfence();
-  float v[PASS > 0 ? PASS : 1][kMaxSplits];
-  auto request = [&](int base) {
-#pragma unroll
-    for (int e = 0; e < PASS; ++e) {
-      const int idx = base + e * (int)blockDim.x + (int)threadIdx.x;
-      if (idx < G * HD) {
-        const float* p = part + (int64_t)(idx / HD) * sp.splits * (HD + 2) + 2 + idx % HD;
-#pragma unroll
-        for (int k = 0; k < kMaxSplits; ++k)
-          if (k < sp.splits) v[e][k] = __ldcg(p + k * (HD + 2));
-      }
-    }
-  };
-  request(0);
   // Every slice's (max, sum) at once, then each slice's weight; loads straight from L2 (__ldcg),
   // where the other blocks' writes are.
   __shared__ float s_wk[G][kMaxSplits], s_lk[G][kMaxSplits], s_total[G];
@@ -92,31 +75,13 @@ __device__ __forceinline__ void merge_decode_slots(const float (&s_m)[SLOTS][G],
     s_total[g] = sum;
   }
   __syncthreads();
-  if constexpr (PASS > 0) {
-    for (int base = 0; base < G * HD; base += PASS * blockDim.x) {
-      if (base > 0) request(base);
-#pragma unroll
-      for (int e = 0; e < PASS; ++e) {
-        const int idx = base + e * (int)blockDim.x + (int)threadIdx.x;
-        if (idx < G * HD) {
-          const int g = idx / HD, d = idx % HD;
-          float o = 0.f;
-#pragma unroll
-          for (int k = 0; k < kMaxSplits; ++k)
-            if (k < sp.splits) o += s_wk[g][k] * v[e][k];
-          out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / s_total[g]);
-        }
-      }
-    }
-  } else {
-    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
-      const int g = idx / HD, d = idx % HD;
-      const float* p = part + (int64_t)g * sp.splits * (HD + 2) + 2 + d;
-      float o = 0.f;
+  for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
+    const int g = idx / HD, d = idx % HD;
+    const float* p = part + (int64_t)g * sp.splits * (HD + 2) + 2 + d;
+    float o = 0.f;
 #pragma unroll 8
-      for (int k = 0; k < sp.splits; ++k) o += s_wk[g][k] * __ldcg(p + k * (HD + 2));
-      out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / s_total[g]);
-    }
+    for (int k = 0; k < sp.splits; ++k) o += s_wk[g][k] * __ldcg(p + k * (HD + 2));
+    out[((int64_t)r * num_heads + kvh * G + g) * HD + d] = from_float<T>(o / s_total[g]);
   }
   if (threadIdx.x == 0) *counter = 0;
 }

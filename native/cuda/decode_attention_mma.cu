@@ -404,8 +404,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
                                 o[4 * j4 + 3][1] + zacc);
     }
   }
-  // The last slice's merge requests two outputs' slice values at once (64 registers, below the tile loop's peak).
-  merge_decode_slots<__half, kHeadDim, G, kWarps, 2>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh, split, num_heads,
+  merge_decode_slots<__half, kHeadDim, G, kWarps>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh, split, num_heads,
                                                   c.kv_heads, sp);
 }
 

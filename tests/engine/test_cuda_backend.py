@@ -481,8 +481,8 @@ def test_the_lm_head_kernel_against_cublas(tiny_model_dir, monkeypatch, family):
 
 
 def test_the_greedy_token_taken_in_the_lm_head_changes_no_bits(tiny_model_dir, monkeypatch):
-    """VLM_LM_HEAD_ARGMAX=1: at one row the lm head's kernel also takes the greedy token, and no argmax
-    kernel runs after it. The same tokens and logits as with the argmax kernel: requests one at a time
+    """At one row the lm head's kernel also takes the greedy token (the default, VLM_LM_HEAD_ARGMAX=1), and no
+    argmax kernel runs after it. The same tokens and logits as with the argmax kernel (=0): requests one at a time
     (every step one row), with and without logits returned, graph-replayed steps among them."""
     d = tiny_model_dir("llama_gqa_hd128")
     prompts = [prompt_for(900 + i, n=12 + 7 * i) for i in range(3)]
