@@ -383,6 +383,8 @@ class CudaRunner final : public StepRunner {
     // w4a16 + int8 KV batch 1 2B 945 / 947 -> 958 / 956 tok/s, 7B 438 / 438 -> 442 / 439; the same tokens and
     // logits); VLM_LM_HEAD_ARGMAX=0 keeps the argmax kernel.
     lm_head_argmax_ = cuda::env_int("VLM_LM_HEAD_ARGMAX", 1) != 0;
+    // VLM_LM_HEAD_NORM=1: at one row that kernel also computes the final norm (off until measured on a GPU).
+    lm_head_norm_ = cuda::env_int("VLM_LM_HEAD_NORM", 0) != 0;
     // VLM_DEVICE_SAMPLING=1 draws sampled rows on the GPU (draw_rows.cu) instead of copying them back whole.
     const char* sampling = std::getenv("VLM_DEVICE_SAMPLING");
     device_draws_ = sampling != nullptr && std::strcmp(sampling, "0") != 0 && comm_ == nullptr;
@@ -765,21 +767,28 @@ class CudaRunner final : public StepRunner {
       all_reduce(delta_.as(), (int64_t)T * H);
     }
     if (R > 0) {
-      // The last layer's update is added only on the rows whose logits are wanted.
-      mark("final norm");
-      VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h, delta, final_norm_.as<float>(), meta_logit_rows_, R, H,
-                                        p_.rms_norm_eps, x_.as(), stream_));
       const DeviceLinear& head = p_.tie_word_embeddings ? embed_ : lm_head_;
-      mark("lm head");
       const bool head_kernel = lm_head_decode_ != LmHeadDecode::kCublas && R <= kDenseDecodeEngineRows &&
                                dense_decode_applies(R, head.out, head.in);
+      // A step of one row (batch-1 decode) whose layers' norms run inside their GEMMs computes the final norm in
+      // the lm head's kernel too (its only row is the logits' row): one launch fewer, the same bits.
+      const bool norm_in_head = head_kernel && lm_head_norm_ && T == 1 && R == 1 && fuse_norms;
+      const RmsNormInput final_norm{h, delta, final_norm_.as<float>(), nullptr, p_.rms_norm_eps};
+      if (!norm_in_head) {
+        // The last layer's update is added only on the rows whose logits are wanted.
+        mark("final norm");
+        VLM_CUDA_CHECK(cuda::add_rms_norm(act_, h, delta, final_norm_.as<float>(), meta_logit_rows_, R, H,
+                                          p_.rms_norm_eps, x_.as(), stream_));
+      }
+      mark(norm_in_head ? "final norm + lm head" : "lm head");
       const bool argmax_in_head = head_kernel && lm_head_argmax_ && R == 1;
       const LogitArgmax in_head{argmax_d_.as<int32_t>(), argmax_d_.as<float>() + R, argmax_arrivals_.as<int>(),
                                 argmax_partial_.as()};
       if (head_kernel)
         VLM_CUDA_CHECK(dense_decode_logits(x_.as(), head.w.as(), logits_d_.as<float>(), R, head.out, head.in, bf16_,
                                            lm_head_decode_ == LmHeadDecode::kEvictFirst,
-                                           argmax_in_head ? &in_head : nullptr, stream_));
+                                           argmax_in_head ? &in_head : nullptr, stream_,
+                                           norm_in_head ? &final_norm : nullptr));
       else if (!dense_gemm(head.w.as(), head.out, head.in, x_.as(), R, logits_d_.as(), true))
         VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
                                          logits_d_.as(), true, stream_));
@@ -1300,6 +1309,9 @@ class CudaRunner final : public StepRunner {
   // The greedy token taken in that kernel's tail at one row (dense_decode.h's LogitArgmax), the same index and
   // value as the argmax kernel (on by default: batch-1 decode +0.5–1.1 %, H100 2026-12-07).
   bool lm_head_argmax_ = true;
+  // The final norm computed in that kernel's prologue in steps of one row (dense_decode_logits' `norm`), the same
+  // bits as the norm kernel's; off until measured on a GPU.
+  bool lm_head_norm_ = false;
   uint64_t graph_epoch_ = 0;
   std::unordered_map<int64_t, GraphExec> graphs_;
   std::unordered_set<int64_t> seen_;

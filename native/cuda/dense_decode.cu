@@ -242,11 +242,10 @@ cudaError_t launch(const void* a, const void* w, void* c, const RmsNormInput& no
 }
 
 template <class T>
-cudaError_t launch_logits(const void* a, const void* w, float* c, int M, int N, int K, bool l2_evict_first,
-                          const LogitArgmax& argmax, cudaStream_t stream) {
-  const RmsNormInput none{};
-  if (l2_evict_first) return launch<T, float, true>(a, w, c, none, M, N, K, false, stream, argmax);
-  return launch<T, float, false>(a, w, c, none, M, N, K, false, stream, argmax);
+cudaError_t launch_logits(const void* a, const void* w, float* c, const RmsNormInput& norm, int M, int N, int K,
+                          bool l2_evict_first, const LogitArgmax& argmax, cudaStream_t stream) {
+  if (l2_evict_first) return launch<T, float, true>(a, w, c, norm, M, N, K, false, stream, argmax);
+  return launch<T, float, false>(a, w, c, norm, M, N, K, false, stream, argmax);
 }
 
 }  // namespace
@@ -268,14 +267,17 @@ cudaError_t dense_decode_gemm(const void* a, const void* w, void* c, int M, int 
 int dense_decode_argmax_partials() { return max_grid(); }
 
 cudaError_t dense_decode_logits(const void* a, const void* w, float* c, int M, int N, int K, bool bf16,
-                                bool l2_evict_first, const LogitArgmax* argmax, cudaStream_t stream) {
+                                bool l2_evict_first, const LogitArgmax* argmax, cudaStream_t stream,
+                                const RmsNormInput* norm) {
   if (!dense_decode_applies(M, N, K)) return cudaErrorInvalidValue;
   const LogitArgmax none{};
   if (argmax && (M != 1 || !argmax->index || !argmax->value || !argmax->counter || !argmax->partial))
     return cudaErrorInvalidValue;
+  if (norm && (!norm->h || !norm->weight || norm->h_out == norm->h)) return cudaErrorInvalidValue;
   const LogitArgmax& am = argmax ? *argmax : none;
-  if (bf16) return launch_logits<__nv_bfloat16>(a, w, c, M, N, K, l2_evict_first, am, stream);
-  return launch_logits<__half>(a, w, c, M, N, K, l2_evict_first, am, stream);
+  const RmsNormInput in = norm ? *norm : RmsNormInput{};
+  if (bf16) return launch_logits<__nv_bfloat16>(a, w, c, in, M, N, K, l2_evict_first, am, stream);
+  return launch_logits<__half>(a, w, c, in, M, N, K, l2_evict_first, am, stream);
 }
 
 cudaError_t dense_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, void* c, int M, int N, int K,

@@ -37,9 +37,12 @@ int dense_decode_argmax_partials();
 // C[M][N] = A[M][K] · W[N][K]ᵀ in fp32 (no rounding to the act dtype): the lm head's logits at decode
 // sizes. With l2_evict_first, W's loads carry an L2 evict_first policy (a step's largest stream, read
 // once; at batch 1 on the H100 it measured the same as plain loads); the same bits either way. With
-// `argmax` (M = 1 only) the kernel also writes the greedy token. a and w 16-byte aligned.
+// `argmax` (M = 1 only) the kernel also writes the greedy token. With `norm`, A is the final norm of the
+// residual stream (as dense_decode_gemm_rms_norm takes it; `a` is not read), the same bits as A written by
+// cuda::add_rms_norm(). a (or norm's pointers, as below) and w 16-byte aligned.
 cudaError_t dense_decode_logits(const void* a, const void* w, float* c, int M, int N, int K, bool bf16,
-                                bool l2_evict_first, const LogitArgmax* argmax, cudaStream_t stream);
+                                bool l2_evict_first, const LogitArgmax* argmax, cudaStream_t stream,
+                                const RmsNormInput* norm = nullptr);
 
 // The same with A from the fp32 residual stream (RmsNormInput), bit for bit what cuda::add_rms_norm()
 // writes for rows of up to 8192 elements. h, h_out and norm.weight 16-byte aligned, delta 8.

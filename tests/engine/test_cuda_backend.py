@@ -499,6 +499,35 @@ def test_the_greedy_token_taken_in_the_lm_head_changes_no_bits(tiny_model_dir, m
             np.testing.assert_array_equal(off.logits, on.logits)
 
 
+@pytest.mark.parametrize("family", ["llama_gqa_hd128", "qwen2_bias_tied"])
+def test_the_final_norm_in_the_lm_head_changes_no_bits(tiny_model_dir, monkeypatch, capfd, family):
+    """VLM_LM_HEAD_NORM=1: in steps of one row the lm head's kernel also computes the final norm of the residual
+    stream (no norm kernel before it). The same tokens and logits as with the norm kernel: requests one at a
+    time (every decode step one row; the prompts' steps keep the norm kernel), with and without logits returned,
+    graph-replayed steps among them; tied embeddings in one family. A profiled run (VLM_CUDA_PROFILE=1, eager
+    steps) shows that the fused form ran."""
+    d = tiny_model_dir(family)
+    prompts = [prompt_for(950 + i, n=11 + 6 * i) for i in range(3)]
+    results = {}
+    for flag in ("0", "1"):
+        monkeypatch.setenv("VLM_LM_HEAD_NORM", flag)
+        with Engine(d, config("cuda")) as eng:
+            results[flag] = [eng.generate(p, GenerationConfig(max_new_tokens=20, ignore_eos=True,
+                                                              return_logits=i % 2 == 0))
+                             for i, p in enumerate(prompts)]
+    for off, on in zip(results["0"], results["1"]):
+        assert off.token_ids == on.token_ids
+        if off.logits is not None:
+            np.testing.assert_array_equal(off.logits, on.logits)
+    monkeypatch.setenv("VLM_CUDA_PROFILE", "1")  # VLM_LM_HEAD_NORM is still 1
+    capfd.readouterr()
+    with Engine(d, config("cuda")) as eng:
+        profiled = eng.generate(prompts[0], GenerationConfig(max_new_tokens=8, ignore_eos=True))
+    err = capfd.readouterr().err
+    assert "final norm + lm head" in err, err[-2000:]
+    assert profiled.token_ids == results["0"][0].token_ids[:8]
+
+
 @pytest.mark.parametrize("kv", ["auto", "int8"])
 def test_decode_graphs_replay_exactly_what_eager_steps_compute(tiny_model_dir, monkeypatch, kv):
     """Decode steps replay CUDA graphs (captured per batch size and context bound) from their
