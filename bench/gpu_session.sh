@@ -202,6 +202,7 @@
 #                 (2B w4a16 + int8 KV, a steady step's sixth layer, in the engine; ncu runs kernels one at a time)
 #   head_norm     the final norm computed in the lm head's kernel at one row (VLM_LM_HEAD_NORM=1, off by default): the
 #                 engine's same-bits tests, then 2B and 7B w4a16 + int8 KV decode at batch 1 off then on, two rounds
+#                 (HEAD_NORM_ROUNDS)
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
@@ -1076,7 +1077,7 @@ head_norm() {  # see the header
   python3 -m pytest -q -rfE -m gpu tests/engine/test_cuda_backend.py -k "final_norm_in_the_lm_head or greedy_token_taken" \
     2>&1 | tail -n 3
   local round
-  for round in 1 2; do
+  for round in $(seq 1 "${HEAD_NORM_ROUNDS:-2}"); do
     echo "round $round: 2B and 7B with the norm kernel, then 2B and 7B with the norm in the lm head"
     decode_ab VLM_LM_HEAD_NORM "head_norm_r${round}_" 1 1
   done
