@@ -480,16 +480,14 @@ def test_the_lm_head_kernel_against_cublas(tiny_model_dir, monkeypatch, family):
     compare_greedy(res["0"], res["1"], len(prompt), 1e-4, 12, ("cublas", "kernel"))
 
 
-def test_the_greedy_token_taken_in_the_lm_head_changes_no_bits(tiny_model_dir, monkeypatch):
-    """At one row the lm head's kernel also takes the greedy token (the default, VLM_LM_HEAD_ARGMAX=1), and no
-    argmax kernel runs after it. The same tokens and logits as with the argmax kernel (=0): requests one at a time
-    (every step one row), with and without logits returned, graph-replayed steps among them."""
-    d = tiny_model_dir("llama_gqa_hd128")
-    prompts = [prompt_for(900 + i, n=12 + 7 * i) for i in range(3)]
+def one_row_runs_off_and_on(model_dir, monkeypatch, setting: str, prompts: list[list[int]]) -> dict:
+    """Each prompt generated alone (every decode step one row; 20 tokens, graph-replayed steps among them,
+    every other one returning its logits) with the setting 0 and then 1; asserts the same tokens and logits bit
+    for bit and returns the runs by setting."""
     results = {}
     for flag in ("0", "1"):
-        monkeypatch.setenv("VLM_LM_HEAD_ARGMAX", flag)
-        with Engine(d, config("cuda")) as eng:
+        monkeypatch.setenv(setting, flag)
+        with Engine(model_dir, config("cuda")) as eng:
             results[flag] = [eng.generate(p, GenerationConfig(max_new_tokens=20, ignore_eos=True,
                                                               return_logits=i % 2 == 0))
                              for i, p in enumerate(prompts)]
@@ -497,6 +495,15 @@ def test_the_greedy_token_taken_in_the_lm_head_changes_no_bits(tiny_model_dir, m
         assert off.token_ids == on.token_ids
         if off.logits is not None:
             np.testing.assert_array_equal(off.logits, on.logits)
+    return results
+
+
+def test_the_greedy_token_taken_in_the_lm_head_changes_no_bits(tiny_model_dir, monkeypatch):
+    """At one row the lm head's kernel also takes the greedy token (the default, VLM_LM_HEAD_ARGMAX=1), and no
+    argmax kernel runs after it. The same tokens and logits as with the argmax kernel (=0): requests one at a time
+    (every step one row), with and without logits returned, graph-replayed steps among them."""
+    one_row_runs_off_and_on(tiny_model_dir("llama_gqa_hd128"), monkeypatch, "VLM_LM_HEAD_ARGMAX",
+                            [prompt_for(900 + i, n=12 + 7 * i) for i in range(3)])
 
 
 @pytest.mark.parametrize("family", ["llama_gqa_hd128", "qwen2_bias_tied"])
@@ -508,17 +515,7 @@ def test_the_final_norm_in_the_lm_head_changes_no_bits(tiny_model_dir, monkeypat
     steps) shows that the fused form ran."""
     d = tiny_model_dir(family)
     prompts = [prompt_for(950 + i, n=11 + 6 * i) for i in range(3)]
-    results = {}
-    for flag in ("0", "1"):
-        monkeypatch.setenv("VLM_LM_HEAD_NORM", flag)
-        with Engine(d, config("cuda")) as eng:
-            results[flag] = [eng.generate(p, GenerationConfig(max_new_tokens=20, ignore_eos=True,
-                                                              return_logits=i % 2 == 0))
-                             for i, p in enumerate(prompts)]
-    for off, on in zip(results["0"], results["1"]):
-        assert off.token_ids == on.token_ids
-        if off.logits is not None:
-            np.testing.assert_array_equal(off.logits, on.logits)
+    results = one_row_runs_off_and_on(d, monkeypatch, "VLM_LM_HEAD_NORM", prompts)
     monkeypatch.setenv("VLM_CUDA_PROFILE", "1")  # VLM_LM_HEAD_NORM is still 1
     capfd.readouterr()
     with Engine(d, config("cuda")) as eng:
