@@ -792,11 +792,12 @@ class CudaRunner final : public StepRunner {
       else if (!dense_gemm(head.w.as(), head.out, head.in, x_.as(), R, logits_d_.as(), true))
         VLM_CUDA_CHECK(cuda::simt_linear(act_, x_.as(), R, H, V, {head.w.as(), nullptr, nullptr, 0}, nullptr,
                                          logits_d_.as(), true, stream_));
-      mark("argmax");
-      if (!argmax_in_head)
+      if (!argmax_in_head) {
+        mark("argmax");
         VLM_CUDA_CHECK(cuda::argmax_rows(logits_d_.as<float>(), R, V, argmax_d_.as<int32_t>(),
                                          argmax_d_.as<float>() + R, argmax_arrivals_.as<int>(), argmax_partial_.as(),
                                          stream_));
+      }
     }
   }
 

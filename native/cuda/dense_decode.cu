@@ -248,6 +248,10 @@ cudaError_t launch_logits(const void* a, const void* w, float* c, const RmsNormI
   return launch<T, float, false>(a, w, c, norm, M, N, K, false, stream, argmax);
 }
 
+// The residual stream as A: its row and the norm's weights given, and no residual written over the row every
+// block reads.
+bool norm_input_ok(const RmsNormInput& norm) { return norm.h && norm.weight && norm.h_out != norm.h; }
+
 }  // namespace
 
 bool dense_decode_applies(int M, int N, int K) {
@@ -273,7 +277,7 @@ cudaError_t dense_decode_logits(const void* a, const void* w, float* c, int M, i
   const LogitArgmax none{};
   if (argmax && (M != 1 || !argmax->index || !argmax->value || !argmax->counter || !argmax->partial))
     return cudaErrorInvalidValue;
-  if (norm && (!norm->h || !norm->weight || norm->h_out == norm->h)) return cudaErrorInvalidValue;
+  if (norm && !norm_input_ok(*norm)) return cudaErrorInvalidValue;
   const LogitArgmax& am = argmax ? *argmax : none;
   const RmsNormInput in = norm ? *norm : RmsNormInput{};
   if (bf16) return launch_logits<__nv_bfloat16>(a, w, c, in, M, N, K, l2_evict_first, am, stream);
@@ -282,7 +286,7 @@ cudaError_t dense_decode_logits(const void* a, const void* w, float* c, int M, i
 
 cudaError_t dense_decode_gemm_rms_norm(const RmsNormInput& norm, const void* w, void* c, int M, int N, int K,
                                        bool bf16, cudaStream_t stream) {
-  if (!dense_decode_applies(M, N, K) || !norm.h || !norm.weight || norm.h_out == norm.h) return cudaErrorInvalidValue;
+  if (!dense_decode_applies(M, N, K) || !norm_input_ok(norm)) return cudaErrorInvalidValue;
   if (bf16) return launch<__nv_bfloat16>(nullptr, w, c, norm, M, N, K, false, stream);
   return launch<__half>(nullptr, w, c, norm, M, N, K, false, stream);
 }
