@@ -219,6 +219,10 @@ def merge_runs(runs: list[dict]) -> dict:
         meta["date"] = "; ".join(r["meta"]["date"] for r in runs)
         meta["command"] = " ; ".join(r["meta"]["command"] for r in runs)
         meta["hbm_bytes_per_s_runs"] = [r["meta"]["hbm_bytes_per_s"] for r in runs]
+        builds = [r["meta"].get("cutlass_built") for r in runs]
+        if len(set(builds)) > 1:
+            meta.pop("cutlass_built", None)
+            meta["cutlass_built_runs"] = builds
     return {"meta": meta, "rows": [x for r in runs for x in r["rows"]],
             "greedy": [x for r in runs for x in r.get("greedy", [])]}
 
@@ -229,6 +233,24 @@ def _bandwidth_words(m: dict) -> str:
     how = ("measured in each run: device-to-device copy, bytes read + written" if runs else
            "measured in this run: device-to-device copy, bytes read + written")
     return f"{rates} TB/s ({how if m.get('bandwidth_measured') else 'ANCHORS.md'})"
+
+
+def _build_words(m: dict) -> list[str]:
+    """The document's line on whether the library had CUTLASS's mixed-input GEMM, which the engine takes for
+    w4a16 layers at mid-size batches on Hopper (none for runs that did not record it)."""
+    said = {True: "with", False: "without", None: "not recorded"}
+    if "cutlass_built_runs" in m:
+        return ["- Native library built with / without CUTLASS's headers, run by run: "
+                + " / ".join(said[b] for b in m["cutlass_built_runs"])
+                + " (with them the w4a16 GEMMs of mid-size batches run through CUTLASS's mixed-input kernel on Hopper)"]
+    if "cutlass_built" not in m:
+        return []
+    if m["cutlass_built"]:
+        return ["- Native library built with CUTLASS's headers: on Hopper the w4a16 GEMMs of mid-size batches (from 32 "
+                "rows on the wide layers) run through CUTLASS's mixed-input kernel, as in a `make` build."]
+    return ["- Native library built without CUTLASS's headers: no w4a16 GEMM runs through CUTLASS's mixed-input kernel, "
+            "which a `make` build (the headers installed into the venv) takes on Hopper for mid-size batches, from 32 "
+            "rows on the wide layers."]
 
 
 def render(r: dict) -> str:
@@ -242,6 +264,7 @@ def render(r: dict) -> str:
            f"- GPU: {m['gpu']}; torch {m['torch']}; date {m['date']}",
            f"- Command: `{m['command']}`",
            *settings_line(m.get("library_settings")),
+           *_build_words(m),
            f"- {m['prompt']}-token prompts of random ids, {m['new_tokens']} new tokens each (EOS ignored); decode "
            + WINDOW_TEXT,
            "- HBM floor: every weight byte once per step (4-bit codes + fp16 scale/zero per group of 128 for w4a16; "
@@ -297,6 +320,7 @@ def render_tp(r: dict) -> str:
            f"- GPUs: {m['gpus']} × {m['gpu']}; torch {m['torch']}; date {m['date']}",
            f"- Command: `{m['command']}`",
            *settings_line(m.get("library_settings")),
+           *_build_words(m),
            f"- {m['prompt']}-token prompts of random ids, {m['new_tokens']} new tokens each (EOS ignored); decode "
            + WINDOW_TEXT,
            f"- HBM floor: weight bytes + the batch's cached K/V at the mean context, over tp × {bw:.2f} TB/s "
@@ -365,6 +389,7 @@ def main() -> int:
         a.render.write_text(render_tp(r) if any(x.get("tp", 1) > 1 for x in r["rows"]) else render(r))
         return 0
     import torch
+    from vlmserve.kernels import w4a16_cutlass_built
 
     rng = np.random.default_rng(0)
     if a.measure_bandwidth:
@@ -379,7 +404,8 @@ def main() -> int:
                         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                         "command": "python3 " + " ".join(sys.argv), "new_tokens": a.new_tokens, "prompt": PROMPT,
                         "hbm_bytes_per_s": bandwidth, "bandwidth_measured": a.measure_bandwidth,
-                        "greedy_check": a.greedy_check, "library_settings": library_settings()},
+                        "greedy_check": a.greedy_check, "library_settings": library_settings(),
+                        "cutlass_built": w4a16_cutlass_built()},
                "rows": [], "greedy": []}
 
     def save():

@@ -280,6 +280,8 @@ prefill_settings() {  # prefill_settings LABEL SWITCH MIN_ROWS_VAR: 2B w4a16 + i
 build() {  # CUTLASS's headers from .gpu-carry/cutlass where carried (the device image has no network)
   local cutlass=()
   [ -f .gpu-carry/cutlass/include/cutlass/cutlass.h ] && cutlass=(-DVLM_CUTLASS_DIR="$PWD/.gpu-carry/cutlass")
+  # Said in the call's output: results of mid-size w4a16 batches differ with and without it (decode.md records which).
+  [ ${#cutlass[@]} -eq 0 ] && echo "build: no CUTLASS headers carried (.gpu-carry/cutlass): no w4a16 GEMM runs through CUTLASS"
   cmake -S . -B build-gpu -DVLM_CUDA_ARCHITECTURES=90a -DVLM_BUILD_TESTS=OFF "${cutlass[@]}" >/dev/null &&
     cmake --build build-gpu -j "$(nproc)" | grep -E "error|warning" || true
   test -f build-gpu/libvlmcore.so

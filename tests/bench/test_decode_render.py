@@ -64,3 +64,34 @@ def test_merge_needs_render(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "bench/decode.py"), "--out", str(tmp_path / "a.json"),
                            "--merge", str(tmp_path / "b.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "--merge goes with --render" in proc.stderr
+
+
+def test_the_document_says_whether_the_library_had_cutlass(tmp_path):
+    without = run_json("2b", "NVIDIA H100 80GB HBM3", 2.93e12, 500, "2026-12-07 07:58 UTC")
+    without["meta"]["cutlass_built"] = False
+    proc = render(tmp_path, [without])
+    assert proc.returncode == 0, proc.stderr
+    assert "- Native library built without CUTLASS's headers" in (tmp_path / "doc.md").read_text()
+
+    with_it = run_json("7b", "NVIDIA H100 80GB HBM3", 2.93e12, 250, "2026-12-07 08:01 UTC")
+    with_it["meta"]["cutlass_built"] = True
+    proc = render(tmp_path, [with_it])
+    assert proc.returncode == 0, proc.stderr
+    assert "- Native library built with CUTLASS's headers" in (tmp_path / "doc.md").read_text()
+
+    # merged runs of different builds say which was which; runs of one build say it once
+    proc = render(tmp_path, [without, with_it])
+    assert proc.returncode == 0, proc.stderr
+    assert "run by run: without / with (" in (tmp_path / "doc.md").read_text()
+    also_without = run_json("7b", "NVIDIA H100 80GB HBM3", 2.93e12, 250, "2026-12-07 08:01 UTC")
+    also_without["meta"]["cutlass_built"] = False
+    proc = render(tmp_path, [without, also_without])
+    assert proc.returncode == 0, proc.stderr
+    doc = (tmp_path / "doc.md").read_text()
+    assert doc.count("built without CUTLASS's headers") == 1 and "run by run" not in doc
+
+
+def test_a_run_that_did_not_record_its_build_says_nothing_of_it(tmp_path):
+    proc = render(tmp_path, [run_json("2b", "NVIDIA H100 80GB HBM3", 2.93e12, 500, "2026-11-25 04:19 UTC")])
+    assert proc.returncode == 0, proc.stderr
+    assert "CUTLASS" not in (tmp_path / "doc.md").read_text()
