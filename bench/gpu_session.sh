@@ -203,6 +203,11 @@
 #   head_norm     the final norm computed in the lm head's kernel at one row (VLM_LM_HEAD_NORM=1, off by default): the
 #                 engine's same-bits tests, then 2B and 7B w4a16 + int8 KV decode at batch 1 off then on, two rounds
 #                 (HEAD_NORM_ROUNDS)
+#   fp16_attention the tensor-core decode attention's fp16 form (VLM_DECODE_ATTENTION_MMA_FP16=1, off by default): the
+#                 fp16-cache kernel tests (both kernels against the reference), compute-sanitizer on the fp16 form's,
+#                 the RoPE-inside same-bits tests of the fp16 shapes, then 2B w4a16 and fp16 weights + fp16 KV decode at
+#                 batch 1/16/64 and 7B w4a16 + fp16 KV at batch 1, off then on
+#   etests_fp16   etests with that fp16 form on (the engine against the CPU backend; fp16-cache 128-dim families take it)
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a
@@ -1084,6 +1089,26 @@ head_norm() {  # see the header
     decode_ab VLM_LM_HEAD_NORM "head_norm_r${round}_" 1 1
   done
 }
+fp16_attention() {  # see the header
+  python3 -m pytest -q -rfE -m gpu tests/kernels/test_decode_attention.py -k "float16-float16-128 or fp16_cache" \
+    2>&1 | tail -n 3
+  VLM_DECODE_ATTENTION_MMA_FP16=1 PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck \
+    --error-exitcode 9 python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py \
+    -k "test_matches_reference and float16-float16-128" 2>&1 | tail -n 3
+  python3 -m pytest -q -rfE -m gpu tests/engine/test_cuda_backend.py -k "rope_inside and fp16" 2>&1 | tail -n 3
+  local on w
+  for on in 0 1; do
+    for w in w4a16 fp16; do
+      VLM_DECODE_ATTENTION_MMA_FP16=$on python3 bench/decode.py --models 2b --weights "$w" --kv fp16 --batches 1,16,64 \
+        --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_2b_${w}_fp16kv_mma$on.json" 2>&1 | grep "tok/s"
+    done
+    VLM_DECODE_ATTENTION_MMA_FP16=$on python3 bench/decode.py --models 7b --weights w4a16 --kv fp16 --batches 1 \
+      --peer-batches 0 --work /tmp/decode-models --out "$RES/decode_7b_fp16kv_mma$on.json" 2>&1 | grep "tok/s"
+  done
+}
+etests_fp16() {  # see the header
+  VLM_DECODE_ATTENTION_MMA_FP16=1 etests
+}
 push_quick() {  # see the header
   python3 -m pytest -q -rfE -m gpu tests/kernels/test_w4a16_decode.py -k "changes_no_bits and 1-8" 2>&1 | tail -n 3
   local on
@@ -1416,7 +1441,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step cutlass_tests 300
@@ -1538,6 +1563,8 @@ step policy_ab 560
 step lm_head_ab 560
 step head_argmax 400
 step head_norm 400
+step fp16_attention 480
+step etests_fp16 330
 step step_probe 480  # 17 GPU tests, then 4 shapes x 7 forms x 2 models of 20-step graphs
 step long_k_engine 360
 step ncu_gemm64 150

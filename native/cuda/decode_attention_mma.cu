@@ -1,5 +1,6 @@
 // Decode attention on the tensor cores for the int8 and int4 caches with fp16 activations and 128-dim
-// heads (the quantized-KV models the engine serves): the same grid, results and end as decode_attention.cu,
+// heads (the quantized-KV models the engine serves), and for the fp16 cache where VLM_DECODE_ATTENTION_MMA_FP16=1
+// (off until measured on a GPU): the same grid, results and end as decode_attention.cu,
 // whose CUDA-core form is bound by instruction issue at batch 64 (Nsight Compute on the H200,
 // 2026-12-04: 128 warp instructions per key row and head, 65 % of issue slots busy, DRAM at 28 % of
 // its peak), converting and multiplying every element in fp32. Here 3x fewer instructions; with its
@@ -29,8 +30,13 @@
 //    P·V, bytes of two keys are interleaved half-word by half-word first (one byte permute per four dims),
 //    so n-tile j is still dim 16 n + j. Scale, zero and the 1024 are applied as for int8 (value = code ·
 //    scale + zero in both). A lane's loads are half as long: 16 bytes of each K row, 8 of each V row.
-//  - Each lane's loads of the next tile are in flight while the current one is computed (197-202 registers
-//    for int8: two blocks an SM; 164-168 for int4: three; the split plan asks the occupancy of both forms).
+//  - An fp16 cache's rows are the mma's operands as they are, in the same permuted dims: a lane loads 64 bytes
+//    of each K row (dims [32 t, 32 t + 32)) and 32 of each V row (dims [16 g, 16 g + 16)); n-tile j of P·V
+//    takes half j of those 16 from keys (2t, 2t + 1) and (2t + 8, 2t + 9), paired half by half. No scale or
+//    zero: p enters the mma as it is (rounded to fp16, as p s is for the codes).
+//  - Each lane's loads of the next tile are in flight while the current one is computed (197-204 registers
+//    for int8: two blocks an SM; 164-168 for int4: three; 248-250 for fp16, whose tile is twice the bytes:
+//    two, no spills (ptxas, sm_90a); the split plan asks the occupancy of each form).
 //  - With RoPE inside (the engine's decode steps; rope_and_cache_write() does not run): q comes straight
 //    from the stacked q/k/v GEMM's output and is rotated here, and the block whose slice holds the row's
 //    own position writes that position's K (rotated) and V rows into the cache before it loads a tile.
@@ -92,18 +98,23 @@ __device__ __forceinline__ float2 half2_bits_to_float2(uint32_t w) {
 // The four keys of a tile whose scores, probabilities and V bytes lane t holds: 2t, 2t+1, 2t+8, 2t+9.
 __device__ __forceinline__ int lane_key(int t, int i) { return 2 * t + (i & 1) + 8 * (i >> 1); }
 
-// One lane's loads of one tile, as loaded (int4: k[h][0] and v[i].x, .y only).
+// The cache's rows: 8-bit or 4-bit codes with a (scale, zero) pair each, or fp16 values.
+enum class Rows { kInt8, kInt4, kHalf };
+
+// One lane's loads of one tile, as loaded (int4: k[h][0] and v[i][0].x, .y only; fp16: no scale/zero pairs).
+template <Rows F>
 struct TileRegs {
-  uint4 k[2][2];            // K of key 8 h + g (h = 0, 1): dims [32 t, 32 t + 32)
-  uint4 v[4];               // V of key lane_key(t, i): dims [16 g, 16 g + 16)
-  uint32_t ksz[4], vsz[4];  // (scale, zero) of key lane_key(t, i)
+  static constexpr bool kHalf = F == Rows::kHalf;
+  uint4 k[2][kHalf ? 4 : 2];              // K of key 8 h + g (h = 0, 1): dims [32 t, 32 t + 32)
+  uint4 v[4][kHalf ? 2 : 1];              // V of key lane_key(t, i): dims [16 g, 16 g + 16)
+  uint32_t ksz[kHalf ? 1 : 4], vsz[kHalf ? 1 : 4];  // (scale, zero) of key lane_key(t, i)
 };
 
 // grid (rows, kv_heads, splits), kThreads threads; G query heads per KV head (1, 2, 4 or 8). ROPE: q is
 // the q/k/v GEMM's output (rows of num_heads + 2 kv_heads heads), rotated here with inv_freq, and this
-// step's K/V rows are written here (see the top of the file); otherwise q is rotated already. I4: the
-// cache holds int4 codes (64-byte rows), else int8 (128-byte rows).
-template <int G, bool ROPE, bool I4>
+// step's K/V rows are written here (see the top of the file); otherwise q is rotated already. F: the
+// cache's rows, int8 codes (128 bytes), int4 codes (64 bytes) or fp16 values (256 bytes).
+template <int G, bool ROPE, Rows F>
 __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __half* __restrict__ q,
                                                                          __half* __restrict__ out,
                                                                          float* __restrict__ partial,
@@ -111,6 +122,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
                                                                          int num_heads, int sliding_window, KvView c,
                                                                          Split sp, const float* __restrict__ inv_freq,
                                                                          bool early_loads) {
+  constexpr bool I4 = F == Rows::kInt4, HALF = F == Rows::kHalf;
   __shared__ __align__(16) float s_acc[kWarps][G][kHeadDim];
   __shared__ float s_m[kWarps][G], s_l[kWarps][G];
   __shared__ float s_cos[ROPE ? kHeadDim / 2 : 1], s_sin[ROPE ? kHeadDim / 2 : 1];
@@ -137,8 +149,10 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   const int64_t q_row = (int64_t)r * (ROPE ? num_heads + 2 * c.kv_heads : num_heads) * kHeadDim;
   // Keys outside [first, last] of a tile load the nearest key in it (the same cache block), so every
   // loaded value is finite; their scores are masked below.
-  constexpr int kRowBytes = I4 ? kHeadDim / 2 : kHeadDim;
-  auto load = [&](TileRegs& x, int ti, int32_t block) {
+  constexpr int kRowBytes = I4 ? kHeadDim / 2 : HALF ? 2 * kHeadDim : kHeadDim;
+  constexpr int kKWords = HALF ? 4 : 2;  // uint4s of a K row a lane loads (int4: one)
+  constexpr int kVWords = HALF ? 2 : 1;  // of a V row (int4: half of one)
+  auto load = [&](TileRegs<F>& x, int ti, int32_t block) {
     const int kb = ti * kTile;
     // Row indices in 32 bits: a cache of 2^32 rows of 128 bytes would be 512 GiB.
     const uint32_t row0 = ((uint32_t)block * c.kv_heads + kvh) * c.block_size + (kb & (c.block_size - 1));
@@ -146,51 +160,67 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       const uint4* p =
-          reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kRowBytes + (I4 ? 16 : 32) * t);
-      x.k[h][0] = p[0];
-      if constexpr (!I4) x.k[h][1] = p[1];
+          reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kRowBytes + kRowBytes / 4 * t);
+      if constexpr (I4) {
+        x.k[h][0] = p[0];
+      } else {
+#pragma unroll
+        for (int j = 0; j < kKWords; ++j) x.k[h][j] = p[j];
+      }
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const uint32_t ri = row(lane_key(t, i));
       if constexpr (I4) {
         const uint2 u = *reinterpret_cast<const uint2*>(vbase + (size_t)ri * kRowBytes + 8 * g);
-        x.v[i] = make_uint4(u.x, u.y, 0u, 0u);
+        x.v[i][0] = make_uint4(u.x, u.y, 0u, 0u);
       } else {
-        x.v[i] = *reinterpret_cast<const uint4*>(vbase + (size_t)ri * kRowBytes + 16 * g);
+        const uint4* p = reinterpret_cast<const uint4*>(vbase + (size_t)ri * kRowBytes + kRowBytes / 8 * g);
+#pragma unroll
+        for (int j = 0; j < kVWords; ++j) x.v[i][j] = p[j];
       }
-      x.ksz[i] = ksz[ri];
-      x.vsz[i] = vsz[ri];
+      if constexpr (!HALF) {
+        x.ksz[i] = ksz[ri];
+        x.vsz[i] = vsz[ri];
+      }
     }
   };
 
-  // This step's K and V rows as this kernel quantizes them (ROPE), for the tile holding the row's position.
+  // This step's K and V rows as this kernel stores them (ROPE), for the tile holding the row's position.
   __shared__ __align__(16) uint8_t s_row[ROPE ? 2 : 1][kRowBytes];
   __shared__ __half2 s_row_sz[2];
   // The keys of tile ti that read the row's own position (the position, and the keys past it or before the
   // window's start, which load the nearest key) take that row from s_row: a tile loaded before the kernel
   // wrote the row holds what the cache held there before.
-  auto patch = [&](TileRegs& x, int ti) {
+  auto patch = [&](TileRegs<F>& x, int ti) {
     const int kb = ti * kTile;
     auto reads_pos = [&](int key) { return min(max(kb + key, first), last) == pos; };
 #pragma unroll
     for (int h = 0; h < 2; ++h)
       if (reads_pos(8 * h + g)) {
-        const uint4* p = reinterpret_cast<const uint4*>(&s_row[0][(I4 ? 16 : 32) * t]);
-        x.k[h][0] = p[0];
-        if constexpr (!I4) x.k[h][1] = p[1];
+        const uint4* p = reinterpret_cast<const uint4*>(&s_row[0][kRowBytes / 4 * t]);
+        if constexpr (I4) {
+          x.k[h][0] = p[0];
+        } else {
+#pragma unroll
+          for (int j = 0; j < kKWords; ++j) x.k[h][j] = p[j];
+        }
       }
 #pragma unroll
     for (int i = 0; i < 4; ++i)
       if (reads_pos(lane_key(t, i))) {
         if constexpr (I4) {
           const uint2 u = *reinterpret_cast<const uint2*>(&s_row[ROPE ? 1 : 0][8 * g]);
-          x.v[i] = make_uint4(u.x, u.y, 0u, 0u);
+          x.v[i][0] = make_uint4(u.x, u.y, 0u, 0u);
         } else {
-          x.v[i] = *reinterpret_cast<const uint4*>(&s_row[ROPE ? 1 : 0][16 * g]);
+          const uint4* p = reinterpret_cast<const uint4*>(&s_row[ROPE ? 1 : 0][kRowBytes / 8 * g]);
+#pragma unroll
+          for (int j = 0; j < kVWords; ++j) x.v[i][j] = p[j];
         }
-        x.ksz[i] = *reinterpret_cast<const uint32_t*>(&s_row_sz[0]);
-        x.vsz[i] = *reinterpret_cast<const uint32_t*>(&s_row_sz[1]);
+        if constexpr (!HALF) {
+          x.ksz[i] = *reinterpret_cast<const uint32_t*>(&s_row_sz[0]);
+          x.vsz[i] = *reinterpret_cast<const uint32_t*>(&s_row_sz[1]);
+        }
       }
   };
 
@@ -200,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   // its row (ROPE): that row is patched in from shared memory once written, so the block's slowest path (the
   // row's write) is not followed by a load of what it wrote. Without ROPE that tile waits (its row is written
   // by the RoPE kernel this one waits for). Either way the first tile's loads go out before q's.
-  TileRegs cur;
+  TileRegs<F> cur;
   const bool early = early_loads && tile < t1 && (tile < tile_hi || (ROPE && tile == tile_hi));
   if (early) load(cur, tile, blk);
 
@@ -300,7 +330,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   // scalar part of the output (Σ p z − 1024 Σ (p s)), both at that maximum.
   float m = -INFINITY, l = 0.f, zacc = 0.f;
 
-  auto compute = [&](const TileRegs& x, int ti) {
+  auto compute = [&](const TileRegs<F>& x, int ti) {
     const int kb = ti * kTile;
     float s[2][2] = {{0.f, 0.f}, {0.f, 0.f}};  // s[h]: keys 8 h + 2t, 8 h + 2t + 1 of head g
 #pragma unroll
@@ -310,6 +340,11 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
         if constexpr (I4) {
           const uint32_t w = word(x.k[h][0], ks / 2);
           mma_rows8(s[h], qa[2 * ks], qa[2 * ks + 1], nibble_pair(w, 2 * (ks & 1)), nibble_pair(w, 2 * (ks & 1) + 1));
+        } else if constexpr (HALF) {
+          // k-step ks takes dims 4 ks .. 4 ks + 3 of the lane's 32: words 2 ks and 2 ks + 1 of its K slice,
+          // the operands as the cache holds them.
+          const uint4& u = x.k[h][ks / 2];
+          mma_rows8(s[h], qa[2 * ks], qa[2 * ks + 1], word(u, 2 * (ks & 1)), word(u, 2 * (ks & 1) + 1));
         } else {
           const uint32_t w = word(x.k[h][ks / 4], ks % 4);
           mma_rows8(s[h], qa[2 * ks], qa[2 * ks + 1], code_pair(w, 0x4140), code_pair(w, 0x4342));
@@ -319,9 +354,13 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int key = kb + lane_key(t, i);
-      const float2 sz = half2_bits_to_float2(x.ksz[i]);  // (scale, zero)
       const float dot = s[i >> 1][i & 1];
-      sc[i] = key >= first && key <= last ? scale * fmaf(sz.x, dot, (sz.y - 1024.f * sz.x) * qsum) : -INFINITY;
+      if constexpr (HALF) {
+        sc[i] = key >= first && key <= last ? scale * dot : -INFINITY;
+      } else {
+        const float2 sz = half2_bits_to_float2(x.ksz[i]);  // (scale, zero)
+        sc[i] = key >= first && key <= last ? scale * fmaf(sz.x, dot, (sz.y - 1024.f * sz.x) * qsum) : -INFINITY;
+      }
       mx = fmaxf(mx, sc[i]);
     }
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -330,20 +369,25 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     const float corr = __expf(m - m_new);
     m = m_new;
     float psum = 0.f, pz = 0.f, phsum = 0.f;
-    uint32_t pa[2];  // P·V's a0 (keys 2t, 2t + 1) and a2 (keys 2t + 8, 2t + 9): p s in fp16
+    uint32_t pa[2];  // P·V's a0 (keys 2t, 2t + 1) and a2 (keys 2t + 8, 2t + 9): p s in fp16 (fp16 cache: p)
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const float p0 = __expf(sc[2 * j] - m_new), p1 = __expf(sc[2 * j + 1] - m_new);
-      const float2 v0 = half2_bits_to_float2(x.vsz[2 * j]), v1 = half2_bits_to_float2(x.vsz[2 * j + 1]);
-      const __half2 ph = __floats2half2_rn(p0 * v0.x, p1 * v1.x);
-      pa[j] = *reinterpret_cast<const uint32_t*>(&ph);
-      const float2 phf = __half22float2(ph);
-      phsum += phf.x + phf.y;
-      pz = fmaf(p0, v0.y, fmaf(p1, v1.y, pz));
+      if constexpr (HALF) {
+        const __half2 ph = __floats2half2_rn(p0, p1);
+        pa[j] = *reinterpret_cast<const uint32_t*>(&ph);
+      } else {
+        const float2 v0 = half2_bits_to_float2(x.vsz[2 * j]), v1 = half2_bits_to_float2(x.vsz[2 * j + 1]);
+        const __half2 ph = __floats2half2_rn(p0 * v0.x, p1 * v1.x);
+        pa[j] = *reinterpret_cast<const uint32_t*>(&ph);
+        const float2 phf = __half22float2(ph);
+        phsum += phf.x + phf.y;
+        pz = fmaf(p0, v0.y, fmaf(p1, v1.y, pz));
+      }
       psum += p0 + p1;
     }
     l = fmaf(l, corr, psum);
-    zacc = fmaf(zacc, corr, fmaf(-1024.f, phsum, pz));
+    if constexpr (!HALF) zacc = fmaf(zacc, corr, fmaf(-1024.f, phsum, pz));
 #pragma unroll
     for (int j = 0; j < 16; ++j) o[j][0] *= corr, o[j][1] *= corr;
     if constexpr (I4) {
@@ -352,8 +396,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
       // word each, then nibble s of both halves is the fp16 pair.
 #pragma unroll
       for (int wd = 0; wd < 2; ++wd) {
-        const uint32_t v0 = wd ? x.v[0].y : x.v[0].x, v1 = wd ? x.v[1].y : x.v[1].x;
-        const uint32_t v2 = wd ? x.v[2].y : x.v[2].x, v3 = wd ? x.v[3].y : x.v[3].x;
+        const uint32_t v0 = wd ? x.v[0][0].y : x.v[0][0].x, v1 = wd ? x.v[1][0].y : x.v[1][0].x;
+        const uint32_t v2 = wd ? x.v[2][0].y : x.v[2][0].x, v3 = wd ? x.v[3][0].y : x.v[3][0].x;
 #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
           const uint32_t sel = hh ? 0x7632u : 0x5410u;
@@ -363,12 +407,23 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
             mma_rows8(o[8 * wd + 4 * hh + sn], pa[0], pa[1], nibble_pair(k01, sn), nibble_pair(k23, sn));
         }
       }
+    } else if constexpr (HALF) {
+      // Word wd of the four V rows holds n-tiles 2 wd (low half) and 2 wd + 1 (high half): keys (2t, 2t + 1)
+      // and (2t + 8, 2t + 9) paired half by half.
+#pragma unroll
+      for (int wd = 0; wd < 8; ++wd) {
+        const uint32_t v0 = word(x.v[0][wd / 4], wd % 4), v1 = word(x.v[1][wd / 4], wd % 4);
+        const uint32_t v2 = word(x.v[2][wd / 4], wd % 4), v3 = word(x.v[3][wd / 4], wd % 4);
+        mma_rows8(o[2 * wd], pa[0], pa[1], __byte_perm(v0, v1, 0x5410), __byte_perm(v2, v3, 0x5410));
+        mma_rows8(o[2 * wd + 1], pa[0], pa[1], __byte_perm(v0, v1, 0x7632), __byte_perm(v2, v3, 0x7632));
+      }
     } else {
       // Word wd of the four V rows: bytes 4 wd .. 4 wd + 3 are n-tiles 4 wd .. 4 wd + 3. Interleave keys
       // (2t, 2t + 1) and (2t + 8, 2t + 9) byte by byte, then widen each pair to fp16.
 #pragma unroll
       for (int wd = 0; wd < 4; ++wd) {
-        const uint32_t v0 = word(x.v[0], wd), v1 = word(x.v[1], wd), v2 = word(x.v[2], wd), v3 = word(x.v[3], wd);
+        const uint32_t v0 = word(x.v[0][0], wd), v1 = word(x.v[1][0], wd), v2 = word(x.v[2][0], wd);
+        const uint32_t v3 = word(x.v[3][0], wd);
         const uint32_t lo01 = __byte_perm(v0, v1, 0x5140), hi01 = __byte_perm(v0, v1, 0x7362);
         const uint32_t lo23 = __byte_perm(v2, v3, 0x5140), hi23 = __byte_perm(v2, v3, 0x7362);
         mma_rows8(o[4 * wd + 0], pa[0], pa[1], code_pair(lo01, 0x4140), code_pair(lo23, 0x4140));
@@ -382,7 +437,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   int32_t blk_next = tile + kWarps < t1 ? table[((tile + kWarps) * kTile) >> shift] : 0;
   for (; tile < t1; tile += kWarps) {
     const int nt = tile + kWarps;
-    TileRegs nxt;
+    TileRegs<F> nxt;
     if (nt < t1) load(nxt, nt, blk_next);
     if (nt + kWarps < t1) blk_next = table[((nt + kWarps) * kTile) >> shift];
     compute(cur, tile);
@@ -416,16 +471,16 @@ bool early_loads() {
   return on;
 }
 
-template <int G, bool I4>
-cudaError_t launch_codes(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
+template <int G, Rows F>
+cudaError_t launch_rows(const void* q, void* out, float* partial, int* arrivals, const StepMeta& meta, int rows,
                          int num_heads, int sliding_window, const KvView& c, Split sp, const RopeSource* rope,
                          cudaStream_t stream) {
   const dim3 grid(rows, c.kv_heads, sp.splits);
   if (rope)
-    return launch_dependent(decode_attention_mma_kernel<G, true, I4>, grid, dim3(kThreads), 0, stream,
+    return launch_dependent(decode_attention_mma_kernel<G, true, F>, grid, dim3(kThreads), 0, stream,
                             static_cast<const __half*>(rope->qkv), static_cast<__half*>(out), partial, arrivals, meta,
                             num_heads, sliding_window, c, sp, rope->inv_freq, early_loads());
-  return launch_dependent(decode_attention_mma_kernel<G, false, I4>, grid, dim3(kThreads), 0, stream,
+  return launch_dependent(decode_attention_mma_kernel<G, false, F>, grid, dim3(kThreads), 0, stream,
                           static_cast<const __half*>(q), static_cast<__half*>(out), partial, arrivals, meta, num_heads,
                           sliding_window, c, sp, static_cast<const float*>(nullptr), early_loads());
 }
@@ -435,16 +490,21 @@ cudaError_t launch(const void* q, void* out, float* partial, int* arrivals, cons
                    int num_heads, int sliding_window, const KvView& c, Split sp, const RopeSource* rope,
                    cudaStream_t stream) {
   if (c.dtype == VLM_DTYPE_I4)
-    return launch_codes<G, true>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope, stream);
-  return launch_codes<G, false>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope, stream);
+    return launch_rows<G, Rows::kInt4>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope,
+                                       stream);
+  if (c.dtype == VLM_DTYPE_F16)
+    return launch_rows<G, Rows::kHalf>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope,
+                                       stream);
+  return launch_rows<G, Rows::kInt8>(q, out, partial, arrivals, meta, rows, num_heads, sliding_window, c, sp, rope,
+                                     stream);
 }
 
 // Blocks an SM holds of the form (with or without RoPE inside) that holds fewer: the split plan counts with it.
 // (ptxas, sm_90a: the two forms differ by a few registers, either way round, within one allocation step.)
-template <int G, bool I4>
+template <int G, Rows F>
 int resident() {
   int fewest = 0;
-  for (auto kernel : {decode_attention_mma_kernel<G, true, I4>, decode_attention_mma_kernel<G, false, I4>}) {
+  for (auto kernel : {decode_attention_mma_kernel<G, true, F>, decode_attention_mma_kernel<G, false, F>}) {
     int n = 0;
     if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, 0) != cudaSuccess) {
       cudaGetLastError();  // not sticky: leave no error for the next call to find
@@ -466,18 +526,33 @@ bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& c) {
   // tests against the reference and compute-sanitizer clean); VLM_DECODE_ATTENTION_MMA_INT4=0 keeps the CUDA-core
   // kernel for it.
   static const bool int4 = env_int("VLM_DECODE_ATTENTION_MMA_INT4", 1) != 0;
+  // The fp16 cache (its rows the mma's operands as they are): off until measured on a GPU
+  // (VLM_DECODE_ATTENTION_MMA_FP16=1 turns it on; it keeps the CUDA-core kernel otherwise).
+  static const bool half = env_int("VLM_DECODE_ATTENTION_MMA_FP16", 0) != 0;
   const int group = c.kv_heads > 0 ? num_heads / c.kv_heads : 0;
-  const bool codes = (c.dtype == VLM_DTYPE_I8 && c.row_bytes == kHeadDim) ||
-                     (int4 && c.dtype == VLM_DTYPE_I4 && c.row_bytes == kHeadDim / 2);
-  return enabled && act == ActType::F16 && codes && c.head_dim == kHeadDim && c.block_size >= kTile &&
+  const bool rows = (c.dtype == VLM_DTYPE_I8 && c.row_bytes == kHeadDim) ||
+                    (int4 && c.dtype == VLM_DTYPE_I4 && c.row_bytes == kHeadDim / 2) ||
+                    (half && c.dtype == VLM_DTYPE_F16 && c.row_bytes == 2 * kHeadDim);
+  return enabled && act == ActType::F16 && rows && c.head_dim == kHeadDim && c.block_size >= kTile &&
          group * c.kv_heads == num_heads && (group == 1 || group == 2 || group == 4 || group == 8);
 }
 
 int decode_attention_mma_blocks_per_sm(int group, const KvView& c) {
-  static const int i8[4] = {resident<1, false>(), resident<2, false>(), resident<4, false>(), resident<8, false>()};
-  static const int i4[4] = {resident<1, true>(), resident<2, true>(), resident<4, true>(), resident<8, true>()};
+  // Each table is filled at its first use: the fp16 forms' occupancy is asked only where they run.
   const int index = group == 1 ? 0 : group == 2 ? 1 : group == 4 ? 2 : 3;
-  return c.dtype == VLM_DTYPE_I4 ? i4[index] : i8[index];
+  if (c.dtype == VLM_DTYPE_I4) {
+    static const int i4[4] = {resident<1, Rows::kInt4>(), resident<2, Rows::kInt4>(), resident<4, Rows::kInt4>(),
+                              resident<8, Rows::kInt4>()};
+    return i4[index];
+  }
+  if (c.dtype == VLM_DTYPE_F16) {
+    static const int f16[4] = {resident<1, Rows::kHalf>(), resident<2, Rows::kHalf>(), resident<4, Rows::kHalf>(),
+                               resident<8, Rows::kHalf>()};
+    return f16[index];
+  }
+  static const int i8[4] = {resident<1, Rows::kInt8>(), resident<2, Rows::kInt8>(), resident<4, Rows::kInt8>(),
+                            resident<8, Rows::kInt8>()};
+  return i8[index];
 }
 
 cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,

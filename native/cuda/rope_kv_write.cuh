@@ -23,9 +23,10 @@ __device__ __forceinline__ float rope_rotate(float x, float p, float c, float s,
   return first_half ? __fsub_rn(xc, ps) : __fadd_rn(xc, ps);
 }
 
-// One warp writes one head's row; lane holds elements lane + 32 e (e < E). A quantized row is also written to
-// `mirror` (its row_bytes codes) and `mirror_sz` (its (scale, zero) pair) where given: the decode attention's
-// copy in shared memory of the row it writes, so that it need not load it back from the cache.
+// One warp writes one head's row; lane holds elements lane + 32 e (e < E). The row is also written to `mirror`
+// (its row_bytes bytes: codes or fp16 values) and, quantized, `mirror_sz` (its (scale, zero) pair) where given:
+// the decode attention's copy in shared memory of the row it writes, so that it need not load it back from the
+// cache (it takes int8, int4 and fp16 rows).
 template <int E>
 __device__ void store_kv_row(const KvView& c, void* data, void* sz, int64_t row, const float (&x)[E], int lane,
                              uint8_t* mirror = nullptr, __half2* mirror_sz = nullptr) {
@@ -37,7 +38,11 @@ __device__ void store_kv_row(const KvView& c, void* data, void* sz, int64_t row,
       const int d = lane + 32 * e;
       if (d >= hd) continue;
       if (c.dtype == VLM_DTYPE_F32) reinterpret_cast<float*>(base)[d] = x[e];
-      else if (c.dtype == VLM_DTYPE_F16) reinterpret_cast<__half*>(base)[d] = __float2half_rn(x[e]);
+      else if (c.dtype == VLM_DTYPE_F16) {
+        const __half h = __float2half_rn(x[e]);
+        reinterpret_cast<__half*>(base)[d] = h;
+        if (mirror) reinterpret_cast<__half*>(mirror)[d] = h;
+      }
       else reinterpret_cast<__nv_bfloat16*>(base)[d] = __float2bfloat16_rn(x[e]);
     }
     return;

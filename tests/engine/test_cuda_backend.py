@@ -659,7 +659,7 @@ np.savez(out, **{f"tokens{i}": np.array(r.token_ids) for i, r in enumerate(res)}
 """
 
 # 128-dim heads with query groups of 2, 4, 8 and 1, a sliding window, and llama3 RoPE scaling; int8 cache,
-# and int4 (the kernel's nibble form) for two of them.
+# and int4 (the kernel's nibble form) and fp16 (its fp16 form) for two of them.
 _ROPE_SHAPES = {
     "group2": ("llama_gqa_hd128", {}, "int8"),
     "group4": ("llama_gqa_hd128", dict(num_attention_heads=8, num_key_value_heads=2), "int8"),
@@ -669,6 +669,8 @@ _ROPE_SHAPES = {
     "llama3_scaling": ("llama3_rope_scaling", dict(head_dim=128), "int8"),
     "group2_int4": ("llama_gqa_hd128", {}, "int4"),
     "sliding_int4": ("mistral_sliding", dict(head_dim=128), "int4"),
+    "group2_fp16": ("llama_gqa_hd128", {}, "fp16"),
+    "sliding_fp16": ("mistral_sliding", dict(head_dim=128), "fp16"),
 }
 
 
@@ -682,7 +684,8 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     contexts crossing tiles, key slices and graph bounds). The profiled runs (eager, VLM_CUDA_PROFILE=1)
     show which form each one ran. The attention's first tiles loaded before it waits for the q/k/v GEMM
     (the default) or after (VLM_ATTENTION_EARLY_LOADS=0): the same bits too. The int4 shapes run the
-    tensor-core form (VLM_DECODE_ATTENTION_MMA_INT4=1, the default, pinned) in every run."""
+    tensor-core form (VLM_DECODE_ATTENTION_MMA_INT4=1, the default, pinned) in every run, the fp16 ones its fp16
+    form (VLM_DECODE_ATTENTION_MMA_FP16=1, off by default)."""
     import os
     import subprocess
     import sys
@@ -696,6 +699,8 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
                       "inside_late_loads": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_EARLY_LOADS": "0"}}.items():
         if kv == "int4":
             env = dict(env, VLM_DECODE_ATTENTION_MMA_INT4="1")
+        if kv == "fp16":
+            env = dict(env, VLM_DECODE_ATTENTION_MMA_FP16="1")
         out = tmp_path / f"{name}.npz"
         done = subprocess.run([sys.executable, "-c", _ROPE_RUN, str(d), str(out), kv], env=dict(os.environ, **env),
                               capture_output=True, text=True, timeout=600)

@@ -42,6 +42,13 @@ CASES = [  # kv_dtype, act, head_dim, heads, kv_heads, rows, window
     ("int4", "float16", 128, 16, 8, 4, 37),     # sliding window
     ("int4", "float16", 128, 16, 8, 128, 0),    # batch 128
     ("int4", "bfloat16", 128, 16, 8, 3, 0),     # bf16: the CUDA-core kernel
+    # fp16 cache, fp16, 128 dims (with the group-2 case at the top): the CUDA-core kernel, and
+    # (VLM_DECODE_ATTENTION_MMA_FP16=1, the test below) the tensor-core kernel's fp16 form
+    ("float16", "float16", 128, 32, 8, 6, 0),   # group 4
+    ("float16", "float16", 128, 8, 1, 3, 0),    # group 8
+    ("float16", "float16", 128, 32, 32, 2, 0),  # group 1 (7B shape)
+    ("float16", "float16", 128, 16, 8, 4, 37),  # sliding window
+    ("float16", "float16", 128, 16, 8, 128, 0),  # batch 128
     ("float32", "float16", 64, 4, 2, 2, 0),     # general kernel: fp32 cache
     ("float16", "float16", 80, 4, 2, 2, 0),     # general kernel: head_dim 80
     ("int8", "float16", 64, 16, 1, 2, 0),       # general kernel: group 16
@@ -99,6 +106,35 @@ def test_int4_on_the_cuda_cores_against_the_reference():
                           timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     assert "8 passed" in done.stdout, done.stdout[-2000:]
+
+
+def test_fp16_cache_on_the_tensor_cores_against_the_reference():
+    """The fp16-cache cases of 128 dims through the tensor-core kernel's fp16 form (VLM_DECODE_ATTENTION_MMA_FP16=1,
+    off by default; read once per process, hence a process of its own running them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vlmserve.kernels import decode_attention_form
+
+    if os.environ.get("VLM_DECODE_ATTENTION_MMA_FP16", "0") == "0":  # the default here: the CUDA-core kernel
+        assert decode_attention_form(32, 8, 128, kv_dtype="float16") == "cuda cores"
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, VLM_DECODE_ATTENTION_MMA_FP16="1")
+    # The kernel those cases then run (else they would pass on the CUDA cores again, unnoticed); 64 dims and bf16
+    # activations stay there.
+    form = subprocess.run([sys.executable, "-c", "from vlmserve.kernels import decode_attention_form as f; "
+                           "print(f(32, 8, 128, kv_dtype='float16'), f(16, 16, 128, kv_dtype='float16'), "
+                           "f(8, 4, 64, kv_dtype='float16'), "
+                           "f(8, 2, 128, kv_dtype='bfloat16', act_dtype='bfloat16'), sep=';')"],
+                          cwd=root, capture_output=True, text=True, timeout=300, env=env)
+    assert form.returncode == 0, form.stderr[-2000:]
+    assert form.stdout.strip() == "tensor cores;cuda cores;cuda cores;cuda cores", form.stdout
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
+                           "-k", "test_matches_reference and float16-float16-128"], cwd=root, capture_output=True,
+                          text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "6 passed" in done.stdout, done.stdout[-2000:]
 
 
 def test_int4_takes_the_tensor_cores_by_default():
