@@ -515,6 +515,14 @@ int resident() {
   return fewest > 0 ? fewest : 1;
 }
 
+// resident() for query groups of 1, 2, 4 and 8 heads (index 0-3), asked at a form's first use: the fp16 forms'
+// occupancy only where they run.
+template <Rows F>
+int resident_by_group(int index) {
+  static const int blocks[4] = {resident<1, F>(), resident<2, F>(), resident<4, F>(), resident<8, F>()};
+  return blocks[index];
+}
+
 }  // namespace
 
 bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& c) {
@@ -538,21 +546,10 @@ bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& c) {
 }
 
 int decode_attention_mma_blocks_per_sm(int group, const KvView& c) {
-  // Each table is filled at its first use: the fp16 forms' occupancy is asked only where they run.
   const int index = group == 1 ? 0 : group == 2 ? 1 : group == 4 ? 2 : 3;
-  if (c.dtype == VLM_DTYPE_I4) {
-    static const int i4[4] = {resident<1, Rows::kInt4>(), resident<2, Rows::kInt4>(), resident<4, Rows::kInt4>(),
-                              resident<8, Rows::kInt4>()};
-    return i4[index];
-  }
-  if (c.dtype == VLM_DTYPE_F16) {
-    static const int f16[4] = {resident<1, Rows::kHalf>(), resident<2, Rows::kHalf>(), resident<4, Rows::kHalf>(),
-                               resident<8, Rows::kHalf>()};
-    return f16[index];
-  }
-  static const int i8[4] = {resident<1, Rows::kInt8>(), resident<2, Rows::kInt8>(), resident<4, Rows::kInt8>(),
-                            resident<8, Rows::kInt8>()};
-  return i8[index];
+  if (c.dtype == VLM_DTYPE_I4) return resident_by_group<Rows::kInt4>(index);
+  if (c.dtype == VLM_DTYPE_F16) return resident_by_group<Rows::kHalf>(index);
+  return resident_by_group<Rows::kInt8>(index);
 }
 
 cudaError_t decode_attention_mma(const void* q, void* out, const StepMeta& meta, int rows, int num_heads,

@@ -679,8 +679,8 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     """With an int8 or int4 cache (or fp16, its form on), fp16 activations and 128-dim heads, decode steps
     rotate q and write the step's K/V rows inside the tensor-core attention instead of in a RoPE kernel before
     it (VLM_ROPE_IN_ATTENTION=0 keeps the kernel; read once per process, hence the subprocesses). Same
-    functions for the rotation and the quantization (or fp16 rounding), so the same bits: twenty requests queued together
-    (decode batches from 20 rows, where the engine keeps the RoPE kernel, down to 1 as they finish;
+    functions for the rotation and the quantization (or fp16 rounding), so the same bits: twenty requests
+    queued together (decode batches from 20 rows, where the engine keeps the RoPE kernel, down to 1 as they finish;
     contexts crossing tiles, key slices and graph bounds). The profiled runs (eager, VLM_CUDA_PROFILE=1)
     show which form each one ran. The attention's first tiles loaded before it waits for the q/k/v GEMM
     (the default) or after (VLM_ATTENTION_EARLY_LOADS=0): the same bits too. The int4 shapes run the

@@ -85,56 +85,51 @@ def test_matches_reference(kv_dtype, act, head_dim, heads, kv_heads, rows, windo
     assert torch.equal(out, again)  # deterministic: slices merge in a fixed order
 
 
-def test_int4_on_the_cuda_cores_against_the_reference():
-    """The int4 cases above through the CUDA-core kernel (VLM_DECODE_ATTENTION_MMA_INT4=0: what bf16 activations
-    and other head sizes take; read once per process, hence a process of its own running them), so both kernels
-    stay checked now that the tensor cores take the fp16 / 128-dim int4 cases by default."""
+def cases_in_a_process_of_their_own(setting: str, value: str, forms: str, expected_forms: str, cases: str,
+                                    passed: int) -> None:
+    """Runs test_matches_reference's `cases` (a -k expression) in a process with the native setting `setting` =
+    `value` (the library reads it once per process). `forms` (decode_attention_form calls, `f`, joined by ';')
+    must first print `expected_forms` there: the kernel those cases then run, else they would pass on the other
+    kernel again, unnoticed."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, VLM_DECODE_ATTENTION_MMA_INT4="0")
-    # The kernel those cases then run (else they would pass on the tensor cores again, unnoticed).
+    env = dict(os.environ, **{setting: value})
     form = subprocess.run([sys.executable, "-c", "from vlmserve.kernels import decode_attention_form as f; "
-                           "print(f(32, 8, 128, kv_dtype='int4'), f(16, 16, 128, kv_dtype='int4'), sep=';')"],
-                          cwd=root, capture_output=True, text=True, timeout=300, env=env)
+                           f"print({forms}, sep=';')"], cwd=root, capture_output=True, text=True, timeout=300,
+                          env=env)
     assert form.returncode == 0, form.stderr[-2000:]
-    assert form.stdout.strip() == "cuda cores;cuda cores", form.stdout
+    assert form.stdout.strip() == expected_forms, form.stdout
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
-                           "-k", "test_matches_reference and int4"], cwd=root, capture_output=True, text=True,
+                           "-k", f"test_matches_reference and {cases}"], cwd=root, capture_output=True, text=True,
                           timeout=900, env=env)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "8 passed" in done.stdout, done.stdout[-2000:]
+    assert f"{passed} passed" in done.stdout, done.stdout[-2000:]
+
+
+def test_int4_on_the_cuda_cores_against_the_reference():
+    """The int4 cases above through the CUDA-core kernel (VLM_DECODE_ATTENTION_MMA_INT4=0: what bf16 activations
+    and other head sizes take), so both kernels stay checked now that the tensor cores take the fp16 / 128-dim
+    int4 cases by default."""
+    cases_in_a_process_of_their_own("VLM_DECODE_ATTENTION_MMA_INT4", "0",
+                                    "f(32, 8, 128, kv_dtype='int4'), f(16, 16, 128, kv_dtype='int4')",
+                                    "cuda cores;cuda cores", "int4", 8)
 
 
 def test_fp16_cache_on_the_tensor_cores_against_the_reference():
     """The fp16-cache cases of 128 dims through the tensor-core kernel's fp16 form (VLM_DECODE_ATTENTION_MMA_FP16=1,
-    off by default; read once per process, hence a process of its own running them)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
+    off by default); 64 dims and bf16 activations stay on the CUDA cores with it on."""
     from vlmserve.kernels import decode_attention_form
 
     if os.environ.get("VLM_DECODE_ATTENTION_MMA_FP16", "0") == "0":  # the default here: the CUDA-core kernel
         assert decode_attention_form(32, 8, 128, kv_dtype="float16") == "cuda cores"
-    root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, VLM_DECODE_ATTENTION_MMA_FP16="1")
-    # The kernel those cases then run (else they would pass on the CUDA cores again, unnoticed); 64 dims and bf16
-    # activations stay there.
-    form = subprocess.run([sys.executable, "-c", "from vlmserve.kernels import decode_attention_form as f; "
-                           "print(f(32, 8, 128, kv_dtype='float16'), f(16, 16, 128, kv_dtype='float16'), "
-                           "f(8, 4, 64, kv_dtype='float16'), "
-                           "f(8, 2, 128, kv_dtype='bfloat16', act_dtype='bfloat16'), sep=';')"],
-                          cwd=root, capture_output=True, text=True, timeout=300, env=env)
-    assert form.returncode == 0, form.stderr[-2000:]
-    assert form.stdout.strip() == "tensor cores;cuda cores;cuda cores;cuda cores", form.stdout
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", __file__,
-                           "-k", "test_matches_reference and float16-float16-128"], cwd=root, capture_output=True,
-                          text=True, timeout=900, env=env)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "6 passed" in done.stdout, done.stdout[-2000:]
+    cases_in_a_process_of_their_own("VLM_DECODE_ATTENTION_MMA_FP16", "1",
+                                    "f(32, 8, 128, kv_dtype='float16'), f(16, 16, 128, kv_dtype='float16'), "
+                                    "f(8, 4, 64, kv_dtype='float16'), "
+                                    "f(8, 2, 128, kv_dtype='bfloat16', act_dtype='bfloat16')",
+                                    "tensor cores;cuda cores;cuda cores;cuda cores", "float16-float16-128", 6)
 
 
 def test_int4_takes_the_tensor_cores_by_default():
