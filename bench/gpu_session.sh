@@ -203,11 +203,11 @@
 #   head_norm     the final norm computed in the lm head's kernel at one row (VLM_LM_HEAD_NORM=1, off by default): the
 #                 engine's same-bits tests, then 2B and 7B w4a16 + int8 KV decode at batch 1 off then on, two rounds
 #                 (HEAD_NORM_ROUNDS)
-#   fp16_attention the tensor-core decode attention's fp16 form (VLM_DECODE_ATTENTION_MMA_FP16=1, off by default): the
+#   fp16_attention the tensor-core decode attention's fp16 form (VLM_DECODE_ATTENTION_MMA_FP16=1, the default since 12-07): the
 #                 fp16-cache kernel tests (both kernels against the reference), compute-sanitizer on the fp16 form's,
 #                 the RoPE-inside same-bits tests of the fp16 shapes, then 2B w4a16 and fp16 weights + fp16 KV decode at
 #                 batch 1/16/64 and 7B w4a16 + fp16 KV at batch 1, off then on
-#   etests_fp16   etests with that fp16 form on (the engine against the CPU backend; fp16-cache 128-dim families take it)
+#   etests_fp16   etests with that fp16 form on (the default since 12-07: as etests)
 #   push_quick    push_sum's first look in little device time: one same-bits test, 2B w4a16 + int8 KV decode at batch 1
 #                 off then on, bench/gemm at M = 1 on three 2B layers off then on
 #   ncu_source    Nsight Compute's per-instruction warp-stall samples (SourceCounters) of one 2B batch-1 o GEMM in a

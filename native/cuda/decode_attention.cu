@@ -12,9 +12,9 @@
 // rows of several rounds loaded together; the slots meet in shared memory at
 // the end. With several slices, the last block of a (row, KV head) to finish
 // merges the slices (a counter per pair, decode_attention_merge.cuh), so no
-// second kernel is launched. The int8 and int4 caches (and the fp16 cache with
-// VLM_DECODE_ATTENTION_MMA_FP16=1) with fp16 activations and 128-dim heads take
-// the tensor-core form instead (decode_attention_mma.cu).
+// second kernel is launched. The int8, int4 and fp16 caches with fp16 activations
+// and 128-dim heads take the tensor-core form instead (decode_attention_mma.cu;
+// VLM_DECODE_ATTENTION_MMA*=0 keep this kernel).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 

@@ -1,6 +1,5 @@
-// The tensor-core decode attention (decode_attention_mma.cu), which decode_attention() hands the int8
-// and int4 caches (and, with VLM_DECODE_ATTENTION_MMA_FP16=1, the fp16 cache) with fp16 activations and
-// 128-dim heads to.
+// The tensor-core decode attention (decode_attention_mma.cu), which decode_attention() hands the int8,
+// int4 and fp16 caches with fp16 activations and 128-dim heads to.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -11,7 +10,7 @@ namespace cuda {
 
 // fp16 activations, an int8, int4 or fp16 cache of 128-dim heads in blocks of at least 16 slots, query
 // groups of 1, 2, 4 or 8 heads, and VLM_DECODE_ATTENTION_MMA not 0 (int4: VLM_DECODE_ATTENTION_MMA_INT4 not
-// 0; fp16: VLM_DECODE_ATTENTION_MMA_FP16=1).
+// 0; fp16: VLM_DECODE_ATTENTION_MMA_FP16 not 0).
 bool decode_attention_mma_applies(ActType act, int num_heads, const KvView& cache);
 // Blocks of the kernel for query groups of `group` heads over this cache's rows that one SM holds at
 // once (at least 1).

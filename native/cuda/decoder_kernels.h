@@ -104,8 +104,8 @@ cudaError_t paged_attention(ActType act, const void* q, void* out, const StepMet
 // head; paged_attention() sends those here. Same workspace and results.
 bool decode_attention_supports(int num_heads, const KvView& cache);
 // Whether decode steps of this shape can take the attention with RoPE and the K/V write inside (the
-// tensor-core form: fp16 activations, int8 or int4 cache (fp16 with VLM_DECODE_ATTENTION_MMA_FP16=1), 128-dim
-// heads), and VLM_ROPE_IN_ATTENTION is not 0.
+// tensor-core form: fp16 activations, an int8, int4 or fp16 cache, 128-dim heads), and VLM_ROPE_IN_ATTENTION is
+// not 0.
 bool decode_attention_writes_kv(ActType act, int num_heads, const KvView& cache);
 // Which kernel decode_attention() runs for this shape here: 2 the tensor-core form, 1 the CUDA-core kernel,
 // 0 neither (an unsupported shape: paged_attention() takes it another way).

@@ -676,7 +676,7 @@ _ROPE_SHAPES = {
 
 @pytest.mark.parametrize("shape", list(_ROPE_SHAPES))
 def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_path, shape):
-    """With an int8 or int4 cache (or fp16, its form on), fp16 activations and 128-dim heads, decode steps
+    """With an int8, int4 or fp16 cache, fp16 activations and 128-dim heads, decode steps
     rotate q and write the step's K/V rows inside the tensor-core attention instead of in a RoPE kernel before
     it (VLM_ROPE_IN_ATTENTION=0 keeps the kernel; read once per process, hence the subprocesses). Same
     functions for the rotation and the quantization (or fp16 rounding), so the same bits: twenty requests
@@ -685,7 +685,7 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     show which form each one ran. The attention's first tiles loaded before it waits for the q/k/v GEMM
     (the default) or after (VLM_ATTENTION_EARLY_LOADS=0): the same bits too. The int4 shapes run the
     tensor-core form (VLM_DECODE_ATTENTION_MMA_INT4=1, the default, pinned) in every run, the fp16 ones its fp16
-    form (VLM_DECODE_ATTENTION_MMA_FP16=1, off by default)."""
+    form (VLM_DECODE_ATTENTION_MMA_FP16=1, the default, pinned)."""
     import os
     import subprocess
     import sys

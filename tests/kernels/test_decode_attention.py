@@ -42,8 +42,8 @@ CASES = [  # kv_dtype, act, head_dim, heads, kv_heads, rows, window
     ("int4", "float16", 128, 16, 8, 4, 37),     # sliding window
     ("int4", "float16", 128, 16, 8, 128, 0),    # batch 128
     ("int4", "bfloat16", 128, 16, 8, 3, 0),     # bf16: the CUDA-core kernel
-    # fp16 cache, fp16, 128 dims (with the group-2 case at the top): the CUDA-core kernel, and
-    # (VLM_DECODE_ATTENTION_MMA_FP16=1, the test below) the tensor-core kernel's fp16 form
+    # fp16 cache, fp16, 128 dims (with the group-2 case at the top): the tensor-core kernel's fp16 form, and
+    # (VLM_DECODE_ATTENTION_MMA_FP16=0, the test below) the CUDA-core kernel
     ("float16", "float16", 128, 32, 8, 6, 0),   # group 4
     ("float16", "float16", 128, 8, 1, 3, 0),    # group 8
     ("float16", "float16", 128, 32, 32, 2, 0),  # group 1 (7B shape)
@@ -118,29 +118,26 @@ def test_int4_on_the_cuda_cores_against_the_reference():
                                     "cuda cores;cuda cores", "int4", 8)
 
 
-def test_fp16_cache_on_the_tensor_cores_against_the_reference():
-    """The fp16-cache cases of 128 dims through the tensor-core kernel's fp16 form (VLM_DECODE_ATTENTION_MMA_FP16=1,
-    off by default); 64 dims and bf16 activations stay on the CUDA cores with it on."""
+def test_fp16_cache_on_the_cuda_cores_against_the_reference():
+    """The fp16-cache cases of 128 dims through the CUDA-core kernel (VLM_DECODE_ATTENTION_MMA_FP16=0: what bf16
+    activations and other head sizes take), so both kernels stay checked now that the tensor cores take them by
+    default."""
+    cases_in_a_process_of_their_own("VLM_DECODE_ATTENTION_MMA_FP16", "0",
+                                    "f(32, 8, 128, kv_dtype='float16'), f(16, 16, 128, kv_dtype='float16')",
+                                    "cuda cores;cuda cores", "float16-float16-128", 6)
+
+
+def test_the_tensor_cores_take_every_cache_of_128_dims_by_default():
     from vlmserve.kernels import decode_attention_form
 
-    if os.environ.get("VLM_DECODE_ATTENTION_MMA_FP16", "0") == "0":  # the default here: the CUDA-core kernel
-        assert decode_attention_form(32, 8, 128, kv_dtype="float16") == "cuda cores"
-    cases_in_a_process_of_their_own("VLM_DECODE_ATTENTION_MMA_FP16", "1",
-                                    "f(32, 8, 128, kv_dtype='float16'), f(16, 16, 128, kv_dtype='float16'), "
-                                    "f(8, 4, 64, kv_dtype='float16'), "
-                                    "f(8, 2, 128, kv_dtype='bfloat16', act_dtype='bfloat16')",
-                                    "tensor cores;cuda cores;cuda cores;cuda cores", "float16-float16-128", 6)
-
-
-def test_int4_takes_the_tensor_cores_by_default():
-    from vlmserve.kernels import decode_attention_form
-
-    if os.environ.get("VLM_DECODE_ATTENTION_MMA_INT4", "1") == "0":
-        pytest.skip("VLM_DECODE_ATTENTION_MMA_INT4=0 in this process: the default is not what runs here")
-    assert decode_attention_form(32, 8, 128, kv_dtype="int4") == "tensor cores"
-    assert decode_attention_form(32, 8, 128, kv_dtype="int8") == "tensor cores"
-    assert decode_attention_form(32, 8, 64, kv_dtype="int8") == "cuda cores"  # the tensor-core form: 128 dims
-    assert decode_attention_form(32, 8, 128, kv_dtype="int4", act_dtype="bfloat16") == "cuda cores"
+    for setting in ("VLM_DECODE_ATTENTION_MMA", "VLM_DECODE_ATTENTION_MMA_INT4", "VLM_DECODE_ATTENTION_MMA_FP16"):
+        if os.environ.get(setting, "1") == "0":
+            pytest.skip(f"{setting}=0 in this process: the default is not what runs here")
+    for kv in ("int8", "int4", "float16"):
+        assert decode_attention_form(32, 8, 128, kv_dtype=kv) == "tensor cores", kv
+        assert decode_attention_form(16, 16, 128, kv_dtype=kv) == "tensor cores", kv  # group 1
+        assert decode_attention_form(32, 8, 64, kv_dtype=kv) == "cuda cores", kv  # the tensor-core form: 128 dims
+        assert decode_attention_form(32, 8, 128, kv_dtype=kv, act_dtype="bfloat16") == "cuda cores", kv
 
 
 def test_bad_shapes_are_refused():
