@@ -101,12 +101,21 @@ def host_cpu_seconds(stat: Path = Path("/proc/stat")) -> dict[str, float] | None
             "steal": steal / tick}
 
 
+# The fields of /proc/stat's "cpu" line that host_cpu_seconds() adds into "busy".
+_BUSY_FIELDS = 5
+
+
 def host_load(before: dict[str, float] | None, after: dict[str, float] | None, wall_s: float) -> dict | None:
-    """Cores of the machine busy and stolen over an interval of wall_s seconds, out of how many."""
+    """Cores of the machine busy and stolen over an interval of wall_s seconds, out of how many, and
+    "tick_error_cores": how far busy_cores may be off from the counters alone: each core reports each busy field
+    in whole clock ticks, so a difference of two reads may be short or long by up to a tick a field and core, which
+    over a short level is a visible share of a core (a fully busy 2-core machine read 2.12 over a smoke level)."""
     if before is None or after is None or wall_s <= 0:
         return None
-    return {"cores": os.cpu_count(), "busy_cores": (after["busy"] - before["busy"]) / wall_s,
-            "steal_cores": (after["steal"] - before["steal"]) / wall_s}
+    cores = os.cpu_count()
+    return {"cores": cores, "busy_cores": (after["busy"] - before["busy"]) / wall_s,
+            "steal_cores": (after["steal"] - before["steal"]) / wall_s,
+            "tick_error_cores": cores * _BUSY_FIELDS / (os.sysconf("SC_CLK_TCK") * wall_s)}
 
 
 class StackProcess:

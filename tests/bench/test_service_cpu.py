@@ -54,7 +54,8 @@ def test_the_host_load_comes_from_the_cpu_line_of_proc_stat(tmp_path):
     assert before == {"busy": 155.0, "idle": 810.0, "steal": 20.0}
     stat.write_text(f"cpu  {130 * tick} 0 {60 * tick} {810 * tick} {10 * tick} 0 {5 * tick} {22 * tick} 0 0\n")
     load = host_load(before, host_cpu_seconds(stat), 10.0)
-    assert load == {"cores": os.cpu_count(), "busy_cores": 4.0, "steal_cores": 0.2}
+    assert load == {"cores": os.cpu_count(), "busy_cores": 4.0, "steal_cores": 0.2,
+                    "tick_error_cores": os.cpu_count() * 5 / (tick * 10.0)}
     cell = cpu_cell({"service_cpu_cores": {"lm": 0.93}, "client_cpu_cores": 2.1, "client_processes": 8,
                      "host_cpu": load})
     assert cell == f"lm 0.93; 2.10 in 8; host 4.0 of {os.cpu_count()} (steal 0.2)"
