@@ -149,8 +149,12 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
   // Keys outside [first, last] of a tile load the nearest key in it (the same cache block), so every
   // loaded value is finite; their scores are masked below.
   constexpr int kRowBytes = I4 ? kHeadDim / 2 : HALF ? 2 * kHeadDim : kHeadDim;
-  constexpr int kKWords = HALF ? 4 : 2;  // uint4s of a K row a lane loads (int4: one)
-  constexpr int kVWords = HALF ? 2 : 1;  // of a V row (int4: half of one)
+  constexpr int kKWords = I4 ? 1 : HALF ? 4 : 2;  // uint4s of a K row a lane loads
+  constexpr int kVWords = HALF ? 2 : 1;           // of a V row (int4: half of one, loaded apart)
+  auto copy_words = [](uint4* dst, const uint4* src, int n) {
+#pragma unroll
+    for (int j = 0; j < n; ++j) dst[j] = src[j];
+  };
   auto load = [&](TileRegs<F>& x, int ti, int32_t block) {
     const int kb = ti * kTile;
     // Row indices in 32 bits: a cache of 2^32 rows of 128 bytes would be 512 GiB.
@@ -158,14 +162,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     auto row = [&](int key) { return row0 + (uint32_t)(min(max(kb + key, first), last) - kb); };
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      const uint4* p =
-          reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kRowBytes + kRowBytes / 4 * t);
-      if constexpr (I4) {
-        x.k[h][0] = p[0];
-      } else {
-#pragma unroll
-        for (int j = 0; j < kKWords; ++j) x.k[h][j] = p[j];
-      }
+      copy_words(x.k[h],
+                 reinterpret_cast<const uint4*>(kbase + (size_t)row(8 * h + g) * kRowBytes + kRowBytes / 4 * t),
+                 kKWords);
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -174,9 +173,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
         const uint2 u = *reinterpret_cast<const uint2*>(vbase + (size_t)ri * kRowBytes + 8 * g);
         x.v[i][0] = make_uint4(u.x, u.y, 0u, 0u);
       } else {
-        const uint4* p = reinterpret_cast<const uint4*>(vbase + (size_t)ri * kRowBytes + kRowBytes / 8 * g);
-#pragma unroll
-        for (int j = 0; j < kVWords; ++j) x.v[i][j] = p[j];
+        copy_words(x.v[i], reinterpret_cast<const uint4*>(vbase + (size_t)ri * kRowBytes + kRowBytes / 8 * g),
+                   kVWords);
       }
       if constexpr (!HALF) {
         x.ksz[i] = ksz[ri];
@@ -196,15 +194,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     auto reads_pos = [&](int key) { return min(max(kb + key, first), last) == pos; };
 #pragma unroll
     for (int h = 0; h < 2; ++h)
-      if (reads_pos(8 * h + g)) {
-        const uint4* p = reinterpret_cast<const uint4*>(&s_row[0][kRowBytes / 4 * t]);
-        if constexpr (I4) {
-          x.k[h][0] = p[0];
-        } else {
-#pragma unroll
-          for (int j = 0; j < kKWords; ++j) x.k[h][j] = p[j];
-        }
-      }
+      if (reads_pos(8 * h + g))
+        copy_words(x.k[h], reinterpret_cast<const uint4*>(&s_row[0][kRowBytes / 4 * t]), kKWords);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
       if (reads_pos(lane_key(t, i))) {
@@ -212,9 +203,7 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
           const uint2 u = *reinterpret_cast<const uint2*>(&s_row[ROPE ? 1 : 0][8 * g]);
           x.v[i][0] = make_uint4(u.x, u.y, 0u, 0u);
         } else {
-          const uint4* p = reinterpret_cast<const uint4*>(&s_row[ROPE ? 1 : 0][kRowBytes / 8 * g]);
-#pragma unroll
-          for (int j = 0; j < kVWords; ++j) x.v[i][j] = p[j];
+          copy_words(x.v[i], reinterpret_cast<const uint4*>(&s_row[ROPE ? 1 : 0][kRowBytes / 8 * g]), kVWords);
         }
         if constexpr (!HALF) {
           x.ksz[i] = *reinterpret_cast<const uint32_t*>(&s_row_sz[0]);
