@@ -35,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
 from vlmserve.awq_format import quantize_rtn  # noqa: E402
 from vlmserve.kernels import (dense_decode_gemm, pack_w4a16, stream_read, stream_read_sink,  # noqa: E402
+                              w4a16_gemv, w4a16_gemv_k_parts, w4a16_gemv_repack,
                               w4a16_cutlass_built, w4a16_cutlass_engine_takes, w4a16_cutlass_gemm,
                               w4a16_cutlass_prepare, w4a16_cutlass_tiles, w4a16_cutlass_workspace_bytes,
                               w4a16_dequantize, w4a16_gemm, w4a16_dequant_gemm_min_rows, w4a16_wgmma_form,
@@ -60,6 +61,8 @@ WGMMA_FORM = os.environ.get("VLM_W4A16_WGMMA", "") or "default"
 WGMMA_FORM_NAMES = {1: "w4a16 wgmma kernel, block form", 2: "w4a16 wgmma kernel, strip form"}
 # Rows our dense decode kernel takes (dense_decode.h); the engine runs it at one row.
 DENSE_DECODE_MAX_ROWS = 4
+# Rows the column-tile w4a16 kernel takes (w4a16_gemv.h), timed beside the engine's path.
+GEMV_MAX_ROWS = 4
 # Rows from which the CUTLASS mixed-input GEMM (w4a16_cutlass.cu, on builds that have it) is timed too.
 CUTLASS_MIN_ROWS = 17
 
@@ -173,11 +176,13 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False, parts: str = 
         t_read4 = time_graph(lambda i: stream_read(ours_w[i % len(ours_w)], sink))
         t_read16 = time_graph(lambda i: stream_read(fp16_w[i % len(fp16_w)], sink))
     cutlass_w = None  # the CUTLASS kernel's copies of the layer, made at the first M that times it
+    gemv_w = None  # the column-tile kernel's copies, made at the first M it runs
     rows = []
     for m in ms:
         x16 = torch.randn(m, k, device=dev, dtype=torch.float16)
         out = torch.empty(m, n, device=dev, dtype=torch.float16)
-        t_kernel = t_cutlass = t_ours = t_fp16 = t_int4 = t_dense = float("nan")
+        t_kernel = t_cutlass = t_ours = t_fp16 = t_int4 = t_dense = t_gemv = float("nan")
+        gemv_parts = 0
         path = "not timed here (--peers apart: the library in another process)"
         if ours_too:
             ws = torch.zeros(max(1, w4a16_workspace_bytes(m, n, k, GROUP)), dtype=torch.uint8, device=dev)
@@ -225,6 +230,10 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False, parts: str = 
 
                     t_ours = time_graph(chunked)
                     path = f"dequantize + cuBLAS, {chunk} columns at a time"
+        if ours_too and m <= GEMV_MAX_ROWS and (gemv_parts := w4a16_gemv_k_parts(m, n, k, GROUP)):
+            if gemv_w is None:
+                gemv_w = [w4a16_gemv_repack(p, n, k) for p in ours_w]
+            t_gemv = time_graph(lambda i: w4a16_gemv(x16, gemv_w[i % len(gemv_w)], ours_sz, n, GROUP, out=out))
         if peers_too:
             t_fp16 = time_graph(lambda i: torch.nn.functional.linear(x16, fp16_w[i % len(fp16_w)]))
         if ours_too and m <= DENSE_DECODE_MAX_ROWS:
@@ -238,10 +247,10 @@ def bench_layer(n: int, k: int, ms, rng, read_floor: bool = False, parts: str = 
                 print(f"torch int4 failed at M={m} {n}x{k}: {e}", file=sys.stderr)
         rows.append({"n": n, "k": k, "m": m, "ours_s": t_ours, "ours_path": path, "w4a16_kernel_s": t_kernel,
                      "torch_fp16_s": t_fp16, "torch_int4_s": t_int4, "dense_decode_s": t_dense, "cutlass_s": t_cutlass,
-                     "read_4bit_s": t_read4, "read_fp16_s": t_read16})
+                     "read_4bit_s": t_read4, "read_fp16_s": t_read16, "gemv_s": t_gemv, "gemv_k_parts": gemv_parts})
         print(f"  {n}x{k} M={m}: ours {t_ours * 1e6:.1f} us, fp16 {t_fp16 * 1e6:.1f} us, "
               f"int4 {t_int4 * 1e6:.1f} us, cutlass {t_cutlass * 1e6:.1f} us", file=sys.stderr)
-    del ours_w, fp16_w, int4, cutlass_w
+    del ours_w, fp16_w, int4, cutlass_w, gemv_w
     torch.cuda.empty_cache()
     return rows
 
@@ -329,11 +338,14 @@ def main() -> None:
              "fp16 weights, with the same rotation and timing (vlm_stream_read): a call of those bytes cannot be "
              "faster",
              f"- CUTLASS (from {CUTLASS_MIN_ROWS} rows, builds that have it): the mixed-input GEMM of "
-             "w4a16_cutlass.cu on its own copy of the layer (vlm_w4a16_cutlass_gemm), same rotation and timing", "",
+             "w4a16_cutlass.cu on its own copy of the layer (vlm_w4a16_cutlass_gemm), same rotation and timing",
+             f"- Column tiles (up to {GEMV_MAX_ROWS} rows): the column-tile w4a16 kernel (vlm_w4a16_gemv, whole output "
+             "columns a block, P warps a 16-column tile) on its own copy of the layer, same rotation and timing", "",
              "| layer | M | torch fp16 µs | torch int4 µs | ours µs | our path | w4a16 kernel µs | × fp16 | × int4 "
              "| ours % of int4 floor | fp16 % of fp16 floor | our fp16 µs | our fp16 % of fp16 floor "
-             "| read floor 4-bit / fp16 µs | CUTLASS µs | CUTLASS × fp16 | CUTLASS × int4 |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| read floor 4-bit / fp16 µs | CUTLASS µs | CUTLASS × fp16 | CUTLASS × int4 "
+             "| column tiles µs (P) | column tiles × fp16 | column tiles × int4 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['layer']} | {r['m']} | {r['torch_fp16_s'] * 1e6:.1f} | {r['torch_int4_s'] * 1e6:.1f} | "
                      f"{r['ours_s'] * 1e6:.1f} | {r['ours_path']} | {r['w4a16_kernel_s'] * 1e6:.1f} | "
@@ -346,7 +358,10 @@ def main() -> None:
                         if not math.isnan(r.get("read_4bit_s", math.nan)) else " — |")
                      + (f" {r['cutlass_s'] * 1e6:.1f} | {r['torch_fp16_s'] / r['cutlass_s']:.2f} | "
                         f"{r['torch_int4_s'] / r['cutlass_s']:.2f} |"
-                        if not math.isnan(r.get("cutlass_s", math.nan)) else " — | — | — |"))
+                        if not math.isnan(r.get("cutlass_s", math.nan)) else " — | — | — |")
+                     + (f" {r['gemv_s'] * 1e6:.1f} ({r['gemv_k_parts']}) | {r['torch_fp16_s'] / r['gemv_s']:.2f} | "
+                        f"{r['torch_int4_s'] / r['gemv_s']:.2f} |"
+                        if not math.isnan(r.get("gemv_s", math.nan)) else " — | — | — |"))
     lines += ["", "## Targets (7B shapes: ours / torch fp16; and faster than torch int4 at every M)", ""]
     for m, target in TARGETS_7B.items():
         rs = [r for r in results if r["m"] == m and r["layer"].startswith("7B")]
@@ -363,6 +378,12 @@ def main() -> None:
             lines.append(f"  - CUTLASS: {', '.join(f'{x:.2f}' for x in cr)} (min {min(cr):.2f}): "
                          f"{'met' if min(cr) >= target and len(cut) == len(rs) else 'NOT met'}; faster than torch "
                          f"int4: {'yes' if all(r['cutlass_s'] < r['torch_int4_s'] for r in cut) else 'NO'}")
+        tiles = [r for r in rs if not math.isnan(r.get("gemv_s", math.nan))]
+        if tiles:  # the column-tile kernel's figures against the same target
+            gr = [r["torch_fp16_s"] / r["gemv_s"] for r in tiles]
+            lines.append(f"  - column tiles: {', '.join(f'{x:.2f}' for x in gr)} (min {min(gr):.2f}): "
+                         f"{'met' if min(gr) >= target and len(tiles) == len(rs) else 'NOT met'}; faster than torch "
+                         f"int4: {'yes' if all(r['gemv_s'] < r['torch_int4_s'] for r in tiles) else 'NO'}")
         floors = [r for r in rs if not math.isnan(r["read_4bit_s"])]
         if floors:  # the time the target asks for against what reading the 4-bit weights alone takes
             lines.append("  - target time (torch fp16 / target) against the 4-bit read floor, µs: " + ", ".join(

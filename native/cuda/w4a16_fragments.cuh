@@ -153,22 +153,28 @@ __device__ __forceinline__ void codes_mma(G& gacc, float (&asum)[4], const uint3
 // At a group's end (or a unit of it): acc += s (gacc − z asum), with sv and zv the lane's 16 bytes of the group's
 // scales and zeros (zeros stored as magic + z). The C fragment's rows g and g + 8 (q >> 1) are columns of tiles
 // 2 i and 2 i + 1, whose scales and zeros are the low and high halves of word i.
+// One n16m8 tile's share: acc += s (gacc − z asum) with sw and zw the tile's word of scales and of zeros (its
+// columns g and g + 8 in the low and high halves).
+template <class T, class A, class G>
+__device__ __forceinline__ void add_tile_group_sums(A& acc, const G& gacc, const float (&asum)[4], uint32_t sw,
+                                                    uint32_t zw) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const float s = bits_to_float<T>(h ? sw >> 16 : sw & 0xFFFFu);
+    const float z = bits_to_float<T>(h ? zw >> 16 : zw & 0xFFFFu) - Act<T>::kMagicValue;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int q = 2 * h + r;
+      acc[q] = fmaf(s, fmaf(-z, asum[r], gacc[q]), acc[q]);
+    }
+  }
+}
 template <class T, class A, class G>
 __device__ __forceinline__ void add_group_sums(A& acc, const G& gacc, const float (&asum)[4], const uint4& sv,
                                                const uint4& zv) {
   const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w}, zw[4] = {zv.x, zv.y, zv.z, zv.w};
 #pragma unroll
-  for (int i = 0; i < 4; ++i)
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const float s = bits_to_float<T>(h ? sw[i] >> 16 : sw[i] & 0xFFFFu);
-      const float z = bits_to_float<T>(h ? zw[i] >> 16 : zw[i] & 0xFFFFu) - Act<T>::kMagicValue;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int q = 2 * h + r;
-        acc[i][q] = fmaf(s, fmaf(-z, asum[r], gacc[i][q]), acc[i][q]);
-      }
-    }
+  for (int i = 0; i < 4; ++i) add_tile_group_sums<T>(acc[i], gacc[i], asum, sw[i], zw[i]);
 }
 
 // 16 bytes global → shared without a register (cp.async, sm_80 up); the zfill form copies `bytes` of them

@@ -19,6 +19,7 @@
 #include "cuda/w4a16_cutlass_rows.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
+#include "cuda/w4a16_gemv.h"
 #include "cuda/w4a16_wgmma.h"
 #include "engine/kv_cache.h"
 #endif
@@ -145,6 +146,76 @@ int vlm_w4a16_gemm_rms_norm(const float* h, const void* delta, const float* norm
     VLM_CUDA_CHECK(vlm::w4a16_decode_gemm_rms_norm({h, delta, norm_weight, h_out, eps}, packed_weight,
                                                    packed_scale_zero, c, m, n, k, group_size,
                                                    act_dtype == VLM_DTYPE_BF16, static_cast<cudaStream_t>(stream)));
+#else
+    (void)delta, (void)eps, (void)h_out, (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_w4a16_gemv_repack(const void* packed_weight, void* out, int32_t n, int32_t k, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(packed_weight && out, "NULL device pointer");
+    VLM_CHECK_ARG(packed_weight != out, "the repack cannot run in place");
+    VLM_CHECK_ARG(n > 0 && n % vlm::kW4StripN == 0 && k > 0 && k % 64 == 0,
+                  "w4a16 gemv layout: N must be a multiple of 64 and K of 64, got N=" << n << " K=" << k);
+#ifdef VLM_HAVE_CUDA
+    VLM_CUDA_CHECK(vlm::w4a16_gemv_repack(packed_weight, out, n, k, static_cast<cudaStream_t>(stream)));
+#else
+    (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_w4a16_gemv_k_parts(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* k_parts) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(k_parts, "NULL output");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    *k_parts = vlm::w4a16_gemv_k_parts(m, n, k, group_size);
+#else
+    *k_parts = 0;
+#endif
+  });
+}
+
+int vlm_w4a16_gemv(const void* a, const void* gemv_weight, const void* packed_scale_zero, const void* residual,
+                   void* c, int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
+                   int32_t a_is_gate_up, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(a && gemv_weight && packed_scale_zero && c, "NULL device pointer");
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    VLM_CHECK(vlm::w4a16_gemv_applies(m, n, k, group_size), VLM_ERR_UNSUPPORTED,
+              "the column-tile w4a16 kernel runs M <= " << vlm::kGemvMaxRows << " rows, K a multiple of 64, on a "
+                                                        << "Hopper GPU; got M=" << m << " K=" << k);
+    VLM_CUDA_CHECK(vlm::w4a16_gemv(a, gemv_weight, packed_scale_zero, residual, c, m, n, k, group_size,
+                                   act_dtype == VLM_DTYPE_BF16, a_is_gate_up != 0, static_cast<cudaStream_t>(stream)));
+#else
+    (void)residual, (void)a_is_gate_up, (void)stream;
+    VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
+#endif
+  });
+}
+
+int vlm_w4a16_gemv_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps, float* h_out,
+                            const void* gemv_weight, const void* packed_scale_zero, void* c, int32_t m, int32_t n,
+                            int32_t k, int32_t group_size, int32_t act_dtype, void* stream) {
+  return vlm::guarded([&] {
+    VLM_CHECK_ARG(h && norm_weight && gemv_weight && packed_scale_zero && c, "NULL device pointer");
+    VLM_CHECK_ARG(h_out != h, "h_out must not be h (every block reads all of h)");
+    VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
+    VLM_CHECK_ARG(eps >= 0.f, "eps must be >= 0");
+    vlm::check_w4a16_shape(m, n, k, group_size);
+#ifdef VLM_HAVE_CUDA
+    VLM_CHECK(vlm::w4a16_gemv_applies(m, n, k, group_size), VLM_ERR_UNSUPPORTED,
+              "the column-tile w4a16 kernel runs M <= " << vlm::kGemvMaxRows << " rows, K a multiple of 64, on a "
+                                                        << "Hopper GPU; got M=" << m << " K=" << k);
+    VLM_CUDA_CHECK(vlm::w4a16_gemv_rms_norm({h, delta, norm_weight, h_out, eps}, gemv_weight, packed_scale_zero, c,
+                                            m, n, k, group_size, act_dtype == VLM_DTYPE_BF16,
+                                            static_cast<cudaStream_t>(stream)));
 #else
     (void)delta, (void)eps, (void)h_out, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");

@@ -115,6 +115,68 @@ def w4a16_gemm_rms_norm(h, delta, norm_weight, eps: float, packed, scale_zero, n
     return out
 
 
+def _require_cuda(name: str, **tensors) -> None:
+    """Refuses anything but contiguous CUDA tensors (a host pointer handed to a kernel faults on the device)."""
+    for arg, t in tensors.items():
+        if t is not None and not (getattr(t, "is_cuda", False) and t.is_contiguous()):
+            raise InvalidArgumentError(f"{name}: {arg} must be a contiguous CUDA tensor")
+
+
+def w4a16_gemv_repack(packed, n: int, k: int):
+    """The column-tile kernel's copy of a packed layer (vlm_w4a16_gemv_repack): a uint8 CUDA tensor of the same
+    size, on torch's current stream."""
+    import torch
+
+    _require_cuda("w4a16_gemv_repack", packed=packed)
+    out = torch.empty_like(packed)
+    check(_native.lib().vlm_w4a16_gemv_repack(packed.data_ptr(), out.data_ptr(), n, k, _stream(packed.device)))
+    return out
+
+
+def w4a16_gemv_k_parts(m: int, n: int, k: int, group_size: int) -> int:
+    """Warps a 16-column tile of the column-tile kernel at this shape here (0: it does not run the shape)."""
+    out = ctypes.c_int32()
+    check(_native.lib().vlm_w4a16_gemv_k_parts(m, n, k, group_size, ctypes.byref(out)))
+    return out.value
+
+
+def w4a16_gemv(a, gemv_weight, scale_zero, n: int, group_size: int, residual=None, out=None,
+               gate_up_input: bool = False):
+    """The column-tile kernel (vlm_w4a16_gemv): a [M, K] (or [M, 2K] of [gate | up] rows with gate_up_input)
+    fp16/bf16 CUDA tensor, the layer from w4a16_gemv_repack and its packed scales and zeros -> [M, N]."""
+    import torch
+
+    _require_cuda("w4a16_gemv", a=a, gemv_weight=gemv_weight, scale_zero=scale_zero, residual=residual, out=out)
+    m = a.shape[0]
+    k = a.shape[1] // 2 if gate_up_input else a.shape[1]
+    if out is None:
+        out = torch.empty(m, n, dtype=a.dtype, device=a.device)
+    check(_native.lib().vlm_w4a16_gemv(
+        a.data_ptr(), gemv_weight.data_ptr(), scale_zero.data_ptr(),
+        residual.data_ptr() if residual is not None else None, out.data_ptr(), m, n, k, group_size,
+        _act_dtype(a.dtype == torch.bfloat16), int(gate_up_input), _stream(a.device)))
+    return out
+
+
+def w4a16_gemv_rms_norm(h, delta, norm_weight, eps: float, gemv_weight, scale_zero, n: int, group_size: int,
+                        h_out=None, out=None, dtype=None):
+    """w4a16_gemm_rms_norm's contract through the column-tile kernel (vlm_w4a16_gemv_rms_norm)."""
+    import torch
+
+    _require_cuda("w4a16_gemv_rms_norm", h=h, delta=delta, norm_weight=norm_weight, gemv_weight=gemv_weight,
+                  scale_zero=scale_zero, h_out=h_out, out=out)
+    m, k = h.shape
+    dtype = delta.dtype if delta is not None else (dtype or torch.float16)
+    if out is None:
+        out = torch.empty(m, n, dtype=dtype, device=h.device)
+    ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+    check(_native.lib().vlm_w4a16_gemv_rms_norm(
+        h.data_ptr(), ptr(delta), norm_weight.data_ptr(), eps, ptr(h_out), gemv_weight.data_ptr(),
+        scale_zero.data_ptr(), out.data_ptr(), m, n, k, group_size, _act_dtype(dtype == torch.bfloat16),
+        _stream(h.device)))
+    return out
+
+
 def dense_decode_gemm(a, w, gate_up_input: bool = False, out=None):
     """a [M, K] (or [M, 2K] of [gate | up] rows with gate_up_input: the GEMM reads silu(gate) * up) and
     w [N, K], fp16/bf16 CUDA tensors, M <= 4 -> a · wᵀ [M, N] on torch's current stream

@@ -43,3 +43,17 @@ def test_attention_form_query_refuses_bad_arguments():
         decode_attention_form(32, 8, 128, kv_dtype="int3")
     if _native.lib().vlm_cuda_device_count() == 0:  # no GPU here: neither kernel runs
         assert decode_attention_form(32, 8, 128, kv_dtype="int8") == "other"
+
+
+def test_column_tile_gemm_refuses_host_tensors_and_bad_shapes():
+    from vlmserve import _native
+    from vlmserve.kernels import w4a16_gemv, w4a16_gemv_k_parts, w4a16_gemv_repack
+
+    with pytest.raises(InvalidArgumentError, match="packed must be a contiguous CUDA tensor"):
+        w4a16_gemv_repack(torch.zeros(64, dtype=torch.uint8), 64, 64)
+    with pytest.raises(InvalidArgumentError, match="a must be a contiguous CUDA tensor"):
+        w4a16_gemv(torch.zeros(1, 64, dtype=torch.float16), None, None, 64, 64)
+    with pytest.raises(InvalidArgumentError):
+        w4a16_gemv_k_parts(1, 2048, 2000, 128)  # K not a multiple of the group
+    if _native.lib().vlm_cuda_device_count() == 0:  # no GPU here: the kernel runs no shape
+        assert w4a16_gemv_k_parts(1, 2048, 2048, 128) == 0

@@ -1,0 +1,328 @@
+// w4a16 GEMM at decode sizes (M <= 4) with whole output columns a block: C = A · dequant(W)ᵀ.
+//
+// Why a second decode kernel: the strip kernel (w4a16_decode.cu) cuts a layer into strips of 64 columns,
+// so a layer of 2,048 columns has only 32 of them, and fills the GPU by cutting K into slices summed
+// across a thread-block cluster. At one row each GEMM then pays, after its input is ready, a block sum
+// through shared memory, the cluster's pushes and barrier, and the prologue of a ring of cp.async stages
+// (docs/benchmarks/cuda_engine.md: ~3.5-4.5 us a GEMM above its bytes' time at M = 1, whatever its size),
+// while the dense decode kernel, whose warps own whole rows, streams 8 MB in 3.8 us. Here:
+//  - a tile is 16 output columns (the swapped mma's 16-row operand: the weights; the activation rows are
+//    its 8-column operand), 4x more tiles than strips, and a block's 8 warps take 8 / P tiles with P warps
+//    a tile, each over a contiguous part of K: P is the most (8, 4, 2, 1) that keeps the grid within one
+//    wave of resident blocks, so no part of K is summed outside its block;
+//  - the weights are in their own layout (w4a16_gemv_repack: the packed words permuted so that a lane's 16
+//    bytes are one tile's codes for 4 consecutive k16 steps, a "chunk" of 64 inputs; a warp's 32 lanes read
+//    512 contiguous bytes), loaded straight into registers, kInFlight chunks ahead; the scales and zeros are
+//    read in their packed layout, 4 bytes each a lane and chunk;
+//  - the first chunks are requested before waiting for the kernel that writes A (dependent_launch.cuh); A
+//    (all of K: every block needs it) is then staged once in shared memory, as is, as silu(gate) * up, or as
+//    the RMSNorm of the residual stream (rms_norm_row.cuh, the norm kernel's bits);
+//  - the codes are multiplied on the tensor cores and each chunk's group scale and zero applied to its fp32
+//    sums (w4a16_fragments.cuh, as the strip kernel does), and the P parts of a tile are summed in part
+//    order through shared memory after one barrier: deterministic, no atomics, no workspace.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+#include "cpu/w4a16_pack.h"
+#include "cuda/dependent_launch.cuh"
+#include "cuda/device_query.h"
+#include "cuda/env_int.h"
+#include "cuda/rms_norm_row.cuh"
+#include "cuda/w4a16_fragments.cuh"
+#include "cuda/w4a16_gemv.h"
+
+namespace vlm {
+namespace {
+
+using w4a16::Act;
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileN = 16;       // output columns a tile
+constexpr int kChunkK = 64;      // inputs a chunk: 4 k16 steps, one 16-byte load a lane
+[[maybe_unused]] constexpr int kInFlight = 8;  // chunks a lane has requested ahead of the one it multiplies
+constexpr int kPad = 8;          // halves after each staged row: ldmatrix rows of different A rows in other banks
+constexpr int kMinBlocksPerSm = 2;
+
+// Shared memory: the staged rows, then the warps' sums (kWarps x 4 x 32 floats).
+__host__ __device__ inline int staged_bytes(int rows, int K) { return rows * (K + kPad) * 2; }
+__host__ __device__ inline int smem_bytes(int rows, int K) { return staged_bytes(rows, K) + kWarps * 4 * 32 * 4; }
+
+// grid: ceil(tiles / (kWarps / P)) blocks of kThreads. Warp w of block b takes tile b (kWarps / P) + w / P and
+// part w % P of its chunks. A comes from `a` (silu_up: silu(gate) * up of [gate | up] rows) or, where norm.weight
+// is set, from the residual stream. group_shift: log2 of a group's chunks (0 for groups of 64, 1 for 128).
+template <class T, int M>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    w4a16_gemv_kernel(const T* __restrict__ a, const uint4* __restrict__ w, const uint32_t* __restrict__ sz,
+                      const T* residual, T* c, RmsNormInput norm, int N, int K, int group_shift, int P,
+                      bool silu_up) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sa = reinterpret_cast<T*>(smem);
+  float* red = reinterpret_cast<float*>(smem + staged_bytes(M, K));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4;
+  const int tiles_per_block = kWarps / P;
+  const int tile = blockIdx.x * tiles_per_block + warp / P, part = warp % P;
+  const int chunks = K / kChunkK, groups = chunks >> group_shift;
+  const int c0 = part * chunks / P, c1 = (part + 1) * chunks / P;
+  const int n_chunks = tile < N / kTileN ? c1 - c0 : 0;
+
+  // The lane's 16 bytes of chunk c of this tile, and its two columns' scales and zeros for c's group: word
+  // tile % 4 of the lane's 16-byte vector g of its 64-column strip's group record (cpu/w4a16_pack.h).
+  const uint4* wsrc = w + ((int64_t)tile * chunks + c0) * 32 + lane;
+  const uint32_t* ssrc = sz + (int64_t)(tile / 4) * groups * 64 + g * 4 + tile % 4;
+#if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
+  const uint64_t policy = w4a16::l2_evict_first_policy();
+  auto load_w = [&](int j) { return w4a16::load_streaming(wsrc + (int64_t)j * 32, policy); };
+#else
+  auto load_w = [&](int j) { return w4a16::load_streaming(wsrc + (int64_t)j * 32); };
+#endif
+  uint4 wv[kInFlight];
+  uint32_t sv[kInFlight], zv[kInFlight];
+  auto issue = [&](int j, int slot) {
+    if (j < n_chunks) {
+      wv[slot] = load_w(j);
+      const uint32_t* rec = ssrc + (int64_t)((c0 + j) >> group_shift) * 64;
+      sv[slot] = __ldg(rec);
+      zv[slot] = __ldg(rec + 32);
+    }
+  };
+  // Weights, scales and the norm's weights depend on no earlier kernel: requested before waiting for A's writer.
+#pragma unroll
+  for (int j = 0; j < kInFlight; ++j) issue(j, j);
+  if (norm.weight) cuda::prefetch_norm_weights(norm, 0, K / 8);
+  cuda::pdl_wait();
+  cuda::pdl_allow_next();
+
+  const int lda = K + kPad;
+  if (norm.weight) {
+    // Block 0 writes the updated residual (every block stages all of K).
+    cuda::stage_rms_norm_rows<T, M>(norm, M, K, 0, K / 8, sa, lda, norm.h_out && blockIdx.x == 0);
+  } else {
+#pragma unroll
+    for (int r = 0; r < M; ++r)
+      for (int v = threadIdx.x; v < K / 8; v += kThreads)
+        *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = w4a16::load_a8(a, r, v * 8, K, silu_up);
+  }
+  __syncthreads();
+
+  // ldmatrix rows of the 8-column operand: lanes 0-7 give rows 0..7 at k, lanes 8-15 the same rows at k + 8
+  // (rows past M repeat row M - 1: they feed outputs that are never stored).
+  const T* b_row = sa + min(lane % 8, M - 1) * lda + ((lane / 8) % 2) * 8 + c0 * kChunkK;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  for (int j0 = 0; j0 < n_chunks; j0 += kInFlight) {
+#pragma unroll
+    for (int slot = 0; slot < kInFlight; ++slot) {
+      const int j = j0 + slot;
+      if (j >= n_chunks) break;
+      uint32_t b[8][2];
+      w4a16::code_fragments<T>(wv[slot], b);  // b[2 s], b[2 s + 1]: step s's columns g and g + 8
+      const uint32_t sw = sv[slot], zw = zv[slot];
+      issue(j + kInFlight, slot);
+      float gacc[4], asum[4];
+#pragma unroll
+      for (int s = 0; s < 4; ++s) {
+        uint32_t bf[2];
+        w4a16::ldmatrix_x2(bf, b_row + j * kChunkK + s * 16);
+        const uint32_t af[4] = {b[2 * s][0], b[2 * s + 1][0], b[2 * s][1], b[2 * s + 1][1]};
+        const uint32_t ones[4] = {Act<T>::kOne, Act<T>::kOne, Act<T>::kOne, Act<T>::kOne};
+        if (s == 0) {
+          Act<T>::mma_zero(gacc, af, bf[0], bf[1]);
+          Act<T>::mma_zero(asum, ones, bf[0], bf[1]);
+        } else {
+          Act<T>::mma(gacc, af, bf[0], bf[1]);
+          Act<T>::mma(asum, ones, bf[0], bf[1]);
+        }
+      }
+      w4a16::add_tile_group_sums<T>(acc, gacc, asum, sw, zw);
+    }
+  }
+
+  // acc[q]: output column g + 8 (q >> 1) of the tile, activation row 2 (lane % 4) + (q & 1).
+  auto store = [&](int row, int col, float v) {
+    const int64_t o = (int64_t)row * N + col;
+    if (residual) v += Act<T>::to_float(residual[o]);
+    c[o] = Act<T>::from_float(v);
+  };
+  if (P == 1) {
+    if (n_chunks == 0) return;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int row = 2 * (lane % 4) + (q & 1);
+      if (row < M) store(row, tile * kTileN + g + 8 * (q >> 1), acc[q]);
+    }
+    return;
+  }
+#pragma unroll
+  for (int q = 0; q < 4; ++q) red[(warp * 4 + q) * 32 + lane] = acc[q];
+  __syncthreads();
+  // Element e = (tile in block, row, column): consecutive threads store consecutive columns.
+  for (int e = threadIdx.x; e < tiles_per_block * M * kTileN; e += kThreads) {
+    const int tb = e / (M * kTileN), row = (e / kTileN) % M, col = e % kTileN;
+    const int t = blockIdx.x * tiles_per_block + tb;
+    if (t >= N / kTileN) break;
+    const int q = 2 * (col / 8) + (row & 1), src_lane = 4 * (col % 8) + row / 2;
+    float v = 0.f;
+    for (int p = 0; p < P; ++p) v += red[((tb * P + p) * 4 + q) * 32 + src_lane];
+    store(row, t * kTileN + col, v);
+  }
+#endif
+}
+
+__global__ void repack_kernel(const uint32_t* __restrict__ packed, uint4* __restrict__ out, int N, int K) {
+  // out vector ((tile * chunks + chunk) * 32 + lane): words s = 0..3 are word tile % 4 of the lane's packed 16
+  // bytes at step 4 chunk + s of strip tile / 4.
+  const int ksteps = K / 16, chunks = K / kChunkK;
+  const int64_t total = (int64_t)(N / kTileN) * chunks * 32;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int lane = (int)(i % 32);
+    const int64_t tc = i / 32;
+    const int chunk = (int)(tc % chunks), tile = (int)(tc / chunks);
+    const int strip = tile / 4, word = tile % 4;
+    uint32_t v[4];
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+      v[s] = packed[(((int64_t)strip * ksteps + 4 * chunk + s) * 32 + lane) * 4 + word];
+    out[i] = make_uint4(v[0], v[1], v[2], v[3]);
+  }
+}
+
+template <class T, int M>
+void (*kernel_for())(const T*, const uint4*, const uint32_t*, const T*, T*, RmsNormInput, int, int, int, int, bool) {
+  return w4a16_gemv_kernel<T, M>;
+}
+
+int smem_limit() {
+  static const int limit = [] {
+    int device = 0, bytes = 0;
+    if (cudaGetDevice(&device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return std::max(0, bytes - 1024);  // room for the norm's static row sums
+  }();
+  return limit;
+}
+
+template <class T, int M>
+cudaError_t grant_smem() {
+  static const cudaError_t e =
+      cudaFuncSetAttribute(kernel_for<T, M>(), cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit());
+  return e;
+}
+
+// Blocks an SM holds of the fp16 kernel of M rows with this K (the bf16 one has the same resources).
+int resident_blocks(int M, int K) {
+  thread_local std::map<std::pair<int, int>, int> cache;
+  const auto key = std::make_pair(M, K);
+  if (auto it = cache.find(key); it != cache.end()) return it->second;
+  int n = 0;
+  cudaError_t e = cudaErrorInvalidValue;
+  void (*k1)(const __half*, const uint4*, const uint32_t*, const __half*, __half*, RmsNormInput, int, int, int, int,
+             bool) = nullptr;
+  switch (M) {
+    case 1: e = grant_smem<__half, 1>(), k1 = kernel_for<__half, 1>(); break;
+    case 2: e = grant_smem<__half, 2>(), k1 = kernel_for<__half, 2>(); break;
+    case 3: e = grant_smem<__half, 3>(), k1 = kernel_for<__half, 3>(); break;
+    default: e = grant_smem<__half, 4>(), k1 = kernel_for<__half, 4>(); break;
+  }
+  if (e != cudaSuccess || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k1, kThreads, smem_bytes(M, K)) !=
+                              cudaSuccess) {
+    cudaGetLastError();
+    n = 0;
+  }
+  cache.emplace(key, n);
+  return n;
+}
+
+bool supported() {
+  static const bool on = cuda::hopper_code_runs();
+  return on;
+}
+
+// Warps a tile: the most of 8, 4, 2, 1 whose grid is one wave of resident blocks (a part keeps at least one
+// chunk); VLM_W4A16_GEMV_PARTS pins it (benchmarks).
+int parts_for(int M, int N, int K) {
+  const int res = resident_blocks(M, K);
+  if (res == 0) return 0;
+  static const int pinned = cuda::env_int("VLM_W4A16_GEMV_PARTS", 0);
+  const int64_t slots = (int64_t)res * cuda::sm_count() * kWarps, tiles = N / kTileN;
+  for (int P : {8, 4, 2, 1}) {
+    if (pinned) {
+      if (P == pinned) return K / kChunkK >= P ? P : 0;
+      continue;
+    }
+    if (K / kChunkK >= P && tiles * P <= slots) return P;
+  }
+  return 1;
+}
+
+template <class T, int M>
+cudaError_t launch_rows(const void* a, const void* w, const void* sz, const void* residual, void* c,
+                        const RmsNormInput& norm, int N, int K, int group, int P, bool silu_up,
+                        cudaStream_t stream) {
+  if (const cudaError_t e = grant_smem<T, M>(); e != cudaSuccess) return e;
+  const int tiles_per_block = kWarps / P, tiles = N / kTileN;
+  const dim3 grid((tiles + tiles_per_block - 1) / tiles_per_block);
+  return cuda::launch_dependent(kernel_for<T, M>(), grid, dim3(kThreads), smem_bytes(M, K), stream,
+                                static_cast<const T*>(a), static_cast<const uint4*>(w),
+                                static_cast<const uint32_t*>(sz), static_cast<const T*>(residual),
+                                static_cast<T*>(c), norm, N, K, group == 128 ? 1 : 0, P, silu_up);
+}
+
+template <class T>
+cudaError_t launch(const void* a, const void* w, const void* sz, const void* residual, void* c,
+                   const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
+  const int P = parts_for(M, N, K);
+  if (P == 0) return cudaErrorInvalidValue;
+  switch (M) {
+    case 1: return launch_rows<T, 1>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    case 2: return launch_rows<T, 2>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    case 3: return launch_rows<T, 3>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    default: return launch_rows<T, 4>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+  }
+}
+
+}  // namespace
+
+bool w4a16_gemv_applies(int M, int N, int K, int group) {
+  return supported() && M >= 1 && M <= kGemvMaxRows && N > 0 && N % kW4StripN == 0 && K > 0 &&
+         K % kChunkK == 0 && (group == 64 || group == 128) && K % group == 0 && smem_bytes(M, K) <= smem_limit() &&
+         parts_for(M, N, K) > 0;
+}
+
+int w4a16_gemv_k_parts(int M, int N, int K, int group) {
+  return w4a16_gemv_applies(M, N, K, group) ? parts_for(M, N, K) : 0;
+}
+
+cudaError_t w4a16_gemv_repack(const void* packed, void* out, int N, int K, cudaStream_t stream) {
+  if (N <= 0 || N % kW4StripN != 0 || K <= 0 || K % kChunkK != 0) return cudaErrorInvalidValue;
+  const int64_t total = (int64_t)(N / kTileN) * (K / kChunkK) * 32;
+  const int blocks = (int)std::min<int64_t>((total + 255) / 256, 65535);
+  repack_kernel<<<blocks, 256, 0, stream>>>(static_cast<const uint32_t*>(packed), static_cast<uint4*>(out), N, K);
+  return cudaGetLastError();
+}
+
+cudaError_t w4a16_gemv(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
+                       int K, int group, bool bf16, bool a_is_gate_up, cudaStream_t stream) {
+  if (!w4a16_gemv_applies(M, N, K, group)) return cudaErrorInvalidValue;
+  const RmsNormInput none{};
+  if (bf16) return launch<__nv_bfloat16>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
+  return launch<__half>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
+}
+
+cudaError_t w4a16_gemv_rms_norm(const RmsNormInput& norm, const void* w, const void* sz, void* c, int M, int N,
+                                int K, int group, bool bf16, cudaStream_t stream) {
+  if (!w4a16_gemv_applies(M, N, K, group) || !norm.h || !norm.weight || norm.h_out == norm.h)
+    return cudaErrorInvalidValue;
+  if (bf16) return launch<__nv_bfloat16>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
+  return launch<__half>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
+}
+
+}  // namespace vlm

@@ -1,0 +1,37 @@
+// The column-tile w4a16 GEMM at decode sizes (w4a16_gemv.cu): each block owns whole output columns over
+// all of K, so no K slice is summed across blocks.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/rms_norm_input.h"
+
+namespace vlm {
+
+constexpr int kGemvMaxRows = 4;  // activation rows the kernel takes (the mma's 8-column operand holds up to 8)
+
+// Whether the kernel runs an M x [N, K] layer of this group size on this GPU (sm_90 code present; N a multiple of
+// 64, K of 64; the staged rows within shared memory).
+bool w4a16_gemv_applies(int M, int N, int K, int group);
+
+// The kernel's K parts a tile (warps that share a tile's columns, 1, 2, 4 or 8) for this shape; 0 where it does not
+// apply.
+int w4a16_gemv_k_parts(int M, int N, int K, int group);
+
+// The kernel's weight layout from the packed layout of cpu/w4a16_pack.h (same size: a permutation of its 32-bit
+// words; the scales and zeros are read in their packed layout as they are). Device pointers; asynchronous.
+cudaError_t w4a16_gemv_repack(const void* packed, void* out, int N, int K, cudaStream_t stream);
+
+// C [M][N] = A [M][K] · dequant(W)ᵀ (+ residual), W in the layout of w4a16_gemv_repack and the packed scales and
+// zeros; a_is_gate_up: A is [M][2K] and the GEMM reads silu(gate) * up. cudaErrorInvalidValue where it does not
+// apply.
+cudaError_t w4a16_gemv(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
+                       int K, int group, bool bf16, bool a_is_gate_up, cudaStream_t stream);
+
+// The same with A = rms_norm(h + delta) * weight from the fp32 residual stream (rms_norm_row.cuh), h + delta
+// written to norm.h_out where set (not norm.h).
+cudaError_t w4a16_gemv_rms_norm(const RmsNormInput& norm, const void* w, const void* sz, void* c, int M, int N,
+                                int K, int group, bool bf16, cudaStream_t stream);
+
+}  // namespace vlm

@@ -1,0 +1,100 @@
+"""Run in a subprocess by test_w4a16_gemv.py: the column-tile w4a16 kernel (native/cuda/w4a16_gemv.cu) on its own
+copy of each layer against the float32 reference, under whatever VLM_W4A16_GEMV_PARTS the environment pins (the
+library reads it once per process): plain, with a residual, with silu(gate) * up as input, and with the fused
+RMSNorm, whose outputs must equal the norm kernel followed by the same GEMM bit for bit. Prints one line per
+failure and exits 1 if there was any."""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+from w4a16_reference import TOL, VECTORISED_NORM_MAX, random_layer, report
+
+from vlmserve.kernels import add_rms_norm, w4a16_gemv, w4a16_gemv_k_parts, w4a16_gemv_repack, w4a16_gemv_rms_norm
+
+# Rows 1-4; ragged parts of K (K = 4224: 66 chunks, 11008: 172); tiles a block 1 (8 parts), 2, 4 and 8 (1 part:
+# 17408 columns are more tiles than the GPU's warps hold at 2 parts).
+SHAPES = [(1, 64, 512, 64), (1, 2048, 2048, 128), (3, 320, 4224, 64), (4, 1280, 1024, 128), (2, 4096, 512, 128),
+          (4, 768, 11008, 64), (1, 5504, 4096, 128), (1, 12288, 1024, 128), (2, 17408, 512, 64), (1, 2048, 8192, 128)]
+
+
+def rel(out, ref) -> float:
+    return ((out.float() - ref).norm() / ref.norm()).item() if not torch.isnan(out).any() else float("inf")
+
+
+def shape_failures(m: int, n: int, k: int, group: int, dtype: str) -> list[str]:
+    seed = hash(("gemv", m, n, k, group, dtype)) % 2**31
+    w_ref, packed, sz = random_layer(n, k, group, dtype, seed)
+    gemv_w = w4a16_gemv_repack(packed, n, k)
+    dev, tdtype = w_ref.device, getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(m, k, generator=gen).to(dev, tdtype)
+    residual = torch.randn(m, n, generator=gen).to(dev, tdtype)
+    what = f"M={m} N={n} K={k} group={group} {dtype}"
+    failures = []
+    for res in (None, residual):
+        out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)  # poisoned
+        w4a16_gemv(a, gemv_w, sz, n, group, residual=res, out=out)
+        ref = a.float() @ w_ref.T + (res.float() if res is not None else 0)
+        if not (err := rel(out, ref)) < TOL[dtype]:
+            failures.append(f"{what} {'with' if res is not None else 'without'} residual: relative error {err:.2e}")
+    # silu(gate) * up of [gate | up] rows, rounded to the act dtype as a separate pass would.
+    gate_up = torch.randn(m, 2 * k, generator=gen).to(dev, tdtype)
+    out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)
+    w4a16_gemv(gate_up, gemv_w, sz, n, group, out=out, gate_up_input=True)
+    g, u = gate_up[:, :k].float(), gate_up[:, k:].float()
+    a_su = (g / (1 + torch.exp(-g)) * u).to(tdtype)
+    if not (err := rel(out, a_su.float() @ w_ref.T)) < TOL[dtype]:
+        failures.append(f"{what} silu(gate) * up input: relative error {err:.2e}")
+    # The fused norm against the norm kernel + the same GEMM, and against the reference.
+    h = (torch.randn(m, k, generator=gen) * 3).to(dev)
+    delta = torch.randn(m, k, generator=gen).to(dev, tdtype)
+    norm_w = (1 + 0.1 * torch.randn(k, generator=gen)).to(dev)
+    eps = 1e-6
+    for d in (None, delta):
+        out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)
+        h_out = torch.full_like(h, float("nan"))
+        w4a16_gemv_rms_norm(h, d, norm_w, eps, gemv_w, sz, n, group, h_out=h_out if d is not None else None,
+                            out=out, dtype=tdtype)
+        h_two = h.clone()
+        a_two = add_rms_norm(h_two, d, norm_w, eps, dtype=tdtype)
+        out_two = w4a16_gemv(a_two, gemv_w, sz, n, group)
+        torch.cuda.synchronize()
+        tag = f"{what} norm {'with' if d is not None else 'without'} delta"
+        if d is not None and not torch.equal(h_out, h_two):
+            failures.append(f"{tag}: h + delta differs from the norm kernel's")
+        if k <= VECTORISED_NORM_MAX and not torch.equal(out, out_two):
+            failures.append(f"{tag}: output differs from norm kernel + GEMM "
+                            f"(max |diff| {(out.float() - out_two.float()).abs().max().item():.3g})")
+        x = h + (d.float() if d is not None else 0)
+        a_ref = (norm_w * (x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps))).to(tdtype)
+        if not (err := rel(out, a_ref.float() @ w_ref.T)) < TOL[dtype]:
+            failures.append(f"{tag}: relative error {err:.2e} of the reference")
+    return failures
+
+
+def main() -> int:
+    pinned = int(os.environ.get("VLM_W4A16_GEMV_PARTS", "0") or 0)
+    checks, lines, ran = 0, [], 0
+    for m, n, k, group in SHAPES:
+        parts = w4a16_gemv_k_parts(m, n, k, group)
+        checks += 1
+        if pinned and parts not in (0, pinned):
+            lines.append(f"M={m} {n}x{k}: {parts} parts, pinned {pinned}")
+        if parts == 0:
+            if not pinned or k // 64 >= pinned:
+                lines.append(f"M={m} {n}x{k}: the kernel does not run the shape")
+            continue
+        ran += 1
+        for dtype in ("float16", "bfloat16"):
+            checks += 6
+            lines += shape_failures(m, n, k, group, dtype)
+    if ran == 0:
+        lines.append("no shape ran")
+    return report(checks, lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""The column-tile w4a16 kernel (native/cuda/w4a16_gemv.cu, M <= 4 on sm_90+) with each number of warps a tile
+(VLM_W4A16_GEMV_PARTS pinned, and the rule's own choice), against the float32 reference in a fresh process
+(check_w4a16_gemv.py: poisoned outputs, residual, silu(gate) * up input, the fused norm bit for bit against the
+norm kernel + GEMM). Needs a CUDA GPU."""
+from __future__ import annotations
+
+import pytest
+
+from w4a16_reference import run_check_script
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("parts", ["0", "1", "2", "4", "8"])
+def test_every_k_split_matches_reference(parts):
+    run_check_script("check_w4a16_gemv.py", {"VLM_W4A16_GEMV_PARTS": parts})
