@@ -41,6 +41,7 @@
 #include "cuda/w4a16_cutlass_rows.h"
 #include "cuda/w4a16_decode.h"
 #include "cuda/w4a16_gemm.h"
+#include "cuda/w4a16_gemv.h"
 #include "cuda/w4a16_layer_tail.h"
 #include "cuda/w4a16_wgmma.h"
 #include "engine/communicator.h"
@@ -168,6 +169,9 @@ struct DeviceLinear {
   // The same layer for the CUTLASS mixed-input GEMM (w4a16_cutlass.h: codes reordered, scales, offsets), made at
   // load where cutlass_prefill_requested(): prefill-sized GEMMs read it instead of dequantizing; empty otherwise.
   DeviceBuffer cutlass;
+  // The same layer in the column-tile decode kernel's layout (w4a16_gemv.h), made at load where gemv_rows() > 0:
+  // decode steps of up to that many rows read it; empty otherwise.
+  DeviceBuffer gemv;
 };
 
 struct DeviceLayer {
@@ -412,6 +416,7 @@ class CudaRunner final : public StepRunner {
     }
     if (prefill_dense_weights_requested()) keep_dense_prefill_weights();
     else if (cutlass_prefill_requested()) keep_cutlass_prefill_weights();
+    if (gemv_rows() > 0) keep_gemv_weights();
     VLM_CUDA_CHECK(cudaDeviceSynchronize());
   }
 
@@ -470,6 +475,7 @@ class CudaRunner final : public StepRunner {
 
   int64_t dense_prefill_weight_bytes() const override { return dense_prefill_bytes_; }
   int64_t cutlass_weight_bytes() const override { return cutlass_bytes_; }
+  int64_t gemv_weight_bytes() const override { return gemv_bytes_; }
 
   int64_t kv_cache_bytes() const override {
     return KvCache::bytes_per_block(p_.num_layers, block_size_, p_.num_kv_heads, p_.head_dim, kv_dtype_) *
@@ -1025,6 +1031,32 @@ class CudaRunner final : public StepRunner {
     cutlass_bytes_ = need;
   }
 
+  // Decode steps of up to VLM_W4A16_GEMV rows (0, the default, until measured in the engine; at most
+  // kGemvMaxRows) multiply each 4-bit layer through the column-tile kernel (w4a16_gemv.cu: whole output columns
+  // a block, no K slices summed across blocks) on a copy of the layer in its layout, made at load (the packed
+  // weights' size again), instead of the strip kernel (w4a16_decode.cu).
+  static int gemv_rows() {
+    static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 0), 0, kGemvMaxRows);
+    return rows;
+  }
+
+  void keep_gemv_weights() {
+    int64_t need = 0;
+    for (DeviceLayer& d : layers_)
+      for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down})
+        if (l->tensor_core && w4a16_gemv_applies(1, l->out, l->in, l->group)) {
+          l->gemv.reserve(l->w.bytes());
+          VLM_CUDA_CHECK(w4a16_gemv_repack(l->w.as(), l->gemv.as(), l->out, l->in, stream_));
+          need += (int64_t)l->w.bytes();
+        }
+    VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    gemv_bytes_ = need;
+  }
+
+  static bool gemv_takes(const DeviceLinear& l, int M) {
+    return l.gemv.bytes() && M <= gemv_rows() && w4a16_gemv_applies(M, l.out, l.in, l.group);
+  }
+
   static bool dense_decodes(const DeviceLinear& l, int M) {
     return M <= kDenseDecodeEngineRows && !l.tensor_core && !l.group && dense_decode_applies(M, l.out, l.in);
   }
@@ -1067,6 +1099,12 @@ class CudaRunner final : public StepRunner {
       return;
     }
 #endif
+    if (gemv_takes(l, M)) {
+      VLM_CUDA_CHECK(w4a16_gemv(x, l.gemv.as(), l.scale.as(), nullptr, y, M, l.out, l.in, l.group, bf16_,
+                                gate_up_input, stream_));
+      if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
+      return;
+    }
     if (l.tensor_core) {
       const int64_t ws = w4a16_workspace_bytes(M, l.out, l.in, l.group);
       VLM_CHECK(ws >= 0, VLM_ERR_INTERNAL, "w4a16: no plan for M=" << M << " N=" << l.out << " K=" << l.in);
@@ -1099,9 +1137,10 @@ class CudaRunner final : public StepRunner {
     const DeviceLayer& w = layers_[0];
     if (w.qkv.in != p_.hidden_size) return false;
     if (dense_decodes(w.qkv, T) && dense_decodes(w.gate_up, T)) return true;
-    return w.qkv.tensor_core && w.gate_up.tensor_core &&
-           w4a16_decode_applies(T, w.qkv.out, w.qkv.in, w.qkv.group) &&
-           w4a16_decode_applies(T, w.gate_up.out, w.gate_up.in, w.gate_up.group);
+    const auto fuses = [T](const DeviceLinear& l) {
+      return l.tensor_core && (gemv_takes(l, T) || w4a16_decode_applies(T, l.out, l.in, l.group));
+    };
+    return fuses(w.qkv) && fuses(w.gate_up);
   }
 
   // Whether a step of T rows runs each layer's GEMMs after its attention as one persistent launch
@@ -1166,7 +1205,10 @@ class CudaRunner final : public StepRunner {
 
   // y = rms_norm(h + delta) · Wᵀ (+ bias) in one launch (w4a16_decode_gemm_rms_norm or the dense form).
   void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y) {
-    if (l.tensor_core)
+    if (gemv_takes(l, M))
+      VLM_CUDA_CHECK(w4a16_gemv_rms_norm(norm, l.gemv.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
+                                         stream_));
+    else if (l.tensor_core)
       VLM_CUDA_CHECK(w4a16_decode_gemm_rms_norm(norm, l.w.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
                                                 stream_));
     else
@@ -1263,6 +1305,7 @@ class CudaRunner final : public StepRunner {
   DeviceBuffer dequant_;  // one w4a16 layer as a dense matrix, for prefill-sized GEMMs
   DeviceBuffer cutlass_workspace_;  // the CUTLASS GEMM's stream-K partial tiles (VLM_W4A16_CUTLASS=1)
   int64_t dense_prefill_bytes_ = 0;  // the layers kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1)
+  int64_t gemv_bytes_ = 0;           // the layers' copies for the column-tile decode GEMM (keep_gemv_weights)
   int64_t cutlass_bytes_ = 0;        // the layers' copies for the CUTLASS GEMM (keep_cutlass_prefill_weights)
   std::vector<int2> tiles_host_;
   std::vector<float> splice_host_;  // spliced rows past VLM_PINNED_ROWS_MAX_MB

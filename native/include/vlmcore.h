@@ -304,6 +304,8 @@ typedef struct vlm_engine_stats {
                                          (VLM_PREFILL_DENSE_WEIGHTS=1 on CUDA); 0 otherwise */
   int64_t cutlass_weight_bytes; /* device memory of 4-bit layers' copies for the CUTLASS GEMM (VLM_W4A16_CUTLASS,
                                    on by default on Hopper builds that have it); 0 otherwise */
+  int64_t gemv_weight_bytes; /* device memory of 4-bit layers' copies for the column-tile decode GEMM
+                                (VLM_W4A16_GEMV); 0 otherwise */
 } vlm_engine_stats;
 
 VLM_API int vlm_engine_get_stats(vlm_engine* engine, vlm_engine_stats* out);

@@ -145,6 +145,7 @@ class EngineStats(ctypes.Structure):
         ("overlapped_steps", ctypes.c_int64),
         ("dense_prefill_weight_bytes", ctypes.c_int64),
         ("cutlass_weight_bytes", ctypes.c_int64),
+        ("gemv_weight_bytes", ctypes.c_int64),
     ]
 
 

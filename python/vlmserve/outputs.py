@@ -53,6 +53,7 @@ class EngineStats:
     overlapped_steps: int  # launched while the step before still ran (0 with VLM_OVERLAP_STEPS=0)
     dense_prefill_weight_bytes: int  # 4-bit layers also kept dequantized (VLM_PREFILL_DENSE_WEIGHTS=1 on CUDA)
     cutlass_weight_bytes: int  # 4-bit layers' copies for the CUTLASS GEMM (VLM_W4A16_CUTLASS, default on Hopper)
+    gemv_weight_bytes: int  # 4-bit layers' copies for the column-tile decode GEMM (VLM_W4A16_GEMV)
 
     @property
     def used_blocks(self) -> int:

@@ -259,6 +259,50 @@ def test_the_cutlass_copies_are_counted_in_the_engine_stats(tiny_model_dir, tmp_
     assert seen == {"2": cfg["num_hidden_layers"] * per_layer, "0": 0}
 
 
+def test_column_tile_decode_gemms_match_the_cpu_backend():
+    """VLM_W4A16_GEMV=4 makes a copy of each 4-bit tensor-core layer in the column-tile kernel's layout at load, and
+    decode steps of up to 4 rows multiply through it (w4a16_gemv.cu; their norms fused into it), against the CPU
+    backend as in the default runs (another summation order than the strip kernel's: a tolerance, not bits). A
+    process of its own (settings read once)."""
+    _awq_comparisons_pass_with(VLM_W4A16_GEMV="4")
+
+
+_GEMV_BYTES_RUN = """
+import sys
+from vlmserve import Engine, EngineConfig
+with Engine(sys.argv[1], EngineConfig(device="cuda", num_kv_blocks=16, block_size=16)) as eng:
+    print(eng.stats().gemv_weight_bytes)
+"""
+
+
+def test_the_column_tile_copies_are_counted_in_the_engine_stats(tiny_model_dir, tmp_path):
+    """The engine's stats report the column-tile kernel's copies: every 4-bit tensor-core layer's packed bytes again
+    with VLM_W4A16_GEMV=1, none without it (the default). A process each (settings read once)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from vlmserve.awq_checkpoint import write_awq_checkpoint
+    from vlmserve.awq_format import quantize_rtn
+
+    group = 64
+    family = "llama_gqa_hd128"  # hidden 256: every layer on the tensor-core path, N and K multiples of 64
+    dst = write_awq_checkpoint(tiny_model_dir(family), tmp_path / "awq", group, lambda k, w: quantize_rtn(w, group))
+    cfg = json.loads((tiny_model_dir(family) / "config.json").read_text())
+    h, inter, heads, kv = (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
+                           cfg["num_key_value_heads"])
+    hd = cfg["head_dim"]
+    per_layer = ((heads + 2 * kv) * hd * h + h * heads * hd + 2 * inter * h + h * inter) // 2  # 4 bits a weight
+    seen = {}
+    for setting in ("1", "0"):
+        done = subprocess.run([sys.executable, "-c", _GEMV_BYTES_RUN, str(dst)], capture_output=True, text=True,
+                              timeout=300, env=dict(os.environ, VLM_W4A16_GEMV=setting))
+        assert done.returncode == 0, done.stderr[-4000:]
+        seen[setting] = int(done.stdout.split()[-1])
+    assert seen == {"1": cfg["num_hidden_layers"] * per_layer, "0": 0}
+
+
 def _awq_comparisons_pass_with(**settings):
     """The AWQ families' comparisons with the CPU backend (short and long prompts: 8 tests) in a process of its own
     with these settings (the library reads them once per process)."""

@@ -102,6 +102,7 @@ def test_cache_stats_and_budget(tiny_model_dir):
             sizes[kv] = stats.kv_cache_bytes
             # The CPU backend keeps no extra copies of weights for other GEMMs.
             assert stats.dense_prefill_weight_bytes == 0 and stats.cutlass_weight_bytes == 0
+            assert stats.gemv_weight_bytes == 0
     # 2 layers x 4 KV heads x 64 dims x 16 slots x 10 blocks x (K, V); int rows carry 4 bytes of scale+zero.
     rows = 2 * 4 * 16 * 10 * 2
     assert sizes == {"auto": rows * 64 * 4, "fp16": rows * 64 * 2, "int8": rows * (64 + 4), "int4": rows * (32 + 4)}

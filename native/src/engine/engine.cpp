@@ -239,6 +239,7 @@ vlm_engine_stats Engine::stats() const {
   s.overlapped_steps = overlapped_steps_;
   s.dense_prefill_weight_bytes = runner_->dense_prefill_weight_bytes();
   s.cutlass_weight_bytes = runner_->cutlass_weight_bytes();
+  s.gemv_weight_bytes = runner_->gemv_weight_bytes();
   return s;
 }
 

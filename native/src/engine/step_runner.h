@@ -26,6 +26,7 @@ class StepRunner {
   virtual int64_t dense_prefill_weight_bytes() const { return 0; }
   // Device memory held by copies of 4-bit layers for the CUTLASS GEMM (CUDA, Hopper builds that have it).
   virtual int64_t cutlass_weight_bytes() const { return 0; }
+  virtual int64_t gemv_weight_bytes() const { return 0; }
   virtual void forward(const StepBatch& batch, StepOutput& out) = 0;
   // Overlapped steps (Engine::step, unless VLM_OVERLAP_STEPS=0): launch() queues a step and returns; collect() waits
   // for the oldest launched step not yet collected and fills its output. A runner that overlaps() takes the

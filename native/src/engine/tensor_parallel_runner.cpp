@@ -158,6 +158,12 @@ class TensorParallelRunner final : public StepRunner {
     return total;
   }
 
+  int64_t gemv_weight_bytes() const override {
+    int64_t total = 0;
+    for (const auto& r : runners_) total += r->gemv_weight_bytes();
+    return total;
+  }
+
   void forward(const StepBatch& b, StepOutput& out) override {
     on_every_rank([&](int r) { runners_[r]->forward(b, local_[r]); });
     const int R = (int)b.logit_rows.size();
