@@ -1461,7 +1461,7 @@ gemv_parts() {  # bench/gemm at one row with the column-tile kernel's warps a ti
   for parts in 8 4 2 1; do
     echo "VLM_W4A16_GEMV_PARTS=$parts"
     VLM_W4A16_GEMV_PARTS=$parts python3 bench/gemm.py --ms 1 --out-dir "$RES/gemv_parts$parts" |
-      grep -E "^\| " | awk -F'|' 'NR > 2 {print $2, $19}'
+      grep -E "^\| " | awk -F'|' 'NR > 1 {print $2, $3, $19}'
   done
 }
 gemv_memcheck() {  # compute-sanitizer memcheck on the column-tile kernel's checks, 8 and 2 warps a tile
