@@ -21,7 +21,8 @@
 #   gvtests       the column-tile w4a16 kernel's tests (w4a16_gemv.cu); gemv_memcheck: compute-sanitizer on its checks;
 #                 gemv_gemm: bench/gemm at 1/2/4 rows with it beside the engine's path; gemv_etests: the engine with it
 #                 against the CPU backend; gemv_decode: 2B/7B w4a16 + int8 KV batch 1 without and with it;
-#                 gemv_parts: bench/gemm at one row with its warps a tile pinned to 8/4/2/1
+#                 gemv_parts: bench/gemm at one row with its warps a tile pinned to 8/4/2/1; gemv_rings: with 8 chunks
+#                 in flight a lane, then 4
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   gemm_apart    bench/gemm with torch timed in the library's process, then in a process of its own (--peers apart),
 #                 at GEMM_APART_MS rows on GEMM_APART_LAYERS (64,256; the 7B layers)
@@ -1464,6 +1465,14 @@ gemv_parts() {  # bench/gemm at one row with the column-tile kernel's warps a ti
       grep -E "^\| " | awk -F'|' 'NR > 1 {print $2, $3, $19}'
   done
 }
+gemv_rings() {  # bench/gemm at one row: the column-tile kernel with 8 chunks in flight a lane, then 4 (3 blocks an SM)
+  local ring
+  for ring in 8 4; do
+    echo "VLM_W4A16_GEMV_RING=$ring"
+    VLM_W4A16_GEMV_RING=$ring python3 bench/gemm.py --ms 1 --out-dir "$RES/gemv_ring$ring" |
+      grep -E "^\| " | awk -F'|' 'NR > 1 {print $2, $3, "strip", $8, "column tiles", $19}'
+  done
+}
 gemv_memcheck() {  # compute-sanitizer memcheck on the column-tile kernel's checks, 8 and 2 warps a tile
   for parts in 8 2; do
     VLM_W4A16_GEMV_PARTS=$parts PYTHONPATH="tests/kernels:$PYTHONPATH" compute-sanitizer --tool memcheck \
@@ -1475,7 +1484,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step gvtests 240
@@ -1484,6 +1493,7 @@ step gemv_etests 240
 step gemv_decode 400
 step gemv_memcheck 300
 step gemv_parts 300
+step gemv_rings 200
 step cutlass_tests 300
 step cutlass_file 200
 step cutlass_gemm 420

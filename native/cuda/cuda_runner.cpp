@@ -1044,7 +1044,7 @@ class CudaRunner final : public StepRunner {
     int64_t need = 0;
     for (DeviceLayer& d : layers_)
       for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down})
-        if (l->tensor_core && w4a16_gemv_applies(1, l->out, l->in, l->group)) {
+        if (l->tensor_core && w4a16_gemv_pays(1, l->out, l->in, l->group)) {
           l->gemv.reserve(l->w.bytes());
           VLM_CUDA_CHECK(w4a16_gemv_repack(l->w.as(), l->gemv.as(), l->out, l->in, stream_));
           need += (int64_t)l->w.bytes();
@@ -1054,7 +1054,7 @@ class CudaRunner final : public StepRunner {
   }
 
   static bool gemv_takes(const DeviceLinear& l, int M) {
-    return l.gemv.bytes() && M <= gemv_rows() && w4a16_gemv_applies(M, l.out, l.in, l.group);
+    return l.gemv.bytes() && M <= gemv_rows() && w4a16_gemv_pays(M, l.out, l.in, l.group);
   }
 
   static bool dense_decodes(const DeviceLinear& l, int M) {

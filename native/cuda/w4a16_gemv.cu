@@ -45,9 +45,13 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 16;       // output columns a tile
 constexpr int kChunkK = 64;      // inputs a chunk: 4 k16 steps, one 16-byte load a lane
-[[maybe_unused]] constexpr int kInFlight = 8;  // chunks a lane has requested ahead of the one it multiplies
+// Chunks a lane has requested ahead of the one it multiplies, in registers: 8 (128 registers, 2 blocks an SM) by
+// default; 4 fits 3 blocks an SM (80 registers, no spill), fewer bytes in flight a warp but more warps
+// (VLM_W4A16_GEMV_RING=4, for measuring).
+constexpr int kDefaultInFlight = 8;
 constexpr int kPad = 8;          // halves after each staged row: ldmatrix rows of different A rows in other banks
-constexpr int kMinBlocksPerSm = 2;
+template <int NF>
+constexpr int min_blocks_per_sm() { return NF == 8 ? 2 : 3; }
 
 // Shared memory: the staged rows, then the warps' sums (kWarps x 4 x 32 floats).
 __host__ __device__ inline int staged_bytes(int rows, int K) { return rows * (K + kPad) * 2; }
@@ -56,8 +60,8 @@ __host__ __device__ inline int smem_bytes(int rows, int K) { return staged_bytes
 // grid: ceil(tiles / (kWarps / P)) blocks of kThreads. Warp w of block b takes tile b (kWarps / P) + w / P and
 // part w % P of its chunks. A comes from `a` (silu_up: silu(gate) * up of [gate | up] rows) or, where norm.weight
 // is set, from the residual stream. group_shift: log2 of a group's chunks (0 for groups of 64, 1 for 128).
-template <class T, int M>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+template <class T, int M, int kInFlight>
+__global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kInFlight>())
     w4a16_gemv_kernel(const T* __restrict__ a, const uint4* __restrict__ w, const uint32_t* __restrict__ sz,
                       const T* residual, T* c, RmsNormInput norm, int N, int K, int group_shift, int P,
                       bool silu_up) {
@@ -192,9 +196,14 @@ __global__ void repack_kernel(const uint32_t* __restrict__ packed, uint4* __rest
   }
 }
 
-template <class T, int M>
+template <class T, int M, int NF>
 void (*kernel_for())(const T*, const uint4*, const uint32_t*, const T*, T*, RmsNormInput, int, int, int, int, bool) {
-  return w4a16_gemv_kernel<T, M>;
+  return w4a16_gemv_kernel<T, M, NF>;
+}
+
+int ring_chunks() {
+  static const int n = cuda::env_int("VLM_W4A16_GEMV_RING", kDefaultInFlight) == 4 ? 4 : kDefaultInFlight;
+  return n;
 }
 
 int smem_limit() {
@@ -210,14 +219,26 @@ int smem_limit() {
   return limit;
 }
 
-template <class T, int M>
+template <class T, int M, int NF>
 cudaError_t grant_smem() {
   static const cudaError_t e =
-      cudaFuncSetAttribute(kernel_for<T, M>(), cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit());
+      cudaFuncSetAttribute(kernel_for<T, M, NF>(), cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit());
   return e;
 }
 
-// Blocks an SM holds of the fp16 kernel of M rows with this K (the bf16 one has the same resources).
+// Blocks an SM holds of the fp16 kernel of M rows with this K and the ring's depth (the bf16 one has the same
+// resources).
+template <int NF>
+void occupancy_kernel(int M, cudaError_t* e,
+                      void (**k)(const __half*, const uint4*, const uint32_t*, const __half*, __half*, RmsNormInput,
+                                 int, int, int, int, bool)) {
+  switch (M) {
+    case 1: *e = grant_smem<__half, 1, NF>(), *k = kernel_for<__half, 1, NF>(); break;
+    case 2: *e = grant_smem<__half, 2, NF>(), *k = kernel_for<__half, 2, NF>(); break;
+    case 3: *e = grant_smem<__half, 3, NF>(), *k = kernel_for<__half, 3, NF>(); break;
+    default: *e = grant_smem<__half, 4, NF>(), *k = kernel_for<__half, 4, NF>(); break;
+  }
+}
 int resident_blocks(int M, int K) {
   thread_local std::map<std::pair<int, int>, int> cache;
   const auto key = std::make_pair(M, K);
@@ -226,12 +247,8 @@ int resident_blocks(int M, int K) {
   cudaError_t e = cudaErrorInvalidValue;
   void (*k1)(const __half*, const uint4*, const uint32_t*, const __half*, __half*, RmsNormInput, int, int, int, int,
              bool) = nullptr;
-  switch (M) {
-    case 1: e = grant_smem<__half, 1>(), k1 = kernel_for<__half, 1>(); break;
-    case 2: e = grant_smem<__half, 2>(), k1 = kernel_for<__half, 2>(); break;
-    case 3: e = grant_smem<__half, 3>(), k1 = kernel_for<__half, 3>(); break;
-    default: e = grant_smem<__half, 4>(), k1 = kernel_for<__half, 4>(); break;
-  }
+  if (ring_chunks() == 4) occupancy_kernel<4>(M, &e, &k1);
+  else occupancy_kernel<kDefaultInFlight>(M, &e, &k1);
   if (e != cudaSuccess || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k1, kThreads, smem_bytes(M, K)) !=
                               cudaSuccess) {
     cudaGetLastError();
@@ -263,17 +280,29 @@ int parts_for(int M, int N, int K) {
   return 1;
 }
 
-template <class T, int M>
+template <class T, int M, int NF>
 cudaError_t launch_rows(const void* a, const void* w, const void* sz, const void* residual, void* c,
                         const RmsNormInput& norm, int N, int K, int group, int P, bool silu_up,
                         cudaStream_t stream) {
-  if (const cudaError_t e = grant_smem<T, M>(); e != cudaSuccess) return e;
+  if (const cudaError_t e = grant_smem<T, M, NF>(); e != cudaSuccess) return e;
   const int tiles_per_block = kWarps / P, tiles = N / kTileN;
   const dim3 grid((tiles + tiles_per_block - 1) / tiles_per_block);
-  return cuda::launch_dependent(kernel_for<T, M>(), grid, dim3(kThreads), smem_bytes(M, K), stream,
+  return cuda::launch_dependent(kernel_for<T, M, NF>(), grid, dim3(kThreads), smem_bytes(M, K), stream,
                                 static_cast<const T*>(a), static_cast<const uint4*>(w),
                                 static_cast<const uint32_t*>(sz), static_cast<const T*>(residual),
                                 static_cast<T*>(c), norm, N, K, group == 128 ? 1 : 0, P, silu_up);
+}
+
+template <class T, int NF>
+cudaError_t launch_ring(const void* a, const void* w, const void* sz, const void* residual, void* c,
+                        const RmsNormInput& norm, int M, int N, int K, int group, int P, bool silu_up,
+                        cudaStream_t stream) {
+  switch (M) {
+    case 1: return launch_rows<T, 1, NF>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    case 2: return launch_rows<T, 2, NF>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    case 3: return launch_rows<T, 3, NF>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    default: return launch_rows<T, 4, NF>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+  }
 }
 
 template <class T>
@@ -281,12 +310,8 @@ cudaError_t launch(const void* a, const void* w, const void* sz, const void* res
                    const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
   const int P = parts_for(M, N, K);
   if (P == 0) return cudaErrorInvalidValue;
-  switch (M) {
-    case 1: return launch_rows<T, 1>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
-    case 2: return launch_rows<T, 2>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
-    case 3: return launch_rows<T, 3>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
-    default: return launch_rows<T, 4>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
-  }
+  if (ring_chunks() == 4) return launch_ring<T, 4>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up, stream);
+  return launch_ring<T, kDefaultInFlight>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up, stream);
 }
 
 }  // namespace
@@ -295,6 +320,12 @@ bool w4a16_gemv_applies(int M, int N, int K, int group) {
   return supported() && M >= 1 && M <= kGemvMaxRows && N > 0 && N % kW4StripN == 0 && K > 0 &&
          K % kChunkK == 0 && (group == 64 || group == 128) && K % group == 0 && smem_bytes(M, K) <= smem_limit() &&
          parts_for(M, N, K) > 0;
+}
+
+bool w4a16_gemv_pays(int M, int N, int K, int group) {
+  if (!w4a16_gemv_applies(M, N, K, group)) return false;
+  const int P = parts_for(M, N, K);
+  return P == kWarps || (K / kChunkK) / P <= 16;
 }
 
 int w4a16_gemv_k_parts(int M, int N, int K, int group) {

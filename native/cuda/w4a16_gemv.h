@@ -15,6 +15,12 @@ constexpr int kGemvMaxRows = 4;  // activation rows the kernel takes (the mma's 
 // 64, K of 64; the staged rows within shared memory).
 bool w4a16_gemv_applies(int M, int N, int K, int group);
 
+// Whether it is faster than the strip kernel (w4a16_decode.cu) at this shape: where a tile's 8 warps fill the GPU
+// in one wave, or each warp streams at most 16 chunks (bench/gemm at one row, H200, 2026-12-07: faster on the 2B
+// q/k/v, o and gate_up and the 7B o and down layers, level on 2B down; slower where 1 or 2 warps a tile stream 32 or
+// more chunks each: 7B q/k/v 13.8 against 12.7 us, 7B gate_up 25.6 against 18.5).
+bool w4a16_gemv_pays(int M, int N, int K, int group);
+
 // The kernel's K parts a tile (warps that share a tile's columns, 1, 2, 4 or 8) for this shape; 0 where it does not
 // apply.
 int w4a16_gemv_k_parts(int M, int N, int K, int group);

@@ -14,3 +14,9 @@ pytestmark = pytest.mark.gpu
 @pytest.mark.parametrize("parts", ["0", "1", "2", "4", "8"])
 def test_every_k_split_matches_reference(parts):
     run_check_script("check_w4a16_gemv.py", {"VLM_W4A16_GEMV_PARTS": parts})
+
+
+@pytest.mark.parametrize("parts", ["0", "1", "8"])
+def test_the_shallower_register_ring_matches_reference(parts):
+    # 4 chunks in flight a lane instead of 8 (VLM_W4A16_GEMV_RING=4): other instantiations, 3 blocks an SM.
+    run_check_script("check_w4a16_gemv.py", {"VLM_W4A16_GEMV_PARTS": parts, "VLM_W4A16_GEMV_RING": "4"})
