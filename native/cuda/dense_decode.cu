@@ -172,20 +172,8 @@ void (*kernel_for())(const T*, const uint4*, OutT*, RmsNormInput, int, int, bool
   return dense_decode_kernel<T, M, OutT, kEvictFirst>;
 }
 
-// The most dynamic shared memory a block may take on this GPU (0 if the query fails): the opt-in
-// limit less room for the kernel's static shared memory (the norm's row sums).
-int smem_limit() {
-  static const int limit = [] {
-    int device = 0, bytes = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-      cudaGetLastError();
-      return 0;
-    }
-    return std::max(0, bytes - 1024);
-  }();
-  return limit;
-}
+// The most dynamic shared memory a block may take on this GPU (0 if the query fails).
+int smem_limit() { return cuda::dynamic_smem_limit(); }
 
 // Lets the kernel take any shared memory size the GPU allows (once per instantiation: an attribute
 // sized for one call would refuse a later, larger one).

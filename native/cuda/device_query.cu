@@ -41,5 +41,18 @@ bool compute_capability_is_9_0() {
   return is;
 }
 
+int dynamic_smem_limit() {
+  static const int limit = [] {
+    int dev = 0, bytes = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return 0;
+    }
+    return bytes > 1024 ? bytes - 1024 : 0;
+  }();
+  return limit;
+}
+
 }  // namespace cuda
 }  // namespace vlm

@@ -206,18 +206,8 @@ int ring_chunks() {
   return n;
 }
 
-int smem_limit() {
-  static const int limit = [] {
-    int device = 0, bytes = 0;
-    if (cudaGetDevice(&device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device) != cudaSuccess) {
-      cudaGetLastError();
-      return 0;
-    }
-    return std::max(0, bytes - 1024);  // room for the norm's static row sums
-  }();
-  return limit;
-}
+// The most dynamic shared memory a block may take on this GPU (0 if the query fails).
+int smem_limit() { return cuda::dynamic_smem_limit(); }
 
 template <class T, int M, int NF>
 cudaError_t grant_smem() {

@@ -10,9 +10,9 @@ import sys
 
 import torch
 
-from w4a16_reference import TOL, VECTORISED_NORM_MAX, random_layer, report
+from w4a16_reference import TOL, random_layer, report, rms_norm_gemm_failures
 
-from vlmserve.kernels import add_rms_norm, w4a16_gemv, w4a16_gemv_k_parts, w4a16_gemv_repack, w4a16_gemv_rms_norm
+from vlmserve.kernels import w4a16_gemv, w4a16_gemv_k_parts, w4a16_gemv_repack
 
 # Rows 1-4; ragged parts of K (K = 4224: 66 chunks, 11008: 172); tiles a block 1 (8 parts), 2, 4 and 8 (1 part:
 # 17408 columns are more tiles than the GPU's warps hold at 2 parts).
@@ -49,30 +49,7 @@ def shape_failures(m: int, n: int, k: int, group: int, dtype: str) -> list[str]:
     if not (err := rel(out, a_su.float() @ w_ref.T)) < TOL[dtype]:
         failures.append(f"{what} silu(gate) * up input: relative error {err:.2e}")
     # The fused norm against the norm kernel + the same GEMM, and against the reference.
-    h = (torch.randn(m, k, generator=gen) * 3).to(dev)
-    delta = torch.randn(m, k, generator=gen).to(dev, tdtype)
-    norm_w = (1 + 0.1 * torch.randn(k, generator=gen)).to(dev)
-    eps = 1e-6
-    for d in (None, delta):
-        out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)
-        h_out = torch.full_like(h, float("nan"))
-        w4a16_gemv_rms_norm(h, d, norm_w, eps, gemv_w, sz, n, group, h_out=h_out if d is not None else None,
-                            out=out, dtype=tdtype)
-        h_two = h.clone()
-        a_two = add_rms_norm(h_two, d, norm_w, eps, dtype=tdtype)
-        out_two = w4a16_gemv(a_two, gemv_w, sz, n, group)
-        torch.cuda.synchronize()
-        tag = f"{what} norm {'with' if d is not None else 'without'} delta"
-        if d is not None and not torch.equal(h_out, h_two):
-            failures.append(f"{tag}: h + delta differs from the norm kernel's")
-        if k <= VECTORISED_NORM_MAX and not torch.equal(out, out_two):
-            failures.append(f"{tag}: output differs from norm kernel + GEMM "
-                            f"(max |diff| {(out.float() - out_two.float()).abs().max().item():.3g})")
-        x = h + (d.float() if d is not None else 0)
-        a_ref = (norm_w * (x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps))).to(tdtype)
-        if not (err := rel(out, a_ref.float() @ w_ref.T)) < TOL[dtype]:
-            failures.append(f"{tag}: relative error {err:.2e} of the reference")
-    return failures
+    return failures + rms_norm_gemm_failures(m, n, k, group, dtype, column_tiles=True)
 
 
 def main() -> int:

@@ -74,18 +74,23 @@ def report(checks: int, lines: list[str]) -> int:
     return 1 if lines else 0
 
 
-def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str) -> list[str]:
-    """The decode kernel's fused norm (w4a16_gemm_rms_norm), with and without a residual update, against
-    (a) the engine's two-launch path, the norm kernel then the GEMM: the same updated residual always, and
+def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str, column_tiles: bool = False) -> list[str]:
+    """The decode kernel's fused norm (w4a16_gemm_rms_norm; with column_tiles the column-tile kernel's,
+    w4a16_gemv_rms_norm, on its copy of the layer), with and without a residual update, against
+    (a) the engine's two-launch path, the norm kernel then the same GEMM: the same updated residual always, and
     the same output bits for rows of up to 8192 elements (longer rows the norm kernel sums in another
     order, so there the output may differ in the last bits); (b) the float32 reference within TOL.
     Returns what failed."""
     import torch
 
-    from vlmserve.kernels import add_rms_norm, w4a16_gemm_rms_norm
+    from vlmserve.kernels import (add_rms_norm, w4a16_gemm_rms_norm, w4a16_gemv, w4a16_gemv_repack,
+                                  w4a16_gemv_rms_norm)
 
     seed = hash(("rms", m, n, k, group, dtype)) % 2**31
     w_ref, packed_t, sz_t = random_layer(n, k, group, dtype, seed)
+    fused, plain = w4a16_gemm_rms_norm, w4a16_gemm
+    if column_tiles:
+        packed_t, fused, plain = w4a16_gemv_repack(packed_t, n, k), w4a16_gemv_rms_norm, w4a16_gemv
     dev, tdtype = w_ref.device, getattr(torch, dtype)
     gen = torch.Generator().manual_seed(seed)
     h = (torch.randn(m, k, generator=gen) * 3).to(dev)
@@ -96,11 +101,11 @@ def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str) -> li
     for d in (None, delta):
         out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)  # poisoned
         h_out = torch.full_like(h, float("nan"))
-        w4a16_gemm_rms_norm(h, d, norm_w, eps, packed_t, sz_t, n, group, h_out=h_out if d is not None else None,
-                            out=out, dtype=tdtype)
+        fused(h, d, norm_w, eps, packed_t, sz_t, n, group, h_out=h_out if d is not None else None, out=out,
+              dtype=tdtype)
         h_two = h.clone()
         a_two = add_rms_norm(h_two, d, norm_w, eps, dtype=tdtype)
-        out_two = w4a16_gemm(a_two, packed_t, sz_t, n, group)
+        out_two = plain(a_two, packed_t, sz_t, n, group)
         torch.cuda.synchronize()
         what = f"M={m} N={n} K={k} group={group} {dtype} {'with' if d is not None else 'without'} delta"
         if d is not None and not torch.equal(h_out, h_two):
