@@ -305,6 +305,21 @@ __device__ __forceinline__ void dequant_fragments(const uint4& wv, const GroupPa
     }
 }
 
+// silu(gate) * up of eight gate and eight up values, each product rounded to T.
+template <class T>
+__device__ __forceinline__ uint4 silu_mul8(const uint4& gv, const uint4& uv) {
+  const T* gs = reinterpret_cast<const T*>(&gv);
+  const T* us = reinterpret_cast<const T*>(&uv);
+  uint4 val;
+  T* out = reinterpret_cast<T*>(&val);
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float g = Act<T>::to_float(gs[e]);
+    out[e] = Act<T>::from_float(g / (1.0f + expf(-g)) * Act<T>::to_float(us[e]));
+  }
+  return val;
+}
+
 // Eight activations A[row][k .. k+8) as one 16-byte vector. With silu_up, A's rows are
 // [gate (K) | up (K)] and the value is silu(gate) * up, rounded to T as a separate pass would.
 // kFromL2: loads that bypass the SM's caches (for A written by other blocks of the same launch).
@@ -316,17 +331,7 @@ __device__ __forceinline__ uint4 load_a8(const T* __restrict__ a, int64_t row, i
   };
   if (!silu_up) return load(a + row * K + k);
   const T* p = a + row * 2 * K + k;
-  const uint4 gv = load(p), uv = load(p + K);
-  const T* gs = reinterpret_cast<const T*>(&gv);
-  const T* us = reinterpret_cast<const T*>(&uv);
-  uint4 val;
-  T* out = reinterpret_cast<T*>(&val);
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const float g = Act<T>::to_float(gs[e]);
-    out[e] = Act<T>::from_float(g / (1.0f + expf(-g)) * Act<T>::to_float(us[e]));
-  }
-  return val;
+  return silu_mul8<T>(load(p), load(p + K));
 }
 
 }  // namespace w4a16

@@ -58,6 +58,36 @@ constexpr int min_blocks_per_sm() { return NF == 8 ? 2 : 3; }
 __host__ __device__ inline int staged_bytes(int rows, int K) { return rows * (K + kPad) * 2; }
 __host__ __device__ inline int smem_bytes(int rows, int K) { return staged_bytes(rows, K) + kWarps * 4 * 32 * 4; }
 
+// Stages A's M rows, all of K, into sa (row stride lda), as is or as silu(gate) * up. Every block stages all of
+// K right after its wait, so the loads of kStageBatch vectors a thread are all issued before any is used: one L2
+// round trip a batch instead of one a vector (a 2B down row of silu(gate) * up is 8,192 inputs: 4 vectors of gate
+// and 4 of up a thread). The batch's registers come beside the ring's: 4 with the 8-chunk ring, 2 with the
+// 4-chunk one (its 80 registers).
+template <class T, int M, int kStageBatch>
+__device__ __forceinline__ void stage_rows(const T* __restrict__ a, int K, bool silu_up, T* sa, int lda) {
+  const int vecs = K / 8;
+  const int64_t row_len = silu_up ? 2 * (int64_t)K : K;
+#pragma unroll
+  for (int r = 0; r < M; ++r)
+    for (int v0 = threadIdx.x; v0 < vecs; v0 += kStageBatch * kThreads) {
+      uint4 gv[kStageBatch], uv[kStageBatch];
+#pragma unroll
+      for (int i = 0; i < kStageBatch; ++i) {
+        const int v = v0 + i * kThreads;
+        if (v < vecs) {
+          const T* p = a + r * row_len + v * 8;
+          gv[i] = *reinterpret_cast<const uint4*>(p);
+          if (silu_up) uv[i] = *reinterpret_cast<const uint4*>(p + K);
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < kStageBatch; ++i) {
+        const int v = v0 + i * kThreads;
+        if (v < vecs) *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = silu_up ? w4a16::silu_mul8<T>(gv[i], uv[i]) : gv[i];
+      }
+    }
+}
+
 // grid: ceil(tiles / (kWarps / P)) blocks of kThreads. Warp w of block b takes tile b (kWarps / P) + w / P and
 // part w % P of its chunks. A comes from `a` (silu_up: silu(gate) * up of [gate | up] rows) or, where norm.weight
 // is set, from the residual stream. group_shift: log2 of a group's chunks (0 for groups of 64, 1 for 128).
@@ -109,10 +139,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kInFlight>())
     // Block 0 writes the updated residual (every block stages all of K).
     cuda::stage_rms_norm_rows<T, M>(norm, M, K, 0, K / 8, sa, lda, norm.h_out && blockIdx.x == 0);
   } else {
-#pragma unroll
-    for (int r = 0; r < M; ++r)
-      for (int v = threadIdx.x; v < K / 8; v += kThreads)
-        *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = w4a16::load_a8(a, r, v * 8, K, silu_up);
+    stage_rows<T, M, kInFlight / 2>(a, K, silu_up, sa, lda);
   }
   __syncthreads();
 
@@ -255,10 +282,13 @@ bool supported() {
 }
 
 // Warps a tile: the most of 8, 4, 2, 1 whose grid is one wave of resident blocks (a part keeps at least one
-// chunk); VLM_W4A16_GEMV_PARTS pins it (benchmarks).
+// chunk); VLM_W4A16_GEMV_PARTS pins it (benchmarks). VLM_W4A16_GEMV_WAVE caps the blocks an SM the wave counts
+// (measuring: a grid that leaves registers free lets the next kernel's blocks start under dependent launch).
 int parts_for(int M, int N, int K) {
-  const int res = resident_blocks(M, K);
+  static const int wave_cap = cuda::env_int("VLM_W4A16_GEMV_WAVE", 0);
+  int res = resident_blocks(M, K);
   if (res == 0) return 0;
+  if (wave_cap > 0) res = std::min(res, wave_cap);
   static const int pinned = cuda::env_int("VLM_W4A16_GEMV_PARTS", 0);
   const int64_t slots = (int64_t)res * cuda::sm_count() * kWarps, tiles = N / kTileN;
   for (int P : {8, 4, 2, 1}) {
