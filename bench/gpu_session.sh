@@ -23,7 +23,7 @@
 #                 against the CPU backend; gemv_decode: 2B/7B w4a16 + int8 KV batch 1 without and with it;
 #                 gemv_parts: bench/gemm at one row with its warps a tile pinned to 8/4/2/1; gemv_rings: with 8 chunks
 #                 in flight a lane, then 4; gemv_trace: batch-1 steps' kernels (2B, 7B) without and with it;
-#                 gemv_waves: its check, then those steps with its grids capped (VLM_W4A16_GEMV_WAVE) and rings
+#                 gemv_decode_2b: 2B batch 1 without and with it, twice; gemv_waves: its check, then those steps with its grids capped (VLM_W4A16_GEMV_WAVE) and rings
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   gemm_apart    bench/gemm with torch timed in the library's process, then in a process of its own (--peers apart),
 #                 at GEMM_APART_MS rows on GEMM_APART_LAYERS (64,256; the 7B layers)
@@ -1484,6 +1484,15 @@ gemv_waves() {  # the column-tile kernel's check (plain, residual, silu(gate)*up
     done
   done
 }
+gemv_decode_2b() {  # 2B w4a16 + int8 KV decode at batch 1, strip kernel (VLM_W4A16_GEMV=0) then column tiles, twice
+  local round on
+  for round in 1 2; do
+    for on in 0 1; do
+      VLM_W4A16_GEMV=$on python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
+        --work /tmp/decode-models --out "$RES/decode_2b_gemv_r${round}_$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
+    done
+  done
+}
 gemv_parts() {  # bench/gemm at one row with the column-tile kernel's warps a tile pinned to 8, 4, 2 and 1
   local parts
   for parts in 8 4 2 1; do
@@ -1511,13 +1520,14 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f gemv_decode_2b gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step gvtests 240
 step gemv_gemm 240
 step gemv_etests 240
 step gemv_decode 400
+step gemv_decode_2b 240
 step gemv_memcheck 300
 step gemv_parts 300
 step gemv_rings 200

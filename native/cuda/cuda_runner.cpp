@@ -16,6 +16,7 @@
 #endif
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -169,9 +170,11 @@ struct DeviceLinear {
   // The same layer for the CUTLASS mixed-input GEMM (w4a16_cutlass.h: codes reordered, scales, offsets), made at
   // load where cutlass_prefill_requested(): prefill-sized GEMMs read it instead of dequantizing; empty otherwise.
   DeviceBuffer cutlass;
-  // The same layer in the column-tile decode kernel's layout (w4a16_gemv.h), made at load where gemv_rows() > 0:
-  // decode steps of up to that many rows read it; empty otherwise.
+  // The same layer in the column-tile decode kernel's layout (w4a16_gemv.h), made at load where gemv_rows() > 0
+  // and the layer's chain takes it (keep_gemv_weights); empty otherwise. gemv_row_mask: bit M set where a decode
+  // step of M rows multiplies it through that kernel.
   DeviceBuffer gemv;
+  unsigned gemv_row_mask = 0;
 };
 
 struct DeviceLayer {
@@ -1031,30 +1034,43 @@ class CudaRunner final : public StepRunner {
     cutlass_bytes_ = need;
   }
 
-  // Decode steps of up to VLM_W4A16_GEMV rows (0, the default, until measured in the engine; at most
-  // kGemvMaxRows) multiply each 4-bit layer through the column-tile kernel (w4a16_gemv.cu: whole output columns
-  // a block, no K slices summed across blocks) on a copy of the layer in its layout, made at load (the packed
-  // weights' size again), instead of the strip kernel (w4a16_decode.cu).
+  // Decode steps of up to VLM_W4A16_GEMV rows (at most kGemvMaxRows) multiply a layer's q/k/v, o and gate_up
+  // through the column-tile kernel (w4a16_gemv.cu: whole output columns a block, no K slices summed across
+  // blocks) on copies in its layout made at load (those layers' packed size again), instead of the strip kernel
+  // (w4a16_decode.cu), where the kernel pays on all three at that row count (w4a16_gemv_pays). All three or
+  // none: under dependent launch a kernel's blocks start early only where the kernel before left registers
+  // free, and a column-tile grid leaves none, so a strip GEMM after one lost its early start (7B gate_up after
+  // o: 21.5 -> 24.5 us; docs/benchmarks/cuda_engine.md, 2026-12-07 16:28 and 16:42). down stays on the strip
+  // kernel: staging silu(gate) * up over all of K in every block took it from 6.3 to 9.8 us at 2B.
   static int gemv_rows() {
-    static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 0), 0, kGemvMaxRows);
+    static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 1), 0, kGemvMaxRows);
     return rows;
   }
 
   void keep_gemv_weights() {
     int64_t need = 0;
-    for (DeviceLayer& d : layers_)
-      for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down})
-        if (l->tensor_core && w4a16_gemv_pays(1, l->out, l->in, l->group)) {
-          l->gemv.reserve(l->w.bytes());
-          VLM_CUDA_CHECK(w4a16_gemv_repack(l->w.as(), l->gemv.as(), l->out, l->in, stream_));
-          need += (int64_t)l->w.bytes();
-        }
+    for (DeviceLayer& d : layers_) {
+      const std::array<DeviceLinear*, 3> chain = {&d.qkv, &d.o, &d.gate_up};
+      unsigned mask = 0;
+      for (int M = 1; M <= gemv_rows(); ++M) {
+        bool all = true;
+        for (const DeviceLinear* l : chain) all = all && l->tensor_core && w4a16_gemv_pays(M, l->out, l->in, l->group);
+        if (all) mask |= 1u << M;
+      }
+      if (!mask) continue;
+      for (DeviceLinear* l : chain) {
+        l->gemv.reserve(l->w.bytes());
+        VLM_CUDA_CHECK(w4a16_gemv_repack(l->w.as(), l->gemv.as(), l->out, l->in, stream_));
+        l->gemv_row_mask = mask;
+        need += (int64_t)l->w.bytes();
+      }
+    }
     VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     gemv_bytes_ = need;
   }
 
   static bool gemv_takes(const DeviceLinear& l, int M) {
-    return l.gemv.bytes() && M <= gemv_rows() && w4a16_gemv_pays(M, l.out, l.in, l.group);
+    return l.gemv.bytes() && M <= gemv_rows() && ((l.gemv_row_mask >> M) & 1u);
   }
 
   static bool dense_decodes(const DeviceLinear& l, int M) {

@@ -260,8 +260,8 @@ def test_the_cutlass_copies_are_counted_in_the_engine_stats(tiny_model_dir, tmp_
 
 
 def test_column_tile_decode_gemms_match_the_cpu_backend():
-    """VLM_W4A16_GEMV=4 makes a copy of each 4-bit tensor-core layer in the column-tile kernel's layout at load, and
-    decode steps of up to 4 rows multiply through it (w4a16_gemv.cu; their norms fused into it), against the CPU
+    """VLM_W4A16_GEMV=4 makes a copy of each layer's 4-bit q/k/v, o and gate_up in the column-tile kernel's layout
+    at load, and decode steps of up to 4 rows multiply through them (w4a16_gemv.cu; their norms fused into it), against the CPU
     backend as in the default runs (another summation order than the strip kernel's: a tolerance, not bits). A
     process of its own (settings read once)."""
     _awq_comparisons_pass_with(VLM_W4A16_GEMV="4")
@@ -276,8 +276,9 @@ with Engine(sys.argv[1], EngineConfig(device="cuda", num_kv_blocks=16, block_siz
 
 
 def test_the_column_tile_copies_are_counted_in_the_engine_stats(tiny_model_dir, tmp_path):
-    """The engine's stats report the column-tile kernel's copies: every 4-bit tensor-core layer's packed bytes again
-    with VLM_W4A16_GEMV=1, none without it (the default). A process each (settings read once)."""
+    """The engine's stats report the column-tile kernel's copies: the packed bytes of every layer's q/k/v, o and
+    gate_up again with VLM_W4A16_GEMV=1 (down stays on the strip kernel), none with 0. A process each (settings
+    read once)."""
     import json
     import os
     import subprocess
@@ -293,7 +294,7 @@ def test_the_column_tile_copies_are_counted_in_the_engine_stats(tiny_model_dir, 
     h, inter, heads, kv = (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
                            cfg["num_key_value_heads"])
     hd = cfg["head_dim"]
-    per_layer = ((heads + 2 * kv) * hd * h + h * heads * hd + 2 * inter * h + h * inter) // 2  # 4 bits a weight
+    per_layer = ((heads + 2 * kv) * hd * h + h * heads * hd + 2 * inter * h) // 2  # q/k/v, o, gate_up: 4 bits a weight
     seen = {}
     for setting in ("1", "0"):
         done = subprocess.run([sys.executable, "-c", _GEMV_BYTES_RUN, str(dst)], capture_output=True, text=True,
