@@ -23,7 +23,7 @@
 #                 against the CPU backend; gemv_decode: 2B/7B w4a16 + int8 KV batch 1 without and with it;
 #                 gemv_parts: bench/gemm at one row with its warps a tile pinned to 8/4/2/1; gemv_rings: with 8 chunks
 #                 in flight a lane, then 4; gemv_trace: batch-1 steps' kernels (2B, 7B) without and with it;
-#                 gemv_decode_2b: 2B batch 1 without and with it, twice; gemv_waves: its check, then those steps with its grids capped (VLM_W4A16_GEMV_WAVE) and rings
+#                 gemv_decode_2b: 2B batch 1 without and with it; gemv_waves: its check, then those steps with its grids capped (VLM_W4A16_GEMV_WAVE) and rings
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   gemm_apart    bench/gemm with torch timed in the library's process, then in a process of its own (--peers apart),
 #                 at GEMM_APART_MS rows on GEMM_APART_LAYERS (64,256; the 7B layers)
@@ -1484,9 +1484,10 @@ gemv_waves() {  # the column-tile kernel's check (plain, residual, silu(gate)*up
     done
   done
 }
-gemv_decode_2b() {  # 2B w4a16 + int8 KV decode at batch 1, strip kernel (VLM_W4A16_GEMV=0) then column tiles, twice
+gemv_decode_2b() {  # 2B w4a16 + int8 KV decode at batch 1, strip kernel (VLM_W4A16_GEMV=0) then column tiles,
+  # GEMV_ROUNDS rounds (default 1)
   local round on
-  for round in 1 2; do
+  for round in $(seq 1 "${GEMV_ROUNDS:-1}"); do
     for on in 0 1; do
       VLM_W4A16_GEMV=$on python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
         --work /tmp/decode-models --out "$RES/decode_2b_gemv_r${round}_$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
