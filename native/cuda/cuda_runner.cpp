@@ -1034,7 +1034,8 @@ class CudaRunner final : public StepRunner {
     cutlass_bytes_ = need;
   }
 
-  // Decode steps of up to VLM_W4A16_GEMV rows (at most kGemvMaxRows) multiply a layer's q/k/v, o and gate_up
+  // Decode steps of up to VLM_W4A16_GEMV rows (0, the default, until this rule is measured in the engine; at most
+  // kGemvMaxRows) multiply a layer's q/k/v, o and gate_up
   // through the column-tile kernel (w4a16_gemv.cu: whole output columns a block, no K slices summed across
   // blocks) on copies in its layout made at load (those layers' packed size again), instead of the strip kernel
   // (w4a16_decode.cu), where the kernel pays on all three at that row count (w4a16_gemv_pays). All three or
@@ -1043,7 +1044,7 @@ class CudaRunner final : public StepRunner {
   // o: 21.5 -> 24.5 us; docs/benchmarks/cuda_engine.md, 2026-12-07 16:28 and 16:42). down stays on the strip
   // kernel: staging silu(gate) * up over all of K in every block took it from 6.3 to 9.8 us at 2B.
   static int gemv_rows() {
-    static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 1), 0, kGemvMaxRows);
+    static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 0), 0, kGemvMaxRows);
     return rows;
   }
 
