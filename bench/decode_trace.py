@@ -10,7 +10,10 @@ token itself). Reported per step: its span (the previous step's last end to its 
 least one kernel ran (the union of their intervals: kernels overlap under dependent launch), the idle
 rest, and for each kernel name its launches, mean and total duration, and its own time: from the
 later of its start and the previous kernel's end to its end (under dependent launch a kernel starts
-early and waits for the one before it, so durations overlap; own times add up to the busy time).
+early and waits for the one before it, so durations overlap; own times add up to the busy time). Then the
+same for each kernel position of a decoder layer (norm + q/k/v, attention, o, ...), over every layer, with how
+long before the previous kernel's end it started: a kernel's blocks start early only where the kernel before
+leaves room on the SMs. `--from-json` reads a report this script wrote and prints it again.
 
     python3 bench/decode_trace.py --model 2b --weights w4a16 --kv int8 --batch 1 --out trace_b1.json
 """
@@ -44,26 +47,57 @@ def busy_time(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def analyse(kernels: list[dict]) -> dict:
-    """kernels: chrome-trace kernel events (ts, dur in µs, name), in any order."""
+def layer_positions(step_kernels: list[list[dict]], own_times: list[list[float]], layers: int) -> list[dict] | None:
+    """Each kernel position of a decoder layer (norm + q/k/v, attention, ...) over every layer of every step: its
+    own time, duration, and how long before the previous kernel's end it started (its early start under dependent
+    launch). A step is its embedding kernel, `layers` runs of the same kernels, then the tail (final norm, lm head,
+    argmax). None where a step's kernels do not split so (another number of layers than the model's)."""
+    sums = None
+    for ks, own in zip(step_kernels, own_times):
+        per_layer = (len(ks) - 1) // layers
+        names = [short_name(k["name"]) for k in ks[1:1 + layers * per_layer]]
+        if per_layer == 0 or any(names[i] != names[i % per_layer] for i in range(len(names))):
+            return None
+        if sums is None:
+            sums = [{"position": p, "kernel": names[p], "n": 0, "own": 0.0, "dur": 0.0, "early": 0.0}
+                    for p in range(per_layer)]
+        elif len(sums) != per_layer or any(r["kernel"] != names[r["position"]] for r in sums):
+            return None
+        for i in range(1, 1 + layers * per_layer):
+            prev_end = max(k["ts"] + k["dur"] for k in ks[:i])
+            r = sums[(i - 1) % per_layer]
+            r["n"] += 1
+            r["own"] += own[i]
+            r["dur"] += ks[i]["dur"]
+            r["early"] += max(0.0, prev_end - ks[i]["ts"])
+    return [{"position": r["position"], "kernel": r["kernel"], "own_us": r["own"] / r["n"],
+             "mean_us": r["dur"] / r["n"], "early_us": r["early"] / r["n"]} for r in sums]
+
+
+def analyse(kernels: list[dict], layers: int | None = None) -> dict:
+    """kernels: chrome-trace kernel events (ts, dur in µs, name), in any order. layers: the model's decoder layers,
+    for the table of a layer's kernel positions (layer_positions)."""
     kernels = sorted(kernels, key=lambda k: k["ts"])
     # The last kernel of each step: the one before the next step's embedding kernel.
     ends = [i - 1 for i, k in enumerate(kernels) if i > 0 and short_name(k["name"]) == "embed_kernel"]
     if len(ends) < 3:
         raise RuntimeError(f"only {len(ends) + 1} embedding kernels recorded: no whole decode step in the window")
-    steps = []
+    steps, step_kernels, own_times = [], [], []
     per_name, own = defaultdict(list), defaultdict(float)
     for a, b in zip(ends, ends[1:]):
         ks = kernels[a + 1:b + 1]
+        step_kernels.append(ks)
+        own_times.append([0.0] * len(ks))
         span = (kernels[b]["ts"] + kernels[b]["dur"]) - (kernels[a]["ts"] + kernels[a]["dur"])
         busy = busy_time([(k["ts"], k["ts"] + k["dur"]) for k in ks])
         steps.append({"span_us": span, "busy_us": busy, "kernels": len(ks), "kernel_sum_us": sum(k["dur"] for k in ks)})
         # A kernel started early by dependent launch spends part of its duration waiting for the one
         # before; its own time is from the later of its start and the previous kernel's end to its end.
         prev_end = kernels[a]["ts"] + kernels[a]["dur"]
-        for k in sorted(ks, key=lambda k: k["ts"] + k["dur"]):
-            end = k["ts"] + k["dur"]
-            own[short_name(k["name"])] += max(0.0, end - max(k["ts"], prev_end))
+        for i in sorted(range(len(ks)), key=lambda i: ks[i]["ts"] + ks[i]["dur"]):
+            end = ks[i]["ts"] + ks[i]["dur"]
+            own_times[-1][i] = max(0.0, end - max(ks[i]["ts"], prev_end))
+            own[short_name(ks[i]["name"])] += own_times[-1][i]
             prev_end = max(prev_end, end)
         for k in ks:
             per_name[short_name(k["name"])].append(k["dur"])
@@ -72,8 +106,26 @@ def analyse(kernels: list[dict]) -> dict:
                      "own_per_step_us": own[name] / n} for name, d in per_name.items()),
                    key=lambda r: -r["own_per_step_us"])
     med = lambda key: statistics.median(s[key] for s in steps)  # noqa: E731
-    return {"steps": n, "span_us_median": med("span_us"), "busy_us_median": med("busy_us"),
-            "kernel_sum_us_median": med("kernel_sum_us"), "kernels_per_step": med("kernels"), "by_kernel": table}
+    report = {"steps": n, "span_us_median": med("span_us"), "busy_us_median": med("busy_us"),
+              "kernel_sum_us_median": med("kernel_sum_us"), "kernels_per_step": med("kernels"), "by_kernel": table}
+    if layers:
+        report["by_layer_position"] = layer_positions(step_kernels, own_times, layers)
+    return report
+
+
+def print_report(report: dict) -> None:
+    print(f"{report['model']} {report['weights']} kv {report['kv']} batch {report['batch']}: {report['steps']} steps, "
+          f"span {report['span_us_median']:.1f} us, a kernel running {report['busy_us_median']:.1f} us, "
+          f"kernel sum {report['kernel_sum_us_median']:.1f} us, {report['kernels_per_step']:.0f} kernels a step")
+    print("  own us/step  duration us/step  launches x mean duration  kernel")
+    for r in report["by_kernel"]:
+        print(f"  {r['own_per_step_us']:11.1f}  {r['per_step_us']:16.1f}  {r['per_step']:8.1f} x {r['mean_us']:6.2f} us"
+              f"  {r['kernel']}")
+    if report.get("by_layer_position"):
+        print("  a layer's kernels, mean over layers and steps: own us  duration us  started before the previous "
+              "kernel's end, us")
+        for r in report["by_layer_position"]:
+            print(f"  {r['position']:2d} {r['own_us']:7.2f}  {r['mean_us']:7.2f}  {r['early_us']:6.2f}  {r['kernel']}")
 
 
 def main() -> None:
@@ -86,7 +138,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=24, help="decode steps to record")
     ap.add_argument("--work", default="/tmp/decode-models")
     ap.add_argument("--out", help="JSON report")
+    ap.add_argument("--from-json", help="a report this script wrote: analyse its kernels again and print it")
     args = ap.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        layers = SHAPES[saved["model"]]["num_hidden_layers"]
+        print_report({**saved, **analyse(saved["kernels"], layers)})
+        return
 
     import numpy as np
     import torch
@@ -127,16 +185,10 @@ def main() -> None:
         cats = sorted({str(e.get("cat")) for e in events})
         raise RuntimeError(f"no kernel recorded ({len(events)} trace events, categories {cats})")
     report = {"model": args.model, "weights": args.weights, "kv": args.kv, "batch": args.batch,
-              "gpu": torch.cuda.get_device_name(), **analyse(kernels),
+              "gpu": torch.cuda.get_device_name(), **analyse(kernels, SHAPES[args.model]["num_hidden_layers"]),
               "kernels": sorted(({"name": short_name(k["name"]), "ts": k["ts"], "dur": k["dur"]} for k in kernels),
                                 key=lambda k: k["ts"])}
-    print(f"{args.model} {args.weights} kv {args.kv} batch {args.batch}: {report['steps']} steps, "
-          f"span {report['span_us_median']:.1f} us, a kernel running {report['busy_us_median']:.1f} us, "
-          f"kernel sum {report['kernel_sum_us_median']:.1f} us, {report['kernels_per_step']:.0f} kernels a step")
-    print("  own us/step  duration us/step  launches x mean duration  kernel")
-    for r in report["by_kernel"]:
-        print(f"  {r['own_per_step_us']:11.1f}  {r['per_step_us']:16.1f}  {r['per_step']:8.1f} x {r['mean_us']:6.2f} us"
-              f"  {r['kernel']}")
+    print_report(report)
     if args.out:
         write_atomic(Path(args.out), json.dumps(report, indent=1))
 

@@ -1,5 +1,5 @@
 """bench/decode_trace.py's step accounting: a step runs from one embedding kernel to the last kernel before the next,
-overlapping kernels count once."""
+overlapping kernels count once; a layer's kernel positions are averaged over the layers."""
 import sys
 from pathlib import Path
 
@@ -67,3 +67,36 @@ def test_a_window_without_two_whole_steps_is_refused():
     with pytest.raises(RuntimeError, match="no whole decode step"):
         analyse([k("argmax_kernel", 0, 5), k("embed_kernel", 8, 1), k("gemm", 10, 5), k("argmax_kernel", 20, 5),
                  k("embed_kernel", 28, 1)])
+
+
+def _two_layer_steps(t0s):
+    """Steps of an embedding, two layers of (gemm 6 µs, attention 4 µs starting 1 µs before the gemm's end), and
+    the lm head."""
+    events = [k("dense_decode_kernel", 0, 5)]
+    for t0 in t0s:
+        t = t0
+        events.append(k("embed_kernel", t, 2))
+        t += 2
+        for _ in range(2):
+            events += [k("gemm<1>", t, 6), k("attention(int)", t + 5, 4)]
+            t += 9
+        events.append(k("dense_decode_kernel", t, 3))
+    return events
+
+
+def test_a_layers_kernel_positions_are_averaged_over_layers_and_steps():
+    events = _two_layer_steps([10, 40]) + [k("embed_kernel", 70, 2)]
+    r = analyse(events, layers=2)
+    pos = r["by_layer_position"]
+    assert [p["kernel"] for p in pos] == ["gemm", "attention"]
+    # The gemm starts at the previous kernel's end: own 6 µs, not early. The attention starts 1 µs before the gemm's
+    # end and runs 3 µs past it.
+    assert [p["own_us"] for p in pos] == pytest.approx([6, 3])
+    assert [p["mean_us"] for p in pos] == pytest.approx([6, 4])
+    assert [p["early_us"] for p in pos] == pytest.approx([0, 1])
+
+
+def test_no_position_table_where_the_layers_do_not_repeat():
+    events = _two_layer_steps([10, 40]) + [k("embed_kernel", 70, 2)]
+    assert analyse(events, layers=3)["by_layer_position"] is None  # 4 layer kernels are not 3 runs of one layer
+    assert "by_layer_position" not in analyse(events)
