@@ -1035,14 +1035,14 @@ class CudaRunner final : public StepRunner {
   }
 
   // Decode steps of up to VLM_W4A16_GEMV rows (0, the default, until this rule is measured in the engine; at most
-  // kGemvMaxRows) multiply a layer's q/k/v, o and gate_up
-  // through the column-tile kernel (w4a16_gemv.cu: whole output columns a block, no K slices summed across
-  // blocks) on copies in its layout made at load (those layers' packed size again), instead of the strip kernel
-  // (w4a16_decode.cu), where the kernel pays on all three at that row count (w4a16_gemv_pays). All three or
-  // none: under dependent launch a kernel's blocks start early only where the kernel before left registers
-  // free, and a column-tile grid leaves none, so a strip GEMM after one lost its early start (7B gate_up after
-  // o: 21.5 -> 24.5 us; docs/benchmarks/cuda_engine.md, 2026-12-07 16:28 and 16:42). down stays on the strip
-  // kernel: staging silu(gate) * up over all of K in every block took it from 6.3 to 9.8 us at 2B.
+  // kGemvMaxRows) multiply a layer's q/k/v, o and gate_up through the column-tile kernel (w4a16_gemv.cu: whole
+  // output columns a block, no K slices summed across blocks) on copies in its layout made at load (those layers'
+  // packed size again), instead of the strip kernel (w4a16_decode.cu), where it pays on all three at that row
+  // count (w4a16_gemv_pays). All three or none: under dependent launch a kernel's blocks start early only where
+  // the kernel before left registers free, and a column-tile grid leaves none, so a strip GEMM after one lost its
+  // early start (7B gate_up after o: 21.4 -> 24.5 us; docs/benchmarks/cuda_engine.md, 2026-12-07 16:28 and
+  // 16:42). down stays on the strip kernel: through the column-tile kernel it took 9.8 us against 6.3 at 2B
+  // (after a column-tile gate_up; batching its staged row's loads did not change that).
   static int gemv_rows() {
     static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 0), 0, kGemvMaxRows);
     return rows;
@@ -1055,7 +1055,8 @@ class CudaRunner final : public StepRunner {
       unsigned mask = 0;
       for (int M = 1; M <= gemv_rows(); ++M) {
         bool all = true;
-        for (const DeviceLinear* l : chain) all = all && l->tensor_core && w4a16_gemv_pays(M, l->out, l->in, l->group);
+        for (const DeviceLinear* l : chain)
+          all = all && l->tensor_core && w4a16_gemv_pays(M, l->out, l->in, l->group);
         if (all) mask |= 1u << M;
       }
       if (!mask) continue;

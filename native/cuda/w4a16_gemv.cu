@@ -83,7 +83,8 @@ __device__ __forceinline__ void stage_rows(const T* __restrict__ a, int K, bool 
 #pragma unroll
       for (int i = 0; i < kStageBatch; ++i) {
         const int v = v0 + i * kThreads;
-        if (v < vecs) *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = silu_up ? w4a16::silu_mul8<T>(gv[i], uv[i]) : gv[i];
+        if (v < vecs)
+          *reinterpret_cast<uint4*>(sa + r * lda + v * 8) = silu_up ? w4a16::silu_mul8<T>(gv[i], uv[i]) : gv[i];
       }
     }
 }

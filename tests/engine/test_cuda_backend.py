@@ -261,9 +261,9 @@ def test_the_cutlass_copies_are_counted_in_the_engine_stats(tiny_model_dir, tmp_
 
 def test_column_tile_decode_gemms_match_the_cpu_backend():
     """VLM_W4A16_GEMV=4 makes a copy of each layer's 4-bit q/k/v, o and gate_up in the column-tile kernel's layout
-    at load, and decode steps of up to 4 rows multiply through them (w4a16_gemv.cu; their norms fused into it), against the CPU
-    backend as in the default runs (another summation order than the strip kernel's: a tolerance, not bits). A
-    process of its own (settings read once)."""
+    at load, and decode steps of up to 4 rows multiply through them (w4a16_gemv.cu; their norms fused into it),
+    against the CPU backend as in the default runs (another summation order than the strip kernel's: a tolerance,
+    not bits). A process of its own (settings read once)."""
     _awq_comparisons_pass_with(VLM_W4A16_GEMV="4")
 
 
