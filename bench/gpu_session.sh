@@ -1511,10 +1511,8 @@ gemv_rings() {  # bench/gemm at one row: the column-tile kernel with 8 chunks in
   done
 }
 gemv_memcheck() {  # compute-sanitizer memcheck on the column-tile kernel's checks, 8 and 2 warps a tile
-  for parts in 8 2; do
-    VLM_W4A16_GEMV_PARTS=$parts PYTHONPATH="tests/kernels:$PYTHONPATH" compute-sanitizer --tool memcheck \
-      --error-exitcode 1 python3 tests/kernels/check_w4a16_gemv.py | tail -n 3
-  done
+  VLM_W4A16_GEMV_CHECK_PARTS=8,2 PYTHONPATH="tests/kernels:$PYTHONPATH" compute-sanitizer --tool memcheck \
+    --error-exitcode 1 python3 tests/kernels/check_w4a16_gemv.py | tail -n 3
 }
 ktests() {  # the attention, norm and argmax kernels against their references
   python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py tests/kernels/test_prefill_attention.py \

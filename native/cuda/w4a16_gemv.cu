@@ -329,8 +329,9 @@ cudaError_t launch_ring(const void* a, const void* w, const void* sz, const void
 
 template <class T>
 cudaError_t launch(const void* a, const void* w, const void* sz, const void* residual, void* c,
-                   const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream) {
-  const int P = parts_for(M, N, K);
+                   const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream,
+                   int parts) {
+  const int P = parts ? parts : parts_for(M, N, K);
   if (P == 0) return cudaErrorInvalidValue;
   if (ring_chunks() == 4) return launch_ring<T, 4>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up, stream);
   return launch_ring<T, kDefaultInFlight>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up, stream);
@@ -354,6 +355,10 @@ int w4a16_gemv_k_parts(int M, int N, int K, int group) {
   return w4a16_gemv_applies(M, N, K, group) ? parts_for(M, N, K) : 0;
 }
 
+bool w4a16_gemv_parts_valid(int K, int parts) {
+  return parts == 0 || ((parts == 1 || parts == 2 || parts == 4 || parts == 8) && K / kChunkK >= parts);
+}
+
 cudaError_t w4a16_gemv_repack(const void* packed, void* out, int N, int K, cudaStream_t stream) {
   if (N <= 0 || N % kW4StripN != 0 || K <= 0 || K % kChunkK != 0) return cudaErrorInvalidValue;
   const int64_t total = (int64_t)(N / kTileN) * (K / kChunkK) * 32;
@@ -363,19 +368,20 @@ cudaError_t w4a16_gemv_repack(const void* packed, void* out, int N, int K, cudaS
 }
 
 cudaError_t w4a16_gemv(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
-                       int K, int group, bool bf16, bool a_is_gate_up, cudaStream_t stream) {
-  if (!w4a16_gemv_applies(M, N, K, group)) return cudaErrorInvalidValue;
+                       int K, int group, bool bf16, bool a_is_gate_up, cudaStream_t stream, int parts) {
+  if (!w4a16_gemv_applies(M, N, K, group) || !w4a16_gemv_parts_valid(K, parts)) return cudaErrorInvalidValue;
   const RmsNormInput none{};
-  if (bf16) return launch<__nv_bfloat16>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
-  return launch<__half>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream);
+  if (bf16) return launch<__nv_bfloat16>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream, parts);
+  return launch<__half>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream, parts);
 }
 
 cudaError_t w4a16_gemv_rms_norm(const RmsNormInput& norm, const void* w, const void* sz, void* c, int M, int N,
-                                int K, int group, bool bf16, cudaStream_t stream) {
-  if (!w4a16_gemv_applies(M, N, K, group) || !norm.h || !norm.weight || norm.h_out == norm.h)
+                                int K, int group, bool bf16, cudaStream_t stream, int parts) {
+  if (!w4a16_gemv_applies(M, N, K, group) || !w4a16_gemv_parts_valid(K, parts) || !norm.h || !norm.weight ||
+      norm.h_out == norm.h)
     return cudaErrorInvalidValue;
-  if (bf16) return launch<__nv_bfloat16>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
-  return launch<__half>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream);
+  if (bf16) return launch<__nv_bfloat16>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream, parts);
+  return launch<__half>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream, parts);
 }
 
 }  // namespace vlm

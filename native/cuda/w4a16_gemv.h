@@ -25,19 +25,23 @@ bool w4a16_gemv_pays(int M, int N, int K, int group);
 // apply.
 int w4a16_gemv_k_parts(int M, int N, int K, int group);
 
+// Whether `parts` may be asked of the GEMMs below at this K: 0 (the kernel's own choice, w4a16_gemv_k_parts), or 1,
+// 2, 4 or 8 where a part keeps at least one chunk of 64 inputs.
+bool w4a16_gemv_parts_valid(int K, int parts);
+
 // The kernel's weight layout from the packed layout of cpu/w4a16_pack.h (same size: a permutation of its 32-bit
 // words; the scales and zeros are read in their packed layout as they are). Device pointers; asynchronous.
 cudaError_t w4a16_gemv_repack(const void* packed, void* out, int N, int K, cudaStream_t stream);
 
 // C [M][N] = A [M][K] · dequant(W)ᵀ (+ residual), W in the layout of w4a16_gemv_repack and the packed scales and
-// zeros; a_is_gate_up: A is [M][2K] and the GEMM reads silu(gate) * up. cudaErrorInvalidValue where it does not
-// apply.
+// zeros; a_is_gate_up: A is [M][2K] and the GEMM reads silu(gate) * up; parts: warps a tile (0: the kernel's
+// choice; others for tests and measurements, any of them one grid). cudaErrorInvalidValue where it does not apply.
 cudaError_t w4a16_gemv(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
-                       int K, int group, bool bf16, bool a_is_gate_up, cudaStream_t stream);
+                       int K, int group, bool bf16, bool a_is_gate_up, cudaStream_t stream, int parts = 0);
 
 // The same with A = rms_norm(h + delta) * weight from the fp32 residual stream (rms_norm_row.cuh), h + delta
 // written to norm.h_out where set (not norm.h).
 cudaError_t w4a16_gemv_rms_norm(const RmsNormInput& norm, const void* w, const void* sz, void* c, int M, int N,
-                                int K, int group, bool bf16, cudaStream_t stream);
+                                int K, int group, bool bf16, cudaStream_t stream, int parts = 0);
 
 }  // namespace vlm

@@ -88,18 +88,19 @@ VLM_API int vlm_w4a16_gemm_rms_norm(const float* h, const void* delta, const flo
  * the packed weights of vlm_w4a16_pack; vlm_w4a16_gemv then computes what vlm_w4a16_gemm does from
  * that copy and the packed scales and zeros (a_is_gate_up: A is [M][2K] and the GEMM reads silu(gate)
  * * up). *k_parts of vlm_w4a16_gemv_k_parts: warps that share a tile of 16 columns (0 where the kernel
- * does not run the shape: VLM_ERR_UNSUPPORTED from the GEMM there). Device pointers; asynchronous on
- * `stream`. CUDA builds only. */
+ * does not run the shape: VLM_ERR_UNSUPPORTED from the GEMM there); the GEMMs' k_parts: 0 for that
+ * choice, or 1, 2, 4 or 8 with K / 64 >= k_parts to pin it (tests, measurements; else
+ * VLM_ERR_INVALID_ARGUMENT). Device pointers; asynchronous on `stream`. CUDA builds only. */
 VLM_API int vlm_w4a16_gemv_repack(const void* packed_weight, void* out, int32_t n, int32_t k, void* stream);
 VLM_API int vlm_w4a16_gemv_k_parts(int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t* k_parts);
 VLM_API int vlm_w4a16_gemv(const void* a, const void* gemv_weight, const void* packed_scale_zero, const void* residual,
                            void* c, int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
-                           int32_t a_is_gate_up, void* stream);
+                           int32_t a_is_gate_up, int32_t k_parts, void* stream);
 /* The same with A from the fp32 residual stream, as vlm_w4a16_gemm_rms_norm. */
 VLM_API int vlm_w4a16_gemv_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps,
                                     float* h_out, const void* gemv_weight, const void* packed_scale_zero, void* c,
                                     int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
-                                    void* stream);
+                                    int32_t k_parts, void* stream);
 
 /* C[M][N] = A[M][K] · W[N][K]ᵀ for dense weights at decode sizes (1 <= M <= 4, K a
  * multiple of 8), A, W and C row-major in act_dtype (F16 or BF16), fp32 sums: the

@@ -180,19 +180,29 @@ int vlm_w4a16_gemv_k_parts(int32_t m, int32_t n, int32_t k, int32_t group_size, 
   });
 }
 
+namespace {
+void check_gemv_parts(int32_t k, int32_t k_parts) {
+  VLM_CHECK_ARG(k_parts == 0 || k_parts == 1 || k_parts == 2 || k_parts == 4 || k_parts == 8,
+                "k_parts must be 0 (the kernel's choice), 1, 2, 4 or 8, got " << k_parts);
+  VLM_CHECK_ARG(k / 64 >= k_parts, "k_parts " << k_parts << " leaves a part of K=" << k << " without 64 inputs");
+}
+}  // namespace
+
 int vlm_w4a16_gemv(const void* a, const void* gemv_weight, const void* packed_scale_zero, const void* residual,
                    void* c, int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
-                   int32_t a_is_gate_up, void* stream) {
+                   int32_t a_is_gate_up, int32_t k_parts, void* stream) {
   return vlm::guarded([&] {
     VLM_CHECK_ARG(a && gemv_weight && packed_scale_zero && c, "NULL device pointer");
     VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
     vlm::check_w4a16_shape(m, n, k, group_size);
+    check_gemv_parts(k, k_parts);
 #ifdef VLM_HAVE_CUDA
     VLM_CHECK(vlm::w4a16_gemv_applies(m, n, k, group_size), VLM_ERR_UNSUPPORTED,
               "the column-tile w4a16 kernel runs M <= " << vlm::kGemvMaxRows << " rows, K a multiple of 64, on a "
                                                         << "Hopper GPU; got M=" << m << " K=" << k);
     VLM_CUDA_CHECK(vlm::w4a16_gemv(a, gemv_weight, packed_scale_zero, residual, c, m, n, k, group_size,
-                                   act_dtype == VLM_DTYPE_BF16, a_is_gate_up != 0, static_cast<cudaStream_t>(stream)));
+                                   act_dtype == VLM_DTYPE_BF16, a_is_gate_up != 0, static_cast<cudaStream_t>(stream),
+                                   k_parts));
 #else
     (void)residual, (void)a_is_gate_up, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
@@ -202,20 +212,21 @@ int vlm_w4a16_gemv(const void* a, const void* gemv_weight, const void* packed_sc
 
 int vlm_w4a16_gemv_rms_norm(const float* h, const void* delta, const float* norm_weight, float eps, float* h_out,
                             const void* gemv_weight, const void* packed_scale_zero, void* c, int32_t m, int32_t n,
-                            int32_t k, int32_t group_size, int32_t act_dtype, void* stream) {
+                            int32_t k, int32_t group_size, int32_t act_dtype, int32_t k_parts, void* stream) {
   return vlm::guarded([&] {
     VLM_CHECK_ARG(h && norm_weight && gemv_weight && packed_scale_zero && c, "NULL device pointer");
     VLM_CHECK_ARG(h_out != h, "h_out must not be h (every block reads all of h)");
     VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
     VLM_CHECK_ARG(eps >= 0.f, "eps must be >= 0");
     vlm::check_w4a16_shape(m, n, k, group_size);
+    check_gemv_parts(k, k_parts);
 #ifdef VLM_HAVE_CUDA
     VLM_CHECK(vlm::w4a16_gemv_applies(m, n, k, group_size), VLM_ERR_UNSUPPORTED,
               "the column-tile w4a16 kernel runs M <= " << vlm::kGemvMaxRows << " rows, K a multiple of 64, on a "
                                                         << "Hopper GPU; got M=" << m << " K=" << k);
     VLM_CUDA_CHECK(vlm::w4a16_gemv_rms_norm({h, delta, norm_weight, h_out, eps}, gemv_weight, packed_scale_zero, c,
                                             m, n, k, group_size, act_dtype == VLM_DTYPE_BF16,
-                                            static_cast<cudaStream_t>(stream)));
+                                            static_cast<cudaStream_t>(stream), k_parts));
 #else
     (void)delta, (void)eps, (void)h_out, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");

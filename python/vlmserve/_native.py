@@ -223,8 +223,8 @@ def _declare(lib: ctypes.CDLL) -> None:
                                     + [c.c_void_p]),
         "vlm_w4a16_gemv_repack": (c.c_int, [c.c_void_p, c.c_void_p, c.c_int32, c.c_int32, c.c_void_p]),
         "vlm_w4a16_gemv_k_parts": (c.c_int, [c.c_int32] * 4 + [c.POINTER(c.c_int32)]),
-        "vlm_w4a16_gemv": (c.c_int, [c.c_void_p] * 5 + [c.c_int32] * 6 + [c.c_void_p]),
-        "vlm_w4a16_gemv_rms_norm": (c.c_int, [c.c_void_p] * 3 + [c.c_float] + [c.c_void_p] * 4 + [c.c_int32] * 5
+        "vlm_w4a16_gemv": (c.c_int, [c.c_void_p] * 5 + [c.c_int32] * 7 + [c.c_void_p]),
+        "vlm_w4a16_gemv_rms_norm": (c.c_int, [c.c_void_p] * 3 + [c.c_float] + [c.c_void_p] * 4 + [c.c_int32] * 6
                                     + [c.c_void_p]),
         "vlm_dense_decode_gemm": (c.c_int, [c.c_void_p] * 3 + [c.c_int32] * 5 + [c.c_void_p]),
         "vlm_dense_decode_logits": (c.c_int, [c.c_void_p] * 3 + [c.c_int32] * 5 + [c.c_void_p] * 4),

@@ -141,9 +141,10 @@ def w4a16_gemv_k_parts(m: int, n: int, k: int, group_size: int) -> int:
 
 
 def w4a16_gemv(a, gemv_weight, scale_zero, n: int, group_size: int, residual=None, out=None,
-               gate_up_input: bool = False):
+               gate_up_input: bool = False, k_parts: int = 0):
     """The column-tile kernel (vlm_w4a16_gemv): a [M, K] (or [M, 2K] of [gate | up] rows with gate_up_input)
-    fp16/bf16 CUDA tensor, the layer from w4a16_gemv_repack and its packed scales and zeros -> [M, N]."""
+    fp16/bf16 CUDA tensor, the layer from w4a16_gemv_repack and its packed scales and zeros -> [M, N]. k_parts:
+    warps a tile, 0 for the kernel's own choice (w4a16_gemv_k_parts) or 1, 2, 4, 8 to pin it."""
     import torch
 
     _require_cuda("w4a16_gemv", a=a, gemv_weight=gemv_weight, scale_zero=scale_zero, residual=residual, out=out)
@@ -154,13 +155,14 @@ def w4a16_gemv(a, gemv_weight, scale_zero, n: int, group_size: int, residual=Non
     check(_native.lib().vlm_w4a16_gemv(
         a.data_ptr(), gemv_weight.data_ptr(), scale_zero.data_ptr(),
         residual.data_ptr() if residual is not None else None, out.data_ptr(), m, n, k, group_size,
-        _act_dtype(a.dtype == torch.bfloat16), int(gate_up_input), _stream(a.device)))
+        _act_dtype(a.dtype == torch.bfloat16), int(gate_up_input), k_parts, _stream(a.device)))
     return out
 
 
 def w4a16_gemv_rms_norm(h, delta, norm_weight, eps: float, gemv_weight, scale_zero, n: int, group_size: int,
-                        h_out=None, out=None, dtype=None):
-    """w4a16_gemm_rms_norm's contract through the column-tile kernel (vlm_w4a16_gemv_rms_norm)."""
+                        h_out=None, out=None, dtype=None, k_parts: int = 0):
+    """w4a16_gemm_rms_norm's contract through the column-tile kernel (vlm_w4a16_gemv_rms_norm); k_parts as
+    w4a16_gemv's."""
     import torch
 
     _require_cuda("w4a16_gemv_rms_norm", h=h, delta=delta, norm_weight=norm_weight, gemv_weight=gemv_weight,
@@ -172,7 +174,7 @@ def w4a16_gemv_rms_norm(h, delta, norm_weight, eps: float, gemv_weight, scale_ze
     ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
     check(_native.lib().vlm_w4a16_gemv_rms_norm(
         h.data_ptr(), ptr(delta), norm_weight.data_ptr(), eps, ptr(h_out), gemv_weight.data_ptr(),
-        scale_zero.data_ptr(), out.data_ptr(), m, n, k, group_size, _act_dtype(dtype == torch.bfloat16),
+        scale_zero.data_ptr(), out.data_ptr(), m, n, k, group_size, _act_dtype(dtype == torch.bfloat16), k_parts,
         _stream(h.device)))
     return out
 

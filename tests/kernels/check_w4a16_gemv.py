@@ -1,8 +1,9 @@
 """Run in a subprocess by test_w4a16_gemv.py: the column-tile w4a16 kernel (native/cuda/w4a16_gemv.cu) on its own
-copy of each layer against the float32 reference, under whatever VLM_W4A16_GEMV_PARTS the environment pins (the
-library reads it once per process): plain, with a residual, with silu(gate) * up as input, and with the fused
-RMSNorm, whose outputs must equal the norm kernel followed by the same GEMM bit for bit. Prints one line per
-failure and exits 1 if there was any."""
+copy of each layer against the float32 reference, once with each number of warps a tile in VLM_W4A16_GEMV_CHECK_PARTS
+(comma-separated, 0 the kernel's own choice; default 0) on the same layer, under whatever VLM_W4A16_GEMV_RING the
+environment sets (the library reads it once per process): plain, with a residual, with silu(gate) * up as input,
+and with the fused RMSNorm, whose outputs must equal the norm kernel followed by the same GEMM bit for bit. Prints
+one line per failure and exits 1 if there was any."""
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ def rel(out, ref) -> float:
     return ((out.float() - ref).norm() / ref.norm()).item() if not torch.isnan(out).any() else float("inf")
 
 
-def shape_failures(m: int, n: int, k: int, group: int, dtype: str) -> list[str]:
+def shape_failures(m: int, n: int, k: int, group: int, dtype: str, k_parts: list[int]) -> list[str]:
     seed = hash(("gemv", m, n, k, group, dtype)) % 2**31
     w_ref, packed, sz = random_layer(n, k, group, dtype, seed)
     gemv_w = w4a16_gemv_repack(packed, n, k)
@@ -32,42 +33,43 @@ def shape_failures(m: int, n: int, k: int, group: int, dtype: str) -> list[str]:
     gen = torch.Generator().manual_seed(seed)
     a = torch.randn(m, k, generator=gen).to(dev, tdtype)
     residual = torch.randn(m, n, generator=gen).to(dev, tdtype)
-    what = f"M={m} N={n} K={k} group={group} {dtype}"
-    failures = []
-    for res in (None, residual):
-        out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)  # poisoned
-        w4a16_gemv(a, gemv_w, sz, n, group, residual=res, out=out)
-        ref = a.float() @ w_ref.T + (res.float() if res is not None else 0)
-        if not (err := rel(out, ref)) < TOL[dtype]:
-            failures.append(f"{what} {'with' if res is not None else 'without'} residual: relative error {err:.2e}")
     # silu(gate) * up of [gate | up] rows, rounded to the act dtype as a separate pass would.
     gate_up = torch.randn(m, 2 * k, generator=gen).to(dev, tdtype)
-    out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)
-    w4a16_gemv(gate_up, gemv_w, sz, n, group, out=out, gate_up_input=True)
     g, u = gate_up[:, :k].float(), gate_up[:, k:].float()
     a_su = (g / (1 + torch.exp(-g)) * u).to(tdtype)
-    if not (err := rel(out, a_su.float() @ w_ref.T)) < TOL[dtype]:
-        failures.append(f"{what} silu(gate) * up input: relative error {err:.2e}")
+    failures = []
+    for p in k_parts:
+        what = f"M={m} N={n} K={k} group={group} {dtype} ({p or 'own choice of'} warps a tile)"
+        for res in (None, residual):
+            out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)  # poisoned
+            w4a16_gemv(a, gemv_w, sz, n, group, residual=res, out=out, k_parts=p)
+            ref = a.float() @ w_ref.T + (res.float() if res is not None else 0)
+            if not (err := rel(out, ref)) < TOL[dtype]:
+                failures.append(f"{what} {'with' if res is not None else 'without'} residual: relative error {err:.2e}")
+        out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)
+        w4a16_gemv(gate_up, gemv_w, sz, n, group, out=out, gate_up_input=True, k_parts=p)
+        if not (err := rel(out, a_su.float() @ w_ref.T)) < TOL[dtype]:
+            failures.append(f"{what} silu(gate) * up input: relative error {err:.2e}")
     # The fused norm against the norm kernel + the same GEMM, and against the reference.
-    return failures + rms_norm_gemm_failures(m, n, k, group, dtype, column_tiles=True)
+    return failures + rms_norm_gemm_failures(m, n, k, group, dtype, column_tiles=True, k_parts=tuple(k_parts))
 
 
 def main() -> int:
-    pinned = int(os.environ.get("VLM_W4A16_GEMV_PARTS", "0") or 0)
+    asked = [int(p) for p in os.environ.get("VLM_W4A16_GEMV_CHECK_PARTS", "0").split(",") if p.strip()]
     checks, lines, ran = 0, [], 0
     for m, n, k, group in SHAPES:
-        parts = w4a16_gemv_k_parts(m, n, k, group)
         checks += 1
-        if pinned and parts not in (0, pinned):
-            lines.append(f"M={m} {n}x{k}: {parts} parts, pinned {pinned}")
-        if parts == 0:
-            if not pinned or k // 64 >= pinned:
-                lines.append(f"M={m} {n}x{k}: the kernel does not run the shape")
+        if w4a16_gemv_k_parts(m, n, k, group) == 0:
+            lines.append(f"M={m} {n}x{k}: the kernel does not run the shape")
+            continue
+        # A part keeps at least one chunk of 64 inputs: K = 512 has 8 chunks, so every asked number runs there.
+        parts = [p for p in asked if k // 64 >= p]
+        if not parts:
             continue
         ran += 1
         for dtype in ("float16", "bfloat16"):
-            checks += 6
-            lines += shape_failures(m, n, k, group, dtype)
+            checks += 6 * len(parts)
+            lines += shape_failures(m, n, k, group, dtype, parts)
     if ran == 0:
         lines.append("no shape ran")
     return report(checks, lines)

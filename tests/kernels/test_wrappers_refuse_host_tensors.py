@@ -1,5 +1,7 @@
 """The GPU kernels' Python wrappers refuse host tensors and wrong shapes with a clear error before anything reaches
 the library (a host pointer handed to a kernel would fault on the device), so this runs without a GPU."""
+import ctypes
+
 import pytest
 import torch
 
@@ -57,3 +59,21 @@ def test_column_tile_gemm_refuses_host_tensors_and_bad_shapes():
         w4a16_gemv_k_parts(1, 2048, 2000, 128)  # K not a multiple of the group
     if _native.lib().vlm_cuda_device_count() == 0:  # no GPU here: the kernel runs no shape
         assert w4a16_gemv_k_parts(1, 2048, 2048, 128) == 0
+
+
+@pytest.mark.parametrize("k_parts, k, message", [(3, 512, "k_parts must be 0"), (-1, 512, "k_parts must be 0"),
+                                                 (16, 2048, "k_parts must be 0"), (8, 256, "without 64 inputs")])
+def test_column_tile_gemm_refuses_a_bad_number_of_k_parts(k_parts, k, message):
+    # Checked before any device pointer is used (these are not device pointers), on any machine.
+    from vlmserve import _native
+    from vlmserve.errors import check
+    from vlmserve.kernels import _act_dtype
+
+    fake = ctypes.c_void_p(16)
+    with pytest.raises(InvalidArgumentError, match=message):
+        check(_native.lib().vlm_w4a16_gemv(fake, fake, fake, None, fake, 1, 64, k, 64, _act_dtype(False), 0,
+                                           k_parts, None))
+    weight = (ctypes.c_float * 1)()
+    with pytest.raises(InvalidArgumentError, match=message):
+        check(_native.lib().vlm_w4a16_gemv_rms_norm(fake, None, ctypes.addressof(weight), 1e-6, None, fake, fake,
+                                                    fake, 1, 64, k, 64, _act_dtype(False), k_parts, None))

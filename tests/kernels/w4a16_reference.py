@@ -74,9 +74,11 @@ def report(checks: int, lines: list[str]) -> int:
     return 1 if lines else 0
 
 
-def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str, column_tiles: bool = False) -> list[str]:
+def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str, column_tiles: bool = False,
+                           k_parts: tuple[int, ...] = (0,)) -> list[str]:
     """The decode kernel's fused norm (w4a16_gemm_rms_norm; with column_tiles the column-tile kernel's,
-    w4a16_gemv_rms_norm, on its copy of the layer), with and without a residual update, against
+    w4a16_gemv_rms_norm, on its copy of the layer, once with each of k_parts warps a tile, 0 its own choice), with
+    and without a residual update, against
     (a) the engine's two-launch path, the norm kernel then the same GEMM: the same updated residual always, and
     the same output bits for rows of up to 8192 elements (longer rows the norm kernel sums in another
     order, so there the output may differ in the last bits); (b) the float32 reference within TOL.
@@ -88,9 +90,13 @@ def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str, colum
 
     seed = hash(("rms", m, n, k, group, dtype)) % 2**31
     w_ref, packed_t, sz_t = random_layer(n, k, group, dtype, seed)
-    fused, plain = w4a16_gemm_rms_norm, w4a16_gemm
     if column_tiles:
-        packed_t, fused, plain = w4a16_gemv_repack(packed_t, n, k), w4a16_gemv_rms_norm, w4a16_gemv
+        packed_t = w4a16_gemv_repack(packed_t, n, k)
+        gemms = [(f" ({p or 'own choice of'} warps a tile)",
+                  lambda *args, p=p, **kw: w4a16_gemv_rms_norm(*args, k_parts=p, **kw),
+                  lambda *args, p=p, **kw: w4a16_gemv(*args, k_parts=p, **kw)) for p in k_parts]
+    else:
+        gemms = [("", w4a16_gemm_rms_norm, w4a16_gemm)]
     dev, tdtype = w_ref.device, getattr(torch, dtype)
     gen = torch.Generator().manual_seed(seed)
     h = (torch.randn(m, k, generator=gen) * 3).to(dev)
@@ -98,27 +104,28 @@ def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str, colum
     norm_w = (1 + 0.1 * torch.randn(k, generator=gen)).to(dev)
     eps = 1e-6
     failures = []
-    for d in (None, delta):
-        out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)  # poisoned
-        h_out = torch.full_like(h, float("nan"))
-        fused(h, d, norm_w, eps, packed_t, sz_t, n, group, h_out=h_out if d is not None else None, out=out,
-              dtype=tdtype)
-        h_two = h.clone()
-        a_two = add_rms_norm(h_two, d, norm_w, eps, dtype=tdtype)
-        out_two = plain(a_two, packed_t, sz_t, n, group)
-        torch.cuda.synchronize()
-        what = f"M={m} N={n} K={k} group={group} {dtype} {'with' if d is not None else 'without'} delta"
-        if d is not None and not torch.equal(h_out, h_two):
-            failures.append(f"{what}: h + delta differs from the norm kernel's")
-        if k <= VECTORISED_NORM_MAX and not torch.equal(out, out_two):
-            diff = (out.float() - out_two.float()).abs().max().item()
-            failures.append(f"{what}: output differs from norm kernel + GEMM (max |diff| {diff:.3g})")
-        x = h + (d.float() if d is not None else 0)
-        a_ref = (norm_w * (x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps))).to(tdtype)
-        ref = a_ref.float() @ w_ref.T
-        err = ((out.float() - ref).norm() / ref.norm()).item() if not torch.isnan(out).any() else float("inf")
-        if not err < TOL[dtype]:
-            failures.append(f"{what}: relative error {err:.2e} of the reference")
+    for label, fused, plain in gemms:
+        for d in (None, delta):
+            out = torch.full((m, n), float("nan"), dtype=tdtype, device=dev)  # poisoned
+            h_out = torch.full_like(h, float("nan"))
+            fused(h, d, norm_w, eps, packed_t, sz_t, n, group, h_out=h_out if d is not None else None, out=out,
+                  dtype=tdtype)
+            h_two = h.clone()
+            a_two = add_rms_norm(h_two, d, norm_w, eps, dtype=tdtype)
+            out_two = plain(a_two, packed_t, sz_t, n, group)
+            torch.cuda.synchronize()
+            what = f"M={m} N={n} K={k} group={group} {dtype}{label} {'with' if d is not None else 'without'} delta"
+            if d is not None and not torch.equal(h_out, h_two):
+                failures.append(f"{what}: h + delta differs from the norm kernel's")
+            if k <= VECTORISED_NORM_MAX and not torch.equal(out, out_two):
+                diff = (out.float() - out_two.float()).abs().max().item()
+                failures.append(f"{what}: output differs from norm kernel + GEMM (max |diff| {diff:.3g})")
+            x = h + (d.float() if d is not None else 0)
+            a_ref = (norm_w * (x * torch.rsqrt(x.pow(2).mean(dim=1, keepdim=True) + eps))).to(tdtype)
+            ref = a_ref.float() @ w_ref.T
+            err = ((out.float() - ref).norm() / ref.norm()).item() if not torch.isnan(out).any() else float("inf")
+            if not err < TOL[dtype]:
+                failures.append(f"{what}: relative error {err:.2e} of the reference")
     return failures
 
 
