@@ -180,13 +180,15 @@ int vlm_w4a16_gemv_k_parts(int32_t m, int32_t n, int32_t k, int32_t group_size, 
   });
 }
 
+#ifdef VLM_HAVE_CUDA
 namespace {
 void check_gemv_parts(int32_t k, int32_t k_parts) {
-  VLM_CHECK_ARG(k_parts == 0 || k_parts == 1 || k_parts == 2 || k_parts == 4 || k_parts == 8,
-                "k_parts must be 0 (the kernel's choice), 1, 2, 4 or 8, got " << k_parts);
-  VLM_CHECK_ARG(k / 64 >= k_parts, "k_parts " << k_parts << " leaves a part of K=" << k << " without 64 inputs");
+  VLM_CHECK_ARG(vlm::w4a16_gemv_parts_valid(k, k_parts),
+                "k_parts must be 0 (the kernel's choice) or 1, 2, 4 or 8 with K / 64 >= k_parts, got "
+                    << k_parts << " at K=" << k);
 }
 }  // namespace
+#endif
 
 int vlm_w4a16_gemv(const void* a, const void* gemv_weight, const void* packed_scale_zero, const void* residual,
                    void* c, int32_t m, int32_t n, int32_t k, int32_t group_size, int32_t act_dtype,
@@ -195,8 +197,8 @@ int vlm_w4a16_gemv(const void* a, const void* gemv_weight, const void* packed_sc
     VLM_CHECK_ARG(a && gemv_weight && packed_scale_zero && c, "NULL device pointer");
     VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
     vlm::check_w4a16_shape(m, n, k, group_size);
-    check_gemv_parts(k, k_parts);
 #ifdef VLM_HAVE_CUDA
+    check_gemv_parts(k, k_parts);
     VLM_CHECK(vlm::w4a16_gemv_applies(m, n, k, group_size), VLM_ERR_UNSUPPORTED,
               "the column-tile w4a16 kernel runs M <= " << vlm::kGemvMaxRows << " rows, K a multiple of 64, on a "
                                                         << "Hopper GPU; got M=" << m << " K=" << k);
@@ -204,7 +206,7 @@ int vlm_w4a16_gemv(const void* a, const void* gemv_weight, const void* packed_sc
                                    act_dtype == VLM_DTYPE_BF16, a_is_gate_up != 0, static_cast<cudaStream_t>(stream),
                                    k_parts));
 #else
-    (void)residual, (void)a_is_gate_up, (void)stream;
+    (void)residual, (void)a_is_gate_up, (void)k_parts, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif
   });
@@ -219,8 +221,8 @@ int vlm_w4a16_gemv_rms_norm(const float* h, const void* delta, const float* norm
     VLM_CHECK_ARG(act_dtype == VLM_DTYPE_F16 || act_dtype == VLM_DTYPE_BF16, "act_dtype must be F16 or BF16");
     VLM_CHECK_ARG(eps >= 0.f, "eps must be >= 0");
     vlm::check_w4a16_shape(m, n, k, group_size);
-    check_gemv_parts(k, k_parts);
 #ifdef VLM_HAVE_CUDA
+    check_gemv_parts(k, k_parts);
     VLM_CHECK(vlm::w4a16_gemv_applies(m, n, k, group_size), VLM_ERR_UNSUPPORTED,
               "the column-tile w4a16 kernel runs M <= " << vlm::kGemvMaxRows << " rows, K a multiple of 64, on a "
                                                         << "Hopper GPU; got M=" << m << " K=" << k);
@@ -228,7 +230,7 @@ int vlm_w4a16_gemv_rms_norm(const float* h, const void* delta, const float* norm
                                             m, n, k, group_size, act_dtype == VLM_DTYPE_BF16,
                                             static_cast<cudaStream_t>(stream), k_parts));
 #else
-    (void)delta, (void)eps, (void)h_out, (void)stream;
+    (void)delta, (void)eps, (void)h_out, (void)k_parts, (void)stream;
     VLM_CHECK(false, VLM_ERR_UNSUPPORTED, "this build has no CUDA backend");
 #endif
   });

@@ -61,14 +61,15 @@ def test_column_tile_gemm_refuses_host_tensors_and_bad_shapes():
         assert w4a16_gemv_k_parts(1, 2048, 2048, 128) == 0
 
 
-@pytest.mark.parametrize("k_parts, k, message", [(3, 512, "k_parts must be 0"), (-1, 512, "k_parts must be 0"),
-                                                 (16, 2048, "k_parts must be 0"), (8, 256, "without 64 inputs")])
-def test_column_tile_gemm_refuses_a_bad_number_of_k_parts(k_parts, k, message):
-    # Checked before any device pointer is used (these are not device pointers), on any machine.
+@pytest.mark.parametrize("k_parts, k", [(3, 512), (-1, 512), (16, 2048), (8, 256)])
+def test_column_tile_gemm_refuses_a_bad_number_of_k_parts(k_parts, k):
+    # Checked before any device pointer is used (these are not device pointers), GPU or not (a library built
+    # without CUDA refuses every call as unsupported).
     from vlmserve import _native
     from vlmserve.errors import check
     from vlmserve.kernels import _act_dtype
 
+    message = f"k_parts must be 0 .* got {k_parts} at K={k}"
     fake = ctypes.c_void_p(16)
     with pytest.raises(InvalidArgumentError, match=message):
         check(_native.lib().vlm_w4a16_gemv(fake, fake, fake, None, fake, 1, 64, k, 64, _act_dtype(False), 0,
