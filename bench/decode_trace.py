@@ -63,13 +63,14 @@ def layer_positions(step_kernels: list[list[dict]], own_times: list[list[float]]
                     for p in range(per_layer)]
         elif len(sums) != per_layer or any(r["kernel"] != names[r["position"]] for r in sums):
             return None
+        prev_end = ks[0]["ts"] + ks[0]["dur"]  # the latest end of the kernels before i (ks is in start order)
         for i in range(1, 1 + layers * per_layer):
-            prev_end = max(k["ts"] + k["dur"] for k in ks[:i])
             r = sums[(i - 1) % per_layer]
             r["n"] += 1
             r["own"] += own[i]
             r["dur"] += ks[i]["dur"]
             r["early"] += max(0.0, prev_end - ks[i]["ts"])
+            prev_end = max(prev_end, ks[i]["ts"] + ks[i]["dur"])
     return [{"position": r["position"], "kernel": r["kernel"], "own_us": r["own"] / r["n"],
              "mean_us": r["dur"] / r["n"], "early_us": r["early"] / r["n"]} for r in sums]
 

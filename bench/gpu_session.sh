@@ -372,11 +372,13 @@ decode_matrix() {  # decode_matrix MODEL WEIGHTS PEERS: issue 3's whole bench/de
 decode_matrix_2b() { decode_matrix 2b fp16,w4a16 1,16,64; }
 decode_matrix_7b_fp16() { decode_matrix 7b fp16 1,16; }
 decode_matrix_7b_w4a16() { decode_matrix 7b w4a16 0; }
-decode_ab() {  # decode_ab SETTING STEM B2 B7: 2B w4a16 + int8 KV decode at batches B2 and 7B at B7, SETTING=0 then 1
+decode_ab() {  # decode_ab SETTING STEM B2 B7: 2B w4a16 + int8 KV decode at batches B2 and 7B at B7 (- for none),
+  # SETTING=0 then 1
   local var=$1 stem=$2 b2=$3 b7=$4 on
   for on in 0 1; do
     env "$var=$on" python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches "$b2" --peer-batches 0 \
       --work /tmp/decode-models --out "$RES/decode_2b_$stem$on.json" 2>&1 | grep -E "tok/s" | tail -n 3
+    [ "$b7" = - ] && continue
     env "$var=$on" python3 bench/decode.py --models 7b --weights w4a16 --kv int8 --batches "$b7" --peer-batches 0 \
       --work /tmp/decode-models --out "$RES/decode_7b_$stem$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
   done
@@ -1458,25 +1460,12 @@ gemv_decode() {  # 2B and 7B w4a16 + int8 KV decode at batch 1 with the strip ke
   local round
   for round in $(seq 1 "${GEMV_ROUNDS:-1}"); do decode_ab VLM_W4A16_GEMV "gemv_r${round}_" 1 1; done
 }
-gemv_trace() {  # per-kernel time of graph-replayed batch-1 steps (2B, 7B w4a16 + int8 KV), strip kernel then column tiles
-  local m on
-  for m in 2b 7b; do
-    for on in 0 1; do
-      echo "VLM_W4A16_GEMV=$on"
-      VLM_W4A16_GEMV=$on python3 bench/decode_trace.py --model $m --weights w4a16 --kv int8 --batch 1 \
-        --out "$RES/trace_${m}_gemv$on.json" | grep -v -i "warn"
-    done
-  done
-}
-gemv_waves() {  # the column-tile kernel's check (plain, residual, silu(gate)*up, fused norm), then batch-1 steps'
-  # kernels (2B, 7B w4a16 + int8 KV): strip kernel; column tiles; with the 4-chunk ring and grids of 2 blocks an SM;
-  # with grids of 1 block an SM (registers left for the next kernel's blocks under dependent launch)
-  PYTHONPATH="tests/kernels:$PYTHONPATH" python3 tests/kernels/check_w4a16_gemv.py | tail -n 3
+traces_b1() {  # traces_b1 SETTING...: per-kernel and per-layer-position time of graph-replayed batch-1 steps (2B,
+  # 7B w4a16 + int8 KV) under each setting (space-separated VAR=value), one-launch kernels left out of the listing
   local m setting i
   for m in 2b 7b; do
     i=0
-    for setting in "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_RING=4 VLM_W4A16_GEMV_WAVE=2" \
-        "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_WAVE=1"; do
+    for setting in "$@"; do
       i=$((i + 1))
       echo "$i: $setting"
       env $setting python3 bench/decode_trace.py --model $m --weights w4a16 --kv int8 --batch 1 \
@@ -1484,15 +1473,20 @@ gemv_waves() {  # the column-tile kernel's check (plain, residual, silu(gate)*up
     done
   done
 }
+gemv_trace() {  # batch-1 steps' kernels with the strip kernel, then column tiles
+  traces_b1 "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1"
+}
+gemv_waves() {  # the column-tile kernel's check (plain, residual, silu(gate)*up, fused norm), then batch-1 steps'
+  # kernels: strip kernel; column tiles; with the 4-chunk ring and grids of 2 blocks an SM; with grids of 1 block an
+  # SM (registers left for the next kernel's blocks under dependent launch)
+  PYTHONPATH="tests/kernels:$PYTHONPATH" python3 tests/kernels/check_w4a16_gemv.py | tail -n 3
+  traces_b1 "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_RING=4 VLM_W4A16_GEMV_WAVE=2" \
+    "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_WAVE=1"
+}
 gemv_decode_2b() {  # 2B w4a16 + int8 KV decode at batch 1, strip kernel (VLM_W4A16_GEMV=0) then column tiles,
   # GEMV_ROUNDS rounds (default 1)
-  local round on
-  for round in $(seq 1 "${GEMV_ROUNDS:-1}"); do
-    for on in 0 1; do
-      VLM_W4A16_GEMV=$on python3 bench/decode.py --models 2b --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
-        --work /tmp/decode-models --out "$RES/decode_2b_gemv_r${round}_$on.json" 2>&1 | grep -E "tok/s" | tail -n 1
-    done
-  done
+  local round
+  for round in $(seq 1 "${GEMV_ROUNDS:-1}"); do decode_ab VLM_W4A16_GEMV "gemv_r${round}_" 1 -; done
 }
 gemv_parts() {  # bench/gemm at one row with the column-tile kernel's warps a tile pinned to 8, 4, 2 and 1
   local parts
@@ -1519,7 +1513,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f gemv_decode_2b gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f traces_b1 gemv_decode_2b gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step gvtests 240

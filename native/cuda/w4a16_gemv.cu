@@ -46,8 +46,8 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 16;       // output columns a tile
 constexpr int kChunkK = 64;      // inputs a chunk: 4 k16 steps, one 16-byte load a lane
 // Chunks a lane has requested ahead of the one it multiplies, in registers: 8 (128 registers, 2 blocks an SM) by
-// default; 4 fits 3 blocks an SM (80 registers; no spill at one row, 16-24 bytes from 2 rows), fewer bytes in
-// flight a warp but more warps
+// default; 4 fits 3 blocks an SM (80 registers; with the batched staging ptxas spills 8-16 bytes in some of its
+// forms, none in the 8-chunk ones), fewer bytes in flight a warp but more warps
 // (VLM_W4A16_GEMV_RING=4, for measuring).
 constexpr int kDefaultInFlight = 8;
 constexpr int kPad = 8;          // halves after each staged row: ldmatrix rows of different A rows in other banks

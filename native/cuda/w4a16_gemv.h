@@ -35,7 +35,8 @@ cudaError_t w4a16_gemv_repack(const void* packed, void* out, int N, int K, cudaS
 
 // C [M][N] = A [M][K] · dequant(W)ᵀ (+ residual), W in the layout of w4a16_gemv_repack and the packed scales and
 // zeros; a_is_gate_up: A is [M][2K] and the GEMM reads silu(gate) * up; parts: warps a tile (0: the kernel's
-// choice; others for tests and measurements, any of them one grid). cudaErrorInvalidValue where it does not apply.
+// choice; 1, 2, 4, 8 pinned for tests and measurements, whose grid may then take more than one wave).
+// cudaErrorInvalidValue where it does not apply.
 cudaError_t w4a16_gemv(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
                        int K, int group, bool bf16, bool a_is_gate_up, cudaStream_t stream, int parts = 0);
 
