@@ -1461,9 +1461,10 @@ gemv_decode() {  # 2B and 7B w4a16 + int8 KV decode at batch 1 with the strip ke
   for round in $(seq 1 "${GEMV_ROUNDS:-1}"); do decode_ab VLM_W4A16_GEMV "gemv_r${round}_" 1 1; done
 }
 traces_b1() {  # traces_b1 SETTING...: per-kernel and per-layer-position time of graph-replayed batch-1 steps (2B,
-  # 7B w4a16 + int8 KV) under each setting (space-separated VAR=value), one-launch kernels left out of the listing
+  # 7B w4a16 + int8 KV; TRACE_MODELS picks) under each setting (space-separated VAR=value), one-launch kernels left
+  # out of the listing
   local m setting i
-  for m in 2b 7b; do
+  for m in ${TRACE_MODELS:-2b 7b}; do
     i=0
     for setting in "$@"; do
       i=$((i + 1))
