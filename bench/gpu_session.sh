@@ -23,7 +23,11 @@
 #                 against the CPU backend; gemv_decode: 2B/7B w4a16 + int8 KV batch 1 without and with it;
 #                 gemv_parts: bench/gemm at one row with its warps a tile pinned to 8/4/2/1; gemv_rings: with 8 chunks
 #                 in flight a lane, then 4; gemv_trace: batch-1 steps' kernels (2B, 7B) without and with it;
-#                 gemv_decode_2b: 2B batch 1 without and with it; gemv_waves: its check, then those steps with its grids capped (VLM_W4A16_GEMV_WAVE) and rings
+#                 gemv_decode_2b: 2B batch 1 without and with it; gemv_waves: its check, then those steps with its
+#                 grids capped (VLM_W4A16_GEMV_WAVE) and rings; gemv_shared: bench/gemm at one row and batch-1 traces
+#                 with its ring in registers and in shared memory (VLM_W4A16_GEMV_SHARED_RING), on q/k/v, o, gate_up
+#                 or each layer (VLM_W4A16_GEMV_EACH); gemv_shared_decode: batch-1 tok/s of those;
+#                 gemv_shared_memcheck: compute-sanitizer on the shared ring's checks
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   gemm_apart    bench/gemm with torch timed in the library's process, then in a process of its own (--peers apart),
 #                 at GEMM_APART_MS rows on GEMM_APART_LAYERS (64,256; the 7B layers)
@@ -1489,6 +1493,42 @@ gemv_decode_2b() {  # 2B w4a16 + int8 KV decode at batch 1, strip kernel (VLM_W4
   local round
   for round in $(seq 1 "${GEMV_ROUNDS:-1}"); do decode_ab VLM_W4A16_GEMV "gemv_r${round}_" 1 -; done
 }
+gemv_shared() {  # the column-tile kernel's ring in registers (VLM_W4A16_GEMV_SHARED_RING=0) and in shared memory
+  # (=1): bench/gemm at one row, then batch-1 steps' kernels (TRACE_MODELS): strip kernel; column tiles on q/k/v, o,
+  # gate_up with each ring; column tiles on each layer that pays alone, down too (VLM_W4A16_GEMV_EACH), shared ring
+  local ring
+  for ring in 0 1; do
+    echo "VLM_W4A16_GEMV_SHARED_RING=$ring"
+    VLM_W4A16_GEMV_SHARED_RING=$ring python3 bench/gemm.py --ms 1 --out-dir "$RES/gemv_shared$ring" |
+      grep -E "^\| " | awk -F'|' 'NR > 1 {print $2, $3, "strip", $8, "column tiles", $19}'
+  done
+  traces_b1 "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=1" \
+    "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=1 VLM_W4A16_GEMV_EACH=1"
+}
+decode_settings() {  # decode_settings STEM SETTING...: batch-1 w4a16 + int8 KV tok/s (TRACE_MODELS, default 2B and 7B)
+  # under each setting (space-separated VAR=value), GEMV_ROUNDS rounds (default 1), settings interleaved in a round
+  local stem=$1 round setting m i
+  shift
+  for round in $(seq 1 "${GEMV_ROUNDS:-1}"); do
+    i=0
+    for setting in "$@"; do
+      i=$((i + 1))
+      for m in ${TRACE_MODELS:-2b 7b}; do
+        echo "round $round, $m, $i: $setting"
+        env $setting python3 bench/decode.py --models $m --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
+          --work /tmp/decode-models --out "$RES/decode_${m}_${stem}_r${round}_s$i.json" 2>&1 | grep -E "tok/s" | tail -n 1
+      done
+    done
+  done
+}
+gemv_shared_decode() {  # batch-1 tok/s: strip kernel, column tiles with the shared ring (q/k/v, o, gate_up; each layer)
+  decode_settings shared "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=1" \
+    "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=1 VLM_W4A16_GEMV_EACH=1"
+}
+gemv_shared_memcheck() {  # compute-sanitizer memcheck on the shared ring's checks, 8 and 1 warps a tile
+  VLM_W4A16_GEMV_SHARED_RING=1 VLM_W4A16_GEMV_CHECK_PARTS=8,1 PYTHONPATH="tests/kernels:$PYTHONPATH" \
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 tests/kernels/check_w4a16_gemv.py | tail -n 3
+}
 gemv_parts() {  # bench/gemm at one row with the column-tile kernel's warps a tile pinned to 8, 4, 2 and 1
   local parts
   for parts in 8 4 2 1; do
@@ -1514,12 +1554,15 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f traces_b1 gemv_decode_2b gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f gemv_shared decode_settings gemv_shared_decode gemv_shared_memcheck traces_b1 gemv_decode_2b gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step gvtests 240
 step gemv_gemm 240
 step gemv_etests 240
+step gemv_shared 420
+step gemv_shared_decode 420
+step gemv_shared_memcheck 300
 step gemv_decode 400
 step gemv_decode_2b 240
 step gemv_memcheck 300

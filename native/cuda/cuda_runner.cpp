@@ -1043,29 +1043,47 @@ class CudaRunner final : public StepRunner {
   // early start (7B gate_up after o: 21.4 -> 24.5 us; docs/benchmarks/cuda_engine.md, 2026-12-07 16:28 and
   // 16:42). down stays on the strip kernel: through the column-tile kernel it took 9.8 us against 6.3 at 2B
   // (after a column-tile gate_up; batching its staged row's loads did not change that).
+  // VLM_W4A16_GEMV_EACH=1 (measuring) instead gives each of the four layers, down too, the kernel where it pays on
+  // that layer alone: with its ring in shared memory (VLM_W4A16_GEMV_SHARED_RING) a column-tile grid holds half
+  // the registers, so the kernel after it may start early.
   static int gemv_rows() {
     static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 0), 0, kGemvMaxRows);
     return rows;
   }
+  static bool gemv_each_layer() {
+    static const bool each = cuda::env_int("VLM_W4A16_GEMV_EACH", 0) == 1;
+    return each;
+  }
 
   void keep_gemv_weights() {
     int64_t need = 0;
+    auto keep = [&](DeviceLinear* l, unsigned mask) {
+      l->gemv.reserve(l->w.bytes());
+      VLM_CUDA_CHECK(w4a16_gemv_repack(l->w.as(), l->gemv.as(), l->out, l->in, stream_));
+      l->gemv_row_mask = mask;
+      need += (int64_t)l->w.bytes();
+    };
+    auto pays = [](const DeviceLinear* l, int M) {
+      return l->tensor_core && w4a16_gemv_pays(M, l->out, l->in, l->group);
+    };
     for (DeviceLayer& d : layers_) {
+      if (gemv_each_layer()) {
+        for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down}) {
+          unsigned mask = 0;
+          for (int M = 1; M <= gemv_rows(); ++M) mask |= pays(l, M) ? 1u << M : 0u;
+          if (mask) keep(l, mask);
+        }
+        continue;
+      }
       const std::array<DeviceLinear*, 3> chain = {&d.qkv, &d.o, &d.gate_up};
       unsigned mask = 0;
       for (int M = 1; M <= gemv_rows(); ++M) {
         bool all = true;
-        for (const DeviceLinear* l : chain)
-          all = all && l->tensor_core && w4a16_gemv_pays(M, l->out, l->in, l->group);
+        for (const DeviceLinear* l : chain) all = all && pays(l, M);
         if (all) mask |= 1u << M;
       }
       if (!mask) continue;
-      for (DeviceLinear* l : chain) {
-        l->gemv.reserve(l->w.bytes());
-        VLM_CUDA_CHECK(w4a16_gemv_repack(l->w.as(), l->gemv.as(), l->out, l->in, stream_));
-        l->gemv_row_mask = mask;
-        need += (int64_t)l->w.bytes();
-      }
+      for (DeviceLinear* l : chain) keep(l, mask);
     }
     VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     gemv_bytes_ = need;

@@ -45,18 +45,33 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 16;       // output columns a tile
 constexpr int kChunkK = 64;      // inputs a chunk: 4 k16 steps, one 16-byte load a lane
-// Chunks a lane has requested ahead of the one it multiplies, in registers: 8 (128 registers, 2 blocks an SM) by
-// default; 4 fits 3 blocks an SM (80 registers; with the batched staging ptxas spills 8-16 bytes in some of its
-// forms, none in the 8-chunk ones), fewer bytes in flight a warp but more warps
-// (VLM_W4A16_GEMV_RING=4, for measuring).
+// Chunks a warp has requested ahead of the one it multiplies: 8 by default, in registers (128 registers, 2 blocks
+// an SM); 4 fits 3 blocks an SM (80 registers; with the batched staging ptxas spills 8-16 bytes in some of its
+// forms, none in the 8-chunk ones), fewer bytes in flight a warp but more warps (VLM_W4A16_GEMV_RING=4, for
+// measuring). VLM_W4A16_GEMV_SHARED_RING=1 keeps the 8 chunks in shared memory instead (cp.async, as the strip
+// kernel's ring): the same bytes in flight at 2 blocks an SM, with registers left for the next kernel's blocks.
+// Why: under dependent launch a kernel's blocks request their first weights before their wait only once they
+// are resident, and the register ring's 2 blocks take an SM's whole register file until they exit
+// (docs/benchmarks/cuda_engine.md, 2026-12-07: a strip GEMM after a column-tile one started 2 us early instead
+// of 6).
 constexpr int kDefaultInFlight = 8;
 constexpr int kPad = 8;          // halves after each staged row: ldmatrix rows of different A rows in other banks
-template <int NF>
-constexpr int min_blocks_per_sm() { return NF == 8 ? 2 : 3; }
+enum class Ring { kRegisters, kShared };
+template <int NF, Ring R>
+constexpr int min_blocks_per_sm() { return R == Ring::kShared ? 4 : NF == 8 ? 2 : 3; }
+// Blocks an SM the shared ring's grid counts on (its occupancy is 3-4): 2, the register ring's, so that the two
+// differ only in where the chunks wait and the registers they hold.
+constexpr int kSharedRingBlocksPerSm = 2;
+// A warp's slot of the shared ring: 32 lanes' 16 bytes of codes, then the 256-byte group record of scales and
+// zeros of the tile's 64-column strip (copied by lanes 0-15).
+constexpr int kSlotBytes = 512 + 256;
 
-// Shared memory: the staged rows, then the warps' sums (kWarps x 4 x 32 floats).
+// Shared memory: the staged rows, then the warps' sums (kWarps x 4 x 32 floats), then the shared ring if any.
 __host__ __device__ inline int staged_bytes(int rows, int K) { return rows * (K + kPad) * 2; }
-__host__ __device__ inline int smem_bytes(int rows, int K) { return staged_bytes(rows, K) + kWarps * 4 * 32 * 4; }
+__host__ __device__ inline int ring_offset(int rows, int K) { return staged_bytes(rows, K) + kWarps * 4 * 32 * 4; }
+__host__ __device__ inline int smem_bytes(int rows, int K, Ring R) {
+  return ring_offset(rows, K) + (R == Ring::kShared ? kWarps * kDefaultInFlight * kSlotBytes : 0);
+}
 
 // Stages A's M rows, all of K, into sa (row stride lda), as is or as silu(gate) * up. Every block stages all of
 // K right after its wait, so the loads of kStageBatch vectors a thread are all issued before any is used: one L2
@@ -89,11 +104,87 @@ __device__ __forceinline__ void stage_rows(const T* __restrict__ a, int K, bool 
     }
 }
 
+// A warp's chunks in flight, one of two forms with the same three calls: issue(j, slot) requests chunk j of the
+// warp's part into slot `slot` (j % kInFlight, a constant where the loops are unrolled); take(slot, ...) gives the
+// slot's 16 bytes of codes and the lane's two columns' scales and zeros for its group; release() follows the
+// reads of a slot, before it is refilled.
+//
+// The lane's 16 bytes of chunk c of tile t are vector (t chunks + c) 32 + lane of w; the group record of scales and
+// zeros for c's group is 64 words of t's 64-column strip (cpu/w4a16_pack.h), the lane's two columns' words being
+// word t % 4 of its vector g of the scales (words 0-31) and of the zeros (32-63).
+template <int NF>
+struct RegisterRing {
+  const uint4* wsrc;      // the lane's 16 bytes of the part's first chunk
+  const uint32_t* ssrc;   // the lane's scale word of the strip's first group record
+  int n_chunks, c0, group_shift;
+#if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
+  uint64_t policy;
+#endif
+  uint4 wv[NF];
+  uint32_t sv[NF], zv[NF];
+
+  __device__ __forceinline__ void issue(int j, int slot) {
+    if (j < n_chunks) {
+#if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
+      wv[slot] = w4a16::load_streaming(wsrc + (int64_t)j * 32, policy);
+#else
+      wv[slot] = w4a16::load_streaming(wsrc + (int64_t)j * 32);
+#endif
+      const uint32_t* rec = ssrc + (int64_t)((c0 + j) >> group_shift) * 64;
+      sv[slot] = __ldg(rec);
+      zv[slot] = __ldg(rec + 32);
+    }
+  }
+  __device__ __forceinline__ void take(int slot, uint4& w, uint32_t& sw, uint32_t& zw) const {
+    w = wv[slot], sw = sv[slot], zw = zv[slot];
+  }
+  __device__ __forceinline__ void release() const {}
+  __device__ __forceinline__ void drain() const {}
+};
+
+template <int NF>
+struct SharedRing {
+  const uint4* wsrc;   // the lane's 16 bytes of the part's first chunk
+  const uint4* rsrc;   // lane's 16 bytes (lanes 0-15) of the strip's first group record
+  uint4* slots;        // the warp's NF slots of kSlotBytes
+  int n_chunks, c0, group_shift, lane, word;  // word: the lane's word of a record's scales (g * 4 + tile % 4)
+
+  // Always one commit group, empty past the part's last chunk, so that a wait counts slots.
+  __device__ __forceinline__ void issue(int j, int slot) const {
+    if (j < n_chunks) {
+      uint4* s = slots + slot * (kSlotBytes / 16);
+      w4a16::cp_async16_weights(s + lane, wsrc + (int64_t)j * 32);
+      if (lane < 16) w4a16::cp_async16_weights(s + 32 + lane, rsrc + (int64_t)((c0 + j) >> group_shift) * 16);
+    }
+    w4a16::cp_async_commit();
+  }
+  __device__ __forceinline__ void take(int slot, uint4& w, uint32_t& sw, uint32_t& zw) const {
+    w4a16::cp_async_wait<NF - 1>();
+    __syncwarp();  // the record was copied by lanes 0-15 for the whole warp
+    const uint4* s = slots + slot * (kSlotBytes / 16);
+    w = s[lane];
+    const uint32_t* rec = reinterpret_cast<const uint32_t*>(s + 32);
+    sw = rec[word];
+    zw = rec[32 + word];
+  }
+  __device__ __forceinline__ void release() const { __syncwarp(); }  // every lane has read the slot's record
+  __device__ __forceinline__ void drain() const { w4a16::cp_async_wait<0>(); }
+};
+
+template <int NF, Ring R>
+struct RingOf {
+  using type = RegisterRing<NF>;
+};
+template <int NF>
+struct RingOf<NF, Ring::kShared> {
+  using type = SharedRing<NF>;
+};
+
 // grid: ceil(tiles / (kWarps / P)) blocks of kThreads. Warp w of block b takes tile b (kWarps / P) + w / P and
 // part w % P of its chunks. A comes from `a` (silu_up: silu(gate) * up of [gate | up] rows) or, where norm.weight
 // is set, from the residual stream. group_shift: log2 of a group's chunks (0 for groups of 64, 1 for 128).
-template <class T, int M, int kInFlight>
-__global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kInFlight>())
+template <class T, int M, int kInFlight, Ring R>
+__global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kInFlight, R>())
     w4a16_gemv_kernel(const T* __restrict__ a, const uint4* __restrict__ w, const uint32_t* __restrict__ sz,
                       const T* residual, T* c, RmsNormInput norm, int N, int K, int group_shift, int P,
                       bool silu_up) {
@@ -108,29 +199,25 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kInFlight>())
   const int c0 = part * chunks / P, c1 = (part + 1) * chunks / P;
   const int n_chunks = tile < N / kTileN ? c1 - c0 : 0;
 
-  // The lane's 16 bytes of chunk c of this tile, and its two columns' scales and zeros for c's group: word
-  // tile % 4 of the lane's 16-byte vector g of its 64-column strip's group record (cpu/w4a16_pack.h).
-  const uint4* wsrc = w + ((int64_t)tile * chunks + c0) * 32 + lane;
-  const uint32_t* ssrc = sz + (int64_t)(tile / 4) * groups * 64 + g * 4 + tile % 4;
+  typename RingOf<kInFlight, R>::type ring;
+  ring.wsrc = w + ((int64_t)tile * chunks + c0) * 32 + lane;
+  ring.n_chunks = n_chunks;
+  ring.c0 = c0;
+  ring.group_shift = group_shift;
+  if constexpr (R == Ring::kShared) {
+    ring.rsrc = reinterpret_cast<const uint4*>(sz) + (int64_t)(tile / 4) * groups * 16 + lane;
+    ring.slots = reinterpret_cast<uint4*>(smem + ring_offset(M, K)) + warp * kInFlight * (kSlotBytes / 16);
+    ring.lane = lane;
+    ring.word = g * 4 + tile % 4;
+  } else {
+    ring.ssrc = sz + (int64_t)(tile / 4) * groups * 64 + g * 4 + tile % 4;
 #if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
-  const uint64_t policy = w4a16::l2_evict_first_policy();
-  auto load_w = [&](int j) { return w4a16::load_streaming(wsrc + (int64_t)j * 32, policy); };
-#else
-  auto load_w = [&](int j) { return w4a16::load_streaming(wsrc + (int64_t)j * 32); };
+    ring.policy = w4a16::l2_evict_first_policy();
 #endif
-  uint4 wv[kInFlight];
-  uint32_t sv[kInFlight], zv[kInFlight];
-  auto issue = [&](int j, int slot) {
-    if (j < n_chunks) {
-      wv[slot] = load_w(j);
-      const uint32_t* rec = ssrc + (int64_t)((c0 + j) >> group_shift) * 64;
-      sv[slot] = __ldg(rec);
-      zv[slot] = __ldg(rec + 32);
-    }
-  };
+  }
   // Weights, scales and the norm's weights depend on no earlier kernel: requested before waiting for A's writer.
 #pragma unroll
-  for (int j = 0; j < kInFlight; ++j) issue(j, j);
+  for (int j = 0; j < kInFlight; ++j) ring.issue(j, j);
   if (norm.weight) cuda::prefetch_norm_weights(norm, 0, K / 8);
   cuda::pdl_wait();
   cuda::pdl_allow_next();
@@ -153,10 +240,13 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kInFlight>())
     for (int slot = 0; slot < kInFlight; ++slot) {
       const int j = j0 + slot;
       if (j >= n_chunks) break;
+      uint4 wv;
+      uint32_t sw, zw;
+      ring.take(slot, wv, sw, zw);
       uint32_t b[8][2];
-      w4a16::code_fragments<T>(wv[slot], b);  // b[2 s], b[2 s + 1]: step s's columns g and g + 8
-      const uint32_t sw = sv[slot], zw = zv[slot];
-      issue(j + kInFlight, slot);
+      w4a16::code_fragments<T>(wv, b);  // b[2 s], b[2 s + 1]: step s's columns g and g + 8
+      ring.release();
+      ring.issue(j + kInFlight, slot);
       float gacc[4], asum[4];
 #pragma unroll
       for (int s = 0; s < 4; ++s) {
@@ -175,6 +265,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kInFlight>())
       w4a16::add_tile_group_sums<T>(acc, gacc, asum, sw, zw);
     }
   }
+  ring.drain();  // no copy may still be writing this block's shared memory when it exits
 
   // acc[q]: output column g + 8 (q >> 1) of the tile, activation row 2 (lane % 4) + (q & 1).
   auto store = [&](int row, int col, float v) {
@@ -225,54 +316,64 @@ __global__ void repack_kernel(const uint32_t* __restrict__ packed, uint4* __rest
   }
 }
 
-template <class T, int M, int NF>
+using KernelPtr = void (*)(const __half*, const uint4*, const uint32_t*, const __half*, __half*, RmsNormInput, int,
+                           int, int, int, bool);
+
+template <class T, int M, int NF, Ring R>
 void (*kernel_for())(const T*, const uint4*, const uint32_t*, const T*, T*, RmsNormInput, int, int, int, int, bool) {
-  return w4a16_gemv_kernel<T, M, NF>;
+  return w4a16_gemv_kernel<T, M, NF, R>;
 }
 
-int ring_chunks() {
-  static const int n = cuda::env_int("VLM_W4A16_GEMV_RING", kDefaultInFlight) == 4 ? 4 : kDefaultInFlight;
-  return n;
+// The ring the kernels are launched with (read once a process): 8 chunks in registers unless
+// VLM_W4A16_GEMV_SHARED_RING=1 (8 in shared memory) or VLM_W4A16_GEMV_RING=4 (4 in registers).
+enum class RingChoice { kRegisters8, kRegisters4, kShared8 };
+RingChoice ring_choice() {
+  static const RingChoice r = cuda::env_int("VLM_W4A16_GEMV_SHARED_RING", 0) == 1 ? RingChoice::kShared8
+                              : cuda::env_int("VLM_W4A16_GEMV_RING", kDefaultInFlight) == 4 ? RingChoice::kRegisters4
+                                                                                             : RingChoice::kRegisters8;
+  return r;
 }
+Ring ring_kind() { return ring_choice() == RingChoice::kShared8 ? Ring::kShared : Ring::kRegisters; }
 
 // The most dynamic shared memory a block may take on this GPU (0 if the query fails).
 int smem_limit() { return cuda::dynamic_smem_limit(); }
 
-template <class T, int M, int NF>
+template <class T, int M, int NF, Ring R>
 cudaError_t grant_smem() {
   static const cudaError_t e =
-      cudaFuncSetAttribute(kernel_for<T, M, NF>(), cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit());
+      cudaFuncSetAttribute(kernel_for<T, M, NF, R>(), cudaFuncAttributeMaxDynamicSharedMemorySize, smem_limit());
   return e;
 }
 
-// Blocks an SM holds of the fp16 kernel of M rows with this K and the ring's depth (the bf16 one has the same
-// resources).
-template <int NF>
-void occupancy_kernel(int M, cudaError_t* e,
-                      void (**k)(const __half*, const uint4*, const uint32_t*, const __half*, __half*, RmsNormInput,
-                                 int, int, int, int, bool)) {
+// The fp16 kernel of M rows with this ring, its shared memory granted (the bf16 one has the same resources).
+template <int NF, Ring R>
+KernelPtr occupancy_kernel(int M, cudaError_t* e) {
   switch (M) {
-    case 1: *e = grant_smem<__half, 1, NF>(), *k = kernel_for<__half, 1, NF>(); break;
-    case 2: *e = grant_smem<__half, 2, NF>(), *k = kernel_for<__half, 2, NF>(); break;
-    case 3: *e = grant_smem<__half, 3, NF>(), *k = kernel_for<__half, 3, NF>(); break;
-    default: *e = grant_smem<__half, 4, NF>(), *k = kernel_for<__half, 4, NF>(); break;
+    case 1: *e = grant_smem<__half, 1, NF, R>(); return kernel_for<__half, 1, NF, R>();
+    case 2: *e = grant_smem<__half, 2, NF, R>(); return kernel_for<__half, 2, NF, R>();
+    case 3: *e = grant_smem<__half, 3, NF, R>(); return kernel_for<__half, 3, NF, R>();
+    default: *e = grant_smem<__half, 4, NF, R>(); return kernel_for<__half, 4, NF, R>();
   }
 }
+// Blocks an SM holds of the kernel of M rows with this K and the process's ring.
 int resident_blocks(int M, int K) {
   thread_local std::map<std::pair<int, int>, int> cache;
   const auto key = std::make_pair(M, K);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   int n = 0;
   cudaError_t e = cudaErrorInvalidValue;
-  void (*k1)(const __half*, const uint4*, const uint32_t*, const __half*, __half*, RmsNormInput, int, int, int, int,
-             bool) = nullptr;
-  if (ring_chunks() == 4) occupancy_kernel<4>(M, &e, &k1);
-  else occupancy_kernel<kDefaultInFlight>(M, &e, &k1);
-  if (e != cudaSuccess || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k1, kThreads, smem_bytes(M, K)) !=
-                              cudaSuccess) {
+  KernelPtr k = nullptr;
+  switch (ring_choice()) {
+    case RingChoice::kShared8: k = occupancy_kernel<kDefaultInFlight, Ring::kShared>(M, &e); break;
+    case RingChoice::kRegisters4: k = occupancy_kernel<4, Ring::kRegisters>(M, &e); break;
+    default: k = occupancy_kernel<kDefaultInFlight, Ring::kRegisters>(M, &e); break;
+  }
+  if (e != cudaSuccess || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads,
+                                                                        smem_bytes(M, K, ring_kind())) != cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
+  if (ring_kind() == Ring::kShared) n = std::min(n, kSharedRingBlocksPerSm);
   cache.emplace(key, n);
   return n;
 }
@@ -302,28 +403,28 @@ int parts_for(int M, int N, int K) {
   return 1;
 }
 
-template <class T, int M, int NF>
+template <class T, int M, int NF, Ring R>
 cudaError_t launch_rows(const void* a, const void* w, const void* sz, const void* residual, void* c,
                         const RmsNormInput& norm, int N, int K, int group, int P, bool silu_up,
                         cudaStream_t stream) {
-  if (const cudaError_t e = grant_smem<T, M, NF>(); e != cudaSuccess) return e;
+  if (const cudaError_t e = grant_smem<T, M, NF, R>(); e != cudaSuccess) return e;
   const int tiles_per_block = kWarps / P, tiles = N / kTileN;
   const dim3 grid((tiles + tiles_per_block - 1) / tiles_per_block);
-  return cuda::launch_dependent(kernel_for<T, M, NF>(), grid, dim3(kThreads), smem_bytes(M, K), stream,
+  return cuda::launch_dependent(kernel_for<T, M, NF, R>(), grid, dim3(kThreads), smem_bytes(M, K, R), stream,
                                 static_cast<const T*>(a), static_cast<const uint4*>(w),
                                 static_cast<const uint32_t*>(sz), static_cast<const T*>(residual),
                                 static_cast<T*>(c), norm, N, K, group == 128 ? 1 : 0, P, silu_up);
 }
 
-template <class T, int NF>
+template <class T, int NF, Ring R>
 cudaError_t launch_ring(const void* a, const void* w, const void* sz, const void* residual, void* c,
                         const RmsNormInput& norm, int M, int N, int K, int group, int P, bool silu_up,
                         cudaStream_t stream) {
   switch (M) {
-    case 1: return launch_rows<T, 1, NF>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
-    case 2: return launch_rows<T, 2, NF>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
-    case 3: return launch_rows<T, 3, NF>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
-    default: return launch_rows<T, 4, NF>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    case 1: return launch_rows<T, 1, NF, R>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    case 2: return launch_rows<T, 2, NF, R>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    case 3: return launch_rows<T, 3, NF, R>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
+    default: return launch_rows<T, 4, NF, R>(a, w, sz, residual, c, norm, N, K, group, P, silu_up, stream);
   }
 }
 
@@ -333,15 +434,23 @@ cudaError_t launch(const void* a, const void* w, const void* sz, const void* res
                    int parts) {
   const int P = parts ? parts : parts_for(M, N, K);
   if (P == 0) return cudaErrorInvalidValue;
-  if (ring_chunks() == 4) return launch_ring<T, 4>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up, stream);
-  return launch_ring<T, kDefaultInFlight>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up, stream);
+  switch (ring_choice()) {
+    case RingChoice::kShared8:
+      return launch_ring<T, kDefaultInFlight, Ring::kShared>(a, w, sz, residual, c, norm, M, N, K, group, P,
+                                                             silu_up, stream);
+    case RingChoice::kRegisters4:
+      return launch_ring<T, 4, Ring::kRegisters>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up, stream);
+    default:
+      return launch_ring<T, kDefaultInFlight, Ring::kRegisters>(a, w, sz, residual, c, norm, M, N, K, group, P,
+                                                                silu_up, stream);
+  }
 }
 
 }  // namespace
 
 bool w4a16_gemv_applies(int M, int N, int K, int group) {
   return supported() && M >= 1 && M <= kGemvMaxRows && N > 0 && N % kW4StripN == 0 && K > 0 &&
-         K % kChunkK == 0 && (group == 64 || group == 128) && K % group == 0 && smem_bytes(M, K) <= smem_limit() &&
+         K % kChunkK == 0 && (group == 64 || group == 128) && K % group == 0 && smem_bytes(M, K, ring_kind()) <= smem_limit() &&
          parts_for(M, N, K) > 0;
 }
 

@@ -267,6 +267,12 @@ def test_column_tile_decode_gemms_match_the_cpu_backend():
     _awq_comparisons_pass_with(VLM_W4A16_GEMV="4")
 
 
+def test_column_tile_decode_gemms_with_the_shared_ring_on_every_layer_match_the_cpu_backend():
+    """The same with the kernel's chunks in flight in shared memory (VLM_W4A16_GEMV_SHARED_RING=1: other
+    instantiations, cp.async) and on each layer where it pays alone, down too (VLM_W4A16_GEMV_EACH=1)."""
+    _awq_comparisons_pass_with(VLM_W4A16_GEMV="4", VLM_W4A16_GEMV_SHARED_RING="1", VLM_W4A16_GEMV_EACH="1")
+
+
 _GEMV_BYTES_RUN = """
 import sys
 from vlmserve import Engine, EngineConfig
@@ -277,8 +283,8 @@ with Engine(sys.argv[1], EngineConfig(device="cuda", num_kv_blocks=16, block_siz
 
 def test_the_column_tile_copies_are_counted_in_the_engine_stats(tiny_model_dir, tmp_path):
     """The engine's stats report the column-tile kernel's copies: the packed bytes of every layer's q/k/v, o and
-    gate_up again with VLM_W4A16_GEMV=1 (down stays on the strip kernel), none with 0. A process each (settings
-    read once)."""
+    gate_up again with VLM_W4A16_GEMV=1 (down stays on the strip kernel), down's too with VLM_W4A16_GEMV_EACH=1,
+    none with 0. A process each (settings read once)."""
     import json
     import os
     import subprocess
@@ -294,14 +300,18 @@ def test_the_column_tile_copies_are_counted_in_the_engine_stats(tiny_model_dir, 
     h, inter, heads, kv = (cfg["hidden_size"], cfg["intermediate_size"], cfg["num_attention_heads"],
                            cfg["num_key_value_heads"])
     hd = cfg["head_dim"]
-    per_layer = ((heads + 2 * kv) * hd * h + h * heads * hd + 2 * inter * h) // 2  # q/k/v, o, gate_up: 4 bits a weight
+    chain = ((heads + 2 * kv) * hd * h + h * heads * hd + 2 * inter * h) // 2  # q/k/v, o, gate_up: 4 bits a weight
+    down = inter * h // 2
+    settings = {"chain": {"VLM_W4A16_GEMV": "1"}, "each": {"VLM_W4A16_GEMV": "1", "VLM_W4A16_GEMV_EACH": "1"},
+                "off": {"VLM_W4A16_GEMV": "0"}}
     seen = {}
-    for setting in ("1", "0"):
+    for name, setting in settings.items():
         done = subprocess.run([sys.executable, "-c", _GEMV_BYTES_RUN, str(dst)], capture_output=True, text=True,
-                              timeout=300, env=dict(os.environ, VLM_W4A16_GEMV=setting))
+                              timeout=300, env=dict(os.environ, **setting))
         assert done.returncode == 0, done.stderr[-4000:]
-        seen[setting] = int(done.stdout.split()[-1])
-    assert seen == {"1": cfg["num_hidden_layers"] * per_layer, "0": 0}
+        seen[name] = int(done.stdout.split()[-1])
+    layers = cfg["num_hidden_layers"]
+    assert seen == {"chain": layers * chain, "each": layers * (chain + down), "off": 0}
 
 
 def _awq_comparisons_pass_with(**settings):

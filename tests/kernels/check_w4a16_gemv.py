@@ -1,9 +1,9 @@
 """Run in a subprocess by test_w4a16_gemv.py: the column-tile w4a16 kernel (native/cuda/w4a16_gemv.cu) on its own
 copy of each layer against the float32 reference, once with each number of warps a tile in VLM_W4A16_GEMV_CHECK_PARTS
-(comma-separated, 0 the kernel's own choice; default 0) on the same layer, under whatever VLM_W4A16_GEMV_RING the
-environment sets (the library reads it once per process): plain, with a residual, with silu(gate) * up as input,
-and with the fused RMSNorm, whose outputs must equal the norm kernel followed by the same GEMM bit for bit. Prints
-one line per failure and exits 1 if there was any."""
+(comma-separated, 0 the kernel's own choice; default 0) on the same layer, under whatever ring VLM_W4A16_GEMV_RING /
+VLM_W4A16_GEMV_SHARED_RING set (the library reads them once per process): plain, with a residual, with silu(gate) * up
+as input, and with the fused RMSNorm, whose outputs must equal the norm kernel followed by the same GEMM bit for bit.
+Prints one line per failure and exits 1 if there was any."""
 from __future__ import annotations
 
 import os

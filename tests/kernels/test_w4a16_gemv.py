@@ -19,3 +19,10 @@ def test_the_shallower_register_ring_matches_reference():
     # 4 chunks in flight a lane instead of 8 (VLM_W4A16_GEMV_RING=4, read once a process): other instantiations,
     # 3 blocks an SM.
     run_check_script("check_w4a16_gemv.py", {"VLM_W4A16_GEMV_CHECK_PARTS": "0,1,8", "VLM_W4A16_GEMV_RING": "4"})
+
+
+def test_the_shared_memory_ring_matches_reference():
+    # The 8 chunks in flight in shared memory (VLM_W4A16_GEMV_SHARED_RING=1, cp.async; read once a process): other
+    # instantiations, a warp's group record copied by half its lanes for all of them.
+    run_check_script("check_w4a16_gemv.py", {"VLM_W4A16_GEMV_CHECK_PARTS": "0,1,2,8",
+                                             "VLM_W4A16_GEMV_SHARED_RING": "1"})
