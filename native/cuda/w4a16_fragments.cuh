@@ -212,6 +212,19 @@ __device__ __forceinline__ void cp_async16_weights(void* smem, const void* gmem)
   cp_async16(smem, gmem);
 #endif
 }
+// 4 bytes global → shared with the same policy (cp.async.ca: the 4-byte form goes through L1): a column tile's
+// scale or zero word.
+__device__ __forceinline__ void cp_async4_weights(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+#if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::" VLM_W4A16_WEIGHT_POLICY ".b64 %0, 1.0;\n" : "=l"(policy));
+  asm volatile("cp.async.ca.shared.global.L2::cache_hint [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "l"(policy)
+               : "memory");
+#else
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");
+#endif
+}
 __device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, int bytes) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes) : "memory");

@@ -57,14 +57,16 @@ constexpr int kChunkK = 64;      // inputs a chunk: 4 k16 steps, one 16-byte loa
 constexpr int kDefaultInFlight = 8;
 constexpr int kPad = 8;          // halves after each staged row: ldmatrix rows of different A rows in other banks
 enum class Ring { kRegisters, kShared };
-template <int NF, Ring R>
-constexpr int min_blocks_per_sm() { return R == Ring::kShared ? 4 : NF == 8 ? 2 : 3; }
+// The shared ring's forms fit 64 registers up to 2 rows; at 3 and 4 they spill 4-20 bytes there (ptxas, sm_90a), so
+// they take 80.
+template <int M, int NF, Ring R>
+constexpr int min_blocks_per_sm() { return R == Ring::kShared ? (M <= 2 ? 4 : 3) : NF == 8 ? 2 : 3; }
 // Blocks an SM the shared ring's grid counts on (its occupancy is 3-4): 2, the register ring's, so that the two
 // differ only in where the chunks wait and the registers they hold.
 constexpr int kSharedRingBlocksPerSm = 2;
-// A warp's slot of the shared ring: 32 lanes' 16 bytes of codes, then the 256-byte group record of scales and
-// zeros of the tile's 64-column strip (copied by lanes 0-15).
-constexpr int kSlotBytes = 512 + 256;
+// A warp's slot of the shared ring: 32 lanes' 16 bytes of codes, then the tile's 16 words of its group's record:
+// the scales of its columns (g, g + 8) for g = 0..7, then the zeros (copied by lanes 0-15, a word each).
+constexpr int kSlotBytes = 512 + 64;
 
 // Shared memory: the staged rows, then the warps' sums (kWarps x 4 x 32 floats), then the shared ring if any.
 __host__ __device__ inline int staged_bytes(int rows, int K) { return rows * (K + kPad) * 2; }
@@ -144,17 +146,19 @@ struct RegisterRing {
 
 template <int NF>
 struct SharedRing {
-  const uint4* wsrc;   // the lane's 16 bytes of the part's first chunk
-  const uint4* rsrc;   // lane's 16 bytes (lanes 0-15) of the strip's first group record
-  uint4* slots;        // the warp's NF slots of kSlotBytes
-  int n_chunks, c0, group_shift, lane, word;  // word: the lane's word of a record's scales (g * 4 + tile % 4)
+  const uint4* wsrc;      // the lane's 16 bytes of the part's first chunk
+  const uint32_t* rsrc;   // lanes 0-15: the lane's word of the strip's first group record
+  uint4* slots;           // the warp's NF slots of kSlotBytes
+  int n_chunks, c0, group_shift, lane, g;
 
   // Always one commit group, empty past the part's last chunk, so that a wait counts slots.
   __device__ __forceinline__ void issue(int j, int slot) const {
     if (j < n_chunks) {
       uint4* s = slots + slot * (kSlotBytes / 16);
       w4a16::cp_async16_weights(s + lane, wsrc + (int64_t)j * 32);
-      if (lane < 16) w4a16::cp_async16_weights(s + 32 + lane, rsrc + (int64_t)((c0 + j) >> group_shift) * 16);
+      if (lane < 16)
+        w4a16::cp_async4_weights(reinterpret_cast<uint32_t*>(s + 32) + lane,
+                                 rsrc + (int64_t)((c0 + j) >> group_shift) * 64);
     }
     w4a16::cp_async_commit();
   }
@@ -164,8 +168,8 @@ struct SharedRing {
     const uint4* s = slots + slot * (kSlotBytes / 16);
     w = s[lane];
     const uint32_t* rec = reinterpret_cast<const uint32_t*>(s + 32);
-    sw = rec[word];
-    zw = rec[32 + word];
+    sw = rec[g];
+    zw = rec[8 + g];
   }
   __device__ __forceinline__ void release() const { __syncwarp(); }  // every lane has read the slot's record
   __device__ __forceinline__ void drain() const { w4a16::cp_async_wait<0>(); }
@@ -184,7 +188,7 @@ struct RingOf<NF, Ring::kShared> {
 // part w % P of its chunks. A comes from `a` (silu_up: silu(gate) * up of [gate | up] rows) or, where norm.weight
 // is set, from the residual stream. group_shift: log2 of a group's chunks (0 for groups of 64, 1 for 128).
 template <class T, int M, int kInFlight, Ring R>
-__global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kInFlight, R>())
+__global__ void __launch_bounds__(kThreads, min_blocks_per_sm<M, kInFlight, R>())
     w4a16_gemv_kernel(const T* __restrict__ a, const uint4* __restrict__ w, const uint32_t* __restrict__ sz,
                       const T* residual, T* c, RmsNormInput norm, int N, int K, int group_shift, int P,
                       bool silu_up) {
@@ -205,10 +209,11 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<kInFlight, R>())
   ring.c0 = c0;
   ring.group_shift = group_shift;
   if constexpr (R == Ring::kShared) {
-    ring.rsrc = reinterpret_cast<const uint4*>(sz) + (int64_t)(tile / 4) * groups * 16 + lane;
+    // Lane l < 16 copies word (l / 8) 32 + (l % 8) 4 + tile % 4: the scale (l < 8) or zero of columns l % 8, + 8.
+    ring.rsrc = sz + (int64_t)(tile / 4) * groups * 64 + (lane / 8) * 32 + (lane % 8) * 4 + tile % 4;
     ring.slots = reinterpret_cast<uint4*>(smem + ring_offset(M, K)) + warp * kInFlight * (kSlotBytes / 16);
     ring.lane = lane;
-    ring.word = g * 4 + tile % 4;
+    ring.g = g;
   } else {
     ring.ssrc = sz + (int64_t)(tile / 4) * groups * 64 + g * 4 + tile % 4;
 #if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
