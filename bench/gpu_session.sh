@@ -1516,7 +1516,8 @@ decode_settings() {  # decode_settings STEM SETTING...: batch-1 w4a16 + int8 KV 
       for m in ${TRACE_MODELS:-2b 7b}; do
         echo "round $round, $m, $i: $setting"
         env $setting python3 bench/decode.py --models $m --weights w4a16 --kv int8 --batches 1 --peer-batches 0 \
-          --work /tmp/decode-models --out "$RES/decode_${m}_${stem}_r${round}_s$i.json" 2>&1 | grep -E "tok/s" | tail -n 1
+          --work /tmp/decode-models --out "$RES/decode_${m}_${stem}_r${round}_s$i.json" 2>&1 | grep -E "tok/s" |
+          tail -n 1
       done
     done
   done

@@ -455,7 +455,8 @@ cudaError_t launch(const void* a, const void* w, const void* sz, const void* res
 
 bool w4a16_gemv_applies(int M, int N, int K, int group) {
   return supported() && M >= 1 && M <= kGemvMaxRows && N > 0 && N % kW4StripN == 0 && K > 0 &&
-         K % kChunkK == 0 && (group == 64 || group == 128) && K % group == 0 && smem_bytes(M, K, ring_kind()) <= smem_limit() &&
+         K % kChunkK == 0 && (group == 64 || group == 128) && K % group == 0 &&
+         smem_bytes(M, K, ring_kind()) <= smem_limit() &&
          parts_for(M, N, K) > 0;
 }
 
