@@ -25,8 +25,8 @@
 #                 in flight a lane, then 4; gemv_trace: batch-1 steps' kernels (2B, 7B) without and with it;
 #                 gemv_decode_2b: 2B batch 1 without and with it; gemv_waves: its check, then those steps with its
 #                 grids capped (VLM_W4A16_GEMV_WAVE) and rings; gemv_shared: bench/gemm at one row and batch-1 traces
-#                 with its ring in registers and in shared memory (VLM_W4A16_GEMV_SHARED_RING), on q/k/v, o, gate_up
-#                 or each layer (VLM_W4A16_GEMV_EACH); gemv_shared_decode: batch-1 tok/s of those;
+#                 with its ring in registers and in shared memory (VLM_W4A16_GEMV_SHARED_RING=8/16), on q/k/v, o,
+#                 gate_up or each layer (VLM_W4A16_GEMV_EACH=1/2); gemv_shared_decode: batch-1 tok/s of those;
 #                 gemv_shared_memcheck: compute-sanitizer on the shared ring's checks
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   gemm_apart    bench/gemm with torch timed in the library's process, then in a process of its own (--peers apart),
@@ -1494,16 +1494,18 @@ gemv_decode_2b() {  # 2B w4a16 + int8 KV decode at batch 1, strip kernel (VLM_W4
   for round in $(seq 1 "${GEMV_ROUNDS:-1}"); do decode_ab VLM_W4A16_GEMV "gemv_r${round}_" 1 -; done
 }
 gemv_shared() {  # the column-tile kernel's ring in registers (VLM_W4A16_GEMV_SHARED_RING=0) and in shared memory
-  # (=1): bench/gemm at one row, then batch-1 steps' kernels (TRACE_MODELS): strip kernel; column tiles on q/k/v, o,
-  # gate_up with each ring; column tiles on each layer that pays alone, down too (VLM_W4A16_GEMV_EACH), shared ring
+  # (8 or 16 chunks): bench/gemm at one row, then batch-1 steps' kernels (TRACE_MODELS): strip kernel; column tiles on
+  # q/k/v, o, gate_up with the register ring and the 8-chunk shared one; on each layer that pays alone, down too
+  # (VLM_W4A16_GEMV_EACH=1), 8-chunk shared ring; on every layer (EACH=2), 16-chunk shared ring
   local ring
-  for ring in 0 1; do
+  for ring in 0 8 16; do
     echo "VLM_W4A16_GEMV_SHARED_RING=$ring"
     VLM_W4A16_GEMV_SHARED_RING=$ring python3 bench/gemm.py --ms 1 --out-dir "$RES/gemv_shared$ring" |
       grep -E "^\| " | awk -F'|' 'NR > 1 {print $2, $3, "strip", $8, "column tiles", $19}'
   done
-  traces_b1 "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=1" \
-    "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=1 VLM_W4A16_GEMV_EACH=1"
+  traces_b1 "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=8" \
+    "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=8 VLM_W4A16_GEMV_EACH=1" \
+    "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=16 VLM_W4A16_GEMV_EACH=2"
 }
 decode_settings() {  # decode_settings STEM SETTING...: batch-1 w4a16 + int8 KV tok/s (TRACE_MODELS, default 2B and 7B)
   # under each setting (space-separated VAR=value), GEMV_ROUNDS rounds (default 1), settings interleaved in a round
@@ -1522,12 +1524,16 @@ decode_settings() {  # decode_settings STEM SETTING...: batch-1 w4a16 + int8 KV 
     done
   done
 }
-gemv_shared_decode() {  # batch-1 tok/s: strip kernel, column tiles with the shared ring (q/k/v, o, gate_up; each layer)
-  decode_settings shared "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=1" \
-    "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=1 VLM_W4A16_GEMV_EACH=1"
+gemv_shared_decode() {  # batch-1 tok/s: strip kernel; column tiles with the 8-chunk shared ring on each layer that
+  # pays (EACH=1); with the 16-chunk shared ring on every layer (EACH=2)
+  decode_settings shared "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=8 VLM_W4A16_GEMV_EACH=1" \
+    "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=16 VLM_W4A16_GEMV_EACH=2"
 }
-gemv_shared_memcheck() {  # compute-sanitizer memcheck on the shared ring's checks, 8 and 1 warps a tile
-  VLM_W4A16_GEMV_SHARED_RING=1 VLM_W4A16_GEMV_CHECK_PARTS=8,1 PYTHONPATH="tests/kernels:$PYTHONPATH" \
+gemv_shared_memcheck() {  # compute-sanitizer memcheck on the shared rings' checks (8 chunks: 8 and 1 warps a tile;
+  # 16: 1)
+  VLM_W4A16_GEMV_SHARED_RING=8 VLM_W4A16_GEMV_CHECK_PARTS=8,1 PYTHONPATH="tests/kernels:$PYTHONPATH" \
+    compute-sanitizer --tool memcheck --error-exitcode 1 python3 tests/kernels/check_w4a16_gemv.py | tail -n 3
+  VLM_W4A16_GEMV_SHARED_RING=16 VLM_W4A16_GEMV_CHECK_PARTS=1 PYTHONPATH="tests/kernels:$PYTHONPATH" \
     compute-sanitizer --tool memcheck --error-exitcode 1 python3 tests/kernels/check_w4a16_gemv.py | tail -n 3
 }
 gemv_parts() {  # bench/gemm at one row with the column-tile kernel's warps a tile pinned to 8, 4, 2 and 1
@@ -1561,7 +1567,7 @@ step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is c
 step gvtests 240
 step gemv_gemm 240
 step gemv_etests 240
-step gemv_shared 420
+step gemv_shared 480
 step gemv_shared_decode 420
 step gemv_shared_memcheck 300
 step gemv_decode 400

@@ -1045,13 +1045,14 @@ class CudaRunner final : public StepRunner {
   // (after a column-tile gate_up; batching its staged row's loads did not change that).
   // VLM_W4A16_GEMV_EACH=1 (measuring) instead gives each of the four layers, down too, the kernel where it pays on
   // that layer alone: with its ring in shared memory (VLM_W4A16_GEMV_SHARED_RING) a column-tile grid holds half
-  // the registers, so the kernel after it may start early.
+  // the registers, so the kernel after it may start early. =2 gives it every layer it applies to (the pays rule
+  // was measured with the register ring; a deeper shared ring may change it).
   static int gemv_rows() {
     static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 0), 0, kGemvMaxRows);
     return rows;
   }
-  static bool gemv_each_layer() {
-    static const bool each = cuda::env_int("VLM_W4A16_GEMV_EACH", 0) == 1;
+  static int gemv_each_layer() {
+    static const int each = std::clamp(cuda::env_int("VLM_W4A16_GEMV_EACH", 0), 0, 2);
     return each;
   }
 
@@ -1064,7 +1065,8 @@ class CudaRunner final : public StepRunner {
       need += (int64_t)l->w.bytes();
     };
     auto pays = [](const DeviceLinear* l, int M) {
-      return l->tensor_core && w4a16_gemv_pays(M, l->out, l->in, l->group);
+      return l->tensor_core && (gemv_each_layer() == 2 ? w4a16_gemv_applies(M, l->out, l->in, l->group)
+                                                        : w4a16_gemv_pays(M, l->out, l->in, l->group));
     };
     for (DeviceLayer& d : layers_) {
       if (gemv_each_layer()) {

@@ -48,21 +48,26 @@ constexpr int kChunkK = 64;      // inputs a chunk: 4 k16 steps, one 16-byte loa
 // Chunks a warp has requested ahead of the one it multiplies: 8 by default, in registers (128 registers, 2 blocks
 // an SM); 4 fits 3 blocks an SM (80 registers; with the batched staging ptxas spills 8-16 bytes in some of its
 // forms, none in the 8-chunk ones), fewer bytes in flight a warp but more warps (VLM_W4A16_GEMV_RING=4, for
-// measuring). VLM_W4A16_GEMV_SHARED_RING=1 keeps the 8 chunks in shared memory instead (cp.async, as the strip
-// kernel's ring): the same bytes in flight at 2 blocks an SM, with registers left for the next kernel's blocks.
+// measuring). VLM_W4A16_GEMV_SHARED_RING=8 (or 1) keeps the 8 chunks in shared memory instead (cp.async, as the
+// strip kernel's ring): the same bytes in flight at 2 blocks an SM, with registers left for the next kernel's
+// blocks; =16 keeps 16 there, twice the bytes in flight a warp at the same registers (for the layers whose warps
+// stream 32-64 chunks each, 7B q/k/v and gate_up, where 8 in registers lost to the strip kernel).
 // Why: under dependent launch a kernel's blocks request their first weights before their wait only once they
 // are resident, and the register ring's 2 blocks take an SM's whole register file until they exit
 // (docs/benchmarks/cuda_engine.md, 2026-12-07: a strip GEMM after a column-tile one started 2 us early instead
 // of 6).
 constexpr int kDefaultInFlight = 8;
+constexpr int kDeepInFlight = 16;  // the shared ring's other depth
 constexpr int kPad = 8;          // halves after each staged row: ldmatrix rows of different A rows in other banks
 enum class Ring { kRegisters, kShared };
-// The shared ring's forms fit 64 registers up to 2 rows; at 3 and 4 they spill 4-20 bytes there (ptxas, sm_90a), so
-// they take 80.
+// The shared ring's 8-chunk forms fit 64 registers up to 2 rows; at 3 and 4 rows, and with 16 chunks (its loop
+// unrolled twice as long), they spill 4-20 bytes there (ptxas, sm_90a), so those take 80.
 template <int M, int NF, Ring R>
-constexpr int min_blocks_per_sm() { return R == Ring::kShared ? (M <= 2 ? 4 : 3) : NF == 8 ? 2 : 3; }
-// Blocks an SM the shared ring's grid counts on (its occupancy is 3-4): 2, the register ring's, so that the two
-// differ only in where the chunks wait and the registers they hold.
+constexpr int min_blocks_per_sm() {
+  return R == Ring::kShared ? (M <= 2 && NF == kDefaultInFlight ? 4 : 3) : NF == 8 ? 2 : 3;
+}
+// Blocks an SM the shared ring's grid counts on (its occupancy by registers is 3-4): 2, the register ring's, so
+// that the two differ only in where the chunks wait and the registers they hold.
 constexpr int kSharedRingBlocksPerSm = 2;
 // A warp's slot of the shared ring: 32 lanes' 16 bytes of codes, then the tile's 16 words of its group's record:
 // the scales of its columns (g, g + 8) for g = 0..7, then the zeros (copied by lanes 0-15, a word each).
@@ -71,15 +76,15 @@ constexpr int kSlotBytes = 512 + 64;
 // Shared memory: the staged rows, then the warps' sums (kWarps x 4 x 32 floats), then the shared ring if any.
 __host__ __device__ inline int staged_bytes(int rows, int K) { return rows * (K + kPad) * 2; }
 __host__ __device__ inline int ring_offset(int rows, int K) { return staged_bytes(rows, K) + kWarps * 4 * 32 * 4; }
-__host__ __device__ inline int smem_bytes(int rows, int K, Ring R) {
-  return ring_offset(rows, K) + (R == Ring::kShared ? kWarps * kDefaultInFlight * kSlotBytes : 0);
+__host__ __device__ inline int smem_bytes(int rows, int K, Ring R, int chunks) {
+  return ring_offset(rows, K) + (R == Ring::kShared ? kWarps * chunks * kSlotBytes : 0);
 }
 
 // Stages A's M rows, all of K, into sa (row stride lda), as is or as silu(gate) * up. Every block stages all of
 // K right after its wait, so the loads of kStageBatch vectors a thread are all issued before any is used: one L2
 // round trip a batch instead of one a vector (a 2B down row of silu(gate) * up is 8,192 inputs: 4 vectors of gate
-// and 4 of up a thread). The batch's registers come beside the ring's: 4 with the 8-chunk ring, 2 with the
-// 4-chunk one (its 80 registers).
+// and 4 of up a thread). The batch's registers come beside the ring's: 4 with the 8- and 16-chunk rings, 2 with
+// the 4-chunk one (its 80 registers).
 template <class T, int M, int kStageBatch>
 __device__ __forceinline__ void stage_rows(const T* __restrict__ a, int K, bool silu_up, T* sa, int lda) {
   const int vecs = K / 8;
@@ -232,7 +237,7 @@ __global__ void __launch_bounds__(kThreads, min_blocks_per_sm<M, kInFlight, R>()
     // Block 0 writes the updated residual (every block stages all of K).
     cuda::stage_rms_norm_rows<T, M>(norm, M, K, 0, K / 8, sa, lda, norm.h_out && blockIdx.x == 0);
   } else {
-    stage_rows<T, M, kInFlight / 2>(a, K, silu_up, sa, lda);
+    stage_rows<T, M, (kInFlight / 2 < 4 ? kInFlight / 2 : 4)>(a, K, silu_up, sa, lda);
   }
   __syncthreads();
 
@@ -330,15 +335,21 @@ void (*kernel_for())(const T*, const uint4*, const uint32_t*, const T*, T*, RmsN
 }
 
 // The ring the kernels are launched with (read once a process): 8 chunks in registers unless
-// VLM_W4A16_GEMV_SHARED_RING=1 (8 in shared memory) or VLM_W4A16_GEMV_RING=4 (4 in registers).
-enum class RingChoice { kRegisters8, kRegisters4, kShared8 };
+// VLM_W4A16_GEMV_SHARED_RING is set (16 in shared memory for 16, else 8) or VLM_W4A16_GEMV_RING=4 (4 in registers).
+struct RingChoice {
+  Ring kind;
+  int chunks;
+};
 RingChoice ring_choice() {
-  static const RingChoice r = cuda::env_int("VLM_W4A16_GEMV_SHARED_RING", 0) == 1 ? RingChoice::kShared8
-                              : cuda::env_int("VLM_W4A16_GEMV_RING", kDefaultInFlight) == 4 ? RingChoice::kRegisters4
-                                                                                             : RingChoice::kRegisters8;
+  static const RingChoice r = [] {
+    const int shared = cuda::env_int("VLM_W4A16_GEMV_SHARED_RING", 0);
+    if (shared) return RingChoice{Ring::kShared, shared == kDeepInFlight ? kDeepInFlight : kDefaultInFlight};
+    const int registers = cuda::env_int("VLM_W4A16_GEMV_RING", kDefaultInFlight);
+    return RingChoice{Ring::kRegisters, registers == 4 ? 4 : kDefaultInFlight};
+  }();
   return r;
 }
-Ring ring_kind() { return ring_choice() == RingChoice::kShared8 ? Ring::kShared : Ring::kRegisters; }
+int ring_smem_bytes(int M, int K) { return smem_bytes(M, K, ring_choice().kind, ring_choice().chunks); }
 
 // The most dynamic shared memory a block may take on this GPU (0 if the query fails).
 int smem_limit() { return cuda::dynamic_smem_limit(); }
@@ -368,17 +379,19 @@ int resident_blocks(int M, int K) {
   int n = 0;
   cudaError_t e = cudaErrorInvalidValue;
   KernelPtr k = nullptr;
-  switch (ring_choice()) {
-    case RingChoice::kShared8: k = occupancy_kernel<kDefaultInFlight, Ring::kShared>(M, &e); break;
-    case RingChoice::kRegisters4: k = occupancy_kernel<4, Ring::kRegisters>(M, &e); break;
-    default: k = occupancy_kernel<kDefaultInFlight, Ring::kRegisters>(M, &e); break;
-  }
-  if (e != cudaSuccess || cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads,
-                                                                        smem_bytes(M, K, ring_kind())) != cudaSuccess) {
+  const RingChoice ring = ring_choice();
+  if (ring.kind == Ring::kShared)
+    k = ring.chunks == kDeepInFlight ? occupancy_kernel<kDeepInFlight, Ring::kShared>(M, &e)
+                                     : occupancy_kernel<kDefaultInFlight, Ring::kShared>(M, &e);
+  else
+    k = ring.chunks == 4 ? occupancy_kernel<4, Ring::kRegisters>(M, &e)
+                         : occupancy_kernel<kDefaultInFlight, Ring::kRegisters>(M, &e);
+  if (e != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, ring_smem_bytes(M, K)) != cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
-  if (ring_kind() == Ring::kShared) n = std::min(n, kSharedRingBlocksPerSm);
+  if (ring.kind == Ring::kShared) n = std::min(n, kSharedRingBlocksPerSm);
   cache.emplace(key, n);
   return n;
 }
@@ -415,7 +428,7 @@ cudaError_t launch_rows(const void* a, const void* w, const void* sz, const void
   if (const cudaError_t e = grant_smem<T, M, NF, R>(); e != cudaSuccess) return e;
   const int tiles_per_block = kWarps / P, tiles = N / kTileN;
   const dim3 grid((tiles + tiles_per_block - 1) / tiles_per_block);
-  return cuda::launch_dependent(kernel_for<T, M, NF, R>(), grid, dim3(kThreads), smem_bytes(M, K, R), stream,
+  return cuda::launch_dependent(kernel_for<T, M, NF, R>(), grid, dim3(kThreads), smem_bytes(M, K, R, NF), stream,
                                 static_cast<const T*>(a), static_cast<const uint4*>(w),
                                 static_cast<const uint32_t*>(sz), static_cast<const T*>(residual),
                                 static_cast<T*>(c), norm, N, K, group == 128 ? 1 : 0, P, silu_up);
@@ -439,16 +452,18 @@ cudaError_t launch(const void* a, const void* w, const void* sz, const void* res
                    int parts) {
   const int P = parts ? parts : parts_for(M, N, K);
   if (P == 0) return cudaErrorInvalidValue;
-  switch (ring_choice()) {
-    case RingChoice::kShared8:
-      return launch_ring<T, kDefaultInFlight, Ring::kShared>(a, w, sz, residual, c, norm, M, N, K, group, P,
-                                                             silu_up, stream);
-    case RingChoice::kRegisters4:
-      return launch_ring<T, 4, Ring::kRegisters>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up, stream);
-    default:
-      return launch_ring<T, kDefaultInFlight, Ring::kRegisters>(a, w, sz, residual, c, norm, M, N, K, group, P,
-                                                                silu_up, stream);
+  const RingChoice ring = ring_choice();
+  if (ring.kind == Ring::kShared) {
+    if (ring.chunks == kDeepInFlight)
+      return launch_ring<T, kDeepInFlight, Ring::kShared>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up,
+                                                          stream);
+    return launch_ring<T, kDefaultInFlight, Ring::kShared>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up,
+                                                           stream);
   }
+  if (ring.chunks == 4)
+    return launch_ring<T, 4, Ring::kRegisters>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up, stream);
+  return launch_ring<T, kDefaultInFlight, Ring::kRegisters>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up,
+                                                            stream);
 }
 
 }  // namespace
@@ -456,7 +471,7 @@ cudaError_t launch(const void* a, const void* w, const void* sz, const void* res
 bool w4a16_gemv_applies(int M, int N, int K, int group) {
   return supported() && M >= 1 && M <= kGemvMaxRows && N > 0 && N % kW4StripN == 0 && K > 0 &&
          K % kChunkK == 0 && (group == 64 || group == 128) && K % group == 0 &&
-         smem_bytes(M, K, ring_kind()) <= smem_limit() &&
+         ring_smem_bytes(M, K) <= smem_limit() &&
          parts_for(M, N, K) > 0;
 }
 

@@ -268,9 +268,9 @@ def test_column_tile_decode_gemms_match_the_cpu_backend():
 
 
 def test_column_tile_decode_gemms_with_the_shared_ring_on_every_layer_match_the_cpu_backend():
-    """The same with the kernel's chunks in flight in shared memory (VLM_W4A16_GEMV_SHARED_RING=1: other
+    """The same with the kernel's chunks in flight in shared memory (VLM_W4A16_GEMV_SHARED_RING=8: other
     instantiations, cp.async) and on each layer where it pays alone, down too (VLM_W4A16_GEMV_EACH=1)."""
-    _awq_comparisons_pass_with(VLM_W4A16_GEMV="4", VLM_W4A16_GEMV_SHARED_RING="1", VLM_W4A16_GEMV_EACH="1")
+    _awq_comparisons_pass_with(VLM_W4A16_GEMV="4", VLM_W4A16_GEMV_SHARED_RING="8", VLM_W4A16_GEMV_EACH="1")
 
 
 _GEMV_BYTES_RUN = """

@@ -22,7 +22,14 @@ def test_the_shallower_register_ring_matches_reference():
 
 
 def test_the_shared_memory_ring_matches_reference():
-    # The 8 chunks in flight in shared memory (VLM_W4A16_GEMV_SHARED_RING=1, cp.async; read once a process): other
-    # instantiations, a warp's group record copied by half its lanes for all of them.
+    # The 8 chunks in flight in shared memory (VLM_W4A16_GEMV_SHARED_RING=8, cp.async; read once a process): other
+    # instantiations, a warp's group record words copied by half its lanes for all of them.
     run_check_script("check_w4a16_gemv.py", {"VLM_W4A16_GEMV_CHECK_PARTS": "0,1,2,8",
-                                             "VLM_W4A16_GEMV_SHARED_RING": "1"})
+                                             "VLM_W4A16_GEMV_SHARED_RING": "8"})
+
+
+def test_the_deeper_shared_memory_ring_matches_reference():
+    # 16 chunks in flight in shared memory (VLM_W4A16_GEMV_SHARED_RING=16): 1 part a tile streams the most chunks
+    # a warp, around the ring several times.
+    run_check_script("check_w4a16_gemv.py", {"VLM_W4A16_GEMV_CHECK_PARTS": "0,1",
+                                             "VLM_W4A16_GEMV_SHARED_RING": "16"})
