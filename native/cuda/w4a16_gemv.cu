@@ -12,8 +12,9 @@
 //    wave of resident blocks, so no part of K is summed outside its block;
 //  - the weights are in their own layout (w4a16_gemv_repack: the packed words permuted so that a lane's 16
 //    bytes are one tile's codes for 4 consecutive k16 steps, a "chunk" of 64 inputs; a warp's 32 lanes read
-//    512 contiguous bytes), loaded straight into registers, kInFlight chunks ahead; the scales and zeros are
-//    read in their packed layout, 4 bytes each a lane and chunk;
+//    512 contiguous bytes), loaded straight into registers, kInFlight chunks ahead (or, with
+//    VLM_W4A16_GEMV_SHARED_RING, copied into a ring in shared memory: fewer registers, see kDefaultInFlight);
+//    the scales and zeros are read in their packed layout, 4 bytes each a lane and chunk;
 //  - the first chunks are requested before waiting for the kernel that writes A (dependent_launch.cuh); A
 //    (all of K: every block needs it) is then staged once in shared memory, as is, as silu(gate) * up, or as
 //    the RMSNorm of the residual stream (rms_norm_row.cuh, the norm kernel's bits);
