@@ -1034,21 +1034,27 @@ class CudaRunner final : public StepRunner {
     cutlass_bytes_ = need;
   }
 
-  // Decode steps of up to VLM_W4A16_GEMV rows (0, the default, until this rule is measured in the engine; at most
-  // kGemvMaxRows) multiply a layer's q/k/v, o and gate_up through the column-tile kernel (w4a16_gemv.cu: whole
-  // output columns a block, no K slices summed across blocks) on copies in its layout made at load (those layers'
-  // packed size again), instead of the strip kernel (w4a16_decode.cu), where it pays on all three at that row
-  // count (w4a16_gemv_pays). All three or none: under dependent launch a kernel's blocks start early only where
-  // the kernel before left registers free, and a column-tile grid leaves none, so a strip GEMM after one lost its
-  // early start (7B gate_up after o: 21.4 -> 24.5 us; docs/benchmarks/cuda_engine.md, 2026-12-07 16:28 and
-  // 16:42). down stays on the strip kernel: through the column-tile kernel it took 9.8 us against 6.3 at 2B
-  // (after a column-tile gate_up; batching its staged row's loads did not change that).
+  // Decode steps of up to VLM_W4A16_GEMV rows (1 by default, 0 off, at most kGemvMaxRows) multiply a layer's
+  // q/k/v, o and gate_up through the column-tile kernel (w4a16_gemv.cu: whole output columns a block, no K slices
+  // summed across blocks) on copies in its layout made at load (those layers' packed size again), instead of the
+  // strip kernel (w4a16_decode.cu), where it pays on all three at that row count (w4a16_gemv_pays). All three or
+  // none: under dependent launch a kernel's blocks start early only where the kernel before left registers free,
+  // and a column-tile grid leaves none, so a strip GEMM after one lost its early start (7B gate_up after o: 21.4 ->
+  // 24.5 us; docs/benchmarks/cuda_engine.md, 2026-12-07 16:28 and 16:42). down stays on the strip kernel: through
+  // the column-tile kernel it took 9.8 us against 6.3 at 2B (after a column-tile gate_up; batching its staged
+  // row's loads did not change that). Measured with this rule (H100, 2026-12-07 21:40, three runs each): 2B w4a16
+  // + int8 KV batch 1 968 / 971 / 968 -> 1,012 / 1,009 / 1,009 tok/s with 1 against 0; on the 7B model no layer
+  // takes it. Past one row it is not yet measured in the engine, hence the default of 1.
   // VLM_W4A16_GEMV_EACH=1 (measuring) instead gives each of the four layers, down too, the kernel where it pays on
-  // that layer alone: with its ring in shared memory (VLM_W4A16_GEMV_SHARED_RING) a column-tile grid holds half
-  // the registers, so the kernel after it may start early. =2 gives it every layer it applies to (the pays rule
-  // was measured with the register ring; a deeper shared ring may change it).
+  // that layer alone; =2 every layer it applies to (the pays rule was measured with the register ring). With its
+  // ring in shared memory (VLM_W4A16_GEMV_SHARED_RING) a column-tile grid holds half the registers, so the kernel
+  // after it may start early. Measured (2B batch-1 step, H100, 2026-12-07 21:37): that gives the next kernel its
+  // early start back (strip down after the chain: 6.1 us, started 12.2 us early, against 9.0 and 1.6), but the
+  // column-tile GEMMs then run slower beside the kernels that start early next to them (q/k/v 4.6 -> 6.2, gate_up
+  // 9.9 -> 12.6 us): 1,039.7 us a step against 997.3 with the register ring; each layer on the 8-chunk shared ring
+  // 996.2, every layer on the 16-chunk one 1,138.7.
   static int gemv_rows() {
-    static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 0), 0, kGemvMaxRows);
+    static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 1), 0, kGemvMaxRows);
     return rows;
   }
   static int gemv_each_layer() {

@@ -391,9 +391,10 @@ def _assert_tail_ran(stderr: str, rows, layers: int, wide: bool = False) -> None
 def test_layer_tail_changes_no_bits(tiny_model_dir, tmp_path, name):
     """VLM_LAYER_TAIL=1 runs each layer's GEMMs after its attention (o, norm + gate_up, silu * up + down, the
     next layer's norm + q/k/v) as one persistent launch that cuts and sums every GEMM as the decode kernel does:
-    decode steps of 1-4 rows give the same tokens and logits, bit for bit, as the kernel chain, in captured
-    graphs (the default) and in eager steps under the step profiler, whose report shows the tail ran in the
-    steps of every row count. Settings are read once per process: processes of their own."""
+    decode steps of 1-4 rows give the same tokens and logits, bit for bit, as the kernel chain on the strip kernel
+    (VLM_W4A16_GEMV=0), in captured graphs (the default) and in eager steps under the step profiler, whose report
+    shows the tail ran in the steps of every row count. Settings are read once per process: processes of their
+    own."""
     import os
     import subprocess
     import sys
@@ -405,8 +406,11 @@ def test_layer_tail_changes_no_bits(tiny_model_dir, tmp_path, name):
     dst = write_awq_checkpoint(tiny_model_dir(family, **overrides), tmp_path / "awq", group,
                                lambda k, w: quantize_rtn(w, group))
     runs = {}
-    chain_cut = {"VLM_LAYER_TAIL_WIDE": "0"}  # the tail's own cut is not the chain's sum order
-    for label, env in (("chain", {"VLM_LAYER_TAIL": "0"}), ("tail", {"VLM_LAYER_TAIL": "1", **chain_cut}),
+    # The tail's own cut is not the chain's sum order, nor is the column-tile kernel's (the chain's default at one
+    # row): the chain on the strip kernel, whose cut the tail repeats, and the same for the layers before the tail.
+    chain_cut = {"VLM_LAYER_TAIL_WIDE": "0", "VLM_W4A16_GEMV": "0"}
+    for label, env in (("chain", {"VLM_LAYER_TAIL": "0", "VLM_W4A16_GEMV": "0"}),
+                       ("tail", {"VLM_LAYER_TAIL": "1", **chain_cut}),
                        ("tail_eager", {"VLM_LAYER_TAIL": "1", "VLM_CUDA_PROFILE": "1", **chain_cut})):
         out = tmp_path / f"{label}.npz"
         done = subprocess.run([sys.executable, "-c", _LAYER_TAIL_RUN, str(dst), str(out)], capture_output=True,
