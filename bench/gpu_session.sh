@@ -1532,7 +1532,7 @@ gemv_shared_decode() {  # batch-1 tok/s: strip kernel; column tiles with the 8-c
     "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=16 VLM_W4A16_GEMV_EACH=2"
 }
 gemv_rows() {  # 2B w4a16 + int8 KV at batch 2 and 4: column tiles at one row only (the default) against up to 4 rows
-  TRACE_MODELS="${TRACE_MODELS:-2b}" DECODE_BATCHES=2,4 decode_settings rows "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=4"
+  TRACE_MODELS=2b DECODE_BATCHES=2,4 decode_settings rows "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=4"
 }
 gemv_shared_memcheck() {  # compute-sanitizer memcheck on the shared rings' checks (8 chunks: 8 and 1 warps a tile;
   # 16: 1)
