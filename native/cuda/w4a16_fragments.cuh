@@ -201,12 +201,17 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 #else
 #define VLM_W4A16_WEIGHT_POLICY "evict_first"
 #endif
+// The L2 policy a weight copy carries (built with VLM_W4A16_EVICT_FIRST).
+__device__ __forceinline__ uint64_t weight_copy_policy() {
+  uint64_t policy;
+  asm("createpolicy.fractional.L2::" VLM_W4A16_WEIGHT_POLICY ".b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
 __device__ __forceinline__ void cp_async16_weights(void* smem, const void* gmem) {
 #if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  uint64_t policy;
-  asm("createpolicy.fractional.L2::" VLM_W4A16_WEIGHT_POLICY ".b64 %0, 1.0;\n" : "=l"(policy));
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "l"(policy)
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem),
+               "l"(weight_copy_policy())
                : "memory");
 #else
   cp_async16(smem, gmem);
@@ -217,9 +222,8 @@ __device__ __forceinline__ void cp_async16_weights(void* smem, const void* gmem)
 __device__ __forceinline__ void cp_async4_weights(void* smem, const void* gmem) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
 #if defined(VLM_W4A16_EVICT_FIRST) && VLM_W4A16_EVICT_FIRST
-  uint64_t policy;
-  asm("createpolicy.fractional.L2::" VLM_W4A16_WEIGHT_POLICY ".b64 %0, 1.0;\n" : "=l"(policy));
-  asm volatile("cp.async.ca.shared.global.L2::cache_hint [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem), "l"(policy)
+  asm volatile("cp.async.ca.shared.global.L2::cache_hint [%0], [%1], 4, %2;\n" ::"r"(s), "l"(gmem),
+               "l"(weight_copy_policy())
                : "memory");
 #else
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem) : "memory");

@@ -65,7 +65,7 @@ enum class Ring { kRegisters, kShared };
 // unrolled twice as long), they spill 4-20 bytes there (ptxas, sm_90a), so those take 80.
 template <int M, int NF, Ring R>
 constexpr int min_blocks_per_sm() {
-  return R == Ring::kShared ? (M <= 2 && NF == kDefaultInFlight ? 4 : 3) : NF == 8 ? 2 : 3;
+  return R == Ring::kShared ? (M <= 2 && NF == kDefaultInFlight ? 4 : 3) : NF == kDefaultInFlight ? 2 : 3;
 }
 // Blocks an SM the shared ring's grid counts on (its occupancy by registers is 3-4): 2, the register ring's, so
 // that the two differ only in where the chunks wait and the registers they hold.
