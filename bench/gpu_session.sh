@@ -28,7 +28,8 @@
 #                 with its ring in registers and in shared memory (VLM_W4A16_GEMV_SHARED_RING=8/16), on q/k/v, o,
 #                 gate_up or each layer (VLM_W4A16_GEMV_EACH=1/2); gemv_shared_decode: batch-1 tok/s of those;
 #                 gemv_shared_memcheck: compute-sanitizer on the shared ring's checks; gemv_rows: 2B batch 2 and 4
-#                 with column tiles at one row (the default) and up to 4 rows
+#                 with column tiles at one row (the default) and up to 4 rows; gemv_7b_o: 7B batch 1 with o alone
+#                 on column tiles (VLM_W4A16_GEMV_LAYERS=2; register and shared ring), o and down, the strip kernel
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   gemm_apart    bench/gemm with torch timed in the library's process, then in a process of its own (--peers apart),
 #                 at GEMM_APART_MS rows on GEMM_APART_LAYERS (64,256; the 7B layers)
@@ -1531,6 +1532,14 @@ gemv_shared_decode() {  # batch-1 tok/s: strip kernel; column tiles with the 8-c
   decode_settings shared "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=8 VLM_W4A16_GEMV_EACH=1" \
     "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=16 VLM_W4A16_GEMV_EACH=2"
 }
+gemv_7b_o() {  # 7B w4a16 + int8 KV batch 1 (GEMV_ROUNDS rounds): strip kernel; o alone on column tiles (register
+  # ring, then the 8-chunk shared ring that leaves gate_up its early start); o and down on the shared ring; then the
+  # steps' kernels of the strip kernel and of o alone on the shared ring
+  TRACE_MODELS=7b decode_settings o7b "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_LAYERS=2" \
+    "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_LAYERS=2 VLM_W4A16_GEMV_SHARED_RING=8" \
+    "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_SHARED_RING=8"
+  TRACE_MODELS=7b traces_b1 "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_LAYERS=2 VLM_W4A16_GEMV_SHARED_RING=8"
+}
 gemv_rows() {  # 2B w4a16 + int8 KV at batch 2 and 4: column tiles at one row only (the default) against up to 4 rows
   TRACE_MODELS=2b DECODE_BATCHES=2,4 decode_settings rows "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=4"
 }
@@ -1566,7 +1575,7 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f gemv_rows gemv_shared decode_settings gemv_shared_decode gemv_shared_memcheck traces_b1 gemv_decode_2b gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f gemv_rows gemv_7b_o gemv_shared decode_settings gemv_shared_decode gemv_shared_memcheck traces_b1 gemv_decode_2b gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
 step gvtests 240
@@ -1576,6 +1585,7 @@ step gemv_shared 480
 step gemv_shared_decode 420
 step gemv_shared_memcheck 300
 step gemv_rows 300
+step gemv_7b_o 480
 step gemv_decode 400
 step gemv_decode_2b 240
 step gemv_memcheck 300

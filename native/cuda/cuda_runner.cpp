@@ -1061,6 +1061,12 @@ class CudaRunner final : public StepRunner {
     static const int each = std::clamp(cuda::env_int("VLM_W4A16_GEMV_EACH", 0), 0, 2);
     return each;
   }
+  // Under VLM_W4A16_GEMV_EACH, which of a layer's GEMMs may take the kernel (measuring): bits 1 q/k/v, 2 o,
+  // 4 gate_up, 8 down (VLM_W4A16_GEMV_LAYERS, default all).
+  static int gemv_layer_mask() {
+    static const int layers = std::clamp(cuda::env_int("VLM_W4A16_GEMV_LAYERS", 15), 0, 15);
+    return layers;
+  }
 
   void keep_gemv_weights() {
     int64_t need = 0;
@@ -1076,7 +1082,10 @@ class CudaRunner final : public StepRunner {
     };
     for (DeviceLayer& d : layers_) {
       if (gemv_each_layer()) {
-        for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up, &d.down}) {
+        const std::array<DeviceLinear*, 4> each = {&d.qkv, &d.o, &d.gate_up, &d.down};
+        for (int i = 0; i < 4; ++i) {
+          if (!((gemv_layer_mask() >> i) & 1)) continue;
+          DeviceLinear* l = each[i];
           unsigned mask = 0;
           for (int M = 1; M <= gemv_rows(); ++M) mask |= pays(l, M) ? 1u << M : 0u;
           if (mask) keep(l, mask);
