@@ -29,7 +29,7 @@
 #                 gate_up or each layer (VLM_W4A16_GEMV_EACH=1/2); gemv_shared_decode: batch-1 tok/s of those;
 #                 gemv_shared_memcheck: compute-sanitizer on the shared ring's checks; gemv_rows: 2B batch 2 and 4
 #                 with column tiles at one row (the default) and up to 4 rows; gemv_7b_o: 7B batch 1 with o alone
-#                 on column tiles (VLM_W4A16_GEMV_LAYERS=2; register and shared ring), o and down, the strip kernel
+#                 on column tiles (register ring; shared ring: VLM_W4A16_GEMV_ALONE=1), o and down, the default
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   gemm_apart    bench/gemm with torch timed in the library's process, then in a process of its own (--peers apart),
 #                 at GEMM_APART_MS rows on GEMM_APART_LAYERS (64,256; the 7B layers)
@@ -1532,13 +1532,13 @@ gemv_shared_decode() {  # batch-1 tok/s: strip kernel; column tiles with the 8-c
   decode_settings shared "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=8 VLM_W4A16_GEMV_EACH=1" \
     "VLM_W4A16_GEMV=1 VLM_W4A16_GEMV_SHARED_RING=16 VLM_W4A16_GEMV_EACH=2"
 }
-gemv_7b_o() {  # 7B w4a16 + int8 KV batch 1 (GEMV_ROUNDS rounds): strip kernel; o alone on column tiles (register
-  # ring, then the 8-chunk shared ring that leaves gate_up its early start); o and down on the shared ring; then the
-  # steps' kernels of the strip kernel and of o alone on the shared ring
-  TRACE_MODELS=7b decode_settings o7b "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_LAYERS=2" \
-    "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_LAYERS=2 VLM_W4A16_GEMV_SHARED_RING=8" \
-    "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_SHARED_RING=8"
-  TRACE_MODELS=7b traces_b1 "VLM_W4A16_GEMV=0" "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_LAYERS=2 VLM_W4A16_GEMV_SHARED_RING=8"
+gemv_7b_o() {  # 7B w4a16 + int8 KV batch 1 (GEMV_ROUNDS rounds): the default (no 7B layer takes column tiles);
+  # o alone on column tiles with the register ring; o alone with the shared ring, which leaves gate_up its early
+  # start (VLM_W4A16_GEMV_ALONE=1); o and down on the shared ring; then the steps' kernels of the default and of o
+  # alone on the shared ring
+  TRACE_MODELS=7b decode_settings o7b "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_LAYERS=2" \
+    "VLM_W4A16_GEMV_ALONE=1" "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_SHARED_RING=8"
+  TRACE_MODELS=7b traces_b1 "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV_ALONE=1"
 }
 gemv_rows() {  # 2B w4a16 + int8 KV at batch 2 and 4: column tiles at one row only (the default) against up to 4 rows
   TRACE_MODELS=2b DECODE_BATCHES=2,4 decode_settings rows "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=4"

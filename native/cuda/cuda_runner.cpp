@@ -172,9 +172,10 @@ struct DeviceLinear {
   DeviceBuffer cutlass;
   // The same layer in the column-tile decode kernel's layout (w4a16_gemv.h), made at load where gemv_rows() > 0
   // and the layer's chain takes it (keep_gemv_weights); empty otherwise. gemv_row_mask: bit M set where a decode
-  // step of M rows multiplies it through that kernel.
+  // step of M rows multiplies it through that kernel, gemv_ring the ring of chunks it is launched with.
   DeviceBuffer gemv;
   unsigned gemv_row_mask = 0;
+  int gemv_ring = kGemvRingSetting;
 };
 
 struct DeviceLayer {
@@ -1057,12 +1058,19 @@ class CudaRunner final : public StepRunner {
     static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 1), 0, kGemvMaxRows);
     return rows;
   }
+  // VLM_W4A16_GEMV_ALONE=1 (measuring): in a layer whose chain does not take the kernel, o alone takes it through
+  // the shared ring (kGemvRingShared) where that pays: its grid then leaves the registers gate_up's strip kernel
+  // needs to start early (the 7B, whose q/k/v and gate_up stream 32 or more chunks a warp and do not pay).
+  static bool gemv_o_alone() {
+    static const bool alone = cuda::env_int("VLM_W4A16_GEMV_ALONE", 0) != 0;
+    return alone;
+  }
   static int gemv_each_layer() {
     static const int each = std::clamp(cuda::env_int("VLM_W4A16_GEMV_EACH", 0), 0, 2);
     return each;
   }
-  // Under VLM_W4A16_GEMV_EACH, which of a layer's GEMMs may take the kernel (measuring): bits 1 q/k/v, 2 o,
-  // 4 gate_up, 8 down (VLM_W4A16_GEMV_LAYERS, default all).
+  // Which of a layer's GEMMs may take the kernel under any of the rules (measuring and tests): bits 1 q/k/v, 2 o,
+  // 4 gate_up, 8 down (VLM_W4A16_GEMV_LAYERS, default all); the chain needs its three.
   static int gemv_layer_mask() {
     static const int layers = std::clamp(cuda::env_int("VLM_W4A16_GEMV_LAYERS", 15), 0, 15);
     return layers;
@@ -1070,10 +1078,11 @@ class CudaRunner final : public StepRunner {
 
   void keep_gemv_weights() {
     int64_t need = 0;
-    auto keep = [&](DeviceLinear* l, unsigned mask) {
+    auto keep = [&](DeviceLinear* l, unsigned mask, int ring = kGemvRingSetting) {
       l->gemv.reserve(l->w.bytes());
       VLM_CUDA_CHECK(w4a16_gemv_repack(l->w.as(), l->gemv.as(), l->out, l->in, stream_));
       l->gemv_row_mask = mask;
+      l->gemv_ring = ring;
       need += (int64_t)l->w.bytes();
     };
     auto pays = [](const DeviceLinear* l, int M) {
@@ -1094,13 +1103,19 @@ class CudaRunner final : public StepRunner {
       }
       const std::array<DeviceLinear*, 3> chain = {&d.qkv, &d.o, &d.gate_up};
       unsigned mask = 0;
-      for (int M = 1; M <= gemv_rows(); ++M) {
+      for (int M = 1; M <= gemv_rows() && (gemv_layer_mask() & 7) == 7; ++M) {
         bool all = true;
         for (const DeviceLinear* l : chain) all = all && pays(l, M);
         if (all) mask |= 1u << M;
       }
-      if (!mask) continue;
-      for (DeviceLinear* l : chain) keep(l, mask);
+      if (mask) {
+        for (DeviceLinear* l : chain) keep(l, mask);
+        continue;
+      }
+      if (!gemv_o_alone() || !(gemv_layer_mask() & 2)) continue;
+      for (int M = 1; M <= gemv_rows(); ++M)
+        mask |= d.o.tensor_core && w4a16_gemv_pays(M, d.o.out, d.o.in, d.o.group, kGemvRingShared) ? 1u << M : 0u;
+      if (mask) keep(&d.o, mask, kGemvRingShared);
     }
     VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     gemv_bytes_ = need;
@@ -1154,7 +1169,7 @@ class CudaRunner final : public StepRunner {
 #endif
     if (gemv_takes(l, M)) {
       VLM_CUDA_CHECK(w4a16_gemv(x, l.gemv.as(), l.scale.as(), nullptr, y, M, l.out, l.in, l.group, bf16_,
-                                gate_up_input, stream_));
+                                gate_up_input, stream_, 0, l.gemv_ring));
       if (l.bias.bytes()) VLM_CUDA_CHECK(cuda::add_bias(act_, y, l.bias.as<float>(), M, l.out, stream_));
       return;
     }
@@ -1260,7 +1275,7 @@ class CudaRunner final : public StepRunner {
   void linear_rms_norm(const DeviceLinear& l, const RmsNormInput& norm, int M, void* y) {
     if (gemv_takes(l, M))
       VLM_CUDA_CHECK(w4a16_gemv_rms_norm(norm, l.gemv.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
-                                         stream_));
+                                         stream_, 0, l.gemv_ring));
     else if (l.tensor_core)
       VLM_CUDA_CHECK(w4a16_decode_gemm_rms_norm(norm, l.w.as(), l.scale.as(), y, M, l.out, l.in, l.group, bf16_,
                                                 stream_));

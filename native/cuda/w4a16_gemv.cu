@@ -335,13 +335,15 @@ void (*kernel_for())(const T*, const uint4*, const uint32_t*, const T*, T*, RmsN
   return w4a16_gemv_kernel<T, M, NF, R>;
 }
 
-// The ring the kernels are launched with (read once a process): 8 chunks in registers unless
-// VLM_W4A16_GEMV_SHARED_RING is set (16 in shared memory for 16, else 8) or VLM_W4A16_GEMV_RING=4 (4 in registers).
+// The ring a launch takes: kGemvRingSetting the process's (read once: 8 chunks in registers unless
+// VLM_W4A16_GEMV_SHARED_RING is set, 16 in shared memory for 16, else 8, or VLM_W4A16_GEMV_RING=4, 4 in
+// registers); kGemvRingShared the 8-chunk shared ring whatever the setting.
 struct RingChoice {
   Ring kind;
   int chunks;
 };
-RingChoice ring_choice() {
+RingChoice ring_choice(int ring) {
+  if (ring == kGemvRingShared) return RingChoice{Ring::kShared, kDefaultInFlight};
   static const RingChoice r = [] {
     const int shared = cuda::env_int("VLM_W4A16_GEMV_SHARED_RING", 0);
     if (shared) return RingChoice{Ring::kShared, shared == kDeepInFlight ? kDeepInFlight : kDefaultInFlight};
@@ -350,7 +352,9 @@ RingChoice ring_choice() {
   }();
   return r;
 }
-int ring_smem_bytes(int M, int K) { return smem_bytes(M, K, ring_choice().kind, ring_choice().chunks); }
+int ring_smem_bytes(int M, int K, int ring) {
+  return smem_bytes(M, K, ring_choice(ring).kind, ring_choice(ring).chunks);
+}
 
 // The most dynamic shared memory a block may take on this GPU (0 if the query fails).
 int smem_limit() { return cuda::dynamic_smem_limit(); }
@@ -372,15 +376,15 @@ KernelPtr occupancy_kernel(int M, cudaError_t* e) {
     default: *e = grant_smem<__half, 4, NF, R>(); return kernel_for<__half, 4, NF, R>();
   }
 }
-// Blocks an SM holds of the kernel of M rows with this K and the process's ring.
-int resident_blocks(int M, int K) {
-  thread_local std::map<std::pair<int, int>, int> cache;
-  const auto key = std::make_pair(M, K);
+// Blocks an SM holds of the kernel of M rows with this K and ring.
+int resident_blocks(int M, int K, int ring_arg) {
+  thread_local std::map<std::tuple<int, int, int>, int> cache;
+  const RingChoice ring = ring_choice(ring_arg);
+  const auto key = std::make_tuple(M, K, ring.kind == Ring::kShared ? ring.chunks : -ring.chunks);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   int n = 0;
   cudaError_t e = cudaErrorInvalidValue;
   KernelPtr k = nullptr;
-  const RingChoice ring = ring_choice();
   if (ring.kind == Ring::kShared)
     k = ring.chunks == kDeepInFlight ? occupancy_kernel<kDeepInFlight, Ring::kShared>(M, &e)
                                      : occupancy_kernel<kDefaultInFlight, Ring::kShared>(M, &e);
@@ -388,7 +392,8 @@ int resident_blocks(int M, int K) {
     k = ring.chunks == 4 ? occupancy_kernel<4, Ring::kRegisters>(M, &e)
                          : occupancy_kernel<kDefaultInFlight, Ring::kRegisters>(M, &e);
   if (e != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, ring_smem_bytes(M, K)) != cudaSuccess) {
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, kThreads, ring_smem_bytes(M, K, ring_arg)) !=
+          cudaSuccess) {
     cudaGetLastError();
     n = 0;
   }
@@ -405,9 +410,9 @@ bool supported() {
 // Warps a tile: the most of 8, 4, 2, 1 whose grid is one wave of resident blocks (a part keeps at least one
 // chunk); VLM_W4A16_GEMV_PARTS pins it (benchmarks). VLM_W4A16_GEMV_WAVE caps the blocks an SM the wave counts
 // (measuring: a grid that leaves registers free lets the next kernel's blocks start under dependent launch).
-int parts_for(int M, int N, int K) {
+int parts_for(int M, int N, int K, int ring) {
   static const int wave_cap = cuda::env_int("VLM_W4A16_GEMV_WAVE", 0);
-  int res = resident_blocks(M, K);
+  int res = resident_blocks(M, K, ring);
   if (res == 0) return 0;
   if (wave_cap > 0) res = std::min(res, wave_cap);
   static const int pinned = cuda::env_int("VLM_W4A16_GEMV_PARTS", 0);
@@ -450,10 +455,10 @@ cudaError_t launch_ring(const void* a, const void* w, const void* sz, const void
 template <class T>
 cudaError_t launch(const void* a, const void* w, const void* sz, const void* residual, void* c,
                    const RmsNormInput& norm, int M, int N, int K, int group, bool silu_up, cudaStream_t stream,
-                   int parts) {
-  const int P = parts ? parts : parts_for(M, N, K);
+                   int parts, int ring_arg) {
+  const int P = parts ? parts : parts_for(M, N, K, ring_arg);
   if (P == 0) return cudaErrorInvalidValue;
-  const RingChoice ring = ring_choice();
+  const RingChoice ring = ring_choice(ring_arg);
   if (ring.kind == Ring::kShared) {
     if (ring.chunks == kDeepInFlight)
       return launch_ring<T, kDeepInFlight, Ring::kShared>(a, w, sz, residual, c, norm, M, N, K, group, P, silu_up,
@@ -469,21 +474,20 @@ cudaError_t launch(const void* a, const void* w, const void* sz, const void* res
 
 }  // namespace
 
-bool w4a16_gemv_applies(int M, int N, int K, int group) {
-  return supported() && M >= 1 && M <= kGemvMaxRows && N > 0 && N % kW4StripN == 0 && K > 0 &&
-         K % kChunkK == 0 && (group == 64 || group == 128) && K % group == 0 &&
-         ring_smem_bytes(M, K) <= smem_limit() &&
-         parts_for(M, N, K) > 0;
+bool w4a16_gemv_applies(int M, int N, int K, int group, int ring) {
+  return supported() && (ring == kGemvRingSetting || ring == kGemvRingShared) && M >= 1 && M <= kGemvMaxRows &&
+         N > 0 && N % kW4StripN == 0 && K > 0 && K % kChunkK == 0 && (group == 64 || group == 128) &&
+         K % group == 0 && ring_smem_bytes(M, K, ring) <= smem_limit() && parts_for(M, N, K, ring) > 0;
 }
 
-bool w4a16_gemv_pays(int M, int N, int K, int group) {
-  if (!w4a16_gemv_applies(M, N, K, group)) return false;
-  const int P = parts_for(M, N, K);
+bool w4a16_gemv_pays(int M, int N, int K, int group, int ring) {
+  if (!w4a16_gemv_applies(M, N, K, group, ring)) return false;
+  const int P = parts_for(M, N, K, ring);
   return P == kWarps || (K / kChunkK) / P <= 16;
 }
 
-int w4a16_gemv_k_parts(int M, int N, int K, int group) {
-  return w4a16_gemv_applies(M, N, K, group) ? parts_for(M, N, K) : 0;
+int w4a16_gemv_k_parts(int M, int N, int K, int group, int ring) {
+  return w4a16_gemv_applies(M, N, K, group, ring) ? parts_for(M, N, K, ring) : 0;
 }
 
 bool w4a16_gemv_parts_valid(int K, int parts) {
@@ -499,20 +503,22 @@ cudaError_t w4a16_gemv_repack(const void* packed, void* out, int N, int K, cudaS
 }
 
 cudaError_t w4a16_gemv(const void* a, const void* w, const void* sz, const void* residual, void* c, int M, int N,
-                       int K, int group, bool bf16, bool a_is_gate_up, cudaStream_t stream, int parts) {
-  if (!w4a16_gemv_applies(M, N, K, group) || !w4a16_gemv_parts_valid(K, parts)) return cudaErrorInvalidValue;
+                       int K, int group, bool bf16, bool a_is_gate_up, cudaStream_t stream, int parts, int ring) {
+  if (!w4a16_gemv_applies(M, N, K, group, ring) || !w4a16_gemv_parts_valid(K, parts)) return cudaErrorInvalidValue;
   const RmsNormInput none{};
-  if (bf16) return launch<__nv_bfloat16>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream, parts);
-  return launch<__half>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream, parts);
+  if (bf16)
+    return launch<__nv_bfloat16>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream, parts, ring);
+  return launch<__half>(a, w, sz, residual, c, none, M, N, K, group, a_is_gate_up, stream, parts, ring);
 }
 
 cudaError_t w4a16_gemv_rms_norm(const RmsNormInput& norm, const void* w, const void* sz, void* c, int M, int N,
-                                int K, int group, bool bf16, cudaStream_t stream, int parts) {
-  if (!w4a16_gemv_applies(M, N, K, group) || !w4a16_gemv_parts_valid(K, parts) || !norm.h || !norm.weight ||
+                                int K, int group, bool bf16, cudaStream_t stream, int parts, int ring) {
+  if (!w4a16_gemv_applies(M, N, K, group, ring) || !w4a16_gemv_parts_valid(K, parts) || !norm.h || !norm.weight ||
       norm.h_out == norm.h)
     return cudaErrorInvalidValue;
-  if (bf16) return launch<__nv_bfloat16>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream, parts);
-  return launch<__half>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream, parts);
+  if (bf16)
+    return launch<__nv_bfloat16>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream, parts, ring);
+  return launch<__half>(nullptr, w, sz, nullptr, c, norm, M, N, K, group, false, stream, parts, ring);
 }
 
 }  // namespace vlm

@@ -273,6 +273,13 @@ def test_column_tile_decode_gemms_with_the_shared_ring_on_every_layer_match_the_
     _awq_comparisons_pass_with(VLM_W4A16_GEMV="4", VLM_W4A16_GEMV_SHARED_RING="8", VLM_W4A16_GEMV_EACH="1")
 
 
+def test_column_tile_o_alone_on_the_shared_ring_matches_the_cpu_backend():
+    """o alone through the column-tile kernel, launched with the shared ring whatever the process's setting
+    (VLM_W4A16_GEMV_ALONE=1; the chain kept off by VLM_W4A16_GEMV_LAYERS=2, as on the 7B, where q/k/v and gate_up
+    do not pay), against the CPU backend at up to 4 rows."""
+    _awq_comparisons_pass_with(VLM_W4A16_GEMV="4", VLM_W4A16_GEMV_ALONE="1", VLM_W4A16_GEMV_LAYERS="2")
+
+
 _GEMV_BYTES_RUN = """
 import sys
 from vlmserve import Engine, EngineConfig
@@ -284,7 +291,8 @@ with Engine(sys.argv[1], EngineConfig(device="cuda", num_kv_blocks=16, block_siz
 def test_the_column_tile_copies_are_counted_in_the_engine_stats(tiny_model_dir, tmp_path):
     """The engine's stats report the column-tile kernel's copies: the packed bytes of every layer's q/k/v, o and
     gate_up again with VLM_W4A16_GEMV=1 (down stays on the strip kernel), down's too with VLM_W4A16_GEMV_EACH=1,
-    none with 0. A process each (settings read once)."""
+    o's alone where the chain is kept off (VLM_W4A16_GEMV_LAYERS=2) and VLM_W4A16_GEMV_ALONE=1, none with
+    VLM_W4A16_GEMV_LAYERS=2 alone or with 0. A process each (settings read once)."""
     import json
     import os
     import subprocess
@@ -302,8 +310,10 @@ def test_the_column_tile_copies_are_counted_in_the_engine_stats(tiny_model_dir, 
     hd = cfg["head_dim"]
     chain = ((heads + 2 * kv) * hd * h + h * heads * hd + 2 * inter * h) // 2  # q/k/v, o, gate_up: 4 bits a weight
     down = inter * h // 2
+    o = h * heads * hd // 2
     settings = {"chain": {"VLM_W4A16_GEMV": "1"}, "each": {"VLM_W4A16_GEMV": "1", "VLM_W4A16_GEMV_EACH": "1"},
-                "off": {"VLM_W4A16_GEMV": "0"}}
+                "alone": {"VLM_W4A16_GEMV": "1", "VLM_W4A16_GEMV_LAYERS": "2", "VLM_W4A16_GEMV_ALONE": "1"},
+                "no chain": {"VLM_W4A16_GEMV": "1", "VLM_W4A16_GEMV_LAYERS": "2"}, "off": {"VLM_W4A16_GEMV": "0"}}
     seen = {}
     for name, setting in settings.items():
         done = subprocess.run([sys.executable, "-c", _GEMV_BYTES_RUN, str(dst)], capture_output=True, text=True,
@@ -311,7 +321,8 @@ def test_the_column_tile_copies_are_counted_in_the_engine_stats(tiny_model_dir, 
         assert done.returncode == 0, done.stderr[-4000:]
         seen[name] = int(done.stdout.split()[-1])
     layers = cfg["num_hidden_layers"]
-    assert seen == {"chain": layers * chain, "each": layers * (chain + down), "off": 0}
+    assert seen == {"chain": layers * chain, "each": layers * (chain + down), "alone": layers * o, "no chain": 0,
+                    "off": 0}
 
 
 def _awq_comparisons_pass_with(**settings):
