@@ -28,7 +28,7 @@
 #                 with its ring in registers and in shared memory (VLM_W4A16_GEMV_SHARED_RING=8/16), on q/k/v, o,
 #                 gate_up or each layer (VLM_W4A16_GEMV_EACH=1/2); gemv_shared_decode: batch-1 tok/s of those;
 #                 gemv_shared_memcheck: compute-sanitizer on the shared ring's checks; gemv_rows: 2B batch 2 and 4
-#                 with column tiles at one row (the default) and up to 4 rows; gemv_7b_o: 7B batch 1 with o alone
+#                 (GEMV_ROWS_BATCHES) with column tiles at one row and up to 4 rows; gemv_7b_o: 7B batch 1 with o alone
 #                 on column tiles (register ring; shared ring: VLM_W4A16_GEMV_ALONE=1), o and down, the default
 #   gemm_new      bench/gemm at decode sizes; gemm: the same, then with VLM_W4A16_DECODE=0; gemm_full: every M
 #   gemm_apart    bench/gemm with torch timed in the library's process, then in a process of its own (--peers apart),
@@ -1540,8 +1540,9 @@ gemv_7b_o() {  # 7B w4a16 + int8 KV batch 1 (GEMV_ROUNDS rounds): the default (n
     "VLM_W4A16_GEMV_ALONE=1" "VLM_W4A16_GEMV_EACH=1 VLM_W4A16_GEMV_SHARED_RING=8"
   TRACE_MODELS=7b traces_b1 "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV_ALONE=1"
 }
-gemv_rows() {  # 2B w4a16 + int8 KV at batch 2 and 4: column tiles at one row only (the default) against up to 4 rows
-  TRACE_MODELS=2b DECODE_BATCHES=2,4 decode_settings rows "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=4"
+gemv_rows() {  # 2B w4a16 + int8 KV at batch 2 and 4 (GEMV_ROWS_BATCHES): column tiles at one row only against up
+  # to 4 rows
+  TRACE_MODELS=2b DECODE_BATCHES=${GEMV_ROWS_BATCHES:-2,4} decode_settings rows "VLM_W4A16_GEMV=1" "VLM_W4A16_GEMV=4"
 }
 gemv_shared_memcheck() {  # compute-sanitizer memcheck on the shared rings' checks (8 chunks: 8 and 1 warps a tile;
   # 16: 1)

@@ -1035,7 +1035,7 @@ class CudaRunner final : public StepRunner {
     cutlass_bytes_ = need;
   }
 
-  // Decode steps of up to VLM_W4A16_GEMV rows (1 by default, 0 off, at most kGemvMaxRows) multiply a layer's
+  // Decode steps of up to VLM_W4A16_GEMV rows (2 by default, 0 off, at most kGemvMaxRows) multiply a layer's
   // q/k/v, o and gate_up through the column-tile kernel (w4a16_gemv.cu: whole output columns a block, no K slices
   // summed across blocks) on copies in its layout made at load (those layers' packed size again), instead of the
   // strip kernel (w4a16_decode.cu), where it pays on all three at that row count (w4a16_gemv_pays). All three or
@@ -1045,7 +1045,9 @@ class CudaRunner final : public StepRunner {
   // the column-tile kernel it took 9.8 us against 6.3 at 2B (after a column-tile gate_up; batching its staged
   // row's loads did not change that). Measured with this rule (H100, 2026-12-07 21:40, three runs each): 2B w4a16
   // + int8 KV batch 1 968 / 971 / 968 -> 1,012 / 1,009 / 1,009 tok/s with 1 against 0; on the 7B model no layer
-  // takes it. Past one row it is not yet measured in the engine, hence the default of 1.
+  // takes it. Past one row (H100, 2026-12-08 00:43-00:45, three runs each, up to 4 rows against 1): batch 2 1,792 /
+  // 1,788 / 1,804 -> 1,859 / 1,843 / 1,850 tok/s, batch 3 2,438 / 2,425 -> 2,419 / 2,433 (level), batch 4 2,982 /
+  // 3,009 / 2,945 -> 2,929 / 2,878 / 2,909 (-2.3 %), hence the default of 2.
   // VLM_W4A16_GEMV_EACH=1 (measuring) instead gives each of the four layers, down too, the kernel where it pays on
   // that layer alone; =2 every layer it applies to (the pays rule was measured with the register ring). With its
   // ring in shared memory (VLM_W4A16_GEMV_SHARED_RING) a column-tile grid holds half the registers, so the kernel
@@ -1055,12 +1057,15 @@ class CudaRunner final : public StepRunner {
   // 9.9 -> 12.6 us): 1,039.7 us a step against 997.3 with the register ring; each layer on the 8-chunk shared ring
   // 996.2, every layer on the 16-chunk one 1,138.7.
   static int gemv_rows() {
-    static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 1), 0, kGemvMaxRows);
+    static const int rows = std::clamp(cuda::env_int("VLM_W4A16_GEMV", 2), 0, kGemvMaxRows);
     return rows;
   }
   // VLM_W4A16_GEMV_ALONE=1 (measuring): in a layer whose chain does not take the kernel, o alone takes it through
   // the shared ring (kGemvRingShared) where that pays: its grid then leaves the registers gate_up's strip kernel
-  // needs to start early (the 7B, whose q/k/v and gate_up stream 32 or more chunks a warp and do not pay).
+  // needs to start early (the 7B, whose q/k/v and gate_up stream 32 or more chunks a warp and do not pay). Not
+  // faster (H100, 2026-12-08 00:40, 7B w4a16 + int8 KV batch 1): 446 tok/s off, 447 on, 446 with o alone on the
+  // register ring; in the step o took 7.07 us own against the strip kernel's 6.56 and gate_up 21.32 against 21.67
+  // (both steps 2,269.3 us), hence off.
   static bool gemv_o_alone() {
     static const bool alone = cuda::env_int("VLM_W4A16_GEMV_ALONE", 0) != 0;
     return alone;

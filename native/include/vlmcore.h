@@ -305,7 +305,7 @@ typedef struct vlm_engine_stats {
   int64_t cutlass_weight_bytes; /* device memory of 4-bit layers' copies for the CUTLASS GEMM (VLM_W4A16_CUTLASS,
                                    on by default on Hopper builds that have it); 0 otherwise */
   int64_t gemv_weight_bytes; /* device memory of 4-bit layers' copies for the column-tile decode GEMM
-                                (VLM_W4A16_GEMV, at one row by default on Hopper GPUs, where a layer's q/k/v, o
+                                (VLM_W4A16_GEMV, at one and two rows by default on Hopper GPUs, where a layer's q/k/v, o
                                 and gate_up pay); 0 otherwise */
 } vlm_engine_stats;
 
