@@ -171,7 +171,7 @@ struct DeviceLinear {
   // load where cutlass_prefill_requested(): prefill-sized GEMMs read it instead of dequantizing; empty otherwise.
   DeviceBuffer cutlass;
   // The same layer in the column-tile decode kernel's layout (w4a16_gemv.h), made at load where gemv_rows() > 0
-  // and the layer's chain takes it (keep_gemv_weights); empty otherwise. gemv_row_mask: bit M set where a decode
+  // and a rule of keep_gemv_weights gives it the kernel; empty otherwise. gemv_row_mask: bit M set where a decode
   // step of M rows multiplies it through that kernel, gemv_ring the ring of chunks it is launched with.
   DeviceBuffer gemv;
   unsigned gemv_row_mask = 0;
@@ -1107,8 +1107,9 @@ class CudaRunner final : public StepRunner {
         continue;
       }
       const std::array<DeviceLinear*, 3> chain = {&d.qkv, &d.o, &d.gate_up};
+      const bool chain_allowed = (gemv_layer_mask() & 7) == 7;
       unsigned mask = 0;
-      for (int M = 1; M <= gemv_rows() && (gemv_layer_mask() & 7) == 7; ++M) {
+      for (int M = 1; chain_allowed && M <= gemv_rows(); ++M) {
         bool all = true;
         for (const DeviceLinear* l : chain) all = all && pays(l, M);
         if (all) mask |= 1u << M;
