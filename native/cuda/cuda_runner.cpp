@@ -1090,38 +1090,30 @@ class CudaRunner final : public StepRunner {
       l->gemv_ring = ring;
       need += (int64_t)l->w.bytes();
     };
-    auto pays = [](const DeviceLinear* l, int M) {
-      return l->tensor_core && (gemv_each_layer() == 2 ? w4a16_gemv_applies(M, l->out, l->in, l->group)
-                                                        : w4a16_gemv_pays(M, l->out, l->in, l->group));
+    // Bit M set where the kernel pays on l at M rows with this ring (applies, under VLM_W4A16_GEMV_EACH=2).
+    auto rows_paying = [](const DeviceLinear& l, int ring = kGemvRingSetting) {
+      unsigned mask = 0;
+      for (int M = 1; l.tensor_core && M <= gemv_rows(); ++M)
+        if (gemv_each_layer() == 2 ? w4a16_gemv_applies(M, l.out, l.in, l.group, ring)
+                                   : w4a16_gemv_pays(M, l.out, l.in, l.group, ring))
+          mask |= 1u << M;
+      return mask;
     };
+    auto allowed = [](int i) { return ((gemv_layer_mask() >> i) & 1) != 0; };
     for (DeviceLayer& d : layers_) {
       if (gemv_each_layer()) {
         const std::array<DeviceLinear*, 4> each = {&d.qkv, &d.o, &d.gate_up, &d.down};
-        for (int i = 0; i < 4; ++i) {
-          if (!((gemv_layer_mask() >> i) & 1)) continue;
-          DeviceLinear* l = each[i];
-          unsigned mask = 0;
-          for (int M = 1; M <= gemv_rows(); ++M) mask |= pays(l, M) ? 1u << M : 0u;
-          if (mask) keep(l, mask);
-        }
+        for (int i = 0; i < 4; ++i)
+          if (const unsigned mask = allowed(i) ? rows_paying(*each[i]) : 0u) keep(each[i], mask);
         continue;
       }
-      const std::array<DeviceLinear*, 3> chain = {&d.qkv, &d.o, &d.gate_up};
-      const bool chain_allowed = (gemv_layer_mask() & 7) == 7;
-      unsigned mask = 0;
-      for (int M = 1; chain_allowed && M <= gemv_rows(); ++M) {
-        bool all = true;
-        for (const DeviceLinear* l : chain) all = all && pays(l, M);
-        if (all) mask |= 1u << M;
+      const unsigned chain =
+          allowed(0) && allowed(1) && allowed(2) ? rows_paying(d.qkv) & rows_paying(d.o) & rows_paying(d.gate_up) : 0u;
+      if (chain) {
+        for (DeviceLinear* l : {&d.qkv, &d.o, &d.gate_up}) keep(l, chain);
+      } else if (gemv_o_alone() && allowed(1)) {
+        if (const unsigned mask = rows_paying(d.o, kGemvRingShared)) keep(&d.o, mask, kGemvRingShared);
       }
-      if (mask) {
-        for (DeviceLinear* l : chain) keep(l, mask);
-        continue;
-      }
-      if (!gemv_o_alone() || !(gemv_layer_mask() & 2)) continue;
-      for (int M = 1; M <= gemv_rows(); ++M)
-        mask |= d.o.tensor_core && w4a16_gemv_pays(M, d.o.out, d.o.in, d.o.group, kGemvRingShared) ? 1u << M : 0u;
-      if (mask) keep(&d.o, mask, kGemvRingShared);
     }
     VLM_CUDA_CHECK(cudaStreamSynchronize(stream_));
     gemv_bytes_ = need;

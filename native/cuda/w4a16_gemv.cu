@@ -378,9 +378,9 @@ KernelPtr occupancy_kernel(int M, cudaError_t* e) {
 }
 // Blocks an SM holds of the kernel of M rows with this K and ring.
 int resident_blocks(int M, int K, int ring_arg) {
-  thread_local std::map<std::tuple<int, int, int>, int> cache;
+  thread_local std::map<std::tuple<int, int, Ring, int>, int> cache;
   const RingChoice ring = ring_choice(ring_arg);
-  const auto key = std::make_tuple(M, K, ring.kind == Ring::kShared ? ring.chunks : -ring.chunks);
+  const auto key = std::make_tuple(M, K, ring.kind, ring.chunks);
   if (auto it = cache.find(key); it != cache.end()) return it->second;
   int n = 0;
   cudaError_t e = cudaErrorInvalidValue;

@@ -417,8 +417,8 @@ def test_layer_tail_changes_no_bits(tiny_model_dir, tmp_path, name):
     dst = write_awq_checkpoint(tiny_model_dir(family, **overrides), tmp_path / "awq", group,
                                lambda k, w: quantize_rtn(w, group))
     runs = {}
-    # The tail's own cut is not the chain's sum order, nor is the column-tile kernel's (the chain's default at one
-    # row): the chain on the strip kernel, whose cut the tail repeats, and the same for the layers before the tail.
+    # The tail's own cut is not the chain's sum order, nor is the column-tile kernel's (the chain's default at 1-2
+    # rows): the chain on the strip kernel, whose cut the tail repeats, and the same for the layers before the tail.
     chain_cut = {"VLM_LAYER_TAIL_WIDE": "0", "VLM_W4A16_GEMV": "0"}
     for label, env in (("chain", {"VLM_LAYER_TAIL": "0", "VLM_W4A16_GEMV": "0"}),
                        ("tail", {"VLM_LAYER_TAIL": "1", **chain_cut}),
