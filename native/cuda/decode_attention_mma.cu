@@ -120,7 +120,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
                                                                          int* __restrict__ arrivals, StepMeta meta,
                                                                          int num_heads, int sliding_window, KvView c,
                                                                          Split sp, const float* __restrict__ inv_freq,
-                                                                         bool early_loads) {
+                                                                         bool early_loads, bool q_first,
+                                                                         bool release_merge) {
   constexpr bool I4 = F == Rows::kInt4, HALF = F == Rows::kHalf;
   __shared__ __align__(16) float s_acc[kWarps][G][kHeadDim];
   __shared__ float s_m[kWarps][G], s_l[kWarps][G];
@@ -227,8 +228,29 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
     if (threadIdx.x < kHeadDim / 2) sincosf((float)pos * inv_freq[threadIdx.x], &s_sin[threadIdx.x], &s_cos[threadIdx.x]);
     __syncthreads();
   }
+  // q of head g, halves [32 t, 32 t + 32): word 2c is k-step c's a0, word 2c + 1 its a2. Heads past G
+  // are zero rows.
+  uint32_t qa[16];
+  auto load_q = [&] {
+    if (g < G) {
+      const uint4* qp = reinterpret_cast<const uint4*>(q + q_row + (int64_t)(kvh * G + g) * kHeadDim + 32 * t);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const uint4 u = qp[i];
+        qa[4 * i] = u.x, qa[4 * i + 1] = u.y, qa[4 * i + 2] = u.z, qa[4 * i + 3] = u.w;
+      }
+    } else {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) qa[i] = 0u;
+    }
+  };
+
   pdl_wait();
   pdl_allow_next();
+  // q_first (q_loads_first()): q's loads go out as soon as the wait ends, beside the row's write and a late first
+  // tile's loads, rather than after them: the slice holding the row's position, which has the most to do after the
+  // wait, then makes one trip to L2 before its first tile's arithmetic rather than two.
+  if (q_first) load_q();
   if constexpr (ROPE) {
     // The slice holding the row's own position writes its K and V rows (warps 0 and 1: lane holds
     // dims lane + 32 e, whose rotation partner is e ± 2 of the same lane) before any of its warps loads
@@ -258,21 +280,8 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
 
   if (tile < t1 && !early) load(cur, tile, blk);
 
-  // q of head g, halves [32 t, 32 t + 32): word 2c is k-step c's a0, word 2c + 1 its a2. Heads past G
-  // are zero rows.
-  uint32_t qa[16];
+  if (!q_first) load_q();
   float qsum = 0.f;
-  if (g < G) {
-    const uint4* qp = reinterpret_cast<const uint4*>(q + q_row + (int64_t)(kvh * G + g) * kHeadDim + 32 * t);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const uint4 u = qp[i];
-      qa[4 * i] = u.x, qa[4 * i + 1] = u.y, qa[4 * i + 2] = u.z, qa[4 * i + 3] = u.w;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < 16; ++i) qa[i] = 0u;
-  }
   if constexpr (ROPE) {
     // Dim d = 32 t + 2 i + h pairs with d ± 64: the same word of lane t ^ 2 (the same head g). Rounded to
     // fp16 as rope_cache_kernel stores q.
@@ -447,8 +456,9 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
                                 o[4 * j4 + 3][1] + zacc);
     }
   }
-  merge_decode_slots<__half, kHeadDim, G, kWarps>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh, split, num_heads,
-                                                  c.kv_heads, sp);
+  // 16 slices ahead: a batch-1 step's plan at contexts up to 1,024 (64 keys a slice)
+  merge_decode_slots<__half, kHeadDim, G, kWarps, kThreads, 16>(s_m, s_l, s_acc, out, partial, arrivals, r, kvh,
+                                                                split, num_heads, c.kv_heads, sp, release_merge);
 }
 
 // A first tile of earlier steps' rows loads before the wait (H100, 2026-12-05: 2B w4a16 + int8 KV decode batch 1
@@ -456,6 +466,13 @@ __global__ void __launch_bounds__(kThreads) decode_attention_mma_kernel(const __
 // VLM_ATTENTION_EARLY_LOADS=0 loads every first tile after it.
 bool early_loads() {
   static const bool on = env_int("VLM_ATTENTION_EARLY_LOADS", 1) != 0;
+  return on;
+}
+
+// VLM_ATTENTION_Q_FIRST=1: q loaded straight after the wait (see the kernel). The same bits; off by default until
+// measured on a GPU.
+bool q_loads_first() {
+  static const bool on = env_int("VLM_ATTENTION_Q_FIRST", 0) != 0;
   return on;
 }
 
@@ -467,10 +484,12 @@ cudaError_t launch_rows(const void* q, void* out, float* partial, int* arrivals,
   if (rope)
     return launch_dependent(decode_attention_mma_kernel<G, true, F>, grid, dim3(kThreads), 0, stream,
                             static_cast<const __half*>(rope->qkv), static_cast<__half*>(out), partial, arrivals, meta,
-                            num_heads, sliding_window, c, sp, rope->inv_freq, early_loads());
+                            num_heads, sliding_window, c, sp, rope->inv_freq, early_loads(), q_loads_first(),
+                            release_merge_enabled());
   return launch_dependent(decode_attention_mma_kernel<G, false, F>, grid, dim3(kThreads), 0, stream,
                           static_cast<const __half*>(q), static_cast<__half*>(out), partial, arrivals, meta, num_heads,
-                          sliding_window, c, sp, static_cast<const float*>(nullptr), early_loads());
+                          sliding_window, c, sp, static_cast<const float*>(nullptr), early_loads(), q_loads_first(),
+                          release_merge_enabled());
 }
 
 template <int G>

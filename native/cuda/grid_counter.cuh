@@ -1,6 +1,6 @@
 // Waiting inside a kernel for other blocks of the same grid, through a counter in global memory: what the
 // persistent kernels (the layer tail's grid barrier, the step-streaming probe's phase waits) need where a
-// cooperative launch is not used.
+// cooperative launch is not used, and the last-to-arrive merges of key slices.
 #pragma once
 #include <cstdint>
 
@@ -29,6 +29,19 @@ __device__ __forceinline__ void wait_for_count(const unsigned* counter, unsigned
     __nanosleep(32);  // one L2 line polled by every block: a little backoff
     if (global_ns() - start > kCounterWaitTimeoutNs) __trap();
   }
+}
+
+// The last-to-arrive pattern (split-K sums, key slices merged): called by one thread of a block after a
+// __syncthreads() that follows the block's global writes, adds 1 to *counter and returns its value before. The
+// addition is a release and an acquire at GPU scope: the block's writes (ordered before this thread's by the
+// barrier) are visible to a block that later acquires the counter, and what the blocks that added before wrote is
+// visible to this block after a following __syncthreads(). In SASS one MEMBAR.ALL.GPU in one thread before the
+// atomic and an L1 invalidation after it, where __threadfence() in every thread before a plain atomicAdd and again
+// after it costs a sequentially consistent fence (MEMBAR.SC.GPU) in each warp, twice on the last block's path.
+__device__ __forceinline__ int arrive_acq_rel(int* counter) {
+  int before;
+  asm volatile("atom.acq_rel.gpu.global.add.s32 %0, [%1], 1;\n" : "=r"(before) : "l"(counter) : "memory");
+  return before;
 }
 
 }  // namespace cuda

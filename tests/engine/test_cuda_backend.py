@@ -753,7 +753,9 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     queued together (decode batches from 20 rows, where the engine keeps the RoPE kernel, down to 1 as they finish;
     contexts crossing tiles, key slices and graph bounds). The profiled runs (eager, VLM_CUDA_PROFILE=1)
     show which form each one ran. The attention's first tiles loaded before it waits for the q/k/v GEMM
-    (the default) or after (VLM_ATTENTION_EARLY_LOADS=0): the same bits too. The int4 shapes run the
+    (the default) or after (VLM_ATTENTION_EARLY_LOADS=0): the same bits too, as with the batch-1 latency cuts
+    (VLM_ATTENTION_RELEASE_MERGE=1: the slices' merge through one release-acquire addition, its loads in one trip;
+    VLM_ATTENTION_Q_FIRST=1: q loaded beside the row's write; both off by default). The int4 shapes run the
     tensor-core form (VLM_DECODE_ATTENTION_MMA_INT4=1, the default, pinned) in every run, the fp16 ones its fp16
     form (VLM_DECODE_ATTENTION_MMA_FP16=1, the default, pinned)."""
     import os
@@ -766,7 +768,9 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     for name, env in {"inside": {"VLM_ROPE_IN_ATTENTION": "1"},
                       "inside_profiled": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_CUDA_PROFILE": "1"},
                       "kernel_profiled": {"VLM_ROPE_IN_ATTENTION": "0", "VLM_CUDA_PROFILE": "1"},
-                      "inside_late_loads": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_EARLY_LOADS": "0"}}.items():
+                      "inside_late_loads": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_EARLY_LOADS": "0"},
+                      "inside_latency_cuts": {"VLM_ROPE_IN_ATTENTION": "1", "VLM_ATTENTION_RELEASE_MERGE": "1",
+                                              "VLM_ATTENTION_Q_FIRST": "1"}}.items():
         if kv == "int4":
             env = dict(env, VLM_DECODE_ATTENTION_MMA_INT4="1")
         if kv == "fp16":
@@ -781,7 +785,7 @@ def test_rope_inside_the_decode_attention_changes_no_bits(tiny_model_dir, tmp_pa
     assert "gpu  rope + kv write" in runs["kernel_profiled"][1]
     ref = runs["kernel_profiled"][0]
     assert len(ref.files) == 40
-    for name in ("inside", "inside_profiled", "inside_late_loads"):
+    for name in ("inside", "inside_profiled", "inside_late_loads", "inside_latency_cuts"):
         got = runs[name][0]
         assert sorted(got.files) == sorted(ref.files)
         for key in ref.files:

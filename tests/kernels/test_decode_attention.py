@@ -85,18 +85,18 @@ def test_matches_reference(kv_dtype, act, head_dim, heads, kv_heads, rows, windo
     assert torch.equal(out, again)  # deterministic: slices merge in a fixed order
 
 
-def cases_in_a_process_of_their_own(setting: str, value: str, forms: str, expected_forms: str, cases: str,
+def cases_in_a_process_of_their_own(settings: dict[str, str], forms: str, expected_forms: str, cases: str,
                                     passed: int) -> None:
-    """Runs test_matches_reference's `cases` (a -k expression) in a process with the native setting `setting` =
-    `value` (the library reads it once per process). `forms` (decode_attention_form calls, `f`, joined by ';')
-    must first print `expected_forms` there: the kernel those cases then run, else they would pass on the other
-    kernel again, unnoticed."""
+    """Runs test_matches_reference's `cases` (a -k expression) in a process with these native settings (the
+    library reads them once per process). `forms` (decode_attention_form calls, `f`, joined by ';') must first
+    print `expected_forms` there: the kernel those cases then run, else they would pass on the other kernel
+    again, unnoticed."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    env = dict(os.environ, **{setting: value})
+    env = dict(os.environ, **settings)
     form = subprocess.run([sys.executable, "-c", "from vlmserve.kernels import decode_attention_form as f; "
                            f"print({forms}, sep=';')"], cwd=root, capture_output=True, text=True, timeout=300,
                           env=env)
@@ -113,7 +113,7 @@ def test_int4_on_the_cuda_cores_against_the_reference():
     """The int4 cases above through the CUDA-core kernel (VLM_DECODE_ATTENTION_MMA_INT4=0: what bf16 activations
     and other head sizes take), so both kernels stay checked now that the tensor cores take the fp16 / 128-dim
     int4 cases by default."""
-    cases_in_a_process_of_their_own("VLM_DECODE_ATTENTION_MMA_INT4", "0",
+    cases_in_a_process_of_their_own({"VLM_DECODE_ATTENTION_MMA_INT4": "0"},
                                     "f(32, 8, 128, kv_dtype='int4'), f(16, 16, 128, kv_dtype='int4')",
                                     "cuda cores;cuda cores", "int4", 8)
 
@@ -122,9 +122,36 @@ def test_fp16_cache_on_the_cuda_cores_against_the_reference():
     """The fp16-cache cases of 128 dims through the CUDA-core kernel (VLM_DECODE_ATTENTION_MMA_FP16=0: what bf16
     activations and other head sizes take), so both kernels stay checked now that the tensor cores take them by
     default."""
-    cases_in_a_process_of_their_own("VLM_DECODE_ATTENTION_MMA_FP16", "0",
+    cases_in_a_process_of_their_own({"VLM_DECODE_ATTENTION_MMA_FP16": "0"},
                                     "f(32, 8, 128, kv_dtype='float16'), f(16, 16, 128, kv_dtype='float16')",
                                     "cuda cores;cuda cores", "float16-float16-128", 6)
+
+
+# The batch-1 latency cuts, off by default until measured: the merge through one release-acquire addition with its
+# loads in one trip, q loaded straight after the wait, no more slices than one wave of resident blocks.
+LATENCY_CUTS = {"VLM_ATTENTION_RELEASE_MERGE": "1", "VLM_ATTENTION_Q_FIRST": "1"}
+ONE_WAVE = {"VLM_ATTENTION_ONE_WAVE": "1"}
+
+
+def test_every_case_against_the_reference_with_the_latency_cuts():
+    """All of test_matches_reference's cases, both kernels, in a process with the release merge, q first and one
+    wave of slices (its batch of 5 rows: 7 slices of 40 blocks round down to 6)."""
+    cases_in_a_process_of_their_own(
+        dict(LATENCY_CUTS, **ONE_WAVE),
+        "f(32, 8, 128, kv_dtype='int8'), f(16, 8, 128, kv_dtype='int8', act_dtype='bfloat16')",
+        "tensor cores;cuda cores", "(float16 or bfloat16)", len(CASES))
+
+
+def test_the_release_merge_and_q_first_change_no_bits():
+    """The release merge and q loaded first do the same sums in the same order: the outputs of one row over
+    contexts of up to 31 slices, every query group and both kernels (digest_decode_attention_outputs.py) are the
+    same bits with them as without."""
+    from w4a16_reference import run_check_script
+
+    plain = run_check_script("digest_decode_attention_outputs.py", {}).strip()
+    cut = run_check_script("digest_decode_attention_outputs.py", LATENCY_CUTS).strip()
+    assert len(plain) == 64, plain
+    assert cut == plain
 
 
 def test_the_tensor_cores_take_every_cache_of_128_dims_by_default():

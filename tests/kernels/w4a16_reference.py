@@ -130,8 +130,8 @@ def rms_norm_gemm_failures(m: int, n: int, k: int, group: int, dtype: str, colum
 
 
 def run_check_script(script: str, env_overrides: dict[str, str]) -> str:
-    """A check script of this folder in a fresh process with these VLM_W4A16_* settings (the library reads them
-    once per process); its output, or a failure with its report."""
+    """A check script of this folder in a fresh process with these native settings (VLM_W4A16_*, VLM_ATTENTION_*:
+    the library reads them once per process); its output, or a failure with its report."""
     here = Path(__file__).resolve().parent
     env = dict(os.environ, **env_overrides)
     env["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parents[1] / "python"), env.get("PYTHONPATH", "")])
