@@ -210,7 +210,7 @@
 #   attn_cuts_tests the batch-1 attention latency cuts (off by default): the decode-attention kernel tests (every case
 #                 with the release merge, q first and one wave of slices; the first two's same-bits digest), compute-
 #                 sanitizer memcheck on the cases with all three, the engine's RoPE-inside same-bits tests (the
-#                 first two among their runs)
+#                 first two among their runs) and its AWQ families against the CPU backend with all three
 #   attn_cuts     w4a16 + int8 KV tok/s at batch 1 (TRACE_MODELS, GEMV_ROUNDS): the cuts off; the release merge
 #                 (VLM_ATTENTION_RELEASE_MERGE=1); with q first (VLM_ATTENTION_Q_FIRST=1); with one wave of slices
 #                 (VLM_ATTENTION_ONE_WAVE=1: the 7B's 9 slices become 8); then the steps' kernels off and with all three
@@ -1552,7 +1552,8 @@ attn_cuts_tests() {  # see the header
   VLM_ATTENTION_RELEASE_MERGE=1 VLM_ATTENTION_Q_FIRST=1 VLM_ATTENTION_ONE_WAVE=1 \
     PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 \
     python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py -k test_matches_reference 2>&1 | tail -n 3
-  python3 -m pytest -q -rfE -m gpu tests/engine/test_cuda_backend.py -k rope_inside 2>&1 | tail -n 3
+  python3 -m pytest -q -rfE -m gpu tests/engine/test_cuda_backend.py -k "rope_inside or attention_latency_cuts" 2>&1 |
+    tail -n 3
 }
 attn_cuts() {  # see the header
   local all="VLM_ATTENTION_RELEASE_MERGE=1 VLM_ATTENTION_Q_FIRST=1 VLM_ATTENTION_ONE_WAVE=1"

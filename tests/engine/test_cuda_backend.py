@@ -273,6 +273,14 @@ def test_column_tile_decode_gemms_with_the_shared_ring_on_every_layer_match_the_
     _awq_comparisons_pass_with(VLM_W4A16_GEMV="4", VLM_W4A16_GEMV_SHARED_RING="8", VLM_W4A16_GEMV_EACH="1")
 
 
+def test_the_attention_latency_cuts_match_the_cpu_backend():
+    """The batch-1 attention latency cuts, off by default until measured (VLM_ATTENTION_RELEASE_MERGE=1: the key
+    slices' merge through one release-acquire addition, the last slice's loads in one trip; VLM_ATTENTION_Q_FIRST=1;
+    VLM_ATTENTION_ONE_WAVE=1: no more slices than one wave of resident blocks), on the AWQ families' batch-1
+    decodes against the CPU backend, whichever attention kernel their heads take."""
+    _awq_comparisons_pass_with(VLM_ATTENTION_RELEASE_MERGE="1", VLM_ATTENTION_Q_FIRST="1", VLM_ATTENTION_ONE_WAVE="1")
+
+
 def test_column_tile_o_alone_on_the_shared_ring_matches_the_cpu_backend():
     """o alone through the column-tile kernel, launched with the shared ring whatever the process's setting
     (VLM_W4A16_GEMV_ALONE=1; the chain kept off by VLM_W4A16_GEMV_LAYERS=2, as on the 7B, where q/k/v and gate_up
