@@ -213,7 +213,10 @@
 #                 first two among their runs) and its AWQ families against the CPU backend with all three
 #   attn_cuts     w4a16 + int8 KV tok/s at batch 1 (TRACE_MODELS, GEMV_ROUNDS): the cuts off; the release merge
 #                 (VLM_ATTENTION_RELEASE_MERGE=1); with q first (VLM_ATTENTION_Q_FIRST=1); with one wave of slices
-#                 (VLM_ATTENTION_ONE_WAVE=1: the 7B's 9 slices become 8); then the steps' kernels off and with all three
+#                 (VLM_ATTENTION_ONE_WAVE=1: the 7B's 9 slices become 8); all three with one block an SM (the 7B: 4
+#                 slices, 128 blocks, leaving each SM the registers for o's blocks to start beside them; the 2B's 16
+#                 slices are 128 blocks already, for 132 SMs); all three with 128 keys a slice (8 slices, both models); then the
+#                 steps' kernels off and with all three
 #   attn_latency  the tensor-core decode attention's row written with RoPE inside patched into its first tile (loaded
 #                 before the wait) from shared memory: the RoPE-inside same-bits tests (their early and late loads);
 #                 with ktests, base_build and ab_decode, its measurement
@@ -1558,7 +1561,8 @@ attn_cuts_tests() {  # see the header
 attn_cuts() {  # see the header
   local all="VLM_ATTENTION_RELEASE_MERGE=1 VLM_ATTENTION_Q_FIRST=1 VLM_ATTENTION_ONE_WAVE=1"
   decode_settings cuts "VLM_ATTENTION_RELEASE_MERGE=0" "VLM_ATTENTION_RELEASE_MERGE=1" \
-    "VLM_ATTENTION_RELEASE_MERGE=1 VLM_ATTENTION_Q_FIRST=1" "$all"
+    "VLM_ATTENTION_RELEASE_MERGE=1 VLM_ATTENTION_Q_FIRST=1" "$all" "$all VLM_ATTENTION_SPLIT_BLOCKS_PER_SM=1" \
+    "$all VLM_ATTENTION_MIN_KEYS_PER_SPLIT=128"
   traces_b1 "VLM_ATTENTION_RELEASE_MERGE=0" "$all"
 }
 gemv_rows() {  # 2B w4a16 + int8 KV at batch 2 and 4 (GEMV_ROWS_BATCHES): column tiles at one row only against up
