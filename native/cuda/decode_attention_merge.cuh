@@ -144,8 +144,8 @@ __device__ __forceinline__ void merge_decode_slots(const float (&s_m)[SLOTS][G],
     if (threadIdx.x == 0) s_last = arrive_acq_rel(counter) == sp.splits - 1;
     __syncthreads();  // thread 0's acquire, before the block's loads of the other slices
     if (!s_last) return;
-    merge_slices_in_one_trip<T, HD, G, THREADS, AHEAD>(part, out + ((int64_t)r * num_heads + kvh * G) * HD, sp.splits, s_wk,
-                                                s_total);
+    T* heads_out = out + ((int64_t)r * num_heads + kvh * G) * HD;
+    merge_slices_in_one_trip<T, HD, G, THREADS, AHEAD>(part, heads_out, sp.splits, s_wk, s_total);
     if (threadIdx.x == 0) *counter = 0;
     return;
   }
