@@ -209,8 +209,9 @@
 #                 test, then 2B and 7B w4a16 + int8 KV decode at batch 1 off then on, two rounds
 #   attn_cuts_tests the batch-1 attention latency cuts (off by default): the decode-attention kernel tests (every case
 #                 with the release merge, q first and one wave of slices; the first two's same-bits digest), compute-
-#                 sanitizer memcheck on the cases with all three, the engine's RoPE-inside same-bits tests (the
-#                 first two among their runs) and its AWQ families against the CPU backend with all three
+#                 sanitizer memcheck on the cases with all three
+#   attn_cuts_etests the engine's RoPE-inside same-bits tests (the release merge and q first among their runs) and its
+#                 AWQ families against the CPU backend with all three cuts
 #   attn_cuts     w4a16 + int8 KV tok/s at batch 1 (TRACE_MODELS, GEMV_ROUNDS): the cuts off; the release merge
 #                 (VLM_ATTENTION_RELEASE_MERGE=1); with q first (VLM_ATTENTION_Q_FIRST=1); with one wave of slices
 #                 (VLM_ATTENTION_ONE_WAVE=1: the 7B's 9 slices become 8); all three with one block an SM (the 7B: 4
@@ -1555,6 +1556,8 @@ attn_cuts_tests() {  # see the header
   VLM_ATTENTION_RELEASE_MERGE=1 VLM_ATTENTION_Q_FIRST=1 VLM_ATTENTION_ONE_WAVE=1 \
     PYTHONPATH=$PWD/tests/kernels:$PYTHONPATH compute-sanitizer --tool memcheck --error-exitcode 9 \
     python3 -m pytest -q -m gpu tests/kernels/test_decode_attention.py -k test_matches_reference 2>&1 | tail -n 3
+}
+attn_cuts_etests() {  # see the header
   python3 -m pytest -q -rfE -m gpu tests/engine/test_cuda_backend.py -k "rope_inside or attention_latency_cuts" 2>&1 |
     tail -n 3
 }
@@ -1601,10 +1604,11 @@ ktests() {  # the attention, norm and argmax kernels against their references
     tests/kernels/test_rms_norm.py tests/kernels/test_argmax_rows.py
 }
 export RES HIGH_CONCURRENCY
-export -f attn_cuts_tests attn_cuts gemv_rows gemv_7b_o gemv_shared decode_settings gemv_shared_decode gemv_shared_memcheck traces_b1 gemv_decode_2b gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
+export -f attn_cuts_tests attn_cuts_etests attn_cuts gemv_rows gemv_7b_o gemv_shared decode_settings gemv_shared_decode gemv_shared_memcheck traces_b1 gemv_decode_2b gemv_waves gemv_trace gvtests gemv_gemm gemv_memcheck gemv_etests gemv_decode gemv_parts gemv_rings fp16_attention etests_fp16 head_norm attn_latency ncu_attn_source head_argmax lm_head_ab option_ab evict_ab policy_ab wgtests push_quick ncu_source push_sum trace_b1 gtests base_build ab_lib ab_decode ab_gemm step_probe cutlass_file long_k_engine ncu_tail gemm_apart prefill_rows prefill_settings etests_cutlass cutlass_schedules ncu_cutlass cutlass_engine cutlass_tests cutlass_gemm cutlass_memcheck cutlass_prefill layer_tail layer_tail_memcheck layer_tail_bench layer_tail_wide serve_event_loops serve_prefill_hold serve_fronts serve_fronts_vision2 serve_fronts_hold serve_fronts_low serve_final serve_final_fronts serve_targets_high serve_targets_low serve_connections serve_c1_layouts serve_tail_compare serve_mps_prep16 dense_prefill serve_dense_compare serve_dense_prefill layer_plans decode_plan_sweep overlap serve_dequant_chunks decode_ab early_loads int4_attention mps_path serve_mps serve_mps_acc serve_layouts decode_matrix decode_matrix_2b decode_matrix_7b_fp16 decode_matrix_7b_w4a16 serve_overlap1 serve_chunk serve_overlap dequant_chunks serve_sampled device_sampling sampling gemm_codes codes_engine serve_compare_codes trace7b serve_llava serve_llava_compare pyspy_path leads_serve prep_check prep_serve prep_bench cluster_auto env_setting wgmma_setting wgmma_cluster dequant_129 strip_default serve_runs serve_interval serve_interval4 wgmma wgmma_engine wgmma_ncu serve_prep_default vtests serve_preprocess vision serve_compile threads rope pyenv dequant gemm_full serve_variants stages16 dense_tests dense_check dense quick trace64 ncu_run ncu_gemm_at ncu_gemm ncu_gemm64 trace prefill build tests wtests etests sanitize gemm gemm_new decode profile decode_new decode_7b dtests decode_table serve ktests serve_site serve_leads ncu_attn serve_compare attn_ab attn_b1 serve_c1
 
 step build 360  # the CUTLASS kernels take ~1.5-2.5 min of it where CUTLASS is carried (180 s was cut short once)
-step attn_cuts_tests 420
+step attn_cuts_tests 360
+step attn_cuts_etests 300
 step attn_cuts 480
 step gvtests 240
 step gemv_gemm 240
