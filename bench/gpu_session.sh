@@ -212,12 +212,12 @@
 #                 sanitizer memcheck on the cases with all three
 #   attn_cuts_etests the engine's RoPE-inside same-bits tests (the release merge and q first among their runs) and its
 #                 AWQ families against the CPU backend with all three cuts
-#   attn_cuts     w4a16 + int8 KV tok/s at batch 1 (TRACE_MODELS, GEMV_ROUNDS): the cuts off; the release merge
-#                 (VLM_ATTENTION_RELEASE_MERGE=1); with q first (VLM_ATTENTION_Q_FIRST=1); with one wave of slices
-#                 (VLM_ATTENTION_ONE_WAVE=1: the 7B's 9 slices become 8); all three with one block an SM (the 7B: 4
-#                 slices, 128 blocks, leaving each SM the registers for o's blocks to start beside them; the 2B's 16
-#                 slices are 128 blocks already, for 132 SMs); all three with 128 keys a slice (8 slices, both
-#                 models); then the steps' kernels off and with all three
+#   attn_cuts     w4a16 + int8 KV tok/s at batch 1 (TRACE_MODELS, GEMV_ROUNDS, DECODE_BATCHES): the cuts off; the
+#                 release merge (VLM_ATTENTION_RELEASE_MERGE=1); with q first (VLM_ATTENTION_Q_FIRST=1); with one
+#                 wave of slices (VLM_ATTENTION_ONE_WAVE=1: the 7B's 9 slices become 8); all three with one block an
+#                 SM (the 7B: 4 slices, 128 blocks, leaving each SM the registers for o's blocks to start beside
+#                 them; the 2B's 16 slices are 128 blocks already, for 132 SMs); all three with 128 keys a slice (8
+#                 slices, both models); then the steps' kernels off and with all three
 #   attn_latency  the tensor-core decode attention's row written with RoPE inside patched into its first tile (loaded
 #                 before the wait) from shared memory: the RoPE-inside same-bits tests (their early and late loads);
 #                 with ktests, base_build and ab_decode, its measurement
