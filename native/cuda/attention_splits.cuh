@@ -34,15 +34,18 @@ inline int split_blocks_per_sm_override() {
 inline int split_blocks_per_sm() { return split_blocks_per_sm_override() ? split_blocks_per_sm_override() : 8; }
 
 // Slices of the keys of max_context (each at least min_keys of them, whole multiples of `align`) until
-// the grid has blocks_per_sm blocks per SM. More blocks per SM or fewer keys per slice never give fewer
-// splits, so a workspace sized for the default plan holds any plan with at most as many blocks per SM and
-// at least as many keys per slice.
+// the grid has blocks_per_sm blocks per SM: at least that many, or with within_target at most that many (where
+// blocks_per_sm is what an SM holds resident, so that no block waits for another to end). More blocks per SM or
+// fewer keys per slice never give fewer splits, so a workspace sized for the default plan holds any plan with at
+// most as many blocks per SM and at least as many keys per slice.
 inline Split plan_split_for(int rows, int kv_heads, int max_context, int num_sms, int align, int blocks_per_sm,
-                            int min_keys = kMinKeysPerSplit) {
+                            int min_keys = kMinKeysPerSplit, bool within_target = false) {
   const int blocks = rows * kv_heads, target = blocks_per_sm * num_sms;
   int splits = 1;
-  if (blocks < target)
-    splits = std::min({kMaxSplits, (target + blocks - 1) / blocks, std::max(1, max_context / min_keys)});
+  if (blocks < target) {
+    const int per_block = within_target ? target / blocks : (target + blocks - 1) / blocks;
+    splits = std::min({kMaxSplits, per_block, std::max(1, max_context / min_keys)});
+  }
   const int chunk = (max_context + splits - 1) / splits;
   return {splits, (chunk + align - 1) / align * align};
 }

@@ -277,14 +277,12 @@ cudaError_t decode_attention(ActType act, const void* q, void* out, const StepMe
     const int resident = decode_attention_mma_blocks_per_sm(num_heads / cache.kv_heads, cache);
     const int per_sm = split_blocks_per_sm_override() ? split_blocks_per_sm_override()
                                                       : std::min(resident, split_blocks_per_sm());
-    Split msp = plan_split_for(rows, cache.kv_heads, max_context, num_sms, 64, per_sm, mma_min_keys_per_split());
     // The plan rounds the slices up, so a grid may pass the resident blocks by a few: the 7B at batch 1 (32 KV
     // heads, two blocks an SM of 132, a context bucket of 1,024) takes 9 slices, 288 blocks for 264 places, and
     // its last 24 blocks start when others end. VLM_ATTENTION_ONE_WAVE=1 rounds down instead (8 slices, 256
     // blocks); fewer slices, so the workspace holds them.
-    const int places = per_sm * num_sms, blocks = rows * cache.kv_heads;
-    if (one_wave_of_slices() && msp.splits > 1 && blocks * msp.splits > places)
-      msp.splits = std::max(1, places / blocks);
+    const Split msp = plan_split_for(rows, cache.kv_heads, max_context, num_sms, 64, per_sm, mma_min_keys_per_split(),
+                                     one_wave_of_slices());
     return decode_attention_mma(q, out, meta, rows, num_heads, sliding_window, cache, msp.splits, partial, arrivals,
                                 rope, stream);
   }

@@ -87,6 +87,8 @@ __device__ __forceinline__ void merge_slices_in_one_trip(const float* __restrict
       float o = 0.f;
       int k = 0;  // the slices added so far
       if (e < kAheadElems) {
+        // ahead's index is e wherever this runs; the ternary keeps it in bounds in the unrolled copies where it
+        // does not
 #pragma unroll
         for (int j = 0; j < AHEAD; ++j)
           if (j < splits) o += s_wk[g][j] * ahead[e < kAheadElems ? e : 0][j];
